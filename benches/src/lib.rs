@@ -1,0 +1,1 @@
+//! Peers and workloads shared by the benchmarks.

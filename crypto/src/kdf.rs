@@ -1,0 +1,178 @@
+//! HKDF-SHA256 sub-keys under fixed, versioned labels, and HMAC-SHA256 keyed tags.
+//!
+//! Every derived key names its purpose in the HKDF `info` string. The labels
+//! are part of the on-disk format: changing one changes every tag and blinded
+//! record key, so a new label gets a new version suffix instead.
+
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::keys::{KEY_LEN, SUBJECT_TAG_LEN, SubjectTag};
+
+/// The purposes a sub-key is derived for. Each has a fixed `info` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Label {
+    /// Keyed tags standing in for subject ids (from the store secret).
+    SubjectTag,
+    /// Blinding of record keys within one scope (from the scope key).
+    RecordKeyBlinding,
+}
+
+impl Label {
+    /// The HKDF `info` bytes for this purpose.
+    pub const fn info(self) -> &'static [u8] {
+        match self {
+            Self::SubjectTag => b"shredkv/v1/subject-tag",
+            Self::RecordKeyBlinding => b"shredkv/v1/record-key-blinding",
+        }
+    }
+}
+
+/// Length in bytes of a blinded record key.
+pub const BLINDED_KEY_LEN: usize = 16;
+
+/// A derived HMAC-SHA256 key that computes keyed tags. Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct TagKey([u8; KEY_LEN]);
+
+impl TagKey {
+    /// Derives the sub-key for `label` from `ikm` with HKDF-SHA256 (no salt:
+    /// the input is already a uniformly random key).
+    pub fn derive(ikm: &[u8; KEY_LEN], label: Label) -> Self {
+        let mut out = [0u8; KEY_LEN];
+        hkdf_sha256(None, ikm, label.info(), &mut out);
+        Self(out)
+    }
+
+    /// HMAC-SHA256 of `data`, truncated to 16 bytes (RFC 2104 allows
+    /// truncation to at least half the hash length).
+    pub fn tag16(&self, data: &[u8]) -> [u8; 16] {
+        let full = hmac_sha256(&self.0, &[data]);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(full.get(..16).unwrap_or(&[0u8; 16]));
+        out
+    }
+
+    /// The subject tag for a subject id.
+    pub fn subject_tag(&self, subject_id: &[u8]) -> SubjectTag {
+        const _: () = assert!(SUBJECT_TAG_LEN == 16);
+        SubjectTag(self.tag16(subject_id))
+    }
+
+    /// The blinded form of a record key.
+    pub fn blind(&self, record_key: &[u8]) -> [u8; BLINDED_KEY_LEN] {
+        self.tag16(record_key)
+    }
+}
+
+impl std::fmt::Debug for TagKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TagKey").finish_non_exhaustive()
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869) extract-and-expand into `okm`.
+///
+/// # Panics
+/// Never for `okm` up to 8160 bytes (255 × 32); longer outputs are a
+/// programming error and are truncated to that length instead of panicking.
+pub fn hkdf_sha256(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], okm: &mut [u8]) {
+    let hk = Hkdf::<Sha256>::new(salt, ikm);
+    let max = 255 * 32;
+    let len = okm.len().min(max);
+    if let Some(out) = okm.get_mut(..len) {
+        // Cannot fail: len is within HKDF-SHA256's output limit.
+        let _ = hk.expand(info, out);
+    }
+}
+
+/// HMAC-SHA256 over the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable_hmac(),
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+#[cold]
+fn unreachable_hmac() -> ! {
+    // HMAC is defined for every key length (RFC 2104), so the crate never
+    // rejects one; reaching this means the hmac crate changed its contract.
+    panic!("HMAC-SHA256 rejected a key; HMAC accepts any key length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hex;
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).expect("hex")
+    }
+
+    /// RFC 5869 appendix A, test cases 1–3 (SHA-256).
+    #[test]
+    fn rfc5869_vectors() {
+        let cases = [
+            (
+                "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+                Some("000102030405060708090a0b0c"),
+                "f0f1f2f3f4f5f6f7f8f9",
+                "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
+            ),
+            (
+                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f",
+                Some(
+                    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+                ),
+                "b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+                "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71cc30c58179ec3e87c14c01d5c1f3434f1d87",
+            ),
+            (
+                "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+                None,
+                "",
+                "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8",
+            ),
+        ];
+        for (ikm, salt, info, okm) in cases {
+            let expected = h(okm);
+            let mut out = vec![0u8; expected.len()];
+            let salt = salt.map(h);
+            hkdf_sha256(salt.as_deref(), &h(ikm), &h(info), &mut out);
+            assert_eq!(hex::encode(&out), hex::encode(&expected));
+        }
+    }
+
+    /// RFC 4231 test case 2 (HMAC-SHA256, key "Jefe").
+    #[test]
+    fn rfc4231_hmac_vector() {
+        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(
+            hex::encode(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn labels_separate_purposes() {
+        let ikm = [5u8; 32];
+        let a = TagKey::derive(&ikm, Label::SubjectTag);
+        let b = TagKey::derive(&ikm, Label::RecordKeyBlinding);
+        assert_ne!(a.tag16(b"x"), b.tag16(b"x"));
+        assert_eq!(
+            a.tag16(b"x"),
+            TagKey::derive(&ikm, Label::SubjectTag).tag16(b"x")
+        );
+        assert_ne!(a.tag16(b"x"), a.tag16(b"y"));
+        assert_eq!(format!("{a:?}"), "TagKey { .. }");
+    }
+}

@@ -1,0 +1,674 @@
+//! The file key provider: epoch keys in a small file of fixed slots.
+//!
+//! ```text
+//! header, 32 bytes
+//!   0   8  magic "SHKVKEYS"
+//!   8   1  format version (1)
+//!   9   1  reserved, zero
+//!  10   2  slot count              u16 big-endian
+//!  12   4  next epoch id           u32 big-endian
+//!  16  12  reserved, zero
+//!  28   4  CRC32 of bytes 0..28    u32 big-endian
+//! slot i at offset 32 + 48 × i, 48 bytes
+//!   0   1  state: 0 empty, 1 live, 2 destroyed
+//!   1   3  reserved, zero
+//!   4   4  epoch id                u32 big-endian (0 when empty)
+//!   8  32  epoch key (all zero unless live)
+//!  40   4  reserved, zero
+//!  44   4  CRC32 of bytes 0..44    u32 big-endian
+//! ```
+//!
+//! Destroying an epoch overwrites its slot in place with zeros and the
+//! destroyed state, then syncs the file before returning. In-place overwrite
+//! (not write-and-rename) is deliberate: a rename would leave the old key in
+//! the old file's blocks. The limits of this are in `docs/threat-model.md`: an
+//! SSD's flash translation layer or a copy-on-write file system (btrfs, ZFS,
+//! APFS) may keep the old block, which is why NIST SP 800-88 treats
+//! cryptographic erase as only as strong as the destruction of the key, and
+//! why an HSM provider is the stronger choice.
+//!
+//! Epoch ids are never reused: an epoch below `next epoch id` that has no live
+//! slot has been destroyed, even after its slot was reused.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use zeroize::Zeroize;
+
+use super::{KeyProvider, ProviderError};
+use crate::keys::{DataKey, EpochId, EpochKey, KEY_LEN};
+use crate::wrap::{EpochCipher, WrapContext, WrappedKey};
+
+const MAGIC: &[u8; 8] = b"SHKVKEYS";
+const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 32;
+const SLOT_LEN: usize = 48;
+/// Slots in a new key file: room for daily epochs over a 30-day purge window
+/// several times over.
+pub(crate) const DEFAULT_SLOTS: u16 = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Empty,
+    Live(EpochId),
+    Destroyed(EpochId),
+}
+
+struct Inner {
+    file: File,
+    slots: Vec<SlotState>,
+    next_epoch: u32,
+    live: BTreeMap<EpochId, EpochCipher>,
+}
+
+/// Epoch keys in a file of fixed slots (see the module docs for the layout
+/// and its limits).
+///
+/// ```
+/// use shredkv_crypto::{DataKey, FileKeyProvider, KeyProvider, ProviderError, WrapContext};
+///
+/// let dir = tempfile::tempdir()?;
+/// let provider = FileKeyProvider::open_or_create(dir.path().join("keys"))?;
+/// let epoch = provider.create_epoch()?;
+/// let wrapped = provider.wrap(epoch, &WrapContext::StoreSecret, &DataKey::generate())?;
+/// provider.destroy_epoch(epoch)?;
+/// assert!(matches!(
+///     provider.unwrap(&WrapContext::StoreSecret, &wrapped),
+///     Err(ProviderError::EpochDestroyed { .. })
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct FileKeyProvider {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for FileKeyProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileKeyProvider")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileKeyProvider {
+    /// Opens the key file at `path`, or creates it (owner-only, with the
+    /// default number of slots) if it does not exist.
+    ///
+    /// # Errors
+    /// See [`FileKeyProvider::open`] and [`FileKeyProvider::create`].
+    pub fn open_or_create(path: impl Into<PathBuf>) -> Result<Self, ProviderError> {
+        let path = path.into();
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => Self::open(path),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Self::create(path, DEFAULT_SLOTS),
+            Err(source) => Err(unavailable("inspect the key file", &path, source)),
+        }
+    }
+
+    /// Creates a new key file with `slots` empty slots, readable and writable
+    /// by its owner only. Refuses to overwrite an existing file.
+    ///
+    /// # Errors
+    /// [`ProviderError::Unavailable`] if the file exists or cannot be written.
+    pub fn create(path: impl Into<PathBuf>, slots: u16) -> Result<Self, ProviderError> {
+        let path = path.into();
+        let slots = slots.max(1);
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options
+            .open(&path)
+            .map_err(|e| unavailable("create the key file", &path, e))?;
+        let mut bytes = vec![0u8; HEADER_LEN + SLOT_LEN * usize::from(slots)];
+        write_header(&mut bytes, slots, 1);
+        for i in 0..usize::from(slots) {
+            let start = HEADER_LEN + SLOT_LEN * i;
+            if let Some(slot) = bytes.get_mut(start..start + SLOT_LEN) {
+                encode_slot(slot, SlotState::Empty, None);
+            }
+        }
+        write_at(&file, &bytes, 0).map_err(|e| unavailable("write the key file", &path, e))?;
+        file.sync_all()
+            .map_err(|e| unavailable("sync the key file", &path, e))?;
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Make the new directory entry durable too; a failure here is not
+            // fatal for the file's contents, so it is not reported.
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(Self {
+            path,
+            inner: Mutex::new(Inner {
+                file,
+                slots: vec![SlotState::Empty; usize::from(slots)],
+                next_epoch: 1,
+                live: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// Opens an existing key file. Reads and checks it completely before
+    /// anything is written, so a damaged or foreign file is never altered.
+    ///
+    /// # Errors
+    /// [`ProviderError::InsecurePermissions`] if group or others may access
+    /// the file; [`ProviderError::Corrupt`] if it is truncated, foreign, or
+    /// fails a checksum; [`ProviderError::Unavailable`] on I/O errors.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, ProviderError> {
+        let path = path.into();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| unavailable("open the key file", &path, e))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| unavailable("inspect the key file", &path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ProviderError::InsecurePermissions { path, mode });
+            }
+        }
+        let len = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
+        let max_len = HEADER_LEN + SLOT_LEN * usize::from(u16::MAX);
+        if len > max_len {
+            return Err(corrupt(
+                &path,
+                format!("{len} bytes is larger than any key file"),
+            ));
+        }
+        let mut bytes = vec![0u8; len];
+        read_at(&file, &mut bytes, 0).map_err(|e| unavailable("read the key file", &path, e))?;
+        let parsed = parse(&bytes).map_err(|detail| corrupt(&path, detail));
+        let (slots, next_epoch, keys) = match parsed {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                bytes.zeroize();
+                return Err(err);
+            }
+        };
+        bytes.zeroize();
+        let live = keys
+            .into_iter()
+            .map(|(epoch, key)| (epoch, EpochCipher::new(epoch, &key)))
+            .collect();
+        Ok(Self {
+            path,
+            inner: Mutex::new(Inner {
+                file,
+                slots,
+                next_epoch,
+                live,
+            }),
+        })
+    }
+
+    /// The key file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the in-memory view at worst
+        // behind the file (writes happen before the view changes), so the
+        // poisoned state is still safe to use.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_slot(
+        &self,
+        inner: &Inner,
+        index: usize,
+        state: SlotState,
+        key: Option<&EpochKey>,
+    ) -> Result<(), ProviderError> {
+        let mut slot = [0u8; SLOT_LEN];
+        encode_slot(&mut slot, state, key);
+        let offset = (HEADER_LEN + SLOT_LEN * index) as u64;
+        let result = write_at(&inner.file, &slot, offset);
+        slot.zeroize();
+        result.map_err(|e| unavailable("write a key slot", &self.path, e))
+    }
+
+    fn sync(&self, inner: &Inner) -> Result<(), ProviderError> {
+        inner
+            .file
+            .sync_data()
+            .map_err(|e| unavailable("sync the key file", &self.path, e))
+    }
+}
+
+impl KeyProvider for FileKeyProvider {
+    fn create_epoch(&self) -> Result<EpochId, ProviderError> {
+        let mut inner = self.lock();
+        let slots = u16::try_from(inner.slots.len()).unwrap_or(u16::MAX);
+        let index = inner
+            .slots
+            .iter()
+            .position(|s| matches!(s, SlotState::Empty))
+            .or_else(|| {
+                inner
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s, SlotState::Destroyed(_)))
+            })
+            .ok_or_else(|| ProviderError::NoFreeSlot {
+                path: self.path.clone(),
+                slots,
+            })?;
+        let epoch = EpochId(inner.next_epoch);
+        let next = inner
+            .next_epoch
+            .checked_add(1)
+            .ok_or_else(|| corrupt(&self.path, "epoch ids exhausted".into()))?;
+        let key = EpochKey::generate();
+        self.write_slot(&inner, index, SlotState::Live(epoch), Some(&key))?;
+        let mut header = [0u8; HEADER_LEN];
+        write_header(&mut header, slots, next);
+        write_at(&inner.file, &header, 0)
+            .map_err(|e| unavailable("write the key file header", &self.path, e))?;
+        self.sync(&inner)?;
+        inner.next_epoch = next;
+        if let Some(slot) = inner.slots.get_mut(index) {
+            *slot = SlotState::Live(epoch);
+        }
+        inner.live.insert(epoch, EpochCipher::new(epoch, &key));
+        Ok(epoch)
+    }
+
+    fn live_epochs(&self) -> Result<Vec<EpochId>, ProviderError> {
+        Ok(self.lock().live.keys().copied().collect())
+    }
+
+    fn wrap(
+        &self,
+        epoch: EpochId,
+        context: &WrapContext,
+        key: &DataKey,
+    ) -> Result<WrappedKey, ProviderError> {
+        let inner = self.lock();
+        match inner.live.get(&epoch) {
+            Some(cipher) => Ok(cipher.wrap(context, key)),
+            None => Err(missing_epoch(&inner, epoch)),
+        }
+    }
+
+    fn unwrap(
+        &self,
+        context: &WrapContext,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, ProviderError> {
+        let inner = self.lock();
+        let epoch = wrapped.epoch();
+        match inner.live.get(&epoch) {
+            Some(cipher) => cipher
+                .unwrap(context, wrapped)
+                .map_err(|_| ProviderError::Authentication),
+            None => Err(missing_epoch(&inner, epoch)),
+        }
+    }
+
+    fn destroy_epoch(&self, epoch: EpochId) -> Result<(), ProviderError> {
+        let mut inner = self.lock();
+        let Some(index) = inner
+            .slots
+            .iter()
+            .position(|s| *s == SlotState::Live(epoch))
+        else {
+            return match missing_epoch(&inner, epoch) {
+                ProviderError::EpochDestroyed { .. } => Ok(()),
+                other => Err(other),
+            };
+        };
+        self.write_slot(&inner, index, SlotState::Destroyed(epoch), None)?;
+        self.sync(&inner)?;
+        if let Some(slot) = inner.slots.get_mut(index) {
+            *slot = SlotState::Destroyed(epoch);
+        }
+        inner.live.remove(&epoch);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("file key provider at {}", self.path.display())
+    }
+}
+
+fn missing_epoch(inner: &Inner, epoch: EpochId) -> ProviderError {
+    if epoch.0 >= 1 && epoch.0 < inner.next_epoch {
+        ProviderError::EpochDestroyed { epoch }
+    } else {
+        ProviderError::UnknownEpoch { epoch }
+    }
+}
+
+fn unavailable(action: &'static str, path: &Path, source: io::Error) -> ProviderError {
+    ProviderError::Unavailable {
+        action,
+        location: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, detail: String) -> ProviderError {
+    ProviderError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
+fn write_header(out: &mut [u8], slots: u16, next_epoch: u32) {
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8] = FORMAT_VERSION;
+    header[10..12].copy_from_slice(&slots.to_be_bytes());
+    header[12..16].copy_from_slice(&next_epoch.to_be_bytes());
+    let crc = crc32fast::hash(&header[..28]);
+    header[28..32].copy_from_slice(&crc.to_be_bytes());
+    if let Some(target) = out.get_mut(..HEADER_LEN) {
+        target.copy_from_slice(&header);
+    }
+}
+
+fn encode_slot(out: &mut [u8], state: SlotState, key: Option<&EpochKey>) {
+    let mut slot = [0u8; SLOT_LEN];
+    let (code, epoch) = match state {
+        SlotState::Empty => (0u8, 0u32),
+        SlotState::Live(e) => (1, e.0),
+        SlotState::Destroyed(e) => (2, e.0),
+    };
+    slot[0] = code;
+    slot[4..8].copy_from_slice(&epoch.to_be_bytes());
+    if let (SlotState::Live(_), Some(key)) = (state, key) {
+        slot[8..40].copy_from_slice(key.expose_secret());
+    }
+    let crc = crc32fast::hash(&slot[..44]);
+    slot[44..48].copy_from_slice(&crc.to_be_bytes());
+    if let Some(target) = out.get_mut(..SLOT_LEN) {
+        target.copy_from_slice(&slot);
+    }
+    slot.zeroize();
+}
+
+type Parsed = (Vec<SlotState>, u32, Vec<(EpochId, EpochKey)>);
+
+/// Checks and decodes a whole key file. Never panics; never writes.
+fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+    let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(format!(
+            "truncated: {} bytes, a key file has at least {HEADER_LEN}",
+            bytes.len()
+        ));
+    };
+    if &header[..8] != MAGIC {
+        return Err("not a shredkv key file (wrong magic bytes)".into());
+    }
+    let stored = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
+    let computed = crc32fast::hash(&header[..28]);
+    if stored != computed {
+        return Err(format!(
+            "header checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+        ));
+    }
+    if header[8] != FORMAT_VERSION {
+        return Err(format!(
+            "format version {} is not supported by this build",
+            header[8]
+        ));
+    }
+    let slots = u16::from_be_bytes([header[10], header[11]]);
+    let mut next_epoch = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
+    let expected_len = SLOT_LEN * usize::from(slots);
+    if body.len() != expected_len {
+        return Err(format!(
+            "truncated or extended: header declares {slots} slots ({} bytes), file has {}",
+            HEADER_LEN + expected_len,
+            bytes.len()
+        ));
+    }
+    let mut states = Vec::with_capacity(usize::from(slots));
+    let mut keys = Vec::new();
+    for (i, slot) in body.chunks_exact(SLOT_LEN).enumerate() {
+        let stored = u32::from_be_bytes([slot[44], slot[45], slot[46], slot[47]]);
+        let computed = crc32fast::hash(&slot[..44]);
+        if stored != computed {
+            return Err(format!(
+                "slot {i} checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+            ));
+        }
+        let epoch = EpochId(u32::from_be_bytes([slot[4], slot[5], slot[6], slot[7]]));
+        let key_bytes = &slot[8..40];
+        let state = match slot[0] {
+            0 if epoch.0 == 0 && key_bytes.iter().all(|b| *b == 0) => SlotState::Empty,
+            1 if epoch.0 != 0 => {
+                let mut key = [0u8; KEY_LEN];
+                key.copy_from_slice(key_bytes);
+                keys.push((epoch, EpochKey::from_bytes(key)));
+                key.zeroize();
+                SlotState::Live(epoch)
+            }
+            2 if epoch.0 != 0 && key_bytes.iter().all(|b| *b == 0) => SlotState::Destroyed(epoch),
+            other => return Err(format!("slot {i} has an invalid state (code {other})")),
+        };
+        if let SlotState::Live(e) | SlotState::Destroyed(e) = state {
+            if states.contains(&SlotState::Live(e)) || states.contains(&SlotState::Destroyed(e)) {
+                return Err(format!("slot {i} repeats {e}"));
+            }
+            // A crash between a slot write and the header write leaves the
+            // header behind; the slots are the truth.
+            next_epoch = next_epoch.max(e.0.saturating_add(1));
+        }
+        states.push(state);
+    }
+    Ok((states, next_epoch.max(1), keys))
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(bytes, offset)
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, bytes: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(bytes, offset)
+}
+
+#[cfg(not(unix))]
+fn write_at(mut file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn read_at(mut file: &File, bytes: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(bytes)
+}
+
+/// Checks a key file's bytes without opening it, for fuzzing and `verify`.
+///
+/// # Errors
+/// A sentence saying what is wrong with the bytes.
+pub(crate) fn check_key_file_bytes(bytes: &[u8]) -> Result<usize, String> {
+    parse(bytes).map(|(_, _, keys)| keys.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(dir: &tempfile::TempDir) -> FileKeyProvider {
+        FileKeyProvider::create(dir.path().join("keys"), 4).expect("create")
+    }
+
+    #[test]
+    fn epochs_wrap_unwrap_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = provider(&dir);
+        let e1 = p.create_epoch().expect("epoch");
+        let e2 = p.create_epoch().expect("epoch");
+        assert!(e2 > e1);
+        let key = DataKey::generate();
+        let wrapped = p.wrap(e2, &WrapContext::StoreSecret, &key).expect("wrap");
+        drop(p);
+        let p = FileKeyProvider::open(dir.path().join("keys")).expect("reopen");
+        assert_eq!(p.live_epochs().expect("live"), vec![e1, e2]);
+        let back = p
+            .unwrap(&WrapContext::StoreSecret, &wrapped)
+            .expect("unwrap");
+        assert_eq!(back.expose_secret(), key.expose_secret());
+    }
+
+    #[test]
+    fn destroyed_is_reported_as_destroyed_even_after_slot_reuse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = FileKeyProvider::create(dir.path().join("keys"), 1).expect("create");
+        let e1 = p.create_epoch().expect("epoch");
+        let wrapped = p
+            .wrap(e1, &WrapContext::StoreSecret, &DataKey::generate())
+            .expect("wrap");
+        assert!(matches!(
+            p.create_epoch(),
+            Err(ProviderError::NoFreeSlot { .. })
+        ));
+        p.destroy_epoch(e1).expect("destroy");
+        p.destroy_epoch(e1).expect("destroy is idempotent");
+        let e2 = p.create_epoch().expect("reuses the destroyed slot");
+        assert_ne!(e1, e2);
+        let p = FileKeyProvider::open(dir.path().join("keys")).expect("reopen");
+        assert!(matches!(
+            p.unwrap(&WrapContext::StoreSecret, &wrapped),
+            Err(ProviderError::EpochDestroyed { epoch }) if epoch == e1
+        ));
+        assert!(matches!(
+            p.destroy_epoch(EpochId(99)),
+            Err(ProviderError::UnknownEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn destroyed_key_bytes_occur_nowhere_in_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        let p = FileKeyProvider::create(&path, 8).expect("create");
+        let keep = p.create_epoch().expect("epoch");
+        let doomed = p.create_epoch().expect("epoch");
+        let before = std::fs::read(&path).expect("read");
+        // Find the doomed key's bytes in its slot (slot index 1).
+        let start = HEADER_LEN + SLOT_LEN + 8;
+        let doomed_key = before[start..start + 32].to_vec();
+        assert_ne!(doomed_key, vec![0u8; 32]);
+        p.destroy_epoch(doomed).expect("destroy");
+        let after = std::fs::read(&path).expect("read");
+        assert!(!after.windows(32).any(|w| w == doomed_key.as_slice()));
+        for window in 8..=32 {
+            let needle = &doomed_key[..window];
+            assert!(
+                !after.windows(window).any(|w| w == needle),
+                "{window}-byte prefix survives"
+            );
+        }
+        assert_eq!(p.live_epochs().expect("live"), vec![keep]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn permissions_are_owner_only_and_enforced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        drop(provider(&dir));
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = FileKeyProvider::open(&path).expect_err("world-readable must be refused");
+        assert!(matches!(
+            err,
+            ProviderError::InsecurePermissions { mode: 0o644, .. }
+        ));
+        assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn every_byte_flip_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        let p = provider(&dir);
+        p.create_epoch().expect("epoch");
+        let e = p.create_epoch().expect("epoch");
+        p.destroy_epoch(e).expect("destroy");
+        drop(p);
+        let good = std::fs::read(&path).expect("read");
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            std::fs::write(&path, &bad).expect("write");
+            match FileKeyProvider::open(&path) {
+                Err(ProviderError::Corrupt { detail, .. }) => assert!(!detail.is_empty()),
+                other => panic!("flip at byte {i} gave {other:?}"),
+            }
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                bad,
+                "open altered a corrupt file"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        drop(provider(&dir));
+        let good = std::fs::read(&path).expect("read");
+        for len in [0, 10, HEADER_LEN, good.len() - 1] {
+            std::fs::write(&path, &good[..len]).expect("write");
+            let err = FileKeyProvider::open(&path).expect_err("truncated");
+            let text = err.to_string();
+            assert!(text.contains("truncated"), "{text}");
+            assert!(text.contains("keys"), "message names the file: {text}");
+        }
+        std::fs::write(
+            &path,
+            b"#!/bin/sh\necho this is not a key file at all, not at all\n",
+        )
+        .expect("write");
+        let text = FileKeyProvider::open(&path)
+            .expect_err("foreign")
+            .to_string();
+        assert!(text.contains("not a shredkv key file"), "{text}");
+    }
+
+    #[test]
+    fn missing_file_is_unavailable_not_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = FileKeyProvider::open(dir.path().join("nope")).expect_err("missing");
+        assert!(matches!(err, ProviderError::Unavailable { .. }));
+    }
+
+    #[test]
+    fn debug_shows_path_not_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = provider(&dir);
+        p.create_epoch().expect("epoch");
+        let printed = format!("{p:?}");
+        assert!(
+            printed.contains("keys") && printed.contains(".."),
+            "{printed}"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Key wrapping: a 32-byte secret sealed under an epoch key with AES-256-GCM.
+//!
+//! ```text
+//! offset  size  field
+//!      0     1  format version (1)
+//!      1     4  epoch id            u32 big-endian
+//!      5    12  nonce (random)
+//!     17    32  wrapped key bytes
+//!     49    16  GCM tag
+//!     65     4  CRC32 (IEEE) of bytes 0..65, u32 big-endian
+//! ```
+//!
+//! The associated data is `"shredkv/v1/wrap" ‖ epoch id ‖ context`, where the
+//! context names what is wrapped (a data key by its [`KeyId`], or the store
+//! secret), so a wrapped key copied to another vault entry does not unwrap.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::Rng as _;
+use zeroize::Zeroize;
+
+use crate::error::{AuthError, FormatError};
+use crate::keys::{DataKey, EpochId, EpochKey, KEY_LEN, KeyId};
+
+/// Version byte of the wrapped-key format.
+pub const WRAPPED_KEY_VERSION: u8 = 1;
+const WHAT: &str = "wrapped key";
+const AAD_PREFIX: &[u8] = b"shredkv/v1/wrap";
+
+/// What a wrapped key is, bound into the wrap's associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrapContext {
+    /// A data key, named by its id.
+    DataKey(KeyId),
+    /// The store secret (there is one per store).
+    StoreSecret,
+}
+
+impl WrapContext {
+    fn aad(&self, epoch: EpochId) -> [u8; AAD_PREFIX.len() + 4 + 1 + KeyId::LEN] {
+        let mut out = [0u8; AAD_PREFIX.len() + 4 + 1 + KeyId::LEN];
+        let (prefix, rest) = out.split_at_mut(AAD_PREFIX.len());
+        prefix.copy_from_slice(AAD_PREFIX);
+        let (epoch_bytes, rest) = rest.split_at_mut(4);
+        epoch_bytes.copy_from_slice(&epoch.0.to_be_bytes());
+        let (kind, id) = rest.split_at_mut(1);
+        match self {
+            Self::DataKey(key_id) => {
+                kind.copy_from_slice(&[1]);
+                id.copy_from_slice(&key_id.to_bytes());
+            }
+            Self::StoreSecret => kind.copy_from_slice(&[2]),
+        }
+        out
+    }
+}
+
+/// A key wrapped under an epoch key: safe to store anywhere. Useless once the
+/// epoch key is destroyed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey([u8; WrappedKey::LEN]);
+
+impl WrappedKey {
+    /// Encoded length in bytes.
+    pub const LEN: usize = 1 + 4 + 12 + KEY_LEN + 16 + 4;
+
+    /// The epoch whose key wrapped this key.
+    pub fn epoch(&self) -> EpochId {
+        let mut epoch = [0u8; 4];
+        epoch.copy_from_slice(self.0.get(1..5).unwrap_or(&[0; 4]));
+        EpochId(u32::from_be_bytes(epoch))
+    }
+
+    /// The encoded bytes (see the module docs).
+    pub fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+
+    /// Decodes and checks length, version and CRC. Never panics.
+    ///
+    /// # Errors
+    /// [`FormatError`] naming what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        let array: [u8; Self::LEN] = bytes.try_into().map_err(|_| {
+            if bytes.len() < Self::LEN {
+                FormatError::Truncated {
+                    what: WHAT,
+                    needed: Self::LEN,
+                    got: bytes.len(),
+                }
+            } else {
+                FormatError::InvalidField {
+                    what: WHAT,
+                    detail: "longer than a wrapped key",
+                }
+            }
+        })?;
+        let (body, crc) = array
+            .split_last_chunk::<4>()
+            .ok_or(FormatError::Truncated {
+                what: WHAT,
+                needed: Self::LEN,
+                got: 0,
+            })?;
+        let expected = u32::from_be_bytes(*crc);
+        let got = crc32fast::hash(body);
+        if expected != got {
+            return Err(FormatError::ChecksumMismatch {
+                what: WHAT,
+                expected,
+                got,
+            });
+        }
+        if array[0] != WRAPPED_KEY_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                what: WHAT,
+                found: array[0],
+            });
+        }
+        Ok(Self(array))
+    }
+}
+
+impl std::fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An epoch key made ready to wrap and unwrap. Zeroized on drop.
+pub struct EpochCipher {
+    epoch: EpochId,
+    aead: Aes256Gcm,
+}
+
+impl EpochCipher {
+    /// Expands an epoch key.
+    pub fn new(epoch: EpochId, key: &EpochKey) -> Self {
+        Self {
+            epoch,
+            aead: Aes256Gcm::new(key.expose_secret().into()),
+        }
+    }
+
+    /// The epoch this cipher belongs to.
+    pub fn epoch(&self) -> EpochId {
+        self.epoch
+    }
+
+    /// Wraps `key` for `context`.
+    pub fn wrap(&self, context: &WrapContext, key: &DataKey) -> WrappedKey {
+        let mut out = [0u8; WrappedKey::LEN];
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        out[0] = WRAPPED_KEY_VERSION;
+        out[1..5].copy_from_slice(&self.epoch.0.to_be_bytes());
+        out[5..17].copy_from_slice(&nonce);
+        out[17..49].copy_from_slice(key.expose_secret());
+        let aad = context.aad(self.epoch);
+        let tag = match self.aead.encrypt_inout_detached(
+            &Nonce::from(nonce),
+            &aad,
+            (&mut out[17..49]).into(),
+        ) {
+            Ok(tag) => tag,
+            // 32 bytes of plaintext and ~50 of AAD are far inside GCM's limits.
+            Err(_) => unreachable_wrap(),
+        };
+        out[49..65].copy_from_slice(&tag);
+        let crc = crc32fast::hash(&out[..65]);
+        out[65..69].copy_from_slice(&crc.to_be_bytes());
+        WrappedKey(out)
+    }
+
+    /// Unwraps a key wrapped by this epoch for `context`.
+    ///
+    /// # Errors
+    /// [`AuthError`] if the wrapped key was altered, belongs to another
+    /// context, or was wrapped by another epoch.
+    pub fn unwrap(
+        &self,
+        context: &WrapContext,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, AuthError> {
+        if wrapped.epoch() != self.epoch {
+            return Err(AuthError);
+        }
+        let bytes = &wrapped.0;
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&bytes[5..17]);
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&bytes[49..65]);
+        let mut key = [0u8; KEY_LEN];
+        key.copy_from_slice(&bytes[17..49]);
+        let aad = context.aad(self.epoch);
+        let result = self.aead.decrypt_inout_detached(
+            &Nonce::from(nonce),
+            &aad,
+            (&mut key[..]).into(),
+            &tag.into(),
+        );
+        if result.is_err() {
+            key.zeroize();
+            return Err(AuthError);
+        }
+        let unwrapped = DataKey::from_bytes(key);
+        key.zeroize();
+        Ok(unwrapped)
+    }
+}
+
+impl std::fmt::Debug for EpochCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochCipher")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cold]
+fn unreachable_wrap() -> ! {
+    panic!("AES-GCM refused to seal a 32-byte key; its limits are gigabytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SubjectTag;
+
+    fn id(version: u32) -> KeyId {
+        KeyId {
+            subject: SubjectTag([3; 16]),
+            class: 1,
+            bucket: 0,
+            version,
+        }
+    }
+
+    #[test]
+    fn wrap_round_trips_and_binds_context_and_epoch() {
+        let epoch = EpochCipher::new(EpochId(4), &EpochKey::from_bytes([8; 32]));
+        let other_epoch = EpochCipher::new(EpochId(5), &EpochKey::from_bytes([8; 32]));
+        let key = DataKey::from_bytes([0x5a; 32]);
+        let ctx = WrapContext::DataKey(id(1));
+        let wrapped = epoch.wrap(&ctx, &key);
+        assert_eq!(wrapped.epoch(), EpochId(4));
+        let back = epoch.unwrap(&ctx, &wrapped).expect("unwrap");
+        assert_eq!(back.expose_secret(), key.expose_secret());
+        assert!(
+            epoch
+                .unwrap(&WrapContext::DataKey(id(2)), &wrapped)
+                .is_err()
+        );
+        assert!(epoch.unwrap(&WrapContext::StoreSecret, &wrapped).is_err());
+        assert!(other_epoch.unwrap(&ctx, &wrapped).is_err());
+        // The key bytes never appear in the wrapped form.
+        assert!(!wrapped.as_bytes().windows(8).any(|w| w == [0x5a; 8]));
+    }
+
+    #[test]
+    fn every_byte_flip_is_rejected() {
+        let epoch = EpochCipher::new(EpochId(1), &EpochKey::from_bytes([1; 32]));
+        let ctx = WrapContext::StoreSecret;
+        let wrapped = epoch.wrap(&ctx, &DataKey::from_bytes([2; 32]));
+        for i in 0..WrappedKey::LEN {
+            let mut bytes = *wrapped.as_bytes();
+            bytes[i] ^= 0x10;
+            assert!(matches!(
+                WrappedKey::from_bytes(&bytes),
+                Err(FormatError::ChecksumMismatch { .. })
+            ));
+            // With the CRC fixed up, authentication must still fail.
+            let crc = crc32fast::hash(&bytes[..65]);
+            bytes[65..].copy_from_slice(&crc.to_be_bytes());
+            if i < 65 {
+                if let Ok(tampered) = WrappedKey::from_bytes(&bytes) {
+                    assert!(
+                        epoch.unwrap(&ctx, &tampered).is_err(),
+                        "flip at {i} unwrapped"
+                    );
+                }
+            }
+        }
+        assert!(WrappedKey::from_bytes(&wrapped.as_bytes()[..10]).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! shredkv: an embedded key-value store with per-subject cryptographic erasure.
