@@ -1,0 +1,102 @@
+//! An in-memory backend: the reference behaviour of the seam, used by unit
+//! tests and as the base of fault-injecting wrappers. Not durable.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, ControlFlow};
+use std::sync::{PoisonError, RwLock};
+
+use super::{Backend, Durability, Op, Order, Storage, StorageError, Tree, WriteBatch};
+
+type Trees = BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// Trees held in `BTreeMap`s behind one lock, so a batch is atomic.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryStorage {
+    trees: RwLock<Trees>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(trees.get(&tree).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        order: Order,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
+            (start, end)
+        {
+            if s > e {
+                return Ok(());
+            }
+        }
+        let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(map) = trees.get(&tree) else {
+            return Ok(());
+        };
+        let range = map.range::<[u8], _>((start, end));
+        let mut step = |(k, v): (&Vec<u8>, &Vec<u8>)| visit(k, v);
+        match order {
+            Order::Ascending => {
+                for entry in range {
+                    if step(entry).is_break() {
+                        break;
+                    }
+                }
+            }
+            Order::Descending => {
+                for entry in range.rev() {
+                    if step(entry).is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: &WriteBatch, _durability: Durability) -> Result<(), StorageError> {
+        let mut trees = self.trees.write().unwrap_or_else(PoisonError::into_inner);
+        for op in &batch.ops {
+            match op {
+                Op::Put { tree, key, value } => {
+                    trees
+                        .entry(*tree)
+                        .or_default()
+                        .insert(key.clone(), value.clone());
+                }
+                Op::Remove { tree, key } => {
+                    if let Some(map) = trees.get_mut(tree) {
+                        map.remove(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        Ok(0)
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Sled
+    }
+}

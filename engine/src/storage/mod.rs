@@ -1,0 +1,290 @@
+//! The storage seam: the few operations the engine needs from a backend.
+//!
+//! Ordered get, range scan, an atomic multi-tree write batch, and flush. Two
+//! real backends sit behind it (sled 0.34 and redb), and tests wrap it to
+//! inject faults. Nothing above this module knows which backend it talks to.
+
+use std::fmt;
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The trees (sled trees, redb tables) of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Tree {
+    /// Store identity, format version, wrapped store secret, policy digest.
+    Meta,
+    /// Sealed records: subject tag ‖ class ‖ record key → envelope.
+    Data,
+    /// Wrapped data keys: key id → vault entry.
+    Vault,
+    /// Subjects: subject tag → subject record.
+    Subjects,
+    /// The deadline (TTL) index: deadline ‖ key id → reason.
+    Deadlines,
+    /// Re-key debts: key id → since when.
+    Debts,
+    /// Legal holds: subject tag ‖ class → hold record.
+    Holds,
+    /// The erasure ledger: subject tag ‖ class → erasure record.
+    Ledger,
+    /// The hash-chained audit log: sequence → entry.
+    Audit,
+}
+
+impl Tree {
+    /// Every tree, in a fixed order (used to open and to copy a store).
+    pub(crate) const ALL: [Tree; 9] = [
+        Tree::Meta,
+        Tree::Data,
+        Tree::Vault,
+        Tree::Subjects,
+        Tree::Deadlines,
+        Tree::Debts,
+        Tree::Holds,
+        Tree::Ledger,
+        Tree::Audit,
+    ];
+
+    /// The tree's name in the backend's files. Part of the on-disk format.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Data => "data",
+            Tree::Vault => "vault",
+            Tree::Subjects => "subjects",
+            Tree::Deadlines => "deadlines",
+            Tree::Debts => "debts",
+            Tree::Holds => "holds",
+            Tree::Ledger => "ledger",
+            Tree::Audit => "audit",
+        }
+    }
+}
+
+/// One change in a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Insert or replace.
+    Put {
+        /// Which tree.
+        tree: Tree,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove if present.
+    Remove {
+        /// Which tree.
+        tree: Tree,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// Changes applied together or not at all, across any trees. Applied in
+/// order: a later op on the same key wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WriteBatch {
+    pub(crate) ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an insert.
+    pub(crate) fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put {
+            tree,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Adds a removal.
+    pub(crate) fn remove(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Remove {
+            tree,
+            key: key.into(),
+        });
+    }
+
+    /// Whether the batch holds no ops.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Appends another batch's ops.
+    pub(crate) fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+}
+
+/// When a write must be on stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Visible at once; on disk by the next flush (or the backend's own
+    /// periodic flush). Lost by a crash before then, atomically.
+    Buffered,
+    /// On stable storage before `apply` returns.
+    Durable,
+}
+
+/// Scan direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Ascending by key bytes.
+    Ascending,
+    /// Descending by key bytes.
+    Descending,
+}
+
+/// The storage backends shredkv can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// sled 0.34.7: the design card's choice. Files never shrink.
+    #[default]
+    Sled,
+    /// redb: maintained, ACID, stable file format.
+    Redb,
+}
+
+impl Backend {
+    /// The backend's name, as used in configuration and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sled => "sled",
+            Backend::Redb => "redb",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sled" => Ok(Backend::Sled),
+            "redb" => Ok(Backend::Redb),
+            other => Err(format!(
+                "unknown storage backend `{other}`: expected `sled` or `redb`"
+            )),
+        }
+    }
+}
+
+/// What kind of failure a backend reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StorageErrorKind {
+    /// An I/O error (including a full disk); the store may be retried or reopened.
+    Io,
+    /// The backend found its files damaged.
+    Corrupt,
+    /// Another process holds the store.
+    Locked,
+    /// Anything else the backend reported.
+    Other,
+}
+
+/// A failure reported by a storage backend, with what was being done.
+#[derive(Debug)]
+pub(crate) struct StorageError {
+    pub(crate) backend: Backend,
+    pub(crate) action: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) kind: StorageErrorKind,
+    pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} backend failed to {} at {}: {}",
+            self.backend,
+            self.action,
+            self.path.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// The operations the engine needs from a backend.
+pub(crate) trait Storage: Send + Sync {
+    /// The value under `key`, if any.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Calls `visit` for every entry with a key in `(start, end)`, in `order`,
+    /// until it returns `Break`. The view is consistent within one call on
+    /// redb; on sled it is per entry.
+    fn scan(
+        &self,
+        tree: Tree,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        order: Order,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StorageError>;
+
+    /// Applies every op of `batch` atomically (all or none, also across a crash).
+    fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError>;
+
+    /// Makes every applied batch durable.
+    fn flush(&self) -> Result<(), StorageError>;
+
+    /// Bytes the backend occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, StorageError>;
+
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+}
+
+/// Calls `visit` for every entry whose key starts with `prefix`, ascending.
+pub(crate) fn scan_prefix(
+    storage: &dyn Storage,
+    tree: Tree,
+    prefix: &[u8],
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
+    storage.scan(
+        tree,
+        Bound::Included(prefix),
+        Bound::Unbounded,
+        Order::Ascending,
+        &mut |k, v| {
+            if k.starts_with(prefix) {
+                visit(k, v)
+            } else {
+                ControlFlow::Break(())
+            }
+        },
+    )
+}
+
+/// Opens (creating if absent) the backend's files inside `dir`.
+pub(crate) fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn Storage>, StorageError> {
+    match backend {
+        Backend::Sled => Ok(Arc::new(sled_backend::SledStorage::open(dir)?)),
+        Backend::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(dir)?)),
+    }
+}
+
+pub(crate) mod memory;
+mod redb_backend;
+mod sled_backend;
