@@ -1,7 +1,73 @@
 //! shredkv: an embedded key-value store with per-subject cryptographic erasure.
+//!
+//! Every record belongs to a subject (a customer account, or an end user of
+//! one) and a retention class. Each subject's records in each class are
+//! encrypted under keys of their own, so erasing a subject is destroying its
+//! keys: O(keys), immediate, and it reaches every copy the engine ever wrote.
+//!
+//! ```
+//! use shredkv::{Classes, Config, Db};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Db::open(Config::new(dir.path()))?;
+//! db.register_account("acct-42")?;
+//! db.register_end_user("user-7", "acct-42")?;
+//! db.put("user-7", "message_content", b"msg-1", b"see you at noon")?;
+//!
+//! let receipt = db.shred("acct-42", Classes::All)?; // erases user-7 too
+//! assert_eq!(receipt.erased.len(), 2);
+//! assert!(db.get("user-7", "message_content", b"msg-1").unwrap_err().is_erased());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(unsafe_code)]
-#![allow(dead_code)] // while the engine is assembled
 
+mod audit;
+mod clock;
+mod codec;
+mod config;
+mod db;
+mod error;
+mod holds;
+mod ledger;
+mod records;
+mod retention;
 mod storage;
+mod subjects;
+mod sync;
+mod vault;
 
-pub use storage::Backend;
+pub use audit::{AuditEntry, AuditEvent, ChainBreak, ChainReport};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
+pub use db::{
+    Batch, Classes, Db, ErasedScope, Export, ExportedSubject, PutOptions, Receipt, Retained,
+};
+pub use error::{Error, Location, Result};
+pub use holds::Hold;
+pub use jiff;
+pub use ledger::ErasureReason;
+pub use records::Record;
+pub use retention::{
+    ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, Policy, PolicyError, Retention,
+};
+pub use shredkv_crypto::{KeyProvider, SubjectTag};
+pub use storage::{Backend, StorageError};
+pub use subjects::{SubjectInfo, SubjectKind, SubjectState};
+
+/// Test and tooling hooks: the concurrency protocol's parts for the loom
+/// model, and the in-memory backend. Not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::vault::cache::{BucketId, KeyCache};
+    pub use crate::vault::gate::ScopeGate;
+
+    /// Opens a store whose trees live in memory (the key provider is still
+    /// the configured one, or a key file in `config.path()`). For fuzzing and
+    /// fast tests; nothing is durable.
+    ///
+    /// # Errors
+    /// As [`crate::Db::open`].
+    pub fn open_in_memory(config: crate::Config) -> crate::Result<crate::Db> {
+        crate::Db::open_in_memory(config)
+    }
+}

@@ -198,7 +198,7 @@ pub(crate) enum StorageErrorKind {
 
 /// A failure reported by a storage backend, with what was being done.
 #[derive(Debug)]
-pub(crate) struct StorageError {
+pub struct StorageError {
     pub(crate) backend: Backend,
     pub(crate) action: &'static str,
     pub(crate) path: PathBuf,

@@ -1,0 +1,139 @@
+//! How a store is opened.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shredkv_crypto::KeyProvider;
+
+use crate::clock::{Clock, SystemClock};
+use crate::retention::Policy;
+use crate::storage::Backend;
+
+/// Options for [`Db::open`](crate::Db::open). Built with chained setters:
+///
+/// ```
+/// use shredkv::{Backend, Config};
+/// let config = Config::new("/tmp/store").backend(Backend::Redb).sync_writes(true);
+/// assert_eq!(config.path().to_str(), Some("/tmp/store"));
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) path: PathBuf,
+    pub(crate) backend: Backend,
+    pub(crate) policy: Option<Policy>,
+    pub(crate) apply_policy_change: bool,
+    pub(crate) key_provider: Option<Arc<dyn KeyProvider>>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) sync_writes: bool,
+    pub(crate) key_cache_bytes: usize,
+    pub(crate) flush_every: Option<Duration>,
+    pub(crate) gate_stripes: usize,
+    pub(crate) retire_after_seals: u64,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("backend", &self.backend)
+            .field("sync_writes", &self.sync_writes)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A store in directory `path` with defaults: sled backend, the default
+    /// policy (`policy/default.toml`), a file key provider at `path/keys`,
+    /// the system clock, buffered writes flushed every 500 ms.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            backend: Backend::default(),
+            policy: None,
+            apply_policy_change: false,
+            key_provider: None,
+            key_file: None,
+            clock: Arc::new(SystemClock),
+            sync_writes: false,
+            key_cache_bytes: 64 << 20,
+            flush_every: Some(Duration::from_millis(500)),
+            gate_stripes: 256,
+            retire_after_seals: shredkv_crypto::RETIRE_AFTER_SEALS,
+        }
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The storage backend.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The retention policy (default: the embedded `policy/default.toml`).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Accept a policy that differs from the one the store was created with
+    /// (recorded in the audit log). Without this, opening such a store fails.
+    pub fn apply_policy_change(mut self, apply: bool) -> Self {
+        self.apply_policy_change = apply;
+        self
+    }
+
+    /// Use this key provider instead of the file provider.
+    pub fn key_provider(mut self, provider: Arc<dyn KeyProvider>) -> Self {
+        self.key_provider = Some(provider);
+        self
+    }
+
+    /// Keep the file provider's key file here instead of `path/keys`. In
+    /// production, keep it off the volume that is backed up with the store.
+    pub fn key_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.key_file = Some(file.into());
+        self
+    }
+
+    /// The clock (inject a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Make every write durable before it returns (default: durable at the
+    /// next [`Db::flush`](crate::Db::flush) or background flush).
+    pub fn sync_writes(mut self, sync: bool) -> Self {
+        self.sync_writes = sync;
+        self
+    }
+
+    /// Memory for unwrapped keys (default 64 MiB, about 65,000 keys).
+    pub fn key_cache_bytes(mut self, bytes: usize) -> Self {
+        self.key_cache_bytes = bytes;
+        self
+    }
+
+    /// How often buffered writes are flushed in the background (`None`: only
+    /// on [`Db::flush`](crate::Db::flush) and close).
+    pub fn flush_every(mut self, every: Option<Duration>) -> Self {
+        self.flush_every = every;
+        self
+    }
+
+    /// Retire a data key after this many seals (default and maximum 2^30, a
+    /// quarter of AES-GCM's random-nonce limit). Lower values exercise key
+    /// rotation in tests.
+    pub fn retire_keys_after_seals(mut self, seals: u64) -> Self {
+        self.retire_after_seals = seals.max(1);
+        self
+    }
+}

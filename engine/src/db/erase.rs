@@ -1,0 +1,595 @@
+//! Erasure (shred), re-registration, restriction and legal holds.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use jiff::Timestamp;
+use shredkv_crypto::SubjectTag;
+
+use super::{ClassEntry, Db, DbInner, subject_location};
+use crate::audit::{AuditEvent, PendingEntry};
+use crate::error::{Error, Location, Result};
+use crate::holds::{self, Hold};
+use crate::ledger::{self, ALL_CLASSES, ErasureReason, LedgerEntry};
+use crate::records;
+use crate::retention::deadlines::{self, Due};
+use crate::storage::{Durability, Tree, WriteBatch, scan_prefix};
+use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+
+/// Which classes an erasure covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classes<'a> {
+    /// Every class, including classes no longer in the policy.
+    All,
+    /// Only these classes.
+    Only(&'a [&'a str]),
+}
+
+/// One scope erased by a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasedScope {
+    /// The subject erased (the requested one, or one of its end users).
+    pub subject: SubjectTag,
+    /// The class erased, or `None` for every class of the subject.
+    pub class: Option<String>,
+    /// Data keys destroyed.
+    pub keys_destroyed: usize,
+}
+
+/// One scope a request did not erase, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retained {
+    /// The subject.
+    pub subject: SubjectTag,
+    /// The class retained.
+    pub class: String,
+    /// Until when it is kept, if known (a legal hold has no end date).
+    pub until: Option<Timestamp>,
+    /// Why: a legal hold, or the class's legal basis.
+    pub reason: String,
+}
+
+/// The answer to an erasure: what was erased now, what is retained, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The subject the request named.
+    pub subject: SubjectTag,
+    /// When the erasure was made durable.
+    pub erased_at: Timestamp,
+    /// Why it was erased.
+    pub reason: ErasureReason,
+    /// What was erased now.
+    pub erased: Vec<ErasedScope>,
+    /// What was kept.
+    pub retained: Vec<Retained>,
+}
+
+impl Receipt {
+    /// Total data keys destroyed.
+    pub fn keys_destroyed(&self) -> usize {
+        self.erased.iter().map(|e| e.keys_destroyed).sum()
+    }
+}
+
+/// Holds of one subject: by class number, `ALL_CLASSES` for the whole subject.
+type SubjectHolds = HashMap<u16, String>;
+
+fn hold_key(tag: &SubjectTag, class: u16) -> [u8; 18] {
+    ledger::key(tag, class)
+}
+
+impl DbInner {
+    pub(crate) fn holds_of(&self, tag: &SubjectTag) -> Result<SubjectHolds> {
+        let mut out = HashMap::new();
+        let mut failure = None;
+        scan_prefix(self.storage.as_ref(), Tree::Holds, &tag.0, &mut |k, v| {
+            let Some((_, class)) = ledger::split_key(k) else {
+                return ControlFlow::Continue(());
+            };
+            match holds::decode(v) {
+                Ok((_, reason)) => {
+                    out.insert(class, reason);
+                }
+                Err(source) => {
+                    failure = Some(Error::Corrupt {
+                        location: Location {
+                            tree: "holds",
+                            subject: Some(*tag),
+                            class: None,
+                            key_hex: shredkv_crypto::hex::encode(k),
+                        },
+                        source,
+                    });
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
+    }
+
+    /// The hold covering a scope, if any (a whole-subject hold covers all).
+    pub(crate) fn hold_on(holds: &SubjectHolds, class: u16) -> Option<&String> {
+        holds.get(&class).or_else(|| holds.get(&ALL_CLASSES))
+    }
+
+    /// Erases `tags` (a subject and its end users) in `classes`, durably.
+    /// The caller holds the scope gate's write lock over `tags`.
+    pub(crate) fn erase_locked(
+        &self,
+        requested: SubjectTag,
+        tags: &[SubjectTag],
+        classes: Option<&[&ClassEntry]>,
+        reason: ErasureReason,
+    ) -> Result<Receipt> {
+        let now_ts = self.clock.now();
+        let now = now_ts.as_second();
+        let mut batch = WriteBatch::new();
+        let mut audit = Vec::new();
+        let mut receipt = Receipt {
+            subject: requested,
+            erased_at: now_ts,
+            reason,
+            erased: Vec::new(),
+            retained: Vec::new(),
+        };
+        let mut erased_infos = Vec::new();
+        let mut evictions: Vec<(SubjectTag, Option<u16>)> = Vec::new();
+
+        for tag in tags {
+            let Some(info) = self.subject_info(tag)? else {
+                continue;
+            };
+            if info.state == SubjectState::Erased {
+                continue;
+            }
+            let holds = self.holds_of(tag)?;
+            if classes.is_none() && holds.is_empty() {
+                let ids = self.vault.destroy_prefix(&tag.0, now, &mut batch)?;
+                let entry = LedgerEntry {
+                    erased_at: now,
+                    generation: info.generation,
+                    reason,
+                    keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                };
+                batch.put(
+                    Tree::Ledger,
+                    ledger::key(tag, ALL_CLASSES).to_vec(),
+                    entry.encode(),
+                );
+                batch.put(
+                    Tree::Deadlines,
+                    deadlines::key(now, &Due::RemoveCiphertext(*tag, ALL_CLASSES)),
+                    deadlines::value(now),
+                );
+                let erased = SubjectInfo {
+                    state: SubjectState::Erased,
+                    erased_at: Some(now_ts),
+                    ..info
+                };
+                batch.put(
+                    Tree::Subjects,
+                    subjects::record_key(tag).to_vec(),
+                    erased.encode(),
+                );
+                audit.push(PendingEntry::new(
+                    AuditEvent::KeysDestroyed,
+                    Some(*tag),
+                    None,
+                    format!(
+                        "{} keys destroyed; all classes; {}",
+                        ids.len(),
+                        reason.name()
+                    ),
+                ));
+                receipt.erased.push(ErasedScope {
+                    subject: *tag,
+                    class: None,
+                    keys_destroyed: ids.len(),
+                });
+                erased_infos.push(erased);
+                evictions.push((*tag, None));
+                continue;
+            }
+            let all: Vec<&ClassEntry>;
+            let selected: &[&ClassEntry] = match classes {
+                Some(list) => list,
+                None => {
+                    all = self.classes.iter().collect();
+                    &all
+                }
+            };
+            for class in selected {
+                if self
+                    .scope_erased_at(tag, class.number, info.generation)?
+                    .is_some()
+                {
+                    continue;
+                }
+                if let Some(hold) = Self::hold_on(&holds, class.number) {
+                    audit.push(PendingEntry::new(
+                        AuditEvent::ErasureBlocked,
+                        Some(*tag),
+                        Some(class.number),
+                        format!("{} blocked by legal hold: {hold}", reason.name()),
+                    ));
+                    receipt.retained.push(Retained {
+                        subject: *tag,
+                        class: class.policy.name.clone(),
+                        until: None,
+                        reason: format!("legal hold: {hold}"),
+                    });
+                    continue;
+                }
+                let prefix = records::scope_prefix(tag, class.number);
+                let ids = self.vault.destroy_prefix(&prefix, now, &mut batch)?;
+                let entry = LedgerEntry {
+                    erased_at: now,
+                    generation: info.generation,
+                    reason,
+                    keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                };
+                batch.put(
+                    Tree::Ledger,
+                    ledger::key(tag, class.number).to_vec(),
+                    entry.encode(),
+                );
+                batch.put(
+                    Tree::Deadlines,
+                    deadlines::key(now, &Due::RemoveCiphertext(*tag, class.number)),
+                    deadlines::value(now),
+                );
+                audit.push(PendingEntry::new(
+                    AuditEvent::KeysDestroyed,
+                    Some(*tag),
+                    Some(class.number),
+                    format!(
+                        "{} keys destroyed; class {}; {}",
+                        ids.len(),
+                        class.policy.name,
+                        reason.name()
+                    ),
+                ));
+                receipt.erased.push(ErasedScope {
+                    subject: *tag,
+                    class: Some(class.policy.name.clone()),
+                    keys_destroyed: ids.len(),
+                });
+                evictions.push((*tag, Some(class.number)));
+            }
+        }
+        if audit.is_empty() {
+            return Ok(receipt);
+        }
+        // Durable before returning: G1.
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &audit,
+            now_ts,
+            Durability::Durable,
+        )?;
+        for (tag, class) in evictions {
+            self.vault.evict_subject(&tag, class);
+        }
+        for info in erased_infos {
+            self.cache_subject(info);
+        }
+        Ok(receipt)
+    }
+
+    /// A subject and, for an account, its end users.
+    pub(crate) fn with_end_users(
+        &self,
+        tag: &SubjectTag,
+        info: &SubjectInfo,
+    ) -> Result<Vec<SubjectTag>> {
+        let mut tags = vec![*tag];
+        if info.kind == SubjectKind::Account {
+            tags.extend(self.children(tag)?);
+        }
+        Ok(tags)
+    }
+
+    fn set_state(
+        &self,
+        tag: &SubjectTag,
+        update: impl FnOnce(SubjectInfo) -> Result<SubjectInfo>,
+        event: AuditEvent,
+        detail: &str,
+    ) -> Result<()> {
+        let _exclusive = self.gate.write(&[*tag]);
+        let info = self
+            .subject_info(tag)?
+            .ok_or(Error::UnknownSubject { subject: *tag })?;
+        let updated = update(info)?;
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Tree::Subjects,
+            subjects::record_key(tag).to_vec(),
+            updated.encode(),
+        );
+        let entry = PendingEntry::new(event, Some(*tag), None, detail);
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &[entry],
+            self.clock.now(),
+            Durability::Durable,
+        )?;
+        self.cache_subject(updated);
+        Ok(())
+    }
+}
+
+fn erased_error(info: &SubjectInfo) -> Error {
+    Error::Erased {
+        subject: info.tag,
+        class: None,
+        erased_at: info.erased_at.unwrap_or(info.created_at),
+    }
+}
+
+impl Db {
+    /// Erases a subject (all classes, or some) by destroying its keys; for
+    /// an account, its end users too. Durable before it returns. Scopes
+    /// under a legal hold are retained and listed in the receipt.
+    ///
+    /// Erasing an already erased subject succeeds with an empty receipt.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::UnknownClass`], storage failures
+    /// (then nothing was erased).
+    pub fn shred(&self, subject: &str, classes: Classes<'_>) -> Result<Receipt> {
+        self.erase(self.subject_tag(subject), classes, ErasureReason::Operator)
+    }
+
+    pub(crate) fn erase(
+        &self,
+        tag: SubjectTag,
+        classes: Classes<'_>,
+        reason: ErasureReason,
+    ) -> Result<Receipt> {
+        let inner = &self.inner;
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        let selected: Option<Vec<&ClassEntry>> = match classes {
+            Classes::All => None,
+            Classes::Only(names) => Some(
+                names
+                    .iter()
+                    .map(|n| inner.class(n))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        let tags = inner.with_end_users(&tag, &info)?;
+        let _exclusive = inner.gate.write(&tags);
+        inner.erase_locked(tag, &tags, selected.as_deref(), reason)
+    }
+
+    /// Registers an erased subject again, with new keys: writes succeed
+    /// again, and nothing erased comes back.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`]; [`Error::SubjectConflict`] if nothing of
+    /// the subject was erased, or its account is erased.
+    pub fn re_register(&self, subject: &str) -> Result<()> {
+        let inner = &self.inner;
+        let tag = self.subject_tag(subject);
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        if let Some(parent) = &info.parent {
+            if let Some(parent_info) = inner.subject_info(parent)? {
+                if parent_info.state == SubjectState::Erased {
+                    return Err(Error::SubjectConflict {
+                        subject: tag,
+                        detail: format!(
+                            "its account {parent} is erased; re-register the account first"
+                        ),
+                    });
+                }
+            }
+        }
+        let mut erased_scopes = 0usize;
+        scan_prefix(inner.storage.as_ref(), Tree::Ledger, &tag.0, &mut |_, v| {
+            if LedgerEntry::decode(v).is_ok_and(|e| e.generation == info.generation) {
+                erased_scopes += 1;
+            }
+            ControlFlow::Continue(())
+        })?;
+        if info.state != SubjectState::Erased && erased_scopes == 0 {
+            return Err(Error::SubjectConflict {
+                subject: tag,
+                detail: "is not erased; there is nothing to re-register".into(),
+            });
+        }
+        inner.set_state(
+            &tag,
+            |info| {
+                Ok(SubjectInfo {
+                    state: SubjectState::Active,
+                    generation: info.generation.saturating_add(1),
+                    erased_at: None,
+                    closed_at: None,
+                    opted_out_at: None,
+                    released_at: None,
+                    ..info
+                })
+            },
+            AuditEvent::ReRegistered,
+            "re-registered with new keys",
+        )
+    }
+
+    /// Restricts a subject's processing: its data can be exported, not read
+    /// or written, until [`Db::lift_restriction`].
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::Erased`], storage failures.
+    pub fn restrict(&self, subject: &str) -> Result<()> {
+        let tag = self.subject_tag(subject);
+        self.inner.set_state(
+            &tag,
+            |info| match info.state {
+                SubjectState::Erased => Err(erased_error(&info)),
+                _ => Ok(SubjectInfo {
+                    state: SubjectState::Restricted,
+                    ..info
+                }),
+            },
+            AuditEvent::Restricted,
+            "processing restricted",
+        )
+    }
+
+    /// Lifts a restriction.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::Erased`], storage failures.
+    pub fn lift_restriction(&self, subject: &str) -> Result<()> {
+        let tag = self.subject_tag(subject);
+        self.inner.set_state(
+            &tag,
+            |info| match info.state {
+                SubjectState::Erased => Err(erased_error(&info)),
+                _ => Ok(SubjectInfo {
+                    state: SubjectState::Active,
+                    ..info
+                }),
+            },
+            AuditEvent::RestrictionLifted,
+            "restriction lifted",
+        )
+    }
+
+    /// Places a legal hold over a subject (every class, or one). While it
+    /// stands, nothing it covers is erased: not by shred, deletion request,
+    /// retention expiry or compaction.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::UnknownClass`], an empty reason,
+    /// storage failures.
+    pub fn place_hold(&self, subject: &str, class: Option<&str>, reason: &str) -> Result<()> {
+        let inner = &self.inner;
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidArgument {
+                what: "hold reason",
+                detail: "a legal hold needs a reason (a case or request reference)".into(),
+            });
+        }
+        let tag = self.subject_tag(subject);
+        let class_number = match class {
+            Some(name) => inner.class(name)?.number,
+            None => ALL_CLASSES,
+        };
+        let _exclusive = inner.gate.write(&[tag]);
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        if info.state == SubjectState::Erased {
+            return Err(erased_error(&info));
+        }
+        let now = inner.clock.now();
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Tree::Holds,
+            hold_key(&tag, class_number).to_vec(),
+            holds::encode(now.as_second(), reason),
+        );
+        let entry = PendingEntry::new(
+            AuditEvent::HoldPlaced,
+            Some(tag),
+            (class_number != ALL_CLASSES).then_some(class_number),
+            format!("hold placed: {reason}"),
+        );
+        inner.audit.commit(
+            inner.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )
+    }
+
+    /// Releases a legal hold. Returns whether one existed. Whatever it was
+    /// blocking becomes due at the next compaction.
+    ///
+    /// # Errors
+    /// [`Error::UnknownClass`], storage failures.
+    pub fn release_hold(&self, subject: &str, class: Option<&str>) -> Result<bool> {
+        let inner = &self.inner;
+        let tag = self.subject_tag(subject);
+        let class_number = match class {
+            Some(name) => inner.class(name)?.number,
+            None => ALL_CLASSES,
+        };
+        let _exclusive = inner.gate.write(&[tag]);
+        let key = hold_key(&tag, class_number);
+        if inner.storage.get(Tree::Holds, &key)?.is_none() {
+            return Ok(false);
+        }
+        let now = inner.clock.now();
+        let mut batch = WriteBatch::new();
+        batch.remove(Tree::Holds, key.to_vec());
+        let entry = PendingEntry::new(
+            AuditEvent::HoldReleased,
+            Some(tag),
+            (class_number != ALL_CLASSES).then_some(class_number),
+            "hold released",
+        );
+        inner.audit.commit(
+            inner.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        Ok(true)
+    }
+
+    /// Every legal hold in force.
+    ///
+    /// # Errors
+    /// Damaged hold records, storage failures.
+    pub fn holds(&self) -> Result<Vec<Hold>> {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        let mut failure = None;
+        inner.storage.scan(
+            Tree::Holds,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, v| {
+                let Some((tag, class)) = ledger::split_key(k) else {
+                    return ControlFlow::Continue(());
+                };
+                match holds::decode(v) {
+                    Ok((placed_at, reason)) => out.push(Hold {
+                        subject: tag,
+                        class: (class != ALL_CLASSES).then(|| inner.class_name(class)),
+                        placed_at: Timestamp::from_second(placed_at).unwrap_or(Timestamp::MAX),
+                        reason,
+                    }),
+                    Err(source) => {
+                        failure = Some(Error::Corrupt {
+                            location: subject_location(&tag),
+                            source,
+                        });
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
+    }
+}

@@ -1,0 +1,712 @@
+//! The store handle: opening, subjects, and the shared state of operations.
+
+mod erase;
+mod ops;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use jiff::Timestamp;
+use shredkv_crypto::{
+    DataKey, EpochId, FileKeyProvider, KeyProvider, Label, ProviderError, StoreSecret, SubjectTag,
+    TagKey, WrapContext, WrappedKey,
+};
+
+use crate::audit::{AuditEvent, AuditLog, PendingEntry};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, Location, Result};
+use crate::retention::{ClassPolicy, Policy};
+use crate::storage::{self, Durability, Storage, Tree, WriteBatch, scan_prefix};
+use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+use crate::vault::Vault;
+use crate::vault::gate::ScopeGate;
+
+pub use erase::{Classes, ErasedScope, Receipt, Retained};
+pub use ops::{Batch, Export, ExportedSubject, PutOptions};
+
+/// The on-disk format version of a store (meta key `format`).
+pub(crate) const STORE_FORMAT: u8 = 1;
+
+mod meta {
+    pub(crate) const FORMAT: &[u8] = b"format";
+    pub(crate) const STORE_ID: &[u8] = b"store_id";
+    pub(crate) const STORE_SECRET: &[u8] = b"store_secret";
+    pub(crate) const EPOCH: &[u8] = b"epoch";
+    pub(crate) const CREATED_AT: &[u8] = b"created_at";
+    pub(crate) const POLICY_DIGEST: &[u8] = b"policy_digest";
+    pub(crate) const CLASS_PREFIX: &[u8] = b"class/";
+    pub(crate) const NEXT_CLASS: &[u8] = b"next_class";
+}
+
+/// A retention class of the open store: its policy and its number on disk.
+#[derive(Debug, Clone)]
+pub(crate) struct ClassEntry {
+    pub(crate) number: u16,
+    pub(crate) policy: ClassPolicy,
+}
+
+pub(crate) struct DbInner {
+    pub(crate) path: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) vault: Vault,
+    pub(crate) gate: ScopeGate,
+    pub(crate) audit: AuditLog,
+    pub(crate) policy: Policy,
+    pub(crate) classes: Vec<ClassEntry>,
+    class_index: HashMap<String, usize>,
+    pub(crate) store_id: [u8; 16],
+    subject_key: TagKey,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) durability: Durability,
+    subjects: Mutex<HashMap<SubjectTag, SubjectInfo>>,
+    flusher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+/// Subjects cached in memory at most; beyond it the cache starts over.
+const SUBJECT_CACHE_ENTRIES: usize = 100_000;
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((stop, handle)) = flusher {
+            drop(stop);
+            let _ = handle.join();
+        }
+        // A clean close leaves nothing buffered; a failure here is what the
+        // next open's recovery is for, and Drop cannot report it.
+        let _ = self.storage.flush();
+    }
+}
+
+/// An open shredkv store. Cheap to clone (an `Arc`); `Send + Sync`.
+///
+/// ```
+/// use shredkv::{Classes, Config, Db};
+///
+/// let dir = tempfile::tempdir()?;
+/// let db = Db::open(Config::new(dir.path()))?;
+/// db.register_account("acct-1")?;
+/// db.put("acct-1", "message_content", b"msg-1", b"hello")?;
+/// assert_eq!(db.get("acct-1", "message_content", b"msg-1")?.as_deref(), Some(&b"hello"[..]));
+///
+/// let receipt = db.shred("acct-1", Classes::All)?;
+/// assert!(receipt.keys_destroyed() > 0);
+/// assert!(db.get("acct-1", "message_content", b"msg-1").unwrap_err().is_erased());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<DbInner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .field("backend", &self.inner.storage.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+fn meta_location(key: &[u8]) -> Location {
+    Location {
+        tree: "meta",
+        subject: None,
+        class: None,
+        key_hex: String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+fn meta_get(storage: &dyn Storage, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(storage.get(Tree::Meta, key)?)
+}
+
+fn meta_array<const N: usize>(storage: &dyn Storage, key: &[u8]) -> Result<[u8; N]> {
+    let bytes = meta_get(storage, key)?.ok_or_else(|| Error::Corrupt {
+        location: meta_location(key),
+        source: shredkv_crypto::FormatError::Truncated {
+            what: "store metadata",
+            needed: N,
+            got: 0,
+        },
+    })?;
+    bytes.as_slice().try_into().map_err(|_| Error::Corrupt {
+        location: meta_location(key),
+        source: shredkv_crypto::FormatError::InvalidField {
+            what: "store metadata",
+            detail: "wrong length",
+        },
+    })
+}
+
+impl Db {
+    /// Opens the store in `config.path()`, creating it if it does not exist.
+    ///
+    /// # Errors
+    /// The backend or key provider failing, a store written by an unknown
+    /// format, a store whose keys were destroyed (older than its purge
+    /// window), or a policy that differs from the store's without
+    /// [`Config::apply_policy_change`].
+    pub fn open(config: Config) -> Result<Db> {
+        let path = config.path.clone();
+        create_private_dir(&path)?;
+        let storage = storage::open(config.backend, &path)?;
+        let provider: Arc<dyn KeyProvider> = match &config.key_provider {
+            Some(provider) => Arc::clone(provider),
+            None => {
+                let file = config.key_file.clone().unwrap_or_else(|| path.join("keys"));
+                Arc::new(FileKeyProvider::open_or_create(file)?)
+            }
+        };
+        Self::open_with(config, storage, provider)
+    }
+
+    pub(crate) fn open_in_memory(config: Config) -> Result<Db> {
+        create_private_dir(&config.path)?;
+        let provider: Arc<dyn KeyProvider> = match &config.key_provider {
+            Some(provider) => Arc::clone(provider),
+            None => Arc::new(FileKeyProvider::open_or_create(
+                config
+                    .key_file
+                    .clone()
+                    .unwrap_or_else(|| config.path.join("keys")),
+            )?),
+        };
+        Self::open_with(
+            config,
+            Arc::new(crate::storage::memory::MemoryStorage::new()),
+            provider,
+        )
+    }
+
+    /// Opens over an already opened storage backend (tests inject faults here).
+    pub(crate) fn open_with(
+        config: Config,
+        storage: Arc<dyn Storage>,
+        provider: Arc<dyn KeyProvider>,
+    ) -> Result<Db> {
+        let path = config.path.clone();
+        let policy = config.policy.clone().unwrap_or_else(Policy::default_policy);
+        let now = config.clock.now();
+        let audit = AuditLog::open(storage.as_ref())?;
+
+        let (store_id, secret, epoch) = match meta_get(storage.as_ref(), meta::FORMAT)? {
+            None => initialize(storage.as_ref(), provider.as_ref(), &audit, &policy, now)?,
+            Some(format) => {
+                let found = format.first().copied().unwrap_or(0);
+                if format.len() != 1 || found != STORE_FORMAT {
+                    return Err(Error::UnsupportedFormat { path, found });
+                }
+                load_identity(storage.as_ref(), provider.as_ref(), &path)?
+            }
+        };
+
+        let digest = meta_get(storage.as_ref(), meta::POLICY_DIGEST)?;
+        if digest.as_deref() != Some(&policy.digest()[..]) {
+            if !config.apply_policy_change {
+                return Err(Error::PolicyChanged { path });
+            }
+            let mut batch = WriteBatch::new();
+            batch.put(Tree::Meta, meta::POLICY_DIGEST, policy.digest().to_vec());
+            let entry = PendingEntry::new(
+                AuditEvent::PolicyApplied,
+                None,
+                None,
+                format!(
+                    "policy digest {}",
+                    shredkv_crypto::hex::encode(&policy.digest())
+                ),
+            );
+            audit.commit(storage.as_ref(), batch, &[entry], now, Durability::Durable)?;
+        }
+
+        let classes = number_classes(storage.as_ref(), &policy)?;
+        let class_index = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.policy.name.clone(), i))
+            .collect();
+        let subject_key = TagKey::derive(secret.expose_secret(), Label::SubjectTag);
+        drop(secret);
+
+        let vault = Vault::new(
+            Arc::clone(&storage),
+            provider,
+            epoch,
+            config.key_cache_bytes,
+            config.retire_after_seals,
+        );
+        let inner = Arc::new(DbInner {
+            path,
+            storage,
+            vault,
+            gate: ScopeGate::new(config.gate_stripes),
+            audit,
+            policy,
+            classes,
+            class_index,
+            store_id,
+            subject_key,
+            clock: Arc::clone(&config.clock),
+            durability: if config.sync_writes {
+                Durability::Durable
+            } else {
+                Durability::Buffered
+            },
+            subjects: Mutex::new(HashMap::new()),
+            flusher: Mutex::new(None),
+        });
+        if let Some(every) = config.flush_every {
+            let (stop, stopped) = mpsc::channel::<()>();
+            let storage = Arc::downgrade(&inner.storage);
+            let handle = std::thread::Builder::new()
+                .name("shredkv-flush".into())
+                .spawn(move || {
+                    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                        let Some(storage) = storage.upgrade() else {
+                            break;
+                        };
+                        // A failed background flush is retried next tick; the
+                        // next explicit flush reports it.
+                        let _ = storage.flush();
+                    }
+                })
+                .map_err(|source| Error::Io {
+                    action: "start the flush thread",
+                    path: inner.path.clone(),
+                    source,
+                })?;
+            *inner.flusher.lock().unwrap_or_else(PoisonError::into_inner) = Some((stop, handle));
+        }
+        Ok(Db { inner })
+    }
+
+    /// Makes every write so far durable.
+    ///
+    /// # Errors
+    /// The backend failing to sync.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.inner.storage.flush()?)
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The storage backend in use.
+    pub fn backend(&self) -> crate::Backend {
+        self.inner.storage.backend()
+    }
+
+    /// The retention policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The current time of the store's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// The keyed tag that stands in for `subject_id` in this store: what
+    /// logs, errors, audit entries and certificates show.
+    pub fn subject_tag(&self, subject_id: &str) -> SubjectTag {
+        self.inner.subject_key.subject_tag(subject_id.as_bytes())
+    }
+
+    /// Registers a customer account. Registering an existing account again
+    /// is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::SubjectConflict`] if the id is an end user;
+    /// [`Error::Erased`] if it was erased (use [`Db::re_register`]).
+    pub fn register_account(&self, account_id: &str) -> Result<SubjectTag> {
+        self.register(account_id, None)
+    }
+
+    /// Registers an end user of `account_id` (which must be registered).
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`] if the account is unknown,
+    /// [`Error::SubjectConflict`] if the user exists under another account.
+    pub fn register_end_user(&self, user_id: &str, account_id: &str) -> Result<SubjectTag> {
+        self.register(user_id, Some(account_id))
+    }
+
+    fn register(&self, id: &str, account: Option<&str>) -> Result<SubjectTag> {
+        let tag = self.subject_tag(id);
+        let parent = match account {
+            Some(account) => {
+                let parent = self.subject_tag(account);
+                let info = self
+                    .inner
+                    .subject_info(&parent)?
+                    .ok_or(Error::UnknownSubject { subject: parent })?;
+                match (info.kind, info.state) {
+                    (SubjectKind::EndUser, _) => {
+                        return Err(Error::SubjectConflict {
+                            subject: parent,
+                            detail: "is an end user, and end users cannot own end users".into(),
+                        });
+                    }
+                    (_, SubjectState::Erased) => {
+                        return Err(Error::Erased {
+                            subject: parent,
+                            class: None,
+                            erased_at: info.erased_at.unwrap_or(info.created_at),
+                        });
+                    }
+                    _ => Some(parent),
+                }
+            }
+            None => None,
+        };
+        let _exclusive = self.inner.gate.write(&[tag]);
+        if let Some(existing) = self.inner.subject_info(&tag)? {
+            if existing.state == SubjectState::Erased {
+                return Err(Error::Erased {
+                    subject: tag,
+                    class: None,
+                    erased_at: existing.erased_at.unwrap_or(existing.created_at),
+                });
+            }
+            if existing.parent != parent {
+                return Err(Error::SubjectConflict {
+                    subject: tag,
+                    detail: "is already registered with another account (or as an account); subjects do not move".into(),
+                });
+            }
+            return Ok(tag);
+        }
+        let now = self.now();
+        let info = SubjectInfo {
+            tag,
+            kind: if parent.is_some() {
+                SubjectKind::EndUser
+            } else {
+                SubjectKind::Account
+            },
+            parent,
+            state: SubjectState::Active,
+            generation: 1,
+            created_at: now,
+            closed_at: None,
+            opted_out_at: None,
+            released_at: None,
+            erased_at: None,
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Tree::Subjects,
+            subjects::record_key(&tag).to_vec(),
+            info.encode(),
+        );
+        if let Some(parent) = &parent {
+            batch.put(
+                Tree::Subjects,
+                subjects::child_key(parent, &tag).to_vec(),
+                Vec::new(),
+            );
+        }
+        self.inner.storage.apply(&batch, self.inner.durability)?;
+        self.inner.cache_subject(info);
+        Ok(tag)
+    }
+
+    /// What the store knows about a subject, or `None` if never registered.
+    ///
+    /// # Errors
+    /// A damaged subject record, or the backend failing.
+    pub fn subject(&self, subject_id: &str) -> Result<Option<SubjectInfo>> {
+        self.inner.subject_info(&self.subject_tag(subject_id))
+    }
+
+    /// Every subject, in tag order (for operators; O(subjects)).
+    ///
+    /// # Errors
+    /// A damaged subject record, or the backend failing.
+    pub fn subjects(&self) -> Result<Vec<SubjectInfo>> {
+        let mut out = Vec::new();
+        let mut failure = None;
+        scan_prefix(
+            self.inner.storage.as_ref(),
+            Tree::Subjects,
+            &[0x00],
+            &mut |k, v| {
+                let Some(tag) = subjects::tag_of_record_key(k) else {
+                    return ControlFlow::Continue(());
+                };
+                match SubjectInfo::decode(tag, v) {
+                    Ok(info) => out.push(info),
+                    Err(source) => {
+                        failure = Some(Error::Corrupt {
+                            location: subject_location(&tag),
+                            source,
+                        });
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
+    }
+
+    /// The end users of an account, by tag.
+    ///
+    /// # Errors
+    /// The backend failing.
+    pub fn end_users_of(&self, account: &SubjectTag) -> Result<Vec<SubjectTag>> {
+        self.inner.children(account)
+    }
+}
+
+pub(crate) fn subject_location(tag: &SubjectTag) -> Location {
+    Location {
+        tree: "subjects",
+        subject: Some(*tag),
+        class: None,
+        key_hex: tag.to_hex(),
+    }
+}
+
+impl DbInner {
+    pub(crate) fn now_secs(&self) -> i64 {
+        self.clock.now().as_second()
+    }
+
+    pub(crate) fn class(&self, name: &str) -> Result<&ClassEntry> {
+        self.class_index
+            .get(name)
+            .and_then(|i| self.classes.get(*i))
+            .ok_or_else(|| Error::UnknownClass {
+                class: name.to_string(),
+            })
+    }
+
+    pub(crate) fn class_by_number(&self, number: u16) -> Option<&ClassEntry> {
+        self.classes.iter().find(|c| c.number == number)
+    }
+
+    pub(crate) fn class_name(&self, number: u16) -> String {
+        self.class_by_number(number)
+            .map_or_else(|| format!("#{number}"), |c| c.policy.name.clone())
+    }
+
+    pub(crate) fn subject_info(&self, tag: &SubjectTag) -> Result<Option<SubjectInfo>> {
+        if let Some(info) = self
+            .subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tag)
+        {
+            return Ok(Some(info.clone()));
+        }
+        let Some(bytes) = self
+            .storage
+            .get(Tree::Subjects, &subjects::record_key(tag))?
+        else {
+            return Ok(None);
+        };
+        let info = SubjectInfo::decode(*tag, &bytes).map_err(|source| Error::Corrupt {
+            location: subject_location(tag),
+            source,
+        })?;
+        self.cache_subject(info.clone());
+        Ok(Some(info))
+    }
+
+    pub(crate) fn cache_subject(&self, info: SubjectInfo) {
+        let mut cache = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= SUBJECT_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(info.tag, info);
+    }
+
+    pub(crate) fn forget_subject(&self, tag: &SubjectTag) {
+        self.subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tag);
+    }
+
+    pub(crate) fn children(&self, account: &SubjectTag) -> Result<Vec<SubjectTag>> {
+        let mut out = Vec::new();
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Subjects,
+            &subjects::children_prefix(account),
+            &mut |k, _| {
+                if let Some(user) = subjects::user_of_child_key(k) {
+                    out.push(user);
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path).map_err(|source| Error::Io {
+        action: "create the store directory",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates a new store's identity: store id, first epoch, store secret.
+fn initialize(
+    storage: &dyn Storage,
+    provider: &dyn KeyProvider,
+    audit: &AuditLog,
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<([u8; 16], StoreSecret, EpochId)> {
+    let epoch = match provider.live_epochs()?.last() {
+        Some(epoch) => *epoch,
+        None => provider.create_epoch()?,
+    };
+    let mut store_id = [0u8; 16];
+    store_id.copy_from_slice(&DataKey::generate().expose_secret()[..16]);
+    let secret = DataKey::generate();
+    let wrapped = provider.wrap(epoch, &WrapContext::StoreSecret, &secret)?;
+    let mut batch = WriteBatch::new();
+    batch.put(Tree::Meta, meta::STORE_ID, store_id.to_vec());
+    batch.put(Tree::Meta, meta::STORE_SECRET, wrapped.as_bytes().to_vec());
+    batch.put(Tree::Meta, meta::EPOCH, epoch.0.to_be_bytes().to_vec());
+    batch.put(
+        Tree::Meta,
+        meta::CREATED_AT,
+        now.as_second().to_be_bytes().to_vec(),
+    );
+    batch.put(Tree::Meta, meta::POLICY_DIGEST, policy.digest().to_vec());
+    // Written last in the same batch: a store either has all of its identity or none.
+    batch.put(Tree::Meta, meta::FORMAT, vec![STORE_FORMAT]);
+    let entry = PendingEntry::new(
+        AuditEvent::StoreCreated,
+        None,
+        None,
+        format!("format {STORE_FORMAT}, {epoch}"),
+    );
+    audit.commit(storage, batch, &[entry], now, Durability::Durable)?;
+    Ok((
+        store_id,
+        StoreSecret::from_bytes(*secret.expose_secret()),
+        epoch,
+    ))
+}
+
+fn load_identity(
+    storage: &dyn Storage,
+    provider: &dyn KeyProvider,
+    path: &Path,
+) -> Result<([u8; 16], StoreSecret, EpochId)> {
+    let store_id = meta_array::<16>(storage, meta::STORE_ID)?;
+    let epoch = EpochId(u32::from_be_bytes(meta_array::<4>(storage, meta::EPOCH)?));
+    let wrapped_bytes = meta_get(storage, meta::STORE_SECRET)?.unwrap_or_default();
+    let wrapped = WrappedKey::from_bytes(&wrapped_bytes).map_err(|source| Error::Corrupt {
+        location: meta_location(meta::STORE_SECRET),
+        source,
+    })?;
+    let secret = match provider.unwrap(&WrapContext::StoreSecret, &wrapped) {
+        Ok(secret) => secret,
+        Err(ProviderError::EpochDestroyed { epoch }) => {
+            return Err(Error::StoreKeysDestroyed {
+                path: path.to_path_buf(),
+                epoch: epoch.0,
+            });
+        }
+        Err(ProviderError::UnknownEpoch { epoch }) => {
+            return Err(Error::KeyProvider(ProviderError::UnknownEpoch { epoch }));
+        }
+        Err(ProviderError::Authentication) => {
+            return Err(Error::Tampered {
+                location: meta_location(meta::STORE_SECRET),
+            });
+        }
+        Err(other) => return Err(other.into()),
+    };
+    Ok((
+        store_id,
+        StoreSecret::from_bytes(*secret.expose_secret()),
+        epoch,
+    ))
+}
+
+/// Gives every class of the policy a stable number (never reused).
+fn number_classes(storage: &dyn Storage, policy: &Policy) -> Result<Vec<ClassEntry>> {
+    let mut next = match meta_get(storage, meta::NEXT_CLASS)? {
+        Some(bytes) => {
+            u16::from_be_bytes(bytes.as_slice().try_into().map_err(|_| Error::Corrupt {
+                location: meta_location(meta::NEXT_CLASS),
+                source: shredkv_crypto::FormatError::InvalidField {
+                    what: "store metadata",
+                    detail: "wrong length",
+                },
+            })?)
+        }
+        None => 1,
+    };
+    let mut batch = WriteBatch::new();
+    let mut out = Vec::new();
+    for class in policy.classes() {
+        let mut key = meta::CLASS_PREFIX.to_vec();
+        key.extend_from_slice(class.name.as_bytes());
+        let number = match meta_get(storage, &key)? {
+            Some(bytes) => {
+                u16::from_be_bytes(bytes.as_slice().try_into().map_err(|_| Error::Corrupt {
+                    location: meta_location(&key),
+                    source: shredkv_crypto::FormatError::InvalidField {
+                        what: "class number",
+                        detail: "wrong length",
+                    },
+                })?)
+            }
+            None => {
+                let number = next;
+                next = next
+                    .checked_add(1)
+                    .filter(|n| *n < crate::ledger::ALL_CLASSES)
+                    .ok_or_else(|| Error::InvalidArgument {
+                        what: "policy",
+                        detail: "the store ran out of class numbers".into(),
+                    })?;
+                batch.put(Tree::Meta, key, number.to_be_bytes().to_vec());
+                number
+            }
+        };
+        out.push(ClassEntry {
+            number,
+            policy: class.clone(),
+        });
+    }
+    if !batch.is_empty() {
+        batch.put(Tree::Meta, meta::NEXT_CLASS, next.to_be_bytes().to_vec());
+        storage.apply(&batch, Durability::Durable)?;
+    }
+    Ok(out)
+}

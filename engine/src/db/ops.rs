@@ -1,0 +1,821 @@
+//! Record operations: put, get, delete, scan, batches and export.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::{Bound, ControlFlow};
+
+use jiff::Timestamp;
+use shredkv_crypto::{Envelope, KeyId, SubjectTag, seal_into};
+
+use super::{ClassEntry, Db, DbInner};
+use crate::error::{Error, Location, Result};
+use crate::ledger::{self, LedgerEntry};
+use crate::records::{self, Record};
+use crate::retention::deadlines::{self, Due};
+use crate::retention::{ClockStart, KeyMode};
+use crate::storage::{Order, Tree, WriteBatch};
+use crate::subjects::{SubjectInfo, SubjectKind, SubjectState};
+use crate::vault::cache::BucketId;
+use crate::vault::{Material, SCOPE_BUCKET, bucket_for_expiry};
+
+/// Largest record key accepted (it may travel inside every envelope).
+pub(crate) const MAX_RECORD_KEY_LEN: usize = 4096;
+/// Raw entries read per page while scanning.
+const SCAN_PAGE: usize = 256;
+
+/// Options of one write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// When the record expires (the customer's instruction). Capped by the
+    /// class's `max_customer_ttl`; a class whose clock starts at write may
+    /// expire it earlier.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl PutOptions {
+    /// A write that expires at `at`.
+    pub fn expires_at(at: Timestamp) -> Self {
+        Self {
+            expires_at: Some(at),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum BatchOp {
+    Put {
+        subject: String,
+        class: String,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        options: PutOptions,
+    },
+    Delete {
+        subject: String,
+        class: String,
+        key: Vec<u8>,
+    },
+}
+
+/// Writes applied together, atomically, by [`Db::apply`].
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let db = shredkv::Db::open(shredkv::Config::new(dir.path()))?;
+/// db.register_account("acct-1")?;
+/// let mut batch = shredkv::Batch::new();
+/// batch.put("acct-1", "message_content", b"m1", b"one");
+/// batch.put("acct-1", "message_content", b"m2", b"two");
+/// db.apply(batch)?;
+/// assert_eq!(db.scan("acct-1", "message_content")?.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    ops: Vec<BatchOp>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a write without expiry.
+    pub fn put(&mut self, subject: &str, class: &str, key: &[u8], value: &[u8]) -> &mut Self {
+        self.put_with(subject, class, key, value, PutOptions::default())
+    }
+
+    /// Adds a write with options.
+    pub fn put_with(
+        &mut self,
+        subject: &str,
+        class: &str,
+        key: &[u8],
+        value: &[u8],
+        options: PutOptions,
+    ) -> &mut Self {
+        self.ops.push(BatchOp::Put {
+            subject: subject.to_string(),
+            class: class.to_string(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            options,
+        });
+        self
+    }
+
+    /// Adds a deletion.
+    pub fn delete(&mut self, subject: &str, class: &str, key: &[u8]) -> &mut Self {
+        self.ops.push(BatchOp::Delete {
+            subject: subject.to_string(),
+            class: class.to_string(),
+            key: key.to_vec(),
+        });
+        self
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Everything a subject has, across classes (for access and portability
+/// requests). For an account, its end users follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// The subjects exported, the requested one first.
+    pub subjects: Vec<ExportedSubject>,
+}
+
+/// One subject's records by class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSubject {
+    /// The subject's tag.
+    pub tag: SubjectTag,
+    /// Account or end user.
+    pub kind: SubjectKind,
+    /// Records by class name, in policy order; classes without records are left out.
+    pub classes: Vec<(String, Vec<Record>)>,
+}
+
+impl Export {
+    /// Total number of records.
+    pub fn record_count(&self) -> usize {
+        self.subjects
+            .iter()
+            .flat_map(|s| &s.classes)
+            .map(|(_, r)| r.len())
+            .sum()
+    }
+}
+
+/// Scratch state of one write batch.
+struct Staging {
+    batch: WriteBatch,
+    /// Data-tree changes by key: a later op on the same record replaces an
+    /// earlier one, so a value overwritten within the batch never reaches
+    /// the backend's log.
+    data: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    plain: Vec<u8>,
+    aad: Vec<u8>,
+    sealed: Vec<u8>,
+    now: i64,
+    debts: HashSet<KeyId>,
+}
+
+impl Staging {
+    fn new(now: i64) -> Self {
+        Self {
+            batch: WriteBatch::new(),
+            data: BTreeMap::new(),
+            plain: Vec::new(),
+            aad: Vec::new(),
+            sealed: Vec::new(),
+            now,
+            debts: HashSet::new(),
+        }
+    }
+
+    /// The backend batch: key and debt changes, then the data changes.
+    fn finish(mut self) -> WriteBatch {
+        for (key, value) in self.data {
+            match value {
+                Some(value) => self.batch.put(Tree::Data, key, value),
+                None => self.batch.remove(Tree::Data, key),
+            }
+        }
+        self.batch
+    }
+}
+
+fn data_location(tag: &SubjectTag, class: &ClassEntry, key: &[u8]) -> Location {
+    Location {
+        tree: "data",
+        subject: Some(*tag),
+        class: Some(class.policy.name.clone()),
+        key_hex: shredkv_crypto::hex::encode(key),
+    }
+}
+
+/// What an operation needs of the subject's state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    Export,
+}
+
+impl DbInner {
+    /// Checks that `tag` may be accessed in `class`, returning its record.
+    fn check_access(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        access: Access,
+    ) -> Result<SubjectInfo> {
+        let info = self
+            .subject_info(tag)?
+            .ok_or(Error::UnknownSubject { subject: *tag })?;
+        match info.state {
+            SubjectState::Erased => {
+                return Err(Error::Erased {
+                    subject: *tag,
+                    class: None,
+                    erased_at: info.erased_at.unwrap_or(info.created_at),
+                });
+            }
+            SubjectState::Restricted if access != Access::Export => {
+                return Err(Error::Restricted { subject: *tag });
+            }
+            _ => {}
+        }
+        if let Some(erased_at) = self.scope_erased_at(tag, class.number, info.generation)? {
+            return Err(Error::Erased {
+                subject: *tag,
+                class: Some(class.policy.name.clone()),
+                erased_at: Timestamp::from_second(erased_at).unwrap_or(Timestamp::MAX),
+            });
+        }
+        Ok(info)
+    }
+
+    /// When the scope was erased in the subject's current generation, if it was.
+    pub(crate) fn scope_erased_at(
+        &self,
+        tag: &SubjectTag,
+        class: u16,
+        generation: u32,
+    ) -> Result<Option<i64>> {
+        let Some(bytes) = self.storage.get(Tree::Ledger, &ledger::key(tag, class))? else {
+            return Ok(None);
+        };
+        let entry = LedgerEntry::decode(&bytes).map_err(|source| Error::Corrupt {
+            location: Location {
+                tree: "ledger",
+                subject: Some(*tag),
+                class: Some(self.class_name(class)),
+                key_hex: tag.to_hex(),
+            },
+            source,
+        })?;
+        Ok((entry.generation == generation).then_some(entry.erased_at))
+    }
+
+    fn effective_expiry(
+        &self,
+        class: &ClassEntry,
+        requested: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<i64>> {
+        let mut expiry = None;
+        if let Some(at) = requested {
+            if at <= now {
+                return Err(Error::InvalidArgument {
+                    what: "expiry",
+                    detail: format!("{at} is not in the future (now {now})"),
+                });
+            }
+            if let Some(max) = class.policy.max_customer_ttl {
+                let limit = max.add_to(now).unwrap_or(Timestamp::MAX);
+                if at > limit {
+                    return Err(Error::PolicyViolation {
+                        class: class.policy.name.clone(),
+                        detail: format!(
+                            "expiry {at} is beyond the largest customer TTL ({max}, until {limit})"
+                        ),
+                    });
+                }
+            }
+            expiry = Some(at.as_second());
+        }
+        if class.policy.clock == ClockStart::Write {
+            if let Some(retain) = class.policy.retain {
+                let deadline = retain.add_to(now).unwrap_or(Timestamp::MAX).as_second();
+                expiry = Some(expiry.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        Ok(expiry)
+    }
+
+    /// The tree-key part of a record key: blinded under the scope key, or
+    /// the key itself for ordered classes. `None` when reading a scope that
+    /// never had a key (so it has no records).
+    fn record_part(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        key: &[u8],
+        create: bool,
+        now: i64,
+    ) -> Result<Option<Vec<u8>>> {
+        if class.policy.keys == KeyMode::Ordered {
+            return Ok(Some(key.to_vec()));
+        }
+        let bucket = BucketId {
+            subject: *tag,
+            class: class.number,
+            bucket: SCOPE_BUCKET,
+        };
+        let scope_key = if create {
+            Some(self.vault.current_for_write(bucket, now)?)
+        } else {
+            self.vault.current_for_read(bucket)?
+        };
+        Ok(scope_key.and_then(|k| match &k.material {
+            Material::Scope { blind } => Some(blind.blind(key).to_vec()),
+            Material::Data { .. } => None,
+        }))
+    }
+
+    /// Records that `id` protects ciphertext that is now dead (deleted or
+    /// overwritten), so compaction re-keys its bucket before the purge deadline.
+    fn stage_debt(&self, staging: &mut Staging, class: &ClassEntry, id: KeyId) -> Result<()> {
+        if !staging.debts.insert(id) {
+            return Ok(());
+        }
+        let key = id.to_bytes();
+        if self.storage.get(Tree::Debts, &key)?.is_some() {
+            return Ok(());
+        }
+        let now = Timestamp::from_second(staging.now).unwrap_or(Timestamp::MAX);
+        let deadline = class
+            .policy
+            .purge_window
+            .add_to(now)
+            .unwrap_or(Timestamp::MAX)
+            .as_second();
+        staging
+            .batch
+            .put(Tree::Debts, key.to_vec(), deadlines::value(staging.now));
+        staging.batch.put(
+            Tree::Deadlines,
+            deadlines::key(deadline, &Due::Rekey(id)),
+            deadlines::value(staging.now),
+        );
+        Ok(())
+    }
+
+    /// If a record exists under `data_key`, owes a re-key for its key.
+    /// Returns whether it existed.
+    fn retire_previous(
+        &self,
+        staging: &mut Staging,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        data_key: &[u8],
+    ) -> Result<bool> {
+        // Staged earlier in this batch: the stored value's debt (if any) was
+        // recorded then.
+        if let Some(staged) = staging.data.get(data_key) {
+            return Ok(staged.is_some());
+        }
+        let Some(previous) = self.storage.get(Tree::Data, data_key)? else {
+            return Ok(false);
+        };
+        // A damaged previous value is overwritten all the same; its key
+        // cannot be named, so it cannot owe a re-key.
+        if let Ok(envelope) = Envelope::parse(&previous) {
+            let r = envelope.key_ref();
+            let id = KeyId {
+                subject: *tag,
+                class: class.number,
+                bucket: r.bucket,
+                version: r.version,
+            };
+            self.stage_debt(staging, class, id)?;
+        }
+        Ok(true)
+    }
+
+    fn stage_put(
+        &self,
+        staging: &mut Staging,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        key: &[u8],
+        value: &[u8],
+        options: PutOptions,
+    ) -> Result<()> {
+        if key.len() > MAX_RECORD_KEY_LEN {
+            return Err(Error::InvalidArgument {
+                what: "record key",
+                detail: format!("{} bytes, at most {MAX_RECORD_KEY_LEN} allowed", key.len()),
+            });
+        }
+        self.check_access(tag, class, Access::Write)?;
+        let now = Timestamp::from_second(staging.now).unwrap_or(Timestamp::MAX);
+        let expiry = self.effective_expiry(class, options.expires_at, now)?;
+        let part = self
+            .record_part(tag, class, key, true, staging.now)?
+            .ok_or_else(|| Error::InvalidArgument {
+                what: "scope key",
+                detail: "the scope key could not be created".into(),
+            })?;
+        let data_key = records::data_key(tag, class.number, &part);
+        self.retire_previous(staging, tag, class, &data_key)?;
+        let bucket = BucketId {
+            subject: *tag,
+            class: class.number,
+            bucket: bucket_for_expiry(expiry),
+        };
+        let dek = self.vault.current_for_write(bucket, staging.now)?;
+        let Material::Data { cipher, .. } = &dek.material else {
+            return Err(Error::InvalidArgument {
+                what: "bucket",
+                detail: "a scope key cannot seal values".into(),
+            });
+        };
+        records::associated_data(&self.store_id, &data_key, &mut staging.aad);
+        let plaintext: &[u8] = match class.policy.keys {
+            KeyMode::Blinded => {
+                records::blinded_payload(key, value, &mut staging.plain);
+                &staging.plain
+            }
+            KeyMode::Ordered => value,
+        };
+        let key_ref = shredkv_crypto::KeyRef {
+            bucket: dek.id.bucket,
+            version: dek.id.version,
+        };
+        seal_into(
+            cipher,
+            key_ref,
+            expiry,
+            &staging.aad,
+            plaintext,
+            &mut staging.sealed,
+        )
+        .map_err(|err| Error::InvalidArgument {
+            what: "value",
+            detail: err.to_string(),
+        })?;
+        staging.data.insert(data_key, Some(staging.sealed.clone()));
+        self.vault.note_seal(&dek, &mut staging.batch);
+        Ok(())
+    }
+
+    fn stage_delete(
+        &self,
+        staging: &mut Staging,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        key: &[u8],
+    ) -> Result<bool> {
+        self.check_access(tag, class, Access::Write)?;
+        let Some(part) = self.record_part(tag, class, key, false, staging.now)? else {
+            return Ok(false);
+        };
+        let data_key = records::data_key(tag, class.number, &part);
+        let existed = self.retire_previous(staging, tag, class, &data_key)?;
+        if existed {
+            staging.data.insert(data_key, None);
+        }
+        Ok(existed)
+    }
+
+    /// Decrypts one stored record. `None` if it expired or its key is gone.
+    pub(crate) fn open_record(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        data_key: &[u8],
+        stored: &[u8],
+        now: i64,
+        aad: &mut Vec<u8>,
+    ) -> Result<Option<Record>> {
+        let envelope = Envelope::parse(stored).map_err(|source| Error::Corrupt {
+            location: data_location(tag, class, data_key),
+            source,
+        })?;
+        if envelope.expiry().is_some_and(|e| e <= now) {
+            return Ok(None);
+        }
+        let r = envelope.key_ref();
+        let id = KeyId {
+            subject: *tag,
+            class: class.number,
+            bucket: r.bucket,
+            version: r.version,
+        };
+        let Some(key) = self.vault.load(&id)? else {
+            return Ok(None);
+        };
+        let Material::Data { cipher, .. } = &key.material else {
+            return Err(Error::Tampered {
+                location: data_location(tag, class, data_key),
+            });
+        };
+        records::associated_data(&self.store_id, data_key, aad);
+        let plain = envelope.open(cipher, aad).map_err(|_| Error::Tampered {
+            location: data_location(tag, class, data_key),
+        })?;
+        let expires_at = envelope
+            .expiry()
+            .map(|e| Timestamp::from_second(e).unwrap_or(Timestamp::MAX));
+        let record = match class.policy.keys {
+            KeyMode::Ordered => {
+                let key = data_key.get(18..).unwrap_or_default().to_vec();
+                Record {
+                    key,
+                    value: plain,
+                    expires_at,
+                }
+            }
+            KeyMode::Blinded => {
+                let (key, value) =
+                    records::split_blinded_payload(&plain).ok_or_else(|| Error::Tampered {
+                        location: data_location(tag, class, data_key),
+                    })?;
+                Record {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    expires_at,
+                }
+            }
+        };
+        Ok(Some(record))
+    }
+
+    /// Visits every live record of a scope, page by page (no backend read
+    /// lock is held while records are decrypted).
+    pub(crate) fn scan_scope(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        now: i64,
+        visit: &mut dyn FnMut(Record) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let prefix = records::scope_prefix(tag, class.number);
+        let mut after: Option<Vec<u8>> = None;
+        let mut aad = Vec::new();
+        loop {
+            let mut page: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(SCAN_PAGE);
+            let start = match &after {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Included(&prefix[..]),
+            };
+            self.storage.scan(
+                Tree::Data,
+                start,
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, v| {
+                    if !k.starts_with(&prefix) {
+                        return ControlFlow::Break(());
+                    }
+                    page.push((k.to_vec(), v.to_vec()));
+                    if page.len() >= SCAN_PAGE {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            let full = page.len() >= SCAN_PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            for (k, v) in &page {
+                if let Some(record) = self.open_record(tag, class, k, v, now, &mut aad)? {
+                    if visit(record).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn export_subject(&self, tag: &SubjectTag, now: i64) -> Result<Option<ExportedSubject>> {
+        let Some(info) = self.subject_info(tag)? else {
+            return Ok(None);
+        };
+        if info.state == SubjectState::Erased {
+            return Ok(None);
+        }
+        let mut classes = Vec::new();
+        for class in &self.classes {
+            if self
+                .scope_erased_at(tag, class.number, info.generation)?
+                .is_some()
+            {
+                continue;
+            }
+            let mut records = Vec::new();
+            self.scan_scope(tag, class, now, &mut |r| {
+                records.push(r);
+                ControlFlow::Continue(())
+            })?;
+            if !records.is_empty() {
+                records.sort_by(|a, b| a.key.cmp(&b.key));
+                classes.push((class.policy.name.clone(), records));
+            }
+        }
+        Ok(Some(ExportedSubject {
+            tag: *tag,
+            kind: info.kind,
+            classes,
+        }))
+    }
+}
+
+impl Db {
+    /// Writes a record without expiry.
+    ///
+    /// # Errors
+    /// Unknown subject or class, an erased or restricted subject, or storage
+    /// and key provider failures.
+    pub fn put(&self, subject: &str, class: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_with(subject, class, key, value, PutOptions::default())
+    }
+
+    /// Writes a record with options (an expiry).
+    ///
+    /// # Errors
+    /// As [`Db::put`], and [`Error::PolicyViolation`] for an expiry beyond
+    /// the class's largest customer TTL.
+    pub fn put_with(
+        &self,
+        subject: &str,
+        class: &str,
+        key: &[u8],
+        value: &[u8],
+        options: PutOptions,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let class = inner.class(class)?;
+        let tag = self.subject_tag(subject);
+        let _shared = inner.gate.read(&[tag]);
+        let mut staging = Staging::new(inner.now_secs());
+        inner.stage_put(&mut staging, &tag, class, key, value, options)?;
+        Ok(inner.storage.apply(&staging.finish(), inner.durability)?)
+    }
+
+    /// Applies a batch atomically: every write lands, or none does.
+    ///
+    /// # Errors
+    /// As [`Db::put`] for any operation; then nothing is written.
+    pub fn apply(&self, batch: Batch) -> Result<()> {
+        let inner = &self.inner;
+        let mut resolved = Vec::with_capacity(batch.ops.len());
+        let mut tags = Vec::new();
+        for op in &batch.ops {
+            let (subject, class) = match op {
+                BatchOp::Put { subject, class, .. } | BatchOp::Delete { subject, class, .. } => {
+                    (subject, class)
+                }
+            };
+            let tag = self.subject_tag(subject);
+            tags.push(tag);
+            resolved.push((tag, inner.class(class)?));
+        }
+        let _shared = inner.gate.read(&tags);
+        let mut staging = Staging::new(inner.now_secs());
+        for (op, (tag, class)) in batch.ops.iter().zip(&resolved) {
+            match op {
+                BatchOp::Put {
+                    key,
+                    value,
+                    options,
+                    ..
+                } => inner.stage_put(&mut staging, tag, class, key, value, *options)?,
+                BatchOp::Delete { key, .. } => {
+                    inner.stage_delete(&mut staging, tag, class, key)?;
+                }
+            }
+        }
+        let batch = staging.finish();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        Ok(inner.storage.apply(&batch, inner.durability)?)
+    }
+
+    /// Reads a record's value. `None` if absent or expired.
+    ///
+    /// # Errors
+    /// Unknown subject or class, [`Error::Erased`], [`Error::Restricted`],
+    /// [`Error::Corrupt`] or [`Error::Tampered`] stored bytes (never returned
+    /// as data), storage and key provider failures.
+    pub fn get(&self, subject: &str, class: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_record(subject, class, key)?.map(|r| r.value))
+    }
+
+    /// Reads a record with its expiry. See [`Db::get`].
+    ///
+    /// # Errors
+    /// As [`Db::get`].
+    pub fn get_record(&self, subject: &str, class: &str, key: &[u8]) -> Result<Option<Record>> {
+        let inner = &self.inner;
+        let class = inner.class(class)?;
+        let tag = self.subject_tag(subject);
+        let _shared = inner.gate.read(&[tag]);
+        inner.check_access(&tag, class, Access::Read)?;
+        let now = inner.now_secs();
+        let Some(part) = inner.record_part(&tag, class, key, false, now)? else {
+            return Ok(None);
+        };
+        let data_key = records::data_key(&tag, class.number, &part);
+        let Some(stored) = inner.storage.get(Tree::Data, &data_key)? else {
+            return Ok(None);
+        };
+        let record = inner.open_record(&tag, class, &data_key, &stored, now, &mut Vec::new())?;
+        if let Some(record) = &record {
+            if record.key != key {
+                return Err(Error::Tampered {
+                    location: data_location(&tag, class, &data_key),
+                });
+            }
+        }
+        Ok(record)
+    }
+
+    /// Deletes a record. Returns whether it existed. Its old ciphertext is
+    /// purged by re-keying within the class's purge window.
+    ///
+    /// # Errors
+    /// As [`Db::put`].
+    pub fn delete(&self, subject: &str, class: &str, key: &[u8]) -> Result<bool> {
+        let inner = &self.inner;
+        let class = inner.class(class)?;
+        let tag = self.subject_tag(subject);
+        let _shared = inner.gate.read(&[tag]);
+        let mut staging = Staging::new(inner.now_secs());
+        let existed = inner.stage_delete(&mut staging, &tag, class, key)?;
+        if existed {
+            inner.storage.apply(&staging.finish(), inner.durability)?;
+        }
+        Ok(existed)
+    }
+
+    /// Every live record of a subject in a class. Ordered classes come in
+    /// record-key order; blinded classes in no meaningful order.
+    ///
+    /// # Errors
+    /// As [`Db::get`].
+    pub fn scan(&self, subject: &str, class: &str) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        self.scan_with(subject, class, &mut |record| {
+            out.push(record);
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// Visits every live record of a subject in a class until `visit` breaks.
+    ///
+    /// # Errors
+    /// As [`Db::get`].
+    pub fn scan_with(
+        &self,
+        subject: &str,
+        class: &str,
+        visit: &mut dyn FnMut(Record) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let class = inner.class(class)?;
+        let tag = self.subject_tag(subject);
+        let _shared = inner.gate.read(&[tag]);
+        inner.check_access(&tag, class, Access::Read)?;
+        inner.scan_scope(&tag, class, inner.now_secs(), visit)
+    }
+
+    /// Everything a subject has across classes; for an account, its end
+    /// users too. Restricted subjects can be exported.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::Erased`], integrity and storage failures.
+    pub fn export(&self, subject: &str) -> Result<Export> {
+        let inner = &self.inner;
+        let tag = self.subject_tag(subject);
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        if info.state == SubjectState::Erased {
+            return Err(Error::Erased {
+                subject: tag,
+                class: None,
+                erased_at: info.erased_at.unwrap_or(info.created_at),
+            });
+        }
+        let mut tags = vec![tag];
+        if info.kind == SubjectKind::Account {
+            tags.extend(inner.children(&tag)?);
+        }
+        let _shared = inner.gate.read(&tags);
+        let now = inner.now_secs();
+        let mut subjects = Vec::new();
+        for t in &tags {
+            if let Some(exported) = inner.export_subject(t, now)? {
+                subjects.push(exported);
+            }
+        }
+        Ok(Export { subjects })
+    }
+}

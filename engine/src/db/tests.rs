@@ -1,0 +1,486 @@
+//! Unit tests of the engine over the in-memory backend. The same scenarios
+//! run over sled and redb in the integration tests (`tests/`).
+
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::storage::{Durability, Tree, WriteBatch};
+use crate::{Batch, Classes, Config, Db, Error, ManualClock, PutOptions, SubjectState};
+
+fn open(dir: &tempfile::TempDir) -> (Db, ManualClock) {
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let db = Db::open_in_memory(
+        Config::new(dir.path())
+            .clock(Arc::new(clock.clone()))
+            .flush_every(None),
+    )
+    .expect("open");
+    (db, clock)
+}
+
+#[test]
+fn put_get_scan_delete_round_trip() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"k1", b"v1").expect("put");
+    db.put("a", "message_content", b"k2", b"v2").expect("put");
+    db.put("a", "message_content", b"k1", b"v1b")
+        .expect("overwrite");
+    assert_eq!(
+        db.get("a", "message_content", b"k1")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v1b"[..])
+    );
+    assert_eq!(db.get("a", "message_content", b"nope").expect("get"), None);
+    let mut keys: Vec<_> = db
+        .scan("a", "message_content")
+        .expect("scan")
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec()]);
+    assert!(db.delete("a", "message_content", b"k1").expect("delete"));
+    assert!(
+        !db.delete("a", "message_content", b"k1")
+            .expect("delete again")
+    );
+    assert_eq!(db.get("a", "message_content", b"k1").expect("get"), None);
+}
+
+#[test]
+fn unknown_subject_and_class_are_typed_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    assert!(matches!(
+        db.put("ghost", "message_content", b"k", b"v"),
+        Err(Error::UnknownSubject { .. })
+    ));
+    db.register_account("a").expect("register");
+    let err = db
+        .put("a", "no_such_class", b"k", b"v")
+        .expect_err("unknown class");
+    assert!(matches!(err, Error::UnknownClass { .. }));
+    assert!(err.to_string().contains("no_such_class"));
+}
+
+#[test]
+fn shred_erases_account_and_end_users_and_blocks_writes_until_re_registered() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("acct").expect("register");
+    db.register_end_user("user", "acct").expect("register");
+    db.register_account("other").expect("register");
+    db.put("acct", "account_profile", b"name", b"Ada")
+        .expect("put");
+    db.put("user", "message_content", b"m", b"hello")
+        .expect("put");
+    db.put("other", "message_content", b"m", b"kept")
+        .expect("put");
+    let receipt = db.shred("acct", Classes::All).expect("shred");
+    assert_eq!(receipt.erased.len(), 2);
+    assert!(receipt.keys_destroyed() >= 4, "{receipt:?}");
+    for (subject, class) in [("acct", "account_profile"), ("user", "message_content")] {
+        assert!(
+            db.get(subject, class, b"m")
+                .expect_err("erased")
+                .is_erased()
+        );
+        assert!(db.scan(subject, class).expect_err("erased").is_erased());
+        assert!(
+            db.put(subject, class, b"m", b"again")
+                .expect_err("erased")
+                .is_erased()
+        );
+    }
+    assert!(db.export("acct").expect_err("erased").is_erased());
+    assert_eq!(
+        db.get("other", "message_content", b"m")
+            .expect("get")
+            .as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        db.subject("user").expect("subject").map(|s| s.state),
+        Some(SubjectState::Erased)
+    );
+    // Shredding again is a no-op.
+    assert_eq!(
+        db.shred("acct", Classes::All)
+            .expect("again")
+            .keys_destroyed(),
+        0
+    );
+    // Re-registration gives new keys; old data stays gone.
+    db.re_register("acct").expect("re-register");
+    assert_eq!(
+        db.get("acct", "account_profile", b"name").expect("get"),
+        None
+    );
+    db.put("acct", "account_profile", b"name", b"new")
+        .expect("put after re-register");
+    assert_eq!(
+        db.get("acct", "account_profile", b"name")
+            .expect("get")
+            .as_deref(),
+        Some(&b"new"[..])
+    );
+    // The end user is still erased until re-registered itself.
+    assert!(
+        db.put("user", "message_content", b"m", b"x")
+            .expect_err("still erased")
+            .is_erased()
+    );
+}
+
+#[test]
+fn shred_of_some_classes_keeps_the_others() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"m", b"msg").expect("put");
+    db.put("a", "account_profile", b"p", b"profile")
+        .expect("put");
+    let receipt = db
+        .shred("a", Classes::Only(&["message_content"]))
+        .expect("shred");
+    assert_eq!(receipt.erased.len(), 1);
+    assert!(
+        db.get("a", "message_content", b"m")
+            .expect_err("erased")
+            .is_erased()
+    );
+    assert_eq!(
+        db.get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"profile"[..])
+    );
+    let export = db.export("a").expect("export");
+    assert_eq!(export.record_count(), 1);
+}
+
+#[test]
+fn legal_hold_blocks_shred_and_is_audited() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "invoice", b"2026-001", b"total 10")
+        .expect("put");
+    db.put("a", "message_content", b"m", b"msg").expect("put");
+    db.place_hold("a", Some("invoice"), "case 17")
+        .expect("hold");
+    let receipt = db.shred("a", Classes::All).expect("shred");
+    assert_eq!(receipt.retained.len(), 1);
+    assert!(receipt.retained[0].reason.contains("case 17"));
+    assert_eq!(
+        db.get("a", "invoice", b"2026-001")
+            .expect("held")
+            .as_deref(),
+        Some(&b"total 10"[..])
+    );
+    assert!(
+        db.get("a", "message_content", b"m")
+            .expect_err("erased")
+            .is_erased()
+    );
+    assert_eq!(db.holds().expect("holds").len(), 1);
+    assert!(db.release_hold("a", Some("invoice")).expect("release"));
+    let receipt = db.shred("a", Classes::All).expect("shred");
+    assert!(receipt.retained.is_empty());
+    assert!(
+        db.get("a", "invoice", b"2026-001")
+            .expect_err("erased")
+            .is_erased()
+    );
+    let report = crate::audit::verify_chain(db.inner.storage.as_ref()).expect("verify");
+    assert!(report.breaks.is_empty());
+    let events: Vec<_> = crate::audit::read_entries(db.inner.storage.as_ref(), 1, 100)
+        .expect("entries")
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert!(events.contains(&crate::AuditEvent::ErasureBlocked));
+    assert!(events.contains(&crate::AuditEvent::HoldReleased));
+}
+
+#[test]
+fn restricted_subjects_export_but_do_not_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"m", b"msg").expect("put");
+    db.restrict("a").expect("restrict");
+    assert!(matches!(
+        db.get("a", "message_content", b"m"),
+        Err(Error::Restricted { .. })
+    ));
+    assert!(matches!(
+        db.put("a", "message_content", b"m", b"x"),
+        Err(Error::Restricted { .. })
+    ));
+    assert_eq!(db.export("a").expect("export").record_count(), 1);
+    db.lift_restriction("a").expect("lift");
+    assert!(db.get("a", "message_content", b"m").expect("get").is_some());
+}
+
+#[test]
+fn expiry_hides_records_and_policy_caps_customer_ttl() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let soon = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"msg",
+        PutOptions::expires_at(soon),
+    )
+    .expect("put");
+    assert!(db.get("a", "message_content", b"m").expect("get").is_some());
+    clock.advance(SignedDuration::from_hours(2));
+    assert_eq!(db.get("a", "message_content", b"m").expect("get"), None);
+    assert!(db.scan("a", "message_content").expect("scan").is_empty());
+    let past = db.now() - SignedDuration::from_hours(1);
+    assert!(matches!(
+        db.put_with(
+            "a",
+            "message_content",
+            b"m",
+            b"x",
+            PutOptions::expires_at(past)
+        ),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let far = db.now() + SignedDuration::from_hours(24 * 365 * 50);
+    assert!(matches!(
+        db.put_with(
+            "a",
+            "message_content",
+            b"m",
+            b"x",
+            PutOptions::expires_at(far)
+        ),
+        Err(Error::PolicyViolation { .. })
+    ));
+}
+
+#[test]
+fn batch_is_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    let mut batch = Batch::new();
+    batch
+        .put("a", "message_content", b"1", b"one")
+        .put("ghost", "message_content", b"2", b"two");
+    assert!(db.apply(batch).is_err());
+    assert_eq!(db.get("a", "message_content", b"1").expect("get"), None);
+    let mut batch = Batch::new();
+    batch
+        .put("a", "message_content", b"1", b"one")
+        .delete("a", "message_content", b"1")
+        .put("a", "message_content", b"2", b"two");
+    db.apply(batch).expect("apply");
+    assert_eq!(db.scan("a", "message_content").expect("scan").len(), 1);
+}
+
+/// Reads every (subject, key) of `class`, returning the values and how many
+/// reads failed with an integrity error (any other error fails the test).
+fn read_all(db: &Db, class: &str) -> (Vec<Option<Vec<u8>>>, usize) {
+    let mut values = Vec::new();
+    let mut failures = 0;
+    for s in ["a", "b"] {
+        for k in [&b"one"[..], b"two"] {
+            match db.get(s, class, k) {
+                Ok(v) => values.push(v),
+                Err(err) => {
+                    assert!(err.is_integrity_failure(), "{err}");
+                    let text = err.to_string();
+                    assert!(text.contains(class) && text.contains("subject"), "{text}");
+                    values.push(None);
+                    failures += 1;
+                }
+            }
+        }
+    }
+    (values, failures)
+}
+
+fn data_entries(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut entries = Vec::new();
+    db.inner
+        .storage
+        .scan(
+            Tree::Data,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, v| {
+                entries.push((k.to_vec(), v.to_vec()));
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    entries
+}
+
+fn overwrite(db: &Db, entries: &[(Vec<u8>, Vec<u8>)]) {
+    let mut batch = WriteBatch::new();
+    for (k, v) in entries {
+        batch.put(Tree::Data, k.clone(), v.clone());
+    }
+    db.inner
+        .storage
+        .apply(&batch, Durability::Buffered)
+        .expect("apply");
+}
+
+/// G5 in both key modes: a value copied over another record (same subject
+/// or another) and any flipped byte give a typed error, never data.
+#[test]
+fn moved_or_flipped_values_are_tampered_never_data() {
+    for class in ["invoice", "message_content"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let (db, _) = open(&dir);
+        for s in ["a", "b"] {
+            db.register_account(s).expect("register");
+            db.put(s, class, b"one", format!("{s}-first").as_bytes())
+                .expect("put");
+            db.put(s, class, b"two", format!("{s}-second").as_bytes())
+                .expect("put");
+        }
+        let entries = data_entries(&db);
+        assert_eq!(entries.len(), 4);
+        let (original, failures) = read_all(&db, class);
+        assert_eq!(failures, 0);
+        for (i, (_, value)) in entries.iter().enumerate() {
+            for (j, (key, _)) in entries.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                overwrite(&db, &[(key.clone(), value.clone())]);
+                let (values, failures) = read_all(&db, class);
+                assert_eq!(failures, 1, "{class}: value {i} moved onto record {j}");
+                for (got, want) in values.iter().zip(&original) {
+                    assert!(
+                        got.is_none() || got == want,
+                        "{class}: a read returned another record's data"
+                    );
+                }
+                overwrite(&db, &entries);
+            }
+        }
+        let (key, value) = &entries[0];
+        for i in 0..value.len() {
+            let mut flipped = value.clone();
+            flipped[i] ^= 0x01;
+            overwrite(&db, &[(key.clone(), flipped)]);
+            let (_, failures) = read_all(&db, class);
+            assert_eq!(failures, 1, "{class}: flip at byte {i}");
+        }
+    }
+}
+
+#[test]
+fn ordered_classes_scan_in_key_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    for k in [&b"2026-03"[..], b"2026-01", b"2026-02"] {
+        db.put("a", "invoice", k, b"x").expect("put");
+    }
+    let keys: Vec<_> = db
+        .scan("a", "invoice")
+        .expect("scan")
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            b"2026-01".to_vec(),
+            b"2026-02".to_vec(),
+            b"2026-03".to_vec()
+        ]
+    );
+}
+
+#[test]
+fn overwrite_and_delete_record_a_rekey_debt() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"m", b"1").expect("put");
+    let debts = || {
+        let mut n = 0;
+        db.inner
+            .storage
+            .scan(
+                Tree::Debts,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                crate::storage::Order::Ascending,
+                &mut |_, _| {
+                    n += 1;
+                    std::ops::ControlFlow::Continue(())
+                },
+            )
+            .expect("scan");
+        n
+    };
+    assert_eq!(debts(), 0);
+    db.put("a", "message_content", b"m", b"2")
+        .expect("overwrite");
+    assert_eq!(debts(), 1);
+    db.delete("a", "message_content", b"m").expect("delete");
+    assert_eq!(debts(), 1, "one debt per key version");
+}
+
+#[test]
+fn keys_rotate_after_their_seal_budget() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let db = Db::open_in_memory(
+        Config::new(dir.path())
+            .clock(Arc::new(clock))
+            .flush_every(None)
+            .retire_keys_after_seals(3),
+    )
+    .expect("open");
+    db.register_account("a").expect("register");
+    for i in 0..10u8 {
+        db.put("a", "message_content", &[i], &[i]).expect("put");
+    }
+    for i in 0..10u8 {
+        assert_eq!(
+            db.get("a", "message_content", &[i])
+                .expect("get")
+                .as_deref(),
+            Some(&[i][..])
+        );
+    }
+    let mut versions = 0;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Vault,
+        &db.subject_tag("a").0,
+        &mut |k, _| {
+            if shredkv_crypto::KeyId::from_bytes(k)
+                .is_some_and(|id| id.bucket == crate::vault::OPEN_BUCKET)
+            {
+                versions += 1;
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    assert!(
+        versions >= 4,
+        "{versions} key versions for 10 seals at 3 per key"
+    );
+}

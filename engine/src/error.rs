@@ -1,0 +1,303 @@
+//! The engine's error type.
+//!
+//! Every message names what failed, for which subject (by tag, never by id)
+//! and class, and what to do next.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use jiff::Timestamp;
+use shredkv_crypto::{FormatError, ProviderError, SubjectTag};
+
+use crate::retention::PolicyError;
+use crate::storage::{StorageError, StorageErrorKind};
+
+/// Where in the store a damaged or tampered value was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The tree holding it.
+    pub tree: &'static str,
+    /// The subject it belongs to, if known.
+    pub subject: Option<SubjectTag>,
+    /// The class it belongs to, if known.
+    pub class: Option<String>,
+    /// The stored key, hex-encoded (tags and blinded keys only: no personal data).
+    pub key_hex: String,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tree `{}`", self.tree)?;
+        if let Some(subject) = &self.subject {
+            write!(f, ", subject {subject}")?;
+        }
+        if let Some(class) = &self.class {
+            write!(f, ", class `{class}`")?;
+        }
+        write!(f, ", key {}", self.key_hex)
+    }
+}
+
+/// Everything that can go wrong in shredkv.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The class is not in the store's policy.
+    UnknownClass {
+        /// The class name asked for.
+        class: String,
+    },
+    /// The subject was never registered.
+    UnknownSubject {
+        /// The subject's tag.
+        subject: SubjectTag,
+    },
+    /// Registration conflicts with what the store holds.
+    SubjectConflict {
+        /// The subject's tag.
+        subject: SubjectTag,
+        /// What conflicts.
+        detail: String,
+    },
+    /// The subject (or one class of it) was erased; its data is gone.
+    Erased {
+        /// The subject's tag.
+        subject: SubjectTag,
+        /// The erased class, or `None` when the whole subject was erased.
+        class: Option<String>,
+        /// When it was erased.
+        erased_at: Timestamp,
+    },
+    /// The subject's processing is restricted: its data can be exported but
+    /// not read or written through normal operations.
+    Restricted {
+        /// The subject's tag.
+        subject: SubjectTag,
+    },
+    /// A legal hold forbids the erasure.
+    OnHold {
+        /// The subject's tag.
+        subject: SubjectTag,
+        /// The held class, or `None` for a hold over the whole subject.
+        class: Option<String>,
+        /// The hold's recorded reason.
+        reason: String,
+    },
+    /// The request contradicts the retention policy.
+    PolicyViolation {
+        /// The class concerned.
+        class: String,
+        /// What the policy forbids.
+        detail: String,
+    },
+    /// An argument is invalid.
+    InvalidArgument {
+        /// Which argument.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// Stored bytes are damaged (checksum mismatch, truncation, unknown
+    /// format): media corruption, not tampering.
+    Corrupt {
+        /// Where.
+        location: Location,
+        /// What is wrong with the bytes.
+        source: FormatError,
+    },
+    /// A stored value failed authentication: altered, or moved from another
+    /// record or subject.
+    Tampered {
+        /// Where.
+        location: Location,
+    },
+    /// The key provider failed (unavailable, corrupt key file, ...).
+    KeyProvider(ProviderError),
+    /// The store's keys were destroyed: this store (or backup) is older than
+    /// its purge window and cannot be decrypted, by design.
+    StoreKeysDestroyed {
+        /// The store directory.
+        path: PathBuf,
+        /// The destroyed epoch that wrapped the store secret.
+        epoch: u32,
+    },
+    /// The storage backend failed.
+    Storage(StorageError),
+    /// The policy file is invalid, or differs from the store's.
+    Policy(PolicyError),
+    /// The store's policy differs from the configured one.
+    PolicyChanged {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// The store was written by a format this build cannot read.
+    UnsupportedFormat {
+        /// The store directory.
+        path: PathBuf,
+        /// The format version found.
+        found: u8,
+    },
+    /// A file-system operation outside the backend failed.
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether the error means the data asked for was erased (not an
+    /// operational failure).
+    pub fn is_erased(&self) -> bool {
+        matches!(self, Error::Erased { .. })
+    }
+
+    /// Whether the error reports damaged or tampered stored data.
+    pub fn is_integrity_failure(&self) -> bool {
+        matches!(self, Error::Corrupt { .. } | Error::Tampered { .. })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::UnknownClass { class } => write!(
+                f,
+                "unknown retention class `{class}`: it is not in the store's policy; add it to the policy file or use a defined class"
+            ),
+            Error::UnknownSubject { subject } => write!(
+                f,
+                "unknown subject {subject}: register it first (register_account or register_end_user)"
+            ),
+            Error::SubjectConflict { subject, detail } => write!(f, "subject {subject}: {detail}"),
+            Error::Erased {
+                subject,
+                class: Some(class),
+                erased_at,
+            } => write!(
+                f,
+                "class `{class}` of subject {subject} was erased at {erased_at}; its data is gone. Re-register the subject to store new data"
+            ),
+            Error::Erased {
+                subject,
+                class: None,
+                erased_at,
+            } => write!(
+                f,
+                "subject {subject} was erased at {erased_at}; its data is gone. Re-register the subject to store new data"
+            ),
+            Error::Restricted { subject } => write!(
+                f,
+                "subject {subject} is restricted: its data can be exported but not read or written; lift the restriction first"
+            ),
+            Error::OnHold {
+                subject,
+                class,
+                reason,
+            } => {
+                write!(f, "subject {subject}")?;
+                if let Some(class) = class {
+                    write!(f, ", class `{class}`,")?;
+                }
+                write!(
+                    f,
+                    " is under a legal hold ({reason}); release the hold before erasing"
+                )
+            }
+            Error::PolicyViolation { class, detail } => {
+                write!(
+                    f,
+                    "the retention policy of class `{class}` forbids this: {detail}"
+                )
+            }
+            Error::InvalidArgument { what, detail } => write!(f, "invalid {what}: {detail}"),
+            Error::Corrupt { location, source } => write!(
+                f,
+                "corrupt data at {location}: {source}; run `shredkv verify` and restore from a backup if it persists"
+            ),
+            Error::Tampered { location } => write!(
+                f,
+                "tampered data at {location}: the value failed authentication (altered, or moved from another record); it was not returned"
+            ),
+            Error::KeyProvider(err) => write!(f, "{err}"),
+            Error::StoreKeysDestroyed { path, epoch } => write!(
+                f,
+                "store {} cannot be decrypted: epoch {epoch}, which wrapped its keys, has been destroyed. A store or backup older than its purge window is unreadable by design",
+                path.display()
+            ),
+            Error::Storage(err) => write!(f, "{err}"),
+            Error::Policy(err) => write!(f, "{err}"),
+            Error::PolicyChanged { path } => write!(
+                f,
+                "store {} was created with a different retention policy; apply the new policy explicitly (Db::apply_policy / `shredkv policy apply`) to change it",
+                path.display()
+            ),
+            Error::UnsupportedFormat { path, found } => write!(
+                f,
+                "store {} has format version {found}, which this build cannot read; upgrade shredkv",
+                path.display()
+            ),
+            Error::Io {
+                action,
+                path,
+                source,
+            } => {
+                write!(f, "failed to {action} at {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Corrupt { source, .. } => Some(source),
+            Error::KeyProvider(err) => Some(err),
+            Error::Storage(err) => Some(err),
+            Error::Policy(err) => Some(err),
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(err: StorageError) -> Self {
+        Error::Storage(err)
+    }
+}
+
+impl From<ProviderError> for Error {
+    fn from(err: ProviderError) -> Self {
+        Error::KeyProvider(err)
+    }
+}
+
+impl From<PolicyError> for Error {
+    fn from(err: PolicyError) -> Self {
+        Error::Policy(err)
+    }
+}
+
+impl StorageError {
+    /// Which backend failed.
+    pub fn backend(&self) -> crate::Backend {
+        self.backend
+    }
+
+    /// Whether the backend reported its files damaged.
+    pub fn is_corruption(&self) -> bool {
+        self.kind == StorageErrorKind::Corrupt
+    }
+
+    /// Whether another process holds the store.
+    pub fn is_locked(&self) -> bool {
+        self.kind == StorageErrorKind::Locked
+    }
+}
+
+/// The result type of shredkv.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,113 @@
+//! The deadline (TTL) index: what must be destroyed when.
+//!
+//! ```text
+//! key:   deadline (8, sortable unix seconds) ‖ kind u8 ‖ target
+//!          kind 1  destroy a data key      target = key id (26)
+//!          kind 2  erase a scope (retention clock ran out)
+//!                                          target = subject tag (16) ‖ class u16
+//!          kind 3  re-key a bucket before its purge deadline
+//!                                          target = key id (26)
+//!          kind 4  remove dead ciphertext of an erased scope
+//!                                          target = subject tag (16) ‖ class u16
+//! value: v1 ‖ created at i64 ‖ CRC32
+//! ```
+//!
+//! Compaction reads the range `..=now`, so a pass costs what is due, not
+//! what is stored.
+
+use shredkv_crypto::{KeyId, SubjectTag};
+
+use crate::codec::{Writer, sortable_time, time_from_sortable};
+
+const VERSION: u8 = 1;
+
+/// Work the deadline index schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Destroy one data key (its bucket's records all expired).
+    DestroyKey(KeyId),
+    /// Erase a scope whose retention ran out.
+    EraseScope(SubjectTag, u16),
+    /// Re-key a bucket that owes one (deleted or overwritten records).
+    Rekey(KeyId),
+    /// Remove the dead ciphertext of an erased scope.
+    RemoveCiphertext(SubjectTag, u16),
+}
+
+pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 1 + KeyId::LEN);
+    out.extend_from_slice(&sortable_time(deadline));
+    match due {
+        Due::DestroyKey(id) => {
+            out.push(1);
+            out.extend_from_slice(&id.to_bytes());
+        }
+        Due::EraseScope(tag, class) => {
+            out.push(2);
+            out.extend_from_slice(&tag.0);
+            out.extend_from_slice(&class.to_be_bytes());
+        }
+        Due::Rekey(id) => {
+            out.push(3);
+            out.extend_from_slice(&id.to_bytes());
+        }
+        Due::RemoveCiphertext(tag, class) => {
+            out.push(4);
+            out.extend_from_slice(&tag.0);
+            out.extend_from_slice(&class.to_be_bytes());
+        }
+    }
+    out
+}
+
+pub(crate) fn value(created_at: i64) -> Vec<u8> {
+    let mut w = Writer::new(VERSION, 8);
+    w.i64(created_at);
+    w.finish()
+}
+
+/// Decodes a deadline key; `None` if malformed.
+pub(crate) fn decode_key(key: &[u8]) -> Option<(i64, Due)> {
+    let time: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    let kind = *key.get(8)?;
+    let target = key.get(9..)?;
+    let scope = |t: &[u8]| -> Option<(SubjectTag, u16)> {
+        let tag: [u8; 16] = t.get(..16)?.try_into().ok()?;
+        let class: [u8; 2] = t.get(16..18)?.try_into().ok()?;
+        (t.len() == 18).then_some((SubjectTag(tag), u16::from_be_bytes(class)))
+    };
+    let due = match kind {
+        1 => Due::DestroyKey(KeyId::from_bytes(target)?),
+        2 => scope(target).map(|(t, c)| Due::EraseScope(t, c))?,
+        3 => Due::Rekey(KeyId::from_bytes(target)?),
+        4 => scope(target).map(|(t, c)| Due::RemoveCiphertext(t, c))?,
+        _ => return None,
+    };
+    Some((time_from_sortable(time), due))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_sort_by_time() {
+        let id = KeyId {
+            subject: SubjectTag([1; 16]),
+            class: 2,
+            bucket: 3,
+            version: 4,
+        };
+        let dues = [
+            Due::DestroyKey(id),
+            Due::EraseScope(SubjectTag([5; 16]), 6),
+            Due::Rekey(id),
+            Due::RemoveCiphertext(SubjectTag([5; 16]), 6),
+        ];
+        for due in dues {
+            assert_eq!(decode_key(&key(77, &due)), Some((77, due)));
+        }
+        assert!(key(-5, &dues[1]) < key(3, &dues[0]));
+        assert_eq!(decode_key(&[1, 2, 3]), None);
+    }
+}

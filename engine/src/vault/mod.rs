@@ -1,0 +1,660 @@
+//! The key vault: every data key, wrapped under an epoch key, by key id.
+//!
+//! Tree `vault`: key id (26 bytes, see [`KeyId`]) → vault entry v1:
+//!
+//! ```text
+//!  0  1  version (1)
+//!  1  1  state: 1 active, 2 retired (decrypts, seals no more), 3 destroyed
+//!  2  8  created at, unix seconds i64
+//! 10  9  destroyed at (presence byte + i64)
+//! 19  8  seals reserved u64: an upper bound of the seals made under the key
+//! 27  1  wrapped key present (0/1)
+//! 28 69  wrapped key (only if present; see shredkv-crypto's wrap format)
+//!  .  4  CRC32
+//! ```
+//!
+//! Buckets: 0 is the scope key (it blinds record keys, never seals values),
+//! 1 the open bucket (records without expiry), `2 + day` the bucket of
+//! records expiring on that UTC day (days since 1970-01-01).
+//!
+//! A destroyed key keeps a tombstone (state, times, no key material) so
+//! versions are never reused and certificates can count what was destroyed.
+
+pub(crate) mod cache;
+pub(crate) mod gate;
+
+use std::ops::{Bound, ControlFlow};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use shredkv_crypto::{
+    DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, ProviderError, SealBudget,
+    SealCounter, SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
+};
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Error, Location, Result};
+use crate::retention::deadlines::{self, Due};
+use crate::storage::{Durability, Order, Storage, Tree, WriteBatch, scan_prefix};
+use cache::{BucketId, KeyCache};
+
+const VERSION: u8 = 1;
+const WHAT: &str = "vault entry";
+
+/// The bucket of a scope's blinding key.
+pub(crate) const SCOPE_BUCKET: u32 = 0;
+/// The bucket of records without an expiry.
+pub(crate) const OPEN_BUCKET: u32 = 1;
+const FIRST_DAY_BUCKET: u32 = 2;
+const DAY: i64 = 86_400;
+/// Seals reserved (and persisted) at a time per key: a crash loses at most
+/// this many from the count, always by over-counting.
+const SEAL_RESERVATION: u64 = 1 << 16;
+/// Approximate memory of one cached key (AES-256 schedule, GHASH state, Arcs).
+pub(crate) const CACHED_KEY_BYTES: usize = 1024;
+
+/// The bucket of a record with this expiry.
+pub(crate) fn bucket_for_expiry(expiry: Option<i64>) -> u32 {
+    match expiry {
+        None => OPEN_BUCKET,
+        Some(t) => {
+            let day = t.max(0) / DAY;
+            FIRST_DAY_BUCKET
+                .saturating_add(u32::try_from(day).unwrap_or(u32::MAX - FIRST_DAY_BUCKET))
+        }
+    }
+}
+
+/// When an expiry bucket's key is due for destruction: the end of its day.
+pub(crate) fn bucket_deadline(bucket: u32) -> Option<i64> {
+    let day = i64::from(bucket.checked_sub(FIRST_DAY_BUCKET)?);
+    Some((day + 1) * DAY)
+}
+
+/// A key's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyState {
+    Active,
+    Retired,
+    Destroyed,
+}
+
+/// A decoded vault entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VaultEntry {
+    pub(crate) state: KeyState,
+    pub(crate) created_at: i64,
+    pub(crate) destroyed_at: Option<i64>,
+    pub(crate) seals_reserved: u64,
+    pub(crate) wrapped: Option<WrappedKey>,
+}
+
+impl VaultEntry {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(VERSION, 100);
+        w.u8(match self.state {
+            KeyState::Active => 1,
+            KeyState::Retired => 2,
+            KeyState::Destroyed => 3,
+        })
+        .i64(self.created_at)
+        .opt_i64(self.destroyed_at)
+        .u64(self.seals_reserved);
+        match &self.wrapped {
+            Some(wrapped) => w.u8(1).bytes(wrapped.as_bytes()),
+            None => w.u8(0),
+        };
+        w.finish()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::checked(WHAT, bytes, VERSION)?;
+        let state = match r.u8()? {
+            1 => KeyState::Active,
+            2 => KeyState::Retired,
+            3 => KeyState::Destroyed,
+            _ => return Err(r.invalid("unknown key state")),
+        };
+        let created_at = r.i64()?;
+        let destroyed_at = r.opt_i64()?;
+        let seals_reserved = r.u64()?;
+        let wrapped = match r.u8()? {
+            0 => None,
+            1 => Some(WrappedKey::from_bytes(&r.array::<{ WrappedKey::LEN }>()?)?),
+            _ => return Err(r.invalid("wrapped-key presence byte is neither 0 nor 1")),
+        };
+        r.end()?;
+        match (state, &wrapped) {
+            (KeyState::Destroyed, Some(_)) => {
+                Err(r_invalid("a destroyed key still holds key material"))
+            }
+            (KeyState::Active | KeyState::Retired, None) => {
+                Err(r_invalid("a live key has no key material"))
+            }
+            _ => Ok(Self {
+                state,
+                created_at,
+                destroyed_at,
+                seals_reserved,
+                wrapped,
+            }),
+        }
+    }
+
+    /// The tombstone that replaces this entry when its key is destroyed.
+    pub(crate) fn tombstone(&self, now: i64) -> Self {
+        Self {
+            state: KeyState::Destroyed,
+            destroyed_at: Some(now),
+            wrapped: None,
+            ..self.clone()
+        }
+    }
+}
+
+fn r_invalid(detail: &'static str) -> FormatError {
+    FormatError::InvalidField { what: WHAT, detail }
+}
+
+/// Unwrapped key material, ready to use.
+pub(crate) enum Material {
+    /// A data key: seals and opens values.
+    Data {
+        cipher: ValueCipher,
+        seals: SealCounter,
+    },
+    /// A scope key: blinds record keys.
+    Scope { blind: TagKey },
+}
+
+/// A key in the cache.
+pub(crate) struct CachedKey {
+    pub(crate) id: KeyId,
+    pub(crate) material: Material,
+    created_at: i64,
+    wrapped: WrappedKey,
+    reserved: AtomicU64,
+}
+
+impl std::fmt::Debug for CachedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedKey {
+    fn exhausted(&self, retire_after: u64) -> bool {
+        match &self.material {
+            Material::Data { seals, .. } => seals.exhausted() || seals.used() >= retire_after,
+            Material::Scope { .. } => false,
+        }
+    }
+}
+
+/// The vault: loads, creates, counts and destroys data keys.
+pub(crate) struct Vault {
+    storage: Arc<dyn Storage>,
+    provider: Arc<dyn KeyProvider>,
+    cache: KeyCache<CachedKey>,
+    create_lock: Mutex<()>,
+    epoch: RwLock<EpochId>,
+    retire_after: u64,
+}
+
+fn vault_location(id: &KeyId) -> Location {
+    Location {
+        tree: "vault",
+        subject: Some(id.subject),
+        class: None,
+        key_hex: shredkv_crypto::hex::encode(&id.to_bytes()),
+    }
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("epoch", &self.current_epoch())
+            .field("cached_keys", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        provider: Arc<dyn KeyProvider>,
+        epoch: EpochId,
+        cache_bytes: usize,
+        retire_after: u64,
+    ) -> Self {
+        Self {
+            storage,
+            provider,
+            cache: KeyCache::new(cache_bytes),
+            create_lock: Mutex::new(()),
+            epoch: RwLock::new(epoch),
+            retire_after: retire_after.clamp(1, shredkv_crypto::RETIRE_AFTER_SEALS),
+        }
+    }
+
+    /// The epoch new keys are wrapped under.
+    pub(crate) fn current_epoch(&self) -> EpochId {
+        *self.epoch.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Switches the epoch new keys are wrapped under.
+    pub(crate) fn set_current_epoch(&self, epoch: EpochId) {
+        *self.epoch.write().unwrap_or_else(PoisonError::into_inner) = epoch;
+    }
+
+    pub(crate) fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.provider
+    }
+
+    pub(crate) fn read_entry(&self, id: &KeyId) -> Result<Option<VaultEntry>> {
+        match self.storage.get(Tree::Vault, &id.to_bytes())? {
+            None => Ok(None),
+            Some(bytes) => VaultEntry::decode(&bytes)
+                .map(Some)
+                .map_err(|source| Error::Corrupt {
+                    location: vault_location(id),
+                    source,
+                }),
+        }
+    }
+
+    fn unwrap_entry(&self, id: KeyId, entry: &VaultEntry) -> Result<Option<Arc<CachedKey>>> {
+        let Some(wrapped) = entry.wrapped.clone() else {
+            return Ok(None);
+        };
+        let key = match self.provider.unwrap(&WrapContext::DataKey(id), &wrapped) {
+            Ok(key) => key,
+            // The epoch that wrapped it is gone: so is the key, by design.
+            Err(ProviderError::EpochDestroyed { .. }) => return Ok(None),
+            Err(ProviderError::Authentication) => {
+                return Err(Error::Tampered {
+                    location: vault_location(&id),
+                });
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let material = if id.bucket == SCOPE_BUCKET {
+            Material::Scope {
+                blind: TagKey::derive(key.expose_secret(), Label::RecordKeyBlinding),
+            }
+        } else {
+            Material::Data {
+                cipher: ValueCipher::new(&key),
+                seals: SealCounter::new(entry.seals_reserved),
+            }
+        };
+        Ok(Some(Arc::new(CachedKey {
+            id,
+            material,
+            created_at: entry.created_at,
+            wrapped,
+            reserved: AtomicU64::new(entry.seals_reserved),
+        })))
+    }
+
+    /// The key `id`, for reading. `None` if it never existed or was destroyed.
+    pub(crate) fn load(&self, id: &KeyId) -> Result<Option<Arc<CachedKey>>> {
+        if let Some(key) = self.cache.get(id) {
+            return Ok(Some(key));
+        }
+        let Some(entry) = self.read_entry(id)? else {
+            return Ok(None);
+        };
+        if entry.state == KeyState::Destroyed {
+            return Ok(None);
+        }
+        let key = self.unwrap_entry(*id, &entry)?;
+        if let Some(key) = &key {
+            self.cache
+                .insert(*id, Arc::clone(key), CACHED_KEY_BYTES, false);
+        }
+        Ok(key)
+    }
+
+    /// The newest entry of a bucket, if any.
+    fn newest(&self, bucket: &BucketId) -> Result<Option<(KeyId, VaultEntry)>> {
+        let mut prefix = [0u8; 22];
+        prefix[..16].copy_from_slice(&bucket.subject.0);
+        prefix[16..18].copy_from_slice(&bucket.class.to_be_bytes());
+        prefix[18..22].copy_from_slice(&bucket.bucket.to_be_bytes());
+        let mut end = [0xFFu8; KeyId::LEN];
+        end[..22].copy_from_slice(&prefix);
+        let mut found = None;
+        self.storage.scan(
+            Tree::Vault,
+            Bound::Included(&prefix),
+            Bound::Included(&end),
+            Order::Descending,
+            &mut |k, v| {
+                found = Some((k.to_vec(), v.to_vec()));
+                ControlFlow::Break(())
+            },
+        )?;
+        let Some((k, v)) = found else { return Ok(None) };
+        let id = KeyId::from_bytes(&k).ok_or_else(|| Error::Corrupt {
+            location: Location {
+                tree: "vault",
+                subject: Some(bucket.subject),
+                class: None,
+                key_hex: shredkv_crypto::hex::encode(&k),
+            },
+            source: r_invalid("vault key is not a key id"),
+        })?;
+        let entry = VaultEntry::decode(&v).map_err(|source| Error::Corrupt {
+            location: vault_location(&id),
+            source,
+        })?;
+        Ok(Some((id, entry)))
+    }
+
+    /// The current key of a bucket for reading (scope keys). Never creates one.
+    pub(crate) fn current_for_read(&self, bucket: BucketId) -> Result<Option<Arc<CachedKey>>> {
+        if let Some((_, key)) = self.cache.current(&bucket) {
+            return Ok(Some(key));
+        }
+        let Some((id, entry)) = self.newest(&bucket)? else {
+            return Ok(None);
+        };
+        if entry.state == KeyState::Destroyed {
+            return Ok(None);
+        }
+        let key = self.unwrap_entry(id, &entry)?;
+        if let Some(key) = &key {
+            self.cache.insert(
+                id,
+                Arc::clone(key),
+                CACHED_KEY_BYTES,
+                entry.state == KeyState::Active,
+            );
+        }
+        Ok(key)
+    }
+
+    /// The key new values of a bucket are sealed (or record keys blinded)
+    /// with, creating the bucket's next version if it has none usable.
+    ///
+    /// The caller holds the scope gate's read lock and has checked that the
+    /// scope is not erased, so no erasure can run concurrently.
+    pub(crate) fn current_for_write(&self, bucket: BucketId, now: i64) -> Result<Arc<CachedKey>> {
+        if let Some((_, key)) = self.cache.current(&bucket) {
+            if !key.exhausted(self.retire_after) {
+                return Ok(key);
+            }
+        }
+        // One creator at a time, so two writers never create the same version.
+        let _creating = self
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, key)) = self.cache.current(&bucket) {
+            if !key.exhausted(self.retire_after) {
+                return Ok(key);
+            }
+        }
+        let newest = self.newest(&bucket)?;
+        let mut batch = WriteBatch::new();
+        let next_version = match &newest {
+            Some((id, entry))
+                if entry.state == KeyState::Active && entry.seals_reserved < self.retire_after =>
+            {
+                if let Some(key) = self.unwrap_entry(*id, entry)? {
+                    if !key.exhausted(self.retire_after) {
+                        self.cache
+                            .insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, true);
+                        return Ok(key);
+                    }
+                }
+                id.version.checked_add(1)
+            }
+            Some((id, entry)) => {
+                if entry.state == KeyState::Active {
+                    batch.put(
+                        Tree::Vault,
+                        id.to_bytes().to_vec(),
+                        VaultEntry {
+                            state: KeyState::Retired,
+                            ..entry.clone()
+                        }
+                        .encode(),
+                    );
+                }
+                id.version.checked_add(1)
+            }
+            None => Some(1),
+        };
+        let version = next_version.ok_or_else(|| Error::InvalidArgument {
+            what: "key version",
+            detail: "a bucket exhausted 2^32 key versions".into(),
+        })?;
+        let id = KeyId {
+            subject: bucket.subject,
+            class: bucket.class,
+            bucket: bucket.bucket,
+            version,
+        };
+        let key = DataKey::generate();
+        let wrapped = self
+            .provider
+            .wrap(self.current_epoch(), &WrapContext::DataKey(id), &key)?;
+        let entry = VaultEntry {
+            state: KeyState::Active,
+            created_at: now,
+            destroyed_at: None,
+            seals_reserved: if bucket.bucket == SCOPE_BUCKET {
+                0
+            } else {
+                SEAL_RESERVATION.min(self.retire_after)
+            },
+            wrapped: Some(wrapped.clone()),
+        };
+        batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.encode());
+        if let Some(deadline) = bucket_deadline(bucket.bucket) {
+            batch.put(
+                Tree::Deadlines,
+                deadlines::key(deadline, &Due::DestroyKey(id)),
+                deadlines::value(now),
+            );
+        }
+        // Applied before any value is sealed under it, so a sealed value
+        // never names a key the vault does not hold.
+        self.storage.apply(&batch, Durability::Buffered)?;
+        let material = if bucket.bucket == SCOPE_BUCKET {
+            Material::Scope {
+                blind: TagKey::derive(key.expose_secret(), Label::RecordKeyBlinding),
+            }
+        } else {
+            Material::Data {
+                cipher: ValueCipher::new(&key),
+                seals: SealCounter::with_retire_at(0, self.retire_after),
+            }
+        };
+        let cached = Arc::new(CachedKey {
+            id,
+            material,
+            created_at: now,
+            wrapped,
+            reserved: AtomicU64::new(entry.seals_reserved),
+        });
+        self.cache
+            .insert(id, Arc::clone(&cached), CACHED_KEY_BYTES, true);
+        Ok(cached)
+    }
+
+    /// Counts one seal under `key`; adds to `batch` whatever must be
+    /// persisted (a new seal reservation, or retirement).
+    pub(crate) fn note_seal(&self, key: &CachedKey, batch: &mut WriteBatch) {
+        let Material::Data { seals, .. } = &key.material else {
+            return;
+        };
+        let (used, budget) = seals.record();
+        let retire = budget == SealBudget::Retire || used >= self.retire_after;
+        let reserved = key.reserved.load(Ordering::Relaxed);
+        if used < reserved && !retire {
+            return;
+        }
+        let new_reserved = used
+            .saturating_add(SEAL_RESERVATION)
+            .min(self.retire_after.max(used));
+        key.reserved.fetch_max(new_reserved, Ordering::Relaxed);
+        let entry = VaultEntry {
+            state: if retire {
+                KeyState::Retired
+            } else {
+                KeyState::Active
+            },
+            created_at: key.created_at,
+            destroyed_at: None,
+            seals_reserved: key.reserved.load(Ordering::Relaxed),
+            wrapped: Some(key.wrapped.clone()),
+        };
+        batch.put(Tree::Vault, key.id.to_bytes().to_vec(), entry.encode());
+        if retire {
+            self.cache.retire(&key.id);
+        }
+    }
+
+    /// Adds tombstones for every live key under `prefix` (a subject tag, or
+    /// tag ‖ class) to `batch`. Returns the ids. O(keys), not O(records).
+    pub(crate) fn destroy_prefix(
+        &self,
+        prefix: &[u8],
+        now: i64,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<KeyId>> {
+        let mut destroyed = Vec::new();
+        let mut failure = None;
+        scan_prefix(self.storage.as_ref(), Tree::Vault, prefix, &mut |k, v| {
+            let Some(id) = KeyId::from_bytes(k) else {
+                return ControlFlow::Continue(());
+            };
+            match VaultEntry::decode(v) {
+                Ok(entry) if entry.state == KeyState::Destroyed => {}
+                Ok(entry) => {
+                    batch.put(Tree::Vault, k.to_vec(), entry.tombstone(now).encode());
+                    destroyed.push(id);
+                }
+                // A damaged entry is destroyed all the same: erasure must
+                // not depend on being able to read what it erases.
+                Err(_) => {
+                    let tombstone = VaultEntry {
+                        state: KeyState::Destroyed,
+                        created_at: 0,
+                        destroyed_at: Some(now),
+                        seals_reserved: 0,
+                        wrapped: None,
+                    };
+                    batch.put(Tree::Vault, k.to_vec(), tombstone.encode());
+                    destroyed.push(id);
+                    failure.get_or_insert(id);
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(destroyed)
+    }
+
+    /// Destroys one key: its tombstone is added to `batch`. Returns false if
+    /// it was already destroyed or never existed.
+    pub(crate) fn destroy_one(&self, id: &KeyId, now: i64, batch: &mut WriteBatch) -> Result<bool> {
+        match self.read_entry(id) {
+            Ok(Some(entry)) if entry.state != KeyState::Destroyed => {
+                batch.put(
+                    Tree::Vault,
+                    id.to_bytes().to_vec(),
+                    entry.tombstone(now).encode(),
+                );
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(Error::Corrupt { .. }) => {
+                let tombstone = VaultEntry {
+                    state: KeyState::Destroyed,
+                    created_at: 0,
+                    destroyed_at: Some(now),
+                    seals_reserved: 0,
+                    wrapped: None,
+                };
+                batch.put(Tree::Vault, id.to_bytes().to_vec(), tombstone.encode());
+                Ok(true)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Forgets cached keys of a subject (after its keys were destroyed).
+    pub(crate) fn evict_subject(&self, subject: &SubjectTag, class: Option<u16>) {
+        self.cache.evict_subject(subject, class);
+    }
+
+    /// Forgets one cached key.
+    pub(crate) fn evict(&self, id: &KeyId) {
+        self.cache.remove(id);
+    }
+
+    /// Forgets every cached key.
+    pub(crate) fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
+    /// Number of cached keys.
+    pub(crate) fn cached_keys(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trips_and_rejects_inconsistent_states() {
+        let cipher = shredkv_crypto::EpochCipher::new(
+            EpochId(1),
+            &shredkv_crypto::EpochKey::from_bytes([1; 32]),
+        );
+        let wrapped = cipher.wrap(&WrapContext::StoreSecret, &DataKey::from_bytes([2; 32]));
+        let live = VaultEntry {
+            state: KeyState::Active,
+            created_at: 5,
+            destroyed_at: None,
+            seals_reserved: 9,
+            wrapped: Some(wrapped),
+        };
+        assert_eq!(VaultEntry::decode(&live.encode()).expect("decode"), live);
+        let dead = live.tombstone(7);
+        assert_eq!(VaultEntry::decode(&dead.encode()).expect("decode"), dead);
+        assert!(dead.encode().len() < live.encode().len());
+        let bad = VaultEntry {
+            wrapped: None,
+            ..live.clone()
+        };
+        assert!(VaultEntry::decode(&bad.encode()).is_err());
+        let bytes = live.encode();
+        for i in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x40;
+            assert!(VaultEntry::decode(&flipped).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn buckets_follow_expiry_days() {
+        assert_eq!(bucket_for_expiry(None), OPEN_BUCKET);
+        assert_eq!(bucket_for_expiry(Some(0)), 2);
+        assert_eq!(bucket_for_expiry(Some(DAY - 1)), 2);
+        assert_eq!(bucket_for_expiry(Some(DAY)), 3);
+        assert_eq!(bucket_deadline(2), Some(DAY));
+        assert_eq!(bucket_deadline(OPEN_BUCKET), None);
+        assert_eq!(bucket_deadline(SCOPE_BUCKET), None);
+        let t = 1_700_000_123;
+        let deadline = bucket_deadline(bucket_for_expiry(Some(t))).expect("deadline");
+        assert!(deadline > t && deadline - t <= DAY);
+    }
+}
