@@ -36,33 +36,25 @@ impl Storage for MemoryStorage {
         order: Order,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
-            (start, end)
-        {
-            if s > e {
-                return Ok(());
-            }
-        }
-        let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(map) = trees.get(&tree) else {
+        if super::range_is_empty(start, end) {
             return Ok(());
-        };
-        let range = map.range::<[u8], _>((start, end));
-        let mut step = |(k, v): (&Vec<u8>, &Vec<u8>)| visit(k, v);
-        match order {
-            Order::Ascending => {
-                for entry in range {
-                    if step(entry).is_break() {
-                        break;
-                    }
-                }
+        }
+        // Copy the range out and visit without the lock held, so `visit` may
+        // call back into the store (as it may on sled and redb).
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = {
+            let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(map) = trees.get(&tree) else {
+                return Ok(());
+            };
+            let range = map.range::<[u8], _>((start, end));
+            match order {
+                Order::Ascending => range.map(|(k, v)| (k.clone(), v.clone())).collect(),
+                Order::Descending => range.rev().map(|(k, v)| (k.clone(), v.clone())).collect(),
             }
-            Order::Descending => {
-                for entry in range.rev() {
-                    if step(entry).is_break() {
-                        break;
-                    }
-                }
+        };
+        for (k, v) in &entries {
+            if visit(k, v).is_break() {
+                break;
             }
         }
         Ok(())

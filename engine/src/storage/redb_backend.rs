@@ -1,50 +1,403 @@
-//! The redb backend (being built; see the storage seam).
+//! The redb backend: one table per [`Tree`] in `dir/store.redb`.
+//!
+//! Every write is one redb write transaction, so batches are atomic across
+//! trees and across a crash. `Buffered` commits skip the fsync
+//! (`redb::Durability::None`); `Durable` commits and `flush` fsync, which in
+//! redb also makes every earlier non-durable commit durable. Concurrent
+//! writers share transactions through [`GroupCommit`]: redb runs one write
+//! transaction at a time, and its commit, not the inserts, is the cost.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::fs;
 use std::ops::{Bound, ControlFlow};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
+use redb::{ReadableDatabase, TableDefinition};
+
+use super::group_commit::GroupCommit;
 use super::{
-    Backend, Durability, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
+    Backend, Durability, Op, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
+    range_is_empty,
 };
 
-pub(crate) struct RedbStorage;
+/// The database file inside a store directory.
+const FILE_NAME: &str = "store.redb";
+
+/// How long `open` waits for the file lock before reporting it held. A
+/// killed process's lock can stay taken for a moment while it exits.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// The table holding `tree`.
+fn table(tree: Tree) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(tree.name())
+}
+
+/// A store on redb.
+pub(crate) struct RedbStorage {
+    db: redb::Database,
+    /// The database file.
+    path: PathBuf,
+    /// Writers waiting to share the next write transaction.
+    group: GroupCommit,
+}
 
 impl RedbStorage {
+    /// Opens or creates the store in `dir/store.redb`, creating `dir` if
+    /// missing, and creates any missing table.
     pub(crate) fn open(dir: &Path) -> Result<Self, StorageError> {
-        Err(StorageError {
-            backend: Backend::Redb,
-            action: "open",
-            path: dir.to_path_buf(),
-            kind: StorageErrorKind::Other,
-            source: "the redb backend is not built yet".into(),
+        Self::open_with(dir, LOCK_WAIT)
+    }
+
+    /// [`RedbStorage::open`], waiting at most `lock_wait` for the file lock.
+    fn open_with(dir: &Path, lock_wait: Duration) -> Result<Self, StorageError> {
+        let path = dir.join(FILE_NAME);
+        fs::create_dir_all(dir).map_err(|e| redb_error("open", &path, e))?;
+        let db = open_db(&path, lock_wait)?;
+        // All tables in one transaction, so no read ever meets a missing one.
+        let txn = db.begin_write().map_err(|e| redb_error("open", &path, e))?;
+        for tree in Tree::ALL {
+            txn.open_table(table(tree))
+                .map_err(|e| redb_error("open", &path, e))?;
+        }
+        txn.commit().map_err(|e| redb_error("open", &path, e))?;
+        let group = GroupCommit::new(Backend::Redb, path.clone());
+        Ok(Self { db, path, group })
+    }
+
+    /// Builds the error for a redb failure while doing `action`.
+    fn fail<E: Into<redb::Error>>(&self, action: &'static str) -> impl Fn(E) -> StorageError + '_ {
+        move |e| redb_error(action, &self.path, e)
+    }
+
+    /// Applies `batches` in order in one write transaction, fsynced if
+    /// `durable`. `fail_at` is a test hook: fail before the op with that
+    /// index (counted across the batches), after the earlier ops were made.
+    fn commit(
+        &self,
+        batches: &[&WriteBatch],
+        durable: bool,
+        fail_at: Option<usize>,
+    ) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(self.fail("write"))?;
+        txn.set_durability(if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
         })
+        .map_err(self.fail("write"))?;
+        {
+            // An error return drops `txn` uncommitted, which aborts it.
+            let mut tables = BTreeMap::new();
+            let ops = batches.iter().flat_map(|b| &b.ops);
+            for (i, op) in ops.enumerate() {
+                if fail_at == Some(i) {
+                    return Err(StorageError {
+                        backend: Backend::Redb,
+                        action: "write",
+                        path: self.path.clone(),
+                        kind: StorageErrorKind::Other,
+                        source: "the write transaction failed (injected fault)".into(),
+                    });
+                }
+                let (Op::Put { tree, .. } | Op::Remove { tree, .. }) = op;
+                let table = match tables.entry(*tree) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        e.insert(txn.open_table(table(*tree)).map_err(self.fail("write"))?)
+                    }
+                };
+                match op {
+                    Op::Put { key, value, .. } => {
+                        table
+                            .insert(key.as_slice(), value.as_slice())
+                            .map_err(self.fail("write"))?;
+                    }
+                    Op::Remove { key, .. } => {
+                        table.remove(key.as_slice()).map_err(self.fail("write"))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(self.fail("write"))
     }
 }
 
 impl Storage for RedbStorage {
-    fn get(&self, _: Tree, _: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        unreachable!()
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.db.begin_read().map_err(self.fail("read"))?;
+        let table = txn.open_table(table(tree)).map_err(self.fail("read"))?;
+        let value = table.get(key).map_err(self.fail("read"))?;
+        Ok(value.map(|v| v.value().to_vec()))
     }
+
     fn scan(
         &self,
-        _: Tree,
-        _: Bound<&[u8]>,
-        _: Bound<&[u8]>,
-        _: Order,
-        _: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        tree: Tree,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        order: Order,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        unreachable!()
+        if range_is_empty(start, end) {
+            return Ok(());
+        }
+        // One read transaction: the scan sees one committed state throughout.
+        let txn = self.db.begin_read().map_err(self.fail("scan"))?;
+        let table = txn.open_table(table(tree)).map_err(self.fail("scan"))?;
+        let range = table
+            .range::<&[u8]>((start, end))
+            .map_err(self.fail("scan"))?;
+        let mut step = |entry: Result<_, redb::StorageError>| {
+            let (k, v): (redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>) =
+                entry.map_err(self.fail("scan"))?;
+            Ok::<_, StorageError>(visit(k.value(), v.value()))
+        };
+        match order {
+            Order::Ascending => {
+                for entry in range {
+                    if step(entry)?.is_break() {
+                        break;
+                    }
+                }
+            }
+            Order::Descending => {
+                for entry in range.rev() {
+                    if step(entry)?.is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    fn apply(&self, _: &WriteBatch, _: Durability) -> Result<(), StorageError> {
-        unreachable!()
+
+    fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        if batch.is_empty() && durability == Durability::Buffered {
+            return Ok(());
+        }
+        let durable = durability == Durability::Durable;
+        self.group.submit(batch, durable, &|batches, durable| {
+            self.commit(batches, durable, None)
+        })
     }
+
     fn flush(&self) -> Result<(), StorageError> {
-        unreachable!()
+        // A durable commit persists every earlier non-durable one with it.
+        self.group
+            .submit(&WriteBatch::new(), true, &|batches, durable| {
+                self.commit(batches, durable, None)
+            })
+            .map_err(|e| StorageError {
+                action: "flush",
+                ..e
+            })
     }
+
     fn size_on_disk(&self) -> Result<u64, StorageError> {
-        unreachable!()
+        fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| redb_error("read", &self.path, e))
     }
+
     fn backend(&self) -> Backend {
         Backend::Redb
+    }
+}
+
+/// Opens or creates the database file, waiting up to `lock_wait` for its
+/// lock. Every open verifies the file's checksums (about 0.2 s for 140 MB
+/// here), so a damaged file is reported as corrupt instead of trusted: a
+/// plain redb open may panic on one, and was seen here returning wrong values.
+fn open_db(path: &Path, lock_wait: Duration) -> Result<redb::Database, StorageError> {
+    let deadline = Instant::now() + lock_wait;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .create(path)
+        {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(StorageError {
+                        backend: Backend::Redb,
+                        action: "open",
+                        path: path.to_path_buf(),
+                        kind: StorageErrorKind::Locked,
+                        source: format!(
+                            "another process holds the store (its lock stayed taken for {lock_wait:?})"
+                        )
+                        .into(),
+                    });
+                }
+                thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            Err(e) => return Err(redb_error("open", path, e)),
+        }
+    }
+}
+
+/// A redb (or I/O) failure while doing `action` on the file at `path`.
+fn redb_error(action: &'static str, path: &Path, e: impl Into<redb::Error>) -> StorageError {
+    let e: redb::Error = e.into();
+    let kind = match &e {
+        redb::Error::Io(_) | redb::Error::PreviousIo => StorageErrorKind::Io,
+        redb::Error::Corrupted(_) | redb::Error::RepairAborted => StorageErrorKind::Corrupt,
+        redb::Error::DatabaseAlreadyOpen => StorageErrorKind::Locked,
+        _ => StorageErrorKind::Other,
+    };
+    StorageError {
+        backend: Backend::Redb,
+        action,
+        path: path.to_path_buf(),
+        kind,
+        source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+/// Checks specific to redb (the shared ones are in `conformance`).
+mod tests {
+    use super::*;
+
+    /// A temporary directory, removed when dropped.
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("a temporary directory")
+    }
+
+    /// A batch that fails half-way leaves nothing behind, before and after
+    /// a reopen.
+    #[test]
+    fn failed_multi_tree_batch_applies_nothing() {
+        let dir = tempdir();
+        let store = RedbStorage::open(dir.path()).expect("open");
+        let mut before = WriteBatch::new();
+        before.put(Tree::Data, b"record", b"old");
+        before.put(Tree::Vault, b"key", b"active");
+        store
+            .apply(&before, Durability::Durable)
+            .expect("apply succeeds");
+
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Data, b"record", b"new");
+        batch.put(Tree::Vault, b"key", b"destroyed");
+        batch.remove(Tree::Data, b"record");
+        batch.put(Tree::Ledger, b"subject", b"erased");
+        for fail_at in 1..4 {
+            let err = store
+                .commit(&[&batch], false, Some(fail_at))
+                .expect_err("the injected fault fails the batch");
+            assert_eq!(err.kind, StorageErrorKind::Other);
+            assert_eq!(
+                store.get(Tree::Data, b"record").expect("get"),
+                Some(b"old".to_vec())
+            );
+            assert_eq!(
+                store.get(Tree::Vault, b"key").expect("get"),
+                Some(b"active".to_vec())
+            );
+            assert_eq!(store.get(Tree::Ledger, b"subject").expect("get"), None);
+        }
+        store.flush().expect("flush");
+        drop(store);
+        let store = RedbStorage::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.get(Tree::Vault, b"key").expect("get"),
+            Some(b"active".to_vec())
+        );
+        store
+            .apply(&batch, Durability::Buffered)
+            .expect("without the fault it applies");
+        assert_eq!(store.get(Tree::Data, b"record").expect("get"), None);
+        assert_eq!(
+            store.get(Tree::Vault, b"key").expect("get"),
+            Some(b"destroyed".to_vec())
+        );
+        assert_eq!(
+            store.get(Tree::Ledger, b"subject").expect("get"),
+            Some(b"erased".to_vec())
+        );
+    }
+
+    /// A store held open is reported as locked after a bounded wait.
+    #[test]
+    fn held_store_is_reported_locked() {
+        let dir = tempdir();
+        let store = RedbStorage::open(dir.path()).expect("open");
+        let started = Instant::now();
+        let err = RedbStorage::open_with(dir.path(), Duration::from_millis(100))
+            .err()
+            .expect("a held store does not open twice");
+        assert_eq!(err.kind, StorageErrorKind::Locked, "{err}");
+        assert!(
+            err.to_string().contains("another process holds the store"),
+            "{err}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(100), "it waited");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the wait is bounded"
+        );
+        drop(store);
+        RedbStorage::open(dir.path()).expect("opens once released");
+    }
+
+    /// A file that is not a redb database is refused with an error.
+    #[test]
+    fn foreign_file_is_refused() {
+        let dir = tempdir();
+        let garbage: Vec<u8> = (0..16384u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        fs::write(dir.path().join(FILE_NAME), garbage).expect("write the file");
+        let err = RedbStorage::open(dir.path())
+            .err()
+            .expect("garbage does not open");
+        assert_eq!(err.action, "open");
+        assert_ne!(err.kind, StorageErrorKind::Locked, "{err}");
+    }
+
+    /// Damage anywhere in a store file gives an error or a repaired store,
+    /// never a panic, and never wrong data.
+    #[test]
+    fn damaged_file_never_panics() {
+        let dir = tempdir();
+        {
+            let store = RedbStorage::open(dir.path()).expect("open");
+            let mut batch = WriteBatch::new();
+            for i in 0..200u32 {
+                batch.put(Tree::Data, i.to_be_bytes(), vec![7; 100]);
+            }
+            store.apply(&batch, Durability::Durable).expect("apply");
+        }
+        let path = dir.path().join(FILE_NAME);
+        let pristine = fs::read(&path).expect("read the file");
+        let mut outcomes = BTreeMap::new();
+        for at in (0..pristine.len()).step_by(997) {
+            let mut damaged = pristine.clone();
+            if let Some(byte) = damaged.get_mut(at) {
+                *byte ^= 0x5a;
+            }
+            fs::write(&path, &damaged).expect("damage the file");
+            let outcome = match RedbStorage::open(dir.path()) {
+                Ok(store) => {
+                    for i in 0..200u32 {
+                        match store.get(Tree::Data, &i.to_be_bytes()) {
+                            Ok(value) => assert_eq!(value, Some(vec![7; 100]), "offset {at}"),
+                            Err(e) => assert_ne!(e.kind, StorageErrorKind::Locked),
+                        }
+                    }
+                    "opened".to_owned()
+                }
+                Err(e) => format!("{:?}", e.kind),
+            };
+            *outcomes.entry(outcome).or_insert(0) += 1;
+        }
+        eprintln!("outcomes: {outcomes:?}");
     }
 }

@@ -1,0 +1,699 @@
+//! One conformance suite for every backend of the seam: the same checks run
+//! against [`MemoryStorage`] (the reference), sled and redb. Durability
+//! checks (reopen, process exit) run on the two persistent backends only.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, ControlFlow};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use super::memory::MemoryStorage;
+use super::redb_backend::RedbStorage;
+use super::sled_backend::SledStorage;
+use super::{Durability, Order, Storage, StorageError, Tree, WriteBatch, scan_prefix};
+
+/// Opens (or reopens) a store in a directory.
+type Opener = fn(&Path) -> Result<Box<dyn Storage>, StorageError>;
+
+/// A fresh in-memory store (the directory is unused).
+fn open_memory(_: &Path) -> Result<Box<dyn Storage>, StorageError> {
+    Ok(Box::new(MemoryStorage::new()))
+}
+
+/// Opens a sled store in `dir`.
+fn open_sled(dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
+    Ok(Box::new(SledStorage::open(dir)?))
+}
+
+/// Opens a redb store in `dir`.
+fn open_redb(dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
+    Ok(Box::new(RedbStorage::open(dir)?))
+}
+
+/// A temporary directory, removed when dropped.
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
+
+/// Opens a store, failing the test if it cannot.
+fn open_in(open: Opener, dir: &Path) -> Box<dyn Storage> {
+    open(dir).expect("the store opens")
+}
+
+/// Applies a one-put batch, buffered.
+fn put(store: &dyn Storage, tree: Tree, key: &[u8], value: &[u8]) {
+    let mut batch = WriteBatch::new();
+    batch.put(tree, key, value);
+    store
+        .apply(&batch, Durability::Buffered)
+        .expect("apply succeeds");
+}
+
+/// Reads a key, failing the test on an error.
+fn get(store: &dyn Storage, tree: Tree, key: &[u8]) -> Option<Vec<u8>> {
+    store.get(tree, key).expect("get succeeds")
+}
+
+/// Every entry of a scan, in the order visited.
+fn collect(
+    store: &dyn Storage,
+    tree: Tree,
+    start: Bound<&[u8]>,
+    end: Bound<&[u8]>,
+    order: Order,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    store
+        .scan(tree, start, end, order, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            ControlFlow::Continue(())
+        })
+        .expect("scan succeeds");
+    out
+}
+
+/// Single-key reads and writes, removals, empty values and empty batches.
+fn get_put_remove(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    assert_eq!(get(&*store, Tree::Data, b"k"), None);
+    put(&*store, Tree::Data, b"k", b"v1");
+    assert_eq!(get(&*store, Tree::Data, b"k"), Some(b"v1".to_vec()));
+    // Trees are separate key spaces.
+    assert_eq!(get(&*store, Tree::Vault, b"k"), None);
+    put(&*store, Tree::Data, b"k", b"v2");
+    assert_eq!(get(&*store, Tree::Data, b"k"), Some(b"v2".to_vec()));
+    put(&*store, Tree::Data, b"empty", b"");
+    assert_eq!(get(&*store, Tree::Data, b"empty"), Some(Vec::new()));
+    let mut batch = WriteBatch::new();
+    batch.remove(Tree::Data, b"k");
+    batch.remove(Tree::Data, b"never there");
+    store
+        .apply(&batch, Durability::Buffered)
+        .expect("remove succeeds");
+    assert_eq!(get(&*store, Tree::Data, b"k"), None);
+    assert_eq!(get(&*store, Tree::Data, b"empty"), Some(Vec::new()));
+    // A one-op removal (sled takes a shortcut for one-op batches).
+    put(&*store, Tree::Data, b"single", b"v");
+    let mut batch = WriteBatch::new();
+    batch.remove(Tree::Data, b"single");
+    store
+        .apply(&batch, Durability::Buffered)
+        .expect("remove succeeds");
+    assert_eq!(get(&*store, Tree::Data, b"single"), None);
+    // Every tree is usable, also in a store that never wrote it.
+    for tree in Tree::ALL {
+        assert_eq!(get(&*store, tree, b"absent"), None);
+        let entries = collect(
+            &*store,
+            tree,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+        );
+        let expected = if tree == Tree::Data { 1 } else { 0 };
+        assert_eq!(entries.len(), expected, "{tree:?}");
+    }
+    // An empty batch is a no-op in either durability.
+    store
+        .apply(&WriteBatch::new(), Durability::Buffered)
+        .expect("empty batch");
+    store
+        .apply(&WriteBatch::new(), Durability::Durable)
+        .expect("empty durable batch");
+}
+
+/// Whether `key` lies in `(start, end)`.
+fn in_range(key: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    let above = match start {
+        Bound::Included(s) => key >= s,
+        Bound::Excluded(s) => key > s,
+        Bound::Unbounded => true,
+    };
+    let below = match end {
+        Bound::Included(e) => key <= e,
+        Bound::Excluded(e) => key < e,
+        Bound::Unbounded => true,
+    };
+    above && below
+}
+
+/// Scans with every kind of bound (present, absent, equal, inverted) in
+/// both orders, against a model.
+fn scans_match_model(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    let keys: [&[u8]; 10] = [
+        b"",
+        &[0],
+        &[1],
+        &[1, 0],
+        &[1, 1],
+        &[2],
+        &[2, 0xff],
+        &[3],
+        &[0xff],
+        &[0xff, 0xff],
+    ];
+    let mut model = BTreeMap::new();
+    let mut batch = WriteBatch::new();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("value {i}").into_bytes();
+        batch.put(Tree::Deadlines, *key, value.clone());
+        model.insert(key.to_vec(), value);
+    }
+    // Another tree's entries must never show up.
+    batch.put(Tree::Debts, [1u8, 0], b"other tree");
+    store
+        .apply(&batch, Durability::Buffered)
+        .expect("apply succeeds");
+
+    let points: [&[u8]; 8] = [
+        b"",
+        &[0],
+        &[1],
+        &[1, 0],
+        &[1, 0, 0],
+        &[2, 5],
+        &[0xff, 0xff],
+        &[0xff, 0xff, 0],
+    ];
+    let mut bounds: Vec<Bound<&[u8]>> = vec![Bound::Unbounded];
+    for p in points {
+        bounds.push(Bound::Included(p));
+        bounds.push(Bound::Excluded(p));
+    }
+    let mut nonempty = 0;
+    for &start in &bounds {
+        for &end in &bounds {
+            let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+                .iter()
+                .filter(|(k, _)| in_range(k, start, end))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            nonempty += usize::from(!expected.is_empty());
+            let ascending = collect(&*store, Tree::Deadlines, start, end, Order::Ascending);
+            assert_eq!(ascending, expected, "ascending {start:?}..{end:?}");
+            let descending = collect(&*store, Tree::Deadlines, start, end, Order::Descending);
+            let reversed: Vec<_> = expected.into_iter().rev().collect();
+            assert_eq!(descending, reversed, "descending {start:?}..{end:?}");
+        }
+    }
+    assert!(nonempty > 100, "the bounds exercise too few ranges");
+}
+
+/// A `Break` stops the scan at once, in both orders.
+fn scan_break_stops(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    for i in 0..10u8 {
+        put(&*store, Tree::Audit, &[i], &[i]);
+    }
+    for (order, first_two) in [
+        (Order::Ascending, vec![0u8, 1]),
+        (Order::Descending, vec![9, 8]),
+    ] {
+        let mut seen = Vec::new();
+        store
+            .scan(
+                Tree::Audit,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                order,
+                &mut |k, _| {
+                    seen.extend_from_slice(k);
+                    if seen.len() == 2 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )
+            .expect("scan succeeds");
+        assert_eq!(seen, first_two, "{order:?}");
+    }
+}
+
+/// Within one batch, the later op on a key wins.
+fn later_op_in_batch_wins(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    put(&*store, Tree::Vault, b"existing", b"old");
+    let mut batch = WriteBatch::new();
+    batch.put(Tree::Vault, b"a", b"first");
+    batch.put(Tree::Vault, b"a", b"second");
+    batch.put(Tree::Vault, b"b", b"doomed");
+    batch.remove(Tree::Vault, b"b");
+    batch.remove(Tree::Vault, b"c");
+    batch.put(Tree::Vault, b"c", b"revived");
+    batch.remove(Tree::Vault, b"existing");
+    batch.put(Tree::Vault, b"existing", b"new");
+    // The same key in another tree is a different key.
+    batch.put(Tree::Ledger, b"a", b"ledger");
+    batch.remove(Tree::Ledger, b"b");
+    store
+        .apply(&batch, Durability::Buffered)
+        .expect("apply succeeds");
+    assert_eq!(get(&*store, Tree::Vault, b"a"), Some(b"second".to_vec()));
+    assert_eq!(get(&*store, Tree::Vault, b"b"), None);
+    assert_eq!(get(&*store, Tree::Vault, b"c"), Some(b"revived".to_vec()));
+    assert_eq!(
+        get(&*store, Tree::Vault, b"existing"),
+        Some(b"new".to_vec())
+    );
+    assert_eq!(get(&*store, Tree::Ledger, b"a"), Some(b"ledger".to_vec()));
+}
+
+/// A batch over several trees becomes visible all at once: a reader that
+/// sees its last tree's entry also sees the others'.
+fn multi_tree_batch_is_atomic(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    let done = AtomicBool::new(false);
+    /// Batches the writer applies while the reader watches.
+    const BATCHES: u32 = 300;
+    thread::scope(|s| {
+        let store = &*store;
+        let done = &done;
+        let reader = s.spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                for i in (0..BATCHES).rev() {
+                    let key = i.to_be_bytes();
+                    // Read the tree written last in the batch first: once it
+                    // shows, the whole batch must.
+                    if get(store, Tree::Audit, &key).is_some() {
+                        assert!(
+                            get(store, Tree::Data, &key).is_some(),
+                            "batch {i} half visible"
+                        );
+                        assert!(
+                            get(store, Tree::Vault, &key).is_some(),
+                            "batch {i} half visible"
+                        );
+                        assert_eq!(
+                            get(store, Tree::Meta, b"old"),
+                            None,
+                            "batch {i} half visible"
+                        );
+                        break;
+                    }
+                }
+            }
+        });
+        put(store, Tree::Meta, b"old", b"removed by the first batch");
+        for i in 0..BATCHES {
+            let key = i.to_be_bytes();
+            let mut batch = WriteBatch::new();
+            batch.put(Tree::Data, key, b"record");
+            batch.put(Tree::Vault, key, b"key");
+            batch.remove(Tree::Meta, b"old");
+            batch.put(Tree::Audit, key, b"entry");
+            store
+                .apply(&batch, Durability::Buffered)
+                .expect("apply succeeds");
+        }
+        done.store(true, Ordering::Release);
+        reader.join().expect("the reader saw no half-applied batch");
+    });
+    for i in 0..BATCHES {
+        let key = i.to_be_bytes();
+        for tree in [Tree::Data, Tree::Vault, Tree::Audit] {
+            assert!(get(&*store, tree, &key).is_some(), "{tree:?} {i}");
+        }
+    }
+}
+
+/// `scan_prefix` visits exactly the keys starting with the prefix.
+fn scan_prefix_selects_prefix(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    let keys: [&[u8]; 8] = [
+        &[0x10],
+        &[0x10, 0xff, 0xff],
+        &[0x11],
+        &[0x11, 0x00],
+        &[0x11, 0x7f, 0x01],
+        &[0x11, 0xff],
+        &[0x12],
+        &[0x12, 0x00],
+    ];
+    for k in keys {
+        put(&*store, Tree::Holds, k, b"v");
+    }
+    let prefixed = |prefix: &[u8]| {
+        let mut seen = Vec::new();
+        scan_prefix(&*store, Tree::Holds, prefix, &mut |k, _| {
+            seen.push(k.to_vec());
+            ControlFlow::Continue(())
+        })
+        .expect("scan succeeds");
+        seen
+    };
+    assert_eq!(
+        prefixed(&[0x11]),
+        vec![
+            vec![0x11],
+            vec![0x11, 0x00],
+            vec![0x11, 0x7f, 0x01],
+            vec![0x11, 0xff]
+        ]
+    );
+    assert_eq!(prefixed(&[0x11, 0x7f]), vec![vec![0x11, 0x7f, 0x01]]);
+    assert_eq!(prefixed(&[0x10, 0xff]), vec![vec![0x10, 0xff, 0xff]]);
+    assert!(prefixed(&[0x13]).is_empty());
+    assert_eq!(prefixed(b"").len(), keys.len());
+    // Break inside a prefix scan stops it.
+    let mut count = 0;
+    scan_prefix(&*store, Tree::Holds, &[0x11], &mut |_, _| {
+        count += 1;
+        ControlFlow::Break(())
+    })
+    .expect("scan succeeds");
+    assert_eq!(count, 1);
+}
+
+/// A scan's visitor may read and write the store it scans (compaction
+/// deletes what it finds due).
+fn visitor_may_use_the_store(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    for i in 0..5u8 {
+        put(&*store, Tree::Deadlines, &[i], &[i]);
+    }
+    let mut visited = 0;
+    store
+        .scan(
+            Tree::Deadlines,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, _| {
+                visited += 1;
+                assert!(get(&*store, Tree::Deadlines, k).is_some());
+                let mut batch = WriteBatch::new();
+                batch.remove(Tree::Deadlines, k);
+                batch.put(Tree::Ledger, k, b"done");
+                store
+                    .apply(&batch, Durability::Buffered)
+                    .expect("apply inside a scan succeeds");
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan succeeds");
+    assert_eq!(visited, 5);
+    assert!(
+        collect(
+            &*store,
+            Tree::Deadlines,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        collect(
+            &*store,
+            Tree::Ledger,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending
+        )
+        .len(),
+        5
+    );
+}
+
+/// Writer threads of the concurrency check.
+const WRITERS: u16 = 8;
+/// Batches each writer thread applies.
+const BATCHES_PER_WRITER: u16 = 500;
+
+/// Eight threads apply 500 buffered batches each; after a flush (and a
+/// reopen, for persistent backends) every batch is there.
+fn concurrent_buffered_writers(open: Opener, reopen: bool) {
+    let dir = tempdir();
+    let mut store = open_in(open, dir.path());
+    thread::scope(|s| {
+        for writer in 0..WRITERS {
+            let store = &*store;
+            s.spawn(move || {
+                for i in 0..BATCHES_PER_WRITER {
+                    let key = [writer.to_be_bytes(), i.to_be_bytes()].concat();
+                    let mut batch = WriteBatch::new();
+                    batch.put(Tree::Data, key.clone(), b"record");
+                    batch.put(Tree::Deadlines, key, b"due");
+                    store
+                        .apply(&batch, Durability::Buffered)
+                        .expect("apply succeeds");
+                }
+            });
+        }
+    });
+    store.flush().expect("flush succeeds");
+    if reopen {
+        drop(store);
+        store = open_in(open, dir.path());
+    }
+    let expected = usize::from(WRITERS) * usize::from(BATCHES_PER_WRITER);
+    for tree in [Tree::Data, Tree::Deadlines] {
+        let entries = collect(
+            &*store,
+            tree,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+        );
+        assert_eq!(entries.len(), expected, "{tree:?}");
+    }
+    for writer in 0..WRITERS {
+        for i in 0..BATCHES_PER_WRITER {
+            let key = [writer.to_be_bytes(), i.to_be_bytes()].concat();
+            assert_eq!(get(&*store, Tree::Data, &key), Some(b"record".to_vec()));
+        }
+    }
+}
+
+/// Buffered writes followed by `flush` survive close and reopen; so do
+/// removals, and the size on disk is reported.
+fn survives_reopen_after_flush(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    for i in 0..100u32 {
+        put(&*store, Tree::Subjects, &i.to_be_bytes(), b"subject");
+    }
+    let mut batch = WriteBatch::new();
+    batch.remove(Tree::Subjects, 7u32.to_be_bytes());
+    store
+        .apply(&batch, Durability::Buffered)
+        .expect("apply succeeds");
+    store.flush().expect("flush succeeds");
+    assert!(store.size_on_disk().expect("size") > 0);
+    drop(store);
+    let store = open_in(open, dir.path());
+    for i in 0..100u32 {
+        let expected = (i != 7).then(|| b"subject".to_vec());
+        assert_eq!(
+            get(&*store, Tree::Subjects, &i.to_be_bytes()),
+            expected,
+            "{i}"
+        );
+    }
+}
+
+/// A `Durable` apply survives close and reopen with no flush.
+fn survives_reopen_after_durable_apply(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    let mut batch = WriteBatch::new();
+    batch.put(Tree::Vault, b"key", b"destroyed");
+    batch.put(Tree::Ledger, b"subject", b"erased");
+    store
+        .apply(&batch, Durability::Durable)
+        .expect("apply succeeds");
+    drop(store);
+    let store = open_in(open, dir.path());
+    assert_eq!(
+        get(&*store, Tree::Vault, b"key"),
+        Some(b"destroyed".to_vec())
+    );
+    assert_eq!(
+        get(&*store, Tree::Ledger, b"subject"),
+        Some(b"erased".to_vec())
+    );
+}
+
+/// Set in the child process of [`writes_survive_exit`]: the store directory
+/// to write to.
+const CHILD_DIR: &str = "SHREDKV_STORAGE_EXIT_CHILD_DIR";
+
+/// How the child process of [`writes_survive_exit`] makes its write durable.
+#[derive(Debug, Clone, Copy)]
+enum Persist {
+    /// One `Durable` apply.
+    DurableApply,
+    /// Buffered applies, then `flush`.
+    Flush,
+}
+
+/// Writes acknowledged as durable survive the process exiting without
+/// closing the store (no destructor, no final flush of its own). The test
+/// re-runs itself as a child process, which writes and exits at once.
+fn writes_survive_exit(open: Opener, persist: Persist, test_name: &str) {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        let store = open_in(open, Path::new(&dir));
+        match persist {
+            Persist::DurableApply => {
+                let mut batch = WriteBatch::new();
+                batch.put(Tree::Vault, b"key", b"destroyed");
+                batch.put(Tree::Audit, b"entry", b"shred");
+                store
+                    .apply(&batch, Durability::Durable)
+                    .expect("apply succeeds");
+            }
+            Persist::Flush => {
+                put(&*store, Tree::Vault, b"key", b"destroyed");
+                put(&*store, Tree::Audit, b"entry", b"shred");
+                store.flush().expect("flush succeeds");
+            }
+        }
+        std::process::exit(0);
+    }
+    let dir = tempdir();
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let status = std::process::Command::new(exe)
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, dir.path())
+        .status()
+        .expect("the child process runs");
+    assert!(status.success(), "child failed: {status}");
+    let store = open_in(open, dir.path());
+    assert_eq!(
+        get(&*store, Tree::Vault, b"key"),
+        Some(b"destroyed".to_vec()),
+        "{persist:?}"
+    );
+    assert_eq!(
+        get(&*store, Tree::Audit, b"entry"),
+        Some(b"shred".to_vec()),
+        "{persist:?}"
+    );
+}
+
+/// The checks every backend passes.
+macro_rules! common_tests {
+    ($open:expr, reopen: $reopen:expr) => {
+        use super::*;
+
+        #[test]
+        /// Single-key reads and writes, removals, empty values and empty batches.
+        fn get_put_remove() {
+            super::get_put_remove($open);
+        }
+
+        /// See [`super::scans_match_model`].
+        #[test]
+        fn scans_match_model() {
+            super::scans_match_model($open);
+        }
+
+        /// See [`super::scan_break_stops`].
+        #[test]
+        fn scan_break_stops() {
+            super::scan_break_stops($open);
+        }
+
+        /// See [`super::later_op_in_batch_wins`].
+        #[test]
+        fn later_op_in_batch_wins() {
+            super::later_op_in_batch_wins($open);
+        }
+
+        /// See [`super::multi_tree_batch_is_atomic`].
+        #[test]
+        fn multi_tree_batch_is_atomic() {
+            super::multi_tree_batch_is_atomic($open);
+        }
+
+        /// See [`super::scan_prefix_selects_prefix`].
+        #[test]
+        fn scan_prefix_selects_prefix() {
+            super::scan_prefix_selects_prefix($open);
+        }
+
+        /// See [`super::visitor_may_use_the_store`].
+        #[test]
+        fn visitor_may_use_the_store() {
+            super::visitor_may_use_the_store($open);
+        }
+
+        /// See [`super::concurrent_buffered_writers`].
+        #[test]
+        fn concurrent_buffered_writers() {
+            super::concurrent_buffered_writers($open, $reopen);
+        }
+    };
+}
+
+/// The checks of the persistent backends.
+macro_rules! durable_tests {
+    ($open:expr) => {
+        /// See [`super::survives_reopen_after_flush`].
+        #[test]
+        fn survives_reopen_after_flush() {
+            super::survives_reopen_after_flush($open);
+        }
+
+        /// See [`super::survives_reopen_after_durable_apply`].
+        #[test]
+        fn survives_reopen_after_durable_apply() {
+            super::survives_reopen_after_durable_apply($open);
+        }
+
+        /// libtest's name of the test `name` in this module.
+        fn test_name(name: &str) -> String {
+            let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+            format!("{module}::{name}")
+        }
+
+        /// See [`super::writes_survive_exit`].
+        /// See [`super::writes_survive_exit`].
+        #[test]
+        fn durable_apply_survives_exit() {
+            super::writes_survive_exit(
+                $open,
+                super::Persist::DurableApply,
+                &test_name("durable_apply_survives_exit"),
+            );
+        }
+
+        /// See [`super::writes_survive_exit`].
+        /// See [`super::writes_survive_exit`].
+        #[test]
+        fn flush_survives_exit() {
+            super::writes_survive_exit(
+                $open,
+                super::Persist::Flush,
+                &test_name("flush_survives_exit"),
+            );
+        }
+    };
+}
+
+/// The reference backend.
+mod memory {
+    common_tests!(open_memory, reopen: false);
+}
+
+/// The sled backend.
+mod sled {
+    common_tests!(open_sled, reopen: true);
+    durable_tests!(open_sled);
+}
+
+/// The redb backend.
+mod redb {
+    common_tests!(open_redb, reopen: true);
+    durable_tests!(open_redb);
+}
