@@ -48,7 +48,8 @@ pub use jiff;
 pub use ledger::ErasureReason;
 pub use records::Record;
 pub use retention::{
-    ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, Policy, PolicyError, Retention,
+    ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,
+    PolicyError, Retention, RetentionUnit,
 };
 pub use shredkv_crypto::{KeyProvider, SubjectTag};
 pub use storage::{Backend, StorageError};

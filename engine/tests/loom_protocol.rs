@@ -19,7 +19,11 @@ use shredkv::internal::{BucketId, KeyCache, ScopeGate};
 use shredkv_crypto::KeyId;
 
 const TAG: SubjectTag = SubjectTag([7; 16]);
-const BUCKET: BucketId = BucketId { subject: TAG, class: 1, bucket: 1 };
+const BUCKET: BucketId = BucketId {
+    subject: TAG,
+    class: 1,
+    bucket: 1,
+};
 
 #[derive(Default)]
 struct Vault {
@@ -37,7 +41,12 @@ struct Store {
 
 impl Store {
     fn new() -> Self {
-        Self { gate: ScopeGate::new(2), cache: KeyCache::new(1 << 20), vault: Mutex::new(Vault::default()), create: Mutex::new(()) }
+        Self {
+            gate: ScopeGate::new(2),
+            cache: KeyCache::new(1 << 20),
+            vault: Mutex::new(Vault::default()),
+            create: Mutex::new(()),
+        }
     }
 
     /// A write: the key version it sealed with, or `None` if the scope is erased.
@@ -57,7 +66,12 @@ impl Store {
         let version = u32::try_from(vault.keys.len()).expect("small") + 1;
         vault.keys.push((version, false));
         drop(vault);
-        let id = KeyId { subject: TAG, class: 1, bucket: 1, version };
+        let id = KeyId {
+            subject: TAG,
+            class: 1,
+            bucket: 1,
+            version,
+        };
         self.cache.insert(id, std::sync::Arc::new(version), 1, true);
         Some(version)
     }
@@ -88,15 +102,28 @@ fn a_writer_racing_shred_never_leaves_a_live_key_for_the_erased_scope() {
             let store = Arc::clone(&store);
             thread::spawn(move || store.shred())
         };
-        let results: Vec<_> = writers.into_iter().map(|w| w.join().expect("writer")).collect();
+        let results: Vec<_> = writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect();
         shredder.join().expect("shredder");
 
         let vault = store.vault.lock().expect("vault");
         assert!(vault.erased);
-        assert!(vault.keys.iter().all(|(_, destroyed)| *destroyed), "a key outlived the shred");
-        assert!(vault.keys.len() <= 1, "racing writers created {} keys for one bucket", vault.keys.len());
+        assert!(
+            vault.keys.iter().all(|(_, destroyed)| *destroyed),
+            "a key outlived the shred"
+        );
+        assert!(
+            vault.keys.len() <= 1,
+            "racing writers created {} keys for one bucket",
+            vault.keys.len()
+        );
         for version in results.iter().flatten() {
-            assert!(vault.keys.iter().any(|(v, d)| v == version && *d), "a write sealed with a key shred did not destroy");
+            assert!(
+                vault.keys.iter().any(|(v, d)| v == version && *d),
+                "a write sealed with a key shred did not destroy"
+            );
         }
         assert!(store.cache.current(&BUCKET).is_none());
     });

@@ -218,7 +218,7 @@ impl DbInner {
                     ));
                     receipt.retained.push(Retained {
                         subject: *tag,
-                        class: class.policy.name.clone(),
+                        class: class.policy.name().to_string(),
                         until: None,
                         reason: format!("legal hold: {hold}"),
                     });
@@ -249,13 +249,13 @@ impl DbInner {
                     format!(
                         "{} keys destroyed; class {}; {}",
                         ids.len(),
-                        class.policy.name,
+                        class.policy.name(),
                         reason.name()
                     ),
                 ));
                 receipt.erased.push(ErasedScope {
                     subject: *tag,
-                    class: Some(class.policy.name.clone()),
+                    class: Some(class.policy.name().to_string()),
                     keys_destroyed: ids.len(),
                 });
                 evictions.push((*tag, Some(class.number)));

@@ -197,7 +197,10 @@ impl Db {
         provider: Arc<dyn KeyProvider>,
     ) -> Result<Db> {
         let path = config.path.clone();
-        let policy = config.policy.clone().unwrap_or_else(Policy::default_policy);
+        let policy = match &config.policy {
+            Some(policy) => policy.clone(),
+            None => Policy::default_policy()?,
+        };
         let now = config.clock.now();
         let audit = AuditLog::open(storage.as_ref())?;
 
@@ -235,7 +238,7 @@ impl Db {
         let class_index = classes
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.policy.name.clone(), i))
+            .map(|(i, c)| (c.policy.name().to_string(), i))
             .collect();
         let subject_key = TagKey::derive(secret.expose_secret(), Label::SubjectTag);
         drop(secret);
@@ -505,7 +508,7 @@ impl DbInner {
 
     pub(crate) fn class_name(&self, number: u16) -> String {
         self.class_by_number(number)
-            .map_or_else(|| format!("#{number}"), |c| c.policy.name.clone())
+            .map_or_else(|| format!("#{number}"), |c| c.policy.name().to_string())
     }
 
     pub(crate) fn subject_info(&self, tag: &SubjectTag) -> Result<Option<SubjectInfo>> {
@@ -675,7 +678,7 @@ fn number_classes(storage: &dyn Storage, policy: &Policy) -> Result<Vec<ClassEnt
     let mut out = Vec::new();
     for class in policy.classes() {
         let mut key = meta::CLASS_PREFIX.to_vec();
-        key.extend_from_slice(class.name.as_bytes());
+        key.extend_from_slice(class.name().as_bytes());
         let number = match meta_get(storage, &key)? {
             Some(bytes) => {
                 u16::from_be_bytes(bytes.as_slice().try_into().map_err(|_| Error::Corrupt {

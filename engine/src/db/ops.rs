@@ -198,7 +198,7 @@ fn data_location(tag: &SubjectTag, class: &ClassEntry, key: &[u8]) -> Location {
     Location {
         tree: "data",
         subject: Some(*tag),
-        class: Some(class.policy.name.clone()),
+        class: Some(class.policy.name().to_string()),
         key_hex: shredkv_crypto::hex::encode(key),
     }
 }
@@ -238,7 +238,7 @@ impl DbInner {
         if let Some(erased_at) = self.scope_erased_at(tag, class.number, info.generation)? {
             return Err(Error::Erased {
                 subject: *tag,
-                class: Some(class.policy.name.clone()),
+                class: Some(class.policy.name().to_string()),
                 erased_at: Timestamp::from_second(erased_at).unwrap_or(Timestamp::MAX),
             });
         }
@@ -275,17 +275,23 @@ impl DbInner {
     ) -> Result<Option<i64>> {
         let mut expiry = None;
         if let Some(at) = requested {
+            if !class.policy.accepts_customer_ttl() {
+                return Err(Error::PolicyViolation {
+                    class: class.policy.name().to_string(),
+                    detail: "its retention starts with an event, not at write, so records cannot carry a customer expiry".into(),
+                });
+            }
             if at <= now {
                 return Err(Error::InvalidArgument {
                     what: "expiry",
                     detail: format!("{at} is not in the future (now {now})"),
                 });
             }
-            if let Some(max) = class.policy.max_customer_ttl {
+            if let Some(max) = class.policy.max_customer_ttl() {
                 let limit = max.add_to(now).unwrap_or(Timestamp::MAX);
                 if at > limit {
                     return Err(Error::PolicyViolation {
-                        class: class.policy.name.clone(),
+                        class: class.policy.name().to_string(),
                         detail: format!(
                             "expiry {at} is beyond the largest customer TTL ({max}, until {limit})"
                         ),
@@ -294,8 +300,8 @@ impl DbInner {
             }
             expiry = Some(at.as_second());
         }
-        if class.policy.clock == ClockStart::Write {
-            if let Some(retain) = class.policy.retain {
+        if class.policy.clock() == ClockStart::Write {
+            if let Some(retain) = class.policy.retain() {
                 let deadline = retain.add_to(now).unwrap_or(Timestamp::MAX).as_second();
                 expiry = Some(expiry.map_or(deadline, |e| e.min(deadline)));
             }
@@ -314,7 +320,7 @@ impl DbInner {
         create: bool,
         now: i64,
     ) -> Result<Option<Vec<u8>>> {
-        if class.policy.keys == KeyMode::Ordered {
+        if class.policy.keys() == KeyMode::Ordered {
             return Ok(Some(key.to_vec()));
         }
         let bucket = BucketId {
@@ -346,7 +352,7 @@ impl DbInner {
         let now = Timestamp::from_second(staging.now).unwrap_or(Timestamp::MAX);
         let deadline = class
             .policy
-            .purge_window
+            .purge_window()
             .add_to(now)
             .unwrap_or(Timestamp::MAX)
             .as_second();
@@ -432,7 +438,7 @@ impl DbInner {
             });
         };
         records::associated_data(&self.store_id, &data_key, &mut staging.aad);
-        let plaintext: &[u8] = match class.policy.keys {
+        let plaintext: &[u8] = match class.policy.keys() {
             KeyMode::Blinded => {
                 records::blinded_payload(key, value, &mut staging.plain);
                 &staging.plain
@@ -518,7 +524,7 @@ impl DbInner {
         let expires_at = envelope
             .expiry()
             .map(|e| Timestamp::from_second(e).unwrap_or(Timestamp::MAX));
-        let record = match class.policy.keys {
+        let record = match class.policy.keys() {
             KeyMode::Ordered => {
                 let key = data_key.get(18..).unwrap_or_default().to_vec();
                 Record {
@@ -614,7 +620,7 @@ impl DbInner {
             })?;
             if !records.is_empty() {
                 records.sort_by(|a, b| a.key.cmp(&b.key));
-                classes.push((class.policy.name.clone(), records));
+                classes.push((class.policy.name().to_string(), records));
             }
         }
         Ok(Some(ExportedSubject {

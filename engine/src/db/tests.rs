@@ -8,14 +8,55 @@ use jiff::{SignedDuration, Timestamp};
 use crate::storage::{Durability, Tree, WriteBatch};
 use crate::{Batch, Classes, Config, Db, Error, ManualClock, PutOptions, SubjectState};
 
+/// A policy with one class of each shape the tests need.
+const TEST_POLICY: &str = r#"
+version = 1
+
+[[class]]
+name = "message_content"
+role = "processor"
+clock = "write"
+max_customer_ttl = "1 year"
+purge_window = "30 days"
+on_deletion_request = "erase_now"
+keys = "blinded"
+legal_basis = "test"
+clause = "test"
+
+[[class]]
+name = "invoices"
+role = "controller"
+clock = "account_closure"
+retain = "10 years"
+purge_window = "30 days"
+on_deletion_request = "retain_until_deadline"
+keys = "ordered"
+legal_basis = "test"
+clause = "test"
+
+[[class]]
+name = "account_profile"
+role = "controller"
+clock = "account_closure"
+retain = "60 days"
+purge_window = "30 days"
+on_deletion_request = "erase_now"
+keys = "blinded"
+legal_basis = "test"
+clause = "test"
+"#;
+
+fn test_config(dir: &tempfile::TempDir, clock: &ManualClock) -> Config {
+    let policy = crate::Policy::from_toml_str(TEST_POLICY, "test policy").expect("policy");
+    Config::new(dir.path())
+        .policy(policy)
+        .clock(Arc::new(clock.clone()))
+        .flush_every(None)
+}
+
 fn open(dir: &tempfile::TempDir) -> (Db, ManualClock) {
     let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
-    let db = Db::open_in_memory(
-        Config::new(dir.path())
-            .clock(Arc::new(clock.clone()))
-            .flush_every(None),
-    )
-    .expect("open");
+    let db = Db::open_in_memory(test_config(dir, &clock)).expect("open");
     (db, clock)
 }
 
@@ -168,16 +209,16 @@ fn legal_hold_blocks_shred_and_is_audited() {
     let dir = tempfile::tempdir().expect("dir");
     let (db, _) = open(&dir);
     db.register_account("a").expect("register");
-    db.put("a", "invoice", b"2026-001", b"total 10")
+    db.put("a", "invoices", b"2026-001", b"total 10")
         .expect("put");
     db.put("a", "message_content", b"m", b"msg").expect("put");
-    db.place_hold("a", Some("invoice"), "case 17")
+    db.place_hold("a", Some("invoices"), "case 17")
         .expect("hold");
     let receipt = db.shred("a", Classes::All).expect("shred");
     assert_eq!(receipt.retained.len(), 1);
     assert!(receipt.retained[0].reason.contains("case 17"));
     assert_eq!(
-        db.get("a", "invoice", b"2026-001")
+        db.get("a", "invoices", b"2026-001")
             .expect("held")
             .as_deref(),
         Some(&b"total 10"[..])
@@ -188,11 +229,11 @@ fn legal_hold_blocks_shred_and_is_audited() {
             .is_erased()
     );
     assert_eq!(db.holds().expect("holds").len(), 1);
-    assert!(db.release_hold("a", Some("invoice")).expect("release"));
+    assert!(db.release_hold("a", Some("invoices")).expect("release"));
     let receipt = db.shred("a", Classes::All).expect("shred");
     assert!(receipt.retained.is_empty());
     assert!(
-        db.get("a", "invoice", b"2026-001")
+        db.get("a", "invoices", b"2026-001")
             .expect_err("erased")
             .is_erased()
     );
@@ -256,7 +297,7 @@ fn expiry_hides_records_and_policy_caps_customer_ttl() {
         ),
         Err(Error::InvalidArgument { .. })
     ));
-    let far = db.now() + SignedDuration::from_hours(24 * 365 * 50);
+    let far = db.now() + SignedDuration::from_hours(24 * 400);
     assert!(matches!(
         db.put_with(
             "a",
@@ -264,6 +305,18 @@ fn expiry_hides_records_and_policy_caps_customer_ttl() {
             b"m",
             b"x",
             PutOptions::expires_at(far)
+        ),
+        Err(Error::PolicyViolation { .. })
+    ));
+    // A class whose clock starts with an event takes no customer expiry.
+    let soon = db.now() + SignedDuration::from_hours(1);
+    assert!(matches!(
+        db.put_with(
+            "a",
+            "account_profile",
+            b"p",
+            b"x",
+            PutOptions::expires_at(soon)
         ),
         Err(Error::PolicyViolation { .. })
     ));
@@ -344,7 +397,7 @@ fn overwrite(db: &Db, entries: &[(Vec<u8>, Vec<u8>)]) {
 /// or another) and any flipped byte give a typed error, never data.
 #[test]
 fn moved_or_flipped_values_are_tampered_never_data() {
-    for class in ["invoice", "message_content"] {
+    for class in ["invoices", "message_content"] {
         let dir = tempfile::tempdir().expect("dir");
         let (db, _) = open(&dir);
         for s in ["a", "b"] {
@@ -392,10 +445,10 @@ fn ordered_classes_scan_in_key_order() {
     let (db, _) = open(&dir);
     db.register_account("a").expect("register");
     for k in [&b"2026-03"[..], b"2026-01", b"2026-02"] {
-        db.put("a", "invoice", k, b"x").expect("put");
+        db.put("a", "invoices", k, b"x").expect("put");
     }
     let keys: Vec<_> = db
-        .scan("a", "invoice")
+        .scan("a", "invoices")
         .expect("scan")
         .into_iter()
         .map(|r| r.key)
@@ -445,13 +498,8 @@ fn overwrite_and_delete_record_a_rekey_debt() {
 fn keys_rotate_after_their_seal_budget() {
     let dir = tempfile::tempdir().expect("dir");
     let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
-    let db = Db::open_in_memory(
-        Config::new(dir.path())
-            .clock(Arc::new(clock))
-            .flush_every(None)
-            .retire_keys_after_seals(3),
-    )
-    .expect("open");
+    let db =
+        Db::open_in_memory(test_config(&dir, &clock).retire_keys_after_seals(3)).expect("open");
     db.register_account("a").expect("register");
     for i in 0..10u8 {
         db.put("a", "message_content", &[i], &[i]).expect("put");

@@ -1,8 +1,14 @@
-//! Retention: the policy, the deadline index, compaction.
+//! Retention: which classes of data a store keeps, for how long, and what
+//! starts their clocks.
+//!
+//! [`policy`] parses and validates the policy file (TOML) and computes
+//! deadlines from it; [`deadlines`] is the index of what is due when, and
+//! compaction enforces it.
 
 pub(crate) mod deadlines;
 pub(crate) mod policy;
 
 pub use policy::{
-    ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, Policy, PolicyError, Retention,
+    ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,
+    PolicyError, Retention, RetentionUnit,
 };
