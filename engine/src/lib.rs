@@ -40,7 +40,8 @@ pub use audit::{AuditEntry, AuditEvent, ChainBreak, ChainReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
-    Batch, Classes, Db, ErasedScope, Export, ExportedSubject, PutOptions, Receipt, Retained,
+    Batch, ClassStats, Classes, Db, ErasedScope, Export, ExportedSubject, IntegrityReport, Problem,
+    ProblemKind, PutOptions, Receipt, Retained, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;

@@ -1,6 +1,7 @@
 //! The store handle: opening, subjects, and the shared state of operations.
 
 mod erase;
+mod inspect;
 mod ops;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use crate::vault::Vault;
 use crate::vault::gate::ScopeGate;
 
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
+pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
 pub use ops::{Batch, Export, ExportedSubject, PutOptions};
 
 /// The on-disk format version of a store (meta key `format`).

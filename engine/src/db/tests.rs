@@ -532,3 +532,60 @@ fn keys_rotate_after_their_seal_budget() {
         "{versions} key versions for 10 seals at 3 per key"
     );
 }
+
+#[test]
+fn stats_and_verify_report_what_is_stored_and_what_is_damaged() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.register_end_user("u", "a").expect("register");
+    for i in 0..5u8 {
+        db.put("a", "message_content", &[i], b"value").expect("put");
+    }
+    db.put("u", "invoices", b"2026-1", b"total").expect("put");
+    let stats = db.stats().expect("stats");
+    assert_eq!((stats.accounts, stats.end_users, stats.active), (1, 1, 2));
+    let messages = stats
+        .classes
+        .iter()
+        .find(|c| c.name == "message_content")
+        .expect("class");
+    assert_eq!(messages.records, 5);
+    assert!(stats.keys_live >= 3);
+    let clean = db.verify().expect("verify");
+    assert!(clean.is_clean(), "{clean:?}");
+    assert_eq!(clean.records_checked, 6);
+
+    // Damage one record (checksum intact = tampering) and one (checksum broken = corruption).
+    let entries = data_entries(&db);
+    let (k0, v0) = &entries[0];
+    let mut tampered = v0.clone();
+    let body = tampered.len() - 4;
+    tampered[body - 1] ^= 1;
+    let crc = crc32fast::hash(&tampered[..body]);
+    tampered[body..].copy_from_slice(&crc.to_be_bytes());
+    let (k1, v1) = &entries[1];
+    let mut corrupt = v1.clone();
+    corrupt[0] ^= 0xff;
+    overwrite(&db, &[(k0.clone(), tampered), (k1.clone(), corrupt)]);
+    let report = db.verify().expect("verify");
+    assert_eq!(report.records_checked, 4);
+    let kinds: Vec<_> = report.problems.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds.len(), 2, "{report:?}");
+    assert!(kinds.contains(&crate::ProblemKind::Tampered));
+    assert!(kinds.contains(&crate::ProblemKind::Corrupt));
+
+    db.shred("a", Classes::All).expect("shred");
+    let report = db.verify().expect("verify");
+    assert_eq!(
+        report.records_checked, 0,
+        "erased records are dead, not readable"
+    );
+    assert!(report.audit.breaks.is_empty());
+    assert!(
+        db.audit_tail(2)
+            .expect("tail")
+            .iter()
+            .any(|e| e.event == crate::AuditEvent::KeysDestroyed)
+    );
+}

@@ -1,0 +1,431 @@
+//! Operator views: statistics, the full integrity scan, the audit log.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, ControlFlow};
+
+use jiff::Timestamp;
+use shredkv_crypto::{KeyId, SubjectTag};
+
+use super::Db;
+use crate::audit::{self, AuditEntry, ChainReport};
+use crate::error::{Error, Location, Result};
+use crate::retention::deadlines::{self, Due};
+use crate::storage::{Order, Tree};
+use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+use crate::vault::{KeyState, VaultEntry};
+
+/// Records and bytes of one class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// The class name (`#n` for a class no longer in the policy).
+    pub name: String,
+    /// Stored records, including dead ones awaiting compaction.
+    pub records: u64,
+    /// Stored bytes of those records (keys and envelopes).
+    pub bytes: u64,
+}
+
+/// A store's vital statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// The backend's name.
+    pub backend: String,
+    /// Bytes the backend occupies on disk.
+    pub size_on_disk: u64,
+    /// Registered accounts.
+    pub accounts: u64,
+    /// Registered end users.
+    pub end_users: u64,
+    /// Subjects by state: active, restricted, erased.
+    pub active: u64,
+    /// Restricted subjects.
+    pub restricted: u64,
+    /// Erased subjects.
+    pub erased: u64,
+    /// Scopes (subject × class) that have keys.
+    pub scopes: u64,
+    /// Live data keys (active or retired).
+    pub keys_live: u64,
+    /// Destroyed data keys (tombstones).
+    pub keys_destroyed: u64,
+    /// Records and bytes per class.
+    pub classes: Vec<ClassStats>,
+    /// Key versions owing a re-key (deleted or overwritten records).
+    pub rekey_debts: u64,
+    /// The earliest purge deadline among them.
+    pub oldest_purge_deadline: Option<Timestamp>,
+    /// Work items in the deadline index.
+    pub deadlines: u64,
+    /// The earliest deadline in the index.
+    pub next_deadline: Option<Timestamp>,
+    /// Legal holds in force.
+    pub holds: u64,
+    /// Audit entries.
+    pub audit_entries: u64,
+    /// The epoch new keys are wrapped under.
+    pub current_epoch: u32,
+    /// Epochs whose keys exist in the key provider.
+    pub live_epochs: Vec<u32>,
+}
+
+/// What the integrity scan found wrong with one stored item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// Damaged bytes (checksum, truncation, unknown format): media corruption.
+    Corrupt,
+    /// Authentication failed: altered or moved data.
+    Tampered,
+}
+
+/// One problem found by [`Db::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Corrupt or tampered.
+    pub kind: ProblemKind,
+    /// Where.
+    pub location: Location,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// The outcome of [`Db::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrityReport {
+    /// Records decrypted and authenticated.
+    pub records_checked: u64,
+    /// Records whose keys are destroyed (dead ciphertext awaiting compaction).
+    pub records_dead: u64,
+    /// Vault entries checked.
+    pub keys_checked: u64,
+    /// Subject records checked.
+    pub subjects_checked: u64,
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+    /// The audit chain's check.
+    pub audit: ChainReport,
+}
+
+impl IntegrityReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.audit.breaks.is_empty()
+    }
+}
+
+fn count(db: &Db, tree: Tree) -> Result<u64> {
+    let mut n = 0u64;
+    db.inner.storage.scan(
+        tree,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        Order::Ascending,
+        &mut |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(n)
+}
+
+fn problem(err: Error) -> Option<Problem> {
+    match err {
+        Error::Corrupt { location, source } => Some(Problem {
+            kind: ProblemKind::Corrupt,
+            location,
+            detail: source.to_string(),
+        }),
+        Error::Tampered { location } => Some(Problem {
+            kind: ProblemKind::Tampered,
+            location,
+            detail: "authentication failed".into(),
+        }),
+        _ => None,
+    }
+}
+
+impl Db {
+    /// Counts subjects, keys, records and bytes per class, debts and
+    /// deadlines. O(stored items): for operators, not hot paths.
+    ///
+    /// # Errors
+    /// Damaged subject records, storage and key provider failures.
+    pub fn stats(&self) -> Result<Stats> {
+        let inner = &self.inner;
+        let mut stats = Stats {
+            backend: inner.storage.backend().name().to_string(),
+            size_on_disk: inner.storage.size_on_disk()?,
+            current_epoch: inner.vault.current_epoch().0,
+            live_epochs: inner
+                .vault
+                .provider()
+                .live_epochs()?
+                .into_iter()
+                .map(|e| e.0)
+                .collect(),
+            ..Stats::default()
+        };
+        for info in self.subjects()? {
+            match info.kind {
+                SubjectKind::Account => stats.accounts += 1,
+                SubjectKind::EndUser => stats.end_users += 1,
+            }
+            match info.state {
+                SubjectState::Active => stats.active += 1,
+                SubjectState::Restricted => stats.restricted += 1,
+                SubjectState::Erased => stats.erased += 1,
+            }
+        }
+        let mut scopes = std::collections::BTreeSet::new();
+        inner.storage.scan(
+            Tree::Vault,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if let Some(id) = KeyId::from_bytes(k) {
+                    match VaultEntry::decode(v) {
+                        Ok(entry) if entry.state == KeyState::Destroyed => {
+                            stats.keys_destroyed += 1
+                        }
+                        Ok(_) => {
+                            stats.keys_live += 1;
+                            scopes.insert((id.subject, id.class));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        stats.scopes = u64::try_from(scopes.len()).unwrap_or(u64::MAX);
+        let mut per_class: BTreeMap<u16, ClassStats> = BTreeMap::new();
+        inner.storage.scan(
+            Tree::Data,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if let Some(class) = k
+                    .get(16..18)
+                    .and_then(|c| c.try_into().ok())
+                    .map(u16::from_be_bytes)
+                {
+                    let entry = per_class.entry(class).or_default();
+                    entry.records += 1;
+                    entry.bytes += u64::try_from(k.len() + v.len()).unwrap_or(u64::MAX);
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        for class in &inner.classes {
+            let mut entry = per_class.remove(&class.number).unwrap_or_default();
+            entry.name = class.policy.name().to_string();
+            stats.classes.push(entry);
+        }
+        for (number, mut entry) in per_class {
+            entry.name = format!("#{number}");
+            stats.classes.push(entry);
+        }
+        stats.rekey_debts = count(self, Tree::Debts)?;
+        inner.storage.scan(
+            Tree::Deadlines,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, _| {
+                stats.deadlines += 1;
+                if let Some((at, due)) = deadlines::decode_key(k) {
+                    let at = Timestamp::from_second(at).unwrap_or(Timestamp::MAX);
+                    stats.next_deadline.get_or_insert(at);
+                    if matches!(due, Due::Rekey(_)) {
+                        stats.oldest_purge_deadline.get_or_insert(at);
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        stats.holds = count(self, Tree::Holds)?;
+        stats.audit_entries = count(self, Tree::Audit)?;
+        Ok(stats)
+    }
+
+    /// The full integrity scan: decrypts and authenticates every record,
+    /// decodes every vault entry and subject record, and checks the audit
+    /// chain. Damage is reported by location, corrupt apart from tampered;
+    /// nothing is changed.
+    ///
+    /// # Errors
+    /// Storage and key provider failures (damage is reported, not an error).
+    pub fn verify(&self) -> Result<IntegrityReport> {
+        self.verify_with(&mut |_| {})
+    }
+
+    /// [`Db::verify`], calling `progress` with the number of records
+    /// checked so far (every 1,000 records and at the end).
+    ///
+    /// # Errors
+    /// As [`Db::verify`].
+    pub fn verify_with(&self, progress: &mut dyn FnMut(u64)) -> Result<IntegrityReport> {
+        let inner = &self.inner;
+        let now = inner.now_secs();
+        let mut report = IntegrityReport {
+            records_checked: 0,
+            records_dead: 0,
+            keys_checked: 0,
+            subjects_checked: 0,
+            problems: Vec::new(),
+            audit: audit::verify_chain(inner.storage.as_ref())?,
+        };
+        inner.storage.scan(
+            Tree::Subjects,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if let Some(tag) = subjects::tag_of_record_key(k) {
+                    report.subjects_checked += 1;
+                    if let Err(source) = SubjectInfo::decode(tag, v) {
+                        report.problems.push(Problem {
+                            kind: ProblemKind::Corrupt,
+                            location: super::subject_location(&tag),
+                            detail: source.to_string(),
+                        });
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        inner.storage.scan(
+            Tree::Vault,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                report.keys_checked += 1;
+                if let Err(source) = VaultEntry::decode(v) {
+                    let subject = KeyId::from_bytes(k).map(|id| id.subject);
+                    report.problems.push(Problem {
+                        kind: ProblemKind::Corrupt,
+                        location: Location {
+                            tree: "vault",
+                            subject,
+                            class: None,
+                            key_hex: shredkv_crypto::hex::encode(k),
+                        },
+                        detail: source.to_string(),
+                    });
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        // Records in pages, so no backend read lock is held while decrypting.
+        let mut after: Option<Vec<u8>> = None;
+        let mut aad = Vec::new();
+        loop {
+            let mut page = Vec::with_capacity(512);
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            inner.storage.scan(
+                Tree::Data,
+                start,
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, v| {
+                    page.push((k.to_vec(), v.to_vec()));
+                    if page.len() >= 512 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            let full = page.len() >= 512;
+            after = page.last().map(|(k, _)| k.clone());
+            for (k, v) in &page {
+                let location = |class: Option<String>| Location {
+                    tree: "data",
+                    subject: k.get(..16).and_then(|t| t.try_into().ok()).map(SubjectTag),
+                    class,
+                    key_hex: shredkv_crypto::hex::encode(k),
+                };
+                let (Some(tag), Some(number)) = (
+                    k.get(..16).and_then(|t| t.try_into().ok()).map(SubjectTag),
+                    k.get(16..18)
+                        .and_then(|c| c.try_into().ok())
+                        .map(u16::from_be_bytes),
+                ) else {
+                    report.problems.push(Problem {
+                        kind: ProblemKind::Corrupt,
+                        location: location(None),
+                        detail: "record key shorter than subject tag and class".into(),
+                    });
+                    continue;
+                };
+                let Some(class) = inner.class_by_number(number) else {
+                    report.records_dead += 1;
+                    continue;
+                };
+                match inner.open_record(&tag, class, k, v, now, &mut aad) {
+                    Ok(Some(_)) => report.records_checked += 1,
+                    Ok(None) => report.records_dead += 1,
+                    Err(err) => match problem(err) {
+                        Some(p) => report.problems.push(p),
+                        None => {
+                            return Err(Error::InvalidArgument {
+                                what: "verify",
+                                detail: "unexpected failure".into(),
+                            });
+                        }
+                    },
+                }
+                let done = report.records_checked + report.records_dead;
+                if done % 1000 == 0 {
+                    progress(done);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        progress(report.records_checked + report.records_dead);
+        Ok(report)
+    }
+
+    /// Checks the audit chain from its first entry.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn verify_audit(&self) -> Result<ChainReport> {
+        audit::verify_chain(self.inner.storage.as_ref())
+    }
+
+    /// Audit entries from sequence number `from` (1 is the first), at most `limit`.
+    ///
+    /// # Errors
+    /// A damaged entry, storage failures.
+    pub fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        audit::read_entries(self.inner.storage.as_ref(), from, limit)
+    }
+
+    /// The last `n` audit entries, oldest first.
+    ///
+    /// # Errors
+    /// A damaged entry, storage failures.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>> {
+        let mut last = 0u64;
+        self.inner.storage.scan(
+            Tree::Audit,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Descending,
+            &mut |k, _| {
+                last = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
+                ControlFlow::Break(())
+            },
+        )?;
+        let from = last
+            .saturating_sub(u64::try_from(n).unwrap_or(u64::MAX))
+            .saturating_add(1)
+            .max(1);
+        self.audit_entries(from, n)
+    }
+}
