@@ -30,11 +30,15 @@ pub(crate) enum Tree {
     Ledger,
     /// The hash-chained audit log: sequence → entry.
     Audit,
+    /// Work a legal hold blocked: subject tag ‖ class ‖ deadline key → empty.
+    Blocked,
+    /// Seal accounting per data key: key id → reserved seals, retired.
+    Seals,
 }
 
 impl Tree {
     /// Every tree, in a fixed order (used to open and to copy a store).
-    pub(crate) const ALL: [Tree; 9] = [
+    pub(crate) const ALL: [Tree; 11] = [
         Tree::Meta,
         Tree::Data,
         Tree::Vault,
@@ -44,6 +48,8 @@ impl Tree {
         Tree::Holds,
         Tree::Ledger,
         Tree::Audit,
+        Tree::Blocked,
+        Tree::Seals,
     ];
 
     /// The tree's name in the backend's files. Part of the on-disk format.
@@ -58,6 +64,8 @@ impl Tree {
             Tree::Holds => "holds",
             Tree::Ledger => "ledger",
             Tree::Audit => "audit",
+            Tree::Blocked => "blocked",
+            Tree::Seals => "seals",
         }
     }
 }

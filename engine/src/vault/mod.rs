@@ -4,14 +4,20 @@
 //!
 //! ```text
 //!  0  1  version (1)
-//!  1  1  state: 1 active, 2 retired (decrypts, seals no more), 3 destroyed
+//!  1  1  state: 1 active, 3 destroyed
 //!  2  8  created at, unix seconds i64
 //! 10  9  destroyed at (presence byte + i64)
-//! 19  8  seals reserved u64: an upper bound of the seals made under the key
-//! 27  1  wrapped key present (0/1)
-//! 28 69  wrapped key (only if present; see shredkv-crypto's wrap format)
+//! 19  1  wrapped key present (0/1)
+//! 20 69  wrapped key (only if present; see shredkv-crypto's wrap format)
 //!  .  4  CRC32
 //! ```
+//!
+//! A vault entry is written only when its key is created, re-wrapped under
+//! a new epoch, or destroyed; never by the write path. Seal accounting lives
+//! apart, in tree `seals`: key id → v1 ‖ seals reserved u64 ‖ retired u8 ‖
+//! CRC32. The reservation is an upper bound of the seals made under the key
+//! (persisted ahead of use, so a crash can only over-count); a retired key
+//! still decrypts but seals no more.
 //!
 //! Buckets: 0 is the scope key (it blinds record keys, never seals values),
 //! 1 the open bucket (records without expiry), `2 + day` the bucket of
@@ -24,12 +30,12 @@ pub(crate) mod cache;
 pub(crate) mod gate;
 
 use std::ops::{Bound, ControlFlow};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use shredkv_crypto::{
-    DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, ProviderError, SealBudget,
-    SealCounter, SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
+    DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, ProviderError, SealBudget, SealCounter,
+    SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
 };
 
 use crate::codec::{Reader, Writer};
@@ -40,6 +46,7 @@ use cache::{BucketId, KeyCache};
 
 const VERSION: u8 = 1;
 const WHAT: &str = "vault entry";
+const SEALS_WHAT: &str = "seal record";
 
 /// The bucket of a scope's blinding key.
 pub(crate) const SCOPE_BUCKET: u32 = 0;
@@ -59,8 +66,7 @@ pub(crate) fn bucket_for_expiry(expiry: Option<i64>) -> u32 {
         None => OPEN_BUCKET,
         Some(t) => {
             let day = t.max(0) / DAY;
-            FIRST_DAY_BUCKET
-                .saturating_add(u32::try_from(day).unwrap_or(u32::MAX - FIRST_DAY_BUCKET))
+            FIRST_DAY_BUCKET.saturating_add(u32::try_from(day).unwrap_or(u32::MAX - FIRST_DAY_BUCKET))
         }
     }
 }
@@ -75,7 +81,6 @@ pub(crate) fn bucket_deadline(bucket: u32) -> Option<i64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyState {
     Active,
-    Retired,
     Destroyed,
 }
 
@@ -85,7 +90,6 @@ pub(crate) struct VaultEntry {
     pub(crate) state: KeyState,
     pub(crate) created_at: i64,
     pub(crate) destroyed_at: Option<i64>,
-    pub(crate) seals_reserved: u64,
     pub(crate) wrapped: Option<WrappedKey>,
 }
 
@@ -94,12 +98,10 @@ impl VaultEntry {
         let mut w = Writer::new(VERSION, 100);
         w.u8(match self.state {
             KeyState::Active => 1,
-            KeyState::Retired => 2,
             KeyState::Destroyed => 3,
         })
         .i64(self.created_at)
-        .opt_i64(self.destroyed_at)
-        .u64(self.seals_reserved);
+        .opt_i64(self.destroyed_at);
         match &self.wrapped {
             Some(wrapped) => w.u8(1).bytes(wrapped.as_bytes()),
             None => w.u8(0),
@@ -111,13 +113,11 @@ impl VaultEntry {
         let mut r = Reader::checked(WHAT, bytes, VERSION)?;
         let state = match r.u8()? {
             1 => KeyState::Active,
-            2 => KeyState::Retired,
             3 => KeyState::Destroyed,
             _ => return Err(r.invalid("unknown key state")),
         };
         let created_at = r.i64()?;
         let destroyed_at = r.opt_i64()?;
-        let seals_reserved = r.u64()?;
         let wrapped = match r.u8()? {
             0 => None,
             1 => Some(WrappedKey::from_bytes(&r.array::<{ WrappedKey::LEN }>()?)?),
@@ -125,44 +125,53 @@ impl VaultEntry {
         };
         r.end()?;
         match (state, &wrapped) {
-            (KeyState::Destroyed, Some(_)) => {
-                Err(r_invalid("a destroyed key still holds key material"))
-            }
-            (KeyState::Active | KeyState::Retired, None) => {
-                Err(r_invalid("a live key has no key material"))
-            }
-            _ => Ok(Self {
-                state,
-                created_at,
-                destroyed_at,
-                seals_reserved,
-                wrapped,
-            }),
+            (KeyState::Destroyed, Some(_)) => Err(invalid("a destroyed key still holds key material")),
+            (KeyState::Active, None) => Err(invalid("a live key has no key material")),
+            _ => Ok(Self { state, created_at, destroyed_at, wrapped }),
         }
     }
 
     /// The tombstone that replaces this entry when its key is destroyed.
     pub(crate) fn tombstone(&self, now: i64) -> Self {
-        Self {
-            state: KeyState::Destroyed,
-            destroyed_at: Some(now),
-            wrapped: None,
-            ..self.clone()
-        }
+        Self { state: KeyState::Destroyed, destroyed_at: Some(now), wrapped: None, created_at: self.created_at }
     }
 }
 
-fn r_invalid(detail: &'static str) -> FormatError {
+fn invalid(detail: &'static str) -> FormatError {
     FormatError::InvalidField { what: WHAT, detail }
+}
+
+/// Seal accounting of one data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SealRecord {
+    pub(crate) reserved: u64,
+    pub(crate) retired: bool,
+}
+
+impl SealRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(VERSION, 10);
+        w.u64(self.reserved).u8(u8::from(self.retired));
+        w.finish()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::checked(SEALS_WHAT, bytes, VERSION)?;
+        let reserved = r.u64()?;
+        let retired = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(r.invalid("retired flag is neither 0 nor 1")),
+        };
+        r.end()?;
+        Ok(Self { reserved, retired })
+    }
 }
 
 /// Unwrapped key material, ready to use.
 pub(crate) enum Material {
     /// A data key: seals and opens values.
-    Data {
-        cipher: ValueCipher,
-        seals: SealCounter,
-    },
+    Data { cipher: ValueCipher, seals: SealCounter },
     /// A scope key: blinds record keys.
     Scope { blind: TagKey },
 }
@@ -171,29 +180,28 @@ pub(crate) enum Material {
 pub(crate) struct CachedKey {
     pub(crate) id: KeyId,
     pub(crate) material: Material,
-    created_at: i64,
-    wrapped: WrappedKey,
     reserved: AtomicU64,
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for CachedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("CachedKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
 impl CachedKey {
     fn exhausted(&self, retire_after: u64) -> bool {
         match &self.material {
-            Material::Data { seals, .. } => seals.exhausted() || seals.used() >= retire_after,
+            Material::Data { seals, .. } => {
+                self.retired.load(Ordering::Relaxed) || seals.exhausted() || seals.used() >= retire_after
+            }
             Material::Scope { .. } => false,
         }
     }
 }
 
-/// The vault: loads, creates, counts and destroys data keys.
+/// The vault: loads, creates, counts, re-wraps and destroys data keys.
 pub(crate) struct Vault {
     storage: Arc<dyn Storage>,
     provider: Arc<dyn KeyProvider>,
@@ -203,15 +211,6 @@ pub(crate) struct Vault {
     retire_after: u64,
 }
 
-fn vault_location(id: &KeyId) -> Location {
-    Location {
-        tree: "vault",
-        subject: Some(id.subject),
-        class: None,
-        key_hex: shredkv_crypto::hex::encode(&id.to_bytes()),
-    }
-}
-
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")
@@ -219,6 +218,10 @@ impl std::fmt::Debug for Vault {
             .field("cached_keys", &self.cache.len())
             .finish_non_exhaustive()
     }
+}
+
+pub(crate) fn vault_location(id: &KeyId) -> Location {
+    Location { tree: "vault", subject: Some(id.subject), class: None, key_hex: shredkv_crypto::hex::encode(&id.to_bytes()) }
 }
 
 impl Vault {
@@ -258,45 +261,56 @@ impl Vault {
             None => Ok(None),
             Some(bytes) => VaultEntry::decode(&bytes)
                 .map(Some)
-                .map_err(|source| Error::Corrupt {
-                    location: vault_location(id),
-                    source,
-                }),
+                .map_err(|source| Error::Corrupt { location: vault_location(id), source }),
         }
     }
 
-    fn unwrap_entry(&self, id: KeyId, entry: &VaultEntry) -> Result<Option<Arc<CachedKey>>> {
-        let Some(wrapped) = entry.wrapped.clone() else {
-            return Ok(None);
-        };
-        let key = match self.provider.unwrap(&WrapContext::DataKey(id), &wrapped) {
-            Ok(key) => key,
+    fn read_seals(&self, id: &KeyId) -> Result<SealRecord> {
+        match self.storage.get(Tree::Seals, &id.to_bytes())? {
+            None => Ok(SealRecord::default()),
+            Some(bytes) => SealRecord::decode(&bytes).map_err(|source| Error::Corrupt {
+                location: Location { tree: "seals", ..vault_location(id) },
+                source,
+            }),
+        }
+    }
+
+    /// Unwraps a live entry's key. `None` if its epoch was destroyed.
+    pub(crate) fn unwrap_key(&self, id: &KeyId, entry: &VaultEntry) -> Result<Option<DataKey>> {
+        let Some(wrapped) = &entry.wrapped else { return Ok(None) };
+        match self.provider.unwrap(&WrapContext::DataKey(*id), wrapped) {
+            Ok(key) => Ok(Some(key)),
             // The epoch that wrapped it is gone: so is the key, by design.
-            Err(ProviderError::EpochDestroyed { .. }) => return Ok(None),
-            Err(ProviderError::Authentication) => {
-                return Err(Error::Tampered {
-                    location: vault_location(&id),
-                });
-            }
-            Err(other) => return Err(other.into()),
-        };
+            Err(ProviderError::EpochDestroyed { .. }) => Ok(None),
+            Err(ProviderError::Authentication) => Err(Error::Tampered { location: vault_location(id) }),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Makes a cipher of `key`. `used` is where its seal count starts: the
+    /// persisted reservation for a loaded key (it may have been used up to
+    /// there before a crash), zero for a new one.
+    fn ready(&self, id: KeyId, key: &DataKey, used: u64, seals: SealRecord) -> Arc<CachedKey> {
         let material = if id.bucket == SCOPE_BUCKET {
-            Material::Scope {
-                blind: TagKey::derive(key.expose_secret(), Label::RecordKeyBlinding),
-            }
+            Material::Scope { blind: TagKey::derive(key.expose_secret(), Label::RecordKeyBlinding) }
         } else {
             Material::Data {
-                cipher: ValueCipher::new(&key),
-                seals: SealCounter::new(entry.seals_reserved),
+                cipher: ValueCipher::new(key),
+                seals: SealCounter::with_retire_at(used, self.retire_after),
             }
         };
-        Ok(Some(Arc::new(CachedKey {
+        Arc::new(CachedKey {
             id,
             material,
-            created_at: entry.created_at,
-            wrapped,
-            reserved: AtomicU64::new(entry.seals_reserved),
-        })))
+            reserved: AtomicU64::new(seals.reserved),
+            retired: AtomicBool::new(seals.retired),
+        })
+    }
+
+    fn unwrap_entry(&self, id: KeyId, entry: &VaultEntry) -> Result<Option<Arc<CachedKey>>> {
+        let Some(key) = self.unwrap_key(&id, entry)? else { return Ok(None) };
+        let seals = if id.bucket == SCOPE_BUCKET { SealRecord::default() } else { self.read_seals(&id)? };
+        Ok(Some(self.ready(id, &key, seals.reserved, seals)))
     }
 
     /// The key `id`, for reading. `None` if it never existed or was destroyed.
@@ -304,16 +318,13 @@ impl Vault {
         if let Some(key) = self.cache.get(id) {
             return Ok(Some(key));
         }
-        let Some(entry) = self.read_entry(id)? else {
-            return Ok(None);
-        };
+        let Some(entry) = self.read_entry(id)? else { return Ok(None) };
         if entry.state == KeyState::Destroyed {
             return Ok(None);
         }
         let key = self.unwrap_entry(*id, &entry)?;
         if let Some(key) = &key {
-            self.cache
-                .insert(*id, Arc::clone(key), CACHED_KEY_BYTES, false);
+            self.cache.insert(*id, Arc::clone(key), CACHED_KEY_BYTES, false);
         }
         Ok(key)
     }
@@ -327,16 +338,10 @@ impl Vault {
         let mut end = [0xFFu8; KeyId::LEN];
         end[..22].copy_from_slice(&prefix);
         let mut found = None;
-        self.storage.scan(
-            Tree::Vault,
-            Bound::Included(&prefix),
-            Bound::Included(&end),
-            Order::Descending,
-            &mut |k, v| {
-                found = Some((k.to_vec(), v.to_vec()));
-                ControlFlow::Break(())
-            },
-        )?;
+        self.storage.scan(Tree::Vault, Bound::Included(&prefix), Bound::Included(&end), Order::Descending, &mut |k, v| {
+            found = Some((k.to_vec(), v.to_vec()));
+            ControlFlow::Break(())
+        })?;
         let Some((k, v)) = found else { return Ok(None) };
         let id = KeyId::from_bytes(&k).ok_or_else(|| Error::Corrupt {
             location: Location {
@@ -345,12 +350,9 @@ impl Vault {
                 class: None,
                 key_hex: shredkv_crypto::hex::encode(&k),
             },
-            source: r_invalid("vault key is not a key id"),
+            source: invalid("vault key is not a key id"),
         })?;
-        let entry = VaultEntry::decode(&v).map_err(|source| Error::Corrupt {
-            location: vault_location(&id),
-            source,
-        })?;
+        let entry = VaultEntry::decode(&v).map_err(|source| Error::Corrupt { location: vault_location(&id), source })?;
         Ok(Some((id, entry)))
     }
 
@@ -359,20 +361,13 @@ impl Vault {
         if let Some((_, key)) = self.cache.current(&bucket) {
             return Ok(Some(key));
         }
-        let Some((id, entry)) = self.newest(&bucket)? else {
-            return Ok(None);
-        };
+        let Some((id, entry)) = self.newest(&bucket)? else { return Ok(None) };
         if entry.state == KeyState::Destroyed {
             return Ok(None);
         }
         let key = self.unwrap_entry(id, &entry)?;
         if let Some(key) = &key {
-            self.cache.insert(
-                id,
-                Arc::clone(key),
-                CACHED_KEY_BYTES,
-                entry.state == KeyState::Active,
-            );
+            self.cache.insert(id, Arc::clone(key), CACHED_KEY_BYTES, true);
         }
         Ok(key)
     }
@@ -389,132 +384,90 @@ impl Vault {
             }
         }
         // One creator at a time, so two writers never create the same version.
-        let _creating = self
-            .create_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _creating = self.create_lock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, key)) = self.cache.current(&bucket) {
             if !key.exhausted(self.retire_after) {
                 return Ok(key);
             }
         }
         let newest = self.newest(&bucket)?;
-        let mut batch = WriteBatch::new();
-        let next_version = match &newest {
-            Some((id, entry))
-                if entry.state == KeyState::Active && entry.seals_reserved < self.retire_after =>
-            {
+        if let Some((id, entry)) = &newest {
+            if entry.state == KeyState::Active {
                 if let Some(key) = self.unwrap_entry(*id, entry)? {
                     if !key.exhausted(self.retire_after) {
-                        self.cache
-                            .insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, true);
+                        self.cache.insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, true);
                         return Ok(key);
                     }
                 }
-                id.version.checked_add(1)
             }
-            Some((id, entry)) => {
-                if entry.state == KeyState::Active {
-                    batch.put(
-                        Tree::Vault,
-                        id.to_bytes().to_vec(),
-                        VaultEntry {
-                            state: KeyState::Retired,
-                            ..entry.clone()
-                        }
-                        .encode(),
-                    );
-                }
-                id.version.checked_add(1)
-            }
-            None => Some(1),
+        }
+        self.create_version(bucket, newest.map(|(id, _)| id), now)
+    }
+
+    /// Creates the bucket's next key version, retiring `previous` (re-key).
+    /// The caller holds the scope gate's write lock for the subject.
+    pub(crate) fn create_next_version(&self, previous: KeyId, now: i64) -> Result<Arc<CachedKey>> {
+        let _creating = self.create_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = BucketId::of(&previous);
+        let newest = self.newest(&bucket)?.map(|(id, _)| id);
+        self.create_version(bucket, newest, now)
+    }
+
+    /// Creates a version after `newest` (the creation lock is held).
+    fn create_version(&self, bucket: BucketId, newest: Option<KeyId>, now: i64) -> Result<Arc<CachedKey>> {
+        let version = match newest {
+            Some(id) => id.version.checked_add(1).ok_or_else(|| Error::InvalidArgument {
+                what: "key version",
+                detail: "a bucket exhausted 2^32 key versions".into(),
+            })?,
+            None => 1,
         };
-        let version = next_version.ok_or_else(|| Error::InvalidArgument {
-            what: "key version",
-            detail: "a bucket exhausted 2^32 key versions".into(),
-        })?;
-        let id = KeyId {
-            subject: bucket.subject,
-            class: bucket.class,
-            bucket: bucket.bucket,
-            version,
-        };
+        let mut batch = WriteBatch::new();
+        if let Some(previous) = newest {
+            let retired = SealRecord { reserved: self.read_seals(&previous)?.reserved, retired: true };
+            batch.put(Tree::Seals, previous.to_bytes().to_vec(), retired.encode());
+            self.cache.retire(&previous);
+        }
+        let id = KeyId { subject: bucket.subject, class: bucket.class, bucket: bucket.bucket, version };
         let key = DataKey::generate();
-        let wrapped = self
-            .provider
-            .wrap(self.current_epoch(), &WrapContext::DataKey(id), &key)?;
-        let entry = VaultEntry {
-            state: KeyState::Active,
-            created_at: now,
-            destroyed_at: None,
-            seals_reserved: if bucket.bucket == SCOPE_BUCKET {
-                0
-            } else {
-                SEAL_RESERVATION.min(self.retire_after)
-            },
-            wrapped: Some(wrapped.clone()),
-        };
+        let wrapped = self.provider.wrap(self.current_epoch(), &WrapContext::DataKey(id), &key)?;
+        let entry = VaultEntry { state: KeyState::Active, created_at: now, destroyed_at: None, wrapped: Some(wrapped) };
         batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.encode());
+        let seals = SealRecord { reserved: SEAL_RESERVATION.min(self.retire_after), retired: false };
+        if bucket.bucket != SCOPE_BUCKET {
+            batch.put(Tree::Seals, id.to_bytes().to_vec(), seals.encode());
+        }
         if let Some(deadline) = bucket_deadline(bucket.bucket) {
-            batch.put(
-                Tree::Deadlines,
-                deadlines::key(deadline, &Due::DestroyKey(id)),
-                deadlines::value(now),
-            );
+            batch.put(Tree::Deadlines, deadlines::key(deadline, &Due::DestroyKey(id)), deadlines::value(now));
         }
         // Applied before any value is sealed under it, so a sealed value
         // never names a key the vault does not hold.
         self.storage.apply(&batch, Durability::Buffered)?;
-        let material = if bucket.bucket == SCOPE_BUCKET {
-            Material::Scope {
-                blind: TagKey::derive(key.expose_secret(), Label::RecordKeyBlinding),
-            }
-        } else {
-            Material::Data {
-                cipher: ValueCipher::new(&key),
-                seals: SealCounter::with_retire_at(0, self.retire_after),
-            }
-        };
-        let cached = Arc::new(CachedKey {
-            id,
-            material,
-            created_at: now,
-            wrapped,
-            reserved: AtomicU64::new(entry.seals_reserved),
-        });
-        self.cache
-            .insert(id, Arc::clone(&cached), CACHED_KEY_BYTES, true);
+        let cached = self.ready(id, &key, 0, seals);
+        self.cache.insert(id, Arc::clone(&cached), CACHED_KEY_BYTES, true);
         Ok(cached)
     }
 
     /// Counts one seal under `key`; adds to `batch` whatever must be
     /// persisted (a new seal reservation, or retirement).
     pub(crate) fn note_seal(&self, key: &CachedKey, batch: &mut WriteBatch) {
-        let Material::Data { seals, .. } = &key.material else {
-            return;
-        };
+        let Material::Data { seals, .. } = &key.material else { return };
         let (used, budget) = seals.record();
         let retire = budget == SealBudget::Retire || used >= self.retire_after;
         let reserved = key.reserved.load(Ordering::Relaxed);
         if used < reserved && !retire {
             return;
         }
-        let new_reserved = used
-            .saturating_add(SEAL_RESERVATION)
-            .min(self.retire_after.max(used));
+        let new_reserved = used.saturating_add(SEAL_RESERVATION).min(self.retire_after.max(used));
         key.reserved.fetch_max(new_reserved, Ordering::Relaxed);
-        let entry = VaultEntry {
-            state: if retire {
-                KeyState::Retired
-            } else {
-                KeyState::Active
-            },
-            created_at: key.created_at,
-            destroyed_at: None,
-            seals_reserved: key.reserved.load(Ordering::Relaxed),
-            wrapped: Some(key.wrapped.clone()),
+        if retire {
+            key.retired.store(true, Ordering::Relaxed);
+        }
+        let record = SealRecord {
+            reserved: key.reserved.load(Ordering::Relaxed),
+            retired: key.retired.load(Ordering::Relaxed),
         };
-        batch.put(Tree::Vault, key.id.to_bytes().to_vec(), entry.encode());
+        batch.put(Tree::Seals, key.id.to_bytes().to_vec(), record.encode());
         if retire {
             self.cache.retire(&key.id);
         }
@@ -522,14 +475,8 @@ impl Vault {
 
     /// Adds tombstones for every live key under `prefix` (a subject tag, or
     /// tag ‖ class) to `batch`. Returns the ids. O(keys), not O(records).
-    pub(crate) fn destroy_prefix(
-        &self,
-        prefix: &[u8],
-        now: i64,
-        batch: &mut WriteBatch,
-    ) -> Result<Vec<KeyId>> {
+    pub(crate) fn destroy_prefix(&self, prefix: &[u8], now: i64, batch: &mut WriteBatch) -> Result<Vec<KeyId>> {
         let mut destroyed = Vec::new();
-        let mut failure = None;
         scan_prefix(self.storage.as_ref(), Tree::Vault, prefix, &mut |k, v| {
             let Some(id) = KeyId::from_bytes(k) else {
                 return ControlFlow::Continue(());
@@ -543,16 +490,10 @@ impl Vault {
                 // A damaged entry is destroyed all the same: erasure must
                 // not depend on being able to read what it erases.
                 Err(_) => {
-                    let tombstone = VaultEntry {
-                        state: KeyState::Destroyed,
-                        created_at: 0,
-                        destroyed_at: Some(now),
-                        seals_reserved: 0,
-                        wrapped: None,
-                    };
+                    let tombstone =
+                        VaultEntry { state: KeyState::Destroyed, created_at: 0, destroyed_at: Some(now), wrapped: None };
                     batch.put(Tree::Vault, k.to_vec(), tombstone.encode());
                     destroyed.push(id);
-                    failure.get_or_insert(id);
                 }
             }
             ControlFlow::Continue(())
@@ -565,27 +506,34 @@ impl Vault {
     pub(crate) fn destroy_one(&self, id: &KeyId, now: i64, batch: &mut WriteBatch) -> Result<bool> {
         match self.read_entry(id) {
             Ok(Some(entry)) if entry.state != KeyState::Destroyed => {
-                batch.put(
-                    Tree::Vault,
-                    id.to_bytes().to_vec(),
-                    entry.tombstone(now).encode(),
-                );
+                batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.tombstone(now).encode());
                 Ok(true)
             }
             Ok(_) => Ok(false),
             Err(Error::Corrupt { .. }) => {
-                let tombstone = VaultEntry {
-                    state: KeyState::Destroyed,
-                    created_at: 0,
-                    destroyed_at: Some(now),
-                    seals_reserved: 0,
-                    wrapped: None,
-                };
+                let tombstone =
+                    VaultEntry { state: KeyState::Destroyed, created_at: 0, destroyed_at: Some(now), wrapped: None };
                 batch.put(Tree::Vault, id.to_bytes().to_vec(), tombstone.encode());
                 Ok(true)
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// Re-wraps a live entry under `epoch`, adding it to `batch`. Returns
+    /// false if the entry is destroyed, already under `epoch`, or its epoch
+    /// is gone. The caller holds the gate's write lock for the subject.
+    pub(crate) fn rewrap(&self, id: &KeyId, epoch: EpochId, batch: &mut WriteBatch) -> Result<bool> {
+        let Some(entry) = self.read_entry(id)? else { return Ok(false) };
+        let Some(wrapped) = &entry.wrapped else { return Ok(false) };
+        if entry.state == KeyState::Destroyed || wrapped.epoch() == epoch {
+            return Ok(false);
+        }
+        let Some(key) = self.unwrap_key(id, &entry)? else { return Ok(false) };
+        let rewrapped = self.provider.wrap(epoch, &WrapContext::DataKey(*id), &key)?;
+        let entry = VaultEntry { wrapped: Some(rewrapped), ..entry };
+        batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.encode());
+        Ok(true)
     }
 
     /// Forgets cached keys of a subject (after its keys were destroyed).
@@ -596,11 +544,6 @@ impl Vault {
     /// Forgets one cached key.
     pub(crate) fn evict(&self, id: &KeyId) {
         self.cache.remove(id);
-    }
-
-    /// Forgets every cached key.
-    pub(crate) fn clear_cache(&self) {
-        self.cache.clear();
     }
 
     /// Number of cached keys.
@@ -615,26 +558,14 @@ mod tests {
 
     #[test]
     fn entry_round_trips_and_rejects_inconsistent_states() {
-        let cipher = shredkv_crypto::EpochCipher::new(
-            EpochId(1),
-            &shredkv_crypto::EpochKey::from_bytes([1; 32]),
-        );
+        let cipher = shredkv_crypto::EpochCipher::new(EpochId(1), &shredkv_crypto::EpochKey::from_bytes([1; 32]));
         let wrapped = cipher.wrap(&WrapContext::StoreSecret, &DataKey::from_bytes([2; 32]));
-        let live = VaultEntry {
-            state: KeyState::Active,
-            created_at: 5,
-            destroyed_at: None,
-            seals_reserved: 9,
-            wrapped: Some(wrapped),
-        };
+        let live = VaultEntry { state: KeyState::Active, created_at: 5, destroyed_at: None, wrapped: Some(wrapped) };
         assert_eq!(VaultEntry::decode(&live.encode()).expect("decode"), live);
         let dead = live.tombstone(7);
         assert_eq!(VaultEntry::decode(&dead.encode()).expect("decode"), dead);
         assert!(dead.encode().len() < live.encode().len());
-        let bad = VaultEntry {
-            wrapped: None,
-            ..live.clone()
-        };
+        let bad = VaultEntry { wrapped: None, ..live.clone() };
         assert!(VaultEntry::decode(&bad.encode()).is_err());
         let bytes = live.encode();
         for i in 0..bytes.len() {
@@ -642,6 +573,8 @@ mod tests {
             flipped[i] ^= 0x40;
             assert!(VaultEntry::decode(&flipped).is_err(), "flip at {i}");
         }
+        let seals = SealRecord { reserved: 9, retired: true };
+        assert_eq!(SealRecord::decode(&seals.encode()).expect("decode"), seals);
     }
 
     #[test]
