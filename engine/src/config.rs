@@ -32,6 +32,7 @@ pub struct Config {
     pub(crate) flush_every: Option<Duration>,
     pub(crate) gate_stripes: usize,
     pub(crate) retire_after_seals: u64,
+    pub(crate) epoch_rotation: jiff::SignedDuration,
 }
 
 impl fmt::Debug for Config {
@@ -63,6 +64,7 @@ impl Config {
             flush_every: Some(Duration::from_millis(500)),
             gate_stripes: 256,
             retire_after_seals: shredkv_crypto::RETIRE_AFTER_SEALS,
+            epoch_rotation: jiff::SignedDuration::from_hours(24),
         }
     }
 
@@ -126,6 +128,14 @@ impl Config {
     /// on [`Db::flush`](crate::Db::flush) and close).
     pub fn flush_every(mut self, every: Option<Duration>) -> Self {
         self.flush_every = every;
+        self
+    }
+
+    /// How often compaction rotates the epoch key (default one day). Must be
+    /// shorter than the shortest purge window: an erased key's last wrapped
+    /// copies die at most one period plus the remaining wait after erasure.
+    pub fn epoch_rotation(mut self, every: jiff::SignedDuration) -> Self {
+        self.epoch_rotation = every;
         self
     }
 

@@ -50,8 +50,9 @@ pub use ledger::ErasureReason;
 pub use records::Record;
 pub use retention::{
     ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,
-    PolicyError, Retention, RetentionUnit,
+    PolicyError, Retention, RetentionUnit, Scheduled,
 };
+pub use retention::{CompactionReport, Compactor, EpochReport};
 pub use shredkv_crypto::{KeyProvider, SubjectTag};
 pub use storage::{Backend, StorageError};
 pub use subjects::{SubjectInfo, SubjectKind, SubjectState};

@@ -536,11 +536,13 @@ impl Db {
         let now = inner.clock.now();
         let mut batch = WriteBatch::new();
         batch.remove(Tree::Holds, key.to_vec());
+        // What the hold blocked is due again at once.
+        let requeued = inner.requeue_blocked(&tag, class_number, now.as_second(), &mut batch)?;
         let entry = PendingEntry::new(
             AuditEvent::HoldReleased,
             Some(tag),
             (class_number != ALL_CLASSES).then_some(class_number),
-            "hold released",
+            format!("hold released; {requeued} blocked erasures due again"),
         );
         inner.audit.commit(
             inner.storage.as_ref(),

@@ -36,7 +36,7 @@ pub use ops::{Batch, Export, ExportedSubject, PutOptions};
 /// The on-disk format version of a store (meta key `format`).
 pub(crate) const STORE_FORMAT: u8 = 1;
 
-mod meta {
+pub(crate) mod meta {
     pub(crate) const FORMAT: &[u8] = b"format";
     pub(crate) const STORE_ID: &[u8] = b"store_id";
     pub(crate) const STORE_SECRET: &[u8] = b"store_secret";
@@ -45,6 +45,10 @@ mod meta {
     pub(crate) const POLICY_DIGEST: &[u8] = b"policy_digest";
     pub(crate) const CLASS_PREFIX: &[u8] = b"class/";
     pub(crate) const NEXT_CLASS: &[u8] = b"next_class";
+    pub(crate) const EPOCH_STARTED: &[u8] = b"epoch_started/";
+    pub(crate) const EPOCH_RETIRED: &[u8] = b"epoch_retired/";
+    pub(crate) const REWRAP_PENDING: &[u8] = b"rewrap_pending";
+    pub(crate) const RESTORE_PENDING: &[u8] = b"restore_pending";
 }
 
 /// A retention class of the open store: its policy and its number on disk.
@@ -68,6 +72,10 @@ pub(crate) struct DbInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) durability: Durability,
     subjects: Mutex<HashMap<SubjectTag, SubjectInfo>>,
+    /// One compaction (or epoch rotation) at a time.
+    pub(crate) compaction: Mutex<()>,
+    pub(crate) epoch_period_secs: i64,
+    pub(crate) min_purge_window_secs: i64,
     flusher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -121,7 +129,7 @@ impl std::fmt::Debug for Db {
     }
 }
 
-fn meta_location(key: &[u8]) -> Location {
+pub(crate) fn meta_location(key: &[u8]) -> Location {
     Location {
         tree: "meta",
         subject: None,
@@ -130,11 +138,11 @@ fn meta_location(key: &[u8]) -> Location {
     }
 }
 
-fn meta_get(storage: &dyn Storage, key: &[u8]) -> Result<Option<Vec<u8>>> {
+pub(crate) fn meta_get(storage: &dyn Storage, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(storage.get(Tree::Meta, key)?)
 }
 
-fn meta_array<const N: usize>(storage: &dyn Storage, key: &[u8]) -> Result<[u8; N]> {
+pub(crate) fn meta_array<const N: usize>(storage: &dyn Storage, key: &[u8]) -> Result<[u8; N]> {
     let bytes = meta_get(storage, key)?.ok_or_else(|| Error::Corrupt {
         location: meta_location(key),
         source: shredkv_crypto::FormatError::Truncated {
@@ -237,6 +245,12 @@ impl Db {
         }
 
         let classes = number_classes(storage.as_ref(), &policy)?;
+        let min_purge_window_secs = policy
+            .classes()
+            .iter()
+            .map(|c| c.purge_window_duration().as_secs())
+            .min()
+            .unwrap_or(30 * 86_400);
         let class_index = classes
             .iter()
             .enumerate()
@@ -270,6 +284,9 @@ impl Db {
                 Durability::Buffered
             },
             subjects: Mutex::new(HashMap::new()),
+            compaction: Mutex::new(()),
+            epoch_period_secs: config.epoch_rotation.as_secs().max(1),
+            min_purge_window_secs,
             flusher: Mutex::new(None),
         });
         if let Some(every) = config.flush_every {
@@ -603,6 +620,9 @@ fn initialize(
     batch.put(Tree::Meta, meta::STORE_ID, store_id.to_vec());
     batch.put(Tree::Meta, meta::STORE_SECRET, wrapped.as_bytes().to_vec());
     batch.put(Tree::Meta, meta::EPOCH, epoch.0.to_be_bytes().to_vec());
+    let mut started = meta::EPOCH_STARTED.to_vec();
+    started.extend_from_slice(&epoch.0.to_be_bytes());
+    batch.put(Tree::Meta, started, now.as_second().to_be_bytes().to_vec());
     batch.put(
         Tree::Meta,
         meta::CREATED_AT,

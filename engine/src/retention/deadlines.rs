@@ -60,6 +60,11 @@ pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
     out
 }
 
+/// The first key after every item due at or before `now`.
+pub(crate) fn upper_bound(now: i64) -> [u8; 8] {
+    sortable_time(now.saturating_add(1))
+}
+
 pub(crate) fn value(created_at: i64) -> Vec<u8> {
     let mut w = Writer::new(VERSION, 8);
     w.i64(created_at);

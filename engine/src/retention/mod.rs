@@ -5,8 +5,17 @@
 //! deadlines from it; [`deadlines`] is the index of what is due when, and
 //! compaction enforces it.
 
+mod compaction;
 pub(crate) mod deadlines;
+mod epochs;
+mod events;
 pub(crate) mod policy;
+#[cfg(test)]
+mod tests;
+
+pub use compaction::{CompactionReport, Compactor};
+pub use epochs::EpochReport;
+pub use events::Scheduled;
 
 pub use policy::{
     ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,

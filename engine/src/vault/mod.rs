@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use shredkv_crypto::{
-    DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, ProviderError, SealBudget, SealCounter,
-    SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
+    DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, ProviderError, SealBudget,
+    SealCounter, SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
 };
 
 use crate::codec::{Reader, Writer};
@@ -66,7 +66,8 @@ pub(crate) fn bucket_for_expiry(expiry: Option<i64>) -> u32 {
         None => OPEN_BUCKET,
         Some(t) => {
             let day = t.max(0) / DAY;
-            FIRST_DAY_BUCKET.saturating_add(u32::try_from(day).unwrap_or(u32::MAX - FIRST_DAY_BUCKET))
+            FIRST_DAY_BUCKET
+                .saturating_add(u32::try_from(day).unwrap_or(u32::MAX - FIRST_DAY_BUCKET))
         }
     }
 }
@@ -125,15 +126,27 @@ impl VaultEntry {
         };
         r.end()?;
         match (state, &wrapped) {
-            (KeyState::Destroyed, Some(_)) => Err(invalid("a destroyed key still holds key material")),
+            (KeyState::Destroyed, Some(_)) => {
+                Err(invalid("a destroyed key still holds key material"))
+            }
             (KeyState::Active, None) => Err(invalid("a live key has no key material")),
-            _ => Ok(Self { state, created_at, destroyed_at, wrapped }),
+            _ => Ok(Self {
+                state,
+                created_at,
+                destroyed_at,
+                wrapped,
+            }),
         }
     }
 
     /// The tombstone that replaces this entry when its key is destroyed.
     pub(crate) fn tombstone(&self, now: i64) -> Self {
-        Self { state: KeyState::Destroyed, destroyed_at: Some(now), wrapped: None, created_at: self.created_at }
+        Self {
+            state: KeyState::Destroyed,
+            destroyed_at: Some(now),
+            wrapped: None,
+            created_at: self.created_at,
+        }
     }
 }
 
@@ -171,7 +184,10 @@ impl SealRecord {
 /// Unwrapped key material, ready to use.
 pub(crate) enum Material {
     /// A data key: seals and opens values.
-    Data { cipher: ValueCipher, seals: SealCounter },
+    Data {
+        cipher: ValueCipher,
+        seals: SealCounter,
+    },
     /// A scope key: blinds record keys.
     Scope { blind: TagKey },
 }
@@ -186,7 +202,9 @@ pub(crate) struct CachedKey {
 
 impl std::fmt::Debug for CachedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("CachedKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -194,7 +212,9 @@ impl CachedKey {
     fn exhausted(&self, retire_after: u64) -> bool {
         match &self.material {
             Material::Data { seals, .. } => {
-                self.retired.load(Ordering::Relaxed) || seals.exhausted() || seals.used() >= retire_after
+                self.retired.load(Ordering::Relaxed)
+                    || seals.exhausted()
+                    || seals.used() >= retire_after
             }
             Material::Scope { .. } => false,
         }
@@ -221,7 +241,12 @@ impl std::fmt::Debug for Vault {
 }
 
 pub(crate) fn vault_location(id: &KeyId) -> Location {
-    Location { tree: "vault", subject: Some(id.subject), class: None, key_hex: shredkv_crypto::hex::encode(&id.to_bytes()) }
+    Location {
+        tree: "vault",
+        subject: Some(id.subject),
+        class: None,
+        key_hex: shredkv_crypto::hex::encode(&id.to_bytes()),
+    }
 }
 
 impl Vault {
@@ -261,7 +286,10 @@ impl Vault {
             None => Ok(None),
             Some(bytes) => VaultEntry::decode(&bytes)
                 .map(Some)
-                .map_err(|source| Error::Corrupt { location: vault_location(id), source }),
+                .map_err(|source| Error::Corrupt {
+                    location: vault_location(id),
+                    source,
+                }),
         }
     }
 
@@ -269,7 +297,10 @@ impl Vault {
         match self.storage.get(Tree::Seals, &id.to_bytes())? {
             None => Ok(SealRecord::default()),
             Some(bytes) => SealRecord::decode(&bytes).map_err(|source| Error::Corrupt {
-                location: Location { tree: "seals", ..vault_location(id) },
+                location: Location {
+                    tree: "seals",
+                    ..vault_location(id)
+                },
                 source,
             }),
         }
@@ -277,12 +308,16 @@ impl Vault {
 
     /// Unwraps a live entry's key. `None` if its epoch was destroyed.
     pub(crate) fn unwrap_key(&self, id: &KeyId, entry: &VaultEntry) -> Result<Option<DataKey>> {
-        let Some(wrapped) = &entry.wrapped else { return Ok(None) };
+        let Some(wrapped) = &entry.wrapped else {
+            return Ok(None);
+        };
         match self.provider.unwrap(&WrapContext::DataKey(*id), wrapped) {
             Ok(key) => Ok(Some(key)),
             // The epoch that wrapped it is gone: so is the key, by design.
             Err(ProviderError::EpochDestroyed { .. }) => Ok(None),
-            Err(ProviderError::Authentication) => Err(Error::Tampered { location: vault_location(id) }),
+            Err(ProviderError::Authentication) => Err(Error::Tampered {
+                location: vault_location(id),
+            }),
             Err(other) => Err(other.into()),
         }
     }
@@ -292,7 +327,9 @@ impl Vault {
     /// there before a crash), zero for a new one.
     fn ready(&self, id: KeyId, key: &DataKey, used: u64, seals: SealRecord) -> Arc<CachedKey> {
         let material = if id.bucket == SCOPE_BUCKET {
-            Material::Scope { blind: TagKey::derive(key.expose_secret(), Label::RecordKeyBlinding) }
+            Material::Scope {
+                blind: TagKey::derive(key.expose_secret(), Label::RecordKeyBlinding),
+            }
         } else {
             Material::Data {
                 cipher: ValueCipher::new(key),
@@ -308,8 +345,14 @@ impl Vault {
     }
 
     fn unwrap_entry(&self, id: KeyId, entry: &VaultEntry) -> Result<Option<Arc<CachedKey>>> {
-        let Some(key) = self.unwrap_key(&id, entry)? else { return Ok(None) };
-        let seals = if id.bucket == SCOPE_BUCKET { SealRecord::default() } else { self.read_seals(&id)? };
+        let Some(key) = self.unwrap_key(&id, entry)? else {
+            return Ok(None);
+        };
+        let seals = if id.bucket == SCOPE_BUCKET {
+            SealRecord::default()
+        } else {
+            self.read_seals(&id)?
+        };
         Ok(Some(self.ready(id, &key, seals.reserved, seals)))
     }
 
@@ -318,13 +361,16 @@ impl Vault {
         if let Some(key) = self.cache.get(id) {
             return Ok(Some(key));
         }
-        let Some(entry) = self.read_entry(id)? else { return Ok(None) };
+        let Some(entry) = self.read_entry(id)? else {
+            return Ok(None);
+        };
         if entry.state == KeyState::Destroyed {
             return Ok(None);
         }
         let key = self.unwrap_entry(*id, &entry)?;
         if let Some(key) = &key {
-            self.cache.insert(*id, Arc::clone(key), CACHED_KEY_BYTES, false);
+            self.cache
+                .insert(*id, Arc::clone(key), CACHED_KEY_BYTES, false);
         }
         Ok(key)
     }
@@ -338,10 +384,16 @@ impl Vault {
         let mut end = [0xFFu8; KeyId::LEN];
         end[..22].copy_from_slice(&prefix);
         let mut found = None;
-        self.storage.scan(Tree::Vault, Bound::Included(&prefix), Bound::Included(&end), Order::Descending, &mut |k, v| {
-            found = Some((k.to_vec(), v.to_vec()));
-            ControlFlow::Break(())
-        })?;
+        self.storage.scan(
+            Tree::Vault,
+            Bound::Included(&prefix),
+            Bound::Included(&end),
+            Order::Descending,
+            &mut |k, v| {
+                found = Some((k.to_vec(), v.to_vec()));
+                ControlFlow::Break(())
+            },
+        )?;
         let Some((k, v)) = found else { return Ok(None) };
         let id = KeyId::from_bytes(&k).ok_or_else(|| Error::Corrupt {
             location: Location {
@@ -352,7 +404,10 @@ impl Vault {
             },
             source: invalid("vault key is not a key id"),
         })?;
-        let entry = VaultEntry::decode(&v).map_err(|source| Error::Corrupt { location: vault_location(&id), source })?;
+        let entry = VaultEntry::decode(&v).map_err(|source| Error::Corrupt {
+            location: vault_location(&id),
+            source,
+        })?;
         Ok(Some((id, entry)))
     }
 
@@ -361,13 +416,16 @@ impl Vault {
         if let Some((_, key)) = self.cache.current(&bucket) {
             return Ok(Some(key));
         }
-        let Some((id, entry)) = self.newest(&bucket)? else { return Ok(None) };
+        let Some((id, entry)) = self.newest(&bucket)? else {
+            return Ok(None);
+        };
         if entry.state == KeyState::Destroyed {
             return Ok(None);
         }
         let key = self.unwrap_entry(id, &entry)?;
         if let Some(key) = &key {
-            self.cache.insert(id, Arc::clone(key), CACHED_KEY_BYTES, true);
+            self.cache
+                .insert(id, Arc::clone(key), CACHED_KEY_BYTES, true);
         }
         Ok(key)
     }
@@ -384,7 +442,10 @@ impl Vault {
             }
         }
         // One creator at a time, so two writers never create the same version.
-        let _creating = self.create_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _creating = self
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some((_, key)) = self.cache.current(&bucket) {
             if !key.exhausted(self.retire_after) {
                 return Ok(key);
@@ -395,7 +456,8 @@ impl Vault {
             if entry.state == KeyState::Active {
                 if let Some(key) = self.unwrap_entry(*id, entry)? {
                     if !key.exhausted(self.retire_after) {
-                        self.cache.insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, true);
+                        self.cache
+                            .insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, true);
                         return Ok(key);
                     }
                 }
@@ -407,58 +469,96 @@ impl Vault {
     /// Creates the bucket's next key version, retiring `previous` (re-key).
     /// The caller holds the scope gate's write lock for the subject.
     pub(crate) fn create_next_version(&self, previous: KeyId, now: i64) -> Result<Arc<CachedKey>> {
-        let _creating = self.create_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _creating = self
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let bucket = BucketId::of(&previous);
         let newest = self.newest(&bucket)?.map(|(id, _)| id);
         self.create_version(bucket, newest, now)
     }
 
     /// Creates a version after `newest` (the creation lock is held).
-    fn create_version(&self, bucket: BucketId, newest: Option<KeyId>, now: i64) -> Result<Arc<CachedKey>> {
+    fn create_version(
+        &self,
+        bucket: BucketId,
+        newest: Option<KeyId>,
+        now: i64,
+    ) -> Result<Arc<CachedKey>> {
         let version = match newest {
-            Some(id) => id.version.checked_add(1).ok_or_else(|| Error::InvalidArgument {
-                what: "key version",
-                detail: "a bucket exhausted 2^32 key versions".into(),
-            })?,
+            Some(id) => id
+                .version
+                .checked_add(1)
+                .ok_or_else(|| Error::InvalidArgument {
+                    what: "key version",
+                    detail: "a bucket exhausted 2^32 key versions".into(),
+                })?,
             None => 1,
         };
         let mut batch = WriteBatch::new();
         if let Some(previous) = newest {
-            let retired = SealRecord { reserved: self.read_seals(&previous)?.reserved, retired: true };
+            let retired = SealRecord {
+                reserved: self.read_seals(&previous)?.reserved,
+                retired: true,
+            };
             batch.put(Tree::Seals, previous.to_bytes().to_vec(), retired.encode());
             self.cache.retire(&previous);
         }
-        let id = KeyId { subject: bucket.subject, class: bucket.class, bucket: bucket.bucket, version };
+        let id = KeyId {
+            subject: bucket.subject,
+            class: bucket.class,
+            bucket: bucket.bucket,
+            version,
+        };
         let key = DataKey::generate();
-        let wrapped = self.provider.wrap(self.current_epoch(), &WrapContext::DataKey(id), &key)?;
-        let entry = VaultEntry { state: KeyState::Active, created_at: now, destroyed_at: None, wrapped: Some(wrapped) };
+        let wrapped = self
+            .provider
+            .wrap(self.current_epoch(), &WrapContext::DataKey(id), &key)?;
+        let entry = VaultEntry {
+            state: KeyState::Active,
+            created_at: now,
+            destroyed_at: None,
+            wrapped: Some(wrapped),
+        };
         batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.encode());
-        let seals = SealRecord { reserved: SEAL_RESERVATION.min(self.retire_after), retired: false };
+        let seals = SealRecord {
+            reserved: SEAL_RESERVATION.min(self.retire_after),
+            retired: false,
+        };
         if bucket.bucket != SCOPE_BUCKET {
             batch.put(Tree::Seals, id.to_bytes().to_vec(), seals.encode());
         }
         if let Some(deadline) = bucket_deadline(bucket.bucket) {
-            batch.put(Tree::Deadlines, deadlines::key(deadline, &Due::DestroyKey(id)), deadlines::value(now));
+            batch.put(
+                Tree::Deadlines,
+                deadlines::key(deadline, &Due::DestroyKey(id)),
+                deadlines::value(now),
+            );
         }
         // Applied before any value is sealed under it, so a sealed value
         // never names a key the vault does not hold.
         self.storage.apply(&batch, Durability::Buffered)?;
         let cached = self.ready(id, &key, 0, seals);
-        self.cache.insert(id, Arc::clone(&cached), CACHED_KEY_BYTES, true);
+        self.cache
+            .insert(id, Arc::clone(&cached), CACHED_KEY_BYTES, true);
         Ok(cached)
     }
 
     /// Counts one seal under `key`; adds to `batch` whatever must be
     /// persisted (a new seal reservation, or retirement).
     pub(crate) fn note_seal(&self, key: &CachedKey, batch: &mut WriteBatch) {
-        let Material::Data { seals, .. } = &key.material else { return };
+        let Material::Data { seals, .. } = &key.material else {
+            return;
+        };
         let (used, budget) = seals.record();
         let retire = budget == SealBudget::Retire || used >= self.retire_after;
         let reserved = key.reserved.load(Ordering::Relaxed);
         if used < reserved && !retire {
             return;
         }
-        let new_reserved = used.saturating_add(SEAL_RESERVATION).min(self.retire_after.max(used));
+        let new_reserved = used
+            .saturating_add(SEAL_RESERVATION)
+            .min(self.retire_after.max(used));
         key.reserved.fetch_max(new_reserved, Ordering::Relaxed);
         if retire {
             key.retired.store(true, Ordering::Relaxed);
@@ -475,7 +575,12 @@ impl Vault {
 
     /// Adds tombstones for every live key under `prefix` (a subject tag, or
     /// tag ‖ class) to `batch`. Returns the ids. O(keys), not O(records).
-    pub(crate) fn destroy_prefix(&self, prefix: &[u8], now: i64, batch: &mut WriteBatch) -> Result<Vec<KeyId>> {
+    pub(crate) fn destroy_prefix(
+        &self,
+        prefix: &[u8],
+        now: i64,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<KeyId>> {
         let mut destroyed = Vec::new();
         scan_prefix(self.storage.as_ref(), Tree::Vault, prefix, &mut |k, v| {
             let Some(id) = KeyId::from_bytes(k) else {
@@ -490,8 +595,12 @@ impl Vault {
                 // A damaged entry is destroyed all the same: erasure must
                 // not depend on being able to read what it erases.
                 Err(_) => {
-                    let tombstone =
-                        VaultEntry { state: KeyState::Destroyed, created_at: 0, destroyed_at: Some(now), wrapped: None };
+                    let tombstone = VaultEntry {
+                        state: KeyState::Destroyed,
+                        created_at: 0,
+                        destroyed_at: Some(now),
+                        wrapped: None,
+                    };
                     batch.put(Tree::Vault, k.to_vec(), tombstone.encode());
                     destroyed.push(id);
                 }
@@ -506,13 +615,21 @@ impl Vault {
     pub(crate) fn destroy_one(&self, id: &KeyId, now: i64, batch: &mut WriteBatch) -> Result<bool> {
         match self.read_entry(id) {
             Ok(Some(entry)) if entry.state != KeyState::Destroyed => {
-                batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.tombstone(now).encode());
+                batch.put(
+                    Tree::Vault,
+                    id.to_bytes().to_vec(),
+                    entry.tombstone(now).encode(),
+                );
                 Ok(true)
             }
             Ok(_) => Ok(false),
             Err(Error::Corrupt { .. }) => {
-                let tombstone =
-                    VaultEntry { state: KeyState::Destroyed, created_at: 0, destroyed_at: Some(now), wrapped: None };
+                let tombstone = VaultEntry {
+                    state: KeyState::Destroyed,
+                    created_at: 0,
+                    destroyed_at: Some(now),
+                    wrapped: None,
+                };
                 batch.put(Tree::Vault, id.to_bytes().to_vec(), tombstone.encode());
                 Ok(true)
             }
@@ -523,15 +640,31 @@ impl Vault {
     /// Re-wraps a live entry under `epoch`, adding it to `batch`. Returns
     /// false if the entry is destroyed, already under `epoch`, or its epoch
     /// is gone. The caller holds the gate's write lock for the subject.
-    pub(crate) fn rewrap(&self, id: &KeyId, epoch: EpochId, batch: &mut WriteBatch) -> Result<bool> {
-        let Some(entry) = self.read_entry(id)? else { return Ok(false) };
-        let Some(wrapped) = &entry.wrapped else { return Ok(false) };
+    pub(crate) fn rewrap(
+        &self,
+        id: &KeyId,
+        epoch: EpochId,
+        batch: &mut WriteBatch,
+    ) -> Result<bool> {
+        let Some(entry) = self.read_entry(id)? else {
+            return Ok(false);
+        };
+        let Some(wrapped) = &entry.wrapped else {
+            return Ok(false);
+        };
         if entry.state == KeyState::Destroyed || wrapped.epoch() == epoch {
             return Ok(false);
         }
-        let Some(key) = self.unwrap_key(id, &entry)? else { return Ok(false) };
-        let rewrapped = self.provider.wrap(epoch, &WrapContext::DataKey(*id), &key)?;
-        let entry = VaultEntry { wrapped: Some(rewrapped), ..entry };
+        let Some(key) = self.unwrap_key(id, &entry)? else {
+            return Ok(false);
+        };
+        let rewrapped = self
+            .provider
+            .wrap(epoch, &WrapContext::DataKey(*id), &key)?;
+        let entry = VaultEntry {
+            wrapped: Some(rewrapped),
+            ..entry
+        };
         batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.encode());
         Ok(true)
     }
@@ -558,14 +691,25 @@ mod tests {
 
     #[test]
     fn entry_round_trips_and_rejects_inconsistent_states() {
-        let cipher = shredkv_crypto::EpochCipher::new(EpochId(1), &shredkv_crypto::EpochKey::from_bytes([1; 32]));
+        let cipher = shredkv_crypto::EpochCipher::new(
+            EpochId(1),
+            &shredkv_crypto::EpochKey::from_bytes([1; 32]),
+        );
         let wrapped = cipher.wrap(&WrapContext::StoreSecret, &DataKey::from_bytes([2; 32]));
-        let live = VaultEntry { state: KeyState::Active, created_at: 5, destroyed_at: None, wrapped: Some(wrapped) };
+        let live = VaultEntry {
+            state: KeyState::Active,
+            created_at: 5,
+            destroyed_at: None,
+            wrapped: Some(wrapped),
+        };
         assert_eq!(VaultEntry::decode(&live.encode()).expect("decode"), live);
         let dead = live.tombstone(7);
         assert_eq!(VaultEntry::decode(&dead.encode()).expect("decode"), dead);
         assert!(dead.encode().len() < live.encode().len());
-        let bad = VaultEntry { wrapped: None, ..live.clone() };
+        let bad = VaultEntry {
+            wrapped: None,
+            ..live.clone()
+        };
         assert!(VaultEntry::decode(&bad.encode()).is_err());
         let bytes = live.encode();
         for i in 0..bytes.len() {
@@ -573,7 +717,10 @@ mod tests {
             flipped[i] ^= 0x40;
             assert!(VaultEntry::decode(&flipped).is_err(), "flip at {i}");
         }
-        let seals = SealRecord { reserved: 9, retired: true };
+        let seals = SealRecord {
+            reserved: 9,
+            retired: true,
+        };
         assert_eq!(SealRecord::decode(&seals.encode()).expect("decode"), seals);
     }
 

@@ -1,0 +1,322 @@
+//! Epochs: rotating the key-encryption key and destroying old ones (G2).
+//!
+//! Every vault entry is wrapped under the current epoch key. Compaction
+//! rotates the epoch every `epoch_rotation` (a day by default): it creates a
+//! new epoch key, re-wraps the store secret and every live vault entry under
+//! it, and records when the old epoch retired. An old epoch key is destroyed
+//! once it has been retired for `shortest purge window − rotation period`,
+//! and never while any live entry is still wrapped under it.
+//!
+//! Why that bound: a data key destroyed at `t` still has wrapped copies in
+//! the backend's old pages and in backups, under the epoch current at `t`
+//! (and older ones, already destroyed). That epoch retires by `t + P` and is
+//! destroyed by `t + P + (W − P) = t + W`: every copy is noise within the
+//! purge window W. Backups stay restorable for at least `W − P` after their
+//! epoch retired; older backups cannot be decrypted, by design.
+
+use std::collections::BTreeSet;
+use std::ops::{Bound, ControlFlow};
+
+use jiff::Timestamp;
+use shredkv_crypto::{EpochId, KeyId, WrapContext, WrappedKey};
+
+use crate::audit::{AuditEvent, PendingEntry};
+use crate::db::{Db, DbInner, meta, meta_get};
+use crate::error::{Error, Result};
+use crate::retention::compaction::CompactionReport;
+use crate::storage::{Durability, Order, Tree, WriteBatch};
+use crate::vault::{KeyState, VaultEntry};
+
+/// Vault entries re-wrapped per batch.
+const REWRAP_PAGE: usize = 512;
+
+/// What an epoch rotation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochReport {
+    /// The epoch created, if one was.
+    pub created: Option<u32>,
+    /// Vault entries re-wrapped under the current epoch.
+    pub keys_rewrapped: u64,
+    /// Epoch keys destroyed.
+    pub epochs_destroyed: u64,
+}
+
+fn epoch_meta_key(prefix: &[u8], epoch: EpochId) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&epoch.0.to_be_bytes());
+    key
+}
+
+impl DbInner {
+    fn epoch_time(&self, prefix: &[u8], epoch: EpochId) -> Result<Option<i64>> {
+        let key = epoch_meta_key(prefix, epoch);
+        Ok(meta_get(self.storage.as_ref(), &key)?
+            .and_then(|b| b.as_slice().try_into().ok())
+            .map(i64::from_be_bytes))
+    }
+
+    fn record_epoch_time(&self, prefix: &[u8], epoch: EpochId, at: i64) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Tree::Meta,
+            epoch_meta_key(prefix, epoch),
+            at.to_be_bytes().to_vec(),
+        );
+        Ok(self.storage.apply(&batch, Durability::Durable)?)
+    }
+
+    /// Rotates when the period has passed, finishes an interrupted re-wrap,
+    /// and destroys epochs that no purge window needs any more.
+    pub(crate) fn maintain_epochs(
+        &self,
+        now: Timestamp,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        let current = self.vault.current_epoch();
+        let started = match self.epoch_time(meta::EPOCH_STARTED, current)? {
+            Some(at) => at,
+            None => {
+                self.record_epoch_time(meta::EPOCH_STARTED, current, now.as_second())?;
+                now.as_second()
+            }
+        };
+        if now.as_second().saturating_sub(started) >= self.epoch_period_secs {
+            self.rotate_locked(now, report)?;
+        } else if meta_get(self.storage.as_ref(), meta::REWRAP_PENDING)?.is_some() {
+            report.keys_rewrapped += self.rewrap_all(now)?;
+        }
+        self.destroy_retired_epochs(now, report)
+    }
+
+    /// Creates a new epoch and re-wraps everything under it.
+    pub(crate) fn rotate_locked(
+        &self,
+        now: Timestamp,
+        report: &mut CompactionReport,
+    ) -> Result<EpochId> {
+        let provider = self.vault.provider();
+        let old = self.vault.current_epoch();
+        let new = provider.create_epoch()?;
+        let wrapped = meta_get(self.storage.as_ref(), meta::STORE_SECRET)?.unwrap_or_default();
+        let wrapped = WrappedKey::from_bytes(&wrapped).map_err(|source| Error::Corrupt {
+            location: crate::db::meta_location(meta::STORE_SECRET),
+            source,
+        })?;
+        let secret = provider.unwrap(&WrapContext::StoreSecret, &wrapped)?;
+        let rewrapped = provider.wrap(new, &WrapContext::StoreSecret, &secret)?;
+        drop(secret);
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Meta, meta::EPOCH, new.0.to_be_bytes().to_vec());
+        batch.put(
+            Tree::Meta,
+            meta::STORE_SECRET,
+            rewrapped.as_bytes().to_vec(),
+        );
+        batch.put(
+            Tree::Meta,
+            epoch_meta_key(meta::EPOCH_STARTED, new),
+            now.as_second().to_be_bytes().to_vec(),
+        );
+        batch.put(
+            Tree::Meta,
+            epoch_meta_key(meta::EPOCH_RETIRED, old),
+            now.as_second().to_be_bytes().to_vec(),
+        );
+        batch.put(
+            Tree::Meta,
+            meta::REWRAP_PENDING,
+            new.0.to_be_bytes().to_vec(),
+        );
+        let entry = PendingEntry::new(
+            AuditEvent::EpochCreated,
+            None,
+            None,
+            format!("{new} created; {old} retired"),
+        );
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        self.vault.set_current_epoch(new);
+        report.epochs_created += 1;
+        report.keys_rewrapped += self.rewrap_all(now)?;
+        Ok(new)
+    }
+
+    /// Re-wraps every live vault entry not under the current epoch. Each
+    /// page holds the gate's write lock over its subjects, so no erasure
+    /// can tombstone an entry between its read and its re-wrapped write.
+    fn rewrap_all(&self, now: Timestamp) -> Result<u64> {
+        let current = self.vault.current_epoch();
+        let mut total = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut page: Vec<KeyId> = Vec::new();
+            let mut last = None;
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            self.storage.scan(
+                Tree::Vault,
+                start,
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, v| {
+                    last = Some(k.to_vec());
+                    if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
+                        if entry.state == KeyState::Active
+                            && entry.wrapped.as_ref().is_some_and(|w| w.epoch() != current)
+                        {
+                            page.push(id);
+                        }
+                    }
+                    if page.len() >= REWRAP_PAGE {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            let Some(last) = last else { break };
+            after = Some(last);
+            if page.is_empty() {
+                continue;
+            }
+            let tags: Vec<_> = page
+                .iter()
+                .map(|id| id.subject)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let _exclusive = self.gate.write(&tags);
+            let mut batch = WriteBatch::new();
+            for id in &page {
+                if self.vault.rewrap(id, current, &mut batch)? {
+                    total += 1;
+                }
+            }
+            self.storage.apply(&batch, Durability::Buffered)?;
+        }
+        let mut batch = WriteBatch::new();
+        batch.remove(Tree::Meta, meta::REWRAP_PENDING.to_vec());
+        let entry = PendingEntry::new(
+            AuditEvent::EpochCreated,
+            None,
+            None,
+            format!("{total} keys re-wrapped under {current}"),
+        );
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        Ok(total)
+    }
+
+    /// Epochs some live vault entry is still wrapped under.
+    fn epochs_in_use(&self) -> Result<BTreeSet<EpochId>> {
+        let mut used = BTreeSet::new();
+        self.storage.scan(
+            Tree::Vault,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |_, v| {
+                if let Ok(VaultEntry {
+                    state: KeyState::Active,
+                    wrapped: Some(w),
+                    ..
+                }) = VaultEntry::decode(v)
+                {
+                    used.insert(w.epoch());
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(used)
+    }
+
+    fn destroy_retired_epochs(&self, now: Timestamp, report: &mut CompactionReport) -> Result<()> {
+        if meta_get(self.storage.as_ref(), meta::REWRAP_PENDING)?.is_some() {
+            return Ok(());
+        }
+        let current = self.vault.current_epoch();
+        let delay = self
+            .min_purge_window_secs
+            .saturating_sub(self.epoch_period_secs)
+            .max(0);
+        let mut candidates = Vec::new();
+        for epoch in self.vault.provider().live_epochs()? {
+            if epoch >= current {
+                continue;
+            }
+            match self.epoch_time(meta::EPOCH_RETIRED, epoch)? {
+                Some(retired) if now.as_second().saturating_sub(retired) >= delay => {
+                    candidates.push(epoch)
+                }
+                Some(_) => {}
+                // An epoch created but never recorded (a crash mid-rotation)
+                // starts its wait now.
+                None => self.record_epoch_time(meta::EPOCH_RETIRED, epoch, now.as_second())?,
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let mut in_use = self.epochs_in_use()?;
+        if candidates.iter().any(|e| in_use.contains(e)) {
+            self.rewrap_all(now)?;
+            in_use = self.epochs_in_use()?;
+        }
+        for epoch in candidates {
+            if in_use.contains(&epoch) {
+                continue;
+            }
+            self.vault.provider().destroy_epoch(epoch)?;
+            let entry = PendingEntry::new(
+                AuditEvent::EpochDestroyed,
+                None,
+                None,
+                format!("{epoch} destroyed"),
+            );
+            self.audit.commit(
+                self.storage.as_ref(),
+                WriteBatch::new(),
+                &[entry],
+                now,
+                Durability::Durable,
+            )?;
+            report.epochs_destroyed += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Rotates the epoch now (also done by compaction on schedule): a new
+    /// epoch key wraps the store secret and every live data key; epochs past
+    /// their wait are destroyed.
+    ///
+    /// # Errors
+    /// Key provider and storage failures; an interrupted re-wrap resumes at
+    /// the next compaction, and no epoch is destroyed until it completes.
+    pub fn rotate_epoch(&self) -> Result<EpochReport> {
+        let inner = &self.inner;
+        let _single = inner
+            .compaction
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = inner.clock.now();
+        let mut report = CompactionReport::default();
+        let created = inner.rotate_locked(now, &mut report)?;
+        inner.destroy_retired_epochs(now, &mut report)?;
+        Ok(EpochReport {
+            created: Some(created.0),
+            keys_rewrapped: report.keys_rewrapped,
+            epochs_destroyed: report.epochs_destroyed,
+        })
+    }
+}

@@ -1,0 +1,399 @@
+//! Events that start retention clocks (account closure, marketing opt-out,
+//! manual release) and deletion requests.
+//!
+//! An event does not erase anything itself: it records when the clock
+//! started and schedules each affected scope's erasure in the deadline index,
+//! where compaction finds it when it is due. A deletion request erases at
+//! once what the policy allows and answers with a receipt for the rest.
+
+use jiff::Timestamp;
+use shredkv_crypto::SubjectTag;
+
+use crate::audit::{AuditEvent, PendingEntry};
+use crate::db::{ClassEntry, Classes, Db, DbInner, Receipt, Retained};
+use crate::error::{Error, Result};
+use crate::ledger::ErasureReason;
+use crate::retention::deadlines::{self, Due};
+use crate::retention::{ClockStart, DeletionRule};
+use crate::storage::{Durability, Tree, WriteBatch};
+use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+
+/// One scope's erasure, scheduled by an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    /// The subject.
+    pub subject: SubjectTag,
+    /// The class.
+    pub class: String,
+    /// When compaction erases it (unless a legal hold stands then).
+    pub erase_at: Timestamp,
+}
+
+/// Which clock an event starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    AccountClosure,
+    MarketingOptOut,
+}
+
+impl DbInner {
+    /// When `class` must be erased after `event` at `at`, if the event
+    /// starts its clock.
+    fn deadline_after(class: &ClassEntry, event: Event, at: Timestamp) -> Option<Timestamp> {
+        let policy = &class.policy;
+        match (event, policy.clock()) {
+            (Event::AccountClosure, ClockStart::AccountClosure)
+            | (Event::MarketingOptOut, ClockStart::MarketingOptOut) => policy.deadline(at),
+            // "As long as you instruct, up until termination of your account."
+            (Event::AccountClosure, ClockStart::Write) if policy.until_account_closure() => {
+                Some(at)
+            }
+            _ => None,
+        }
+    }
+
+    /// Schedules the erasure of every class `event` starts for `tag`.
+    fn schedule(
+        &self,
+        batch: &mut WriteBatch,
+        tag: &SubjectTag,
+        event: Event,
+        at: Timestamp,
+        out: &mut Vec<Scheduled>,
+    ) {
+        for class in &self.classes {
+            if let Some(deadline) = Self::deadline_after(class, event, at) {
+                let due = Due::EraseScope(*tag, class.number);
+                batch.put(
+                    Tree::Deadlines,
+                    deadlines::key(deadline.as_second(), &due),
+                    deadlines::value(at.as_second()),
+                );
+                out.push(Scheduled {
+                    subject: *tag,
+                    class: class.policy.name().to_string(),
+                    erase_at: deadline,
+                });
+            }
+        }
+    }
+
+    /// Marks `tags` closed at `now` and schedules their erasures. The caller
+    /// holds the gate's write lock over `tags`. Already closed subjects keep
+    /// their original closure (and deadlines).
+    fn close_locked(
+        &self,
+        tags: &[SubjectTag],
+        now: Timestamp,
+        batch: &mut WriteBatch,
+        out: &mut Vec<Scheduled>,
+    ) -> Result<Vec<SubjectInfo>> {
+        let mut updated = Vec::new();
+        for tag in tags {
+            let Some(info) = self.subject_info(tag)? else {
+                continue;
+            };
+            if info.state == SubjectState::Erased || info.closed_at.is_some() {
+                continue;
+            }
+            let closed = SubjectInfo {
+                closed_at: Some(now),
+                ..info
+            };
+            batch.put(
+                Tree::Subjects,
+                subjects::record_key(tag).to_vec(),
+                closed.encode(),
+            );
+            self.schedule(batch, tag, Event::AccountClosure, now, out);
+            updated.push(closed);
+        }
+        Ok(updated)
+    }
+}
+
+impl Db {
+    /// Closes an account: its end users close with it, and every class whose
+    /// retention runs from closure (or lasts "until termination of the
+    /// account") is scheduled for erasure. Closing again changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`]; [`Error::SubjectConflict`] for an end user;
+    /// [`Error::Erased`]; storage failures.
+    pub fn close_account(&self, account_id: &str) -> Result<Vec<Scheduled>> {
+        let inner = &self.inner;
+        let tag = self.subject_tag(account_id);
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        if info.kind != SubjectKind::Account {
+            return Err(Error::SubjectConflict {
+                subject: tag,
+                detail: "is an end user; close its account instead".into(),
+            });
+        }
+        if info.state == SubjectState::Erased {
+            return Err(Error::Erased {
+                subject: tag,
+                class: None,
+                erased_at: info.erased_at.unwrap_or(info.created_at),
+            });
+        }
+        let tags = inner.with_end_users(&tag, &info)?;
+        let _exclusive = inner.gate.write(&tags);
+        let now = inner.clock.now();
+        let mut batch = WriteBatch::new();
+        let mut scheduled = Vec::new();
+        let updated = inner.close_locked(&tags, now, &mut batch, &mut scheduled)?;
+        if updated.is_empty() {
+            return Ok(scheduled);
+        }
+        let entry = PendingEntry::new(
+            AuditEvent::AccountClosed,
+            Some(tag),
+            None,
+            format!(
+                "{} subjects closed; {} scopes scheduled for erasure",
+                updated.len(),
+                scheduled.len()
+            ),
+        );
+        inner.audit.commit(
+            inner.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        for info in updated {
+            inner.cache_subject(info);
+        }
+        Ok(scheduled)
+    }
+
+    /// Records a marketing opt-out: classes whose clock is the opt-out are
+    /// scheduled for erasure ("within three days").
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::Erased`], storage failures.
+    pub fn opt_out_of_marketing(&self, subject_id: &str) -> Result<Vec<Scheduled>> {
+        let inner = &self.inner;
+        let tag = self.subject_tag(subject_id);
+        let _exclusive = inner.gate.write(&[tag]);
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        if info.state == SubjectState::Erased {
+            return Err(Error::Erased {
+                subject: tag,
+                class: None,
+                erased_at: info.erased_at.unwrap_or(info.created_at),
+            });
+        }
+        let mut scheduled = Vec::new();
+        if info.opted_out_at.is_some() {
+            return Ok(scheduled);
+        }
+        let now = inner.clock.now();
+        let mut batch = WriteBatch::new();
+        let updated = SubjectInfo {
+            opted_out_at: Some(now),
+            ..info
+        };
+        batch.put(
+            Tree::Subjects,
+            subjects::record_key(&tag).to_vec(),
+            updated.encode(),
+        );
+        inner.schedule(
+            &mut batch,
+            &tag,
+            Event::MarketingOptOut,
+            now,
+            &mut scheduled,
+        );
+        let entry = PendingEntry::new(
+            AuditEvent::MarketingOptOut,
+            Some(tag),
+            None,
+            format!("{} scopes scheduled", scheduled.len()),
+        );
+        inner.audit.commit(
+            inner.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        inner.cache_subject(updated);
+        Ok(scheduled)
+    }
+
+    /// Releases data kept "for such time as needed" (a `manual_release`
+    /// class): it is scheduled for erasure after the class's retention (at
+    /// once, by default).
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::UnknownClass`],
+    /// [`Error::PolicyViolation`] for a class not released manually, storage failures.
+    pub fn release(&self, subject_id: &str, class: &str) -> Result<Scheduled> {
+        let inner = &self.inner;
+        let class = inner.class(class)?;
+        if class.policy.clock() != ClockStart::ManualRelease {
+            return Err(Error::PolicyViolation {
+                class: class.policy.name().to_string(),
+                detail: format!(
+                    "its clock is `{:?}`, not a manual release",
+                    class.policy.clock()
+                ),
+            });
+        }
+        let tag = self.subject_tag(subject_id);
+        let _exclusive = inner.gate.write(&[tag]);
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        let now = inner.clock.now();
+        let deadline = class.policy.deadline(now).unwrap_or(now);
+        let mut batch = WriteBatch::new();
+        let updated = SubjectInfo {
+            released_at: Some(now),
+            ..info
+        };
+        batch.put(
+            Tree::Subjects,
+            subjects::record_key(&tag).to_vec(),
+            updated.encode(),
+        );
+        let due = Due::EraseScope(tag, class.number);
+        batch.put(
+            Tree::Deadlines,
+            deadlines::key(deadline.as_second(), &due),
+            deadlines::value(now.as_second()),
+        );
+        let entry = PendingEntry::new(
+            AuditEvent::Released,
+            Some(tag),
+            Some(class.number),
+            format!("erasure scheduled for {deadline}"),
+        );
+        inner.audit.commit(
+            inner.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        inner.cache_subject(updated);
+        Ok(Scheduled {
+            subject: tag,
+            class: class.policy.name().to_string(),
+            erase_at: deadline,
+        })
+    }
+
+    /// A deletion request: erases at once every class the policy lets go on
+    /// request (and, for an account, its end users'), keeps the classes the
+    /// law requires until their deadline (closing the subject so those
+    /// deadlines run), and answers with a receipt: what was erased, what is
+    /// retained, until when and why. Legal holds are honoured and listed.
+    ///
+    /// With [`ErasureReason::Underage`], everything not under a legal hold is
+    /// erased, retention obligations notwithstanding.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], storage failures (then nothing was erased).
+    pub fn request_deletion(&self, subject_id: &str, reason: ErasureReason) -> Result<Receipt> {
+        let inner = &self.inner;
+        let tag = self.subject_tag(subject_id);
+        if reason == ErasureReason::Underage {
+            return self.erase(tag, Classes::All, reason);
+        }
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        let tags = inner.with_end_users(&tag, &info)?;
+        let now_classes: Vec<&ClassEntry> = inner
+            .classes
+            .iter()
+            .filter(|c| c.policy.on_deletion_request() == DeletionRule::EraseNow)
+            .collect();
+        let kept: Vec<&ClassEntry> = inner
+            .classes
+            .iter()
+            .filter(|c| c.policy.on_deletion_request() != DeletionRule::EraseNow)
+            .collect();
+        let _exclusive = inner.gate.write(&tags);
+        // First start the clocks of what is kept (durably), then erase.
+        let now = inner.clock.now();
+        let mut batch = WriteBatch::new();
+        let mut scheduled = Vec::new();
+        let updated = inner.close_locked(&tags, now, &mut batch, &mut scheduled)?;
+        if !updated.is_empty() {
+            let entry = PendingEntry::new(
+                AuditEvent::AccountClosed,
+                Some(tag),
+                None,
+                format!(
+                    "deletion request: {} subjects closed; {} scopes scheduled",
+                    updated.len(),
+                    scheduled.len()
+                ),
+            );
+            inner.audit.commit(
+                inner.storage.as_ref(),
+                batch,
+                &[entry],
+                now,
+                Durability::Durable,
+            )?;
+            for info in updated {
+                inner.cache_subject(info);
+            }
+        }
+        let mut receipt = inner.erase_locked(tag, &tags, Some(&now_classes), reason)?;
+        for t in &tags {
+            let Some(info) = inner.subject_info(t)? else {
+                continue;
+            };
+            if info.state == SubjectState::Erased {
+                continue;
+            }
+            let holds = inner.holds_of(t)?;
+            for class in &kept {
+                if inner
+                    .scope_erased_at(t, class.number, info.generation)?
+                    .is_some()
+                {
+                    continue;
+                }
+                let (until, why) = match DbInner::hold_on(&holds, class.number) {
+                    Some(hold) => (None, format!("legal hold: {hold}")),
+                    None => {
+                        let start = match class.policy.clock() {
+                            ClockStart::AccountClosure => info.closed_at,
+                            ClockStart::MarketingOptOut => info.opted_out_at,
+                            ClockStart::ManualRelease => info.released_at,
+                            _ => None,
+                        };
+                        let until = start.and_then(|s| class.policy.deadline(s));
+                        let why = match class.policy.clock() {
+                            ClockStart::ManualRelease if until.is_none() => {
+                                format!("{} (kept until released)", class.policy.legal_basis())
+                            }
+                            _ => class.policy.legal_basis().to_string(),
+                        };
+                        (until, why)
+                    }
+                };
+                receipt.retained.push(Retained {
+                    subject: *t,
+                    class: class.policy.name().to_string(),
+                    until,
+                    reason: why,
+                });
+            }
+        }
+        Ok(receipt)
+    }
+}

@@ -1,0 +1,375 @@
+//! Retention over the default policy: events, deadlines, compaction, holds,
+//! re-keying and epochs, with an injected clock.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::storage::{Order, Tree};
+use crate::{Config, Db, ErasureReason, ManualClock, PutOptions};
+
+const DAY: i64 = 24;
+
+fn start() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("time")
+}
+
+fn config(dir: &tempfile::TempDir, clock: &ManualClock) -> Config {
+    Config::new(dir.path())
+        .clock(Arc::new(clock.clone()))
+        .flush_every(None)
+}
+
+fn open(dir: &tempfile::TempDir) -> (Db, ManualClock) {
+    let clock = ManualClock::new(start());
+    (
+        Db::open_in_memory(config(dir, &clock)).expect("open"),
+        clock,
+    )
+}
+
+fn days(n: i64) -> SignedDuration {
+    SignedDuration::from_hours(DAY * n)
+}
+
+fn readable(db: &Db, subject: &str, class: &str, key: &[u8]) -> bool {
+    match db.get(subject, class, key) {
+        Ok(value) => value.is_some(),
+        Err(err) if err.is_erased() => false,
+        Err(err) => panic!("unexpected error: {err}"),
+    }
+}
+
+fn data_records(db: &Db) -> usize {
+    let mut n = 0;
+    db.inner
+        .storage
+        .scan(
+            Tree::Data,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            Order::Ascending,
+            &mut |_, _| {
+                n += 1;
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    n
+}
+
+#[test]
+fn expired_bucket_keys_are_destroyed_and_their_ciphertext_removed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let expiry = db.now() + SignedDuration::from_hours(2);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"short-lived",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    db.put("a", "message_content", b"keep", b"kept")
+        .expect("put");
+    // Nothing is due before the bucket's day ends.
+    assert_eq!(db.compact().expect("compact").keys_destroyed, 0);
+    clock.advance(days(1));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(report.records_removed, 1, "{report:?}");
+    assert_eq!(data_records(&db), 1);
+    assert!(readable(&db, "a", "message_content", b"keep"));
+    assert!(!readable(&db, "a", "message_content", b"m"));
+    // Idempotent: nothing left to do.
+    assert_eq!(db.compact().expect("compact").items, 0);
+}
+
+#[test]
+fn account_closure_erases_each_class_at_its_deadline_never_earlier() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("acct").expect("register");
+    db.register_end_user("user", "acct").expect("register");
+    let classes = [
+        "account_profile",
+        "support_communications",
+        "account_records",
+        "invoices",
+        "message_content",
+    ];
+    for class in classes {
+        db.put("acct", class, b"k", b"v").expect("put");
+    }
+    db.put("user", "message_content", b"k", b"v").expect("put");
+    let scheduled = db.close_account("acct").expect("close");
+    assert!(scheduled.iter().any(|s| s.class == "account_profile"));
+    // Content lives "up until termination": erased at the first compaction.
+    db.compact().expect("compact");
+    assert!(!readable(&db, "acct", "message_content", b"k"));
+    assert!(!readable(&db, "user", "message_content", b"k"));
+    // (class, its deadline after closure in days)
+    let deadlines = [
+        ("account_profile", 60),
+        ("support_communications", 3 * 365 + 1),
+        ("account_records", 7 * 365 + 2),
+        ("invoices", 10 * 365 + 3),
+    ];
+    let closed = db.now();
+    for (class, after_days) in deadlines {
+        let deadline = scheduled
+            .iter()
+            .find(|s| s.class == class && s.subject == db.subject_tag("acct"))
+            .expect("scheduled")
+            .erase_at;
+        assert!(
+            deadline.duration_since(closed) >= days(after_days - 1)
+                && deadline.duration_since(closed) <= days(after_days + 1)
+        );
+        clock.set(deadline - SignedDuration::from_secs(1));
+        db.compact().expect("compact");
+        assert!(
+            readable(&db, "acct", class, b"k"),
+            "{class} erased before its deadline"
+        );
+        clock.set(deadline);
+        db.compact().expect("compact");
+        assert!(
+            !readable(&db, "acct", class, b"k"),
+            "{class} not erased at its deadline"
+        );
+    }
+    assert!(db.verify_audit().expect("audit").breaks.is_empty());
+}
+
+#[test]
+fn deletion_request_erases_now_and_keeps_invoices_until_their_deadline() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("acct").expect("register");
+    db.register_end_user("user", "acct").expect("register");
+    db.put("acct", "invoices", b"2026-001", b"total")
+        .expect("put");
+    db.put("acct", "account_profile", b"name", b"Ada")
+        .expect("put");
+    db.put("user", "message_content", b"m", b"hi").expect("put");
+    let receipt = db
+        .request_deletion("acct", ErasureReason::DeletionRequest)
+        .expect("request");
+    assert!(
+        receipt
+            .erased
+            .iter()
+            .any(|e| e.class.as_deref() == Some("account_profile"))
+    );
+    assert!(
+        receipt
+            .erased
+            .iter()
+            .any(|e| e.subject == db.subject_tag("user"))
+    );
+    let invoices = receipt
+        .retained
+        .iter()
+        .find(|r| r.class == "invoices" && r.subject == db.subject_tag("acct"))
+        .expect("retained");
+    let until = invoices.until.expect("deadline");
+    assert!(until.duration_since(db.now()) >= days(10 * 365));
+    assert!(invoices.reason.contains("invoice"), "{}", invoices.reason);
+    assert!(!readable(&db, "acct", "account_profile", b"name"));
+    assert!(!readable(&db, "user", "message_content", b"m"));
+    assert!(readable(&db, "acct", "invoices", b"2026-001"));
+    // Underage: everything not under a hold goes, obligations notwithstanding.
+    let receipt = db
+        .request_deletion("acct", ErasureReason::Underage)
+        .expect("underage");
+    assert!(receipt.retained.is_empty());
+    assert!(!readable(&db, "acct", "invoices", b"2026-001"));
+}
+
+#[test]
+fn a_hold_blocks_expiry_and_release_makes_it_due_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"evidence",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    db.place_hold("a", Some("message_content"), "case 42")
+        .expect("hold");
+    clock.advance(days(2));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.blocked_by_hold, 1);
+    assert_eq!(report.keys_destroyed, 0);
+    assert_eq!(
+        db.compact().expect("compact").blocked_by_hold,
+        0,
+        "blocked once, audited once"
+    );
+    assert_eq!(data_records(&db), 1);
+    db.release_hold("a", Some("message_content"))
+        .expect("release");
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(data_records(&db), 0);
+}
+
+#[test]
+fn a_hold_blocks_retention_erasure_of_a_closed_account() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"profile")
+        .expect("put");
+    db.close_account("a").expect("close");
+    db.place_hold("a", None, "regulator request 7")
+        .expect("hold");
+    clock.advance(days(61));
+    // Three scopes were due: account_profile, and the two classes kept
+    // "until termination"; the whole-subject hold blocks all of them.
+    assert_eq!(db.compact().expect("compact").blocked_by_hold, 3);
+    assert!(readable(&db, "a", "account_profile", b"p"));
+    db.release_hold("a", None).expect("release");
+    db.compact().expect("compact");
+    assert!(!readable(&db, "a", "account_profile", b"p"));
+}
+
+#[test]
+fn overwritten_values_are_purged_by_rekeying_within_the_purge_window() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"old secret")
+        .expect("put");
+    db.put("a", "account_profile", b"q", b"untouched")
+        .expect("put");
+    db.put("a", "account_profile", b"p", b"new")
+        .expect("overwrite");
+    let before = db.stats().expect("stats");
+    assert_eq!(before.rekey_debts, 1);
+    clock.advance(days(29));
+    assert_eq!(
+        db.compact().expect("compact").buckets_rekeyed,
+        0,
+        "not before the purge deadline"
+    );
+    clock.advance(days(2));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
+    assert_eq!(report.records_rekeyed, 2);
+    assert_eq!(
+        db.get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"new"[..])
+    );
+    assert_eq!(
+        db.get("a", "account_profile", b"q")
+            .expect("get")
+            .as_deref(),
+        Some(&b"untouched"[..])
+    );
+    let after = db.stats().expect("stats");
+    assert_eq!(after.rekey_debts, 0);
+    assert_eq!(after.keys_destroyed, before.keys_destroyed + 1);
+}
+
+#[test]
+fn epochs_rotate_rewrap_and_old_epochs_are_destroyed_after_the_wait() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(config(&dir, &clock)).expect("open");
+    db.register_account("a").expect("register");
+    db.put("a", "invoices", b"i", b"invoice").expect("put");
+    let first = db.stats().expect("stats").current_epoch;
+    clock.advance(days(1));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.epochs_created, 1);
+    assert!(report.keys_rewrapped >= 2, "{report:?}");
+    let stats = db.stats().expect("stats");
+    assert!(stats.current_epoch > first);
+    assert!(
+        stats.live_epochs.contains(&first),
+        "kept while backups may need it"
+    );
+    clock.advance(days(29));
+    let report = db.compact().expect("compact");
+    assert!(report.epochs_destroyed >= 1, "{report:?}");
+    let stats = db.stats().expect("stats");
+    assert!(!stats.live_epochs.contains(&first));
+    assert_eq!(
+        db.get("a", "invoices", b"i").expect("get").as_deref(),
+        Some(&b"invoice"[..])
+    );
+    drop(db);
+    let db = Db::open(config(&dir, &clock)).expect("reopen after epoch destruction");
+    assert_eq!(
+        db.get("a", "invoices", b"i").expect("get").as_deref(),
+        Some(&b"invoice"[..])
+    );
+    let rotated = db.rotate_epoch().expect("rotate");
+    assert!(rotated.keys_rewrapped >= 2);
+}
+
+#[test]
+fn the_background_compactor_runs_and_stops() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"x",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    clock.advance(days(2));
+    let compactor = db
+        .start_compactor(Duration::from_millis(10), 100)
+        .expect("start");
+    let mut waited = 0;
+    while data_records(&db) > 0 && waited < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    assert_eq!(data_records(&db), 0, "the compactor did not run");
+    assert!(matches!(compactor.last_outcome(), Some(Ok(_))));
+    compactor.stop();
+}
+
+#[test]
+fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    for i in 0..5 {
+        let subject = format!("s{i}");
+        db.register_account(&subject).expect("register");
+        let expiry = db.now() + SignedDuration::from_hours(1);
+        db.put_with(
+            &subject,
+            "message_content",
+            b"m",
+            b"x",
+            PutOptions::expires_at(expiry),
+        )
+        .expect("put");
+    }
+    clock.advance(days(2));
+    let first = db.compact_with(2, &mut |_| {}).expect("compact");
+    assert_eq!(first.items, 2);
+    assert!(first.remaining > 0);
+    db.compact().expect("compact");
+    assert_eq!(data_records(&db), 0);
+}
