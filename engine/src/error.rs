@@ -137,6 +137,12 @@ pub enum Error {
         /// The format version found.
         found: u8,
     },
+    /// A restore into this directory was interrupted before the erasure log
+    /// was replayed; the store must not serve reads.
+    RestoreInterrupted {
+        /// The store directory.
+        path: PathBuf,
+    },
     /// A file-system operation outside the backend failed.
     Io {
         /// What was being done.
@@ -238,6 +244,11 @@ impl fmt::Display for Error {
             Error::UnsupportedFormat { path, found } => write!(
                 f,
                 "store {} has format version {found}, which this build cannot read; upgrade shredkv",
+                path.display()
+            ),
+            Error::RestoreInterrupted { path } => write!(
+                f,
+                "store {} is an interrupted restore: the erasure log was not replayed, so it could serve erased data; delete it and run the restore again",
                 path.display()
             ),
             Error::Io {

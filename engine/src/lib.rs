@@ -40,8 +40,9 @@ pub use audit::{AuditEntry, AuditEvent, ChainBreak, ChainReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
-    Batch, ClassStats, Classes, Db, ErasedScope, Export, ExportedSubject, IntegrityReport, Problem,
-    ProblemKind, PutOptions, Receipt, Retained, Stats,
+    BackupReport, Batch, ClassStats, Classes, Db, ErasedScope, ErasureSource, Export,
+    ExportedSubject, IntegrityReport, Problem, ProblemKind, PutOptions, Receipt, RestoreReport,
+    Retained, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;

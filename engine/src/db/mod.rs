@@ -1,5 +1,6 @@
 //! The store handle: opening, subjects, and the shared state of operations.
 
+mod backup;
 mod erase;
 mod inspect;
 mod ops;
@@ -29,6 +30,7 @@ use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::Vault;
 use crate::vault::gate::ScopeGate;
 
+pub use backup::{BackupReport, ErasureSource, RestoreReport};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
 pub use ops::{Batch, Export, ExportedSubject, PutOptions};
@@ -179,7 +181,7 @@ impl Db {
                 Arc::new(FileKeyProvider::open_or_create(file)?)
             }
         };
-        Self::open_with(config, storage, provider)
+        Self::open_with(config, storage, provider, false)
     }
 
     pub(crate) fn open_in_memory(config: Config) -> Result<Db> {
@@ -197,6 +199,7 @@ impl Db {
             config,
             Arc::new(crate::storage::memory::MemoryStorage::new()),
             provider,
+            false,
         )
     }
 
@@ -205,6 +208,7 @@ impl Db {
         config: Config,
         storage: Arc<dyn Storage>,
         provider: Arc<dyn KeyProvider>,
+        restoring: bool,
     ) -> Result<Db> {
         let path = config.path.clone();
         let policy = match &config.policy {
@@ -220,6 +224,9 @@ impl Db {
                 let found = format.first().copied().unwrap_or(0);
                 if format.len() != 1 || found != STORE_FORMAT {
                     return Err(Error::UnsupportedFormat { path, found });
+                }
+                if !restoring && meta_get(storage.as_ref(), meta::RESTORE_PENDING)?.is_some() {
+                    return Err(Error::RestoreInterrupted { path });
                 }
                 load_identity(storage.as_ref(), provider.as_ref(), &path)?
             }
@@ -585,7 +592,7 @@ impl DbInner {
     }
 }
 
-fn create_private_dir(path: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -373,3 +373,141 @@ fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
     db.compact().expect("compact");
     assert_eq!(data_records(&db), 0);
 }
+
+fn sled_config(dir: &std::path::Path, clock: &ManualClock) -> Config {
+    Config::new(dir)
+        .clock(Arc::new(clock.clone()))
+        .flush_every(None)
+}
+
+#[test]
+fn restore_replays_erasures_made_after_the_backup() {
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let live = Db::open(sled_config(&root.path().join("live"), &clock)).expect("open");
+    for s in ["gone", "kept"] {
+        live.register_account(s).expect("register");
+        live.put(s, "account_profile", b"p", s.as_bytes())
+            .expect("put");
+    }
+    let expiry = live.now() + SignedDuration::from_hours(1);
+    live.put_with(
+        "kept",
+        "message_content",
+        b"m",
+        b"expires",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    live.backup(root.path().join("backup")).expect("backup");
+    // After the backup: an erasure, and an expiry destroyed by compaction.
+    live.shred("gone", crate::Classes::All).expect("shred");
+    clock.advance(SignedDuration::from_hours(25));
+    live.compact().expect("compact");
+
+    let (restored, report) = Db::restore(
+        root.path().join("backup"),
+        sled_config(&root.path().join("restored"), &clock),
+        crate::ErasureSource::Live(&live),
+    )
+    .expect("restore");
+    assert_eq!(report.erasures_replayed, 1);
+    assert!(report.keys_destroyed >= 2, "{report:?}");
+    assert!(
+        restored
+            .get("gone", "account_profile", b"p")
+            .expect_err("erased")
+            .is_erased()
+    );
+    assert_eq!(
+        restored
+            .get("kept", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        restored.get("kept", "message_content", b"m").expect("get"),
+        None
+    );
+    assert!(restored.verify().expect("verify").is_clean());
+
+    // The same through an exported erasure log, and a damaged log is refused.
+    let log = root.path().join("erasures.log");
+    live.export_erasure_log(&log).expect("export");
+    let key_file = root.path().join("live").join("keys");
+    drop(restored);
+    drop(live);
+    let (restored, _) = Db::restore(
+        root.path().join("backup"),
+        sled_config(&root.path().join("restored-from-file"), &clock).key_file(&key_file),
+        crate::ErasureSource::File(&log),
+    )
+    .expect("restore from file");
+    assert!(
+        restored
+            .get("gone", "account_profile", b"p")
+            .expect_err("erased")
+            .is_erased()
+    );
+    drop(restored);
+    let mut damaged = std::fs::read(&log).expect("read");
+    damaged[12] ^= 1;
+    std::fs::write(&log, damaged).expect("write");
+    let err = Db::restore(
+        root.path().join("backup"),
+        sled_config(&root.path().join("restored-bad-log"), &clock).key_file(&key_file),
+        crate::ErasureSource::File(&log),
+    )
+    .expect_err("damaged log");
+    assert!(err.is_integrity_failure(), "{err}");
+}
+
+#[test]
+fn a_backup_older_than_the_purge_window_cannot_be_decrypted() {
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let live = Db::open(sled_config(&root.path().join("live"), &clock)).expect("open");
+    live.register_account("a").expect("register");
+    live.put("a", "account_profile", b"p", b"x").expect("put");
+    live.backup(root.path().join("old")).expect("backup");
+    // Still restorable within the window.
+    clock.advance(days(1));
+    live.compact().expect("rotate");
+    live.backup(root.path().join("recent")).expect("backup");
+    clock.advance(days(30));
+    live.compact().expect("destroy old epochs");
+    let err = Db::restore(
+        root.path().join("old"),
+        sled_config(&root.path().join("r1"), &clock),
+        crate::ErasureSource::Live(&live),
+    )
+    .expect_err("too old");
+    assert!(
+        matches!(err, crate::Error::StoreKeysDestroyed { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("older than its purge window"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_interrupted_restore_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    let mut batch = crate::storage::WriteBatch::new();
+    batch.put(Tree::Meta, crate::db::meta::RESTORE_PENDING, vec![1]);
+    db.inner
+        .storage
+        .apply(&batch, crate::storage::Durability::Durable)
+        .expect("mark");
+    drop(db);
+    let err = Db::open(sled_config(dir.path(), &clock)).expect_err("pending restore");
+    assert!(
+        matches!(err, crate::Error::RestoreInterrupted { .. }),
+        "{err}"
+    );
+}

@@ -72,6 +72,13 @@ impl ScopeGate {
         ReadGuard { _guards: guards }
     }
 
+    /// Exclusive access to every subject (for a consistent backup).
+    pub fn write_all(&self) -> WriteGuard<'_> {
+        WriteGuard {
+            _guards: self.stripes.iter().map(sync::write).collect(),
+        }
+    }
+
     /// Exclusive access to the given subjects (for erasure and state changes).
     pub fn write(&self, tags: &[SubjectTag]) -> WriteGuard<'_> {
         let guards = self

@@ -1,0 +1,502 @@
+//! Backups and restore (guarantee G6 across restores).
+//!
+//! A backup is a copy of every tree into a fresh store directory, taken
+//! while writers, erasures and compaction are paused, so it is consistent.
+//! It does not contain the key file: a backup is decrypted with the live key
+//! provider, so destroying an epoch reaches backups too, and a backup older
+//! than the purge window cannot be decrypted, by design.
+//!
+//! Restoring copies a backup into a new store directory and replays the
+//! erasure log of the live store (or of a file exported from it) before the
+//! restored store serves any read: every erasure, expiry and re-key that
+//! destroyed a key after the backup was taken is applied again, so nothing
+//! erased comes back.
+
+use std::collections::BTreeSet;
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError};
+
+use jiff::Timestamp;
+use shredkv_crypto::{FileKeyProvider, FormatError, KeyId, KeyProvider, SubjectTag};
+
+use super::{Db, meta};
+use crate::audit::{AuditEvent, PendingEntry};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ledger::{self, ALL_CLASSES, LedgerEntry};
+use crate::records;
+use crate::storage::{self, Durability, Order, Storage, Tree, WriteBatch};
+use crate::subjects::{self, SubjectInfo, SubjectState};
+use crate::vault::{KeyState, VaultEntry};
+
+/// Entries copied per batch.
+const COPY_PAGE: usize = 1024;
+const LOG_MAGIC: &[u8; 8] = b"SHKVLEDG";
+const LOG_VERSION: u8 = 1;
+const LOG_WHAT: &str = "erasure log";
+
+/// What a backup wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    /// Where.
+    pub path: PathBuf,
+    /// Entries copied, over all trees.
+    pub entries: u64,
+    /// When (the store clock).
+    pub taken_at: Timestamp,
+}
+
+/// Where a restore takes the erasures to replay from.
+#[derive(Debug, Clone, Copy)]
+pub enum ErasureSource<'a> {
+    /// The live store the backup was taken from.
+    Live(&'a Db),
+    /// A file written by [`Db::export_erasure_log`].
+    File(&'a Path),
+}
+
+/// What a restore replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Entries copied from the backup.
+    pub entries: u64,
+    /// Ledger entries (subject or scope erasures) replayed.
+    pub erasures_replayed: u64,
+    /// Data keys destroyed by the replay.
+    pub keys_destroyed: u64,
+}
+
+/// The erasures of a store: its ledger and every destroyed key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ErasureLog {
+    ledger: Vec<(SubjectTag, u16, LedgerEntry)>,
+    destroyed: Vec<KeyId>,
+}
+
+impl ErasureLog {
+    fn of(storage: &dyn Storage) -> Result<Self> {
+        let mut log = ErasureLog::default();
+        storage.scan(
+            Tree::Ledger,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if let (Some((tag, class)), Ok(entry)) =
+                    (ledger::split_key(k), LedgerEntry::decode(v))
+                {
+                    log.ledger.push((tag, class, entry));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        storage.scan(
+            Tree::Vault,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
+                    if entry.state == KeyState::Destroyed {
+                        log.destroyed.push(id);
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(log)
+    }
+
+    /// ```text
+    /// "SHKVLEDG" ‖ version u8 ‖ ledger count u64 ‖ (key 18 ‖ entry length u32 ‖ entry)*
+    ///            ‖ destroyed count u64 ‖ (key id 26)* ‖ CRC32 of everything before
+    /// ```
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(LOG_MAGIC);
+        out.push(LOG_VERSION);
+        out.extend_from_slice(
+            &u64::try_from(self.ledger.len())
+                .unwrap_or(u64::MAX)
+                .to_be_bytes(),
+        );
+        for (tag, class, entry) in &self.ledger {
+            out.extend_from_slice(&ledger::key(tag, *class));
+            let bytes = entry.encode();
+            out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        out.extend_from_slice(
+            &u64::try_from(self.destroyed.len())
+                .unwrap_or(u64::MAX)
+                .to_be_bytes(),
+        );
+        for id in &self.destroyed {
+            out.extend_from_slice(&id.to_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let truncated = FormatError::Truncated {
+            what: LOG_WHAT,
+            needed: 8 + 1 + 8 + 8 + 4,
+            got: bytes.len(),
+        };
+        let (body, crc) = bytes.split_last_chunk::<4>().ok_or(truncated.clone())?;
+        let got = crc32fast::hash(body);
+        if u32::from_be_bytes(*crc) != got {
+            return Err(FormatError::ChecksumMismatch {
+                what: LOG_WHAT,
+                expected: u32::from_be_bytes(*crc),
+                got,
+            });
+        }
+        let (magic, rest) = body.split_first_chunk::<8>().ok_or(truncated.clone())?;
+        if magic != LOG_MAGIC {
+            return Err(FormatError::InvalidField {
+                what: LOG_WHAT,
+                detail: "not a shredkv erasure log",
+            });
+        }
+        let (version, mut rest) = rest.split_first().ok_or(truncated.clone())?;
+        if *version != LOG_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                what: LOG_WHAT,
+                found: *version,
+            });
+        }
+        let mut take = |n: usize| -> Result<&[u8], FormatError> {
+            if rest.len() < n {
+                return Err(truncated.clone());
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let count = |b: &[u8]| b.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        let mut log = ErasureLog::default();
+        let n = count(take(8)?);
+        for _ in 0..n {
+            let key = take(18)?;
+            let len = usize::try_from(u32::from_be_bytes(take(4)?.try_into().unwrap_or([0; 4])))
+                .unwrap_or(usize::MAX);
+            let entry = LedgerEntry::decode(take(len)?)?;
+            let (tag, class) = ledger::split_key(key).ok_or(truncated.clone())?;
+            log.ledger.push((tag, class, entry));
+        }
+        let n = count(take(8)?);
+        for _ in 0..n {
+            let id = KeyId::from_bytes(take(KeyId::LEN)?).ok_or(truncated.clone())?;
+            log.destroyed.push(id);
+        }
+        if !take(0)?.is_empty() || !rest.is_empty() {
+            return Err(FormatError::InvalidField {
+                what: LOG_WHAT,
+                detail: "unexpected trailing bytes",
+            });
+        }
+        Ok(log)
+    }
+}
+
+/// Copies every tree of `from` into `to`. Returns the entries copied.
+fn copy_trees(from: &dyn Storage, to: &dyn Storage) -> Result<u64> {
+    let mut total = 0u64;
+    for tree in Tree::ALL {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut batch = WriteBatch::new();
+            let mut last = None;
+            let mut n = 0usize;
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            from.scan(
+                tree,
+                start,
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, v| {
+                    batch.put(tree, k.to_vec(), v.to_vec());
+                    last = Some(k.to_vec());
+                    n += 1;
+                    if n >= COPY_PAGE {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            if n == 0 {
+                break;
+            }
+            to.apply(&batch, Durability::Buffered)?;
+            total += u64::try_from(n).unwrap_or(u64::MAX);
+            after = last;
+            if n < COPY_PAGE {
+                break;
+            }
+        }
+    }
+    to.flush()?;
+    Ok(total)
+}
+
+fn ensure_empty_dir(path: &Path, what: &'static str) -> Result<()> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::InvalidArgument {
+                    what,
+                    detail: format!(
+                        "{} exists and is not empty; choose a new directory",
+                        path.display()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            action: "inspect the target directory",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+impl Db {
+    /// Writes a consistent copy of the store into `dest` (a new or empty
+    /// directory), pausing writers, erasures and compaction meanwhile. The
+    /// key file is not copied: see the module docs.
+    ///
+    /// # Errors
+    /// `dest` not empty; storage failures.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        let dest = dest.as_ref();
+        ensure_empty_dir(dest, "backup directory")?;
+        let inner = &self.inner;
+        let _single = inner
+            .compaction
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _paused = inner.gate.write_all();
+        inner.storage.flush()?;
+        let copy = storage::open(inner.storage.backend(), dest)?;
+        let entries = copy_trees(inner.storage.as_ref(), copy.as_ref())?;
+        Ok(BackupReport {
+            path: dest.to_path_buf(),
+            entries,
+            taken_at: inner.clock.now(),
+        })
+    }
+
+    /// Writes the store's erasure log (its ledger and every destroyed key
+    /// id; no personal data) to `path`, for restoring a backup when this
+    /// store is not available. Returns the number of items written.
+    ///
+    /// # Errors
+    /// Storage failures, or `path` not writable.
+    pub fn export_erasure_log(&self, path: impl AsRef<Path>) -> Result<u64> {
+        let log = ErasureLog::of(self.inner.storage.as_ref())?;
+        let path = path.as_ref();
+        std::fs::write(path, log.encode()).map_err(|source| Error::Io {
+            action: "write the erasure log",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(u64::try_from(log.ledger.len() + log.destroyed.len()).unwrap_or(u64::MAX))
+    }
+
+    /// Restores the backup in `backup` into `target.path()` (a new or empty
+    /// directory) and replays `source`'s erasures onto it before returning
+    /// the open store. `target` must name the live key provider (the same
+    /// key file); the backup's backend is `target`'s.
+    ///
+    /// # Errors
+    /// [`Error::StoreKeysDestroyed`] if the backup is older than its purge
+    /// window (its epoch was destroyed); a non-empty target; storage and key
+    /// provider failures. An interrupted restore leaves a store that refuses
+    /// to open until the restore is run again into a fresh directory.
+    pub fn restore(
+        backup: impl AsRef<Path>,
+        target: Config,
+        source: ErasureSource<'_>,
+    ) -> Result<(Db, RestoreReport)> {
+        let backup = backup.as_ref();
+        if !backup.exists() {
+            return Err(Error::Io {
+                action: "open the backup",
+                path: backup.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such backup directory",
+                ),
+            });
+        }
+        ensure_empty_dir(target.path(), "restore target")?;
+        let log = match source {
+            ErasureSource::Live(db) => ErasureLog::of(db.inner.storage.as_ref())?,
+            ErasureSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|source| Error::Io {
+                    action: "read the erasure log",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                ErasureLog::decode(&bytes).map_err(|source| Error::Corrupt {
+                    location: crate::error::Location {
+                        tree: "erasure log",
+                        subject: None,
+                        class: None,
+                        key_hex: path.display().to_string(),
+                    },
+                    source,
+                })?
+            }
+        };
+        let entries = {
+            let from = storage::open(target.backend, backup)?;
+            super::create_private_dir(target.path())?;
+            let to = storage::open(target.backend, target.path())?;
+            let mut pending = WriteBatch::new();
+            pending.put(Tree::Meta, meta::RESTORE_PENDING, vec![1]);
+            to.apply(&pending, Durability::Durable)?;
+            copy_trees(from.as_ref(), to.as_ref())?
+        };
+        // One provider per key file: restoring next to a live store shares its
+        // provider rather than opening the same file twice.
+        let provider: Arc<dyn KeyProvider> = match (&target.key_provider, source) {
+            (Some(provider), _) => Arc::clone(provider),
+            (None, ErasureSource::Live(db)) => Arc::clone(db.inner.vault.provider()),
+            (None, ErasureSource::File(_)) => Arc::new(FileKeyProvider::open(
+                target
+                    .key_file
+                    .clone()
+                    .unwrap_or_else(|| target.path().join("keys")),
+            )?),
+        };
+        let storage = storage::open(target.backend, target.path())?;
+        let db = Db::open_with(target.apply_policy_change(true), storage, provider, true)?;
+        let report = db.replay(&log, entries)?;
+        Ok((db, report))
+    }
+
+    /// Applies an erasure log to this (restored) store and clears its
+    /// restore-pending mark, durably.
+    fn replay(&self, log: &ErasureLog, entries: u64) -> Result<RestoreReport> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut report = RestoreReport {
+            entries,
+            erasures_replayed: 0,
+            keys_destroyed: 0,
+        };
+        let mut batch = WriteBatch::new();
+        let mut touched: BTreeSet<SubjectTag> = BTreeSet::new();
+        for (tag, class, entry) in &log.ledger {
+            let key = ledger::key(tag, *class);
+            if inner
+                .storage
+                .get(Tree::Ledger, &key)?
+                .is_some_and(|v| LedgerEntry::decode(&v).is_ok_and(|e| e == *entry))
+            {
+                continue;
+            }
+            let prefix: Vec<u8> = if *class == ALL_CLASSES {
+                tag.0.to_vec()
+            } else {
+                records::scope_prefix(tag, *class).to_vec()
+            };
+            let ids = inner
+                .vault
+                .destroy_prefix(&prefix, now.as_second(), &mut batch)?;
+            report.keys_destroyed += u64::try_from(ids.len()).unwrap_or(u64::MAX);
+            batch.put(Tree::Ledger, key.to_vec(), entry.encode());
+            if *class == ALL_CLASSES {
+                if let Some(info) = inner.subject_info(tag)? {
+                    let erased_at = Timestamp::from_second(entry.erased_at).unwrap_or(now);
+                    let erased = SubjectInfo {
+                        state: SubjectState::Erased,
+                        erased_at: Some(erased_at),
+                        generation: entry.generation,
+                        ..info
+                    };
+                    batch.put(
+                        Tree::Subjects,
+                        subjects::record_key(tag).to_vec(),
+                        erased.encode(),
+                    );
+                }
+            }
+            touched.insert(*tag);
+            report.erasures_replayed += 1;
+        }
+        for id in &log.destroyed {
+            if inner.vault.destroy_one(id, now.as_second(), &mut batch)? {
+                report.keys_destroyed += 1;
+                touched.insert(id.subject);
+            }
+        }
+        batch.remove(Tree::Meta, meta::RESTORE_PENDING.to_vec());
+        let entry = PendingEntry::new(
+            AuditEvent::RestoreReplayed,
+            None,
+            None,
+            format!(
+                "{} erasures replayed, {} keys destroyed",
+                report.erasures_replayed, report.keys_destroyed
+            ),
+        );
+        inner.audit.commit(
+            inner.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        for tag in touched {
+            inner.vault.evict_subject(&tag, None);
+            inner.forget_subject(&tag);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erasure_log_round_trips_and_rejects_damage() {
+        let log = ErasureLog {
+            ledger: vec![(
+                SubjectTag([1; 16]),
+                3,
+                LedgerEntry {
+                    erased_at: 5,
+                    generation: 1,
+                    reason: crate::ErasureReason::Operator,
+                    keys_destroyed: 2,
+                },
+            )],
+            destroyed: vec![KeyId {
+                subject: SubjectTag([2; 16]),
+                class: 1,
+                bucket: 1,
+                version: 1,
+            }],
+        };
+        let bytes = log.encode();
+        assert_eq!(ErasureLog::decode(&bytes).expect("decode"), log);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(ErasureLog::decode(&bad).is_err(), "flip at {i}");
+        }
+        for len in 0..bytes.len() {
+            assert!(ErasureLog::decode(&bytes[..len]).is_err());
+        }
+    }
+}
