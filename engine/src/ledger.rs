@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! key:   subject tag (16) ‖ class u16 (0xFFFF: the whole subject)
-//! value: v1 ‖ erased at i64 ‖ generation u32 ‖ reason u8 ‖ keys destroyed u32 ‖ CRC32
+//! value: v1 ‖ erased at i64 ‖ generation u32 ‖ reason u8 ‖ keys destroyed u32
+//!        ‖ epoch current at erasure u32 ‖ CRC32
 //! ```
 //!
 //! The ledger is consulted before a scope's first key is loaded, and it is
@@ -69,6 +70,9 @@ pub(crate) struct LedgerEntry {
     pub(crate) generation: u32,
     pub(crate) reason: ErasureReason,
     pub(crate) keys_destroyed: u32,
+    /// The epoch new keys were wrapped under when the erasure was made: once
+    /// it and every older epoch are destroyed, the purge is complete.
+    pub(crate) epoch: u32,
 }
 
 pub(crate) fn key(tag: &SubjectTag, class: u16) -> [u8; 18] {
@@ -90,7 +94,8 @@ impl LedgerEntry {
         w.i64(self.erased_at)
             .u32(self.generation)
             .u8(self.reason.code())
-            .u32(self.keys_destroyed);
+            .u32(self.keys_destroyed)
+            .u32(self.epoch);
         w.finish()
     }
 
@@ -101,12 +106,14 @@ impl LedgerEntry {
         let reason =
             ErasureReason::from_code(r.u8()?).ok_or_else(|| r.invalid("unknown erasure reason"))?;
         let keys_destroyed = r.u32()?;
+        let epoch = r.u32()?;
         r.end()?;
         Ok(Self {
             erased_at,
             generation,
             reason,
             keys_destroyed,
+            epoch,
         })
     }
 }
@@ -122,6 +129,7 @@ mod tests {
             generation: 2,
             reason: ErasureReason::Underage,
             keys_destroyed: 9,
+            epoch: 4,
         };
         assert_eq!(LedgerEntry::decode(&entry.encode()).expect("decode"), entry);
         let k = key(&SubjectTag([4; 16]), 7);

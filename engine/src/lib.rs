@@ -40,9 +40,9 @@ pub use audit::{AuditEntry, AuditEvent, ChainBreak, ChainReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
-    BackupReport, Batch, ClassStats, Classes, Db, ErasedScope, ErasureSource, Export,
-    ExportedSubject, IntegrityReport, Problem, ProblemKind, PutOptions, Receipt, RestoreReport,
-    Retained, Stats,
+    BackupReport, Batch, Certificate, CertifiedErasure, ClassStats, Classes, Db, ErasedScope,
+    ErasureSource, Export, ExportedSubject, IntegrityReport, Problem, ProblemKind, PurgeStatus,
+    PutOptions, Receipt, RestoreReport, Retained, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;

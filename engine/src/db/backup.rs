@@ -479,6 +479,7 @@ mod tests {
                     generation: 1,
                     reason: crate::ErasureReason::Operator,
                     keys_destroyed: 2,
+                    epoch: 1,
                 },
             )],
             destroyed: vec![KeyId {

@@ -154,6 +154,7 @@ impl DbInner {
                     generation: info.generation,
                     reason,
                     keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                    epoch: self.vault.current_epoch().0,
                 };
                 batch.put(
                     Tree::Ledger,
@@ -231,6 +232,7 @@ impl DbInner {
                     generation: info.generation,
                     reason,
                     keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                    epoch: self.vault.current_epoch().0,
                 };
                 batch.put(
                     Tree::Ledger,

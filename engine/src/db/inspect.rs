@@ -66,6 +66,8 @@ pub struct Stats {
     pub current_epoch: u32,
     /// Epochs whose keys exist in the key provider.
     pub live_epochs: Vec<u32>,
+    /// Unwrapped keys held in the key cache now.
+    pub cached_keys: u64,
 }
 
 /// What the integrity scan found wrong with one stored item.

@@ -1,6 +1,7 @@
 //! The store handle: opening, subjects, and the shared state of operations.
 
 mod backup;
+mod certificate;
 mod erase;
 mod inspect;
 mod ops;
@@ -31,6 +32,7 @@ use crate::vault::Vault;
 use crate::vault::gate::ScopeGate;
 
 pub use backup::{BackupReport, ErasureSource, RestoreReport};
+pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
 pub use ops::{Batch, Export, ExportedSubject, PutOptions};

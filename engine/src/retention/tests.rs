@@ -511,3 +511,36 @@ fn an_interrupted_restore_refuses_to_open() {
         "{err}"
     );
 }
+
+#[test]
+fn a_certificate_is_pending_until_the_purge_completes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"x").expect("put");
+    db.put("a", "message_content", b"m", b"y").expect("put");
+    assert!(db.certificate("a").is_err(), "nothing erased yet");
+    db.shred("a", crate::Classes::All).expect("shred");
+    let pending = db.certificate("a").expect("certificate");
+    assert!(!pending.is_complete());
+    let crate::PurgeStatus::Pending { steps, due_by } = &pending.status else {
+        panic!("pending")
+    };
+    assert!(steps.iter().any(|s| s.contains("epoch")), "{steps:?}");
+    assert!(steps.iter().any(|s| s.contains("dead record")), "{steps:?}");
+    assert!(due_by.duration_since(db.now()) <= days(30));
+    assert_eq!(pending.keys_live_in_erased_scopes, 0);
+    // A day later the epoch rotates; after the wait it is destroyed.
+    clock.advance(days(1));
+    db.compact().expect("compact");
+    clock.advance(days(29));
+    db.compact().expect("compact");
+    let done = db.certificate("a").expect("certificate");
+    assert!(done.is_complete(), "{done}");
+    assert!(done.keys_destroyed >= 3);
+    let json = done.to_json();
+    assert_eq!(json["purge_status"], "complete");
+    assert_eq!(json["subject_tag"], db.subject_tag("a").to_hex());
+    assert!(done.to_string().contains("COMPLETE"));
+}

@@ -125,11 +125,6 @@ impl WriteBatch {
     pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
-
-    /// Appends another batch's ops.
-    pub(crate) fn extend(&mut self, other: WriteBatch) {
-        self.ops.extend(other.ops);
-    }
 }
 
 /// When a write must be on stable storage.

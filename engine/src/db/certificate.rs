@@ -1,0 +1,346 @@
+//! Certificates of erasure, after the sample certificate of sanitization in
+//! NIST SP 800-88 Rev. 1 (appendix G): what was erased, how, when, which
+//! keys, and what was verified. Built from the erasure ledger, the vault's
+//! tombstones, the remaining ciphertext, the key provider's epochs and the
+//! audit chain; it holds subject tags, never subject ids.
+
+use std::fmt;
+use std::ops::ControlFlow;
+
+use jiff::Timestamp;
+use shredkv_crypto::{Envelope, KeyId, SubjectTag};
+
+use super::Db;
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::ledger::{self, ALL_CLASSES, LedgerEntry};
+use crate::storage::{Tree, scan_prefix};
+use crate::vault::{KeyState, VaultEntry};
+
+/// One erased scope in a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifiedErasure {
+    /// The class, or `None` for every class of the subject.
+    pub class: Option<String>,
+    /// When the keys were destroyed.
+    pub erased_at: Timestamp,
+    /// Why.
+    pub reason: String,
+    /// Data keys destroyed by that erasure.
+    pub keys_destroyed: u32,
+    /// The epoch current at the erasure: purged once it is destroyed.
+    pub epoch: u32,
+}
+
+/// Whether the purge of a subject's erased data has completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeStatus {
+    /// Every key is destroyed, every epoch that wrapped one is destroyed, and
+    /// no dead ciphertext remains.
+    Complete,
+    /// What is still pending, and the latest time it is due by.
+    Pending {
+        /// Each pending step, as a sentence.
+        steps: Vec<String>,
+        /// When the purge must complete (erasure + purge window).
+        due_by: Timestamp,
+    },
+}
+
+/// A certificate of erasure for one subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// The subject (by tag).
+    pub subject: SubjectTag,
+    /// The store (hex id).
+    pub store_id: String,
+    /// The tool and version that issued the certificate.
+    pub tool: String,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// The sanitization method.
+    pub method: String,
+    /// Where the epoch keys are held.
+    pub key_provider: String,
+    /// The erasures recorded for the subject, oldest first.
+    pub erasures: Vec<CertifiedErasure>,
+    /// Data keys of the subject destroyed in all (tombstones in the vault).
+    pub keys_destroyed: u64,
+    /// Data keys of the erased scopes still live (must be 0).
+    pub keys_live_in_erased_scopes: u64,
+    /// Dead records of the subject still stored, awaiting compaction.
+    pub dead_records_remaining: u64,
+    /// Epochs at or before the erasure still live in the key provider.
+    pub epochs_still_live: Vec<u32>,
+    /// When the subject's erasure was requested (first erasure recorded).
+    pub requested_at: Option<Timestamp>,
+    /// Checks performed and their outcome.
+    pub verification: Vec<String>,
+    /// Purge completion.
+    pub status: PurgeStatus,
+}
+
+impl Db {
+    /// Issues a certificate of erasure for `subject_id`. Before the purge has
+    /// completed it says what is still pending and by when.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if nothing of the subject was ever erased;
+    /// damaged records; storage and key provider failures.
+    pub fn certificate(&self, subject_id: &str) -> Result<Certificate> {
+        self.certificate_for(self.subject_tag(subject_id))
+    }
+
+    /// [`Db::certificate`] by subject tag (for operators who hold only tags).
+    ///
+    /// # Errors
+    /// As [`Db::certificate`].
+    pub fn certificate_for(&self, tag: SubjectTag) -> Result<Certificate> {
+        let inner = &self.inner;
+        let storage = inner.storage.as_ref();
+        let mut erasures = Vec::new();
+        let mut erased_classes: Vec<u16> = Vec::new();
+        let mut max_epoch = 0u32;
+        let mut latest = None::<i64>;
+        scan_prefix(storage, Tree::Ledger, &tag.0, &mut |k, v| {
+            if let (Some((_, class)), Ok(entry)) = (ledger::split_key(k), LedgerEntry::decode(v)) {
+                erased_classes.push(class);
+                max_epoch = max_epoch.max(entry.epoch);
+                latest = Some(latest.map_or(entry.erased_at, |l: i64| l.max(entry.erased_at)));
+                erasures.push(CertifiedErasure {
+                    class: (class != ALL_CLASSES).then(|| inner.class_name(class)),
+                    erased_at: Timestamp::from_second(entry.erased_at).unwrap_or(Timestamp::MAX),
+                    reason: entry.reason.name().to_string(),
+                    keys_destroyed: entry.keys_destroyed,
+                    epoch: entry.epoch,
+                });
+            }
+            ControlFlow::Continue(())
+        })?;
+        if erasures.is_empty() {
+            return Err(Error::InvalidArgument {
+                what: "subject",
+                detail: format!(
+                    "nothing of subject {tag} has been erased; there is nothing to certify"
+                ),
+            });
+        }
+        erasures.sort_by_key(|e| e.erased_at);
+        let whole = erased_classes.contains(&ALL_CLASSES);
+        let in_erased_scope = |class: u16| whole || erased_classes.contains(&class);
+
+        let (mut destroyed, mut live) = (0u64, 0u64);
+        scan_prefix(storage, Tree::Vault, &tag.0, &mut |k, v| {
+            if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
+                match entry.state {
+                    KeyState::Destroyed => destroyed += 1,
+                    KeyState::Active if in_erased_scope(id.class) => live += 1,
+                    KeyState::Active => {}
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        let mut dead = 0u64;
+        scan_prefix(storage, Tree::Data, &tag.0, &mut |k, v| {
+            let class = k
+                .get(16..18)
+                .and_then(|c| c.try_into().ok())
+                .map(u16::from_be_bytes);
+            if class.is_some_and(in_erased_scope) {
+                dead += 1;
+            } else if let (Some(class), Ok(envelope)) = (class, Envelope::parse(v)) {
+                let r = envelope.key_ref();
+                let id = KeyId {
+                    subject: tag,
+                    class,
+                    bucket: r.bucket,
+                    version: r.version,
+                };
+                if !matches!(inner.vault.read_entry(&id), Ok(Some(e)) if e.state == KeyState::Active)
+                {
+                    dead += 1;
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        let epochs_still_live: Vec<u32> = inner
+            .vault
+            .provider()
+            .live_epochs()?
+            .into_iter()
+            .map(|e| e.0)
+            .filter(|e| *e <= max_epoch)
+            .collect();
+        let chain = self.verify_audit()?;
+        let audited = self
+            .audit_entries(1, usize::MAX)?
+            .into_iter()
+            .filter(|e| e.subject == Some(tag) && e.event == AuditEvent::KeysDestroyed)
+            .count();
+
+        let mut verification = vec![
+            format!(
+                "erasure ledger: {} erasure(s) recorded for the subject",
+                erasures.len()
+            ),
+            format!(
+                "vault: {destroyed} key(s) of the subject are tombstones without key material; {live} live key(s) in erased scopes"
+            ),
+            format!("data: {dead} dead record(s) of the subject still stored"),
+            format!(
+                "key provider ({}): epochs at or before epoch {max_epoch} still live: {}",
+                inner.vault.provider().describe(),
+                if epochs_still_live.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{epochs_still_live:?}")
+                }
+            ),
+            format!(
+                "audit: {audited} key-destruction entr(ies) for the subject; chain of {} entries {}",
+                chain.entries,
+                if chain.breaks.is_empty() {
+                    "intact".to_string()
+                } else {
+                    format!(
+                        "BROKEN: {}",
+                        chain
+                            .breaks
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                }
+            ),
+        ];
+        if erasures.iter().any(|e| e.class.is_none()) {
+            verification.push("subject state: erased; writes refused until re-registration".into());
+        }
+        let mut steps = Vec::new();
+        if live > 0 {
+            steps.push(format!("{live} key(s) of erased scopes still live"));
+        }
+        if !epochs_still_live.is_empty() {
+            steps.push(format!("epoch(s) {epochs_still_live:?} still hold wrapped copies; destroyed by compaction after their retention wait"));
+        }
+        if dead > 0 {
+            steps.push(format!("{dead} dead record(s) await removal by compaction"));
+        }
+        let window = inner.min_purge_window_secs;
+        let status = if steps.is_empty() && chain.breaks.is_empty() {
+            PurgeStatus::Complete
+        } else {
+            if !chain.breaks.is_empty() {
+                steps.push(
+                    "the audit chain is broken: investigate before relying on this certificate"
+                        .into(),
+                );
+            }
+            PurgeStatus::Pending {
+                steps,
+                due_by: Timestamp::from_second(latest.unwrap_or(0).saturating_add(window))
+                    .unwrap_or(Timestamp::MAX),
+            }
+        };
+        Ok(Certificate {
+            subject: tag,
+            store_id: shredkv_crypto::hex::encode(&inner.store_id),
+            tool: format!("shredkv {}", env!("CARGO_PKG_VERSION")),
+            issued_at: inner.clock.now(),
+            method: "Cryptographic erase (NIST SP 800-88 Rev. 1, purge): the AES-256-GCM data keys of the erased scopes are destroyed in the vault, and every epoch key that ever wrapped them is destroyed by the key provider, so every stored copy of the ciphertext, including backend log remnants and backups, is undecryptable".into(),
+            key_provider: inner.vault.provider().describe(),
+            erasures: erasures.clone(),
+            keys_destroyed: destroyed,
+            keys_live_in_erased_scopes: live,
+            dead_records_remaining: dead,
+            epochs_still_live,
+            requested_at: erasures.first().map(|e| e.erased_at),
+            verification,
+            status,
+        })
+    }
+}
+
+impl Certificate {
+    /// Whether the purge has completed.
+    pub fn is_complete(&self) -> bool {
+        self.status == PurgeStatus::Complete
+    }
+
+    /// The certificate as a JSON document.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (status, pending, due_by) = match &self.status {
+            PurgeStatus::Complete => ("complete", Vec::new(), None),
+            PurgeStatus::Pending { steps, due_by } => {
+                ("pending", steps.clone(), Some(due_by.to_string()))
+            }
+        };
+        serde_json::json!({
+            "certificate": "erasure",
+            "standard": "NIST SP 800-88 Rev. 1, appendix G (sample certificate of sanitization)",
+            "subject_tag": self.subject.to_hex(),
+            "store_id": self.store_id,
+            "tool": self.tool,
+            "issued_at": self.issued_at.to_string(),
+            "method": self.method,
+            "key_provider": self.key_provider,
+            "erasures": self.erasures.iter().map(|e| serde_json::json!({
+                "class": e.class.clone().unwrap_or_else(|| "*".into()),
+                "erased_at": e.erased_at.to_string(),
+                "reason": e.reason,
+                "keys_destroyed": e.keys_destroyed,
+                "epoch": e.epoch,
+            })).collect::<Vec<_>>(),
+            "keys_destroyed": self.keys_destroyed,
+            "keys_live_in_erased_scopes": self.keys_live_in_erased_scopes,
+            "dead_records_remaining": self.dead_records_remaining,
+            "epochs_still_live": self.epochs_still_live,
+            "requested_at": self.requested_at.map(|t| t.to_string()),
+            "verification": self.verification,
+            "purge_status": status,
+            "pending": pending,
+            "purge_due_by": due_by,
+        })
+    }
+}
+
+impl fmt::Display for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "CERTIFICATE OF ERASURE (after NIST SP 800-88 Rev. 1, appendix G)"
+        )?;
+        writeln!(f, "  subject tag     {}", self.subject)?;
+        writeln!(f, "  store           {}", self.store_id)?;
+        writeln!(f, "  issued          {} by {}", self.issued_at, self.tool)?;
+        writeln!(f, "  key provider    {}", self.key_provider)?;
+        writeln!(f, "  method          {}", self.method)?;
+        writeln!(f, "  erasures")?;
+        for e in &self.erasures {
+            writeln!(
+                f,
+                "    {}  {:<24} {:>5} keys  epoch {:<4} {}",
+                e.erased_at,
+                e.class.as_deref().unwrap_or("* (every class)"),
+                e.keys_destroyed,
+                e.epoch,
+                e.reason
+            )?;
+        }
+        writeln!(f, "  verification")?;
+        for line in &self.verification {
+            writeln!(f, "    - {line}")?;
+        }
+        match &self.status {
+            PurgeStatus::Complete => writeln!(f, "  purge           COMPLETE"),
+            PurgeStatus::Pending { steps, due_by } => {
+                writeln!(f, "  purge           PENDING (due by {due_by})")?;
+                for step in steps {
+                    writeln!(f, "    - {step}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
