@@ -74,4 +74,13 @@ pub mod internal {
     pub fn open_in_memory(config: crate::Config) -> crate::Result<crate::Db> {
         crate::Db::open_in_memory(config)
     }
+
+    /// Every key id in the vault with whether it is destroyed, for forensic
+    /// tests that look for surviving wrapped copies in the raw files (G2).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn vault_key_ids(db: &crate::Db) -> crate::Result<Vec<(shredkv_crypto::KeyId, bool)>> {
+        db.vault_key_ids()
+    }
 }

@@ -392,6 +392,24 @@ impl Db {
         Ok(report)
     }
 
+    /// Every key id in the vault, and whether it is destroyed.
+    pub(crate) fn vault_key_ids(&self) -> Result<Vec<(KeyId, bool)>> {
+        let mut out = Vec::new();
+        self.inner.storage.scan(
+            Tree::Vault,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
+                    out.push((id, entry.state == KeyState::Destroyed));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(out)
+    }
+
     /// Checks the audit chain from its first entry.
     ///
     /// # Errors

@@ -235,7 +235,8 @@ impl Db {
         };
 
         let digest = meta_get(storage.as_ref(), meta::POLICY_DIGEST)?;
-        if digest.as_deref() != Some(&policy.digest()[..]) {
+        let policy_changed = digest.as_deref() != Some(&policy.digest()[..]);
+        if policy_changed {
             if !config.apply_policy_change {
                 return Err(Error::PolicyChanged { path });
             }
@@ -319,6 +320,9 @@ impl Db {
                     source,
                 })?;
             *inner.flusher.lock().unwrap_or_else(PoisonError::into_inner) = Some((stop, handle));
+        }
+        if policy_changed && !restoring {
+            inner.recompute_deadlines(now)?;
         }
         Ok(Db { inner })
     }

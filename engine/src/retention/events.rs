@@ -112,6 +112,83 @@ impl DbInner {
     }
 }
 
+impl DbInner {
+    /// Re-derives every event-driven erasure deadline from the subjects'
+    /// recorded events under the current policy (after a policy change).
+    /// Deadlines of manually released classes are kept. Returns how many
+    /// scopes are scheduled.
+    pub(crate) fn recompute_deadlines(&self, now: Timestamp) -> Result<u64> {
+        let mut batch = WriteBatch::new();
+        self.storage.scan(
+            Tree::Deadlines,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, _| {
+                if let Some((_, Due::EraseScope(_, class))) = deadlines::decode_key(k) {
+                    let manual = self
+                        .class_by_number(class)
+                        .is_some_and(|c| c.policy.clock() == ClockStart::ManualRelease);
+                    if !manual {
+                        batch.remove(Tree::Deadlines, k.to_vec());
+                    }
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        let mut scheduled = Vec::new();
+        let mut subjects = Vec::new();
+        crate::storage::scan_prefix(
+            self.storage.as_ref(),
+            Tree::Subjects,
+            &[0x00],
+            &mut |k, v| {
+                if let Some(tag) = subjects::tag_of_record_key(k) {
+                    if let Ok(info) = SubjectInfo::decode(tag, v) {
+                        subjects.push(info);
+                    }
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        for info in subjects.iter().filter(|i| i.state != SubjectState::Erased) {
+            if let Some(closed) = info.closed_at {
+                self.schedule(
+                    &mut batch,
+                    &info.tag,
+                    Event::AccountClosure,
+                    closed,
+                    &mut scheduled,
+                );
+            }
+            if let Some(opted_out) = info.opted_out_at {
+                self.schedule(
+                    &mut batch,
+                    &info.tag,
+                    Event::MarketingOptOut,
+                    opted_out,
+                    &mut scheduled,
+                );
+            }
+        }
+        let n = u64::try_from(scheduled.len()).unwrap_or(u64::MAX);
+        let entry = PendingEntry::new(
+            AuditEvent::PolicyApplied,
+            None,
+            None,
+            format!("deadlines recomputed: {n} scopes scheduled"),
+        );
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        Ok(n)
+    }
+}
+
 impl Db {
     /// Closes an account: its end users close with it, and every class whose
     /// retention runs from closure (or lasts "until termination of the

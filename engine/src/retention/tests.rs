@@ -544,3 +544,39 @@ fn a_certificate_is_pending_until_the_purge_completes() {
     assert_eq!(json["subject_tag"], db.subject_tag("a").to_hex());
     assert!(done.to_string().contains("COMPLETE"));
 }
+
+#[test]
+fn applying_a_changed_policy_is_audited_and_recomputes_deadlines() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"x").expect("put");
+    db.close_account("a").expect("close");
+    drop(db);
+    // The same policy with account_profile kept 10 days instead of 60.
+    let text = crate::Policy::DEFAULT_TOML.replace("retain = \"60 days\"", "retain = \"10 days\"");
+    assert_ne!(text, crate::Policy::DEFAULT_TOML);
+    let shorter = crate::Policy::from_toml_str(&text, "shorter").expect("policy");
+    let err =
+        Db::open(sled_config(dir.path(), &clock).policy(shorter.clone())).expect_err("refused");
+    assert!(matches!(err, crate::Error::PolicyChanged { .. }), "{err}");
+    let db = Db::open(
+        sled_config(dir.path(), &clock)
+            .policy(shorter)
+            .apply_policy_change(true),
+    )
+    .expect("applied");
+    assert!(
+        db.audit_tail(3)
+            .expect("tail")
+            .iter()
+            .any(|e| e.event == crate::AuditEvent::PolicyApplied)
+    );
+    clock.advance(days(11));
+    db.compact().expect("compact");
+    assert!(
+        !readable(&db, "a", "account_profile", b"p"),
+        "the new, shorter deadline applies"
+    );
+}
