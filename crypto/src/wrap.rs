@@ -274,13 +274,13 @@ mod tests {
             // With the CRC fixed up, authentication must still fail.
             let crc = crc32fast::hash(&bytes[..65]);
             bytes[65..].copy_from_slice(&crc.to_be_bytes());
-            if i < 65 {
-                if let Ok(tampered) = WrappedKey::from_bytes(&bytes) {
-                    assert!(
-                        epoch.unwrap(&ctx, &tampered).is_err(),
-                        "flip at {i} unwrapped"
-                    );
-                }
+            if i < 65
+                && let Ok(tampered) = WrappedKey::from_bytes(&bytes)
+            {
+                assert!(
+                    epoch.unwrap(&ctx, &tampered).is_err(),
+                    "flip at {i} unwrapped"
+                );
             }
         }
         assert!(WrappedKey::from_bytes(&wrapped.as_bytes()[..10]).is_err());

@@ -38,10 +38,9 @@ impl Storage for MemoryStorage {
     ) -> Result<(), StorageError> {
         if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
             (start, end)
+            && s > e
         {
-            if s > e {
-                return Ok(());
-            }
+            return Ok(());
         }
         let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
         let Some(map) = trees.get(&tree) else {

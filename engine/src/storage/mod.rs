@@ -233,13 +233,13 @@ pub(crate) trait Storage: Send + Sync {
     /// Calls `visit` for every entry with a key in `(start, end)`, in `order`,
     /// until it returns `Break`. The view is consistent within one call on
     /// redb; on sled it is per entry.
-    fn scan(
+    fn scan<'v>(
         &self,
         tree: Tree,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
         order: Order,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        visit: &'v mut Visitor<'v>,
     ) -> Result<(), StorageError>;
 
     /// Applies every op of `batch` atomically (all or none, also across a crash).
@@ -255,12 +255,15 @@ pub(crate) trait Storage: Send + Sync {
     fn backend(&self) -> Backend;
 }
 
+/// What a scan calls for each entry (key, value); `Break` stops the scan.
+pub(crate) type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
 /// Calls `visit` for every entry whose key starts with `prefix`, ascending.
 pub(crate) fn scan_prefix(
     storage: &dyn Storage,
     tree: Tree,
     prefix: &[u8],
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    visit: &mut Visitor<'_>,
 ) -> Result<(), StorageError> {
     storage.scan(
         tree,
