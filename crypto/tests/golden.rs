@@ -1,0 +1,462 @@
+//! Golden files: bytes written by the v1 code, committed under
+//! `tests/fixtures/` (see its `README.md` for the inputs), that every later
+//! build must keep reading. A format change without a version bump fails here.
+//!
+//! Nonces and epoch keys are random, so fixtures are written once and
+//! committed; these tests check that they still parse and open, and that a
+//! fresh write of the same input still has the same length and header bytes.
+//! `SHREDKV_REGENERATE_FIXTURES=1` rewrites them (see
+//! [`regenerate_fixtures_only_when_asked`]); nothing else writes there.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use shredkv_crypto::internal::check_key_file_bytes;
+use shredkv_crypto::{
+    AuthError, DataKey, Envelope, EpochCipher, EpochId, EpochKey, FileKeyProvider, FormatError,
+    KeyId, KeyProvider, KeyRef, ProviderError, SubjectTag, ValueCipher, WrapContext, WrappedKey,
+    seal,
+};
+
+/// Set to `1` to rewrite the committed fixtures from today's code.
+const REGENERATE: &str = "SHREDKV_REGENERATE_FIXTURES";
+
+/// 32 bytes counting up from `start`: `start, start+1, …, start+31`.
+const fn counting(start: u8) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut i: u8 = 0;
+    while i < 32 {
+        out[i as usize] = start.wrapping_add(i);
+        i += 1;
+    }
+    out
+}
+
+/// The data key that seals the envelope fixtures: `00 01 … 1f`.
+const ENVELOPE_KEY: [u8; 32] = counting(0x00);
+/// The key reference in the envelope headers.
+const ENVELOPE_REF: KeyRef = KeyRef {
+    bucket: 7,
+    version: 2,
+};
+/// The expiry of `envelope-v1-expiry.bin`: 2027-01-01T00:00:00Z.
+const EXPIRY: i64 = 1_798_761_600;
+/// Associated data of both envelopes.
+const ENVELOPE_AAD: &[u8] = b"golden/v1 store-1 subject-a class-3 record-42";
+const PLAINTEXT_NO_EXPIRY: &[u8] = b"golden envelope v1, no expiry";
+const PLAINTEXT_EXPIRY: &[u8] = b"golden envelope v1, expires 2027-01-01T00:00:00Z";
+
+/// The epoch key wrapping the wrapped-key fixtures: `20 21 … 3f`, epoch 7.
+const EPOCH_KEY: [u8; 32] = counting(0x20);
+const EPOCH: EpochId = EpochId(7);
+/// The data key inside `wrapped-key-v1-data-key.bin` and the key-file wraps.
+const WRAPPED_DATA_KEY: [u8; 32] = counting(0x40);
+/// The store secret inside `wrapped-key-v1-store-secret.bin`.
+const WRAPPED_STORE_SECRET: [u8; 32] = counting(0x60);
+/// The data-key context of the data-key wraps.
+const DATA_KEY_ID: KeyId = KeyId {
+    subject: SubjectTag([0xaa; 16]),
+    class: 3,
+    bucket: 7,
+    version: 2,
+};
+
+/// Envelope header without expiry: version 1, flags 0, bucket 7, version 2.
+const HEADER_NO_EXPIRY: [u8; 10] = [1, 0, 0, 0, 0, 7, 0, 0, 0, 2];
+/// Envelope header with expiry: flags 1, then 2027-01-01 as i64 big-endian.
+const HEADER_EXPIRY: [u8; 18] = [
+    1, 1, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0, 0, 0x6b, 0x36, 0xec, 0x80,
+];
+/// Slots in the key-file fixture.
+const KEY_FILE_SLOTS: u16 = 4;
+const HEADER_LEN: usize = 32;
+const SLOT_LEN: usize = 48;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let path = fixtures_dir().join(name);
+    fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn envelope_cipher() -> ValueCipher {
+    ValueCipher::new(&DataKey::from_bytes(ENVELOPE_KEY))
+}
+
+fn epoch_cipher() -> EpochCipher {
+    EpochCipher::new(EPOCH, &EpochKey::from_bytes(EPOCH_KEY))
+}
+
+/// Recomputes the trailing big-endian CRC32 over everything before it, as a
+/// tamperer (not media corruption) would.
+fn fix_crc(bytes: &mut [u8]) {
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Every fixture, written fresh by today's code: `(file name, bytes)`.
+fn generate() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+
+    // Envelopes.
+    let cipher = envelope_cipher();
+    let plain = seal(
+        &cipher,
+        ENVELOPE_REF,
+        None,
+        ENVELOPE_AAD,
+        PLAINTEXT_NO_EXPIRY,
+    )
+    .expect("seal");
+    let expiring = seal(
+        &cipher,
+        ENVELOPE_REF,
+        Some(EXPIRY),
+        ENVELOPE_AAD,
+        PLAINTEXT_EXPIRY,
+    )
+    .expect("seal");
+    let mut flipped = plain.clone();
+    flipped[22] ^= 0x01; // first ciphertext byte
+    let mut tampered = flipped.clone();
+    fix_crc(&mut tampered);
+    let mut future = plain.clone();
+    future[0] = 2;
+    fix_crc(&mut future);
+    out.push(("envelope-v1-flipped-byte.bin", flipped));
+    out.push(("envelope-v1-tampered.bin", tampered));
+    out.push(("envelope-v1-truncated.bin", plain[..30].to_vec()));
+    out.push(("envelope-v2-unsupported.bin", future));
+    out.push(("envelope-v1-no-expiry.bin", plain));
+    out.push(("envelope-v1-expiry.bin", expiring));
+
+    // Wrapped keys under a fixed epoch key.
+    let epoch = epoch_cipher();
+    let store = epoch.wrap(
+        &WrapContext::StoreSecret,
+        &DataKey::from_bytes(WRAPPED_STORE_SECRET),
+    );
+    let data = epoch.wrap(
+        &WrapContext::DataKey(DATA_KEY_ID),
+        &DataKey::from_bytes(WRAPPED_DATA_KEY),
+    );
+    let mut flipped = data.as_bytes().to_vec();
+    flipped[20] ^= 0x01; // inside the wrapped key bytes
+    let mut tampered = flipped.clone();
+    fix_crc(&mut tampered);
+    out.push(("wrapped-key-v1-flipped-byte.bin", flipped));
+    out.push(("wrapped-key-v1-tampered.bin", tampered));
+    out.push((
+        "wrapped-key-v1-truncated.bin",
+        data.as_bytes()[..40].to_vec(),
+    ));
+    out.push(("wrapped-key-v1-store-secret.bin", store.as_bytes().to_vec()));
+    out.push(("wrapped-key-v1-data-key.bin", data.as_bytes().to_vec()));
+
+    // A key file with live, destroyed and empty slots, written by the provider.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys");
+    let provider = FileKeyProvider::create(&path, KEY_FILE_SLOTS).expect("create");
+    let epochs: Vec<EpochId> = (0..3)
+        .map(|_| provider.create_epoch().expect("epoch"))
+        .collect();
+    assert_eq!(epochs, [EpochId(1), EpochId(2), EpochId(3)]);
+    let wrap = |epoch| {
+        provider
+            .wrap(
+                epoch,
+                &WrapContext::DataKey(DATA_KEY_ID),
+                &DataKey::from_bytes(WRAPPED_DATA_KEY),
+            )
+            .expect("wrap")
+    };
+    let under_1 = wrap(EpochId(1));
+    let under_2 = wrap(EpochId(2));
+    provider.destroy_epoch(EpochId(2)).expect("destroy");
+    drop(provider);
+    let key_file = fs::read(&path).expect("read key file");
+    let mut flipped = key_file.clone();
+    flipped[HEADER_LEN + 8] ^= 0x01; // slot 0, first key byte
+    let truncated = key_file[..key_file.len() - SLOT_LEN].to_vec();
+    out.push(("keyfile-v1-flipped-byte.bin", flipped));
+    out.push(("keyfile-v1-truncated.bin", truncated));
+    out.push(("keyfile-v1.bin", key_file));
+    out.push((
+        "keyfile-v1-wrapped-epoch-1.bin",
+        under_1.as_bytes().to_vec(),
+    ));
+    out.push((
+        "keyfile-v1-wrapped-epoch-2.bin",
+        under_2.as_bytes().to_vec(),
+    ));
+    out
+}
+
+fn parse_err(bytes: &[u8]) -> FormatError {
+    Envelope::parse(bytes).expect_err("must not parse")
+}
+
+#[test]
+fn envelope_without_expiry_opens_to_the_documented_plaintext() {
+    let bytes = read("envelope-v1-no-expiry.bin");
+    assert_eq!(bytes[..10], HEADER_NO_EXPIRY);
+    let envelope = Envelope::parse(&bytes).expect("parse");
+    assert_eq!(envelope.key_ref(), ENVELOPE_REF);
+    assert_eq!(envelope.expiry(), None);
+    assert_eq!(envelope.plaintext_len(), PLAINTEXT_NO_EXPIRY.len());
+    let cipher = envelope_cipher();
+    assert_eq!(
+        envelope.open(&cipher, ENVELOPE_AAD).expect("open"),
+        PLAINTEXT_NO_EXPIRY
+    );
+    assert_eq!(envelope.open(&cipher, b"another record"), Err(AuthError));
+}
+
+#[test]
+fn envelope_with_expiry_opens_and_keeps_its_expiry() {
+    let bytes = read("envelope-v1-expiry.bin");
+    assert_eq!(bytes[..18], HEADER_EXPIRY);
+    let envelope = Envelope::parse(&bytes).expect("parse");
+    assert_eq!(envelope.key_ref(), ENVELOPE_REF);
+    assert_eq!(envelope.expiry(), Some(EXPIRY));
+    assert_eq!(
+        envelope
+            .open(&envelope_cipher(), ENVELOPE_AAD)
+            .expect("open"),
+        PLAINTEXT_EXPIRY
+    );
+    let other = ValueCipher::new(&DataKey::from_bytes(counting(0x01)));
+    assert_eq!(envelope.open(&other, ENVELOPE_AAD), Err(AuthError));
+}
+
+#[test]
+fn damaged_envelopes_give_their_documented_errors() {
+    assert!(matches!(
+        parse_err(&read("envelope-v1-flipped-byte.bin")),
+        FormatError::ChecksumMismatch {
+            what: "value envelope",
+            ..
+        }
+    ));
+    assert_eq!(
+        parse_err(&read("envelope-v1-truncated.bin")),
+        FormatError::Truncated {
+            what: "value envelope",
+            needed: 42,
+            got: 30
+        }
+    );
+    assert_eq!(
+        parse_err(&read("envelope-v2-unsupported.bin")),
+        FormatError::UnsupportedVersion {
+            what: "value envelope",
+            found: 2
+        }
+    );
+    // A consistent CRC over altered bytes is tampering: it parses, never opens.
+    let tampered = read("envelope-v1-tampered.bin");
+    let envelope = Envelope::parse(&tampered).expect("a tamperer fixes the CRC");
+    assert_eq!(
+        envelope.open(&envelope_cipher(), ENVELOPE_AAD),
+        Err(AuthError)
+    );
+}
+
+#[test]
+fn wrapped_keys_unwrap_to_the_documented_keys() {
+    let epoch = epoch_cipher();
+    let store = WrappedKey::from_bytes(&read("wrapped-key-v1-store-secret.bin")).expect("decode");
+    let data = WrappedKey::from_bytes(&read("wrapped-key-v1-data-key.bin")).expect("decode");
+    for wrapped in [&store, &data] {
+        assert_eq!(wrapped.epoch(), EPOCH);
+        assert_eq!(wrapped.as_bytes()[..5], [1, 0, 0, 0, 7]);
+    }
+    let secret = epoch
+        .unwrap(&WrapContext::StoreSecret, &store)
+        .expect("unwrap store secret");
+    assert_eq!(secret.expose_secret(), &WRAPPED_STORE_SECRET);
+    let key = epoch
+        .unwrap(&WrapContext::DataKey(DATA_KEY_ID), &data)
+        .expect("unwrap data key");
+    assert_eq!(key.expose_secret(), &WRAPPED_DATA_KEY);
+    // Each is bound to its context.
+    assert!(epoch.unwrap(&WrapContext::StoreSecret, &data).is_err());
+    assert!(
+        epoch
+            .unwrap(&WrapContext::DataKey(DATA_KEY_ID), &store)
+            .is_err()
+    );
+}
+
+#[test]
+fn damaged_wrapped_keys_give_their_documented_errors() {
+    assert!(matches!(
+        WrappedKey::from_bytes(&read("wrapped-key-v1-flipped-byte.bin")),
+        Err(FormatError::ChecksumMismatch {
+            what: "wrapped key",
+            ..
+        })
+    ));
+    assert_eq!(
+        WrappedKey::from_bytes(&read("wrapped-key-v1-truncated.bin")),
+        Err(FormatError::Truncated {
+            what: "wrapped key",
+            needed: WrappedKey::LEN,
+            got: 40
+        })
+    );
+    let tampered =
+        WrappedKey::from_bytes(&read("wrapped-key-v1-tampered.bin")).expect("CRC was fixed up");
+    assert!(
+        epoch_cipher()
+            .unwrap(&WrapContext::DataKey(DATA_KEY_ID), &tampered)
+            .is_err()
+    );
+}
+
+/// Copies a key-file fixture into a fresh directory with owner-only
+/// permissions (git checks files out world-readable, which the provider
+/// refuses) and returns the directory and the copy's path.
+fn key_file_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys");
+    fs::write(&path, read(name)).expect("copy key file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    }
+    (dir, path)
+}
+
+#[test]
+fn key_file_opens_with_its_live_and_destroyed_epochs() {
+    let bytes = read("keyfile-v1.bin");
+    assert_eq!(
+        bytes.len(),
+        HEADER_LEN + SLOT_LEN * usize::from(KEY_FILE_SLOTS)
+    );
+    assert_eq!(check_key_file_bytes(&bytes), Ok(2));
+    // Slot 1 held epoch 2 and was destroyed: state 2, epoch 2, key zeroed.
+    let slot_1 = &bytes[HEADER_LEN + SLOT_LEN..HEADER_LEN + 2 * SLOT_LEN];
+    assert_eq!(slot_1[..8], [2, 0, 0, 0, 0, 0, 0, 2]);
+    assert!(slot_1[8..44].iter().all(|b| *b == 0));
+
+    let (_dir, path) = key_file_copy("keyfile-v1.bin");
+    let provider = FileKeyProvider::open(&path).expect("open the golden key file");
+    assert_eq!(
+        provider.live_epochs().expect("live"),
+        [EpochId(1), EpochId(3)]
+    );
+    let context = WrapContext::DataKey(DATA_KEY_ID);
+    let under_1 = WrappedKey::from_bytes(&read("keyfile-v1-wrapped-epoch-1.bin")).expect("decode");
+    let key = provider.unwrap(&context, &under_1).expect("unwrap");
+    assert_eq!(key.expose_secret(), &WRAPPED_DATA_KEY);
+    let under_2 = WrappedKey::from_bytes(&read("keyfile-v1-wrapped-epoch-2.bin")).expect("decode");
+    assert!(matches!(
+        provider.unwrap(&context, &under_2),
+        Err(ProviderError::EpochDestroyed { epoch: EpochId(2) })
+    ));
+    // Epoch ids are never reused: the next one is 4.
+    assert_eq!(provider.create_epoch().expect("epoch"), EpochId(4));
+}
+
+#[test]
+fn damaged_key_files_are_refused_with_their_documented_errors() {
+    let cases = [
+        ("keyfile-v1-flipped-byte.bin", "slot 0 checksum mismatch"),
+        ("keyfile-v1-truncated.bin", "truncated or extended"),
+    ];
+    for (name, expected) in cases {
+        let detail = check_key_file_bytes(&read(name)).expect_err(name);
+        assert!(detail.contains(expected), "{name}: {detail}");
+        let (_dir, path) = key_file_copy(name);
+        let before = fs::read(&path).expect("read");
+        match FileKeyProvider::open(&path) {
+            Err(ProviderError::Corrupt { detail, .. }) => {
+                assert!(detail.contains(expected), "{name}: {detail}");
+            }
+            other => panic!("{name}: expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(fs::read(&path).expect("read"), before, "{name} was altered");
+    }
+}
+
+/// Nonces and keys differ, but a fresh write of the same input must have the
+/// golden length and the golden header bytes: the format has not moved.
+#[test]
+fn fresh_writes_have_the_golden_length_and_header() {
+    for (name, fresh) in generate() {
+        let golden = read(name);
+        assert_eq!(fresh.len(), golden.len(), "{name}: length changed");
+        let fixed_prefix = if name.starts_with("envelope") {
+            // The header: version, flags, key reference (and expiry).
+            let header = if golden.get(1) == Some(&1) { 18 } else { 10 };
+            header.min(golden.len())
+        } else if name.starts_with("wrapped-key") || name.starts_with("keyfile-v1-wrapped") {
+            5.min(golden.len()) // version and epoch id
+        } else {
+            HEADER_LEN
+        };
+        assert_eq!(
+            fresh[..fixed_prefix],
+            golden[..fixed_prefix],
+            "{name}: header changed"
+        );
+        if name == "keyfile-v1.bin" {
+            let fresh_slots = fresh[HEADER_LEN..].chunks(SLOT_LEN);
+            let golden_slots = golden[HEADER_LEN..].chunks(SLOT_LEN);
+            for (i, (a, b)) in fresh_slots.zip(golden_slots).enumerate() {
+                // State and epoch id are fixed; keys of live slots are random.
+                assert_eq!(a[..8], b[..8], "{name}: slot {i} changed");
+                if a[0] != 1 {
+                    assert_eq!(a, b, "{name}: non-live slot {i} changed");
+                }
+            }
+        }
+    }
+}
+
+/// With `SHREDKV_REGENERATE_FIXTURES=1` this rewrites every fixture from
+/// today's code (then review the diff and update `tests/fixtures/README.md`):
+///
+/// ```text
+/// SHREDKV_REGENERATE_FIXTURES=1 cargo test -p shredkv-crypto --test golden regenerate
+/// ```
+///
+/// Without it, nothing is written: the committed set must be complete, and
+/// hold no file this generator does not know.
+#[test]
+fn regenerate_fixtures_only_when_asked() {
+    let dir = fixtures_dir();
+    let fresh = generate();
+    if std::env::var_os(REGENERATE).is_some_and(|v| v == "1") {
+        fs::create_dir_all(&dir).expect("create fixtures dir");
+        for (name, bytes) in &fresh {
+            fs::write(dir.join(name), bytes).expect("write fixture");
+        }
+        eprintln!("rewrote {} fixtures in {}", fresh.len(), dir.display());
+        return;
+    }
+    let mut committed: Vec<String> = fs::read_dir(&dir)
+        .expect("fixtures dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".bin"))
+        .collect();
+    committed.sort();
+    let mut expected: Vec<String> = fresh.iter().map(|(n, _)| (*n).to_owned()).collect();
+    expected.sort();
+    assert_eq!(
+        committed, expected,
+        "fixtures and generator disagree; regenerate with {REGENERATE}=1"
+    );
+}
