@@ -343,13 +343,13 @@ impl AuditLog {
     }
 }
 
-fn location(key: &[u8]) -> Location {
-    Location {
+fn location(key: &[u8]) -> Box<Location> {
+    Box::new(Location {
         tree: "audit",
         subject: None,
         class: None,
         key_hex: shredkv_crypto::hex::encode(key),
-    }
+    })
 }
 
 /// A break in the audit chain.

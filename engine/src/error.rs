@@ -100,16 +100,16 @@ pub enum Error {
     /// Stored bytes are damaged (checksum mismatch, truncation, unknown
     /// format): media corruption, not tampering.
     Corrupt {
-        /// Where.
-        location: Location,
+        /// Where (boxed: keeps every `Result` of the crate small).
+        location: Box<Location>,
         /// What is wrong with the bytes.
         source: FormatError,
     },
     /// A stored value failed authentication: altered, or moved from another
     /// record or subject.
     Tampered {
-        /// Where.
-        location: Location,
+        /// Where (boxed: keeps every `Result` of the crate small).
+        location: Box<Location>,
     },
     /// The key provider failed (unavailable, corrupt key file, ...).
     KeyProvider(ProviderError),

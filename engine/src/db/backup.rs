@@ -97,10 +97,10 @@ impl ErasureLog {
             Bound::Unbounded,
             Order::Ascending,
             &mut |k, v| {
-                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
-                    if entry.state == KeyState::Destroyed {
-                        log.destroyed.push(id);
-                    }
+                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v))
+                    && entry.state == KeyState::Destroyed
+                {
+                    log.destroyed.push(id);
                 }
                 ControlFlow::Continue(())
             },
@@ -346,12 +346,12 @@ impl Db {
                     source,
                 })?;
                 ErasureLog::decode(&bytes).map_err(|source| Error::Corrupt {
-                    location: crate::error::Location {
+                    location: Box::new(crate::error::Location {
                         tree: "erasure log",
                         subject: None,
                         class: None,
                         key_hex: path.display().to_string(),
-                    },
+                    }),
                     source,
                 })?
             }
@@ -414,21 +414,21 @@ impl Db {
                 .destroy_prefix(&prefix, now.as_second(), &mut batch)?;
             report.keys_destroyed += u64::try_from(ids.len()).unwrap_or(u64::MAX);
             batch.put(Tree::Ledger, key.to_vec(), entry.encode());
-            if *class == ALL_CLASSES {
-                if let Some(info) = inner.subject_info(tag)? {
-                    let erased_at = Timestamp::from_second(entry.erased_at).unwrap_or(now);
-                    let erased = SubjectInfo {
-                        state: SubjectState::Erased,
-                        erased_at: Some(erased_at),
-                        generation: entry.generation,
-                        ..info
-                    };
-                    batch.put(
-                        Tree::Subjects,
-                        subjects::record_key(tag).to_vec(),
-                        erased.encode(),
-                    );
-                }
+            if *class == ALL_CLASSES
+                && let Some(info) = inner.subject_info(tag)?
+            {
+                let erased_at = Timestamp::from_second(entry.erased_at).unwrap_or(now);
+                let erased = SubjectInfo {
+                    state: SubjectState::Erased,
+                    erased_at: Some(erased_at),
+                    generation: entry.generation,
+                    ..info
+                };
+                batch.put(
+                    Tree::Subjects,
+                    subjects::record_key(tag).to_vec(),
+                    erased.encode(),
+                );
             }
             touched.insert(*tag);
             report.erasures_replayed += 1;

@@ -92,12 +92,12 @@ impl DbInner {
                 }
                 Err(source) => {
                     failure = Some(Error::Corrupt {
-                        location: Location {
+                        location: Box::new(Location {
                             tree: "holds",
                             subject: Some(*tag),
                             class: None,
                             key_hex: shredkv_crypto::hex::encode(k),
-                        },
+                        }),
                         source,
                     });
                     return ControlFlow::Break(());
@@ -385,17 +385,14 @@ impl Db {
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
-        if let Some(parent) = &info.parent {
-            if let Some(parent_info) = inner.subject_info(parent)? {
-                if parent_info.state == SubjectState::Erased {
-                    return Err(Error::SubjectConflict {
-                        subject: tag,
-                        detail: format!(
-                            "its account {parent} is erased; re-register the account first"
-                        ),
-                    });
-                }
-            }
+        if let Some(parent) = &info.parent
+            && let Some(parent_info) = inner.subject_info(parent)?
+            && parent_info.state == SubjectState::Erased
+        {
+            return Err(Error::SubjectConflict {
+                subject: tag,
+                detail: format!("its account {parent} is erased; re-register the account first"),
+            });
         }
         let mut erased_scopes = 0usize;
         scan_prefix(inner.storage.as_ref(), Tree::Ledger, &tag.0, &mut |_, v| {

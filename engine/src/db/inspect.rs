@@ -133,12 +133,12 @@ fn problem(err: Error) -> Option<Problem> {
     match err {
         Error::Corrupt { location, source } => Some(Problem {
             kind: ProblemKind::Corrupt,
-            location,
+            location: *location,
             detail: source.to_string(),
         }),
         Error::Tampered { location } => Some(Problem {
             kind: ProblemKind::Tampered,
-            location,
+            location: *location,
             detail: "authentication failed".into(),
         }),
         _ => None,
@@ -164,6 +164,7 @@ impl Db {
                 .into_iter()
                 .map(|e| e.0)
                 .collect(),
+            cached_keys: u64::try_from(inner.vault.cached_keys()).unwrap_or(u64::MAX),
             ..Stats::default()
         };
         for info in self.subjects()? {
@@ -289,7 +290,7 @@ impl Db {
                     if let Err(source) = SubjectInfo::decode(tag, v) {
                         report.problems.push(Problem {
                             kind: ProblemKind::Corrupt,
-                            location: super::subject_location(&tag),
+                            location: *super::subject_location(&tag),
                             detail: source.to_string(),
                         });
                     }
@@ -380,7 +381,7 @@ impl Db {
                     },
                 }
                 let done = report.records_checked + report.records_dead;
-                if done % 1000 == 0 {
+                if done.is_multiple_of(1000) {
                     progress(done);
                 }
             }

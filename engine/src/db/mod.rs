@@ -133,13 +133,13 @@ impl std::fmt::Debug for Db {
     }
 }
 
-pub(crate) fn meta_location(key: &[u8]) -> Location {
-    Location {
+pub(crate) fn meta_location(key: &[u8]) -> Box<Location> {
+    Box::new(Location {
         tree: "meta",
         subject: None,
         class: None,
         key_hex: String::from_utf8_lossy(key).into_owned(),
-    }
+    })
 }
 
 pub(crate) fn meta_get(storage: &dyn Storage, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -511,13 +511,13 @@ impl Db {
     }
 }
 
-pub(crate) fn subject_location(tag: &SubjectTag) -> Location {
-    Location {
+pub(crate) fn subject_location(tag: &SubjectTag) -> Box<Location> {
+    Box::new(Location {
         tree: "subjects",
         subject: Some(*tag),
         class: None,
         key_hex: tag.to_hex(),
-    }
+    })
 }
 
 impl DbInner {

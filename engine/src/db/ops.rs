@@ -194,13 +194,13 @@ impl Staging {
     }
 }
 
-fn data_location(tag: &SubjectTag, class: &ClassEntry, key: &[u8]) -> Location {
-    Location {
+fn data_location(tag: &SubjectTag, class: &ClassEntry, key: &[u8]) -> Box<Location> {
+    Box::new(Location {
         tree: "data",
         subject: Some(*tag),
         class: Some(class.policy.name().to_string()),
         key_hex: shredkv_crypto::hex::encode(key),
-    }
+    })
 }
 
 /// What an operation needs of the subject's state.
@@ -256,12 +256,12 @@ impl DbInner {
             return Ok(None);
         };
         let entry = LedgerEntry::decode(&bytes).map_err(|source| Error::Corrupt {
-            location: Location {
+            location: Box::new(Location {
                 tree: "ledger",
                 subject: Some(*tag),
                 class: Some(self.class_name(class)),
                 key_hex: tag.to_hex(),
-            },
+            }),
             source,
         })?;
         Ok((entry.generation == generation).then_some(entry.erased_at))
@@ -300,11 +300,11 @@ impl DbInner {
             }
             expiry = Some(at.as_second());
         }
-        if class.policy.clock() == ClockStart::Write {
-            if let Some(retain) = class.policy.retain() {
-                let deadline = retain.add_to(now).unwrap_or(Timestamp::MAX).as_second();
-                expiry = Some(expiry.map_or(deadline, |e| e.min(deadline)));
-            }
+        if class.policy.clock() == ClockStart::Write
+            && let Some(retain) = class.policy.retain()
+        {
+            let deadline = retain.add_to(now).unwrap_or(Timestamp::MAX).as_second();
+            expiry = Some(expiry.map_or(deadline, |e| e.min(deadline)));
         }
         Ok(expiry)
     }
@@ -586,10 +586,10 @@ impl DbInner {
             let full = page.len() >= SCAN_PAGE;
             after = page.last().map(|(k, _)| k.clone());
             for (k, v) in &page {
-                if let Some(record) = self.open_record(tag, class, k, v, now, &mut aad)? {
-                    if visit(record).is_break() {
-                        return Ok(());
-                    }
+                if let Some(record) = self.open_record(tag, class, k, v, now, &mut aad)?
+                    && visit(record).is_break()
+                {
+                    return Ok(());
                 }
             }
             if !full {
@@ -732,12 +732,12 @@ impl Db {
             return Ok(None);
         };
         let record = inner.open_record(&tag, class, &data_key, &stored, now, &mut Vec::new())?;
-        if let Some(record) = &record {
-            if record.key != key {
-                return Err(Error::Tampered {
-                    location: data_location(&tag, class, &data_key),
-                });
-            }
+        if let Some(record) = &record
+            && record.key != key
+        {
+            return Err(Error::Tampered {
+                location: data_location(&tag, class, &data_key),
+            });
         }
         Ok(record)
     }

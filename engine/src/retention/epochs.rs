@@ -164,12 +164,11 @@ impl DbInner {
                 Order::Ascending,
                 &mut |k, v| {
                     last = Some(k.to_vec());
-                    if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
-                        if entry.state == KeyState::Active
-                            && entry.wrapped.as_ref().is_some_and(|w| w.epoch() != current)
-                        {
-                            page.push(id);
-                        }
+                    if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v))
+                        && entry.state == KeyState::Active
+                        && entry.wrapped.as_ref().is_some_and(|w| w.epoch() != current)
+                    {
+                        page.push(id);
                     }
                     if page.len() >= REWRAP_PAGE {
                         ControlFlow::Break(())

@@ -143,10 +143,10 @@ impl DbInner {
             Tree::Subjects,
             &[0x00],
             &mut |k, v| {
-                if let Some(tag) = subjects::tag_of_record_key(k) {
-                    if let Ok(info) = SubjectInfo::decode(tag, v) {
-                        subjects.push(info);
-                    }
+                if let Some(tag) = subjects::tag_of_record_key(k)
+                    && let Ok(info) = SubjectInfo::decode(tag, v)
+                {
+                    subjects.push(info);
                 }
                 std::ops::ControlFlow::Continue(())
             },

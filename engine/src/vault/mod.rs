@@ -182,6 +182,10 @@ impl SealRecord {
 }
 
 /// Unwrapped key material, ready to use.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives behind an Arc in a byte-bounded cache; boxing the cipher would add a pointer chase to every seal and open"
+)]
 pub(crate) enum Material {
     /// A data key: seals and opens values.
     Data {
@@ -240,13 +244,13 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-pub(crate) fn vault_location(id: &KeyId) -> Location {
-    Location {
+pub(crate) fn vault_location(id: &KeyId) -> Box<Location> {
+    Box::new(Location {
         tree: "vault",
         subject: Some(id.subject),
         class: None,
         key_hex: shredkv_crypto::hex::encode(&id.to_bytes()),
-    }
+    })
 }
 
 impl Vault {
@@ -297,10 +301,10 @@ impl Vault {
         match self.storage.get(Tree::Seals, &id.to_bytes())? {
             None => Ok(SealRecord::default()),
             Some(bytes) => SealRecord::decode(&bytes).map_err(|source| Error::Corrupt {
-                location: Location {
+                location: Box::new(Location {
                     tree: "seals",
-                    ..vault_location(id)
-                },
+                    ..*vault_location(id)
+                }),
                 source,
             }),
         }
@@ -396,12 +400,12 @@ impl Vault {
         )?;
         let Some((k, v)) = found else { return Ok(None) };
         let id = KeyId::from_bytes(&k).ok_or_else(|| Error::Corrupt {
-            location: Location {
+            location: Box::new(Location {
                 tree: "vault",
                 subject: Some(bucket.subject),
                 class: None,
                 key_hex: shredkv_crypto::hex::encode(&k),
-            },
+            }),
             source: invalid("vault key is not a key id"),
         })?;
         let entry = VaultEntry::decode(&v).map_err(|source| Error::Corrupt {
@@ -436,32 +440,30 @@ impl Vault {
     /// The caller holds the scope gate's read lock and has checked that the
     /// scope is not erased, so no erasure can run concurrently.
     pub(crate) fn current_for_write(&self, bucket: BucketId, now: i64) -> Result<Arc<CachedKey>> {
-        if let Some((_, key)) = self.cache.current(&bucket) {
-            if !key.exhausted(self.retire_after) {
-                return Ok(key);
-            }
+        if let Some((_, key)) = self.cache.current(&bucket)
+            && !key.exhausted(self.retire_after)
+        {
+            return Ok(key);
         }
         // One creator at a time, so two writers never create the same version.
         let _creating = self
             .create_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, key)) = self.cache.current(&bucket) {
-            if !key.exhausted(self.retire_after) {
-                return Ok(key);
-            }
+        if let Some((_, key)) = self.cache.current(&bucket)
+            && !key.exhausted(self.retire_after)
+        {
+            return Ok(key);
         }
         let newest = self.newest(&bucket)?;
-        if let Some((id, entry)) = &newest {
-            if entry.state == KeyState::Active {
-                if let Some(key) = self.unwrap_entry(*id, entry)? {
-                    if !key.exhausted(self.retire_after) {
-                        self.cache
-                            .insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, true);
-                        return Ok(key);
-                    }
-                }
-            }
+        if let Some((id, entry)) = &newest
+            && entry.state == KeyState::Active
+            && let Some(key) = self.unwrap_entry(*id, entry)?
+            && !key.exhausted(self.retire_after)
+        {
+            self.cache
+                .insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, true);
+            return Ok(key);
         }
         self.create_version(bucket, newest.map(|(id, _)| id), now)
     }
