@@ -82,7 +82,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 /// Hits of `marker` (in any encoding) in the files under `dir`, as
@@ -112,7 +115,9 @@ fn hits(dir: &Path, marker: &'static str) -> Vec<String> {
 fn assert_no_plaintext(store: &Store, phase: &str) -> usize {
     let files = files_under(store.path());
     assert!(
-        files.iter().any(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0)),
+        files
+            .iter()
+            .any(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0)),
         "{phase}: the store wrote no files"
     );
     for marker in [SUBJECT, KEY, VALUE] {
@@ -178,7 +183,12 @@ fn the_search_finds_every_encoding() {
         fs::create_dir_all(&nested).expect("mkdir");
         fs::write(nested.join("file"), &bytes).expect("write");
     }
-    assert_eq!(hits(dir.path(), VALUE).len(), 5, "{:?}", hits(dir.path(), VALUE));
+    assert_eq!(
+        hits(dir.path(), VALUE).len(),
+        5,
+        "{:?}",
+        hits(dir.path(), VALUE)
+    );
     assert!(hits(dir.path(), SUBJECT).is_empty());
 }
 
@@ -197,7 +207,10 @@ fn no_subject_id_record_key_or_value_in_plaintext_on_disk() {
             .expect("put a large value");
         // Overwrites and deletes leave old ciphertext behind: still sealed.
         write_round(&db, subjects, 1);
-        assert!(db.delete(&subject(2), MESSAGES, &key(2, 0)).expect("delete"));
+        assert!(
+            db.delete(&subject(2), MESSAGES, &key(2, 0))
+                .expect("delete")
+        );
         assert!(
             db.delete(&subject(2), INVOICES, &ordered_key(2, 0))
                 .expect("delete")
