@@ -9,86 +9,11 @@
 //! holds but authentication fails) whose message names the subject's tag
 //! and the class, and every other record still reads back intact.
 
-use std::collections::BTreeMap;
+mod common;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use shredkv::{Backend, Db, Error};
-use shredkv_tests::{INVOICES, MESSAGES, Store, for_each_backend};
-
-type Raw = BTreeMap<Vec<u8>, Vec<u8>>;
-
-fn redb_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
-    TableDefinition::new(name)
-}
-
-/// Every entry of a raw tree (the store must be closed).
-fn raw_read(store: &Store, tree: &str) -> Raw {
-    let mut out = Raw::new();
-    match store.backend() {
-        Backend::Redb => {
-            let db = redb::Database::open(store.backend_path()).expect("open redb directly");
-            let txn = db.begin_read().expect("read transaction");
-            let table = txn.open_table(redb_table(tree)).expect("open table");
-            for entry in table.iter().expect("iterate") {
-                let (k, v) = entry.expect("entry");
-                out.insert(k.value().to_vec(), v.value().to_vec());
-            }
-        }
-        _ => {
-            let db = sled::open(store.backend_path()).expect("open sled directly");
-            let tree = db.open_tree(tree).expect("open tree");
-            for entry in tree.iter() {
-                let (k, v) = entry.expect("entry");
-                out.insert(k.to_vec(), v.to_vec());
-            }
-        }
-    }
-    out
-}
-
-/// Overwrites entries of a raw tree, durably (the store must be closed).
-fn raw_write(store: &Store, tree: &str, changes: &Raw) {
-    match store.backend() {
-        Backend::Redb => {
-            let db = redb::Database::open(store.backend_path()).expect("open redb directly");
-            let txn = db.begin_write().expect("write transaction");
-            {
-                let mut table = txn.open_table(redb_table(tree)).expect("open table");
-                for (k, v) in changes {
-                    table.insert(k.as_slice(), v.as_slice()).expect("insert");
-                }
-            }
-            txn.commit().expect("commit");
-        }
-        _ => {
-            let db = sled::open(store.backend_path()).expect("open sled directly");
-            let tree = db.open_tree(tree).expect("open tree");
-            for (k, v) in changes {
-                tree.insert(k.as_slice(), v.as_slice()).expect("insert");
-            }
-            db.flush().expect("flush");
-        }
-    }
-}
-
-/// The number the store gave `class` (meta key `class/<name>`).
-fn class_number(store: &Store, class: &str) -> [u8; 2] {
-    let meta = raw_read(store, "meta");
-    let bytes = meta
-        .get(format!("class/{class}").as_bytes())
-        .expect("the class has a number");
-    bytes.as_slice().try_into().expect("a u16")
-}
-
-/// The raw data entries of one scope, in key order.
-fn scope_entries(data: &Raw, db_tag: &[u8; 16], class: [u8; 2]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut prefix = db_tag.to_vec();
-    prefix.extend_from_slice(&class);
-    data.iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
+use common::{Raw, class_number, raw_read, raw_write, scope_entries};
+use shredkv::{Db, Error};
+use shredkv_tests::{INVOICES, MESSAGES, for_each_backend};
 
 /// CRC-32 (IEEE), as the envelope's trailer: lets a test forge a
 /// consistent checksum the way an attacker would.
