@@ -170,8 +170,8 @@ pub fn for_each_backend(mut scenario: impl FnMut(&Store)) {
     }
 }
 
-/// Flushes and closes `db`, asserting that no other handle keeps the store
-/// open (a clone left alive would keep the backend's lock).
+/// Flushes and closes `db` (the caller must hold no clone: a clone left
+/// alive keeps the backend open and its lock taken).
 ///
 /// # Panics
 /// If the flush fails.

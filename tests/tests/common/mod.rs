@@ -5,6 +5,8 @@
 #![allow(dead_code, reason = "each scenario uses the part it needs")]
 
 use std::collections::BTreeMap;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use shredkv::Backend;
@@ -12,6 +14,28 @@ use shredkv_tests::Store;
 
 /// A raw tree: key → value.
 pub(crate) type Raw = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Opens `open` with retries for up to 3 s: a just-closed store's lock can
+/// stay taken for a moment (sled releases it from a background thread), as
+/// the engine's own open allows for.
+fn open_retrying<T, E: std::fmt::Debug>(what: &str, mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match open() {
+            Ok(db) => return db,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Err(err) => panic!("open {what} directly: {err:?}"),
+        }
+    }
+}
+
+fn open_redb(store: &Store) -> redb::Database {
+    open_retrying("redb", || redb::Database::open(store.backend_path()))
+}
+
+fn open_sled(store: &Store) -> sled::Db {
+    open_retrying("sled", || sled::open(store.backend_path()))
+}
 
 fn redb_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
@@ -22,7 +46,7 @@ pub(crate) fn raw_read(store: &Store, tree: &str) -> Raw {
     let mut out = Raw::new();
     match store.backend() {
         Backend::Redb => {
-            let db = redb::Database::open(store.backend_path()).expect("open redb directly");
+            let db = open_redb(store);
             let txn = db.begin_read().expect("read transaction");
             let table = txn.open_table(redb_table(tree)).expect("open table");
             for entry in table.iter().expect("iterate") {
@@ -31,7 +55,7 @@ pub(crate) fn raw_read(store: &Store, tree: &str) -> Raw {
             }
         }
         _ => {
-            let db = sled::open(store.backend_path()).expect("open sled directly");
+            let db = open_sled(store);
             let tree = db.open_tree(tree).expect("open tree");
             for entry in tree.iter() {
                 let (k, v) = entry.expect("entry");
@@ -46,7 +70,7 @@ pub(crate) fn raw_read(store: &Store, tree: &str) -> Raw {
 pub(crate) fn raw_write(store: &Store, tree: &str, changes: &Raw) {
     match store.backend() {
         Backend::Redb => {
-            let db = redb::Database::open(store.backend_path()).expect("open redb directly");
+            let db = open_redb(store);
             let txn = db.begin_write().expect("write transaction");
             {
                 let mut table = txn.open_table(redb_table(tree)).expect("open table");
@@ -57,7 +81,7 @@ pub(crate) fn raw_write(store: &Store, tree: &str, changes: &Raw) {
             txn.commit().expect("commit");
         }
         _ => {
-            let db = sled::open(store.backend_path()).expect("open sled directly");
+            let db = open_sled(store);
             let tree = db.open_tree(tree).expect("open tree");
             for (k, v) in changes {
                 tree.insert(k.as_slice(), v.as_slice()).expect("insert");
