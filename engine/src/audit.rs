@@ -264,7 +264,6 @@ impl AuditLog {
             next_seq: 1,
             last_hash: [0; 32],
         };
-        let mut failure = None;
         storage.scan(
             Tree::Audit,
             Bound::Unbounded,
@@ -272,29 +271,23 @@ impl AuditLog {
             Order::Descending,
             &mut |k, v| {
                 let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
-                match AuditEntry::decode(seq, v) {
-                    Ok(entry) => {
-                        head = Head {
-                            next_seq: seq.saturating_add(1),
-                            last_hash: entry.hash,
-                        };
-                    }
-                    Err(source) => {
-                        failure = Some(Error::Corrupt {
-                            location: location(k),
-                            source,
-                        })
-                    }
-                }
+                // A damaged last entry must not stop the store: the chain
+                // continues from a hash of its raw bytes, and `verify`
+                // reports the damaged entry and the break after it.
+                let last_hash = match AuditEntry::decode(seq, v) {
+                    Ok(entry) => entry.hash,
+                    Err(_) => Sha256::digest(v).into(),
+                };
+                head = Head {
+                    next_seq: seq.saturating_add(1),
+                    last_hash,
+                };
                 ControlFlow::Break(())
             },
         )?;
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(Self {
-                head: Mutex::new(head),
-            }),
-        }
+        Ok(Self {
+            head: Mutex::new(head),
+        })
     }
 
     /// Adds `entries` to `batch` and applies it, holding the chain's head so

@@ -137,6 +137,23 @@ pub enum Error {
         /// The format version found.
         found: u8,
     },
+    /// The store's data files are missing or empty but its key file exists:
+    /// the backend's files were lost or replaced.
+    StoreDataMissing {
+        /// The store directory.
+        path: PathBuf,
+        /// The key file found there.
+        key_file: PathBuf,
+    },
+    /// The key provider does not hold this store's keys.
+    KeysDoNotMatch {
+        /// The store directory.
+        path: PathBuf,
+        /// The key provider, described.
+        provider: String,
+        /// What did not match.
+        detail: &'static str,
+    },
     /// A restore into this directory was interrupted before the erasure log
     /// was replayed; the store must not serve reads.
     RestoreInterrupted {
@@ -244,6 +261,21 @@ impl fmt::Display for Error {
             Error::UnsupportedFormat { path, found } => write!(
                 f,
                 "store {} has format version {found}, which this build cannot read; upgrade shredkv",
+                path.display()
+            ),
+            Error::StoreDataMissing { path, key_file } => write!(
+                f,
+                "store {} has a key file ({}) but no data: its backend files are missing, empty or replaced; restore them from a backup (shredkv will not start a new store over existing keys)",
+                path.display(),
+                key_file.display()
+            ),
+            Error::KeysDoNotMatch {
+                path,
+                provider,
+                detail,
+            } => write!(
+                f,
+                "store {} cannot be opened with {provider}: {detail}; use the store's own key file",
                 path.display()
             ),
             Error::RestoreInterrupted { path } => write!(

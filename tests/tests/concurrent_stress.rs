@@ -159,14 +159,7 @@ fn work(db: &Db, thread: usize, seed: u64) -> Model {
                     None => {
                         let existed = result.unwrap_or_else(|e| panic!("{what}: delete: {e}"));
                         let modelled = model.subjects[s].data.remove(&(class, key)).is_some();
-                        // Known defect (pinned by `delete_reports_erased_records_as_absent`
-                        // in erasure_survives_reopen.rs): in an ordered class, a record
-                        // erased before a re-registration still counts as existing.
-                        let known_defect =
-                            class == INVOICES && model.subjects[s].re_registered && !modelled;
-                        if !known_defect {
-                            assert_eq!(existed, modelled, "{what}: delete {id}/{class}");
-                        }
+                        assert_eq!(existed, modelled, "{what}: delete {id}/{class}");
                     }
                 }
             }

@@ -248,8 +248,7 @@ fn shredding_an_end_user_leaves_its_account_and_siblings() {
 /// (engine/src/db/ops.rs, via `retire_previous`) counts any stored bytes as
 /// "existed" without checking that its key is live: `get` and `scan` say
 /// absent, `delete` returns `Ok(true)`. (Expired records show the same
-/// mismatch.) Compiled only with `--features known-defects` until fixed.
-#[cfg(feature = "known-defects")]
+/// mismatch.)
 #[test]
 fn delete_reports_erased_records_as_absent() {
     for_each_backend(|store| {

@@ -250,9 +250,8 @@ fn moved_flipped_and_truncated_values_fail_integrity_and_others_still_read() {
 /// when the key id named by the envelope has no vault entry at all (a
 /// destroyed key keeps a tombstone, so a missing entry is an inconsistency,
 /// not an erasure). All three cases below read as `Ok(None)` on both
-/// backends. Compiled only with `--features known-defects` until fixed, so
+/// backends; it pinned a defect now fixed, so
 /// the default suite stays green.
-#[cfg(feature = "known-defects")]
 #[test]
 fn forged_key_reference_or_expiry_is_detected() {
     let mut outcomes = Vec::new();

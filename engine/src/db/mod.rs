@@ -176,11 +176,25 @@ impl Db {
         let path = config.path.clone();
         create_private_dir(&path)?;
         let storage = storage::open(config.backend, &path)?;
+        let existing = meta_get(storage.as_ref(), meta::FORMAT)?.is_some();
         let provider: Arc<dyn KeyProvider> = match &config.key_provider {
             Some(provider) => Arc::clone(provider),
             None => {
                 let file = config.key_file.clone().unwrap_or_else(|| path.join("keys"));
-                Arc::new(FileKeyProvider::open_or_create(file)?)
+                if existing {
+                    // Never create a key file for a store that has data: a
+                    // new, empty one could only fail later, less clearly.
+                    Arc::new(FileKeyProvider::open(file)?)
+                } else if file.exists() {
+                    // Keys without data: the backend's files were lost or
+                    // replaced. Creating a fresh store here would hide it.
+                    return Err(Error::StoreDataMissing {
+                        path,
+                        key_file: file,
+                    });
+                } else {
+                    Arc::new(FileKeyProvider::open_or_create(file)?)
+                }
             }
         };
         Self::open_with(config, storage, provider, false)
@@ -678,12 +692,18 @@ fn load_identity(
                 epoch: epoch.0,
             });
         }
-        Err(ProviderError::UnknownEpoch { epoch }) => {
-            return Err(Error::KeyProvider(ProviderError::UnknownEpoch { epoch }));
+        Err(ProviderError::UnknownEpoch { .. }) => {
+            return Err(Error::KeysDoNotMatch {
+                path: path.to_path_buf(),
+                provider: provider.describe(),
+                detail: "it has never held the epoch that wrapped this store's secret",
+            });
         }
         Err(ProviderError::Authentication) => {
-            return Err(Error::Tampered {
-                location: meta_location(meta::STORE_SECRET),
+            return Err(Error::KeysDoNotMatch {
+                path: path.to_path_buf(),
+                provider: provider.describe(),
+                detail: "the store secret does not authenticate under its epoch key (the key file belongs to another store, or the secret was altered)",
             });
         }
         Err(other) => return Err(other.into()),
@@ -714,15 +734,32 @@ fn number_classes(storage: &dyn Storage, policy: &Policy) -> Result<Vec<ClassEnt
     for class in policy.classes() {
         let mut key = meta::CLASS_PREFIX.to_vec();
         key.extend_from_slice(class.name().as_bytes());
+        let mode = match class.keys() {
+            crate::retention::KeyMode::Blinded => 1u8,
+            crate::retention::KeyMode::Ordered => 2u8,
+        };
         let number = match meta_get(storage, &key)? {
             Some(bytes) => {
-                u16::from_be_bytes(bytes.as_slice().try_into().map_err(|_| Error::Corrupt {
-                    location: meta_location(&key),
-                    source: shredkv_crypto::FormatError::InvalidField {
-                        what: "class number",
-                        detail: "wrong length",
-                    },
-                })?)
+                let (number, stored_mode) = match bytes.as_slice() {
+                    [a, b] => (u16::from_be_bytes([*a, *b]), None),
+                    [a, b, m] => (u16::from_be_bytes([*a, *b]), Some(*m)),
+                    _ => {
+                        return Err(Error::Corrupt {
+                            location: meta_location(&key),
+                            source: shredkv_crypto::FormatError::InvalidField {
+                                what: "class number",
+                                detail: "wrong length",
+                            },
+                        });
+                    }
+                };
+                if stored_mode.is_some_and(|m| m != mode) {
+                    return Err(Error::PolicyViolation {
+                        class: class.name().to_string(),
+                        detail: "the policy changes its key mode (blinded/ordered), which would make its stored records unreadable or misread; keep the mode, or move the data to a new class".into(),
+                    });
+                }
+                number
             }
             None => {
                 let number = next;
@@ -733,7 +770,9 @@ fn number_classes(storage: &dyn Storage, policy: &Policy) -> Result<Vec<ClassEnt
                         what: "policy",
                         detail: "the store ran out of class numbers".into(),
                     })?;
-                batch.put(Tree::Meta, key, number.to_be_bytes().to_vec());
+                let mut value = number.to_be_bytes().to_vec();
+                value.push(mode);
+                batch.put(Tree::Meta, key, value);
                 number
             }
         };

@@ -15,7 +15,7 @@ use crate::retention::{ClockStart, KeyMode};
 use crate::storage::{Order, Tree, WriteBatch};
 use crate::subjects::{SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::cache::BucketId;
-use crate::vault::{Material, SCOPE_BUCKET, bucket_for_expiry};
+use crate::vault::{KeyLookup, Material, SCOPE_BUCKET, bucket_for_expiry};
 
 /// Largest record key accepted (it may travel inside every envelope).
 pub(crate) const MAX_RECORD_KEY_LEN: usize = 4096;
@@ -153,6 +153,19 @@ impl Export {
             .map(|(_, r)| r.len())
             .sum()
     }
+}
+
+/// What a write found stored under its record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Previous {
+    /// Nothing.
+    Absent,
+    /// A readable record (its key now owes a re-key).
+    Live,
+    /// An expired or erased record: already gone for readers.
+    Dead,
+    /// Bytes that do not parse as an envelope.
+    Damaged,
 }
 
 /// Scratch state of one write batch.
@@ -375,28 +388,42 @@ impl DbInner {
         tag: &SubjectTag,
         class: &ClassEntry,
         data_key: &[u8],
-    ) -> Result<bool> {
+    ) -> Result<Previous> {
         // Staged earlier in this batch: the stored value's debt (if any) was
         // recorded then.
         if let Some(staged) = staging.data.get(data_key) {
-            return Ok(staged.is_some());
+            return Ok(if staged.is_some() {
+                Previous::Live
+            } else {
+                Previous::Absent
+            });
         }
         let Some(previous) = self.storage.get(Tree::Data, data_key)? else {
-            return Ok(false);
+            return Ok(Previous::Absent);
         };
-        // A damaged previous value is overwritten all the same; its key
-        // cannot be named, so it cannot owe a re-key.
-        if let Ok(envelope) = Envelope::parse(&previous) {
-            let r = envelope.key_ref();
-            let id = KeyId {
-                subject: *tag,
-                class: class.number,
-                bucket: r.bucket,
-                version: r.version,
-            };
-            self.stage_debt(staging, class, id)?;
+        // A damaged previous value is replaced or removed all the same; its
+        // key cannot be named, so it cannot owe a re-key.
+        let Ok(envelope) = Envelope::parse(&previous) else {
+            return Ok(Previous::Damaged);
+        };
+        let r = envelope.key_ref();
+        let id = KeyId {
+            subject: *tag,
+            class: class.number,
+            bucket: r.bucket,
+            version: r.version,
+        };
+        if envelope.expiry().is_some_and(|e| e <= staging.now) {
+            // Expired: its bucket key is destroyed at the end of its day.
+            return Ok(Previous::Dead);
         }
-        Ok(true)
+        match self.vault.lookup(&id)? {
+            KeyLookup::Live(_) => {
+                self.stage_debt(staging, class, id)?;
+                Ok(Previous::Live)
+            }
+            KeyLookup::Destroyed | KeyLookup::Missing => Ok(Previous::Dead),
+        }
     }
 
     fn stage_put(
@@ -478,11 +505,12 @@ impl DbInner {
             return Ok(false);
         };
         let data_key = records::data_key(tag, class.number, &part);
-        let existed = self.retire_previous(staging, tag, class, &data_key)?;
-        if existed {
+        let previous = self.retire_previous(staging, tag, class, &data_key)?;
+        if previous != Previous::Absent {
+            // Dead and damaged entries go too; only a readable one "existed".
             staging.data.insert(data_key, None);
         }
-        Ok(existed)
+        Ok(matches!(previous, Previous::Live | Previous::Damaged))
     }
 
     /// Decrypts one stored record. `None` if it expired or its key is gone.
@@ -499,9 +527,6 @@ impl DbInner {
             location: data_location(tag, class, data_key),
             source,
         })?;
-        if envelope.expiry().is_some_and(|e| e <= now) {
-            return Ok(None);
-        }
         let r = envelope.key_ref();
         let id = KeyId {
             subject: *tag,
@@ -509,8 +534,16 @@ impl DbInner {
             bucket: r.bucket,
             version: r.version,
         };
-        let Some(key) = self.vault.load(&id)? else {
-            return Ok(None);
+        // Authenticate before believing anything the header says (its key
+        // reference, its expiry): a forged header must fail, not hide data.
+        let key = match self.vault.lookup(&id)? {
+            KeyLookup::Live(key) => key,
+            KeyLookup::Destroyed => return Ok(None),
+            KeyLookup::Missing => {
+                return Err(Error::Tampered {
+                    location: data_location(tag, class, data_key),
+                });
+            }
         };
         let Material::Data { cipher, .. } = &key.material else {
             return Err(Error::Tampered {
@@ -521,6 +554,9 @@ impl DbInner {
         let plain = envelope.open(cipher, aad).map_err(|_| Error::Tampered {
             location: data_location(tag, class, data_key),
         })?;
+        if envelope.expiry().is_some_and(|e| e <= now) {
+            return Ok(None);
+        }
         let expires_at = envelope
             .expiry()
             .map(|e| Timestamp::from_second(e).unwrap_or(Timestamp::MAX));
@@ -754,8 +790,9 @@ impl Db {
         let _shared = inner.gate.read(&[tag]);
         let mut staging = Staging::new(inner.now_secs());
         let existed = inner.stage_delete(&mut staging, &tag, class, key)?;
-        if existed {
-            inner.storage.apply(&staging.finish(), inner.durability)?;
+        let batch = staging.finish();
+        if !batch.is_empty() {
+            inner.storage.apply(&batch, inner.durability)?;
         }
         Ok(existed)
     }

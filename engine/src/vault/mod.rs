@@ -225,6 +225,16 @@ impl CachedKey {
     }
 }
 
+/// What the vault holds for a key id.
+pub(crate) enum KeyLookup {
+    /// Usable.
+    Live(Arc<CachedKey>),
+    /// Destroyed (or its epoch is): whatever it sealed is erased.
+    Destroyed,
+    /// Never held: a reference to it is forged or damaged.
+    Missing,
+}
+
 /// The vault: loads, creates, counts, re-wraps and destroys data keys.
 pub(crate) struct Vault {
     storage: Arc<dyn Storage>,
@@ -358,6 +368,28 @@ impl Vault {
             self.read_seals(&id)?
         };
         Ok(Some(self.ready(id, &key, seals.reserved, seals)))
+    }
+
+    /// The key `id`, telling a destroyed key (its data is erased) from one
+    /// the vault never held (the reference is forged or damaged).
+    pub(crate) fn lookup(&self, id: &KeyId) -> Result<KeyLookup> {
+        if let Some(key) = self.cache.get(id) {
+            return Ok(KeyLookup::Live(key));
+        }
+        let Some(entry) = self.read_entry(id)? else {
+            return Ok(KeyLookup::Missing);
+        };
+        if entry.state == KeyState::Destroyed {
+            return Ok(KeyLookup::Destroyed);
+        }
+        match self.unwrap_entry(*id, &entry)? {
+            Some(key) => {
+                self.cache
+                    .insert(*id, Arc::clone(&key), CACHED_KEY_BYTES, false);
+                Ok(KeyLookup::Live(key))
+            }
+            None => Ok(KeyLookup::Destroyed),
+        }
     }
 
     /// The key `id`, for reading. `None` if it never existed or was destroyed.

@@ -91,13 +91,17 @@ pub(crate) fn raw_write(store: &Store, tree: &str, changes: &Raw) {
     }
 }
 
-/// The number the store gave `class` (meta key `class/<name>`), big-endian.
+/// The number the store gave `class` (meta key `class/<name>`: u16
+/// big-endian, then the class's key mode byte).
 pub(crate) fn class_number(store: &Store, class: &str) -> [u8; 2] {
     let meta = raw_read(store, "meta");
     let bytes = meta
         .get(format!("class/{class}").as_bytes())
         .expect("the class has a number");
-    bytes.as_slice().try_into().expect("a u16")
+    bytes
+        .get(..2)
+        .and_then(|b| b.try_into().ok())
+        .expect("a u16 class number")
 }
 
 /// The raw data entries of one scope (subject tag ‖ class), in key order.
