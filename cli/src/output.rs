@@ -87,16 +87,22 @@ impl Table {
     }
 }
 
-/// Prints a key/value list as a two-column table without headers.
-pub(crate) fn print_fields(fields: &[(&str, String)]) {
+/// A key/value list as a two-column table without headers.
+pub(crate) fn fields_text(fields: &[(&str, String)]) -> String {
     let width = fields
         .iter()
         .map(|(k, _)| k.chars().count())
         .max()
         .unwrap_or(0);
-    for (key, value) in fields {
-        println!("{key:<width$}  {value}");
-    }
+    fields
+        .iter()
+        .map(|(key, value)| format!("{key:<width$}  {value}\n"))
+        .collect()
+}
+
+/// Prints a key/value list as a two-column table without headers.
+pub(crate) fn print_fields(fields: &[(&str, String)]) {
+    print!("{}", fields_text(fields));
 }
 
 /// Prints one JSON document to stdout.

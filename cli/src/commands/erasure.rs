@@ -31,7 +31,7 @@ pub(crate) fn shred(global: &Global, args: &ShredArgs) -> Result<Code> {
     if global.json {
         output::print_json(&receipt_json(&receipt))?;
     } else {
-        print_receipt(&receipt, &|tag| tag.to_hex());
+        print!("{}", receipt_text(&receipt, &|tag| tag.to_hex()));
     }
     Ok(Code::Ok)
 }
@@ -57,19 +57,19 @@ pub(crate) fn receipt_json(receipt: &Receipt) -> Value {
     })
 }
 
-/// Prints a receipt: what was erased (with key counts) and what was kept and
-/// why. `name` labels a subject (its tag, or a name the caller knows).
-pub(crate) fn print_receipt(receipt: &Receipt, name: &dyn Fn(&SubjectTag) -> String) {
-    println!(
-        "Receipt: {} erased at {} ({}), {} keys destroyed",
+/// A receipt as text: what was erased (with key counts) and what was kept
+/// and why. `name` labels a subject (its tag, or a name the caller knows).
+pub(crate) fn receipt_text(receipt: &Receipt, name: &dyn Fn(&SubjectTag) -> String) -> String {
+    let mut out = format!(
+        "Receipt: {} erased at {} ({}), {} keys destroyed\n",
         name(&receipt.subject),
         output::time(receipt.erased_at),
         receipt.reason.name(),
         receipt.keys_destroyed()
     );
     if receipt.erased.is_empty() && receipt.retained.is_empty() {
-        println!("  nothing to erase: already erased");
-        return;
+        out.push_str("  nothing to erase: already erased\n");
+        return out;
     }
     if !receipt.erased.is_empty() {
         let mut table = Table::new(&["erased subject", "class", "keys destroyed"]).right(&[2]);
@@ -97,7 +97,7 @@ pub(crate) fn print_receipt(receipt: &Receipt, name: &dyn Fn(&SubjectTag) -> Str
                 "0".to_string(),
             ]);
         }
-        indent(&table);
+        indent(&mut out, &table);
     }
     if !receipt.retained.is_empty() {
         let mut table = Table::new(&["retained subject", "class", "until", "why"]);
@@ -110,12 +110,15 @@ pub(crate) fn print_receipt(receipt: &Receipt, name: &dyn Fn(&SubjectTag) -> Str
                 r.reason.clone(),
             ]);
         }
-        indent(&table);
+        indent(&mut out, &table);
     }
+    out
 }
 
-fn indent(table: &Table) {
+fn indent(out: &mut String, table: &Table) {
     for line in table.render().lines() {
-        println!("  {line}");
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
     }
 }

@@ -53,7 +53,7 @@ pub(crate) fn stats(global: &Global) -> Result<Code> {
     if global.json {
         output::print_json(&stats_json(&stats))?;
     } else {
-        print_stats(&db, &stats);
+        print!("{}", stats_text(&db, &stats));
     }
     Ok(Code::Ok)
 }
@@ -85,10 +85,10 @@ pub(crate) fn stats_json(stats: &Stats) -> Value {
     })
 }
 
-/// Prints the statistics as two tables: the store, then classes.
-pub(crate) fn print_stats(db: &Db, stats: &Stats) {
+/// The statistics as text: the store's figures, then a table of classes.
+pub(crate) fn stats_text(db: &Db, stats: &Stats) -> String {
     let epochs: Vec<String> = stats.live_epochs.iter().map(u32::to_string).collect();
-    output::print_fields(&[
+    let mut out = output::fields_text(&[
         ("store", db.path().display().to_string()),
         (
             "backend",
@@ -139,7 +139,7 @@ pub(crate) fn print_stats(db: &Db, stats: &Stats) {
             ),
         ),
     ]);
-    println!();
+    out.push('\n');
     let mut table = Table::new(&["class", "records", "bytes"]).right(&[1, 2]);
     for class in &stats.classes {
         table.row([
@@ -148,7 +148,8 @@ pub(crate) fn print_stats(db: &Db, stats: &Stats) {
             output::bytes(class.bytes),
         ]);
     }
-    table.print();
+    out.push_str(&table.render());
+    out
 }
 
 fn kind_name(kind: ProblemKind) -> &'static str {
