@@ -195,19 +195,20 @@ impl Global {
 /// Explains an open failure: a store secret that fails authentication most
 /// likely means the key file belongs to another store.
 fn opening_error(err: Error, dir: &Path, key_file: &Path) -> anyhow::Error {
-    if let Error::Tampered { location } = &err {
-        if location.tree == "meta" && location.key_hex == "store_secret" {
-            return CliError::new(
-                Code::KeyProvider,
-                format!(
-                    "key file {} does not unlock the store at {}: the store secret failed authentication under it",
-                    key_file.display(),
-                    dir.display()
-                ),
-            )
-            .hint("pass --key-file with this store's own key file; if it is the right file, the store's metadata was altered: run `shredkv verify`")
-            .into();
-        }
+    if let Error::Tampered { location } = &err
+        && location.tree == "meta"
+        && location.key_hex == "store_secret"
+    {
+        return CliError::new(
+            Code::KeyProvider,
+            format!(
+                "key file {} does not unlock the store at {}: the store secret failed authentication under it",
+                key_file.display(),
+                dir.display()
+            ),
+        )
+        .hint("pass --key-file with this store's own key file; if it is the right file, the store's metadata was altered: run `shredkv verify`")
+        .into();
     }
     err.into()
 }
