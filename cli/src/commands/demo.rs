@@ -9,7 +9,9 @@
 //! integrity scan and audit chain are clean, and no marker, subject id or
 //! record key appears in any byte of any file of the store, erased or live.
 //!
-//! Each check prints PASS or FAIL; any FAIL makes the demo exit 1.
+//! Each check prints PASS or FAIL; any FAIL makes the demo exit 1. The demo
+//! honours `--backend` and `--json` (the story on stderr, the checks as JSON
+//! on stdout); it ignores `--store`, `--key-file` and `--policy`.
 //!
 //! New steps slot into [`STEPS`] as the engine gains them (see the comments
 //! there): account closure, marketing opt-out, deletion requests with
@@ -246,7 +248,7 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     let elapsed = started.elapsed();
     let summary = if failed.is_empty() {
         format!(
-            "\nAll {} checks passed in {:.1} s.",
+            "\nAll {} checks passed in {:.2} s.",
             demo.checks.len(),
             elapsed.as_secs_f64()
         )

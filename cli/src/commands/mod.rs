@@ -93,8 +93,11 @@ pub(crate) enum Command {
     /// Show or check retention policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Run a full erasure lifecycle on a temporary store and check it.
-    #[command(after_help = "Example:\n  cargo run --release -p shredkv-cli -- demo")]
+    /// Run a full erasure lifecycle on a temporary store and check it
+    /// (default policy; honours --backend and --json).
+    #[command(
+        after_help = "Examples:\n  cargo run --release -p shredkv-cli -- demo\n  shredkv demo --backend redb"
+    )]
     Demo,
 }
 
