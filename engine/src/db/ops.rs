@@ -835,8 +835,16 @@ impl Db {
     /// # Errors
     /// [`Error::UnknownSubject`], [`Error::Erased`], integrity and storage failures.
     pub fn export(&self, subject: &str) -> Result<Export> {
+        self.export_tag(self.subject_tag(subject))
+    }
+
+    /// [`Db::export`] of the subject with this tag: for operators, who see
+    /// only tags (an export of every subject walks [`Db::subjects`]).
+    ///
+    /// # Errors
+    /// As [`Db::export`].
+    pub fn export_tag(&self, tag: SubjectTag) -> Result<Export> {
         let inner = &self.inner;
-        let tag = self.subject_tag(subject);
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;

@@ -589,3 +589,19 @@ fn stats_and_verify_report_what_is_stored_and_what_is_damaged() {
             .any(|e| e.event == crate::AuditEvent::KeysDestroyed)
     );
 }
+
+#[test]
+fn export_by_tag_matches_export_by_id() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _clock) = open(&dir);
+    db.register_account("acct").expect("account");
+    db.register_end_user("user", "acct").expect("user");
+    db.put("user", "message_content", b"m", b"hi").expect("put");
+    let tag = db.subject_tag("acct");
+    assert_eq!(
+        db.export_tag(tag).expect("by tag"),
+        db.export("acct").expect("by id")
+    );
+    db.shred("acct", Classes::All).expect("shred");
+    assert!(db.export_tag(tag).expect_err("erased").is_erased());
+}

@@ -1,0 +1,124 @@
+//! Erasure: `shred`, and how a receipt is shown (also by the demo).
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use shredkv::{Classes, Receipt, SubjectTag};
+
+use crate::context::Global;
+use crate::exit::Code;
+use crate::output::{self, Table};
+
+/// Arguments of `shred`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShredArgs {
+    /// The subject's id; an account's end users are erased with it.
+    subject: String,
+    /// Erase only this class (repeatable); every class when left out.
+    #[arg(long = "class", value_name = "CLASS")]
+    classes: Vec<String>,
+}
+
+/// `shred`: destroys the subject's keys and prints the receipt.
+pub(crate) fn shred(global: &Global, args: &ShredArgs) -> Result<Code> {
+    let db = global.open()?;
+    let names: Vec<&str> = args.classes.iter().map(String::as_str).collect();
+    let classes = if names.is_empty() {
+        Classes::All
+    } else {
+        Classes::Only(&names)
+    };
+    let receipt = db.shred(&args.subject, classes)?;
+    if global.json {
+        output::print_json(&receipt_json(&receipt))?;
+    } else {
+        print!("{}", receipt_text(&receipt, &|tag| tag.to_hex()));
+    }
+    Ok(Code::Ok)
+}
+
+/// A receipt as JSON.
+pub(crate) fn receipt_json(receipt: &Receipt) -> Value {
+    json!({
+        "subject": receipt.subject.to_hex(),
+        "erased_at": output::time(receipt.erased_at),
+        "reason": receipt.reason.name(),
+        "keys_destroyed": receipt.keys_destroyed(),
+        "erased": receipt.erased.iter().map(|e| json!({
+            "subject": e.subject.to_hex(),
+            "class": e.class,
+            "keys_destroyed": e.keys_destroyed,
+        })).collect::<Vec<_>>(),
+        "retained": receipt.retained.iter().map(|r| json!({
+            "subject": r.subject.to_hex(),
+            "class": r.class,
+            "until": output::json_time(r.until),
+            "reason": r.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A receipt as text: what was erased (with key counts) and what was kept
+/// and why. `name` labels a subject (its tag, or a name the caller knows).
+pub(crate) fn receipt_text(receipt: &Receipt, name: &dyn Fn(&SubjectTag) -> String) -> String {
+    let mut out = format!(
+        "Receipt: {} erased at {} ({}), {} keys destroyed\n",
+        name(&receipt.subject),
+        output::time(receipt.erased_at),
+        receipt.reason.name(),
+        receipt.keys_destroyed()
+    );
+    if receipt.erased.is_empty() && receipt.retained.is_empty() {
+        out.push_str("  nothing to erase: already erased\n");
+        return out;
+    }
+    if !receipt.erased.is_empty() {
+        let mut table = Table::new(&["erased subject", "class", "keys destroyed"]).right(&[2]);
+        // Classes that never held a key are erased too (no later write can
+        // revive them); one row per subject says so.
+        let mut empty: Vec<(SubjectTag, usize)> = Vec::new();
+        for e in &receipt.erased {
+            if e.class.is_some() && e.keys_destroyed == 0 {
+                match empty.iter_mut().find(|(t, _)| *t == e.subject) {
+                    Some((_, n)) => *n += 1,
+                    None => empty.push((e.subject, 1)),
+                }
+                continue;
+            }
+            table.row([
+                name(&e.subject),
+                e.class.clone().unwrap_or_else(|| "(every class)".into()),
+                e.keys_destroyed.to_string(),
+            ]);
+        }
+        for (subject, n) in empty {
+            table.row([
+                name(&subject),
+                format!("({n} more classes that held no data)"),
+                "0".to_string(),
+            ]);
+        }
+        indent(&mut out, &table);
+    }
+    if !receipt.retained.is_empty() {
+        let mut table = Table::new(&["retained subject", "class", "until", "why"]);
+        for r in &receipt.retained {
+            table.row([
+                name(&r.subject),
+                r.class.clone(),
+                r.until
+                    .map_or_else(|| "until released".into(), output::time),
+                r.reason.clone(),
+            ]);
+        }
+        indent(&mut out, &table);
+    }
+    out
+}
+
+fn indent(out: &mut String, table: &Table) {
+    for line in table.render().lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}

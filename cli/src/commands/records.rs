@@ -1,0 +1,291 @@
+//! Records: `get`, `put`, `delete`, `export`.
+//!
+//! Record keys and values are given as text on the command line. Output
+//! shows them as UTF-8 when they are valid UTF-8 and as base64 otherwise,
+//! with the encoding named (`key_encoding`, `value_encoding`).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+use shredkv::{Db, Export, PutOptions, Retention, SubjectKind, SubjectState};
+
+use crate::context::Global;
+use crate::exit::{CliError, Code};
+use crate::output;
+
+/// Arguments of `get`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GetArgs {
+    /// The subject's id.
+    subject: String,
+    /// The retention class.
+    class: String,
+    /// The record key.
+    key: String,
+}
+
+/// Arguments of `put`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PutArgs {
+    /// The subject's id.
+    subject: String,
+    /// The retention class.
+    class: String,
+    /// The record key.
+    key: String,
+    /// The value.
+    value: String,
+    /// Expire the record at this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+    #[arg(long, value_name = "RFC3339", conflicts_with = "expires_in")]
+    expires_at: Option<Timestamp>,
+    /// Expire the record after this span ("30 days", "6 months", "1 year").
+    #[arg(long, value_name = "SPAN")]
+    expires_in: Option<Retention>,
+    /// Register the subject as an account first, if it is not registered.
+    #[arg(long, conflicts_with = "account")]
+    register_account: bool,
+    /// Register the subject as an end user of ACCOUNT first, if it is not registered.
+    #[arg(long, value_name = "ACCOUNT")]
+    account: Option<String>,
+}
+
+/// Arguments of `delete`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeleteArgs {
+    /// The subject's id.
+    subject: String,
+    /// The retention class.
+    class: String,
+    /// The record key.
+    key: String,
+}
+
+/// Arguments of `export`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportArgs {
+    /// The subject's id (an account exports its end users too); every
+    /// subject when left out.
+    subject: Option<String>,
+    /// Write to this file (created owner-only) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// `get`: prints a record's value (text, or base64 when not UTF-8).
+pub(crate) fn get(global: &Global, args: &GetArgs) -> Result<Code> {
+    let db = global.open()?;
+    let Some(record) = db.get_record(&args.subject, &args.class, args.key.as_bytes())? else {
+        let tag = db.subject_tag(&args.subject);
+        return Err(CliError::new(
+            Code::NotFound,
+            format!(
+                "no record `{}` in class `{}` of subject {tag} (absent, deleted or expired)",
+                args.key, args.class
+            ),
+        )
+        .into());
+    };
+    if global.json {
+        let mut doc = Map::new();
+        doc.insert(
+            "subject".into(),
+            json!(db.subject_tag(&args.subject).to_hex()),
+        );
+        doc.insert("class".into(), json!(args.class));
+        output::json_bytes(&mut doc, "key", &record.key);
+        output::json_bytes(&mut doc, "value", &record.value);
+        doc.insert("expires_at".into(), output::json_time(record.expires_at));
+        output::print_json(&Value::Object(doc))?;
+        return Ok(Code::Ok);
+    }
+    let (text, encoding) = output::encode_bytes(&record.value);
+    if encoding != "utf-8" {
+        eprintln!("note: the value is not UTF-8; printed as base64");
+    }
+    println!("{text}");
+    if let Some(at) = record.expires_at {
+        eprintln!("expires at {}", output::time(at));
+    }
+    Ok(Code::Ok)
+}
+
+/// `put`: writes a record, registering its subject when asked.
+pub(crate) fn put(global: &Global, args: &PutArgs) -> Result<Code> {
+    let db = global.open()?;
+    if args.register_account {
+        db.register_account(&args.subject)?;
+    } else if let Some(account) = &args.account {
+        db.register_end_user(&args.subject, account)?;
+    }
+    let expires_at = match (&args.expires_at, &args.expires_in) {
+        (Some(at), _) => Some(*at),
+        (None, Some(span)) => Some(span.add_to(db.now()).ok_or_else(|| {
+            CliError::new(
+                Code::Usage,
+                format!("--expires-in {span} lands past the year 9999"),
+            )
+        })?),
+        (None, None) => None,
+    };
+    db.put_with(
+        &args.subject,
+        &args.class,
+        args.key.as_bytes(),
+        args.value.as_bytes(),
+        PutOptions { expires_at },
+    )?;
+    let tag = db.subject_tag(&args.subject).to_hex();
+    if global.json {
+        output::print_json(&json!({
+            "subject": tag,
+            "class": args.class,
+            "key": args.key,
+            "expires_at": output::json_time(expires_at),
+        }))?;
+    } else {
+        print!(
+            "stored `{}` in {} of {} ({tag})",
+            args.key, args.class, args.subject
+        );
+        match expires_at {
+            Some(at) => println!(", expires {}", output::time(at)),
+            None => println!(),
+        }
+    }
+    Ok(Code::Ok)
+}
+
+/// `delete`: deletes a record; exit 3 if there was none.
+pub(crate) fn delete(global: &Global, args: &DeleteArgs) -> Result<Code> {
+    let db = global.open()?;
+    let existed = db.delete(&args.subject, &args.class, args.key.as_bytes())?;
+    let tag = db.subject_tag(&args.subject).to_hex();
+    if !existed {
+        return Err(CliError::new(
+            Code::NotFound,
+            format!(
+                "no record `{}` in class `{}` of subject {tag}: nothing to delete",
+                args.key, args.class
+            ),
+        )
+        .into());
+    }
+    if global.json {
+        output::print_json(
+            &json!({ "subject": tag, "class": args.class, "key": args.key, "deleted": true }),
+        )?;
+    } else {
+        println!(
+            "deleted `{}` from {} of {} ({tag}); its old ciphertext is purged within the class's purge window",
+            args.key, args.class, args.subject
+        );
+    }
+    Ok(Code::Ok)
+}
+
+/// Writes one export's records as JSON Lines; returns the number of records.
+fn write_lines(out: &mut dyn Write, export: &Export) -> Result<u64> {
+    let mut n = 0u64;
+    for subject in &export.subjects {
+        for (class, records) in &subject.classes {
+            for record in records {
+                let mut line = Map::new();
+                line.insert("subject".into(), json!(subject.tag.to_hex()));
+                line.insert("kind".into(), json!(output::kind(subject.kind)));
+                line.insert("class".into(), json!(class));
+                output::json_bytes(&mut line, "key", &record.key);
+                output::json_bytes(&mut line, "value", &record.value);
+                line.insert("expires_at".into(), output::json_time(record.expires_at));
+                serde_json::to_writer(&mut *out, &Value::Object(line))?;
+                out.write_all(b"\n")?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Opens the export's destination: a new owner-only file, or stdout.
+fn destination(path: Option<&PathBuf>) -> Result<Box<dyn Write>> {
+    let Some(path) = path else {
+        return Ok(Box::new(BufWriter::new(std::io::stdout().lock())));
+    };
+    let mut options = File::options();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let file = options.open(path).map_err(|err| {
+        CliError::new(
+            Code::Failure,
+            format!("cannot create {}: {err}", path.display()),
+        )
+        .hint("an export never overwrites a file; choose a new path")
+    })?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
+/// `export`: JSON Lines of one subject (and its end users) or of all.
+pub(crate) fn export(global: &Global, args: &ExportArgs) -> Result<Code> {
+    let db = global.open()?;
+    let mut out = destination(args.output.as_ref())?;
+    let (records, subjects) = match &args.subject {
+        Some(subject) => {
+            let export = db.export(subject)?;
+            (write_lines(&mut out, &export)?, export.subjects.len())
+        }
+        None => export_all(&db, &mut out)?,
+    };
+    out.flush()?;
+    drop(out);
+    let where_to = args
+        .output
+        .as_ref()
+        .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
+    eprintln!("exported {records} records of {subjects} subjects to {where_to}");
+    Ok(Code::Ok)
+}
+
+/// Every subject that is not erased: accounts with their end users, then
+/// end users whose account is erased (they may keep held classes).
+fn export_all(db: &Db, out: &mut dyn Write) -> Result<(u64, usize)> {
+    let all = db.subjects()?;
+    let bar = output::progress(Some(u64::try_from(all.len()).unwrap_or(u64::MAX)), "export");
+    let mut done = HashSet::new();
+    let mut records = 0u64;
+    let mut erased = 0usize;
+    let accounts_first = all
+        .iter()
+        .filter(|s| s.kind == SubjectKind::Account)
+        .chain(all.iter().filter(|s| s.kind == SubjectKind::EndUser));
+    for info in accounts_first {
+        if info.state == SubjectState::Erased {
+            erased += 1;
+            done.insert(info.tag);
+            bar.inc(1);
+            continue;
+        }
+        if done.contains(&info.tag) {
+            continue;
+        }
+        let export = db.export_tag(info.tag)?;
+        for subject in &export.subjects {
+            if done.insert(subject.tag) {
+                bar.inc(1);
+            }
+        }
+        records += write_lines(out, &export)?;
+    }
+    bar.finish_and_clear();
+    if erased > 0 {
+        eprintln!("note: {erased} erased subjects skipped (their data is gone)");
+    }
+    Ok((records, done.len() - erased))
+}

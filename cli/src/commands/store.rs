@@ -1,0 +1,270 @@
+//! Store-wide commands: `init`, `stats`, `verify`.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use shredkv::{Db, IntegrityReport, Location, ProblemKind, Stats};
+
+use crate::context::Global;
+use crate::exit::Code;
+use crate::output::{self, Table};
+
+/// `init`: creates a store in a new or empty directory.
+pub(crate) fn init(global: &Global) -> Result<Code> {
+    let db = global.create()?;
+    let dir = db.path().to_path_buf();
+    let key_file = global.key_file_for(&dir);
+    let digest = hex(&db.policy().digest());
+    db.flush()?;
+    if global.json {
+        output::print_json(&json!({
+            "store": dir.display().to_string(),
+            "backend": db.backend().name(),
+            "key_file": key_file.display().to_string(),
+            "policy_digest": digest,
+            "classes": db.policy().classes().len(),
+        }))?;
+        return Ok(Code::Ok);
+    }
+    println!("Created a {} store at {}", db.backend(), dir.display());
+    output::print_fields(&[
+        ("key file", key_file.display().to_string()),
+        (
+            "policy",
+            format!("{} classes, digest {digest}", db.policy().classes().len()),
+        ),
+    ]);
+    if key_file.starts_with(&dir) {
+        eprintln!(
+            "note: the key file is inside the store directory; in production keep it off the volume that is backed up with the store (--key-file), so a stolen backup cannot be decrypted"
+        );
+    }
+    Ok(Code::Ok)
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `stats`: the store's vital statistics.
+pub(crate) fn stats(global: &Global) -> Result<Code> {
+    let db = global.open()?;
+    let stats = db.stats()?;
+    if global.json {
+        output::print_json(&stats_json(&stats))?;
+    } else {
+        print!("{}", stats_text(&db, &stats));
+    }
+    Ok(Code::Ok)
+}
+
+/// The statistics as JSON.
+pub(crate) fn stats_json(stats: &Stats) -> Value {
+    json!({
+        "backend": stats.backend,
+        "size_on_disk": stats.size_on_disk,
+        "accounts": stats.accounts,
+        "end_users": stats.end_users,
+        "active": stats.active,
+        "restricted": stats.restricted,
+        "erased": stats.erased,
+        "scopes": stats.scopes,
+        "keys_live": stats.keys_live,
+        "keys_destroyed": stats.keys_destroyed,
+        "classes": stats.classes.iter().map(|c| json!({
+            "name": c.name, "records": c.records, "bytes": c.bytes,
+        })).collect::<Vec<_>>(),
+        "rekey_debts": stats.rekey_debts,
+        "oldest_purge_deadline": output::json_time(stats.oldest_purge_deadline),
+        "deadlines": stats.deadlines,
+        "next_deadline": output::json_time(stats.next_deadline),
+        "holds": stats.holds,
+        "audit_entries": stats.audit_entries,
+        "current_epoch": stats.current_epoch,
+        "live_epochs": stats.live_epochs,
+    })
+}
+
+/// The statistics as text: the store's figures, then a table of classes.
+pub(crate) fn stats_text(db: &Db, stats: &Stats) -> String {
+    let epochs: Vec<String> = stats.live_epochs.iter().map(u32::to_string).collect();
+    let mut out = output::fields_text(&[
+        ("store", db.path().display().to_string()),
+        (
+            "backend",
+            format!(
+                "{} ({} on disk)",
+                stats.backend,
+                output::bytes(stats.size_on_disk)
+            ),
+        ),
+        (
+            "subjects",
+            format!(
+                "{} accounts, {} end users ({} active, {} restricted, {} erased)",
+                stats.accounts, stats.end_users, stats.active, stats.restricted, stats.erased
+            ),
+        ),
+        (
+            "keys",
+            format!(
+                "{} live in {} scopes, {} destroyed",
+                stats.keys_live, stats.scopes, stats.keys_destroyed
+            ),
+        ),
+        (
+            "re-key debts",
+            format!(
+                "{} (oldest purge deadline {})",
+                stats.rekey_debts,
+                output::opt_time(stats.oldest_purge_deadline)
+            ),
+        ),
+        (
+            "deadlines",
+            format!(
+                "{} (next {})",
+                stats.deadlines,
+                output::opt_time(stats.next_deadline)
+            ),
+        ),
+        ("legal holds", stats.holds.to_string()),
+        ("audit entries", stats.audit_entries.to_string()),
+        (
+            "epochs",
+            format!(
+                "current {}, live [{}]",
+                stats.current_epoch,
+                epochs.join(", ")
+            ),
+        ),
+    ]);
+    out.push('\n');
+    let mut table = Table::new(&["class", "records", "bytes"]).right(&[1, 2]);
+    for class in &stats.classes {
+        table.row([
+            class.name.clone(),
+            class.records.to_string(),
+            output::bytes(class.bytes),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+fn kind_name(kind: ProblemKind) -> &'static str {
+    match kind {
+        ProblemKind::Corrupt => "corrupt",
+        ProblemKind::Tampered => "tampered",
+    }
+}
+
+/// A location as JSON.
+pub(crate) fn location_json(location: &Location) -> Value {
+    json!({
+        "tree": location.tree,
+        "subject": location.subject.map(|t| t.to_hex()),
+        "class": location.class,
+        "key": location.key_hex,
+    })
+}
+
+/// `verify`: the full integrity scan, with progress; exit 5 on damage.
+pub(crate) fn verify(global: &Global) -> Result<Code> {
+    let db = global.open()?;
+    let bar = output::progress(None, "records checked");
+    let report = db.verify_with(&mut |done| bar.set_position(done))?;
+    bar.finish_and_clear();
+    if global.json {
+        output::print_json(&report_json(&report))?;
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.is_clean() {
+        Code::Ok
+    } else {
+        Code::Integrity
+    })
+}
+
+fn report_json(report: &IntegrityReport) -> Value {
+    json!({
+        "clean": report.is_clean(),
+        "records_checked": report.records_checked,
+        "records_dead": report.records_dead,
+        "keys_checked": report.keys_checked,
+        "subjects_checked": report.subjects_checked,
+        "problems": report.problems.iter().map(|p| json!({
+            "kind": kind_name(p.kind),
+            "location": location_json(&p.location),
+            "detail": p.detail,
+        })).collect::<Vec<_>>(),
+        "audit": {
+            "entries": report.audit.entries,
+            "head": report.audit.head_hex,
+            "breaks": report.audit.breaks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+    })
+}
+
+fn print_report(report: &IntegrityReport) {
+    output::print_fields(&[
+        (
+            "records",
+            format!(
+                "{} authenticated, {} dead (keys destroyed or expired, awaiting compaction)",
+                report.records_checked, report.records_dead
+            ),
+        ),
+        (
+            "keys",
+            format!("{} vault entries decoded", report.keys_checked),
+        ),
+        (
+            "subjects",
+            format!("{} subject records decoded", report.subjects_checked),
+        ),
+        (
+            "audit chain",
+            format!(
+                "{} entries, head {}",
+                report.audit.entries, report.audit.head_hex
+            ),
+        ),
+    ]);
+    if !report.problems.is_empty() {
+        println!();
+        let mut table = Table::new(&["problem", "tree", "subject", "class", "key", "detail"]);
+        for p in &report.problems {
+            table.row([
+                kind_name(p.kind).to_string(),
+                p.location.tree.to_string(),
+                p.location
+                    .subject
+                    .map_or_else(|| "-".to_string(), |t| t.to_hex()),
+                p.location.class.clone().unwrap_or_else(|| "-".into()),
+                p.location.key_hex.clone(),
+                p.detail.clone(),
+            ]);
+        }
+        table.print();
+        println!();
+        println!(
+            "corrupt: the bytes are damaged (media or file-system fault); restore the affected records from a backup."
+        );
+        println!(
+            "tampered: the bytes are well formed but fail authentication (altered, or moved from another record); treat it as a security incident and restore from a backup."
+        );
+    }
+    for b in &report.audit.breaks {
+        println!("audit: {b}");
+    }
+    println!(
+        "{}",
+        if report.is_clean() {
+            "OK: no damage found"
+        } else {
+            "DAMAGED: see above"
+        }
+    );
+}

@@ -1,0 +1,214 @@
+//! The global options and how a command opens its store.
+//!
+//! `Db::open` creates a store where there is none, which is right for
+//! `init` and wrong for every other command: a typo in `--store` must not
+//! create an empty store, and a missing key file must not be replaced by a
+//! fresh one. So the CLI checks both before it opens.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use shredkv::{Backend, Config, Db, Error, Policy};
+
+use crate::exit::{CliError, Code};
+
+/// The storage backends, as spelled on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BackendArg {
+    /// sled 0.34.7 (files in `DIR/sled/`).
+    Sled,
+    /// redb (one file, `DIR/store.redb`).
+    Redb,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Sled => Backend::Sled,
+            BackendArg::Redb => Backend::Redb,
+        }
+    }
+}
+
+/// Options every command accepts.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Global {
+    /// The store directory (required except for `demo` and `policy check`).
+    #[arg(long, global = true, env = "SHREDKV_STORE", value_name = "DIR")]
+    pub(crate) store: Option<PathBuf>,
+
+    /// The storage backend [default: sled; an existing store's own backend is detected].
+    #[arg(long, global = true, value_enum, value_name = "BACKEND")]
+    pub(crate) backend: Option<BackendArg>,
+
+    /// The key file [default: DIR/keys]. Keep it off the store's backup volume.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) key_file: Option<PathBuf>,
+
+    /// The retention policy file [default: the embedded default policy].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) policy: Option<PathBuf>,
+
+    /// Machine output: one JSON document (JSON Lines for `export`).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The sled backend's directory inside a store directory.
+const SLED_DIR: &str = "sled";
+/// The redb backend's file inside a store directory.
+const REDB_FILE: &str = "store.redb";
+
+impl Global {
+    /// The store directory, or a usage error naming the option.
+    pub(crate) fn store_dir(&self) -> Result<&Path> {
+        self.store.as_deref().ok_or_else(|| {
+            CliError::new(
+                Code::Usage,
+                "this command needs a store: pass --store DIR or set SHREDKV_STORE",
+            )
+            .into()
+        })
+    }
+
+    /// The key file of the store in `dir`.
+    pub(crate) fn key_file_for(&self, dir: &Path) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| dir.join("keys"))
+    }
+
+    /// The policy: `--policy FILE`, or the embedded default.
+    pub(crate) fn load_policy(&self) -> Result<Policy> {
+        Ok(match &self.policy {
+            Some(file) => Policy::load(file)?,
+            None => Policy::default_policy()?,
+        })
+    }
+
+    /// The backend of an existing store in `dir`, or a not-found error.
+    fn detect_backend(&self, dir: &Path) -> Result<Backend> {
+        let has_sled = dir.join(SLED_DIR).is_dir();
+        let has_redb = dir.join(REDB_FILE).is_file();
+        let missing = |why: String| -> anyhow::Error {
+            CliError::new(
+                Code::NotFound,
+                format!("no shredkv store at {}: {why}", dir.display()),
+            )
+            .hint(format!(
+                "check --store / SHREDKV_STORE, or create a store with `shredkv --store {} init`",
+                dir.display()
+            ))
+            .into()
+        };
+        if !dir.exists() {
+            return Err(missing("the directory does not exist".into()));
+        }
+        match (self.backend.map(Backend::from), has_sled, has_redb) {
+            (None | Some(Backend::Sled), true, _) => Ok(Backend::Sled),
+            (None | Some(Backend::Redb), _, true) => Ok(Backend::Redb),
+            (Some(Backend::Sled), false, true) => Err(CliError::new(
+                Code::NotFound,
+                format!(
+                    "the store at {} is a redb store, not a sled store",
+                    dir.display()
+                ),
+            )
+            .hint("pass --backend redb (or leave --backend out)")
+            .into()),
+            (Some(Backend::Redb), true, false) => Err(CliError::new(
+                Code::NotFound,
+                format!(
+                    "the store at {} is a sled store, not a redb store",
+                    dir.display()
+                ),
+            )
+            .hint("pass --backend sled (or leave --backend out)")
+            .into()),
+            _ => Err(missing(format!(
+                "neither {SLED_DIR}/ nor {REDB_FILE} is in that directory"
+            ))),
+        }
+    }
+
+    /// Opens the existing store: it must exist, and so must its key file.
+    pub(crate) fn open(&self) -> Result<Db> {
+        let dir = self.store_dir()?;
+        let backend = self.detect_backend(dir)?;
+        let key_file = self.key_file_for(dir);
+        if !key_file.exists() {
+            return Err(CliError::new(
+                Code::KeyProvider,
+                format!(
+                    "key file {} is missing: the store at {} cannot be decrypted without it",
+                    key_file.display(),
+                    dir.display()
+                ),
+            )
+            .hint("pass --key-file with the key file's real location (keep it off the backup volume); a store whose key file is lost is unreadable by design")
+            .into());
+        }
+        let policy = self.load_policy()?;
+        let config = Config::new(dir)
+            .backend(backend)
+            .policy(policy)
+            .key_file(&key_file)
+            .sync_writes(true);
+        Db::open(config).map_err(|err| opening_error(err, dir, &key_file))
+    }
+
+    /// Creates a new store (for `init`): the directory must be absent or empty.
+    pub(crate) fn create(&self) -> Result<Db> {
+        let dir = self.store_dir()?;
+        if dir.exists() {
+            let mut entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+                action: "read the store directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            if entries.next().is_some() {
+                let what = if dir.join(SLED_DIR).exists() || dir.join(REDB_FILE).exists() {
+                    "already holds a shredkv store"
+                } else {
+                    "is not empty"
+                };
+                return Err(CliError::new(
+                    Code::Failure,
+                    format!(
+                        "{} {what}; init creates a store only in a new or empty directory",
+                        dir.display()
+                    ),
+                )
+                .hint("choose another --store directory, or use the existing store as it is")
+                .into());
+            }
+        }
+        let policy = self.load_policy()?;
+        let key_file = self.key_file_for(dir);
+        let config = Config::new(dir)
+            .backend(self.backend.map_or(Backend::Sled, Backend::from))
+            .policy(policy)
+            .key_file(&key_file)
+            .sync_writes(true);
+        Db::open(config).map_err(|err| opening_error(err, dir, &key_file))
+    }
+}
+
+/// Explains an open failure: a store secret that fails authentication most
+/// likely means the key file belongs to another store.
+fn opening_error(err: Error, dir: &Path, key_file: &Path) -> anyhow::Error {
+    if let Error::Tampered { location } = &err
+        && location.tree == "meta"
+        && location.key_hex == "store_secret"
+    {
+        return CliError::new(
+            Code::KeyProvider,
+            format!(
+                "key file {} does not unlock the store at {}: the store secret failed authentication under it",
+                key_file.display(),
+                dir.display()
+            ),
+        )
+        .hint("pass --key-file with this store's own key file; if it is the right file, the store's metadata was altered: run `shredkv verify`")
+        .into();
+    }
+    err.into()
+}

@@ -1,0 +1,182 @@
+//! Exit codes, and how an error becomes one (with a hint for the operator).
+//!
+//! Engine errors travel through `anyhow` unchanged; [`classify`] finds the
+//! [`shredkv::Error`] (or the CLI's own [`CliError`]) in the chain and maps
+//! its variant to a [`Code`]. The table is documented in `shredkv --help`
+//! ([`EXIT_CODES_HELP`]) and in `docs/operations.md`.
+
+use std::fmt;
+
+use shredkv::{Error, PolicyError, StorageError};
+
+/// What the process reports to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Code {
+    /// Success.
+    Ok = 0,
+    /// Any other failure (storage, I/O, a conflict).
+    Failure = 1,
+    /// Bad arguments: clap's own errors, an unknown class, an invalid value.
+    Usage = 2,
+    /// Unknown subject, absent record or hold, missing store.
+    NotFound = 3,
+    /// The data asked for was erased.
+    Erased = 4,
+    /// Corrupt or tampered stored data (integrity).
+    Integrity = 5,
+    /// Invalid policy file, or the policy forbids the request.
+    Policy = 6,
+    /// Key provider: missing, world-readable, corrupt or mismatched key file.
+    KeyProvider = 7,
+}
+
+impl Code {
+    /// A short machine name, used in `--json` error documents.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "ok",
+            Code::Failure => "failure",
+            Code::Usage => "usage",
+            Code::NotFound => "not_found",
+            Code::Erased => "erased",
+            Code::Integrity => "integrity",
+            Code::Policy => "policy",
+            Code::KeyProvider => "key_provider",
+        }
+    }
+
+    /// The process exit code.
+    pub(crate) fn as_exit(self) -> std::process::ExitCode {
+        std::process::ExitCode::from(self as u8)
+    }
+}
+
+/// The exit-code table shown at the end of `shredkv --help`.
+pub(crate) const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  ok
+  1  other failure (storage, I/O, subject conflict, restricted subject)
+  2  usage: bad arguments, unknown class, invalid value
+  3  not found: unknown subject, absent record or hold, missing store
+  4  erased: the data asked for was erased
+  5  integrity: corrupt or tampered data (get, verify, audit verify)
+  6  policy: invalid policy file, policy violation, legal hold, policy mismatch
+  7  key provider: missing, world-readable, corrupt or mismatched key file
+
+Subjects are named by their ids on the command line; the store keeps only
+keyed tags, which is what `subjects`, `holds`, `audit` and receipts show.";
+
+/// An error raised by the CLI itself (not the engine), with its exit code.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    pub(crate) code: Code,
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
+}
+
+impl CliError {
+    /// An error with an exit code and a message.
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds what the operator should do next.
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// The exit code of an error and a hint saying what to do next.
+pub(crate) fn classify(err: &anyhow::Error) -> (Code, Option<String>) {
+    for cause in err.chain() {
+        if let Some(cli) = cause.downcast_ref::<CliError>() {
+            return (cli.code, cli.hint.clone());
+        }
+        if let Some(engine) = cause.downcast_ref::<Error>() {
+            return classify_engine(engine);
+        }
+        if cause.downcast_ref::<PolicyError>().is_some() {
+            return (Code::Policy, None);
+        }
+        if cause.downcast_ref::<StorageError>().is_some() {
+            return (Code::Failure, None);
+        }
+    }
+    (Code::Failure, None)
+}
+
+fn hint(text: &str) -> Option<String> {
+    Some(text.to_string())
+}
+
+fn classify_engine(err: &Error) -> (Code, Option<String>) {
+    match err {
+        Error::UnknownSubject { .. } => (
+            Code::NotFound,
+            hint(
+                "check the subject id (`shredkv subjects` lists tags only); to create it, put a record with --register-account or --account ACCOUNT",
+            ),
+        ),
+        Error::UnknownClass { .. } => {
+            (Code::Usage, hint("`shredkv policy show` lists the classes"))
+        }
+        Error::InvalidArgument { .. } => (Code::Usage, None),
+        Error::Erased { .. } => (
+            Code::Erased,
+            hint(
+                "erasure is final; `shredkv re-register SUBJECT` lets the subject store new data (nothing erased comes back)",
+            ),
+        ),
+        Error::Restricted { .. } => (
+            Code::Failure,
+            hint(
+                "`shredkv export SUBJECT` works while restricted; `shredkv unrestrict SUBJECT` lifts the restriction",
+            ),
+        ),
+        Error::SubjectConflict { .. } => (Code::Failure, None),
+        Error::OnHold { .. } => (
+            Code::Policy,
+            hint("`shredkv holds` lists the holds; `shredkv release SUBJECT [--class C]` ends one"),
+        ),
+        Error::PolicyViolation { .. } | Error::Policy(_) => (Code::Policy, None),
+        Error::PolicyChanged { .. } => (
+            Code::Policy,
+            hint(
+                "pass the --policy file the store was created with; changing a store's policy is an explicit, audited step",
+            ),
+        ),
+        Error::Corrupt { .. } | Error::Tampered { .. } => (
+            Code::Integrity,
+            hint(
+                "run `shredkv verify` for every damaged item; corrupt means media damage (restore from a backup), tampered means altered or moved data (treat it as a security incident)",
+            ),
+        ),
+        Error::KeyProvider(_) => (Code::KeyProvider, None),
+        Error::StoreKeysDestroyed { .. } => (
+            Code::Erased,
+            hint("this is expected for a store or backup older than its purge window"),
+        ),
+        Error::Storage(storage) if storage.is_corruption() => (
+            Code::Integrity,
+            hint("the backend's files are damaged; restore the store from a backup"),
+        ),
+        Error::Storage(storage) if storage.is_locked() => (
+            Code::Failure,
+            hint("another process has the store open; stop it, or run this command through it"),
+        ),
+        _ => (Code::Failure, None),
+    }
+}

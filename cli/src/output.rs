@@ -1,0 +1,266 @@
+//! Output helpers: aligned tables, JSON documents, time and byte formatting,
+//! progress bars.
+//!
+//! Human output goes to stdout as aligned tables; `--json` prints one JSON
+//! document instead (JSON Lines for `export`). Notes and progress go to
+//! stderr, so stdout stays parseable.
+
+use std::io::{IsTerminal as _, Write as _};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use shredkv::{SubjectKind, SubjectState};
+
+/// A table printed with columns padded to their widest cell.
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+    right: Vec<bool>,
+}
+
+impl Table {
+    /// A table with these column headers (all left-aligned).
+    pub(crate) fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| (*h).to_string()).collect(),
+            rows: Vec::new(),
+            right: vec![false; headers.len()],
+        }
+    }
+
+    /// Right-aligns the columns at these indexes (numbers).
+    pub(crate) fn right(mut self, columns: &[usize]) -> Self {
+        for &c in columns {
+            if let Some(slot) = self.right.get_mut(c) {
+                *slot = true;
+            }
+        }
+        self
+    }
+
+    /// Adds a row; missing cells are blank, extra cells are dropped.
+    pub(crate) fn row<I, S>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut row: Vec<String> = cells.into_iter().map(Into::into).collect();
+        row.resize(self.headers.len(), String::new());
+        self.rows.push(row);
+    }
+
+    /// The table as text, one line per row, each ending in a newline.
+    pub(crate) fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = width.saturating_sub(cell.chars().count());
+                if self.right.get(i).copied().unwrap_or(false) {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Prints the table to stdout.
+    pub(crate) fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
+/// A key/value list as a two-column table without headers.
+pub(crate) fn fields_text(fields: &[(&str, String)]) -> String {
+    let width = fields
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    fields
+        .iter()
+        .map(|(key, value)| format!("{key:<width$}  {value}\n"))
+        .collect()
+}
+
+/// Prints a key/value list as a two-column table without headers.
+pub(crate) fn print_fields(fields: &[(&str, String)]) {
+    print!("{}", fields_text(fields));
+}
+
+/// Prints one JSON document to stdout.
+///
+/// # Errors
+/// Writing to stdout failing.
+pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+/// A timestamp as RFC 3339 to the second, UTC.
+pub(crate) fn time(ts: Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// An optional timestamp, `-` when absent.
+pub(crate) fn opt_time(ts: Option<Timestamp>) -> String {
+    ts.map_or_else(|| "-".to_string(), time)
+}
+
+/// An optional timestamp as JSON (`null` when absent).
+pub(crate) fn json_time(ts: Option<Timestamp>) -> Value {
+    ts.map_or(Value::Null, |t| Value::String(time(t)))
+}
+
+/// A byte count for humans (binary units).
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut whole = n;
+    let mut rem = 0;
+    while whole >= 1024 && unit + 1 < UNITS.len() {
+        rem = whole % 1024;
+        whole /= 1024;
+        unit += 1;
+    }
+    let name = UNITS.get(unit).copied().unwrap_or("B");
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{whole}.{} {name}", rem * 10 / 1024)
+    }
+}
+
+/// The name of a subject kind in tables and JSON.
+pub(crate) fn kind(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::Account => "account",
+        SubjectKind::EndUser => "end_user",
+    }
+}
+
+/// The name of a subject state in tables and JSON.
+pub(crate) fn state(state: SubjectState) -> &'static str {
+    match state {
+        SubjectState::Active => "active",
+        SubjectState::Restricted => "restricted",
+        SubjectState::Erased => "erased",
+    }
+}
+
+/// Bytes as text: UTF-8 when valid, else base64, with the encoding's name.
+pub(crate) fn encode_bytes(data: &[u8]) -> (String, &'static str) {
+    match std::str::from_utf8(data) {
+        Ok(text) => (text.to_string(), "utf-8"),
+        Err(_) => (base64(data), "base64"),
+    }
+}
+
+/// Bytes as a JSON object's two fields: `{name}` and `{name}_encoding`.
+pub(crate) fn json_bytes(map: &mut serde_json::Map<String, Value>, name: &str, data: &[u8]) {
+    let (text, encoding) = encode_bytes(data);
+    map.insert(name.to_string(), Value::String(text));
+    map.insert(format!("{name}_encoding"), json!(encoding));
+}
+
+/// Standard base64 (RFC 4648, padded).
+pub(crate) fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let symbol = |index: u32| char::from(ALPHABET[(index & 63) as usize]);
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (b(0) << 16) | (b(1) << 8) | b(2);
+        out.push(symbol(n >> 18));
+        out.push(symbol(n >> 12));
+        out.push(if chunk.len() > 1 { symbol(n >> 6) } else { '=' });
+        out.push(if chunk.len() > 2 { symbol(n) } else { '=' });
+    }
+    out
+}
+
+/// A progress bar on stderr, or a hidden one when stderr is not a terminal
+/// (pipes, CI, tests). `len` of `None` makes a counting spinner.
+pub(crate) fn progress(len: Option<u64>, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    match len {
+        Some(len) => {
+            let bar = ProgressBar::new(len);
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what.to_string());
+            bar
+        }
+        None => {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}: {pos} ({elapsed})") {
+                bar.set_style(style);
+            }
+            bar.set_message(what.to_string());
+            bar
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_pads_columns_and_right_aligns_numbers() {
+        let mut table = Table::new(&["class", "records"]).right(&[1]);
+        table.row(["invoices", "3"]);
+        table.row(["message_content", "120"]);
+        assert_eq!(
+            table.render(),
+            "class            records\ninvoices               3\nmessage_content      120\n"
+        );
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(encode_bytes(&[0xff, 0x00]), ("/wA=".to_string(), "base64"));
+    }
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+    }
+}
