@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 
 use shredkv::{Batch, Classes, Db, Error};
-use shredkv_tests::{CLASSES, INVOICES, Rng, for_each_backend};
+use shredkv_tests::{CLASSES, Rng, for_each_backend};
 
 const THREADS: usize = 8;
 const ACCOUNTS_PER_THREAD: usize = 2;
