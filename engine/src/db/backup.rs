@@ -459,6 +459,7 @@ impl Db {
         for tag in touched {
             inner.vault.evict_subject(&tag, None);
             inner.forget_subject(&tag);
+            inner.forget_live_scopes(&tag, None);
         }
         Ok(report)
     }

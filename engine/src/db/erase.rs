@@ -276,6 +276,7 @@ impl DbInner {
         )?;
         for (tag, class) in evictions {
             self.vault.evict_subject(&tag, class);
+            self.forget_live_scopes(&tag, class);
         }
         for info in erased_infos {
             self.cache_subject(info);

@@ -8,7 +8,7 @@ mod ops;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -76,12 +76,20 @@ pub(crate) struct DbInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) durability: Durability,
     subjects: Mutex<HashMap<SubjectTag, SubjectInfo>>,
+    /// Scopes whose erasure ledger was checked and found clear, so reads and
+    /// writes skip that lookup. Erasure removes its scopes under the gate's
+    /// write lock before releasing it, so an entry is never stale for an
+    /// operation holding the read lock.
+    live_scopes: Mutex<HashSet<(SubjectTag, u16)>>,
     /// One compaction (or epoch rotation) at a time.
     pub(crate) compaction: Mutex<()>,
     pub(crate) epoch_period_secs: i64,
     pub(crate) min_purge_window_secs: i64,
     flusher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
+
+/// Live scopes remembered at most; beyond it the set starts over.
+const LIVE_SCOPE_ENTRIES: usize = 1 << 20;
 
 /// Subjects cached in memory at most; beyond it the cache starts over.
 const SUBJECT_CACHE_ENTRIES: usize = 100_000;
@@ -308,6 +316,7 @@ impl Db {
                 Durability::Buffered
             },
             subjects: Mutex::new(HashMap::new()),
+            live_scopes: Mutex::new(HashSet::new()),
             compaction: Mutex::new(()),
             epoch_period_secs: config.epoch_rotation.as_secs().max(1),
             min_purge_window_secs,
@@ -586,6 +595,33 @@ impl DbInner {
             cache.clear();
         }
         cache.insert(info.tag, info);
+    }
+
+    pub(crate) fn scope_known_live(&self, tag: &SubjectTag, class: u16) -> bool {
+        self.live_scopes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&(*tag, class))
+    }
+
+    pub(crate) fn note_scope_live(&self, tag: &SubjectTag, class: u16) {
+        let mut live = self
+            .live_scopes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if live.len() >= LIVE_SCOPE_ENTRIES {
+            live.clear();
+        }
+        live.insert((*tag, class));
+    }
+
+    /// Forgets that a subject's scopes (all, or one class) are live: called
+    /// by erasure while it holds the gate's write lock.
+    pub(crate) fn forget_live_scopes(&self, tag: &SubjectTag, class: Option<u16>) {
+        self.live_scopes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(t, c)| !(t == tag && class.is_none_or(|x| x == *c)));
     }
 
     pub(crate) fn forget_subject(&self, tag: &SubjectTag) {

@@ -248,6 +248,9 @@ impl DbInner {
             }
             _ => {}
         }
+        if self.scope_known_live(tag, class.number) {
+            return Ok(info);
+        }
         if let Some(erased_at) = self.scope_erased_at(tag, class.number, info.generation)? {
             return Err(Error::Erased {
                 subject: *tag,
@@ -255,6 +258,7 @@ impl DbInner {
                 erased_at: Timestamp::from_second(erased_at).unwrap_or(Timestamp::MAX),
             });
         }
+        self.note_scope_live(tag, class.number);
         Ok(info)
     }
 
