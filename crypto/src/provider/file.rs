@@ -30,7 +30,7 @@
 //! Epoch ids are never reused: an epoch below `next epoch id` that has no live
 //! slot has been destroyed, even after its slot was reused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -426,6 +426,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             header[8]
         ));
     }
+    if header[9] != 0 || header[16..28].iter().any(|b| *b != 0) {
+        return Err("header reserved bytes are not zero".into());
+    }
     let slots = u16::from_be_bytes([header[10], header[11]]);
     let mut next_epoch = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
     let expected_len = SLOT_LEN * usize::from(slots);
@@ -437,6 +440,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         ));
     }
     let mut states = Vec::with_capacity(usize::from(slots));
+    let mut seen = BTreeSet::new();
     let mut keys = Vec::new();
     for (i, slot) in body.chunks_exact(SLOT_LEN).enumerate() {
         let stored = u32::from_be_bytes([slot[44], slot[45], slot[46], slot[47]]);
@@ -445,6 +449,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             return Err(format!(
                 "slot {i} checksum mismatch (stored {stored:08x}, computed {computed:08x})"
             ));
+        }
+        if slot[1..4].iter().chain(&slot[40..44]).any(|b| *b != 0) {
+            return Err(format!("slot {i} reserved bytes are not zero"));
         }
         let epoch = EpochId(u32::from_be_bytes([slot[4], slot[5], slot[6], slot[7]]));
         let key_bytes = &slot[8..40];
@@ -461,7 +468,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             other => return Err(format!("slot {i} has an invalid state (code {other})")),
         };
         if let SlotState::Live(e) | SlotState::Destroyed(e) = state {
-            if states.contains(&SlotState::Live(e)) || states.contains(&SlotState::Destroyed(e)) {
+            if !seen.insert(e) {
                 return Err(format!("slot {i} repeats {e}"));
             }
             // A crash between a slot write and the header write leaves the
@@ -651,6 +658,62 @@ mod tests {
             .expect_err("foreign")
             .to_string();
         assert!(text.contains("not a shredkv key file"), "{text}");
+    }
+
+    /// A key file's bytes with `slots` slots, each given by `slot(i)` as
+    /// (state code, epoch id); checksums are correct.
+    fn key_file_bytes(slots: u16, slot: impl Fn(usize) -> (u8, u32)) -> Vec<u8> {
+        let mut bytes = vec![0u8; HEADER_LEN + SLOT_LEN * usize::from(slots)];
+        write_header(&mut bytes, slots, 1);
+        for (i, chunk) in bytes[HEADER_LEN..].chunks_exact_mut(SLOT_LEN).enumerate() {
+            let (code, epoch) = slot(i);
+            chunk[0] = code;
+            chunk[4..8].copy_from_slice(&epoch.to_be_bytes());
+            let crc = crc32fast::hash(&chunk[..44]);
+            chunk[44..48].copy_from_slice(&crc.to_be_bytes());
+        }
+        bytes
+    }
+
+    fn fix_crc(bytes: &mut [u8]) {
+        let body = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn reserved_bytes_must_be_zero() {
+        let good = key_file_bytes(2, |i| (2, u32::try_from(i).expect("small") + 1));
+        assert_eq!(check_key_file_bytes(&good), Ok(0));
+        for offset in [9, 16, 27] {
+            let mut bad = good.clone();
+            bad[offset] = 1;
+            fix_crc(&mut bad[..HEADER_LEN]);
+            let err = check_key_file_bytes(&bad).expect_err("reserved header byte");
+            assert!(err.contains("header reserved"), "{offset}: {err}");
+        }
+        for offset in [1, 3, 40, 43] {
+            let mut bad = good.clone();
+            let slot = &mut bad[HEADER_LEN + SLOT_LEN..HEADER_LEN + 2 * SLOT_LEN];
+            slot[offset] = 1;
+            fix_crc(slot);
+            let err = check_key_file_bytes(&bad).expect_err("reserved slot byte");
+            assert!(err.contains("slot 1 reserved"), "{offset}: {err}");
+        }
+    }
+
+    #[test]
+    fn repeated_epochs_are_refused_and_a_full_file_parses_fast() {
+        let repeated = key_file_bytes(3, |i| (2, if i == 1 { 5 } else { 1 }));
+        let err = check_key_file_bytes(&repeated).expect_err("repeated epoch");
+        assert!(err.contains("slot 2 repeats epoch 1"), "{err}");
+        // The largest file the format allows: 65535 slots (3 MiB). Checking
+        // repeats pairwise took seconds here; a set takes milliseconds.
+        let full = key_file_bytes(u16::MAX, |i| (2, u32::try_from(i).expect("small") + 1));
+        let started = std::time::Instant::now();
+        assert_eq!(check_key_file_bytes(&full), Ok(0));
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
     }
 
     #[test]
