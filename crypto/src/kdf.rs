@@ -9,6 +9,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::error::FormatError;
 use crate::keys::{KEY_LEN, SUBJECT_TAG_LEN, SubjectTag};
 
 /// The purposes a sub-key is derived for. Each has a fixed `info` label.
@@ -43,7 +44,8 @@ impl TagKey {
     /// the input is already a uniformly random key).
     pub fn derive(ikm: &[u8; KEY_LEN], label: Label) -> Self {
         let mut out = [0u8; KEY_LEN];
-        hkdf_sha256(None, ikm, label.info(), &mut out);
+        // 32 bytes is far below HKDF-SHA256's limit, so this cannot fail.
+        let _ = hkdf_sha256(None, ikm, label.info(), &mut out);
         Self(out)
     }
 
@@ -74,19 +76,32 @@ impl std::fmt::Debug for TagKey {
     }
 }
 
+/// Most bytes HKDF-SHA256 can expand to (255 × 32, RFC 5869 §2.3).
+pub const HKDF_SHA256_MAX_OUTPUT: usize = 255 * 32;
+
 /// HKDF-SHA256 (RFC 5869) extract-and-expand into `okm`.
 ///
-/// # Panics
-/// Never for `okm` up to 8160 bytes (255 × 32); longer outputs are a
-/// programming error and are truncated to that length instead of panicking.
-pub fn hkdf_sha256(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], okm: &mut [u8]) {
-    let hk = Hkdf::<Sha256>::new(salt, ikm);
-    let max = 255 * 32;
-    let len = okm.len().min(max);
-    if let Some(out) = okm.get_mut(..len) {
-        // Cannot fail: len is within HKDF-SHA256's output limit.
-        let _ = hk.expand(info, out);
+/// # Errors
+/// [`FormatError::TooLarge`] if `okm` is longer than
+/// [`HKDF_SHA256_MAX_OUTPUT`]; then `okm` is left untouched, never filled
+/// in part.
+pub fn hkdf_sha256(
+    salt: Option<&[u8]>,
+    ikm: &[u8],
+    info: &[u8],
+    okm: &mut [u8],
+) -> Result<(), FormatError> {
+    let too_large = FormatError::TooLarge {
+        what: "HKDF-SHA256 output",
+        len: okm.len(),
+        max: HKDF_SHA256_MAX_OUTPUT,
+    };
+    if okm.len() > HKDF_SHA256_MAX_OUTPUT {
+        return Err(too_large);
     }
+    Hkdf::<Sha256>::new(salt, ikm)
+        .expand(info, okm)
+        .map_err(|_| too_large)
 }
 
 /// HMAC-SHA256 over the concatenation of `parts`.
@@ -147,7 +162,7 @@ mod tests {
             let expected = h(okm);
             let mut out = vec![0u8; expected.len()];
             let salt = salt.map(h);
-            hkdf_sha256(salt.as_deref(), &h(ikm), &h(info), &mut out);
+            hkdf_sha256(salt.as_deref(), &h(ikm), &h(info), &mut out).expect("within the limit");
             assert_eq!(hex::encode(&out), hex::encode(&expected));
         }
     }
@@ -160,6 +175,19 @@ mod tests {
             hex::encode(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn output_beyond_the_limit_is_an_error_not_a_short_key() {
+        let mut ok = vec![0u8; HKDF_SHA256_MAX_OUTPUT];
+        hkdf_sha256(None, b"ikm", b"info", &mut ok).expect("at the limit");
+        assert!(ok.iter().any(|b| *b != 0));
+        let mut too_long = vec![0u8; HKDF_SHA256_MAX_OUTPUT + 1];
+        assert!(matches!(
+            hkdf_sha256(None, b"ikm", b"info", &mut too_long),
+            Err(FormatError::TooLarge { .. })
+        ));
+        assert!(too_long.iter().all(|b| *b == 0), "nothing written on error");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use envelope::{
     seal_into,
 };
 pub use error::{AuthError, FormatError};
-pub use kdf::{BLINDED_KEY_LEN, Label, TagKey, hkdf_sha256, hmac_sha256};
+pub use kdf::{BLINDED_KEY_LEN, HKDF_SHA256_MAX_OUTPUT, Label, TagKey, hkdf_sha256, hmac_sha256};
 pub use keys::{
     DataKey, EpochId, EpochKey, KEY_LEN, KeyId, SUBJECT_TAG_LEN, StoreSecret, SubjectTag,
 };
