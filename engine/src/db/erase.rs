@@ -223,6 +223,17 @@ impl DbInner {
                         until: None,
                         reason: format!("legal hold: {hold}"),
                     });
+                    // Parked, not dropped: releasing the hold makes it due at once.
+                    let due = Due::EraseScope(*tag, class.number);
+                    batch.put(
+                        Tree::Blocked,
+                        crate::retention::compaction::blocked_key(
+                            tag,
+                            class.number,
+                            &deadlines::key(now, &due),
+                        ),
+                        Vec::new(),
+                    );
                     continue;
                 }
                 let prefix = records::scope_prefix(tag, class.number);

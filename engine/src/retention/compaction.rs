@@ -13,7 +13,8 @@
 //! Each item is one atomic batch that also removes the item from the index,
 //! so an interrupted pass resumes where it stopped. An item covered by a
 //! legal hold is moved to tree `blocked` (audited once) and re-queued when
-//! the hold is released. Epochs are maintained first (see `epochs`).
+//! the hold is released. Epochs are maintained after the due items (see
+//! `epochs`).
 
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
@@ -69,7 +70,7 @@ pub struct CompactionReport {
     pub remaining: u64,
 }
 
-fn blocked_key(tag: &SubjectTag, class: u16, deadline_key: &[u8]) -> Vec<u8> {
+pub(crate) fn blocked_key(tag: &SubjectTag, class: u16, deadline_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(18 + deadline_key.len());
     key.extend_from_slice(&records::scope_prefix(tag, class));
     key.extend_from_slice(deadline_key);
@@ -491,7 +492,6 @@ impl Db {
             ran_at: Some(now),
             ..CompactionReport::default()
         };
-        inner.maintain_epochs(now, &mut report)?;
         let end = deadlines::upper_bound(now.as_second());
         let mut left = budget;
         loop {
@@ -559,6 +559,9 @@ impl Db {
                 break;
             }
         }
+        // After the due erasures: a key destroyed by this pass must not be
+        // re-wrapped under a new epoch first (that copy would outlive W).
+        inner.maintain_epochs(now, &mut report)?;
         inner.storage.flush()?;
         Ok(report)
     }

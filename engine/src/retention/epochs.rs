@@ -1,18 +1,23 @@
 //! Epochs: rotating the key-encryption key and destroying old ones (G2).
 //!
 //! Every vault entry is wrapped under the current epoch key. Compaction
-//! rotates the epoch every `epoch_rotation` (a day by default): it creates a
-//! new epoch key, re-wraps the store secret and every live vault entry under
-//! it, and records when the old epoch retired. An old epoch key is destroyed
-//! once it has been retired for `shortest purge window − rotation period`,
+//! rotates the epoch every `epoch_rotation` P (a day by default): it creates
+//! a new epoch key, re-wraps the store secret and every live vault entry
+//! under it, and records when the old epoch retired. A retired epoch key is
+//! destroyed once `shortest purge window W − P` has passed since it *started*,
 //! and never while any live entry is still wrapped under it.
 //!
-//! Why that bound: a data key destroyed at `t` still has wrapped copies in
-//! the backend's old pages and in backups, under the epoch current at `t`
-//! (and older ones, already destroyed). That epoch retires by `t + P` and is
-//! destroyed by `t + P + (W − P) = t + W`: every copy is noise within the
-//! purge window W. Backups stay restorable for at least `W − P` after their
-//! epoch retired; older backups cannot be decrypted, by design.
+//! Why that bound: a data key destroyed at `t` has wrapped copies in the
+//! backend's old pages and in backups under the epoch current at `t`, which
+//! started at `s ≤ t`, and under older epochs (destroyed earlier). That epoch
+//! is destroyed at the first compaction after `s + W − P`, so by `t + W` as
+//! long as compaction runs at least once per period. Compaction processes
+//! due erasures before it rotates, so a key it destroys is never re-wrapped
+//! under the new epoch first. A backup stays restorable for at least about
+//! `W − 2P`; older backups cannot be decrypted, by design.
+//!
+//! A store destroys only epochs it started or inherited (recorded in its
+//! meta): a key provider shared with another store holds that store's too.
 
 use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
@@ -243,6 +248,10 @@ impl DbInner {
             return Ok(());
         }
         let current = self.vault.current_epoch();
+        // Keys destroyed while an epoch was current may have been wrapped by
+        // it from the moment it started; destroying it by `started + W`
+        // bounds every copy's life by W. One period is kept in hand because
+        // compaction runs at discrete times.
         let delay = self
             .min_purge_window_secs
             .saturating_sub(self.epoch_period_secs)
@@ -252,14 +261,13 @@ impl DbInner {
             if epoch >= current {
                 continue;
             }
-            match self.epoch_time(meta::EPOCH_RETIRED, epoch)? {
-                Some(retired) if now.as_second().saturating_sub(retired) >= delay => {
-                    candidates.push(epoch)
+            // Only epochs this store started (or inherited with its data) are
+            // its to destroy: a key provider shared with another store (a
+            // restored copy, say) holds that store's epochs too.
+            if let Some(started) = self.epoch_time(meta::EPOCH_STARTED, epoch)? {
+                if now.as_second().saturating_sub(started) >= delay {
+                    candidates.push(epoch);
                 }
-                Some(_) => {}
-                // An epoch created but never recorded (a crash mid-rotation)
-                // starts its wait now.
-                None => self.record_epoch_time(meta::EPOCH_RETIRED, epoch, now.as_second())?,
             }
         }
         if candidates.is_empty() {

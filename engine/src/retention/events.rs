@@ -450,12 +450,13 @@ impl Db {
                         let start = match class.policy.clock() {
                             ClockStart::AccountClosure => info.closed_at,
                             ClockStart::MarketingOptOut => info.opted_out_at,
-                            ClockStart::ManualRelease => info.released_at,
+                            // Releases are per class and schedule their own
+                            // erasure; until one, the data is kept.
                             _ => None,
                         };
                         let until = start.and_then(|s| class.policy.deadline(s));
                         let why = match class.policy.clock() {
-                            ClockStart::ManualRelease if until.is_none() => {
+                            ClockStart::ManualRelease => {
                                 format!("{} (kept until released)", class.policy.legal_basis())
                             }
                             _ => class.policy.legal_basis().to_string(),

@@ -5,7 +5,7 @@
 //! deadlines from it; [`deadlines`] is the index of what is due when, and
 //! compaction enforces it.
 
-mod compaction;
+pub(crate) mod compaction;
 pub(crate) mod deadlines;
 mod epochs;
 mod events;

@@ -580,3 +580,112 @@ fn applying_a_changed_policy_is_audited_and_recomputes_deadlines() {
         "the new, shorter deadline applies"
     );
 }
+
+#[test]
+fn a_shred_blocked_by_a_hold_resumes_when_the_hold_is_released() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "marketing_contacts", b"c", b"contact")
+        .expect("put");
+    db.place_hold("a", Some("marketing_contacts"), "case 9")
+        .expect("hold");
+    let receipt = db
+        .request_deletion("a", ErasureReason::DeletionRequest)
+        .expect("request");
+    assert!(
+        receipt
+            .retained
+            .iter()
+            .any(|r| r.class == "marketing_contacts" && r.reason.contains("case 9"))
+    );
+    db.compact().expect("compact");
+    assert!(readable(&db, "a", "marketing_contacts", b"c"), "held");
+    db.release_hold("a", Some("marketing_contacts"))
+        .expect("release");
+    db.compact().expect("compact");
+    assert!(
+        !readable(&db, "a", "marketing_contacts", b"c"),
+        "the blocked erasure resumed"
+    );
+}
+
+#[test]
+fn a_held_record_stays_readable_past_its_expiry() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "usage_records",
+        b"u",
+        b"evidence",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    db.place_hold("a", None, "litigation 3").expect("hold");
+    clock.advance(SignedDuration::from_hours(2));
+    assert_eq!(
+        db.get("a", "usage_records", b"u").expect("get").as_deref(),
+        Some(&b"evidence"[..])
+    );
+    assert_eq!(db.export("a").expect("export").record_count(), 1);
+    db.release_hold("a", None).expect("release");
+    assert_eq!(db.get("a", "usage_records", b"u").expect("get"), None);
+}
+
+#[test]
+fn receipts_keep_unreleased_manual_classes_until_released() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "subscriber_records", b"s", b"sub")
+        .expect("put");
+    db.put("a", "retained_usage_copy", b"r", b"copy")
+        .expect("put");
+    db.release("a", "subscriber_records").expect("release");
+    let receipt = db
+        .request_deletion("a", ErasureReason::DeletionRequest)
+        .expect("request");
+    let copy = receipt
+        .retained
+        .iter()
+        .find(|r| r.class == "retained_usage_copy")
+        .expect("retained");
+    assert_eq!(copy.until, None);
+    assert!(
+        copy.reason.contains("kept until released"),
+        "{}",
+        copy.reason
+    );
+}
+
+#[test]
+fn compaction_never_rewraps_a_key_it_destroys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"x",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    // One compaction both destroys the expired key and rotates the epoch.
+    clock.advance(days(2));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.epochs_created, 1);
+    assert_eq!(report.keys_destroyed, 1);
+    // Only the scope key (and no destroyed key) was re-wrapped.
+    let destroyed: Vec<_> = crate::internal::vault_key_ids(&db)
+        .expect("ids")
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .collect();
+    assert_eq!(destroyed.len(), 1);
+    assert_eq!(report.keys_rewrapped, 1, "{report:?}");
+}

@@ -1,0 +1,187 @@
+//! Compaction throughput on a store holding many keys: due keys destroyed per
+//! second, records re-keyed per second, and keys re-wrapped per second by an
+//! epoch rotation.
+//!
+//! Full run (1M data keys: 10,000 subjects × 100 expiry days):
+//! `cargo bench -p shredkv-benches --bench retention`
+//! Quick run (CI): `SHREDKV_BENCH_QUICK=1 cargo bench -p shredkv-benches --bench retention -- --quick`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use shredkv::jiff::{SignedDuration, Timestamp};
+use shredkv::{Batch, Config, Db, ManualClock, PutOptions};
+
+const CLASS: &str = "message_content";
+
+struct Sizes {
+    subjects: usize,
+    days: usize,
+    rekey_records: usize,
+}
+
+fn sizes() -> Sizes {
+    if std::env::var_os("SHREDKV_BENCH_QUICK").is_some() {
+        Sizes {
+            subjects: 200,
+            days: 40,
+            rekey_records: 2_000,
+        }
+    } else {
+        Sizes {
+            subjects: 10_000,
+            days: 100,
+            rekey_records: 100_000,
+        }
+    }
+}
+
+fn start() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("a valid time")
+}
+
+/// A store whose every subject has one record expiring on each of `days`
+/// days: `subjects × days` expiry-bucket keys, plus a scope key per subject.
+fn store_with_expiring_keys(sizes: &Sizes) -> (tempfile::TempDir, Db, ManualClock) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let clock = ManualClock::new(start());
+    let db = Db::open(
+        Config::new(dir.path())
+            .clock(Arc::new(clock.clone()))
+            .flush_every(None)
+            // Rotation is measured on its own; keep it out of the other passes.
+            .epoch_rotation(SignedDuration::from_hours(24 * 365 * 100)),
+    )
+    .expect("open the store");
+    let value = [0x5Au8; 100];
+    for s in 0..sizes.subjects {
+        db.register_account(&format!("subject-{s}"))
+            .expect("register");
+    }
+    let loading = Instant::now();
+    for d in 0..sizes.days {
+        let expiry = start() + SignedDuration::from_hours(24 * (d as i64 + 1))
+            - SignedDuration::from_hours(1);
+        let mut batch = Batch::new();
+        for s in 0..sizes.subjects {
+            batch.put_with(
+                &format!("subject-{s}"),
+                CLASS,
+                &(d as u64).to_be_bytes(),
+                &value,
+                PutOptions::expires_at(expiry),
+            );
+            if batch.len() >= 1_000 {
+                db.apply(std::mem::take(&mut batch)).expect("load");
+            }
+        }
+        db.apply(batch).expect("load");
+    }
+    db.flush().expect("flush");
+    let keys = db.stats().expect("stats").keys_live;
+    eprintln!("loaded {keys} live keys in {:.1?}", loading.elapsed());
+    (dir, db, clock)
+}
+
+fn destroy_due_keys(c: &mut Criterion) {
+    let sizes = sizes();
+    let (_dir, db, clock) = store_with_expiring_keys(&sizes);
+    let mut group = c.benchmark_group("compaction");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    // Each iteration: one more day passes, so one day's keys (one per subject) are due.
+    group.throughput(Throughput::Elements(sizes.subjects as u64));
+    let mut days_left = sizes.days;
+    group.bench_function("destroy one day's due keys", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                if days_left == 0 {
+                    // Out of loaded days: measure nothing rather than an empty pass.
+                    break;
+                }
+                days_left -= 1;
+                clock.advance(SignedDuration::from_hours(24));
+                let started = Instant::now();
+                let report = db.compact().expect("compact");
+                spent += started.elapsed();
+                assert!(report.keys_destroyed >= sizes.subjects as u64, "{report:?}");
+            }
+            spent
+        });
+    });
+    group.finish();
+}
+
+fn rewrap_on_rotation(c: &mut Criterion) {
+    let sizes = sizes();
+    let (_dir, db, _clock) = store_with_expiring_keys(&sizes);
+    let keys = db.stats().expect("stats").keys_live;
+    let mut group = c.benchmark_group("epoch rotation");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    group.throughput(Throughput::Elements(keys));
+    group.bench_function("re-wrap every live key", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            for _ in 0..iters {
+                let report = db.rotate_epoch().expect("rotate");
+                assert!(report.keys_rewrapped >= keys, "{report:?}");
+            }
+            started.elapsed()
+        });
+    });
+    group.finish();
+}
+
+fn rekey_a_bucket(c: &mut Criterion) {
+    let sizes = sizes();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let clock = ManualClock::new(start());
+    let db = Db::open(
+        Config::new(dir.path())
+            .clock(Arc::new(clock.clone()))
+            .flush_every(None)
+            .epoch_rotation(SignedDuration::from_hours(24 * 365 * 100)),
+    )
+    .expect("open the store");
+    db.register_account("big").expect("register");
+    let value = [0x5Au8; 100];
+    let mut batch = Batch::new();
+    for r in 0..sizes.rekey_records {
+        batch.put("big", CLASS, &(r as u64).to_be_bytes(), &value);
+        if batch.len() >= 1_000 {
+            db.apply(std::mem::take(&mut batch)).expect("load");
+        }
+    }
+    db.apply(batch).expect("load");
+    let mut group = c.benchmark_group("re-key");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    group.throughput(Throughput::Elements(sizes.rekey_records as u64));
+    group.bench_function("re-encrypt a bucket after an overwrite", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for i in 0..iters {
+                // An overwrite makes the bucket owe a re-key, due after the purge window.
+                db.put("big", CLASS, &0u64.to_be_bytes(), &i.to_be_bytes())
+                    .expect("overwrite");
+                clock.advance(SignedDuration::from_hours(24 * 31));
+                let started = Instant::now();
+                let report = db.compact().expect("compact");
+                spent += started.elapsed();
+                assert_eq!(
+                    report.records_rekeyed, sizes.rekey_records as u64,
+                    "{report:?}"
+                );
+            }
+            spent
+        });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = retention;
+    config = Criterion::default().warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(1));
+    targets = destroy_due_keys, rekey_a_bucket, rewrap_on_rotation
+}
+criterion_main!(retention);
