@@ -1293,6 +1293,17 @@ fn demo_runs_and_passes() {
     assert!(out.contains("checks passed"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.contains("legal hold: case TAX-2025-117"), "{out}");
+    for line in [
+        "PASS  marketing contacts are kept 2 days after the opt-out and erased 3 days after it",
+        "PASS  account_profile is readable until 60 days after closure and erased after",
+        "PASS  invoices is readable until 10 years after closure and erased after",
+        "PASS  the early backup cannot be restored: StoreKeysDestroyed",
+        "PASS  hooli-io, erased after the backup, stays erased in the restored copy",
+        "CERTIFICATE OF ERASURE",
+        "purge           COMPLETE",
+    ] {
+        assert!(out.contains(line), "{line} missing from:\n{out}");
+    }
 
     let output = shredkv(&["--json", "--backend", "redb", "demo"]);
     let doc: Value = serde_json::from_str(&stdout(&output)).expect("JSON summary");
