@@ -36,7 +36,8 @@ impl From<BackendArg> for Backend {
 /// Options every command accepts.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Global {
-    /// The store directory (required except for `demo` and `policy check`).
+    /// The store directory (required except for `demo`, `policy check` and
+    /// `restore --erasure-log`).
     #[arg(long, global = true, env = "SHREDKV_STORE", value_name = "DIR")]
     pub(crate) store: Option<PathBuf>,
 

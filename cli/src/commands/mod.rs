@@ -146,7 +146,7 @@ pub(crate) enum Command {
     /// Read and check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Show or check retention policies.
+    /// Show, check or apply retention policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Run a full erasure lifecycle on a temporary store and check it
