@@ -2,8 +2,11 @@
 //!
 //! `Db::open` creates a store where there is none, which is right for
 //! `init` and wrong for every other command: a typo in `--store` must not
-//! create an empty store, and a missing key file must not be replaced by a
-//! fresh one. So the CLI checks both before it opens.
+//! create an empty store. So the CLI checks that the store exists (and
+//! detects its backend) before it opens it. The engine itself refuses to
+//! replace a missing key file, to open a store with another store's key
+//! file (`KeysDoNotMatch`) and to start over a store whose data files are
+//! gone (`StoreDataMissing`); [`crate::exit`] gives those their codes.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +36,8 @@ impl From<BackendArg> for Backend {
 /// Options every command accepts.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Global {
-    /// The store directory (required except for `demo` and `policy check`).
+    /// The store directory (required except for `demo`, `policy check` and
+    /// `restore --erasure-log`).
     #[arg(long, global = true, env = "SHREDKV_STORE", value_name = "DIR")]
     pub(crate) store: Option<PathBuf>,
 
@@ -85,76 +89,30 @@ impl Global {
     }
 
     /// The backend of an existing store in `dir`, or a not-found error.
-    fn detect_backend(&self, dir: &Path) -> Result<Backend> {
-        let has_sled = dir.join(SLED_DIR).is_dir();
-        let has_redb = dir.join(REDB_FILE).is_file();
-        let missing = |why: String| -> anyhow::Error {
-            CliError::new(
-                Code::NotFound,
-                format!("no shredkv store at {}: {why}", dir.display()),
-            )
-            .hint(format!(
-                "check --store / SHREDKV_STORE, or create a store with `shredkv --store {} init`",
-                dir.display()
-            ))
-            .into()
-        };
-        if !dir.exists() {
-            return Err(missing("the directory does not exist".into()));
-        }
-        match (self.backend.map(Backend::from), has_sled, has_redb) {
-            (None | Some(Backend::Sled), true, _) => Ok(Backend::Sled),
-            (None | Some(Backend::Redb), _, true) => Ok(Backend::Redb),
-            (Some(Backend::Sled), false, true) => Err(CliError::new(
-                Code::NotFound,
-                format!(
-                    "the store at {} is a redb store, not a sled store",
-                    dir.display()
-                ),
-            )
-            .hint("pass --backend redb (or leave --backend out)")
-            .into()),
-            (Some(Backend::Redb), true, false) => Err(CliError::new(
-                Code::NotFound,
-                format!(
-                    "the store at {} is a sled store, not a redb store",
-                    dir.display()
-                ),
-            )
-            .hint("pass --backend sled (or leave --backend out)")
-            .into()),
-            _ => Err(missing(format!(
-                "neither {SLED_DIR}/ nor {REDB_FILE} is in that directory"
-            ))),
-        }
+    pub(crate) fn detect_backend(&self, dir: &Path) -> Result<Backend> {
+        detect_backend(dir, self.backend.map(Backend::from))
     }
 
-    /// Opens the existing store: it must exist, and so must its key file.
+    /// Opens the existing store: it must exist (its key file is checked by
+    /// the engine).
     pub(crate) fn open(&self) -> Result<Db> {
+        self.open_with_policy(self.load_policy()?, false)
+    }
+
+    /// Opens the existing store with `policy`; `apply_change` accepts a
+    /// policy that differs from the store's (an audited policy change).
+    pub(crate) fn open_with_policy(&self, policy: Policy, apply_change: bool) -> Result<Db> {
         let dir = self.store_dir()?;
         let backend = self.detect_backend(dir)?;
         let key_file = self.key_file_for(dir);
-        if !key_file.exists() {
-            return Err(CliError::new(
-                Code::KeyProvider,
-                format!(
-                    "key file {} is missing: the store at {} cannot be decrypted without it",
-                    key_file.display(),
-                    dir.display()
-                ),
-            )
-            .hint("pass --key-file with the key file's real location (keep it off the backup volume); a store whose key file is lost is unreadable by design")
-            .into());
-        }
-        let policy = self.load_policy()?;
         let config = Config::new(dir)
             .backend(backend)
             .policy(policy)
             .key_file(&key_file)
-            .sync_writes(true);
+            .sync_writes(true)
+            .apply_policy_change(apply_change);
         Db::open(config).map_err(|err| opening_error(err, dir, &key_file))
     }
-
     /// Creates a new store (for `init`): the directory must be absent or empty.
     pub(crate) fn create(&self) -> Result<Db> {
         let dir = self.store_dir()?;
@@ -188,26 +146,85 @@ impl Global {
             .policy(policy)
             .key_file(&key_file)
             .sync_writes(true);
-        Db::open(config).map_err(|err| opening_error(err, dir, &key_file))
+        Db::open(config).map_err(|err| match err {
+            Error::StoreDataMissing { key_file, .. } => CliError::new(
+                Code::Failure,
+                format!(
+                    "key file {} already exists; init creates a new store with a new key file",
+                    key_file.display()
+                ),
+            )
+            .hint("pass --key-file with a path that does not exist yet; every store has its own key file")
+            .into(),
+            err => opening_error(err, dir, &key_file),
+        })
     }
 }
 
-/// Explains an open failure: a store secret that fails authentication most
-/// likely means the key file belongs to another store.
+/// The backend of an existing store (or backup) in `dir`, or a not-found
+/// error; `backend` is what the command line asked for, if anything.
+pub(crate) fn detect_backend(dir: &Path, backend: Option<Backend>) -> Result<Backend> {
+    let has_sled = dir.join(SLED_DIR).is_dir();
+    let has_redb = dir.join(REDB_FILE).is_file();
+    let missing = |why: String| -> anyhow::Error {
+        CliError::new(
+            Code::NotFound,
+            format!("no shredkv store at {}: {why}", dir.display()),
+        )
+        .hint(format!(
+            "check --store / SHREDKV_STORE, or create a store with `shredkv --store {} init`",
+            dir.display()
+        ))
+        .into()
+    };
+    if !dir.exists() {
+        return Err(missing("the directory does not exist".into()));
+    }
+    match (backend, has_sled, has_redb) {
+        (None | Some(Backend::Sled), true, _) => Ok(Backend::Sled),
+        (None | Some(Backend::Redb), _, true) => Ok(Backend::Redb),
+        (Some(Backend::Sled), false, true) => Err(CliError::new(
+            Code::NotFound,
+            format!(
+                "the store at {} is a redb store, not a sled store",
+                dir.display()
+            ),
+        )
+        .hint("pass --backend redb (or leave --backend out)")
+        .into()),
+        (Some(Backend::Redb), true, false) => Err(CliError::new(
+            Code::NotFound,
+            format!(
+                "the store at {} is a sled store, not a redb store",
+                dir.display()
+            ),
+        )
+        .hint("pass --backend sled (or leave --backend out)")
+        .into()),
+        _ => Err(missing(format!(
+            "neither {SLED_DIR}/ nor {REDB_FILE} is in that directory"
+        ))),
+    }
+}
+
+/// Explains an open failure the engine reports in its own terms: a key
+/// file that is not there is "missing" (not an unavailable provider to
+/// retry), and `init` over an existing key file must pick another path.
 fn opening_error(err: Error, dir: &Path, key_file: &Path) -> anyhow::Error {
-    if let Error::Tampered { location } = &err
-        && location.tree == "meta"
-        && location.key_hex == "store_secret"
-    {
+    let missing_file = matches!(&err, Error::KeyProvider(provider)
+        if std::error::Error::source(provider)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
+    if missing_file {
         return CliError::new(
             Code::KeyProvider,
             format!(
-                "key file {} does not unlock the store at {}: the store secret failed authentication under it",
+                "key file {} is missing: the store at {} cannot be decrypted without it",
                 key_file.display(),
                 dir.display()
             ),
         )
-        .hint("pass --key-file with this store's own key file; if it is the right file, the store's metadata was altered: run `shredkv verify`")
+        .hint("pass --key-file with the key file's real location (keep it off the backup volume); a store whose key file is lost is unreadable by design")
         .into();
     }
     err.into()

@@ -55,13 +55,22 @@ impl Code {
 pub(crate) const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  ok
-  1  other failure (storage, I/O, subject conflict, restricted subject)
-  2  usage: bad arguments, unknown class, invalid value
-  3  not found: unknown subject, absent record or hold, missing store
-  4  erased: the data asked for was erased
-  5  integrity: corrupt or tampered data (get, verify, audit verify)
-  6  policy: invalid policy file, policy violation, legal hold, policy mismatch
+  1  other failure (storage, I/O, subject conflict, restricted subject,
+     interrupted restore)
+  2  usage: bad arguments, unknown class, invalid value, non-empty
+     backup or restore target
+  3  not found: unknown subject, absent record or hold, missing store or
+     store data, nothing erased to certify
+  4  erased: the data asked for was erased; a backup older than its purge
+     window (its keys are destroyed)
+  5  integrity: corrupt or tampered data (get, verify, audit verify), a
+     damaged erasure log
+  6  policy: invalid policy file, policy violation (e.g. release-data of a
+     class not released manually), legal hold, policy mismatch
   7  key provider: missing, world-readable, corrupt or mismatched key file
+
+`certificate` exits 0 whether the purge is complete or still pending; the
+status (COMPLETE / PENDING) is printed and is `purge_status` in --json.
 
 Subjects are named by their ids on the command line; the store keeps only
 keyed tags, which is what `subjects`, `holds`, `audit` and receipts show.";
@@ -155,7 +164,13 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
         Error::PolicyChanged { .. } => (
             Code::Policy,
             hint(
-                "pass the --policy file the store was created with; changing a store's policy is an explicit, audited step",
+                "pass the --policy file in force (the one the store was created with, or last applied); changing it is an explicit, audited step: `shredkv policy apply NEW_FILE`",
+            ),
+        ),
+        Error::Corrupt { location, .. } if location.tree == "erasure log" => (
+            Code::Integrity,
+            hint(
+                "the erasure log file is damaged; export it again (`shredkv export-erasure-log FILE` on the live store), or restore with --store naming the live store instead of --erasure-log",
             ),
         ),
         Error::Corrupt { .. } | Error::Tampered { .. } => (
@@ -165,9 +180,30 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
             ),
         ),
         Error::KeyProvider(_) => (Code::KeyProvider, None),
+        Error::KeysDoNotMatch { .. } => (
+            Code::KeyProvider,
+            hint(
+                "pass --key-file with this store's own key file (a restored backup uses the live store's key file); if it is the right file, the store's metadata was altered: treat it as a security incident",
+            ),
+        ),
+        Error::StoreDataMissing { .. } => (
+            Code::NotFound,
+            hint(
+                "restore the store directory's backend files from a backup (`shredkv restore`), or point --store at the right directory",
+            ),
+        ),
+        Error::RestoreInterrupted { path } => (
+            Code::Failure,
+            Some(format!(
+                "delete {} and run `shredkv restore` again into a new or empty directory",
+                path.display()
+            )),
+        ),
         Error::StoreKeysDestroyed { .. } => (
             Code::Erased,
-            hint("this is expected for a store or backup older than its purge window"),
+            hint(
+                "this is expected for a store or backup older than its purge window: restore a more recent backup",
+            ),
         ),
         Error::Storage(storage) if storage.is_corruption() => (
             Code::Integrity,

@@ -18,8 +18,9 @@ use crate::commands::Command;
 use crate::context::Global;
 use crate::exit::{Code, EXIT_CODES_HELP};
 
-/// Operate a shredkv store: records, subjects, erasure, legal holds,
-/// verification, audit and policy.
+/// Operate a shredkv store: records, subjects, erasure and deletion
+/// requests, retention events and compaction, legal holds, backups and
+/// restores, certificates, verification, audit and policy.
 #[derive(Debug, clap::Parser)]
 #[command(name = "shredkv", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {

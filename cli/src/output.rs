@@ -131,6 +131,55 @@ pub(crate) fn json_time(ts: Option<Timestamp>) -> Value {
     ts.map_or(Value::Null, |t| Value::String(time(t)))
 }
 
+/// How long from `from` until `to`, in calendar words ("60 days",
+/// "3 years 1 day"); "now" when `to` is not later.
+pub(crate) fn span_words(from: Timestamp, to: Timestamp) -> String {
+    if to <= from {
+        return "now".to_string();
+    }
+    let utc = jiff::tz::TimeZone::UTC;
+    let (start, end) = (
+        from.to_zoned_datetime(utc.clone()),
+        to.to_zoned_datetime(utc),
+    );
+    // Under a year in days ("60 days"), else in years, months and days;
+    // rounded to the nearest day.
+    let diff = |largest: jiff::Unit| {
+        start.until(
+            jiff::ZonedDateTimeDifference::new(&end)
+                .largest(largest)
+                .smallest(jiff::Unit::Day)
+                .mode(jiff::RoundMode::HalfExpand),
+        )
+    };
+    let Ok(mut span) = diff(jiff::Unit::Year) else {
+        return "-".to_string();
+    };
+    if span.get_years() == 0 {
+        let Ok(days) = diff(jiff::Unit::Day) else {
+            return "-".to_string();
+        };
+        span = days;
+    }
+    let mut parts = Vec::new();
+    for (n, unit) in [
+        (i64::from(span.get_years()), "year"),
+        (i64::from(span.get_months()), "month"),
+        (i64::from(span.get_days()), "day"),
+    ] {
+        match n {
+            0 => {}
+            1 => parts.push(format!("1 {unit}")),
+            n => parts.push(format!("{n} {unit}s")),
+        }
+    }
+    if parts.is_empty() {
+        "today".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// A byte count for humans (binary units).
 pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -255,6 +304,27 @@ mod tests {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
         assert_eq!(encode_bytes(&[0xff, 0x00]), ("/wA=".to_string(), "base64"));
+    }
+
+    #[test]
+    fn spans_read_in_calendar_words() {
+        let t = |s: &str| s.parse::<Timestamp>().expect("timestamp");
+        let start = t("2025-01-15T09:00:00Z");
+        assert_eq!(span_words(start, start), "now");
+        assert_eq!(span_words(start, t("2025-03-16T09:00:00Z")), "60 days");
+        assert_eq!(
+            span_words(start, t("2026-03-16T09:00:00Z")),
+            "1 year 2 months 1 day"
+        );
+        assert_eq!(
+            span_words(start, t("2028-01-16T09:00:00Z")),
+            "3 years 1 day"
+        );
+        assert_eq!(span_words(start, t("2025-01-15T10:00:00Z")), "today");
+        assert_eq!(
+            span_words(t("2025-01-15T09:00:01Z"), t("2028-01-15T09:00:00Z")),
+            "3 years"
+        );
     }
 
     #[test]

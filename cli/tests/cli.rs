@@ -269,7 +269,20 @@ fn another_stores_key_file_exits_7() {
     let b = Fixture::init();
     let foreign = b.store.join("keys");
     let err = fails_with(&a.run(&["--key-file", path_str(&foreign), "stats"]), 7);
-    assert!(err.contains("does not unlock"), "{err}");
+    assert!(err.contains("cannot be opened with"), "{err}");
+    assert!(err.contains(path_str(&foreign)), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+}
+
+#[test]
+fn emptied_backend_files_exit_3_without_starting_over() {
+    let f = Fixture::init();
+    f.put_account("a", "invoices", "inv-1", "one");
+    std::fs::remove_dir_all(f.store.join("sled")).expect("remove the backend files");
+    std::fs::create_dir(f.store.join("sled")).expect("an empty sled directory");
+    let err = fails_with(&f.run(&["stats"]), 3);
+    assert!(err.contains("no data"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
 }
 
 #[test]
@@ -293,6 +306,10 @@ fn key_file_off_the_store_volume() {
     ]));
     // Without --key-file the store's own directory has no key file.
     fails_with(&f.run(&["get", "a", "invoices", "k"]), 7);
+    // init never takes over an existing key file.
+    let other = Fixture::new();
+    let err = fails_with(&other.run(&["--key-file", path_str(&keys), "init"]), 1);
+    assert!(err.contains("already exists"), "{err}");
 }
 
 #[test]
@@ -644,8 +661,14 @@ fn audit_tail_and_verify() {
     assert_eq!(entries[0]["event"], "hold-placed");
     assert_eq!(entries[1]["event"], "hold-released");
     assert!(ok(&f.run(&["audit", "tail"])).contains("store-created"));
+    // Class numbers are named.
+    ok(&f.run(&["hold", "a", "--class", "invoices", "--reason", "case 10"]));
+    let last = json(&f.run(&["--json", "audit", "tail", "-n", "1"]));
+    assert_eq!(last["entries"][0]["class_name"], "invoices", "{last}");
+    assert!(ok(&f.run(&["audit", "tail", "-n", "1"])).contains(" invoices "));
+    ok(&f.run(&["release", "a", "--class", "invoices"]));
 
-    assert!(ok(&f.run(&["audit", "verify"])).starts_with("OK: 3 entries"));
+    assert!(ok(&f.run(&["audit", "verify"])).starts_with("OK: 5 entries"));
     let doc = json(&f.run(&["--json", "audit", "verify"]));
     assert_eq!(doc["intact"], true);
 }
@@ -693,13 +716,497 @@ fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
 }
 
 #[test]
-fn a_corrupt_audit_head_refuses_to_open_with_exit_5() {
+fn a_corrupt_audit_head_is_reported_by_audit_verify_with_exit_5() {
     let f = Fixture::init();
     f.put_account("a", "invoices", "inv-1", "one");
     ok(&f.run(&["hold", "a", "--reason", "case 9"]));
     edit_last_audit_entry(&f.store, false);
-    let err = fails_with(&f.run(&["audit", "verify"]), 5);
-    assert!(err.contains("tree `audit`"), "{err}");
+    // The store still opens; the damaged entry is reported, not served.
+    let output = f.run(&["audit", "verify"]);
+    assert_eq!(code(&output), 5, "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.starts_with("BROKEN: "), "{out}");
+    assert_eq!(code(&f.run(&["verify"])), 5);
+}
+
+/// A fixture whose store uses the default policy with one class's purge
+/// window cut to 1 day: with the CLI's daily epoch rotation, a retired
+/// epoch is then destroyed at the next rotation, so tests can reach "past
+/// the purge window" without waiting for it.
+struct ShortWindow {
+    f: Fixture,
+    policy: PathBuf,
+}
+
+impl ShortWindow {
+    fn init() -> Self {
+        let f = Fixture::new();
+        let policy = f.dir.path().join("short-window.toml");
+        let text = std::fs::read_to_string(default_policy_path())
+            .expect("read the default policy")
+            .replacen("purge_window = \"30 days\"", "purge_window = \"1 day\"", 1);
+        std::fs::write(&policy, text).expect("write the policy");
+        let s = Self { f, policy };
+        ok(&s.run(&["init"]));
+        s
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--policy", path_str(&self.policy)];
+        all.extend_from_slice(args);
+        self.f.run(&all)
+    }
+
+    fn put_account(&self, subject: &str, class: &str, key: &str, value: &str) {
+        ok(&self.run(&["put", subject, class, key, value, "--register-account"]));
+    }
+}
+
+fn time(value: &Value) -> jiff::Timestamp {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"))
+}
+
+#[test]
+fn close_account_schedules_each_class_with_its_date() {
+    let f = Fixture::init();
+    f.put_account("acct-1", "account_profile", "email", "ops@example.com");
+    ok(&f.run(&[
+        "put",
+        "u-1",
+        "message_content",
+        "m",
+        "hi",
+        "--account",
+        "acct-1",
+    ]));
+    let out = ok(&f.run(&["close-account", "acct-1"]));
+    assert!(out.contains("with 1 end user"), "{out}");
+    for line in [
+        "60 days",
+        "3 years",
+        "7 years",
+        "10 years",
+        "now (next compaction)",
+    ] {
+        assert!(out.contains(line), "{line} missing from:\n{out}");
+    }
+    assert!(out.contains("acct-1 + 1 end user"), "{out}");
+    // Closing again changes nothing.
+    let again = json(&f.run(&["--json", "close-account", "acct-1"]));
+    assert_eq!(again["newly_closed"], false, "{again}");
+    assert_eq!(again["scheduled"].as_array().map(Vec::len), Some(0));
+    let show = json(&f.run(&["--json", "show", "acct-1"]));
+    let closed = time(&show["closed_at"]);
+    // The JSON lists every subject and class.
+    let f2 = Fixture::init();
+    f2.put_account("acct-2", "invoices", "inv-1", "1200 EUR");
+    let doc = json(&f2.run(&["--json", "close-account", "acct-2"]));
+    let invoices = doc["scheduled"]
+        .as_array()
+        .expect("scheduled")
+        .iter()
+        .find(|s| s["class"] == "invoices")
+        .expect("invoices are scheduled");
+    let days =
+        (time(&invoices["erase_at"]).as_second() - time(&doc["closed_at"]).as_second()) / 86_400;
+    assert!((3650..=3653).contains(&days), "{invoices}");
+    assert!(closed <= time(&doc["closed_at"]));
+    // Bad input: an unknown account, an end user.
+    fails_with(&f.run(&["close-account", "nobody"]), 3);
+    let err = fails_with(&f.run(&["close-account", "u-1"]), 1);
+    assert!(err.contains("end user"), "{err}");
+}
+
+#[test]
+fn opt_out_schedules_marketing_three_days_later() {
+    let f = Fixture::init();
+    f.put_account("a", "marketing_contacts", "newsletter", "news@a.example");
+    let doc = json(&f.run(&["--json", "opt-out", "a"]));
+    let scheduled = doc["scheduled"].as_array().expect("scheduled");
+    assert_eq!(scheduled.len(), 1, "{doc}");
+    assert_eq!(scheduled[0]["class"], "marketing_contacts");
+    let wait = time(&scheduled[0]["erase_at"]).as_second() - time(&doc["opted_out_at"]).as_second();
+    assert_eq!(wait, 3 * 86_400, "{doc}");
+    // Still readable until then; a second opt-out schedules nothing new.
+    ok(&f.run(&["get", "a", "marketing_contacts", "newsletter"]));
+    assert!(ok(&f.run(&["opt-out", "a"])).contains("nothing new"));
+    fails_with(&f.run(&["opt-out", "nobody"]), 3);
+}
+
+#[test]
+fn release_data_erases_a_manual_class_and_refuses_others() {
+    let f = Fixture::init();
+    f.put_account("a", "subscriber_records", "passport", "X1234567");
+    f.put_account("a", "invoices", "inv-1", "1200 EUR");
+    let out = ok(&f.run(&["release-data", "a", "subscriber_records"]));
+    assert!(out.contains("next compaction"), "{out}");
+    ok(&f.run(&["compact"]));
+    fails_with(&f.run(&["get", "a", "subscriber_records", "passport"]), 4);
+    // A class on another clock: the policy forbids it.
+    let err = fails_with(&f.run(&["release-data", "a", "invoices"]), 6);
+    assert!(err.contains("invoices"), "{err}");
+    assert_eq!(ok(&f.run(&["get", "a", "invoices", "inv-1"])), "1200 EUR\n");
+    fails_with(&f.run(&["release-data", "a", "no_such_class"]), 2);
+    fails_with(&f.run(&["release-data", "nobody", "subscriber_records"]), 3);
+    let doc = json(&f.run(&["--json", "release-data", "a", "retained_usage_copy"]));
+    assert_eq!(doc["class"], "retained_usage_copy");
+    assert!(doc["erase_at"].is_string(), "{doc}");
+}
+
+#[test]
+fn request_deletion_erases_now_and_retains_with_reasons() {
+    let f = Fixture::init();
+    f.put_account("acct-1", "account_profile", "email", "ops@example.com");
+    f.put_account("acct-1", "invoices", "inv-1", "1200 EUR");
+    ok(&f.run(&[
+        "put",
+        "u-1",
+        "message_content",
+        "m",
+        "hi",
+        "--account",
+        "acct-1",
+    ]));
+    let receipt = json(&f.run(&["--json", "request-deletion", "acct-1"]));
+    assert_eq!(receipt["reason"], "deletion request");
+    let erased: Vec<&str> = receipt["erased"]
+        .as_array()
+        .expect("erased")
+        .iter()
+        .filter_map(|e| e["class"].as_str())
+        .collect();
+    assert!(erased.contains(&"account_profile"), "{receipt}");
+    assert!(erased.contains(&"message_content"), "{receipt}");
+    let invoices = receipt["retained"]
+        .as_array()
+        .expect("retained")
+        .iter()
+        .find(|r| r["class"] == "invoices")
+        .expect("invoices are retained");
+    assert!(invoices["until"].is_string(), "{invoices}");
+    assert!(
+        invoices["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("tax")),
+        "{invoices}"
+    );
+    fails_with(&f.run(&["get", "acct-1", "account_profile", "email"]), 4);
+    fails_with(&f.run(&["get", "u-1", "message_content", "m"]), 4);
+    assert_eq!(
+        ok(&f.run(&["get", "acct-1", "invoices", "inv-1"])),
+        "1200 EUR\n"
+    );
+
+    // For people: the receipt names the subject and says why.
+    f.put_account("acct-2", "invoices", "inv-1", "900 EUR");
+    let out = ok(&f.run(&["request-deletion", "acct-2"]));
+    assert!(out.starts_with("Receipt: acct-2 erased at "), "{out}");
+    assert!(out.contains("retained subject"), "{out}");
+    assert!(out.contains("accounting, tax and audit"), "{out}");
+
+    // An underage account: everything goes, obligations notwithstanding.
+    f.put_account("minor", "invoices", "inv-1", "5 EUR");
+    let receipt = json(&f.run(&["--json", "request-deletion", "minor", "--underage"]));
+    assert_eq!(receipt["reason"], "underage account");
+    assert_eq!(receipt["retained"].as_array().map(Vec::len), Some(0));
+    fails_with(&f.run(&["get", "minor", "invoices", "inv-1"]), 4);
+
+    fails_with(&f.run(&["request-deletion", "nobody"]), 3);
+}
+
+#[test]
+fn compact_reports_and_honours_its_budget() {
+    let f = Fixture::init();
+    for account in ["a", "b", "c"] {
+        f.put_account(account, "usage_records", "u", "v");
+        ok(&f.run(&["close-account", account]));
+    }
+    let output = f.run(&["--json", "compact", "--budget", "1"]);
+    let doc = json(&output);
+    assert_eq!(doc["items"], 1, "{doc}");
+    assert!(doc["remaining"].as_u64() > Some(0), "{doc}");
+    assert!(stderr(&output).contains("run `shredkv compact` again"));
+    let out = ok(&f.run(&["compact"]));
+    assert!(out.starts_with("Compaction at "), "{out}");
+    assert!(out.contains("remaining          0"), "{out}");
+    fails_with(&f.run(&["get", "a", "usage_records", "u"]), 4);
+    assert_eq!(code(&f.run(&["compact", "--budget", "many"])), 2);
+}
+
+#[test]
+fn rotate_epoch_creates_an_epoch_and_rewraps_keys() {
+    let f = Fixture::init();
+    f.put_account("a", "invoices", "inv-1", "one");
+    let doc = json(&f.run(&["--json", "rotate-epoch"]));
+    assert_eq!(doc["created"], 2, "{doc}");
+    assert!(doc["keys_rewrapped"].as_u64() >= Some(1), "{doc}");
+    assert_eq!(doc["live_epochs"], serde_json::json!([1, 2]));
+    let out = ok(&f.run(&["rotate-epoch"]));
+    assert!(out.starts_with("epoch 3 created"), "{out}");
+    assert_eq!(ok(&f.run(&["get", "a", "invoices", "inv-1"])), "one\n");
+    fails_with(&Fixture::new().run(&["rotate-epoch"]), 3);
+}
+
+#[test]
+fn restore_replays_erasures_made_after_the_backup() {
+    let f = Fixture::init();
+    f.put_account("kept", "invoices", "inv-1", "kept invoice");
+    f.put_account("gone", "invoices", "inv-1", "gone invoice");
+    let backup = f.dir.path().join("backup");
+    let out = ok(&f.run(&["backup", path_str(&backup)]));
+    assert!(out.contains("restorable"), "{out}");
+    ok(&f.run(&["shred", "gone"]));
+
+    let restored = f.dir.path().join("restored");
+    let keys = f.store.join("keys");
+    let doc = json(&f.run(&[
+        "--json",
+        "restore",
+        path_str(&backup),
+        "--into",
+        path_str(&restored),
+    ]));
+    assert!(doc["erasures_replayed"].as_u64() >= Some(1), "{doc}");
+    let r = |args: &[&str]| {
+        let mut all = vec![
+            "--store",
+            path_str(&restored),
+            "--key-file",
+            path_str(&keys),
+        ];
+        all.extend_from_slice(args);
+        shredkv(&all)
+    };
+    assert_eq!(
+        ok(&r(&["get", "kept", "invoices", "inv-1"])),
+        "kept invoice\n"
+    );
+    fails_with(&r(&["get", "gone", "invoices", "inv-1"]), 4);
+    ok(&r(&["verify"]));
+
+    // Bad input: non-empty targets, a directory that is no backup, no source.
+    let err = fails_with(&f.run(&["backup", path_str(&backup)]), 2);
+    assert!(err.contains("not empty"), "{err}");
+    let err = fails_with(
+        &f.run(&["restore", path_str(&backup), "--into", path_str(&restored)]),
+        2,
+    );
+    assert!(err.contains("not empty"), "{err}");
+    let fresh = f.dir.path().join("fresh");
+    fails_with(
+        &f.run(&[
+            "restore",
+            path_str(&f.dir.path().join("nothing")),
+            "--into",
+            path_str(&fresh),
+        ]),
+        3,
+    );
+    fails_with(
+        &shredkv(&["restore", path_str(&backup), "--into", path_str(&fresh)]),
+        2,
+    );
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn restore_from_an_exported_erasure_log_and_a_damaged_one() {
+    let f = Fixture::init();
+    f.put_account("kept", "invoices", "inv-1", "kept invoice");
+    f.put_account("gone", "invoices", "inv-1", "gone invoice");
+    let backup = f.dir.path().join("backup");
+    ok(&f.run(&["backup", path_str(&backup)]));
+    ok(&f.run(&["shred", "gone"]));
+    let log = f.dir.path().join("erasures.log");
+    let doc = json(&f.run(&["--json", "export-erasure-log", path_str(&log)]));
+    assert!(doc["items"].as_u64() >= Some(2), "{doc}");
+    // Never overwritten.
+    let err = fails_with(&f.run(&["export-erasure-log", path_str(&log)]), 1);
+    assert!(err.contains("never overwrites"), "{err}");
+
+    // Without the live store: the log and the live key file.
+    let keys = f.store.join("keys");
+    let restored = f.dir.path().join("restored");
+    let out = ok(&shredkv(&[
+        "--key-file",
+        path_str(&keys),
+        "restore",
+        path_str(&backup),
+        "--into",
+        path_str(&restored),
+        "--erasure-log",
+        path_str(&log),
+    ]));
+    assert!(out.contains("erasures replayed"), "{out}");
+    let get = |who: &str| {
+        shredkv(&[
+            "--store",
+            path_str(&restored),
+            "--key-file",
+            path_str(&keys),
+            "get",
+            who,
+            "invoices",
+            "inv-1",
+        ])
+    };
+    assert_eq!(ok(&get("kept")), "kept invoice\n");
+    fails_with(&get("gone"), 4);
+
+    // A damaged log: integrity, and nothing is left in the target.
+    let mut bytes = std::fs::read(&log).expect("read the log");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let damaged = f.dir.path().join("damaged.log");
+    std::fs::write(&damaged, bytes).expect("write");
+    let target = f.dir.path().join("target");
+    let err = fails_with(
+        &shredkv(&[
+            "--key-file",
+            path_str(&keys),
+            "restore",
+            path_str(&backup),
+            "--into",
+            path_str(&target),
+            "--erasure-log",
+            path_str(&damaged),
+        ]),
+        5,
+    );
+    assert!(err.contains("erasure log"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert!(!target.exists(), "a failed restore leaves nothing behind");
+    // A log without a key file to decrypt with: usage.
+    fails_with(
+        &shredkv(&[
+            "restore",
+            path_str(&backup),
+            "--into",
+            path_str(&target),
+            "--erasure-log",
+            path_str(&log),
+        ]),
+        2,
+    );
+}
+
+#[test]
+fn a_backup_older_than_the_purge_window_cannot_be_restored_exit_4() {
+    let s = ShortWindow::init();
+    s.put_account("a", "invoices", "inv-1", "one");
+    let backup = s.f.dir.path().join("old-backup");
+    ok(&s.run(&["backup", path_str(&backup)]));
+    // The backup's epoch retires and, past the (1-day) window, is destroyed.
+    let doc = json(&s.run(&["--json", "rotate-epoch"]));
+    assert_eq!(doc["epochs_destroyed"], 1, "{doc}");
+    let target = s.f.dir.path().join("restored");
+    let err = fails_with(
+        &s.run(&["restore", path_str(&backup), "--into", path_str(&target)]),
+        4,
+    );
+    assert!(err.contains("older than the purge window"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert!(!target.exists(), "a failed restore leaves nothing behind");
+    // The live store is unaffected.
+    assert_eq!(ok(&s.run(&["get", "a", "invoices", "inv-1"])), "one\n");
+}
+
+#[test]
+fn certificate_is_pending_then_complete() {
+    let s = ShortWindow::init();
+    s.put_account("a", "invoices", "inv-1", "one");
+    s.put_account("b", "invoices", "inv-1", "two");
+    ok(&s.run(&["shred", "a"]));
+
+    let output = s.run(&["certificate", "a"]);
+    let out = ok(&output);
+    assert!(out.starts_with("CERTIFICATE OF ERASURE"), "{out}");
+    assert!(out.contains("PENDING"), "{out}");
+    assert!(stderr(&output).contains("PENDING"), "{}", stderr(&output));
+    let doc = json(&s.run(&["--json", "certificate", "a"]));
+    assert_eq!(doc["purge_status"], "pending", "{doc}");
+    assert!(doc["purge_due_by"].is_string(), "{doc}");
+
+    // Compaction removes the dead ciphertext; the rotation destroys the
+    // epoch that wrapped the destroyed keys.
+    ok(&s.run(&["compact"]));
+    ok(&s.run(&["rotate-epoch"]));
+    let out = ok(&s.run(&["certificate", "a"]));
+    assert!(out.contains("COMPLETE"), "{out}");
+    let doc = json(&s.run(&["--json", "certificate", "a"]));
+    assert_eq!(doc["purge_status"], "complete", "{doc}");
+    assert_eq!(doc["keys_live_in_erased_scopes"], 0);
+    assert_eq!(doc["dead_records_remaining"], 0);
+
+    // Nothing erased, or nobody: not found.
+    let err = fails_with(&s.run(&["certificate", "b"]), 3);
+    assert!(err.contains("nothing"), "{err}");
+    let err = fails_with(&s.run(&["certificate", "nobody"]), 3);
+    assert!(err.contains("unknown subject"), "{err}");
+}
+
+#[test]
+fn policy_apply_shows_the_change_and_recomputes_deadlines() {
+    let f = Fixture::init();
+    f.put_account("a", "support_communications", "t-1", "ticket");
+    ok(&f.run(&["close-account", "a"]));
+    let text = std::fs::read_to_string(default_policy_path())
+        .expect("read")
+        .replace("retain = \"3 years\"", "retain = \"4 years\"");
+    let changed = f.dir.path().join("changed.toml");
+    std::fs::write(&changed, text).expect("write");
+    let old = json(&shredkv(&[
+        "--json",
+        "policy",
+        "check",
+        path_str(&default_policy_path()),
+    ]))["digest"]
+        .clone();
+    let new = json(&shredkv(&["--json", "policy", "check", path_str(&changed)]))["digest"].clone();
+
+    let out = ok(&f.run(&["policy", "apply", path_str(&changed)]));
+    assert!(out.contains(old.as_str().expect("digest")), "{out}");
+    assert!(out.contains(new.as_str().expect("digest")), "{out}");
+    assert!(out.contains("recomputed"), "{out}");
+    assert!(
+        out.contains("support_communications  retain 3 years -> 4 years"),
+        "{out}"
+    );
+    // The store now needs the new file, and the deadline moved a year.
+    fails_with(&f.run(&["stats"]), 6);
+    let with_new = |args: &[&str]| {
+        let mut all = vec!["--policy", path_str(&changed)];
+        all.extend_from_slice(args);
+        f.run(&all)
+    };
+    let stats = json(&with_new(&["--json", "stats"]));
+    assert!(stats["deadlines"].as_u64() > Some(0), "{stats}");
+    let tail = json(&with_new(&["--json", "audit", "tail", "-n", "3"]));
+    assert!(
+        tail["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["event"] == "policy-applied"),
+        "{tail}"
+    );
+    let doc = json(&with_new(&[
+        "--json",
+        "policy",
+        "apply",
+        path_str(&changed),
+    ]));
+    assert_eq!(doc["applied"], false, "{doc}");
+
+    // A broken file, or the wrong policy in force: exit 6.
+    let bad = f.dir.path().join("bad.toml");
+    std::fs::write(&bad, "version = 1\n[[class]\n").expect("write");
+    let err = fails_with(&with_new(&["policy", "apply", path_str(&bad)]), 6);
+    assert!(err.contains("line 2, column"), "{err}");
+    fails_with(&f.run(&["policy", "apply", path_str(&changed)]), 6);
 }
 
 #[test]
@@ -750,6 +1257,17 @@ fn every_subcommand_has_an_example_in_its_help() {
         &["audit", "verify"],
         &["policy", "show"],
         &["policy", "check"],
+        &["policy", "apply"],
+        &["close-account"],
+        &["opt-out"],
+        &["release-data"],
+        &["request-deletion"],
+        &["compact"],
+        &["rotate-epoch"],
+        &["backup"],
+        &["restore"],
+        &["export-erasure-log"],
+        &["certificate"],
         &["demo"],
     ] {
         let mut args = sub.to_vec();
@@ -775,6 +1293,17 @@ fn demo_runs_and_passes() {
     assert!(out.contains("checks passed"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.contains("legal hold: case TAX-2025-117"), "{out}");
+    for line in [
+        "PASS  marketing contacts are kept 2 days after the opt-out and erased 3 days after it",
+        "PASS  account_profile is readable until 60 days after closure and erased after",
+        "PASS  invoices is readable until 10 years after closure and erased after",
+        "PASS  the early backup cannot be restored: StoreKeysDestroyed",
+        "PASS  hooli-io, erased after the backup, stays erased in the restored copy",
+        "CERTIFICATE OF ERASURE",
+        "purge           COMPLETE",
+    ] {
+        assert!(out.contains(line), "{line} missing from:\n{out}");
+    }
 
     let output = shredkv(&["--json", "--backend", "redb", "demo"]);
     let doc: Value = serde_json::from_str(&stdout(&output)).expect("JSON summary");

@@ -42,6 +42,7 @@ fn tail(global: &Global, n: usize) -> Result<Code> {
                 "event": e.event.name(),
                 "subject": e.subject.map(|t| t.to_hex()),
                 "class": e.class,
+                "class_name": e.class.and_then(|c| db.class_name(c)),
                 "detail": e.detail,
                 "prev_hash": hex(&e.prev_hash),
                 "hash": hex(&e.hash),
@@ -56,7 +57,10 @@ fn tail(global: &Global, n: usize) -> Result<Code> {
             output::time(e.time),
             e.event.name().to_string(),
             e.subject.map_or_else(|| "-".into(), |t| t.to_hex()),
-            e.class.map_or_else(|| "-".into(), |c| format!("#{c}")),
+            e.class.map_or_else(
+                || "-".into(),
+                |c| db.class_name(c).unwrap_or_else(|| format!("#{c}")),
+            ),
             e.detail.clone(),
         ]);
     }

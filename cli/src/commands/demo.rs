@@ -3,33 +3,37 @@
 //! A temporary store with the default policy and a simulated clock is filled
 //! with synthetic platform data (accounts, their end users, messages,
 //! invoices, support tickets...). Every value carries a plaintext marker
-//! (`DEMO-PLAINTEXT-…`). The steps in [`STEPS`] then erase an end user,
-//! shred an account under a legal hold, release the hold, restrict a
-//! subject, and verify: erased data is unreadable through the API, the
+//! (`DEMO-PLAINTEXT-…`). The steps in [`STEPS`] then take a backup, erase an
+//! end user, answer a deletion request with a receipt, record a marketing
+//! opt-out, shred an account under a legal hold and release it, restrict a
+//! subject, close an account and let ten simulated years pass with
+//! compaction (retention deadlines, epoch rotation and destruction), restore
+//! the early backup (refused: older than the purge window) and a recent one
+//! (the erasure ledger is replayed), verify, and print a certificate of
+//! erasure. Verification: erased data is unreadable through the API, the
 //! integrity scan and audit chain are clean, and no marker, subject id or
-//! record key appears in any byte of any file of the store, erased or live.
+//! record key appears in any byte of any file of the store, its backups or
+//! its restored copies.
 //!
 //! Each check prints PASS or FAIL; any FAIL makes the demo exit 1. The demo
 //! honours `--backend` and `--json` (the story on stderr, the checks as JSON
 //! on stdout); it ignores `--store`, `--key-file` and `--policy`.
-//!
-//! New steps slot into [`STEPS`] as the engine gains them (see the comments
-//! there): account closure, marketing opt-out, deletion requests with
-//! receipts per class rule, years of simulated time with compaction and
-//! epoch rotation, restore of an old backup, and a certificate.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use shredkv::{Backend, Batch, Classes, Config, Db, ManualClock, PutOptions, Receipt, SubjectTag};
+use shredkv::{
+    Backend, Batch, ClassPolicy, Classes, ClockStart, Config, Db, ErasureReason, ErasureSource,
+    Error, ManualClock, PutOptions, Receipt, SubjectTag,
+};
 
-use crate::commands::{erasure, store};
+use crate::commands::{erasure, retention, store};
 use crate::context::Global;
 use crate::exit::Code;
 use crate::output::{self, Table};
@@ -41,23 +45,32 @@ const MARKER: &str = "DEMO-PLAINTEXT";
 const START: &str = "2025-01-15T09:00:00Z";
 
 /// The synthetic platform: accounts and their end users.
-const PLATFORM: [(&str, &[&str]); 3] = [
+const PLATFORM: [(&str, &[&str]); 4] = [
     ("acme-corp", &["alice@acme", "bob@acme", "carol@acme"]),
     ("globex-inc", &["dave@globex", "erin@globex"]),
     (
         "initech-llc",
         &["frank@initech", "grace@initech", "heidi@initech"],
     ),
+    ("hooli-io", &["gavin@hooli", "jared@hooli"]),
 ];
 
-/// The end user who asks to be forgotten (step 2).
+/// The end user who asks to be forgotten (shredded by the operator).
 const FORGOTTEN_USER: &str = "bob@acme";
-/// The account shredded under a legal hold (steps 3 and 4).
+/// The end user who files a deletion request.
+const REQUESTING_USER: &str = "carol@acme";
+/// The account that opts out of marketing.
+const OPTED_OUT_ACCOUNT: &str = "acme-corp";
+/// The account shredded under a legal hold.
 const HELD_ACCOUNT: &str = "globex-inc";
 /// The legal hold's reason.
 const HOLD_REASON: &str = "case TAX-2025-117: tax audit of 2024 invoices";
-/// The subject whose processing is restricted (step 5).
+/// The subject whose processing is restricted.
 const RESTRICTED_USER: &str = "frank@initech";
+/// The account that closes and is kept for years.
+const CLOSED_ACCOUNT: &str = "initech-llc";
+/// The account erased after the recent backup.
+const LATE_ACCOUNT: &str = "hooli-io";
 
 /// One step of the demo: a title, how many simulated days pass before it,
 /// and what it does.
@@ -67,24 +80,33 @@ struct Step {
     run: fn(&mut Demo) -> Result<()>,
 }
 
-/// The steps, in order. Slots for the retention APIs the engine is gaining
-/// are marked where they go.
+/// The steps, in order.
 const STEPS: &[Step] = &[
     Step {
         title: "What is stored",
         days_later: 0,
         run: stored,
     },
-    // Slot: `Db::backup` here, so a later step restores this old copy.
+    Step {
+        title: "A backup is taken",
+        days_later: 0,
+        run: backup_early,
+    },
     Step {
         title: "An end user is erased",
         days_later: 3,
         run: erase_end_user,
     },
-    // Slot: `Db::request_deletion` for an end user: the receipt shows
-    // erase_now classes erased and retain_until_deadline classes kept with
-    // their deadline and legal basis.
-    // Slot: `Db::opt_out_of_marketing`: marketing_contacts erased 3 days later.
+    Step {
+        title: "An end user asks for deletion",
+        days_later: 1,
+        run: deletion_request,
+    },
+    Step {
+        title: "A customer opts out of marketing",
+        days_later: 1,
+        run: marketing_opt_out,
+    },
     Step {
         title: "An account is shredded while its invoices are under a legal hold",
         days_later: 7,
@@ -95,24 +117,36 @@ const STEPS: &[Step] = &[
         days_later: 30,
         run: release_and_shred,
     },
-    // Slot: `Db::close_account` for initech-llc, then simulated years with
-    // `Db::compact` and `Db::rotate_epoch`: account_profile gone after 60
-    // days, support_communications after 3 years, account_records after 7,
-    // invoices after 10; stats show keys and epochs destroyed.
-    // Slot: `Db::restore` of the backup taken after step 1: the ledger is
-    // replayed, nothing erased comes back (or the backup is past its purge
-    // window and unreadable by design).
     Step {
         title: "Processing of an end user is restricted",
         days_later: 2,
         run: restrict,
     },
     Step {
+        title: "An account closes, and ten years pass",
+        days_later: 1,
+        run: close_and_wait,
+    },
+    Step {
+        title: "The early backup is restored",
+        days_later: 0,
+        run: restore_early,
+    },
+    Step {
+        title: "A recent backup is restored",
+        days_later: 0,
+        run: restore_recent,
+    },
+    Step {
         title: "Verification",
         days_later: 1,
         run: verify,
     },
-    // Slot: `Db::certificate` for the shredded account, after verification.
+    Step {
+        title: "A certificate of erasure",
+        days_later: 0,
+        run: certificate,
+    },
 ];
 
 /// A record the demo wrote.
@@ -121,12 +155,17 @@ struct Written {
     class: &'static str,
     key: String,
     value: String,
+    expires_at: Option<Timestamp>,
 }
 
 /// The demo's state between steps.
 struct Demo {
     db: Db,
     clock: ManualClock,
+    backend: Backend,
+    /// The temporary directory: the store, its backups and restored copies.
+    root: PathBuf,
+    early_backup: PathBuf,
     out: Box<dyn Write>,
     names: HashMap<SubjectTag, String>,
     written: Vec<Written>,
@@ -170,6 +209,27 @@ impl Demo {
         Ok(())
     }
 
+    /// Remembers a scope erased by retention (compaction has no receipt).
+    fn expect_erased(&mut self, subject: &str, class: &str) {
+        self.erased
+            .insert((subject.to_string(), Some(class.to_string())));
+    }
+
+    /// A compaction pass, as `shredkv compact` would run it.
+    fn compact(&mut self) -> Result<shredkv::CompactionReport> {
+        Ok(self.db.compact()?)
+    }
+
+    /// What a read returns, in one word.
+    fn read_word(&self, subject: &str, class: &str, key: &str) -> &'static str {
+        match self.db.get(subject, class, key.as_bytes()) {
+            Ok(Some(_)) => "readable",
+            Ok(None) => "absent",
+            Err(e) if e.is_erased() => "erased",
+            Err(_) => "error",
+        }
+    }
+
     fn is_erased(&self, subject: &str, class: &str) -> bool {
         self.erased.contains(&(subject.to_string(), None))
             || self
@@ -201,8 +261,9 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     let backend = global.backend.map_or(Backend::Sled, Backend::from);
     let start: Timestamp = START.parse().context("the demo's start time")?;
     let clock = ManualClock::new(start);
+    let root = dir.path().to_path_buf();
     let db = Db::open(
-        Config::new(dir.path())
+        Config::new(root.join("store"))
             .backend(backend)
             .clock(Arc::new(clock.clone())),
     )?;
@@ -215,6 +276,9 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     let mut demo = Demo {
         db,
         clock,
+        backend,
+        early_backup: root.join("backup-early"),
+        root,
         out,
         names: HashMap::new(),
         written: Vec::new(),
@@ -223,7 +287,7 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     };
     demo.say(&format!(
         "shredkv demo: a temporary {backend} store at {}, the default policy, a simulated clock from {START}",
-        dir.path().display()
+        demo.db.path().display()
     ))?;
     populate(&mut demo)?;
 
@@ -307,6 +371,13 @@ fn populate(demo: &mut Demo) -> Result<()> {
             ),
             (
                 account.into(),
+                "account_records",
+                "ledger-2024".into(),
+                format!("{MARKER}-LEDGER {account}: 2024 billing ledger, 12 payments received"),
+                PutOptions::default(),
+            ),
+            (
+                account.into(),
                 "usage_records",
                 "usage-2024-12".into(),
                 format!("{MARKER}-USAGE {account}: 18204 messages sent in December"),
@@ -363,11 +434,12 @@ fn populate(demo: &mut Demo) -> Result<()> {
         demo.written.extend(
             writes
                 .into_iter()
-                .map(|(subject, class, key, value, _)| Written {
+                .map(|(subject, class, key, value, options)| Written {
                     subject,
                     class,
                     key,
                     value,
+                    expires_at: options.expires_at,
                 }),
         );
     }
@@ -409,6 +481,20 @@ fn stored(demo: &mut Demo) -> Result<()> {
     demo.check("every record reads back as written", readable)
 }
 
+fn backup_early(demo: &mut Demo) -> Result<()> {
+    let path = demo.early_backup.clone();
+    demo.say(&format!(
+        "The operator backs the store up (the key file stays out of the backup):\n  shredkv backup {}",
+        path.display()
+    ))?;
+    let report = demo.db.backup(&path)?;
+    demo.say(&format!(
+        "  {} entries written at {}; decryptable only with the live key file, and only within the purge window",
+        report.entries,
+        output::time(report.taken_at)
+    ))
+}
+
 fn erase_end_user(demo: &mut Demo) -> Result<()> {
     demo.say(&format!(
         "{FORGOTTEN_USER} asks to be forgotten; the operator shreds the subject:\n  shredkv shred {FORGOTTEN_USER}\n"
@@ -431,6 +517,73 @@ fn erase_end_user(demo: &mut Demo) -> Result<()> {
         .get("alice@acme", "message_content", b"message-0001")
         .is_ok_and(|v| v.is_some());
     demo.check("the rest of acme-corp is untouched", neighbour)
+}
+
+fn deletion_request(demo: &mut Demo) -> Result<()> {
+    demo.say(&format!(
+        "{REQUESTING_USER} files a deletion request; the policy decides, class by class:\n  shredkv request-deletion {REQUESTING_USER}\n"
+    ))?;
+    let receipt = demo
+        .db
+        .request_deletion(REQUESTING_USER, ErasureReason::DeletionRequest)?;
+    demo.receipt(&receipt)?;
+    let messages_gone = demo
+        .db
+        .get(REQUESTING_USER, "message_content", b"message-0001")
+        .is_err_and(|e| e.is_erased());
+    demo.check(
+        "erase_now classes are erased at once (the messages read as erased)",
+        messages_gone,
+    )?;
+    let policy = demo.db.policy().clone();
+    let explained = !receipt.retained.is_empty()
+        && receipt.retained.iter().all(|r| {
+            policy.class(&r.class).is_some_and(|c| {
+                r.reason.contains(c.legal_basis())
+                    && (r.until.is_some() || c.clock() == ClockStart::ManualRelease)
+            })
+        });
+    demo.check(
+        "retained classes are listed with a date (or `until released`) and their legal basis",
+        explained,
+    )?;
+    let pending = demo
+        .db
+        .certificate(REQUESTING_USER)
+        .is_ok_and(|c| !c.is_complete());
+    demo.check(
+        "a certificate issued now says PENDING: old epochs still wrap copies of the keys",
+        pending,
+    )
+}
+
+fn marketing_opt_out(demo: &mut Demo) -> Result<()> {
+    demo.say(&format!(
+        "{OPTED_OUT_ACCOUNT} unsubscribes from the newsletter:\n  shredkv opt-out {OPTED_OUT_ACCOUNT}\n"
+    ))?;
+    let scheduled = demo.db.opt_out_of_marketing(OPTED_OUT_ACCOUNT)?;
+    let tag = demo.db.subject_tag(OPTED_OUT_ACCOUNT);
+    let table = retention::scheduled_text(
+        &scheduled,
+        demo.db.now(),
+        &|t| (*t == tag).then(|| OPTED_OUT_ACCOUNT.to_string()),
+        "subjects",
+    );
+    write!(demo.out, "{}", indent_text(&table))?;
+    demo.advance_days(2);
+    demo.compact()?;
+    let day2 = demo.read_word(OPTED_OUT_ACCOUNT, "marketing_contacts", "newsletter");
+    demo.advance_days(1);
+    demo.compact()?;
+    let day3 = demo.read_word(OPTED_OUT_ACCOUNT, "marketing_contacts", "newsletter");
+    demo.say(&format!(
+        "  compaction 2 days later: the newsletter contact is {day2}; 3 days later: {day3}"
+    ))?;
+    demo.expect_erased(OPTED_OUT_ACCOUNT, "marketing_contacts");
+    demo.check(
+        "marketing contacts are kept 2 days after the opt-out and erased 3 days after it",
+        day2 == "readable" && day3 == "erased",
+    )
 }
 
 fn shred_under_hold(demo: &mut Demo) -> Result<()> {
@@ -538,17 +691,271 @@ fn restrict(demo: &mut Demo) -> Result<()> {
     demo.show_read(RESTRICTED_USER, "message_content", "message-0001")
 }
 
+/// Indents every line of `text` by two spaces.
+fn indent_text(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// `at` plus a calendar span, in UTC.
+fn after(at: Timestamp, years: i16, days: i32) -> Result<Timestamp> {
+    let span = jiff::Span::new().years(years).days(days);
+    Ok(at
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .checked_add(span)
+        .context("a milestone date")?
+        .timestamp())
+}
+
+/// When closing an account at `closed` erases `class`, if it does: classes
+/// kept for a span after closure, and those kept until termination.
+fn closure_deadline(class: &ClassPolicy, closed: Timestamp) -> Option<Timestamp> {
+    match class.clock() {
+        ClockStart::AccountClosure => class.deadline(closed),
+        ClockStart::Write if class.until_account_closure() => Some(closed),
+        _ => None,
+    }
+}
+
+fn close_and_wait(demo: &mut Demo) -> Result<()> {
+    demo.say(&format!(
+        "{CLOSED_ACCOUNT} closes its account; each class's retention clock starts:\n  shredkv close-account {CLOSED_ACCOUNT}\n"
+    ))?;
+    let scheduled = demo.db.close_account(CLOSED_ACCOUNT)?;
+    let closed = demo.db.now();
+    let tag = demo.db.subject_tag(CLOSED_ACCOUNT);
+    let table = retention::scheduled_text(
+        &scheduled,
+        closed,
+        &|t| (*t == tag).then(|| CLOSED_ACCOUNT.to_string()),
+        "end users",
+    );
+    write!(demo.out, "{}", indent_text(&table))?;
+
+    // The columns: class, the record read, and when the policy erases it.
+    let users: Vec<&str> = PLATFORM
+        .iter()
+        .find(|(a, _)| *a == CLOSED_ACCOUNT)
+        .map(|(_, u)| u.to_vec())
+        .unwrap_or_default();
+    let user = users.first().copied().unwrap_or(RESTRICTED_USER);
+    let columns: [(&str, &str, &str, &str); 5] = [
+        (
+            "profile",
+            CLOSED_ACCOUNT,
+            "account_profile",
+            "billing-contact",
+        ),
+        (
+            "support",
+            CLOSED_ACCOUNT,
+            "support_communications",
+            "ticket-1",
+        ),
+        ("records", CLOSED_ACCOUNT, "account_records", "ledger-2024"),
+        ("invoices", CLOSED_ACCOUNT, "invoices", "invoice-2024-01"),
+        ("messages", user, "message_content", "message-0001"),
+    ];
+    let policy = demo.db.policy().clone();
+    let deadline = |class: &str| -> Timestamp {
+        policy
+            .class(class)
+            .and_then(|c| closure_deadline(c, closed))
+            .unwrap_or(Timestamp::MAX)
+    };
+    demo.say(&format!(
+        "\nThen compaction runs at each milestone (`shredkv compact`, from cron or the background compactor). Reads of {CLOSED_ACCOUNT}'s records (messages: of its end user {user}):"
+    ))?;
+    let milestones: [(&str, i16, i32); 6] = [
+        ("30 days", 0, 30),
+        ("61 days", 0, 61),
+        ("1 year", 1, 0),
+        ("3 years 1 day", 3, 1),
+        ("7 years 1 day", 7, 1),
+        ("10 years 1 day", 10, 1),
+    ];
+    let mut table = Table::new(&[
+        "after closure",
+        "profile",
+        "support",
+        "records",
+        "invoices",
+        "messages",
+        "epochs live",
+        "destroyed",
+    ])
+    .right(&[6, 7]);
+    let mut as_expected = [true; 5];
+    let mut destroyed = 0u32;
+    for (label, years, days) in milestones {
+        let at = after(closed, years, days)?;
+        demo.clock.set(at);
+        demo.compact()?;
+        let mut row = vec![label.to_string()];
+        for (i, (_, subject, class, key)) in columns.iter().enumerate() {
+            let word = demo.read_word(subject, class, key);
+            let expected = if at >= deadline(class) {
+                "erased"
+            } else {
+                "readable"
+            };
+            if let Some(ok) = as_expected.get_mut(i) {
+                *ok &= word == expected;
+            }
+            row.push(word.to_string());
+        }
+        let stats = demo.db.stats()?;
+        let live = u32::try_from(stats.live_epochs.len()).unwrap_or(u32::MAX);
+        destroyed = stats.current_epoch.saturating_sub(live);
+        row.push(live.to_string());
+        row.push(destroyed.to_string());
+        table.row(row);
+    }
+    write!(demo.out, "{}", indent_text(&table.render()))?;
+    demo.say(
+        "  (profile = account_profile, support = support_communications, records = account_records)",
+    )?;
+    for (i, (_, _, class, _)) in columns.iter().enumerate() {
+        let when = output::span_words(closed, deadline(class));
+        let what = if deadline(class) <= closed {
+            format!("{class} is erased at closure (kept only until termination of the account)")
+        } else {
+            format!("{class} is readable until {when} after closure and erased after")
+        };
+        demo.check(&what, as_expected.get(i).copied().unwrap_or(false))?;
+    }
+    demo.check(
+        &format!("epochs are rotated and destroyed as time passes ({destroyed} destroyed)"),
+        destroyed > 0,
+    )?;
+    // Everything of the account the policy ties to closure is gone now,
+    // for the account and its end users.
+    let now = demo.db.now();
+    for (subject, class) in std::iter::once(CLOSED_ACCOUNT)
+        .chain(users.iter().copied())
+        .flat_map(|s| {
+            policy
+                .classes()
+                .iter()
+                .filter(|c| closure_deadline(c, closed).is_some_and(|d| d <= now))
+                .map(move |c| (s, c.name().to_string()))
+        })
+        .collect::<Vec<_>>()
+    {
+        demo.expect_erased(subject, &class);
+    }
+    Ok(())
+}
+
+fn restore_early(demo: &mut Demo) -> Result<()> {
+    let target = demo.root.join("restore-early");
+    demo.say(&format!(
+        "The backup taken on day one ({START}) is restored next to the store:\n  shredkv restore {} --into {}",
+        demo.early_backup.display(),
+        target.display()
+    ))?;
+    let config = Config::new(&target)
+        .backend(demo.backend)
+        .clock(Arc::new(demo.clock.clone()));
+    let outcome = Db::restore(&demo.early_backup, config, ErasureSource::Live(&demo.db));
+    let refused = match &outcome {
+        Ok(_) => {
+            demo.say("  -> restored (it should not have been)")?;
+            false
+        }
+        Err(err) => {
+            demo.say(&format!("  -> error: {err}"))?;
+            matches!(err, Error::StoreKeysDestroyed { .. })
+        }
+    };
+    drop(outcome);
+    demo.check(
+        "the early backup cannot be restored: StoreKeysDestroyed (older than the purge window, by design)",
+        refused,
+    )
+}
+
+fn restore_recent(demo: &mut Demo) -> Result<()> {
+    let backup = demo.root.join("backup-recent");
+    let target = demo.root.join("restore-recent");
+    demo.say(&format!(
+        "A backup is taken now; afterwards {LATE_ACCOUNT} is shredded; then the backup is restored, replaying the live store's erasure ledger:\n  shredkv backup {}\n  shredkv shred {LATE_ACCOUNT}\n  shredkv restore {} --into {}",
+        backup.display(),
+        backup.display(),
+        target.display()
+    ))?;
+    demo.db.backup(&backup)?;
+    let receipt = demo.db.shred(LATE_ACCOUNT, Classes::All)?;
+    for scope in &receipt.erased {
+        demo.erased
+            .insert((demo.name(&scope.subject), scope.class.clone()));
+    }
+    let config = Config::new(&target)
+        .backend(demo.backend)
+        .clock(Arc::new(demo.clock.clone()));
+    let (restored, report) = Db::restore(&backup, config, ErasureSource::Live(&demo.db))?;
+    demo.say(&format!(
+        "  -> {} entries copied, {} erasures replayed, {} keys destroyed",
+        report.entries, report.erasures_replayed, report.keys_destroyed
+    ))?;
+    let line = match restored.get(LATE_ACCOUNT, "invoices", b"invoice-2024-01") {
+        Ok(Some(_)) => "readable".to_string(),
+        Ok(None) => "absent".to_string(),
+        Err(err) => format!("error: {err}"),
+    };
+    demo.say(&format!(
+        "  get {LATE_ACCOUNT} invoices invoice-2024-01 (restored copy) -> {line}"
+    ))?;
+    let stays_erased = ["invoices", "account_profile", "account_records"]
+        .iter()
+        .all(|class| {
+            restored
+                .scan(LATE_ACCOUNT, class)
+                .is_err_and(|e| e.is_erased())
+        });
+    demo.check(
+        &format!("{LATE_ACCOUNT}, erased after the backup, stays erased in the restored copy"),
+        stays_erased && report.erasures_replayed > 0,
+    )?;
+    let live = restored
+        .get(OPTED_OUT_ACCOUNT, "invoices", b"invoice-2024-01")
+        .is_ok_and(|v| v.is_some());
+    demo.check(
+        &format!("{OPTED_OUT_ACCOUNT}'s invoices read back from the restored copy"),
+        live,
+    )?;
+    restored.flush()?;
+    Ok(())
+}
+
+fn certificate(demo: &mut Demo) -> Result<()> {
+    demo.say(&format!(
+        "{FORGOTTEN_USER} asks for proof of erasure:\n  shredkv certificate {FORGOTTEN_USER}\n"
+    ))?;
+    let certificate = demo.db.certificate(FORGOTTEN_USER)?;
+    write!(demo.out, "{}", indent_text(&certificate.to_string()))?;
+    demo.check(
+        "the certificate is COMPLETE: keys, every epoch that wrapped them and the dead ciphertext are gone",
+        certificate.is_complete(),
+    )
+}
+
 fn verify(demo: &mut Demo) -> Result<()> {
     // 1. Every erased record is unreadable through the API.
     let mut erased_records = 0usize;
     let mut erased_ok = true;
     let mut live_records = 0usize;
     let mut live_ok = true;
+    let mut expired_records = 0usize;
+    let mut expired_ok = true;
+    let now = demo.db.now();
     for w in &demo.written {
         let read = demo.db.get(&w.subject, w.class, w.key.as_bytes());
         if demo.is_erased(&w.subject, w.class) {
             erased_records += 1;
             erased_ok &= read.is_err_and(|e| e.is_erased());
+        } else if w.expires_at.is_some_and(|e| e <= now) {
+            expired_records += 1;
+            expired_ok &= matches!(read, Ok(None));
         } else {
             live_records += 1;
             live_ok &= read.ok().flatten().is_some_and(|v| v == w.value.as_bytes());
@@ -582,6 +989,12 @@ fn verify(demo: &mut Demo) -> Result<()> {
         scopes_ok,
     )?;
     demo.check(
+        &format!(
+            "all {expired_records} expired records (the customer's 90-day TTL) read as absent"
+        ),
+        expired_ok && expired_records > 0,
+    )?;
+    demo.check(
         &format!("all {live_records} live records read back as written"),
         live_ok && live_records > 0,
     )?;
@@ -609,7 +1022,7 @@ fn verify(demo: &mut Demo) -> Result<()> {
         needles.insert(w.subject.clone());
         needles.insert(w.key.clone());
     }
-    let scan = scan_dir(demo.db.path(), &needles)?;
+    let scan = scan_dir(&demo.root, &needles)?;
     let found: Vec<String> = scan
         .found
         .iter()
@@ -617,7 +1030,7 @@ fn verify(demo: &mut Demo) -> Result<()> {
         .collect();
     demo.check(
         &format!(
-            "no value marker, subject id or record key in any byte of the store's {} files ({}; {} needles)",
+            "no value marker, subject id or record key in any byte of the {} files of the store, its backups and restored copies ({}; {} needles)",
             scan.files,
             output::bytes(scan.bytes),
             needles.len()

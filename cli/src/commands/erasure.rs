@@ -1,11 +1,12 @@
-//! Erasure: `shred`, and how a receipt is shown (also by the demo).
+//! Erasure: `shred`, `certificate`, and how a receipt is shown (also by
+//! the demo and `request-deletion`).
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use shredkv::{Classes, Receipt, SubjectTag};
+use shredkv::{Classes, Error, Receipt, SubjectTag};
 
 use crate::context::Global;
-use crate::exit::Code;
+use crate::exit::{CliError, Code};
 use crate::output::{self, Table};
 
 /// Arguments of `shred`.
@@ -32,6 +33,45 @@ pub(crate) fn shred(global: &Global, args: &ShredArgs) -> Result<Code> {
         output::print_json(&receipt_json(&receipt))?;
     } else {
         print!("{}", receipt_text(&receipt, &|tag| tag.to_hex()));
+    }
+    Ok(Code::Ok)
+}
+
+/// Arguments of `certificate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CertificateArgs {
+    /// The subject's id.
+    subject: String,
+}
+
+/// `certificate`: a certificate of erasure; exit 0 whether the purge is
+/// complete or pending (the status is printed, and in JSON).
+pub(crate) fn certificate(global: &Global, args: &CertificateArgs) -> Result<Code> {
+    let db = global.open()?;
+    let certificate = match db.certificate(&args.subject) {
+        Ok(certificate) => certificate,
+        Err(Error::InvalidArgument { detail, .. }) => {
+            if db.subject(&args.subject)?.is_none() {
+                return Err(Error::UnknownSubject {
+                    subject: db.subject_tag(&args.subject),
+                }
+                .into());
+            }
+            return Err(CliError::new(Code::NotFound, detail)
+                .hint("a certificate is issued once `shredkv shred` or `shredkv request-deletion` (or compaction) has erased something of the subject")
+                .into());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if global.json {
+        output::print_json(&certificate.to_json())?;
+    } else {
+        print!("{certificate}");
+    }
+    if !certificate.is_complete() {
+        eprintln!(
+            "note: the purge is PENDING; the keys are destroyed, but the steps listed remain. Issue the certificate again after compaction has run past the date shown."
+        );
     }
     Ok(Code::Ok)
 }

@@ -5,11 +5,13 @@
 //! errors and are classified in [`crate::exit`].
 
 mod audit;
+mod backup;
 mod demo;
 mod erasure;
 mod holds;
 mod policy;
 mod records;
+mod retention;
 mod store;
 mod subjects;
 
@@ -74,7 +76,8 @@ pub(crate) enum Command {
         after_help = "Example:\n  shredkv --store /var/lib/shredkv hold acct-42 --class invoices --reason 'case TAX-2025-117'"
     )]
     Hold(holds::HoldArgs),
-    /// Release a legal hold.
+    /// Release a legal hold (to end the retention of a class kept until
+    /// released, see `release-data`).
     #[command(
         after_help = "Example:\n  shredkv --store /var/lib/shredkv release acct-42 --class invoices"
     )]
@@ -82,6 +85,59 @@ pub(crate) enum Command {
     /// List the legal holds in force.
     #[command(after_help = "Example:\n  shredkv --store /var/lib/shredkv holds")]
     Holds,
+    /// Close an account and its end users: schedules the erasure of every
+    /// class whose retention runs from closure (60 days, 3, 7, 10 years...).
+    #[command(
+        after_help = "Example:\n  shredkv --store /var/lib/shredkv close-account acct-42\n\nNothing is erased now; `shredkv compact` erases each scope when its date passes."
+    )]
+    CloseAccount(retention::CloseArgs),
+    /// Record a marketing opt-out: marketing classes are erased 3 days later.
+    #[command(after_help = "Example:\n  shredkv --store /var/lib/shredkv opt-out acct-42")]
+    OptOut(retention::OptOutArgs),
+    /// End the retention of a class kept until released (e.g.
+    /// subscriber_records): it is erased at the next compaction.
+    #[command(
+        after_help = "Example:\n  shredkv --store /var/lib/shredkv release-data acct-42 subscriber_records\n\nA class whose clock is not `manual_release` is refused (exit 6)."
+    )]
+    ReleaseData(retention::ReleaseDataArgs),
+    /// A deletion request: erases now what the policy allows and prints the
+    /// receipt (what was erased; what is retained, until when and why).
+    #[command(
+        after_help = "Examples:\n  shredkv --store /var/lib/shredkv request-deletion user-7\n  shredkv --store /var/lib/shredkv request-deletion acct-42 --underage --json > receipt.json"
+    )]
+    RequestDeletion(retention::DeletionArgs),
+    /// Run one compaction pass: erase what is due, destroy expired keys,
+    /// re-key, remove dead ciphertext, rotate and destroy epochs.
+    #[command(
+        after_help = "Examples:\n  shredkv --store /var/lib/shredkv compact\n  shredkv --store /var/lib/shredkv compact --budget 10000   # from cron, every few minutes"
+    )]
+    Compact(retention::CompactArgs),
+    /// Rotate the epoch key now (compaction also does it daily).
+    #[command(after_help = "Example:\n  shredkv --store /var/lib/shredkv rotate-epoch")]
+    RotateEpoch,
+    /// Write a consistent backup of the store (without its key file).
+    #[command(
+        after_help = "Example:\n  shredkv --store /var/lib/shredkv backup /backups/shredkv-2025-06-01\n\nA backup is restorable only within the purge window (30 days by default)."
+    )]
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new directory, replaying the erasures made
+    /// since (from the live store, or from an exported erasure log).
+    #[command(
+        after_help = "Examples:\n  shredkv --store /var/lib/shredkv --key-file /etc/shredkv/keys restore /backups/shredkv-2025-06-01 --into /var/lib/shredkv-restored\n  shredkv --key-file /etc/shredkv/keys restore /backups/shredkv-2025-06-01 --into /var/lib/shredkv-restored --erasure-log /backups/erasures.log\n\nA backup older than the purge window cannot be decrypted (exit 4), by design."
+    )]
+    Restore(backup::RestoreArgs),
+    /// Export the erasure log (ledger and destroyed key ids; no personal
+    /// data), for restores when the live store is not available.
+    #[command(
+        after_help = "Example:\n  shredkv --store /var/lib/shredkv export-erasure-log /backups/erasures-2025-06-01.log"
+    )]
+    ExportErasureLog(backup::ExportLogArgs),
+    /// Issue a certificate of erasure for a subject (after NIST SP 800-88):
+    /// COMPLETE once keys, epochs and dead ciphertext are gone, else PENDING.
+    #[command(
+        after_help = "Examples:\n  shredkv --store /var/lib/shredkv certificate user-7\n  shredkv --store /var/lib/shredkv certificate user-7 --json | jq -r .purge_status\n\nExits 0 whether the purge is complete or pending; the status is printed."
+    )]
+    Certificate(erasure::CertificateArgs),
     /// Check every record, key and subject, and the audit chain.
     #[command(
         after_help = "Example:\n  shredkv --store /var/lib/shredkv verify || echo \"damaged: exit $?\""
@@ -90,7 +146,7 @@ pub(crate) enum Command {
     /// Read and check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Show or check retention policies.
+    /// Show, check or apply retention policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Run a full erasure lifecycle on a temporary store and check it
@@ -120,6 +176,16 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<Code> {
         Command::Hold(args) => holds::hold(global, &args),
         Command::Release(args) => holds::release(global, &args),
         Command::Holds => holds::list(global),
+        Command::CloseAccount(args) => retention::close_account(global, &args),
+        Command::OptOut(args) => retention::opt_out(global, &args),
+        Command::ReleaseData(args) => retention::release_data(global, &args),
+        Command::RequestDeletion(args) => retention::request_deletion(global, &args),
+        Command::Compact(args) => retention::compact(global, &args),
+        Command::RotateEpoch => retention::rotate_epoch(global),
+        Command::Backup(args) => backup::backup(global, &args),
+        Command::Restore(args) => backup::restore(global, &args),
+        Command::ExportErasureLog(args) => backup::export_erasure_log(global, &args),
+        Command::Certificate(args) => erasure::certificate(global, &args),
         Command::Audit(command) => audit::run(global, command),
         Command::Policy(command) => policy::run(global, command),
         Command::Demo => demo::run(global),

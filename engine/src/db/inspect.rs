@@ -411,6 +411,16 @@ impl Db {
         Ok(out)
     }
 
+    /// The name of the class the store numbers `number` (audit entries and
+    /// the erasure ledger carry class numbers, stable for the store's life),
+    /// or `None` for a number no class of the policy in force has (a class
+    /// since removed from the policy, or never assigned).
+    pub fn class_name(&self, number: u16) -> Option<String> {
+        self.inner
+            .class_by_number(number)
+            .map(|c| c.policy.name().to_string())
+    }
+
     /// Checks the audit chain from its first entry.
     ///
     /// # Errors

@@ -605,3 +605,25 @@ fn export_by_tag_matches_export_by_id() {
     db.shred("acct", Classes::All).expect("shred");
     assert!(db.export_tag(tag).expect_err("erased").is_erased());
 }
+
+#[test]
+fn class_name_names_the_class_numbers_audit_entries_carry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, _clock) = open(&dir);
+    db.register_account("acct").expect("register");
+    db.place_hold("acct", Some("invoices"), "case 1")
+        .expect("hold");
+    let entry = db
+        .audit_tail(1)
+        .expect("audit")
+        .pop()
+        .expect("the hold's entry");
+    let number = entry.class.expect("a class hold names its class");
+    assert_eq!(db.class_name(number).as_deref(), Some("invoices"));
+    for class in ["message_content", "invoices", "account_profile"] {
+        let found = (0..=u16::MAX).find(|n| db.class_name(*n).as_deref() == Some(class));
+        assert!(found.is_some(), "{class} has a number");
+    }
+    assert_eq!(db.class_name(0), None);
+    assert_eq!(db.class_name(u16::MAX), None);
+}

@@ -1,0 +1,336 @@
+//! Backups: `backup`, `restore`, `export-erasure-log`.
+//!
+//! A backup is a consistent copy of the store's trees, without the key
+//! file: it is decrypted with the live key file, so it expires with the
+//! purge window (once compaction has destroyed the epoch that wrapped its
+//! keys, it cannot be decrypted, by design). A restore replays the erasures
+//! of the live store (or of an exported erasure log) before the restored
+//! store serves anything, so nothing erased comes back.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use shredkv::{Config, Db, ErasureSource, Error, Policy};
+
+use crate::context::{self, Global};
+use crate::exit::{CliError, Code};
+use crate::output;
+
+/// The epoch rotation period the CLI opens stores with (the engine's default).
+const EPOCH_ROTATION: SignedDuration = SignedDuration::from_hours(24);
+
+/// Arguments of `backup`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BackupArgs {
+    /// Where to write the backup: a new or empty directory.
+    dir: PathBuf,
+}
+
+/// Arguments of `restore`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup directory (written by `shredkv backup`).
+    backup: PathBuf,
+    /// The new store's directory: new or empty.
+    #[arg(long, value_name = "DIR")]
+    into: PathBuf,
+    /// Replay this exported erasure log instead of the live store's
+    /// (`--store`) erasures; needs the live key file (--key-file).
+    #[arg(long, value_name = "FILE")]
+    erasure_log: Option<PathBuf>,
+}
+
+/// Arguments of `export-erasure-log`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportLogArgs {
+    /// The file to write (must not exist).
+    file: PathBuf,
+}
+
+/// The shortest purge window of a policy.
+fn shortest_purge_window(policy: &Policy) -> SignedDuration {
+    policy
+        .classes()
+        .iter()
+        .map(|c| c.purge_window_duration())
+        .min()
+        .unwrap_or(SignedDuration::from_hours(30 * 24))
+}
+
+/// `backup`: a consistent copy of the store, without its key file.
+pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
+    let db = global.open()?;
+    let report = db.backup(&args.dir)?;
+    let window = shortest_purge_window(db.policy());
+    let at_least = report
+        .taken_at
+        .checked_add(window.saturating_sub(EPOCH_ROTATION))
+        .unwrap_or(Timestamp::MAX);
+    let at_most = report
+        .taken_at
+        .checked_add(window)
+        .unwrap_or(Timestamp::MAX);
+    let key_file = global.key_file_for(db.path());
+    if global.json {
+        output::print_json(&json!({
+            "backup": report.path.display().to_string(),
+            "backend": db.backend().name(),
+            "entries": report.entries,
+            "taken_at": output::time(report.taken_at),
+            "restorable_until_at_least": output::time(at_least),
+            "unrestorable_after": output::time(at_most),
+            "key_file": key_file.display().to_string(),
+        }))?;
+        return Ok(Code::Ok);
+    }
+    println!(
+        "Backup of {} written to {}",
+        db.path().display(),
+        report.path.display()
+    );
+    output::print_fields(&[
+        ("entries", report.entries.to_string()),
+        ("taken at", output::time(report.taken_at)),
+        (
+            "restorable",
+            format!(
+                "until at least {}; not after about {} (purge window {}, with daily compaction)",
+                output::time(at_least),
+                output::time(at_most),
+                output::span_words(report.taken_at, at_most)
+            ),
+        ),
+        (
+            "key file",
+            format!("{} (not in the backup)", key_file.display()),
+        ),
+    ]);
+    println!(
+        "Restore it with: shredkv --store {} --key-file {} restore {} --into NEW_DIR",
+        db.path().display(),
+        key_file.display(),
+        report.path.display()
+    );
+    Ok(Code::Ok)
+}
+
+/// Whether `dir` is absent or an empty directory.
+fn absent_or_empty(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(Error::Io {
+            action: "inspect the restore target",
+            path: dir.to_path_buf(),
+            source,
+        }
+        .into()),
+    }
+}
+
+/// Removes what a failed restore wrote into `dir` (which was absent, or
+/// empty, before it started).
+fn clean_up(dir: &Path, existed: bool) {
+    // Best effort: the restore's own error is what the operator needs.
+    if !existed {
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+/// `restore`: the backup into a new directory, with the erasures replayed.
+pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
+    let backend = context::detect_backend(&args.backup, None).map_err(|_| {
+        CliError::new(
+            Code::NotFound,
+            format!(
+                "no shredkv backup at {}: neither sled/ nor store.redb is there",
+                args.backup.display()
+            ),
+        )
+        .hint("pass the directory `shredkv backup DIR` wrote")
+    })?;
+    let into = &args.into;
+    if !absent_or_empty(into)? {
+        return Err(CliError::new(
+            Code::Usage,
+            format!(
+                "{} exists and is not empty; restore writes into a new or empty directory",
+                into.display()
+            ),
+        )
+        .hint("choose another --into directory")
+        .into());
+    }
+    let existed = into.exists();
+    let policy = global.load_policy()?;
+    let (key_file, source_name, from) = match &args.erasure_log {
+        Some(log) => {
+            let key_file = match (&global.key_file, &global.store) {
+                (Some(file), _) => file.clone(),
+                (None, Some(store)) => global.key_file_for(store),
+                (None, None) => {
+                    return Err(CliError::new(
+                        Code::Usage,
+                        "restore needs the live key file: pass --key-file (or --store, whose key file is used)",
+                    )
+                    .into());
+                }
+            };
+            if !log.is_file() {
+                return Err(CliError::new(
+                    Code::NotFound,
+                    format!("no erasure log at {}", log.display()),
+                )
+                .hint("write one with `shredkv export-erasure-log FILE` on the live store")
+                .into());
+            }
+            (
+                key_file,
+                format!("erasure log {}", log.display()),
+                Source::Log(log),
+            )
+        }
+        None => {
+            let store = global.store.as_deref().ok_or_else(|| {
+                CliError::new(
+                    Code::Usage,
+                    "restore replays the live store's erasures: pass --store (the live store) or --erasure-log FILE",
+                )
+            })?;
+            let db = global.open()?;
+            (
+                global.key_file_for(store),
+                format!("the live store at {}", store.display()),
+                Source::Live(db),
+            )
+        }
+    };
+    let config = Config::new(into)
+        .backend(backend)
+        .policy(policy)
+        .key_file(&key_file)
+        .sync_writes(true);
+    let source = match &from {
+        Source::Live(db) => ErasureSource::Live(db),
+        Source::Log(log) => ErasureSource::File(log),
+    };
+    let (restored, report) = match Db::restore(&args.backup, config, source) {
+        Ok(done) => done,
+        Err(err) => {
+            clean_up(into, existed);
+            return Err(restore_error(err, &args.backup));
+        }
+    };
+    restored.flush()?;
+    if global.json {
+        output::print_json(&json!({
+            "backup": args.backup.display().to_string(),
+            "store": into.display().to_string(),
+            "backend": restored.backend().name(),
+            "erasure_source": source_name,
+            "entries": report.entries,
+            "erasures_replayed": report.erasures_replayed,
+            "keys_destroyed": report.keys_destroyed,
+            "key_file": key_file.display().to_string(),
+        }))?;
+        return Ok(Code::Ok);
+    }
+    println!(
+        "Restored {} into {} ({})",
+        args.backup.display(),
+        into.display(),
+        restored.backend()
+    );
+    output::print_fields(&[
+        ("entries copied", report.entries.to_string()),
+        (
+            "erasures replayed",
+            format!(
+                "{} from {source_name}, {} keys destroyed: nothing erased since the backup comes back",
+                report.erasures_replayed, report.keys_destroyed
+            ),
+        ),
+        ("key file", format!("{} (shared)", key_file.display())),
+    ]);
+    println!(
+        "Open it with: shredkv --store {} --key-file {} verify",
+        into.display(),
+        key_file.display()
+    );
+    eprintln!(
+        "note: the restored store uses the same key file as the live store; serve one of them, not both (retire the old store before using the restored one)"
+    );
+    Ok(Code::Ok)
+}
+
+/// Where a restore's erasures come from.
+enum Source<'a> {
+    /// The live store, open.
+    Live(Db),
+    /// An exported erasure log.
+    Log(&'a Path),
+}
+
+/// Explains a failed restore; a backup past its purge window is expected.
+fn restore_error(err: Error, backup: &Path) -> anyhow::Error {
+    match err {
+        Error::StoreKeysDestroyed { epoch, .. } => CliError::new(
+            Code::Erased,
+            format!(
+                "backup {} cannot be restored: it is older than the purge window (epoch {epoch}, which wrapped its keys, has been destroyed); erased data must not come back from old backups, so this is by design",
+                backup.display()
+            ),
+        )
+        .hint("restore a more recent backup (one taken within the purge window)")
+        .into(),
+        err => err.into(),
+    }
+}
+
+/// `export-erasure-log`: the ledger and destroyed key ids, for restores
+/// when the live store is not available.
+pub(crate) fn export_erasure_log(global: &Global, args: &ExportLogArgs) -> Result<Code> {
+    if args.file.exists() {
+        return Err(CliError::new(
+            Code::Failure,
+            format!(
+                "{} exists; export-erasure-log never overwrites a file",
+                args.file.display()
+            ),
+        )
+        .hint("choose a new file name (e.g. with the date)")
+        .into());
+    }
+    let db = global.open()?;
+    let items = db.export_erasure_log(&args.file)?;
+    if global.json {
+        output::print_json(&json!({
+            "file": args.file.display().to_string(),
+            "items": items,
+            "exported_at": output::time(db.now()),
+        }))?;
+        return Ok(Code::Ok);
+    }
+    println!(
+        "{items} erasure log items (ledger entries and destroyed key ids; no personal data) written to {}",
+        args.file.display()
+    );
+    println!(
+        "Keep it with the backups and export it again after every erasure; a restore replays it with: shredkv --key-file KEYS restore BACKUP --into NEW_DIR --erasure-log {}",
+        args.file.display()
+    );
+    Ok(Code::Ok)
+}
