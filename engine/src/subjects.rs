@@ -5,6 +5,7 @@
 //! ```text
 //! 0x00 ‖ subject tag (16)                 → subject record
 //! 0x01 ‖ account tag (16) ‖ user tag (16) → empty   (an account's end users)
+//! 0x02 ‖ subject tag (16) ‖ class u16     → release time, i64 (a manual release)
 //! ```
 //!
 //! Subject record v1, big-endian:
@@ -33,6 +34,7 @@ const VERSION: u8 = 1;
 const WHAT: &str = "subject record";
 const RECORD_SPACE: u8 = 0x00;
 const CHILD_SPACE: u8 = 0x01;
+const RELEASE_SPACE: u8 = 0x02;
 
 /// Whether a subject is a customer account or an end user of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,15 @@ pub(crate) fn child_key(account: &SubjectTag, user: &SubjectTag) -> [u8; 33] {
     key[0] = CHILD_SPACE;
     key[1..17].copy_from_slice(&account.0);
     key[17..].copy_from_slice(&user.0);
+    key
+}
+
+/// Where the release of one manually released class is recorded.
+pub(crate) fn release_key(tag: &SubjectTag, class: u16) -> [u8; 19] {
+    let mut key = [0u8; 19];
+    key[0] = RELEASE_SPACE;
+    key[1..17].copy_from_slice(&tag.0);
+    key[17..].copy_from_slice(&class.to_be_bytes());
     key
 }
 

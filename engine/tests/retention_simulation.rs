@@ -69,10 +69,11 @@ use shredkv_crypto::{
     WrappedKey,
 };
 
-/// Expectations of the design the engine does not meet today, each off by
-/// default: `SHREDKV_SIM_STRICT=all`, or a comma-separated list of the field
-/// names, turns them on (and the simulation fails).
-#[derive(Debug, Clone, Copy, Default)]
+/// Expectations of the design that once failed, each pinned by name. The
+/// engine meets `epochs`, `holds` and `expired` (on by default); `receipts`
+/// still differs from the model in one case (see the closing notes) and is
+/// off unless `SHREDKV_SIM_STRICT=receipts` or `all` asks for it.
+#[derive(Debug, Clone, Copy)]
 struct Strict {
     /// Keep the default one-day epoch rotation while compacting weekly: keys
     /// destroyed by a compaction must still be purged within 30 days (G2).
@@ -90,10 +91,15 @@ struct Strict {
 
 impl Strict {
     fn from_env() -> Self {
-        let Ok(value) = std::env::var("SHREDKV_SIM_STRICT") else {
-            return Self::default();
+        let mut strict = Self {
+            epochs: true,
+            holds: true,
+            expired: true,
+            receipts: false,
         };
-        let mut strict = Self::default();
+        let Ok(value) = std::env::var("SHREDKV_SIM_STRICT") else {
+            return strict;
+        };
         for word in value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
                 "all" | "1" => {

@@ -264,10 +264,10 @@ impl DbInner {
             // Only epochs this store started (or inherited with its data) are
             // its to destroy: a key provider shared with another store (a
             // restored copy, say) holds that store's epochs too.
-            if let Some(started) = self.epoch_time(meta::EPOCH_STARTED, epoch)? {
-                if now.as_second().saturating_sub(started) >= delay {
-                    candidates.push(epoch);
-                }
+            if let Some(started) = self.epoch_time(meta::EPOCH_STARTED, epoch)?
+                && now.as_second().saturating_sub(started) >= delay
+            {
+                candidates.push(epoch);
             }
         }
         if candidates.is_empty() {

@@ -113,6 +113,22 @@ impl DbInner {
 }
 
 impl DbInner {
+    /// When a manually released class of a subject was released, if it was.
+    fn released_at(&self, tag: &SubjectTag, class: u16) -> Result<Option<Timestamp>> {
+        let Some(bytes) = self
+            .storage
+            .get(Tree::Subjects, &subjects::release_key(tag, class))?
+        else {
+            return Ok(None);
+        };
+        Ok(bytes
+            .as_slice()
+            .try_into()
+            .ok()
+            .map(i64::from_be_bytes)
+            .and_then(|secs| Timestamp::from_second(secs).ok()))
+    }
+
     /// Re-derives every event-driven erasure deadline from the subjects'
     /// recorded events under the current policy (after a policy change).
     /// Deadlines of manually released classes are kept. Returns how many
@@ -450,13 +466,12 @@ impl Db {
                         let start = match class.policy.clock() {
                             ClockStart::AccountClosure => info.closed_at,
                             ClockStart::MarketingOptOut => info.opted_out_at,
-                            // Releases are per class and schedule their own
-                            // erasure; until one, the data is kept.
+                            ClockStart::ManualRelease => inner.released_at(t, class.number)?,
                             _ => None,
                         };
                         let until = start.and_then(|s| class.policy.deadline(s));
                         let why = match class.policy.clock() {
-                            ClockStart::ManualRelease => {
+                            ClockStart::ManualRelease if until.is_none() => {
                                 format!("{} (kept until released)", class.policy.legal_basis())
                             }
                             _ => class.policy.legal_basis().to_string(),
