@@ -41,6 +41,20 @@ fn start() -> Timestamp {
     Timestamp::from_second(1_800_000_000).expect("a valid time")
 }
 
+const DAY: i64 = 86_400;
+
+/// The start of the UTC day of `start()`.
+fn first_midnight() -> i64 {
+    start().as_second() / DAY * DAY
+}
+
+/// When the keys of records expiring on loaded day `d` are due: the end of
+/// that UTC day (expiry buckets are days).
+fn due_at(d: usize) -> Timestamp {
+    Timestamp::from_second(first_midnight() + (i64::try_from(d).expect("small") + 3) * DAY)
+        .expect("a valid time")
+}
+
 /// A store whose every subject has one record expiring on each of `days`
 /// days: `subjects × days` expiry-bucket keys, plus a scope key per subject.
 fn store_with_expiring_keys(sizes: &Sizes) -> (tempfile::TempDir, Db, ManualClock) {
@@ -61,8 +75,8 @@ fn store_with_expiring_keys(sizes: &Sizes) -> (tempfile::TempDir, Db, ManualCloc
     }
     let loading = Instant::now();
     for d in 0..sizes.days {
-        let expiry = start() + SignedDuration::from_hours(24 * (d as i64 + 1))
-            - SignedDuration::from_hours(1);
+        // One hour into the day whose end is `due_at(d)`.
+        let expiry = due_at(d) - SignedDuration::from_hours(23);
         let mut batch = Batch::new();
         for s in 0..sizes.subjects {
             batch.put_with(
@@ -91,17 +105,17 @@ fn destroy_due_keys(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
     // Each iteration: one more day passes, so one day's keys (one per subject) are due.
     group.throughput(Throughput::Elements(sizes.subjects as u64));
-    let mut days_left = sizes.days;
+    let mut next_day = 0usize;
     group.bench_function("destroy one day's due keys", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
-                if days_left == 0 {
+                if next_day == sizes.days {
                     // Out of loaded days: measure nothing rather than an empty pass.
                     break;
                 }
-                days_left -= 1;
-                clock.advance(SignedDuration::from_hours(24));
+                clock.set(due_at(next_day));
+                next_day += 1;
                 let started = Instant::now();
                 let report = db.compact().expect("compact");
                 spent += started.elapsed();
