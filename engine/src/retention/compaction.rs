@@ -152,41 +152,68 @@ impl DbInner {
         Ok(n)
     }
 
-    fn destroy_due_key(
+    /// Destroys a page of expired bucket keys in one atomic batch (one gate
+    /// acquisition, one commit). Keys a hold covers are parked instead.
+    fn destroy_due_keys(
         &self,
-        id: KeyId,
-        deadline_key: &[u8],
+        items: &[(Vec<u8>, KeyId)],
         now: Timestamp,
         report: &mut CompactionReport,
     ) -> Result<()> {
-        if self.blocked_by_hold(&id.subject, id.class, deadline_key, "expiry", now)? {
-            report.blocked_by_hold += 1;
+        if items.is_empty() {
             return Ok(());
         }
-        let _exclusive = self.gate.write(&[id.subject]);
+        let mut holds: HashMap<SubjectTag, _> = HashMap::new();
+        let mut free = Vec::with_capacity(items.len());
+        for (key, id) in items {
+            let subject_holds = match holds.entry(id.subject) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.holds_of(&id.subject)?)
+                }
+            };
+            let held = Self::hold_on(subject_holds, id.class).is_some();
+            if held && self.blocked_by_hold(&id.subject, id.class, key, "expiry", now)? {
+                report.blocked_by_hold += 1;
+            } else {
+                free.push((key, *id));
+            }
+        }
+        let tags: Vec<SubjectTag> = free
+            .iter()
+            .map(|(_, id)| id.subject)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _exclusive = self.gate.write(&tags);
         let mut batch = WriteBatch::new();
-        batch.remove(Tree::Deadlines, deadline_key.to_vec());
-        let destroyed = self.vault.destroy_one(&id, now.as_second(), &mut batch)?;
         let mut audit = Vec::new();
-        if destroyed {
-            let due = Due::RemoveCiphertext(id.subject, id.class);
+        let mut scopes = std::collections::BTreeSet::new();
+        for (key, id) in &free {
+            batch.remove(Tree::Deadlines, (*key).clone());
+            if self.vault.destroy_one(id, now.as_second(), &mut batch)? {
+                scopes.insert((id.subject, id.class));
+                audit.push(PendingEntry::new(
+                    AuditEvent::KeysDestroyed,
+                    Some(id.subject),
+                    Some(id.class),
+                    format!(
+                        "1 key destroyed; expiry bucket {} v{}; class {}",
+                        id.bucket,
+                        id.version,
+                        self.class_name(id.class)
+                    ),
+                ));
+                report.keys_destroyed += 1;
+            }
+        }
+        for (tag, class) in scopes {
+            let due = Due::RemoveCiphertext(tag, class);
             batch.put(
                 Tree::Deadlines,
                 deadlines::key(now.as_second(), &due),
                 deadlines::value(now.as_second()),
             );
-            audit.push(PendingEntry::new(
-                AuditEvent::KeysDestroyed,
-                Some(id.subject),
-                Some(id.class),
-                format!(
-                    "1 key destroyed; expiry bucket {} v{}; class {}",
-                    id.bucket,
-                    id.version,
-                    self.class_name(id.class)
-                ),
-            ));
-            report.keys_destroyed += 1;
         }
         self.audit.commit(
             self.storage.as_ref(),
@@ -195,7 +222,9 @@ impl DbInner {
             now,
             Durability::Buffered,
         )?;
-        self.vault.evict(&id);
+        for (_, id) in &free {
+            self.vault.evict(id);
+        }
         Ok(())
     }
 
@@ -356,108 +385,119 @@ impl DbInner {
         Ok(())
     }
 
-    /// Removes the records of a scope (or a whole subject) whose keys are destroyed.
+    /// Removes the records whose keys are destroyed, for a page of scopes
+    /// (or whole subjects), in as few batches as the records allow.
     fn remove_dead(
         &self,
-        tag: SubjectTag,
-        class: u16,
-        deadline_key: &[u8],
+        items: &[(Vec<u8>, SubjectTag, u16)],
         now: Timestamp,
         report: &mut CompactionReport,
     ) -> Result<()> {
-        let prefix: Vec<u8> = if class == ALL_CLASSES {
-            tag.0.to_vec()
-        } else {
-            records::scope_prefix(&tag, class).to_vec()
-        };
+        if items.is_empty() {
+            return Ok(());
+        }
         let mut key_alive: HashMap<KeyId, bool> = HashMap::new();
-        let mut removed = 0u64;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let mut page = Vec::new();
-            let start = match &after {
-                Some(k) => Bound::Excluded(k.as_slice()),
-                None => Bound::Included(prefix.as_slice()),
+        let mut removals = WriteBatch::new();
+        let mut pending = 0usize;
+        let mut done = WriteBatch::new();
+        let mut audit = Vec::new();
+        for (deadline_key, tag, class) in items {
+            let prefix: Vec<u8> = if *class == ALL_CLASSES {
+                tag.0.to_vec()
+            } else {
+                records::scope_prefix(tag, *class).to_vec()
             };
-            self.storage.scan(
-                Tree::Data,
-                start,
-                Bound::Unbounded,
-                Order::Ascending,
-                &mut |k, v| {
-                    if !k.starts_with(&prefix) {
-                        return ControlFlow::Break(());
+            let mut removed = 0u64;
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let mut page = Vec::new();
+                let start = match &after {
+                    Some(k) => Bound::Excluded(k.as_slice()),
+                    None => Bound::Included(prefix.as_slice()),
+                };
+                self.storage.scan(
+                    Tree::Data,
+                    start,
+                    Bound::Unbounded,
+                    Order::Ascending,
+                    &mut |k, v| {
+                        if !k.starts_with(&prefix) {
+                            return ControlFlow::Break(());
+                        }
+                        page.push((k.to_vec(), v.to_vec()));
+                        if page.len() >= RECORD_PAGE {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    },
+                )?;
+                let full = page.len() >= RECORD_PAGE;
+                after = page.last().map(|(k, _)| k.clone());
+                for (k, v) in &page {
+                    let Some(record_class) = k
+                        .get(16..18)
+                        .and_then(|c| c.try_into().ok())
+                        .map(u16::from_be_bytes)
+                    else {
+                        continue;
+                    };
+                    let Ok(envelope) = Envelope::parse(v) else {
+                        continue;
+                    };
+                    let r = envelope.key_ref();
+                    let id = KeyId {
+                        subject: *tag,
+                        class: record_class,
+                        bucket: r.bucket,
+                        version: r.version,
+                    };
+                    let alive = match key_alive.get(&id) {
+                        Some(alive) => *alive,
+                        None => {
+                            let alive = matches!(self.vault.read_entry(&id), Ok(Some(e)) if e.state == KeyState::Active);
+                            key_alive.insert(id, alive);
+                            alive
+                        }
+                    };
+                    if !alive {
+                        removals.remove(Tree::Data, k.clone());
+                        pending += 1;
+                        removed += 1;
                     }
-                    page.push((k.to_vec(), v.to_vec()));
-                    if page.len() >= RECORD_PAGE {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                },
-            )?;
-            let full = page.len() >= RECORD_PAGE;
-            after = page.last().map(|(k, _)| k.clone());
-            let mut batch = WriteBatch::new();
-            for (k, v) in &page {
-                let Some(record_class) = k
-                    .get(16..18)
-                    .and_then(|c| c.try_into().ok())
-                    .map(u16::from_be_bytes)
-                else {
-                    continue;
-                };
-                let Ok(envelope) = Envelope::parse(v) else {
-                    continue;
-                };
-                let r = envelope.key_ref();
-                let id = KeyId {
-                    subject: tag,
-                    class: record_class,
-                    bucket: r.bucket,
-                    version: r.version,
-                };
-                let alive = match key_alive.get(&id) {
-                    Some(alive) => *alive,
-                    None => {
-                        let alive = matches!(self.vault.read_entry(&id), Ok(Some(e)) if e.state == KeyState::Active);
-                        key_alive.insert(id, alive);
-                        alive
-                    }
-                };
-                if !alive {
-                    batch.remove(Tree::Data, k.clone());
-                    removed += 1;
+                }
+                if pending >= RECORD_PAGE * 8 {
+                    self.storage
+                        .apply(&std::mem::take(&mut removals), Durability::Buffered)?;
+                    pending = 0;
+                }
+                if !full {
+                    break;
                 }
             }
-            if !batch.is_empty() {
-                self.storage.apply(&batch, Durability::Buffered)?;
+            done.remove(Tree::Deadlines, deadline_key.clone());
+            if removed > 0 {
+                audit.push(PendingEntry::new(
+                    AuditEvent::CiphertextRemoved,
+                    Some(*tag),
+                    (*class != ALL_CLASSES).then_some(*class),
+                    format!("{removed} dead records removed"),
+                ));
             }
-            if !full {
-                break;
-            }
+            report.records_removed += removed;
         }
-        let mut batch = WriteBatch::new();
-        batch.remove(Tree::Deadlines, deadline_key.to_vec());
-        let audit = if removed > 0 {
-            vec![PendingEntry::new(
-                AuditEvent::CiphertextRemoved,
-                Some(tag),
-                (class != ALL_CLASSES).then_some(class),
-                format!("{removed} dead records removed"),
-            )]
-        } else {
-            Vec::new()
-        };
+        // Removals first; the index entries go with the audit, so a crash in
+        // between only repeats a (now cheaper) removal.
+        if !removals.is_empty() {
+            self.storage.apply(&removals, Durability::Buffered)?;
+        }
         self.audit.commit(
             self.storage.as_ref(),
-            batch,
+            done,
             &audit,
             now,
             Durability::Buffered,
-        )?;
-        report.records_removed += removed;
-        Ok(())
+        )
     }
 }
 
@@ -494,55 +534,60 @@ impl Db {
         };
         let end = deadlines::upper_bound(now.as_second());
         let mut left = budget;
+        // Pages continue after the last key seen, so an entry this build
+        // cannot read is passed over instead of read again forever.
+        let mut after: Option<Vec<u8>> = None;
         loop {
             let mut due = Vec::new();
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             inner.storage.scan(
                 Tree::Deadlines,
-                Bound::Unbounded,
+                start,
                 Bound::Excluded(&end),
                 Order::Ascending,
                 &mut |k, _| {
                     due.push(k.to_vec());
-                    if due.len() >= DUE_PAGE.min(left.max(1)) {
+                    if due.len() >= DUE_PAGE {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
                     }
                 },
             )?;
-            if due.is_empty() {
+            let Some(last) = due.last().cloned() else {
                 break;
-            }
-            if left == 0 {
-                report.remaining = u64::try_from(due.len()).unwrap_or(u64::MAX);
-                break;
-            }
-            for key in &due {
+            };
+            after = Some(last);
+            let mut expired_keys = Vec::new();
+            let mut others = Vec::new();
+            for key in due {
                 if left == 0 {
                     break;
                 }
+                match deadlines::decode_key(&key) {
+                    Some((_, Due::DestroyKey(id))) => expired_keys.push((key, id)),
+                    Some((_, due)) => others.push((key, due)),
+                    // An entry this build cannot read is kept for a newer
+                    // build, never guessed at.
+                    None => continue,
+                }
                 left -= 1;
                 report.items += 1;
-                match deadlines::decode_key(key) {
-                    Some((_, Due::DestroyKey(id))) => {
-                        inner.destroy_due_key(id, key, now, &mut report)?
-                    }
-                    Some((_, Due::EraseScope(tag, class))) => {
-                        inner.erase_due_scope(tag, class, key, now, &mut report)?
-                    }
-                    Some((_, Due::Rekey(id))) => inner.rekey(id, key, now, &mut report)?,
-                    Some((_, Due::RemoveCiphertext(tag, class))) => {
-                        inner.remove_dead(tag, class, key, now, &mut report)?
-                    }
-                    None => {
-                        // An entry this build cannot read is kept for a
-                        // newer build, never guessed at; skip past it.
-                        report.items -= 1;
-                        continue;
-                    }
-                }
-                progress(report.items);
             }
+            inner.destroy_due_keys(&expired_keys, now, &mut report)?;
+            let mut dead = Vec::new();
+            for (key, due) in others {
+                match due {
+                    Due::EraseScope(tag, class) => {
+                        inner.erase_due_scope(tag, class, &key, now, &mut report)?
+                    }
+                    Due::Rekey(id) => inner.rekey(id, &key, now, &mut report)?,
+                    Due::RemoveCiphertext(tag, class) => dead.push((key, tag, class)),
+                    Due::DestroyKey(_) => {}
+                }
+            }
+            inner.remove_dead(&dead, now, &mut report)?;
+            progress(report.items);
             if left == 0 {
                 let mut more = 0u64;
                 inner.storage.scan(
@@ -550,8 +595,10 @@ impl Db {
                     Bound::Unbounded,
                     Bound::Excluded(&end),
                     Order::Ascending,
-                    &mut |_, _| {
-                        more += 1;
+                    &mut |k, _| {
+                        if deadlines::decode_key(k).is_some() {
+                            more += 1;
+                        }
                         ControlFlow::Continue(())
                     },
                 )?;
