@@ -130,6 +130,15 @@ fn ts(secs: i64) -> Timestamp {
 }
 
 impl SubjectInfo {
+    /// The error for an operation on this (erased) subject.
+    pub(crate) fn erased_error(&self) -> crate::Error {
+        crate::Error::Erased {
+            subject: self.tag,
+            class: None,
+            erased_at: self.erased_at.unwrap_or(self.created_at),
+        }
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new(VERSION, 72);
         w.u8(match self.kind {

@@ -339,14 +339,6 @@ impl DbInner {
     }
 }
 
-fn erased_error(info: &SubjectInfo) -> Error {
-    Error::Erased {
-        subject: info.tag,
-        class: None,
-        erased_at: info.erased_at.unwrap_or(info.created_at),
-    }
-}
-
 impl Db {
     /// Erases a subject (all classes, or some) by destroying its keys; for
     /// an account, its end users too. Durable before it returns. Scopes
@@ -447,7 +439,7 @@ impl Db {
         self.inner.set_state(
             &tag,
             |info| match info.state {
-                SubjectState::Erased => Err(erased_error(&info)),
+                SubjectState::Erased => Err(info.erased_error()),
                 _ => Ok(SubjectInfo {
                     state: SubjectState::Restricted,
                     ..info
@@ -467,7 +459,7 @@ impl Db {
         self.inner.set_state(
             &tag,
             |info| match info.state {
-                SubjectState::Erased => Err(erased_error(&info)),
+                SubjectState::Erased => Err(info.erased_error()),
                 _ => Ok(SubjectInfo {
                     state: SubjectState::Active,
                     ..info
@@ -503,7 +495,7 @@ impl Db {
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
         if info.state == SubjectState::Erased {
-            return Err(erased_error(&info));
+            return Err(info.erased_error());
         }
         let now = inner.clock.now();
         let mut batch = WriteBatch::new();

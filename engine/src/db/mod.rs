@@ -420,11 +420,7 @@ impl Db {
                         });
                     }
                     (_, SubjectState::Erased) => {
-                        return Err(Error::Erased {
-                            subject: parent,
-                            class: None,
-                            erased_at: info.erased_at.unwrap_or(info.created_at),
-                        });
+                        return Err(info.erased_error());
                     }
                     _ => Some(parent),
                 }
@@ -434,11 +430,7 @@ impl Db {
         let _exclusive = self.inner.gate.write(&[tag]);
         if let Some(existing) = self.inner.subject_info(&tag)? {
             if existing.state == SubjectState::Erased {
-                return Err(Error::Erased {
-                    subject: tag,
-                    class: None,
-                    erased_at: existing.erased_at.unwrap_or(existing.created_at),
-                });
+                return Err(existing.erased_error());
             }
             if existing.parent != parent {
                 return Err(Error::SubjectConflict {

@@ -237,11 +237,7 @@ impl DbInner {
             .ok_or(Error::UnknownSubject { subject: *tag })?;
         match info.state {
             SubjectState::Erased => {
-                return Err(Error::Erased {
-                    subject: *tag,
-                    class: None,
-                    erased_at: info.erased_at.unwrap_or(info.created_at),
-                });
+                return Err(info.erased_error());
             }
             SubjectState::Restricted if access != Access::Export => {
                 return Err(Error::Restricted { subject: *tag });
@@ -856,11 +852,7 @@ impl Db {
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
         if info.state == SubjectState::Erased {
-            return Err(Error::Erased {
-                subject: tag,
-                class: None,
-                erased_at: info.erased_at.unwrap_or(info.created_at),
-            });
+            return Err(info.erased_error());
         }
         let mut tags = vec![tag];
         if info.kind == SubjectKind::Account {

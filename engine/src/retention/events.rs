@@ -226,11 +226,7 @@ impl Db {
             });
         }
         if info.state == SubjectState::Erased {
-            return Err(Error::Erased {
-                subject: tag,
-                class: None,
-                erased_at: info.erased_at.unwrap_or(info.created_at),
-            });
+            return Err(info.erased_error());
         }
         let tags = inner.with_end_users(&tag, &info)?;
         let _exclusive = inner.gate.write(&tags);
@@ -277,11 +273,7 @@ impl Db {
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
         if info.state == SubjectState::Erased {
-            return Err(Error::Erased {
-                subject: tag,
-                class: None,
-                erased_at: info.erased_at.unwrap_or(info.created_at),
-            });
+            return Err(info.erased_error());
         }
         let mut scheduled = Vec::new();
         if info.opted_out_at.is_some() {
