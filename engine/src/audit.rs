@@ -195,7 +195,7 @@ fn chain_hash(
 }
 
 impl AuditEntry {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new(VERSION, 120 + self.detail.len());
         w.i64(self.time.as_second())
             .u8(self.event.code())

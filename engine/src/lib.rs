@@ -27,6 +27,7 @@ mod codec;
 mod config;
 mod db;
 mod error;
+mod formats;
 mod holds;
 mod ledger;
 mod records;
@@ -59,11 +60,63 @@ pub use storage::{Backend, StorageError};
 pub use subjects::{SubjectInfo, SubjectKind, SubjectState};
 
 /// Test and tooling hooks: the concurrency protocol's parts for the loom
-/// model, and the in-memory backend. Not a stable API.
+/// model, the in-memory backend, fault injection through the storage seam
+/// and the key provider, and decoders of every persisted record format for
+/// fuzzing. Not a stable API.
 #[doc(hidden)]
 pub mod internal {
+    use std::sync::Arc;
+
+    pub use crate::formats::{Decoded, RecordKind, decode_any};
+    pub use crate::storage::faults::{
+        ApplyFailure, FaultControl, FaultCounts, FaultPlan, FaultPoint, ProviderCall,
+    };
     pub use crate::vault::cache::{BucketId, KeyCache};
     pub use crate::vault::gate::ScopeGate;
+
+    /// Trees held in memory that outlive the [`crate::Db`] opened over them,
+    /// so a test can "restart" an in-memory store. Clones share the trees.
+    #[derive(Debug, Clone, Default)]
+    pub struct MemoryStore(Arc<crate::storage::memory::MemoryStorage>);
+
+    impl MemoryStore {
+        /// Empty trees.
+        pub fn new() -> Self {
+            Self::default()
+        }
+    }
+
+    /// Where a fault-injected store keeps its trees.
+    #[derive(Debug, Clone)]
+    pub enum TestStore {
+        /// In memory (survives reopening, not the process).
+        Memory(MemoryStore),
+        /// A real backend in `config.path()`.
+        Disk(crate::Backend),
+    }
+
+    /// Opens a store whose backend and key provider fail as `plan` says, and
+    /// as the returned [`FaultControl`] says from then on. The key provider
+    /// is the configured one or the key file, wrapped.
+    ///
+    /// # Errors
+    /// As [`crate::Db::open`], including the faults injected into the open.
+    pub fn open_with_faults(
+        config: crate::Config,
+        store: &TestStore,
+        plan: FaultPlan,
+    ) -> crate::Result<(crate::Db, FaultControl)> {
+        let control = FaultControl::new(plan);
+        let storage: Arc<dyn crate::storage::Storage> = match store {
+            TestStore::Memory(memory) => Arc::clone(&memory.0) as Arc<dyn crate::storage::Storage>,
+            TestStore::Disk(backend) => {
+                crate::db::create_private_dir(config.path())?;
+                crate::storage::open(*backend, config.path())?
+            }
+        };
+        let db = crate::Db::open_with_faults(config, storage, &control)?;
+        Ok((db, control))
+    }
 
     /// Opens a store whose trees live in memory (the key provider is still
     /// the configured one, or a key file in `config.path()`). For fuzzing and

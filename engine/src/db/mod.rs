@@ -210,21 +210,33 @@ impl Db {
 
     pub(crate) fn open_in_memory(config: Config) -> Result<Db> {
         create_private_dir(&config.path)?;
-        let provider: Arc<dyn KeyProvider> = match &config.key_provider {
-            Some(provider) => Arc::clone(provider),
-            None => Arc::new(FileKeyProvider::open_or_create(
-                config
-                    .key_file
-                    .clone()
-                    .unwrap_or_else(|| config.path.join("keys")),
-            )?),
-        };
+        let provider = configured_provider(&config)?;
         Self::open_with(
             config,
             Arc::new(crate::storage::memory::MemoryStorage::new()),
             provider,
             false,
         )
+    }
+
+    /// Opens with the backend and the key provider wrapped in fault
+    /// injectors controlled by `control` (tests only; see `storage::faults`).
+    pub(crate) fn open_with_faults(
+        config: Config,
+        storage: Arc<dyn Storage>,
+        control: &crate::storage::faults::FaultControl,
+    ) -> Result<Db> {
+        use crate::storage::faults::{FaultyProvider, FaultyStorage};
+        create_private_dir(&config.path)?;
+        let provider = configured_provider(&config)?;
+        let storage: Arc<dyn Storage> = Arc::new(FaultyStorage::new(
+            storage,
+            control.faults(),
+            config.path.clone(),
+        ));
+        let provider: Arc<dyn KeyProvider> =
+            Arc::new(FaultyProvider::new(provider, control.faults()));
+        Self::open_with(config, storage, provider, false)
     }
 
     /// Opens over an already opened storage backend (tests inject faults here).
@@ -638,6 +650,21 @@ impl DbInner {
         )?;
         Ok(out)
     }
+}
+
+/// The configured key provider, or the file provider at the configured key
+/// file (default `path/keys`).
+pub(crate) fn configured_provider(config: &Config) -> Result<Arc<dyn KeyProvider>> {
+    Ok(match &config.key_provider {
+        Some(provider) => Arc::clone(provider),
+        None => {
+            let file = config
+                .key_file
+                .clone()
+                .unwrap_or_else(|| config.path.join("keys"));
+            Arc::new(FileKeyProvider::open_or_create(file)?)
+        }
+    })
 }
 
 pub(crate) fn create_private_dir(path: &Path) -> Result<()> {

@@ -311,6 +311,7 @@ pub(crate) fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn Storage>, Sto
 
 #[cfg(test)]
 mod conformance;
+pub(crate) mod faults;
 mod group_commit;
 pub(crate) mod memory;
 mod redb_backend;
