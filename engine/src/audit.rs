@@ -249,6 +249,10 @@ impl AuditEntry {
 struct Head {
     next_seq: u64,
     last_hash: [u8; 32],
+    /// A commit failed: its batch may have landed all the same (a sync can
+    /// fail after the write did), so the head is read again from the store
+    /// before the next append, which would otherwise overwrite that entry.
+    stale: bool,
 }
 
 /// Appends entries; serialises appends so the chain has no forks.
@@ -260,33 +264,8 @@ pub(crate) struct AuditLog {
 impl AuditLog {
     /// Reads the last entry to continue the chain.
     pub(crate) fn open(storage: &dyn Storage) -> Result<Self> {
-        let mut head = Head {
-            next_seq: 1,
-            last_hash: [0; 32],
-        };
-        storage.scan(
-            Tree::Audit,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Descending,
-            &mut |k, v| {
-                let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
-                // A damaged last entry must not stop the store: the chain
-                // continues from a hash of its raw bytes, and `verify`
-                // reports the damaged entry and the break after it.
-                let last_hash = match AuditEntry::decode(seq, v) {
-                    Ok(entry) => entry.hash,
-                    Err(_) => Sha256::digest(v).into(),
-                };
-                head = Head {
-                    next_seq: seq.saturating_add(1),
-                    last_hash,
-                };
-                ControlFlow::Break(())
-            },
-        )?;
         Ok(Self {
-            head: Mutex::new(head),
+            head: Mutex::new(read_head(storage)?),
         })
     }
 
@@ -301,6 +280,9 @@ impl AuditLog {
         durability: Durability,
     ) -> Result<()> {
         let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        if head.stale {
+            *head = read_head(storage)?;
+        }
         let mut seq = head.next_seq;
         let mut prev = head.last_hash;
         for pending in entries {
@@ -329,11 +311,46 @@ impl AuditLog {
             prev = hash;
             seq += 1;
         }
-        storage.apply(&batch, durability)?;
+        if let Err(err) = storage.apply(&batch, durability) {
+            head.stale = true;
+            return Err(err.into());
+        }
         head.next_seq = seq;
         head.last_hash = prev;
         Ok(())
     }
+}
+
+/// The head of the chain as stored: the entry after the last one.
+fn read_head(storage: &dyn Storage) -> Result<Head> {
+    let mut head = Head {
+        next_seq: 1,
+        last_hash: [0; 32],
+        stale: false,
+    };
+    storage.scan(
+        Tree::Audit,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        Order::Descending,
+        &mut |k, v| {
+            let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            // A damaged last entry must not stop the store: the chain
+            // continues from a hash of its raw bytes, and `verify`
+            // reports the damaged entry and the break after it.
+            let last_hash = match AuditEntry::decode(seq, v) {
+                Ok(entry) => entry.hash,
+                Err(_) => Sha256::digest(v).into(),
+            };
+            head = Head {
+                next_seq: seq.saturating_add(1),
+                last_hash,
+                stale: false,
+            };
+            ControlFlow::Break(())
+        },
+    )?;
+    Ok(head)
 }
 
 fn location(key: &[u8]) -> Box<Location> {

@@ -278,13 +278,15 @@ impl DbInner {
             return Ok(receipt);
         }
         // Durable before returning: G1.
-        self.audit.commit(
-            self.storage.as_ref(),
-            batch,
-            &audit,
-            now_ts,
-            Durability::Durable,
-        )?;
+        self.audit
+            .commit(
+                self.storage.as_ref(),
+                batch,
+                &audit,
+                now_ts,
+                Durability::Durable,
+            )
+            .inspect_err(|_| self.forget_after_failure(tags))?;
         for (tag, class) in evictions {
             self.vault.evict_subject(&tag, class);
             self.forget_live_scopes(&tag, class);
@@ -327,13 +329,15 @@ impl DbInner {
             updated.encode(),
         );
         let entry = PendingEntry::new(event, Some(*tag), None, detail);
-        self.audit.commit(
-            self.storage.as_ref(),
-            batch,
-            &[entry],
-            self.clock.now(),
-            Durability::Durable,
-        )?;
+        self.audit
+            .commit(
+                self.storage.as_ref(),
+                batch,
+                &[entry],
+                self.clock.now(),
+                Durability::Durable,
+            )
+            .inspect_err(|_| self.forget_after_failure(&[*tag]))?;
         self.cache_subject(updated);
         Ok(())
     }

@@ -628,6 +628,20 @@ impl DbInner {
             .retain(|(t, c)| !(t == tag && class.is_none_or(|x| x == *c)));
     }
 
+    /// After a write that failed: it may have landed all the same (a sync
+    /// can fail after the write did, and the backend then persists it with
+    /// the next flush), so forget what the caches hold about `tags`. The
+    /// next access reads the truth from the store instead of serving a
+    /// state the store no longer has (e.g. a subject erased on disk but
+    /// still active, with its keys, in memory).
+    pub(crate) fn forget_after_failure(&self, tags: &[SubjectTag]) {
+        for tag in tags {
+            self.forget_subject(tag);
+            self.forget_live_scopes(tag, None);
+            self.vault.evict_subject(tag, None);
+        }
+    }
+
     pub(crate) fn forget_subject(&self, tag: &SubjectTag) {
         self.subjects
             .lock()

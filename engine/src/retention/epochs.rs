@@ -138,13 +138,23 @@ impl DbInner {
             None,
             format!("{new} created; {old} retired"),
         );
-        self.audit.commit(
+        if let Err(err) = self.audit.commit(
             self.storage.as_ref(),
             batch,
             &[entry],
             now,
             Durability::Durable,
-        )?;
+        ) {
+            // The batch may have landed (a sync can fail after the write
+            // did): take the current epoch from the store, not from memory.
+            if let Ok(Some(stored)) = meta_get(self.storage.as_ref(), meta::EPOCH) {
+                if let Ok(bytes) = <[u8; 4]>::try_from(stored.as_slice()) {
+                    self.vault
+                        .set_current_epoch(EpochId(u32::from_be_bytes(bytes)));
+                }
+            }
+            return Err(err);
+        }
         self.vault.set_current_epoch(new);
         report.epochs_created += 1;
         report.keys_rewrapped += self.rewrap_all(now)?;

@@ -247,13 +247,16 @@ impl Db {
                 scheduled.len()
             ),
         );
-        inner.audit.commit(
-            inner.storage.as_ref(),
-            batch,
-            &[entry],
-            now,
-            Durability::Durable,
-        )?;
+        inner
+            .audit
+            .commit(
+                inner.storage.as_ref(),
+                batch,
+                &[entry],
+                now,
+                Durability::Durable,
+            )
+            .inspect_err(|_| inner.forget_after_failure(&tags))?;
         for info in updated {
             inner.cache_subject(info);
         }
@@ -303,13 +306,16 @@ impl Db {
             None,
             format!("{} scopes scheduled", scheduled.len()),
         );
-        inner.audit.commit(
-            inner.storage.as_ref(),
-            batch,
-            &[entry],
-            now,
-            Durability::Durable,
-        )?;
+        inner
+            .audit
+            .commit(
+                inner.storage.as_ref(),
+                batch,
+                &[entry],
+                now,
+                Durability::Durable,
+            )
+            .inspect_err(|_| inner.forget_after_failure(&[tag]))?;
         inner.cache_subject(updated);
         Ok(scheduled)
     }
@@ -362,13 +368,16 @@ impl Db {
             Some(class.number),
             format!("erasure scheduled for {deadline}"),
         );
-        inner.audit.commit(
-            inner.storage.as_ref(),
-            batch,
-            &[entry],
-            now,
-            Durability::Durable,
-        )?;
+        inner
+            .audit
+            .commit(
+                inner.storage.as_ref(),
+                batch,
+                &[entry],
+                now,
+                Durability::Durable,
+            )
+            .inspect_err(|_| inner.forget_after_failure(&[tag]))?;
         inner.cache_subject(updated);
         Ok(Scheduled {
             subject: tag,
@@ -425,13 +434,16 @@ impl Db {
                     scheduled.len()
                 ),
             );
-            inner.audit.commit(
-                inner.storage.as_ref(),
-                batch,
-                &[entry],
-                now,
-                Durability::Durable,
-            )?;
+            inner
+                .audit
+                .commit(
+                    inner.storage.as_ref(),
+                    batch,
+                    &[entry],
+                    now,
+                    Durability::Durable,
+                )
+                .inspect_err(|_| inner.forget_after_failure(&tags))?;
             for info in updated {
                 inner.cache_subject(info);
             }
