@@ -260,20 +260,20 @@ pub(crate) fn random_op(rng: &mut Rng, next_value: &mut u32) -> Op {
     };
     let opt_class = |rng: &mut Rng| rng.chance(50).then(|| rng.index(3));
     match rng.below(100) {
-        0..=29 => Op::Put {
+        0..=34 => Op::Put {
             s,
             c,
             k,
             v: value(),
         },
-        30..=39 => Op::PutExpiring {
+        35..=44 => Op::PutExpiring {
             s,
             k,
             v: value(),
             ttl_hours: u32::try_from(1 + rng.below(24 * 40)).expect("small"),
         },
-        40..=49 => Op::Delete { s, c, k },
-        50..=54 => {
+        45..=54 => Op::Delete { s, c, k },
+        55..=59 => {
             let n = 1 + rng.below(4);
             let items = (0..n)
                 .map(|_| {
@@ -283,22 +283,22 @@ pub(crate) fn random_op(rng: &mut Rng, next_value: &mut u32) -> Op {
                 .collect();
             Op::Batch { items }
         }
-        55..=57 => Op::Shred {
+        60 => Op::Shred {
             s,
             class: opt_class(rng),
         },
-        58..=61 => Op::Hold {
+        61..=63 => Op::Hold {
             s,
             class: opt_class(rng),
         },
-        62..=65 => Op::Release {
+        64..=66 => Op::Release {
             s,
             class: opt_class(rng),
         },
-        66..=67 => Op::CloseAccount { a: rng.index(2) },
-        68..=74 => Op::Compact,
-        75..=76 => Op::RotateEpoch,
-        77..=84 => Op::AdvanceClock {
+        67 => Op::CloseAccount { a: rng.index(2) },
+        68..=73 => Op::Compact,
+        74..=75 => Op::RotateEpoch,
+        76..=82 => Op::AdvanceClock {
             hours: match rng.below(4) {
                 0 => 1,
                 1 => 24,
