@@ -221,7 +221,7 @@ impl AuditEntry {
         r.end()?;
         Ok(Self {
             seq,
-            time: Timestamp::from_second(time).unwrap_or(Timestamp::MAX),
+            time: crate::codec::saturating_time(time),
             event,
             subject: (subject != [0; 16]).then_some(SubjectTag(subject)),
             class: (class != NO_CLASS).then_some(class),

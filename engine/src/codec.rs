@@ -6,6 +6,16 @@
 
 use shredkv_crypto::FormatError;
 
+/// The time `secs` unix seconds, saturating at the range jiff represents, at
+/// whole seconds (so a decoded time encodes back to the same seconds and
+/// decodes to the same value). Stored times outside that range only come
+/// from damage; the CRC cannot tell, so decoders saturate instead of failing.
+pub(crate) fn saturating_time(secs: i64) -> jiff::Timestamp {
+    let min = jiff::Timestamp::MIN.as_second();
+    let max = jiff::Timestamp::MAX.as_second();
+    jiff::Timestamp::from_second(secs.clamp(min, max)).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
 /// Builds an encoded structure.
 #[derive(Debug, Default)]
 pub(crate) struct Writer {

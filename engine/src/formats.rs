@@ -115,6 +115,198 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jiff::Timestamp;
+    use shredkv_crypto::{DataKey, EpochCipher, EpochId, EpochKey, KeyId, WrapContext};
+
+    use crate::audit::AuditEvent;
+    use crate::ledger::ErasureReason;
+    use crate::retention::deadlines::Due;
+    use crate::subjects::{SubjectKind, SubjectState};
+    use crate::vault::KeyState;
+
+    /// Set to a directory to write the samples there as the seed corpus of
+    /// the `engine_records` fuzz target (first byte: the kind's index in
+    /// [`RecordKind::ALL`]).
+    const WRITE_SEEDS: &str = "SHREDKV_WRITE_FUZZ_SEEDS";
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).expect("a valid time")
+    }
+
+    /// Valid records of every kind, as the engine writes them.
+    fn samples() -> Vec<(&'static str, RecordKind, Vec<u8>)> {
+        let tag = SubjectTag([0x11; 16]);
+        let id = KeyId {
+            subject: tag,
+            class: 3,
+            bucket: 1,
+            version: 2,
+        };
+        let wrapped = EpochCipher::new(EpochId(4), &EpochKey::from_bytes([7; 32]))
+            .wrap(&WrapContext::DataKey(id), &DataKey::from_bytes([9; 32]));
+        let live = VaultEntry {
+            state: KeyState::Active,
+            created_at: 1_800_000_000,
+            destroyed_at: None,
+            wrapped: Some(wrapped),
+        };
+        let user = SubjectInfo {
+            tag,
+            kind: SubjectKind::EndUser,
+            parent: Some(SubjectTag([0x22; 16])),
+            state: SubjectState::Active,
+            generation: 1,
+            created_at: at(1_800_000_000),
+            closed_at: Some(at(1_800_086_400)),
+            opted_out_at: None,
+            released_at: None,
+            erased_at: None,
+        };
+        let erased = SubjectInfo {
+            kind: SubjectKind::Account,
+            parent: None,
+            state: SubjectState::Erased,
+            generation: 2,
+            erased_at: Some(at(1_800_172_800)),
+            ..user.clone()
+        };
+        let audit = AuditEntry {
+            seq: 7,
+            time: at(1_800_000_000),
+            event: AuditEvent::KeysDestroyed,
+            subject: Some(tag),
+            class: Some(3),
+            detail: "2 keys destroyed; class message_content; operator".into(),
+            prev_hash: [0x33; 32],
+            hash: [0x44; 32],
+        };
+        vec![
+            ("vault-live", RecordKind::VaultEntry, live.encode()),
+            (
+                "vault-tombstone",
+                RecordKind::VaultEntry,
+                live.tombstone(1_800_000_100).encode(),
+            ),
+            ("subject-end-user", RecordKind::SubjectRecord, user.encode()),
+            ("subject-erased", RecordKind::SubjectRecord, erased.encode()),
+            (
+                "ledger",
+                RecordKind::LedgerEntry,
+                LedgerEntry {
+                    erased_at: 1_800_000_000,
+                    generation: 1,
+                    reason: ErasureReason::RetentionExpired,
+                    keys_destroyed: 3,
+                    epoch: 4,
+                }
+                .encode(),
+            ),
+            ("audit", RecordKind::AuditEntry, audit.encode()),
+            (
+                "seals",
+                RecordKind::SealRecord,
+                SealRecord {
+                    reserved: 65_536,
+                    retired: true,
+                }
+                .encode(),
+            ),
+            (
+                "hold",
+                RecordKind::HoldRecord,
+                holds::encode(1_800_000_000, "case 17"),
+            ),
+            (
+                "deadline-destroy",
+                RecordKind::DeadlineKey,
+                deadlines::key(1_800_000_000, &Due::DestroyKey(id)),
+            ),
+            (
+                "deadline-erase",
+                RecordKind::DeadlineKey,
+                deadlines::key(1_800_000_000, &Due::EraseScope(tag, 3)),
+            ),
+            (
+                "deadline-rekey",
+                RecordKind::DeadlineKey,
+                deadlines::key(-5, &Due::Rekey(id)),
+            ),
+            (
+                "deadline-remove",
+                RecordKind::DeadlineKey,
+                deadlines::key(0, &Due::RemoveCiphertext(tag, 0xFFFF)),
+            ),
+        ]
+    }
+
+    /// Found by the `engine_records` fuzz target: a subject record (or
+    /// audit entry) holding a time beyond what jiff represents decoded to
+    /// `Timestamp::MAX`, whose nanoseconds its encoding drops, so the
+    /// value did not survive a round trip; far-past times even decoded as
+    /// far-future ones. Times now saturate at whole seconds, both ways.
+    #[test]
+    fn out_of_range_times_saturate_and_round_trip() {
+        let base = samples()
+            .into_iter()
+            .find(|(name, _, _)| *name == "subject-end-user")
+            .expect("the sample")
+            .2;
+        // closed_at: presence byte at 33, seconds at 34..42.
+        for secs in [i64::MAX, i64::MIN, 253_402_207_201, -377_705_116_801] {
+            let mut bytes = base.clone();
+            bytes[34..42].copy_from_slice(&secs.to_be_bytes());
+            let body = bytes.len() - 4;
+            let crc = crc32fast::hash(&bytes[..body]);
+            bytes[body..].copy_from_slice(&crc.to_be_bytes());
+            let decoded = decode_any(RecordKind::SubjectRecord, &bytes).expect("decodes");
+            assert!(decoded.round_trips, "{secs}: {decoded:?}");
+            let info = SubjectInfo::decode(SubjectTag([0x5a; 16]), &bytes).expect("decodes");
+            let closed = info.closed_at.expect("closed");
+            if secs < 0 {
+                assert_eq!(closed, crate::codec::saturating_time(i64::MIN), "{secs}");
+                assert!(
+                    closed < Timestamp::UNIX_EPOCH,
+                    "{secs}: the past stays past"
+                );
+            } else {
+                assert!(closed > at(1_800_000_000), "{secs}");
+            }
+        }
+    }
+
+    #[test]
+    fn samples_decode_canonically_and_seed_the_fuzz_corpus() {
+        let seeds = std::env::var(WRITE_SEEDS).ok();
+        for (name, kind, bytes) in samples() {
+            let decoded = decode_any(kind, &bytes).expect("a sample decodes");
+            assert!(
+                decoded.round_trips && decoded.canonical,
+                "{name}: {decoded:?}"
+            );
+            let mut flipped = bytes.clone();
+            if let Some(byte) = flipped.get_mut(1) {
+                *byte ^= 0x01;
+            }
+            let refused = decode_any(kind, &flipped);
+            if kind != RecordKind::DeadlineKey {
+                assert!(
+                    refused.is_err(),
+                    "{name}: a flipped byte is caught by the CRC"
+                );
+            }
+            if let Some(dir) = &seeds {
+                let index = RecordKind::ALL
+                    .iter()
+                    .position(|k| *k == kind)
+                    .and_then(|i| u8::try_from(i).ok())
+                    .expect("every kind is in ALL");
+                let mut seed = vec![index];
+                seed.extend_from_slice(&bytes);
+                std::fs::write(std::path::Path::new(dir).join(format!("{name}.bin")), seed)
+                    .expect("write a seed");
+            }
+        }
+    }
 
     #[test]
     fn every_kind_decodes_its_own_encoding_and_refuses_garbage() {

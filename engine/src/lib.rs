@@ -73,6 +73,7 @@ pub mod internal {
     };
     pub use crate::vault::cache::{BucketId, KeyCache};
     pub use crate::vault::gate::ScopeGate;
+    pub use crate::vault::memory_provider::MemoryKeyProvider;
 
     /// Trees held in memory that outlive the [`crate::Db`] opened over them,
     /// so a test can "restart" an in-memory store. Clones share the trees.

@@ -126,7 +126,7 @@ pub(crate) fn user_of_child_key(key: &[u8]) -> Option<SubjectTag> {
 }
 
 fn ts(secs: i64) -> Timestamp {
-    Timestamp::from_second(secs).unwrap_or(Timestamp::MAX)
+    crate::codec::saturating_time(secs)
 }
 
 impl SubjectInfo {

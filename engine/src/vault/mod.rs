@@ -28,6 +28,7 @@
 
 pub(crate) mod cache;
 pub(crate) mod gate;
+pub(crate) mod memory_provider;
 
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
