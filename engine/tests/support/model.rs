@@ -137,8 +137,7 @@ pub(crate) enum Outcome {
     Done,
     /// `Error::Erased`.
     Erased,
-    /// `delete`: whether the record existed (`None`: the model cannot tell,
-    /// an expired record may or may not still be stored).
+    /// `delete`: whether a readable record existed (`None`: any answer).
     Existed(Option<bool>),
     /// `release_hold`: whether a hold existed.
     Released(bool),
@@ -278,14 +277,12 @@ impl Model {
         }
     }
 
-    /// Whether a delete of the record reports it existed (`None`: unknown).
-    fn exists(&self, s: u8, c: u8, k: u8) -> Option<bool> {
-        match self.latest(s, c, k) {
-            Slot::Absent => Some(false),
-            slot if slot.visible(self.now).is_some() => Some(true),
-            // Expired: still stored until compaction removes it, or not.
-            Slot::Value { .. } => None,
-        }
+    /// Whether a delete of the record reports it existed: only a record
+    /// that has not expired counts (an expired one is dead for writers even
+    /// while a hold keeps it readable), and whether anything is stored.
+    fn exists(&self, s: u8, c: u8, k: u8) -> (bool, bool) {
+        let latest = self.latest(s, c, k);
+        (latest.visible(self.now).is_some(), *latest != Slot::Absent)
     }
 
     /// When the closure of an account at `at` makes class `c` due.
@@ -321,11 +318,11 @@ impl Model {
                 if self.erased(*s, *c) {
                     return Outcome::Erased;
                 }
-                let existed = self.exists(*s, *c, *k);
-                if existed != Some(false) {
+                let (existed, stored) = self.exists(*s, *c, *k);
+                if stored {
                     self.write(*s, *c, *k, Slot::Absent);
                 }
-                Outcome::Existed(existed)
+                Outcome::Existed(Some(existed))
             }
             Op::Batch { items } => self.apply_batch(items, None),
             Op::Shred { s, class } => self.shred(*s, *class),
@@ -372,7 +369,7 @@ impl Model {
                     },
                 ),
                 None => {
-                    if self.exists(s, c, k) != Some(false) {
+                    if self.exists(s, c, k).1 {
                         self.write(s, c, k, Slot::Absent);
                     }
                 }
@@ -402,6 +399,8 @@ impl Model {
                     continue;
                 }
                 if self.held(t, c) {
+                    // Parked: once no hold covers it, compaction erases it.
+                    self.schedule(t, c, self.now);
                     retained += 1;
                     continue;
                 }
@@ -424,7 +423,7 @@ impl Model {
             self.closed[usize::from(t)] = true;
             for c in 0..3 {
                 if let Some(deadline) = self.deadline_after_closure(c, self.now) {
-                    self.scheduled.insert((t, c), deadline);
+                    self.schedule(t, c, deadline);
                     scheduled += 1;
                 }
             }
@@ -432,7 +431,15 @@ impl Model {
         Outcome::Closed(scheduled)
     }
 
-    /// Erases every scope whose retention ran out and no hold covers.
+    /// Schedules the erasure of scope (`s`, `c`) at `deadline` (the earliest
+    /// of its deadlines wins).
+    fn schedule(&mut self, s: u8, c: u8, deadline: i64) {
+        let at = self.scheduled.entry((s, c)).or_insert(deadline);
+        *at = (*at).min(deadline);
+    }
+
+    /// Erases every scope whose retention ran out, or whose erasure a hold
+    /// blocked, and that no hold covers now.
     fn compact(&mut self) {
         let due: Vec<(u8, u8)> = self
             .scheduled
@@ -498,9 +505,15 @@ impl Model {
                     acceptable.extend(cell.pending.iter());
                 }
             }
-            let fits = |slot: &&Slot| match (slot.visible(self.now), observed) {
-                (None, Observed::Absent) => true,
-                (Some(want), Observed::Value(got)) => want == got.as_slice(),
+            // An expired record stays readable while a hold covers its
+            // scope, unless compaction destroyed its bucket key before the
+            // hold was placed (or re-keyed the bucket): the model does not
+            // track keys, so under a hold either answer is accepted.
+            let held = self.held(s, c);
+            let fits = |slot: &&Slot| match (slot, slot.visible(self.now), observed) {
+                (_, None, Observed::Absent) => true,
+                (_, Some(want), Observed::Value(got)) => want == got.as_slice(),
+                (Slot::Value { value, .. }, None, Observed::Value(got)) => held && value == got,
                 _ => false,
             };
             if !acceptable.iter().any(fits) {
