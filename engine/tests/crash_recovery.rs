@@ -723,3 +723,57 @@ fn replay_reads_the_oracle_and_refuses_nonsense() {
     let wrong_clock = format!("B 0 {} flush\n", now + 5);
     assert!(replay(&wrong_clock).is_err());
 }
+
+/// Regression: a kill after a new store's key file was written and before
+/// its identity was committed left keys without data, which `Db::open`
+/// refuses (`StoreDataMissing`), so the store never opened again (2 of the
+/// first 1,000 redb cycles on the engine of 2026-11-29). The key file is
+/// now made aside (`keys.creating`) and published once the store exists.
+#[test]
+fn a_store_killed_while_being_created_opens() {
+    for backend in [Backend::Sled, Backend::Redb] {
+        let clock = support::clock();
+        // Killed before the identity commit: only the unfinished key file.
+        let dir = tempfile::tempdir().expect("dir");
+        fs::create_dir_all(store_dir(dir.path())).expect("store dir");
+        fs::write(
+            store_dir(dir.path()).join("keys.creating"),
+            b"half a key file",
+        )
+        .expect("unfinished key file");
+        let db = Db::open(config(dir.path(), &clock, backend)).expect("created again");
+        support::register_all(&db).expect("register");
+        db.put("acct-0", "invoices", b"k", b"v").expect("put");
+        drop(db);
+        assert!(store_dir(dir.path()).join("keys").exists(), "{backend}");
+        assert!(!store_dir(dir.path()).join("keys.creating").exists());
+        // Killed after the identity commit, before the key file was published.
+        fs::rename(
+            store_dir(dir.path()).join("keys"),
+            store_dir(dir.path()).join("keys.creating"),
+        )
+        .expect("unpublish");
+        let db = Db::open(config(dir.path(), &clock, backend)).expect("publishing finishes");
+        assert_eq!(
+            db.get("acct-0", "invoices", b"k").expect("get").as_deref(),
+            Some(&b"v"[..]),
+            "{backend}"
+        );
+        drop(db);
+        // Keys without data are still refused: that is lost data, not a crash.
+        let data = match backend {
+            Backend::Sled => store_dir(dir.path()).join("sled"),
+            _ => store_dir(dir.path()).join("store.redb"),
+        };
+        if data.is_dir() {
+            fs::remove_dir_all(&data).expect("lose the data");
+        } else {
+            fs::remove_file(&data).expect("lose the data");
+        }
+        let err = Db::open(config(dir.path(), &clock, backend)).expect_err("keys without data");
+        assert!(
+            matches!(err, shredkv::Error::StoreDataMissing { .. }),
+            "{backend}: {err}"
+        );
+    }
+}

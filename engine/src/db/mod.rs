@@ -189,7 +189,13 @@ impl Db {
             Some(provider) => Arc::clone(provider),
             None => {
                 let file = config.key_file.clone().unwrap_or_else(|| path.join("keys"));
+                let pending = pending_key_file(&file);
                 if existing {
+                    if !file.exists() && pending.exists() {
+                        // A crash after the store's identity was committed
+                        // and before its key file was published.
+                        publish_key_file(&pending, &file)?;
+                    }
                     // Never create a key file for a store that has data: a
                     // new, empty one could only fail later, less clearly.
                     Arc::new(FileKeyProvider::open(file)?)
@@ -201,11 +207,42 @@ impl Db {
                         key_file: file,
                     });
                 } else {
-                    Arc::new(FileKeyProvider::open_or_create(file)?)
+                    return Self::create(config, storage, &file, &pending);
                 }
             }
         };
         Self::open_with(config, storage, provider, false)
+    }
+
+    /// Creates a new store whose key file is `file`. The key file is made
+    /// at `pending` and renamed to `file` only once the store's identity is
+    /// durable, so a crash in between never leaves keys without data (which
+    /// [`Db::open`] refuses as [`Error::StoreDataMissing`]): the next open
+    /// either creates the store again or finishes the rename.
+    fn create(
+        config: Config,
+        storage: Arc<dyn Storage>,
+        file: &Path,
+        pending: &Path,
+    ) -> Result<Db> {
+        // Left by a creation that stopped before the store's identity was
+        // committed: it never protected any data.
+        match std::fs::remove_file(pending) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "remove an unfinished key file",
+                    path: pending.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open_or_create(pending)?);
+        drop(Self::open_with(config.clone(), storage, provider, false)?);
+        publish_key_file(pending, file)?;
+        // Opened again so the provider names the published file.
+        Self::open(config)
     }
 
     pub(crate) fn open_in_memory(config: Config) -> Result<Db> {
@@ -664,6 +701,29 @@ impl DbInner {
         )?;
         Ok(out)
     }
+}
+
+/// Where a new store's key file is made before it is published as `file`.
+fn pending_key_file(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    file.with_file_name(name)
+}
+
+/// Renames the key file made for a new store into place, durably.
+fn publish_key_file(pending: &Path, file: &Path) -> Result<()> {
+    let io = |action, source| Error::Io {
+        action,
+        path: file.to_path_buf(),
+        source,
+    };
+    std::fs::rename(pending, file).map_err(|e| io("publish the new store's key file", e))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the key file's directory", e))?;
+    }
+    Ok(())
 }
 
 /// The configured key provider, or the file provider at the configured key
