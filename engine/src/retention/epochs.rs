@@ -147,11 +147,11 @@ impl DbInner {
         ) {
             // The batch may have landed (a sync can fail after the write
             // did): take the current epoch from the store, not from memory.
-            if let Ok(Some(stored)) = meta_get(self.storage.as_ref(), meta::EPOCH) {
-                if let Ok(bytes) = <[u8; 4]>::try_from(stored.as_slice()) {
-                    self.vault
-                        .set_current_epoch(EpochId(u32::from_be_bytes(bytes)));
-                }
+            if let Ok(Some(stored)) = meta_get(self.storage.as_ref(), meta::EPOCH)
+                && let Ok(bytes) = <[u8; 4]>::try_from(stored.as_slice())
+            {
+                self.vault
+                    .set_current_epoch(EpochId(u32::from_be_bytes(bytes)));
             }
             return Err(err);
         }

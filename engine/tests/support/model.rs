@@ -499,11 +499,9 @@ impl Model {
             let cell = self.cells.get(&(s, c, k));
             let latest = cell.map_or(&Slot::Absent, Cell::latest);
             let mut acceptable: Vec<&Slot> = vec![latest];
-            if !exact {
-                if let Some(cell) = cell {
-                    acceptable.push(&cell.durable);
-                    acceptable.extend(cell.pending.iter());
-                }
+            if !exact && let Some(cell) = cell {
+                acceptable.push(&cell.durable);
+                acceptable.extend(cell.pending.iter());
             }
             // An expired record stays readable while a hold covers its
             // scope, unless compaction destroyed its bucket key before the
