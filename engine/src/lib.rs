@@ -67,7 +67,7 @@ pub use subjects::{SubjectInfo, SubjectKind, SubjectState};
 pub mod internal {
     use std::sync::Arc;
 
-    pub use crate::formats::{Decoded, RecordKind, decode_any};
+    pub use crate::formats::{Decoded, RecordKind, Undecodable, decode_any};
     pub use crate::storage::faults::{
         ApplyFailure, FaultControl, FaultCounts, FaultPlan, FaultPoint, ProviderCall,
     };
