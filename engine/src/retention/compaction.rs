@@ -70,6 +70,16 @@ pub struct CompactionReport {
     pub remaining: u64,
 }
 
+/// How often the dead records of expired buckets are swept, per scope.
+const REMOVAL_SWEEP_SECS: i64 = 7 * 86_400;
+
+/// The next weekly sweep at or after `now` (a multiple of a week, UTC).
+fn removal_sweep_time(now: i64) -> i64 {
+    now.div_euclid(REMOVAL_SWEEP_SECS)
+        .saturating_add(1)
+        .saturating_mul(REMOVAL_SWEEP_SECS)
+}
+
 pub(crate) fn blocked_key(tag: &SubjectTag, class: u16, deadline_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(18 + deadline_key.len());
     key.extend_from_slice(&records::scope_prefix(tag, class));
@@ -207,11 +217,16 @@ impl DbInner {
                 report.keys_destroyed += 1;
             }
         }
+        // Removing an expired bucket's records means scanning its scope, so
+        // the removals of a scope's buckets are gathered into one scan a
+        // week: every removal of the week shares one index key. Physical
+        // removal stays within the purge window; the key is already gone.
+        let sweep = removal_sweep_time(now.as_second());
         for (tag, class) in scopes {
             let due = Due::RemoveCiphertext(tag, class);
             batch.put(
                 Tree::Deadlines,
-                deadlines::key(now.as_second(), &due),
+                deadlines::key(sweep, &due),
                 deadlines::value(now.as_second()),
             );
         }
