@@ -51,8 +51,11 @@ const ERASE_PAIRS: [(Peer, Peer); 4] = [
 /// One benchmark's result.
 #[derive(Debug, Clone, Copy)]
 struct Estimate {
-    /// Mean time of one iteration, ns, and its 95% confidence bounds.
-    mean: f64,
+    /// Median time of one iteration, ns, and its 95% confidence bounds.
+    /// The median, not the mean: on a shared machine an fsync now and then
+    /// waits behind another process's I/O, and one such outlier would move
+    /// the mean of a ten-sample erase benchmark.
+    median: f64,
     low: f64,
     high: f64,
     /// Elements per iteration (criterion's `Throughput::Elements`).
@@ -64,10 +67,10 @@ fn read_estimate(dir: &Path) -> Option<Estimate> {
         serde_json::from_slice(&std::fs::read(dir.join("new/estimates.json")).ok()?).ok()?;
     let benchmark: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("new/benchmark.json")).ok()?).ok()?;
-    let mean = estimates.get("mean")?;
-    let interval = mean.get("confidence_interval")?;
+    let median = estimates.get("median")?;
+    let interval = median.get("confidence_interval")?;
     Some(Estimate {
-        mean: mean.get("point_estimate")?.as_f64()?,
+        median: median.get("point_estimate")?.as_f64()?,
         low: interval.get("lower_bound")?.as_f64()?,
         high: interval.get("upper_bound")?.as_f64()?,
         elements: benchmark
@@ -137,7 +140,7 @@ impl Results {
 
 /// How many times faster `peer` is than `base` (their time ratio).
 fn speedup(peer: Option<Estimate>, base: Option<Estimate>) -> Option<f64> {
-    Some(base?.mean / peer?.mean)
+    Some(base?.median / peer?.median)
 }
 
 fn format_time(ns: f64) -> String {
@@ -184,7 +187,10 @@ fn markdown(results: &Results) -> String {
     };
     for (group, label, _) in WORKLOADS {
         row(format!("#### {label}\n"));
-        row("| peer | time per op (95% CI) | throughput | vs plain backend | vs SQLite |".into());
+        row(
+            "| peer | median time per op (95% CI) | throughput | vs plain backend | vs SQLite |"
+                .into(),
+        );
         row("|---|---:|---:|---:|---:|".into());
         for peer in Peer::ALL {
             let Some(e) = results.workload(group, peer) else {
@@ -192,10 +198,10 @@ fn markdown(results: &Results) -> String {
             };
             row(format!(
                 "| {peer} | {} ({}–{}) | {} | {} | {} |",
-                format_time(e.mean),
+                format_time(e.median),
                 format_time(e.low),
                 format_time(e.high),
-                format_rate(e.elements * 1e9 / e.mean),
+                format_rate(e.elements * 1e9 / e.median),
                 format_ratio(speedup(Some(e), results.workload(group, peer.baseline()))),
                 format_ratio(speedup(Some(e), results.workload(group, Peer::Sqlite))),
             ));
@@ -217,7 +223,7 @@ fn markdown(results: &Results) -> String {
             let mut line = format!("| {peer} |");
             for size in &sizes {
                 let cell = results.erase(*size, peer).map_or("–".into(), |e| {
-                    let mut cell = format_time(e.mean);
+                    let mut cell = format_time(e.median);
                     if matches!(peer, Peer::ShredkvSled | Peer::ShredkvRedb) {
                         let plain = speedup(Some(e), results.erase(*size, peer.baseline()));
                         let sqlite = speedup(Some(e), results.erase(*size, Peer::Sqlite));
