@@ -10,10 +10,13 @@
 //!
 //! `CRITERION_DIR` defaults to `$CARGO_TARGET_DIR/criterion` (or
 //! `target/criterion`); it reads `<group>/<bench>/new/estimates.json`.
+//! Erase results are read for the full run's sizes, or the quick ones with
+//! `--quick` (or `SHREDKV_BENCH_QUICK=1`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use shredkv_benches::workload::Sizes;
 use shredkv_benches::{Peer, Result};
 
 /// The throughput workloads: criterion group, label, and the design's
@@ -90,7 +93,9 @@ struct Results {
 }
 
 impl Results {
-    fn read(root: &Path) -> Results {
+    /// Reads the results of a run with `sizes` (their erase sizes: a run
+    /// with other sizes leaves its own directories behind).
+    fn read(root: &Path, sizes: &Sizes) -> Results {
         let mut workloads = Vec::new();
         for (group, _, _) in WORKLOADS {
             for peer in Peer::ALL {
@@ -100,15 +105,10 @@ impl Results {
             }
         }
         let mut erase = Vec::new();
-        for peer in Peer::ALL {
-            let Ok(entries) = std::fs::read_dir(root.join(ERASE).join(peer.name())) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Some(size) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                    continue;
-                };
-                if let Some(e) = read_estimate(&entry.path()) {
+        for size in sizes.erase {
+            for peer in Peer::ALL {
+                let dir = root.join(ERASE).join(peer.name()).join(size.to_string());
+                if let Some(e) = read_estimate(&dir) {
                     erase.push((size, peer, e));
                 }
             }
@@ -448,10 +448,16 @@ fn svg(bars: &[Bar]) -> String {
 fn main() -> Result<()> {
     let mut root: Option<PathBuf> = None;
     let mut svg_path = PathBuf::from("docs/benchmarks.svg");
+    let mut sizes = if Sizes::quick_from_env() {
+        Sizes::QUICK
+    } else {
+        Sizes::FULL
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--svg" => svg_path = PathBuf::from(args.next().ok_or("--svg needs a path")?),
+            "--quick" => sizes = Sizes::QUICK,
             other => root = Some(PathBuf::from(other)),
         }
     }
@@ -460,7 +466,7 @@ fn main() -> Result<()> {
             .map_or_else(|| PathBuf::from("target"), PathBuf::from)
             .join("criterion")
     });
-    let results = Results::read(&root);
+    let results = Results::read(&root, &sizes);
     if results.workloads.is_empty() && results.erase.is_empty() {
         return Err(format!("no engine bench results under {}", root.display()).into());
     }
