@@ -1,0 +1,201 @@
+//! Engine workloads, every peer side by side in one criterion group each:
+//! put (one record), get (random), scan (one subject), mixed 50/50
+//! get/update, and erasure of one subject until durable.
+//!
+//! Full run: `cargo bench -p shredkv-benches --bench engine` (1M records of
+//! 100 B in 10k subjects). CI: `SHREDKV_BENCH_QUICK=1` or criterion's
+//! `--quick` shrinks the data set (see `Sizes::QUICK`). Each peer is loaded
+//! once per process, the first time a benchmark needs it, outside any timing.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use shredkv_benches::Peer;
+use shredkv_benches::workload::{Fixture, Sizes, VALUE_LEN, value};
+
+/// The loaded stores, one per peer, built on first use.
+struct Fixtures {
+    sizes: Sizes,
+    loaded: Vec<Fixture>,
+}
+
+impl Fixtures {
+    fn get(&mut self, peer: Peer) -> &mut Fixture {
+        let index = match self.loaded.iter().position(|f| f.store().peer() == peer) {
+            Some(index) => index,
+            None => {
+                let fixture = Fixture::load(peer, self.sizes, None).expect("the peer loads");
+                self.loaded.push(fixture);
+                self.loaded.len() - 1
+            }
+        };
+        self.loaded.get_mut(index).expect("just found or pushed")
+    }
+}
+
+/// A few values to write, cycled through (generating them is not timed).
+fn values() -> Vec<[u8; VALUE_LEN]> {
+    (0..16).map(|i| value(0xfeed + i)).collect()
+}
+
+fn put(c: &mut Criterion, fixtures: &mut Fixtures) {
+    let mut group = c.benchmark_group("engine-put");
+    group.throughput(Throughput::Elements(1));
+    let values = values();
+    for peer in Peer::ALL {
+        group.bench_function(peer.name(), |b| {
+            let fixture = fixtures.get(peer);
+            b.iter_custom(|iters| {
+                let picks = fixture.fresh_records(iters);
+                let store = fixture.store();
+                let start = Instant::now();
+                for ((s, key), value) in picks.iter().zip(values.iter().cycle()) {
+                    store
+                        .put(fixture.subject(*s), key, value)
+                        .expect("put succeeds");
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+fn get(c: &mut Criterion, fixtures: &mut Fixtures) {
+    let mut group = c.benchmark_group("engine-get");
+    group.throughput(Throughput::Elements(1));
+    for peer in Peer::ALL {
+        group.bench_function(peer.name(), |b| {
+            let fixture = fixtures.get(peer);
+            b.iter_custom(|iters| {
+                let picks = fixture.random_records(iters);
+                let store = fixture.store();
+                let mut out = Vec::with_capacity(VALUE_LEN);
+                let start = Instant::now();
+                for (s, key) in &picks {
+                    let found = store
+                        .get(fixture.subject(*s), key, &mut out)
+                        .expect("get succeeds");
+                    assert!(found, "every picked record was loaded");
+                    black_box(&out);
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+fn scan(c: &mut Criterion, fixtures: &mut Fixtures) {
+    let mut group = c.benchmark_group("engine-scan");
+    group.throughput(Throughput::Elements(fixtures.sizes.per_subject()));
+    for peer in Peer::ALL {
+        group.bench_function(peer.name(), |b| {
+            let fixture = fixtures.get(peer);
+            b.iter_custom(|iters| {
+                let picks = fixture.random_subjects(iters);
+                let store = fixture.store();
+                let mut bytes = 0usize;
+                let start = Instant::now();
+                for s in &picks {
+                    store
+                        .scan(fixture.subject(*s), &mut |k, v| bytes += k.len() + v.len())
+                        .expect("scan succeeds");
+                }
+                let elapsed = start.elapsed();
+                black_box(bytes);
+                elapsed
+            });
+        });
+    }
+    group.finish();
+}
+
+fn mixed(c: &mut Criterion, fixtures: &mut Fixtures) {
+    let mut group = c.benchmark_group("engine-mixed");
+    group.throughput(Throughput::Elements(1));
+    let values = values();
+    for peer in Peer::ALL {
+        group.bench_function(peer.name(), |b| {
+            let fixture = fixtures.get(peer);
+            b.iter_custom(|iters| {
+                let picks = fixture.random_records(iters);
+                let reads = fixture.coin_flips(iters);
+                let store = fixture.store();
+                let mut out = Vec::with_capacity(VALUE_LEN);
+                let start = Instant::now();
+                for (((s, key), read), value) in picks.iter().zip(&reads).zip(values.iter().cycle())
+                {
+                    let subject = fixture.subject(*s);
+                    if *read {
+                        store.get(subject, key, &mut out).expect("get succeeds");
+                        black_box(&out);
+                    } else {
+                        store.put(subject, key, value).expect("update succeeds");
+                    }
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
+    let mut group = c.benchmark_group("engine-erase");
+    // One iteration can cost seconds of preparation (a fresh subject of up
+    // to 100k records): ten flat samples keep the run bounded.
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    for size in fixtures.sizes.erase {
+        group.throughput(Throughput::Elements(size));
+        for peer in Peer::ALL {
+            group.bench_function(BenchmarkId::new(peer.name(), size), |b| {
+                let fixture = fixtures.get(peer);
+                b.iter_custom(|iters| {
+                    let victims: Vec<String> = (0..iters)
+                        .map(|_| fixture.fresh_subject(size).expect("the subject loads"))
+                        .collect();
+                    let store = fixture.store();
+                    let mut total = Duration::ZERO;
+                    for victim in &victims {
+                        let start = Instant::now();
+                        store.erase(victim).expect("erase succeeds");
+                        total += start.elapsed();
+                    }
+                    total
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+fn main() {
+    let sizes = Sizes::for_criterion();
+    let mut c = Criterion::default();
+    if sizes.quick {
+        c = c
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(1))
+            .nresamples(10_000);
+    }
+    let mut c = c.configure_from_args();
+    eprintln!(
+        "engine benches: {} records of {VALUE_LEN} B in {} subjects, erasing subjects of {:?} records{}",
+        sizes.records,
+        sizes.subjects,
+        sizes.erase,
+        if sizes.quick { " (quick)" } else { "" }
+    );
+    let mut fixtures = Fixtures {
+        sizes,
+        loaded: Vec::new(),
+    };
+    put(&mut c, &mut fixtures);
+    get(&mut c, &mut fixtures);
+    scan(&mut c, &mut fixtures);
+    mixed(&mut c, &mut fixtures);
+    erase(&mut c, &mut fixtures);
+    c.final_summary();
+}
