@@ -412,6 +412,8 @@ fn svg(bars: &[Bar]) -> String {
         };
         let x0 = x(10f64.powi(min_exp));
         let x1 = x(bar.ratio);
+        // The value goes right of the bar and of its target mark.
+        let text_x = bar.target.map_or(x1, |t| x1.max(x(t))) + 4.0;
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
@@ -421,7 +423,7 @@ fn svg(bars: &[Bar]) -> String {
             y + 4.0,
             (x1 - x0).max(1.0),
             ROW - 8.0,
-            x1 + 4.0,
+            text_x,
             y + 14.0,
             format_ratio(Some(bar.ratio))
         );
