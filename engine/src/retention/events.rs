@@ -78,6 +78,47 @@ impl DbInner {
         }
     }
 
+    /// Closes `tags` (an account and its end users) at `now`, durably and
+    /// audited under `account`; `why` prefixes the audit detail. The caller
+    /// holds the gate's write lock over `tags`. Returns what was scheduled.
+    fn close_and_commit(
+        &self,
+        account: SubjectTag,
+        tags: &[SubjectTag],
+        now: Timestamp,
+        why: &str,
+    ) -> Result<Vec<Scheduled>> {
+        let mut batch = WriteBatch::new();
+        let mut scheduled = Vec::new();
+        let updated = self.close_locked(tags, now, &mut batch, &mut scheduled)?;
+        if updated.is_empty() {
+            return Ok(scheduled);
+        }
+        let entry = PendingEntry::new(
+            AuditEvent::AccountClosed,
+            Some(account),
+            None,
+            format!(
+                "{why}{} subjects closed; {} scopes scheduled for erasure",
+                updated.len(),
+                scheduled.len()
+            ),
+        );
+        self.audit
+            .commit(
+                self.storage.as_ref(),
+                batch,
+                &[entry],
+                now,
+                Durability::Durable,
+            )
+            .inspect_err(|_| self.forget_after_failure(tags))?;
+        for info in updated {
+            self.cache_subject(info);
+        }
+        Ok(scheduled)
+    }
+
     /// Marks `tags` closed at `now` and schedules their erasures. The caller
     /// holds the gate's write lock over `tags`. Already closed subjects keep
     /// their original closure (and deadlines).
@@ -230,37 +271,7 @@ impl Db {
         }
         let tags = inner.with_end_users(&tag, &info)?;
         let _exclusive = inner.gate.write(&tags);
-        let now = inner.clock.now();
-        let mut batch = WriteBatch::new();
-        let mut scheduled = Vec::new();
-        let updated = inner.close_locked(&tags, now, &mut batch, &mut scheduled)?;
-        if updated.is_empty() {
-            return Ok(scheduled);
-        }
-        let entry = PendingEntry::new(
-            AuditEvent::AccountClosed,
-            Some(tag),
-            None,
-            format!(
-                "{} subjects closed; {} scopes scheduled for erasure",
-                updated.len(),
-                scheduled.len()
-            ),
-        );
-        inner
-            .audit
-            .commit(
-                inner.storage.as_ref(),
-                batch,
-                &[entry],
-                now,
-                Durability::Durable,
-            )
-            .inspect_err(|_| inner.forget_after_failure(&tags))?;
-        for info in updated {
-            inner.cache_subject(info);
-        }
-        Ok(scheduled)
+        inner.close_and_commit(tag, &tags, inner.clock.now(), "")
     }
 
     /// Records a marketing opt-out: classes whose clock is the opt-out are
@@ -419,35 +430,7 @@ impl Db {
             .collect();
         let _exclusive = inner.gate.write(&tags);
         // First start the clocks of what is kept (durably), then erase.
-        let now = inner.clock.now();
-        let mut batch = WriteBatch::new();
-        let mut scheduled = Vec::new();
-        let updated = inner.close_locked(&tags, now, &mut batch, &mut scheduled)?;
-        if !updated.is_empty() {
-            let entry = PendingEntry::new(
-                AuditEvent::AccountClosed,
-                Some(tag),
-                None,
-                format!(
-                    "deletion request: {} subjects closed; {} scopes scheduled",
-                    updated.len(),
-                    scheduled.len()
-                ),
-            );
-            inner
-                .audit
-                .commit(
-                    inner.storage.as_ref(),
-                    batch,
-                    &[entry],
-                    now,
-                    Durability::Durable,
-                )
-                .inspect_err(|_| inner.forget_after_failure(&tags))?;
-            for info in updated {
-                inner.cache_subject(info);
-            }
-        }
+        inner.close_and_commit(tag, &tags, inner.clock.now(), "deletion request: ")?;
         let mut receipt = inner.erase_locked(tag, &tags, Some(&now_classes), reason)?;
         for t in &tags {
             let Some(info) = inner.subject_info(t)? else {
