@@ -8,6 +8,14 @@ use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
+// Compile-time proof that the keyed HMAC state wipes itself: `Hmac<Sha256>`
+// is two SHA-256 cores (inner and outer state) and a block buffer; without
+// the `zeroize` features of sha2 and digest these bounds fail to build.
+const _: fn() = || {
+    fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+    wiped_on_drop::<<Sha256 as sha2::digest::block_api::CoreProxy>::Core>();
+    wiped_on_drop::<sha2::digest::block_api::Buffer<hmac::block_api::HmacCore<Sha256>>>();
+};
 
 use crate::error::FormatError;
 use crate::keys::{KEY_LEN, SUBJECT_TAG_LEN, SubjectTag};
@@ -35,9 +43,14 @@ impl Label {
 /// Length in bytes of a blinded record key.
 pub const BLINDED_KEY_LEN: usize = 16;
 
-/// A derived HMAC-SHA256 key that computes keyed tags. Zeroized on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
-pub struct TagKey([u8; KEY_LEN]);
+/// A derived HMAC-SHA256 key that computes keyed tags.
+///
+/// Holds HMAC's keyed state (the hash states after the inner and outer key
+/// blocks) rather than the key, so a tag costs the message's blocks and the
+/// final outer block, not two more key blocks per call: tags sit on every
+/// read and write. The state is as secret as the key; the `zeroize` features
+/// of `hmac` and `sha2` wipe it, and every per-call copy, on drop.
+pub struct TagKey(Hmac<Sha256>);
 
 impl TagKey {
     /// Derives the sub-key for `label` from `ikm` with HKDF-SHA256 (no salt:
@@ -46,13 +59,17 @@ impl TagKey {
         let mut out = [0u8; KEY_LEN];
         // 32 bytes is far below HKDF-SHA256's limit, so this cannot fail.
         let _ = hkdf_sha256(None, ikm, label.info(), &mut out);
-        Self(out)
+        let keyed = keyed_hmac(&out);
+        out.zeroize();
+        Self(keyed)
     }
 
     /// HMAC-SHA256 of `data`, truncated to 16 bytes (RFC 2104 allows
     /// truncation to at least half the hash length).
     pub fn tag16(&self, data: &[u8]) -> [u8; 16] {
-        let full = hmac_sha256(&self.0, &[data]);
+        let mut mac = self.0.clone();
+        mac.update(data);
+        let full = mac.finalize().into_bytes();
         let mut out = [0u8; 16];
         out.copy_from_slice(full.get(..16).unwrap_or(&[0u8; 16]));
         out
@@ -106,15 +123,19 @@ pub fn hkdf_sha256(
 
 /// HMAC-SHA256 over the concatenation of `parts`.
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => unreachable_hmac(),
-    };
+    let mut mac = keyed_hmac(key);
     for part in parts {
         mac.update(part);
     }
     mac.finalize().into_bytes().into()
+}
+
+fn keyed_hmac(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable_hmac(),
+    }
 }
 
 #[cold]
@@ -188,6 +209,19 @@ mod tests {
             Err(FormatError::TooLarge { .. })
         ));
         assert!(too_long.iter().all(|b| *b == 0), "nothing written on error");
+    }
+
+    #[test]
+    fn keyed_state_tags_match_hmac_from_the_key() {
+        let ikm = [9u8; 32];
+        let mut sub_key = [0u8; KEY_LEN];
+        hkdf_sha256(None, &ikm, Label::RecordKeyBlinding.info(), &mut sub_key).unwrap();
+        let key = TagKey::derive(&ikm, Label::RecordKeyBlinding);
+        // The same state serves many calls: each starts from the keyed state.
+        for data in [&b""[..], b"a", &[7u8; 64], &[8u8; 200], b"a"] {
+            let full = hmac_sha256(&sub_key, &[data]);
+            assert_eq!(key.tag16(data)[..], full[..16]);
+        }
     }
 
     #[test]
