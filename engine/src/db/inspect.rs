@@ -7,6 +7,7 @@ use jiff::Timestamp;
 use shredkv_crypto::{KeyId, SubjectTag};
 
 use super::Db;
+use super::ops::OpenScratch;
 use crate::audit::{self, AuditEntry, ChainReport};
 use crate::error::{Error, Location, Result};
 use crate::retention::deadlines::{self, Due};
@@ -323,7 +324,7 @@ impl Db {
         )?;
         // Records in pages, so no backend read lock is held while decrypting.
         let mut after: Option<Vec<u8>> = None;
-        let mut aad = Vec::new();
+        let mut scratch = OpenScratch::default();
         loop {
             let mut page = Vec::with_capacity(512);
             let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
@@ -367,7 +368,7 @@ impl Db {
                     report.records_dead += 1;
                     continue;
                 };
-                match inner.open_record(&tag, class, k, v, now, &mut aad) {
+                match inner.open_record(&tag, class, k, v, now, &mut scratch) {
                     Ok(Some(_)) => report.records_checked += 1,
                     Ok(None) => report.records_dead += 1,
                     Err(err) => match problem(err) {

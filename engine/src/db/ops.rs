@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::{Bound, ControlFlow};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use shredkv_crypto::{Envelope, KeyId, SubjectTag, seal_into};
@@ -15,7 +16,7 @@ use crate::retention::{ClockStart, KeyMode};
 use crate::storage::{Order, Tree, WriteBatch};
 use crate::subjects::{SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::cache::BucketId;
-use crate::vault::{KeyLookup, Material, SCOPE_BUCKET, bucket_for_expiry};
+use crate::vault::{CachedKey, KeyLookup, Material, SCOPE_BUCKET, bucket_for_expiry};
 
 /// Largest record key accepted (it may travel inside every envelope).
 pub(crate) const MAX_RECORD_KEY_LEN: usize = 4096;
@@ -222,6 +223,33 @@ enum Access {
     Read,
     Write,
     Export,
+}
+
+/// Buffers and the last key used while opening records, kept across the
+/// records of one read or scan.
+#[derive(Default)]
+pub(crate) struct OpenScratch {
+    /// The associated data of the record being opened.
+    aad: Vec<u8>,
+    /// The key that opened the previous record: the records of one scope
+    /// mostly share a key version, so a scan asks the vault once per version
+    /// rather than once per record. Held no longer than one scan.
+    last_key: Option<(KeyId, Arc<CachedKey>)>,
+}
+
+impl OpenScratch {
+    fn lookup(&mut self, inner: &DbInner, id: &KeyId) -> Result<KeyLookup> {
+        if let Some((last, key)) = &self.last_key
+            && last == id
+        {
+            return Ok(KeyLookup::Live(Arc::clone(key)));
+        }
+        let found = inner.vault.lookup(id)?;
+        if let KeyLookup::Live(key) = &found {
+            self.last_key = Some((*id, Arc::clone(key)));
+        }
+        Ok(found)
+    }
 }
 
 impl DbInner {
@@ -521,7 +549,7 @@ impl DbInner {
         data_key: &[u8],
         stored: &[u8],
         now: i64,
-        aad: &mut Vec<u8>,
+        scratch: &mut OpenScratch,
     ) -> Result<Option<Record>> {
         let envelope = Envelope::parse(stored).map_err(|source| Error::Corrupt {
             location: data_location(tag, class, data_key),
@@ -536,7 +564,7 @@ impl DbInner {
         };
         // Authenticate before believing anything the header says (its key
         // reference, its expiry): a forged header must fail, not hide data.
-        let key = match self.vault.lookup(&id)? {
+        let key = match scratch.lookup(self, &id)? {
             KeyLookup::Live(key) => key,
             KeyLookup::Destroyed => return Ok(None),
             KeyLookup::Missing => {
@@ -550,10 +578,12 @@ impl DbInner {
                 location: data_location(tag, class, data_key),
             });
         };
-        records::associated_data(&self.store_id, data_key, aad);
-        let plain = envelope.open(cipher, aad).map_err(|_| Error::Tampered {
-            location: data_location(tag, class, data_key),
-        })?;
+        records::associated_data(&self.store_id, data_key, &mut scratch.aad);
+        let mut plain = envelope
+            .open(cipher, &scratch.aad)
+            .map_err(|_| Error::Tampered {
+                location: data_location(tag, class, data_key),
+            })?;
         if envelope.expiry().is_some_and(|e| e <= now)
             && Self::hold_on(&self.holds_of(tag)?, class.number).is_none()
         {
@@ -577,9 +607,13 @@ impl DbInner {
                     records::split_blinded_payload(&plain).ok_or_else(|| Error::Tampered {
                         location: data_location(tag, class, data_key),
                     })?;
+                let key = key.to_vec();
+                // The value is the payload's tail: keep the buffer, drop the head.
+                let value_start = plain.len() - value.len();
+                plain.drain(..value_start);
                 Record {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
+                    key,
+                    value: plain,
                     expires_at,
                 }
             }
@@ -598,9 +632,14 @@ impl DbInner {
     ) -> Result<()> {
         let prefix = records::scope_prefix(tag, class.number);
         let mut after: Option<Vec<u8>> = None;
-        let mut aad = Vec::new();
+        let mut scratch = OpenScratch::default();
+        // One page of entries: their bytes back to back in `bytes`, and per
+        // entry where its key ends and its value ends (reused across pages).
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(SCAN_PAGE);
         loop {
-            let mut page: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(SCAN_PAGE);
+            bytes.clear();
+            bounds.clear();
             let start = match &after {
                 Some(k) => Bound::Excluded(k.as_slice()),
                 None => Bound::Included(&prefix[..]),
@@ -614,18 +653,24 @@ impl DbInner {
                     if !k.starts_with(&prefix) {
                         return ControlFlow::Break(());
                     }
-                    page.push((k.to_vec(), v.to_vec()));
-                    if page.len() >= SCAN_PAGE {
+                    bytes.extend_from_slice(k);
+                    let key_end = bytes.len();
+                    bytes.extend_from_slice(v);
+                    bounds.push((key_end, bytes.len()));
+                    if bounds.len() >= SCAN_PAGE {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
                     }
                 },
             )?;
-            let full = page.len() >= SCAN_PAGE;
-            after = page.last().map(|(k, _)| k.clone());
-            for (k, v) in &page {
-                if let Some(record) = self.open_record(tag, class, k, v, now, &mut aad)?
+            let full = bounds.len() >= SCAN_PAGE;
+            let mut entry_start = 0;
+            for &(key_end, entry_end) in &bounds {
+                let k = bytes.get(entry_start..key_end).unwrap_or_default();
+                let v = bytes.get(key_end..entry_end).unwrap_or_default();
+                entry_start = entry_end;
+                if let Some(record) = self.open_record(tag, class, k, v, now, &mut scratch)?
                     && visit(record).is_break()
                 {
                     return Ok(());
@@ -634,6 +679,16 @@ impl DbInner {
             if !full {
                 return Ok(());
             }
+            // The page's last key is where the next page starts.
+            let last_key_start = bounds
+                .len()
+                .checked_sub(2)
+                .and_then(|i| bounds.get(i))
+                .map_or(0, |&(_, end)| end);
+            let last_key_end = bounds.last().map_or(0, |&(key_end, _)| key_end);
+            let next = after.get_or_insert_with(Vec::new);
+            next.clear();
+            next.extend_from_slice(bytes.get(last_key_start..last_key_end).unwrap_or_default());
         }
     }
 
@@ -770,7 +825,14 @@ impl Db {
         let Some(stored) = inner.storage.get(Tree::Data, &data_key)? else {
             return Ok(None);
         };
-        let record = inner.open_record(&tag, class, &data_key, &stored, now, &mut Vec::new())?;
+        let record = inner.open_record(
+            &tag,
+            class,
+            &data_key,
+            &stored,
+            now,
+            &mut OpenScratch::default(),
+        )?;
         if let Some(record) = &record
             && record.key != key
         {
