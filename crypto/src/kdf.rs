@@ -215,7 +215,8 @@ mod tests {
     fn keyed_state_tags_match_hmac_from_the_key() {
         let ikm = [9u8; 32];
         let mut sub_key = [0u8; KEY_LEN];
-        hkdf_sha256(None, &ikm, Label::RecordKeyBlinding.info(), &mut sub_key).unwrap();
+        hkdf_sha256(None, &ikm, Label::RecordKeyBlinding.info(), &mut sub_key)
+            .expect("32 bytes is within HKDF's limit");
         let key = TagKey::derive(&ikm, Label::RecordKeyBlinding);
         // The same state serves many calls: each starts from the keyed state.
         for data in [&b""[..], b"a", &[7u8; 64], &[8u8; 200], b"a"] {

@@ -454,6 +454,14 @@ impl DbInner {
         }
     }
 
+    /// Seals a record into `staging` and returns its tree key. With
+    /// `read_previous`, also finds the value it replaces (see
+    /// [`DbInner::retire_previous`]); without, the caller must, unless it
+    /// writes the record with `insert_new`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one write's inputs; a struct would only rename them"
+    )]
     fn stage_put(
         &self,
         staging: &mut Staging,
@@ -462,7 +470,8 @@ impl DbInner {
         key: &[u8],
         value: &[u8],
         options: PutOptions,
-    ) -> Result<()> {
+        read_previous: bool,
+    ) -> Result<Vec<u8>> {
         if key.len() > MAX_RECORD_KEY_LEN {
             return Err(Error::InvalidArgument {
                 what: "record key",
@@ -479,7 +488,9 @@ impl DbInner {
                 detail: "the scope key could not be created".into(),
             })?;
         let data_key = records::data_key(tag, class.number, &part);
-        self.retire_previous(staging, tag, class, &data_key)?;
+        if read_previous {
+            self.retire_previous(staging, tag, class, &data_key)?;
+        }
         let bucket = BucketId {
             subject: *tag,
             class: class.number,
@@ -516,9 +527,11 @@ impl DbInner {
             what: "value",
             detail: err.to_string(),
         })?;
-        staging.data.insert(data_key, Some(staging.sealed.clone()));
+        staging
+            .data
+            .insert(data_key.clone(), Some(staging.sealed.clone()));
         self.vault.note_seal(&dek, &mut staging.batch);
-        Ok(())
+        Ok(data_key)
     }
 
     fn stage_delete(
@@ -753,7 +766,30 @@ impl Db {
         let tag = self.subject_tag(subject);
         let _shared = inner.gate.read(&[tag]);
         let mut staging = Staging::new(inner.now_secs());
-        inner.stage_put(&mut staging, &tag, class, key, value, options)?;
+        // Most writes create a key. Where the backend can insert a key only
+        // if it is absent, try that first and read what is being replaced
+        // only when something is: a new record then costs one tree
+        // operation instead of a read and a write.
+        let insert_new = inner.storage.has_insert_new();
+        let data_key =
+            inner.stage_put(&mut staging, &tag, class, key, value, options, !insert_new)?;
+        if insert_new {
+            if staging.batch.is_empty()
+                && let Some(Some(sealed)) = staging.data.get(&data_key)
+                && inner
+                    .storage
+                    .insert_new(Tree::Data, &data_key, sealed, inner.durability)?
+            {
+                return Ok(());
+            }
+            // An overwrite, or a seal reservation that must land with the
+            // record: find and retire the replaced value in the same batch.
+            let sealed = staging.data.remove(&data_key);
+            inner.retire_previous(&mut staging, &tag, class, &data_key)?;
+            if let Some(sealed) = sealed {
+                staging.data.insert(data_key, sealed);
+            }
+        }
         Ok(inner.storage.apply(&staging.finish(), inner.durability)?)
     }
 
@@ -784,7 +820,9 @@ impl Db {
                     value,
                     options,
                     ..
-                } => inner.stage_put(&mut staging, tag, class, key, value, *options)?,
+                } => {
+                    inner.stage_put(&mut staging, tag, class, key, value, *options, true)?;
+                }
                 BatchOp::Delete { key, .. } => {
                     inner.stage_delete(&mut staging, tag, class, key)?;
                 }

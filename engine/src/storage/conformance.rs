@@ -582,6 +582,69 @@ fn writes_survive_exit(open: Opener, persist: Persist, test_name: &str) {
 }
 
 /// The checks every backend passes.
+/// `insert_new` inserts only into an absent key, and of writers racing for
+/// one key exactly one wins; a backend without it refuses the call instead
+/// of writing unconditionally.
+fn insert_new_only_when_absent(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    if !store.has_insert_new() {
+        let refused = store.insert_new(Tree::Data, b"k", b"v", Durability::Buffered);
+        assert!(refused.is_err(), "an unsupported insert_new must fail");
+        assert_eq!(get(&*store, Tree::Data, b"k"), None, "and write nothing");
+        return;
+    }
+    let insert = |key: &[u8], value: &[u8]| {
+        store
+            .insert_new(Tree::Data, key, value, Durability::Buffered)
+            .expect("insert_new succeeds")
+    };
+    assert!(insert(b"k", b"first"));
+    assert!(!insert(b"k", b"second"), "the key holds a value");
+    assert_eq!(
+        get(&*store, Tree::Data, b"k").as_deref(),
+        Some(&b"first"[..])
+    );
+    assert_eq!(
+        get(&*store, Tree::Vault, b"k"),
+        None,
+        "other trees untouched"
+    );
+    let mut batch = WriteBatch::new();
+    batch.remove(Tree::Data, b"k".to_vec());
+    store.apply(&batch, Durability::Buffered).expect("remove");
+    assert!(insert(b"k", b"third"), "absent again after removal");
+    assert_eq!(
+        get(&*store, Tree::Data, b"k").as_deref(),
+        Some(&b"third"[..])
+    );
+    assert!(
+        store
+            .insert_new(Tree::Data, b"durable", b"d", Durability::Durable)
+            .expect("durable insert_new succeeds")
+    );
+
+    let store: &dyn Storage = &*store;
+    let winners: usize = thread::scope(|scope| {
+        let racers: Vec<_> = (0..8u8)
+            .map(|i| {
+                scope.spawn(move || {
+                    store
+                        .insert_new(Tree::Data, b"raced", &[i], Durability::Buffered)
+                        .expect("insert_new succeeds")
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|r| usize::from(r.join().expect("no racer panics")))
+            .sum()
+    });
+    assert_eq!(winners, 1, "exactly one racer inserts");
+    let value = get(store, Tree::Data, b"raced").expect("the winner's value");
+    assert!(value.len() == 1 && value[0] < 8);
+}
+
 macro_rules! common_tests {
     ($open:expr, reopen: $reopen:expr) => {
         use super::*;
@@ -626,6 +689,12 @@ macro_rules! common_tests {
         #[test]
         fn visitor_may_use_the_store() {
             super::visitor_may_use_the_store($open);
+        }
+
+        /// See [`super::insert_new_only_when_absent`].
+        #[test]
+        fn insert_new_only_when_absent() {
+            super::insert_new_only_when_absent($open);
         }
 
         /// See [`super::concurrent_buffered_writers`].

@@ -339,6 +339,38 @@ impl FaultyStorage {
             source: Box::new(io::Error::new(kind, format!("injected fault: {what}"))),
         }
     }
+
+    /// Runs one write (`write`, given the durability to write with) as a
+    /// backend call that the plan may fail: a full disk or a countdown's
+    /// failure, before the write or after it was applied but not synced.
+    fn write_with_faults<T>(
+        &self,
+        durability: Durability,
+        write: impl FnOnce(Durability) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let durable = durability == Durability::Durable;
+        match self.faults.storage_call(durable, false) {
+            None => write(durability),
+            Some(Injected::DiskFull) => Err(self.error(
+                "write",
+                io::ErrorKind::StorageFull,
+                "no space left on device",
+            )),
+            Some(Injected::Countdown(ApplyFailure::NothingApplied)) => Err(self.error(
+                "write",
+                io::ErrorKind::Other,
+                "the write failed before reaching the backend",
+            )),
+            Some(Injected::Countdown(ApplyFailure::AppliedNotSynced)) => {
+                write(Durability::Buffered)?;
+                Err(self.error(
+                    "write",
+                    io::ErrorKind::Other,
+                    "the batch was applied but syncing it failed",
+                ))
+            }
+        }
+    }
 }
 
 impl Storage for FaultyStorage {
@@ -358,28 +390,21 @@ impl Storage for FaultyStorage {
     }
 
     fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
-        let durable = durability == Durability::Durable;
-        match self.faults.storage_call(durable, false) {
-            None => self.inner.apply(batch, durability),
-            Some(Injected::DiskFull) => Err(self.error(
-                "write",
-                io::ErrorKind::StorageFull,
-                "no space left on device",
-            )),
-            Some(Injected::Countdown(ApplyFailure::NothingApplied)) => Err(self.error(
-                "write",
-                io::ErrorKind::Other,
-                "the write failed before reaching the backend",
-            )),
-            Some(Injected::Countdown(ApplyFailure::AppliedNotSynced)) => {
-                self.inner.apply(batch, Durability::Buffered)?;
-                Err(self.error(
-                    "write",
-                    io::ErrorKind::Other,
-                    "the batch was applied but syncing it failed",
-                ))
-            }
-        }
+        self.write_with_faults(durability, |d| self.inner.apply(batch, d))
+    }
+
+    fn has_insert_new(&self) -> bool {
+        self.inner.has_insert_new()
+    }
+
+    fn insert_new(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        value: &[u8],
+        durability: Durability,
+    ) -> Result<bool, StorageError> {
+        self.write_with_faults(durability, |d| self.inner.insert_new(tree, key, value, d))
     }
 
     fn flush(&self) -> Result<(), StorageError> {

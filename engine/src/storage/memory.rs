@@ -80,6 +80,26 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn has_insert_new(&self) -> bool {
+        true
+    }
+
+    fn insert_new(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        value: &[u8],
+        _durability: Durability,
+    ) -> Result<bool, StorageError> {
+        let mut trees = self.trees.write().unwrap_or_else(PoisonError::into_inner);
+        let map = trees.entry(tree).or_default();
+        if map.contains_key(key) {
+            return Ok(false);
+        }
+        map.insert(key.to_vec(), value.to_vec());
+        Ok(true)
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! The storage seam: the few operations the engine needs from a backend.
 //!
-//! Ordered get, range scan, an atomic multi-tree write batch, and flush. Two
-//! real backends sit behind it (sled 0.34 and redb), and tests wrap it to
-//! inject faults. Nothing above this module knows which backend it talks to.
+//! Ordered get, range scan, an atomic multi-tree write batch, flush, and an
+//! optional atomic insert-if-absent that spares a new record's write the
+//! read of what it would replace. Two real backends sit behind it (sled 0.34
+//! and redb), and tests wrap it to inject faults. Nothing above this module
+//! knows which backend it talks to.
 
 use std::fmt;
 use std::ops::{Bound, ControlFlow};
@@ -251,6 +253,33 @@ pub(crate) trait Storage: Send + Sync {
 
     /// Applies every op of `batch` atomically (all or none, also across a crash).
     fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError>;
+
+    /// Whether [`Storage::insert_new`] is available: an insert that fails
+    /// when the key holds a value, in one atomic step.
+    fn has_insert_new(&self) -> bool {
+        false
+    }
+
+    /// Inserts `value` under `key` unless the key holds a value, atomically,
+    /// and returns whether it inserted. Lets a write of a new key skip the
+    /// read it would otherwise need to find an overwritten value. Only
+    /// called when [`Storage::has_insert_new`] says so.
+    fn insert_new(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        value: &[u8],
+        durability: Durability,
+    ) -> Result<bool, StorageError> {
+        let _ = (tree, key, value, durability);
+        Err(StorageError {
+            backend: self.backend(),
+            action: "insert a new key",
+            path: PathBuf::new(),
+            kind: StorageErrorKind::Other,
+            source: "this backend has no atomic insert-if-absent; read first".into(),
+        })
+    }
 
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StorageError>;

@@ -209,6 +209,30 @@ impl Storage for SledStorage {
         }
     }
 
+    fn has_insert_new(&self) -> bool {
+        true
+    }
+
+    fn insert_new(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        value: &[u8],
+        durability: Durability,
+    ) -> Result<bool, StorageError> {
+        let swapped = self
+            .tree(tree, "write")?
+            .compare_and_swap(key, None::<&[u8]>, Some(value))
+            .map_err(|e| sled_error("write", &self.path, e))?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        if durability == Durability::Durable {
+            self.flush()?;
+        }
+        Ok(true)
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.db
             .flush()
