@@ -163,6 +163,9 @@ fn counts_between(before: FaultCounts, after: FaultCounts) -> FaultCounts {
         writes: after.writes - before.writes,
         durable_applies: after.durable_applies - before.durable_applies,
         flushes: after.flushes - before.flushes,
+        ops_written: after.ops_written - before.ops_written,
+        reads: after.reads - before.reads,
+        entries_scanned: after.entries_scanned - before.entries_scanned,
         provider_calls: after.provider_calls - before.provider_calls,
         injected: after.injected - before.injected,
     }

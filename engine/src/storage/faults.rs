@@ -153,6 +153,12 @@ pub struct FaultCounts {
     pub durable_applies: u64,
     /// `flush` calls.
     pub flushes: u64,
+    /// Changes (puts and removals) in the batches that reached `apply`.
+    pub ops_written: u64,
+    /// `get` calls.
+    pub reads: u64,
+    /// Entries visited by scans.
+    pub entries_scanned: u64,
     /// Key provider calls of any kind.
     pub provider_calls: u64,
     /// Faults injected (a full disk or unavailable provider counts every failed call).
@@ -375,6 +381,7 @@ impl FaultyStorage {
 
 impl Storage for FaultyStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.faults.lock().counts.reads += 1;
         self.inner.get(tree, key)
     }
 
@@ -386,10 +393,17 @@ impl Storage for FaultyStorage {
         order: Order,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        self.inner.scan(tree, start, end, order, visit)
+        let mut visited = 0u64;
+        let result = self.inner.scan(tree, start, end, order, &mut |k, v| {
+            visited += 1;
+            visit(k, v)
+        });
+        self.faults.lock().counts.entries_scanned += visited;
+        result
     }
 
     fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        self.faults.lock().counts.ops_written += batch.ops.len() as u64;
         self.write_with_faults(durability, |d| self.inner.apply(batch, d))
     }
 
@@ -404,6 +418,7 @@ impl Storage for FaultyStorage {
         value: &[u8],
         durability: Durability,
     ) -> Result<bool, StorageError> {
+        self.faults.lock().counts.ops_written += 1;
         self.write_with_faults(durability, |d| self.inner.insert_new(tree, key, value, d))
     }
 
