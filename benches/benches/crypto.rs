@@ -1,6 +1,8 @@
 //! Sealing and opening value envelopes, against raw AES-256-GCM in the same
 //! group, so the envelope's overhead (header, random nonce, CRC32, checks)
-//! reads as a ratio.
+//! reads as a ratio; and the keyed tags every access computes (subject tag,
+//! blinded record key), from `TagKey`'s precomputed HMAC state against HMAC
+//! keyed afresh from the raw key.
 //!
 //! ```text
 //! cargo bench -p shredkv-benches --bench crypto
@@ -15,7 +17,9 @@ use std::hint::black_box;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use shredkv_crypto::{DataKey, Envelope, KeyRef, ValueCipher, seal_into};
+use shredkv_crypto::{
+    DataKey, Envelope, KeyRef, Label, TagKey, ValueCipher, hmac_sha256, seal_into,
+};
 
 /// Value sizes measured: a small record and a page-sized one.
 const SIZES: [(usize, &str); 2] = [(100, "100B"), (4096, "4KiB")];
@@ -103,6 +107,36 @@ fn envelope(c: &mut Criterion) {
     group.finish();
 }
 
+/// One keyed tag of a 16-byte record key: `TagKey::tag16` (HMAC's keyed
+/// state cloned per call) against `hmac_sha256` from the 32-byte key (two
+/// more SHA-256 blocks per call), both truncated to 16 bytes.
+fn tags(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tag");
+    group.throughput(Throughput::Elements(1));
+    let record_key = *b"msg-000000001234";
+    let tag_key = TagKey::derive(&KEY, Label::RecordKeyBlinding);
+    let mut sub_key = [0u8; 32];
+    shredkv_crypto::hkdf_sha256(None, &KEY, Label::RecordKeyBlinding.info(), &mut sub_key)
+        .expect("32 bytes is within HKDF's limit");
+    assert_eq!(
+        tag_key.tag16(&record_key)[..],
+        hmac_sha256(&sub_key, &[&record_key])[..16],
+        "both compute the same tag"
+    );
+    group.bench_function("keyed_state", |b| {
+        b.iter(|| tag_key.tag16(black_box(&record_key)))
+    });
+    group.bench_function("from_key", |b| {
+        b.iter(|| {
+            let full = hmac_sha256(black_box(&sub_key), &[black_box(&record_key)]);
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&full[..16]);
+            out
+        })
+    });
+    group.finish();
+}
+
 /// Says whether the hardware AES path is available, so figures from
 /// different machines are read correctly.
 fn report_hardware() {
@@ -123,7 +157,7 @@ fn report_hardware() {
     eprintln!("hardware AES: not detected on this architecture by this bench");
 }
 
-criterion_group!(crypto, envelope);
+criterion_group!(crypto, envelope, tags);
 
 fn main() {
     report_hardware();
