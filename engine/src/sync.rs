@@ -2,9 +2,9 @@
 //! loom's under the `loom` feature so the model test runs the engine's code.
 
 #[cfg(feature = "loom")]
-pub(crate) use loom::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub(crate) use loom::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[cfg(not(feature = "loom"))]
-pub(crate) use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub(crate) use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Locks a mutex. A poisoned lock is recovered: every critical section of
 /// the protocol leaves its state consistent before anything can panic.

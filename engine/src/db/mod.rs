@@ -29,7 +29,7 @@ use crate::retention::{ClassPolicy, Policy};
 use crate::storage::{self, Durability, Storage, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::Vault;
-use crate::vault::gate::ScopeGate;
+use crate::vault::gate::{RecordLocks, ScopeGate};
 
 pub use backup::{BackupReport, ErasureSource, RestoreReport};
 pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
@@ -67,6 +67,8 @@ pub(crate) struct DbInner {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) vault: Vault,
     pub(crate) gate: ScopeGate,
+    /// Serialises writers of one record (see [`RecordLocks`]).
+    pub(crate) record_locks: RecordLocks,
     pub(crate) audit: AuditLog,
     pub(crate) policy: Policy,
     pub(crate) classes: Vec<ClassEntry>,
@@ -93,6 +95,10 @@ const LIVE_SCOPE_ENTRIES: usize = 1 << 20;
 
 /// Subjects cached in memory at most; beyond it the cache starts over.
 const SUBJECT_CACHE_ENTRIES: usize = 100_000;
+
+/// Stripes of the record write locks: enough that unrelated writers rarely
+/// share one, a few KiB in all.
+const RECORD_LOCK_STRIPES: usize = 1024;
 
 impl Drop for DbInner {
     fn drop(&mut self) {
@@ -352,6 +358,7 @@ impl Db {
             storage,
             vault,
             gate: ScopeGate::new(config.gate_stripes),
+            record_locks: RecordLocks::new(RECORD_LOCK_STRIPES),
             audit,
             policy,
             classes,

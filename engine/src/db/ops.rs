@@ -765,6 +765,7 @@ impl Db {
         let class = inner.class(class)?;
         let tag = self.subject_tag(subject);
         let _shared = inner.gate.read(&[tag]);
+        let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
         let mut staging = Staging::new(inner.now_secs());
         // Most writes create a key. Where the backend can insert a key only
         // if it is absent, try that first and read what is being replaced
@@ -812,6 +813,13 @@ impl Db {
             resolved.push((tag, inner.class(class)?));
         }
         let _shared = inner.gate.read(&tags);
+        let _writing =
+            inner
+                .record_locks
+                .lock(batch.ops.iter().zip(&resolved).map(|(op, (tag, class))| {
+                    let (BatchOp::Put { key, .. } | BatchOp::Delete { key, .. }) = op;
+                    (tag, class.number, key.as_slice())
+                }));
         let mut staging = Staging::new(inner.now_secs());
         for (op, (tag, class)) in batch.ops.iter().zip(&resolved) {
             match op {
@@ -891,6 +899,7 @@ impl Db {
         let class = inner.class(class)?;
         let tag = self.subject_tag(subject);
         let _shared = inner.gate.read(&[tag]);
+        let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
         let mut staging = Staging::new(inner.now_secs());
         let existed = inner.stage_delete(&mut staging, &tag, class, key)?;
         let batch = staging.finish();

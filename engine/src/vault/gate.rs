@@ -13,10 +13,19 @@
 //!
 //! Stripes bound memory: subjects hash onto a fixed number of locks, so two
 //! subjects may share one (erasing one briefly blocks the other).
+//!
+//! Writers of one record are serialised by [`RecordLocks`], taken after the
+//! gate's read lock: a write reads the value it replaces and writes the new
+//! one in a single batch with the re-key debt the old one owes, and two
+//! writers between those steps would each miss the other's value. Order:
+//! gate stripes, then record stripes, then the vault's and caches' own
+//! short-lived locks; nothing takes them the other way round.
+
+use std::hash::{Hash, Hasher};
 
 use shredkv_crypto::SubjectTag;
 
-use crate::sync::{self, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::{self, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Striped read-write locks keyed by subject tag.
 #[derive(Debug)]
@@ -88,5 +97,57 @@ impl ScopeGate {
             .map(sync::write)
             .collect();
         WriteGuard { _guards: guards }
+    }
+}
+
+/// Striped mutexes keyed by record (subject, class, record key): held by a
+/// write from reading what it replaces until its batch is applied.
+#[derive(Debug)]
+pub(crate) struct RecordLocks {
+    stripes: Vec<Mutex<()>>,
+}
+
+/// Held while writing records.
+#[derive(Debug)]
+pub(crate) struct RecordGuard<'a> {
+    _guards: Vec<MutexGuard<'a, ()>>,
+}
+
+impl RecordLocks {
+    /// `stripes` locks (at least one).
+    pub(crate) fn new(stripes: usize) -> Self {
+        Self {
+            stripes: (0..stripes.max(1)).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn stripe_of(&self, subject: &SubjectTag, class: u16, key: &[u8]) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        subject.0.hash(&mut hasher);
+        class.hash(&mut hasher);
+        key.hash(&mut hasher);
+        let n = u64::try_from(self.stripes.len()).unwrap_or(1);
+        usize::try_from(hasher.finish() % n).unwrap_or(0)
+    }
+
+    /// Exclusive access to the given records, locked in stripe order so two
+    /// writers of several records cannot deadlock.
+    pub(crate) fn lock<'k>(
+        &self,
+        records: impl IntoIterator<Item = (&'k SubjectTag, u16, &'k [u8])>,
+    ) -> RecordGuard<'_> {
+        let mut indices: Vec<usize> = records
+            .into_iter()
+            .map(|(subject, class, key)| self.stripe_of(subject, class, key))
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        RecordGuard {
+            _guards: indices
+                .into_iter()
+                .filter_map(|i| self.stripes.get(i))
+                .map(sync::lock)
+                .collect(),
+        }
     }
 }
