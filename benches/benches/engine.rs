@@ -152,15 +152,16 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
         for peer in Peer::ALL {
             group.bench_function(BenchmarkId::new(peer.name(), size), |b| {
                 let fixture = fixtures.get(peer);
+                // Each erasure right after its own subject was loaded and
+                // flushed, whatever the size: loading every victim first and
+                // then erasing them back to back measured small subjects in
+                // a run of warm fsyncs and large ones cold, one per sample.
                 b.iter_custom(|iters| {
-                    let victims: Vec<String> = (0..iters)
-                        .map(|_| fixture.fresh_subject(size).expect("the subject loads"))
-                        .collect();
-                    let store = fixture.store();
                     let mut total = Duration::ZERO;
-                    for victim in &victims {
+                    for _ in 0..iters {
+                        let victim = fixture.fresh_subject(size).expect("the subject loads");
                         let start = Instant::now();
-                        store.erase(victim).expect("erase succeeds");
+                        fixture.store().erase(&victim).expect("erase succeeds");
                         total += start.elapsed();
                     }
                     total
