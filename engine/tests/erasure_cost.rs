@@ -37,17 +37,7 @@ fn fill(db: &Db, subject: &str, per_class: usize) {
 fn shred_work(db: &Db, control: &shredkv::internal::FaultControl, subject: &str) -> FaultCounts {
     let before = control.counts();
     db.shred(subject, Classes::All).expect("shred");
-    let after = control.counts();
-    FaultCounts {
-        writes: after.writes - before.writes,
-        durable_applies: after.durable_applies - before.durable_applies,
-        flushes: after.flushes - before.flushes,
-        ops_written: after.ops_written - before.ops_written,
-        reads: after.reads - before.reads,
-        entries_scanned: after.entries_scanned - before.entries_scanned,
-        provider_calls: after.provider_calls - before.provider_calls,
-        injected: after.injected - before.injected,
-    }
+    control.counts().since(before)
 }
 
 fn erasure_work_ignores_record_count(store: TestStore, backend: Backend) {

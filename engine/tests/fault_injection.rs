@@ -158,19 +158,6 @@ impl Store {
     }
 }
 
-fn counts_between(before: FaultCounts, after: FaultCounts) -> FaultCounts {
-    FaultCounts {
-        writes: after.writes - before.writes,
-        durable_applies: after.durable_applies - before.durable_applies,
-        flushes: after.flushes - before.flushes,
-        ops_written: after.ops_written - before.ops_written,
-        reads: after.reads - before.reads,
-        entries_scanned: after.entries_scanned - before.entries_scanned,
-        provider_calls: after.provider_calls - before.provider_calls,
-        injected: after.injected - before.injected,
-    }
-}
-
 /// Runs the workload clean and returns what it sent through the seam.
 fn clean_run(kind: Kind) -> FaultCounts {
     let store = Store::new(kind);
@@ -185,7 +172,7 @@ fn clean_run(kind: Kind) -> FaultCounts {
         assert!(want.admits(&got), "{op:?}: want {want:?}, got {got:?}");
     }
     check(&model, &db, "the clean run");
-    counts_between(start, control.counts())
+    control.counts().since(start)
 }
 
 fn check(model: &Model, db: &Db, when: &str) {

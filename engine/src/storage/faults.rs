@@ -165,6 +165,22 @@ pub struct FaultCounts {
     pub injected: u64,
 }
 
+impl FaultCounts {
+    /// What went through since `earlier`, a reading of the same store.
+    pub fn since(self, earlier: FaultCounts) -> FaultCounts {
+        FaultCounts {
+            writes: self.writes - earlier.writes,
+            durable_applies: self.durable_applies - earlier.durable_applies,
+            flushes: self.flushes - earlier.flushes,
+            ops_written: self.ops_written - earlier.ops_written,
+            reads: self.reads - earlier.reads,
+            entries_scanned: self.entries_scanned - earlier.entries_scanned,
+            provider_calls: self.provider_calls - earlier.provider_calls,
+            injected: self.injected - earlier.injected,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     plan: FaultPlan,
