@@ -110,6 +110,8 @@ impl Global {
             .policy(policy)
             .key_file(&key_file)
             .sync_writes(true)
+            // One command, then exit: `shredkv compact` runs its pass itself.
+            .maintenance_every(None)
             .apply_policy_change(apply_change);
         Db::open(config).map_err(|err| opening_error(err, dir, &key_file))
     }
@@ -145,7 +147,8 @@ impl Global {
             .backend(self.backend.map_or(Backend::Sled, Backend::from))
             .policy(policy)
             .key_file(&key_file)
-            .sync_writes(true);
+            .sync_writes(true)
+            .maintenance_every(None);
         Db::open(config).map_err(|err| match err {
             Error::StoreDataMissing { key_file, .. } => CliError::new(
                 Code::Failure,

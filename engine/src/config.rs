@@ -32,7 +32,8 @@ pub struct Config {
     pub(crate) flush_every: Option<Duration>,
     pub(crate) gate_stripes: usize,
     pub(crate) retire_after_seals: u64,
-    pub(crate) epoch_rotation: jiff::SignedDuration,
+    pub(crate) epoch_rotation: Option<jiff::SignedDuration>,
+    pub(crate) maintenance_every: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -42,6 +43,7 @@ impl fmt::Debug for Config {
             .field("backend", &self.backend)
             .field("sync_writes", &self.sync_writes)
             .field("key_file", &self.key_file)
+            .field("maintenance_every", &self.maintenance_every)
             .finish_non_exhaustive()
     }
 }
@@ -49,7 +51,9 @@ impl fmt::Debug for Config {
 impl Config {
     /// A store in directory `path` with defaults: sled backend, the default
     /// policy (`policy/default.toml`), a file key provider at `path/keys`,
-    /// the system clock, buffered writes flushed every 500 ms.
+    /// the system clock, buffered writes flushed every 500 ms, and
+    /// maintenance (compaction, epoch rotation and destruction) in the
+    /// background every hour.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -64,7 +68,8 @@ impl Config {
             flush_every: Some(Duration::from_millis(500)),
             gate_stripes: 256,
             retire_after_seals: shredkv_crypto::RETIRE_AFTER_SEALS,
-            epoch_rotation: jiff::SignedDuration::from_hours(24),
+            epoch_rotation: None,
+            maintenance_every: Some(Duration::from_secs(3600)),
         }
     }
 
@@ -131,11 +136,24 @@ impl Config {
         self
     }
 
-    /// How often compaction rotates the epoch key (default one day). Must be
-    /// shorter than the shortest purge window: an erased key's last wrapped
-    /// copies die at most one period plus the remaining wait after erasure.
+    /// How often the epoch key is rotated (default: one day, or a quarter of
+    /// the policy's shortest purge window if that is shorter). At most a
+    /// quarter of the shortest purge window, or the open fails: see
+    /// docs/design.md, "The deletion timeline".
     pub fn epoch_rotation(mut self, every: jiff::SignedDuration) -> Self {
-        self.epoch_rotation = every;
+        self.epoch_rotation = Some(every);
+        self
+    }
+
+    /// How often maintenance runs in the background: a compaction pass,
+    /// which also rotates and destroys epoch keys on schedule (default every
+    /// hour, first a minute after open; the purge timeline needs a pass at
+    /// least every half rotation period). `None` turns the background thread
+    /// off: the application then calls [`Db::compact`](crate::Db::compact)
+    /// itself, as tests with an injected clock do. Overdue purges show in
+    /// [`Db::stats`](crate::Db::stats) and [`Db::verify`](crate::Db::verify).
+    pub fn maintenance_every(mut self, every: Option<Duration>) -> Self {
+        self.maintenance_every = every;
         self
     }
 

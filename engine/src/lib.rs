@@ -54,7 +54,7 @@ pub use retention::{
     ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,
     PolicyError, Retention, RetentionUnit, Scheduled,
 };
-pub use retention::{CompactionReport, Compactor, EpochReport};
+pub use retention::{CompactionReport, Compactor, EpochReport, OverduePurge};
 pub use shredkv_crypto::{KeyProvider, SubjectTag};
 pub use storage::{Backend, StorageError};
 pub use subjects::{SubjectInfo, SubjectKind, SubjectState};

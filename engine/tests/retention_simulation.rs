@@ -558,6 +558,7 @@ fn open_config(
     Config::new(dir)
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
+        .maintenance_every(None)
         .key_provider(provider)
         .epoch_rotation(rotation)
 }

@@ -130,6 +130,7 @@ impl Store {
             .policy(test_policy())
             .clock(Arc::new(self.clock.clone()))
             .flush_every(None)
+            .maintenance_every(None)
     }
 
     /// Opens the store with [`Store::config`].

@@ -222,7 +222,8 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
         .backend(backend)
         .policy(policy)
         .key_file(&key_file)
-        .sync_writes(true);
+        .sync_writes(true)
+        .maintenance_every(None);
     let source = match &from {
         Source::Live(db) => ErasureSource::Live(db),
         Source::Log(log) => ErasureSource::File(log),

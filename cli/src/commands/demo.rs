@@ -265,7 +265,8 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     let db = Db::open(
         Config::new(root.join("store"))
             .backend(backend)
-            .clock(Arc::new(clock.clone())),
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None),
     )?;
     // With --json the story goes to stderr and the checks to stdout.
     let out: Box<dyn Write> = if global.json {
@@ -855,7 +856,8 @@ fn restore_early(demo: &mut Demo) -> Result<()> {
     ))?;
     let config = Config::new(&target)
         .backend(demo.backend)
-        .clock(Arc::new(demo.clock.clone()));
+        .clock(Arc::new(demo.clock.clone()))
+        .maintenance_every(None);
     let outcome = Db::restore(&demo.early_backup, config, ErasureSource::Live(&demo.db));
     let refused = match &outcome {
         Ok(_) => {
@@ -891,7 +893,8 @@ fn restore_recent(demo: &mut Demo) -> Result<()> {
     }
     let config = Config::new(&target)
         .backend(demo.backend)
-        .clock(Arc::new(demo.clock.clone()));
+        .clock(Arc::new(demo.clock.clone()))
+        .maintenance_every(None);
     let (restored, report) = Db::restore(&backup, config, ErasureSource::Live(&demo.db))?;
     demo.say(&format!(
         "  -> {} entries copied, {} erasures replayed, {} keys destroyed",

@@ -227,7 +227,7 @@ impl Db {
         if dead > 0 {
             steps.push(format!("{dead} dead record(s) await removal by compaction"));
         }
-        let window = inner.min_purge_window_secs;
+        let window = inner.timeline.min_window;
         let status = if steps.is_empty() && chain.breaks.is_empty() {
             PurgeStatus::Complete
         } else {

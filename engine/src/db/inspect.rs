@@ -10,6 +10,7 @@ use super::Db;
 use super::ops::OpenScratch;
 use crate::audit::{self, AuditEntry, ChainReport};
 use crate::error::{Error, Location, Result};
+use crate::retention::OverduePurge;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Order, Tree};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
@@ -53,7 +54,9 @@ pub struct Stats {
     pub classes: Vec<ClassStats>,
     /// Key versions owing a re-key (deleted or overwritten records).
     pub rekey_debts: u64,
-    /// The earliest purge deadline among them.
+    /// When the earliest of them is re-keyed: early enough that the old
+    /// key's last epoch dies within the purge window (docs/design.md, "The
+    /// deletion timeline").
     pub oldest_purge_deadline: Option<Timestamp>,
     /// Work items in the deadline index.
     pub deadlines: u64,
@@ -69,6 +72,8 @@ pub struct Stats {
     pub live_epochs: Vec<u32>,
     /// Unwrapped keys held in the key cache now.
     pub cached_keys: u64,
+    /// Purge work past its time (empty when maintenance keeps up).
+    pub overdue: OverduePurge,
 }
 
 /// What the integrity scan found wrong with one stored item.
@@ -106,12 +111,15 @@ pub struct IntegrityReport {
     pub problems: Vec<Problem>,
     /// The audit chain's check.
     pub audit: ChainReport,
+    /// Purge work past its time.
+    pub overdue: OverduePurge,
 }
 
 impl IntegrityReport {
-    /// Whether nothing is wrong.
+    /// Whether nothing is wrong: no damaged or tampered item, an intact
+    /// audit chain, and no purge work overdue.
     pub fn is_clean(&self) -> bool {
-        self.problems.is_empty() && self.audit.breaks.is_empty()
+        self.problems.is_empty() && self.audit.breaks.is_empty() && !self.overdue.is_overdue()
     }
 }
 
@@ -250,6 +258,7 @@ impl Db {
         )?;
         stats.holds = count(self, Tree::Holds)?;
         stats.audit_entries = count(self, Tree::Audit)?;
+        stats.overdue = inner.overdue_purge()?;
         Ok(stats)
     }
 
@@ -279,6 +288,7 @@ impl Db {
             subjects_checked: 0,
             problems: Vec::new(),
             audit: audit::verify_chain(inner.storage.as_ref())?,
+            overdue: inner.overdue_purge()?,
         };
         inner.storage.scan(
             Tree::Subjects,

@@ -25,6 +25,7 @@ use crate::audit::{AuditEvent, AuditLog, PendingEntry};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Location, Result};
+use crate::retention::timeline::Timeline;
 use crate::retention::{ClassPolicy, Policy};
 use crate::storage::{self, Durability, Storage, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
@@ -85,9 +86,11 @@ pub(crate) struct DbInner {
     live_scopes: Mutex<HashSet<(SubjectTag, u16)>>,
     /// One compaction (or epoch rotation) at a time.
     pub(crate) compaction: Mutex<()>,
-    pub(crate) epoch_period_secs: i64,
-    pub(crate) min_purge_window_secs: i64,
+    /// When re-keys run and epoch keys die (G2).
+    pub(crate) timeline: Timeline,
     flusher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// The background maintenance thread, if running.
+    pub(crate) maintenance: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 /// Live scopes remembered at most; beyond it the set starts over.
@@ -102,14 +105,16 @@ const RECORD_LOCK_STRIPES: usize = 1024;
 
 impl Drop for DbInner {
     fn drop(&mut self) {
-        let flusher = self
-            .flusher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some((stop, handle)) = flusher {
-            drop(stop);
-            let _ = handle.join();
+        for thread in [&self.maintenance, &self.flusher] {
+            let running = thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some((stop, handle)) = running {
+                drop(stop);
+                // The last handle may be dropped by the thread itself (a
+                // pass that outlived every `Db`): it ends on its own.
+                if handle.thread().id() != std::thread::current().id() {
+                    let _ = handle.join();
+                }
+            }
         }
         // A clean close leaves nothing buffered; a failure here is what the
         // next open's recovery is for, and Drop cannot report it.
@@ -332,12 +337,13 @@ impl Db {
         }
 
         let classes = number_classes(storage.as_ref(), &policy)?;
-        let min_purge_window_secs = policy
+        let min_window = policy
             .classes()
             .iter()
-            .map(|c| c.purge_window_duration().as_secs())
+            .map(ClassPolicy::purge_window_duration)
             .min()
-            .unwrap_or(30 * 86_400);
+            .unwrap_or(jiff::SignedDuration::from_hours(30 * 24));
+        let timeline = Timeline::new(min_window, config.epoch_rotation)?;
         let class_index = classes
             .iter()
             .enumerate()
@@ -374,9 +380,9 @@ impl Db {
             subjects: Mutex::new(HashMap::new()),
             live_scopes: Mutex::new(HashSet::new()),
             compaction: Mutex::new(()),
-            epoch_period_secs: config.epoch_rotation.as_secs().max(1),
-            min_purge_window_secs,
+            timeline,
             flusher: Mutex::new(None),
+            maintenance: Mutex::new(None),
         });
         if let Some(every) = config.flush_every {
             let (stop, stopped) = mpsc::channel::<()>();
@@ -402,6 +408,11 @@ impl Db {
         }
         if policy_changed && !restoring {
             inner.recompute_deadlines(now)?;
+        }
+        if let Some(every) = config.maintenance_every
+            && !restoring
+        {
+            crate::retention::start_maintenance(&inner, every)?;
         }
         Ok(Db { inner })
     }

@@ -272,6 +272,13 @@ impl DbInner {
             }
             _ => {}
         }
+        if let Some(deadline) = self.scope_past_deadline(&info, class)? {
+            return Err(Error::Erased {
+                subject: *tag,
+                class: Some(class.policy.name().to_string()),
+                erased_at: deadline,
+            });
+        }
         if self.scope_known_live(tag, class.number) {
             return Ok(info);
         }
@@ -284,6 +291,52 @@ impl DbInner {
         }
         self.note_scope_live(tag, class.number);
         Ok(info)
+    }
+
+    /// The class deadline of a scope, if it has passed and no legal hold
+    /// keeps the scope: from then on the scope is erased for every read and
+    /// write, whether or not compaction has destroyed its keys yet (G3).
+    /// Costs nothing for subjects without a closure, opt-out or release.
+    pub(crate) fn scope_past_deadline(
+        &self,
+        info: &SubjectInfo,
+        class: &ClassEntry,
+    ) -> Result<Option<Timestamp>> {
+        let policy = &class.policy;
+        let start = match policy.clock() {
+            ClockStart::AccountClosure => info.closed_at,
+            // Closing the account ends marketing consent too.
+            ClockStart::MarketingOptOut => match (info.opted_out_at, info.closed_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            ClockStart::Write if policy.until_account_closure() => {
+                return self.unless_held(info, class, info.closed_at);
+            }
+            ClockStart::Write => None,
+            ClockStart::ManualRelease if info.released_at.is_some() => {
+                self.released_at(&info.tag, class.number)?
+            }
+            ClockStart::ManualRelease => None,
+        };
+        let deadline = start.and_then(|at| policy.deadline(at));
+        self.unless_held(info, class, deadline)
+    }
+
+    /// `deadline` if it has passed and no hold covers the scope.
+    fn unless_held(
+        &self,
+        info: &SubjectInfo,
+        class: &ClassEntry,
+        deadline: Option<Timestamp>,
+    ) -> Result<Option<Timestamp>> {
+        let Some(deadline) = deadline.filter(|d| *d <= self.clock.now()) else {
+            return Ok(None);
+        };
+        if Self::hold_on(&self.holds_of(&info.tag)?, class.number).is_some() {
+            return Ok(None);
+        }
+        Ok(Some(deadline))
     }
 
     /// When the scope was erased in the subject's current generation, if it was.
@@ -381,7 +434,8 @@ impl DbInner {
     }
 
     /// Records that `id` protects ciphertext that is now dead (deleted or
-    /// overwritten), so compaction re-keys its bucket before the purge deadline.
+    /// overwritten), so compaction re-keys its bucket in time for the purge
+    /// window (see [`crate::retention::timeline`]).
     fn stage_debt(&self, staging: &mut Staging, class: &ClassEntry, id: KeyId) -> Result<()> {
         if !staging.debts.insert(id) {
             return Ok(());
@@ -390,13 +444,12 @@ impl DbInner {
         if self.storage.get(Tree::Debts, &key)?.is_some() {
             return Ok(());
         }
-        let now = Timestamp::from_second(staging.now).unwrap_or(Timestamp::MAX);
-        let deadline = class
-            .policy
-            .purge_window()
-            .add_to(now)
-            .unwrap_or(Timestamp::MAX)
-            .as_second();
+        // Early enough that the epochs wrapping the old key die within the
+        // purge window counted from now (see the timeline).
+        let deadline = staging.now.saturating_add(
+            self.timeline
+                .rekey_delay(class.policy.purge_window_duration()),
+        );
         staging
             .batch
             .put(Tree::Debts, key.to_vec(), deadlines::value(staging.now));
@@ -717,6 +770,7 @@ impl DbInner {
             if self
                 .scope_erased_at(tag, class.number, info.generation)?
                 .is_some()
+                || self.scope_past_deadline(&info, class)?.is_some()
             {
                 continue;
             }

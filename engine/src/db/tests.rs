@@ -52,6 +52,7 @@ fn test_config(dir: &tempfile::TempDir, clock: &ManualClock) -> Config {
         .policy(policy)
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
+        .maintenance_every(None)
 }
 
 fn open(dir: &tempfile::TempDir) -> (Db, ManualClock) {

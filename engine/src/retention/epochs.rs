@@ -1,23 +1,24 @@
 //! Epochs: rotating the key-encryption key and destroying old ones (G2).
 //!
 //! Every vault entry is wrapped under the current epoch key. Compaction
-//! rotates the epoch every `epoch_rotation` P (a day by default): it creates
-//! a new epoch key, re-wraps the store secret and every live vault entry
-//! under it, and records when the old epoch retired. A retired epoch key is
-//! destroyed once `shortest purge window W − P` has passed since it *started*,
-//! and never while any live entry is still wrapped under it.
+//! rotates the epoch every period P (see [`Timeline`]): it creates a new
+//! epoch key, re-wraps the store secret and every live vault entry under it,
+//! and records when the old epoch retired. A retired epoch key is destroyed
+//! once the timeline's epoch lifetime L has passed since it *started*, and
+//! never while any live entry is still wrapped under it.
 //!
-//! Why that bound: a data key destroyed at `t` has wrapped copies in the
-//! backend's old pages and in backups under the epoch current at `t`, which
-//! started at `s ≤ t`, and under older epochs (destroyed earlier). That epoch
-//! is destroyed at the first compaction after `s + W − P`, so by `t + W` as
-//! long as compaction runs at least once per period. Compaction processes
-//! due erasures before it rotates, so a key it destroys is never re-wrapped
-//! under the new epoch first. A backup stays restorable for at least about
-//! `W − 2P`; older backups cannot be decrypted, by design.
+//! Why that bound: a data key destroyed at `d` has wrapped copies in the
+//! backend's old pages and in backups under the epoch current at `d`, which
+//! started at `s ≤ d`, and under older epochs (destroyed earlier). That epoch
+//! is destroyed at the first compaction after `s + L ≤ d + L`. Compaction
+//! processes due erasures before it rotates, so a key it destroys is never
+//! re-wrapped under the new epoch first. A backup stays restorable for at
+//! least `L − P`; older backups cannot be decrypted, by design.
 //!
 //! A store destroys only epochs it started or inherited (recorded in its
 //! meta): a key provider shared with another store holds that store's too.
+//!
+//! [`Timeline`]: crate::retention::timeline::Timeline
 
 use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
@@ -53,7 +54,7 @@ fn epoch_meta_key(prefix: &[u8], epoch: EpochId) -> Vec<u8> {
 }
 
 impl DbInner {
-    fn epoch_time(&self, prefix: &[u8], epoch: EpochId) -> Result<Option<i64>> {
+    pub(crate) fn epoch_time(&self, prefix: &[u8], epoch: EpochId) -> Result<Option<i64>> {
         let key = epoch_meta_key(prefix, epoch);
         Ok(meta_get(self.storage.as_ref(), &key)?
             .and_then(|b| b.as_slice().try_into().ok())
@@ -85,7 +86,7 @@ impl DbInner {
                 now.as_second()
             }
         };
-        if now.as_second().saturating_sub(started) >= self.epoch_period_secs {
+        if now.as_second().saturating_sub(started) >= self.timeline.rotation {
             self.rotate_locked(now, report)?;
         } else if meta_get(self.storage.as_ref(), meta::REWRAP_PENDING)?.is_some() {
             report.keys_rewrapped += self.rewrap_all(now)?;
@@ -259,13 +260,9 @@ impl DbInner {
         }
         let current = self.vault.current_epoch();
         // Keys destroyed while an epoch was current may have been wrapped by
-        // it from the moment it started; destroying it by `started + W`
-        // bounds every copy's life by W. One period is kept in hand because
-        // compaction runs at discrete times.
-        let delay = self
-            .min_purge_window_secs
-            .saturating_sub(self.epoch_period_secs)
-            .max(0);
+        // it from the moment it started; destroying it by `started + L`
+        // bounds every copy's life (see the timeline).
+        let delay = self.timeline.epoch_lifetime;
         let mut candidates = Vec::new();
         for epoch in self.vault.provider().live_epochs()? {
             if epoch >= current {

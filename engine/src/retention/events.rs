@@ -155,7 +155,7 @@ impl DbInner {
 
 impl DbInner {
     /// When a manually released class of a subject was released, if it was.
-    fn released_at(&self, tag: &SubjectTag, class: u16) -> Result<Option<Timestamp>> {
+    pub(crate) fn released_at(&self, tag: &SubjectTag, class: u16) -> Result<Option<Timestamp>> {
         let Some(bytes) = self
             .storage
             .get(Tree::Subjects, &subjects::release_key(tag, class))?

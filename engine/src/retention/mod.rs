@@ -10,12 +10,17 @@ pub(crate) mod deadlines;
 mod epochs;
 mod events;
 pub(crate) mod policy;
+pub(crate) mod timeline;
+mod maintenance;
+mod overdue;
 #[cfg(test)]
 mod tests;
 
 pub use compaction::{CompactionReport, Compactor};
+pub(crate) use maintenance::start_maintenance;
 pub use epochs::EpochReport;
 pub use events::Scheduled;
+pub use overdue::OverduePurge;
 
 pub use policy::{
     ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,

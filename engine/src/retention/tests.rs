@@ -8,7 +8,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::storage::{Order, Tree};
-use crate::{Config, Db, ErasureReason, ManualClock, PutOptions};
+use crate::{Clock, Config, Db, ErasureReason, ManualClock, PutOptions};
 
 const DAY: i64 = 24;
 
@@ -20,6 +20,7 @@ fn config(dir: &tempfile::TempDir, clock: &ManualClock) -> Config {
     Config::new(dir.path())
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
+        .maintenance_every(None)
 }
 
 fn open(dir: &tempfile::TempDir) -> (Db, ManualClock) {
@@ -249,8 +250,77 @@ fn a_hold_blocks_retention_erasure_of_a_closed_account() {
     assert!(!readable(&db, "a", "account_profile", b"p"));
 }
 
+/// `retain` of a class in the default policy file, in days, read from the
+/// policy text (not from the engine's parser).
+fn policy_days(class: &str, field: &str) -> i64 {
+    let text = include_str!("../../../policy/default.toml");
+    let at = text
+        .find(&format!("name = \"{class}\""))
+        .expect("class in policy");
+    let line = text[at..]
+        .lines()
+        .find(|l| l.starts_with(&format!("{field} ")))
+        .expect("the field");
+    line.split('"')
+        .nth(1)
+        .and_then(|v| v.strip_suffix(" days"))
+        .expect("N days")
+        .parse()
+        .expect("a number")
+}
+
+/// G3 on the read path: a scope past its class deadline is erased for
+/// readers at the deadline, whether or not compaction has run since.
 #[test]
-fn overwritten_values_are_purged_by_rekeying_within_the_purge_window() {
+fn reads_end_at_the_class_deadline_without_compaction() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "marketing_contacts", b"m", b"newsletter")
+        .expect("put");
+    db.put("a", "account_profile", b"p", b"profile").expect("put");
+    clock.advance(SignedDuration::from_hours(5));
+    db.opt_out_of_marketing("a").expect("opt out");
+    let opted_out = clock.now();
+    let marketing = days(policy_days("marketing_contacts", "retain"));
+    clock.set(opted_out + marketing - SignedDuration::from_secs(1));
+    assert!(readable(&db, "a", "marketing_contacts", b"m"));
+    clock.set(opted_out + marketing);
+    let err = db
+        .get("a", "marketing_contacts", b"m")
+        .expect_err("past the deadline");
+    assert!(err.is_erased(), "{err}");
+    assert!(
+        db.put("a", "marketing_contacts", b"m2", b"x")
+            .expect_err("no writes past the deadline")
+            .is_erased()
+    );
+    assert!(readable(&db, "a", "account_profile", b"p"));
+
+    // Closure: account_profile leaves every read path (export included)
+    // at closure + its retention, with no compaction in between.
+    db.close_account("a").expect("close");
+    let closed = clock.now();
+    let profile = days(policy_days("account_profile", "retain"));
+    let classes = |db: &Db| -> Vec<String> {
+        db.export("a").expect("export").subjects[0]
+            .classes
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    clock.set(closed + profile - SignedDuration::from_secs(1));
+    assert!(classes(&db).contains(&"account_profile".to_string()));
+    clock.set(closed + profile);
+    assert!(!classes(&db).contains(&"account_profile".to_string()));
+}
+
+/// G2 counted from the overwrite, not from the key's destruction: the purge
+/// window is read from the policy text, and compaction runs every 6 hours from
+/// an overwrite made at an odd hour.
+#[test]
+fn overwrite_is_purged_within_the_window_counted_from_the_overwrite() {
+    let window_days = policy_days("account_profile", "purge_window");
     let dir = tempfile::tempdir().expect("dir");
     let (db, clock) = open(&dir);
     db.register_account("a").expect("register");
@@ -258,35 +328,46 @@ fn overwritten_values_are_purged_by_rekeying_within_the_purge_window() {
         .expect("put");
     db.put("a", "account_profile", b"q", b"untouched")
         .expect("put");
+    // Epochs rotate for a few days before the overwrite.
+    clock.advance(SignedDuration::from_hours(3 * DAY + 7));
+    db.compact().expect("compact");
     db.put("a", "account_profile", b"p", b"new")
         .expect("overwrite");
+    let overwritten_at = clock.now();
     let before = db.stats().expect("stats");
     assert_eq!(before.rekey_debts, 1);
-    clock.advance(days(29));
-    assert_eq!(
-        db.compact().expect("compact").buckets_rekeyed,
-        0,
-        "not before the purge deadline"
+    // Every epoch live from the overwrite until the old key dies may hold a
+    // wrapped copy of it (old pages, backups): all must die by the deadline.
+    let mut wrapping: std::collections::BTreeSet<u32> = before.live_epochs.iter().copied().collect();
+    let purge_deadline = overwritten_at + days(window_days);
+    let mut rekeyed = 0;
+    while clock.now() < purge_deadline {
+        clock.advance(SignedDuration::from_hours(6));
+        let report = db.compact().expect("compact");
+        rekeyed += report.buckets_rekeyed;
+        let stats = db.stats().expect("stats");
+        if rekeyed == 0 {
+            wrapping.extend(stats.live_epochs.iter().copied());
+        }
+        assert!(!stats.overdue.is_overdue(), "{}", stats.overdue);
+    }
+    assert_eq!(rekeyed, 1, "the old version was re-keyed away");
+    let stats = db.stats().expect("stats");
+    let alive: Vec<u32> = stats.live_epochs.iter().copied().filter(|e| wrapping.contains(e)).collect();
+    assert!(
+        alive.is_empty(),
+        "epochs {alive:?} could still unwrap the overwritten value's key {window_days} days after the overwrite"
     );
-    clock.advance(days(2));
-    let report = db.compact().expect("compact");
-    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
-    assert_eq!(report.records_rekeyed, 2);
+    assert_eq!(stats.rekey_debts, 0);
+    assert_eq!(stats.keys_destroyed, before.keys_destroyed + 1);
     assert_eq!(
-        db.get("a", "account_profile", b"p")
-            .expect("get")
-            .as_deref(),
+        db.get("a", "account_profile", b"p").expect("get").as_deref(),
         Some(&b"new"[..])
     );
     assert_eq!(
-        db.get("a", "account_profile", b"q")
-            .expect("get")
-            .as_deref(),
+        db.get("a", "account_profile", b"q").expect("get").as_deref(),
         Some(&b"untouched"[..])
     );
-    let after = db.stats().expect("stats");
-    assert_eq!(after.rekey_debts, 0);
-    assert_eq!(after.keys_destroyed, before.keys_destroyed + 1);
 }
 
 #[test]
@@ -391,6 +472,7 @@ fn sled_config(dir: &std::path::Path, clock: &ManualClock) -> Config {
     Config::new(dir)
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
+        .maintenance_every(None)
 }
 
 #[test]

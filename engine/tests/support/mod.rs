@@ -36,6 +36,7 @@ pub(crate) fn config(
         .policy(model::policy())
         .clock(Arc::new(clock.clone()))
         .flush_every(flush_every)
+        .maintenance_every(None)
         .epoch_rotation(SignedDuration::from_hours(24))
 }
 
