@@ -28,6 +28,9 @@ pub(crate) enum Code {
     Policy = 6,
     /// Key provider: missing, world-readable, corrupt or mismatched key file.
     KeyProvider = 7,
+    /// Purge work is overdue (`stats`, `verify`): maintenance is not keeping
+    /// up, and the purge window or a retention deadline is at risk.
+    PurgeOverdue = 8,
 }
 
 impl Code {
@@ -42,6 +45,7 @@ impl Code {
             Code::Integrity => "integrity",
             Code::Policy => "policy",
             Code::KeyProvider => "key_provider",
+            Code::PurgeOverdue => "purge_overdue",
         }
     }
 
@@ -68,6 +72,9 @@ Exit codes:
   6  policy: invalid policy file, policy violation (e.g. release-data of a
      class not released manually), legal hold, policy mismatch
   7  key provider: missing, world-readable, corrupt or mismatched key file
+  8  purge overdue (stats, verify): due erasures, re-keys or epoch
+     destructions are later than the purge timeline allows; run
+     `compact` and check the key provider
 
 `certificate` exits 0 whether the purge is complete or still pending; the
 status (COMPLETE / PENDING) is printed and is `purge_status` in --json.

@@ -1310,3 +1310,39 @@ fn demo_runs_and_passes() {
     assert_eq!(doc["ok"], true, "{doc}");
     assert_eq!(code(&output), 0);
 }
+
+/// Purge must not depend on anyone remembering to compact: work left undone
+/// past the timeline makes `stats` and `verify` exit 8 and say what is late.
+#[test]
+fn overdue_purge_exits_8_from_stats_and_verify() {
+    let f = Fixture::new();
+    // The application ran 40 days ago with its background maintenance off,
+    // and overwrote a record: its re-key is long overdue by now.
+    let clock = shredkv::ManualClock::new(
+        jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 40),
+    );
+    {
+        let db = shredkv::Db::open(
+            shredkv::Config::new(&f.store)
+                .clock(std::sync::Arc::new(clock.clone()))
+                .sync_writes(true)
+                .maintenance_every(None),
+        )
+        .expect("open");
+        db.register_account("acct").expect("register");
+        db.put("acct", "account_profile", b"k", b"v1").expect("put");
+        db.put("acct", "account_profile", b"k", b"v2").expect("overwrite");
+    }
+    let out = f.run(&["stats", "--json"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("stats JSON");
+    assert_eq!(doc["purge"]["overdue"], true);
+    assert_eq!(doc["purge"]["rekeys"], 1);
+    let out = f.run(&["verify"]);
+    assert_eq!(code(&out), 8, "{}", stdout(&out));
+    assert!(stdout(&out).contains("purge overdue"), "{}", stdout(&out));
+    // Compaction catches up; both are clean again.
+    ok(&f.run(&["compact"]));
+    ok(&f.run(&["stats"]));
+    ok(&f.run(&["verify"]));
+}

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use shredkv::{Db, IntegrityReport, Location, ProblemKind, Stats};
+use shredkv::{Db, IntegrityReport, Location, OverduePurge, ProblemKind, Stats};
 
 use crate::context::Global;
 use crate::exit::Code;
@@ -55,7 +55,25 @@ pub(crate) fn stats(global: &Global) -> Result<Code> {
     } else {
         print!("{}", stats_text(&db, &stats));
     }
-    Ok(Code::Ok)
+    Ok(if stats.overdue.is_overdue() {
+        Code::PurgeOverdue
+    } else {
+        Code::Ok
+    })
+}
+
+/// Overdue purge work as JSON.
+fn overdue_json(overdue: &OverduePurge) -> Value {
+    json!({
+        "overdue": overdue.is_overdue(),
+        "items": overdue.items,
+        "oldest_item": output::json_time(overdue.oldest_item),
+        "rekeys": overdue.rekeys,
+        "oldest_rekey": output::json_time(overdue.oldest_rekey),
+        "epochs": overdue.epochs.iter().map(|(epoch, due)| json!({
+            "epoch": epoch, "due": due.to_string(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The statistics as JSON.
@@ -82,6 +100,7 @@ pub(crate) fn stats_json(stats: &Stats) -> Value {
         "audit_entries": stats.audit_entries,
         "current_epoch": stats.current_epoch,
         "live_epochs": stats.live_epochs,
+        "purge": overdue_json(&stats.overdue),
     })
 }
 
@@ -115,7 +134,7 @@ pub(crate) fn stats_text(db: &Db, stats: &Stats) -> String {
         (
             "re-key debts",
             format!(
-                "{} (oldest purge deadline {})",
+                "{} (earliest re-key due {})",
                 stats.rekey_debts,
                 output::opt_time(stats.oldest_purge_deadline)
             ),
@@ -138,6 +157,7 @@ pub(crate) fn stats_text(db: &Db, stats: &Stats) -> String {
                 epochs.join(", ")
             ),
         ),
+        ("purge", stats.overdue.to_string()),
     ]);
     out.push('\n');
     let mut table = Table::new(&["class", "records", "bytes"]).right(&[1, 2]);
@@ -169,7 +189,8 @@ pub(crate) fn location_json(location: &Location) -> Value {
     })
 }
 
-/// `verify`: the full integrity scan, with progress; exit 5 on damage.
+/// `verify`: the full integrity scan, with progress; exit 5 on damage, 8
+/// when purge work is overdue (and nothing is damaged).
 pub(crate) fn verify(global: &Global) -> Result<Code> {
     let db = global.open()?;
     let bar = output::progress(None, "records checked");
@@ -182,6 +203,8 @@ pub(crate) fn verify(global: &Global) -> Result<Code> {
     }
     Ok(if report.is_clean() {
         Code::Ok
+    } else if report.problems.is_empty() && report.audit.breaks.is_empty() {
+        Code::PurgeOverdue
     } else {
         Code::Integrity
     })
@@ -204,6 +227,7 @@ fn report_json(report: &IntegrityReport) -> Value {
             "head": report.audit.head_hex,
             "breaks": report.audit.breaks.iter().map(ToString::to_string).collect::<Vec<_>>(),
         },
+        "purge": overdue_json(&report.overdue),
     })
 }
 
@@ -259,10 +283,15 @@ fn print_report(report: &IntegrityReport) {
     for b in &report.audit.breaks {
         println!("audit: {b}");
     }
+    if report.overdue.is_overdue() {
+        println!("purge overdue: {}", report.overdue);
+    }
     println!(
         "{}",
         if report.is_clean() {
-            "OK: no damage found"
+            "OK: no damage found, no purge overdue"
+        } else if report.problems.is_empty() && report.audit.breaks.is_empty() {
+            "OVERDUE: no damage found, but purge work is late (see above)"
         } else {
             "DAMAGED: see above"
         }

@@ -439,6 +439,41 @@ fn the_background_compactor_runs_and_stops() {
     compactor.stop();
 }
 
+/// Purge does not wait for anyone to call `compact`: a store opened with
+/// background maintenance destroys a due key by itself, and dropping the
+/// store stops the thread (the directory opens again at once).
+#[test]
+fn background_maintenance_purges_without_a_compact_call() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let with_maintenance =
+        || config(&dir, &clock).maintenance_every(Some(Duration::from_millis(20)));
+    let db = Db::open(with_maintenance()).expect("open");
+    db.register_account("a").expect("register");
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"x",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    clock.advance(days(2));
+    // Wait for the outcome; the bound only keeps a broken build from hanging.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db.stats().expect("stats").keys_destroyed == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background pass destroyed the due key"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(db);
+    let db = Db::open(config(&dir, &clock)).expect("reopen right after the drop");
+    assert_eq!(db.stats().expect("stats").keys_destroyed, 1);
+}
+
 #[test]
 fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
     let dir = tempfile::tempdir().expect("dir");
