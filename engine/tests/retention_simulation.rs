@@ -333,6 +333,10 @@ type BucketKey = (usize, usize, Option<i64>);
 struct Model {
     rules: Vec<Rule>,
     purge: Span,
+    /// When a debt's re-key is due after the first delete or overwrite:
+    /// `W − L − P` with `L = (W − P) / 2` (docs/design.md, "The deletion
+    /// timeline"; the policy has one window W and the run rotates every P).
+    rekey_after: SignedDuration,
     subjects: Vec<Subject>,
     /// (subject, class or whole subject) → reason.
     holds: BTreeMap<(usize, Option<usize>), String>,
@@ -358,7 +362,7 @@ fn bucket_of(expiry: Option<Timestamp>) -> Option<i64> {
 }
 
 impl Model {
-    fn new(db: &Db) -> Self {
+    fn new(db: &Db, rotation: SignedDuration) -> Self {
         let policy = db.policy();
         let rules = CLASS_NAMES
             .iter()
@@ -386,9 +390,17 @@ impl Model {
                 .expect("class")
                 .purge_window(),
         );
+        let window = SignedDuration::from_hours(24 * 30);
+        assert_eq!(
+            add(Timestamp::UNIX_EPOCH, purge),
+            Timestamp::UNIX_EPOCH + window,
+            "the policy's purge window is 30 days"
+        );
+        let epoch_life = (window - rotation) / 2;
         Self {
             rules,
             purge,
+            rekey_after: window - epoch_life - rotation,
             subjects: Vec::new(),
             holds: BTreeMap::new(),
             erased: BTreeMap::new(),
@@ -445,11 +457,12 @@ impl Model {
                     .closed_at
                     .map(|c| add(c, rule.retain.expect("closure classes retain"))),
             ),
-            ClockStart::MarketingOptOut => consider(
-                subject
-                    .opted_out_at
-                    .map(|o| add(o, rule.retain.expect("opt-out classes retain"))),
-            ),
+            // Closing the account ends marketing consent as an opt-out does.
+            ClockStart::MarketingOptOut => {
+                for start in [subject.opted_out_at, subject.closed_at] {
+                    consider(start.map(|o| add(o, rule.retain.expect("opt-out classes retain"))));
+                }
+            }
             ClockStart::ManualRelease if class == SUBSCRIBER => consider(subject.released_at),
             ClockStart::Write if rule.until_closure => consider(subject.closed_at),
             _ => {}
@@ -498,13 +511,13 @@ impl Model {
                 self.records.get_mut(r).expect("record").expired_gone = true;
             }
         }
-        let purge = self.purge;
+        let rekey_after = self.rekey_after;
         let mut due = Vec::new();
         for (key, bucket) in &self.buckets {
             if let Some(since) = bucket.debt_since {
                 if self.is_erased(key.0, key.1) {
                     due.push((*key, false));
-                } else if add(since, purge) <= now && !self.held(key.0, key.1) {
+                } else if since + rekey_after <= now && !self.held(key.0, key.1) {
                     due.push((*key, true));
                 }
             }
@@ -1662,7 +1675,7 @@ fn eight_years_of_retention_against_the_model() {
         days(STEP_DAYS)
     };
     let db = Db::open(open_config(&store, &clock, &provider, rotation)).expect("open");
-    let model = Model::new(&db);
+    let model = Model::new(&db, rotation);
     let mut sim = Sim {
         strict,
         rng: Rng::new(seed),

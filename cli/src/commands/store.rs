@@ -201,12 +201,12 @@ pub(crate) fn verify(global: &Global) -> Result<Code> {
     } else {
         print_report(&report);
     }
-    Ok(if report.is_clean() {
-        Code::Ok
-    } else if report.problems.is_empty() && report.audit.breaks.is_empty() {
+    Ok(if !report.is_clean() {
+        Code::Integrity
+    } else if report.overdue.is_overdue() {
         Code::PurgeOverdue
     } else {
-        Code::Integrity
+        Code::Ok
     })
 }
 
@@ -288,12 +288,12 @@ fn print_report(report: &IntegrityReport) {
     }
     println!(
         "{}",
-        if report.is_clean() {
-            "OK: no damage found, no purge overdue"
-        } else if report.problems.is_empty() && report.audit.breaks.is_empty() {
+        if !report.is_clean() {
+            "DAMAGED: see above"
+        } else if report.overdue.is_overdue() {
             "OVERDUE: no damage found, but purge work is late (see above)"
         } else {
-            "DAMAGED: see above"
+            "OK: no damage found, no purge overdue"
         }
     );
 }

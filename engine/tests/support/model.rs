@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shredkv::{ClockStart, Policy};
+use shredkv::Policy;
 
 /// Subject ids: accounts `0..2`, end user `2 + i` belongs to account `i`.
 pub(crate) const SUBJECTS: [&str; 4] = ["acct-0", "acct-1", "user-0", "user-1"];
@@ -220,7 +220,6 @@ pub(crate) struct Snapshot {
 /// The model of one store.
 #[derive(Debug, Clone)]
 pub(crate) struct Model {
-    policy: Policy,
     /// The clock, unix seconds.
     pub(crate) now: i64,
     cells: BTreeMap<(u8, u8, u8), Cell>,
@@ -228,8 +227,12 @@ pub(crate) struct Model {
     scope_erased: BTreeSet<(u8, u8)>,
     holds: BTreeSet<(u8, Option<u8>)>,
     closed: [bool; 4],
-    /// Scopes whose erasure the deadline index schedules, with when.
+    /// Scopes whose class deadline passes at the time given (closure):
+    /// erased for every read and write from then on, unless held.
     scheduled: BTreeMap<(u8, u8), i64>,
+    /// Scopes whose shred a hold parked: erased by the first compaction
+    /// after no hold covers them.
+    parked: BTreeSet<(u8, u8)>,
 }
 
 impl Default for Model {
@@ -242,7 +245,6 @@ impl Model {
     /// An empty store with every subject registered, at [`START`].
     pub(crate) fn new() -> Self {
         Self {
-            policy: policy(),
             now: START,
             cells: BTreeMap::new(),
             subject_erased: [false; 4],
@@ -250,11 +252,17 @@ impl Model {
             holds: BTreeSet::new(),
             closed: [false; 4],
             scheduled: BTreeMap::new(),
+            parked: BTreeSet::new(),
         }
     }
 
     fn erased(&self, s: u8, c: u8) -> bool {
-        self.subject_erased[usize::from(s)] || self.scope_erased.contains(&(s, c))
+        self.subject_erased[usize::from(s)]
+            || self.scope_erased.contains(&(s, c))
+            || self
+                .scheduled
+                .get(&(s, c))
+                .is_some_and(|at| *at <= self.now && !self.held(s, c))
     }
 
     fn held(&self, s: u8, c: u8) -> bool {
@@ -285,13 +293,22 @@ impl Model {
         (latest.visible(self.now).is_some(), *latest != Slot::Absent)
     }
 
-    /// When the closure of an account at `at` makes class `c` due.
+    /// When the closure of an account at `at` makes class `c` due, by the
+    /// model policy's text (its own calendar arithmetic, in UTC).
     fn deadline_after_closure(&self, c: u8, at: i64) -> Option<i64> {
-        let class = self.policy.class(CLASSES[usize::from(c)])?;
-        let at_ts = shredkv::jiff::Timestamp::from_second(at).ok()?;
-        match class.clock() {
-            ClockStart::AccountClosure => class.deadline(at_ts).map(|t| t.as_second()),
-            ClockStart::Write if class.until_account_closure() => Some(at),
+        let day = 86_400;
+        match CLASSES[usize::from(c)] {
+            // until_account_closure
+            "message_content" => Some(at),
+            // retain = "60 days"
+            "account_profile" => Some(at + 60 * day),
+            // retain = "10 years": calendar years
+            "invoices" => {
+                let utc = shredkv::jiff::tz::TimeZone::UTC;
+                let closed = utc.to_datetime(shredkv::jiff::Timestamp::from_second(at).ok()?);
+                let due = closed.checked_add(shredkv::jiff::Span::new().years(10)).ok()?;
+                Some(utc.to_timestamp(due).ok()?.as_second())
+            }
             _ => None,
         }
     }
@@ -400,7 +417,7 @@ impl Model {
                 }
                 if self.held(t, c) {
                     // Parked: once no hold covers it, compaction erases it.
-                    self.schedule(t, c, self.now);
+                    self.parked.insert((t, c));
                     retained += 1;
                     continue;
                 }
@@ -446,13 +463,16 @@ impl Model {
             .iter()
             .filter(|(_, deadline)| **deadline <= self.now)
             .map(|(scope, _)| *scope)
+            .chain(self.parked.iter().copied())
             .collect();
         for (s, c) in due {
-            if self.erased(s, c) {
+            if self.subject_erased[usize::from(s)] || self.scope_erased.contains(&(s, c)) {
                 self.scheduled.remove(&(s, c));
+                self.parked.remove(&(s, c));
             } else if !self.held(s, c) {
                 self.scope_erased.insert((s, c));
                 self.scheduled.remove(&(s, c));
+                self.parked.remove(&(s, c));
             }
         }
     }
