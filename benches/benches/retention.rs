@@ -105,8 +105,10 @@ fn store_with_expiring_keys(sizes: &Sizes) -> (tempfile::TempDir, Db, ManualCloc
 /// so that epochs may rotate rarely enough to stay out of the measured passes
 /// (the rotation period is at most a quarter of the shortest window).
 fn long_window_policy() -> Policy {
-    let text = include_str!("../../policy/default.toml")
-        .replace(r#"purge_window = "30 days""#, r#"purge_window = "366 days""#);
+    let text = include_str!("../../policy/default.toml").replace(
+        r#"purge_window = "30 days""#,
+        r#"purge_window = "366 days""#,
+    );
     Policy::from_toml_str(&text, "default.toml with 366-day purge windows").expect("a valid policy")
 }
 

@@ -127,7 +127,12 @@ struct ShredkvStore {
 
 impl ShredkvStore {
     fn open(dir: &Path, backend: Backend, peer: Peer) -> Result<Self> {
-        let db = Db::open(Config::new(dir).backend(backend).flush_every(None).maintenance_every(None))?;
+        let db = Db::open(
+            Config::new(dir)
+                .backend(backend)
+                .flush_every(None)
+                .maintenance_every(None),
+        )?;
         Ok(Self { db, peer })
     }
 }

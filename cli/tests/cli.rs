@@ -729,36 +729,42 @@ fn a_corrupt_audit_head_is_reported_by_audit_verify_with_exit_5() {
     assert_eq!(code(&f.run(&["verify"])), 5);
 }
 
-/// A fixture whose store uses the default policy with one class's purge
-/// window cut to 1 day: with the CLI's daily epoch rotation, a retired
-/// epoch is then destroyed at the next rotation, so tests can reach "past
-/// the purge window" without waiting for it.
-struct ShortWindow {
+/// A fixture whose store was written 40 days ago, through the library on a
+/// clock set back (the CLI runs on the system clock): its first epoch is
+/// then older than any epoch may live, so tests can reach "past the purge
+/// window" without waiting for it.
+struct Aged {
     f: Fixture,
-    policy: PathBuf,
+    then: shredkv::ManualClock,
 }
 
-impl ShortWindow {
+impl Aged {
     fn init() -> Self {
         let f = Fixture::new();
-        let policy = f.dir.path().join("short-window.toml");
-        let text = std::fs::read_to_string(default_policy_path())
-            .expect("read the default policy")
-            .replacen("purge_window = \"30 days\"", "purge_window = \"1 day\"", 1);
-        std::fs::write(&policy, text).expect("write the policy");
-        let s = Self { f, policy };
-        ok(&s.run(&["init"]));
-        s
+        let then = shredkv::ManualClock::new(
+            jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 40),
+        );
+        drop(Self::open(&f.store, &then));
+        Self { f, then }
+    }
+
+    fn open(store: &Path, clock: &shredkv::ManualClock) -> shredkv::Db {
+        shredkv::Db::open(
+            shredkv::Config::new(store)
+                .clock(std::sync::Arc::new(clock.clone()))
+                .sync_writes(true)
+                .maintenance_every(None),
+        )
+        .expect("open the store 40 days ago")
+    }
+
+    /// Works on the store as it was 40 days ago.
+    fn then(&self, work: impl FnOnce(&shredkv::Db)) {
+        work(&Self::open(&self.f.store, &self.then));
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--policy", path_str(&self.policy)];
-        all.extend_from_slice(args);
-        self.f.run(&all)
-    }
-
-    fn put_account(&self, subject: &str, class: &str, key: &str, value: &str) {
-        ok(&self.run(&["put", subject, class, key, value, "--register-account"]));
+        self.f.run(args)
     }
 }
 
@@ -1095,11 +1101,15 @@ fn restore_from_an_exported_erasure_log_and_a_damaged_one() {
 
 #[test]
 fn a_backup_older_than_the_purge_window_cannot_be_restored_exit_4() {
-    let s = ShortWindow::init();
-    s.put_account("a", "invoices", "inv-1", "one");
+    let s = Aged::init();
     let backup = s.f.dir.path().join("old-backup");
-    ok(&s.run(&["backup", path_str(&backup)]));
-    // The backup's epoch retires and, past the (1-day) window, is destroyed.
+    s.then(|db| {
+        db.register_account("a").expect("register");
+        db.put("a", "invoices", b"inv-1", b"one").expect("put");
+        db.backup(&backup).expect("backup");
+    });
+    // The backup's epoch started 40 days ago: the rotation retires and
+    // destroys it at once.
     let doc = json(&s.run(&["--json", "rotate-epoch"]));
     assert_eq!(doc["epochs_destroyed"], 1, "{doc}");
     let target = s.f.dir.path().join("restored");
@@ -1116,10 +1126,14 @@ fn a_backup_older_than_the_purge_window_cannot_be_restored_exit_4() {
 
 #[test]
 fn certificate_is_pending_then_complete() {
-    let s = ShortWindow::init();
-    s.put_account("a", "invoices", "inv-1", "one");
-    s.put_account("b", "invoices", "inv-1", "two");
-    ok(&s.run(&["shred", "a"]));
+    let s = Aged::init();
+    s.then(|db| {
+        for (subject, value) in [("a", b"one"), ("b", b"two")] {
+            db.register_account(subject).expect("register");
+            db.put(subject, "invoices", b"inv-1", value).expect("put");
+        }
+        db.shred("a", shredkv::Classes::All).expect("shred");
+    });
 
     let output = s.run(&["certificate", "a"]);
     let out = ok(&output);
@@ -1331,7 +1345,8 @@ fn overdue_purge_exits_8_from_stats_and_verify() {
         .expect("open");
         db.register_account("acct").expect("register");
         db.put("acct", "account_profile", b"k", b"v1").expect("put");
-        db.put("acct", "account_profile", b"k", b"v2").expect("overwrite");
+        db.put("acct", "account_profile", b"k", b"v2")
+            .expect("overwrite");
     }
     let out = f.run(&["stats", "--json"]);
     assert_eq!(code(&out), 8, "{}", stderr(&out));

@@ -9,17 +9,17 @@ pub(crate) mod compaction;
 pub(crate) mod deadlines;
 mod epochs;
 mod events;
-pub(crate) mod policy;
-pub(crate) mod timeline;
 mod maintenance;
 mod overdue;
+pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
+pub(crate) mod timeline;
 
 pub use compaction::{CompactionReport, Compactor};
-pub(crate) use maintenance::start_maintenance;
 pub use epochs::EpochReport;
 pub use events::Scheduled;
+pub(crate) use maintenance::start_maintenance;
 pub use overdue::OverduePurge;
 
 pub use policy::{

@@ -96,9 +96,10 @@ impl DbInner {
             if let Some(started) = self.epoch_time(meta::EPOCH_STARTED, epoch)? {
                 let due = started.saturating_add(self.timeline.epoch_lifetime);
                 if due < late {
-                    overdue
-                        .epochs
-                        .push((epoch.0, Timestamp::from_second(due).unwrap_or(Timestamp::MIN)));
+                    overdue.epochs.push((
+                        epoch.0,
+                        Timestamp::from_second(due).unwrap_or(Timestamp::MIN),
+                    ));
                 }
             }
         }

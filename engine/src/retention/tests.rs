@@ -278,7 +278,8 @@ fn reads_end_at_the_class_deadline_without_compaction() {
     db.register_account("a").expect("register");
     db.put("a", "marketing_contacts", b"m", b"newsletter")
         .expect("put");
-    db.put("a", "account_profile", b"p", b"profile").expect("put");
+    db.put("a", "account_profile", b"p", b"profile")
+        .expect("put");
     clock.advance(SignedDuration::from_hours(5));
     db.opt_out_of_marketing("a").expect("opt out");
     let opted_out = clock.now();
@@ -338,7 +339,8 @@ fn overwrite_is_purged_within_the_window_counted_from_the_overwrite() {
     assert_eq!(before.rekey_debts, 1);
     // Every epoch live from the overwrite until the old key dies may hold a
     // wrapped copy of it (old pages, backups): all must die by the deadline.
-    let mut wrapping: std::collections::BTreeSet<u32> = before.live_epochs.iter().copied().collect();
+    let mut wrapping: std::collections::BTreeSet<u32> =
+        before.live_epochs.iter().copied().collect();
     let purge_deadline = overwritten_at + days(window_days);
     let mut rekeyed = 0;
     while clock.now() < purge_deadline {
@@ -353,7 +355,12 @@ fn overwrite_is_purged_within_the_window_counted_from_the_overwrite() {
     }
     assert_eq!(rekeyed, 1, "the old version was re-keyed away");
     let stats = db.stats().expect("stats");
-    let alive: Vec<u32> = stats.live_epochs.iter().copied().filter(|e| wrapping.contains(e)).collect();
+    let alive: Vec<u32> = stats
+        .live_epochs
+        .iter()
+        .copied()
+        .filter(|e| wrapping.contains(e))
+        .collect();
     assert!(
         alive.is_empty(),
         "epochs {alive:?} could still unwrap the overwritten value's key {window_days} days after the overwrite"
@@ -361,11 +368,15 @@ fn overwrite_is_purged_within_the_window_counted_from_the_overwrite() {
     assert_eq!(stats.rekey_debts, 0);
     assert_eq!(stats.keys_destroyed, before.keys_destroyed + 1);
     assert_eq!(
-        db.get("a", "account_profile", b"p").expect("get").as_deref(),
+        db.get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
         Some(&b"new"[..])
     );
     assert_eq!(
-        db.get("a", "account_profile", b"q").expect("get").as_deref(),
+        db.get("a", "account_profile", b"q")
+            .expect("get")
+            .as_deref(),
         Some(&b"untouched"[..])
     );
 }
@@ -619,6 +630,55 @@ fn a_backup_older_than_the_purge_window_cannot_be_decrypted() {
     );
     assert!(
         err.to_string().contains("older than its purge window"),
+        "{err}"
+    );
+}
+
+/// The backup window the timeline promises (docs/operations.md): a backup
+/// restores for at least 13.5 days after it was taken (the epoch's life
+/// `(30 − 1) / 2` days, less a rotation period), and no backup outlives the
+/// notice's 30 days ("removed from all systems"), with compaction every
+/// 6 hours from an odd hour.
+#[test]
+fn backups_restore_for_thirteen_days_and_never_past_thirty() {
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start() + SignedDuration::from_hours(5));
+    let live = Db::open(sled_config(&root.path().join("live"), &clock)).expect("open");
+    live.register_account("a").expect("register");
+    live.put("a", "account_profile", b"p", b"x").expect("put");
+    // Epochs already rotating when the backup is taken.
+    clock.advance(SignedDuration::from_hours(2 * DAY + 3));
+    live.compact().expect("compact");
+    let taken = clock.now();
+    live.backup(root.path().join("backup")).expect("backup");
+    let restore = |name: &str| {
+        Db::restore(
+            root.path().join("backup"),
+            sled_config(&root.path().join(name), &clock),
+            crate::ErasureSource::Live(&live),
+        )
+    };
+    let restorable_until = taken + SignedDuration::from_hours(13 * DAY + 12);
+    while clock.now() + SignedDuration::from_hours(6) <= restorable_until {
+        clock.advance(SignedDuration::from_hours(6));
+        live.compact().expect("compact");
+    }
+    let (restored, _) = restore("r1").expect("still within the backup window");
+    assert_eq!(
+        restored
+            .get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"x"[..])
+    );
+    drop(restored);
+    while clock.now() < taken + days(30) {
+        clock.advance(SignedDuration::from_hours(6));
+        live.compact().expect("compact");
+    }
+    let err = restore("r2").expect_err("30 days after the backup, its keys are gone");
+    assert!(
+        matches!(err, crate::Error::StoreKeysDestroyed { .. }),
         "{err}"
     );
 }

@@ -55,7 +55,10 @@ impl Timeline {
     /// [`Error::InvalidArgument`] when the rotation is not positive or is
     /// longer than a quarter of the shortest purge window, or when an expiry
     /// bucket (one day) cannot die within the window.
-    pub(crate) fn new(min_window: SignedDuration, rotation: Option<SignedDuration>) -> Result<Self> {
+    pub(crate) fn new(
+        min_window: SignedDuration,
+        rotation: Option<SignedDuration>,
+    ) -> Result<Self> {
         let min_window = min_window.as_secs();
         let rotation = match rotation {
             Some(p) => p.as_secs(),

@@ -306,7 +306,9 @@ impl Model {
             "invoices" => {
                 let utc = shredkv::jiff::tz::TimeZone::UTC;
                 let closed = utc.to_datetime(shredkv::jiff::Timestamp::from_second(at).ok()?);
-                let due = closed.checked_add(shredkv::jiff::Span::new().years(10)).ok()?;
+                let due = closed
+                    .checked_add(shredkv::jiff::Span::new().years(10))
+                    .ok()?;
                 Some(utc.to_timestamp(due).ok()?.as_second())
             }
             _ => None,
