@@ -58,7 +58,7 @@ Exit codes:
   1  other failure (storage, I/O, subject conflict, restricted subject,
      interrupted restore)
   2  usage: bad arguments, unknown class, invalid value, non-empty
-     backup or restore target
+     backup or restore target, a backup directory given as --store
   3  not found: unknown subject, absent record or hold, missing store or
      store data, nothing erased to certify
   4  erased: the data asked for was erased; a backup older than its purge
@@ -196,6 +196,13 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
             Code::Failure,
             Some(format!(
                 "delete {} and run `shredkv restore` again into a new or empty directory",
+                path.display()
+            )),
+        ),
+        Error::IsBackup { path, .. } => (
+            Code::Usage,
+            Some(format!(
+                "restore the backup instead, which replays the erasures made since: shredkv --store LIVE_STORE restore {} --into NEW_DIR (or --erasure-log FILE --key-file KEYS without the live store)",
                 path.display()
             )),
         ),

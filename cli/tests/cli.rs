@@ -1012,6 +1012,33 @@ fn restore_replays_erasures_made_after_the_backup() {
     assert!(!fresh.exists());
 }
 
+/// G6: `--store` naming a backup directory is refused (exit 2) with the
+/// live key file too: served as a store, the backup would bring back the
+/// subject erased since it was taken.
+#[test]
+fn backup_directory_is_not_served_as_a_store() {
+    let f = Fixture::init();
+    f.put_account("gone", "invoices", "inv-1", "gone invoice");
+    let backup = f.dir.path().join("backup");
+    ok(&f.run(&["backup", path_str(&backup)]));
+    ok(&f.run(&["shred", "gone"]));
+    let keys = f.store.join("keys");
+    for key_file in [&["--key-file", path_str(&keys)][..], &[][..]] {
+        let mut args = vec!["--store", path_str(&backup)];
+        args.extend_from_slice(key_file);
+        args.extend_from_slice(&["get", "gone", "invoices", "inv-1"]);
+        let out = shredkv(&args);
+        assert!(
+            !stdout(&out).contains("gone invoice"),
+            "the backup served erased data: {}",
+            stdout(&out)
+        );
+        let err = fails_with(&out, 2);
+        assert!(err.contains("is a backup"), "{err}");
+        assert!(err.contains("restore"), "{err}");
+    }
+}
+
 #[test]
 fn restore_from_an_exported_erasure_log_and_a_damaged_one() {
     let f = Fixture::init();

@@ -160,6 +160,15 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+    /// The directory is a backup written by [`Db::backup`](crate::Db::backup),
+    /// not a store: serving it would bring back what was erased since it
+    /// was taken. Restore it instead (which replays the erasure log).
+    IsBackup {
+        /// The backup directory.
+        path: PathBuf,
+        /// When the backup was taken (the store clock).
+        taken_at: Timestamp,
+    },
     /// A file-system operation outside the backend failed.
     Io {
         /// What was being done.
@@ -281,6 +290,12 @@ impl fmt::Display for Error {
             Error::RestoreInterrupted { path } => write!(
                 f,
                 "store {} is an interrupted restore: the erasure log was not replayed, so it could serve erased data; delete it and run the restore again",
+                path.display()
+            ),
+            Error::IsBackup { path, taken_at } => write!(
+                f,
+                "{} is a backup taken at {taken_at}, not a store: opening it would serve data erased since then. Restore it into a new directory with Db::restore (`shredkv --store LIVE_STORE restore {} --into NEW_DIR`), which replays the erasure log first",
+                path.display(),
                 path.display()
             ),
             Error::Io {

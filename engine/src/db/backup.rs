@@ -4,13 +4,19 @@
 //! while writers, erasures and compaction are paused, so it is consistent.
 //! It does not contain the key file: a backup is decrypted with the live key
 //! provider, so destroying an epoch reaches backups too, and a backup older
-//! than the purge window cannot be decrypted, by design.
+//! than the purge window cannot be decrypted, by design. A backup's `meta`
+//! carries a mark (`backup_of`: the source store id and the time taken),
+//! written before anything is copied: [`Db::open`] refuses a directory with
+//! it ([`Error::IsBackup`]), so a backup is only ever served through a
+//! restore. (A plain file copy of a live store has no mark; see
+//! docs/threat-model.md.)
 //!
 //! Restoring copies a backup into a new store directory and replays the
 //! erasure log of the live store (or of a file exported from it) before the
 //! restored store serves any read: every erasure, expiry and re-key that
 //! destroyed a key after the backup was taken is applied again, so nothing
-//! erased comes back.
+//! erased comes back. The restored store clears the mark and its
+//! restore-pending flag in the batch that completes the replay.
 
 use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
@@ -267,6 +273,44 @@ fn ensure_empty_dir(path: &Path, what: &'static str) -> Result<()> {
     }
 }
 
+/// The backup mark written into a backup's `meta`: the source store's id
+/// and when the backup was taken.
+///
+/// ```text
+/// 0 16 source store id
+/// 16 8 taken at, unix seconds i64
+/// ```
+fn backup_mark(store_id: &[u8; 16], taken_at: Timestamp) -> Vec<u8> {
+    let mut mark = store_id.to_vec();
+    mark.extend_from_slice(&taken_at.as_second().to_be_bytes());
+    mark
+}
+
+/// Refuses to serve a directory that must not be served as a store: an
+/// interrupted restore, or a backup (which would serve data erased since it
+/// was taken, without the replay a restore does).
+pub(super) fn refuse_unservable(storage: &dyn Storage, path: &Path) -> Result<()> {
+    if super::meta_get(storage, meta::RESTORE_PENDING)?.is_some() {
+        return Err(Error::RestoreInterrupted {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(mark) = super::meta_get(storage, meta::BACKUP_OF)? {
+        // A damaged mark still marks a backup; its time is then unknown.
+        let taken_at = mark
+            .get(16..24)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .and_then(|t| Timestamp::from_second(t).ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        return Err(Error::IsBackup {
+            path: path.to_path_buf(),
+            taken_at,
+        });
+    }
+    Ok(())
+}
+
 impl Db {
     /// Writes a consistent copy of the store into `dest` (a new or empty
     /// directory), pausing writers, erasures and compaction meanwhile. The
@@ -284,12 +328,22 @@ impl Db {
             .unwrap_or_else(PoisonError::into_inner);
         let _paused = inner.gate.write_all();
         inner.storage.flush()?;
+        let taken_at = inner.clock.now();
         let copy = storage::open(inner.storage.backend(), dest)?;
+        // Marked before anything is copied, so even a partial copy is never
+        // opened as a store (see [`refuse_unservable`]).
+        let mut mark = WriteBatch::new();
+        mark.put(
+            Tree::Meta,
+            meta::BACKUP_OF,
+            backup_mark(&inner.store_id, taken_at),
+        );
+        copy.apply(&mark, Durability::Durable)?;
         let entries = copy_trees(inner.storage.as_ref(), copy.as_ref())?;
         Ok(BackupReport {
             path: dest.to_path_buf(),
             entries,
-            taken_at: inner.clock.now(),
+            taken_at,
         })
     }
 
@@ -440,6 +494,8 @@ impl Db {
             }
         }
         batch.remove(Tree::Meta, meta::RESTORE_PENDING.to_vec());
+        // Only now, with the replay in the same batch, is it a store.
+        batch.remove(Tree::Meta, meta::BACKUP_OF.to_vec());
         let entry = PendingEntry::new(
             AuditEvent::RestoreReplayed,
             None,
