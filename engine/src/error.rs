@@ -169,6 +169,15 @@ pub enum Error {
         /// When the backup was taken (the store clock).
         taken_at: Timestamp,
     },
+    /// A restore would not bring back some records of the backup (a re-key
+    /// after the backup destroyed their key version); it was refused before
+    /// writing anything. See [`Db::restore_with`](crate::Db::restore_with).
+    RestoreLosesRecords {
+        /// The backup directory.
+        backup: PathBuf,
+        /// The records it cannot bring back, per subject and class.
+        lost: Vec<crate::LostRecords>,
+    },
     /// A file-system operation outside the backend failed.
     Io {
         /// What was being done.
@@ -298,6 +307,22 @@ impl fmt::Display for Error {
                 path.display(),
                 path.display()
             ),
+            Error::RestoreLosesRecords { backup, lost } => {
+                let records: u64 = lost.iter().map(|l| l.records).sum();
+                write!(
+                    f,
+                    "restoring {} would not bring back {records} of its records in {} subject classes; nothing was written. ",
+                    backup.display(),
+                    lost.len()
+                )?;
+                for (i, scope) in lost.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{scope}")?;
+                }
+                f.write_str(". Restore a newer backup, or accept the loss (RestoreOptions::accept_lost_records, `shredkv restore --accept-loss`)")
+            }
             Error::Io {
                 action,
                 path,

@@ -31,7 +31,9 @@ use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::Vault;
 use crate::vault::gate::{RecordLocks, ScopeGate};
 
-pub use backup::{BackupReport, ErasureSource, RestoreReport};
+pub use backup::{
+    BackupReport, ErasureSource, LossReason, LostRecords, RestoreOptions, RestoreReport,
+};
 pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
