@@ -245,13 +245,12 @@ fn moved_flipped_and_truncated_values_fail_integrity_and_others_still_read() {
 /// genuine envelope of another scope) in the envelope's key reference and
 /// expiry, which the AEAD binds: it must be reported, not read as "absent".
 ///
-/// ENGINE DEFECT (open): `open_record` (engine/src/db/ops.rs) returns
-/// `Ok(None)` before authenticating when the envelope's expiry is past, and
-/// when the key id named by the envelope has no vault entry at all (a
+/// `open_record` (engine/src/db/ops.rs) authenticates before it believes
+/// the envelope's expiry, and reports a key id without any vault entry (a
 /// destroyed key keeps a tombstone, so a missing entry is an inconsistency,
-/// not an erasure). All three cases below read as `Ok(None)` on both
-/// backends; it pinned a defect now fixed, so
-/// the default suite stays green.
+/// not an erasure) as tampering. (Regression: all three cases below once
+/// read as `Ok(None)` on both backends.) A header edited to name a key
+/// version that *was* destroyed is a separate case, not covered here.
 #[test]
 fn forged_key_reference_or_expiry_is_detected() {
     let mut outcomes = Vec::new();
