@@ -62,11 +62,12 @@ Exit codes:
   1  other failure (storage, I/O, subject conflict, restricted subject,
      interrupted restore)
   2  usage: bad arguments, unknown class, invalid value, non-empty
-     backup or restore target
+     backup or restore target, a backup directory given as --store
   3  not found: unknown subject, absent record or hold, missing store or
      store data, nothing erased to certify
   4  erased: the data asked for was erased; a backup older than its purge
-     window (its keys are destroyed)
+     window (its keys are destroyed); a restore that would lose records a
+     re-key after the backup made unrecoverable (without --accept-loss)
   5  integrity: corrupt or tampered data (get, verify, audit verify), a
      damaged erasure log
   6  policy: invalid policy file, policy violation (e.g. release-data of a
@@ -205,6 +206,19 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
                 "delete {} and run `shredkv restore` again into a new or empty directory",
                 path.display()
             )),
+        ),
+        Error::IsBackup { path, .. } => (
+            Code::Usage,
+            Some(format!(
+                "restore the backup instead, which replays the erasures made since: shredkv --store LIVE_STORE restore {} --into NEW_DIR (or --erasure-log FILE --key-file KEYS without the live store)",
+                path.display()
+            )),
+        ),
+        Error::RestoreLosesRecords { .. } => (
+            Code::Erased,
+            hint(
+                "restore a newer backup (taken after the re-key), or pass --accept-loss to restore without those records (they are listed and audited)",
+            ),
         ),
         Error::StoreKeysDestroyed { .. } => (
             Code::Erased,

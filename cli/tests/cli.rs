@@ -1018,6 +1018,114 @@ fn restore_replays_erasures_made_after_the_backup() {
     assert!(!fresh.exists());
 }
 
+/// G6: `--store` naming a backup directory is refused (exit 2) with the
+/// live key file too: served as a store, the backup would bring back the
+/// subject erased since it was taken.
+#[test]
+fn backup_directory_is_not_served_as_a_store() {
+    let f = Fixture::init();
+    f.put_account("gone", "invoices", "inv-1", "gone invoice");
+    let backup = f.dir.path().join("backup");
+    ok(&f.run(&["backup", path_str(&backup)]));
+    ok(&f.run(&["shred", "gone"]));
+    let keys = f.store.join("keys");
+    for key_file in [&["--key-file", path_str(&keys)][..], &[][..]] {
+        let mut args = vec!["--store", path_str(&backup)];
+        args.extend_from_slice(key_file);
+        args.extend_from_slice(&["get", "gone", "invoices", "inv-1"]);
+        let out = shredkv(&args);
+        assert!(
+            !stdout(&out).contains("gone invoice"),
+            "the backup served erased data: {}",
+            stdout(&out)
+        );
+        let err = fails_with(&out, 2);
+        assert!(err.contains("is a backup"), "{err}");
+        assert!(err.contains("restore"), "{err}");
+    }
+}
+
+/// G6 without silent loss: restoring a backup taken before a re-key (which
+/// destroyed the key version the backup's copy of a live record is sealed
+/// under) exits 4 naming the loss and writes nothing; with --accept-loss it
+/// restores and lists the loss. The live store is prepared through the
+/// engine, on a manual clock, since the re-key is weeks away.
+#[test]
+fn restore_before_rekey_exits_4_unless_the_loss_is_accepted() {
+    use shredkv::jiff::{SignedDuration, Timestamp};
+    let f = Fixture::new();
+    let backup = f.dir.path().join("backup");
+    let clock = shredkv::ManualClock::new(Timestamp::now());
+    let tag = {
+        let db = shredkv::Db::open(
+            shredkv::Config::new(&f.store)
+                .clock(std::sync::Arc::new(clock.clone()))
+                .flush_every(None),
+        )
+        .expect("open");
+        db.register_account("a").expect("register");
+        db.put("a", "account_profile", b"still-live", b"kept")
+            .expect("put");
+        db.put("a", "account_profile", b"deleted", b"gone")
+            .expect("put");
+        assert!(
+            db.delete("a", "account_profile", b"deleted")
+                .expect("delete")
+        );
+        let next_day = || {
+            clock.advance(SignedDuration::from_hours(24));
+            db.compact().expect("compact");
+        };
+        for _ in 0..5 {
+            next_day();
+        }
+        db.backup(&backup).expect("backup");
+        let tag = db.subject_tag("a");
+        let mut days = 0;
+        while !db
+            .audit_entries(1, usize::MAX)
+            .expect("audit")
+            .iter()
+            .any(|e| e.event == shredkv::AuditEvent::Rekeyed && e.subject == Some(tag))
+        {
+            days += 1;
+            assert!(days <= 60, "no re-key within 60 days");
+            next_day();
+        }
+        db.flush().expect("flush");
+        tag
+    };
+    let target = f.dir.path().join("restored");
+    let err = fails_with(
+        &f.run(&["restore", path_str(&backup), "--into", path_str(&target)]),
+        4,
+    );
+    assert!(
+        err.contains("would not bring back 1 of its records"),
+        "{err}"
+    );
+    assert!(err.contains(&tag.to_hex()), "{err}");
+    assert!(err.contains("--accept-loss"), "{err}");
+    assert!(
+        !target.exists(),
+        "a refused restore wrote {}",
+        target.display()
+    );
+    let doc = json(&f.run(&[
+        "--json",
+        "restore",
+        path_str(&backup),
+        "--into",
+        path_str(&target),
+        "--accept-loss",
+    ]));
+    let lost = doc["lost"].as_array().expect("lost");
+    assert_eq!(lost.len(), 1, "{doc}");
+    assert_eq!(lost[0]["subject"], tag.to_hex().as_str(), "{doc}");
+    assert_eq!(lost[0]["class"], "account_profile", "{doc}");
+    assert_eq!(lost[0]["records"], 1, "{doc}");
+}
+
 #[test]
 fn restore_from_an_exported_erasure_log_and_a_damaged_one() {
     let f = Fixture::init();

@@ -611,4 +611,34 @@ mod tests {
             Some(ChainBreak::Corrupt { seq: 1, .. })
         ));
     }
+
+    /// G5: a forger who rewrites an entry's link and recomputes its hash
+    /// (so the entry is self-consistent, its sequence number right) is
+    /// caught by the link check alone.
+    #[test]
+    fn audit_chain_detects_a_relinked_entry() {
+        // Entry 3 names another predecessor and its own hash is recomputed
+        // over that; only its link to entry 2 (and entry 4's link to it)
+        // shows the break.
+        let (storage, _) = log_with(4);
+        let mut entry = AuditEntry::decode(3, &raw(&storage, 3)).expect("decode");
+        entry.prev_hash = [0x5a; 32];
+        entry.hash = entry.computed_hash();
+        let mut b = WriteBatch::new();
+        b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), entry.encode());
+        storage.apply(&b, Durability::Buffered).expect("apply");
+        assert_eq!(
+            verify_chain(&storage).expect("verify").breaks,
+            vec![
+                ChainBreak::Broken {
+                    seq: 3,
+                    expected_seq: 3
+                },
+                ChainBreak::Broken {
+                    seq: 4,
+                    expected_seq: 4
+                }
+            ]
+        );
+    }
 }

@@ -160,6 +160,24 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+    /// The directory is a backup written by [`Db::backup`](crate::Db::backup),
+    /// not a store: serving it would bring back what was erased since it
+    /// was taken. Restore it instead (which replays the erasure log).
+    IsBackup {
+        /// The backup directory.
+        path: PathBuf,
+        /// When the backup was taken (the store clock).
+        taken_at: Timestamp,
+    },
+    /// A restore would not bring back some records of the backup (a re-key
+    /// after the backup destroyed their key version); it was refused before
+    /// writing anything. See [`Db::restore_with`](crate::Db::restore_with).
+    RestoreLosesRecords {
+        /// The backup directory.
+        backup: PathBuf,
+        /// The records it cannot bring back, per subject and class.
+        lost: Vec<crate::LostRecords>,
+    },
     /// A file-system operation outside the backend failed.
     Io {
         /// What was being done.
@@ -283,6 +301,28 @@ impl fmt::Display for Error {
                 "store {} is an interrupted restore: the erasure log was not replayed, so it could serve erased data; delete it and run the restore again",
                 path.display()
             ),
+            Error::IsBackup { path, taken_at } => write!(
+                f,
+                "{} is a backup taken at {taken_at}, not a store: opening it would serve data erased since then. Restore it into a new directory with Db::restore (`shredkv --store LIVE_STORE restore {} --into NEW_DIR`), which replays the erasure log first",
+                path.display(),
+                path.display()
+            ),
+            Error::RestoreLosesRecords { backup, lost } => {
+                let records: u64 = lost.iter().map(|l| l.records).sum();
+                write!(
+                    f,
+                    "restoring {} would not bring back {records} of its records in {} subject classes; nothing was written. ",
+                    backup.display(),
+                    lost.len()
+                )?;
+                for (i, scope) in lost.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{scope}")?;
+                }
+                f.write_str(". Restore a newer backup, or accept the loss (RestoreOptions::accept_lost_records, `shredkv restore --accept-loss`)")
+            }
             Error::Io {
                 action,
                 path,

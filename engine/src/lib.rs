@@ -42,8 +42,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
     BackupReport, Batch, Certificate, CertifiedErasure, ClassStats, Classes, Db, ErasedScope,
-    ErasureSource, Export, ExportedSubject, IntegrityReport, Problem, ProblemKind, PurgeStatus,
-    PutOptions, Receipt, RestoreReport, Retained, Stats,
+    ErasureSource, Export, ExportedSubject, IntegrityReport, LossReason, LostRecords, Problem,
+    ProblemKind, PurgeStatus, PutOptions, Receipt, RestoreOptions, RestoreReport, Retained, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;

@@ -62,7 +62,7 @@ use shredkv::jiff::tz::TimeZone;
 use shredkv::jiff::{SignedDuration, Span, Timestamp};
 use shredkv::{
     Classes, Clock, ClockStart, Config, Db, DeletionRule, ErasureReason, ErasureSource, Error,
-    ManualClock, PutOptions, Receipt, Retention, RetentionUnit, Scheduled,
+    ManualClock, PutOptions, Receipt, RestoreOptions, Retention, RetentionUnit, Scheduled,
 };
 use shredkv_crypto::{
     DataKey, EpochId, FileKeyProvider, KeyId, KeyProvider, ProviderError, SubjectTag, WrapContext,
@@ -588,6 +588,8 @@ struct Counts {
     resurrection_probes: u64,
     restores: u64,
     restore_reads_checked: u64,
+    /// Records restores reported lost (a re-key after the backup), as expected.
+    restore_losses_checked: u64,
     reopens: u64,
     forensic_scans: u64,
     forensic_bytes: u64,
@@ -1498,14 +1500,73 @@ impl Sim {
         let now = self.now();
         let target = self.root.join(format!("restored-{}", self.step));
         let config = open_config(&target, &self.clock, &self.provider, self.rotation);
-        let (restored, report) = Db::restore(&backup.dir, config, ErasureSource::Live(self.db()))
-            .unwrap_or_else(|err| {
-                panic!(
-                    "restore of the backup taken at {} failed at {now}: {err}",
-                    backup.taken
+        // The backup's records a re-key after the backup made unrecoverable,
+        // per scope: the restore must list them (and is refused without
+        // accepting the loss).
+        let mut lost: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        for (i, (_, expiry)) in &backup.records {
+            let rec = &self.model.records[*i];
+            let rekeyed = self
+                .model
+                .buckets
+                .get(&(rec.subject, rec.class, bucket_of(*expiry)))
+                .is_some_and(|b| b.rekeys.iter().any(|t| *t >= backup.taken));
+            if rekeyed
+                && !self.model.is_erased(rec.subject, rec.class)
+                && expiry.is_none_or(|e| e > now)
+            {
+                *lost.entry((rec.subject, rec.class)).or_default() += 1;
+            }
+        }
+        let (restored, report) = match Db::restore(
+            &backup.dir,
+            config.clone(),
+            ErasureSource::Live(self.db()),
+        ) {
+            Ok(done) if lost.is_empty() => done,
+            Ok((_, report)) => panic!(
+                "restore of the backup taken at {} lost {lost:?} silently at {now}: {report:?}",
+                backup.taken
+            ),
+            Err(Error::RestoreLosesRecords { .. }) if !lost.is_empty() => {
+                std::fs::remove_dir_all(&target).ok();
+                Db::restore_with(
+                    &backup.dir,
+                    config,
+                    ErasureSource::Live(self.db()),
+                    RestoreOptions::default().accept_lost_records(true),
                 )
-            });
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "restore of the backup taken at {} accepting the loss failed at {now}: {err}",
+                        backup.taken
+                    )
+                })
+            }
+            Err(err) => panic!(
+                "restore of the backup taken at {} failed at {now}: {err}",
+                backup.taken
+            ),
+        };
         assert!(report.entries > 0, "{report:?}");
+        let reported: BTreeMap<(SubjectTag, String), u64> = report
+            .lost
+            .iter()
+            .map(|l| ((l.subject, l.class.clone()), l.records))
+            .collect();
+        let expected: BTreeMap<(SubjectTag, String), u64> = lost
+            .iter()
+            .map(|(&(s, c), &n)| {
+                let name = &self.model.subject(s).name;
+                ((self.db().subject_tag(name), CLASS_NAMES[c].to_string()), n)
+            })
+            .collect();
+        assert_eq!(
+            reported, expected,
+            "records lost by restoring the backup of {} at {now}",
+            backup.taken
+        );
+        self.counts.restore_losses_checked += lost.values().sum::<u64>();
         for (i, rec) in self.model.records.iter().enumerate() {
             let subject = self.model.subject(rec.subject);
             let class = CLASS_NAMES[rec.class];
@@ -1599,7 +1660,7 @@ impl Sim {
                 "restore of a backup taken at {} failed otherwise: {err}",
                 backup.taken
             );
-            std::fs::remove_dir_all(&target).expect("remove the failed restore");
+            assert!(!target.exists(), "the failed restore left {target:?}");
             self.counts.restores += 1;
         }
         if self.step % REOPEN_EVERY == REOPEN_EVERY - 1 {
@@ -1725,7 +1786,7 @@ fn eight_years_of_retention_against_the_model() {
         "retention simulation: seed {seed}, {} steps ({} subjects); {} records written \
          ({} overwrites, {} deletes); {} reads and {} erasures checked; {} receipts, \
          {} scheduled erasures; {} closures, {} deletion requests, {} shreds, {} holds; \
-         {} resurrection probes; {} restores ({} records), {} reopens; {} forensic scans \
+         {} resurrection probes; {} restores ({} records, {} reported lost), {} reopens; {} forensic scans \
          of {} MiB: {} wrapped-key candidates checked ({} under live epochs, {} of them \
          store-secret copies; {} unwraps as destroyed keys tried); {} certificates; \
          {:.1} s",
@@ -1745,6 +1806,7 @@ fn eight_years_of_retention_against_the_model() {
         c.resurrection_probes,
         c.restores,
         c.restore_reads_checked,
+        c.restore_losses_checked,
         c.reopens,
         c.forensic_scans,
         c.forensic_bytes >> 20,

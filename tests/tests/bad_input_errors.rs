@@ -348,12 +348,10 @@ fn a_changed_policy_is_refused_unless_applied_explicitly() {
     });
 }
 
-/// ENGINE DEFECT (open): with the key file gone, `Db::open` creates a new,
-/// empty key file in its place (`FileKeyProvider::open_or_create`, called
-/// for an existing store) and fails with `KeyProvider(UnknownEpoch)`,
-/// "epoch 1 is unknown to the key provider: the vault and the key file do
-/// not belong together", which names no file. Expected: a typed error
-/// naming the missing key file, and nothing created.
+/// With the key file gone, `Db::open` fails with a typed error naming the
+/// missing key file, and creates nothing. (Regression: it once created a
+/// new, empty key file in its place and failed with an unknown-epoch error
+/// that named no file.)
 #[test]
 fn a_missing_key_file_is_named_and_not_recreated() {
     for_each_backend(|store| {
@@ -371,12 +369,10 @@ fn a_missing_key_file_is_named_and_not_recreated() {
     });
 }
 
-/// ENGINE DEFECT (open): another store's key file (it has a live epoch 1
-/// too) makes `Db::open` fail with `Error::Tampered` at "tree `meta`, key
-/// store_secret: the value failed authentication (altered, or moved from
-/// another record)", which blames the store's data and names no key file.
-/// Expected: an error saying the key file does not belong to the store,
-/// naming it.
+/// Another store's key file (it has a live epoch 1 too) makes `Db::open`
+/// fail with an error saying the key file does not belong to the store,
+/// naming it. (Regression: it once failed with `Error::Tampered` at the
+/// store secret, blaming the store's data and naming no key file.)
 #[test]
 fn a_foreign_key_file_is_reported_as_such() {
     for_each_backend(|store| {
@@ -396,13 +392,12 @@ fn a_foreign_key_file_is_reported_as_such() {
     });
 }
 
-/// ENGINE DEFECT (open): when the backend's files are emptied or replaced
-/// by garbage that the backend reads as an empty database (redb: a 0-byte
-/// `store.redb`; sled: garbage over, or an empty, `sled/db`), `Db::open`
-/// finds no `format` in `meta` and initializes a brand-new store under the
-/// existing key file's live epoch: every subject and record is silently
-/// gone (`UnknownSubject`). Expected: a typed error (the key file has live
-/// epochs, so the store existed).
+/// When the backend's files are emptied or replaced by garbage that the
+/// backend reads as an empty database (redb: a 0-byte `store.redb`; sled:
+/// garbage over, or an empty, `sled/db`), `Db::open` fails with a typed
+/// error: the key file exists, so the store existed. (Regression: it once
+/// initialized a brand-new store under the existing key file, every subject
+/// and record silently gone.)
 #[test]
 fn an_emptied_backend_is_not_silently_a_new_store() {
     let cases: [(Backend, &str, Damage); 3] = [
@@ -430,14 +425,11 @@ fn an_emptied_backend_is_not_silently_a_new_store() {
     assert!(silently_new.is_empty(), "{silently_new:#?}");
 }
 
-/// ENGINE DEFECT (open): `apply_policy_change(true)` accepts a policy that
-/// switches an existing class between `blinded` and `ordered` keys. The
-/// stored records keep their old layout, so afterwards `get` finds nothing,
-/// and `scan` of a formerly blinded class returns the 16-byte blinded tag
-/// as the record key and the internal payload (`len ‖ key ‖ value`) as the
-/// value: wrong data returned as data. A formerly ordered class scans as
-/// `Tampered`. Expected: the policy change is refused (a class's key mode
-/// is part of its on-disk format).
+/// `apply_policy_change(true)` refuses a policy that switches an existing
+/// class between `blinded` and `ordered` keys: a class's key mode is part
+/// of its on-disk format. (Regression: it once accepted it; the stored
+/// records kept their old layout, so `get` found nothing and `scan`
+/// returned blinded tags and internal payloads as data.)
 #[test]
 fn a_policy_change_cannot_switch_a_class_key_mode() {
     for_each_backend(|store| {

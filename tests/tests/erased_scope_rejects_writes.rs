@@ -13,7 +13,6 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use common::{KEY_DESTROYED, key_states};
 use shredkv::{Batch, Classes, Db, Error, PutOptions, SubjectState};
@@ -216,10 +215,11 @@ fn race(store: &Store, db: &Db, subject: &str, class: &str, classes: Classes<'_>
         })
         .collect();
     start.wait();
-    // Let the writers get going, so the shred lands among them (a writer
-    // that panicked is reported by `join` below).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while race.ok_before.load(Ordering::SeqCst) < 50 && Instant::now() < deadline {
+    // Let the writers get going, so the shred lands among them: wait for 50
+    // acknowledged puts, or for a writer to stop, which before the shred
+    // means it panicked (reported by `join` below). No deadline: the wait
+    // ends on an outcome.
+    while race.ok_before.load(Ordering::SeqCst) < 50 && !handles.iter().any(|h| h.is_finished()) {
         thread::yield_now();
     }
     let receipt = db.shred(subject, classes).expect("shred");

@@ -243,12 +243,11 @@ fn shredding_an_end_user_leaves_its_account_and_siblings() {
 /// After an erasure and a re-registration, `delete` must not report an
 /// erased record as existing: that would tell the caller what was erased.
 ///
-/// ENGINE DEFECT (open): in an ordered class the old envelope still lies
-/// under the same stored key (until compaction), and `stage_delete`
-/// (engine/src/db/ops.rs, via `retire_previous`) counts any stored bytes as
-/// "existed" without checking that its key is live: `get` and `scan` say
-/// absent, `delete` returns `Ok(true)`. (Expired records show the same
-/// mismatch.)
+/// In an ordered class the old envelope still lies under the same stored
+/// key until compaction; `delete` checks that its key is live before
+/// reporting it as existing. (Regression: it once counted any stored bytes
+/// as "existed", so `get` and `scan` said absent while `delete` returned
+/// `Ok(true)`.)
 #[test]
 fn delete_reports_erased_records_as_absent() {
     for_each_backend(|store| {

@@ -6,7 +6,9 @@
 //! keys of blinded classes never appear; record keys of an `ordered` class
 //! do appear, by design, and the test asserts that too (it is also the
 //! proof that the search finds what is there). The same holds after
-//! overwrites, deletes, shreds and reopening.
+//! overwrites, deletes, shreds and reopening; and, under the default
+//! policy, in a backup, an exported erasure log and a restored copy, and in
+//! the store after compaction, re-keys, epoch rotation and destruction.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -246,5 +248,160 @@ fn no_subject_id_record_key_or_value_in_plaintext_on_disk() {
         );
         drop(db);
         assert_no_plaintext(store, "after reopen");
+    });
+}
+
+/// Asserts that no subject id, record key or value marker is in any file
+/// under `dir` (under the default policy every class blinds its keys).
+fn assert_nothing_under(dir: &Path, backend: shredkv::Backend, phase: &str) {
+    assert!(
+        files_under(dir)
+            .iter()
+            .any(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0)),
+        "{phase}: nothing written under {}",
+        dir.display()
+    );
+    for marker in [SUBJECT, KEY, VALUE] {
+        let found = hits(dir, marker);
+        assert!(
+            found.is_empty(),
+            "{backend} {phase}: personal data in plaintext on disk:\n{}",
+            found.join("\n")
+        );
+    }
+}
+
+/// The same search under the default policy (every class, customer
+/// expiries, account closure and marketing opt-out), over everything the
+/// engine writes besides the store: a backup, an exported erasure log and a
+/// restored copy; and over the store after what maintenance rewrites:
+/// compaction (expiry, class deadlines, re-keys of overwritten and deleted
+/// records), epoch rotation and epoch destruction.
+#[test]
+fn no_plaintext_in_backups_erasure_logs_restores_or_after_maintenance_under_the_default_policy() {
+    use std::sync::Arc;
+
+    use shredkv::jiff::SignedDuration;
+    use shredkv::{Config, ErasureSource, PutOptions, RestoreOptions};
+
+    const DAY: SignedDuration = SignedDuration::from_hours(24);
+    for_each_backend(|store| {
+        let backend = store.backend();
+        let elsewhere = tempfile::tempdir().expect("temp dir");
+        let config = |dir: &Path| {
+            Config::new(dir)
+                .backend(backend)
+                .clock(Arc::new(store.clock().clone()))
+                .flush_every(None)
+                .key_file(store.key_file())
+        };
+        let db = Db::open(config(store.path())).expect("open with the default policy");
+        let classes: Vec<String> = db
+            .policy()
+            .classes()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        assert!(
+            classes.len() >= 9,
+            "the default policy's classes: {classes:?}"
+        );
+        db.register_account(&subject(0)).expect("register");
+        for n in 1..4 {
+            db.register_end_user(&subject(n), &subject(0))
+                .expect("register end user");
+        }
+        db.register_account(&subject(4)).expect("register");
+        for round in 0..2 {
+            for n in 0..5 {
+                for class in &classes {
+                    for i in 0..2 {
+                        db.put(&subject(n), class, &key(n, i), &value(n, i, round))
+                            .expect("put");
+                    }
+                }
+                // Customer expiries, some past within the run.
+                for class in ["usage_records", "message_content"] {
+                    let expiry = db.now() + DAY * i32::try_from(n + 1).expect("small");
+                    db.put_with(
+                        &subject(n),
+                        class,
+                        &key(n, 7),
+                        &value(n, 7, round),
+                        PutOptions::expires_at(expiry),
+                    )
+                    .expect("put with an expiry");
+                }
+            }
+        }
+        db.put(&subject(1), "message_content", &key(1, 99), &large_value(1))
+            .expect("a large value");
+        assert!(
+            db.delete(&subject(2), "usage_records", &key(2, 0))
+                .expect("delete")
+        );
+        db.opt_out_of_marketing(&subject(4)).expect("opt out");
+        let first_backup = elsewhere.path().join("backup-day-0");
+        db.backup(&first_backup).expect("backup");
+        assert_nothing_under(&first_backup, backend, "in a backup");
+
+        db.shred(&subject(3), Classes::All)
+            .expect("shred an end user");
+        db.close_account(&subject(0)).expect("close an account");
+        let log = elsewhere.path().join("erasures.log");
+        db.export_erasure_log(&log).expect("export the erasure log");
+        assert_nothing_under(elsewhere.path(), backend, "with an exported erasure log");
+
+        // Forty days of daily compaction: expiries, the opt-out deadline,
+        // re-keys of overwritten and deleted records, rotations and epoch
+        // destructions; a backup on the way, restored at the end.
+        let recent_backup = elsewhere.path().join("backup-day-35");
+        for day in 1..=40 {
+            store.clock().advance(DAY);
+            db.compact().expect("compact");
+            if day == 35 {
+                db.backup(&recent_backup).expect("backup");
+            }
+        }
+        db.rotate_epoch().expect("rotate");
+        // The maintenance this searches after did happen.
+        let events: Vec<shredkv::AuditEvent> = db
+            .audit_entries(1, usize::MAX)
+            .expect("audit")
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        for event in [
+            shredkv::AuditEvent::Rekeyed,
+            shredkv::AuditEvent::EpochCreated,
+            shredkv::AuditEvent::EpochDestroyed,
+            shredkv::AuditEvent::KeysDestroyed,
+            shredkv::AuditEvent::CiphertextRemoved,
+        ] {
+            assert!(
+                events.contains(&event),
+                "{backend}: no {event:?} in the run"
+            );
+        }
+        let (restored, _) = Db::restore_with(
+            &recent_backup,
+            config(&elsewhere.path().join("restored")),
+            ErasureSource::Live(&db),
+            RestoreOptions::default().accept_lost_records(true),
+        )
+        .expect("restore the recent backup");
+        restored.flush().expect("flush");
+        drop(restored);
+        close(db);
+        assert_nothing_under(
+            store.path(),
+            backend,
+            "after compaction, re-keys and rotation",
+        );
+        assert_nothing_under(
+            elsewhere.path(),
+            backend,
+            "in backups, the erasure log and the restored copy",
+        );
     });
 }

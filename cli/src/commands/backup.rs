@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use shredkv::{Config, Db, ErasureSource, Error, Policy};
+use shredkv::{Config, Db, ErasureSource, Error, Policy, RestoreOptions};
 
 use crate::context::{self, Global};
 use crate::exit::{CliError, Code};
@@ -40,6 +40,11 @@ pub(crate) struct RestoreArgs {
     /// (`--store`) erasures; needs the live key file (--key-file).
     #[arg(long, value_name = "FILE")]
     erasure_log: Option<PathBuf>,
+    /// Restore even though some records of the backup cannot come back (a
+    /// re-key after the backup destroyed their key version); they are
+    /// listed and audited. Without it such a restore is refused (exit 4).
+    #[arg(long)]
+    accept_loss: bool,
 }
 
 /// Arguments of `export-erasure-log`.
@@ -130,26 +135,6 @@ fn absent_or_empty(dir: &Path) -> Result<bool> {
     }
 }
 
-/// Removes what a failed restore wrote into `dir` (which was absent, or
-/// empty, before it started).
-fn clean_up(dir: &Path, existed: bool) {
-    // Best effort: the restore's own error is what the operator needs.
-    if !existed {
-        let _ = std::fs::remove_dir_all(dir);
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let _ = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-        }
-    }
-}
-
 /// `restore`: the backup into a new directory, with the erasures replayed.
 pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
     let backend = context::detect_backend(&args.backup, None).map_err(|_| {
@@ -174,7 +159,6 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
         .hint("choose another --into directory")
         .into());
     }
-    let existed = into.exists();
     let policy = global.load_policy()?;
     let (key_file, source_name, from) = match &args.erasure_log {
         Some(log) => {
@@ -228,13 +212,10 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
         Source::Live(db) => ErasureSource::Live(db),
         Source::Log(log) => ErasureSource::File(log),
     };
-    let (restored, report) = match Db::restore(&args.backup, config, source) {
-        Ok(done) => done,
-        Err(err) => {
-            clean_up(into, existed);
-            return Err(restore_error(err, &args.backup));
-        }
-    };
+    // A failed restore removes what it wrote into the target itself.
+    let options = RestoreOptions::default().accept_lost_records(args.accept_loss);
+    let (restored, report) = Db::restore_with(&args.backup, config, source, options)
+        .map_err(|err| restore_error(err, &args.backup))?;
     restored.flush()?;
     if global.json {
         output::print_json(&json!({
@@ -245,6 +226,12 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
             "entries": report.entries,
             "erasures_replayed": report.erasures_replayed,
             "keys_destroyed": report.keys_destroyed,
+            "lost": report.lost.iter().map(|l| json!({
+                "subject": l.subject.to_hex(),
+                "class": l.class,
+                "records": l.records,
+                "reason": l.reason.to_string(),
+            })).collect::<Vec<_>>(),
             "key_file": key_file.display().to_string(),
         }))?;
         return Ok(Code::Ok);
@@ -266,6 +253,9 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
         ),
         ("key file", format!("{} (shared)", key_file.display())),
     ]);
+    for lost in &report.lost {
+        println!("not restored (--accept-loss): {lost}");
+    }
     println!(
         "Open it with: shredkv --store {} --key-file {} verify",
         into.display(),

@@ -4,21 +4,28 @@
 //! while writers, erasures and compaction are paused, so it is consistent.
 //! It does not contain the key file: a backup is decrypted with the live key
 //! provider, so destroying an epoch reaches backups too, and a backup older
-//! than the purge window cannot be decrypted, by design.
+//! than the purge window cannot be decrypted, by design. A backup's `meta`
+//! carries a mark (`backup_of`: the source store id and the time taken),
+//! written before anything is copied: [`Db::open`] refuses a directory with
+//! it ([`Error::IsBackup`]), so a backup is only ever served through a
+//! restore. (A plain file copy of a live store has no mark; see
+//! docs/threat-model.md.)
 //!
 //! Restoring copies a backup into a new store directory and replays the
 //! erasure log of the live store (or of a file exported from it) before the
 //! restored store serves any read: every erasure, expiry and re-key that
 //! destroyed a key after the backup was taken is applied again, so nothing
-//! erased comes back.
+//! erased comes back. The restored store clears the mark and its
+//! restore-pending flag in the batch that completes the replay.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 
 use jiff::Timestamp;
-use shredkv_crypto::{FileKeyProvider, FormatError, KeyId, KeyProvider, SubjectTag};
+use shredkv_crypto::{Envelope, FileKeyProvider, FormatError, KeyId, KeyProvider, SubjectTag};
 
 use super::{Db, meta};
 use crate::audit::{AuditEvent, PendingEntry};
@@ -26,7 +33,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ledger::{self, ALL_CLASSES, LedgerEntry};
 use crate::records;
-use crate::storage::{self, Durability, Order, Storage, Tree, WriteBatch};
+use crate::storage::{self, Durability, Order, Storage, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectState};
 use crate::vault::{KeyState, VaultEntry};
 
@@ -65,7 +72,77 @@ pub struct RestoreReport {
     pub erasures_replayed: u64,
     /// Data keys destroyed by the replay.
     pub keys_destroyed: u64,
+    /// Records of the backup the restore could not bring back, per subject
+    /// and class (only with [`RestoreOptions::accept_lost_records`]; without
+    /// it such a restore is refused with [`Error::RestoreLosesRecords`]).
+    pub lost: Vec<LostRecords>,
 }
+
+/// Why a restore could not bring records of the backup back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// After the backup was taken, the live store re-keyed the records'
+    /// bucket and destroyed the key version the backup's copies are sealed
+    /// under. The replay must destroy it too (it also protects the records
+    /// deleted or overwritten since, G2), so these copies cannot be
+    /// decrypted. They may include such deleted records; the ones still
+    /// live in the live store are only in a newer backup.
+    RekeyedAfterBackup,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LossReason::RekeyedAfterBackup => f.write_str(
+                "their key version was destroyed by a re-key after the backup (restore a newer backup to keep the records still live)",
+            ),
+        }
+    }
+}
+
+/// Records of one subject and class that a restore could not bring back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRecords {
+    /// The subject, by tag.
+    pub subject: SubjectTag,
+    /// The class name (`#n` if the backup does not name it).
+    pub class: String,
+    /// How many of the backup's records.
+    pub records: u64,
+    /// Why.
+    pub reason: LossReason,
+}
+
+impl fmt::Display for LostRecords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} records of subject {}, class `{}`: {}",
+            self.records, self.subject, self.class, self.reason
+        )
+    }
+}
+
+/// How a restore treats records of the backup it cannot bring back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    accept_lost_records: bool,
+}
+
+impl RestoreOptions {
+    /// With `true`, a restore that cannot bring back some records of the
+    /// backup (see [`LossReason`]) goes ahead, lists them in
+    /// [`RestoreReport::lost`] and the audit log, and they read as absent.
+    /// By default such a restore is refused before writing anything.
+    pub fn accept_lost_records(mut self, accept: bool) -> Self {
+        self.accept_lost_records = accept;
+        self
+    }
+}
+
+/// Lost records of one scope, with the class number the audit log needs.
+type LostScope = (u16, LostRecords);
 
 /// The erasures of a store: its ledger and every destroyed key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -267,6 +344,186 @@ fn ensure_empty_dir(path: &Path, what: &'static str) -> Result<()> {
     }
 }
 
+/// The backup mark written into a backup's `meta`: the source store's id
+/// and when the backup was taken.
+///
+/// ```text
+/// 0 16 source store id
+/// 16 8 taken at, unix seconds i64
+/// ```
+fn backup_mark(store_id: &[u8; 16], taken_at: Timestamp) -> Vec<u8> {
+    let mut mark = store_id.to_vec();
+    mark.extend_from_slice(&taken_at.as_second().to_be_bytes());
+    mark
+}
+
+/// Refuses to serve a directory that must not be served as a store: an
+/// interrupted restore, or a backup (which would serve data erased since it
+/// was taken, without the replay a restore does).
+pub(super) fn refuse_unservable(storage: &dyn Storage, path: &Path) -> Result<()> {
+    if super::meta_get(storage, meta::RESTORE_PENDING)?.is_some() {
+        return Err(Error::RestoreInterrupted {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(mark) = super::meta_get(storage, meta::BACKUP_OF)? {
+        // A damaged mark still marks a backup; its time is then unknown.
+        let taken_at = mark
+            .get(16..24)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .and_then(|t| Timestamp::from_second(t).ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        return Err(Error::IsBackup {
+            path: path.to_path_buf(),
+            taken_at,
+        });
+    }
+    Ok(())
+}
+
+/// The class names a store numbered (meta `class/<name>` → u16 ‖ mode).
+fn class_names(storage: &dyn Storage) -> Result<HashMap<u16, String>> {
+    let mut names = HashMap::new();
+    scan_prefix(storage, Tree::Meta, meta::CLASS_PREFIX, &mut |k, v| {
+        if let (Some(name), Some([a, b])) = (
+            k.get(meta::CLASS_PREFIX.len()..)
+                .and_then(|n| std::str::from_utf8(n).ok()),
+            v.get(..2),
+        ) {
+            names.insert(u16::from_be_bytes([*a, *b]), name.to_string());
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(names)
+}
+
+/// The records of `backup` that replaying `log` leaves undecryptable
+/// although nothing erased them: live at `now` (not expired), in a scope
+/// the replay does not erase, sealed under a key version the log destroys
+/// and the backup still holds (a re-key after the backup). Per scope.
+fn lost_records(backup: &dyn Storage, log: &ErasureLog, now: i64) -> Result<Vec<LostScope>> {
+    // Scopes the replay erases: their records are erased, not lost.
+    let mut erased: Vec<Vec<u8>> = Vec::new();
+    for (tag, class, entry) in &log.ledger {
+        let in_backup = backup
+            .get(Tree::Ledger, &ledger::key(tag, *class))?
+            .is_some_and(|v| LedgerEntry::decode(&v).is_ok_and(|e| e == *entry));
+        if !in_backup {
+            erased.push(if *class == ALL_CLASSES {
+                tag.0.to_vec()
+            } else {
+                records::scope_prefix(tag, *class).to_vec()
+            });
+        }
+    }
+    let mut lost_keys: HashSet<KeyId> = HashSet::new();
+    for id in &log.destroyed {
+        let bytes = id.to_bytes();
+        if erased.iter().any(|p| bytes.starts_with(p)) {
+            continue;
+        }
+        if backup
+            .get(Tree::Vault, &bytes)?
+            .is_some_and(|v| VaultEntry::decode(&v).is_ok_and(|e| e.state == KeyState::Active))
+        {
+            lost_keys.insert(*id);
+        }
+    }
+    if lost_keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut counts: BTreeMap<(SubjectTag, u16), u64> = BTreeMap::new();
+    backup.scan(
+        Tree::Data,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        Order::Ascending,
+        &mut |k, v| {
+            let (Some(tag), Some(class)) = (
+                k.get(..16).and_then(|t| <[u8; 16]>::try_from(t).ok()),
+                k.get(16..18).and_then(|c| <[u8; 2]>::try_from(c).ok()),
+            ) else {
+                return ControlFlow::Continue(());
+            };
+            // A damaged record is verify's business, not a loss of the restore.
+            let Ok(envelope) = Envelope::parse(v) else {
+                return ControlFlow::Continue(());
+            };
+            if envelope.expiry().is_some_and(|e| e <= now) {
+                return ControlFlow::Continue(());
+            }
+            let r = envelope.key_ref();
+            let id = KeyId {
+                subject: SubjectTag(tag),
+                class: u16::from_be_bytes(class),
+                bucket: r.bucket,
+                version: r.version,
+            };
+            if lost_keys.contains(&id) {
+                *counts.entry((id.subject, id.class)).or_default() += 1;
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    let names = class_names(backup)?;
+    Ok(counts
+        .into_iter()
+        .map(|((subject, class), records)| {
+            let name = names
+                .get(&class)
+                .cloned()
+                .unwrap_or_else(|| format!("#{class}"));
+            (
+                class,
+                LostRecords {
+                    subject,
+                    class: name,
+                    records,
+                    reason: LossReason::RekeyedAfterBackup,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The key provider a restore into `target` uses: the configured one, else
+/// the live store's (one provider per key file: restoring next to a live
+/// store shares it rather than opening the same file twice), else the key
+/// file.
+fn restore_provider(target: &Config, source: ErasureSource<'_>) -> Result<Arc<dyn KeyProvider>> {
+    Ok(match (&target.key_provider, source) {
+        (Some(provider), _) => Arc::clone(provider),
+        (None, ErasureSource::Live(db)) => Arc::clone(db.inner.vault.provider()),
+        (None, ErasureSource::File(_)) => Arc::new(FileKeyProvider::open(
+            target
+                .key_file
+                .clone()
+                .unwrap_or_else(|| target.path().join("keys")),
+        )?),
+    })
+}
+
+/// Removes what a failed restore wrote into `target`: the directory itself
+/// if the restore created it, else everything in it (it was empty).
+fn remove_failed_restore(target: &Path, existed: bool) -> std::io::Result<()> {
+    if !existed {
+        return match std::fs::remove_dir_all(target) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+    }
+    for entry in std::fs::read_dir(target)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 impl Db {
     /// Writes a consistent copy of the store into `dest` (a new or empty
     /// directory), pausing writers, erasures and compaction meanwhile. The
@@ -284,12 +541,22 @@ impl Db {
             .unwrap_or_else(PoisonError::into_inner);
         let _paused = inner.gate.write_all();
         inner.storage.flush()?;
+        let taken_at = inner.clock.now();
         let copy = storage::open(inner.storage.backend(), dest)?;
+        // Marked before anything is copied, so even a partial copy is never
+        // opened as a store (see [`refuse_unservable`]).
+        let mut mark = WriteBatch::new();
+        mark.put(
+            Tree::Meta,
+            meta::BACKUP_OF,
+            backup_mark(&inner.store_id, taken_at),
+        );
+        copy.apply(&mark, Durability::Durable)?;
         let entries = copy_trees(inner.storage.as_ref(), copy.as_ref())?;
         Ok(BackupReport {
             path: dest.to_path_buf(),
             entries,
-            taken_at: inner.clock.now(),
+            taken_at,
         })
     }
 
@@ -313,17 +580,47 @@ impl Db {
     /// Restores the backup in `backup` into `target.path()` (a new or empty
     /// directory) and replays `source`'s erasures onto it before returning
     /// the open store. `target` must name the live key provider (the same
-    /// key file); the backup's backend is `target`'s.
+    /// key file); the backup's backend is `target`'s. Refuses a backup that
+    /// cannot bring back some of its records (see
+    /// [`Db::restore_with`] to accept that).
     ///
     /// # Errors
-    /// [`Error::StoreKeysDestroyed`] if the backup is older than its purge
-    /// window (its epoch was destroyed); a non-empty target; storage and key
-    /// provider failures. An interrupted restore leaves a store that refuses
-    /// to open until the restore is run again into a fresh directory.
+    /// As [`Db::restore_with`] with the default [`RestoreOptions`].
     pub fn restore(
         backup: impl AsRef<Path>,
         target: Config,
         source: ErasureSource<'_>,
+    ) -> Result<(Db, RestoreReport)> {
+        Self::restore_with(backup, target, source, RestoreOptions::default())
+    }
+
+    /// [`Db::restore`], with `options`.
+    ///
+    /// Records of the backup sealed under a key version that the live store
+    /// destroyed by a re-key after the backup cannot be decrypted after the
+    /// replay (which must destroy that version: it also protects records
+    /// deleted since, G2). Unless `options` accepts that loss, the restore
+    /// is then refused before anything is written, with
+    /// [`Error::RestoreLosesRecords`] listing them per subject and class;
+    /// accepted, they are listed in [`RestoreReport::lost`] and in the
+    /// audit log, and read as absent.
+    ///
+    /// A restore that fails removes what it wrote into the target (and the
+    /// target directory, if it created it).
+    ///
+    /// # Errors
+    /// [`Error::RestoreLosesRecords`] (see above); [`Error::StoreKeysDestroyed`]
+    /// if the backup is older than its purge window (its epoch was
+    /// destroyed); a non-empty target; storage and key provider failures;
+    /// [`Error::Io`] naming the target if a failed restore's files cannot
+    /// be removed (the directory then refuses to open: delete it). A
+    /// restore killed half-way leaves a store that refuses to open until it
+    /// is deleted and the restore run again.
+    pub fn restore_with(
+        backup: impl AsRef<Path>,
+        target: Config,
+        source: ErasureSource<'_>,
+        options: RestoreOptions,
     ) -> Result<(Db, RestoreReport)> {
         let backup = backup.as_ref();
         if !backup.exists() {
@@ -356,42 +653,76 @@ impl Db {
                 })?
             }
         };
+        let from = storage::open(target.backend, backup)?;
+        let provider = restore_provider(&target, source)?;
+        // Before anything is written: a backup older than its purge window
+        // (its epoch destroyed), or one the key provider does not hold.
+        drop(super::load_identity(
+            from.as_ref(),
+            provider.as_ref(),
+            backup,
+        )?);
+        let lost = lost_records(from.as_ref(), &log, target.clock.now().as_second())?;
+        if !lost.is_empty() && !options.accept_lost_records {
+            return Err(Error::RestoreLosesRecords {
+                backup: backup.to_path_buf(),
+                lost: lost.into_iter().map(|(_, l)| l).collect(),
+            });
+        }
+        let path = target.path().to_path_buf();
+        let existed = path.exists();
+        let restored = Self::restore_into(from, target, provider, &log, lost);
+        if restored.is_err()
+            && let Err(source) = remove_failed_restore(&path, existed)
+        {
+            return Err(Error::Io {
+                action: "remove the files of a failed restore (the directory refuses to open as an interrupted restore; delete it by hand)",
+                path,
+                source,
+            });
+        }
+        restored
+    }
+
+    /// Copies the backup in `from` into `target` and replays `log`.
+    fn restore_into(
+        from: Arc<dyn Storage>,
+        target: Config,
+        provider: Arc<dyn KeyProvider>,
+        log: &ErasureLog,
+        lost: Vec<LostScope>,
+    ) -> Result<(Db, RestoreReport)> {
         let entries = {
-            let from = storage::open(target.backend, backup)?;
             super::create_private_dir(target.path())?;
             let to = storage::open(target.backend, target.path())?;
             let mut pending = WriteBatch::new();
             pending.put(Tree::Meta, meta::RESTORE_PENDING, vec![1]);
             to.apply(&pending, Durability::Durable)?;
-            copy_trees(from.as_ref(), to.as_ref())?
-        };
-        // One provider per key file: restoring next to a live store shares its
-        // provider rather than opening the same file twice.
-        let provider: Arc<dyn KeyProvider> = match (&target.key_provider, source) {
-            (Some(provider), _) => Arc::clone(provider),
-            (None, ErasureSource::Live(db)) => Arc::clone(db.inner.vault.provider()),
-            (None, ErasureSource::File(_)) => Arc::new(FileKeyProvider::open(
-                target
-                    .key_file
-                    .clone()
-                    .unwrap_or_else(|| target.path().join("keys")),
-            )?),
+            let entries = copy_trees(from.as_ref(), to.as_ref())?;
+            drop(from);
+            entries
         };
         let storage = storage::open(target.backend, target.path())?;
         let db = Db::open_with(target.apply_policy_change(true), storage, provider, true)?;
-        let report = db.replay(&log, entries)?;
+        let report = db.replay(log, entries, lost)?;
         Ok((db, report))
     }
 
     /// Applies an erasure log to this (restored) store and clears its
     /// restore-pending mark, durably.
-    fn replay(&self, log: &ErasureLog, entries: u64) -> Result<RestoreReport> {
+    fn replay(
+        &self,
+        log: &ErasureLog,
+        entries: u64,
+        lost: Vec<LostScope>,
+    ) -> Result<RestoreReport> {
         let inner = &self.inner;
         let now = inner.clock.now();
         let mut report = RestoreReport {
             entries,
             erasures_replayed: 0,
             keys_destroyed: 0,
+            lost: Vec::new(),
         };
         let mut batch = WriteBatch::new();
         let mut touched: BTreeSet<SubjectTag> = BTreeSet::new();
@@ -440,7 +771,9 @@ impl Db {
             }
         }
         batch.remove(Tree::Meta, meta::RESTORE_PENDING.to_vec());
-        let entry = PendingEntry::new(
+        // Only now, with the replay in the same batch, is it a store.
+        batch.remove(Tree::Meta, meta::BACKUP_OF.to_vec());
+        let mut entries = vec![PendingEntry::new(
             AuditEvent::RestoreReplayed,
             None,
             None,
@@ -448,11 +781,23 @@ impl Db {
                 "{} erasures replayed, {} keys destroyed",
                 report.erasures_replayed, report.keys_destroyed
             ),
-        );
+        )];
+        for (class, scope) in lost {
+            entries.push(PendingEntry::new(
+                AuditEvent::RestoreReplayed,
+                Some(scope.subject),
+                Some(class),
+                format!(
+                    "{} records of the backup not restored: {}",
+                    scope.records, scope.reason
+                ),
+            ));
+            report.lost.push(scope);
+        }
         inner.audit.commit(
             inner.storage.as_ref(),
             batch,
-            &[entry],
+            &entries,
             now,
             Durability::Durable,
         )?;

@@ -32,7 +32,9 @@ use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::Vault;
 use crate::vault::gate::{RecordLocks, ScopeGate};
 
-pub use backup::{BackupReport, ErasureSource, RestoreReport};
+pub use backup::{
+    BackupReport, ErasureSource, LossReason, LostRecords, RestoreOptions, RestoreReport,
+};
 pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
@@ -54,6 +56,9 @@ pub(crate) mod meta {
     pub(crate) const EPOCH_RETIRED: &[u8] = b"epoch_retired/";
     pub(crate) const REWRAP_PENDING: &[u8] = b"rewrap_pending";
     pub(crate) const RESTORE_PENDING: &[u8] = b"restore_pending";
+    /// In a backup's copy only: the source store id ‖ when it was taken
+    /// (i64). A store with it is refused; a restore clears it after its replay.
+    pub(crate) const BACKUP_OF: &[u8] = b"backup_of";
 }
 
 /// A retention class of the open store: its policy and its number on disk.
@@ -196,6 +201,10 @@ impl Db {
         create_private_dir(&path)?;
         let storage = storage::open(config.backend, &path)?;
         let existing = meta_get(storage.as_ref(), meta::FORMAT)?.is_some();
+        if existing {
+            // Before the key file is needed: say what the directory is.
+            backup::refuse_unservable(storage.as_ref(), &path)?;
+        }
         let provider: Arc<dyn KeyProvider> = match &config.key_provider {
             Some(provider) => Arc::clone(provider),
             None => {
@@ -309,8 +318,8 @@ impl Db {
                 if format.len() != 1 || found != STORE_FORMAT {
                     return Err(Error::UnsupportedFormat { path, found });
                 }
-                if !restoring && meta_get(storage.as_ref(), meta::RESTORE_PENDING)?.is_some() {
-                    return Err(Error::RestoreInterrupted { path });
+                if !restoring {
+                    backup::refuse_unservable(storage.as_ref(), &path)?;
                 }
                 load_identity(storage.as_ref(), provider.as_ref(), &path)?
             }

@@ -91,6 +91,31 @@ pub(crate) fn raw_write(store: &Store, tree: &str, changes: &Raw) {
     }
 }
 
+/// Removes entries of a raw tree, durably (the store must be closed).
+pub(crate) fn raw_remove(store: &Store, tree: &str, keys: &[Vec<u8>]) {
+    match store.backend() {
+        Backend::Redb => {
+            let db = open_redb(store);
+            let txn = db.begin_write().expect("write transaction");
+            {
+                let mut table = txn.open_table(redb_table(tree)).expect("open table");
+                for k in keys {
+                    table.remove(k.as_slice()).expect("remove");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        _ => {
+            let db = open_sled(store);
+            let tree = db.open_tree(tree).expect("open tree");
+            for k in keys {
+                tree.remove(k.as_slice()).expect("remove");
+            }
+            db.flush().expect("flush");
+        }
+    }
+}
+
 /// The number the store gave `class` (meta key `class/<name>`: u16
 /// big-endian, then the class's key mode byte).
 pub(crate) fn class_number(store: &Store, class: &str) -> [u8; 2] {
