@@ -703,8 +703,14 @@ impl Db {
             entries
         };
         let storage = storage::open(target.backend, target.path())?;
+        let maintenance = target.maintenance_every;
         let db = Db::open_with(target.apply_policy_change(true), storage, provider, true)?;
         let report = db.replay(log, entries, lost)?;
+        // Only a replayed store maintains itself (a half-restored one must
+        // not compact or rotate).
+        if let Some(every) = maintenance {
+            crate::retention::start_maintenance(&db.inner, every)?;
+        }
         Ok((db, report))
     }
 
