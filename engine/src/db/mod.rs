@@ -279,7 +279,9 @@ impl Db {
         ));
         let provider: Arc<dyn KeyProvider> =
             Arc::new(FaultyProvider::new(provider, control.faults()));
-        Self::open_with(config, storage, provider, false)
+        let db = Self::open_with(config, storage, provider, false)?;
+        db.inner.gate.attach_pauses(control.faults().pauses());
+        Ok(db)
     }
 
     /// Opens over an already opened storage backend (tests inject faults here).
