@@ -647,6 +647,21 @@ impl DbInner {
         cache.insert(info.tag, info);
     }
 
+    /// When the subject's account was closed, if it was: the subject's own
+    /// closure, or for an end user its account's (which also covers an end
+    /// user registered under a closed account before registration refused it).
+    pub(crate) fn closure_of(&self, info: &SubjectInfo) -> Result<Option<Timestamp>> {
+        if info.closed_at.is_some() {
+            return Ok(info.closed_at);
+        }
+        match &info.parent {
+            Some(parent) => Ok(self
+                .subject_info(parent)?
+                .and_then(|account| account.closed_at)),
+            None => Ok(None),
+        }
+    }
+
     pub(crate) fn scope_known_live(&self, tag: &SubjectTag, class: u16) -> bool {
         self.live_scopes
             .lock()
