@@ -15,6 +15,8 @@ use crate::records;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Durability, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+use crate::vault::gate::WriteGuard;
+use crate::vault::{KeyState, VaultEntry};
 
 /// Which classes an erasure covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +312,33 @@ impl DbInner {
         Ok(tags)
     }
 
+    /// Takes the gate's write lock over a subject and, for an account, its
+    /// end users, listed again under the lock: an end user registered
+    /// between the first listing and the lock is in the returned set, and
+    /// none can be registered while the guard is held (registration takes
+    /// its account's write lock). If the list grew, the lock is taken again
+    /// over the larger set (its stripes may differ).
+    pub(crate) fn lock_with_end_users(
+        &self,
+        tag: &SubjectTag,
+        info: &SubjectInfo,
+    ) -> Result<(Vec<SubjectTag>, WriteGuard<'_>)> {
+        let mut tags = self.with_end_users(tag, info)?;
+        loop {
+            let guard = self.gate.write(&tags);
+            let listed = self.with_end_users(tag, info)?;
+            let before = tags.len();
+            for t in listed {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+            if tags.len() == before {
+                return Ok((tags, guard));
+            }
+        }
+    }
+
     fn set_state(
         &self,
         tag: &SubjectTag,
@@ -376,8 +405,7 @@ impl Db {
                     .collect::<Result<_>>()?,
             ),
         };
-        let tags = inner.with_end_users(&tag, &info)?;
-        let _exclusive = inner.gate.write(&tags);
+        let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
         inner.erase_locked(tag, &tags, selected.as_deref(), reason)
     }
 

@@ -269,8 +269,7 @@ impl Db {
         if info.state == SubjectState::Erased {
             return Err(info.erased_error());
         }
-        let tags = inner.with_end_users(&tag, &info)?;
-        let _exclusive = inner.gate.write(&tags);
+        let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
         inner.close_and_commit(tag, &tags, inner.clock.now(), "")
     }
 
@@ -417,7 +416,6 @@ impl Db {
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
-        let tags = inner.with_end_users(&tag, &info)?;
         let now_classes: Vec<&ClassEntry> = inner
             .classes
             .iter()
@@ -428,7 +426,7 @@ impl Db {
             .iter()
             .filter(|c| c.policy.on_deletion_request() != DeletionRule::EraseNow)
             .collect();
-        let _exclusive = inner.gate.write(&tags);
+        let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
         // First start the clocks of what is kept (durably), then erase.
         inner.close_and_commit(tag, &tags, inner.clock.now(), "deletion request: ")?;
         let mut receipt = inner.erase_locked(tag, &tags, Some(&now_classes), reason)?;
