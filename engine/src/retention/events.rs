@@ -137,8 +137,14 @@ impl DbInner {
             if info.state == SubjectState::Erased || info.closed_at.is_some() {
                 continue;
             }
+            // Closing the account ends marketing consent too (D2): a
+            // subject not yet opted out is opted out now, so its marketing
+            // classes run their opt-out clock from the closure (and a policy
+            // change re-derives that deadline from `opted_out_at`).
+            let opting_out = info.opted_out_at.is_none();
             let closed = SubjectInfo {
                 closed_at: Some(now),
+                opted_out_at: info.opted_out_at.or(Some(now)),
                 ..info
             };
             batch.put(
@@ -147,6 +153,9 @@ impl DbInner {
                 closed.encode(),
             );
             self.schedule(batch, tag, Event::AccountClosure, now, out);
+            if opting_out {
+                self.schedule(batch, tag, Event::MarketingOptOut, now, out);
+            }
             updated.push(closed);
         }
         Ok(updated)
@@ -249,7 +258,12 @@ impl DbInner {
 impl Db {
     /// Closes an account: its end users close with it, and every class whose
     /// retention runs from closure (or lasts "until termination of the
-    /// account") is scheduled for erasure. Closing again changes nothing.
+    /// account") is scheduled for erasure; closing also ends marketing
+    /// consent, so the marketing classes of subjects not yet opted out run
+    /// their opt-out clock from now. From then on the account and its end
+    /// users cannot be read or written ([`Error::Closed`]; an export still
+    /// returns what is retained) and no end user can be registered under
+    /// it. Closing again changes nothing.
     ///
     /// # Errors
     /// [`Error::UnknownSubject`]; [`Error::SubjectConflict`] for an end user;
