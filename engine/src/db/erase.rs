@@ -52,6 +52,8 @@ pub struct Retained {
 }
 
 /// The answer to an erasure: what was erased now, what is retained, why.
+/// Per class, it names only scopes the subject held (had keys for): a class
+/// it never stored anything in is neither erased nor retained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The subject the request named.
@@ -111,6 +113,27 @@ impl DbInner {
             Some(err) => Err(err),
             None => Ok(out),
         }
+    }
+
+    /// Whether the subject holds anything in the class: a live (or
+    /// undecodable) key in the vault under the scope's prefix. A receipt
+    /// names only such scopes: a class the subject never held (or whose
+    /// keys are all destroyed already) has nothing to erase or retain.
+    pub(crate) fn scope_held(&self, tag: &SubjectTag, class: u16) -> Result<bool> {
+        let mut held = false;
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Vault,
+            &records::scope_prefix(tag, class),
+            &mut |_, v| {
+                if VaultEntry::decode(v).map_or(true, |e| e.state != KeyState::Destroyed) {
+                    held = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(held)
     }
 
     /// The hold covering a scope, if any (a whole-subject hold covers all).
@@ -219,12 +242,14 @@ impl DbInner {
                         Some(class.number),
                         format!("{} blocked by legal hold: {hold}", reason.name()),
                     ));
-                    receipt.retained.push(Retained {
-                        subject: *tag,
-                        class: class.policy.name().to_string(),
-                        until: None,
-                        reason: format!("legal hold: {hold}"),
-                    });
+                    if self.scope_held(tag, class.number)? {
+                        receipt.retained.push(Retained {
+                            subject: *tag,
+                            class: class.policy.name().to_string(),
+                            until: None,
+                            reason: format!("legal hold: {hold}"),
+                        });
+                    }
                     // Parked, not dropped: releasing the hold makes it due at once.
                     let due = Due::EraseScope(*tag, class.number);
                     batch.put(
@@ -268,11 +293,15 @@ impl DbInner {
                         reason.name()
                     ),
                 ));
-                receipt.erased.push(ErasedScope {
-                    subject: *tag,
-                    class: Some(class.policy.name().to_string()),
-                    keys_destroyed: ids.len(),
-                });
+                // Erased all the same (the ledger refuses the scope from now
+                // on), but a receipt names only what the subject held.
+                if !ids.is_empty() {
+                    receipt.erased.push(ErasedScope {
+                        subject: *tag,
+                        class: Some(class.policy.name().to_string()),
+                        keys_destroyed: ids.len(),
+                    });
+                }
                 evictions.push((*tag, Some(class.number)));
             }
         }

@@ -456,6 +456,7 @@ impl Db {
                 if inner
                     .scope_erased_at(t, class.number, info.generation)?
                     .is_some()
+                    || !inner.scope_held(t, class.number)?
                 {
                     continue;
                 }
