@@ -19,7 +19,9 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use shredkv::internal::{FaultControl, FaultPlan, MemoryKeyProvider, MemoryStore, PausePoint, TestStore};
+use shredkv::internal::{
+    FaultControl, FaultPlan, MemoryKeyProvider, MemoryStore, PausePoint, TestStore,
+};
 use shredkv::jiff::{SignedDuration, Timestamp};
 use shredkv::{Batch, Classes, Clock, Config, Db, ErasureReason, ManualClock, SubjectState};
 
@@ -166,7 +168,10 @@ fn shred_and_register_race_leaves_no_live_end_user() {
 
     let account = db.subject("acct").expect("subject").expect("known");
     assert_eq!(account.state, SubjectState::Erased);
-    assert!(registered.is_ok(), "registered before the shred locked: {registered:?}");
+    assert!(
+        registered.is_ok(),
+        "registered before the shred locked: {registered:?}"
+    );
     let late = db.subject("late").expect("subject").expect("registered");
     assert_eq!(
         late.state,
@@ -296,7 +301,10 @@ fn closed_account_loses_access() {
             other => panic!("{what} of {subject}/{class} after closure: {other:?}"),
         };
         closed("get", db.get(subject, class, b"r1").map(|_| ()));
-        closed("get_record", db.get_record(subject, class, b"m1").map(|_| ()));
+        closed(
+            "get_record",
+            db.get_record(subject, class, b"m1").map(|_| ()),
+        );
         closed("scan", db.scan(subject, class).map(|_| ()));
         closed("scan_with", values(&db, subject, class).map(|_| ()));
         closed("put", db.put(subject, class, b"new", b"v"));
@@ -364,7 +372,10 @@ fn account_closure_schedules_marketing_erasure() {
     for (subject, expected) in [
         ("acct", due),
         ("user", due),
-        ("opted", Timestamp::from_second(opted_out.as_second() + retain).expect("due")),
+        (
+            "opted",
+            Timestamp::from_second(opted_out.as_second() + retain).expect("due"),
+        ),
     ] {
         let tag = db.subject_tag(subject);
         let marketing: Vec<Timestamp> = scheduled
@@ -390,14 +401,25 @@ fn account_closure_schedules_marketing_erasure() {
             .flat_map(|s| &s.classes)
             .any(|(class, _)| class == "marketing_contacts")
     };
-    store.clock.set(Timestamp::from_second(due.as_second() - 1).expect("time"));
+    store
+        .clock
+        .set(Timestamp::from_second(due.as_second() - 1).expect("time"));
     db.compact().expect("compact");
     assert!(marketing_exported(&db, "acct"), "kept until its date");
     store.clock.set(due);
     db.compact().expect("compact");
-    assert!(!marketing_exported(&db, "acct"), "erased at closure + retain");
-    assert!(!marketing_exported(&db, "user"), "erased at closure + retain");
-    assert!(!marketing_exported(&db, "opted"), "erased at opt-out + retain");
+    assert!(
+        !marketing_exported(&db, "acct"),
+        "erased at closure + retain"
+    );
+    assert!(
+        !marketing_exported(&db, "user"),
+        "erased at closure + retain"
+    );
+    assert!(
+        !marketing_exported(&db, "opted"),
+        "erased at opt-out + retain"
+    );
 }
 
 #[test]
@@ -406,7 +428,8 @@ fn receipt_names_only_classes_held() {
     let (db, _) = store.open();
     db.register_account("acct").expect("register");
     db.register_end_user("user", "acct").expect("register");
-    db.put("acct", "invoices", b"inv-1", b"100 EUR").expect("put");
+    db.put("acct", "invoices", b"inv-1", b"100 EUR")
+        .expect("put");
     db.put("acct", "account_profile", b"email", b"a@b.example")
         .expect("put");
     db.put("user", "message_content", b"m1", b"hello")

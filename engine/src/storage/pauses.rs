@@ -162,9 +162,7 @@ impl Pause {
 
     /// Lets the paused thread go on (or disarms the point if none reached it).
     pub fn resume(&self) {
-        self.pauses
-            .slots()
-            .retain(|s| !Arc::ptr_eq(s, &self.slot));
+        self.pauses.slots().retain(|s| !Arc::ptr_eq(s, &self.slot));
         *self.slot.stage() = Stage::Resumed;
         self.slot.changed.notify_all();
     }
@@ -198,7 +196,9 @@ mod tests {
                 done.send(()).unwrap_or_default();
             })
         };
-        arrivals.recv().expect("the worker stops at the armed point");
+        arrivals
+            .recv()
+            .expect("the worker stops at the armed point");
         assert!(pause.is_paused());
         assert!(finished.try_recv().is_err(), "paused, not finished");
         pause.resume();

@@ -391,13 +391,13 @@ impl Model {
             match v {
                 Some(v) => {
                     self.write(
-                    s,
-                    c,
-                    k,
-                    Slot::Value {
-                        value: value_bytes(v),
-                        expires,
-                    },
+                        s,
+                        c,
+                        k,
+                        Slot::Value {
+                            value: value_bytes(v),
+                            expires,
+                        },
                     );
                 }
                 None => {
