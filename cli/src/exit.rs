@@ -163,6 +163,12 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
                 "`shredkv export SUBJECT` works while restricted; `shredkv unrestrict SUBJECT` lifts the restriction",
             ),
         ),
+        Error::Closed { .. } => (
+            Code::Failure,
+            hint(
+                "the account is closed: its data is kept only until its retention dates; `shredkv export SUBJECT` returns what is still retained",
+            ),
+        ),
         Error::SubjectConflict { .. } => (Code::Failure, None),
         Error::OnHold { .. } => (
             Code::Policy,

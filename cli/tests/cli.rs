@@ -899,12 +899,19 @@ fn request_deletion_erases_now_and_retains_with_reasons() {
             .is_some_and(|r| r.contains("tax")),
         "{invoices}"
     );
-    fails_with(&f.run(&["get", "acct-1", "account_profile", "email"]), 4);
-    fails_with(&f.run(&["get", "u-1", "message_content", "m"]), 4);
-    assert_eq!(
-        ok(&f.run(&["get", "acct-1", "invoices", "inv-1"])),
-        "1200 EUR\n"
-    );
+    // The request closed the account: no more reads or writes of it or
+    // its end users; what is retained is read through export.
+    for (subject, class, key) in [
+        ("acct-1", "account_profile", "email"),
+        ("u-1", "message_content", "m"),
+        ("acct-1", "invoices", "inv-1"),
+    ] {
+        let err = fails_with(&f.run(&["get", subject, class, key]), 1);
+        assert!(err.contains("closed"), "{err}");
+    }
+    let export = ok(&f.run(&["export", "acct-1"]));
+    assert!(export.contains("1200 EUR"), "{export}");
+    assert!(!export.contains("ops@example.com"), "{export}");
 
     // For people: the receipt names the subject and says why.
     f.put_account("acct-2", "invoices", "inv-1", "900 EUR");
@@ -938,7 +945,13 @@ fn compact_reports_and_honours_its_budget() {
     let out = ok(&f.run(&["compact"]));
     assert!(out.starts_with("Compaction at "), "{out}");
     assert!(out.contains("remaining          0"), "{out}");
-    fails_with(&f.run(&["get", "a", "usage_records", "u"]), 4);
+    let err = fails_with(&f.run(&["get", "a", "usage_records", "u"]), 1);
+    assert!(err.contains("closed"), "{err}");
+    let export = ok(&f.run(&["export", "a"]));
+    assert!(
+        !export.contains("usage_records"),
+        "erased at closure: {export}"
+    );
     assert_eq!(code(&f.run(&["compact", "--budget", "many"])), 2);
 }
 

@@ -74,6 +74,15 @@ pub enum Error {
         /// The subject's tag.
         subject: SubjectTag,
     },
+    /// The subject's account was closed: it and its end users lost access
+    /// (reads and writes fail; an export still returns what is retained),
+    /// and no end user can be registered under it.
+    Closed {
+        /// The subject asked for (for an end user, the end user's tag).
+        subject: SubjectTag,
+        /// When its account was closed.
+        closed_at: Timestamp,
+    },
     /// A legal hold forbids the erasure.
     OnHold {
         /// The subject's tag.
@@ -196,6 +205,12 @@ impl Error {
         matches!(self, Error::Erased { .. })
     }
 
+    /// Whether the error means the subject's account was closed (access
+    /// ended; what is retained can still be exported).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed { .. })
+    }
+
     /// Whether the error reports damaged or tampered stored data.
     pub fn is_integrity_failure(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::Tampered { .. })
@@ -233,6 +248,10 @@ impl fmt::Display for Error {
             Error::Restricted { subject } => write!(
                 f,
                 "subject {subject} is restricted: its data can be exported but not read or written; lift the restriction first"
+            ),
+            Error::Closed { subject, closed_at } => write!(
+                f,
+                "subject {subject} belongs to an account closed at {closed_at}: it can no longer be read, written or given end users; export it for what is still retained"
             ),
             Error::OnHold {
                 subject,

@@ -71,6 +71,7 @@ pub mod internal {
     pub use crate::storage::faults::{
         ApplyFailure, FaultControl, FaultCounts, FaultPlan, FaultPoint, ProviderCall,
     };
+    pub use crate::storage::pauses::{Pause, PausePoint};
     pub use crate::vault::cache::{BucketId, KeyCache};
     pub use crate::vault::gate::ScopeGate;
     pub use crate::vault::memory_provider::MemoryKeyProvider;

@@ -717,7 +717,7 @@ fn count_checked(snapshot: &support::model::Snapshot, figures: &mut Figures) {
         match observed {
             support::model::Observed::Value(_) => figures.durable_values_checked += 1,
             support::model::Observed::Erased => figures.erasures_checked += 1,
-            support::model::Observed::Absent => {}
+            support::model::Observed::Absent | support::model::Observed::Closed => {}
         }
     }
 }

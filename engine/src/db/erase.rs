@@ -15,6 +15,8 @@ use crate::records;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Durability, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+use crate::vault::gate::WriteGuard;
+use crate::vault::{KeyState, VaultEntry};
 
 /// Which classes an erasure covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct Retained {
 }
 
 /// The answer to an erasure: what was erased now, what is retained, why.
+/// Per class, it names only scopes the subject held (had keys for): a class
+/// it never stored anything in is neither erased nor retained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The subject the request named.
@@ -109,6 +113,27 @@ impl DbInner {
             Some(err) => Err(err),
             None => Ok(out),
         }
+    }
+
+    /// Whether the subject holds anything in the class: a live (or
+    /// undecodable) key in the vault under the scope's prefix. A receipt
+    /// names only such scopes: a class the subject never held (or whose
+    /// keys are all destroyed already) has nothing to erase or retain.
+    pub(crate) fn scope_held(&self, tag: &SubjectTag, class: u16) -> Result<bool> {
+        let mut held = false;
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Vault,
+            &records::scope_prefix(tag, class),
+            &mut |_, v| {
+                if VaultEntry::decode(v).map_or(true, |e| e.state != KeyState::Destroyed) {
+                    held = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(held)
     }
 
     /// The hold covering a scope, if any (a whole-subject hold covers all).
@@ -217,12 +242,14 @@ impl DbInner {
                         Some(class.number),
                         format!("{} blocked by legal hold: {hold}", reason.name()),
                     ));
-                    receipt.retained.push(Retained {
-                        subject: *tag,
-                        class: class.policy.name().to_string(),
-                        until: None,
-                        reason: format!("legal hold: {hold}"),
-                    });
+                    if self.scope_held(tag, class.number)? {
+                        receipt.retained.push(Retained {
+                            subject: *tag,
+                            class: class.policy.name().to_string(),
+                            until: None,
+                            reason: format!("legal hold: {hold}"),
+                        });
+                    }
                     // Parked, not dropped: releasing the hold makes it due at once.
                     let due = Due::EraseScope(*tag, class.number);
                     batch.put(
@@ -266,11 +293,15 @@ impl DbInner {
                         reason.name()
                     ),
                 ));
-                receipt.erased.push(ErasedScope {
-                    subject: *tag,
-                    class: Some(class.policy.name().to_string()),
-                    keys_destroyed: ids.len(),
-                });
+                // Erased all the same (the ledger refuses the scope from now
+                // on), but a receipt names only what the subject held.
+                if !ids.is_empty() {
+                    receipt.erased.push(ErasedScope {
+                        subject: *tag,
+                        class: Some(class.policy.name().to_string()),
+                        keys_destroyed: ids.len(),
+                    });
+                }
                 evictions.push((*tag, Some(class.number)));
             }
         }
@@ -308,6 +339,33 @@ impl DbInner {
             tags.extend(self.children(tag)?);
         }
         Ok(tags)
+    }
+
+    /// Takes the gate's write lock over a subject and, for an account, its
+    /// end users, listed again under the lock: an end user registered
+    /// between the first listing and the lock is in the returned set, and
+    /// none can be registered while the guard is held (registration takes
+    /// its account's write lock). If the list grew, the lock is taken again
+    /// over the larger set (its stripes may differ).
+    pub(crate) fn lock_with_end_users(
+        &self,
+        tag: &SubjectTag,
+        info: &SubjectInfo,
+    ) -> Result<(Vec<SubjectTag>, WriteGuard<'_>)> {
+        let mut tags = self.with_end_users(tag, info)?;
+        loop {
+            let guard = self.gate.write(&tags);
+            let listed = self.with_end_users(tag, info)?;
+            let before = tags.len();
+            for t in listed {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+            if tags.len() == before {
+                return Ok((tags, guard));
+            }
+        }
     }
 
     fn set_state(
@@ -376,8 +434,7 @@ impl Db {
                     .collect::<Result<_>>()?,
             ),
         };
-        let tags = inner.with_end_users(&tag, &info)?;
-        let _exclusive = inner.gate.write(&tags);
+        let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
         inner.erase_locked(tag, &tags, selected.as_deref(), reason)
     }
 

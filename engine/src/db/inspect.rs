@@ -14,6 +14,7 @@ use crate::retention::OverduePurge;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Order, Tree};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+use crate::vault::gate::ReadGuard;
 use crate::vault::{KeyState, VaultEntry};
 
 /// Records and bytes of one class.
@@ -356,6 +357,14 @@ impl Db {
             )?;
             let full = page.len() >= 512;
             after = page.last().map(|(k, _)| k.clone());
+            // Records are opened under their subject's gate read lock, like
+            // any read: the vault lookup may unwrap a key and cache it, and
+            // an erasure of the subject (which evicts its keys under the
+            // write lock) must not fall between the vault read and the cache
+            // insert, or a destroyed key would stay cached. The lock is held
+            // over a run of one subject's records, and the scratch key (which
+            // outlives a single lookup) is dropped whenever it is released.
+            let mut shared: Option<(SubjectTag, ReadGuard<'_>)> = None;
             for (k, v) in &page {
                 let location = |class: Option<String>| Location {
                     tree: "data",
@@ -380,6 +389,12 @@ impl Db {
                     report.records_dead += 1;
                     continue;
                 };
+                if shared.as_ref().is_none_or(|(held, _)| *held != tag) {
+                    // Released before the next is taken: one stripe at a time.
+                    drop(shared.take());
+                    scratch = OpenScratch::default();
+                    shared = Some((tag, inner.gate.read(&[tag])));
+                }
                 match inner.open_record(&tag, class, k, v, now, &mut scratch) {
                     Ok(Some(_)) => report.records_checked += 1,
                     Ok(None) => report.records_dead += 1,
@@ -395,9 +410,14 @@ impl Db {
                 }
                 let done = report.records_checked + report.records_dead;
                 if done.is_multiple_of(1000) {
+                    // The caller's callback runs without the lock.
+                    shared = None;
+                    scratch = OpenScratch::default();
                     progress(done);
                 }
             }
+            drop(shared);
+            scratch = OpenScratch::default();
             if !full {
                 break;
             }

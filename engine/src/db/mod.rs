@@ -293,7 +293,9 @@ impl Db {
         ));
         let provider: Arc<dyn KeyProvider> =
             Arc::new(FaultyProvider::new(provider, control.faults()));
-        Self::open_with(config, storage, provider, false)
+        let db = Self::open_with(config, storage, provider, false)?;
+        db.inner.gate.attach_pauses(control.faults().pauses());
+        Ok(db)
     }
 
     /// Opens over an already opened storage backend (tests inject faults here).
@@ -470,10 +472,12 @@ impl Db {
         self.register(account_id, None)
     }
 
-    /// Registers an end user of `account_id` (which must be registered).
+    /// Registers an end user of `account_id` (which must be registered,
+    /// and neither erased nor closed).
     ///
     /// # Errors
     /// [`Error::UnknownSubject`] if the account is unknown,
+    /// [`Error::Erased`] or [`Error::Closed`] if it was erased or closed,
     /// [`Error::SubjectConflict`] if the user exists under another account.
     pub fn register_end_user(&self, user_id: &str, account_id: &str) -> Result<SubjectTag> {
         self.register(user_id, Some(account_id))
@@ -481,29 +485,38 @@ impl Db {
 
     fn register(&self, id: &str, account: Option<&str>) -> Result<SubjectTag> {
         let tag = self.subject_tag(id);
-        let parent = match account {
-            Some(account) => {
-                let parent = self.subject_tag(account);
-                let info = self
-                    .inner
-                    .subject_info(&parent)?
-                    .ok_or(Error::UnknownSubject { subject: parent })?;
-                match (info.kind, info.state) {
-                    (SubjectKind::EndUser, _) => {
-                        return Err(Error::SubjectConflict {
-                            subject: parent,
-                            detail: "is an end user, and end users cannot own end users".into(),
-                        });
-                    }
-                    (_, SubjectState::Erased) => {
-                        return Err(info.erased_error());
-                    }
-                    _ => Some(parent),
-                }
+        let parent = account.map(|account| self.subject_tag(account));
+        // An end user is registered under the write lock of its account
+        // too, and the account's state is checked under it: an erasure or
+        // closure of the account (which holds that lock while it lists and
+        // handles the account's end users) either sees the new end user or
+        // is seen by this check. Never both missed.
+        let mut locked = vec![tag];
+        locked.extend(parent);
+        let _exclusive = self.inner.gate.write(&locked);
+        if let Some(parent) = parent {
+            let info = self
+                .inner
+                .subject_info(&parent)?
+                .ok_or(Error::UnknownSubject { subject: parent })?;
+            if info.kind == SubjectKind::EndUser {
+                return Err(Error::SubjectConflict {
+                    subject: parent,
+                    detail: "is an end user, and end users cannot own end users".into(),
+                });
             }
-            None => None,
-        };
-        let _exclusive = self.inner.gate.write(&[tag]);
+            if info.state == SubjectState::Erased {
+                return Err(info.erased_error());
+            }
+            // D2: a closed account takes no new end users (nothing would
+            // ever schedule their erasure).
+            if let Some(closed_at) = info.closed_at {
+                return Err(Error::Closed {
+                    subject: parent,
+                    closed_at,
+                });
+            }
+        }
         if let Some(existing) = self.inner.subject_info(&tag)? {
             if existing.state == SubjectState::Erased {
                 return Err(existing.erased_error());
@@ -663,6 +676,21 @@ impl DbInner {
             cache.clear();
         }
         cache.insert(info.tag, info);
+    }
+
+    /// When the subject's account was closed, if it was: the subject's own
+    /// closure, or for an end user its account's (which also covers an end
+    /// user registered under a closed account before registration refused it).
+    pub(crate) fn closure_of(&self, info: &SubjectInfo) -> Result<Option<Timestamp>> {
+        if info.closed_at.is_some() {
+            return Ok(info.closed_at);
+        }
+        match &info.parent {
+            Some(parent) => Ok(self
+                .subject_info(parent)?
+                .and_then(|account| account.closed_at)),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn scope_known_live(&self, tag: &SubjectTag, class: u16) -> bool {

@@ -279,6 +279,15 @@ impl DbInner {
                 erased_at: deadline,
             });
         }
+        // D2: a closed account and its end users lose access; export stays.
+        if access != Access::Export
+            && let Some(closed_at) = self.closure_of(&info)?
+        {
+            return Err(Error::Closed {
+                subject: *tag,
+                closed_at,
+            });
+        }
         if self.scope_known_live(tag, class.number) {
             return Ok(info);
         }
@@ -796,8 +805,8 @@ impl Db {
     /// Writes a record without expiry.
     ///
     /// # Errors
-    /// Unknown subject or class, an erased or restricted subject, or storage
-    /// and key provider failures.
+    /// Unknown subject or class, an erased, restricted or closed subject
+    /// ([`Error::Closed`]), or storage and key provider failures.
     pub fn put(&self, subject: &str, class: &str, key: &[u8], value: &[u8]) -> Result<()> {
         self.put_with(subject, class, key, value, PutOptions::default())
     }
@@ -901,8 +910,8 @@ impl Db {
     ///
     /// # Errors
     /// Unknown subject or class, [`Error::Erased`], [`Error::Restricted`],
-    /// [`Error::Corrupt`] or [`Error::Tampered`] stored bytes (never returned
-    /// as data), storage and key provider failures.
+    /// [`Error::Closed`] (its account was closed), [`Error::Corrupt`] or
+    /// [`Error::Tampered`] stored bytes (never returned as data), storage and key provider failures.
     pub fn get(&self, subject: &str, class: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.get_record(subject, class, key)?.map(|r| r.value))
     }

@@ -137,8 +137,14 @@ impl DbInner {
             if info.state == SubjectState::Erased || info.closed_at.is_some() {
                 continue;
             }
+            // Closing the account ends marketing consent too (D2): a
+            // subject not yet opted out is opted out now, so its marketing
+            // classes run their opt-out clock from the closure (and a policy
+            // change re-derives that deadline from `opted_out_at`).
+            let opting_out = info.opted_out_at.is_none();
             let closed = SubjectInfo {
                 closed_at: Some(now),
+                opted_out_at: info.opted_out_at.or(Some(now)),
                 ..info
             };
             batch.put(
@@ -147,6 +153,9 @@ impl DbInner {
                 closed.encode(),
             );
             self.schedule(batch, tag, Event::AccountClosure, now, out);
+            if opting_out {
+                self.schedule(batch, tag, Event::MarketingOptOut, now, out);
+            }
             updated.push(closed);
         }
         Ok(updated)
@@ -249,7 +258,12 @@ impl DbInner {
 impl Db {
     /// Closes an account: its end users close with it, and every class whose
     /// retention runs from closure (or lasts "until termination of the
-    /// account") is scheduled for erasure. Closing again changes nothing.
+    /// account") is scheduled for erasure; closing also ends marketing
+    /// consent, so the marketing classes of subjects not yet opted out run
+    /// their opt-out clock from now. From then on the account and its end
+    /// users cannot be read or written ([`Error::Closed`]; an export still
+    /// returns what is retained) and no end user can be registered under
+    /// it. Closing again changes nothing.
     ///
     /// # Errors
     /// [`Error::UnknownSubject`]; [`Error::SubjectConflict`] for an end user;
@@ -269,8 +283,7 @@ impl Db {
         if info.state == SubjectState::Erased {
             return Err(info.erased_error());
         }
-        let tags = inner.with_end_users(&tag, &info)?;
-        let _exclusive = inner.gate.write(&tags);
+        let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
         inner.close_and_commit(tag, &tags, inner.clock.now(), "")
     }
 
@@ -417,7 +430,6 @@ impl Db {
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
-        let tags = inner.with_end_users(&tag, &info)?;
         let now_classes: Vec<&ClassEntry> = inner
             .classes
             .iter()
@@ -428,7 +440,7 @@ impl Db {
             .iter()
             .filter(|c| c.policy.on_deletion_request() != DeletionRule::EraseNow)
             .collect();
-        let _exclusive = inner.gate.write(&tags);
+        let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
         // First start the clocks of what is kept (durably), then erase.
         inner.close_and_commit(tag, &tags, inner.clock.now(), "deletion request: ")?;
         let mut receipt = inner.erase_locked(tag, &tags, Some(&now_classes), reason)?;
@@ -444,6 +456,7 @@ impl Db {
                 if inner
                     .scope_erased_at(t, class.number, info.generation)?
                     .is_some()
+                    || !inner.scope_held(t, class.number)?
                 {
                     continue;
                 }

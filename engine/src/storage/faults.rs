@@ -16,6 +16,9 @@
 //! call of one kind, e.g. the first `wrap` after a `create_epoch`, which
 //! interrupts an epoch rotation half-way.
 //!
+//! Both stop at pause points a test arms (`storage::pauses`), and so does
+//! the scope gate of a store opened with faults.
+//!
 //! Both share one [`FaultControl`], handed to tests through
 //! `shredkv::internal::open_with_faults`; it also counts what went through,
 //! so a test can first run a workload clean, then inject a fault at every
@@ -29,6 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use shredkv_crypto::{DataKey, EpochId, KeyProvider, ProviderError, WrapContext, WrappedKey};
 
+use super::pauses::{Pause, PausePoint, Pauses};
 use super::{
     Backend, Durability, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
 };
@@ -187,13 +191,19 @@ struct State {
     counts: FaultCounts,
 }
 
-/// Shared, lock-protected fault state.
+/// Shared, lock-protected fault state, and the store's pause points.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     state: Mutex<State>,
+    pauses: Arc<Pauses>,
 }
 
 impl Faults {
+    /// The store's pause points (the gate stops at them too).
+    pub(crate) fn pauses(&self) -> Arc<Pauses> {
+        Arc::clone(&self.pauses)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -329,6 +339,17 @@ impl FaultControl {
         self.faults.lock().counts
     }
 
+    /// Arms `point` once: the first thread of this store to reach it stops
+    /// there, runs `on_arrival`, and waits until the returned [`Pause`] is
+    /// resumed or dropped (see `storage::pauses`).
+    pub fn pause_at(
+        &self,
+        point: PausePoint,
+        on_arrival: impl Fn() + Send + Sync + 'static,
+    ) -> Pause {
+        self.faults.pauses.arm(point, Box::new(on_arrival))
+    }
+
     pub(crate) fn faults(&self) -> Arc<Faults> {
         Arc::clone(&self.faults)
     }
@@ -419,6 +440,7 @@ impl Storage for FaultyStorage {
     }
 
     fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        self.faults.pauses.reached(PausePoint::StorageApply);
         self.faults.lock().counts.ops_written += batch.ops.len() as u64;
         self.write_with_faults(durability, |d| self.inner.apply(batch, d))
     }
@@ -522,6 +544,7 @@ impl KeyProvider for FaultyProvider {
         context: &WrapContext,
         wrapped: &WrappedKey,
     ) -> Result<DataKey, ProviderError> {
+        self.faults.pauses.reached(PausePoint::ProviderUnwrap);
         self.check(ProviderCall::Unwrap)?;
         self.inner.unwrap(context, wrapped)
     }

@@ -343,5 +343,6 @@ mod conformance;
 pub(crate) mod faults;
 mod group_commit;
 pub(crate) mod memory;
+pub(crate) mod pauses;
 mod redb_backend;
 mod sled_backend;

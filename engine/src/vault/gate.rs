@@ -22,15 +22,21 @@
 //! short-lived locks; nothing takes them the other way round.
 
 use std::hash::{Hash, Hasher};
+#[cfg(not(feature = "loom"))]
+use std::sync::TryLockError;
+use std::sync::{Arc, OnceLock};
 
 use shredkv_crypto::SubjectTag;
 
+use crate::storage::pauses::{PausePoint, Pauses};
 use crate::sync::{self, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Striped read-write locks keyed by subject tag.
 #[derive(Debug)]
 pub struct ScopeGate {
     stripes: Vec<RwLock<()>>,
+    /// Pause points of a fault-injected store (tests only).
+    pauses: OnceLock<Arc<Pauses>>,
 }
 
 /// Held while reading or writing one subject.
@@ -50,6 +56,7 @@ impl ScopeGate {
     pub fn new(stripes: usize) -> Self {
         Self {
             stripes: (0..stripes.max(1)).map(|_| RwLock::new(())).collect(),
+            pauses: OnceLock::new(),
         }
     }
 
@@ -90,13 +97,44 @@ impl ScopeGate {
 
     /// Exclusive access to the given subjects (for erasure and state changes).
     pub fn write(&self, tags: &[SubjectTag]) -> WriteGuard<'_> {
+        let pauses = self.pauses.get();
+        if let Some(pauses) = pauses {
+            pauses.reached(PausePoint::GateWrite);
+        }
         let guards = self
             .stripes_of(tags)
             .into_iter()
             .filter_map(|i| self.stripes.get(i))
-            .map(sync::write)
+            .map(|stripe| match pauses {
+                Some(pauses) => Self::write_observed(stripe, pauses),
+                None => sync::write(stripe),
+            })
             .collect();
         WriteGuard { _guards: guards }
+    }
+
+    /// Stops at the pause points of a fault-injected store from now on.
+    pub(crate) fn attach_pauses(&self, pauses: Arc<Pauses>) {
+        let _ = self.pauses.set(pauses);
+    }
+
+    /// A stripe's write lock, stopping at [`PausePoint::GateWriteContended`]
+    /// first if another thread holds it.
+    #[cfg(not(feature = "loom"))]
+    fn write_observed<'a>(stripe: &'a RwLock<()>, pauses: &Pauses) -> RwLockWriteGuard<'a, ()> {
+        if pauses.is_armed(PausePoint::GateWriteContended) {
+            match stripe.try_write() {
+                Ok(guard) => return guard,
+                Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => pauses.reached(PausePoint::GateWriteContended),
+            }
+        }
+        sync::write(stripe)
+    }
+
+    #[cfg(feature = "loom")]
+    fn write_observed<'a>(stripe: &'a RwLock<()>, _: &Pauses) -> RwLockWriteGuard<'a, ()> {
+        sync::write(stripe)
     }
 }
 

@@ -67,7 +67,8 @@ fn key(k: u8) -> &'static [u8] {
     KEYS[usize::from(k)]
 }
 
-/// `Error::Erased` becomes [`Outcome::Erased`]; other errors stay errors.
+/// `Error::Erased` becomes [`Outcome::Erased`], `Error::Closed`
+/// [`Outcome::AccessClosed`]; other errors stay errors.
 fn answer<T>(
     result: shredkv::Result<T>,
     ok: impl FnOnce(T) -> Outcome,
@@ -75,6 +76,7 @@ fn answer<T>(
     match result {
         Ok(value) => Ok(ok(value)),
         Err(err) if err.is_erased() => Ok(Outcome::Erased),
+        Err(err) if err.is_closed() => Ok(Outcome::AccessClosed),
         Err(err) => Err(err),
     }
 }
@@ -150,7 +152,7 @@ pub(crate) fn run_op(db: &Db, clock: &ManualClock, op: &Op) -> shredkv::Result<O
 /// Reads every record of the universe, the subjects' states and the holds.
 ///
 /// # Errors
-/// Any read failing otherwise than with `Error::Erased` (a store must never
+/// Any read failing otherwise than with `Error::Erased` or `Error::Closed` (a store must never
 /// answer a read of the model's records with another error).
 pub(crate) fn observe(db: &Db) -> Result<Snapshot, Error> {
     let mut records = std::collections::BTreeMap::new();
@@ -161,6 +163,7 @@ pub(crate) fn observe(db: &Db) -> Result<Snapshot, Error> {
                     Ok(Some(value)) => Observed::Value(value),
                     Ok(None) => Observed::Absent,
                     Err(err) if err.is_erased() => Observed::Erased,
+                    Err(err) if err.is_closed() => Observed::Closed,
                     Err(err) => return Err(err),
                 };
                 records.insert((s, c, k), observed);

@@ -137,6 +137,8 @@ pub(crate) enum Outcome {
     Done,
     /// `Error::Erased`.
     Erased,
+    /// `Error::Closed`: the subject's account is closed (D2).
+    AccessClosed,
     /// `delete`: whether a readable record existed (`None`: any answer).
     Existed(Option<bool>),
     /// `release_hold`: whether a hold existed.
@@ -199,6 +201,8 @@ impl Cell {
 pub(crate) enum Observed {
     /// `Error::Erased`.
     Erased,
+    /// `Error::Closed`: the subject's account is closed.
+    Closed,
     /// `Ok(None)`.
     Absent,
     /// `Ok(Some(value))`.
@@ -227,6 +231,9 @@ pub(crate) struct Model {
     scope_erased: BTreeSet<(u8, u8)>,
     holds: BTreeSet<(u8, Option<u8>)>,
     closed: [bool; 4],
+    /// Scopes written to: they hold keys (in this policy, none of their
+    /// keys is destroyed but by erasure), so receipts name them.
+    touched: BTreeSet<(u8, u8)>,
     /// Scopes whose class deadline passes at the time given (closure):
     /// erased for every read and write from then on, unless held.
     scheduled: BTreeMap<(u8, u8), i64>,
@@ -251,18 +258,29 @@ impl Model {
             scope_erased: BTreeSet::new(),
             holds: BTreeSet::new(),
             closed: [false; 4],
+            touched: BTreeSet::new(),
             scheduled: BTreeMap::new(),
             parked: BTreeSet::new(),
         }
     }
 
-    fn erased(&self, s: u8, c: u8) -> bool {
-        self.subject_erased[usize::from(s)]
-            || self.scope_erased.contains(&(s, c))
-            || self
-                .scheduled
-                .get(&(s, c))
-                .is_some_and(|at| *at <= self.now && !self.held(s, c))
+    /// What a read or write of scope (`s`, `c`) fails with, if it does: an
+    /// erased subject, then a scope past its class deadline (unless held),
+    /// then a closed subject (D2), then an erased scope.
+    fn refusal(&self, s: u8, c: u8) -> Option<Outcome> {
+        let past_deadline = self
+            .scheduled
+            .get(&(s, c))
+            .is_some_and(|at| *at <= self.now && !self.held(s, c));
+        if self.subject_erased[usize::from(s)] || past_deadline {
+            Some(Outcome::Erased)
+        } else if self.closed[usize::from(s)] {
+            Some(Outcome::AccessClosed)
+        } else if self.scope_erased.contains(&(s, c)) {
+            Some(Outcome::Erased)
+        } else {
+            None
+        }
     }
 
     fn held(&self, s: u8, c: u8) -> bool {
@@ -334,8 +352,8 @@ impl Model {
                 self.apply_batch(&[(*s, EXPIRING_CLASS, *k, Some(*v))], Some(expires))
             }
             Op::Delete { s, c, k } => {
-                if self.erased(*s, *c) {
-                    return Outcome::Erased;
+                if let Some(refused) = self.refusal(*s, *c) {
+                    return refused;
                 }
                 let (existed, stored) = self.exists(*s, *c, *k);
                 if stored {
@@ -371,22 +389,32 @@ impl Model {
         }
     }
 
-    /// Writes and deletions applied together, or none if any scope is erased.
+    /// Writes and deletions applied together, or none if any is refused
+    /// (the first refused item, in batch order, answers).
     fn apply_batch(&mut self, items: &[BatchItem], expires: Option<i64>) -> Outcome {
-        if items.iter().any(|&(s, c, _, _)| self.erased(s, c)) {
-            return Outcome::Erased;
+        // Items are checked in order, and a put that passes its check gets
+        // its scope's keys at once: they stay even if a later item is refused.
+        for &(s, c, _, v) in items {
+            if let Some(refused) = self.refusal(s, c) {
+                return refused;
+            }
+            if v.is_some() {
+                self.touched.insert((s, c));
+            }
         }
         for &(s, c, k, v) in items {
             match v {
-                Some(v) => self.write(
-                    s,
-                    c,
-                    k,
-                    Slot::Value {
-                        value: value_bytes(v),
-                        expires,
-                    },
-                ),
+                Some(v) => {
+                    self.write(
+                        s,
+                        c,
+                        k,
+                        Slot::Value {
+                            value: value_bytes(v),
+                            expires,
+                        },
+                    );
+                }
                 None => {
                     if self.exists(s, c, k).1 {
                         self.write(s, c, k, Slot::Absent);
@@ -417,14 +445,16 @@ impl Model {
                 if self.scope_erased.contains(&(t, c)) {
                     continue;
                 }
+                // A receipt names only the scopes the subject held.
+                let named = usize::from(self.touched.contains(&(t, c)));
                 if self.held(t, c) {
                     // Parked: once no hold covers it, compaction erases it.
                     self.parked.insert((t, c));
-                    retained += 1;
+                    retained += named;
                     continue;
                 }
                 self.scope_erased.insert((t, c));
-                erased += 1;
+                erased += named;
             }
         }
         Outcome::Shredded { erased, retained }
@@ -509,10 +539,14 @@ impl Model {
                     String::from_utf8_lossy(KEYS[usize::from(k)])
                 )
             };
-            if self.erased(s, c) {
-                if *observed != Observed::Erased {
+            if let Some(refused) = self.refusal(s, c) {
+                let want = match refused {
+                    Outcome::AccessClosed => Observed::Closed,
+                    _ => Observed::Erased,
+                };
+                if *observed != want {
                     return Err(format!(
-                        "{} is erased, but the store shows {observed:?}",
+                        "{} should read as {want:?}, but the store shows {observed:?}",
                         what()
                     ));
                 }
