@@ -123,7 +123,7 @@ pub(crate) enum Command {
     /// Restore a backup into a new directory, replaying the erasures made
     /// since (from the live store, or from an exported erasure log).
     #[command(
-        after_help = "Examples:\n  shredkv --store /var/lib/shredkv --key-file /etc/shredkv/keys restore /backups/shredkv-2025-06-01 --into /var/lib/shredkv-restored\n  shredkv --key-file /etc/shredkv/keys restore /backups/shredkv-2025-06-01 --into /var/lib/shredkv-restored --erasure-log /backups/erasures.log\n\nA backup older than the purge window cannot be decrypted (exit 4), by design."
+        after_help = "Examples:\n  shredkv --store /var/lib/shredkv --key-file /etc/shredkv/keys restore /backups/shredkv-2025-06-01 --into /var/lib/shredkv-restored\n  shredkv --key-file /etc/shredkv/keys restore /backups/shredkv-2025-06-01 --into /var/lib/shredkv-restored --erasure-log /backups/erasures.log\n\nA backup older than the purge window cannot be decrypted (exit 4), by design. A backup taken before a re-key cannot bring back the records the re-key sealed again: the restore is refused (exit 4, with the count per subject and class) unless --accept-loss."
     )]
     Restore(backup::RestoreArgs),
     /// Export the erasure log (ledger and destroyed key ids; no personal
