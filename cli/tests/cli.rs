@@ -1073,7 +1073,8 @@ fn restore_before_rekey_exits_4_unless_the_loss_is_accepted() {
         let db = shredkv::Db::open(
             shredkv::Config::new(&f.store)
                 .clock(std::sync::Arc::new(clock.clone()))
-                .flush_every(None),
+                .flush_every(None)
+                .maintenance_every(None),
         )
         .expect("open");
         db.register_account("a").expect("register");

@@ -51,7 +51,8 @@ impl Store {
     fn open(&self) -> (Db, FaultControl) {
         let config = Config::new(self.dir.path())
             .key_provider(self.keys.clone())
-            .clock(self.clock.clone());
+            .clock(self.clock.clone())
+            .maintenance_every(None);
         shredkv::internal::open_with_faults(
             config,
             &TestStore::Memory(self.trees.clone()),

@@ -17,6 +17,7 @@ fn config_at(store: &Store, dir: &Path) -> Config {
         .policy(test_policy())
         .clock(Arc::new(store.clock().clone()))
         .flush_every(None)
+        .maintenance_every(None)
 }
 
 #[test]

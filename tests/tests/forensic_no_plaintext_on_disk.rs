@@ -293,6 +293,7 @@ fn no_plaintext_in_backups_erasure_logs_restores_or_after_maintenance_under_the_
                 .backend(backend)
                 .clock(Arc::new(store.clock().clone()))
                 .flush_every(None)
+                .maintenance_every(None)
                 .key_file(store.key_file())
         };
         let db = Db::open(config(store.path())).expect("open with the default policy");

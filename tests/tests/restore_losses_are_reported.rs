@@ -25,6 +25,7 @@ fn config_at(store: &Store, dir: &Path) -> Config {
         .policy(test_policy())
         .clock(Arc::new(store.clock().clone()))
         .flush_every(None)
+        .maintenance_every(None)
         .key_file(store.key_file())
 }
 
