@@ -497,13 +497,13 @@ impl Model {
             .map(|(scope, _)| *scope)
             .chain(self.parked.iter().copied())
             .collect();
+        // A passed deadline stays passed (reads keep answering "erased" at
+        // it): only the parked shreds are done with.
         for (s, c) in due {
             if self.subject_erased[usize::from(s)] || self.scope_erased.contains(&(s, c)) {
-                self.scheduled.remove(&(s, c));
                 self.parked.remove(&(s, c));
             } else if !self.held(s, c) {
                 self.scope_erased.insert((s, c));
-                self.scheduled.remove(&(s, c));
                 self.parked.remove(&(s, c));
             }
         }
