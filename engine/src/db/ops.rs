@@ -272,20 +272,20 @@ impl DbInner {
             }
             _ => {}
         }
-        if let Some(deadline) = self.scope_past_deadline(&info, class)? {
-            return Err(Error::Erased {
-                subject: *tag,
-                class: Some(class.policy.name().to_string()),
-                erased_at: deadline,
-            });
-        }
-        // D2: a closed account and its end users lose access; export stays.
+        // A closed account and its end users lose access; export stays.
         if access != Access::Export
             && let Some(closed_at) = self.closure_of(&info)?
         {
             return Err(Error::Closed {
                 subject: *tag,
                 closed_at,
+            });
+        }
+        if let Some(deadline) = self.scope_past_deadline(&info, class)? {
+            return Err(Error::Erased {
+                subject: *tag,
+                class: Some(class.policy.name().to_string()),
+                erased_at: deadline,
             });
         }
         if self.scope_known_live(tag, class.number) {

@@ -265,18 +265,18 @@ impl Model {
     }
 
     /// What a read or write of scope (`s`, `c`) fails with, if it does: an
-    /// erased subject, then a scope past its class deadline (unless held),
-    /// then a closed subject (D2), then an erased scope.
+    /// erased subject, then a closed one, then a scope past its class
+    /// deadline (unless held) or erased.
     fn refusal(&self, s: u8, c: u8) -> Option<Outcome> {
         let past_deadline = self
             .scheduled
             .get(&(s, c))
             .is_some_and(|at| *at <= self.now && !self.held(s, c));
-        if self.subject_erased[usize::from(s)] || past_deadline {
+        if self.subject_erased[usize::from(s)] {
             Some(Outcome::Erased)
         } else if self.closed[usize::from(s)] {
             Some(Outcome::AccessClosed)
-        } else if self.scope_erased.contains(&(s, c)) {
+        } else if past_deadline || self.scope_erased.contains(&(s, c)) {
             Some(Outcome::Erased)
         } else {
             None
