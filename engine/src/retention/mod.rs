@@ -9,6 +9,7 @@ pub(crate) mod compaction;
 pub(crate) mod deadlines;
 mod epochs;
 mod events;
+pub(crate) mod poisoned;
 pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
