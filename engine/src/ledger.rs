@@ -33,7 +33,7 @@ pub enum ErasureReason {
 }
 
 impl ErasureReason {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             ErasureReason::DeletionRequest => 1,
             ErasureReason::Operator => 2,
@@ -42,7 +42,7 @@ impl ErasureReason {
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         Some(match code {
             1 => ErasureReason::DeletionRequest,
             2 => ErasureReason::Operator,

@@ -223,8 +223,15 @@ impl DbInner {
                         until: None,
                         reason: format!("legal hold: {hold}"),
                     });
-                    // Parked, not dropped: releasing the hold makes it due at once.
-                    let due = Due::EraseScope(*tag, class.number);
+                    // Parked, not dropped: releasing the hold makes it due
+                    // at once, and it resumes with its own reason (and, for
+                    // a whole subject, ends with the subject erased).
+                    let due = Due::ResumeErasure {
+                        tag: *tag,
+                        class: class.number,
+                        reason,
+                        whole: classes.is_none(),
+                    };
                     batch.put(
                         Tree::Blocked,
                         crate::retention::compaction::blocked_key(
@@ -414,6 +421,21 @@ impl Db {
                 subject: tag,
                 detail: "is not erased; there is nothing to re-register".into(),
             });
+        }
+        // Releases of the erased generation do not carry over to the new one.
+        let release_prefix = subjects::release_key(&tag, 0);
+        let mut stale = WriteBatch::new();
+        scan_prefix(
+            inner.storage.as_ref(),
+            Tree::Subjects,
+            release_prefix.get(..17).unwrap_or_default(),
+            &mut |k, _| {
+                stale.remove(Tree::Subjects, k.to_vec());
+                ControlFlow::Continue(())
+            },
+        )?;
+        if !stale.is_empty() {
+            inner.storage.apply(&stale, Durability::Durable)?;
         }
         inner.set_state(
             &tag,

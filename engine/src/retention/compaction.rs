@@ -254,10 +254,18 @@ impl DbInner {
         Ok(())
     }
 
+    /// Erases a scope whose time has come: a retention deadline
+    /// (`RetentionExpired`), or an erasure a legal hold blocked, resumed
+    /// with its own reason. A resumed erasure of a whole subject (`whole`)
+    /// erases what is not held now and, once nothing is, the subject: the
+    /// same end state as a direct erasure of it.
+    #[allow(clippy::too_many_arguments, reason = "one due item's fields")]
     fn erase_due_scope(
         &self,
         tag: SubjectTag,
         class: u16,
+        reason: ErasureReason,
+        whole: bool,
         deadline_key: &[u8],
         now: Timestamp,
         report: &mut CompactionReport,
@@ -270,23 +278,35 @@ impl DbInner {
         let Some(info) = self.subject_info(&tag)? else {
             return remove(self);
         };
-        let Some(entry) = self.class_by_number(class) else {
+        if info.state == SubjectState::Erased {
             return remove(self);
-        };
-        if info.state == SubjectState::Erased
-            || self
+        }
+        if !whole
+            && self
                 .scope_erased_at(&tag, class, info.generation)?
                 .is_some()
         {
             return remove(self);
         }
-        if self.blocked_by_hold(&tag, class, deadline_key, "retention erasure", now)? {
+        let what = match reason {
+            ErasureReason::RetentionExpired => "retention erasure".to_string(),
+            other => format!("{} erasure", other.name()),
+        };
+        if self.blocked_by_hold(&tag, class, deadline_key, &what, now)? {
             report.blocked_by_hold += 1;
             return Ok(());
         }
         let _exclusive = self.gate.write(&[tag]);
-        let receipt =
-            self.erase_locked(tag, &[tag], Some(&[entry]), ErasureReason::RetentionExpired)?;
+        let receipt = if whole {
+            self.erase_locked(tag, &[tag], None, reason)?
+        } else {
+            let Some(entry) = self.class_by_number(class) else {
+                // A class retired from the policy: its scopes were erased
+                // when the change was applied.
+                return remove(self);
+            };
+            self.erase_locked(tag, &[tag], Some(&[entry]), reason)?
+        };
         report.keys_destroyed += u64::try_from(receipt.keys_destroyed()).unwrap_or(u64::MAX);
         report.scopes_erased += u64::try_from(receipt.erased.len()).unwrap_or(u64::MAX);
         remove(self)
@@ -703,6 +723,7 @@ impl DbInner {
             Due::EraseScope(tag, class) => (tag, class, "retention erasure"),
             Due::Rekey(id) => (id.subject, id.class, "re-key"),
             Due::RemoveCiphertext(tag, class) => (tag, class, "dead record removal"),
+            Due::ResumeErasure { tag, class, .. } => (tag, class, "resumed erasure"),
         };
         let audit = if previous.is_none() {
             vec![PendingEntry::new(
@@ -919,7 +940,23 @@ impl Db {
                         now,
                         &mut report,
                         |inner, _, report| {
-                            inner.erase_due_scope(tag, class, &item[0].0, now, report)
+                            let reason = ErasureReason::RetentionExpired;
+                            inner.erase_due_scope(tag, class, reason, false, &item[0].0, now, report)
+                        },
+                    )?,
+                    Due::ResumeErasure {
+                        tag,
+                        class,
+                        reason,
+                        whole,
+                    } => inner.isolated(
+                        &item,
+                        |(k, _)| k.as_slice(),
+                        &poisoned,
+                        now,
+                        &mut report,
+                        |inner, _, report| {
+                            inner.erase_due_scope(tag, class, reason, whole, &item[0].0, now, report)
                         },
                     )?,
                     Due::Rekey(id) => inner.isolated(

@@ -1094,3 +1094,106 @@ fn forged_expiry_does_not_drop_a_record_at_rekey() {
         Some(&b"second"[..])
     );
 }
+
+#[test]
+fn release_is_reflected_in_receipts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "subscriber_records", b"s", b"sub")
+        .expect("put");
+    db.put("a", "retained_usage_copy", b"r", b"copy")
+        .expect("put");
+    let released_at = db.now();
+    db.release("a", "subscriber_records").expect("release");
+    // policy/default.toml gives subscriber_records no retain after its
+    // release: it is due at the release itself. No compaction ran yet.
+    clock.advance(SignedDuration::from_hours(1));
+    let receipt = db
+        .request_deletion("a", ErasureReason::DeletionRequest)
+        .expect("request");
+    let released = receipt
+        .retained
+        .iter()
+        .find(|r| r.class == "subscriber_records")
+        .expect("retained until compaction erases it");
+    assert_eq!(released.until, Some(released_at), "{released:?}");
+    assert!(
+        !released.reason.contains("kept until released"),
+        "{}",
+        released.reason
+    );
+    let copy = receipt
+        .retained
+        .iter()
+        .find(|r| r.class == "retained_usage_copy")
+        .expect("retained");
+    assert_eq!(copy.until, None, "never released: {copy:?}");
+    assert!(copy.reason.contains("kept until released"), "{}", copy.reason);
+}
+
+#[test]
+fn resumed_erasure_keeps_its_reason() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "marketing_contacts", b"c", b"contact")
+        .expect("put");
+    db.place_hold("a", Some("marketing_contacts"), "case 12")
+        .expect("hold");
+    let receipt = db
+        .shred("a", crate::Classes::Only(&["marketing_contacts"]))
+        .expect("shred");
+    assert!(receipt.erased.is_empty(), "held: {receipt:?}");
+    db.release_hold("a", Some("marketing_contacts"))
+        .expect("release");
+    db.compact().expect("compact");
+    assert!(!readable(&db, "a", "marketing_contacts", b"c"));
+    let certificate = db.certificate("a").expect("certificate");
+    let reasons: Vec<&str> = certificate
+        .erasures
+        .iter()
+        .map(|e| e.reason.as_str())
+        .collect();
+    assert_eq!(reasons, ["operator"], "{certificate:?}");
+}
+
+#[test]
+fn resumed_subject_shred_marks_subject_erased() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    for subject in ["a", "direct"] {
+        db.register_account(subject).expect("register");
+        db.put(subject, "invoices", b"i", b"invoice").expect("put");
+        db.put(subject, "account_profile", b"p", b"profile")
+            .expect("put");
+    }
+    db.place_hold("a", Some("invoices"), "audit 7").expect("hold");
+    let receipt = db.shred("a", crate::Classes::All).expect("shred");
+    assert_eq!(receipt.retained.len(), 1, "{receipt:?}");
+    db.release_hold("a", Some("invoices")).expect("release");
+    db.compact().expect("compact");
+    // The resumed shred ends where a direct one does.
+    db.shred("direct", crate::Classes::All).expect("shred");
+    for subject in ["a", "direct"] {
+        let info = db.subject(subject).expect("subject").expect("known");
+        assert_eq!(
+            info.state,
+            crate::SubjectState::Erased,
+            "{subject}: {info:?}"
+        );
+        assert!(info.erased_at.is_some(), "{subject}: {info:?}");
+        assert!(
+            db.get(subject, "invoices", b"i")
+                .expect_err("erased")
+                .is_erased()
+        );
+        let certificate = db.certificate(subject).expect("certificate");
+        assert!(
+            certificate.erasures.iter().all(|e| e.reason == "operator"),
+            "{subject}: {certificate:?}"
+        );
+    }
+    let stats = db.stats().expect("stats");
+    assert_eq!((stats.erased, stats.active), (2, 0), "{stats:?}");
+}
