@@ -100,7 +100,10 @@ impl Strict {
         if let Ok(value) = std::env::var("SHREDKV_SIM_STRICT") {
             // Kept for old command lines: everything is strict already.
             for word in value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-                if !matches!(word, "all" | "1" | "epochs" | "holds" | "expired" | "receipts") {
+                if !matches!(
+                    word,
+                    "all" | "1" | "epochs" | "holds" | "expired" | "receipts"
+                ) {
                     panic!("SHREDKV_SIM_STRICT: unknown expectation {word}");
                 }
             }

@@ -161,9 +161,7 @@ impl Db {
                 // (or are re-keyed) later are swept on their own schedule.
                 let residue = match inner.vault.read_entry(&id) {
                     Ok(Some(e)) if e.state == KeyState::Active => false,
-                    Ok(Some(e)) => e
-                        .destroyed_at
-                        .is_none_or(|d| latest.is_none_or(|l| d <= l)),
+                    Ok(Some(e)) => e.destroyed_at.is_none_or(|d| latest.is_none_or(|l| d <= l)),
                     _ => true,
                 };
                 if residue {

@@ -941,7 +941,8 @@ impl Db {
                         &mut report,
                         |inner, _, report| {
                             let reason = ErasureReason::RetentionExpired;
-                            inner.erase_due_scope(tag, class, reason, false, &item[0].0, now, report)
+                            inner
+                                .erase_due_scope(tag, class, reason, false, &item[0].0, now, report)
                         },
                     )?,
                     Due::ResumeErasure {
@@ -956,7 +957,8 @@ impl Db {
                         now,
                         &mut report,
                         |inner, _, report| {
-                            inner.erase_due_scope(tag, class, reason, whole, &item[0].0, now, report)
+                            inner
+                                .erase_due_scope(tag, class, reason, whole, &item[0].0, now, report)
                         },
                     )?,
                     Due::Rekey(id) => inner.isolated(

@@ -1129,7 +1129,11 @@ fn release_is_reflected_in_receipts() {
         .find(|r| r.class == "retained_usage_copy")
         .expect("retained");
     assert_eq!(copy.until, None, "never released: {copy:?}");
-    assert!(copy.reason.contains("kept until released"), "{}", copy.reason);
+    assert!(
+        copy.reason.contains("kept until released"),
+        "{}",
+        copy.reason
+    );
 }
 
 #[test]
@@ -1168,7 +1172,8 @@ fn resumed_subject_shred_marks_subject_erased() {
         db.put(subject, "account_profile", b"p", b"profile")
             .expect("put");
     }
-    db.place_hold("a", Some("invoices"), "audit 7").expect("hold");
+    db.place_hold("a", Some("invoices"), "audit 7")
+        .expect("hold");
     let receipt = db.shred("a", crate::Classes::All).expect("shred");
     assert_eq!(receipt.retained.len(), 1, "{receipt:?}");
     db.release_hold("a", Some("invoices")).expect("release");
@@ -1196,4 +1201,168 @@ fn resumed_subject_shred_marks_subject_erased() {
     }
     let stats = db.stats().expect("stats");
     assert_eq!((stats.erased, stats.active), (2, 0), "{stats:?}");
+}
+
+/// The default policy without the `[[class]]` table of `class`.
+fn default_policy_without(class: &str) -> crate::Policy {
+    let marker = format!("name = \"{class}\"");
+    let tables: Vec<&str> = crate::Policy::DEFAULT_TOML.split("[[class]]").collect();
+    assert!(
+        tables.iter().any(|t| t.contains(&marker)),
+        "{class} is in the policy"
+    );
+    let text = tables
+        .iter()
+        .filter(|t| !t.contains(&marker))
+        .copied()
+        .collect::<Vec<_>>()
+        .join("[[class]]");
+    crate::Policy::from_toml_str(&text, "without").expect("policy")
+}
+
+fn class_keys(db: &Db, number: u16) -> (usize, usize) {
+    let ids = crate::internal::vault_key_ids(db).expect("ids");
+    let of_class = ids.iter().filter(|(id, _)| id.class == number);
+    let live = of_class.clone().filter(|(_, destroyed)| !destroyed).count();
+    (live, of_class.count())
+}
+
+#[test]
+fn removed_class_keys_are_destroyed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    for subject in ["a", "b"] {
+        db.register_account(subject).expect("register");
+        db.put(subject, "marketing_contacts", b"c", b"contact")
+            .expect("put");
+        db.put(subject, "account_profile", b"p", b"profile")
+            .expect("put");
+    }
+    let number = db.inner.class("marketing_contacts").expect("class").number;
+    let (live, all) = class_keys(&db, number);
+    assert!(live >= 2 && live == all, "({live}, {all})");
+    drop(db);
+
+    let without = default_policy_without("marketing_contacts");
+    let db = Db::open(
+        sled_config(dir.path(), &clock)
+            .policy(without.clone())
+            .apply_policy_change(true),
+    )
+    .expect("applied");
+    assert_eq!(
+        class_keys(&db, number),
+        (0, all),
+        "every key of the removed class is destroyed"
+    );
+    for subject in ["a", "b"] {
+        let certificate = db.certificate(subject).expect("certificate");
+        assert_eq!(certificate.erasures.len(), 1, "{certificate:?}");
+        assert_eq!(
+            certificate.erasures[0].reason,
+            "class removed from the policy"
+        );
+        assert_eq!(
+            db.get(subject, "account_profile", b"p")
+                .expect("get")
+                .as_deref(),
+            Some(&b"profile"[..]),
+            "other classes are untouched"
+        );
+    }
+    db.compact().expect("compact");
+    let tag = db.subject_tag("a");
+    let mut left = 0;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Data,
+        &crate::records::scope_prefix(&tag, number),
+        &mut |_, _| {
+            left += 1;
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    assert_eq!(left, 0, "the dead records are swept");
+    drop(db);
+    // Bringing the class back starts it afresh: nothing erased returns.
+    let db = Db::open(sled_config(dir.path(), &clock).apply_policy_change(true)).expect("open");
+    assert_eq!(db.get("a", "marketing_contacts", b"c").expect("get"), None);
+    db.put("a", "marketing_contacts", b"c", b"new contact")
+        .expect("put");
+    assert_eq!(
+        db.get("a", "marketing_contacts", b"c")
+            .expect("get")
+            .as_deref(),
+        Some(&b"new contact"[..])
+    );
+}
+
+#[test]
+fn removing_a_held_class_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    db.register_account("a").expect("register");
+    db.put("a", "marketing_contacts", b"c", b"contact")
+        .expect("put");
+    db.place_hold("a", None, "case 8").expect("hold");
+    drop(db);
+    let err = Db::open(
+        sled_config(dir.path(), &clock)
+            .policy(default_policy_without("marketing_contacts"))
+            .apply_policy_change(true),
+    )
+    .expect_err("a hold covers the class");
+    assert!(
+        matches!(&err, crate::Error::PolicyViolation { class, .. } if class == "marketing_contacts"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("renamed_from"), "{err}");
+    // Nothing changed: the store opens with its policy, the data is there.
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("unchanged");
+    assert_eq!(
+        db.get("a", "marketing_contacts", b"c")
+            .expect("get")
+            .as_deref(),
+        Some(&b"contact"[..])
+    );
+}
+
+#[test]
+fn renamed_class_keeps_its_data() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"profile")
+        .expect("put");
+    db.close_account("a").expect("close");
+    drop(db);
+    let text = crate::Policy::DEFAULT_TOML.replace(
+        "name = \"account_profile\"",
+        "name = \"customer_profile\"\nrenamed_from = \"account_profile\"",
+    );
+    let renamed = crate::Policy::from_toml_str(&text, "renamed").expect("policy");
+    let db = Db::open(
+        sled_config(dir.path(), &clock)
+            .policy(renamed)
+            .apply_policy_change(true),
+    )
+    .expect("applied");
+    assert_eq!(
+        db.get("a", "customer_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"profile"[..])
+    );
+    // policy/default.toml keeps account_profile 60 days after closure; the
+    // renamed class keeps that clock.
+    clock.advance(days(59));
+    db.compact().expect("compact");
+    assert!(readable(&db, "a", "customer_profile", b"p"));
+    clock.advance(days(2));
+    db.compact().expect("compact");
+    assert!(!readable(&db, "a", "customer_profile", b"p"));
 }
