@@ -295,6 +295,18 @@ impl DbInner {
                 ControlFlow::Continue(())
             },
         )?;
+        // A lost key destroyed since (its subject erased) is no longer lost.
+        let mut settled = WriteBatch::new();
+        for id in lost.iter().filter_map(|k| KeyId::from_bytes(k)) {
+            if let Ok(Some(entry)) = self.vault.read_entry(&id)
+                && entry.state == KeyState::Destroyed
+            {
+                settled.remove(Tree::Poisoned, poisoned::lost_key(&id));
+            }
+        }
+        if !settled.is_empty() {
+            self.storage.apply(&settled, Durability::Buffered)?;
+        }
         let mut used = BTreeSet::new();
         self.storage.scan(
             Tree::Vault,

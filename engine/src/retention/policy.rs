@@ -1817,6 +1817,39 @@ clause = 'Heading: "quote"'
     }
 
     #[test]
+    fn renamed_from_names_another_class_and_leaves_the_digest_alone() {
+        let text = format!("{ONE_CLASS}renamed_from = \"old_alpha\"\n");
+        let policy = parse(&text).unwrap();
+        assert_eq!(policy.classes()[0].renamed_from(), Some("old_alpha"));
+        assert_eq!(policy.digest(), parse(ONE_CLASS).unwrap().digest());
+        for (bad, problem) in [
+            ("alpha", "is not another class name"),
+            ("Not An Identifier", "is not another class name"),
+        ] {
+            let text = format!("{ONE_CLASS}renamed_from = \"{bad}\"\n");
+            let (_, message, _) = invalid(&text);
+            assert!(message.contains(problem), "{bad}: {message}");
+        }
+        let both = format!(
+            "{ONE_CLASS}renamed_from = \"beta\"\n{}",
+            ONE_CLASS
+                .replace("version = 1\n", "")
+                .replace("\"alpha\"", "\"beta\"")
+        );
+        let (_, message, hint) = invalid(&both);
+        assert!(message.contains("still defines `beta`"), "{message}");
+        assert!(hint.contains("renamed_from"), "{hint}");
+        let twice = format!(
+            "{ONE_CLASS}renamed_from = \"old\"\n{}renamed_from = \"old\"\n",
+            ONE_CLASS
+                .replace("version = 1\n", "")
+                .replace("\"alpha\"", "\"beta\"")
+        );
+        let (_, message, _) = invalid(&twice);
+        assert!(message.contains("both renamed from `old`"), "{message}");
+    }
+
+    #[test]
     fn error_purge_window_out_of_range() {
         for (window, problem) in [
             ("0 days", "is zero"),
