@@ -10,11 +10,13 @@
 //!   the old one, so the dead ciphertext left in the backend's files dies;
 //! - **remove ciphertext**: drop records whose keys are destroyed.
 //!
-//! Each item is one atomic batch that also removes the item from the index,
-//! so an interrupted pass resumes where it stopped. An item covered by a
+//! Each item ends with one atomic batch that also removes the item from the
+//! index, so an interrupted pass resumes where it stopped (a re-key writes
+//! its re-encrypted records page by page before that). An item covered by a
 //! legal hold is moved to tree `blocked` (audited once) and re-queued when
-//! the hold is released. Epochs are maintained after the due items (see
-//! `epochs`).
+//! the hold is released. An item whose work fails on its own data is set
+//! aside (tree `poisoned`, see `poisoned`) and the pass goes on. Epochs are
+//! maintained after the due items (see `epochs`), whatever was set aside.
 
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
