@@ -1271,6 +1271,12 @@ fn removed_class_keys_are_destroyed() {
             "other classes are untouched"
         );
     }
+    let report = db.verify().expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(
+        report.records_dead, 2,
+        "the retired class's records are dead"
+    );
     db.compact().expect("compact");
     let tag = db.subject_tag("a");
     let mut left = 0;
