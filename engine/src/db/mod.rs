@@ -912,9 +912,15 @@ fn refuse_held_retirement(storage: &dyn Storage, retiring: &[(String, u16)]) -> 
                     storage,
                     Tree::Vault,
                     &crate::records::scope_prefix(tag, *number),
-                    &mut |_, _| {
-                        any = true;
-                        ControlFlow::Break(())
+                    &mut |_, v| {
+                        // A live key, or one that cannot be read: data to keep.
+                        if crate::vault::VaultEntry::decode(v)
+                            .map_or(true, |e| e.state == crate::vault::KeyState::Active)
+                        {
+                            any = true;
+                            return ControlFlow::Break(());
+                        }
+                        ControlFlow::Continue(())
                     },
                 )?;
                 any
