@@ -230,6 +230,9 @@ pub(crate) struct Model {
     closed: [bool; 4],
     /// Scopes whose erasure the deadline index schedules, with when.
     scheduled: BTreeMap<(u8, u8), i64>,
+    /// Subjects whose whole-subject erasure a hold blocked: once nothing of
+    /// them is held, compaction erases the subject, as a direct shred would.
+    whole_pending: BTreeSet<u8>,
 }
 
 impl Default for Model {
@@ -250,6 +253,7 @@ impl Model {
             holds: BTreeSet::new(),
             closed: [false; 4],
             scheduled: BTreeMap::new(),
+            whole_pending: BTreeSet::new(),
         }
     }
 
@@ -390,6 +394,9 @@ impl Model {
                 erased += 1;
                 continue;
             }
+            if class.is_none() {
+                self.whole_pending.insert(t);
+            }
             let classes: Vec<u8> = match class {
                 Some(c) => vec![c],
                 None => (0..3).collect(),
@@ -454,6 +461,16 @@ impl Model {
                 self.scope_erased.insert((s, c));
                 self.scheduled.remove(&(s, c));
             }
+        }
+        let resumed: Vec<u8> = self
+            .whole_pending
+            .iter()
+            .copied()
+            .filter(|t| !self.holds.iter().any(|(h, _)| h == t))
+            .collect();
+        for t in resumed {
+            self.whole_pending.remove(&t);
+            self.subject_erased[usize::from(t)] = true;
         }
     }
 
