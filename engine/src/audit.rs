@@ -75,9 +75,12 @@ pub enum AuditEvent {
     Released,
     /// Dead ciphertext of erased scopes was removed by compaction.
     CiphertextRemoved,
+    /// Compaction set an item aside after a failure of its own (damaged or
+    /// altered data); it is retried with backoff, the pass went on.
+    ItemSetAside,
 }
 
-const EVENTS: [(AuditEvent, u8, &str); 18] = [
+const EVENTS: [(AuditEvent, u8, &str); 19] = [
     (AuditEvent::StoreCreated, 1, "store-created"),
     (AuditEvent::SubjectRegistered, 2, "subject-registered"),
     (AuditEvent::KeysDestroyed, 3, "keys-destroyed"),
@@ -96,6 +99,7 @@ const EVENTS: [(AuditEvent, u8, &str); 18] = [
     (AuditEvent::MarketingOptOut, 16, "marketing-opt-out"),
     (AuditEvent::Released, 17, "released"),
     (AuditEvent::CiphertextRemoved, 18, "ciphertext-removed"),
+    (AuditEvent::ItemSetAside, 19, "item-set-aside"),
 ];
 
 impl AuditEvent {

@@ -30,24 +30,29 @@ pub enum ErasureReason {
     RetentionExpired,
     /// The account belongs to a minor: everything not under a hold is erased.
     Underage,
+    /// The class was removed from the retention policy (and not renamed):
+    /// its scopes were erased when the change was applied.
+    ClassRemoved,
 }
 
 impl ErasureReason {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             ErasureReason::DeletionRequest => 1,
             ErasureReason::Operator => 2,
             ErasureReason::RetentionExpired => 3,
             ErasureReason::Underage => 4,
+            ErasureReason::ClassRemoved => 5,
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         Some(match code {
             1 => ErasureReason::DeletionRequest,
             2 => ErasureReason::Operator,
             3 => ErasureReason::RetentionExpired,
             4 => ErasureReason::Underage,
+            5 => ErasureReason::ClassRemoved,
             _ => return None,
         })
     }
@@ -59,6 +64,7 @@ impl ErasureReason {
             ErasureReason::Operator => "operator",
             ErasureReason::RetentionExpired => "retention expired",
             ErasureReason::Underage => "underage account",
+            ErasureReason::ClassRemoved => "class removed from the policy",
         }
     }
 }

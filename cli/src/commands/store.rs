@@ -73,6 +73,8 @@ fn overdue_json(overdue: &OverduePurge) -> Value {
         "epochs": overdue.epochs.iter().map(|(epoch, due)| json!({
             "epoch": epoch, "due": due.to_string(),
         })).collect::<Vec<_>>(),
+        "set_aside": overdue.set_aside,
+        "oldest_set_aside": output::json_time(overdue.oldest_set_aside),
     })
 }
 

@@ -156,8 +156,15 @@ impl Db {
                     bucket: r.bucket,
                     version: r.version,
                 };
-                if !matches!(inner.vault.read_entry(&id), Ok(Some(e)) if e.state == KeyState::Active)
-                {
+                // Outside the erased scopes, only keys dead by the last
+                // erasure are its residue: keys of live classes that expire
+                // (or are re-keyed) later are swept on their own schedule.
+                let residue = match inner.vault.read_entry(&id) {
+                    Ok(Some(e)) if e.state == KeyState::Active => false,
+                    Ok(Some(e)) => e.destroyed_at.is_none_or(|d| latest.is_none_or(|l| d <= l)),
+                    _ => true,
+                };
+                if residue {
                     dead += 1;
                 }
             }

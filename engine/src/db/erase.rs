@@ -250,8 +250,15 @@ impl DbInner {
                             reason: format!("legal hold: {hold}"),
                         });
                     }
-                    // Parked, not dropped: releasing the hold makes it due at once.
-                    let due = Due::EraseScope(*tag, class.number);
+                    // Parked, not dropped: releasing the hold makes it due
+                    // at once, and it resumes with its own reason (and, for
+                    // a whole subject, ends with the subject erased).
+                    let due = Due::ResumeErasure {
+                        tag: *tag,
+                        class: class.number,
+                        reason,
+                        whole: classes.is_none(),
+                    };
                     batch.put(
                         Tree::Blocked,
                         crate::retention::compaction::blocked_key(
@@ -326,6 +333,118 @@ impl DbInner {
             self.cache_subject(info);
         }
         Ok(receipt)
+    }
+
+    /// Erases every scope of the classes the policy no longer has (and does
+    /// not rename), audited with ledger reason `ClassRemoved`, then forgets
+    /// their names (meta `retired_class/<number>` keeps each for reports).
+    /// Subjects go in pages, each durable before the next; interrupted, the
+    /// next open finds the class still numbered and goes on.
+    pub(crate) fn retire_classes(
+        &self,
+        retiring: &[(String, u16)],
+        now_ts: Timestamp,
+    ) -> Result<()> {
+        /// Subjects erased per batch.
+        const RETIRE_PAGE: usize = 256;
+        let now = now_ts.as_second();
+        for (name, number) in retiring {
+            let mut tags = std::collections::BTreeSet::new();
+            self.storage.scan(
+                Tree::Vault,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                crate::storage::Order::Ascending,
+                &mut |k, v| {
+                    if let Some(id) = shredkv_crypto::KeyId::from_bytes(k)
+                        && id.class == *number
+                        && crate::vault::VaultEntry::decode(v)
+                            .map_or(true, |e| e.state == crate::vault::KeyState::Active)
+                    {
+                        tags.insert(id.subject);
+                    }
+                    ControlFlow::Continue(())
+                },
+            )?;
+            let tags: Vec<SubjectTag> = tags.into_iter().collect();
+            let mut scopes = 0usize;
+            for page in tags.chunks(RETIRE_PAGE) {
+                let _exclusive = self.gate.write(page);
+                let mut batch = WriteBatch::new();
+                let mut audit = Vec::new();
+                for tag in page {
+                    let prefix = records::scope_prefix(tag, *number);
+                    let ids = self.vault.destroy_prefix(&prefix, now, &mut batch)?;
+                    // A damaged subject record does not stop the erasure.
+                    let generation = self
+                        .subject_info(tag)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |info| info.generation);
+                    let entry = LedgerEntry {
+                        erased_at: now,
+                        generation,
+                        reason: ErasureReason::ClassRemoved,
+                        keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                        epoch: self.vault.current_epoch().0,
+                    };
+                    batch.put(
+                        Tree::Ledger,
+                        ledger::key(tag, *number).to_vec(),
+                        entry.encode(),
+                    );
+                    batch.put(
+                        Tree::Deadlines,
+                        deadlines::key(now, &Due::RemoveCiphertext(*tag, *number)),
+                        deadlines::value(now),
+                    );
+                    audit.push(PendingEntry::new(
+                        AuditEvent::KeysDestroyed,
+                        Some(*tag),
+                        Some(*number),
+                        format!(
+                            "{} keys destroyed; class {name} removed from the policy",
+                            ids.len()
+                        ),
+                    ));
+                }
+                self.audit.commit(
+                    self.storage.as_ref(),
+                    batch,
+                    &audit,
+                    now_ts,
+                    Durability::Durable,
+                )?;
+                for tag in page {
+                    self.vault.evict_subject(tag, Some(*number));
+                    self.forget_live_scopes(tag, Some(*number));
+                }
+                scopes += page.len();
+            }
+            let mut class_key = crate::db::meta::CLASS_PREFIX.to_vec();
+            class_key.extend_from_slice(name.as_bytes());
+            let mut retired_key = crate::db::meta::RETIRED_CLASS_PREFIX.to_vec();
+            retired_key.extend_from_slice(&number.to_be_bytes());
+            let mut batch = WriteBatch::new();
+            batch.remove(Tree::Meta, class_key);
+            batch.put(Tree::Meta, retired_key, name.as_bytes().to_vec());
+            let entry = PendingEntry::new(
+                AuditEvent::PolicyApplied,
+                None,
+                None,
+                format!(
+                    "class {name} (#{number}) is no longer in the policy: retired, {scopes} scopes erased"
+                ),
+            );
+            self.audit.commit(
+                self.storage.as_ref(),
+                batch,
+                &[entry],
+                now_ts,
+                Durability::Durable,
+            )?;
+        }
+        Ok(())
     }
 
     /// A subject and, for an account, its end users.
@@ -471,6 +590,21 @@ impl Db {
                 subject: tag,
                 detail: "is not erased; there is nothing to re-register".into(),
             });
+        }
+        // Releases of the erased generation do not carry over to the new one.
+        let release_prefix = subjects::release_key(&tag, 0);
+        let mut stale = WriteBatch::new();
+        scan_prefix(
+            inner.storage.as_ref(),
+            Tree::Subjects,
+            release_prefix.get(..17).unwrap_or_default(),
+            &mut |k, _| {
+                stale.remove(Tree::Subjects, k.to_vec());
+                ControlFlow::Continue(())
+            },
+        )?;
+        if !stale.is_empty() {
+            inner.storage.apply(&stale, Durability::Durable)?;
         }
         inner.set_state(
             &tag,

@@ -386,7 +386,43 @@ impl Db {
                     continue;
                 };
                 let Some(class) = inner.class_by_number(number) else {
-                    report.records_dead += 1;
+                    // A class the policy no longer has: its scopes were
+                    // erased when it was retired. Anything else is a record
+                    // moved under a class number it never had.
+                    let problem = match shredkv_crypto::Envelope::parse(v) {
+                        Ok(envelope) => {
+                            let r = envelope.key_ref();
+                            let id = KeyId {
+                                subject: tag,
+                                class: number,
+                                bucket: r.bucket,
+                                version: r.version,
+                            };
+                            let entry = inner.vault.read_entry(&id).ok().flatten();
+                            let dead = entry
+                                .as_ref()
+                                .is_none_or(|e| e.state == KeyState::Destroyed)
+                                && inner.dead_is_legitimate(
+                                    &id,
+                                    entry.as_ref(),
+                                    envelope.expiry(),
+                                    now,
+                                )?;
+                            (!dead).then_some((
+                                ProblemKind::Tampered,
+                                "a record of a class the store does not have, not explained by an erasure".to_string(),
+                            ))
+                        }
+                        Err(source) => Some((ProblemKind::Corrupt, source.to_string())),
+                    };
+                    match problem {
+                        None => report.records_dead += 1,
+                        Some((kind, detail)) => report.problems.push(Problem {
+                            kind,
+                            location: location(Some(format!("#{number}"))),
+                            detail,
+                        }),
+                    }
                     continue;
                 };
                 if shared.as_ref().is_none_or(|(held, _)| *held != tag) {

@@ -52,6 +52,9 @@ pub(crate) mod meta {
     pub(crate) const POLICY_DIGEST: &[u8] = b"policy_digest";
     pub(crate) const CLASS_PREFIX: &[u8] = b"class/";
     pub(crate) const NEXT_CLASS: &[u8] = b"next_class";
+    /// `retired_class/` ‖ number u16 → the name of a class removed from the
+    /// policy (its number is never reused).
+    pub(crate) const RETIRED_CLASS_PREFIX: &[u8] = b"retired_class/";
     pub(crate) const EPOCH_STARTED: &[u8] = b"epoch_started/";
     pub(crate) const EPOCH_RETIRED: &[u8] = b"epoch_retired/";
     pub(crate) const REWRAP_PENDING: &[u8] = b"rewrap_pending";
@@ -329,10 +332,12 @@ impl Db {
 
         let digest = meta_get(storage.as_ref(), meta::POLICY_DIGEST)?;
         let policy_changed = digest.as_deref() != Some(&policy.digest()[..]);
+        if policy_changed && !config.apply_policy_change {
+            return Err(Error::PolicyChanged { path });
+        }
+        let retiring = classes_to_retire(storage.as_ref(), &policy)?;
+        refuse_held_retirement(storage.as_ref(), &retiring)?;
         if policy_changed {
-            if !config.apply_policy_change {
-                return Err(Error::PolicyChanged { path });
-            }
             let mut batch = WriteBatch::new();
             batch.put(Tree::Meta, meta::POLICY_DIGEST, policy.digest().to_vec());
             let entry = PendingEntry::new(
@@ -416,6 +421,11 @@ impl Db {
                     source,
                 })?;
             *inner.flusher.lock().unwrap_or_else(PoisonError::into_inner) = Some((stop, handle));
+        }
+        if !restoring {
+            // Also after a crash in the middle of a retirement: the class
+            // stays numbered until its last scope is erased.
+            inner.retire_classes(&retiring, now)?;
         }
         if policy_changed && !restoring {
             inner.recompute_deadlines(now)?;
@@ -899,6 +909,85 @@ fn load_identity(
     ))
 }
 
+/// Classes the store numbered that the policy no longer names (and does not
+/// rename): `(name, number)`. Their scopes are erased when the change is
+/// applied, so no key is left that no rule would ever destroy.
+fn classes_to_retire(storage: &dyn Storage, policy: &Policy) -> Result<Vec<(String, u16)>> {
+    let kept: HashSet<&str> = policy
+        .classes()
+        .iter()
+        .flat_map(|c| std::iter::once(c.name()).chain(c.renamed_from()))
+        .collect();
+    let mut out = Vec::new();
+    scan_prefix(storage, Tree::Meta, meta::CLASS_PREFIX, &mut |k, v| {
+        let name = String::from_utf8_lossy(k.get(meta::CLASS_PREFIX.len()..).unwrap_or_default());
+        if !kept.contains(name.as_ref())
+            && let Some(number) = v.get(..2).and_then(|n| n.try_into().ok())
+        {
+            out.push((name.into_owned(), u16::from_be_bytes(number)));
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}
+
+/// Refuses to retire a class whose data a legal hold covers (G3 before G2):
+/// the error names the class and the way out.
+fn refuse_held_retirement(storage: &dyn Storage, retiring: &[(String, u16)]) -> Result<()> {
+    if retiring.is_empty() {
+        return Ok(());
+    }
+    let mut holds = Vec::new();
+    storage.scan(
+        Tree::Holds,
+        std::ops::Bound::Unbounded,
+        std::ops::Bound::Unbounded,
+        storage::Order::Ascending,
+        &mut |k, _| {
+            if let Some(scope) = crate::ledger::split_key(k) {
+                holds.push(scope);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    for (name, number) in retiring {
+        for (tag, class) in &holds {
+            let covered = if *class == *number {
+                true
+            } else if *class == crate::ledger::ALL_CLASSES {
+                let mut any = false;
+                scan_prefix(
+                    storage,
+                    Tree::Vault,
+                    &crate::records::scope_prefix(tag, *number),
+                    &mut |_, v| {
+                        // A live key, or one that cannot be read: data to keep.
+                        if crate::vault::VaultEntry::decode(v)
+                            .map_or(true, |e| e.state == crate::vault::KeyState::Active)
+                        {
+                            any = true;
+                            return ControlFlow::Break(());
+                        }
+                        ControlFlow::Continue(())
+                    },
+                )?;
+                any
+            } else {
+                false
+            };
+            if covered {
+                return Err(Error::PolicyViolation {
+                    class: name.clone(),
+                    detail: format!(
+                        "the policy no longer has this class, which would erase its data, but a legal hold covers it (subject {tag}); keep the class until the hold is released, or keep its data under a new name with renamed_from = \"{name}\""
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Gives every class of the policy a stable number (never reused).
 fn number_classes(storage: &dyn Storage, policy: &Policy) -> Result<Vec<ClassEntry>> {
     let mut next = match meta_get(storage, meta::NEXT_CLASS)? {
@@ -922,7 +1011,21 @@ fn number_classes(storage: &dyn Storage, policy: &Policy) -> Result<Vec<ClassEnt
             crate::retention::KeyMode::Blinded => 1u8,
             crate::retention::KeyMode::Ordered => 2u8,
         };
-        let number = match meta_get(storage, &key)? {
+        let mut stored = meta_get(storage, &key)?;
+        if stored.is_none()
+            && let Some(old) = class.renamed_from()
+        {
+            // An explicit rename: the class keeps its number, so its keys,
+            // records, ledger and deadlines carry over.
+            let mut old_key = meta::CLASS_PREFIX.to_vec();
+            old_key.extend_from_slice(old.as_bytes());
+            if let Some(bytes) = meta_get(storage, &old_key)? {
+                batch.remove(Tree::Meta, old_key);
+                batch.put(Tree::Meta, key.clone(), bytes.clone());
+                stored = Some(bytes);
+            }
+        }
+        let number = match stored {
             Some(bytes) => {
                 let (number, stored_mode) = match bytes.as_slice() {
                     [a, b] => (u16::from_be_bytes([*a, *b]), None),

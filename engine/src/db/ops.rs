@@ -641,7 +641,18 @@ impl DbInner {
         // reference, its expiry): a forged header must fail, not hide data.
         let key = match scratch.lookup(self, &id)? {
             KeyLookup::Live(key) => key,
-            KeyLookup::Destroyed => return Ok(None),
+            // Dead only where something explains it (an erased scope, a
+            // passed expiry day); a header edited to name a destroyed key
+            // is tampering, not a deletion.
+            KeyLookup::Destroyed => {
+                let entry = self.vault.read_entry(&id)?;
+                if self.dead_is_legitimate(&id, entry.as_ref(), envelope.expiry(), now)? {
+                    return Ok(None);
+                }
+                return Err(Error::Tampered {
+                    location: data_location(tag, class, data_key),
+                });
+            }
             KeyLookup::Missing => {
                 return Err(Error::Tampered {
                     location: data_location(tag, class, data_key),

@@ -10,11 +10,13 @@
 //!   the old one, so the dead ciphertext left in the backend's files dies;
 //! - **remove ciphertext**: drop records whose keys are destroyed.
 //!
-//! Each item is one atomic batch that also removes the item from the index,
-//! so an interrupted pass resumes where it stopped. An item covered by a
+//! Each item ends with one atomic batch that also removes the item from the
+//! index, so an interrupted pass resumes where it stopped (a re-key writes
+//! its re-encrypted records page by page before that). An item covered by a
 //! legal hold is moved to tree `blocked` (audited once) and re-queued when
-//! the hold is released. Epochs are maintained after the due items (see
-//! `epochs`).
+//! the hold is released. An item whose work fails on its own data is set
+//! aside (tree `poisoned`, see `poisoned`) and the pass goes on. Epochs are
+//! maintained after the due items (see `epochs`), whatever was set aside.
 
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
@@ -32,9 +34,12 @@ use crate::error::{Error, Result};
 use crate::ledger::{ALL_CLASSES, ErasureReason};
 use crate::records;
 use crate::retention::deadlines::{self, Due};
+use crate::retention::poisoned::{self, FailureKind, Poisoned, PoisonedSummary};
 use crate::storage::{Durability, Order, Tree, WriteBatch, scan_prefix};
 use crate::subjects::SubjectState;
-use crate::vault::{KeyState, Material};
+use crate::vault::{
+    KeyState, Material, SCOPE_BUCKET, VaultEntry, bucket_deadline, bucket_for_expiry,
+};
 
 /// Due items read from the index at a time.
 const DUE_PAGE: usize = 256;
@@ -68,6 +73,14 @@ pub struct CompactionReport {
     pub epochs_destroyed: u64,
     /// Due items left for the next pass (the budget ran out).
     pub remaining: u64,
+    /// Due items set aside because their work failed on their own data
+    /// (damaged or altered records): audited once, retried with backoff
+    /// (an hour, doubling to a day); the rest of the pass went on.
+    pub set_aside: u64,
+    /// Records kept although their key is not live, because nothing
+    /// explains why they would be dead (neither an erased scope nor a
+    /// passed expiry day): altered headers, reported by `verify`.
+    pub records_suspect: u64,
 }
 
 /// How often the dead records of expired buckets are swept, per scope.
@@ -243,10 +256,18 @@ impl DbInner {
         Ok(())
     }
 
+    /// Erases a scope whose time has come: a retention deadline
+    /// (`RetentionExpired`), or an erasure a legal hold blocked, resumed
+    /// with its own reason. A resumed erasure of a whole subject (`whole`)
+    /// erases what is not held now and, once nothing is, the subject: the
+    /// same end state as a direct erasure of it.
+    #[allow(clippy::too_many_arguments, reason = "one due item's fields")]
     fn erase_due_scope(
         &self,
         tag: SubjectTag,
         class: u16,
+        reason: ErasureReason,
+        whole: bool,
         deadline_key: &[u8],
         now: Timestamp,
         report: &mut CompactionReport,
@@ -259,30 +280,44 @@ impl DbInner {
         let Some(info) = self.subject_info(&tag)? else {
             return remove(self);
         };
-        let Some(entry) = self.class_by_number(class) else {
+        if info.state == SubjectState::Erased {
             return remove(self);
-        };
-        if info.state == SubjectState::Erased
-            || self
+        }
+        if !whole
+            && self
                 .scope_erased_at(&tag, class, info.generation)?
                 .is_some()
         {
             return remove(self);
         }
-        if self.blocked_by_hold(&tag, class, deadline_key, "retention erasure", now)? {
+        let what = match reason {
+            ErasureReason::RetentionExpired => "retention erasure".to_string(),
+            other => format!("{} erasure", other.name()),
+        };
+        if self.blocked_by_hold(&tag, class, deadline_key, &what, now)? {
             report.blocked_by_hold += 1;
             return Ok(());
         }
         let _exclusive = self.gate.write(&[tag]);
-        let receipt =
-            self.erase_locked(tag, &[tag], Some(&[entry]), ErasureReason::RetentionExpired)?;
+        let receipt = if whole {
+            self.erase_locked(tag, &[tag], None, reason)?
+        } else {
+            let Some(entry) = self.class_by_number(class) else {
+                // A class retired from the policy: its scopes were erased
+                // when the change was applied.
+                return remove(self);
+            };
+            self.erase_locked(tag, &[tag], Some(&[entry]), reason)?
+        };
         report.keys_destroyed += u64::try_from(receipt.keys_destroyed()).unwrap_or(u64::MAX);
         report.scopes_erased += u64::try_from(receipt.erased.len()).unwrap_or(u64::MAX);
         remove(self)
     }
 
     /// Re-encrypts the live records sealed under `old` with the bucket's
-    /// next key version, and destroys `old`, in one batch.
+    /// next key version, page by page (memory does not grow with the
+    /// bucket), then destroys `old` with the item's removal and its audit.
+    /// Interrupted, the next pass re-keys what is still under `old`.
     fn rekey(
         &self,
         old: KeyId,
@@ -294,10 +329,10 @@ impl DbInner {
         done.remove(Tree::Deadlines, deadline_key.to_vec());
         done.remove(Tree::Debts, old.to_bytes().to_vec());
         let live = matches!(self.vault.read_entry(&old)?, Some(e) if e.state == KeyState::Active);
-        let Some(class) = self.class_by_number(old.class).filter(|_| live) else {
+        if !live {
             self.storage.apply(&done, Durability::Buffered)?;
             return Ok(());
-        };
+        }
         if self.blocked_by_hold(&old.subject, old.class, deadline_key, "re-key", now)? {
             report.blocked_by_hold += 1;
             return Ok(());
@@ -322,69 +357,91 @@ impl DbInner {
                 detail: "scope keys are never re-keyed".into(),
             });
         };
-        let prefix = records::scope_prefix(&old.subject, old.class);
-        let mut entries = Vec::new();
-        scan_prefix(self.storage.as_ref(), Tree::Data, &prefix, &mut |k, v| {
-            if Envelope::parse(v).is_ok_and(|e| {
-                e.key_ref()
-                    == KeyRef {
-                        bucket: old.bucket,
-                        version: old.version,
-                    }
-            }) {
-                entries.push((k.to_vec(), v.to_vec()));
-            }
-            ControlFlow::Continue(())
-        })?;
-        let mut aad = Vec::new();
-        let mut sealed = Vec::new();
-        let mut batch = done;
+        let old_ref = KeyRef {
+            bucket: old.bucket,
+            version: old.version,
+        };
         let new_ref = KeyRef {
             bucket: new_key.id.bucket,
             version: new_key.id.version,
         };
+        let prefix = records::scope_prefix(&old.subject, old.class);
+        let mut aad = Vec::new();
+        let mut sealed = Vec::new();
         let mut rekeyed = 0u64;
-        for (k, v) in &entries {
-            let Ok(envelope) = Envelope::parse(v) else {
-                continue;
-            };
-            if envelope.expiry().is_some_and(|e| e <= now.as_second()) {
-                continue;
+        let mut expired = 0u64;
+        let mut unauthentic = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.data_page(&prefix, after.as_deref())?;
+            let full = page.len() >= RECORD_PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            let mut batch = WriteBatch::new();
+            for (k, v) in &page {
+                let Ok(envelope) = Envelope::parse(v) else {
+                    continue;
+                };
+                if envelope.key_ref() != old_ref {
+                    continue;
+                }
+                records::associated_data(&self.store_id, k, &mut aad);
+                // Authenticate before deciding anything from the header:
+                // a forged expiry must not make the record look dead. A
+                // record that does not authenticate is not re-sealed (that
+                // would launder it); left under the destroyed key, it reads
+                // (and verifies) as tampered.
+                let Ok(plain) = envelope.open(old_cipher, &aad) else {
+                    unauthentic += 1;
+                    continue;
+                };
+                if envelope.expiry().is_some_and(|e| e <= now.as_second()) {
+                    // Expired (no hold covers the scope: checked above).
+                    batch.remove(Tree::Data, k.clone());
+                    expired += 1;
+                    continue;
+                }
+                seal_into(
+                    new_cipher,
+                    new_ref,
+                    envelope.expiry(),
+                    &aad,
+                    &plain,
+                    &mut sealed,
+                )
+                .map_err(|err| Error::InvalidArgument {
+                    what: "value",
+                    detail: err.to_string(),
+                })?;
+                batch.put(Tree::Data, k.clone(), sealed.clone());
+                self.vault.note_seal(&new_key, &mut batch);
+                rekeyed += 1;
             }
-            records::associated_data(&self.store_id, k, &mut aad);
-            // A record that no longer authenticates is not re-sealed: it was
-            // unreadable already, and sealing it anew would launder it.
-            let Ok(plain) = envelope.open(old_cipher, &aad) else {
-                continue;
-            };
-            seal_into(
-                new_cipher,
-                new_ref,
-                envelope.expiry(),
-                &aad,
-                &plain,
-                &mut sealed,
-            )
-            .map_err(|err| Error::InvalidArgument {
-                what: "value",
-                detail: err.to_string(),
-            })?;
-            batch.put(Tree::Data, k.clone(), sealed.clone());
-            self.vault.note_seal(&new_key, &mut batch);
-            rekeyed += 1;
+            if !batch.is_empty() {
+                self.storage.apply(&batch, Durability::Buffered)?;
+            }
+            if !full {
+                break;
+            }
         }
+        let mut batch = done;
         self.vault.destroy_one(&old, now.as_second(), &mut batch)?;
+        let mut detail = format!(
+            "class {}; bucket {} v{} -> v{}; {rekeyed} records re-encrypted; {expired} expired records removed; old key destroyed",
+            self.class_name(old.class),
+            old.bucket,
+            old.version,
+            new_key.id.version
+        );
+        if unauthentic > 0 {
+            detail.push_str(&format!(
+                "; {unauthentic} records failed authentication and were left as they were (verify reports them)"
+            ));
+        }
         let entry = PendingEntry::new(
             AuditEvent::Rekeyed,
             Some(old.subject),
             Some(old.class),
-            format!(
-                "class {}; bucket {} v{} -> v{}; {rekeyed} records re-encrypted; old key destroyed",
-                class.policy.name(),
-                old.bucket,
-                old.version,
-                new_key.id.version
-            ),
+            detail,
         );
         self.audit.commit(
             self.storage.as_ref(),
@@ -396,8 +453,73 @@ impl DbInner {
         self.vault.evict(&old);
         report.buckets_rekeyed += 1;
         report.records_rekeyed += rekeyed;
+        report.records_suspect += unauthentic;
         report.keys_destroyed += 1;
         Ok(())
+    }
+
+    /// Up to [`RECORD_PAGE`] records under `prefix`, after `after`.
+    fn data_page(&self, prefix: &[u8], after: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut page = Vec::new();
+        let start = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(prefix),
+        };
+        self.storage.scan(
+            Tree::Data,
+            start,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if !k.starts_with(prefix) {
+                    return ControlFlow::Break(());
+                }
+                page.push((k.to_vec(), v.to_vec()));
+                if page.len() >= RECORD_PAGE {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        Ok(page)
+    }
+
+    /// Whether a record naming key `id`, which is not live (destroyed,
+    /// its epoch gone, or never held: `entry` is `None`), may legitimately
+    /// sit there dead: its scope (or subject) was erased since the key was
+    /// made, or it is in an expiry bucket whose day has passed with an
+    /// expiry that belongs to that bucket. Anything else is an altered
+    /// header naming a dead key, and must be reported, not taken as dead.
+    pub(crate) fn dead_is_legitimate(
+        &self,
+        id: &KeyId,
+        entry: Option<&VaultEntry>,
+        expiry: Option<i64>,
+        now: i64,
+    ) -> Result<bool> {
+        if id.bucket != SCOPE_BUCKET
+            && bucket_deadline(id.bucket).is_some_and(|end| end <= now)
+            && expiry.is_some_and(|e| bucket_for_expiry(Some(e)) == id.bucket)
+        {
+            return Ok(true);
+        }
+        let made = entry.map_or(i64::MIN, |e| e.created_at);
+        for class in [id.class, ALL_CLASSES] {
+            let Some(bytes) = self
+                .storage
+                .get(Tree::Ledger, &crate::ledger::key(&id.subject, class))?
+            else {
+                continue;
+            };
+            // A damaged ledger entry still says the scope was erased.
+            let erased_at =
+                crate::ledger::LedgerEntry::decode(&bytes).map_or(i64::MAX, |e| e.erased_at);
+            if erased_at >= made {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Removes the records whose keys are destroyed, for a page of scopes
@@ -411,7 +533,9 @@ impl DbInner {
         if items.is_empty() {
             return Ok(());
         }
-        let mut key_alive: HashMap<KeyId, bool> = HashMap::new();
+        // Per key: its vault entry (`None` if never held), or `Err` if damaged.
+        let mut key_entries: HashMap<KeyId, std::result::Result<Option<VaultEntry>, ()>> =
+            HashMap::new();
         let mut removals = WriteBatch::new();
         let mut pending = 0usize;
         let mut done = WriteBatch::new();
@@ -423,6 +547,7 @@ impl DbInner {
                 records::scope_prefix(tag, *class).to_vec()
             };
             let mut removed = 0u64;
+            let mut suspect = 0u64;
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let mut page = Vec::new();
@@ -467,18 +592,35 @@ impl DbInner {
                         bucket: r.bucket,
                         version: r.version,
                     };
-                    let alive = match key_alive.get(&id) {
-                        Some(alive) => *alive,
+                    let entry = match key_entries.get(&id) {
+                        Some(entry) => entry.clone(),
                         None => {
-                            let alive = matches!(self.vault.read_entry(&id), Ok(Some(e)) if e.state == KeyState::Active);
-                            key_alive.insert(id, alive);
-                            alive
+                            let entry = match self.vault.read_entry(&id) {
+                                Ok(entry) => Ok(entry),
+                                Err(Error::Corrupt { .. }) => Err(()),
+                                Err(other) => return Err(other),
+                            };
+                            key_entries.insert(id, entry.clone());
+                            entry
                         }
                     };
-                    if !alive {
+                    let dead = match &entry {
+                        Ok(Some(e)) if e.state == KeyState::Active => false,
+                        Ok(entry) => self.dead_is_legitimate(
+                            &id,
+                            entry.as_ref(),
+                            envelope.expiry(),
+                            now.as_second(),
+                        )?,
+                        // A damaged vault entry: verify reports it.
+                        Err(_) => false,
+                    };
+                    if dead {
                         removals.remove(Tree::Data, k.clone());
                         pending += 1;
                         removed += 1;
+                    } else if !matches!(&entry, Ok(Some(e)) if e.state == KeyState::Active) {
+                        suspect += 1;
                     }
                 }
                 if pending >= RECORD_PAGE * 8 {
@@ -491,6 +633,17 @@ impl DbInner {
                 }
             }
             done.remove(Tree::Deadlines, deadline_key.clone());
+            if suspect > 0 {
+                audit.push(PendingEntry::new(
+                    AuditEvent::ItemSetAside,
+                    Some(*tag),
+                    (*class != ALL_CLASSES).then_some(*class),
+                    format!(
+                        "{suspect} records kept: their key is not live, yet they are neither in an erased scope nor past their expiry day (altered headers?); verify reports them"
+                    ),
+                ));
+                report.records_suspect += suspect;
+            }
             if removed > 0 {
                 audit.push(PendingEntry::new(
                     AuditEvent::CiphertextRemoved,
@@ -516,13 +669,183 @@ impl DbInner {
     }
 }
 
+impl DbInner {
+    /// The due items set aside by earlier passes, by deadline key. Records
+    /// of items no longer in the index (done since, or parked by a hold)
+    /// are dropped here.
+    fn load_poisoned(&self) -> Result<HashMap<Vec<u8>, Poisoned>> {
+        let mut found = Vec::new();
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Poisoned,
+            &[poisoned::DUE_ITEM],
+            &mut |k, v| {
+                found.push((k.to_vec(), Poisoned::decode(v).ok()));
+                ControlFlow::Continue(())
+            },
+        )?;
+        let mut out = HashMap::new();
+        let mut stale = WriteBatch::new();
+        for (k, record) in found {
+            let deadline_key = k.get(1..).unwrap_or_default().to_vec();
+            match record {
+                Some(record) if self.storage.get(Tree::Deadlines, &deadline_key)?.is_some() => {
+                    out.insert(deadline_key, record);
+                }
+                _ => stale.remove(Tree::Poisoned, k),
+            }
+        }
+        if !stale.is_empty() {
+            self.storage.apply(&stale, Durability::Buffered)?;
+        }
+        Ok(out)
+    }
+
+    /// Records that a due item failed on its own data: set aside (audited
+    /// the first time), retried with backoff.
+    fn set_aside(
+        &self,
+        deadline_key: &[u8],
+        previous: Option<Poisoned>,
+        err: &Error,
+        now: Timestamp,
+    ) -> Result<()> {
+        let Some((deadline, due)) = deadlines::decode_key(deadline_key) else {
+            return Ok(());
+        };
+        let record = Poisoned::failed(previous, deadline, FailureKind::of(err), now.as_second());
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Tree::Poisoned,
+            poisoned::due_key(deadline_key),
+            record.encode(),
+        );
+        let (subject, class, what) = match due {
+            Due::DestroyKey(id) => (id.subject, id.class, "expiry key destruction"),
+            Due::EraseScope(tag, class) => (tag, class, "retention erasure"),
+            Due::Rekey(id) => (id.subject, id.class, "re-key"),
+            Due::RemoveCiphertext(tag, class) => (tag, class, "dead record removal"),
+            Due::ResumeErasure { tag, class, .. } => (tag, class, "resumed erasure"),
+        };
+        let audit = if previous.is_none() {
+            vec![PendingEntry::new(
+                AuditEvent::ItemSetAside,
+                Some(subject),
+                (class != ALL_CLASSES).then_some(class),
+                format!(
+                    "{what} due {} set aside ({}): {err}; retried with backoff, the purge of everything else goes on",
+                    crate::codec::saturating_time(deadline),
+                    record.kind.name()
+                ),
+            )]
+        } else {
+            Vec::new()
+        };
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &audit,
+            now,
+            Durability::Buffered,
+        )
+    }
+
+    /// Runs `work` over `items` as one unit; if it fails on some item's own
+    /// data, runs it item by item so only the failing ones are set aside.
+    /// Environment failures (backend, key provider) stop the pass.
+    fn isolated<T: Clone>(
+        &self,
+        items: &[T],
+        key_of: impl Fn(&T) -> &[u8],
+        poisoned: &HashMap<Vec<u8>, Poisoned>,
+        now: Timestamp,
+        report: &mut CompactionReport,
+        mut work: impl FnMut(&DbInner, &[T], &mut CompactionReport) -> Result<()>,
+    ) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let failure = match work(self, items, report) {
+            Ok(()) => {
+                self.clear_poisoned(items.iter().map(&key_of), poisoned)?;
+                return Ok(());
+            }
+            Err(err) if poisoned::is_item_failure(&err) => err,
+            Err(err) => return Err(err),
+        };
+        let mut failures = Vec::new();
+        if let [only] = items {
+            failures.push((key_of(only), failure));
+        } else {
+            for item in items {
+                match work(self, std::slice::from_ref(item), report) {
+                    Ok(()) => self.clear_poisoned(std::iter::once(key_of(item)), poisoned)?,
+                    Err(err) if poisoned::is_item_failure(&err) => {
+                        failures.push((key_of(item), err));
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        for (key, err) in failures {
+            report.set_aside += 1;
+            self.set_aside(key, poisoned.get(key).copied(), &err, now)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the set-aside records of items that have now been done.
+    fn clear_poisoned<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a [u8]>,
+        poisoned: &HashMap<Vec<u8>, Poisoned>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        for key in keys.filter(|k| poisoned.contains_key(*k)) {
+            batch.remove(Tree::Poisoned, poisoned::due_key(key));
+        }
+        if !batch.is_empty() {
+            self.storage.apply(&batch, Durability::Buffered)?;
+        }
+        Ok(())
+    }
+
+    /// How many items compaction has set aside, and the earliest deadline
+    /// among them, for stats and verify to report an overdue purge.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub(crate) fn poisoned_summary(&self) -> Result<PoisonedSummary> {
+        let mut summary = PoisonedSummary::default();
+        self.storage.scan(
+            Tree::Poisoned,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |_, v| {
+                summary.count += 1;
+                // A damaged record still counts; its deadline is unknown.
+                if let Ok(record) = Poisoned::decode(v) {
+                    let at = crate::codec::saturating_time(record.deadline);
+                    summary.oldest_deadline =
+                        Some(summary.oldest_deadline.map_or(at, |o: Timestamp| o.min(at)));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(summary)
+    }
+}
+
 impl Db {
     /// Runs one compaction pass at the store clock's current time, with no
     /// budget: everything due is done. See the module docs.
     ///
     /// # Errors
     /// Storage and key provider failures; work done before the failure is
-    /// kept, and the rest is done by the next pass.
+    /// kept, and the rest is done by the next pass. An item that fails on
+    /// its own data (damaged or altered) is set aside instead, and the pass
+    /// goes on (see [`CompactionReport::set_aside`]).
     pub fn compact(&self) -> Result<CompactionReport> {
         self.compact_with(usize::MAX, &mut |_| {})
     }
@@ -547,10 +870,12 @@ impl Db {
             ran_at: Some(now),
             ..CompactionReport::default()
         };
+        let poisoned = inner.load_poisoned()?;
         let end = deadlines::upper_bound(now.as_second());
         let mut left = budget;
         // Pages continue after the last key seen, so an entry this build
-        // cannot read is passed over instead of read again forever.
+        // cannot read (or one set aside) is passed over instead of read
+        // again forever.
         let mut after: Option<Vec<u8>> = None;
         loop {
             let mut due = Vec::new();
@@ -579,6 +904,14 @@ impl Db {
                 if left == 0 {
                     break;
                 }
+                if poisoned
+                    .get(&key)
+                    .is_some_and(|p| p.next_retry > now.as_second())
+                {
+                    // Set aside earlier; its retry is not due yet.
+                    report.set_aside += 1;
+                    continue;
+                }
                 match deadlines::decode_key(&key) {
                     Some((_, Due::DestroyKey(id))) => expired_keys.push((key, id)),
                     Some((_, due)) => others.push((key, due)),
@@ -589,19 +922,69 @@ impl Db {
                 left -= 1;
                 report.items += 1;
             }
-            inner.destroy_due_keys(&expired_keys, now, &mut report)?;
+            inner.isolated(
+                &expired_keys,
+                |(k, _)| k.as_slice(),
+                &poisoned,
+                now,
+                &mut report,
+                |inner, items, report| inner.destroy_due_keys(items, now, report),
+            )?;
             let mut dead = Vec::new();
             for (key, due) in others {
+                let item = [(key, due)];
                 match due {
-                    Due::EraseScope(tag, class) => {
-                        inner.erase_due_scope(tag, class, &key, now, &mut report)?
+                    Due::EraseScope(tag, class) => inner.isolated(
+                        &item,
+                        |(k, _)| k.as_slice(),
+                        &poisoned,
+                        now,
+                        &mut report,
+                        |inner, _, report| {
+                            let reason = ErasureReason::RetentionExpired;
+                            inner
+                                .erase_due_scope(tag, class, reason, false, &item[0].0, now, report)
+                        },
+                    )?,
+                    Due::ResumeErasure {
+                        tag,
+                        class,
+                        reason,
+                        whole,
+                    } => inner.isolated(
+                        &item,
+                        |(k, _)| k.as_slice(),
+                        &poisoned,
+                        now,
+                        &mut report,
+                        |inner, _, report| {
+                            inner
+                                .erase_due_scope(tag, class, reason, whole, &item[0].0, now, report)
+                        },
+                    )?,
+                    Due::Rekey(id) => inner.isolated(
+                        &item,
+                        |(k, _)| k.as_slice(),
+                        &poisoned,
+                        now,
+                        &mut report,
+                        |inner, _, report| inner.rekey(id, &item[0].0, now, report),
+                    )?,
+                    Due::RemoveCiphertext(tag, class) => {
+                        let [(key, _)] = item;
+                        dead.push((key, tag, class));
                     }
-                    Due::Rekey(id) => inner.rekey(id, &key, now, &mut report)?,
-                    Due::RemoveCiphertext(tag, class) => dead.push((key, tag, class)),
                     Due::DestroyKey(_) => {}
                 }
             }
-            inner.remove_dead(&dead, now, &mut report)?;
+            inner.isolated(
+                &dead,
+                |(k, _, _)| k.as_slice(),
+                &poisoned,
+                now,
+                &mut report,
+                |inner, items, report| inner.remove_dead(items, now, report),
+            )?;
             progress(report.items);
             if left == 0 {
                 let mut more = 0u64;
@@ -623,6 +1006,7 @@ impl Db {
         }
         // After the due erasures: a key destroyed by this pass must not be
         // re-wrapped under a new epoch first (that copy would outlive W).
+        // Items set aside above do not stop it.
         inner.maintain_epochs(now, &mut report)?;
         inner.storage.flush()?;
         Ok(report)

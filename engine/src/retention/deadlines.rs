@@ -9,6 +9,9 @@
 //!                                          target = key id (26)
 //!          kind 4  remove dead ciphertext of an erased scope
 //!                                          target = subject tag (16) ‖ class u16
+//!          kind 5  resume an erasure a legal hold blocked
+//!                                          target = subject tag (16) ‖ class u16
+//!                                          ‖ reason u8 ‖ whole subject u8 (0/1)
 //! value: v1 ‖ created at i64 ‖ CRC32
 //! ```
 //!
@@ -18,6 +21,7 @@
 use shredkv_crypto::{KeyId, SubjectTag};
 
 use crate::codec::{Writer, sortable_time, time_from_sortable};
+use crate::ledger::ErasureReason;
 
 const VERSION: u8 = 1;
 
@@ -32,6 +36,15 @@ pub(crate) enum Due {
     Rekey(KeyId),
     /// Remove the dead ciphertext of an erased scope.
     RemoveCiphertext(SubjectTag, u16),
+    /// Resume an erasure (shred, deletion request) a legal hold blocked,
+    /// with its own reason; `whole` for an erasure of the whole subject,
+    /// which ends with the subject erased as a direct one would.
+    ResumeErasure {
+        tag: SubjectTag,
+        class: u16,
+        reason: ErasureReason,
+        whole: bool,
+    },
 }
 
 pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
@@ -55,6 +68,18 @@ pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
             out.push(4);
             out.extend_from_slice(&tag.0);
             out.extend_from_slice(&class.to_be_bytes());
+        }
+        Due::ResumeErasure {
+            tag,
+            class,
+            reason,
+            whole,
+        } => {
+            out.push(5);
+            out.extend_from_slice(&tag.0);
+            out.extend_from_slice(&class.to_be_bytes());
+            out.push(reason.code());
+            out.push(u8::from(*whole));
         }
     }
     out
@@ -86,6 +111,21 @@ pub(crate) fn decode_key(key: &[u8]) -> Option<(i64, Due)> {
         2 => scope(target).map(|(t, c)| Due::EraseScope(t, c))?,
         3 => Due::Rekey(KeyId::from_bytes(target)?),
         4 => scope(target).map(|(t, c)| Due::RemoveCiphertext(t, c))?,
+        5 => {
+            let (tag, class) = scope(target.get(..18)?)?;
+            let reason = ErasureReason::from_code(*target.get(18)?)?;
+            let whole = match target.get(19..)? {
+                [0] => false,
+                [1] => true,
+                _ => return None,
+            };
+            Due::ResumeErasure {
+                tag,
+                class,
+                reason,
+                whole,
+            }
+        }
         _ => return None,
     };
     Some((time_from_sortable(time), due))
@@ -108,6 +148,12 @@ mod tests {
             Due::EraseScope(SubjectTag([5; 16]), 6),
             Due::Rekey(id),
             Due::RemoveCiphertext(SubjectTag([5; 16]), 6),
+            Due::ResumeErasure {
+                tag: SubjectTag([7; 16]),
+                class: 8,
+                reason: ErasureReason::Operator,
+                whole: true,
+            },
         ];
         for due in dues {
             assert_eq!(decode_key(&key(77, &due)), Some((77, due)));

@@ -30,6 +30,7 @@ use crate::audit::{AuditEvent, PendingEntry};
 use crate::db::{Db, DbInner, meta, meta_get};
 use crate::error::{Error, Result};
 use crate::retention::compaction::CompactionReport;
+use crate::retention::poisoned::{self, FailureKind, Poisoned};
 use crate::storage::{Durability, Order, Tree, WriteBatch};
 use crate::vault::{KeyState, VaultEntry};
 
@@ -206,12 +207,24 @@ impl DbInner {
                 .collect();
             let _exclusive = self.gate.write(&tags);
             let mut batch = WriteBatch::new();
+            let mut lost = Vec::new();
             for id in &page {
-                if self.vault.rewrap(id, current, &mut batch)? {
-                    total += 1;
+                match self.vault.rewrap(id, current, &mut batch) {
+                    Ok(true) => {
+                        total += 1;
+                        batch.remove(Tree::Poisoned, poisoned::lost_key(id));
+                    }
+                    Ok(false) => {}
+                    // An entry that no longer authenticates cannot be
+                    // re-wrapped, and must not keep its epoch alive (G2).
+                    Err(err) if poisoned::is_item_failure(&err) => lost.push((*id, err)),
+                    Err(err) => return Err(err),
                 }
             }
             self.storage.apply(&batch, Durability::Buffered)?;
+            for (id, err) in lost {
+                self.set_aside_lost_key(&id, &err, now)?;
+            }
         }
         let mut batch = WriteBatch::new();
         batch.remove(Tree::Meta, meta::REWRAP_PENDING.to_vec());
@@ -231,20 +244,83 @@ impl DbInner {
         Ok(total)
     }
 
-    /// Epochs some live vault entry is still wrapped under.
+    /// Records a vault entry that failed authentication when it was to be
+    /// re-wrapped: set aside as lost (audited the first time). Its data is
+    /// unreadable already; its epoch is destroyed on schedule all the same.
+    fn set_aside_lost_key(&self, id: &KeyId, err: &Error, now: Timestamp) -> Result<()> {
+        let key = poisoned::lost_key(id);
+        let previous = self
+            .storage
+            .get(Tree::Poisoned, &key)?
+            .and_then(|v| Poisoned::decode(&v).ok());
+        let record = Poisoned::failed(
+            previous,
+            now.as_second(),
+            FailureKind::of(err),
+            now.as_second(),
+        );
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Poisoned, key, record.encode());
+        let audit = if previous.is_none() {
+            vec![PendingEntry::new(
+                AuditEvent::ItemSetAside,
+                Some(id.subject),
+                Some(id.class),
+                format!(
+                    "data key bucket {} v{} lost: its vault entry cannot be re-wrapped ({err}); its epoch is destroyed on schedule, and records under it read as tampered",
+                    id.bucket, id.version
+                ),
+            )]
+        } else {
+            Vec::new()
+        };
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &audit,
+            now,
+            Durability::Buffered,
+        )
+    }
+
+    /// Epochs some live vault entry is still wrapped under. Entries set
+    /// aside as lost (they fail authentication) do not count: G2 wins.
     fn epochs_in_use(&self) -> Result<BTreeSet<EpochId>> {
+        let mut lost = BTreeSet::new();
+        crate::storage::scan_prefix(
+            self.storage.as_ref(),
+            Tree::Poisoned,
+            &[poisoned::LOST_KEY],
+            &mut |k, _| {
+                lost.insert(k.get(1..).unwrap_or_default().to_vec());
+                ControlFlow::Continue(())
+            },
+        )?;
+        // A lost key destroyed since (its subject erased) is no longer lost.
+        let mut settled = WriteBatch::new();
+        for id in lost.iter().filter_map(|k| KeyId::from_bytes(k)) {
+            if let Ok(Some(entry)) = self.vault.read_entry(&id)
+                && entry.state == KeyState::Destroyed
+            {
+                settled.remove(Tree::Poisoned, poisoned::lost_key(&id));
+            }
+        }
+        if !settled.is_empty() {
+            self.storage.apply(&settled, Durability::Buffered)?;
+        }
         let mut used = BTreeSet::new();
         self.storage.scan(
             Tree::Vault,
             Bound::Unbounded,
             Bound::Unbounded,
             Order::Ascending,
-            &mut |_, v| {
+            &mut |k, v| {
                 if let Ok(VaultEntry {
                     state: KeyState::Active,
                     wrapped: Some(w),
                     ..
                 }) = VaultEntry::decode(v)
+                    && !lost.contains(k)
                 {
                     used.insert(w.epoch());
                 }

@@ -380,6 +380,12 @@ impl Db {
             subjects::record_key(&tag).to_vec(),
             updated.encode(),
         );
+        // Per class: receipts date a released class from its own release.
+        batch.put(
+            Tree::Subjects,
+            subjects::release_key(&tag, class.number).to_vec(),
+            now.as_second().to_be_bytes().to_vec(),
+        );
         let due = Due::EraseScope(tag, class.number);
         batch.put(
             Tree::Deadlines,

@@ -11,6 +11,7 @@ mod epochs;
 mod events;
 mod maintenance;
 mod overdue;
+pub(crate) mod poisoned;
 pub(crate) mod policy;
 #[cfg(test)]
 mod tests;

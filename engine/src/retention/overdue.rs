@@ -31,12 +31,18 @@ pub struct OverduePurge {
     /// Epoch keys the key provider still holds past their destruction time:
     /// (epoch, when it was due).
     pub epochs: Vec<(u32, Timestamp)>,
+    /// Items compaction set aside after they failed on their own data (a
+    /// damaged record, a vault entry failing authentication): retried with
+    /// backoff, but each needs an operator's look (`verify`, the audit log).
+    pub set_aside: u64,
+    /// The earliest deadline among the set-aside items.
+    pub oldest_set_aside: Option<Timestamp>,
 }
 
 impl OverduePurge {
     /// Whether anything is overdue.
     pub fn is_overdue(&self) -> bool {
-        self.items > 0 || !self.epochs.is_empty()
+        self.items > 0 || !self.epochs.is_empty() || self.set_aside > 0
     }
 }
 
@@ -54,6 +60,12 @@ impl std::fmt::Display for OverduePurge {
         }
         for (epoch, due) in &self.epochs {
             parts.push(format!("epoch {epoch} due for destruction since {due}"));
+        }
+        if self.set_aside > 0 {
+            parts.push(format!(
+                "{} item(s) set aside after failing on damaged data (see `verify` and the audit log)",
+                self.set_aside
+            ));
         }
         write!(
             f,
@@ -103,6 +115,9 @@ impl DbInner {
                 }
             }
         }
+        let poisoned = self.poisoned_summary()?;
+        overdue.set_aside = poisoned.count;
+        overdue.oldest_set_aside = poisoned.oldest_deadline;
         Ok(overdue)
     }
 }

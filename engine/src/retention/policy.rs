@@ -16,6 +16,7 @@
 //! # max_customer_ttl = "90 days"         # write clock only: cap on a customer's TTL
 //! # until_account_closure = true         # also erased when the account closes
 //! # keys = "ordered"                     # default "blinded"
+//! # renamed_from = "profile"             # this class was called so: keeps its data
 //! legal_basis = "contract: provide the services"
 //! clause = 'Heading: "verbatim quote of the notice"'
 //! ```
@@ -171,6 +172,9 @@ impl Policy {
     ///   max_customer_ttl opt dur | keys u8 (1 blinded, 2 ordered)
     ///   until_account_closure u8 (0, 1) | legal_basis str | clause str
     /// ```
+    ///
+    /// `renamed_from` is not hashed: it changes no rule, only which stored
+    /// class a new name continues (and a rename changes the name).
     pub fn digest(&self) -> [u8; 32] {
         let mut classes: Vec<&ClassPolicy> = self.classes.iter().collect();
         classes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -237,12 +241,21 @@ pub struct ClassPolicy {
     keys: KeyMode,
     legal_basis: String,
     clause: String,
+    renamed_from: Option<String>,
 }
 
 impl ClassPolicy {
     /// The class name: a unique lowercase identifier (`[a-z][a-z0-9_]*`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name this class had before (`renamed_from`): a store that knows
+    /// the class by that name keeps its data under the new name. A class
+    /// that leaves the policy without such a rename is retired, and its
+    /// data erased, when the change is applied (see docs/retention.md).
+    pub fn renamed_from(&self) -> Option<&str> {
+        self.renamed_from.as_deref()
     }
 
     /// Whether the platform is controller or processor of this data.
@@ -825,6 +838,7 @@ struct RawClass {
     keys: Option<Spanned<String>>,
     legal_basis: Spanned<String>,
     clause: Spanned<String>,
+    renamed_from: Option<Spanned<String>>,
 }
 
 /// Implemented by the enums spelled as strings in the policy file.
@@ -862,12 +876,17 @@ impl RawPolicy {
         }
 
         let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        let mut renames: HashMap<String, Range<usize>> = HashMap::new();
         let mut out = Vec::with_capacity(classes.get_ref().len());
         for raw in classes.into_inner() {
             let class_span = raw.span();
             let raw = raw.into_inner();
             let name_span = raw.name.span();
+            let rename_span = raw.renamed_from.as_ref().map(Spanned::span);
             let class = raw.validate(ctx, class_span)?;
+            if let Some(span) = rename_span {
+                renames.insert(class.name.clone(), span);
+            }
             if let Some(first) = seen.get(&class.name) {
                 let (line, _) = ctx.line_column(first.start);
                 return Err(ctx.invalid(
@@ -881,6 +900,33 @@ impl RawPolicy {
             }
             seen.insert(class.name.clone(), name_span);
             out.push(class);
+        }
+        let mut renamed: HashMap<&str, &str> = HashMap::new();
+        for class in &out {
+            let Some(old) = class.renamed_from.as_deref() else {
+                continue;
+            };
+            let span = renames.get(&class.name).cloned().unwrap_or(0..0);
+            if seen.contains_key(old) {
+                return Err(ctx.invalid(
+                    span,
+                    format!(
+                        "class `{}` is renamed from `{old}`, but the policy still defines `{old}`",
+                        class.name
+                    ),
+                    format!("remove the class `{old}`, or the `renamed_from` line"),
+                ));
+            }
+            if let Some(other) = renamed.insert(old, &class.name) {
+                return Err(ctx.invalid(
+                    span,
+                    format!(
+                        "classes `{other}` and `{}` are both renamed from `{old}`",
+                        class.name
+                    ),
+                    "a class keeps its data under one new name only".to_owned(),
+                ));
+            }
         }
         Ok(Policy { classes: out })
     }
@@ -989,6 +1035,21 @@ impl RawClass {
             ));
         }
 
+        let renamed_from = match &self.renamed_from {
+            None => None,
+            Some(old) if !is_identifier(old.get_ref()) || *old.get_ref() == name => {
+                return Err(ctx.invalid(
+                    old.span(),
+                    format!(
+                        "class `{name}`: renamed_from \"{}\" is not another class name",
+                        old.get_ref().escape_debug()
+                    ),
+                    "name the class as the store knew it before (a lowercase identifier)"
+                        .to_owned(),
+                ));
+            }
+            Some(old) => Some(old.get_ref().clone()),
+        };
         let legal_basis = non_empty(
             ctx,
             &name,
@@ -1016,6 +1077,7 @@ impl RawClass {
             keys,
             legal_basis,
             clause,
+            renamed_from,
         })
     }
 }
@@ -1752,6 +1814,39 @@ clause = 'Heading: "quote"'
         assert_eq!(at, (2, 1));
         assert!(message.contains("expected a sequence"), "{message}");
         assert!(hint.contains("[[class]]"), "{hint}");
+    }
+
+    #[test]
+    fn renamed_from_names_another_class_and_leaves_the_digest_alone() {
+        let text = format!("{ONE_CLASS}renamed_from = \"old_alpha\"\n");
+        let policy = parse(&text).unwrap();
+        assert_eq!(policy.classes()[0].renamed_from(), Some("old_alpha"));
+        assert_eq!(policy.digest(), parse(ONE_CLASS).unwrap().digest());
+        for (bad, problem) in [
+            ("alpha", "is not another class name"),
+            ("Not An Identifier", "is not another class name"),
+        ] {
+            let text = format!("{ONE_CLASS}renamed_from = \"{bad}\"\n");
+            let (_, message, _) = invalid(&text);
+            assert!(message.contains(problem), "{bad}: {message}");
+        }
+        let both = format!(
+            "{ONE_CLASS}renamed_from = \"beta\"\n{}",
+            ONE_CLASS
+                .replace("version = 1\n", "")
+                .replace("\"alpha\"", "\"beta\"")
+        );
+        let (_, message, hint) = invalid(&both);
+        assert!(message.contains("still defines `beta`"), "{message}");
+        assert!(hint.contains("renamed_from"), "{hint}");
+        let twice = format!(
+            "{ONE_CLASS}renamed_from = \"old\"\n{}renamed_from = \"old\"\n",
+            ONE_CLASS
+                .replace("version = 1\n", "")
+                .replace("\"alpha\"", "\"beta\"")
+        );
+        let (_, message, _) = invalid(&twice);
+        assert!(message.contains("both renamed from `old`"), "{message}");
     }
 
     #[test]

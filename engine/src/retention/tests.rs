@@ -946,3 +946,678 @@ fn compaction_never_rewraps_a_key_it_destroys() {
     assert_eq!(destroyed.len(), 1);
     assert_eq!(report.keys_rewrapped, 1, "{report:?}");
 }
+
+/// Every stored record of a subject's class, raw: (tree key, envelope).
+fn raw_records(db: &Db, subject: &str, class: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let number = db.inner.class(class).expect("class").number;
+    let prefix = crate::records::scope_prefix(&db.subject_tag(subject), number);
+    let mut out = Vec::new();
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Data,
+        &prefix,
+        &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    out
+}
+
+fn raw_put(db: &Db, tree: Tree, key: &[u8], value: &[u8]) {
+    let mut batch = crate::storage::WriteBatch::new();
+    batch.put(tree, key.to_vec(), value.to_vec());
+    db.inner
+        .storage
+        .apply(&batch, crate::storage::Durability::Durable)
+        .expect("raw write");
+}
+
+/// An envelope with a consistent checksum over `body` (what an attacker
+/// with write access to the files can always produce).
+fn with_crc(mut body: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(&crc.to_be_bytes());
+    body
+}
+
+/// Envelope bytes 6..10 name the key version (see the envelope format).
+fn forge_key_version(envelope: &[u8], version: u32) -> Vec<u8> {
+    let mut body = envelope[..envelope.len() - 4].to_vec();
+    body[6..10].copy_from_slice(&version.to_be_bytes());
+    with_crc(body)
+}
+
+/// Adds an expiry to an envelope that has none: flag bit 0 of byte 1, the
+/// expiry after the 10-byte key reference.
+fn forge_expiry(envelope: &[u8], expiry: i64) -> Vec<u8> {
+    assert_eq!(envelope[1], 0, "the record had no expiry");
+    let mut body = envelope[..10].to_vec();
+    body[1] = 1;
+    body.extend_from_slice(&expiry.to_be_bytes());
+    body.extend_from_slice(&envelope[10..envelope.len() - 4]);
+    with_crc(body)
+}
+
+fn audit_count(db: &Db, event: crate::AuditEvent, subject: &str) -> usize {
+    let tag = db.subject_tag(subject);
+    db.audit_entries(1, usize::MAX)
+        .expect("audit")
+        .iter()
+        .filter(|e| e.event == event && e.subject == Some(tag))
+        .count()
+}
+
+fn tampered(outcome: crate::Result<Option<Vec<u8>>>) -> bool {
+    matches!(outcome, Err(crate::Error::Tampered { .. }))
+}
+
+#[test]
+fn purge_progresses_past_a_poisoned_item() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    for subject in ["a", "b", "c"] {
+        db.register_account(subject).expect("register");
+        db.put(subject, "message_content", b"m", b"content")
+            .expect("put");
+    }
+    db.put("b", "account_profile", b"p", b"old profile")
+        .expect("put");
+    db.put("b", "account_profile", b"p", b"new profile")
+        .expect("overwrite");
+    // a's hold record is damaged (its checksum fails): whether a hold
+    // covers a's scopes cannot be known, so a's erasures cannot be done.
+    let a = db.subject_tag("a");
+    raw_put(
+        &db,
+        Tree::Holds,
+        &crate::ledger::key(&a, crate::ledger::ALL_CLASSES),
+        b"\x01not a hold record",
+    );
+    // c's data key no longer authenticates under its epoch (a wrapped key
+    // altered with a consistent checksum): it cannot be re-wrapped.
+    let c = db.subject_tag("c");
+    let mut vault = Vec::new();
+    crate::storage::scan_prefix(db.inner.storage.as_ref(), Tree::Vault, &c.0, &mut |k, v| {
+        vault.push((k.to_vec(), v.to_vec()));
+        ControlFlow::Continue(())
+    })
+    .expect("scan");
+    let (data_key_id, entry) = vault
+        .iter()
+        .find(|(k, _)| shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket == 1))
+        .expect("c's data key");
+    let mut entry = crate::vault::VaultEntry::decode(entry).expect("entry");
+    // Wrapped key format: bytes 17..49 the sealed key, a CRC over 0..65 last.
+    let mut wrapped = entry.wrapped.expect("live").as_bytes()[..65].to_vec();
+    wrapped[20] ^= 0x01;
+    let wrapped = with_crc(wrapped);
+    entry.wrapped = Some(shredkv_crypto::WrappedKey::from_bytes(&wrapped).expect("wrapped"));
+    raw_put(&db, Tree::Vault, data_key_id, &entry.encode());
+    let first_epoch = db.stats().expect("stats").current_epoch;
+
+    db.close_account("a").expect("close a");
+    db.close_account("b").expect("close b");
+    // message_content lives "up until termination": due at closure.
+    let report = db
+        .compact()
+        .expect("a poisoned item does not fail the pass");
+    assert!(report.set_aside >= 1, "{report:?}");
+    assert!(
+        !readable(&db, "b", "message_content", b"m"),
+        "b's erasure was done although a's failed"
+    );
+    let set_aside = audit_count(&db, crate::AuditEvent::ItemSetAside, "a");
+    assert!(set_aside >= 1, "a's failure is audited");
+    let summary = db.inner.poisoned_summary().expect("summary");
+    assert!(summary.count >= 1, "{summary:?}");
+    let overdue = db.stats().expect("stats").overdue;
+    assert!(
+        overdue.set_aside >= 1 && overdue.is_overdue(),
+        "{overdue:?}"
+    );
+    assert!(
+        summary.oldest_deadline.is_some_and(|d| d <= db.now()),
+        "{summary:?}"
+    );
+
+    // A day later: the epoch rotates although c's key cannot be re-wrapped,
+    // and a's items are retried (not audited again).
+    clock.advance(days(1));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.epochs_created, 1, "{report:?}");
+    assert_eq!(
+        audit_count(&db, crate::AuditEvent::ItemSetAside, "a"),
+        set_aside,
+        "audited once, not at every retry"
+    );
+    assert_eq!(audit_count(&db, crate::AuditEvent::ItemSetAside, "c"), 1);
+
+    // Forty days on: b's overwritten profile was re-keyed, and the first
+    // epoch was destroyed although c's entry still names it.
+    clock.advance(days(40));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
+    assert_eq!(
+        db.get("b", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"new profile"[..])
+    );
+    let live = db.stats().expect("stats").live_epochs;
+    assert!(
+        !live.contains(&first_epoch),
+        "epoch {first_epoch} outlived its deadline: {live:?}"
+    );
+    assert!(db.inner.poisoned_summary().expect("summary").count >= 2);
+}
+
+/// A storage seam that remembers the largest batch written through it.
+struct LargestBatch {
+    inner: Arc<dyn crate::storage::Storage>,
+    largest: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::storage::Storage for LargestBatch {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, crate::StorageError> {
+        self.inner.get(tree, key)
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        order: Order,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), crate::StorageError> {
+        self.inner.scan(tree, start, end, order, visit)
+    }
+
+    fn apply(
+        &self,
+        batch: &crate::storage::WriteBatch,
+        durability: crate::storage::Durability,
+    ) -> Result<(), crate::StorageError> {
+        self.largest
+            .fetch_max(batch.ops.len(), std::sync::atomic::Ordering::Relaxed);
+        self.inner.apply(batch, durability)
+    }
+
+    fn flush(&self) -> Result<(), crate::StorageError> {
+        self.inner.flush()
+    }
+
+    fn size_on_disk(&self) -> Result<u64, crate::StorageError> {
+        self.inner.size_on_disk()
+    }
+
+    fn backend(&self) -> crate::Backend {
+        self.inner.backend()
+    }
+}
+
+#[test]
+fn rekey_of_a_large_bucket_works_in_pages() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let config = config(&dir, &clock);
+    let storage = Arc::new(LargestBatch {
+        inner: Arc::new(crate::storage::memory::MemoryStorage::new()),
+        largest: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let provider = crate::db::configured_provider(&config).expect("provider");
+    let db = Db::open_with(config, Arc::clone(&storage) as _, provider, false).expect("open");
+    db.register_account("a").expect("register");
+    const RECORDS: usize = 3_000;
+    let mut batch = crate::Batch::new();
+    for i in 0..RECORDS {
+        batch.put(
+            "a",
+            "account_profile",
+            format!("r{i}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        );
+        if batch.len() >= 100 {
+            db.apply(std::mem::take(&mut batch)).expect("apply");
+        }
+    }
+    db.apply(batch).expect("apply");
+    db.put("a", "account_profile", b"r0", b"overwritten")
+        .expect("overwrite");
+    let before = storage.largest.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        before < RECORDS / 2,
+        "the load itself wrote {before} ops at once"
+    );
+    clock.advance(days(40));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
+    assert_eq!(report.records_rekeyed, RECORDS as u64);
+    let largest = storage.largest.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        largest < RECORDS / 2,
+        "one batch held {largest} changes for a bucket of {RECORDS} records"
+    );
+    for i in [0, 1, RECORDS / 2, RECORDS - 1] {
+        let expected = if i == 0 {
+            b"overwritten".to_vec()
+        } else {
+            format!("v{i}").into_bytes()
+        };
+        assert_eq!(
+            db.get("a", "account_profile", format!("r{i}").as_bytes())
+                .expect("get"),
+            Some(expected)
+        );
+    }
+    assert!(db.verify().expect("verify").is_clean());
+}
+
+#[test]
+fn forged_key_version_is_reported_not_deleted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"victim", b"evidence")
+        .expect("put");
+    db.put("a", "message_content", b"other", b"first")
+        .expect("put");
+    db.put("a", "message_content", b"other", b"second")
+        .expect("overwrite");
+    // The re-key moves both records to version 2 and destroys version 1.
+    clock.advance(days(40));
+    assert_eq!(db.compact().expect("compact").buckets_rekeyed, 1);
+    // An expiring record in the same scope: its bucket's destruction
+    // schedules a sweep of the scope's dead records.
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "message_content",
+        b"short",
+        b"brief",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    let (victim_key, victim) = raw_records(&db, "a", "message_content")
+        .into_iter()
+        .find(|(_, v)| v[6..10] == 2u32.to_be_bytes() && v[1] == 0)
+        .expect("a record under version 2");
+    let forged = forge_key_version(&victim, 1);
+    raw_put(&db, Tree::Data, &victim_key, &forged);
+
+    let reads: Vec<bool> = [&b"victim"[..], &b"other"[..]]
+        .iter()
+        .map(|k| tampered(db.get("a", "message_content", k)))
+        .collect();
+    assert_eq!(
+        reads.iter().filter(|t| **t).count(),
+        1,
+        "the forged record reads as tampered, the other as itself"
+    );
+    let report = db.verify().expect("verify");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == crate::ProblemKind::Tampered),
+        "{report:?}"
+    );
+    assert_eq!(report.records_dead, 0, "{report:?}");
+    // The expiring bucket dies at the end of its day; its sweep comes
+    // within the week after.
+    clock.advance(days(2));
+    assert_eq!(db.compact().expect("compact").keys_destroyed, 1);
+    clock.advance(days(8));
+    let report = db.compact().expect("compact");
+    assert_eq!(
+        report.records_removed, 1,
+        "only the expired record: {report:?}"
+    );
+    assert_eq!(report.records_suspect, 1, "{report:?}");
+    let stored: Vec<_> = raw_records(&db, "a", "message_content")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        stored.contains(&victim_key),
+        "the forged record was deleted"
+    );
+}
+
+#[test]
+fn forged_expiry_does_not_drop_a_record_at_rekey() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"victim", b"evidence")
+        .expect("put");
+    db.put("a", "account_profile", b"other", b"first")
+        .expect("put");
+    db.put("a", "account_profile", b"other", b"second")
+        .expect("overwrite");
+    let records = raw_records(&db, "a", "account_profile");
+    assert_eq!(records.len(), 2);
+    // Forge a past expiry on the record the overwrite did not touch: find
+    // it as the one that still reads back as "evidence" once forged.
+    let past = db.now().as_second() - 3_600;
+    let mut forged_key = None;
+    for (key, envelope) in &records {
+        raw_put(&db, Tree::Data, key, &forge_expiry(envelope, past));
+        let still_other = db
+            .get("a", "account_profile", b"other")
+            .is_ok_and(|v| v.as_deref() == Some(&b"second"[..]));
+        if still_other {
+            forged_key = Some(key.clone());
+            break;
+        }
+        raw_put(&db, Tree::Data, key, envelope);
+    }
+    let forged_key = forged_key.expect("the victim's record");
+    assert!(tampered(db.get("a", "account_profile", b"victim")));
+    clock.advance(days(40));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
+    assert_eq!(report.records_rekeyed, 1, "{report:?}");
+    assert_eq!(report.records_suspect, 1, "{report:?}");
+    // Still stored, and still reported: not silently gone.
+    assert!(
+        raw_records(&db, "a", "account_profile")
+            .iter()
+            .any(|(k, _)| *k == forged_key)
+    );
+    assert!(tampered(db.get("a", "account_profile", b"victim")));
+    let report = db.verify().expect("verify");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == crate::ProblemKind::Tampered),
+        "{report:?}"
+    );
+    assert_eq!(
+        db.get("a", "account_profile", b"other")
+            .expect("get")
+            .as_deref(),
+        Some(&b"second"[..])
+    );
+}
+
+#[test]
+fn release_is_reflected_in_receipts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "subscriber_records", b"s", b"sub")
+        .expect("put");
+    db.put("a", "retained_usage_copy", b"r", b"copy")
+        .expect("put");
+    let released_at = db.now();
+    db.release("a", "subscriber_records").expect("release");
+    // policy/default.toml gives subscriber_records no retain after its
+    // release: it is due at the release itself. No compaction ran yet.
+    clock.advance(SignedDuration::from_hours(1));
+    let receipt = db
+        .request_deletion("a", ErasureReason::DeletionRequest)
+        .expect("request");
+    let released = receipt
+        .retained
+        .iter()
+        .find(|r| r.class == "subscriber_records")
+        .expect("retained until compaction erases it");
+    assert_eq!(released.until, Some(released_at), "{released:?}");
+    assert!(
+        !released.reason.contains("kept until released"),
+        "{}",
+        released.reason
+    );
+    let copy = receipt
+        .retained
+        .iter()
+        .find(|r| r.class == "retained_usage_copy")
+        .expect("retained");
+    assert_eq!(copy.until, None, "never released: {copy:?}");
+    assert!(
+        copy.reason.contains("kept until released"),
+        "{}",
+        copy.reason
+    );
+}
+
+#[test]
+fn resumed_erasure_keeps_its_reason() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "marketing_contacts", b"c", b"contact")
+        .expect("put");
+    db.place_hold("a", Some("marketing_contacts"), "case 12")
+        .expect("hold");
+    let receipt = db
+        .shred("a", crate::Classes::Only(&["marketing_contacts"]))
+        .expect("shred");
+    assert!(receipt.erased.is_empty(), "held: {receipt:?}");
+    db.release_hold("a", Some("marketing_contacts"))
+        .expect("release");
+    db.compact().expect("compact");
+    assert!(!readable(&db, "a", "marketing_contacts", b"c"));
+    let certificate = db.certificate("a").expect("certificate");
+    let reasons: Vec<&str> = certificate
+        .erasures
+        .iter()
+        .map(|e| e.reason.as_str())
+        .collect();
+    assert_eq!(reasons, ["operator"], "{certificate:?}");
+}
+
+#[test]
+fn resumed_subject_shred_marks_subject_erased() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    for subject in ["a", "direct"] {
+        db.register_account(subject).expect("register");
+        db.put(subject, "invoices", b"i", b"invoice").expect("put");
+        db.put(subject, "account_profile", b"p", b"profile")
+            .expect("put");
+    }
+    db.place_hold("a", Some("invoices"), "audit 7")
+        .expect("hold");
+    let receipt = db.shred("a", crate::Classes::All).expect("shred");
+    assert_eq!(receipt.retained.len(), 1, "{receipt:?}");
+    db.release_hold("a", Some("invoices")).expect("release");
+    db.compact().expect("compact");
+    // The resumed shred ends where a direct one does.
+    db.shred("direct", crate::Classes::All).expect("shred");
+    for subject in ["a", "direct"] {
+        let info = db.subject(subject).expect("subject").expect("known");
+        assert_eq!(
+            info.state,
+            crate::SubjectState::Erased,
+            "{subject}: {info:?}"
+        );
+        assert!(info.erased_at.is_some(), "{subject}: {info:?}");
+        assert!(
+            db.get(subject, "invoices", b"i")
+                .expect_err("erased")
+                .is_erased()
+        );
+        let certificate = db.certificate(subject).expect("certificate");
+        assert!(
+            certificate.erasures.iter().all(|e| e.reason == "operator"),
+            "{subject}: {certificate:?}"
+        );
+    }
+    let stats = db.stats().expect("stats");
+    assert_eq!((stats.erased, stats.active), (2, 0), "{stats:?}");
+}
+
+/// The default policy without the `[[class]]` table of `class`.
+fn default_policy_without(class: &str) -> crate::Policy {
+    let marker = format!("name = \"{class}\"");
+    let tables: Vec<&str> = crate::Policy::DEFAULT_TOML.split("[[class]]").collect();
+    assert!(
+        tables.iter().any(|t| t.contains(&marker)),
+        "{class} is in the policy"
+    );
+    let text = tables
+        .iter()
+        .filter(|t| !t.contains(&marker))
+        .copied()
+        .collect::<Vec<_>>()
+        .join("[[class]]");
+    crate::Policy::from_toml_str(&text, "without").expect("policy")
+}
+
+fn class_keys(db: &Db, number: u16) -> (usize, usize) {
+    let ids = crate::internal::vault_key_ids(db).expect("ids");
+    let of_class = ids.iter().filter(|(id, _)| id.class == number);
+    let live = of_class.clone().filter(|(_, destroyed)| !destroyed).count();
+    (live, of_class.count())
+}
+
+#[test]
+fn removed_class_keys_are_destroyed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    for subject in ["a", "b"] {
+        db.register_account(subject).expect("register");
+        db.put(subject, "marketing_contacts", b"c", b"contact")
+            .expect("put");
+        db.put(subject, "account_profile", b"p", b"profile")
+            .expect("put");
+    }
+    let number = db.inner.class("marketing_contacts").expect("class").number;
+    let (live, all) = class_keys(&db, number);
+    assert!(live >= 2 && live == all, "({live}, {all})");
+    drop(db);
+
+    let without = default_policy_without("marketing_contacts");
+    let db = Db::open(
+        sled_config(dir.path(), &clock)
+            .policy(without.clone())
+            .apply_policy_change(true),
+    )
+    .expect("applied");
+    assert_eq!(
+        class_keys(&db, number),
+        (0, all),
+        "every key of the removed class is destroyed"
+    );
+    for subject in ["a", "b"] {
+        let certificate = db.certificate(subject).expect("certificate");
+        assert_eq!(certificate.erasures.len(), 1, "{certificate:?}");
+        assert_eq!(
+            certificate.erasures[0].reason,
+            "class removed from the policy"
+        );
+        assert_eq!(
+            db.get(subject, "account_profile", b"p")
+                .expect("get")
+                .as_deref(),
+            Some(&b"profile"[..]),
+            "other classes are untouched"
+        );
+    }
+    let report = db.verify().expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(
+        report.records_dead, 2,
+        "the retired class's records are dead"
+    );
+    db.compact().expect("compact");
+    let tag = db.subject_tag("a");
+    let mut left = 0;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Data,
+        &crate::records::scope_prefix(&tag, number),
+        &mut |_, _| {
+            left += 1;
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    assert_eq!(left, 0, "the dead records are swept");
+    drop(db);
+    // Bringing the class back starts it afresh: nothing erased returns.
+    let db = Db::open(sled_config(dir.path(), &clock).apply_policy_change(true)).expect("open");
+    assert_eq!(db.get("a", "marketing_contacts", b"c").expect("get"), None);
+    db.put("a", "marketing_contacts", b"c", b"new contact")
+        .expect("put");
+    assert_eq!(
+        db.get("a", "marketing_contacts", b"c")
+            .expect("get")
+            .as_deref(),
+        Some(&b"new contact"[..])
+    );
+}
+
+#[test]
+fn removing_a_held_class_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    db.register_account("a").expect("register");
+    db.put("a", "marketing_contacts", b"c", b"contact")
+        .expect("put");
+    db.place_hold("a", None, "case 8").expect("hold");
+    drop(db);
+    let err = Db::open(
+        sled_config(dir.path(), &clock)
+            .policy(default_policy_without("marketing_contacts"))
+            .apply_policy_change(true),
+    )
+    .expect_err("a hold covers the class");
+    assert!(
+        matches!(&err, crate::Error::PolicyViolation { class, .. } if class == "marketing_contacts"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("renamed_from"), "{err}");
+    // Nothing changed: the store opens with its policy, the data is there.
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("unchanged");
+    assert_eq!(
+        db.get("a", "marketing_contacts", b"c")
+            .expect("get")
+            .as_deref(),
+        Some(&b"contact"[..])
+    );
+}
+
+#[test]
+fn renamed_class_keeps_its_data() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(sled_config(dir.path(), &clock)).expect("open");
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"profile")
+        .expect("put");
+    db.close_account("a").expect("close");
+    drop(db);
+    let text = crate::Policy::DEFAULT_TOML.replace(
+        "name = \"account_profile\"",
+        "name = \"customer_profile\"\nrenamed_from = \"account_profile\"",
+    );
+    let renamed = crate::Policy::from_toml_str(&text, "renamed").expect("policy");
+    let db = Db::open(
+        sled_config(dir.path(), &clock)
+            .policy(renamed)
+            .apply_policy_change(true),
+    )
+    .expect("applied");
+    assert_eq!(
+        db.get("a", "customer_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"profile"[..])
+    );
+    // policy/default.toml keeps account_profile 60 days after closure; the
+    // renamed class keeps that clock.
+    clock.advance(days(59));
+    db.compact().expect("compact");
+    assert!(readable(&db, "a", "customer_profile", b"p"));
+    clock.advance(days(2));
+    db.compact().expect("compact");
+    assert!(!readable(&db, "a", "customer_profile", b"p"));
+}

@@ -36,11 +36,14 @@ pub(crate) enum Tree {
     Blocked,
     /// Seal accounting per data key: key id → reserved seals, retired.
     Seals,
+    /// Compaction items set aside after a failure of their own: kind ‖
+    /// item → attempts, first failure, next retry, deadline, error kind.
+    Poisoned,
 }
 
 impl Tree {
     /// Every tree, in a fixed order (used to open and to copy a store).
-    pub(crate) const ALL: [Tree; 11] = [
+    pub(crate) const ALL: [Tree; 12] = [
         Tree::Meta,
         Tree::Data,
         Tree::Vault,
@@ -52,6 +55,7 @@ impl Tree {
         Tree::Audit,
         Tree::Blocked,
         Tree::Seals,
+        Tree::Poisoned,
     ];
 
     /// The tree's name in the backend's files. Part of the on-disk format.
@@ -68,6 +72,7 @@ impl Tree {
             Tree::Audit => "audit",
             Tree::Blocked => "blocked",
             Tree::Seals => "seals",
+            Tree::Poisoned => "poisoned",
         }
     }
 }

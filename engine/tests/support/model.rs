@@ -240,6 +240,9 @@ pub(crate) struct Model {
     /// Scopes whose shred a hold parked: erased by the first compaction
     /// after no hold covers them.
     parked: BTreeSet<(u8, u8)>,
+    /// Subjects whose whole-subject erasure a hold blocked: once nothing of
+    /// them is held, compaction erases the subject, as a direct shred would.
+    whole_pending: BTreeSet<u8>,
 }
 
 impl Default for Model {
@@ -261,6 +264,7 @@ impl Model {
             touched: BTreeSet::new(),
             scheduled: BTreeMap::new(),
             parked: BTreeSet::new(),
+            whole_pending: BTreeSet::new(),
         }
     }
 
@@ -437,6 +441,9 @@ impl Model {
                 erased += 1;
                 continue;
             }
+            if class.is_none() {
+                self.whole_pending.insert(t);
+            }
             let classes: Vec<u8> = match class {
                 Some(c) => vec![c],
                 None => (0..3).collect(),
@@ -506,6 +513,16 @@ impl Model {
                 self.scope_erased.insert((s, c));
                 self.parked.remove(&(s, c));
             }
+        }
+        let resumed: Vec<u8> = self
+            .whole_pending
+            .iter()
+            .copied()
+            .filter(|t| !self.holds.iter().any(|(h, _)| h == t))
+            .collect();
+        for t in resumed {
+            self.whole_pending.remove(&t);
+            self.subject_erased[usize::from(t)] = true;
         }
     }
 
