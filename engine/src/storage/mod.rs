@@ -345,3 +345,4 @@ mod group_commit;
 pub(crate) mod memory;
 mod redb_backend;
 mod sled_backend;
+pub(crate) mod tape;
