@@ -42,7 +42,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Days to simulate on `backing`: `SHREDKV_ORACLE_DAYS` or
-/// `SHREDKV_ORACLE_YEARS`, else a year in memory and half a year on disk.
+/// `SHREDKV_ORACLE_YEARS`, else a year in memory and four months on disk.
 fn days_for(backing: Backing) -> u32 {
     if let Some(days) = env_u64("SHREDKV_ORACLE_DAYS") {
         return u32::try_from(days).unwrap_or(u32::MAX);
@@ -52,7 +52,7 @@ fn days_for(backing: Backing) -> u32 {
     }
     match backing {
         Backing::Memory => 365,
-        Backing::Disk(_) => 182,
+        Backing::Disk(_) => 120,
     }
 }
 

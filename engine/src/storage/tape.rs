@@ -29,6 +29,7 @@ pub struct TapeEntry {
 
 #[derive(Default)]
 struct TapeState {
+    /// Entries not yet taken by [`Tape::take`].
     entries: Vec<TapeEntry>,
     seen: HashSet<u64>,
     bytes: u64,
@@ -36,7 +37,9 @@ struct TapeState {
 }
 
 /// Every (tree, key, value) ever written through a [`TapeStorage`] or
-/// recorded by hand, in order of first appearance. Clones share the tape.
+/// recorded by hand, in order of first appearance; a reader takes what is
+/// new with [`Tape::take`] (so the tape itself does not grow with the
+/// history). Clones share the tape.
 #[derive(Clone, Default)]
 pub struct Tape {
     state: Arc<Mutex<TapeState>>,
@@ -46,7 +49,7 @@ impl fmt::Debug for Tape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("Tape")
-            .field("entries", &state.entries.len())
+            .field("distinct", &state.seen.len())
             .field("bytes", &state.bytes)
             .finish()
     }
@@ -79,20 +82,14 @@ impl Tape {
         }
     }
 
-    /// Distinct entries recorded so far.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
+    /// Distinct entries recorded so far (taken or not).
+    pub fn distinct(&self) -> usize {
+        self.lock().seen.len()
     }
 
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.lock().entries.is_empty()
-    }
-
-    /// The distinct entries from position `from` on (a test remembers how
-    /// far it read and asks only for what is new).
-    pub fn entries_since(&self, from: usize) -> Vec<TapeEntry> {
-        self.lock().entries.get(from..).unwrap_or_default().to_vec()
+    /// The distinct entries recorded since the last call, oldest first.
+    pub fn take(&self) -> Vec<TapeEntry> {
+        std::mem::take(&mut self.lock().entries)
     }
 
     /// Bytes (keys and values) handed to the tape in all, duplicates included.
@@ -193,7 +190,7 @@ mod tests {
                 .insert_new(Tree::Vault, b"n", b"w", Durability::Buffered)
                 .expect("insert")
         );
-        let entries = tape.entries_since(0);
+        let entries = tape.take();
         let seen: Vec<(&str, &[u8])> = entries
             .iter()
             .map(|e| (e.tree.as_str(), e.value.as_slice()))
@@ -203,7 +200,12 @@ mod tests {
             vec![("data", &b"v1"[..]), ("data", b"v2"), ("vault", b"w")]
         );
         assert_eq!((tape.writes(), tape.bytes()), (4, 3 * 3 + 2));
-        assert_eq!(tape.entries_since(2).len(), 1);
-        assert!(tape.entries_since(9).is_empty());
+        assert_eq!(tape.distinct(), 3);
+        assert!(tape.take().is_empty(), "taken once");
+        tape.record("data", b"k", b"v1");
+        assert!(
+            tape.take().is_empty(),
+            "a value seen before is not recorded again"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shredkv::jiff::{SignedDuration, Timestamp};
 
-use super::policy::{ClassSpec, ClockKind};
+use super::policy::{ClassSpec, ClockKind, Period};
 
 /// Why a scope died, as certificates and receipts name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,14 +66,58 @@ pub(crate) struct Subject {
     pub(crate) wrote: BTreeSet<usize>,
 }
 
+/// What set a scope's clock running out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    Erasure(Reason, Timestamp),
+    Closure(Timestamp, Period),
+    OptOut(Timestamp, Period),
+    MarketingAtClosure(Timestamp, Period),
+    Released(Timestamp),
+    UntilClosure(Timestamp),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Erasure(r, at) => write!(f, "{} at {at}", r.name()),
+            Cause::Closure(at, p) => write!(f, "closure at {at} + {p:?}"),
+            Cause::OptOut(at, p) => write!(f, "opt-out at {at} + {p:?}"),
+            Cause::MarketingAtClosure(at, p) => {
+                write!(f, "closure (ends marketing consent, D2) at {at} + {p:?}")
+            }
+            Cause::Released(at) => write!(f, "released at {at}"),
+            Cause::UntilClosure(at) => write!(f, "kept until account closure at {at}"),
+        }
+    }
+}
+
 /// When and why a scope died.
 #[derive(Debug, Clone)]
 pub(crate) struct Death {
     pub(crate) at: Timestamp,
     /// Every reason due by then (a hold may have made several pile up).
     pub(crate) reasons: BTreeSet<Reason>,
+    /// What set the clock.
+    pub(crate) causes: Vec<Cause>,
+    /// Whether a hold put it off.
+    pub(crate) held: bool,
+}
+
+impl Death {
     /// What set the clock, for reports.
-    pub(crate) why: String,
+    pub(crate) fn why(&self) -> String {
+        let mut text = self
+            .causes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.held {
+            text += " (held until then)";
+        }
+        text
+    }
 }
 
 /// How a record version stopped being the current one.
@@ -121,6 +165,8 @@ pub(crate) struct Model {
     pub(crate) writes: Vec<Write>,
     /// (subject, class, key) → index of the current version in `writes`.
     pub(crate) current: BTreeMap<(usize, usize, Vec<u8>), usize>,
+    /// (subject, class, key) → every version, oldest first.
+    pub(crate) versions: BTreeMap<(usize, usize, Vec<u8>), Vec<usize>>,
 }
 
 /// The prefix of every value the oracle writes, followed by a 10-digit id.
@@ -165,61 +211,47 @@ impl Model {
     }
 
     /// The times that end a scope, earliest first, with why.
-    fn candidates(&self, s: usize, c: usize) -> Vec<(Timestamp, Reason, String)> {
+    fn candidates(&self, s: usize, c: usize) -> Vec<(Timestamp, Reason, Cause)> {
         let subject = &self.subjects[s];
         let class = &self.classes[c];
         let mut out = Vec::new();
         for e in &subject.erasures {
             if e.classes.as_ref().is_none_or(|set| set.contains(&c)) {
-                out.push((e.at, e.reason, format!("{} at {}", e.reason.name(), e.at)));
+                out.push((e.at, e.reason, Cause::Erasure(e.reason, e.at)));
             }
         }
         let closed = self.closed_at(s);
-        match class.clock {
-            ClockKind::AccountClosure => {
-                if let (Some(at), Some(retain)) = (closed, class.retain) {
+        let expired = Reason::RetentionExpired;
+        match (class.clock, class.retain) {
+            (ClockKind::AccountClosure, Some(retain)) => {
+                if let Some(at) = closed {
+                    out.push((retain.after(at), expired, Cause::Closure(at, retain)));
+                }
+            }
+            (ClockKind::MarketingOptOut, Some(retain)) => {
+                if let Some(at) = subject.opted_out_at {
+                    out.push((retain.after(at), expired, Cause::OptOut(at, retain)));
+                }
+                // D2: closing the account ends marketing consent too.
+                if let Some(at) = closed {
                     out.push((
                         retain.after(at),
-                        Reason::RetentionExpired,
-                        format!("closure at {at} + {retain:?}"),
+                        expired,
+                        Cause::MarketingAtClosure(at, retain),
                     ));
                 }
             }
-            ClockKind::MarketingOptOut => {
-                // D2: closing the account ends marketing consent too.
-                if let Some(retain) = class.retain {
-                    if let Some(at) = subject.opted_out_at {
-                        out.push((
-                            retain.after(at),
-                            Reason::RetentionExpired,
-                            format!("opt-out at {at} + {retain:?}"),
-                        ));
-                    }
-                    if let Some(at) = closed {
-                        out.push((
-                            retain.after(at),
-                            Reason::RetentionExpired,
-                            format!("closure (ends marketing consent, D2) at {at} + {retain:?}"),
-                        ));
-                    }
-                }
-            }
-            ClockKind::ManualRelease => {
+            (ClockKind::ManualRelease, _) => {
                 if let Some(&at) = subject.released.get(&c) {
-                    out.push((at, Reason::RetentionExpired, format!("released at {at}")));
+                    out.push((at, expired, Cause::Released(at)));
                 }
             }
-            ClockKind::Write => {
-                if class.until_account_closure
-                    && let Some(at) = closed
-                {
-                    out.push((
-                        at,
-                        Reason::RetentionExpired,
-                        format!("kept until account closure at {at}"),
-                    ));
+            (ClockKind::Write, _) if class.until_account_closure => {
+                if let Some(at) = closed {
+                    out.push((at, expired, Cause::UntilClosure(at)));
                 }
             }
+            _ => {}
         }
         out.sort_by_key(|(at, _, _)| *at);
         out
@@ -254,22 +286,20 @@ impl Model {
         Some(Death {
             at,
             reasons: due.iter().map(|(_, r, _)| *r).collect(),
-            why: due
-                .iter()
-                .map(|(_, _, w)| w.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-                + if at > *first {
-                    " (held until then)"
-                } else {
-                    ""
-                },
+            causes: due.iter().map(|(_, _, cause)| *cause).collect(),
+            held: at > *first,
         })
+    }
+
+    /// When the scope dies, without the why (the hot path).
+    pub(crate) fn scope_death_at(&self, s: usize, c: usize) -> Option<Timestamp> {
+        let first = self.candidates(s, c).first()?.0;
+        self.after_holds(s, c, first)
     }
 
     /// Whether the scope is dead at `now`.
     pub(crate) fn scope_dead(&self, s: usize, c: usize, now: Timestamp) -> bool {
-        self.scope_death(s, c).is_some_and(|d| d.at <= now)
+        self.scope_death_at(s, c).is_some_and(|at| at <= now)
     }
 
     /// Whether a hold covers the scope at `now`.
@@ -289,11 +319,11 @@ impl Model {
             .find(|e| e.classes.is_none() && e.reason != Reason::RetentionExpired)?;
         let mut latest = asked.at;
         for c in 0..self.classes.len() {
-            let d = self.scope_death(s, c)?;
-            if d.at > now {
+            let at = self.scope_death_at(s, c)?;
+            if at > now {
                 return None;
             }
-            latest = latest.max(d.at);
+            latest = latest.max(at);
         }
         Some(latest)
     }
@@ -327,7 +357,7 @@ impl Model {
             ends.push((e, "expired".into()));
         }
         if let Some(d) = self.scope_death(w.subject, w.class) {
-            ends.push((d.at.max(w.at), format!("scope died: {}", d.why)));
+            ends.push((d.at.max(w.at), format!("scope died: {}", d.why())));
         }
         ends.into_iter().min_by_key(|(t, _)| *t)
     }
@@ -380,7 +410,7 @@ impl Model {
             text += &format!(", {} at {t}", format!("{how:?}").to_lowercase());
         }
         if let Some(d) = self.scope_death(w.subject, w.class) {
-            text += &format!(", scope dies {} ({})", d.at, d.why);
+            text += &format!(", scope dies {} ({})", d.at, d.why());
         }
         text
     }

@@ -43,10 +43,8 @@ pub(crate) struct Recovered {
 /// The incremental state of the tape check.
 #[derive(Default)]
 pub(crate) struct TapeCheck {
-    read: usize,
     store_id: Option<[u8; 16]>,
     copies: Vec<Copy>,
-    seen_copies: BTreeSet<Vec<u8>>,
     ciphers: HashMap<KeyId, ValueCipher>,
     sealed: HashMap<KeyId, Vec<Sealed>>,
     /// Wrapped copies and envelopes read in all.
@@ -81,15 +79,15 @@ impl TapeCheck {
                 else {
                     return;
                 };
-                if self.seen_copies.insert(wrapped.as_bytes().to_vec()) {
-                    self.wrapped_read += 1;
-                    self.copies.push(Copy {
-                        key,
-                        wrapped,
-                        tried: false,
-                        opened: false,
-                    });
-                }
+                // The tape keeps each distinct entry once, so each copy
+                // arrives once (a backup's copies were on the tape already).
+                self.wrapped_read += 1;
+                self.copies.push(Copy {
+                    key,
+                    wrapped,
+                    tried: false,
+                    opened: false,
+                });
             }
             "data" => {
                 let (Some(prefix), Ok(envelope)) =
@@ -123,9 +121,7 @@ impl TapeCheck {
         tape: &Tape,
         provider: &dyn KeyProvider,
     ) -> Result<Vec<Recovered>, String> {
-        let fresh = tape.entries_since(self.read);
-        self.read += fresh.len();
-        for entry in fresh {
+        for entry in tape.take() {
             self.ingest(entry);
         }
         let live: BTreeSet<EpochId> = provider
@@ -134,12 +130,12 @@ impl TapeCheck {
             .into_iter()
             .collect();
         // Each copy is tried once, when first seen with its epoch live: a
-        // copy that did not open then never will.
+        // copy that did not open then never will. Copies under destroyed
+        // epochs are dropped: epoch ids are never reused.
+        self.copies
+            .retain(|copy| live.contains(&copy.wrapped.epoch()));
         let mut reachable: HashMap<KeyId, BTreeSet<u32>> = HashMap::new();
         for copy in &mut self.copies {
-            if !live.contains(&copy.wrapped.epoch()) {
-                continue;
-            }
             if !copy.tried {
                 copy.tried = true;
                 self.attempts += 1;
