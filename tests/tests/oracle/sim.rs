@@ -140,6 +140,21 @@ impl Report {
     }
 }
 
+/// Records a violation; the expected and seen texts are only built for the
+/// first occurrence in each class (a run on a store with holes finds
+/// millions).
+macro_rules! violation {
+    ($sim:expr, $inv:expr, $what:expr, $s:expr, $c:expr, $key:expr, $expected:expr, $seen:expr $(,)?) => {{
+        let what: &str = &$what;
+        if !$sim.bump($inv, what, $c) {
+            let expected: String = $expected;
+            let seen: String = $seen;
+            let what = what.to_string();
+            $sim.record_violation($inv, &what, $s, $c, $key, expected, seen);
+        }
+    }};
+}
+
 /// SplitMix64: small, seeded, the same on every platform.
 struct Rng(u64);
 
@@ -413,8 +428,28 @@ impl Sim {
             .expect("the store is open between operations")
     }
 
+    /// Counts one more occurrence of a violation already on record with an
+    /// example in this class; `false` if it needs recording in full.
+    fn bump(&mut self, invariant: &'static str, what: &str, c: Option<usize>) -> bool {
+        let class = c.map_or("-", |c| self.model.classes[c].name.as_str());
+        let Some(v) = self
+            .report
+            .violations
+            .get_mut(&(invariant, what.to_string()))
+        else {
+            return false;
+        };
+        if v.class != class && !v.examples.contains_key(class) {
+            return false;
+        }
+        v.count += 1;
+        v.last = self.now;
+        *v.classes.entry(class.to_string()).or_default() += 1;
+        true
+    }
+
     #[allow(clippy::too_many_arguments, reason = "a violation names all of these")]
-    fn violation(
+    fn record_violation(
         &mut self,
         invariant: &'static str,
         what: &str,
@@ -467,7 +502,8 @@ impl Sim {
     }
 
     fn api_error(&mut self, op: &str, s: Option<usize>, c: Option<usize>, e: &Error) {
-        self.violation(
+        violation!(
+            self,
             "API",
             &format!("{op} failed unexpectedly"),
             s,
@@ -526,9 +562,12 @@ impl Sim {
         Ok(std::mem::take(&mut self.report))
     }
 
+    /// Moves the clock to `t`, never back: an action that spans time (a
+    /// backup-then-restore, a release followed by a request) pushes the
+    /// events drawn for earlier in the day to when it ended.
     fn at(&mut self, t: Timestamp) {
-        self.now = t;
-        self.clock.set(t);
+        self.now = self.now.max(t);
+        self.clock.set(self.now);
     }
 
     fn act(&mut self) -> Result<(), String> {
@@ -658,9 +697,13 @@ impl Sim {
             ended: None,
             revived: false,
         });
+        let index = usize::try_from(id).unwrap_or(usize::MAX);
         self.model
-            .current
-            .insert((s, c, key), usize::try_from(id).unwrap_or(usize::MAX));
+            .versions
+            .entry((s, c, key.clone()))
+            .or_default()
+            .push(index);
+        self.model.current.insert((s, c, key), index);
         self.model.subjects[s].wrote.insert(c);
     }
 
@@ -724,7 +767,8 @@ impl Sim {
             }
             (Ok(_), WriteRule::Refuse(why)) => {
                 let inv = if why.contains("D2") { "D2" } else { "I1" };
-                self.violation(
+                violation!(
+                    self,
                     inv,
                     &format!("{op} accepted where the store must refuse it"),
                     Some(s),
@@ -764,7 +808,8 @@ impl Sim {
             (Ok(_), WriteRule::Accept | WriteRule::Either(_)) => true,
             (Ok(_), WriteRule::Refuse(why)) => {
                 let inv = if why.contains("D2") { "D2" } else { "I1" };
-                self.violation(
+                violation!(
+                    self,
                     inv,
                     "delete accepted where the store must refuse it",
                     Some(s),
@@ -852,7 +897,8 @@ impl Sim {
             .and_then(|id| self.model.writes.get(usize::try_from(id).ok()?))
             .cloned()
         else {
-            self.violation(
+            violation!(
+                self,
                 "I1",
                 &format!("{path} returned a value the oracle never wrote"),
                 Some(s),
@@ -866,7 +912,8 @@ impl Sim {
         let current = self.model.current.get(&(s, c, key.to_vec())).copied();
         if w.subject != s || w.class != c || w.key != key {
             let seen = self.model.describe(&w);
-            self.violation(
+            violation!(
+                self,
                 "I1",
                 &format!("{path} returned another record's value"),
                 Some(s),
@@ -877,7 +924,8 @@ impl Sim {
             );
         } else if w.value != got {
             let seen = String::from_utf8_lossy(got).into_owned();
-            self.violation(
+            violation!(
+                self,
                 "I1",
                 &format!("{path} returned bytes other than those written"),
                 Some(s),
@@ -891,7 +939,8 @@ impl Sim {
             let cur = current
                 .map(|i| self.model.describe(&self.model.writes[i]))
                 .unwrap_or_default();
-            self.violation(
+            violation!(
+                self,
                 "I1",
                 &format!("{path} returned a replaced version"),
                 Some(s),
@@ -911,7 +960,8 @@ impl Sim {
                 )
             };
             let seen = self.model.describe(&w);
-            self.violation(
+            violation!(
+                self,
                 "I1",
                 &what,
                 Some(s),
@@ -933,7 +983,8 @@ impl Sim {
         if self.model.expect(&w, self.now) == Expect::Live {
             let seen = why.to_string();
             let expected = self.model.describe(&w);
-            self.violation(
+            violation!(
+                self,
                 "I1-live",
                 &format!("{path} lost a live record"),
                 Some(s),
@@ -958,7 +1009,8 @@ impl Sim {
             Ok(found) => {
                 if closed {
                     let at = self.model.closed_at(s).unwrap_or(self.now);
-                    self.violation(
+                    violation!(
+                        self,
                         "D2",
                         &format!("{path} served a closed subject"),
                         Some(s),
@@ -1001,7 +1053,8 @@ impl Sim {
             Ok(records) => {
                 if closed {
                     let at = self.model.closed_at(s).unwrap_or(self.now);
-                    self.violation(
+                    violation!(
+                        self,
                         "D2",
                         "scan served a closed subject",
                         Some(s),
@@ -1042,7 +1095,8 @@ impl Sim {
             Ok(export) => {
                 for sub in &export.subjects {
                     let Some(&t) = self.by_tag.get(&sub.tag.0) else {
-                        self.violation(
+                        violation!(
+                            self,
                             "I1",
                             "export returned a subject the oracle never registered",
                             Some(s),
@@ -1092,7 +1146,8 @@ impl Sim {
                     .first()
                     .map(|p| format!("{:?}: {}", p.kind, p.detail))
                     .unwrap_or_else(|| format!("audit chain: {:?}", report.audit));
-                self.violation(
+                violation!(
+                    self,
                     "I1",
                     "verify reported problems in an untampered store",
                     None,
@@ -1178,7 +1233,8 @@ impl Sim {
             (Ok(tag), Some(why)) => {
                 let s = self.add_subject(id, tag, Some(a));
                 // It shares its account's fate: closed since the account's closure.
-                self.violation(
+                violation!(
+                    self,
                     if why.contains("D2") { "D2" } else { "I1" },
                     "end user registered under a closed or erased account",
                     Some(s),
@@ -1235,7 +1291,8 @@ impl Sim {
                 self.by_tag.get(&item.subject.0),
                 self.model.class_index(&item.class),
             ) else {
-                self.violation(
+                violation!(
+                    self,
                     "I4",
                     &format!("{op} scheduled an unknown subject or class"),
                     None,
@@ -1249,7 +1306,8 @@ impl Sim {
             seen.insert((t, c));
             let expected = self.expected_schedule(t, c);
             if expected != Some(item.erase_at) {
-                self.violation(
+                violation!(
+                    self,
                     "I4",
                     &format!("{op} scheduled the wrong erasure time"),
                     Some(t),
@@ -1277,7 +1335,8 @@ impl Sim {
                     && !seen.contains(&(t, c))
                     && !already_running
                 {
-                    self.violation(
+                    violation!(
+                        self,
                         "I3",
                         &format!("{op} left a scope unbound by its deadline"),
                         Some(t),
@@ -1465,7 +1524,8 @@ impl Sim {
         receipt: &Receipt,
     ) {
         if receipt.reason.name() != reason.name() {
-            self.violation(
+            violation!(
+                self,
                 "I4",
                 &format!("{op} receipt names the wrong reason"),
                 targets.first().copied(),
@@ -1487,7 +1547,8 @@ impl Sim {
             erased.insert((t, c));
             match c {
                 Some(c) if scope.keys_destroyed > 0 && !self.model.scope_dead(t, c, self.now) => {
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         &format!("{op} receipt erased a scope the model keeps"),
                         Some(t),
@@ -1502,7 +1563,8 @@ impl Sim {
                 {
                     let kept = (0..self.model.classes.len())
                         .find(|&c| !self.model.scope_dead(t, c, self.now));
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         &format!("{op} receipt erased a whole subject the model partly keeps"),
                         Some(t),
@@ -1525,7 +1587,8 @@ impl Sim {
             };
             retained.insert((t, c));
             if !self.model.subjects[t].wrote.contains(&c) {
-                self.violation(
+                violation!(
+                    self,
                     "I4",
                     &format!("{op} receipt lists a class the subject never held"),
                     Some(t),
@@ -1548,7 +1611,8 @@ impl Sim {
                     .scope_death(t, c)
                     .map(|d| d.why())
                     .unwrap_or_else(|| "no deadline yet".into());
-                self.violation(
+                violation!(
+                    self,
                     "I4",
                     &format!("{op} receipt gives the wrong retention"),
                     Some(t),
@@ -1580,7 +1644,8 @@ impl Sim {
                 let dead = self.model.scope_dead(t, c, self.now);
                 let listed_erased = erased.contains(&(t, Some(c))) || erased.contains(&(t, None));
                 if dead && !listed_erased {
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         &format!("{op} receipt omits an erased scope"),
                         Some(t),
@@ -1605,7 +1670,8 @@ impl Sim {
                     && has_live
                     && (reason == Reason::DeletionRequest || self.model.held(t, c, self.now));
                 if must_list && !retained.contains(&(t, c)) {
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         &format!("{op} receipt omits a retained scope"),
                         Some(t),
@@ -1686,7 +1752,8 @@ impl Sim {
         match self.db().release_hold(&id, class.as_deref()) {
             Ok(true) => self.model.subjects[s].holds[i].released = Some(self.now),
             Ok(false) => {
-                self.violation(
+                violation!(
+                    self,
                     "I4",
                     "release_hold found no hold the model placed",
                     Some(s),
@@ -1718,7 +1785,8 @@ impl Sim {
             Ok(scheduled) => {
                 self.model.subjects[s].released.insert(c, self.now);
                 if scheduled.erase_at != self.now {
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         "release scheduled the wrong erasure time",
                         Some(s),
@@ -1839,10 +1907,10 @@ impl Sim {
             }) {
                 continue; // unchanged since the backup
             }
-            let at_backup = versions
-                .iter()
-                .copied()
-                .rfind(|&i| self.model.writes[i].at <= taken);
+            let at_backup = versions.iter().copied().rfind(|&i| {
+                let w = &self.model.writes[i];
+                w.at <= taken && w.ended.is_none_or(|(t, _)| t > taken)
+            });
             for &i in &versions {
                 let w = &mut self.model.writes[i];
                 if w.at > taken && w.ended.is_none() {
@@ -1907,7 +1975,18 @@ impl Sim {
                     .scope_death(w.subject, w.class)
                     .map(|d| format!("{} ({})", d.at, d.why()))
                     .unwrap_or_default();
-                self.violation("I1", "a backup opened as a live store serves data erased since the backup", Some(w.subject), Some(w.class), &w.key, format!("the open refused, or nothing: erased at {death}, after the backup of {taken}"), self.model.describe(&w));
+                violation!(
+                    self,
+                    "I1",
+                    "a backup opened as a live store serves data erased since the backup",
+                    Some(w.subject),
+                    Some(w.class),
+                    &w.key,
+                    format!(
+                        "the open refused, or nothing: erased at {death}, after the backup of {taken}"
+                    ),
+                    self.model.describe(&w)
+                );
             }
         }
     }
@@ -1980,7 +2059,8 @@ impl Sim {
             let info = match self.db().subject(&id) {
                 Ok(Some(info)) => info,
                 Ok(None) => {
-                    self.violation(
+                    violation!(
+                        self,
                         "I3",
                         "a registered subject is unknown to the store",
                         Some(s),
@@ -1998,14 +2078,24 @@ impl Sim {
             };
             let closed = self.model.closed_at(s);
             if info.state != SubjectState::Erased && info.closed_at != closed {
-                self.violation("I3", "the store's closure time differs from the model's (its deadlines are unbound or wrong)", Some(s), None, b"", format!("closed at {closed:?}"), format!("closed at {:?}", info.closed_at));
+                violation!(
+                    self,
+                    "I3",
+                    "the store's closure time differs from the model's (its deadlines are unbound or wrong)",
+                    Some(s),
+                    None,
+                    b"",
+                    format!("closed at {closed:?}"),
+                    format!("closed at {:?}", info.closed_at)
+                );
             }
             match self.model.wholly_erased(s, self.now) {
                 Some(at)
                     if self.now - at > SignedDuration::from_hours(24)
                         && info.state != SubjectState::Erased =>
                 {
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         "a wholly erased subject does not read as erased",
                         Some(s),
@@ -2018,7 +2108,8 @@ impl Sim {
                 None if info.state == SubjectState::Erased => {
                     let live = (0..self.model.classes.len())
                         .find(|&c| !self.model.scope_dead(s, c, self.now));
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         "a subject reads as erased although the model keeps part of it",
                         Some(s),
@@ -2054,7 +2145,8 @@ impl Sim {
                         && self.now - *at > SignedDuration::from_hours(24)
                 });
                 if let Some((c, at, _, why)) = overdue.cloned() {
-                    self.violation(
+                    violation!(
+                        self,
                         "I4",
                         "no certificate for a subject with an erased scope",
                         Some(s),
@@ -2076,7 +2168,8 @@ impl Sim {
                         m.classes.is_none() && m.reason.name() == e.reason && m.at <= e.erased_at
                     });
                     if !ok {
-                        self.violation(
+                        violation!(
+                            self,
                             "I4",
                             "certificate lists a whole-subject erasure the model did not make",
                             Some(s),
@@ -2093,7 +2186,8 @@ impl Sim {
                     };
                     covered.insert(c);
                     match dead.iter().find(|(dc, _, _, _)| *dc == c) {
-                        None => self.violation(
+                        None => violation!(
+                            self,
                             "I4",
                             "certificate lists an erasure the model did not make",
                             Some(s),
@@ -2106,7 +2200,8 @@ impl Sim {
                             let reasons = self.model.reasons_by(s, c, e.erased_at);
                             if !reasons.iter().any(|r| r.name() == e.reason) {
                                 let want: Vec<&str> = reasons.iter().map(|r| r.name()).collect();
-                                self.violation(
+                                violation!(
+                                    self,
                                     "I4",
                                     "certificate names the wrong reason",
                                     Some(s),
@@ -2119,7 +2214,8 @@ impl Sim {
                             if e.erased_at < *at
                                 || e.erased_at - *at > SignedDuration::from_hours(24)
                             {
-                                self.violation(
+                                violation!(
+                                    self,
                                     "I4",
                                     "certificate gives an erasure time away from the model's",
                                     Some(s),
@@ -2139,7 +2235,8 @@ impl Sim {
                 && !covered.contains(&c)
                 && self.now - at > SignedDuration::from_hours(24)
             {
-                self.violation(
+                violation!(
+                    self,
                     "I4",
                     "certificate omits an erasure",
                     Some(s),
@@ -2168,14 +2265,27 @@ impl Sim {
             };
             if self.now > due {
                 let window = self.model.window(w.class);
-                self.violation(
+                violation!(
+                    self,
                     "I2",
-                    &format!("a dead record still decrypts from the tape after its purge window ({})", how.split(':').next().unwrap_or(&how)),
+                    &format!(
+                        "a dead record still decrypts from the tape after its purge window ({})",
+                        how.split(':').next().unwrap_or(&how)
+                    ),
                     Some(w.subject),
                     Some(w.class),
                     &w.key,
-                    format!("unrecoverable from {due}: died {died} ({how}) + W {}h", window.as_hours()),
-                    format!("{}; decrypted with key bucket {} version {} unwrapped under live epoch(s) {:?}", self.model.describe(&w), r.key.bucket, r.key.version, r.epochs),
+                    format!(
+                        "unrecoverable from {due}: died {died} ({how}) + W {}h",
+                        window.as_hours()
+                    ),
+                    format!(
+                        "{}; decrypted with key bucket {} version {} unwrapped under live epoch(s) {:?}",
+                        self.model.describe(&w),
+                        r.key.bucket,
+                        r.key.version,
+                        r.epochs
+                    ),
                 );
             }
         }
