@@ -415,3 +415,83 @@ impl Model {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::policy;
+
+    fn t(text: &str) -> Timestamp {
+        text.parse().expect("a time")
+    }
+
+    fn model() -> Model {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/default.toml");
+        let mut m = Model {
+            classes: policy::load(&path).expect("the default policy"),
+            ..Model::default()
+        };
+        for (id, account) in [("acct", None), ("user", Some(0))] {
+            m.subjects.push(Subject {
+                id: id.into(),
+                account,
+                closed_at: None,
+                opted_out_at: None,
+                released: BTreeMap::new(),
+                erasures: Vec::new(),
+                holds: Vec::new(),
+                wrote: BTreeSet::new(),
+            });
+        }
+        m
+    }
+
+    #[test]
+    fn closure_sets_every_clock_of_the_account_and_its_end_users() {
+        let mut m = model();
+        let closed = t("2027-01-31T10:00:00Z");
+        m.subjects[0].closed_at = Some(closed);
+        let class = |name: &str| m.class_index(name).expect("a class");
+        let at = |s, name: &str| m.scope_death(s, class(name)).map(|d| d.at);
+        assert_eq!(at(1, "account_profile"), Some(t("2027-04-01T10:00:00Z")));
+        assert_eq!(at(1, "message_content"), Some(closed));
+        assert_eq!(at(0, "marketing_contacts"), Some(t("2027-02-03T10:00:00Z")));
+        assert_eq!(at(0, "invoices"), Some(t("2037-01-31T10:00:00Z")));
+        assert_eq!(at(0, "subscriber_records"), None, "kept until released");
+    }
+
+    #[test]
+    fn a_hold_puts_a_death_off_until_its_release() {
+        let mut m = model();
+        let c = m.class_index("message_content").expect("a class");
+        m.subjects[0].holds.push(HoldSpan {
+            class: None,
+            placed: t("2027-01-01T00:00:00Z"),
+            released: None,
+        });
+        m.subjects[0].erasures.push(Erasure {
+            at: t("2027-01-02T00:00:00Z"),
+            classes: None,
+            reason: Reason::Operator,
+        });
+        assert!(m.scope_death(0, c).is_none(), "held");
+        m.subjects[0].holds[0].released = Some(t("2027-03-01T00:00:00Z"));
+        let death = m.scope_death(0, c).expect("dies at the release");
+        assert_eq!(death.at, t("2027-03-01T00:00:00Z"));
+        assert!(death.held);
+        assert_eq!(death.reasons, BTreeSet::from([Reason::Operator]));
+        assert_eq!(
+            m.wholly_erased(0, t("2027-03-02T00:00:00Z")),
+            Some(death.at)
+        );
+    }
+
+    #[test]
+    fn write_ids_are_found_inside_any_plaintext() {
+        assert_eq!(
+            write_id_in(b"\0\0\0\x02k1oracle-w0000000042-ffff"),
+            Some(42)
+        );
+        assert_eq!(write_id_in(b"oracle-w12"), None);
+    }
+}
