@@ -332,6 +332,8 @@ pub(crate) struct Sim {
     users_made: u32,
     /// The live store's directory (a restore moves it).
     live: PathBuf,
+    /// Restores made: (backup taken, restored at).
+    restored: Vec<(Timestamp, Timestamp)>,
 }
 
 const KEYS_PER_SCOPE: u64 = 6;
@@ -356,6 +358,7 @@ impl Sim {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let live = dir.path().join("store");
         let mut sim = Sim {
+            restored: Vec::new(),
             live,
             rng,
             model: Model {
@@ -582,7 +585,12 @@ impl Sim {
             410..450 => self.batch(),
             450..560 => {
                 if let Some((s, c, key)) = self.pick_key() {
-                    self.check_get("get", s, c, &key);
+                    let path = if self.rng.chance(50) {
+                        "get"
+                    } else {
+                        "get_record"
+                    };
+                    self.check_get(path, s, c, &key);
                 }
             }
             560..590 => {
@@ -981,12 +989,30 @@ impl Sim {
         };
         let w = self.model.writes[w].clone();
         if self.model.expect(&w, self.now) == Expect::Live {
-            let seen = why.to_string();
+            let restores: Vec<String> = self
+                .restored
+                .iter()
+                .filter(|(taken, _)| *taken >= w.at)
+                .map(|(taken, at)| format!("{at} (backup of {taken})"))
+                .collect();
+            let seen = if restores.is_empty() {
+                why.to_string()
+            } else {
+                format!(
+                    "{why}; restores since it was written, from backups that held it: {}",
+                    restores.join(", ")
+                )
+            };
             let expected = self.model.describe(&w);
+            let what = if restores.is_empty() {
+                format!("{path} lost a live record")
+            } else {
+                format!("{path} lost a live record after a restore")
+            };
             violation!(
                 self,
                 "I1-live",
-                &format!("{path} lost a live record"),
+                &what,
                 Some(s),
                 Some(c),
                 key,
@@ -1004,7 +1030,14 @@ impl Sim {
         let subject = self.model.subjects[s].id.clone();
         let class = self.model.classes[c].name.clone();
         let closed = self.closed_now(s);
-        let result = self.db().get(&subject, &class, key);
+        // `get_record` is the same read path with the expiry; both are used.
+        let result = if path == "get_record" {
+            self.db()
+                .get_record(&subject, &class, key)
+                .map(|r| r.map(|r| r.value))
+        } else {
+            self.db().get(&subject, &class, key)
+        };
         match result {
             Ok(found) => {
                 if closed {
@@ -1867,13 +1900,28 @@ impl Sim {
         self.at(next);
         let target = self.dir.path().join(format!("restored-{n}"));
         let backup = self.backups[n].path.clone();
+        // The erasures to replay come from the live store, or from its
+        // exported erasure log (the way when the live store is gone).
+        let log = self.dir.path().join(format!("erasures-{n}.log"));
+        let from_file = self.rng.chance(50);
         let restored = {
             let live = self.db.as_ref().ok_or("the store is open")?;
-            Db::restore(
-                &backup,
-                self.config(&target),
-                shredkv::ErasureSource::Live(live),
-            )
+            if from_file {
+                match live.export_erasure_log(&log) {
+                    Ok(_) => Db::restore(
+                        &backup,
+                        self.config(&target),
+                        shredkv::ErasureSource::File(&log),
+                    ),
+                    Err(e) => Err(e),
+                }
+            } else {
+                Db::restore(
+                    &backup,
+                    self.config(&target),
+                    shredkv::ErasureSource::Live(live),
+                )
+            }
         };
         match restored {
             Ok((db, _)) => {
@@ -1883,6 +1931,7 @@ impl Sim {
                 tape_directory(&self.tape, &target, self.backend)?;
                 self.restored_in_model(taken);
                 self.report.restores += 1;
+                self.restored.push((taken, self.now));
                 self.open()
             }
             Err(e) => {
