@@ -2300,7 +2300,51 @@ impl Sim {
 
     /// I2 over the tape.
     fn check_tape(&mut self) -> Result<(), String> {
-        let recovered = self.check.run(&self.tape, self.provider.as_ref())?;
+        let recovered = self
+            .check
+            .run(&self.tape, self.provider.as_ref(), self.now)?;
+        // Every epoch is destroyed within the shortest purge window of its
+        // first use (D1; a day of slack for the daily check): one that
+        // lives on keeps everything ever wrapped under it recoverable.
+        let shortest = self
+            .model
+            .classes
+            .iter()
+            .map(|c| c.purge_window)
+            .min()
+            .unwrap_or(SignedDuration::from_hours(24 * 30));
+        let overdue: Vec<(u32, Timestamp)> = self
+            .check
+            .live
+            .iter()
+            .filter_map(|e| self.check.first_seen.get(e).map(|t| (*e, *t)))
+            .filter(|(_, seen)| self.now - *seen > shortest + SignedDuration::from_hours(48))
+            .collect();
+        for (epoch, seen) in overdue {
+            let restores: Vec<String> =
+                self.restored.iter().map(|(_, at)| at.to_string()).collect();
+            violation!(
+                self,
+                "I2",
+                "a key-provider epoch outlives the purge window",
+                None,
+                None,
+                b"",
+                format!(
+                    "epoch {epoch}, first used by {seen}, destroyed by {} (shortest purge window + a day)",
+                    seen + shortest + SignedDuration::from_hours(24)
+                ),
+                format!(
+                    "still live; live epochs {:?}; restores so far: {}",
+                    self.check.live,
+                    if restores.is_empty() {
+                        "none".into()
+                    } else {
+                        restores.join(", ")
+                    }
+                ),
+            );
+        }
         for r in recovered {
             let Some(w) = usize::try_from(r.write)
                 .ok()

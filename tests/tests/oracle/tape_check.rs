@@ -4,7 +4,9 @@
 //! (docs/design.md: vault entry v1, wrapped key v1, envelope v1, AAD =
 //! store id ‖ data-tree key).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use shredkv::jiff::Timestamp;
 
 use shredkv::internal::{Tape, TapeEntry};
 use shredkv_crypto::{
@@ -52,6 +54,10 @@ pub(crate) struct TapeCheck {
     pub(crate) envelopes_read: u64,
     /// Unwrap attempts and envelope openings, in all.
     pub(crate) attempts: u64,
+    /// When the check first saw a key wrapped under each epoch.
+    pub(crate) first_seen: BTreeMap<u32, Timestamp>,
+    /// The epochs the key provider still had at the last run.
+    pub(crate) live: BTreeSet<u32>,
 }
 
 /// The wrapped key inside a vault entry v1: `... ‖ present u8 ‖ wrapped
@@ -120,15 +126,20 @@ impl TapeCheck {
         &mut self,
         tape: &Tape,
         provider: &dyn KeyProvider,
+        now: Timestamp,
     ) -> Result<Vec<Recovered>, String> {
         for entry in tape.take() {
             self.ingest(entry);
+        }
+        for copy in &self.copies {
+            self.first_seen.entry(copy.wrapped.epoch().0).or_insert(now);
         }
         let live: BTreeSet<EpochId> = provider
             .live_epochs()
             .map_err(|e| format!("list live epochs: {e}"))?
             .into_iter()
             .collect();
+        self.live = live.iter().map(|e| e.0).collect();
         // Each copy is tried once, when first seen with its epoch live: a
         // copy that did not open then never will. Copies under destroyed
         // epochs are dropped: epoch ids are never reused.
