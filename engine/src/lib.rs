@@ -61,7 +61,8 @@ pub use subjects::{SubjectInfo, SubjectKind, SubjectState};
 
 /// Test and tooling hooks: the concurrency protocol's parts for the loom
 /// model, the in-memory backend, fault injection through the storage seam
-/// and the key provider, and decoders of every persisted record format for
+/// and the key provider, a tape of every byte written through the seam (for
+/// the forensic oracle), and decoders of every persisted record format for
 /// fuzzing. Not a stable API.
 #[doc(hidden)]
 pub mod internal {
@@ -72,6 +73,7 @@ pub mod internal {
         ApplyFailure, FaultControl, FaultCounts, FaultPlan, FaultPoint, ProviderCall,
     };
     pub use crate::storage::pauses::{Pause, PausePoint};
+    pub use crate::storage::tape::{Tape, TapeEntry};
     pub use crate::vault::cache::{BucketId, KeyCache};
     pub use crate::vault::gate::ScopeGate;
     pub use crate::vault::memory_provider::MemoryKeyProvider;
@@ -116,6 +118,33 @@ pub mod internal {
                 crate::storage::open(*backend, config.path())?
             }
         };
+        let db = crate::Db::open_with_faults(config, storage, &control)?;
+        Ok((db, control))
+    }
+
+    /// Opens a store whose backend records every key and value written to
+    /// it on `tape` (see [`Tape`]), for forensic tests of G2: what an
+    /// attacker holding every byte the store ever wrote could decrypt. No
+    /// faults are armed; the returned control counts what went through.
+    ///
+    /// # Errors
+    /// As [`crate::Db::open`].
+    pub fn open_with_tape(
+        config: crate::Config,
+        store: &TestStore,
+        tape: &Tape,
+    ) -> crate::Result<(crate::Db, FaultControl)> {
+        let control = FaultControl::new(FaultPlan::none());
+        let storage: Arc<dyn crate::storage::Storage> = match store {
+            TestStore::Memory(memory) => Arc::clone(&memory.0) as Arc<dyn crate::storage::Storage>,
+            TestStore::Disk(backend) => {
+                crate::db::create_private_dir(config.path())?;
+                crate::storage::open(*backend, config.path())?
+            }
+        };
+        let storage: Arc<dyn crate::storage::Storage> = Arc::new(
+            crate::storage::tape::TapeStorage::new(storage, tape.clone()),
+        );
         let db = crate::Db::open_with_faults(config, storage, &control)?;
         Ok((db, control))
     }

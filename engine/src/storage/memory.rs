@@ -41,23 +41,51 @@ impl Storage for MemoryStorage {
         }
         // Copy the range out and visit without the lock held, so `visit` may
         // call back into the store (as it may on sled and redb).
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = {
-            let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
-            let Some(map) = trees.get(&tree) else {
-                return Ok(());
+        // Copied out a page at a time, so the lock is not held while the
+        // visitor runs and a prefix scan (whose end is unbounded) does not
+        // copy the rest of the tree.
+        const PAGE: usize = 64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page: Vec<(Vec<u8>, Vec<u8>)> = {
+                let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
+                let Some(map) = trees.get(&tree) else {
+                    return Ok(());
+                };
+                match order {
+                    Order::Ascending => {
+                        let from = after.as_deref().map_or(start, Bound::Excluded);
+                        if super::range_is_empty(from, end) {
+                            return Ok(());
+                        }
+                        map.range::<[u8], _>((from, end))
+                            .take(PAGE)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    }
+                    Order::Descending => {
+                        let to = after.as_deref().map_or(end, Bound::Excluded);
+                        if super::range_is_empty(start, to) {
+                            return Ok(());
+                        }
+                        map.range::<[u8], _>((start, to))
+                            .rev()
+                            .take(PAGE)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    }
+                }
             };
-            let range = map.range::<[u8], _>((start, end));
-            match order {
-                Order::Ascending => range.map(|(k, v)| (k.clone(), v.clone())).collect(),
-                Order::Descending => range.rev().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            for (k, v) in &page {
+                if visit(k, v).is_break() {
+                    return Ok(());
+                }
             }
-        };
-        for (k, v) in &entries {
-            if visit(k, v).is_break() {
-                break;
+            if page.len() < PAGE {
+                return Ok(());
             }
+            after = page.last().map(|(k, _)| k.clone());
         }
-        Ok(())
     }
 
     fn apply(&self, batch: &WriteBatch, _durability: Durability) -> Result<(), StorageError> {

@@ -351,3 +351,4 @@ pub(crate) mod memory;
 pub(crate) mod pauses;
 mod redb_backend;
 mod sled_backend;
+pub(crate) mod tape;
