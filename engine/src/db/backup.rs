@@ -357,6 +357,23 @@ fn backup_mark(store_id: &[u8; 16], taken_at: Timestamp) -> Vec<u8> {
     mark
 }
 
+/// When a store started each epoch it knows (meta `epoch_started/<u32>`).
+fn epoch_starts(storage: &dyn Storage) -> Result<BTreeMap<u32, i64>> {
+    let mut starts = BTreeMap::new();
+    scan_prefix(storage, Tree::Meta, meta::EPOCH_STARTED, &mut |k, v| {
+        if let (Some(epoch), Ok(at)) = (
+            k.get(meta::EPOCH_STARTED.len()..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes),
+            <[u8; 8]>::try_from(v).map(i64::from_be_bytes),
+        ) {
+            starts.insert(epoch, at);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(starts)
+}
+
 /// Refuses to serve a directory that must not be served as a store: an
 /// interrupted restore, or a backup (which would serve data erased since it
 /// was taken, without the replay a restore does).
@@ -653,6 +670,12 @@ impl Db {
                 })?
             }
         };
+        // When the live store started each of its epochs: the restored store
+        // takes over and must destroy them on the same schedule (G2).
+        let epoch_starts = match source {
+            ErasureSource::Live(db) => epoch_starts(db.inner.storage.as_ref())?,
+            ErasureSource::File(_) => BTreeMap::new(),
+        };
         let from = storage::open(target.backend, backup)?;
         let provider = restore_provider(&target, source)?;
         // Before anything is written: a backup older than its purge window
@@ -671,7 +694,7 @@ impl Db {
         }
         let path = target.path().to_path_buf();
         let existed = path.exists();
-        let restored = Self::restore_into(from, target, provider, &log, lost);
+        let restored = Self::restore_into(from, target, provider, &log, lost, &epoch_starts);
         if restored.is_err()
             && let Err(source) = remove_failed_restore(&path, existed)
         {
@@ -691,6 +714,7 @@ impl Db {
         provider: Arc<dyn KeyProvider>,
         log: &ErasureLog,
         lost: Vec<LostScope>,
+        epoch_starts: &BTreeMap<u32, i64>,
     ) -> Result<(Db, RestoreReport)> {
         let entries = {
             super::create_private_dir(target.path())?;
@@ -705,7 +729,7 @@ impl Db {
         let storage = storage::open(target.backend, target.path())?;
         let maintenance = target.maintenance_every;
         let db = Db::open_with(target.apply_policy_change(true), storage, provider, true)?;
-        let report = db.replay(log, entries, lost)?;
+        let report = db.replay(log, entries, lost, epoch_starts)?;
         // Only a replayed store maintains itself (a half-restored one must
         // not compact or rotate).
         if let Some(every) = maintenance {
@@ -721,6 +745,7 @@ impl Db {
         log: &ErasureLog,
         entries: u64,
         lost: Vec<LostScope>,
+        epoch_starts: &BTreeMap<u32, i64>,
     ) -> Result<RestoreReport> {
         let inner = &self.inner;
         let now = inner.clock.now();
@@ -732,6 +757,8 @@ impl Db {
         };
         let mut batch = WriteBatch::new();
         let mut touched: BTreeSet<SubjectTag> = BTreeSet::new();
+        let mut replay_destroyed: HashSet<KeyId> = HashSet::new();
+        let mut owed: Vec<KeyId> = Vec::new();
         for (tag, class, entry) in &log.ledger {
             let key = ledger::key(tag, *class);
             if inner
@@ -750,6 +777,7 @@ impl Db {
                 .vault
                 .destroy_prefix(&prefix, now.as_second(), &mut batch)?;
             report.keys_destroyed += u64::try_from(ids.len()).unwrap_or(u64::MAX);
+            replay_destroyed.extend(ids.iter().copied());
             batch.put(Tree::Ledger, key.to_vec(), entry.encode());
             if *class == ALL_CLASSES
                 && let Some(info) = inner.subject_info(tag)?
@@ -771,9 +799,71 @@ impl Db {
             report.erasures_replayed += 1;
         }
         for id in &log.destroyed {
+            replay_destroyed.insert(*id);
             if inner.vault.destroy_one(id, now.as_second(), &mut batch)? {
                 report.keys_destroyed += 1;
                 touched.insert(id.subject);
+            }
+        }
+        // The live store may have sealed records under these keys after the
+        // backup; the restore drops those records, but their ciphertext
+        // stays in the live store's files under keys the restored store
+        // keeps. Every live data key therefore owes a re-key, so the dropped
+        // records die within the purge window counted from the restore.
+        inner.storage.scan(
+            Tree::Vault,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, v| {
+                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v))
+                    && entry.state == KeyState::Active
+                    && id.bucket != crate::vault::SCOPE_BUCKET
+                    && !replay_destroyed.contains(&id)
+                {
+                    owed.push(id);
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        for id in owed {
+            if inner.storage.get(Tree::Debts, &id.to_bytes())?.is_some() {
+                continue;
+            }
+            let window = inner
+                .class_by_number(id.class)
+                .map_or(inner.timeline.min_window, |c| {
+                    c.policy.purge_window_duration().as_secs()
+                });
+            let due = now.as_second().saturating_add(
+                inner
+                    .timeline
+                    .rekey_delay(jiff::SignedDuration::from_secs(window)),
+            );
+            batch.put(
+                Tree::Debts,
+                id.to_bytes().to_vec(),
+                crate::retention::deadlines::value(now.as_second()),
+            );
+            batch.put(
+                Tree::Deadlines,
+                crate::retention::deadlines::key(due, &crate::retention::deadlines::Due::Rekey(id)),
+                crate::retention::deadlines::value(now.as_second()),
+            );
+        }
+        // Epochs the key provider holds that the backup never knew were
+        // started by the live store after the backup: the restored store
+        // takes over, so it inherits them and destroys each on its schedule.
+        // Their start is the live store's record, or (restoring from an
+        // exported log) the backup's time, which can only be earlier.
+        let taken = super::meta_get(inner.storage.as_ref(), meta::BACKUP_OF)?
+            .and_then(|mark| mark.get(16..24).and_then(|b| b.try_into().ok()))
+            .map_or(now.as_second(), i64::from_be_bytes);
+        for epoch in inner.vault.provider().live_epochs()? {
+            let key = [meta::EPOCH_STARTED, &epoch.0.to_be_bytes()[..]].concat();
+            if super::meta_get(inner.storage.as_ref(), &key)?.is_none() {
+                let started = epoch_starts.get(&epoch.0).copied().unwrap_or(taken);
+                batch.put(Tree::Meta, key, started.to_be_bytes().to_vec());
             }
         }
         batch.remove(Tree::Meta, meta::RESTORE_PENDING.to_vec());

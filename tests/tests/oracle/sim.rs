@@ -186,6 +186,13 @@ impl Rng {
 }
 
 /// The one place the oracle's stores are configured.
+/// Restores take over from the live store as a disaster recovery would:
+/// records a re-key after the backup made unrecoverable are accepted as lost
+/// (the restore reports them; the model counts them as lost in the restore).
+fn accept_losses() -> shredkv::RestoreOptions {
+    shredkv::RestoreOptions::default().accept_lost_records(true)
+}
+
 pub(crate) fn oracle_config(
     path: &Path,
     backend: Backend,
@@ -1909,18 +1916,20 @@ impl Sim {
             let live = self.db.as_ref().ok_or("the store is open")?;
             if from_file {
                 match live.export_erasure_log(&log) {
-                    Ok(_) => Db::restore(
+                    Ok(_) => Db::restore_with(
                         &backup,
                         self.config(&target),
                         shredkv::ErasureSource::File(&log),
+                        accept_losses(),
                     ),
                     Err(e) => Err(e),
                 }
             } else {
-                Db::restore(
+                Db::restore_with(
                     &backup,
                     self.config(&target),
                     shredkv::ErasureSource::Live(live),
+                    accept_losses(),
                 )
             }
         };
