@@ -21,7 +21,6 @@
 //! first affected entry; [`verify_chain`] names it.
 
 use std::ops::{Bound, ControlFlow};
-use std::sync::{Mutex, PoisonError};
 
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
@@ -262,14 +261,16 @@ struct Head {
 /// Appends entries; serialises appends so the chain has no forks.
 #[derive(Debug)]
 pub(crate) struct AuditLog {
-    head: Mutex<Head>,
+    /// Held across the commit's storage write: one of `crate::sync`'s, so
+    /// the loom model can interleave committers without blocking itself.
+    head: crate::sync::Mutex<Head>,
 }
 
 impl AuditLog {
     /// Reads the last entry to continue the chain.
     pub(crate) fn open(storage: &dyn Storage) -> Result<Self> {
         Ok(Self {
-            head: Mutex::new(read_head(storage)?),
+            head: crate::sync::Mutex::new(read_head(storage)?),
         })
     }
 
@@ -283,7 +284,7 @@ impl AuditLog {
         now: Timestamp,
         durability: Durability,
     ) -> Result<()> {
-        let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut head = crate::sync::lock(&self.head);
         if head.stale {
             *head = read_head(storage)?;
         }

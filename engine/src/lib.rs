@@ -61,7 +61,8 @@ pub use subjects::{SubjectInfo, SubjectKind, SubjectState};
 
 /// Test and tooling hooks: the concurrency protocol's parts for the loom
 /// model, the in-memory backend, fault injection through the storage seam
-/// and the key provider, a tape of every byte written through the seam (for
+/// and the key provider (with pause points that force one interleaving of
+/// concurrent operations), a tape of every byte written through the seam (for
 /// the forensic oracle), and decoders of every persisted record format for
 /// fuzzing. Not a stable API.
 #[doc(hidden)]

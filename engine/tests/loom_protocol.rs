@@ -4,12 +4,20 @@
 //!
 //! `cargo test -p shredkv --features loom --release --test loom_protocol`
 //!
-//! The vault is modelled by a list of key versions; the protocol steps are
-//! the engine's (`Db::put` → `Vault::current_for_write`, `Db::shred` →
-//! `erase_locked`): a writer takes the gate's read lock, checks the erased
-//! state, takes the bucket's current key from the cache or creates the next
-//! version under the creation lock, and seals with it; shred takes the write
-//! lock, marks the scope erased, destroys every version and evicts.
+//! The first two models keep the vault as a list of key versions; the
+//! protocol steps are the engine's (`Db::put` → `Vault::current_for_write`,
+//! `Db::shred` → `erase_locked`): a writer takes the gate's read lock, checks
+//! the erased state, takes the bucket's current key from the cache or creates
+//! the next version under the creation lock, and seals with it; shred takes
+//! the write lock, marks the scope erased, destroys every version and evicts.
+//!
+//! The `engine_*` models run the engine's own `Db` (in-memory trees, an
+//! in-memory key provider, no background threads): `Db::shred` racing
+//! `Db::register_end_user`, `Db::verify` and `Db::put`, through the real
+//! gate, vault, key cache and subject records. Every lock such a path holds
+//! across another protocol step is one of `crate::sync`'s (loom's here);
+//! the rest (the trees', the subject cache's, the audit log's) guard short
+//! sections without protocol steps inside, which loom need not interleave.
 #![cfg(feature = "loom")]
 
 use loom::sync::{Arc, Mutex};
@@ -142,5 +150,113 @@ fn an_operation_begun_after_shred_returned_fails() {
         let _ = writer.join().expect("writer");
         let vault = store.vault.lock().expect("vault");
         assert!(vault.keys.iter().all(|(_, destroyed)| *destroyed));
+    });
+}
+
+/// A store of the engine itself, fresh in every loom iteration: in-memory
+/// trees (shared across reopenings) and keys, no flusher.
+struct Engine {
+    dir: tempfile::TempDir,
+    trees: shredkv::internal::MemoryStore,
+    keys: std::sync::Arc<shredkv::internal::MemoryKeyProvider>,
+}
+
+impl Engine {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            trees: shredkv::internal::MemoryStore::new(),
+            keys: std::sync::Arc::new(shredkv::internal::MemoryKeyProvider::new()),
+        }
+    }
+
+    /// Opens (or reopens, with an empty key cache) the store.
+    fn open(&self) -> shredkv::Db {
+        let config = shredkv::Config::new(self.dir.path())
+            .key_provider(self.keys.clone())
+            .flush_every(None)
+            .maintenance_every(None);
+        shredkv::internal::open_with_faults(
+            config,
+            &shredkv::internal::TestStore::Memory(self.trees.clone()),
+            shredkv::internal::FaultPlan::none(),
+        )
+        .expect("open")
+        .0
+    }
+}
+
+fn engine_model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    // Every interleaving of up to two preemptions: enough for a race of
+    // two operations, and bounded for the engine's longer paths.
+    builder.preemption_bound = Some(2);
+    builder.check(f);
+}
+
+#[test]
+fn engine_shred_and_register_leave_no_live_end_user() {
+    engine_model(|| {
+        let engine = Engine::new();
+        let db = engine.open();
+        db.register_account("acct").expect("register");
+        let registrar = {
+            let db = db.clone();
+            thread::spawn(move || db.register_end_user("late", "acct").is_ok())
+        };
+        let receipt = db.shred("acct", shredkv::Classes::All).expect("shred");
+        let registered = registrar.join().expect("registrar");
+        let late = db.subject("late").expect("subject");
+        assert_eq!(registered, late.is_some());
+        if let Some(late) = late {
+            assert_eq!(
+                late.state,
+                shredkv::SubjectState::Erased,
+                "an end user registered during its account's shred stays live ({receipt:?})"
+            );
+        }
+        assert!(db.put("late", "message_content", b"m", b"v").is_err());
+    });
+}
+
+#[test]
+fn engine_verify_never_recaches_a_destroyed_key() {
+    engine_model(|| {
+        let engine = Engine::new();
+        {
+            let db = engine.open();
+            db.register_account("acct").expect("register");
+            db.put("acct", "message_content", b"m1", b"erase me")
+                .expect("put");
+        }
+        // Reopened: verify must load the key into an empty cache.
+        let db = engine.open();
+        let verifier = {
+            let db = db.clone();
+            thread::spawn(move || db.verify().expect("verify").is_clean())
+        };
+        db.shred("acct", shredkv::Classes::All).expect("shred");
+        assert!(verifier.join().expect("verifier"));
+        db.re_register("acct").expect("re-register");
+        let found = db.scan("acct", "message_content").expect("scan");
+        assert!(found.is_empty(), "an erased value decrypted: {found:?}");
+    });
+}
+
+#[test]
+fn engine_put_racing_shred_leaves_nothing_readable() {
+    engine_model(|| {
+        let engine = Engine::new();
+        let db = engine.open();
+        db.register_account("acct").expect("register");
+        let writer = {
+            let db = db.clone();
+            thread::spawn(move || db.put("acct", "message_content", b"m", b"v").is_ok())
+        };
+        db.shred("acct", shredkv::Classes::All).expect("shred");
+        let _wrote = writer.join().expect("writer");
+        let stats = db.stats().expect("stats");
+        assert_eq!(stats.keys_live, 0, "a key outlived the shred: {stats:?}");
+        assert!(db.put("acct", "message_content", b"m", b"v").is_err());
     });
 }

@@ -1743,6 +1743,17 @@ impl Sim {
             if add(at, self.model.purge) >= now {
                 continue;
             }
+            // A certificate also waits for the dead ciphertext of the
+            // subject's expired records, removed within the purge window of
+            // their expiry.
+            let expired_lately = self.model.records.iter().any(|r| {
+                r.subject == s
+                    && r.expiry
+                        .is_some_and(|e| e <= now && add(e, self.model.purge) >= now)
+            });
+            if expired_lately {
+                continue;
+            }
             let name = self.name(s);
             let certificate = self.db().certificate(&name).expect("certificate");
             assert!(

@@ -265,6 +265,20 @@ fn end_user_cannot_register_under_closed_account() {
     );
     assert!(db.subject("after").expect("subject").is_none());
 
+    // Nor can an erased end user come back under it.
+    db.register_account("acct-3").expect("register");
+    db.register_end_user("gone", "acct-3").expect("register");
+    db.shred("gone", Classes::All).expect("shred");
+    db.close_account("acct-3").expect("close");
+    let err = db
+        .re_register("gone")
+        .expect_err("re-registration under a closed account");
+    assert!(err.is_closed(), "{err}");
+    assert_eq!(
+        db.subject("gone").expect("subject").map(|i| i.state),
+        Some(SubjectState::Erased)
+    );
+
     // The same after a deletion request, which closes what it retains.
     db.register_account("acct-2").expect("register");
     db.request_deletion("acct-2", ErasureReason::DeletionRequest)

@@ -487,14 +487,19 @@ impl DbInner {
         }
     }
 
+    /// Rewrites a subject's record under the gate's write lock over the
+    /// subject and `also` (e.g. its account, whose state `update` checks).
     fn set_state(
         &self,
         tag: &SubjectTag,
+        also: Option<SubjectTag>,
         update: impl FnOnce(SubjectInfo) -> Result<SubjectInfo>,
         event: AuditEvent,
         detail: &str,
     ) -> Result<()> {
-        let _exclusive = self.gate.write(&[*tag]);
+        let mut locked = vec![*tag];
+        locked.extend(also);
+        let _exclusive = self.gate.write(&locked);
         let info = self
             .subject_info(tag)?
             .ok_or(Error::UnknownSubject { subject: *tag })?;
@@ -562,22 +567,14 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::UnknownSubject`]; [`Error::SubjectConflict`] if nothing of
-    /// the subject was erased, or its account is erased.
+    /// the subject was erased, or its account is erased; [`Error::Closed`]
+    /// for an end user whose account is closed.
     pub fn re_register(&self, subject: &str) -> Result<()> {
         let inner = &self.inner;
         let tag = self.subject_tag(subject);
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
-        if let Some(parent) = &info.parent
-            && let Some(parent_info) = inner.subject_info(parent)?
-            && parent_info.state == SubjectState::Erased
-        {
-            return Err(Error::SubjectConflict {
-                subject: tag,
-                detail: format!("its account {parent} is erased; re-register the account first"),
-            });
-        }
         let mut erased_scopes = 0usize;
         scan_prefix(inner.storage.as_ref(), Tree::Ledger, &tag.0, &mut |_, v| {
             if LedgerEntry::decode(v).is_ok_and(|e| e.generation == info.generation) {
@@ -606,9 +603,31 @@ impl Db {
         if !stale.is_empty() {
             inner.storage.apply(&stale, Durability::Durable)?;
         }
+        // The account is checked under its write lock, as at registration:
+        // an end user cannot come back under an account being erased or
+        // closed (nothing would schedule its erasure).
         inner.set_state(
             &tag,
+            info.parent,
             |info| {
+                if let Some(parent) = &info.parent
+                    && let Some(parent_info) = inner.subject_info(parent)?
+                {
+                    if parent_info.state == SubjectState::Erased {
+                        return Err(Error::SubjectConflict {
+                            subject: tag,
+                            detail: format!(
+                                "its account {parent} is erased; re-register the account first"
+                            ),
+                        });
+                    }
+                    if let Some(closed_at) = parent_info.closed_at {
+                        return Err(Error::Closed {
+                            subject: *parent,
+                            closed_at,
+                        });
+                    }
+                }
                 Ok(SubjectInfo {
                     state: SubjectState::Active,
                     generation: info.generation.saturating_add(1),
@@ -633,6 +652,7 @@ impl Db {
         let tag = self.subject_tag(subject);
         self.inner.set_state(
             &tag,
+            None,
             |info| match info.state {
                 SubjectState::Erased => Err(info.erased_error()),
                 _ => Ok(SubjectInfo {
@@ -653,6 +673,7 @@ impl Db {
         let tag = self.subject_tag(subject);
         self.inner.set_state(
             &tag,
+            None,
             |info| match info.state {
                 SubjectState::Erased => Err(info.erased_error()),
                 _ => Ok(SubjectInfo {

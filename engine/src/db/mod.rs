@@ -86,12 +86,13 @@ pub(crate) struct DbInner {
     subject_key: TagKey,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) durability: Durability,
-    subjects: Mutex<HashMap<SubjectTag, SubjectInfo>>,
+    /// (`crate::sync`'s, so the loom model sees subject state.)
+    subjects: crate::sync::Mutex<HashMap<SubjectTag, SubjectInfo>>,
     /// Scopes whose erasure ledger was checked and found clear, so reads and
     /// writes skip that lookup. Erasure removes its scopes under the gate's
     /// write lock before releasing it, so an entry is never stale for an
     /// operation holding the read lock.
-    live_scopes: Mutex<HashSet<(SubjectTag, u16)>>,
+    live_scopes: crate::sync::Mutex<HashSet<(SubjectTag, u16)>>,
     /// One compaction (or epoch rotation) at a time.
     pub(crate) compaction: Mutex<()>,
     /// When re-keys run and epoch keys die (G2).
@@ -393,8 +394,8 @@ impl Db {
             } else {
                 Durability::Buffered
             },
-            subjects: Mutex::new(HashMap::new()),
-            live_scopes: Mutex::new(HashSet::new()),
+            subjects: crate::sync::Mutex::new(HashMap::new()),
+            live_scopes: crate::sync::Mutex::new(HashSet::new()),
             compaction: Mutex::new(()),
             timeline,
             flusher: Mutex::new(None),
@@ -658,12 +659,7 @@ impl DbInner {
     }
 
     pub(crate) fn subject_info(&self, tag: &SubjectTag) -> Result<Option<SubjectInfo>> {
-        if let Some(info) = self
-            .subjects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tag)
-        {
+        if let Some(info) = crate::sync::lock(&self.subjects).get(tag) {
             return Ok(Some(info.clone()));
         }
         let Some(bytes) = self
@@ -681,7 +677,7 @@ impl DbInner {
     }
 
     pub(crate) fn cache_subject(&self, info: SubjectInfo) {
-        let mut cache = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = crate::sync::lock(&self.subjects);
         if cache.len() >= SUBJECT_CACHE_ENTRIES {
             cache.clear();
         }
@@ -704,17 +700,11 @@ impl DbInner {
     }
 
     pub(crate) fn scope_known_live(&self, tag: &SubjectTag, class: u16) -> bool {
-        self.live_scopes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&(*tag, class))
+        crate::sync::lock(&self.live_scopes).contains(&(*tag, class))
     }
 
     pub(crate) fn note_scope_live(&self, tag: &SubjectTag, class: u16) {
-        let mut live = self
-            .live_scopes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut live = crate::sync::lock(&self.live_scopes);
         if live.len() >= LIVE_SCOPE_ENTRIES {
             live.clear();
         }
@@ -724,9 +714,7 @@ impl DbInner {
     /// Forgets that a subject's scopes (all, or one class) are live: called
     /// by erasure while it holds the gate's write lock.
     pub(crate) fn forget_live_scopes(&self, tag: &SubjectTag, class: Option<u16>) {
-        self.live_scopes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.live_scopes)
             .retain(|(t, c)| !(t == tag && class.is_none_or(|x| x == *c)));
     }
 
@@ -745,10 +733,7 @@ impl DbInner {
     }
 
     pub(crate) fn forget_subject(&self, tag: &SubjectTag) {
-        self.subjects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(tag);
+        crate::sync::lock(&self.subjects).remove(tag);
     }
 
     pub(crate) fn children(&self, account: &SubjectTag) -> Result<Vec<SubjectTag>> {

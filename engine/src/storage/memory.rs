@@ -1,18 +1,31 @@
 //! An in-memory backend: the reference behaviour of the seam, used by unit
 //! tests and as the base of fault-injecting wrappers. Not durable.
 
+use crate::sync::{self, Mutex};
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
-use std::sync::{PoisonError, RwLock};
 
 use super::{Backend, Durability, Op, Order, Storage, StorageError, Tree, WriteBatch};
 
 type Trees = BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
 
-/// Trees held in `BTreeMap`s behind one lock, so a batch is atomic.
-#[derive(Debug, Default)]
+/// Trees held in `BTreeMap`s behind one lock, so a batch is atomic. The
+/// lock is one of `crate::sync`'s: under loom, the model sees every tree
+/// access, so races through the stored state are explored too. A mutex,
+/// not a read-write lock: loom's `RwLock` cannot model a writer that
+/// readers overtake, and this backend serves tests, where reads in
+/// parallel buy nothing.
+#[derive(Debug)]
 pub(crate) struct MemoryStorage {
-    trees: RwLock<Trees>,
+    trees: Mutex<Trees>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self {
+            trees: Mutex::new(Trees::new()),
+        }
+    }
 }
 
 impl MemoryStorage {
@@ -24,7 +37,7 @@ impl MemoryStorage {
 
 impl Storage for MemoryStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
+        let trees = sync::lock(&self.trees);
         Ok(trees.get(&tree).and_then(|t| t.get(key)).cloned())
     }
 
@@ -48,7 +61,7 @@ impl Storage for MemoryStorage {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page: Vec<(Vec<u8>, Vec<u8>)> = {
-                let trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
+                let trees = sync::lock(&self.trees);
                 let Some(map) = trees.get(&tree) else {
                     return Ok(());
                 };
@@ -89,7 +102,7 @@ impl Storage for MemoryStorage {
     }
 
     fn apply(&self, batch: &WriteBatch, _durability: Durability) -> Result<(), StorageError> {
-        let mut trees = self.trees.write().unwrap_or_else(PoisonError::into_inner);
+        let mut trees = sync::lock(&self.trees);
         for op in &batch.ops {
             match op {
                 Op::Put { tree, key, value } => {
@@ -119,7 +132,7 @@ impl Storage for MemoryStorage {
         value: &[u8],
         _durability: Durability,
     ) -> Result<bool, StorageError> {
-        let mut trees = self.trees.write().unwrap_or_else(PoisonError::into_inner);
+        let mut trees = sync::lock(&self.trees);
         let map = trees.entry(tree).or_default();
         if map.contains_key(key) {
             return Ok(false);

@@ -93,6 +93,10 @@ impl Pauses {
     }
 
     /// Whether `point` is armed.
+    #[cfg_attr(
+        feature = "loom",
+        allow(dead_code, reason = "the gate has no contended point under loom")
+    )]
     pub(crate) fn is_armed(&self, point: PausePoint) -> bool {
         self.slots().iter().any(|s| s.point == point)
     }

@@ -32,7 +32,7 @@ pub(crate) mod memory_provider;
 
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use shredkv_crypto::{
     DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, ProviderError, SealBudget,
@@ -241,7 +241,10 @@ pub(crate) struct Vault {
     storage: Arc<dyn Storage>,
     provider: Arc<dyn KeyProvider>,
     cache: KeyCache<CachedKey>,
-    create_lock: Mutex<()>,
+    /// One key creator at a time. Held across storage writes and cache
+    /// inserts, so it is one of the protocol's primitives (loom's under the
+    /// `loom` feature, like the gate's and the cache's).
+    create_lock: crate::sync::Mutex<()>,
     epoch: RwLock<EpochId>,
     retire_after: u64,
 }
@@ -276,7 +279,7 @@ impl Vault {
             storage,
             provider,
             cache: KeyCache::new(cache_bytes),
-            create_lock: Mutex::new(()),
+            create_lock: crate::sync::Mutex::new(()),
             epoch: RwLock::new(epoch),
             retire_after: retire_after.clamp(1, shredkv_crypto::RETIRE_AFTER_SEALS),
         }
@@ -479,10 +482,7 @@ impl Vault {
             return Ok(key);
         }
         // One creator at a time, so two writers never create the same version.
-        let _creating = self
-            .create_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _creating = crate::sync::lock(&self.create_lock);
         if let Some((_, key)) = self.cache.current(&bucket)
             && !key.exhausted(self.retire_after)
         {
@@ -504,10 +504,7 @@ impl Vault {
     /// Creates the bucket's next key version, retiring `previous` (re-key).
     /// The caller holds the scope gate's write lock for the subject.
     pub(crate) fn create_next_version(&self, previous: KeyId, now: i64) -> Result<Arc<CachedKey>> {
-        let _creating = self
-            .create_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _creating = crate::sync::lock(&self.create_lock);
         let bucket = BucketId::of(&previous);
         let newest = self.newest(&bucket)?.map(|(id, _)| id);
         self.create_version(bucket, newest, now)
