@@ -366,6 +366,40 @@ MUTATIONS: list[dict] = [
         )],
         tests=[LIB + ["retention::tests"], suite_test("restrict_export_hold")],
     ),
+    dict(
+        name="restore-replay-skips-tombstones",
+        guarantee="G6: a restore destroys the keys of the erasures it replays",
+        edits=[(
+            "engine/src/db/backup.rs",
+            ".destroy_prefix(&prefix, now.as_second(), &mut batch)?;",
+            ".destroy_prefix(&prefix, now.as_second(), &mut WriteBatch::new())?;",
+        )],
+        tests=[LIB + ["retention::tests"], suite_test("restore_losses_are_reported")],
+    ),
+    dict(
+        name="shred-skips-end-users",
+        guarantee="G1: shredding an account erases its end users",
+        edits=[(
+            "engine/src/db/erase.rs",
+            "            tags.extend(self.children(tag)?);\n",
+            "            let _ = self.children(tag)?;\n",
+        )],
+        tests=[LIB + ["db::tests"]],
+    ),
+    dict(
+        name="shred-lock-skips-relisting",
+        guarantee="G6: an end user registered while its account's shred waits for the lock is erased too",
+        edits=[(
+            "engine/src/db/erase.rs",
+            "            for t in listed {\n"
+            "                if !tags.contains(&t) {\n"
+            "                    tags.push(t);\n"
+            "                }\n"
+            "            }\n",
+            "            let _ = listed;\n",
+        )],
+        tests=[engine_test("subject_lifecycle", "shred_and_register_race_leaves_no_live_end_user")],
+    ),
 ]
 
 

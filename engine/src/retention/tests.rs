@@ -1038,3 +1038,78 @@ fn a_hold_blocks_the_rekey_of_an_overwritten_record_until_released() {
         Some(&b"during the case"[..])
     );
 }
+
+/// G6 with G1: a restore destroys the keys of the erasures it replays, not
+/// only refuses their scopes: every vault entry of a subject shredded after
+/// the backup is a tombstone in the restored store, and another subject's
+/// keys are live. This holds from the ledger alone: here one of the live
+/// store's tombstones is damaged, so the live vault no longer lists that
+/// key as destroyed.
+#[test]
+fn a_restore_destroys_the_keys_of_the_erasures_it_replays() {
+    use crate::vault::{KeyState, VaultEntry};
+
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let live = Db::open(sled_config(&root.path().join("live"), &clock)).expect("open");
+    for s in ["gone", "kept"] {
+        live.register_account(s).expect("register");
+        for class in ["account_profile", "message_content"] {
+            live.put(s, class, b"k", s.as_bytes()).expect("put");
+        }
+    }
+    live.backup(root.path().join("backup")).expect("backup");
+    live.shred("gone", crate::Classes::All).expect("shred");
+    let mut tombstone = None;
+    crate::storage::scan_prefix(
+        live.inner.storage.as_ref(),
+        Tree::Vault,
+        &live.subject_tag("gone").0,
+        &mut |k, _| {
+            tombstone = Some(k.to_vec());
+            ControlFlow::Break(())
+        },
+    )
+    .expect("scan the live vault");
+    let mut damage = crate::storage::WriteBatch::new();
+    damage.put(
+        Tree::Vault,
+        tombstone.expect("a tombstone"),
+        b"damaged".to_vec(),
+    );
+    live.inner
+        .storage
+        .apply(&damage, crate::storage::Durability::Durable)
+        .expect("damage a tombstone");
+    let (restored, _) = Db::restore(
+        root.path().join("backup"),
+        sled_config(&root.path().join("restored"), &clock),
+        crate::ErasureSource::Live(&live),
+    )
+    .expect("restore");
+    let states = |subject: &str| {
+        let mut states = Vec::new();
+        crate::storage::scan_prefix(
+            restored.inner.storage.as_ref(),
+            Tree::Vault,
+            &restored.subject_tag(subject).0,
+            &mut |_, v| {
+                states.push(VaultEntry::decode(v).map(|e| e.state).ok());
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan the vault");
+        states
+    };
+    let gone = states("gone");
+    assert!(gone.len() >= 2, "{gone:?}");
+    assert!(
+        gone.iter().all(|s| *s == Some(KeyState::Destroyed)),
+        "keys of the replayed erasure still live in the restored store: {gone:?}"
+    );
+    let kept = states("kept");
+    assert!(
+        kept.len() >= 2 && kept.iter().all(|s| *s == Some(KeyState::Active)),
+        "{kept:?}"
+    );
+}
