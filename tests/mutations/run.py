@@ -25,7 +25,7 @@ mutation survived, was not applied, did not build or timed out.
 The source is restored after each mutation, also on Ctrl-C, SIGTERM and
 exceptions. Should the harness itself be killed (SIGKILL), the next run
 restores the file from target/mutations/journal.json before doing anything
-else. Tests run in the default (debug) test profile, one mutation at a time;
+else (the cargo it was running is left behind then: end it by its pid). Tests run in the default (debug) test profile, one mutation at a time;
 a round of 31 mutations took 6-7 minutes on two cores shared with other
 builds (11 minutes under heavier load), most of it compiling; --baseline adds
 about a minute. The last results are in docs/reliability.md.
