@@ -798,12 +798,49 @@ impl Db {
             touched.insert(*tag);
             report.erasures_replayed += 1;
         }
+        // Keys the live store destroyed outside an erasure (a re-key after
+        // the backup): the backup's records under them are lost, as the
+        // caller accepted; they are removed with the replay, so they read
+        // as absent instead of as records under an unexplained dead key.
+        let mut lost_keys: HashSet<KeyId> = HashSet::new();
         for id in &log.destroyed {
+            let by_erasure = replay_destroyed.contains(id);
             replay_destroyed.insert(*id);
             if inner.vault.destroy_one(id, now.as_second(), &mut batch)? {
                 report.keys_destroyed += 1;
                 touched.insert(id.subject);
+                if !by_erasure {
+                    lost_keys.insert(*id);
+                }
             }
+        }
+        if !lost_keys.is_empty() {
+            inner.storage.scan(
+                Tree::Data,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, v| {
+                    let (Some(tag), Some(class), Ok(envelope)) = (
+                        k.get(..16).and_then(|t| <[u8; 16]>::try_from(t).ok()),
+                        k.get(16..18).and_then(|c| <[u8; 2]>::try_from(c).ok()),
+                        Envelope::parse(v),
+                    ) else {
+                        return ControlFlow::Continue(());
+                    };
+                    let r = envelope.key_ref();
+                    let id = KeyId {
+                        subject: SubjectTag(tag),
+                        class: u16::from_be_bytes(class),
+                        bucket: r.bucket,
+                        version: r.version,
+                    };
+                    if lost_keys.contains(&id) {
+                        batch.remove(Tree::Data, k.to_vec());
+                    }
+                    ControlFlow::Continue(())
+                },
+            )?;
         }
         // The live store may have sealed records under these keys after the
         // backup; the restore drops those records, but their ciphertext

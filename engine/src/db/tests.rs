@@ -628,3 +628,38 @@ fn class_name_names_the_class_numbers_audit_entries_carry() {
     assert_eq!(db.class_name(0), None);
     assert_eq!(db.class_name(u16::MAX), None);
 }
+
+/// Reads hide a record from its expiry on, to the second, whether or not
+/// compaction has run: `get`, `get_record` and `scan` return it one second
+/// before its expiry and not at it.
+#[test]
+fn a_record_is_hidden_from_its_expiry_on() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"msg",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    clock.set(expiry - SignedDuration::from_secs(1));
+    assert_eq!(
+        db.get("a", "message_content", b"m")
+            .expect("get")
+            .as_deref(),
+        Some(&b"msg"[..])
+    );
+    assert_eq!(db.scan("a", "message_content").expect("scan").len(), 1);
+    clock.set(expiry);
+    assert_eq!(db.get("a", "message_content", b"m").expect("get"), None);
+    assert_eq!(
+        db.get_record("a", "message_content", b"m")
+            .expect("get_record"),
+        None
+    );
+    assert!(db.scan("a", "message_content").expect("scan").is_empty());
+}

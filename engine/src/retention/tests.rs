@@ -1625,3 +1625,170 @@ fn renamed_class_keeps_its_data() {
     db.compact().expect("compact");
     assert!(!readable(&db, "a", "customer_profile", b"p"));
 }
+
+/// G2 with the timeline's slack intact: a record overwritten (or deleted) at
+/// t has its old key version destroyed by the first compaction at t + R,
+/// R = W − L − P, computed here from the policy text and the documented
+/// default rotation (P = 1 day, L = (W − P) / 2): 14.5 days at W = 30 days.
+/// A later re-key still meets W when maintenance is punctual, but spends
+/// the period P the timeline keeps for maintenance running late.
+#[test]
+fn an_overwritten_key_version_dies_at_the_rekey_time_the_timeline_promises() {
+    let window_hours = policy_days("account_profile", "purge_window") * DAY;
+    let rotation_hours = DAY;
+    let lifetime_hours = (window_hours - rotation_hours) / 2;
+    let rekey_hours = window_hours - lifetime_hours - rotation_hours;
+    assert_eq!(rekey_hours, 14 * DAY + 12, "the default timeline");
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"old").expect("put");
+    clock.advance(SignedDuration::from_hours(5));
+    db.put("a", "account_profile", b"p", b"new")
+        .expect("overwrite");
+    let overwritten_at = clock.now();
+    assert_eq!(db.stats().expect("stats").rekey_debts, 1);
+    // Daily maintenance in between, at an hour that is not the overwrite's.
+    let rekey_at = overwritten_at + SignedDuration::from_hours(rekey_hours);
+    let mut rekeyed = 0;
+    while clock.now() + SignedDuration::from_hours(DAY) < rekey_at {
+        clock.advance(SignedDuration::from_hours(DAY));
+        rekeyed += db.compact().expect("compact").buckets_rekeyed;
+    }
+    clock.set(rekey_at);
+    rekeyed += db.compact().expect("compact").buckets_rekeyed;
+    assert_eq!(rekeyed, 1, "the old version re-keyed away by t + R");
+    assert_eq!(db.stats().expect("stats").rekey_debts, 0);
+    assert_eq!(
+        db.get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"new"[..])
+    );
+}
+
+/// G3: a legal hold blocks key destruction, the re-key of an overwritten
+/// record included (it destroys the old key version): while the hold stands
+/// the re-key is parked and audited once, the old version stays; once the
+/// hold is released the next compaction re-keys.
+#[test]
+fn a_hold_blocks_the_rekey_of_an_overwritten_record_until_released() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"before the case")
+        .expect("put");
+    db.place_hold("a", Some("account_profile"), "case 7")
+        .expect("hold");
+    db.put("a", "account_profile", b"p", b"during the case")
+        .expect("overwrite");
+    let destroyed_before = db.stats().expect("stats").keys_destroyed;
+    let mut blocked = 0;
+    let mut rekeyed = 0;
+    // Well past any re-key time the timeline may set (W = 30 days).
+    for _ in 0..40 {
+        clock.advance(days(1));
+        let report = db.compact().expect("compact");
+        blocked += report.blocked_by_hold;
+        rekeyed += report.buckets_rekeyed;
+    }
+    assert_eq!(blocked, 1, "the re-key is blocked, and audited, once");
+    assert_eq!(rekeyed, 0, "no re-key under a hold");
+    let stats = db.stats().expect("stats");
+    assert_eq!(stats.rekey_debts, 1, "the debt stays owed");
+    assert_eq!(stats.keys_destroyed, destroyed_before);
+    let blocked_audited = crate::audit::read_entries(db.inner.storage.as_ref(), 1, 10_000)
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.event == crate::AuditEvent::ErasureBlocked)
+        .count();
+    assert_eq!(blocked_audited, 1);
+    assert!(
+        db.release_hold("a", Some("account_profile"))
+            .expect("release")
+    );
+    let report = db.compact().expect("compact");
+    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
+    assert_eq!(db.stats().expect("stats").rekey_debts, 0);
+    assert_eq!(
+        db.get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"during the case"[..])
+    );
+}
+
+/// G6 with G1: a restore destroys the keys of the erasures it replays, not
+/// only refuses their scopes: every vault entry of a subject shredded after
+/// the backup is a tombstone in the restored store, and another subject's
+/// keys are live. This holds from the ledger alone: here one of the live
+/// store's tombstones is damaged, so the live vault no longer lists that
+/// key as destroyed.
+#[test]
+fn a_restore_destroys_the_keys_of_the_erasures_it_replays() {
+    use crate::vault::{KeyState, VaultEntry};
+
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let live = Db::open(sled_config(&root.path().join("live"), &clock)).expect("open");
+    for s in ["gone", "kept"] {
+        live.register_account(s).expect("register");
+        for class in ["account_profile", "message_content"] {
+            live.put(s, class, b"k", s.as_bytes()).expect("put");
+        }
+    }
+    live.backup(root.path().join("backup")).expect("backup");
+    live.shred("gone", crate::Classes::All).expect("shred");
+    let mut tombstone = None;
+    crate::storage::scan_prefix(
+        live.inner.storage.as_ref(),
+        Tree::Vault,
+        &live.subject_tag("gone").0,
+        &mut |k, _| {
+            tombstone = Some(k.to_vec());
+            ControlFlow::Break(())
+        },
+    )
+    .expect("scan the live vault");
+    let mut damage = crate::storage::WriteBatch::new();
+    damage.put(
+        Tree::Vault,
+        tombstone.expect("a tombstone"),
+        b"damaged".to_vec(),
+    );
+    live.inner
+        .storage
+        .apply(&damage, crate::storage::Durability::Durable)
+        .expect("damage a tombstone");
+    let (restored, _) = Db::restore(
+        root.path().join("backup"),
+        sled_config(&root.path().join("restored"), &clock),
+        crate::ErasureSource::Live(&live),
+    )
+    .expect("restore");
+    let states = |subject: &str| {
+        let mut states = Vec::new();
+        crate::storage::scan_prefix(
+            restored.inner.storage.as_ref(),
+            Tree::Vault,
+            &restored.subject_tag(subject).0,
+            &mut |_, v| {
+                states.push(VaultEntry::decode(v).map(|e| e.state).ok());
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan the vault");
+        states
+    };
+    let gone = states("gone");
+    assert!(gone.len() >= 2, "{gone:?}");
+    assert!(
+        gone.iter().all(|s| *s == Some(KeyState::Destroyed)),
+        "keys of the replayed erasure still live in the restored store: {gone:?}"
+    );
+    let kept = states("kept");
+    assert!(
+        kept.len() >= 2 && kept.iter().all(|s| *s == Some(KeyState::Active)),
+        "{kept:?}"
+    );
+}
