@@ -1934,7 +1934,7 @@ impl Sim {
             }
         };
         match restored {
-            Ok((db, _)) => {
+            Ok((db, report)) => {
                 drop(db);
                 self.db = None;
                 self.live = target.clone();
@@ -1942,13 +1942,102 @@ impl Sim {
                 self.restored_in_model(taken);
                 self.report.restores += 1;
                 self.restored.push((taken, self.now));
-                self.open()
+                self.open()?;
+                self.lost_in_restore(&report.lost);
+                Ok(())
             }
             Err(e) => {
                 self.api_error("restore", None, None, &e);
                 Ok(())
             }
         }
+    }
+
+    /// Records the restore reported it could not bring back (a re-key after
+    /// the backup destroyed their key version; the caller accepted the
+    /// loss): the model cannot tell which of a scope's versions those were,
+    /// so it takes them from what the restored store still has, and checks
+    /// that their number is what the restore reported, scope by scope.
+    fn lost_in_restore(&mut self, lost: &[shredkv::LostRecords]) {
+        for scope in lost {
+            let Some(s) = (0..self.model.subjects.len())
+                .find(|&s| self.db().subject_tag(&self.model.subjects[s].id) == scope.subject)
+            else {
+                violation!(
+                    self,
+                    "API",
+                    "a restore reported losses of a subject the model never had",
+                    None,
+                    None,
+                    b"",
+                    "a known subject".into(),
+                    format!("{scope:?}"),
+                );
+                continue;
+            };
+            let Some(c) = self
+                .model
+                .classes
+                .iter()
+                .position(|k| k.name == scope.class)
+            else {
+                continue;
+            };
+            let present = self.stored_keys(s, c);
+            let mut missing = 0u64;
+            let keys: Vec<Vec<u8>> = self
+                .model
+                .current
+                .keys()
+                .filter(|(ks, kc, _)| *ks == s && *kc == c)
+                .map(|(_, _, k)| k.clone())
+                .collect();
+            for key in keys {
+                let Some(&w) = self.model.current.get(&(s, c, key.clone())) else {
+                    continue;
+                };
+                if self.model.expect(&self.model.writes[w], self.now) == Expect::Live
+                    && !present.contains(&key)
+                {
+                    self.model.writes[w].ended = Some((self.now, Ended::LostInRestore));
+                    missing += 1;
+                }
+            }
+            if missing > scope.records {
+                violation!(
+                    self,
+                    "I1-live",
+                    "a restore lost more records than it reported",
+                    Some(s),
+                    Some(c),
+                    b"",
+                    format!("at most {} records lost", scope.records),
+                    format!("{missing} live records missing"),
+                );
+            }
+        }
+    }
+
+    /// The record keys the store holds for a scope, read through export
+    /// (which also serves closed subjects).
+    fn stored_keys(&self, s: usize, c: usize) -> BTreeSet<Vec<u8>> {
+        let id = &self.model.subjects[s].id;
+        let tag = self.db().subject_tag(id);
+        let class = &self.model.classes[c].name;
+        self.db()
+            .export(id)
+            .map(|export| {
+                export
+                    .subjects
+                    .into_iter()
+                    .filter(|x| x.tag == tag)
+                    .flat_map(|x| x.classes)
+                    .filter(|(name, _)| name == class)
+                    .flat_map(|(_, records)| records)
+                    .map(|r| r.key)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The model after a restore to the backup of `taken`: each key's
