@@ -21,17 +21,18 @@ struct Copy {
     wrapped: WrappedKey,
     /// Whether it was tried (with its epoch live).
     tried: bool,
-    /// Whether it unwrapped then.
-    opened: bool,
+    /// Which of its key id's materials it unwrapped to, if it did.
+    opened: Option<usize>,
 }
 
 /// One envelope found on the tape.
 struct Sealed {
     tree_key: Vec<u8>,
     value: Vec<u8>,
-    /// The write id inside, once decrypted (`Some(None)`: no marker or
-    /// failed authentication).
-    found: Option<Option<u64>>,
+    /// The materials of its key id it was tried with.
+    tried: Vec<usize>,
+    /// The material that opened it and the write id inside.
+    found: Option<(usize, u64)>,
 }
 
 /// What the check could recover, one entry per plaintext.
@@ -47,7 +48,12 @@ pub(crate) struct Recovered {
 pub(crate) struct TapeCheck {
     store_id: Option<[u8; 16]>,
     copies: Vec<Copy>,
-    ciphers: HashMap<KeyId, ValueCipher>,
+    /// The distinct key materials seen under each key id: a key id is not
+    /// unique across stores (a restored store that creates a bucket the
+    /// backup did not have gives its first version the id the dropped live
+    /// store gave another random key), so a cipher is credited only while
+    /// a copy of *its* material unwraps under a live epoch.
+    ciphers: HashMap<KeyId, Vec<([u8; 32], ValueCipher)>>,
     sealed: HashMap<KeyId, Vec<Sealed>>,
     /// Wrapped copies and envelopes read in all.
     pub(crate) wrapped_read: u64,
@@ -92,7 +98,7 @@ impl TapeCheck {
                     key,
                     wrapped,
                     tried: false,
-                    opened: false,
+                    opened: None,
                 });
             }
             "data" => {
@@ -113,6 +119,7 @@ impl TapeCheck {
                 self.sealed.entry(key).or_default().push(Sealed {
                     tree_key: entry.key,
                     value: entry.value,
+                    tried: Vec::new(),
                     found: None,
                 });
             }
@@ -145,21 +152,30 @@ impl TapeCheck {
         // epochs are dropped: epoch ids are never reused.
         self.copies
             .retain(|copy| live.contains(&copy.wrapped.epoch()));
-        let mut reachable: HashMap<KeyId, BTreeSet<u32>> = HashMap::new();
+        let mut reachable: HashMap<KeyId, BTreeMap<usize, BTreeSet<u32>>> = HashMap::new();
         for copy in &mut self.copies {
             if !copy.tried {
                 copy.tried = true;
                 self.attempts += 1;
                 if let Ok(key) = provider.unwrap(&WrapContext::DataKey(copy.key), &copy.wrapped) {
-                    self.ciphers
-                        .entry(copy.key)
-                        .or_insert_with(|| ValueCipher::new(&key));
-                    copy.opened = true;
+                    let materials = self.ciphers.entry(copy.key).or_default();
+                    let material = *key.expose_secret();
+                    copy.opened = Some(
+                        materials
+                            .iter()
+                            .position(|(m, _)| *m == material)
+                            .unwrap_or_else(|| {
+                                materials.push((material, ValueCipher::new(&key)));
+                                materials.len() - 1
+                            }),
+                    );
                 }
             }
-            if copy.opened {
+            if let Some(material) = copy.opened {
                 reachable
                     .entry(copy.key)
+                    .or_default()
+                    .entry(material)
                     .or_default()
                     .insert(copy.wrapped.epoch().0);
             }
@@ -168,24 +184,32 @@ impl TapeCheck {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for (key, epochs) in reachable {
-            let (Some(cipher), Some(sealed)) = (self.ciphers.get(&key), self.sealed.get_mut(&key))
+        for (key, materials) in reachable {
+            let (Some(ciphers), Some(sealed)) = (self.ciphers.get(&key), self.sealed.get_mut(&key))
             else {
                 continue;
             };
             for s in sealed.iter_mut() {
-                if s.found.is_none() {
+                for &material in materials.keys() {
+                    if s.found.is_some() || s.tried.contains(&material) {
+                        continue;
+                    }
+                    s.tried.push(material);
                     self.attempts += 1;
                     let mut aad = store_id.to_vec();
                     aad.extend_from_slice(&s.tree_key);
-                    s.found = Some(
-                        Envelope::parse(&s.value)
-                            .ok()
-                            .and_then(|e| e.open(cipher, &aad).ok())
-                            .and_then(|plain| write_id_in(&plain)),
-                    );
+                    let write = Envelope::parse(&s.value)
+                        .ok()
+                        .zip(ciphers.get(material))
+                        .and_then(|(e, (_, cipher))| e.open(cipher, &aad).ok())
+                        .and_then(|plain| write_id_in(&plain));
+                    s.found = write.map(|w| (material, w));
                 }
-                if let Some(Some(write)) = s.found {
+                // Recovered only while the material that opens it is
+                // itself reachable.
+                if let Some((material, write)) = s.found
+                    && let Some(epochs) = materials.get(&material)
+                {
                     out.push(Recovered {
                         write,
                         key,
