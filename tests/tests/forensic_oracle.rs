@@ -124,3 +124,95 @@ fn forensic_oracle_sled() {
 fn forensic_oracle_redb() {
     run(Backing::Disk(Backend::Redb));
 }
+
+/// I2's tape check credits a dead record to surviving key material only if
+/// that material opens it. A restored store that creates a bucket its backup
+/// did not have gives the bucket's first version the key id the dropped live
+/// store gave another random key: once the live store's copies died with
+/// their epoch, the new key's copies (same id, live epoch) must not make the
+/// record it dropped count as decryptable, and must while its own do.
+#[test]
+fn records_dropped_by_a_restore_die_within_the_window() {
+    use oracle::tape_check::TapeCheck;
+    use shredkv::internal::{MemoryKeyProvider, Tape};
+    use shredkv::jiff::Timestamp;
+    use shredkv_crypto::{
+        DataKey, KeyId, KeyProvider, KeyRef, SubjectTag, ValueCipher, WrapContext, seal,
+    };
+
+    let provider = MemoryKeyProvider::new();
+    let tape = Tape::new();
+    let store_id = [7u8; 16];
+    tape.record("meta", b"store_id", &store_id);
+    let id = KeyId {
+        subject: SubjectTag([3; 16]),
+        class: 2,
+        bucket: 1,
+        version: 1,
+    };
+    // A vault entry v1 ends in: present 1 ‖ wrapped key ‖ CRC32.
+    let vault_entry = |epoch, key: &DataKey| {
+        let wrapped = provider
+            .wrap(epoch, &WrapContext::DataKey(id), key)
+            .expect("wrap");
+        let mut entry = vec![1u8];
+        entry.extend_from_slice(wrapped.as_bytes());
+        entry.extend_from_slice(&[0; 4]);
+        entry
+    };
+    let sealed = |key: &DataKey, tree_key: &[u8], write: u64| {
+        let mut aad = store_id.to_vec();
+        aad.extend_from_slice(tree_key);
+        let plain = format!("oracle-w{write:010}");
+        seal(
+            &ValueCipher::new(key),
+            KeyRef {
+                bucket: 1,
+                version: 1,
+            },
+            None,
+            &aad,
+            plain.as_bytes(),
+        )
+        .expect("seal")
+    };
+    let tree_key = |record: u8| {
+        let mut k = id.subject.0.to_vec();
+        k.extend_from_slice(&id.class.to_be_bytes());
+        k.push(record);
+        k
+    };
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+
+    // The live store's key, its copy and the record the restore drops.
+    let old_epoch = provider.create_epoch().expect("epoch");
+    let old_key = DataKey::generate();
+    tape.record("vault", &id.to_bytes(), &vault_entry(old_epoch, &old_key));
+    let dropped = tree_key(1);
+    tape.record("data", &dropped, &sealed(&old_key, &dropped, 41));
+    let mut check = TapeCheck::default();
+    let recovered = check.run(&tape, &provider, now).expect("check");
+    assert_eq!(
+        recovered.iter().map(|r| r.write).collect::<Vec<_>>(),
+        vec![41],
+        "while its epoch lives, the dropped record's own key opens it"
+    );
+
+    // The restored store: same key id, a new random key, a new epoch; the
+    // live store's epoch is destroyed.
+    let new_epoch = provider.create_epoch().expect("epoch");
+    let new_key = DataKey::generate();
+    tape.record("vault", &id.to_bytes(), &vault_entry(new_epoch, &new_key));
+    let kept = tree_key(2);
+    tape.record("data", &kept, &sealed(&new_key, &kept, 42));
+    provider.destroy_epoch(old_epoch).expect("destroy");
+    let recovered = check.run(&tape, &provider, now).expect("check");
+    assert_eq!(
+        recovered
+            .iter()
+            .map(|r| (r.write, r.epochs.iter().copied().collect::<Vec<_>>()))
+            .collect::<Vec<_>>(),
+        vec![(42, vec![new_epoch.0])],
+        "only the record sealed under the surviving key is recoverable"
+    );
+}
