@@ -124,6 +124,20 @@ fn restore_before_rekey_reports_lost_records() {
             restored.get("b", PROFILE, b"untouched").expect("get"),
             Some(b"b value".to_vec())
         );
+        // A lost record is absent on every read path, not tampered data.
+        let export = restored
+            .export("a")
+            .expect("export of a subject with a lost record");
+        assert!(
+            !format!("{export:?}").contains("still-live"),
+            "the lost record is exported"
+        );
+        let verified = restored.verify().expect("verify");
+        assert!(
+            verified.is_clean(),
+            "verify reports the accepted loss as a problem: {:?}",
+            verified.problems
+        );
         let tag = live.subject_tag("a");
         let audited: Vec<String> = restored
             .audit_tail(10)

@@ -133,7 +133,8 @@ pub struct RestoreOptions {
 impl RestoreOptions {
     /// With `true`, a restore that cannot bring back some records of the
     /// backup (see [`LossReason`]) goes ahead, lists them in
-    /// [`RestoreReport::lost`] and the audit log, and they read as absent.
+    /// [`RestoreReport::lost`] and the audit log, and leaves them out of
+    /// the restored store (every read path and verify sees them as absent).
     /// By default such a restore is refused before writing anything.
     pub fn accept_lost_records(mut self, accept: bool) -> Self {
         self.accept_lost_records = accept;
@@ -620,7 +621,8 @@ impl Db {
     /// is then refused before anything is written, with
     /// [`Error::RestoreLosesRecords`] listing them per subject and class;
     /// accepted, they are listed in [`RestoreReport::lost`] and in the
-    /// audit log, and read as absent.
+    /// audit log, and left out of the restored store (absent on every read
+    /// path and to verify).
     ///
     /// A restore that fails removes what it wrote into the target (and the
     /// target directory, if it created it).
@@ -798,45 +800,39 @@ impl Db {
             touched.insert(*tag);
             report.erasures_replayed += 1;
         }
-        // Keys the live store destroyed outside an erasure (a re-key after
-        // the backup): the backup's records under them are lost, as the
-        // caller accepted; they are removed with the replay, so they read
-        // as absent instead of as records under an unexplained dead key.
-        let mut lost_keys: HashSet<KeyId> = HashSet::new();
+        let mut gone: HashSet<KeyId> = HashSet::new();
         for id in &log.destroyed {
-            let by_erasure = replay_destroyed.contains(id);
             replay_destroyed.insert(*id);
             if inner.vault.destroy_one(id, now.as_second(), &mut batch)? {
                 report.keys_destroyed += 1;
                 touched.insert(id.subject);
-                if !by_erasure {
-                    lost_keys.insert(*id);
-                }
+                gone.insert(*id);
             }
         }
-        if !lost_keys.is_empty() {
-            inner.storage.scan(
+        // Records of the backup under a key the replay just destroyed (a
+        // version the live store re-keyed after the backup, or an expiry
+        // bucket's) cannot come back: they are the reported losses. They are
+        // not restored, so that every read path and verify sees them as
+        // absent rather than as data naming a destroyed key (tampering).
+        let scopes: BTreeSet<(SubjectTag, u16)> =
+            gone.iter().map(|id| (id.subject, id.class)).collect();
+        for (tag, class) in scopes {
+            scan_prefix(
+                inner.storage.as_ref(),
                 Tree::Data,
-                Bound::Unbounded,
-                Bound::Unbounded,
-                Order::Ascending,
+                &records::scope_prefix(&tag, class),
                 &mut |k, v| {
-                    let (Some(tag), Some(class), Ok(envelope)) = (
-                        k.get(..16).and_then(|t| <[u8; 16]>::try_from(t).ok()),
-                        k.get(16..18).and_then(|c| <[u8; 2]>::try_from(c).ok()),
-                        Envelope::parse(v),
-                    ) else {
-                        return ControlFlow::Continue(());
-                    };
-                    let r = envelope.key_ref();
-                    let id = KeyId {
-                        subject: SubjectTag(tag),
-                        class: u16::from_be_bytes(class),
-                        bucket: r.bucket,
-                        version: r.version,
-                    };
-                    if lost_keys.contains(&id) {
-                        batch.remove(Tree::Data, k.to_vec());
+                    if let Ok(envelope) = Envelope::parse(v) {
+                        let r = envelope.key_ref();
+                        let id = KeyId {
+                            subject: tag,
+                            class,
+                            bucket: r.bucket,
+                            version: r.version,
+                        };
+                        if gone.contains(&id) {
+                            batch.remove(Tree::Data, k.to_vec());
+                        }
                     }
                     ControlFlow::Continue(())
                 },
