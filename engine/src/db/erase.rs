@@ -172,7 +172,23 @@ impl DbInner {
                 continue;
             }
             let holds = self.holds_of(tag)?;
-            if classes.is_none() && holds.is_empty() {
+            // A whole-subject erasure is done at once unless a hold covers a
+            // scope not erased yet: holds over scopes already erased keep
+            // nothing, and must not leave the subject half erased forever.
+            let mut blocking = false;
+            if classes.is_none() {
+                for class in &self.classes {
+                    if Self::hold_on(&holds, class.number).is_some()
+                        && self
+                            .scope_erased_at(tag, class.number, info.generation)?
+                            .is_none()
+                    {
+                        blocking = true;
+                        break;
+                    }
+                }
+            }
+            if classes.is_none() && !blocking {
                 let ids = self.vault.destroy_prefix(&tag.0, now, &mut batch)?;
                 let entry = LedgerEntry {
                     erased_at: now,

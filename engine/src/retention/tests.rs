@@ -1458,6 +1458,29 @@ fn resumed_subject_shred_marks_subject_erased() {
     assert_eq!((stats.erased, stats.active), (2, 0), "{stats:?}");
 }
 
+/// A hold over a scope that is already erased keeps nothing: a whole-subject
+/// shred then erases the subject at once, instead of leaving it closed,
+/// every class erased, but never erased itself (found by the crash test).
+#[test]
+fn a_hold_over_an_erased_scope_does_not_stop_a_subject_shred() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"m", b"message")
+        .expect("put");
+    db.put("a", "invoices", b"i", b"invoice").expect("put");
+    db.close_account("a").expect("close");
+    // message_content is kept "up until termination": erased at closure.
+    clock.advance(SignedDuration::from_hours(1));
+    db.compact().expect("compact");
+    db.place_hold("a", Some("message_content"), "case 2")
+        .expect("hold");
+    let receipt = db.shred("a", crate::Classes::All).expect("shred");
+    assert!(receipt.retained.is_empty(), "{receipt:?}");
+    let info = db.subject("a").expect("subject").expect("known");
+    assert_eq!(info.state, crate::SubjectState::Erased, "{info:?}");
+}
+
 /// The default policy without the `[[class]]` table of `class`.
 fn default_policy_without(class: &str) -> crate::Policy {
     let marker = format!("name = \"{class}\"");

@@ -435,7 +435,9 @@ impl Model {
             if self.subject_erased[usize::from(t)] {
                 continue;
             }
-            let held_at_all = self.holds.iter().any(|(h, _)| *h == t);
+            // Holds over scopes already erased keep nothing.
+            let held_at_all =
+                (0..3).any(|c| self.held(t, c) && !self.scope_erased.contains(&(t, c)));
             if class.is_none() && !held_at_all {
                 self.subject_erased[usize::from(t)] = true;
                 erased += 1;
