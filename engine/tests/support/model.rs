@@ -287,6 +287,13 @@ impl Model {
         }
     }
 
+    /// Whether a hold keeps a whole-subject erasure of `t` from completing:
+    /// only a hold over a scope not erased yet does (holds over erased
+    /// scopes keep nothing).
+    fn blocks_whole_erasure(&self, t: u8) -> bool {
+        (0..3).any(|c| self.held(t, c) && !self.scope_erased.contains(&(t, c)))
+    }
+
     fn held(&self, s: u8, c: u8) -> bool {
         self.holds.contains(&(s, Some(c))) || self.holds.contains(&(s, None))
     }
@@ -435,9 +442,7 @@ impl Model {
             if self.subject_erased[usize::from(t)] {
                 continue;
             }
-            // Holds over scopes already erased keep nothing.
-            let held_at_all =
-                (0..3).any(|c| self.held(t, c) && !self.scope_erased.contains(&(t, c)));
+            let held_at_all = self.blocks_whole_erasure(t);
             if class.is_none() && !held_at_all {
                 self.subject_erased[usize::from(t)] = true;
                 erased += 1;
@@ -520,7 +525,7 @@ impl Model {
             .whole_pending
             .iter()
             .copied()
-            .filter(|t| !self.holds.iter().any(|(h, _)| h == t))
+            .filter(|&t| !self.blocks_whole_erasure(t))
             .collect();
         for t in resumed {
             self.whole_pending.remove(&t);
