@@ -550,28 +550,7 @@ impl DbInner {
             let mut suspect = 0u64;
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let mut page = Vec::new();
-                let start = match &after {
-                    Some(k) => Bound::Excluded(k.as_slice()),
-                    None => Bound::Included(prefix.as_slice()),
-                };
-                self.storage.scan(
-                    Tree::Data,
-                    start,
-                    Bound::Unbounded,
-                    Order::Ascending,
-                    &mut |k, v| {
-                        if !k.starts_with(&prefix) {
-                            return ControlFlow::Break(());
-                        }
-                        page.push((k.to_vec(), v.to_vec()));
-                        if page.len() >= RECORD_PAGE {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    },
-                )?;
+                let page = self.data_page(&prefix, after.as_deref())?;
                 let full = page.len() >= RECORD_PAGE;
                 after = page.last().map(|(k, _)| k.clone());
                 for (k, v) in &page {
