@@ -105,6 +105,14 @@ pub(crate) fn release_key(tag: &SubjectTag, class: u16) -> [u8; 19] {
     key
 }
 
+/// The subject and class of a release key, if `key` is one.
+pub(crate) fn split_release_key(key: &[u8]) -> Option<(SubjectTag, u16)> {
+    let (space, rest) = key.split_first()?;
+    let tag: [u8; 16] = rest.get(..16)?.try_into().ok()?;
+    let class: [u8; 2] = rest.get(16..)?.try_into().ok()?;
+    (*space == RELEASE_SPACE).then_some((SubjectTag(tag), u16::from_be_bytes(class)))
+}
+
 pub(crate) fn children_prefix(account: &SubjectTag) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[0] = CHILD_SPACE;

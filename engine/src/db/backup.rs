@@ -27,6 +27,7 @@ use std::sync::{Arc, PoisonError};
 use jiff::Timestamp;
 use shredkv_crypto::{Envelope, FileKeyProvider, FormatError, KeyId, KeyProvider, SubjectTag};
 
+use super::decisions::{Carried, Decisions};
 use super::{Db, meta};
 use crate::audit::{AuditEvent, PendingEntry};
 use crate::config::Config;
@@ -40,7 +41,9 @@ use crate::vault::{KeyState, VaultEntry};
 /// Entries copied per batch.
 const COPY_PAGE: usize = 1024;
 const LOG_MAGIC: &[u8; 8] = b"SHKVLEDG";
-const LOG_VERSION: u8 = 1;
+/// Version 2 adds the decisions (decisions.rs); version 1 logs are read,
+/// and leave the backup's decisions as they were.
+const LOG_VERSION: u8 = 2;
 const LOG_WHAT: &str = "erasure log";
 
 /// What a backup wrote.
@@ -145,11 +148,15 @@ impl RestoreOptions {
 /// Lost records of one scope, with the class number the audit log needs.
 type LostScope = (u16, LostRecords);
 
-/// The erasures of a store: its ledger and every destroyed key.
+/// The erasures of a store: its ledger and every destroyed key, and the
+/// decisions that lead to erasures or forbid them (holds, parked erasures,
+/// closures, opt-outs, releases, restrictions).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ErasureLog {
     ledger: Vec<(SubjectTag, u16, LedgerEntry)>,
     destroyed: Vec<KeyId>,
+    /// `None` from a version 1 log.
+    decisions: Option<Decisions>,
 }
 
 impl ErasureLog {
@@ -183,12 +190,14 @@ impl ErasureLog {
                 ControlFlow::Continue(())
             },
         )?;
+        log.decisions = Some(Decisions::of(storage)?);
         Ok(log)
     }
 
     /// ```text
     /// "SHKVLEDG" ‖ version u8 ‖ ledger count u64 ‖ (key 18 ‖ entry length u32 ‖ entry)*
-    ///            ‖ destroyed count u64 ‖ (key id 26)* ‖ CRC32 of everything before
+    ///            ‖ destroyed count u64 ‖ (key id 26)* ‖ decisions (version 2)
+    ///            ‖ CRC32 of everything before
     /// ```
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -213,6 +222,10 @@ impl ErasureLog {
         for id in &self.destroyed {
             out.extend_from_slice(&id.to_bytes());
         }
+        self.decisions
+            .as_ref()
+            .unwrap_or(&Decisions::default())
+            .encode(&mut out);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
@@ -241,7 +254,7 @@ impl ErasureLog {
             });
         }
         let (version, mut rest) = rest.split_first().ok_or(truncated.clone())?;
-        if *version != LOG_VERSION {
+        if *version != LOG_VERSION && *version != 1 {
             return Err(FormatError::UnsupportedVersion {
                 what: LOG_WHAT,
                 found: *version,
@@ -270,6 +283,9 @@ impl ErasureLog {
         for _ in 0..n {
             let id = KeyId::from_bytes(take(KeyId::LEN)?).ok_or(truncated.clone())?;
             log.destroyed.push(id);
+        }
+        if *version >= 2 {
+            log.decisions = Some(Decisions::decode(&mut take)?);
         }
         if !take(0)?.is_empty() || !rest.is_empty() {
             return Err(FormatError::InvalidField {
@@ -761,6 +777,8 @@ impl Db {
         let mut touched: BTreeSet<SubjectTag> = BTreeSet::new();
         let mut replay_destroyed: HashSet<KeyId> = HashSet::new();
         let mut owed: Vec<KeyId> = Vec::new();
+        // Subject records the replay rewrites, written once at the end.
+        let mut updated: HashMap<SubjectTag, SubjectInfo> = HashMap::new();
         for (tag, class, entry) in &log.ledger {
             let key = ledger::key(tag, *class);
             if inner
@@ -791,14 +809,23 @@ impl Db {
                     generation: entry.generation,
                     ..info
                 };
-                batch.put(
-                    Tree::Subjects,
-                    subjects::record_key(tag).to_vec(),
-                    erased.encode(),
-                );
+                updated.insert(*tag, erased);
             }
             touched.insert(*tag);
             report.erasures_replayed += 1;
+        }
+        // The decisions made since the backup stand too (decisions.rs).
+        let carried = match &log.decisions {
+            Some(decisions) => inner.carry_decisions(decisions, &mut batch, &mut updated, now)?,
+            None => Carried::default(),
+        };
+        for (tag, info) in &updated {
+            batch.put(
+                Tree::Subjects,
+                subjects::record_key(tag).to_vec(),
+                info.encode(),
+            );
+            touched.insert(*tag);
         }
         let mut gone: HashSet<KeyId> = HashSet::new();
         for id in &log.destroyed {
@@ -907,8 +934,16 @@ impl Db {
             None,
             None,
             format!(
-                "{} erasures replayed, {} keys destroyed",
-                report.erasures_replayed, report.keys_destroyed
+                "{} erasures replayed, {} keys destroyed; decisions carried: {} holds in force, \
+                 {} parked erasures, {} blocked items due again, {} subjects' events \
+                 ({} scopes scheduled)",
+                report.erasures_replayed,
+                report.keys_destroyed,
+                carried.holds,
+                carried.parked,
+                carried.requeued,
+                carried.subjects,
+                carried.scheduled
             ),
         )];
         for (class, scope) in lost {
@@ -963,6 +998,7 @@ mod tests {
                 bucket: 1,
                 version: 1,
             }],
+            decisions: Some(one_of_each_decision()),
         };
         let bytes = log.encode();
         assert_eq!(ErasureLog::decode(&bytes).expect("decode"), log);
@@ -974,5 +1010,79 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(ErasureLog::decode(&bytes[..len]).is_err());
         }
+    }
+
+    fn one_of_each_decision() -> Decisions {
+        use super::super::decisions::Kind;
+        use crate::retention::deadlines::{self, Due};
+        let tag = SubjectTag([4; 16]);
+        let resumed = deadlines::key(
+            9,
+            &Due::ResumeErasure {
+                tag,
+                class: 2,
+                reason: crate::ErasureReason::Operator,
+                whole: true,
+            },
+        );
+        let mut parked = records::scope_prefix(&tag, 2).to_vec();
+        parked.extend_from_slice(&resumed);
+        let info = SubjectInfo {
+            tag,
+            kind: subjects::SubjectKind::Account,
+            parent: None,
+            state: SubjectState::Restricted,
+            generation: 1,
+            created_at: Timestamp::from_second(1).expect("time"),
+            closed_at: Timestamp::from_second(2).ok(),
+            opted_out_at: None,
+            released_at: None,
+            erased_at: None,
+        };
+        let mut hold_key = tag.0.to_vec();
+        hold_key.extend_from_slice(&2u16.to_be_bytes());
+        Decisions {
+            entries: vec![
+                (Kind::Hold, hold_key, crate::holds::encode(3, "case 1")),
+                (Kind::Parked, parked, Vec::new()),
+                (Kind::Resumed, resumed, deadlines::value(9)),
+                (
+                    Kind::Subject,
+                    subjects::record_key(&tag).to_vec(),
+                    info.encode(),
+                ),
+                (
+                    Kind::Release,
+                    subjects::release_key(&tag, 3).to_vec(),
+                    7i64.to_be_bytes().to_vec(),
+                ),
+            ],
+        }
+    }
+
+    /// A log exported before decisions were carried (version 1) still
+    /// restores: its erasures replay, the backup's decisions stand.
+    #[test]
+    fn a_version_1_erasure_log_is_read_without_decisions() {
+        let log = ErasureLog {
+            ledger: Vec::new(),
+            destroyed: vec![KeyId {
+                subject: SubjectTag([2; 16]),
+                class: 1,
+                bucket: 1,
+                version: 1,
+            }],
+            decisions: None,
+        };
+        let v2 = log.encode();
+        // Version 1: no decisions section (an empty one is 8 zero bytes).
+        let mut v1 = v2[..v2.len() - 4 - 8].to_vec();
+        v1[8] = 1;
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        assert_eq!(ErasureLog::decode(&v1).expect("decode v1"), log);
+        let mut v2_read = log.clone();
+        v2_read.decisions = Some(Decisions::default());
+        assert_eq!(ErasureLog::decode(&v2).expect("decode v2"), v2_read);
     }
 }

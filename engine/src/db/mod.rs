@@ -2,6 +2,7 @@
 
 mod backup;
 mod certificate;
+mod decisions;
 mod erase;
 mod inspect;
 mod ops;

@@ -163,6 +163,56 @@ impl DbInner {
 }
 
 impl DbInner {
+    /// Schedules the erasures of the clocks `after` records and `before`
+    /// did not (a closure, an opt-out): a restore carrying the decisions the
+    /// live store made after its backup. Returns how many scopes.
+    pub(crate) fn schedule_new_clocks(
+        &self,
+        batch: &mut WriteBatch,
+        before: &SubjectInfo,
+        after: &SubjectInfo,
+    ) -> usize {
+        let mut out = Vec::new();
+        if before.closed_at.is_none()
+            && let Some(at) = after.closed_at
+        {
+            self.schedule(batch, &after.tag, Event::AccountClosure, at, &mut out);
+        }
+        if before.opted_out_at.is_none()
+            && let Some(at) = after.opted_out_at
+        {
+            self.schedule(batch, &after.tag, Event::MarketingOptOut, at, &mut out);
+        }
+        out.len()
+    }
+
+    /// Schedules the erasure of a manually released class released at `at`
+    /// (as [`Db::release`] does); nothing for a class the policy no longer
+    /// has or that is not released manually.
+    pub(crate) fn schedule_release(
+        &self,
+        batch: &mut WriteBatch,
+        tag: &SubjectTag,
+        class: u16,
+        at: Timestamp,
+    ) -> bool {
+        let Some(entry) = self.class_by_number(class) else {
+            return false;
+        };
+        if entry.policy.clock() != ClockStart::ManualRelease {
+            return false;
+        }
+        let deadline = entry.policy.deadline(at).unwrap_or(at);
+        batch.put(
+            Tree::Deadlines,
+            deadlines::key(deadline.as_second(), &Due::EraseScope(*tag, class)),
+            deadlines::value(at.as_second()),
+        );
+        true
+    }
+}
+
+impl DbInner {
     /// When a manually released class of a subject was released, if it was.
     pub(crate) fn released_at(&self, tag: &SubjectTag, class: u16) -> Result<Option<Timestamp>> {
         let Some(bytes) = self

@@ -1815,3 +1815,173 @@ fn a_restore_destroys_the_keys_of_the_erasures_it_replays() {
         "{kept:?}"
     );
 }
+
+/// A restore keeps every decision the live store made after the backup, not
+/// only its erasures: an erasure a hold parked (found by the forensic
+/// oracle: the released hold resumed nothing, the account stayed active),
+/// one parked and resumed but not yet compacted, a hold placed or released
+/// (and what the released one blocked), a closure, an opt-out, a manual
+/// release, a restriction. Restored from the live store and from a log.
+#[test]
+fn a_restore_keeps_the_decisions_made_after_the_backup() {
+    for from_file in [false, true] {
+        let root = tempfile::tempdir().expect("dir");
+        let clock = ManualClock::new(start());
+        let live = Db::open(sled_config(&root.path().join("live"), &clock)).expect("open");
+        for s in [
+            "parked",
+            "resumed",
+            "late-hold",
+            "unheld",
+            "closed",
+            "opted",
+            "released",
+            "restricted",
+        ] {
+            live.register_account(s).expect("register");
+            for class in [
+                "account_profile",
+                "marketing_contacts",
+                "subscriber_records",
+            ] {
+                live.put(s, class, b"k", s.as_bytes()).expect("put");
+            }
+        }
+        for s in ["parked", "resumed"] {
+            live.place_hold(s, Some("subscriber_records"), "case 1")
+                .expect("hold");
+        }
+        // Blocked in the backup: an opt-out's erasure under a hold the live
+        // store releases after it (and does not compact since).
+        live.place_hold("unheld", None, "case 2").expect("hold");
+        live.opt_out_of_marketing("unheld").expect("opt out");
+        clock.advance(days(4));
+        assert_eq!(live.compact().expect("compact").blocked_by_hold, 1);
+        live.backup(root.path().join("backup")).expect("backup");
+
+        clock.advance(SignedDuration::from_hours(1));
+        for s in ["parked", "resumed"] {
+            let receipt = live.shred(s, crate::Classes::All).expect("shred");
+            assert_eq!(receipt.retained.len(), 1, "{receipt:?}");
+        }
+        assert!(
+            live.release_hold("resumed", Some("subscriber_records"))
+                .expect("release")
+        );
+        live.place_hold("late-hold", None, "case 3").expect("hold");
+        assert!(live.release_hold("unheld", None).expect("release"));
+        live.close_account("closed").expect("close");
+        live.opt_out_of_marketing("opted").expect("opt out");
+        live.release("released", "subscriber_records")
+            .expect("release");
+        live.restrict("restricted").expect("restrict");
+        clock.advance(SignedDuration::from_hours(1));
+
+        let target = root.path().join("restored");
+        let key_file = root.path().join("live").join("keys");
+        let restored = if from_file {
+            let log = root.path().join("decisions.log");
+            live.export_erasure_log(&log).expect("export");
+            drop(live);
+            Db::restore(
+                root.path().join("backup"),
+                sled_config(&target, &clock).key_file(&key_file),
+                crate::ErasureSource::File(&log),
+            )
+        } else {
+            let restored = Db::restore(
+                root.path().join("backup"),
+                sled_config(&target, &clock),
+                crate::ErasureSource::Live(&live),
+            );
+            drop(live);
+            restored
+        }
+        .expect("restore")
+        .0;
+
+        let mut held: Vec<(String, Option<String>)> = restored
+            .holds()
+            .expect("holds")
+            .into_iter()
+            .map(|h| (hex_tag(&h.subject), h.class))
+            .collect();
+        held.sort();
+        let mut want = vec![
+            (
+                hex_tag(&restored.subject_tag("parked")),
+                Some("subscriber_records".to_string()),
+            ),
+            (hex_tag(&restored.subject_tag("late-hold")), None),
+        ];
+        want.sort();
+        assert_eq!(held, want, "the live store's holds, from_file {from_file}");
+
+        let state = |s: &str| restored.subject(s).expect("subject").expect("known").state;
+        assert_eq!(state("restricted"), crate::SubjectState::Restricted);
+        assert!(
+            restored
+                .get("closed", "account_profile", b"k")
+                .expect_err("closed")
+                .is_closed(),
+            "the closure stands"
+        );
+
+        // The next compaction runs what the live store had made due: the
+        // resumed erasure, and the opt-out erasure its released hold blocked.
+        restored.compact().expect("compact");
+        assert_eq!(
+            state("resumed"),
+            crate::SubjectState::Erased,
+            "from_file {from_file}"
+        );
+        let erased_classes = |s: &str| -> Vec<Option<String>> {
+            restored
+                .certificate(s)
+                .map(|c| c.erasures.into_iter().map(|e| e.class).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            erased_classes("unheld"),
+            vec![Some("marketing_contacts".to_string())],
+            "from_file {from_file}"
+        );
+        // The erasure parked after the backup resumes when its hold goes.
+        assert_eq!(state("parked"), crate::SubjectState::Active);
+        assert!(
+            restored
+                .release_hold("parked", Some("subscriber_records"))
+                .expect("release")
+        );
+        restored.compact().expect("compact");
+        assert_eq!(
+            state("parked"),
+            crate::SubjectState::Erased,
+            "from_file {from_file}"
+        );
+
+        // Each event's erasure runs within the time the notice gives it.
+        clock.advance(days(4));
+        restored.compact().expect("compact");
+        assert_eq!(
+            erased_classes("opted"),
+            vec![Some("marketing_contacts".to_string())],
+            "opt-out + 3 days"
+        );
+        clock.advance(days(57));
+        restored.compact().expect("compact");
+        assert!(
+            erased_classes("closed").contains(&Some("account_profile".to_string())),
+            "closure + 60 days"
+        );
+        assert!(
+            erased_classes("released").contains(&Some("subscriber_records".to_string())),
+            "release"
+        );
+        assert!(restored.verify().expect("verify").is_clean());
+    }
+}
+
+fn hex_tag(tag: &crate::SubjectTag) -> String {
+    tag.0.iter().map(|b| format!("{b:02x}")).collect()
+}

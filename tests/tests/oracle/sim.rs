@@ -1891,14 +1891,23 @@ impl Sim {
         }
         let taken = self.backups[n].taken_at;
         self.backups[n].probed = true; // kept for the restore, not opened
+        // Between the backup and the restore: writes, erasures and every
+        // kind of decision (holds, closures, opt-outs, releases), all of
+        // which must stand after the restore.
         for _ in 0..3 + self.rng.below(8) {
             let next = self.now + self.rng.secs(60, 3_600);
             self.at(next);
-            match self.rng.below(10) {
+            match self.rng.below(16) {
                 0..6 => self.put(),
                 6..8 => self.delete(),
                 8 => self.compact(),
-                _ => self.shred(),
+                9 => self.shred(),
+                10 => self.place_hold(),
+                11 => self.release_hold(),
+                12 => self.close_account(),
+                13 => self.opt_out(),
+                14 => self.manual_release(),
+                _ => self.deletion_request(),
             }
         }
         let next = self.now + self.rng.secs(60, 3_600);
@@ -2043,7 +2052,8 @@ impl Sim {
     /// The model after a restore to the backup of `taken`: each key's
     /// version as of the backup is current again (a read may or may not
     /// return it if it had since been deleted or replaced); later versions
-    /// are lost. Erasures since the backup stand (they were replayed).
+    /// are lost. Erasures and decisions (holds, closures, opt-outs,
+    /// releases) since the backup stand (the restore carries them over).
     fn restored_in_model(&mut self, taken: Timestamp) {
         let now = self.now;
         let keys: Vec<(usize, usize, Vec<u8>)> = self.model.current.keys().cloned().collect();
