@@ -15,7 +15,8 @@
 //! erasure log of the live store (or of a file exported from it) before the
 //! restored store serves any read: every erasure, expiry and re-key that
 //! destroyed a key after the backup was taken is applied again, so nothing
-//! erased comes back. The restored store clears the mark and its
+//! erased comes back; the decisions made since (holds, parked erasures,
+//! closures, opt-outs, releases, restrictions) stand too (decisions.rs). The restored store clears the mark and its
 //! restore-pending flag in the batch that completes the replay.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -594,9 +595,11 @@ impl Db {
         })
     }
 
-    /// Writes the store's erasure log (its ledger and every destroyed key
-    /// id; no personal data) to `path`, for restoring a backup when this
-    /// store is not available. Returns the number of items written.
+    /// Writes the store's erasure log (its ledger, every destroyed key id,
+    /// and its decisions: legal holds, parked erasures, subject records and
+    /// releases; no personal data) to `path`, for restoring a backup when
+    /// this store is not available. Returns the number of erasures and
+    /// destroyed keys written.
     ///
     /// # Errors
     /// Storage failures, or `path` not writable.
@@ -612,8 +615,9 @@ impl Db {
     }
 
     /// Restores the backup in `backup` into `target.path()` (a new or empty
-    /// directory) and replays `source`'s erasures onto it before returning
-    /// the open store. `target` must name the live key provider (the same
+    /// directory) and replays `source`'s erasures onto it, with its
+    /// decisions (holds in force, parked erasures, closures, opt-outs,
+    /// releases, restrictions), before returning the open store. `target` must name the live key provider (the same
     /// key file); the backup's backend is `target`'s. Refuses a backup that
     /// cannot bring back some of its records (see
     /// [`Db::restore_with`] to accept that).
