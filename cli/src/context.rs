@@ -41,7 +41,7 @@ pub(crate) struct Global {
     #[arg(long, global = true, env = "SHREDKV_STORE", value_name = "DIR")]
     pub(crate) store: Option<PathBuf>,
 
-    /// The storage backend [default: sled; an existing store's own backend is detected].
+    /// The storage backend [default: redb; an existing store's own backend is detected].
     #[arg(long, global = true, value_enum, value_name = "BACKEND")]
     pub(crate) backend: Option<BackendArg>,
 
@@ -144,7 +144,7 @@ impl Global {
         let policy = self.load_policy()?;
         let key_file = self.key_file_for(dir);
         let config = Config::new(dir)
-            .backend(self.backend.map_or(Backend::Sled, Backend::from))
+            .backend(self.backend.map_or(Backend::Redb, Backend::from))
             .policy(policy)
             .key_file(&key_file)
             .sync_writes(true)

@@ -27,6 +27,13 @@ impl Fixture {
         f
     }
 
+    /// A store on sled, for the tests that damage its files with sled itself.
+    fn init_sled() -> Self {
+        let f = Self::new();
+        ok(&f.run(&["--backend", "sled", "init"]));
+        f
+    }
+
     /// Runs `shredkv --store STORE args...`.
     fn run(&self, args: &[&str]) -> Output {
         let mut all = vec!["--store", path_str(&self.store)];
@@ -238,7 +245,7 @@ fn store_comes_from_the_environment() {
         .output()
         .expect("run");
     let doc = json(&output);
-    assert_eq!(doc["backend"], "sled");
+    assert_eq!(doc["backend"], "redb", "the default backend");
 }
 
 #[cfg(unix)]
@@ -276,7 +283,7 @@ fn another_stores_key_file_exits_7() {
 
 #[test]
 fn emptied_backend_files_exit_3_without_starting_over() {
-    let f = Fixture::init();
+    let f = Fixture::init_sled();
     f.put_account("a", "invoices", "inv-1", "one");
     std::fs::remove_dir_all(f.store.join("sled")).expect("remove the backend files");
     std::fs::create_dir(f.store.join("sled")).expect("an empty sled directory");
@@ -568,7 +575,7 @@ fn export_all_writes_json_lines_and_skips_erased_subjects() {
 
 #[test]
 fn tampered_value_fails_get_and_verify_with_exit_5() {
-    let f = Fixture::init();
+    let f = Fixture::init_sled();
     f.put_account("a", "invoices", "inv-1", "1200 EUR");
     let tag = json(&f.run(&["--json", "show", "a"]))["tag"]
         .as_str()
@@ -600,7 +607,7 @@ fn tampered_value_fails_get_and_verify_with_exit_5() {
 
 #[test]
 fn corrupt_value_is_reported_as_corrupt_with_exit_5() {
-    let f = Fixture::init();
+    let f = Fixture::init_sled();
     f.put_account("a", "invoices", "inv-1", "1200 EUR");
     damage_the_only_record(&f.store, false);
     let err = fails_with(&f.run(&["get", "a", "invoices", "inv-1"]), 5);
@@ -696,7 +703,7 @@ fn edit_last_audit_entry(store: &Path, recompute_crc: bool) {
 
 #[test]
 fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
-    let f = Fixture::init();
+    let f = Fixture::init_sled();
     f.put_account("a", "invoices", "inv-1", "one");
     ok(&f.run(&["hold", "a", "--reason", "case 9"]));
     edit_last_audit_entry(&f.store, true);
@@ -717,7 +724,7 @@ fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
 
 #[test]
 fn a_corrupt_audit_head_is_reported_by_audit_verify_with_exit_5() {
-    let f = Fixture::init();
+    let f = Fixture::init_sled();
     f.put_account("a", "invoices", "inv-1", "one");
     ok(&f.run(&["hold", "a", "--reason", "case 9"]));
     edit_last_audit_entry(&f.store, false);

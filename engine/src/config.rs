@@ -21,7 +21,8 @@ use crate::storage::Backend;
 #[derive(Clone)]
 pub struct Config {
     pub(crate) path: PathBuf,
-    pub(crate) backend: Backend,
+    /// `None`: the backend whose files are in `path`, redb for a new store.
+    pub(crate) backend: Option<Backend>,
     pub(crate) policy: Option<Policy>,
     pub(crate) apply_policy_change: bool,
     pub(crate) key_provider: Option<Arc<dyn KeyProvider>>,
@@ -49,7 +50,8 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
-    /// A store in directory `path` with defaults: sled backend, the default
+    /// A store in directory `path` with defaults: the backend whose files are
+    /// there (redb for a new store; see [`Backend::detect`]), the default
     /// policy (`policy/default.toml`), a file key provider at `path/keys`,
     /// the system clock, buffered writes flushed every 500 ms, and
     /// maintenance (compaction, epoch rotation and destruction) in the
@@ -57,7 +59,7 @@ impl Config {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            backend: Backend::default(),
+            backend: None,
             policy: None,
             apply_policy_change: false,
             key_provider: None,
@@ -78,9 +80,11 @@ impl Config {
         &self.path
     }
 
-    /// The storage backend.
+    /// The storage backend. Opening a directory another backend made is
+    /// then refused (`StorageError::is_wrong_backend`), creating nothing;
+    /// without it, the backend is detected, and a new store uses redb.
     pub fn backend(mut self, backend: Backend) -> Self {
-        self.backend = backend;
+        self.backend = Some(backend);
         self
     }
 

@@ -399,6 +399,12 @@ impl StorageError {
     pub fn is_locked(&self) -> bool {
         self.kind == StorageErrorKind::Locked
     }
+
+    /// Whether the store directory was made by another backend than the
+    /// one asked for (nothing was opened or created).
+    pub fn is_wrong_backend(&self) -> bool {
+        self.kind == StorageErrorKind::WrongBackend
+    }
 }
 
 /// The result type of shredkv.

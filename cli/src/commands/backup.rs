@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use shredkv::{Config, Db, ErasureSource, Error, Policy, RestoreOptions};
+use shredkv::{Backend, Config, Db, ErasureSource, Error, Policy, RestoreOptions};
 
 use crate::context::{self, Global};
 use crate::exit::{CliError, Code};
@@ -202,8 +202,9 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
             )
         }
     };
+    // The backup's backend, unless --backend moves the store to another.
     let config = Config::new(into)
-        .backend(backend)
+        .backend(global.backend.map_or(backend, Backend::from))
         .policy(policy)
         .key_file(&key_file)
         .sync_writes(true)

@@ -286,7 +286,7 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
         .prefix("shredkv-demo-")
         .tempdir()
         .context("create the demo's temporary directory")?;
-    let backend = global.backend.map_or(Backend::Sled, Backend::from);
+    let backend = global.backend.map_or(Backend::Redb, Backend::from);
     let start: Timestamp = START.parse().context("the demo's start time")?;
     let clock = ManualClock::new(start);
     let root = dir.path().to_path_buf();

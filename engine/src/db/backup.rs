@@ -617,9 +617,10 @@ impl Db {
     /// Restores the backup in `backup` into `target.path()` (a new or empty
     /// directory) and replays `source`'s erasures onto it, with its
     /// decisions (holds in force, parked erasures, closures, opt-outs,
-    /// releases, restrictions), before returning the open store. `target` must name the live key provider (the same
-    /// key file); the backup's backend is `target`'s. Refuses a backup that
-    /// cannot bring back some of its records (see
+    /// releases, restrictions), before returning the open store. `target`
+    /// must name the live key provider (the same key file); the restored
+    /// store uses `target`'s backend if it names one, else the backup's.
+    /// Refuses a backup that cannot bring back some of its records (see
     /// [`Db::restore_with`] to accept that).
     ///
     /// # Errors
@@ -698,7 +699,8 @@ impl Db {
             ErasureSource::Live(db) => epoch_starts(db.inner.storage.as_ref())?,
             ErasureSource::File(_) => BTreeMap::new(),
         };
-        let from = storage::open(target.backend, backup)?;
+        // The backup is read with the backend that made it.
+        let from = storage::open(None, backup)?;
         let provider = restore_provider(&target, source)?;
         // Before anything is written: a backup older than its purge window
         // (its epoch destroyed), or one the key provider does not hold.
@@ -740,7 +742,9 @@ impl Db {
     ) -> Result<(Db, RestoreReport)> {
         let entries = {
             super::create_private_dir(target.path())?;
-            let to = storage::open(target.backend, target.path())?;
+            // The backup's backend, unless the target names one (a restore
+            // can move a store to another backend: it copies trees).
+            let to = storage::open(target.backend.unwrap_or(from.backend()), target.path())?;
             let mut pending = WriteBatch::new();
             pending.put(Tree::Meta, meta::RESTORE_PENDING, vec![1]);
             to.apply(&pending, Durability::Durable)?;

@@ -154,17 +154,36 @@ pub(crate) enum Order {
 }
 
 /// The storage backends shredkv can run on.
+///
+/// A new store is made with redb unless configured otherwise; an existing
+/// one is opened with the backend that made it ([`Backend::detect`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Backend {
-    /// sled 0.34.7: the design card's choice. Files never shrink.
-    #[default]
+    /// sled 0.34.7. Files never shrink; damage to the tail of its log is
+    /// dropped silently on open (an erasure can go with it), so it is not
+    /// the default (docs/reliability.md).
     Sled,
-    /// redb: maintained, ACID, stable file format.
+    /// redb: maintained, ACID, checksummed pages, stable file format; a
+    /// damaged file is refused with an error. The default.
+    #[default]
     Redb,
 }
 
 impl Backend {
+    /// The backend whose files are in the store directory `dir`, if any:
+    /// redb's `store.redb`, or sled's `sled/` directory. `None` for a new
+    /// (or empty) directory, or one holding both.
+    pub fn detect(dir: &Path) -> Option<Backend> {
+        let sled = dir.join(sled_backend::SLED_DIR).is_dir();
+        let redb = dir.join(redb_backend::FILE_NAME).is_file();
+        match (sled, redb) {
+            (true, false) => Some(Backend::Sled),
+            (false, true) => Some(Backend::Redb),
+            _ => None,
+        }
+    }
+
     /// The backend's name, as used in configuration and reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -202,6 +221,8 @@ pub(crate) enum StorageErrorKind {
     Corrupt,
     /// Another process holds the store.
     Locked,
+    /// The directory holds a store of another backend than the one asked for.
+    WrongBackend,
     /// Anything else the backend reported.
     Other,
 }
@@ -335,20 +356,96 @@ pub(crate) fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
     }
 }
 
-/// Opens (creating if absent) the backend's files inside `dir`.
-pub(crate) fn open(backend: Backend, dir: &Path) -> Result<Arc<dyn Storage>, StorageError> {
-    match backend {
-        Backend::Sled => Ok(Arc::new(sled_backend::SledStorage::open(dir)?)),
-        Backend::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(dir)?)),
+/// The backend to open `dir` with: the one whose files are there, else the
+/// one asked for, else the default. Asking for another backend than the one
+/// whose files are there is refused, before anything is created.
+pub(crate) fn resolve(requested: Option<Backend>, dir: &Path) -> Result<Backend, StorageError> {
+    match (requested, Backend::detect(dir)) {
+        (Some(asked), Some(found)) if asked != found => Err(StorageError {
+            backend: asked,
+            action: "open",
+            path: dir.to_path_buf(),
+            kind: StorageErrorKind::WrongBackend,
+            source: format!(
+                "the directory holds a {found} store; open it with the {found} backend \
+                 (Config::backend(Backend::{found:?}), or leave the backend unset to detect it)"
+            )
+            .into(),
+        }),
+        (_, Some(found)) => Ok(found),
+        (Some(asked), None) => Ok(asked),
+        (None, None) => Ok(Backend::default()),
     }
+}
+
+/// Opens (creating if absent) the backend's files inside `dir`, refusing a
+/// directory another backend made (nothing is created then). Panics inside
+/// the backend, while opening or later, become corruption errors
+/// (guard.rs).
+/// `backend` is what the caller asked for, if anything.
+pub(crate) fn open(
+    backend: impl Into<Option<Backend>>,
+    dir: &Path,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    let backend = resolve(backend.into(), dir)?;
+    let opened = guard::catch(backend, "open", dir, || -> Result<Arc<dyn Storage>, _> {
+        match backend {
+            Backend::Sled => Ok(Arc::new(sled_backend::SledStorage::open(dir)?)),
+            Backend::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(dir)?)),
+        }
+    })?;
+    Ok(Arc::new(guard::Guarded::new(opened, dir.to_path_buf())))
 }
 
 #[cfg(test)]
 mod conformance;
 pub(crate) mod faults;
 mod group_commit;
+mod guard;
 pub(crate) mod memory;
 pub(crate) mod pauses;
 mod redb_backend;
 mod sled_backend;
 pub(crate) mod tape;
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    /// Opening a directory with the other backend is refused and creates
+    /// nothing; unset, the backend is detected; a new store is redb.
+    #[test]
+    fn the_backend_is_detected_and_a_wrong_one_refused() {
+        for made_by in [Backend::Sled, Backend::Redb] {
+            let dir = tempfile::tempdir().expect("dir");
+            drop(open(made_by, dir.path()).expect("create"));
+            assert_eq!(Backend::detect(dir.path()), Some(made_by));
+            let files = |d: &Path| {
+                let mut names: Vec<_> = std::fs::read_dir(d)
+                    .expect("list")
+                    .map(|e| e.expect("entry").file_name())
+                    .collect();
+                names.sort();
+                names
+            };
+            let before = files(dir.path());
+            let other = match made_by {
+                Backend::Sled => Backend::Redb,
+                Backend::Redb => Backend::Sled,
+            };
+            let err = open(other, dir.path())
+                .err()
+                .expect("wrong backend refused");
+            assert!(err.is_wrong_backend(), "{err}");
+            assert!(err.to_string().contains(made_by.name()), "{err}");
+            assert_eq!(files(dir.path()), before, "nothing created");
+            let detected = open(None, dir.path()).expect("detected");
+            assert_eq!(detected.backend(), made_by);
+        }
+        let fresh = tempfile::tempdir().expect("dir");
+        assert_eq!(
+            open(None, fresh.path()).expect("new").backend(),
+            Backend::Redb
+        );
+    }
+}

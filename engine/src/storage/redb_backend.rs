@@ -30,7 +30,7 @@ use super::{
 };
 
 /// The database file inside a store directory.
-const FILE_NAME: &str = "store.redb";
+pub(super) const FILE_NAME: &str = "store.redb";
 
 /// How long `open` waits for the file lock before reporting it held. A
 /// killed process's lock can stay taken for a moment while it exits.

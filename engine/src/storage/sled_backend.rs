@@ -10,7 +10,12 @@
 //! Opening repairs the one unopenable state measured under SIGKILL: a kill
 //! during sled's open leaves a partial `snap.<lsn>.generating` snapshot that
 //! sled then reads and rejects as corrupt on every later open. When an open
-//! fails as corrupt, such files are removed and the open retried once.
+//! fails as corrupt, such files are removed and the open retried once. A
+//! kill while sled writes its `conf` file (created on the first open, in
+//! place, without fsync) leaves it torn, and sled then refuses the store
+//! for good; a `conf` whose checksum fails is removed before the open, and
+//! sled writes it again (it holds only the parameters this backend always
+//! uses: sled's defaults).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -32,7 +37,7 @@ use super::{
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// The sled directory inside a store directory.
-const SLED_DIR: &str = "sled";
+pub(super) const SLED_DIR: &str = "sled";
 
 /// A store on sled: the database and its open trees.
 pub(crate) struct SledStorage {
@@ -53,6 +58,7 @@ impl SledStorage {
     fn open_with(dir: &Path, lock_wait: Duration) -> Result<Self, StorageError> {
         let path = dir.join(SLED_DIR);
         fs::create_dir_all(&path).map_err(|e| io_error("open", &path, e))?;
+        remove_torn_conf(&path)?;
         let db = open_db(&path, lock_wait)?;
         let trees = Tree::ALL
             .iter()
@@ -292,6 +298,26 @@ fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, StorageError> {
     }
 }
 
+/// Removes sled's `conf` in `path` if it is torn: longer than sled's own
+/// "empty" threshold (8 bytes, which sled already rewrites) and failing its
+/// CRC32 (little-endian, after the text). Returns whether it did.
+fn remove_torn_conf(path: &Path) -> Result<bool, StorageError> {
+    let conf = path.join("conf");
+    let bytes = match fs::read(&conf) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error("open", &conf, e)),
+    };
+    let Some((text, crc)) = bytes.split_last_chunk::<4>() else {
+        return Ok(false);
+    };
+    if bytes.len() <= 8 || crc32fast::hash(text) == u32::from_le_bytes(*crc) {
+        return Ok(false);
+    }
+    fs::remove_file(&conf).map_err(|e| io_error("open", &conf, e))?;
+    Ok(true)
+}
+
 /// Removes the `snap.<lsn>.generating` files in `path`: snapshots whose
 /// writer stopped before renaming them complete. Returns how many.
 fn remove_partial_snapshots(path: &Path) -> Result<usize, StorageError> {
@@ -490,6 +516,42 @@ mod tests {
         assert_eq!(err.kind, StorageErrorKind::Corrupt, "{err}");
         assert_eq!(err.action, "open");
         assert!(snapshot.exists(), "a complete snapshot is never removed");
+    }
+
+    /// A kill while sled writes `conf` leaves any prefix of it: every
+    /// prefix, and a flipped byte, still opens with the data intact (before
+    /// the repair, prefixes past 8 bytes made the store unopenable).
+    #[test]
+    fn a_torn_conf_file_is_rewritten_and_the_store_opens() {
+        let dir = tempdir();
+        let conf = dir.path().join(SLED_DIR).join("conf");
+        {
+            let store = SledStorage::open(dir.path()).expect("open");
+            write_round(&store, 7);
+            store.flush().expect("flush");
+        }
+        let whole = fs::read(&conf).expect("read conf");
+        let mut damaged: Vec<Vec<u8>> = (0..whole.len()).map(|n| whole[..n].to_vec()).collect();
+        let mut flipped = whole.clone();
+        flipped[3] ^= 0x20;
+        damaged.push(flipped);
+        for bytes in damaged {
+            fs::write(&conf, &bytes).expect("tear conf");
+            let store = SledStorage::open(dir.path())
+                .unwrap_or_else(|e| panic!("conf of {} bytes: {e}", bytes.len()));
+            assert_eq!(
+                store.get(Tree::Vault, &[7]).expect("get"),
+                Some(b"key".to_vec()),
+                "conf of {} bytes",
+                bytes.len()
+            );
+            drop(store);
+            assert_eq!(
+                fs::read(&conf).expect("read conf"),
+                whole,
+                "rewritten whole"
+            );
+        }
     }
 
     /// A multi-tree batch that fails after one tree's changes were staged

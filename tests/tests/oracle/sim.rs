@@ -1684,7 +1684,19 @@ impl Sim {
                 }
                 let dead = self.model.scope_dead(t, c, self.now);
                 let listed_erased = erased.contains(&(t, Some(c))) || erased.contains(&(t, None));
-                if dead && !listed_erased {
+                // A receipt names the scopes whose keys it destroyed: sure to
+                // exist while the scope held a live record until now. (A
+                // scope whose every record a restore lost has none: found by
+                // the 5-year run, a deletion request after such a restore.)
+                let held_records = self
+                    .model
+                    .current
+                    .range((t, c, Vec::new())..(t, c + 1, Vec::new()))
+                    .any(|(_, &i)| {
+                        let w = &self.model.writes[i];
+                        w.ended.is_none() && !w.revived && w.expires.is_none_or(|e| e > self.now)
+                    });
+                if dead && !listed_erased && held_records {
                     violation!(
                         self,
                         "I4",
