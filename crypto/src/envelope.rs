@@ -24,7 +24,6 @@
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use rand::Rng as _;
 
 use crate::error::{AuthError, FormatError};
 use crate::keys::DataKey;
@@ -109,7 +108,7 @@ pub fn seal_into(
     }
     let header_len = out.len();
     let mut nonce = [0u8; NONCE_LEN];
-    rand::rng().fill_bytes(&mut nonce);
+    crate::random::fill(&mut nonce);
     out.extend_from_slice(&nonce);
     let body_start = out.len();
     out.extend_from_slice(plaintext);

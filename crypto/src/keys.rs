@@ -6,7 +6,6 @@
 
 use std::fmt;
 
-use rand::Rng as _;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Length in bytes of every symmetric key in shredkv (AES-256, HMAC-SHA256).
@@ -19,11 +18,10 @@ macro_rules! secret_key {
         pub struct $name([u8; KEY_LEN]);
 
         impl $name {
-            /// A fresh key from the operating system's CSPRNG (through `rand`'s
-            /// thread-local generator, which reseeds from it).
+            /// A fresh key from the operating system's generator.
             pub fn generate() -> Self {
                 let mut bytes = [0u8; KEY_LEN];
-                rand::rng().fill_bytes(&mut bytes);
+                crate::random::fill(&mut bytes);
                 Self(bytes)
             }
 

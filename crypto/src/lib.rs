@@ -25,6 +25,7 @@ mod kdf;
 mod keys;
 mod limits;
 mod provider;
+mod random;
 mod wrap;
 
 pub use envelope::{

@@ -16,7 +16,6 @@
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use rand::Rng as _;
 use zeroize::Zeroize;
 
 use crate::error::{AuthError, FormatError};
@@ -153,7 +152,7 @@ impl EpochCipher {
     pub fn wrap(&self, context: &WrapContext, key: &DataKey) -> WrappedKey {
         let mut out = [0u8; WrappedKey::LEN];
         let mut nonce = [0u8; 12];
-        rand::rng().fill_bytes(&mut nonce);
+        crate::random::fill(&mut nonce);
         out[0] = WRAPPED_KEY_VERSION;
         out[1..5].copy_from_slice(&self.epoch.0.to_be_bytes());
         out[5..17].copy_from_slice(&nonce);

@@ -29,6 +29,13 @@
 //!
 //! Epoch ids are never reused: an epoch below `next epoch id` that has no live
 //! slot has been destroyed, even after its slot was reused.
+//!
+//! Several processes may use one key file (an application and the `shredkv`
+//! CLI against its store). Each change (an epoch created or destroyed) takes
+//! an exclusive advisory lock on the file (`flock`), re-reads it, and
+//! decides on what it found, so no process overwrites a slot another filled
+//! or reuses an epoch id, and an epoch another process destroyed leaves
+//! this one's memory at its next change. Opening reads under a shared lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -179,6 +186,7 @@ impl FileKeyProvider {
                 return Err(ProviderError::InsecurePermissions { path, mode });
             }
         }
+        let _shared = FileLock::shared(&file, &path)?;
         let len = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
         let max_len = HEADER_LEN + SLOT_LEN * usize::from(u16::MAX);
         if len > max_len {
@@ -218,6 +226,36 @@ impl FileKeyProvider {
         &self.path
     }
 
+    /// Takes the file's exclusive advisory lock (released when the guard
+    /// drops) and brings `inner` up to date with the file: what another
+    /// process changed since this one last looked.
+    fn lock_and_reread(&self, inner: &mut Inner) -> Result<FileLock, ProviderError> {
+        let lock = FileLock::exclusive(&inner.file, &self.path)?;
+        let len = inner
+            .file
+            .metadata()
+            .map_err(|e| unavailable("inspect the key file", &self.path, e))?
+            .len();
+        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        read_at(&inner.file, &mut bytes, 0)
+            .map_err(|e| unavailable("read the key file", &self.path, e))?;
+        let parsed = parse(&bytes).map_err(|detail| corrupt(&self.path, detail));
+        bytes.zeroize();
+        let (slots, next_epoch, keys) = parsed?;
+        let mut live = BTreeMap::new();
+        for (epoch, key) in keys {
+            let cipher = inner
+                .live
+                .remove(&epoch)
+                .unwrap_or_else(|| EpochCipher::new(epoch, &key));
+            live.insert(epoch, cipher);
+        }
+        inner.slots = slots;
+        inner.next_epoch = next_epoch;
+        inner.live = live;
+        Ok(lock)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the in-memory view at worst
         // behind the file (writes happen before the view changes), so the
@@ -251,6 +289,7 @@ impl FileKeyProvider {
 impl KeyProvider for FileKeyProvider {
     fn create_epoch(&self) -> Result<EpochId, ProviderError> {
         let mut inner = self.lock();
+        let _file_lock = self.lock_and_reread(&mut inner)?;
         let slots = u16::try_from(inner.slots.len()).unwrap_or(u16::MAX);
         let index = inner
             .slots
@@ -320,6 +359,7 @@ impl KeyProvider for FileKeyProvider {
 
     fn destroy_epoch(&self, epoch: EpochId) -> Result<(), ProviderError> {
         let mut inner = self.lock();
+        let _file_lock = self.lock_and_reread(&mut inner)?;
         let Some(index) = inner
             .slots
             .iter()
@@ -341,6 +381,41 @@ impl KeyProvider for FileKeyProvider {
 
     fn describe(&self) -> String {
         format!("file key provider at {}", self.path.display())
+    }
+}
+
+/// An advisory lock on the key file across processes, held until dropped.
+/// Taken on a duplicate of the handle (the same open file description), so
+/// the provider's own handle stays free to borrow.
+struct FileLock(File);
+
+impl FileLock {
+    fn exclusive(file: &File, path: &Path) -> Result<Self, ProviderError> {
+        let handle = file
+            .try_clone()
+            .map_err(|e| unavailable("lock the key file", path, e))?;
+        handle
+            .lock()
+            .map_err(|e| unavailable("lock the key file", path, e))?;
+        Ok(Self(handle))
+    }
+
+    fn shared(file: &File, path: &Path) -> Result<Self, ProviderError> {
+        let handle = file
+            .try_clone()
+            .map_err(|e| unavailable("lock the key file", path, e))?;
+        handle
+            .lock_shared()
+            .map_err(|e| unavailable("lock the key file", path, e))?;
+        Ok(Self(handle))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Closing the last handle releases it too; an unlock error leaves
+        // nothing to do.
+        let _ = self.0.unlock();
     }
 }
 
@@ -714,6 +789,37 @@ mod tests {
         assert_eq!(check_key_file_bytes(&full), Ok(0));
         let took = started.elapsed();
         assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    }
+
+    /// Two handles on one file (as two processes have): each change works
+    /// on the file as it is, not on what its handle read at open.
+    #[test]
+    fn two_providers_on_one_file_never_overwrite_each_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        let app = FileKeyProvider::create(&path, 4).expect("create");
+        let cli = FileKeyProvider::open(&path).expect("open a second time");
+        let first = app.create_epoch().expect("app creates");
+        let wrapped = app
+            .wrap(first, &WrapContext::StoreSecret, &DataKey::generate())
+            .expect("wrap");
+        let second = cli.create_epoch().expect("cli creates");
+        assert_ne!(first, second, "epoch ids are never reused");
+        // The CLI now knows the app's epoch, and destroys it.
+        assert!(cli.unwrap(&WrapContext::StoreSecret, &wrapped).is_ok());
+        cli.destroy_epoch(first).expect("cli destroys");
+        // The app's next change drops it from its memory too.
+        let third = app.create_epoch().expect("app creates again");
+        assert!(matches!(
+            app.unwrap(&WrapContext::StoreSecret, &wrapped),
+            Err(ProviderError::EpochDestroyed { .. })
+        ));
+        let reopened = FileKeyProvider::open(&path).expect("reopen");
+        assert_eq!(
+            reopened.live_epochs().expect("live"),
+            vec![second, third],
+            "every change landed"
+        );
     }
 
     #[test]
