@@ -16,8 +16,9 @@
 use jiff::Timestamp;
 use shredkv_crypto::SubjectTag;
 
-/// One record as returned by scans and exports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One record as returned by scans and exports. Its `Debug` shows lengths,
+/// not the key or value (personal data does not belong in logs).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     /// The record key, as written.
     pub key: Vec<u8>,
@@ -25,6 +26,16 @@ pub struct Record {
     pub value: Vec<u8>,
     /// When the record expires, if it does.
     pub expires_at: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// The prefix of a scope's records: subject tag ‖ class.

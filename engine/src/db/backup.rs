@@ -569,6 +569,19 @@ impl Db {
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
         let dest = dest.as_ref();
         ensure_empty_dir(dest, "backup directory")?;
+        // Owner-only, like the store: a backup holds the same ciphertext.
+        super::create_private_dir(dest)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| Error::Io {
+                    action: "make the backup directory owner-only",
+                    path: dest.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
         let inner = &self.inner;
         let _single = inner
             .compaction

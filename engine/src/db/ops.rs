@@ -41,7 +41,7 @@ impl PutOptions {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum BatchOp {
     Put {
         subject: String,
@@ -70,9 +70,36 @@ enum BatchOp {
 /// assert_eq!(db.scan("acct-1", "message_content")?.len(), 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Default)]
+///
+/// Its `Debug` names each operation's class and lengths, not the subject
+/// id, record key or value (personal data does not belong in logs).
+#[derive(Clone, Default)]
 pub struct Batch {
     ops: Vec<BatchOp>,
+}
+
+impl std::fmt::Debug for BatchOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchOp::Put {
+                class, key, value, ..
+            } => write!(
+                f,
+                "put {class} <{} byte key> <{} byte value>",
+                key.len(),
+                value.len()
+            ),
+            BatchOp::Delete { class, key, .. } => {
+                write!(f, "delete {class} <{} byte key>", key.len())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("ops", &self.ops).finish()
+    }
 }
 
 impl Batch {

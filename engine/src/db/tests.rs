@@ -663,3 +663,60 @@ fn a_record_is_hidden_from_its_expiry_on() {
     );
     assert!(db.scan("a", "message_content").expect("scan").is_empty());
 }
+
+/// Records, batches and exports hold subject ids, record keys and values:
+/// their `Debug` (what ends up in logs and panic messages) shows none.
+#[test]
+fn debug_output_shows_no_personal_data() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _clock) = open(&dir);
+    let (subject, key, value) = ("alice@example.com", b"dm-with-bob", b"meet at the clinic");
+    db.register_account(subject).expect("register");
+    db.put(subject, "message_content", key, value).expect("put");
+    let mut batch = Batch::new();
+    batch.put(subject, "message_content", key, value);
+    batch.delete(subject, "message_content", key);
+    let shown = [
+        format!("{batch:?}"),
+        format!("{:?}", db.scan(subject, "message_content").expect("scan")),
+        format!("{:?}", db.export(subject).expect("export")),
+    ];
+    for text in &shown {
+        for secret in [subject, "dm-with-bob", "meet at the clinic"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let bytes = |s: &str| format!("{s:?}");
+        assert!(!text.contains(&bytes("dm-with-bob")), "{text}");
+    }
+    assert!(
+        shown[0].contains("put message_content <11 byte key> <18 byte value>"),
+        "{}",
+        shown[0]
+    );
+    assert!(shown[1].contains("<18 bytes>"), "{}", shown[1]);
+}
+
+/// A backup holds the store's ciphertext: its directory is owner-only like
+/// the store's, whatever the umask.
+#[cfg(unix)]
+#[test]
+fn a_backup_directory_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = Db::open(
+        Config::new(dir.path().join("store"))
+            .flush_every(None)
+            .maintenance_every(None),
+    )
+    .expect("open");
+    for (name, precreate) in [("new", false), ("existing-empty", true)] {
+        let dest = dir.path().join(name);
+        if precreate {
+            std::fs::create_dir(&dest).expect("mkdir");
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        db.backup(&dest).expect("backup");
+        let mode = std::fs::metadata(&dest).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{name}: {mode:o}");
+    }
+}
