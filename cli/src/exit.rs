@@ -213,6 +213,12 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
                 path.display()
             )),
         ),
+        Error::StoreRolledBack { .. } => (
+            Code::Integrity,
+            hint(
+                "put the store's latest files back, or restore the latest backup (`shredkv restore`), which replays the erasures made since",
+            ),
+        ),
         Error::IsBackup { path, .. } => (
             Code::Usage,
             Some(format!(

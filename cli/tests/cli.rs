@@ -710,7 +710,12 @@ fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
     let output = f.run(&["audit", "verify"]);
     assert_eq!(code(&output), 5, "{}", stderr(&output));
     let out = stdout(&output);
-    assert!(out.contains("BROKEN: audit entry 2 was edited"), "{out}");
+    // The edited entry is the one the key file's anchor vouches for: the
+    // store is refused at open, and the report names the entry.
+    assert!(
+        out.starts_with("BROKEN: ") && out.contains("audit entry 2 is not the one anchored"),
+        "{out}"
+    );
     let doc: Value =
         serde_json::from_str(&stdout(&f.run(&["--json", "audit", "verify"]))).expect("JSON report");
     assert_eq!(doc["intact"], false);
@@ -728,7 +733,7 @@ fn a_corrupt_audit_head_is_reported_by_audit_verify_with_exit_5() {
     f.put_account("a", "invoices", "inv-1", "one");
     ok(&f.run(&["hold", "a", "--reason", "case 9"]));
     edit_last_audit_entry(&f.store, false);
-    // The store still opens; the damaged entry is reported, not served.
+    // The damaged entry is the anchored one: reported, the store refused.
     let output = f.run(&["audit", "verify"]);
     assert_eq!(code(&output), 5, "{}", stderr(&output));
     let out = stdout(&output);
@@ -1013,8 +1018,12 @@ fn restore_replays_erasures_made_after_the_backup() {
     fails_with(&r(&["get", "gone", "invoices", "inv-1"]), 4);
     ok(&r(&["verify"]));
 
+    // The restore took the key file over: the old store is refused now.
+    let err = fails_with(&f.run(&["stats"]), 5);
+    assert!(err.contains("a restore has taken over"), "{err}");
+
     // Bad input: non-empty targets, a directory that is no backup, no source.
-    let err = fails_with(&f.run(&["backup", path_str(&backup)]), 2);
+    let err = fails_with(&r(&["backup", path_str(&backup)]), 2);
     assert!(err.contains("not empty"), "{err}");
     let err = fails_with(
         &f.run(&["restore", path_str(&backup), "--into", path_str(&restored)]),

@@ -38,7 +38,7 @@ pub use keys::{
     DataKey, EpochId, EpochKey, KEY_LEN, KeyId, SUBJECT_TAG_LEN, StoreSecret, SubjectTag,
 };
 pub use limits::{RETIRE_AFTER_SEALS, SEAL_LIMIT, SealBudget, SealCounter};
-pub use provider::{FileKeyProvider, KeyProvider, ProviderError};
+pub use provider::{Anchor, FileKeyProvider, KeyProvider, ProviderError};
 pub use wrap::{EpochCipher, WRAPPED_KEY_VERSION, WrapContext, WrappedKey};
 
 /// Entry points for fuzz targets and tools. Not a stable API.

@@ -13,13 +13,39 @@ use std::path::{Path, PathBuf};
 
 use shredkv_crypto::internal::check_key_file_bytes;
 use shredkv_crypto::{
-    AuthError, DataKey, Envelope, EpochCipher, EpochId, EpochKey, FileKeyProvider, FormatError,
-    KeyId, KeyProvider, KeyRef, ProviderError, SubjectTag, ValueCipher, WrapContext, WrappedKey,
-    seal,
+    Anchor, AuthError, DataKey, Envelope, EpochCipher, EpochId, EpochKey, FileKeyProvider,
+    FormatError, KeyId, KeyProvider, KeyRef, ProviderError, SubjectTag, ValueCipher, WrapContext,
+    WrappedKey, seal,
 };
 
-/// Set to `1` to rewrite the committed fixtures from today's code.
+/// Set to `1` to rewrite the committed fixtures from today's code, or to
+/// `new` to write only those not committed yet (a new format version).
 const REGENERATE: &str = "SHREDKV_REGENERATE_FIXTURES";
+
+/// The anchor in `keyfile-v2-anchored.bin`.
+const GOLDEN_ANCHOR: Anchor = Anchor {
+    generation: 1,
+    seq: 42,
+    head: counting(0x80),
+};
+const ANCHOR_LEN: usize = 64;
+
+/// CRC32 (IEEE), as the key file uses: a small local copy so this test
+/// needs no extra dependency.
+fn crc32fast_hash(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
 
 /// 32 bytes counting up from `start`: `start, start+1, …, start+31`.
 const fn counting(start: u8) -> [u8; 32] {
@@ -176,8 +202,15 @@ fn generate() -> Vec<(&'static str, Vec<u8>)> {
     let under_1 = wrap(EpochId(1));
     let under_2 = wrap(EpochId(2));
     provider.destroy_epoch(EpochId(2)).expect("destroy");
+    provider.advance_anchor(&GOLDEN_ANCHOR).expect("anchor");
     drop(provider);
-    let key_file = fs::read(&path).expect("read key file");
+    let anchored = fs::read(&path).expect("read key file");
+    // The version 1 files: the same slots, without the anchor blocks.
+    let mut key_file = anchored[..anchored.len() - 2 * ANCHOR_LEN].to_vec();
+    key_file[8] = 1;
+    let crc = crc32fast_hash(&key_file[..28]);
+    key_file[28..32].copy_from_slice(&crc.to_be_bytes());
+    out.push(("keyfile-v2-anchored.bin", anchored));
     let mut flipped = key_file.clone();
     flipped[HEADER_LEN + 8] ^= 0x01; // slot 0, first key byte
     let truncated = key_file[..key_file.len() - SLOT_LEN].to_vec();
@@ -364,6 +397,46 @@ fn key_file_opens_with_its_live_and_destroyed_epochs() {
     assert_eq!(provider.create_epoch().expect("epoch"), EpochId(4));
 }
 
+/// The version 2 key file: the same epochs as version 1, and the anchor.
+#[test]
+fn key_file_v2_opens_with_its_anchor() {
+    let bytes = read("keyfile-v2-anchored.bin");
+    assert_eq!(
+        bytes.len(),
+        HEADER_LEN + SLOT_LEN * usize::from(KEY_FILE_SLOTS) + 2 * ANCHOR_LEN
+    );
+    assert_eq!(bytes[8], 2, "format version 2");
+    assert_eq!(check_key_file_bytes(&bytes), Ok(2));
+    let (_dir, path) = key_file_copy("keyfile-v2-anchored.bin");
+    let provider = FileKeyProvider::open(&path).expect("open");
+    assert_eq!(provider.anchor().expect("anchor"), Some(GOLDEN_ANCHOR));
+    assert_eq!(
+        provider.live_epochs().expect("live"),
+        [EpochId(1), EpochId(3)]
+    );
+    // Upgrading the version 1 file by the same anchor gives the same blocks
+    // (and keeps its keys).
+    let (_dir, v1) = key_file_copy("keyfile-v1.bin");
+    let upgraded = FileKeyProvider::open(&v1).expect("open v1");
+    upgraded.advance_anchor(&GOLDEN_ANCHOR).expect("upgrade");
+    let under_1 = WrappedKey::from_bytes(&read("keyfile-v1-wrapped-epoch-1.bin")).expect("decode");
+    let key = upgraded
+        .unwrap(&WrapContext::DataKey(DATA_KEY_ID), &under_1)
+        .expect("unwrap");
+    assert_eq!(key.expose_secret(), &WRAPPED_DATA_KEY);
+    let after = fs::read(&v1).expect("read");
+    assert_eq!(after.len(), bytes.len());
+    assert_eq!(after[..HEADER_LEN], bytes[..HEADER_LEN], "the same header");
+    let blocks = bytes.len() - 2 * ANCHOR_LEN;
+    // The upgrade writes the anchor to block A and an empty block B; the
+    // provider that wrote the fixture alternated, so compare the set.
+    let mut a: Vec<&[u8]> = after[blocks..].chunks(ANCHOR_LEN).collect();
+    let mut b: Vec<&[u8]> = bytes[blocks..].chunks(ANCHOR_LEN).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same anchor blocks");
+}
+
 #[test]
 fn damaged_key_files_are_refused_with_their_documented_errors() {
     let cases = [
@@ -406,7 +479,16 @@ fn fresh_writes_have_the_golden_length_and_header() {
             golden[..fixed_prefix],
             "{name}: header changed"
         );
-        if name == "keyfile-v1.bin" {
+        if name == "keyfile-v2-anchored.bin" {
+            // The anchor blocks are fixed by their input.
+            let blocks = golden.len() - 2 * ANCHOR_LEN;
+            assert_eq!(
+                fresh[blocks..],
+                golden[blocks..],
+                "{name}: anchor blocks changed"
+            );
+        }
+        if name == "keyfile-v1.bin" || name == "keyfile-v2-anchored.bin" {
             let fresh_slots = fresh[HEADER_LEN..].chunks(SLOT_LEN);
             let golden_slots = golden[HEADER_LEN..].chunks(SLOT_LEN);
             for (i, (a, b)) in fresh_slots.zip(golden_slots).enumerate() {
@@ -433,12 +515,15 @@ fn fresh_writes_have_the_golden_length_and_header() {
 fn regenerate_fixtures_only_when_asked() {
     let dir = fixtures_dir();
     let fresh = generate();
-    if std::env::var_os(REGENERATE).is_some_and(|v| v == "1") {
+    if std::env::var_os(REGENERATE).is_some_and(|v| v == "1" || v == "new") {
+        let only_new = std::env::var_os(REGENERATE).is_some_and(|v| v == "new");
         fs::create_dir_all(&dir).expect("create fixtures dir");
         for (name, bytes) in &fresh {
-            fs::write(dir.join(name), bytes).expect("write fixture");
+            if !(only_new && dir.join(name).exists()) {
+                fs::write(dir.join(name), bytes).expect("write fixture");
+            }
         }
-        eprintln!("rewrote {} fixtures in {}", fresh.len(), dir.display());
+        eprintln!("wrote fixtures in {}", dir.display());
         return;
     }
     let mut committed: Vec<String> = fs::read_dir(&dir)

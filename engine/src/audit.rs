@@ -19,12 +19,22 @@
 //!
 //! Editing, removing, inserting or reordering entries breaks the chain at the
 //! first affected entry; [`verify_chain`] names it.
+//!
+//! **The anchor.** After every durable commit the log advances the key
+//! provider's [`Anchor`] to its last entry (sequence number and hash, under
+//! the store's anchor generation, meta `anchor_generation`, which every
+//! restore raises). The provider keeps it outside the store's files, so a
+//! store found behind it at open (rolled back, its tail cut or rewritten)
+//! is refused (db/anchor.rs). Buffered commits are anchored by the next
+//! durable one: a crash may legitimately lose them.
 
 use std::ops::{Bound, ControlFlow};
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
-use shredkv_crypto::{FormatError, SubjectTag};
+use shredkv_crypto::{Anchor, FormatError, KeyProvider, SubjectTag};
 
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Location, Result};
@@ -248,10 +258,24 @@ impl AuditEntry {
     }
 }
 
+/// The hash an anchor holds for the stored entry `bytes` at `seq`: the
+/// entry's hash if it is intact (its stored hash is the one its fields
+/// give), else a hash of the raw bytes, which no anchor holds.
+pub(crate) fn entry_hash(seq: u64, bytes: &[u8]) -> [u8; 32] {
+    match AuditEntry::decode(seq, bytes) {
+        Ok(entry) if entry.computed_hash() == entry.hash => entry.hash,
+        _ => Sha256::digest(bytes).into(),
+    }
+}
+
+/// Meta key of the store's anchor generation (u64 big-endian; absent: 0).
+pub(crate) const ANCHOR_GENERATION: &[u8] = b"anchor_generation";
+
 #[derive(Debug)]
 struct Head {
     next_seq: u64,
     last_hash: [u8; 32],
+    generation: u64,
     /// A commit failed: its batch may have landed all the same (a sync can
     /// fail after the write did), so the head is read again from the store
     /// before the next append, which would otherwise overwrite that entry.
@@ -264,14 +288,78 @@ pub(crate) struct AuditLog {
     /// Held across the commit's storage write: one of `crate::sync`'s, so
     /// the loom model can interleave committers without blocking itself.
     head: crate::sync::Mutex<Head>,
+    /// The key provider whose anchor durable commits advance, if any.
+    anchor: Option<Arc<dyn KeyProvider>>,
+    /// Off while a restore replays (the backup's chain is behind the
+    /// anchor until the replay raises the generation).
+    anchoring: std::sync::atomic::AtomicBool,
 }
 
 impl AuditLog {
-    /// Reads the last entry to continue the chain.
+    /// Reads the last entry to continue the chain; nothing is anchored.
+    #[cfg(test)]
     pub(crate) fn open(storage: &dyn Storage) -> Result<Self> {
         Ok(Self {
             head: crate::sync::Mutex::new(read_head(storage)?),
+            anchor: None,
+            anchoring: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// [`AuditLog::open`], advancing `provider`'s anchor after every
+    /// durable commit (if it keeps one), from the start or (`anchoring`
+    /// false: a restore) from the replay on.
+    pub(crate) fn open_anchored(
+        storage: &dyn Storage,
+        provider: Arc<dyn KeyProvider>,
+        anchoring: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            head: crate::sync::Mutex::new(read_head(storage)?),
+            anchor: provider.keeps_anchor().then_some(provider),
+            anchoring: std::sync::atomic::AtomicBool::new(anchoring),
+        })
+    }
+
+    /// Where the chain ends: (anchor generation, last entry's sequence
+    /// number, its hash); entry 0 and zeros for an empty chain.
+    pub(crate) fn position(&self, storage: &dyn Storage) -> Result<Anchor> {
+        let mut head = crate::sync::lock(&self.head);
+        if head.stale {
+            *head = read_head(storage)?;
+        }
+        Ok(Anchor {
+            generation: head.generation,
+            seq: head.next_seq.saturating_sub(1),
+            head: head.last_hash,
+        })
+    }
+
+    /// [`AuditLog::commit`] of a restore's replay: the batch also raises the
+    /// store's anchor generation to `generation`, and the anchor follows.
+    pub(crate) fn commit_new_generation(
+        &self,
+        storage: &dyn Storage,
+        mut batch: WriteBatch,
+        entries: &[PendingEntry],
+        now: Timestamp,
+        generation: u64,
+    ) -> Result<()> {
+        batch.put(
+            Tree::Meta,
+            ANCHOR_GENERATION.to_vec(),
+            generation.to_be_bytes().to_vec(),
+        );
+        self.anchoring
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.commit_inner(
+            storage,
+            batch,
+            entries,
+            now,
+            Durability::Durable,
+            Some(generation),
+        )
     }
 
     /// Adds `entries` to `batch` and applies it, holding the chain's head so
@@ -279,10 +367,22 @@ impl AuditLog {
     pub(crate) fn commit(
         &self,
         storage: &dyn Storage,
+        batch: WriteBatch,
+        entries: &[PendingEntry],
+        now: Timestamp,
+        durability: Durability,
+    ) -> Result<()> {
+        self.commit_inner(storage, batch, entries, now, durability, None)
+    }
+
+    fn commit_inner(
+        &self,
+        storage: &dyn Storage,
         mut batch: WriteBatch,
         entries: &[PendingEntry],
         now: Timestamp,
         durability: Durability,
+        new_generation: Option<u64>,
     ) -> Result<()> {
         let mut head = crate::sync::lock(&self.head);
         if head.stale {
@@ -322,15 +422,43 @@ impl AuditLog {
         }
         head.next_seq = seq;
         head.last_hash = prev;
+        if let Some(generation) = new_generation {
+            head.generation = generation;
+        }
+        // Durable, so the anchor may vouch for it. Still under the head's
+        // lock: anchors advance in chain order. An unreachable provider
+        // must not fail an erasure that has landed (G1): the store is then
+        // ahead of its anchor until the next durable commit or open brings
+        // it level. An anchor ahead of this store is reported: another
+        // store (a restore) took over the key file.
+        if durability == Durability::Durable
+            && !entries.is_empty()
+            && self.anchoring.load(std::sync::atomic::Ordering::Acquire)
+            && let Some(provider) = &self.anchor
+        {
+            match provider.advance_anchor(&Anchor {
+                generation: head.generation,
+                seq: seq - 1,
+                head: prev,
+            }) {
+                Ok(()) | Err(shredkv_crypto::ProviderError::Unavailable { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
         Ok(())
     }
 }
 
 /// The head of the chain as stored: the entry after the last one.
 fn read_head(storage: &dyn Storage) -> Result<Head> {
+    let generation = storage
+        .get(Tree::Meta, ANCHOR_GENERATION)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
     let mut head = Head {
         next_seq: 1,
         last_hash: [0; 32],
+        generation,
         stale: false,
     };
     storage.scan(
@@ -350,6 +478,7 @@ fn read_head(storage: &dyn Storage) -> Result<Head> {
             head = Head {
                 next_seq: seq.saturating_add(1),
                 last_hash,
+                generation,
                 stale: false,
             };
             ControlFlow::Break(())

@@ -169,6 +169,20 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+    /// The store is behind the anchor its key provider keeps: its files were
+    /// rolled back (a copy or snapshot put back, damage that made the
+    /// backend drop its tail) or its audit chain was cut or rewritten.
+    /// Serving it could bring back what was erased since; it is refused.
+    StoreRolledBack {
+        /// The store directory.
+        path: PathBuf,
+        /// Where the store's audit chain ends: (generation, entry).
+        store: (u64, u64),
+        /// The position the key provider vouches for.
+        anchor: shredkv_crypto::Anchor,
+        /// What was found.
+        detail: String,
+    },
     /// The directory is a backup written by [`Db::backup`](crate::Db::backup),
     /// not a store: serving it would bring back what was erased since it
     /// was taken. Restore it instead (which replays the erasure log).
@@ -213,7 +227,10 @@ impl Error {
 
     /// Whether the error reports damaged or tampered stored data.
     pub fn is_integrity_failure(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::Tampered { .. })
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::Tampered { .. } | Error::StoreRolledBack { .. }
+        )
     }
 }
 
@@ -319,6 +336,22 @@ impl fmt::Display for Error {
                 f,
                 "store {} is an interrupted restore: the erasure log was not replayed, so it could serve erased data; delete it and run the restore again",
                 path.display()
+            ),
+            Error::StoreRolledBack {
+                path,
+                store,
+                anchor,
+                detail,
+            } => write!(
+                f,
+                "the store at {} is behind the anchor its key provider keeps ({detail}): its audit \
+                 chain ends at generation {} entry {}, the anchor is at {anchor}. Its files were \
+                 rolled back or damaged, and serving it could bring back what was erased since; \
+                 put the latest files back, or restore the latest backup (Db::restore, \
+                 `shredkv restore`), which replays the erasures made since",
+                path.display(),
+                store.0,
+                store.1
             ),
             Error::IsBackup { path, taken_at } => write!(
                 f,

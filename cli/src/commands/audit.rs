@@ -68,8 +68,37 @@ fn tail(global: &Global, n: usize) -> Result<Code> {
     Ok(Code::Ok)
 }
 
+/// The refusal of a store behind its anchor (its audit tail cut, an
+/// anchored entry rewritten, its files rolled back): `audit verify` reports
+/// it as a broken log rather than failing to open.
+fn behind_anchor(err: &anyhow::Error) -> Option<String> {
+    match err.downcast_ref::<shredkv::Error>() {
+        Some(e @ shredkv::Error::StoreRolledBack { .. }) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
 fn verify(global: &Global) -> Result<Code> {
-    let db = global.open()?;
+    let db = match global.open() {
+        Ok(db) => db,
+        Err(err) => {
+            let Some(why) = behind_anchor(&err) else {
+                return Err(err);
+            };
+            if global.json {
+                output::print_json(&json!({
+                    "intact": false,
+                    "entries": null,
+                    "head": null,
+                    "first_break": why,
+                    "breaks": [why],
+                }))?;
+            } else {
+                println!("BROKEN: {why}");
+            }
+            return Ok(Code::Integrity);
+        }
+    };
     let report = db.verify_audit()?;
     let first = report.breaks.first().map(ToString::to_string);
     if global.json {

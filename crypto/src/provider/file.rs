@@ -3,7 +3,7 @@
 //! ```text
 //! header, 32 bytes
 //!   0   8  magic "SHKVKEYS"
-//!   8   1  format version (1)
+//!   8   1  format version (2; 1 is read, without anchor blocks)
 //!   9   1  reserved, zero
 //!  10   2  slot count              u16 big-endian
 //!  12   4  next epoch id           u32 big-endian
@@ -16,7 +16,21 @@
 //!   8  32  epoch key (all zero unless live)
 //!  40   4  reserved, zero
 //!  44   4  CRC32 of bytes 0..44    u32 big-endian
+//! anchor blocks A and B after the slots (version 2), 64 bytes each
+//!   0   8  generation              u64 big-endian
+//!   8   8  audit entry seq         u64 big-endian (0: no anchor yet)
+//!  16  32  audit entry hash
+//!  48  12  reserved, zero
+//!  60   4  CRC32 of bytes 0..60    u32 big-endian
 //! ```
+//!
+//! The anchor ([`Anchor`]) is written to the block that does not hold the
+//! newest position, then synced: a write torn by a crash damages only that
+//! block, and the other still holds the previous position. A version 1
+//! file (no blocks) is read as it is and upgraded on the first anchor: the
+//! two blocks are appended and synced, then the header says version 2 (a
+//! version 1 header followed by exactly two valid blocks is that upgrade,
+//! interrupted, and reads as version 2).
 //!
 //! Destroying an epoch overwrites its slot in place with zeros and the
 //! destroyed state, then syncs the file before returning. In-place overwrite
@@ -45,12 +59,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use zeroize::Zeroize;
 
-use super::{KeyProvider, ProviderError};
+use super::{Anchor, KeyProvider, ProviderError};
 use crate::keys::{DataKey, EpochId, EpochKey, KEY_LEN};
 use crate::wrap::{EpochCipher, WrapContext, WrappedKey};
 
 const MAGIC: &[u8; 8] = b"SHKVKEYS";
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 adds the anchor blocks; version 1 is still read.
+const FORMAT_VERSION: u8 = 2;
+const ANCHOR_LEN: usize = 64;
 const HEADER_LEN: usize = 32;
 const SLOT_LEN: usize = 48;
 /// Slots in a new key file: room for daily epochs over a 30-day purge window
@@ -69,6 +85,16 @@ struct Inner {
     slots: Vec<SlotState>,
     next_epoch: u32,
     live: BTreeMap<EpochId, EpochCipher>,
+    /// The anchor blocks, if the file has them (version 2).
+    anchor: Option<AnchorBlocks>,
+}
+
+/// What the anchor blocks hold: the newest valid position, and which block
+/// the next write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AnchorBlocks {
+    newest: Option<Anchor>,
+    next_block: usize,
 }
 
 /// Epoch keys in a file of fixed slots (see the module docs for the layout
@@ -134,13 +160,17 @@ impl FileKeyProvider {
         let file = options
             .open(&path)
             .map_err(|e| unavailable("create the key file", &path, e))?;
-        let mut bytes = vec![0u8; HEADER_LEN + SLOT_LEN * usize::from(slots)];
-        write_header(&mut bytes, slots, 1);
+        let anchors_at = HEADER_LEN + SLOT_LEN * usize::from(slots);
+        let mut bytes = vec![0u8; anchors_at + 2 * ANCHOR_LEN];
+        write_header(&mut bytes, FORMAT_VERSION, slots, 1);
         for i in 0..usize::from(slots) {
             let start = HEADER_LEN + SLOT_LEN * i;
             if let Some(slot) = bytes.get_mut(start..start + SLOT_LEN) {
                 encode_slot(slot, SlotState::Empty, None);
             }
+        }
+        for block in bytes[anchors_at..].chunks_exact_mut(ANCHOR_LEN) {
+            block.copy_from_slice(&encode_anchor(None));
         }
         write_at(&file, &bytes, 0).map_err(|e| unavailable("write the key file", &path, e))?;
         file.sync_all()
@@ -157,6 +187,10 @@ impl FileKeyProvider {
                 slots: vec![SlotState::Empty; usize::from(slots)],
                 next_epoch: 1,
                 live: BTreeMap::new(),
+                anchor: Some(AnchorBlocks {
+                    newest: None,
+                    next_block: 0,
+                }),
             }),
         })
     }
@@ -188,7 +222,7 @@ impl FileKeyProvider {
         }
         let _shared = FileLock::shared(&file, &path)?;
         let len = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
-        let max_len = HEADER_LEN + SLOT_LEN * usize::from(u16::MAX);
+        let max_len = HEADER_LEN + SLOT_LEN * usize::from(u16::MAX) + 2 * ANCHOR_LEN;
         if len > max_len {
             return Err(corrupt(
                 &path,
@@ -198,7 +232,12 @@ impl FileKeyProvider {
         let mut bytes = vec![0u8; len];
         read_at(&file, &mut bytes, 0).map_err(|e| unavailable("read the key file", &path, e))?;
         let parsed = parse(&bytes).map_err(|detail| corrupt(&path, detail));
-        let (slots, next_epoch, keys) = match parsed {
+        let Parsed {
+            slots,
+            next_epoch,
+            keys,
+            anchor,
+        } = match parsed {
             Ok(parsed) => parsed,
             Err(err) => {
                 bytes.zeroize();
@@ -217,6 +256,7 @@ impl FileKeyProvider {
                 slots,
                 next_epoch,
                 live,
+                anchor,
             }),
         })
     }
@@ -241,7 +281,12 @@ impl FileKeyProvider {
             .map_err(|e| unavailable("read the key file", &self.path, e))?;
         let parsed = parse(&bytes).map_err(|detail| corrupt(&self.path, detail));
         bytes.zeroize();
-        let (slots, next_epoch, keys) = parsed?;
+        let Parsed {
+            slots,
+            next_epoch,
+            keys,
+            anchor,
+        } = parsed?;
         let mut live = BTreeMap::new();
         for (epoch, key) in keys {
             let cipher = inner
@@ -253,6 +298,7 @@ impl FileKeyProvider {
         inner.slots = slots;
         inner.next_epoch = next_epoch;
         inner.live = live;
+        inner.anchor = anchor;
         Ok(lock)
     }
 
@@ -313,7 +359,7 @@ impl KeyProvider for FileKeyProvider {
         let key = EpochKey::generate();
         self.write_slot(&inner, index, SlotState::Live(epoch), Some(&key))?;
         let mut header = [0u8; HEADER_LEN];
-        write_header(&mut header, slots, next);
+        write_header(&mut header, inner.version(), slots, next);
         write_at(&inner.file, &header, 0)
             .map_err(|e| unavailable("write the key file header", &self.path, e))?;
         self.sync(&inner)?;
@@ -382,6 +428,148 @@ impl KeyProvider for FileKeyProvider {
     fn describe(&self) -> String {
         format!("file key provider at {}", self.path.display())
     }
+
+    fn keeps_anchor(&self) -> bool {
+        true
+    }
+
+    fn anchor(&self) -> Result<Option<Anchor>, ProviderError> {
+        let mut inner = self.lock();
+        let _file_lock = self.lock_and_reread(&mut inner)?;
+        Ok(inner.anchor.and_then(|a| a.newest))
+    }
+
+    fn advance_anchor(&self, anchor: &Anchor) -> Result<(), ProviderError> {
+        let mut inner = self.lock();
+        let _file_lock = self.lock_and_reread(&mut inner)?;
+        let blocks = inner.anchor.unwrap_or(AnchorBlocks {
+            newest: None,
+            next_block: 0,
+        });
+        if let Some(kept) = blocks.newest {
+            if anchor.position() < kept.position()
+                || (anchor.position() == kept.position() && anchor.head != kept.head)
+            {
+                return Err(ProviderError::AnchorRegression {
+                    kept,
+                    offered: *anchor,
+                });
+            }
+            if *anchor == kept {
+                return Ok(());
+            }
+        }
+        let slots = u16::try_from(inner.slots.len()).unwrap_or(u16::MAX);
+        let anchors_at = (HEADER_LEN + SLOT_LEN * inner.slots.len()) as u64;
+        let block = encode_anchor(Some(anchor));
+        if inner.anchor.is_none() {
+            // Upgrade from version 1: both blocks, then the header.
+            let mut both = [0u8; 2 * ANCHOR_LEN];
+            both[..ANCHOR_LEN].copy_from_slice(&block);
+            both[ANCHOR_LEN..].copy_from_slice(&encode_anchor(None));
+            write_at(&inner.file, &both, anchors_at)
+                .map_err(|e| unavailable("write the anchor", &self.path, e))?;
+            self.sync(&inner)?;
+            let mut header = [0u8; HEADER_LEN];
+            write_header(&mut header, FORMAT_VERSION, slots, inner.next_epoch);
+            write_at(&inner.file, &header, 0)
+                .map_err(|e| unavailable("write the key file header", &self.path, e))?;
+            self.sync(&inner)?;
+            inner.anchor = Some(AnchorBlocks {
+                newest: Some(*anchor),
+                next_block: 1,
+            });
+            return Ok(());
+        }
+        let offset = anchors_at + (blocks.next_block * ANCHOR_LEN) as u64;
+        write_at(&inner.file, &block, offset)
+            .map_err(|e| unavailable("write the anchor", &self.path, e))?;
+        self.sync(&inner)?;
+        inner.anchor = Some(AnchorBlocks {
+            newest: Some(*anchor),
+            next_block: 1 - blocks.next_block,
+        });
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// The format version the file's header says.
+    fn version(&self) -> u8 {
+        if self.anchor.is_some() {
+            FORMAT_VERSION
+        } else {
+            1
+        }
+    }
+}
+
+/// One anchor block (see the module docs); `None` is the empty one.
+fn encode_anchor(anchor: Option<&Anchor>) -> [u8; ANCHOR_LEN] {
+    let mut out = [0u8; ANCHOR_LEN];
+    if let Some(a) = anchor {
+        out[..8].copy_from_slice(&a.generation.to_be_bytes());
+        out[8..16].copy_from_slice(&a.seq.to_be_bytes());
+        out[16..48].copy_from_slice(&a.head);
+    }
+    let crc = crc32fast::hash(&out[..60]);
+    out[60..].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// One anchor block read back: `Err` if damaged, `Ok(None)` if empty.
+fn decode_anchor(block: &[u8]) -> Result<Option<Anchor>, ()> {
+    let stored = block
+        .get(60..64)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes);
+    let body = block.get(..60).ok_or(())?;
+    if stored != Some(crc32fast::hash(body)) || body[48..60].iter().any(|b| *b != 0) {
+        return Err(());
+    }
+    let u64_at = |at: usize| {
+        body.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    let (generation, seq) = (u64_at(0), u64_at(8));
+    if seq == 0 {
+        return Ok(None);
+    }
+    let mut head = [0u8; 32];
+    head.copy_from_slice(&body[16..48]);
+    Ok(Some(Anchor {
+        generation,
+        seq,
+        head,
+    }))
+}
+
+/// The two anchor blocks: the newest valid position, and the block to write
+/// next (the other one; a damaged one if there is one).
+fn parse_anchor_blocks(blocks: &[u8]) -> Result<AnchorBlocks, String> {
+    let a = decode_anchor(&blocks[..ANCHOR_LEN]);
+    let b = decode_anchor(&blocks[ANCHOR_LEN..]);
+    let position = |x: &Option<Anchor>| x.map(|a| a.position());
+    match (a, b) {
+        (Err(()), Err(())) => Err("both anchor blocks are damaged".into()),
+        (Ok(a), Err(())) => Ok(AnchorBlocks {
+            newest: a,
+            next_block: 1,
+        }),
+        (Err(()), Ok(b)) => Ok(AnchorBlocks {
+            newest: b,
+            next_block: 0,
+        }),
+        (Ok(a), Ok(b)) if position(&b) > position(&a) => Ok(AnchorBlocks {
+            newest: b,
+            next_block: 0,
+        }),
+        (Ok(a), Ok(_)) => Ok(AnchorBlocks {
+            newest: a,
+            next_block: 1,
+        }),
+    }
 }
 
 /// An advisory lock on the key file across processes, held until dropped.
@@ -442,10 +630,10 @@ fn corrupt(path: &Path, detail: String) -> ProviderError {
     }
 }
 
-fn write_header(out: &mut [u8], slots: u16, next_epoch: u32) {
+fn write_header(out: &mut [u8], version: u8, slots: u16, next_epoch: u32) {
     let mut header = [0u8; HEADER_LEN];
     header[..8].copy_from_slice(MAGIC);
-    header[8] = FORMAT_VERSION;
+    header[8] = version;
     header[10..12].copy_from_slice(&slots.to_be_bytes());
     header[12..16].copy_from_slice(&next_epoch.to_be_bytes());
     let crc = crc32fast::hash(&header[..28]);
@@ -475,7 +663,12 @@ fn encode_slot(out: &mut [u8], state: SlotState, key: Option<&EpochKey>) {
     slot.zeroize();
 }
 
-type Parsed = (Vec<SlotState>, u32, Vec<(EpochId, EpochKey)>);
+struct Parsed {
+    slots: Vec<SlotState>,
+    next_epoch: u32,
+    keys: Vec<(EpochId, EpochKey)>,
+    anchor: Option<AnchorBlocks>,
+}
 
 /// Checks and decodes a whole key file. Never panics; never writes.
 fn parse(bytes: &[u8]) -> Result<Parsed, String> {
@@ -495,10 +688,10 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             "header checksum mismatch (stored {stored:08x}, computed {computed:08x})"
         ));
     }
-    if header[8] != FORMAT_VERSION {
+    let version = header[8];
+    if version != FORMAT_VERSION && version != 1 {
         return Err(format!(
-            "format version {} is not supported by this build",
-            header[8]
+            "format version {version} is not supported by this build"
         ));
     }
     if header[9] != 0 || header[16..28].iter().any(|b| *b != 0) {
@@ -506,14 +699,29 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     }
     let slots = u16::from_be_bytes([header[10], header[11]]);
     let mut next_epoch = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
-    let expected_len = SLOT_LEN * usize::from(slots);
-    if body.len() != expected_len {
-        return Err(format!(
-            "truncated or extended: header declares {slots} slots ({} bytes), file has {}",
-            HEADER_LEN + expected_len,
-            bytes.len()
-        ));
-    }
+    let slots_len = SLOT_LEN * usize::from(slots);
+    // Version 1 has no anchor blocks, unless an upgrade was interrupted
+    // after appending them (then they must both be valid).
+    let with_blocks = slots_len + 2 * ANCHOR_LEN;
+    let anchor = match (version, body.len()) {
+        (1, len) if len == slots_len => None,
+        (_, len) if len == with_blocks => {
+            let blocks = parse_anchor_blocks(&body[slots_len..])?;
+            if version == 1 && decode_anchor(&body[slots_len..slots_len + ANCHOR_LEN]).is_err() {
+                return Err("an interrupted upgrade left a damaged anchor block".into());
+            }
+            Some(blocks)
+        }
+        _ => {
+            return Err(format!(
+                "truncated or extended: header declares {slots} slots and version {version} \
+                 ({} bytes), file has {}",
+                HEADER_LEN + if version == 1 { slots_len } else { with_blocks },
+                bytes.len()
+            ));
+        }
+    };
+    let body = &body[..slots_len];
     let mut states = Vec::with_capacity(usize::from(slots));
     let mut seen = BTreeSet::new();
     let mut keys = Vec::new();
@@ -552,7 +760,12 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         }
         states.push(state);
     }
-    Ok((states, next_epoch.max(1), keys))
+    Ok(Parsed {
+        slots: states,
+        next_epoch: next_epoch.max(1),
+        keys,
+        anchor,
+    })
 }
 
 #[cfg(unix)]
@@ -586,7 +799,7 @@ fn read_at(mut file: &File, bytes: &mut [u8], offset: u64) -> io::Result<()> {
 /// # Errors
 /// A sentence saying what is wrong with the bytes.
 pub(crate) fn check_key_file_bytes(bytes: &[u8]) -> Result<usize, String> {
-    parse(bytes).map(|(_, _, keys)| keys.len())
+    parse(bytes).map(|parsed| parsed.keys.len())
 }
 
 #[cfg(test)]
@@ -693,12 +906,31 @@ mod tests {
         p.create_epoch().expect("epoch");
         let e = p.create_epoch().expect("epoch");
         p.destroy_epoch(e).expect("destroy");
+        let (first, second) = (anchor_at(1, 5), anchor_at(1, 9));
+        p.advance_anchor(&first).expect("anchor");
+        p.advance_anchor(&second).expect("anchor");
         drop(p);
         let good = std::fs::read(&path).expect("read");
+        let anchors_at = good.len() - 2 * ANCHOR_LEN;
         for i in 0..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0x01;
             std::fs::write(&path, &bad).expect("write");
+            if i >= anchors_at {
+                // One damaged anchor block is what a torn write leaves: the
+                // other one holds its position (the newer, or the one before).
+                let opened = FileKeyProvider::open(&path)
+                    .unwrap_or_else(|err| panic!("flip at anchor byte {i}: {err}"));
+                let anchor = opened.anchor().expect("anchor");
+                let block = (i - anchors_at) / ANCHOR_LEN;
+                let at = anchors_at + block * ANCHOR_LEN;
+                let damaged_newest = decode_anchor(&good[at..at + ANCHOR_LEN]) == Ok(Some(second));
+                let expected = if damaged_newest { first } else { second };
+                assert_eq!(anchor, Some(expected), "flip at byte {i}");
+                drop(opened);
+                std::fs::write(&path, &good).expect("restore");
+                continue;
+            }
             match FileKeyProvider::open(&path) {
                 Err(ProviderError::Corrupt { detail, .. }) => assert!(!detail.is_empty()),
                 other => panic!("flip at byte {i} gave {other:?}"),
@@ -709,6 +941,142 @@ mod tests {
                 "open altered a corrupt file"
             );
         }
+    }
+
+    fn anchor_at(generation: u64, seq: u64) -> Anchor {
+        let mut head = [0u8; 32];
+        head[..8].copy_from_slice(&seq.to_be_bytes());
+        Anchor {
+            generation,
+            seq,
+            head,
+        }
+    }
+
+    /// The anchor only moves forward, survives a reopen, and a write torn
+    /// in either block leaves the position before it.
+    #[test]
+    fn the_anchor_moves_forward_only_and_survives_a_torn_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        let p = provider(&dir);
+        assert!(p.keeps_anchor());
+        assert_eq!(p.anchor().expect("anchor"), None);
+        let mut last = None;
+        for (generation, seq) in [(0, 1), (0, 7), (1, 3), (1, 4), (1, 9)] {
+            let a = anchor_at(generation, seq);
+            p.advance_anchor(&a).expect("advance");
+            p.advance_anchor(&a)
+                .expect("the same position again is no change");
+            let before = std::fs::read(&path).expect("read");
+            // Behind, or the same position with another hash: refused.
+            for behind in [anchor_at(generation, seq - 1), anchor_at(0, 0)] {
+                if behind.seq == 0 {
+                    continue;
+                }
+                assert!(matches!(
+                    p.advance_anchor(&behind),
+                    Err(ProviderError::AnchorRegression { kept, .. }) if kept == a
+                ));
+            }
+            let mut rewritten = a;
+            rewritten.head[31] ^= 1;
+            assert!(p.advance_anchor(&rewritten).is_err());
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                before,
+                "refusals write nothing"
+            );
+            assert_eq!(
+                FileKeyProvider::open(&path)
+                    .expect("reopen")
+                    .anchor()
+                    .expect("anchor"),
+                Some(a)
+            );
+            // A torn write of the newest block: the previous position.
+            let good = std::fs::read(&path).expect("read");
+            let anchors_at = good.len() - 2 * ANCHOR_LEN;
+            let newest_block = (0..2)
+                .find(|b| {
+                    let at = anchors_at + b * ANCHOR_LEN;
+                    decode_anchor(&good[at..at + ANCHOR_LEN]) == Ok(Some(a))
+                })
+                .expect("a block holds the newest");
+            let mut torn = good.clone();
+            let at = anchors_at + newest_block * ANCHOR_LEN;
+            torn[at..at + ANCHOR_LEN / 2].fill(0);
+            std::fs::write(&path, &torn).expect("tear");
+            assert_eq!(
+                FileKeyProvider::open(&path)
+                    .expect("opens")
+                    .anchor()
+                    .expect("anchor"),
+                last,
+                "the position before the torn write"
+            );
+            std::fs::write(&path, &good).expect("put back");
+            last = Some(a);
+        }
+        // Both blocks damaged: refused, named.
+        let mut bad = std::fs::read(&path).expect("read");
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        bad[n - 1 - ANCHOR_LEN] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        let err = FileKeyProvider::open(&path).expect_err("both damaged");
+        assert!(err.to_string().contains("both anchor blocks"), "{err}");
+    }
+
+    /// A version 1 file opens without an anchor; the first anchor upgrades
+    /// it in place, and an upgrade interrupted after the blocks were
+    /// appended reads as done.
+    #[test]
+    fn a_version_1_key_file_is_upgraded_by_its_first_anchor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        let p = provider(&dir);
+        let epoch = p.create_epoch().expect("epoch");
+        let wrapped = p
+            .wrap(epoch, &WrapContext::StoreSecret, &DataKey::generate())
+            .expect("wrap");
+        drop(p);
+        let v2 = std::fs::read(&path).expect("read");
+        let mut v1 = v2[..v2.len() - 2 * ANCHOR_LEN].to_vec();
+        v1[8] = 1;
+        let crc = crc32fast::hash(&v1[..28]);
+        v1[28..32].copy_from_slice(&crc.to_be_bytes());
+        std::fs::write(&path, &v1).expect("write v1");
+        let p = FileKeyProvider::open(&path).expect("v1 opens");
+        assert_eq!(p.anchor().expect("anchor"), None);
+        p.unwrap(&WrapContext::StoreSecret, &wrapped)
+            .expect("keys intact");
+        let a = anchor_at(0, 3);
+        p.advance_anchor(&a).expect("upgrade");
+        let upgraded = std::fs::read(&path).expect("read");
+        assert_eq!(upgraded.len(), v2.len());
+        assert_eq!(upgraded[8], FORMAT_VERSION);
+        let reopened = FileKeyProvider::open(&path).expect("v2 opens");
+        assert_eq!(reopened.anchor().expect("anchor"), Some(a));
+        reopened
+            .unwrap(&WrapContext::StoreSecret, &wrapped)
+            .expect("keys intact");
+        // Interrupted: blocks appended, header still version 1.
+        let mut interrupted = upgraded.clone();
+        interrupted[..HEADER_LEN].copy_from_slice(&v1[..HEADER_LEN]);
+        std::fs::write(&path, &interrupted).expect("write");
+        let p = FileKeyProvider::open(&path).expect("opens");
+        assert_eq!(p.anchor().expect("anchor"), Some(a));
+        p.create_epoch()
+            .expect("a change after it writes a consistent file");
+        drop(p);
+        assert_eq!(
+            FileKeyProvider::open(&path)
+                .expect("opens")
+                .anchor()
+                .expect("anchor"),
+            Some(a)
+        );
     }
 
     #[test]
@@ -739,7 +1107,7 @@ mod tests {
     /// (state code, epoch id); checksums are correct.
     fn key_file_bytes(slots: u16, slot: impl Fn(usize) -> (u8, u32)) -> Vec<u8> {
         let mut bytes = vec![0u8; HEADER_LEN + SLOT_LEN * usize::from(slots)];
-        write_header(&mut bytes, slots, 1);
+        write_header(&mut bytes, 1, slots, 1);
         for (i, chunk) in bytes[HEADER_LEN..].chunks_exact_mut(SLOT_LEN).enumerate() {
             let (code, epoch) = slot(i);
             chunk[0] = code;

@@ -68,6 +68,33 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// A short description for reports and certificates (kind and location),
     /// free of secrets.
     fn describe(&self) -> String;
+
+    /// Whether this provider keeps an [`Anchor`]. One that does not (the
+    /// default) gives the store no protection against being rolled back.
+    fn keeps_anchor(&self) -> bool {
+        false
+    }
+
+    /// The store's anchor as last advanced, or `None` if it never was (or
+    /// the provider keeps none).
+    ///
+    /// # Errors
+    /// The provider failing.
+    fn anchor(&self) -> Result<Option<Anchor>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Moves the anchor forward to `anchor`, durably; the same position
+    /// again changes nothing. A provider without an anchor ignores it.
+    ///
+    /// # Errors
+    /// [`ProviderError::AnchorRegression`] if `anchor` is behind the one
+    /// kept (another store took over the key file: a restore); the
+    /// provider failing.
+    fn advance_anchor(&self, anchor: &Anchor) -> Result<(), ProviderError> {
+        let _ = anchor;
+        Ok(())
+    }
 }
 
 /// What went wrong in a key provider.
@@ -120,6 +147,15 @@ pub enum ProviderError {
     Authentication,
     /// A wrapped key's bytes are malformed.
     WrappedKeyFormat(FormatError),
+    /// An anchor behind the one the provider keeps: the key file has moved
+    /// on with another store (a restore took over), or this store is an
+    /// older copy.
+    AnchorRegression {
+        /// The position kept.
+        kept: Anchor,
+        /// The position refused.
+        offered: Anchor,
+    },
 }
 
 impl fmt::Display for ProviderError {
@@ -158,6 +194,12 @@ impl fmt::Display for ProviderError {
                 "a wrapped key failed authentication: it was altered or does not belong to this entry",
             ),
             Self::WrappedKeyFormat(err) => write!(f, "{err}"),
+            Self::AnchorRegression { kept, offered } => write!(
+                f,
+                "the key provider's anchor is at {kept}, ahead of this store's {offered}: another \
+                 store (a restore) has taken over this key file, or this store is an older copy; \
+                 serve the store that took over"
+            ),
         }
     }
 }
@@ -169,5 +211,41 @@ impl std::error::Error for ProviderError {
             Self::WrappedKeyFormat(err) => Some(err),
             _ => None,
         }
+    }
+}
+
+/// The latest state of a store the key provider vouches for: the position
+/// of the last durable entry of the store's audit chain. A store found
+/// behind it (rolled back, or an older copy) is refused; one ahead of it
+/// (a crash between the store's commit and the anchor's) is brought level.
+///
+/// Positions order by `generation` (raised by every restore, which starts
+/// a store over from a backup), then `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// Restores since the store was created.
+    pub generation: u64,
+    /// The sequence number of the last anchored audit entry.
+    pub seq: u64,
+    /// That entry's hash.
+    pub head: [u8; 32],
+}
+
+impl Anchor {
+    /// The position, for ordering: (generation, seq).
+    pub fn position(&self) -> (u64, u64) {
+        (self.generation, self.seq)
+    }
+}
+
+impl fmt::Display for Anchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "generation {} audit entry {} ({})",
+            self.generation,
+            self.seq,
+            crate::hex::encode(&self.head[..6])
+        )
     }
 }

@@ -979,12 +979,21 @@ impl Db {
             ));
             report.lost.push(scope);
         }
-        inner.audit.commit(
+        // The restored store takes over the key file: a generation above
+        // both the backup's and the anchor's, so the old store (and any
+        // older copy) is behind the anchor from now on.
+        let generation = inner
+            .audit
+            .position(inner.storage.as_ref())?
+            .generation
+            .max(inner.vault.provider().anchor()?.map_or(0, |a| a.generation))
+            .saturating_add(1);
+        inner.audit.commit_new_generation(
             inner.storage.as_ref(),
             batch,
             &entries,
             now,
-            Durability::Durable,
+            generation,
         )?;
         for tag in touched {
             inner.vault.evict_subject(&tag, None);

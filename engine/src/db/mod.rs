@@ -1,5 +1,6 @@
 //! The store handle: opening, subjects, and the shared state of operations.
 
+mod anchor;
 mod backup;
 mod certificate;
 mod decisions;
@@ -316,7 +317,8 @@ impl Db {
             None => Policy::default_policy()?,
         };
         let now = config.clock.now();
-        let audit = AuditLog::open(storage.as_ref())?;
+        // A restore anchors from its replay on (the backup's chain is behind).
+        let audit = AuditLog::open_anchored(storage.as_ref(), Arc::clone(&provider), !restoring)?;
 
         let (store_id, secret, epoch) = match meta_get(storage.as_ref(), meta::FORMAT)? {
             None => initialize(storage.as_ref(), provider.as_ref(), &audit, &policy, now)?,
@@ -328,7 +330,11 @@ impl Db {
                 if !restoring {
                     backup::refuse_unservable(storage.as_ref(), &path)?;
                 }
-                load_identity(storage.as_ref(), provider.as_ref(), &path)?
+                let identity = load_identity(storage.as_ref(), provider.as_ref(), &path)?;
+                if !restoring {
+                    anchor::check(storage.as_ref(), &audit, provider.as_ref(), &path)?;
+                }
+                identity
             }
         };
 

@@ -720,3 +720,76 @@ fn a_backup_directory_is_owner_only() {
         assert_eq!(mode, 0o700, "{name}: {mode:o}");
     }
 }
+
+/// The anchor check at open: a cut audit tail or a rewritten anchored entry
+/// is refused; a store ahead of its anchor (a crash between the store's
+/// commit and the anchor's) is brought level.
+#[test]
+fn the_anchor_check_refuses_a_cut_or_rewritten_chain_and_levels_a_store_ahead() {
+    use crate::audit::{AuditEvent, AuditLog, PendingEntry};
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"m", b"v").expect("put");
+    db.shred("a", Classes::All).expect("shred");
+    let storage = db.inner.storage.as_ref();
+    let provider = Arc::clone(db.inner.vault.provider());
+    let check = || {
+        let audit = AuditLog::open_anchored(storage, Arc::clone(&provider), true)?;
+        super::anchor::check(storage, &audit, provider.as_ref(), dir.path())
+    };
+    check().expect("level with its anchor");
+    let kept = provider.anchor().expect("anchor").expect("set");
+    let key = kept.seq.to_be_bytes();
+    let last = storage.get(Tree::Audit, &key).expect("get").expect("entry");
+    let refused = |what: &str| match check() {
+        Err(Error::StoreRolledBack { detail, .. }) => detail,
+        other => panic!("{what}: expected StoreRolledBack, got {other:?}"),
+    };
+
+    let mut cut = WriteBatch::new();
+    cut.remove(Tree::Audit, key.to_vec());
+    storage.apply(&cut, Durability::Durable).expect("cut");
+    assert!(refused("tail cut").contains("1 durable audit entries are missing"));
+
+    let previous = storage
+        .get(Tree::Audit, &(kept.seq - 1).to_be_bytes())
+        .expect("get")
+        .expect("entry");
+    let mut rewrite = WriteBatch::new();
+    rewrite.put(Tree::Audit, key.to_vec(), previous);
+    storage
+        .apply(&rewrite, Durability::Durable)
+        .expect("rewrite");
+    assert!(refused("rewritten").contains("is not the one anchored"));
+
+    let mut put_back = WriteBatch::new();
+    put_back.put(Tree::Audit, key.to_vec(), last);
+    storage
+        .apply(&put_back, Durability::Durable)
+        .expect("put back");
+    check().expect("intact again");
+
+    // Ahead: a durable entry the anchor did not follow.
+    AuditLog::open(storage)
+        .expect("open")
+        .commit(
+            storage,
+            WriteBatch::new(),
+            &[PendingEntry::new(AuditEvent::HoldPlaced, None, None, "x")],
+            crate::Clock::now(&clock),
+            Durability::Durable,
+        )
+        .expect("commit");
+    assert_eq!(
+        provider.anchor().expect("anchor"),
+        Some(kept),
+        "not followed"
+    );
+    check().expect("ahead is brought level");
+    let level = provider.anchor().expect("anchor").expect("set");
+    assert_eq!(
+        (level.generation, level.seq),
+        (kept.generation, kept.seq + 1)
+    );
+}

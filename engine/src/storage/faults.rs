@@ -71,6 +71,8 @@ pub enum ProviderCall {
     Unwrap,
     /// `destroy_epoch`.
     DestroyEpoch,
+    /// `advance_anchor`.
+    AdvanceAnchor,
 }
 
 impl ProviderCall {
@@ -81,6 +83,7 @@ impl ProviderCall {
             ProviderCall::Wrap => "wrap a key",
             ProviderCall::Unwrap => "unwrap a key",
             ProviderCall::DestroyEpoch => "destroy an epoch",
+            ProviderCall::AdvanceAnchor => "advance the anchor",
         }
     }
 }
@@ -556,6 +559,19 @@ impl KeyProvider for FaultyProvider {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    fn keeps_anchor(&self) -> bool {
+        self.inner.keeps_anchor()
+    }
+
+    fn anchor(&self) -> Result<Option<shredkv_crypto::Anchor>, ProviderError> {
+        self.inner.anchor()
+    }
+
+    fn advance_anchor(&self, anchor: &shredkv_crypto::Anchor) -> Result<(), ProviderError> {
+        self.check(ProviderCall::AdvanceAnchor)?;
+        self.inner.advance_anchor(anchor)
     }
 }
 

@@ -311,7 +311,10 @@ fn remove_torn_conf(path: &Path) -> Result<bool, StorageError> {
     let Some((text, crc)) = bytes.split_last_chunk::<4>() else {
         return Ok(false);
     };
-    #[allow(clippy::little_endian_bytes, reason = "sled writes this CRC little-endian")]
+    #[allow(
+        clippy::little_endian_bytes,
+        reason = "sled writes this CRC little-endian"
+    )]
     let stored = u32::from_le_bytes(*crc);
     if bytes.len() <= 8 || crc32fast::hash(text) == stored {
         return Ok(false);

@@ -8,12 +8,14 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use shredkv_crypto::{
-    DataKey, EpochCipher, EpochId, EpochKey, KeyProvider, ProviderError, WrapContext, WrappedKey,
+    Anchor, DataKey, EpochCipher, EpochId, EpochKey, KeyProvider, ProviderError, WrapContext,
+    WrappedKey,
 };
 
 struct Epochs {
     next: u32,
     live: BTreeMap<EpochId, EpochCipher>,
+    anchor: Option<Anchor>,
 }
 
 /// Epoch keys in memory, with the file provider's semantics: ids increase
@@ -42,6 +44,7 @@ impl MemoryKeyProvider {
             epochs: Mutex::new(Epochs {
                 next: 1,
                 live: BTreeMap::new(),
+                anchor: None,
             }),
         }
     }
@@ -112,6 +115,29 @@ impl KeyProvider for MemoryKeyProvider {
 
     fn describe(&self) -> String {
         "in-memory key provider (tests only: nothing is durable)".into()
+    }
+
+    fn keeps_anchor(&self) -> bool {
+        true
+    }
+
+    fn anchor(&self) -> Result<Option<Anchor>, ProviderError> {
+        Ok(self.lock().anchor)
+    }
+
+    fn advance_anchor(&self, anchor: &Anchor) -> Result<(), ProviderError> {
+        let mut epochs = self.lock();
+        if let Some(kept) = epochs.anchor
+            && (anchor.position() < kept.position()
+                || (anchor.position() == kept.position() && anchor.head != kept.head))
+        {
+            return Err(ProviderError::AnchorRegression {
+                kept,
+                offered: *anchor,
+            });
+        }
+        epochs.anchor = Some(*anchor);
+        Ok(())
     }
 }
 
