@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use shredkv::{Backend, Classes, Config, Db, ErasureSource, Error};
 use shredkv_crypto::{FileKeyProvider, KeyProvider};
-use shredkv_tests::{BACKENDS, test_clock, test_policy};
+use shredkv_tests::{BACKENDS, Rng, test_clock, test_policy};
 
 struct Layout {
     _root: tempfile::TempDir,
@@ -137,8 +137,8 @@ fn a_store_directory_copied_back_after_a_shred_is_refused() {
     }
 }
 
-/// The issue's reproduction: zeroed bytes near the end of the backend's
-/// written data after a shred. Each trial must end in a refusal (the
+/// The issue's reproduction: 64 zeroed (even trials) or random (odd
+/// trials) bytes near the end of the backend's written data after a shred. Each trial must end in a refusal (the
 /// anchor, or the backend's own checks) or a store where the shred stands.
 #[test]
 fn damage_at_the_end_of_the_files_after_a_shred_never_resurrects() {
@@ -167,7 +167,15 @@ fn damage_at_the_end_of_the_files_after_a_shred_never_resurrects() {
             replace_dir(&layout.store, &shredded);
             let mut damaged = bytes.clone();
             let stop = (offset + 64).min(damaged.len());
-            damaged[offset..stop].fill(0);
+            if trial % 2 == 0 {
+                damaged[offset..stop].fill(0);
+            } else {
+                // Random bytes: the damage that made sled panic in its open.
+                let mut rng = Rng::new(u64::try_from(trial).unwrap_or(u64::MAX));
+                for b in &mut damaged[offset..stop] {
+                    *b = rng.next_u64().to_be_bytes()[0];
+                }
+            }
             fs::write(layout.store.join(&data_file), &damaged).expect("damage");
             match layout.open() {
                 Err(err) => {
@@ -185,7 +193,7 @@ fn damage_at_the_end_of_the_files_after_a_shred_never_resurrects() {
                     assert!(
                         state == Some(shredkv::SubjectState::Erased)
                             && read.as_ref().is_err_and(Error::is_erased),
-                        "{backend}, trial {trial}, 64 zero bytes at {offset} of {end}: the shred \
+                        "{backend}, trial {trial}, 64 damaged bytes at {offset} of {end}: the shred \
                          was undone (state {state:?}, read {read:?})"
                     );
                     standing += 1;
