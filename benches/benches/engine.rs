@@ -1,6 +1,8 @@
 //! Engine workloads, every peer side by side in one criterion group each:
 //! put (one record), get (random), scan (one subject), mixed 50/50
-//! get/update, and erasure of one subject until durable.
+//! get/update, and erasure of one subject until durable; and what the
+//! anchor adds to a shred (`engine-shred-anchor`: the same shred on redb
+//! with the file provider's anchor, and with a provider that keeps none).
 //!
 //! Full run: `cargo bench -p shredkv-benches --bench engine` (1M records of
 //! 100 B in 10k subjects). CI: `SHREDKV_BENCH_QUICK=1` or criterion's
@@ -172,6 +174,94 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
     group.finish();
 }
 
+/// The file key provider without its anchor: the baseline of
+/// `engine-shred-anchor`.
+#[derive(Debug)]
+struct Unanchored(shredkv_crypto::FileKeyProvider);
+
+impl shredkv_crypto::KeyProvider for Unanchored {
+    fn create_epoch(&self) -> Result<shredkv_crypto::EpochId, shredkv_crypto::ProviderError> {
+        self.0.create_epoch()
+    }
+    fn live_epochs(&self) -> Result<Vec<shredkv_crypto::EpochId>, shredkv_crypto::ProviderError> {
+        self.0.live_epochs()
+    }
+    fn wrap(
+        &self,
+        epoch: shredkv_crypto::EpochId,
+        context: &shredkv_crypto::WrapContext,
+        key: &shredkv_crypto::DataKey,
+    ) -> Result<shredkv_crypto::WrappedKey, shredkv_crypto::ProviderError> {
+        self.0.wrap(epoch, context, key)
+    }
+    fn unwrap(
+        &self,
+        context: &shredkv_crypto::WrapContext,
+        wrapped: &shredkv_crypto::WrappedKey,
+    ) -> Result<shredkv_crypto::DataKey, shredkv_crypto::ProviderError> {
+        self.0.unwrap(context, wrapped)
+    }
+    fn destroy_epoch(
+        &self,
+        epoch: shredkv_crypto::EpochId,
+    ) -> Result<(), shredkv_crypto::ProviderError> {
+        self.0.destroy_epoch(epoch)
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+/// A shred of a 100-record subject on redb, with and without the anchor
+/// (one more fsync'd write, of the key file, per durable commit).
+fn shred_anchor(c: &mut Criterion) {
+    use std::sync::Arc;
+    let mut group = c.benchmark_group("engine-shred-anchor");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    for anchored in [true, false] {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = dir.path().join("keys");
+        let mut config = shredkv::Config::new(dir.path().join("store"))
+            .backend(shredkv::Backend::Redb)
+            .key_file(&keys)
+            .flush_every(None)
+            .maintenance_every(None);
+        if !anchored {
+            let provider = shredkv_crypto::FileKeyProvider::open_or_create(&keys).expect("keys");
+            config = config.key_provider(Arc::new(Unanchored(provider)));
+        }
+        let db = shredkv::Db::open(config).expect("open");
+        let name = if anchored { "anchored" } else { "unanchored" };
+        let mut next = 0u64;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    next += 1;
+                    let subject = format!("s{next}");
+                    db.register_account(&subject).expect("register");
+                    let mut batch = shredkv::Batch::new();
+                    for r in 0..100u32 {
+                        batch.put(
+                            &subject,
+                            "message_content",
+                            &r.to_be_bytes(),
+                            &value(u64::from(r)),
+                        );
+                    }
+                    db.apply(batch).expect("apply");
+                    db.flush().expect("flush");
+                    let start = Instant::now();
+                    db.shred(&subject, shredkv::Classes::All).expect("shred");
+                    total += start.elapsed();
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let sizes = Sizes::for_criterion();
     let mut c = Criterion::default();
@@ -198,5 +288,6 @@ fn main() {
     scan(&mut c, &mut fixtures);
     mixed(&mut c, &mut fixtures);
     erase(&mut c, &mut fixtures);
+    shred_anchor(&mut c);
     c.final_summary();
 }
