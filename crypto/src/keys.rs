@@ -62,6 +62,18 @@ secret_key!(
     StoreSecret
 );
 
+impl StoreSecret {
+    /// The store secret a key provider unwrapped (as a [`DataKey`]), moved
+    /// over without a copy of its bytes outside the two zeroizing owners
+    /// (`StoreSecret::from_bytes(*key.expose_secret())` leaves one on the
+    /// stack).
+    pub fn from_unwrapped(key: DataKey) -> Self {
+        let mut secret = Self([0; KEY_LEN]);
+        secret.0.copy_from_slice(key.expose_secret());
+        secret
+    }
+}
+
 /// Names an epoch of a key provider. Epoch ids increase and are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EpochId(pub u32);

@@ -84,7 +84,9 @@ struct Inner {
     file: File,
     slots: Vec<SlotState>,
     next_epoch: u32,
-    live: BTreeMap<EpochId, EpochCipher>,
+    /// Boxed: a B-tree moves its values between nodes as it grows, which
+    /// would leave copies of the key schedules behind.
+    live: BTreeMap<EpochId, Box<EpochCipher>>,
     /// The anchor blocks, if the file has them (version 2).
     anchor: Option<AnchorBlocks>,
 }
@@ -247,7 +249,7 @@ impl FileKeyProvider {
         bytes.zeroize();
         let live = keys
             .into_iter()
-            .map(|(epoch, key)| (epoch, EpochCipher::new(epoch, &key)))
+            .map(|(epoch, key)| (epoch, Box::new(EpochCipher::new(epoch, &key))))
             .collect();
         Ok(Self {
             path,
@@ -292,7 +294,7 @@ impl FileKeyProvider {
             let cipher = inner
                 .live
                 .remove(&epoch)
-                .unwrap_or_else(|| EpochCipher::new(epoch, &key));
+                .unwrap_or_else(|| Box::new(EpochCipher::new(epoch, &key)));
             live.insert(epoch, cipher);
         }
         inner.slots = slots;
@@ -367,7 +369,9 @@ impl KeyProvider for FileKeyProvider {
         if let Some(slot) = inner.slots.get_mut(index) {
             *slot = SlotState::Live(epoch);
         }
-        inner.live.insert(epoch, EpochCipher::new(epoch, &key));
+        inner
+            .live
+            .insert(epoch, Box::new(EpochCipher::new(epoch, &key)));
         Ok(epoch)
     }
 
@@ -724,7 +728,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let body = &body[..slots_len];
     let mut states = Vec::with_capacity(usize::from(slots));
     let mut seen = BTreeSet::new();
-    let mut keys = Vec::new();
+    // Sized up front: a growing Vec would leave copies of the keys it moved
+    // in freed memory.
+    let mut keys = Vec::with_capacity(usize::from(slots));
     for (i, slot) in body.chunks_exact(SLOT_LEN).enumerate() {
         let stored = u32::from_be_bytes([slot[44], slot[45], slot[46], slot[47]]);
         let computed = crc32fast::hash(&slot[..44]);

@@ -851,11 +851,7 @@ fn initialize(
         format!("format {STORE_FORMAT}, {epoch}"),
     );
     audit.commit(storage, batch, &[entry], now, Durability::Durable)?;
-    Ok((
-        store_id,
-        StoreSecret::from_bytes(*secret.expose_secret()),
-        epoch,
-    ))
+    Ok((store_id, StoreSecret::from_unwrapped(secret), epoch))
 }
 
 fn load_identity(
@@ -894,11 +890,7 @@ fn load_identity(
         }
         Err(other) => return Err(other.into()),
     };
-    Ok((
-        store_id,
-        StoreSecret::from_bytes(*secret.expose_secret()),
-        epoch,
-    ))
+    Ok((store_id, StoreSecret::from_unwrapped(secret), epoch))
 }
 
 /// Classes the store numbered that the policy no longer names (and does not

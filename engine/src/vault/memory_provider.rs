@@ -14,7 +14,8 @@ use shredkv_crypto::{
 
 struct Epochs {
     next: u32,
-    live: BTreeMap<EpochId, EpochCipher>,
+    /// Boxed, as in the file provider: B-tree nodes move their values.
+    live: BTreeMap<EpochId, Box<EpochCipher>>,
     anchor: Option<Anchor>,
 }
 
@@ -67,9 +68,10 @@ impl KeyProvider for MemoryKeyProvider {
         let mut epochs = self.lock();
         let epoch = EpochId(epochs.next);
         epochs.next = epochs.next.saturating_add(1);
-        epochs
-            .live
-            .insert(epoch, EpochCipher::new(epoch, &EpochKey::generate()));
+        epochs.live.insert(
+            epoch,
+            Box::new(EpochCipher::new(epoch, &EpochKey::generate())),
+        );
         Ok(epoch)
     }
 
