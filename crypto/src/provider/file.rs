@@ -583,22 +583,22 @@ struct FileLock(File);
 
 impl FileLock {
     fn exclusive(file: &File, path: &Path) -> Result<Self, ProviderError> {
-        let handle = file
-            .try_clone()
-            .map_err(|e| unavailable("lock the key file", path, e))?;
-        handle
-            .lock()
-            .map_err(|e| unavailable("lock the key file", path, e))?;
-        Ok(Self(handle))
+        Self::take(file, path, File::lock)
     }
 
     fn shared(file: &File, path: &Path) -> Result<Self, ProviderError> {
+        Self::take(file, path, File::lock_shared)
+    }
+
+    fn take(
+        file: &File,
+        path: &Path,
+        lock: fn(&File) -> io::Result<()>,
+    ) -> Result<Self, ProviderError> {
         let handle = file
             .try_clone()
             .map_err(|e| unavailable("lock the key file", path, e))?;
-        handle
-            .lock_shared()
-            .map_err(|e| unavailable("lock the key file", path, e))?;
+        lock(&handle).map_err(|e| unavailable("lock the key file", path, e))?;
         Ok(Self(handle))
     }
 }
