@@ -234,6 +234,15 @@ fn refusal(e: &Error) -> Refusal {
 
 /// Reads every tree of a closed store directory straight from its backend
 /// files onto the tape (backups are bytes an attacker may hold too).
+/// Removes a directory when dropped (a probed backup).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn tape_directory(tape: &Tape, dir: &Path, backend: Backend) -> Result<u64, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let trees = [
@@ -1958,7 +1967,13 @@ impl Sim {
             Ok((db, report)) => {
                 drop(db);
                 self.db = None;
-                self.live = target.clone();
+                // The retired store and the backup are not opened again, and
+                // the tape holds every byte they ever held: their files go,
+                // so that simulated decades fit on a disk (sled's never
+                // shrink).
+                let retired = std::mem::replace(&mut self.live, target.clone());
+                let _ = std::fs::remove_dir_all(&retired);
+                let _ = std::fs::remove_dir_all(&backup);
                 tape_directory(&self.tape, &target, self.backend)?;
                 self.restored_in_model(taken);
                 self.report.restores += 1;
@@ -1968,6 +1983,7 @@ impl Sim {
                 Ok(())
             }
             Err(e) => {
+                let _ = std::fs::remove_dir_all(&backup);
                 self.api_error("restore", None, None, &e);
                 Ok(())
             }
@@ -2109,6 +2125,8 @@ impl Sim {
             return;
         };
         self.backups[i].probed = true;
+        // Probed once, never opened again: its files go when the probe ends.
+        let _remove = RemoveOnDrop(self.backups[i].path.clone());
         let taken = self.backups[i].taken_at;
         let victims: Vec<Write> = self
             .model
