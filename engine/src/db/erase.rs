@@ -751,11 +751,14 @@ impl Db {
         )
     }
 
-    /// Releases a legal hold. Returns whether one existed. Whatever it was
-    /// blocking becomes due at the next compaction.
+    /// Releases a legal hold. Returns whether one existed. The erasures it
+    /// parked (shreds, deletion requests) are carried out before this
+    /// returns; what else it blocked (expiries, re-keys) becomes due at the
+    /// next compaction (reads already end at those deadlines).
     ///
     /// # Errors
-    /// [`Error::UnknownClass`], storage failures.
+    /// [`Error::UnknownClass`], storage failures (a resumed erasure that
+    /// fails stays due, and compaction retries it; the hold is released).
     pub fn release_hold(&self, subject: &str, class: Option<&str>) -> Result<bool> {
         let inner = &self.inner;
         let tag = self.subject_tag(subject);
@@ -763,29 +766,36 @@ impl Db {
             Some(name) => inner.class(name)?.number,
             None => ALL_CLASSES,
         };
-        let _exclusive = inner.gate.write(&[tag]);
-        let key = hold_key(&tag, class_number);
-        if inner.storage.get(Tree::Holds, &key)?.is_none() {
-            return Ok(false);
-        }
         let now = inner.clock.now();
-        let mut batch = WriteBatch::new();
-        batch.remove(Tree::Holds, key.to_vec());
-        // What the hold blocked is due again at once.
-        let requeued = inner.requeue_blocked(&tag, class_number, now.as_second(), &mut batch)?;
-        let entry = PendingEntry::new(
-            AuditEvent::HoldReleased,
-            Some(tag),
-            (class_number != ALL_CLASSES).then_some(class_number),
-            format!("hold released; {requeued} blocked erasures due again"),
-        );
-        inner.audit.commit(
-            inner.storage.as_ref(),
-            batch,
-            &[entry],
-            now,
-            Durability::Durable,
-        )?;
+        let erasures = {
+            let _exclusive = inner.gate.write(&[tag]);
+            let key = hold_key(&tag, class_number);
+            if inner.storage.get(Tree::Holds, &key)?.is_none() {
+                return Ok(false);
+            }
+            let mut batch = WriteBatch::new();
+            batch.remove(Tree::Holds, key.to_vec());
+            // What the hold blocked is due again at once.
+            let (requeued, erasures) =
+                inner.requeue_blocked(&tag, class_number, now.as_second(), &mut batch)?;
+            let entry = PendingEntry::new(
+                AuditEvent::HoldReleased,
+                Some(tag),
+                (class_number != ALL_CLASSES).then_some(class_number),
+                format!("hold released; {requeued} blocked erasures due again"),
+            );
+            inner.audit.commit(
+                inner.storage.as_ref(),
+                batch,
+                &[entry],
+                now,
+                Durability::Durable,
+            )?;
+            erasures
+        };
+        // The erasures it parked are carried out now, not at the next
+        // compaction: from the release on, nothing they cover may be read.
+        inner.resume_erasures(&erasures, now)?;
         Ok(true)
     }
 

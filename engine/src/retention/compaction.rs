@@ -141,20 +141,23 @@ impl DbInner {
     }
 
     /// Puts every item a hold over (`tag`, `class`) blocked back in the
-    /// index, due now. Adds to `batch`; returns how many.
+    /// index, due now. Adds to `batch`; returns how many, and the erasures
+    /// among them (their deadline keys), which the release carries out at
+    /// once ([`DbInner::resume_erasures`]).
     pub(crate) fn requeue_blocked(
         &self,
         tag: &SubjectTag,
         class: u16,
         now: i64,
         batch: &mut WriteBatch,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
         let prefix: Vec<u8> = if class == ALL_CLASSES {
             tag.0.to_vec()
         } else {
             records::scope_prefix(tag, class).to_vec()
         };
         let mut n = 0;
+        let mut erasures = Vec::new();
         scan_prefix(
             self.storage.as_ref(),
             Tree::Blocked,
@@ -162,17 +165,41 @@ impl DbInner {
             &mut |k, _| {
                 if let Some((_, due)) = k.get(18..).and_then(deadlines::decode_key) {
                     batch.remove(Tree::Blocked, k.to_vec());
-                    batch.put(
-                        Tree::Deadlines,
-                        deadlines::key(now, &due),
-                        deadlines::value(now),
-                    );
+                    let key = deadlines::key(now, &due);
+                    if matches!(due, Due::ResumeErasure { .. }) {
+                        erasures.push(key.clone());
+                    }
+                    batch.put(Tree::Deadlines, key, deadlines::value(now));
                     n += 1;
                 }
                 ControlFlow::Continue(())
             },
         )?;
-        Ok(n)
+        Ok((n, erasures))
+    }
+
+    /// Carries out now the erasures a released hold had parked (their
+    /// deadline keys, already in the index): the subject asked for them
+    /// long ago, and a read between the release and the next compaction
+    /// must not find the data. One still blocked (another hold covers it)
+    /// is parked again; one that fails stays due for compaction.
+    pub(crate) fn resume_erasures(&self, keys: &[Vec<u8>], now: Timestamp) -> Result<()> {
+        let mut report = CompactionReport::default();
+        for key in keys {
+            if let Some((
+                _,
+                Due::ResumeErasure {
+                    tag,
+                    class,
+                    reason,
+                    whole,
+                },
+            )) = deadlines::decode_key(key)
+            {
+                self.erase_due_scope(tag, class, reason, whole, key, now, &mut report)?;
+            }
+        }
+        Ok(())
     }
 
     /// Destroys a page of expired bucket keys in one atomic batch (one gate
