@@ -237,8 +237,8 @@ pub(crate) struct Model {
     /// Scopes whose class deadline passes at the time given (closure):
     /// erased for every read and write from then on, unless held.
     scheduled: BTreeMap<(u8, u8), i64>,
-    /// Scopes whose shred a hold parked: erased by the first compaction
-    /// after no hold covers them.
+    /// Scopes whose shred a hold parked: erased when the hold is released
+    /// (or by a compaction, once no hold covers them).
     parked: BTreeSet<(u8, u8)>,
     /// Subjects whose whole-subject erasure a hold blocked: once nothing of
     /// them is held, compaction erases the subject, as a direct shred would.
@@ -381,7 +381,13 @@ impl Model {
                 self.holds.insert((*s, *class));
                 Outcome::Done
             }
-            Op::Release { s, class } => Outcome::Released(self.holds.remove(&(*s, *class))),
+            Op::Release { s, class } => {
+                let released = self.holds.remove(&(*s, *class));
+                if released {
+                    self.resume(*s);
+                }
+                Outcome::Released(released)
+            }
             Op::CloseAccount { a } => self.close(*a),
             Op::Compact => {
                 self.compact();
@@ -499,6 +505,31 @@ impl Model {
     fn schedule(&mut self, s: u8, c: u8, deadline: i64) {
         let at = self.scheduled.entry((s, c)).or_insert(deadline);
         *at = (*at).min(deadline);
+    }
+
+    /// A hold's release carries out the erasures it parked, before it
+    /// returns: `s`'s parked shreds that no hold covers now, and its
+    /// whole-subject erasure once nothing blocks it (deadlines it blocked
+    /// stay for compaction; reads already end at them).
+    fn resume(&mut self, s: u8) {
+        let parked: Vec<(u8, u8)> = self
+            .parked
+            .iter()
+            .copied()
+            .filter(|(t, _)| *t == s)
+            .collect();
+        for (t, c) in parked {
+            if self.subject_erased[usize::from(t)] || self.scope_erased.contains(&(t, c)) {
+                self.parked.remove(&(t, c));
+            } else if !self.held(t, c) {
+                self.scope_erased.insert((t, c));
+                self.parked.remove(&(t, c));
+            }
+        }
+        if self.whole_pending.contains(&s) && !self.blocks_whole_erasure(s) {
+            self.whole_pending.remove(&s);
+            self.subject_erased[usize::from(s)] = true;
+        }
     }
 
     /// Erases every scope whose retention ran out, or whose erasure a hold
