@@ -113,7 +113,7 @@ const STEPS: &[Step] = &[
         run: shred_under_hold,
     },
     Step {
-        title: "The legal hold is released and the account shredded again",
+        title: "The legal hold is released, and the parked shred is carried out",
         days_later: 30,
         run: release_and_shred,
     },
@@ -656,12 +656,21 @@ fn shred_under_hold(demo: &mut Demo) -> Result<()> {
 
 fn release_and_shred(demo: &mut Demo) -> Result<()> {
     demo.say(&format!(
-        "The audit is closed; the hold is released and the account shredded again:\n  shredkv release {HELD_ACCOUNT} --class invoices\n  shredkv shred {HELD_ACCOUNT}\n"
+        "The audit is closed; the hold is released, which carries out the shred it parked (no second request):\n  shredkv release {HELD_ACCOUNT} --class invoices\n"
     ))?;
     let released = demo.db.release_hold(HELD_ACCOUNT, Some("invoices"))?;
     demo.check("the hold existed and is released", released)?;
-    let receipt = demo.db.shred(HELD_ACCOUNT, Classes::All)?;
-    demo.receipt(&receipt)?;
+    let erased = demo
+        .db
+        .subject(HELD_ACCOUNT)?
+        .is_some_and(|s| s.state == shredkv::SubjectState::Erased);
+    demo.check(
+        "the account is erased by the release itself, as the shred asked",
+        erased,
+    )?;
+    if erased {
+        demo.erased.insert((HELD_ACCOUNT.to_string(), None));
+    }
     demo.show_read(HELD_ACCOUNT, "invoices", "invoice-2024-01")?;
     let gone = demo
         .db
