@@ -73,7 +73,7 @@ pub(crate) fn release(global: &Global, args: &ReleaseArgs) -> Result<Code> {
         output::print_json(&json!({ "subject": tag, "class": args.class, "held": false }))?;
     } else {
         println!(
-            "legal hold released on {} of {} ({tag}); what it blocked can be erased again",
+            "legal hold released on {} of {} ({tag}); the erasures it blocked are done, the expiries it blocked are purged at the next compaction",
             scope(args.class.as_ref()),
             args.subject
         );

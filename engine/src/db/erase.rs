@@ -266,9 +266,9 @@ impl DbInner {
                             reason: format!("legal hold: {hold}"),
                         });
                     }
-                    // Parked, not dropped: releasing the hold makes it due
-                    // at once, and it resumes with its own reason (and, for
-                    // a whole subject, ends with the subject erased).
+                    // Parked, not dropped: releasing the hold carries it out
+                    // before the release returns, with its own reason (and,
+                    // for a whole subject, ends with the subject erased).
                     let due = Due::ResumeErasure {
                         tag: *tag,
                         class: class.number,
@@ -775,7 +775,8 @@ impl Db {
             }
             let mut batch = WriteBatch::new();
             batch.remove(Tree::Holds, key.to_vec());
-            // What the hold blocked is due again at once.
+            // What the hold blocked is due again at once; its erasures
+            // are carried out below, once the gate is free.
             let (requeued, erasures) =
                 inner.requeue_blocked(&tag, class_number, now.as_second(), &mut batch)?;
             let entry = PendingEntry::new(
