@@ -160,6 +160,14 @@ pub mod internal {
         crate::Db::open_in_memory(config)
     }
 
+    /// The gate stripe `subject` hashes onto in `db`, for models that need
+    /// one arrangement of locks in every run (the loom model: subject tags
+    /// are keyed by the store's random secret, so a fresh store arranges
+    /// them afresh, and loom needs every iteration to take the same locks).
+    pub fn gate_stripe(db: &crate::Db, subject: &str) -> usize {
+        db.inner.gate.stripe_of(&db.subject_tag(subject))
+    }
+
     /// Every key id in the vault with whether it is destroyed, for forensic
     /// tests that look for surviving wrapped copies in the raw files (G2).
     ///

@@ -18,6 +18,9 @@
 //! across another protocol step is one of `crate::sync`'s (loom's here);
 //! the rest (the trees', the subject cache's, the audit log's) guard short
 //! sections without protocol steps inside, which loom need not interleave.
+//! Loom replays schedules, so every iteration must take the same locks:
+//! models of two subjects pick names whose gate stripes lie the same way in
+//! every fresh store (`names_for`), and cover each arrangement.
 #![cfg(feature = "loom")]
 
 use loom::sync::{Arc, Mutex};
@@ -194,29 +197,78 @@ fn engine_model(f: impl Fn() + Sync + Send + 'static) {
     builder.check(f);
 }
 
-#[test]
-fn engine_shred_and_register_leave_no_live_end_user() {
-    engine_model(|| {
+/// Where a late end user's gate stripe lies against its account's.
+#[derive(Clone, Copy, Debug)]
+enum Stripes {
+    /// One lock covers both.
+    Shared,
+    /// The end user's is taken after the account's.
+    EndUserAfter,
+    /// The end user's is taken before the account's.
+    EndUserBefore,
+}
+
+/// An account and an end-user name whose gate stripes lie as `stripes`
+/// says. Subject tags are keyed by the store's secret, fresh in every
+/// iteration; fixing the arrangement makes every iteration take the same
+/// locks, as loom requires (otherwise its replayed schedules diverge).
+fn names_for(db: &shredkv::Db, stripes: Stripes) -> (String, String) {
+    use shredkv::internal::gate_stripe;
+    for a in 0..64 {
+        let account = format!("acct-{a}");
+        let at = gate_stripe(db, &account);
+        for e in 0..4096 {
+            let end_user = format!("late-{e}");
+            let et = gate_stripe(db, &end_user);
+            let fits = match stripes {
+                Stripes::Shared => et == at,
+                Stripes::EndUserAfter => et > at,
+                Stripes::EndUserBefore => et < at,
+            };
+            if fits {
+                return (account, end_user);
+            }
+        }
+    }
+    panic!("no pair of names lies on the gate's stripes as {stripes:?}");
+}
+
+/// Shred of an account racing the registration of an end user under it.
+fn shred_racing_register(stripes: Stripes) {
+    engine_model(move || {
         let engine = Engine::new();
         let db = engine.open();
-        db.register_account("acct").expect("register");
+        let (account, late) = names_for(&db, stripes);
+        db.register_account(&account).expect("register");
         let registrar = {
             let db = db.clone();
-            thread::spawn(move || db.register_end_user("late", "acct").is_ok())
+            let (late, account) = (late.clone(), account.clone());
+            thread::spawn(move || db.register_end_user(&late, &account).is_ok())
         };
-        let receipt = db.shred("acct", shredkv::Classes::All).expect("shred");
+        let receipt = db.shred(&account, shredkv::Classes::All).expect("shred");
         let registered = registrar.join().expect("registrar");
-        let late = db.subject("late").expect("subject");
-        assert_eq!(registered, late.is_some());
-        if let Some(late) = late {
+        let found = db.subject(&late).expect("subject");
+        assert_eq!(registered, found.is_some());
+        if let Some(found) = found {
             assert_eq!(
-                late.state,
+                found.state,
                 shredkv::SubjectState::Erased,
                 "an end user registered during its account's shred stays live ({receipt:?})"
             );
         }
-        assert!(db.put("late", "message_content", b"m", b"v").is_err());
+        assert!(db.put(&late, "message_content", b"m", b"v").is_err());
     });
+}
+
+#[test]
+fn engine_shred_and_register_leave_no_live_end_user() {
+    shred_racing_register(Stripes::Shared);
+}
+
+#[test]
+fn engine_shred_and_register_on_two_stripes_leave_no_live_end_user() {
+    shred_racing_register(Stripes::EndUserAfter);
+    shred_racing_register(Stripes::EndUserBefore);
 }
 
 #[test]

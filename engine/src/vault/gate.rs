@@ -60,7 +60,8 @@ impl ScopeGate {
         }
     }
 
-    fn stripe_of(&self, tag: &SubjectTag) -> usize {
+    /// The stripe `tag` hashes onto.
+    pub fn stripe_of(&self, tag: &SubjectTag) -> usize {
         let mut index = [0u8; 8];
         index.copy_from_slice(&tag.0[..8]);
         let n = u64::try_from(self.stripes.len()).unwrap_or(1);
