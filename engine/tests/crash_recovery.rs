@@ -31,6 +31,16 @@
 //! - `SHREDKV_CRASH_KEEP_GOING=1`: finish every cycle and report all
 //!   failures at the end, instead of stopping at the first.
 //!
+//! A third of the cycles kill the child inside the anchor protocol instead
+//! of at a moment: the child's key provider (the store's key file, wrapped)
+//! aborts the process (as abruptly as SIGKILL: no destructor, no flush) at
+//! a seed-chosen call of `advance_anchor`, `create_epoch` or
+//! `destroy_epoch`, before or after the key file changed. Before an
+//! `advance_anchor`, the store has committed and the anchor is behind it
+//! (the store is ahead: it must open); after a `create_epoch`, the key file
+//! holds an epoch the store never recorded; after a `destroy_epoch`, the
+//! store still lists a destroyed epoch.
+//!
 //! `cargo test -p shredkv --test crash_recovery -- --nocapture` prints the
 //! figures per backend.
 
@@ -43,8 +53,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use shredkv::jiff::Timestamp;
-use shredkv::{Backend, Db, ManualClock};
+use shredkv::{Backend, Db, KeyProvider, ManualClock};
+use shredkv_crypto::{
+    Anchor, DataKey, EpochId, FileKeyProvider, ProviderError, WrapContext, WrappedKey,
+};
 
 use support::model::{Model, Op};
 use support::{Rng, random_op};
@@ -56,6 +72,11 @@ const CHILD_NOW: &str = "SHREDKV_CRASH_NOW";
 const CYCLES: &str = "SHREDKV_CRASH_CYCLES";
 const SEED: &str = "SHREDKV_CRASH_SEED";
 const KEEP_GOING: &str = "SHREDKV_CRASH_KEEP_GOING";
+/// The oracle's last line once a child's workload is done (it then waits
+/// to be killed).
+const IDLE: &str = "idle";
+/// The provider call at which a child aborts (`ProviderKill::encode`).
+const CHILD_PROVIDER_KILL: &str = "SHREDKV_CRASH_PROVIDER_KILL";
 const DEFAULT_CYCLES: u64 = 100;
 /// Operations a child runs at most (then it waits to be killed).
 const MAX_OPS: usize = 1500;
@@ -106,13 +127,13 @@ fn crash_test(backend: Backend, test_name: &str) {
     let pinned = PINNED
         .iter()
         .filter(|(b, _)| *b == backend)
-        .map(|(_, s)| *s);
+        .map(|(_, s)| (*s, false));
     let random = (0..cycles).map(|i| match (i, first) {
-        (0, Some(seed)) => seed,
-        _ => seeds.next_u64(),
+        (0, Some(seed)) => (seed, true),
+        _ => (seeds.next_u64(), true),
     });
-    for seed in pinned.chain(random) {
-        match cycle(backend, test_name, seed, &mut figures) {
+    for (seed, provider_kills) in pinned.chain(random) {
+        match cycle(backend, test_name, seed, provider_kills, &mut figures) {
             Ok(()) => {}
             Err(failure) => {
                 let message = format!(
@@ -147,6 +168,11 @@ struct Figures {
     killed_recovering: u64,
     /// Kills during the workload, and of those, during a compaction or rotation.
     killed_working: u64,
+    /// Kills inside the anchor protocol, by provider call and side
+    /// (`anchor before`, ...), and those whose call never came (then the
+    /// child was killed at the end of its workload).
+    provider_kills: std::collections::BTreeMap<String, u64>,
+    provider_kills_missed: u64,
     killed_compacting: u64,
     /// Second children (recovery runs) started.
     recovery_children: u64,
@@ -167,7 +193,7 @@ impl std::fmt::Display for Figures {
             "{} cycles in {:.1} s; kills: {} while creating the store, {} while reopening a killed \
              store ({} recovery children), {} during the workload ({} in compaction or rotation); \
              {} partial snapshots found; {} acknowledged operations, {} durable values and {} \
-             erasures checked",
+             erasures checked; kills inside the key provider: {}{} (call never reached: {})",
             self.cycles,
             self.seconds,
             self.killed_creating,
@@ -179,6 +205,20 @@ impl std::fmt::Display for Figures {
             self.acked_ops,
             self.durable_values_checked,
             self.erasures_checked,
+            self.provider_kills.values().sum::<u64>(),
+            if self.provider_kills.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    self.provider_kills
+                        .iter()
+                        .map(|(at, n)| format!("{n} {at}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            self.provider_kills_missed,
         )
     }
 }
@@ -190,6 +230,7 @@ impl std::fmt::Display for Figures {
 //   ready <life>                opened (life 1: subjects registered, flushed)
 //   B <seq> <now> <op...>       an operation starts, at clock <now>
 //   A <seq>                     it returned (as the child's model predicted)
+//   idle                        the workload is done; the child waits
 // ---------------------------------------------------------------------------
 
 fn encode_op(op: &Op) -> String {
@@ -352,7 +393,23 @@ fn work(backend: Backend, dir: &Path, seed: u64, oracle: &mut Oracle) {
     let mut rng = Rng::new(seed);
     let clock = support::clock();
     oracle.line("open 1");
-    let mut db = Some(Db::open(config(dir, &clock, backend)).expect("the child opens"));
+    let kill = std::env::var(CHILD_PROVIDER_KILL)
+        .ok()
+        .map(|text| ProviderKill::decode(&text).expect("the provider kill"));
+    let child_config = |clock: &ManualClock| match kill {
+        None => config(dir, clock, backend),
+        Some(kill) => {
+            static PROVIDER: std::sync::OnceLock<Arc<DyingProvider>> = std::sync::OnceLock::new();
+            let provider = PROVIDER.get_or_init(|| {
+                // Created with the store's own protocol first, then wrapped.
+                drop(Db::open(config(dir, clock, backend)).expect("the child creates the store"));
+                let file = FileKeyProvider::open(store_dir(dir).join("keys")).expect("key file");
+                Arc::new(DyingProvider::new(file, kill))
+            });
+            config(dir, clock, backend).key_provider(Arc::clone(provider) as Arc<dyn KeyProvider>)
+        }
+    };
+    let mut db = Some(Db::open(child_config(&clock)).expect("the child opens"));
     let opened = |db: &Option<Db>| -> Db { db.clone().expect("open") };
     support::register_all(&opened(&db)).expect("register");
     opened(&db).flush().expect("flush");
@@ -378,7 +435,7 @@ fn work(backend: Backend, dir: &Path, seed: u64, oracle: &mut Oracle) {
         if op == Op::Restart {
             drop(db.take());
             oracle.line("open r");
-            db = Some(Db::open(config(dir, &clock, backend)).expect("the child reopens"));
+            db = Some(Db::open(child_config(&clock)).expect("the child reopens"));
             oracle.line("ready r");
         }
         oracle.line(&format!("A {seq}"));
@@ -388,6 +445,176 @@ fn work(backend: Backend, dir: &Path, seed: u64, oracle: &mut Oracle) {
                 .check(&snapshot, true)
                 .unwrap_or_else(|e| panic!("after op {seq}: {e}"));
         }
+    }
+    oracle.line(IDLE);
+}
+
+// ---------------------------------------------------------------------------
+// Kills inside the key provider.
+// ---------------------------------------------------------------------------
+
+/// The key provider calls of the anchor protocol a child can die in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KilledCall {
+    AdvanceAnchor,
+    CreateEpoch,
+    DestroyEpoch,
+}
+
+impl KilledCall {
+    const ALL: [KilledCall; 3] = [
+        KilledCall::AdvanceAnchor,
+        KilledCall::CreateEpoch,
+        KilledCall::DestroyEpoch,
+    ];
+
+    fn word(self) -> &'static str {
+        match self {
+            KilledCall::AdvanceAnchor => "anchor",
+            KilledCall::CreateEpoch => "create-epoch",
+            KilledCall::DestroyEpoch => "destroy-epoch",
+        }
+    }
+}
+
+/// Where a child dies: the `nth` call of `call` (counted from the child's
+/// first open), before it reaches the key file or after it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProviderKill {
+    call: KilledCall,
+    nth: u64,
+    after: bool,
+}
+
+impl ProviderKill {
+    fn random(rng: &mut Rng) -> Self {
+        // Anchors advance on every durable commit; epochs change only at
+        // rotations and retirements, a few times in a workload.
+        let (call, nth) = match rng.below(4) {
+            0 | 1 => (KilledCall::AdvanceAnchor, 1 + rng.below(80)),
+            2 => (KilledCall::CreateEpoch, 1 + rng.below(3)),
+            _ => (KilledCall::DestroyEpoch, 1 + rng.below(2)),
+        };
+        Self {
+            call,
+            nth,
+            after: rng.chance(50),
+        }
+    }
+
+    /// The figure this kill counts under.
+    fn place(self) -> String {
+        let side = if self.after { "after" } else { "before" };
+        format!("{} {side}", self.call.word())
+    }
+
+    fn encode(self) -> String {
+        let side = if self.after { "after" } else { "before" };
+        format!("{} {} {side}", self.call.word(), self.nth)
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let [call, nth, side] = words.as_slice() else {
+            return None;
+        };
+        Some(Self {
+            call: KilledCall::ALL.into_iter().find(|c| c.word() == *call)?,
+            nth: nth.parse().ok()?,
+            after: match *side {
+                "before" => false,
+                "after" => true,
+                _ => return None,
+            },
+        })
+    }
+}
+
+/// The store's key file, aborting the process at the call `kill` names.
+#[derive(Debug)]
+struct DyingProvider {
+    inner: FileKeyProvider,
+    kill: ProviderKill,
+    /// Calls begun, per [`KilledCall`] (in `KilledCall::ALL`'s order).
+    calls: [AtomicU64; 3],
+}
+
+impl DyingProvider {
+    fn new(inner: FileKeyProvider, kill: ProviderKill) -> Self {
+        Self {
+            inner,
+            kill,
+            calls: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Runs `call` (the `n`-th of its kind), dying before or after it as
+    /// planned. `abort` ends the process as SIGKILL would for the store:
+    /// no destructor runs and nothing more is written.
+    fn step<T>(&self, kind: KilledCall, call: impl FnOnce() -> T) -> T {
+        let index = KilledCall::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("a known call");
+        let n = self.calls[index].fetch_add(1, Ordering::SeqCst) + 1;
+        let dies_here = kind == self.kill.call && n == self.kill.nth;
+        if dies_here && !self.kill.after {
+            std::process::abort();
+        }
+        let result = call();
+        if dies_here {
+            std::process::abort();
+        }
+        result
+    }
+}
+
+impl KeyProvider for DyingProvider {
+    fn create_epoch(&self) -> Result<EpochId, ProviderError> {
+        self.step(KilledCall::CreateEpoch, || self.inner.create_epoch())
+    }
+
+    fn live_epochs(&self) -> Result<Vec<EpochId>, ProviderError> {
+        self.inner.live_epochs()
+    }
+
+    fn wrap(
+        &self,
+        epoch: EpochId,
+        context: &WrapContext,
+        key: &DataKey,
+    ) -> Result<WrappedKey, ProviderError> {
+        self.inner.wrap(epoch, context, key)
+    }
+
+    fn unwrap(
+        &self,
+        context: &WrapContext,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, ProviderError> {
+        self.inner.unwrap(context, wrapped)
+    }
+
+    fn destroy_epoch(&self, epoch: EpochId) -> Result<(), ProviderError> {
+        self.step(KilledCall::DestroyEpoch, || self.inner.destroy_epoch(epoch))
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn keeps_anchor(&self) -> bool {
+        self.inner.keeps_anchor()
+    }
+
+    fn anchor(&self) -> Result<Option<Anchor>, ProviderError> {
+        self.inner.anchor()
+    }
+
+    fn advance_anchor(&self, anchor: &Anchor) -> Result<(), ProviderError> {
+        self.step(KilledCall::AdvanceAnchor, || {
+            self.inner.advance_anchor(anchor)
+        })
     }
 }
 
@@ -479,31 +706,66 @@ fn partial_snapshots(dir: &Path) -> u64 {
     })
 }
 
-/// Spawns this test binary as a child in `role`, and kills it after `delay`.
+/// How a child's life ends.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// SIGKILL after this long.
+    After(Duration),
+    /// It aborts itself inside the key provider; SIGKILL if that call
+    /// never comes before its workload ends.
+    InProvider(ProviderKill),
+}
+
+/// Spawns this test binary as a child in `role` and ends it as `ending`
+/// says. `Ok(true)` if it died inside the key provider.
 fn run_child(
     test_name: &str,
     dir: &Path,
     role: &str,
     seed: u64,
     now: i64,
-    delay: Duration,
-) -> Result<(), String> {
+    ending: Ending,
+) -> Result<bool, String> {
+    use std::os::unix::process::ExitStatusExt as _;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let stderr =
         File::create(dir.join(format!("child-{role}.stderr"))).map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, role)
         .env(CHILD_DIR, dir)
         .env(CHILD_SEED, seed.to_string())
         .env(CHILD_NOW, now.to_string())
+        .env_remove(CHILD_PROVIDER_KILL)
         .stdout(Stdio::null())
-        .stderr(stderr)
+        .stderr(stderr);
+    if let Ending::InProvider(kill) = ending {
+        command.env(CHILD_PROVIDER_KILL, kill.encode());
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("spawn the child: {e}"))?;
-    std::thread::sleep(delay);
-    let exited = child.try_wait().map_err(|e| e.to_string())?;
+    let exited = match ending {
+        Ending::After(delay) => {
+            std::thread::sleep(delay);
+            child.try_wait().map_err(|e| e.to_string())?
+        }
+        Ending::InProvider(_) => loop {
+            std::thread::sleep(Duration::from_millis(10));
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                break Some(status);
+            }
+            let oracle = fs::read_to_string(oracle_path(dir)).unwrap_or_default();
+            if oracle.lines().last() == Some(IDLE) {
+                break None;
+            }
+        },
+    };
     if let Some(status) = exited {
+        if matches!(ending, Ending::InProvider(_)) && status.signal() == Some(6) {
+            return Ok(true);
+        }
         let log = fs::read_to_string(dir.join(format!("child-{role}.stderr"))).unwrap_or_default();
         return Err(format!(
             "the {role} child exited by itself ({status}) before the kill:\n{log}"
@@ -512,17 +774,27 @@ fn run_child(
     // SIGKILL.
     child.kill().map_err(|e| format!("kill the child: {e}"))?;
     child.wait().map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(false)
 }
 
+/// One cycle. `provider_kills`: whether it may kill inside the key
+/// provider (not for pinned seeds, which replay a timed kill).
 fn cycle(
     backend: Backend,
     test_name: &str,
     seed: u64,
+    provider_kills: bool,
     figures: &mut Figures,
 ) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let result = cycle_in(backend, test_name, seed, dir.path(), figures);
+    let result = cycle_in(
+        backend,
+        test_name,
+        seed,
+        provider_kills,
+        dir.path(),
+        figures,
+    );
     if result.is_err() {
         let kept = dir.keep();
         return result.map_err(|e| format!("{e}\n(store and oracle kept in {})", kept.display()));
@@ -534,6 +806,7 @@ fn cycle_in(
     backend: Backend,
     test_name: &str,
     seed: u64,
+    provider_kills: bool,
     dir: &Path,
     figures: &mut Figures,
 ) -> Result<(), String> {
@@ -544,7 +817,19 @@ fn cycle_in(
     } else {
         Duration::from_millis(50 + rng.below(550))
     };
-    run_child(test_name, dir, "work", seed, 0, delay)?;
+    // Drawn apart from the delay, so pinned seeds keep their workloads.
+    let mut kill_rng = Rng::new(seed ^ 0x5eed_c4a5_4000_0002);
+    let provider_kill =
+        (provider_kills && kill_rng.chance(33)).then(|| ProviderKill::random(&mut kill_rng));
+    let ending = provider_kill.map_or(Ending::After(delay), Ending::InProvider);
+    let died_in_provider = run_child(test_name, dir, "work", seed, 0, ending)?;
+    match provider_kill {
+        Some(kill) if died_in_provider => {
+            *figures.provider_kills.entry(kill.place()).or_default() += 1;
+        }
+        Some(_) => figures.provider_kills_missed += 1,
+        None => {}
+    }
     let text = fs::read_to_string(oracle_path(dir)).unwrap_or_default();
     let first = replay(&text)?;
     match first.last_line.as_str() {
@@ -562,7 +847,7 @@ fn cycle_in(
         figures.partial_snapshots += partial_snapshots(dir);
         figures.recovery_children += 1;
         let delay = Duration::from_millis(rng.below(60));
-        run_child(test_name, dir, "recover", seed, now, delay)?;
+        run_child(test_name, dir, "recover", seed, now, Ending::After(delay))?;
         let text = fs::read_to_string(oracle_path(dir)).unwrap_or_default();
         if text.lines().last() == Some("open 2") {
             figures.killed_recovering += 1;
