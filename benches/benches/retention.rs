@@ -62,6 +62,7 @@ fn store_with_expiring_keys(sizes: &Sizes) -> (tempfile::TempDir, Db, ManualCloc
     let clock = ManualClock::new(start());
     let db = Db::open(
         Config::new(dir.path())
+            .allow_key_file_in_store(true)
             .clock(Arc::new(clock.clone()))
             .flush_every(None)
             .maintenance_every(None)
@@ -167,6 +168,7 @@ fn rekey_a_bucket(c: &mut Criterion) {
     let clock = ManualClock::new(start());
     let db = Db::open(
         Config::new(dir.path())
+            .allow_key_file_in_store(true)
             .clock(Arc::new(clock.clone()))
             .flush_every(None)
             .maintenance_every(None),

@@ -129,6 +129,7 @@ impl ShredkvStore {
     fn open(dir: &Path, backend: Backend, peer: Peer) -> Result<Self> {
         let db = Db::open(
             Config::new(dir)
+                .allow_key_file_in_store(true)
                 .backend(backend)
                 .flush_every(None)
                 .maintenance_every(None),

@@ -45,9 +45,15 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_enum, value_name = "BACKEND")]
     pub(crate) backend: Option<BackendArg>,
 
-    /// The key file [default: DIR/keys]. Keep it off the store's backup volume.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The key file, outside the store directory and off its backup volume
+    /// [default: DIR/keys, refused unless --allow-key-file-in-store].
+    #[arg(long, global = true, env = "SHREDKV_KEY_FILE", value_name = "PATH")]
     pub(crate) key_file: Option<PathBuf>,
+
+    /// Accept a key file inside the store directory (tests and demos only:
+    /// every copy of the store would carry the keys that decrypt it).
+    #[arg(long, global = true, env = "SHREDKV_ALLOW_KEY_FILE_IN_STORE")]
+    pub(crate) allow_key_file_in_store: bool,
 
     /// The retention policy file [default: the embedded default policy].
     #[arg(long, global = true, value_name = "FILE")]
@@ -109,6 +115,7 @@ impl Global {
             .backend(backend)
             .policy(policy)
             .key_file(&key_file)
+            .allow_key_file_in_store(self.allow_key_file_in_store)
             .sync_writes(true)
             // One command, then exit: `shredkv compact` runs its pass itself.
             .maintenance_every(None)
@@ -147,6 +154,7 @@ impl Global {
             .backend(self.backend.map_or(Backend::Redb, Backend::from))
             .policy(policy)
             .key_file(&key_file)
+            .allow_key_file_in_store(self.allow_key_file_in_store)
             .sync_writes(true)
             .maintenance_every(None);
         Db::open(config).map_err(|err| match err {

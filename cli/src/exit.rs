@@ -200,6 +200,12 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
                 "pass --key-file with this store's own key file (a restored backup uses the live store's key file); if it is the right file, the store's metadata was altered: treat it as a security incident",
             ),
         ),
+        Error::KeyFileInStore { .. } => (
+            Code::KeyProvider,
+            hint(
+                "pass --key-file (or SHREDKV_KEY_FILE) with a path outside the store directory; for an existing store, move its key file there first (e.g. mv DIR/keys /etc/shredkv/keys); --allow-key-file-in-store accepts it for tests and demos",
+            ),
+        ),
         Error::StoreDataMissing { .. } => (
             Code::NotFound,
             hint(

@@ -52,10 +52,15 @@ fn path_str(path: &Path) -> &str {
 }
 
 /// Runs the binary with `args`, without `SHREDKV_STORE` from the environment.
+/// Its fixtures keep the key file at its default place,
+/// inside the store directory, which the CLI refuses unless allowed (see
+/// `a_key_file_inside_the_store_is_refused_unless_allowed`).
 fn shredkv(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shredkv"))
         .args(args)
         .env_remove("SHREDKV_STORE")
+        .env_remove("SHREDKV_KEY_FILE")
+        .env("SHREDKV_ALLOW_KEY_FILE_IN_STORE", "true")
         .output()
         .expect("run shredkv")
 }
@@ -214,6 +219,50 @@ fn init_refuses_a_non_empty_directory() {
     assert!(err.contains("is not empty"), "{err}");
 }
 
+/// Without the opt-in, a key file inside the store directory (the default
+/// place) is refused with exit 7 before anything is created; a key file
+/// outside works with no opt-in.
+#[test]
+fn a_key_file_inside_the_store_is_refused_unless_allowed() {
+    let f = Fixture::new();
+    let strict = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_shredkv"))
+            .args(args)
+            .env_remove("SHREDKV_STORE")
+            .env_remove("SHREDKV_KEY_FILE")
+            .env_remove("SHREDKV_ALLOW_KEY_FILE_IN_STORE")
+            .output()
+            .expect("run shredkv")
+    };
+    let err = fails_with(&strict(&["--store", path_str(&f.store), "init"]), 7);
+    assert!(
+        err.contains("inside store") && err.contains("--key-file"),
+        "{err}"
+    );
+    assert!(!f.store.exists(), "a refused init created the store");
+
+    let keys = f.dir.path().join("store.keys");
+    let with_keys = |args: &[&str]| {
+        let mut all = vec!["--store", path_str(&f.store), "--key-file", path_str(&keys)];
+        all.extend_from_slice(args);
+        strict(&all)
+    };
+    ok(&with_keys(&["init"]));
+    ok(&with_keys(&[
+        "put",
+        "alice",
+        "invoices",
+        "inv-1",
+        "42 EUR",
+        "--register-account",
+    ]));
+    assert_eq!(
+        ok(&with_keys(&["get", "alice", "invoices", "inv-1"])).trim(),
+        "42 EUR"
+    );
+    assert!(keys.is_file() && !f.store.join("keys").exists());
+}
+
 #[test]
 fn missing_store_exits_3_naming_the_path() {
     let f = Fixture::new();
@@ -240,7 +289,7 @@ fn store_is_required_except_for_demo_and_policy_check() {
 fn store_comes_from_the_environment() {
     let f = Fixture::init();
     let output = Command::new(env!("CARGO_BIN_EXE_shredkv"))
-        .args(["--json", "stats"])
+        .args(["--json", "stats", "--allow-key-file-in-store"])
         .env("SHREDKV_STORE", &f.store)
         .output()
         .expect("run");
@@ -763,6 +812,7 @@ impl Aged {
     fn open(store: &Path, clock: &shredkv::ManualClock) -> shredkv::Db {
         shredkv::Db::open(
             shredkv::Config::new(store)
+                .allow_key_file_in_store(true)
                 .clock(std::sync::Arc::new(clock.clone()))
                 .sync_writes(true)
                 .maintenance_every(None),
@@ -1088,6 +1138,7 @@ fn restore_before_rekey_exits_4_unless_the_loss_is_accepted() {
     let tag = {
         let db = shredkv::Db::open(
             shredkv::Config::new(&f.store)
+                .allow_key_file_in_store(true)
                 .clock(std::sync::Arc::new(clock.clone()))
                 .flush_every(None)
                 .maintenance_every(None),
@@ -1476,6 +1527,7 @@ fn overdue_purge_exits_8_from_stats_and_verify() {
     {
         let db = shredkv::Db::open(
             shredkv::Config::new(&f.store)
+                .allow_key_file_in_store(true)
                 .clock(std::sync::Arc::new(clock.clone()))
                 .sync_writes(true)
                 .maintenance_every(None),

@@ -27,6 +27,7 @@ pub struct Config {
     pub(crate) apply_policy_change: bool,
     pub(crate) key_provider: Option<Arc<dyn KeyProvider>>,
     pub(crate) key_file: Option<PathBuf>,
+    pub(crate) allow_key_file_in_store: bool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sync_writes: bool,
     pub(crate) key_cache_bytes: usize,
@@ -44,6 +45,7 @@ impl fmt::Debug for Config {
             .field("backend", &self.backend)
             .field("sync_writes", &self.sync_writes)
             .field("key_file", &self.key_file)
+            .field("allow_key_file_in_store", &self.allow_key_file_in_store)
             .field("maintenance_every", &self.maintenance_every)
             .finish_non_exhaustive()
     }
@@ -52,8 +54,9 @@ impl fmt::Debug for Config {
 impl Config {
     /// A store in directory `path` with defaults: the backend whose files are
     /// there (redb for a new store; see [`Backend::detect`]), the default
-    /// policy (`policy/default.toml`), a file key provider at `path/keys`,
-    /// the system clock, buffered writes flushed every 500 ms, and
+    /// policy (`policy/default.toml`), a file key provider at `path/keys`
+    /// (refused unless [`Config::allow_key_file_in_store`]: give
+    /// [`Config::key_file`] a path outside the store), the system clock, buffered writes flushed every 500 ms, and
     /// maintenance (compaction, epoch rotation and destruction) in the
     /// background every hour.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -64,6 +67,7 @@ impl Config {
             apply_policy_change: false,
             key_provider: None,
             key_file: None,
+            allow_key_file_in_store: false,
             clock: Arc::new(SystemClock),
             sync_writes: false,
             key_cache_bytes: 64 << 20,
@@ -108,10 +112,43 @@ impl Config {
     }
 
     /// Keep the file provider's key file here instead of `path/keys`. In
-    /// production, keep it off the volume that is backed up with the store.
+    /// production, keep it outside the store directory and off the volume
+    /// that is backed up with the store.
+    ///
+    /// ```
+    /// use shredkv::Config;
+    /// let config = Config::new("/var/lib/app/store").key_file("/etc/app/keys/store.keys");
+    /// ```
     pub fn key_file(mut self, file: impl Into<PathBuf>) -> Self {
         self.key_file = Some(file.into());
         self
+    }
+
+    /// Allow the file provider's key file inside the store directory (the
+    /// default `path/keys` included); refused otherwise, as
+    /// [`Error::KeyFileInStore`](crate::Error::KeyFileInStore). For tests
+    /// and demos only: a key file there travels with every copy of the
+    /// store (a snapshot, `cp -a`, a backup of the volume), so whoever holds
+    /// the copy holds the keys that decrypt what it has not yet erased.
+    pub fn allow_key_file_in_store(mut self, allow: bool) -> Self {
+        self.allow_key_file_in_store = allow;
+        self
+    }
+
+    /// The file provider's key file: the configured one or `path/keys`,
+    /// refused inside the store directory unless allowed.
+    pub(crate) fn placed_key_file(&self) -> crate::Result<PathBuf> {
+        let file = self
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.path.join("keys"));
+        if !self.allow_key_file_in_store && is_inside(&self.path, &file) {
+            return Err(crate::Error::KeyFileInStore {
+                path: self.path.clone(),
+                key_file: file,
+            });
+        }
+        Ok(file)
     }
 
     /// The clock (inject a [`ManualClock`](crate::ManualClock) in tests).
@@ -168,4 +205,19 @@ impl Config {
         self.retire_after_seals = seals.max(1);
         self
     }
+}
+
+/// Whether `file` lies inside directory `dir`, symbolic links resolved
+/// where the paths exist (lexically where they do not yet).
+fn is_inside(dir: &Path, file: &Path) -> bool {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let parent = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    resolve(parent).starts_with(resolve(dir))
 }

@@ -154,6 +154,15 @@ pub enum Error {
         /// The key file found there.
         key_file: PathBuf,
     },
+    /// The key file would be inside the store directory, where every copy
+    /// of the store carries it, and [`crate::Config::allow_key_file_in_store`]
+    /// was not given.
+    KeyFileInStore {
+        /// The store directory.
+        path: PathBuf,
+        /// The key file.
+        key_file: PathBuf,
+    },
     /// The key provider does not hold this store's keys.
     KeysDoNotMatch {
         /// The store directory.
@@ -322,6 +331,12 @@ impl fmt::Display for Error {
                 "store {} has a key file ({}) but no data: its backend files are missing, empty or replaced; restore them from a backup (shredkv will not start a new store over existing keys)",
                 path.display(),
                 key_file.display()
+            ),
+            Error::KeyFileInStore { path, key_file } => write!(
+                f,
+                "the key file {} is inside store {}: every copy of the store (a snapshot, `cp -a`, a backup of the volume) would carry the keys that decrypt it; keep the key file outside the store directory, on a volume not backed up with it (Config::key_file, CLI --key-file; move an existing one there first), or allow it for tests and demos (Config::allow_key_file_in_store)",
+                key_file.display(),
+                path.display()
             ),
             Error::KeysDoNotMatch {
                 path,

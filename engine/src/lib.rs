@@ -8,8 +8,11 @@
 //! ```
 //! use shredkv::{Classes, Config, Db};
 //!
-//! let dir = tempfile::tempdir()?;
-//! let db = Db::open(Config::new(dir.path()))?;
+//! # let root = tempfile::tempdir()?;
+//! # let (store_dir, key_file) = (root.path().join("store"), root.path().join("store.keys"));
+//! // The key file lives outside the store directory (in production, on a
+//! // volume that is not backed up with the store).
+//! let db = Db::open(Config::new(&store_dir).key_file(&key_file))?;
 //! db.register_account("acct-42")?;
 //! db.register_end_user("user-7", "acct-42")?;
 //! db.put("user-7", "message_content", b"msg-1", b"see you at noon")?;

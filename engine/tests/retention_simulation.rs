@@ -596,6 +596,7 @@ fn open_config(
 ) -> Config {
     let provider: Arc<dyn KeyProvider> = Arc::<LoggingProvider>::clone(provider);
     Config::new(dir)
+        .allow_key_file_in_store(true)
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
         .maintenance_every(None)

@@ -126,6 +126,7 @@ impl Store {
     /// [`TEST_POLICY`], the manual clock, no background flushing.
     pub fn config(&self) -> Config {
         Config::new(self.dir.path())
+            .allow_key_file_in_store(true)
             .backend(self.backend)
             .policy(test_policy())
             .clock(Arc::new(self.clock.clone()))

@@ -13,6 +13,7 @@ use shredkv_tests::{PROFILE, Store, close, for_each_backend, test_policy};
 /// The scenario's configuration for another directory than the store's.
 fn config_at(store: &Store, dir: &Path) -> Config {
     Config::new(dir)
+        .allow_key_file_in_store(true)
         .backend(store.backend())
         .policy(test_policy())
         .clock(Arc::new(store.clock().clone()))

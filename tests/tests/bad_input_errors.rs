@@ -332,8 +332,12 @@ fn a_changed_policy_is_refused_unless_applied_explicitly() {
             "{err}"
         );
         // The default policy is another policy too.
-        let err = Db::open(shredkv::Config::new(store.path()).backend(store.backend()))
-            .expect_err("the default policy differs from the test policy");
+        let err = Db::open(
+            shredkv::Config::new(store.path())
+                .backend(store.backend())
+                .allow_key_file_in_store(true),
+        )
+        .expect_err("the default policy differs from the test policy");
         assert!(matches!(err, Error::PolicyChanged { .. }), "{err:?}");
         // Refusing changed nothing.
         assert_intact(store);

@@ -21,6 +21,7 @@ const DAY: SignedDuration = SignedDuration::from_hours(24);
 /// The scenario's configuration for another directory than the store's.
 fn config_at(store: &Store, dir: &Path) -> Config {
     Config::new(dir)
+        .allow_key_file_in_store(true)
         .backend(store.backend())
         .policy(test_policy())
         .clock(Arc::new(store.clock().clone()))

@@ -207,6 +207,7 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
         .backend(global.backend.map_or(backend, Backend::from))
         .policy(policy)
         .key_file(&key_file)
+        .allow_key_file_in_store(global.allow_key_file_in_store)
         .sync_writes(true)
         .maintenance_every(None);
     let source = match &from {

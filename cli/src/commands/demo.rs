@@ -291,7 +291,9 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     let clock = ManualClock::new(start);
     let root = dir.path().to_path_buf();
     let db = Db::open(
+        // The production layout: the key file outside the store directory.
         Config::new(root.join("store"))
+            .key_file(root.join("keys"))
             .backend(backend)
             .clock(Arc::new(clock.clone()))
             .maintenance_every(None),

@@ -35,7 +35,7 @@ pub(crate) fn init(global: &Global) -> Result<Code> {
     ]);
     if key_file.starts_with(&dir) {
         eprintln!(
-            "note: the key file is inside the store directory; in production keep it off the volume that is backed up with the store (--key-file), so a stolen backup cannot be decrypted"
+            "note: the key file is inside the store directory (--allow-key-file-in-store); in production move it out, off the volume that is backed up with the store, and pass --key-file: every copy of the store carries the keys that decrypt it"
         );
     }
     Ok(Code::Ok)

@@ -530,12 +530,9 @@ fn restore_provider(target: &Config, source: ErasureSource<'_>) -> Result<Arc<dy
     Ok(match (&target.key_provider, source) {
         (Some(provider), _) => Arc::clone(provider),
         (None, ErasureSource::Live(db)) => Arc::clone(db.inner.vault.provider()),
-        (None, ErasureSource::File(_)) => Arc::new(FileKeyProvider::open(
-            target
-                .key_file
-                .clone()
-                .unwrap_or_else(|| target.path().join("keys")),
-        )?),
+        (None, ErasureSource::File(_)) => {
+            Arc::new(FileKeyProvider::open(target.placed_key_file()?)?)
+        }
     })
 }
 

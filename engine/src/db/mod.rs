@@ -138,8 +138,9 @@ impl Drop for DbInner {
 /// ```
 /// use shredkv::{Classes, Config, Db};
 ///
-/// let dir = tempfile::tempdir()?;
-/// let db = Db::open(Config::new(dir.path()))?;
+/// # let root = tempfile::tempdir()?;
+/// # let (store_dir, key_file) = (root.path().join("store"), root.path().join("store.keys"));
+/// let db = Db::open(Config::new(&store_dir).key_file(&key_file))?;
 /// db.register_account("acct-1")?;
 /// db.put("acct-1", "message_content", b"msg-1", b"hello")?;
 /// assert_eq!(db.get("acct-1", "message_content", b"msg-1")?.as_deref(), Some(&b"hello"[..]));
@@ -200,10 +201,18 @@ impl Db {
     /// # Errors
     /// The backend or key provider failing, a store written by an unknown
     /// format, a store whose keys were destroyed (older than its purge
-    /// window), or a policy that differs from the store's without
-    /// [`Config::apply_policy_change`].
+    /// window), a policy that differs from the store's without
+    /// [`Config::apply_policy_change`], or a key file inside the store
+    /// directory without [`Config::allow_key_file_in_store`]
+    /// ([`Error::KeyFileInStore`], before any file is created).
     pub fn open(config: Config) -> Result<Db> {
         let path = config.path.clone();
+        if config.key_provider.is_none() && storage::Backend::detect(&path).is_none() {
+            // Before anything is created, so a refused open leaves no files;
+            // a directory with a backend's files is first asked what it is
+            // (a backup says so before its key file's place is questioned).
+            config.placed_key_file()?;
+        }
         create_private_dir(&path)?;
         let storage = storage::open(config.backend, &path)?;
         let existing = meta_get(storage.as_ref(), meta::FORMAT)?.is_some();
@@ -214,7 +223,7 @@ impl Db {
         let provider: Arc<dyn KeyProvider> = match &config.key_provider {
             Some(provider) => Arc::clone(provider),
             None => {
-                let file = config.key_file.clone().unwrap_or_else(|| path.join("keys"));
+                let file = config.placed_key_file()?;
                 let pending = pending_key_file(&file);
                 if existing {
                     if !file.exists() && pending.exists() {
@@ -784,17 +793,11 @@ fn publish_key_file(pending: &Path, file: &Path) -> Result<()> {
 }
 
 /// The configured key provider, or the file provider at the configured key
-/// file (default `path/keys`).
+/// file (default `path/keys`, which must be allowed).
 pub(crate) fn configured_provider(config: &Config) -> Result<Arc<dyn KeyProvider>> {
     Ok(match &config.key_provider {
         Some(provider) => Arc::clone(provider),
-        None => {
-            let file = config
-                .key_file
-                .clone()
-                .unwrap_or_else(|| config.path.join("keys"));
-            Arc::new(FileKeyProvider::open_or_create(file)?)
-        }
+        None => Arc::new(FileKeyProvider::open_or_create(config.placed_key_file()?)?),
     })
 }
 

@@ -60,8 +60,9 @@ enum BatchOp {
 /// Writes applied together, atomically, by [`Db::apply`].
 ///
 /// ```
-/// # let dir = tempfile::tempdir()?;
-/// # let db = shredkv::Db::open(shredkv::Config::new(dir.path()))?;
+/// # let root = tempfile::tempdir()?;
+/// # let config = shredkv::Config::new(root.path().join("store")).key_file(root.path().join("keys"));
+/// # let db = shredkv::Db::open(config)?;
 /// db.register_account("acct-1")?;
 /// let mut batch = shredkv::Batch::new();
 /// batch.put("acct-1", "message_content", b"m1", b"one");

@@ -49,6 +49,7 @@ clause = "test"
 fn test_config(dir: &tempfile::TempDir, clock: &ManualClock) -> Config {
     let policy = crate::Policy::from_toml_str(TEST_POLICY, "test policy").expect("policy");
     Config::new(dir.path())
+        .allow_key_file_in_store(true)
         .policy(policy)
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
@@ -705,6 +706,7 @@ fn a_backup_directory_is_owner_only() {
     let dir = tempfile::tempdir().expect("dir");
     let db = Db::open(
         Config::new(dir.path().join("store"))
+            .allow_key_file_in_store(true)
             .flush_every(None)
             .maintenance_every(None),
     )

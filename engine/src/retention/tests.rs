@@ -18,6 +18,7 @@ fn start() -> Timestamp {
 
 fn config(dir: &tempfile::TempDir, clock: &ManualClock) -> Config {
     Config::new(dir.path())
+        .allow_key_file_in_store(true)
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
         .maintenance_every(None)
@@ -591,6 +592,7 @@ fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
 
 fn sled_config(dir: &std::path::Path, clock: &ManualClock) -> Config {
     Config::new(dir)
+        .allow_key_file_in_store(true)
         .clock(Arc::new(clock.clone()))
         .flush_every(None)
         .maintenance_every(None)

@@ -32,6 +32,7 @@ pub(crate) fn config(
     flush_every: Option<Duration>,
 ) -> Config {
     Config::new(dir)
+        .allow_key_file_in_store(true)
         .backend(backend)
         .policy(model::policy())
         .clock(Arc::new(clock.clone()))
