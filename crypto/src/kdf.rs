@@ -28,6 +28,10 @@ pub enum Label {
     SubjectTag,
     /// Blinding of record keys within one scope (from the scope key).
     RecordKeyBlinding,
+    /// The audit log's chain of MACs (from the store secret): whoever can
+    /// write the store's files but lacks the secret cannot re-link an
+    /// edited chain.
+    AuditChain,
 }
 
 impl Label {
@@ -36,6 +40,7 @@ impl Label {
         match self {
             Self::SubjectTag => b"shredkv/v1/subject-tag",
             Self::RecordKeyBlinding => b"shredkv/v1/record-key-blinding",
+            Self::AuditChain => b"shredkv/v1/audit-chain",
         }
     }
 }
@@ -73,6 +78,16 @@ impl TagKey {
         let mut out = [0u8; 16];
         out.copy_from_slice(full.get(..16).unwrap_or(&[0u8; 16]));
         out
+    }
+
+    /// The full HMAC-SHA256 of the concatenation of `parts` (for MACs that
+    /// must resist forgery at full strength, such as the audit chain's).
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
     }
 
     /// The subject tag for a subject id.
@@ -237,5 +252,22 @@ mod tests {
         );
         assert_ne!(a.tag16(b"x"), a.tag16(b"y"));
         assert_eq!(format!("{a:?}"), "TagKey { .. }");
+        let c = TagKey::derive(&ikm, Label::AuditChain);
+        assert_ne!(c.tag16(b"x"), a.tag16(b"x"));
+        assert_ne!(c.tag16(b"x"), b.tag16(b"x"));
+    }
+
+    #[test]
+    fn mac_is_the_full_hmac_of_the_parts_joined() {
+        let ikm = [3u8; 32];
+        let mut sub_key = [0u8; KEY_LEN];
+        hkdf_sha256(None, &ikm, Label::AuditChain.info(), &mut sub_key)
+            .expect("32 bytes is within HKDF's limit");
+        let key = TagKey::derive(&ikm, Label::AuditChain);
+        let whole = hmac_sha256(&sub_key, &[b"abcdef"]);
+        assert_eq!(key.mac(&[b"abc", b"def"]), whole);
+        assert_eq!(key.mac(&[b"abcdef"]), whole);
+        assert_eq!(key.mac(&[b"abcdef"])[..16], key.tag16(b"abcdef"));
+        assert_ne!(key.mac(&[b"abcdeg"]), whole);
     }
 }

@@ -1,10 +1,11 @@
-//! The audit log: append-only, hash-chained with SHA-256, written in the same
-//! atomic batch as the change it records. It holds subject tags, never ids.
+//! The audit log: append-only, chained with a MAC under a key derived from
+//! the store secret, written in the same atomic batch as the change it
+//! records. It holds subject tags, never ids.
 //!
 //! ```text
 //! key:   sequence number u64 big-endian (from 1)
-//! value: v1
-//!   0   1  version (1)
+//! value: v2 (v1: the same layout, version 1)
+//!   0   1  version (2: keyed; 1: plain, written before keyed chains)
 //!   1   8  time, unix seconds i64
 //!   9   1  event code
 //!  10  16  subject tag (zeros: none)
@@ -13,12 +14,19 @@
 //!   .  32  previous entry's hash (zeros for the first)
 //!   .  32  this entry's hash
 //!   .   4  CRC32
-//! hash = SHA-256("shredkv/v1/audit" ‖ seq ‖ time ‖ event ‖ subject ‖ class ‖
-//!                detail length ‖ detail ‖ previous hash)
+//! v2: hash = HMAC-SHA256(audit key, "shredkv/v2/audit" ‖ seq ‖ time ‖ event ‖
+//!                         subject ‖ class ‖ detail length ‖ detail ‖ previous hash)
+//!     audit key = HKDF-SHA256(store secret, "shredkv/v1/audit-chain")
+//! v1: hash = SHA-256("shredkv/v1/audit" ‖ seq ‖ time ‖ event ‖ subject ‖ class ‖
+//!                    detail length ‖ detail ‖ previous hash)
 //! ```
 //!
 //! Editing, removing, inserting or reordering entries breaks the chain at the
-//! first affected entry; [`verify_chain`] names it.
+//! first affected entry; [`verify_chain`] names it. A v1 chain can be
+//! re-linked by whoever can write the files (SHA-256 needs no key); a v2
+//! chain only by whoever holds the store secret. Stores made before keyed
+//! chains keep their v1 entries and continue with v2; a v1 entry after a v2
+//! one is a break (a forger without the key downgrading the chain).
 //!
 //! **The anchor.** After every durable commit the log advances the key
 //! provider's [`Anchor`] to its last entry (sequence number and hash, under
@@ -34,13 +42,16 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
-use shredkv_crypto::{Anchor, FormatError, KeyProvider, SubjectTag};
+use shredkv_crypto::{Anchor, FormatError, KeyProvider, SubjectTag, TagKey};
 
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Location, Result};
 use crate::storage::{Durability, Order, Storage, Tree, WriteBatch};
 
-const VERSION: u8 = 1;
+/// Entries chained with SHA-256 alone (stores made before keyed chains).
+const VERSION_PLAIN: u8 = 1;
+/// Entries chained with HMAC-SHA256 under the audit key.
+const VERSION_KEYED: u8 = 2;
 const WHAT: &str = "audit entry";
 const NO_CLASS: u16 = u16::MAX;
 
@@ -177,11 +188,44 @@ pub struct AuditEntry {
     pub detail: String,
     /// The previous entry's hash.
     pub prev_hash: [u8; 32],
-    /// This entry's hash.
+    /// This entry's hash: a MAC under the store's audit key if
+    /// [`AuditEntry::keyed`], else a plain SHA-256.
+    pub hash: [u8; 32],
+    /// Whether the chain is keyed at this entry (format v2): only the
+    /// holder of the store secret could have computed its hash.
+    pub keyed: bool,
+}
+
+/// A position in the audit chain: an entry's sequence number and hash.
+/// Receipts and certificates name one, so the chain they were issued
+/// against can be checked later (`shredkv audit verify` prints the head; a
+/// later chain must still hold this entry with this hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The entry's sequence number (0: the chain was empty).
+    pub seq: u64,
+    /// The entry's hash (a MAC under the store's audit key for keyed entries).
     pub hash: [u8; 32],
 }
 
+impl AuditHead {
+    /// The hash, lower-case hex.
+    pub fn hash_hex(&self) -> String {
+        shredkv_crypto::hex::encode(&self.hash)
+    }
+}
+
+impl std::fmt::Display for AuditHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "entry {}, hash {}", self.seq, self.hash_hex())
+    }
+}
+
+/// The chain's link for one entry: a MAC under `key` (v2), or SHA-256 with
+/// no key (v1).
+#[allow(clippy::too_many_arguments)] // the entry's fields, in format order
 fn chain_hash(
+    key: Option<&TagKey>,
     seq: u64,
     time: i64,
     code: u8,
@@ -190,26 +234,46 @@ fn chain_hash(
     detail: &[u8],
     prev: &[u8; 32],
 ) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"shredkv/v1/audit");
-    h.update(seq.to_be_bytes());
-    h.update(time.to_be_bytes());
-    h.update([code]);
-    h.update(subject);
-    h.update(class.to_be_bytes());
-    h.update(
-        u32::try_from(detail.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    h.update(detail);
-    h.update(prev);
-    h.finalize().into()
+    let detail_len = u32::try_from(detail.len())
+        .unwrap_or(u32::MAX)
+        .to_be_bytes();
+    let (seq, time, class) = (seq.to_be_bytes(), time.to_be_bytes(), class.to_be_bytes());
+    match key {
+        Some(key) => key.mac(&[
+            b"shredkv/v2/audit",
+            &seq,
+            &time,
+            &[code],
+            subject,
+            &class,
+            &detail_len,
+            detail,
+            prev,
+        ]),
+        None => {
+            let mut h = Sha256::new();
+            h.update(b"shredkv/v1/audit");
+            h.update(seq);
+            h.update(time);
+            h.update([code]);
+            h.update(subject);
+            h.update(class);
+            h.update(detail_len);
+            h.update(detail);
+            h.update(prev);
+            h.finalize().into()
+        }
+    }
 }
 
 impl AuditEntry {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(VERSION, 120 + self.detail.len());
+        let version = if self.keyed {
+            VERSION_KEYED
+        } else {
+            VERSION_PLAIN
+        };
+        let mut w = Writer::new(version, 120 + self.detail.len());
         w.i64(self.time.as_second())
             .u8(self.event.code())
             .bytes(&self.subject.map_or([0; 16], |t| t.0))
@@ -221,7 +285,9 @@ impl AuditEntry {
     }
 
     pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = Reader::checked(WHAT, bytes, VERSION)?;
+        let keyed = bytes.first() == Some(&VERSION_KEYED);
+        let version = if keyed { VERSION_KEYED } else { VERSION_PLAIN };
+        let mut r = Reader::checked(WHAT, bytes, version)?;
         let time = r.i64()?;
         let event =
             AuditEvent::from_code(r.u8()?).ok_or_else(|| r.invalid("unknown event code"))?;
@@ -241,12 +307,20 @@ impl AuditEntry {
             detail,
             prev_hash,
             hash,
+            keyed,
         })
     }
 
-    /// Recomputes the hash from the entry's fields.
-    pub(crate) fn computed_hash(&self) -> [u8; 32] {
-        chain_hash(
+    /// Recomputes the hash from the entry's fields: `None` for a keyed
+    /// entry without the key (it cannot be checked).
+    pub(crate) fn computed_hash(&self, key: Option<&TagKey>) -> Option<[u8; 32]> {
+        let key = match (self.keyed, key) {
+            (true, None) => return None,
+            (true, Some(key)) => Some(key),
+            (false, _) => None,
+        };
+        Some(chain_hash(
+            key,
             self.seq,
             self.time.as_second(),
             self.event.code(),
@@ -254,16 +328,16 @@ impl AuditEntry {
             self.class.unwrap_or(NO_CLASS),
             self.detail.as_bytes(),
             &self.prev_hash,
-        )
+        ))
     }
 }
 
 /// The hash an anchor holds for the stored entry `bytes` at `seq`: the
 /// entry's hash if it is intact (its stored hash is the one its fields
-/// give), else a hash of the raw bytes, which no anchor holds.
-pub(crate) fn entry_hash(seq: u64, bytes: &[u8]) -> [u8; 32] {
+/// give under `key`), else a hash of the raw bytes, which no anchor holds.
+pub(crate) fn entry_hash(key: Option<&TagKey>, seq: u64, bytes: &[u8]) -> [u8; 32] {
     match AuditEntry::decode(seq, bytes) {
-        Ok(entry) if entry.computed_hash() == entry.hash => entry.hash,
+        Ok(entry) if entry.computed_hash(key) == Some(entry.hash) => entry.hash,
         _ => Sha256::digest(bytes).into(),
     }
 }
@@ -293,6 +367,9 @@ pub(crate) struct AuditLog {
     /// Off while a restore replays (the backup's chain is behind the
     /// anchor until the replay raises the generation).
     anchoring: std::sync::atomic::AtomicBool,
+    /// The audit key, once the store secret is known: from then on every
+    /// entry is keyed (v2). Set before the store's first commit.
+    key: std::sync::OnceLock<TagKey>,
 }
 
 impl AuditLog {
@@ -303,6 +380,7 @@ impl AuditLog {
             head: crate::sync::Mutex::new(read_head(storage)?),
             anchor: None,
             anchoring: std::sync::atomic::AtomicBool::new(false),
+            key: std::sync::OnceLock::new(),
         })
     }
 
@@ -318,7 +396,41 @@ impl AuditLog {
             head: crate::sync::Mutex::new(read_head(storage)?),
             anchor: provider.keeps_anchor().then_some(provider),
             anchoring: std::sync::atomic::AtomicBool::new(anchoring),
+            key: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Keys the chain under the audit key derived from `store_secret`:
+    /// every entry appended from now on is a v2 entry. Called once the
+    /// secret is known, before the store's first commit.
+    pub(crate) fn set_key(&self, store_secret: &[u8; 32]) {
+        let _ = self.key.set(TagKey::derive(
+            store_secret,
+            shredkv_crypto::Label::AuditChain,
+        ));
+    }
+
+    /// Reads the head from the store again at the next use (tests that
+    /// edit the audit tree under an open log).
+    #[cfg(test)]
+    pub(crate) fn reread_head(&self) {
+        crate::sync::lock(&self.head).stale = true;
+    }
+
+    /// The audit key, if set.
+    pub(crate) fn key(&self) -> Option<&TagKey> {
+        self.key.get()
+    }
+
+    /// The hash an anchor holds for the stored entry `bytes` at `seq`.
+    pub(crate) fn entry_hash(&self, seq: u64, bytes: &[u8]) -> [u8; 32] {
+        entry_hash(self.key(), seq, bytes)
+    }
+
+    /// Walks the chain from the start and checks every link, keyed entries
+    /// under this store's audit key.
+    pub(crate) fn verify(&self, storage: &dyn Storage) -> Result<ChainReport> {
+        verify_chain(storage, self.key())
     }
 
     /// Where the chain ends: (anchor generation, last entry's sequence
@@ -360,6 +472,7 @@ impl AuditLog {
             Durability::Durable,
             Some(generation),
         )
+        .map(|_| ())
     }
 
     /// Adds `entries` to `batch` and applies it, holding the chain's head so
@@ -373,6 +486,29 @@ impl AuditLog {
         durability: Durability,
     ) -> Result<()> {
         self.commit_inner(storage, batch, entries, now, durability, None)
+            .map(|_| ())
+    }
+
+    /// [`AuditLog::commit`], returning the position of the last entry it
+    /// appended (for a receipt).
+    pub(crate) fn commit_returning_head(
+        &self,
+        storage: &dyn Storage,
+        batch: WriteBatch,
+        entries: &[PendingEntry],
+        now: Timestamp,
+        durability: Durability,
+    ) -> Result<AuditHead> {
+        self.commit_inner(storage, batch, entries, now, durability, None)
+    }
+
+    /// The chain's current head.
+    pub(crate) fn head(&self, storage: &dyn Storage) -> Result<AuditHead> {
+        let position = self.position(storage)?;
+        Ok(AuditHead {
+            seq: position.seq,
+            hash: position.head,
+        })
     }
 
     fn commit_inner(
@@ -383,7 +519,7 @@ impl AuditLog {
         now: Timestamp,
         durability: Durability,
         new_generation: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<AuditHead> {
         let mut head = crate::sync::lock(&self.head);
         if head.stale {
             *head = read_head(storage)?;
@@ -393,7 +529,9 @@ impl AuditLog {
         for pending in entries {
             let subject = pending.subject.map_or([0; 16], |t| t.0);
             let class = pending.class.unwrap_or(NO_CLASS);
+            let key = self.key.get();
             let hash = chain_hash(
+                key,
                 seq,
                 now.as_second(),
                 pending.event.code(),
@@ -411,6 +549,7 @@ impl AuditLog {
                 detail: pending.detail.clone(),
                 prev_hash: prev,
                 hash,
+                keyed: key.is_some(),
             };
             batch.put(Tree::Audit, seq.to_be_bytes().to_vec(), entry.encode());
             prev = hash;
@@ -445,7 +584,10 @@ impl AuditLog {
                 Err(err) => return Err(err.into()),
             }
         }
-        Ok(())
+        Ok(AuditHead {
+            seq: head.next_seq.saturating_sub(1),
+            hash: head.last_hash,
+        })
     }
 }
 
@@ -512,6 +654,17 @@ pub enum ChainBreak {
         /// The edited entry.
         seq: u64,
     },
+    /// A plain (v1) entry after keyed ones: the chain was rewritten from
+    /// here by someone without the store's audit key.
+    Downgraded {
+        /// The first plain entry after a keyed one.
+        seq: u64,
+    },
+    /// A keyed entry checked without the store's audit key.
+    Unverifiable {
+        /// The entry.
+        seq: u64,
+    },
     /// An entry does not follow its predecessor: one was removed, inserted
     /// or moved before this point.
     Broken {
@@ -532,6 +685,14 @@ impl std::fmt::Display for ChainBreak {
                 f,
                 "audit entry {seq} was edited: its hash does not match its content"
             ),
+            ChainBreak::Downgraded { seq } => write!(
+                f,
+                "audit entry {seq} is a plain-hash entry after keyed ones: the chain was rewritten from here without the store's key"
+            ),
+            ChainBreak::Unverifiable { seq } => write!(
+                f,
+                "audit entry {seq} is keyed and cannot be checked without the store's secret"
+            ),
             ChainBreak::Broken { seq, expected_seq } => write!(
                 f,
                 "audit chain broken at entry {seq} (expected entry {expected_seq} there): an entry was removed, inserted or reordered"
@@ -547,14 +708,22 @@ pub struct ChainReport {
     pub entries: u64,
     /// The hash of the last entry (the chain's head), hex.
     pub head_hex: String,
+    /// The last entry (sequence number 0: an empty chain).
+    pub head: AuditHead,
+    /// The first keyed (v2) entry, if any: entries before it are chained
+    /// with plain SHA-256 (a store made before keyed chains).
+    pub keyed_from: Option<u64>,
     /// Every break found, in order.
     pub breaks: Vec<ChainBreak>,
 }
 
-/// Walks the audit log from the start and checks every link.
-pub(crate) fn verify_chain(storage: &dyn Storage) -> Result<ChainReport> {
+/// Walks the audit log from the start and checks every link, keyed entries
+/// under `key`.
+pub(crate) fn verify_chain(storage: &dyn Storage, key: Option<&TagKey>) -> Result<ChainReport> {
     let mut expected_seq = 1u64;
     let mut prev = [0u8; 32];
+    let mut keyed_from: Option<u64> = None;
+    let mut last_seq = 0u64;
     let mut breaks = Vec::new();
     let mut entries = 0u64;
     storage.scan(
@@ -573,21 +742,35 @@ pub(crate) fn verify_chain(storage: &dyn Storage) -> Result<ChainReport> {
                     });
                 }
                 Ok(entry) => {
-                    if entry.computed_hash() != entry.hash {
+                    let computed = entry.computed_hash(key);
+                    if keyed_from.is_some() && !entry.keyed {
+                        breaks.push(ChainBreak::Downgraded { seq });
+                    } else if computed.is_none() {
+                        breaks.push(ChainBreak::Unverifiable { seq });
+                    } else if computed != Some(entry.hash) {
                         breaks.push(ChainBreak::Edited { seq });
                     } else if seq != expected_seq || entry.prev_hash != prev {
                         breaks.push(ChainBreak::Broken { seq, expected_seq });
+                    }
+                    if entry.keyed && keyed_from.is_none() {
+                        keyed_from = Some(seq);
                     }
                     prev = entry.hash;
                 }
             }
             expected_seq = seq.saturating_add(1);
+            last_seq = seq;
             ControlFlow::Continue(())
         },
     )?;
     Ok(ChainReport {
         entries,
         head_hex: shredkv_crypto::hex::encode(&prev),
+        head: AuditHead {
+            seq: last_seq,
+            hash: prev,
+        },
+        keyed_from,
         breaks,
     })
 }
@@ -677,7 +860,7 @@ mod tests {
             Durability::Buffered,
         )
         .expect("commit");
-        let report = verify_chain(&storage).expect("verify");
+        let report = verify_chain(&storage, None).expect("verify");
         assert_eq!(report.entries, 4);
         assert!(report.breaks.is_empty(), "{:?}", report.breaks);
     }
@@ -692,7 +875,7 @@ mod tests {
         b.put(Tree::Audit, 2u64.to_be_bytes().to_vec(), entry.encode());
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
-            verify_chain(&storage).expect("verify").breaks,
+            verify_chain(&storage, None).expect("verify").breaks,
             vec![ChainBreak::Edited { seq: 2 }]
         );
 
@@ -702,7 +885,7 @@ mod tests {
         b.remove(Tree::Audit, 3u64.to_be_bytes().to_vec());
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
-            verify_chain(&storage).expect("verify").breaks,
+            verify_chain(&storage, None).expect("verify").breaks,
             vec![ChainBreak::Broken {
                 seq: 4,
                 expected_seq: 3
@@ -716,7 +899,7 @@ mod tests {
         b.put(Tree::Audit, 2u64.to_be_bytes().to_vec(), three);
         b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), two);
         storage.apply(&b, Durability::Buffered).expect("apply");
-        let breaks = verify_chain(&storage).expect("verify").breaks;
+        let breaks = verify_chain(&storage, None).expect("verify").breaks;
         assert_eq!(
             breaks.first(),
             Some(&ChainBreak::Edited { seq: 2 }),
@@ -729,7 +912,7 @@ mod tests {
         b.put(Tree::Audit, 5u64.to_be_bytes().to_vec(), raw(&storage, 2));
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
-            verify_chain(&storage).expect("verify").breaks,
+            verify_chain(&storage, None).expect("verify").breaks,
             vec![ChainBreak::Edited { seq: 5 }]
         );
 
@@ -741,7 +924,7 @@ mod tests {
         b.put(Tree::Audit, 1u64.to_be_bytes().to_vec(), bytes);
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert!(matches!(
-            verify_chain(&storage).expect("verify").breaks.first(),
+            verify_chain(&storage, None).expect("verify").breaks.first(),
             Some(ChainBreak::Corrupt { seq: 1, .. })
         ));
     }
@@ -757,12 +940,12 @@ mod tests {
         let (storage, _) = log_with(4);
         let mut entry = AuditEntry::decode(3, &raw(&storage, 3)).expect("decode");
         entry.prev_hash = [0x5a; 32];
-        entry.hash = entry.computed_hash();
+        entry.hash = entry.computed_hash(None).expect("a plain entry");
         let mut b = WriteBatch::new();
         b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), entry.encode());
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
-            verify_chain(&storage).expect("verify").breaks,
+            verify_chain(&storage, None).expect("verify").breaks,
             vec![
                 ChainBreak::Broken {
                     seq: 3,
@@ -774,5 +957,105 @@ mod tests {
                 }
             ]
         );
+    }
+
+    fn append(log: &AuditLog, storage: &MemoryStorage, detail: &str) {
+        log.commit(
+            storage,
+            WriteBatch::new(),
+            &[PendingEntry::new(
+                AuditEvent::HoldPlaced,
+                Some(SubjectTag([2; 16])),
+                None,
+                detail,
+            )],
+            Timestamp::UNIX_EPOCH,
+            Durability::Buffered,
+        )
+        .expect("commit");
+    }
+
+    const SECRET: [u8; 32] = [0x42; 32];
+
+    fn audit_key() -> TagKey {
+        TagKey::derive(&SECRET, shredkv_crypto::Label::AuditChain)
+    }
+
+    /// A store made before keyed chains (plain entries 1..=3) continues
+    /// with keyed entries once its log has the key; the mixed chain
+    /// verifies under the key, and its keyed part cannot be checked
+    /// without it.
+    #[test]
+    fn a_keyed_chain_continues_a_plain_one_and_needs_the_key_to_verify() {
+        let (storage, _) = log_with(3);
+        let log = AuditLog::open(&storage).expect("reopen");
+        log.set_key(&SECRET);
+        append(&log, &storage, "one");
+        append(&log, &storage, "two");
+        let entries = read_entries(&storage, 1, 10).expect("entries");
+        let keyed: Vec<bool> = entries.iter().map(|e| e.keyed).collect();
+        assert_eq!(keyed, [false, false, false, true, true]);
+        assert_eq!(raw(&storage, 4).first(), Some(&VERSION_KEYED));
+        assert!(log.verify(&storage).expect("verify").breaks.is_empty());
+        assert!(
+            verify_chain(&storage, Some(&audit_key()))
+                .expect("verify")
+                .breaks
+                .is_empty()
+        );
+        assert_eq!(
+            verify_chain(&storage, None).expect("verify").breaks,
+            vec![
+                ChainBreak::Unverifiable { seq: 4 },
+                ChainBreak::Unverifiable { seq: 5 }
+            ]
+        );
+        let other = TagKey::derive(&[0x43; 32], shredkv_crypto::Label::AuditChain);
+        assert_eq!(
+            verify_chain(&storage, Some(&other))
+                .expect("verify")
+                .breaks
+                .first(),
+            Some(&ChainBreak::Edited { seq: 4 }),
+            "a MAC under another store's key does not verify"
+        );
+    }
+
+    /// A forger who can write the files but lacks the store secret edits a
+    /// keyed entry: re-linked as a plain entry (SHA-256 needs no key) it is
+    /// a downgrade; kept keyed, its MAC cannot be recomputed. Either way
+    /// the chain check names the entry.
+    #[test]
+    fn a_keyed_entry_rewritten_without_the_key_is_detected() {
+        let storage = MemoryStorage::new();
+        let log = AuditLog::open(&storage).expect("open");
+        log.set_key(&SECRET);
+        for detail in ["a", "b", "c", "d"] {
+            append(&log, &storage, detail);
+        }
+        let mut entry = AuditEntry::decode(3, &raw(&storage, 3)).expect("decode");
+        entry.detail = "hold released by nobody".into();
+
+        // Downgraded: a self-consistent plain entry that links to entry 2.
+        let mut plain = AuditEntry {
+            keyed: false,
+            ..entry.clone()
+        };
+        plain.hash = plain.computed_hash(None).expect("plain");
+        let mut b = WriteBatch::new();
+        b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), plain.encode());
+        storage.apply(&b, Durability::Buffered).expect("apply");
+        let breaks = log.verify(&storage).expect("verify").breaks;
+        assert_eq!(breaks.first(), Some(&ChainBreak::Downgraded { seq: 3 }));
+
+        // Kept keyed, with the old MAC: edited.
+        let mut b = WriteBatch::new();
+        b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), entry.encode());
+        storage.apply(&b, Durability::Buffered).expect("apply");
+        let breaks = log.verify(&storage).expect("verify").breaks;
+        assert_eq!(breaks.first(), Some(&ChainBreak::Edited { seq: 3 }));
+        for b in &breaks {
+            assert!(!b.to_string().is_empty());
+        }
     }
 }

@@ -179,6 +179,11 @@ mod tests {
             detail: "2 keys destroyed; class message_content; operator".into(),
             prev_hash: [0x33; 32],
             hash: [0x44; 32],
+            keyed: false,
+        };
+        let keyed_audit = AuditEntry {
+            keyed: true,
+            ..audit.clone()
         };
         vec![
             ("vault-live", RecordKind::VaultEntry, live.encode()),
@@ -202,6 +207,7 @@ mod tests {
                 .encode(),
             ),
             ("audit", RecordKind::AuditEntry, audit.encode()),
+            ("audit-keyed", RecordKind::AuditEntry, keyed_audit.encode()),
             (
                 "seals",
                 RecordKind::SealRecord,

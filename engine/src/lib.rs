@@ -40,7 +40,7 @@ mod subjects;
 mod sync;
 mod vault;
 
-pub use audit::{AuditEntry, AuditEvent, ChainBreak, ChainReport};
+pub use audit::{AuditEntry, AuditEvent, AuditHead, ChainBreak, ChainReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{

@@ -106,6 +106,8 @@ fn verify(global: &Global) -> Result<Code> {
             "intact": report.breaks.is_empty(),
             "entries": report.entries,
             "head": report.head_hex,
+            "head_seq": report.head.seq,
+            "keyed_from": report.keyed_from,
             "first_break": first,
             "breaks": report.breaks.iter().map(ToString::to_string).collect::<Vec<_>>(),
         }))?;
@@ -118,9 +120,14 @@ fn verify(global: &Global) -> Result<Code> {
             "The log cannot be trusted from that entry on; keep the store as it is for investigation and compare it with a backup."
         );
     } else {
+        let keyed = match report.keyed_from {
+            Some(1) => "keyed".to_string(),
+            Some(from) => format!("keyed from entry {from}"),
+            None => "plain hashes (a store made before keyed chains)".to_string(),
+        };
         println!(
-            "OK: {} entries, chain intact, head {}",
-            report.entries, report.head_hex
+            "OK: {} entries, chain intact ({keyed}), head: entry {}, hash {}",
+            report.entries, report.head.seq, report.head_hex
         );
     }
     Ok(if report.breaks.is_empty() {

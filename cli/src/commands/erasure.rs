@@ -83,6 +83,7 @@ pub(crate) fn receipt_json(receipt: &Receipt) -> Value {
         "erased_at": output::time(receipt.erased_at),
         "reason": receipt.reason.name(),
         "keys_destroyed": receipt.keys_destroyed(),
+        "audit_head": {"seq": receipt.audit_head.seq, "hash": receipt.audit_head.hash_hex()},
         "erased": receipt.erased.iter().map(|e| json!({
             "subject": e.subject.to_hex(),
             "class": e.class,
@@ -101,11 +102,12 @@ pub(crate) fn receipt_json(receipt: &Receipt) -> Value {
 /// and why. `name` labels a subject (its tag, or a name the caller knows).
 pub(crate) fn receipt_text(receipt: &Receipt, name: &dyn Fn(&SubjectTag) -> String) -> String {
     let mut out = format!(
-        "Receipt: {} erased at {} ({}), {} keys destroyed\n",
+        "Receipt: {} erased at {} ({}), {} keys destroyed\n  audit: {}\n",
         name(&receipt.subject),
         output::time(receipt.erased_at),
         receipt.reason.name(),
-        receipt.keys_destroyed()
+        receipt.keys_destroyed(),
+        receipt.audit_head
     );
     if receipt.erased.is_empty() && receipt.retained.is_empty() {
         out.push_str("  nothing to erase: already erased\n");

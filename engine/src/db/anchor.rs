@@ -21,7 +21,7 @@ use std::path::Path;
 
 use shredkv_crypto::{Anchor, KeyProvider};
 
-use crate::audit::{self, AuditLog};
+use crate::audit::AuditLog;
 use crate::error::{Error, Result};
 use crate::storage::{Storage, Tree};
 
@@ -55,7 +55,7 @@ pub(super) fn check(
         if ours.generation == kept.generation {
             let found = storage
                 .get(Tree::Audit, &kept.seq.to_be_bytes())?
-                .map(|bytes| audit::entry_hash(kept.seq, &bytes));
+                .map(|bytes| audit.entry_hash(kept.seq, &bytes));
             if found != Some(kept.head) {
                 return Err(refuse(
                     kept,

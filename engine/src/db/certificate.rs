@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use shredkv_crypto::{Envelope, KeyId, SubjectTag};
 
 use super::Db;
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditHead};
 use crate::error::{Error, Result};
 use crate::ledger::{self, ALL_CLASSES, LedgerEntry};
 use crate::storage::{Tree, scan_prefix};
@@ -74,6 +74,9 @@ pub struct Certificate {
     pub epochs_still_live: Vec<u32>,
     /// When the subject's erasure was requested (first erasure recorded).
     pub requested_at: Option<Timestamp>,
+    /// The audit chain's head when the certificate was issued: a later
+    /// chain must still hold this entry with this hash.
+    pub audit_head: AuditHead,
     /// Checks performed and their outcome.
     pub verification: Vec<String>,
     /// Purge completion.
@@ -204,8 +207,22 @@ impl Db {
                 }
             ),
             format!(
-                "audit: {audited} key-destruction entr(ies) for the subject; chain of {} entries {}",
+                "audit: {audited} key-destruction entr(ies) for the subject; chain of {} entries ({}), head {}, {}; {}",
                 chain.entries,
+                match chain.keyed_from {
+                    Some(1) => "every entry keyed".to_string(),
+                    Some(from) => format!("keyed from entry {from}"),
+                    None => "plain hashes, not keyed".to_string(),
+                },
+                chain.head,
+                match inner.vault.provider().anchor() {
+                    Ok(Some(anchor)) => format!(
+                        "anchored by the key provider at entry {} (generation {})",
+                        anchor.seq, anchor.generation
+                    ),
+                    Ok(None) => "not anchored (the key provider keeps no anchor)".to_string(),
+                    Err(err) => format!("anchor unreadable: {err}"),
+                },
                 if chain.breaks.is_empty() {
                     "intact".to_string()
                 } else {
@@ -263,6 +280,7 @@ impl Db {
             dead_records_remaining: dead,
             epochs_still_live,
             requested_at: erasures.first().map(|e| e.erased_at),
+            audit_head: chain.head,
             verification,
             status,
         })
@@ -304,6 +322,7 @@ impl Certificate {
             "dead_records_remaining": self.dead_records_remaining,
             "epochs_still_live": self.epochs_still_live,
             "requested_at": self.requested_at.map(|t| t.to_string()),
+            "audit_head": {"seq": self.audit_head.seq, "hash": self.audit_head.hash_hex()},
             "verification": self.verification,
             "purge_status": status,
             "pending": pending,
@@ -335,6 +354,7 @@ impl fmt::Display for Certificate {
                 e.reason
             )?;
         }
+        writeln!(f, "  audit head      {}", self.audit_head)?;
         writeln!(f, "  verification")?;
         for line in &self.verification {
             writeln!(f, "    - {line}")?;

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use shredkv_crypto::SubjectTag;
 
 use super::{ClassEntry, Db, DbInner, subject_location};
-use crate::audit::{AuditEvent, PendingEntry};
+use crate::audit::{AuditEvent, AuditHead, PendingEntry};
 use crate::error::{Error, Location, Result};
 use crate::holds::{self, Hold};
 use crate::ledger::{self, ALL_CLASSES, ErasureReason, LedgerEntry};
@@ -66,6 +66,9 @@ pub struct Receipt {
     pub erased: Vec<ErasedScope>,
     /// What was kept.
     pub retained: Vec<Retained>,
+    /// The audit chain's last entry recording this erasure (for a receipt
+    /// with nothing to erase: the chain's head when it was issued).
+    pub audit_head: AuditHead,
 }
 
 impl Receipt {
@@ -160,6 +163,10 @@ impl DbInner {
             reason,
             erased: Vec::new(),
             retained: Vec::new(),
+            audit_head: AuditHead {
+                seq: 0,
+                hash: [0; 32],
+            },
         };
         let mut erased_infos = Vec::new();
         let mut evictions: Vec<(SubjectTag, Option<u16>)> = Vec::new();
@@ -329,11 +336,13 @@ impl DbInner {
             }
         }
         if audit.is_empty() {
+            receipt.audit_head = self.audit.head(self.storage.as_ref())?;
             return Ok(receipt);
         }
         // Durable before returning: G1.
-        self.audit
-            .commit(
+        receipt.audit_head = self
+            .audit
+            .commit_returning_head(
                 self.storage.as_ref(),
                 batch,
                 &audit,

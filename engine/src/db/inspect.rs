@@ -290,7 +290,7 @@ impl Db {
             keys_checked: 0,
             subjects_checked: 0,
             problems: Vec::new(),
-            audit: audit::verify_chain(inner.storage.as_ref())?,
+            audit: inner.audit.verify(inner.storage.as_ref())?,
             overdue: inner.overdue_purge()?,
         };
         inner.storage.scan(
@@ -495,7 +495,7 @@ impl Db {
     /// # Errors
     /// Storage failures.
     pub fn verify_audit(&self) -> Result<ChainReport> {
-        audit::verify_chain(self.inner.storage.as_ref())
+        self.inner.audit.verify(self.inner.storage.as_ref())
     }
 
     /// Audit entries from sequence number `from` (1 is the first), at most `limit`.

@@ -340,6 +340,7 @@ impl Db {
                     backup::refuse_unservable(storage.as_ref(), &path)?;
                 }
                 let identity = load_identity(storage.as_ref(), provider.as_ref(), &path)?;
+                audit.set_key(identity.1.expose_secret());
                 if !restoring {
                     anchor::check(storage.as_ref(), &audit, provider.as_ref(), &path)?;
                 }
@@ -832,6 +833,8 @@ fn initialize(
     store_id.copy_from_slice(&DataKey::generate().expose_secret()[..16]);
     let secret = DataKey::generate();
     let wrapped = provider.wrap(epoch, &WrapContext::StoreSecret, &secret)?;
+    // Keyed from the first entry on.
+    audit.set_key(secret.expose_secret());
     let mut batch = WriteBatch::new();
     batch.put(Tree::Meta, meta::STORE_ID, store_id.to_vec());
     batch.put(Tree::Meta, meta::STORE_SECRET, wrapped.as_bytes().to_vec());
