@@ -64,6 +64,10 @@ pub(crate) mod meta {
     /// In a backup's copy only: the source store id ‖ when it was taken
     /// (i64). A store with it is refused; a restore clears it after its replay.
     pub(crate) const BACKUP_OF: &[u8] = b"backup_of";
+    /// `resume_pending/` ‖ deadline key → empty: an erasure a released
+    /// hold had parked, written with the release; removed once carried out.
+    /// An open carries out every one left by a crash before it serves.
+    pub(crate) const RESUME_PENDING_PREFIX: &[u8] = b"resume_pending/";
 }
 
 /// A retention class of the open store: its policy and its number on disk.
@@ -447,6 +451,11 @@ impl Db {
         }
         if policy_changed && !restoring {
             inner.recompute_deadlines(now)?;
+        }
+        if !restoring {
+            // A crash between a hold's release and the erasures it parked:
+            // they are carried out before anything is served.
+            inner.finish_interrupted_releases(now)?;
         }
         if let Some(every) = config.maintenance_every
             && !restoring

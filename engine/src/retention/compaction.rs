@@ -167,6 +167,9 @@ impl DbInner {
                     batch.remove(Tree::Blocked, k.to_vec());
                     let key = deadlines::key(now, &due);
                     if matches!(due, Due::ResumeErasure { .. }) {
+                        // With the release: a crash before the erasure is
+                        // carried out leaves this for the next open.
+                        batch.put(Tree::Meta, resume_marker(&key), Vec::new());
                         erasures.push(key.clone());
                     }
                     batch.put(Tree::Deadlines, key, deadlines::value(now));
@@ -198,8 +201,50 @@ impl DbInner {
             {
                 self.erase_due_scope(tag, class, reason, whole, key, now, &mut report)?;
             }
+            // Carried out (or parked again under another hold, which has its
+            // own release): no longer pending.
+            let mut done = WriteBatch::new();
+            done.remove(Tree::Meta, resume_marker(key));
+            self.storage.apply(&done, Durability::Buffered)?;
         }
         Ok(())
+    }
+
+    /// Carries out the erasures of releases a crash interrupted (markers
+    /// left in meta): at open, before the store serves anything.
+    pub(crate) fn finish_interrupted_releases(&self, now: Timestamp) -> Result<()> {
+        let mut pending = Vec::new();
+        let mut stale = WriteBatch::new();
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Meta,
+            crate::db::meta::RESUME_PENDING_PREFIX,
+            &mut |k, _| {
+                let key = k
+                    .get(crate::db::meta::RESUME_PENDING_PREFIX.len()..)
+                    .unwrap_or_default()
+                    .to_vec();
+                pending.push((k.to_vec(), key));
+                ControlFlow::Continue(())
+            },
+        )?;
+        let mut due = Vec::new();
+        for (marker, key) in pending {
+            if self.storage.get(Tree::Deadlines, &key)?.is_some() {
+                due.push(key);
+            } else {
+                // Carried out (or retried by compaction) before the crash.
+                stale.remove(Tree::Meta, marker);
+            }
+        }
+        if !stale.is_empty() {
+            self.storage.apply(&stale, Durability::Buffered)?;
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.resume_erasures(&due, now)?;
+        Ok(self.storage.flush()?)
     }
 
     /// Destroys a page of expired bucket keys in one atomic batch (one gate
@@ -1088,4 +1133,11 @@ impl Drop for Compactor {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The meta key marking the resumed erasure `deadline_key` as pending.
+fn resume_marker(deadline_key: &[u8]) -> Vec<u8> {
+    let mut marker = crate::db::meta::RESUME_PENDING_PREFIX.to_vec();
+    marker.extend_from_slice(deadline_key);
+    marker
 }

@@ -2038,3 +2038,56 @@ fn releasing_a_hold_carries_out_its_parked_erasures_at_once() {
     assert_eq!(certificate.erasures.len(), 1, "{certificate:?}");
     assert_eq!(certificate.erasures[0].reason, "operator");
 }
+
+/// A crash between a hold's release and the erasures it parked (here the
+/// erasure's commit fails once the release has landed) leaves them
+/// pending; the next open carries them out before it serves anything, so
+/// no read after the release finds the data.
+#[test]
+fn an_interrupted_release_is_finished_by_the_next_open() {
+    use crate::storage::faults::{ApplyFailure, FaultControl, FaultPlan, FaultPoint};
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let config = || config(&dir, &clock).backend(crate::Backend::Redb);
+    {
+        let control = FaultControl::new(FaultPlan::none());
+        let storage = crate::storage::open(crate::Backend::Redb, dir.path()).expect("storage");
+        let db = Db::open_with_faults(config(), storage, &control).expect("open");
+        db.register_account("whole").expect("register");
+        db.put("whole", "account_profile", b"p", b"x").expect("put");
+        db.place_hold("whole", None, "case 1").expect("hold");
+        let parked = db.shred("whole", crate::Classes::All).expect("shred");
+        assert!(parked.erased.is_empty(), "{parked:?}");
+        // The release's commit lands; the parked erasure's does not.
+        control.fail_nth(FaultPoint::DurableApply, 2, ApplyFailure::NothingApplied);
+        db.release_hold("whole", None)
+            .expect_err("the erasure's commit failed");
+        assert!(db.holds().expect("holds").is_empty(), "the release landed");
+        assert!(
+            readable(&db, "whole", "account_profile", b"p"),
+            "the window a crash here would leave open"
+        );
+    }
+    let db = Db::open(config()).expect("reopen");
+    assert_eq!(
+        db.subject("whole").expect("subject").expect("known").state,
+        crate::SubjectState::Erased,
+        "the open carried out the parked erasure"
+    );
+    assert!(!readable(&db, "whole", "account_profile", b"p"));
+    let certificate = db.certificate("whole").expect("certificate");
+    assert_eq!(certificate.erasures.len(), 1, "{certificate:?}");
+    assert_eq!(certificate.erasures[0].reason, "operator");
+    let mut markers = 0;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Meta,
+        crate::db::meta::RESUME_PENDING_PREFIX,
+        &mut |_, _| {
+            markers += 1;
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    assert_eq!(markers, 0, "nothing left pending");
+}
