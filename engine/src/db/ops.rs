@@ -16,7 +16,9 @@ use crate::retention::{ClockStart, KeyMode};
 use crate::storage::{Order, Tree, WriteBatch};
 use crate::subjects::{SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::cache::BucketId;
-use crate::vault::{CachedKey, KeyLookup, Material, SCOPE_BUCKET, bucket_for_expiry};
+use crate::vault::{
+    CachedKey, KeyLookup, Material, SCOPE_BUCKET, SealReservation, Vault, bucket_for_expiry,
+};
 
 /// Largest record key accepted (it may travel inside every envelope).
 pub(crate) const MAX_RECORD_KEY_LEN: usize = 4096;
@@ -209,6 +211,8 @@ struct Staging {
     sealed: Vec<u8>,
     now: i64,
     debts: HashSet<KeyId>,
+    /// Seal reservations in `batch`, acknowledged once it lands.
+    reservations: Vec<SealReservation>,
 }
 
 impl Staging {
@@ -221,18 +225,35 @@ impl Staging {
             sealed: Vec::new(),
             now,
             debts: HashSet::new(),
+            reservations: Vec::new(),
         }
     }
 
-    /// The backend batch: key and debt changes, then the data changes.
-    fn finish(mut self) -> WriteBatch {
+    /// The backend batch (key and debt changes, then the data changes) and
+    /// the seal reservations it carries.
+    fn finish(mut self) -> (WriteBatch, Vec<SealReservation>) {
         for (key, value) in self.data {
             match value {
                 Some(value) => self.batch.put(Tree::Data, key, value),
                 None => self.batch.remove(Tree::Data, key),
             }
         }
-        self.batch
+        (self.batch, self.reservations)
+    }
+}
+
+impl DbInner {
+    /// Applies a staged batch; its seal reservations count once it landed.
+    fn apply_staged(&self, staging: Staging) -> Result<()> {
+        let (batch, reservations) = staging.finish();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.storage.apply(&batch, self.durability)?;
+        for reservation in &reservations {
+            Vault::reservation_landed(reservation);
+        }
+        Ok(())
     }
 }
 
@@ -620,7 +641,9 @@ impl DbInner {
         staging
             .data
             .insert(data_key.clone(), Some(staging.sealed.clone()));
-        self.vault.note_seal(&dek, &mut staging.batch);
+        if let Some(reservation) = self.vault.note_seal(&dek, &mut staging.batch) {
+            staging.reservations.push(reservation);
+        }
         Ok(data_key)
     }
 
@@ -893,7 +916,7 @@ impl Db {
                 staging.data.insert(data_key, sealed);
             }
         }
-        Ok(inner.storage.apply(&staging.finish(), inner.durability)?)
+        inner.apply_staged(staging)
     }
 
     /// Applies a batch atomically: every write lands, or none does.
@@ -938,11 +961,7 @@ impl Db {
                 }
             }
         }
-        let batch = staging.finish();
-        if batch.is_empty() {
-            return Ok(());
-        }
-        Ok(inner.storage.apply(&batch, inner.durability)?)
+        inner.apply_staged(staging)
     }
 
     /// Reads a record's value. `None` if absent or expired.
@@ -1004,10 +1023,7 @@ impl Db {
         let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
         let mut staging = Staging::new(inner.now_secs());
         let existed = inner.stage_delete(&mut staging, &tag, class, key)?;
-        let batch = staging.finish();
-        if !batch.is_empty() {
-            inner.storage.apply(&batch, inner.durability)?;
-        }
+        inner.apply_staged(staging)?;
         Ok(existed)
     }
 

@@ -798,3 +798,65 @@ fn the_anchor_check_refuses_a_cut_or_rewritten_chain_and_levels_a_store_ahead() 
         (kept.generation, kept.seq + 1)
     );
 }
+
+/// "A crash can only over-count seals": a write whose batch carried a new
+/// seal reservation fails, later writes under the same key succeed, and
+/// the store stops (a crash: the trees stay as written). The reservation
+/// on disk must cover every seal made, or the next process would count
+/// from too low and could seal past the retirement point.
+#[test]
+fn a_failed_write_with_a_seal_reservation_never_leaves_seals_unreserved() {
+    use crate::internal::{
+        ApplyFailure, FaultPlan, FaultPoint, MemoryKeyProvider, MemoryStore, TestStore,
+        open_with_faults,
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let trees = MemoryStore::new();
+    let config =
+        || test_config(&dir, &clock).key_provider(Arc::new(MemoryKeyProvider::new()) as Arc<_>);
+    let (db, control) = open_with_faults(
+        config(),
+        &TestStore::Memory(trees.clone()),
+        FaultPlan::none(),
+    )
+    .expect("open");
+    db.register_account("a").expect("register");
+    // A new key reserves SEAL_RESERVATION (65,536) seals when it is made.
+    let reserved_at_creation = 1u64 << 16;
+    let mut sealed = 0u64;
+    for i in 0..reserved_at_creation - 1 {
+        db.put("a", "message_content", &i.to_be_bytes(), b"v")
+            .expect("put");
+        sealed += 1;
+    }
+    // The next seal reaches the reservation: its batch carries a new one,
+    // and fails.
+    control.fail_nth(FaultPoint::Write, 1, ApplyFailure::NothingApplied);
+    db.put("a", "message_content", b"failed", b"v")
+        .expect_err("the write fails");
+    sealed += 1;
+    for i in 0..10u64 {
+        db.put("a", "message_content", &(1_000_000 + i).to_be_bytes(), b"v")
+            .expect("put");
+        sealed += 1;
+    }
+    let storage = Arc::clone(&db.inner.storage);
+    drop(db);
+    let mut reserved = Vec::new();
+    crate::storage::scan_prefix(storage.as_ref(), Tree::Seals, &[], &mut |_, v| {
+        reserved.push(
+            crate::vault::SealRecord::decode(v)
+                .expect("seal record")
+                .reserved,
+        );
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("scan");
+    assert_eq!(reserved.len(), 1, "one key sealed everything: {reserved:?}");
+    assert!(
+        reserved[0] >= sealed,
+        "{sealed} seals made, {} reserved on disk: a crash now would under-count",
+        reserved[0]
+    );
+}

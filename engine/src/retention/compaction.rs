@@ -449,6 +449,7 @@ impl DbInner {
             let full = page.len() >= RECORD_PAGE;
             after = page.last().map(|(k, _)| k.clone());
             let mut batch = WriteBatch::new();
+            let mut reservations = Vec::new();
             for (k, v) in &page {
                 let Ok(envelope) = Envelope::parse(v) else {
                     continue;
@@ -485,11 +486,14 @@ impl DbInner {
                     detail: err.to_string(),
                 })?;
                 batch.put(Tree::Data, k.clone(), sealed.clone());
-                self.vault.note_seal(&new_key, &mut batch);
+                reservations.extend(self.vault.note_seal(&new_key, &mut batch));
                 rekeyed += 1;
             }
             if !batch.is_empty() {
                 self.storage.apply(&batch, Durability::Buffered)?;
+                for reservation in reservations.drain(..) {
+                    crate::vault::Vault::reservation_landed(&reservation);
+                }
             }
             if !full {
                 break;

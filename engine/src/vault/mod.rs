@@ -197,6 +197,14 @@ pub(crate) enum Material {
     Scope { blind: TagKey },
 }
 
+/// A seal reservation written into a batch, to be acknowledged once the
+/// batch lands ([`Vault::reservation_landed`]).
+#[derive(Debug)]
+pub(crate) struct SealReservation {
+    key: Arc<CachedKey>,
+    reserved: u64,
+}
+
 /// A key in the cache.
 pub(crate) struct CachedKey {
     pub(crate) id: KeyId,
@@ -577,32 +585,54 @@ impl Vault {
     }
 
     /// Counts one seal under `key`; adds to `batch` whatever must be
-    /// persisted (a new seal reservation, or retirement).
-    pub(crate) fn note_seal(&self, key: &CachedKey, batch: &mut WriteBatch) {
+    /// persisted (a new seal reservation, or retirement). A new reservation
+    /// is returned: the caller hands it to [`Vault::reservation_landed`]
+    /// once `batch` has landed, and only then does the key stop writing
+    /// reservations. Raising it before (the batch may fail) would let later
+    /// seals go unreserved on disk, and a crash would then under-count.
+    pub(crate) fn note_seal(
+        &self,
+        key: &Arc<CachedKey>,
+        batch: &mut WriteBatch,
+    ) -> Option<SealReservation> {
         let Material::Data { seals, .. } = &key.material else {
-            return;
+            return None;
         };
         let (used, budget) = seals.record();
         let retire = budget == SealBudget::Retire || used >= self.retire_after;
         let reserved = key.reserved.load(Ordering::Relaxed);
         if used < reserved && !retire {
-            return;
+            return None;
         }
         let new_reserved = used
             .saturating_add(SEAL_RESERVATION)
-            .min(self.retire_after.max(used));
-        key.reserved.fetch_max(new_reserved, Ordering::Relaxed);
+            .min(self.retire_after.max(used))
+            .max(reserved);
         if retire {
+            // Sealing stops at once: retiring early is always safe.
             key.retired.store(true, Ordering::Relaxed);
         }
         let record = SealRecord {
-            reserved: key.reserved.load(Ordering::Relaxed),
+            reserved: new_reserved,
             retired: key.retired.load(Ordering::Relaxed),
         };
         batch.put(Tree::Seals, key.id.to_bytes().to_vec(), record.encode());
         if retire {
             self.cache.retire(&key.id);
         }
+        Some(SealReservation {
+            key: Arc::clone(key),
+            reserved: new_reserved,
+        })
+    }
+
+    /// The batch carrying `reservation` landed: the key seals without
+    /// writing another reservation until it reaches this one.
+    pub(crate) fn reservation_landed(reservation: &SealReservation) {
+        reservation
+            .key
+            .reserved
+            .fetch_max(reservation.reserved, Ordering::Relaxed);
     }
 
     /// Adds tombstones for every live key under `prefix` (a subject tag, or
