@@ -46,7 +46,10 @@ impl Rng {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos());
-        Self((nanos as u64) ^ (u64::from(std::process::id()) << 32))
+        Self(
+            u64::try_from(nanos % u128::from(u64::MAX)).unwrap_or(1)
+                ^ (u64::from(std::process::id()) << 32),
+        )
     }
     /// splitmix64: neighbouring seeds give unrelated outputs.
     fn below(&mut self, n: u64) -> u64 {
@@ -66,6 +69,15 @@ fn anchor_at(seq: u64) -> Anchor {
         seq,
         head,
     }
+}
+
+/// The data key wrapped under `epoch`: its id, repeated.
+fn key_bytes(epoch: EpochId) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_exact_mut(4) {
+        chunk.copy_from_slice(&epoch.0.to_be_bytes());
+    }
+    key
 }
 
 fn context(epoch: EpochId) -> WrapContext {
@@ -101,7 +113,7 @@ fn child(log: &Path, ready: &Path) {
                     .wrap(
                         epoch,
                         &context(epoch),
-                        &DataKey::from_bytes([epoch.0 as u8; 32]),
+                        &DataKey::from_bytes(key_bytes(epoch)),
                     )
                     .expect("wrap");
                 append(format!(
@@ -205,7 +217,7 @@ fn check(provider: &Pkcs11KeyProvider, oracle: &Oracle, cycle: u32) {
                 .unwrap_or_else(|err| panic!("cycle {cycle}: {epoch} does not unwrap: {err}"));
             assert_eq!(
                 key.expose_secret(),
-                &[epoch.0 as u8; 32],
+                &key_bytes(*epoch),
                 "cycle {cycle}: {epoch}'s key changed"
             );
         }
