@@ -10,6 +10,10 @@
 //! its own token (its own label, in the next free slot; SoftHSM2 adds a
 //! free slot each time one is taken). Child processes (the crash test's)
 //! inherit the variable and see the same tokens.
+//!
+//! The directory is made under cargo's `CARGO_TARGET_TMPDIR` (the target
+//! directory's `tmp/`), not the system's: it lives in a static, which is
+//! never dropped, so it outlasts the process; `cargo clean` removes it.
 #![allow(dead_code, unsafe_code)]
 
 use std::path::PathBuf;
@@ -34,8 +38,9 @@ pub(crate) fn module() -> PathBuf {
 }
 
 struct Softhsm {
-    /// Kept for the life of the process: the tokens live in it.
-    _dir: tempfile::TempDir,
+    /// Kept for the life of the process: the tokens live in it (a child's
+    /// tokens are its parent's).
+    _dir: Option<tempfile::TempDir>,
     pkcs11: Pkcs11,
 }
 
@@ -53,9 +58,9 @@ fn softhsm() -> &'static Softhsm {
         );
         let dir = match std::env::var_os("SOFTHSM2_CONF") {
             // A child of a test: its parent's configuration, already set.
-            Some(_) if std::env::var_os(CHILD_MARK).is_some() => tempfile::tempdir().expect("temp dir"),
+            Some(_) if std::env::var_os(CHILD_MARK).is_some() => None,
             _ => {
-                let dir = tempfile::tempdir().expect("temp dir");
+                let dir = scratch_dir();
                 let tokens = dir.path().join("tokens");
                 std::fs::create_dir(&tokens).expect("token dir");
                 let conf = dir.path().join("softhsm2.conf");
@@ -73,7 +78,7 @@ fn softhsm() -> &'static Softhsm {
                 // thread inside this `get_or_init`; Rust's own accesses
                 // to the environment are serialised by std.
                 unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
-                dir
+                Some(dir)
             }
         };
         let pkcs11 = Pkcs11::new(&module).expect("load the module");
@@ -83,6 +88,13 @@ fn softhsm() -> &'static Softhsm {
         }
         Softhsm { _dir: dir, pkcs11 }
     })
+}
+
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("softhsm-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a scratch directory under the target directory")
 }
 
 /// Set in a child process the test started, which must use its parent's
