@@ -9,9 +9,11 @@
 //! gone (`StoreDataMissing`); [`crate::exit`] gives those their codes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use shredkv::{Backend, Config, Db, Error, Policy};
+use shredkv_pkcs11::{Pin, Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, StoreLabel};
 
 use crate::exit::{CliError, Code};
 
@@ -55,6 +57,33 @@ pub(crate) struct Global {
     #[arg(long, global = true, env = "SHREDKV_ALLOW_KEY_FILE_IN_STORE")]
     pub(crate) allow_key_file_in_store: bool,
 
+    /// Keep the epoch keys in an HSM: the PKCS#11 module (the vendor's
+    /// library, e.g. /usr/lib/softhsm/libsofthsm2.so) instead of a key file.
+    /// The user PIN comes from SHREDKV_PKCS11_PIN or --pin-file, never from
+    /// the command line.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        requires_all = ["token_label", "store_label"],
+        conflicts_with = "key_file"
+    )]
+    pub(crate) pkcs11_module: Option<PathBuf>,
+
+    /// The label of the PKCS#11 token holding the store's keys.
+    #[arg(long, global = true, value_name = "LABEL", requires = "pkcs11_module")]
+    pub(crate) token_label: Option<String>,
+
+    /// The name of this store's keys on the token (several stores may share
+    /// one token): 1 to 64 of A-Z a-z 0-9 - _ .
+    #[arg(long, global = true, value_name = "LABEL", requires = "pkcs11_module")]
+    pub(crate) store_label: Option<String>,
+
+    /// A file whose first line is the token's user PIN (owner-only
+    /// permissions) [default: the SHREDKV_PKCS11_PIN environment variable].
+    #[arg(long, global = true, value_name = "PATH", requires = "pkcs11_module")]
+    pub(crate) pin_file: Option<PathBuf>,
+
     /// The retention policy file [default: the embedded default policy].
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) policy: Option<PathBuf>,
@@ -86,6 +115,99 @@ impl Global {
         self.key_file.clone().unwrap_or_else(|| dir.join("keys"))
     }
 
+    /// What keeps the store's keys, for reports: the key file, or the
+    /// PKCS#11 token and store label.
+    pub(crate) fn keys_description(&self, dir: &Path) -> String {
+        match (&self.pkcs11_module, &self.token_label, &self.store_label) {
+            (Some(module), Some(token), Some(store)) => format!(
+                "PKCS#11 token {token:?} (module {}), store label {store:?}",
+                module.display()
+            ),
+            _ => self.key_file_for(dir).display().to_string(),
+        }
+    }
+
+    /// The PKCS#11 configuration, if `--pkcs11-module` was given.
+    fn pkcs11_config(&self) -> Result<Option<Pkcs11Config>> {
+        let (Some(module), Some(token), Some(store)) =
+            (&self.pkcs11_module, &self.token_label, &self.store_label)
+        else {
+            return Ok(None);
+        };
+        let store = StoreLabel::new(store)
+            .map_err(|detail| CliError::new(Code::Usage, format!("--store-label: {detail}")))?;
+        let pin = match &self.pin_file {
+            Some(file) => {
+                check_pin_file_permissions(file)?;
+                let text =
+                    zeroize::Zeroizing::new(std::fs::read_to_string(file).map_err(|err| {
+                        CliError::new(
+                            Code::KeyProvider,
+                            format!("cannot read the PIN file {}: {err}", file.display()),
+                        )
+                    })?);
+                Pin::from_file_text(&text).ok_or_else(|| {
+                    CliError::new(
+                        Code::KeyProvider,
+                        format!("the PIN file {} is empty", file.display()),
+                    )
+                })?
+            }
+            None => match std::env::var("SHREDKV_PKCS11_PIN") {
+                Ok(pin) if !pin.is_empty() => Pin::new(pin),
+                _ => {
+                    return Err(CliError::new(
+                        Code::Usage,
+                        "--pkcs11-module needs the token's user PIN: set SHREDKV_PKCS11_PIN or pass --pin-file",
+                    )
+                    .into());
+                }
+            },
+        };
+        Ok(Some(Pkcs11Config::new(module, token, store, pin)))
+    }
+
+    /// Gives `config` its keys: the PKCS#11 token's store (created for
+    /// `init`, which refuses a store label already on the token), or the
+    /// key file.
+    fn with_keys(&self, config: Config, dir: &Path, create: bool) -> Result<Config> {
+        let Some(pkcs11) = self.pkcs11_config()? else {
+            return Ok(config
+                .key_file(self.key_file_for(dir))
+                .allow_key_file_in_store(self.allow_key_file_in_store));
+        };
+        let provider = if create {
+            match Pkcs11KeyProvider::open(pkcs11) {
+                Ok(_) => {
+                    return Err(CliError::new(
+                        Code::Failure,
+                        format!(
+                            "the token already holds a store labelled {:?}; init creates a new store with keys of its own",
+                            self.store_label.as_deref().unwrap_or_default()
+                        ),
+                    )
+                    .hint("pass another --store-label")
+                    .into());
+                }
+                Err(Pkcs11Error::StoreNotFound { .. }) => {
+                    self.pkcs11_config()?.map(Pkcs11KeyProvider::open_or_create)
+                }
+                Err(err) => Some(Err(err)),
+            }
+        } else {
+            Some(Pkcs11KeyProvider::open(pkcs11))
+        };
+        match provider {
+            Some(Ok(provider)) => Ok(config.key_provider(Arc::new(provider))),
+            Some(Err(err)) => Err(CliError::new(Code::KeyProvider, err.to_string()).into()),
+            None => Err(CliError::new(
+                Code::Usage,
+                "--pkcs11-module needs --token-label and --store-label",
+            )
+            .into()),
+        }
+    }
+
     /// The policy: `--policy FILE`, or the embedded default.
     pub(crate) fn load_policy(&self) -> Result<Policy> {
         Ok(match &self.policy {
@@ -114,12 +236,11 @@ impl Global {
         let config = Config::new(dir)
             .backend(backend)
             .policy(policy)
-            .key_file(&key_file)
-            .allow_key_file_in_store(self.allow_key_file_in_store)
             .sync_writes(true)
             // One command, then exit: `shredkv compact` runs its pass itself.
             .maintenance_every(None)
             .apply_policy_change(apply_change);
+        let config = self.with_keys(config, dir, false)?;
         Db::open(config).map_err(|err| opening_error(err, dir, &key_file))
     }
     /// Creates a new store (for `init`): the directory must be absent or empty.
@@ -153,10 +274,9 @@ impl Global {
         let config = Config::new(dir)
             .backend(self.backend.map_or(Backend::Redb, Backend::from))
             .policy(policy)
-            .key_file(&key_file)
-            .allow_key_file_in_store(self.allow_key_file_in_store)
             .sync_writes(true)
             .maintenance_every(None);
+        let config = self.with_keys(config, dir, true)?;
         Db::open(config).map_err(|err| match err {
             Error::StoreDataMissing { key_file, .. } => CliError::new(
                 Code::Failure,
@@ -239,4 +359,35 @@ fn opening_error(err: Error, dir: &Path, key_file: &Path) -> anyhow::Error {
         .into();
     }
     err.into()
+}
+
+/// Refuses a PIN file that group or others may read, as the key file is
+/// refused.
+fn check_pin_file_permissions(file: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file)
+            .map_err(|err| {
+                CliError::new(
+                    Code::KeyProvider,
+                    format!("cannot read the PIN file {}: {err}", file.display()),
+                )
+            })?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CliError::new(
+                Code::KeyProvider,
+                format!(
+                    "the PIN file {} is readable by others (mode {mode:o})",
+                    file.display()
+                ),
+            )
+            .hint(format!("run `chmod 600 {}` and retry", file.display()))
+            .into());
+        }
+    }
+    Ok(())
 }

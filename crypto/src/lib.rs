@@ -52,4 +52,6 @@ pub mod internal {
     pub fn check_key_file_bytes(bytes: &[u8]) -> Result<usize, String> {
         crate::provider::check_key_file_bytes(bytes)
     }
+
+    pub use crate::provider::conformance;
 }

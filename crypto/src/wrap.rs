@@ -36,8 +36,18 @@ pub enum WrapContext {
 }
 
 impl WrapContext {
-    fn aad(&self, epoch: EpochId) -> [u8; AAD_PREFIX.len() + 4 + 1 + KeyId::LEN] {
-        let mut out = [0u8; AAD_PREFIX.len() + 4 + 1 + KeyId::LEN];
+    /// Length of [`WrapContext::associated_data`].
+    pub const AAD_LEN: usize = AAD_PREFIX.len() + 4 + 1 + KeyId::LEN;
+
+    /// The associated data a key wrapped under `epoch` for this context is
+    /// sealed with (see the module docs), for a provider whose AES-GCM runs
+    /// elsewhere (in an HSM) and must produce the same [`WrappedKey`].
+    pub fn associated_data(&self, epoch: EpochId) -> [u8; Self::AAD_LEN] {
+        self.aad(epoch)
+    }
+
+    fn aad(&self, epoch: EpochId) -> [u8; Self::AAD_LEN] {
+        let mut out = [0u8; Self::AAD_LEN];
         let (prefix, rest) = out.split_at_mut(AAD_PREFIX.len());
         prefix.copy_from_slice(AAD_PREFIX);
         let (epoch_bytes, rest) = rest.split_at_mut(4);
@@ -73,6 +83,43 @@ impl WrappedKey {
     /// The encoded bytes (see the module docs).
     pub fn as_bytes(&self) -> &[u8; Self::LEN] {
         &self.0
+    }
+
+    /// Assembles a wrapped key from the parts of an AES-256-GCM seal made
+    /// elsewhere (an HSM): `sealed_key` and `tag` are the ciphertext and
+    /// tag of the 32-byte key under `nonce`, with
+    /// [`WrapContext::associated_data`] for `epoch` as associated data.
+    /// Adds the version byte and the CRC.
+    pub fn from_parts(
+        epoch: EpochId,
+        nonce: [u8; 12],
+        sealed_key: [u8; KEY_LEN],
+        tag: [u8; 16],
+    ) -> Self {
+        let mut out = [0u8; Self::LEN];
+        out[0] = WRAPPED_KEY_VERSION;
+        out[1..5].copy_from_slice(&epoch.0.to_be_bytes());
+        out[5..17].copy_from_slice(&nonce);
+        out[17..49].copy_from_slice(&sealed_key);
+        out[49..65].copy_from_slice(&tag);
+        let crc = crc32fast::hash(&out[..65]);
+        out[65..69].copy_from_slice(&crc.to_be_bytes());
+        Self(out)
+    }
+
+    /// The GCM nonce.
+    pub fn nonce(&self) -> [u8; 12] {
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&self.0[5..17]);
+        nonce
+    }
+
+    /// The sealed key bytes followed by the GCM tag: the ciphertext as
+    /// PKCS#11's `CKM_AES_GCM` decryption takes it.
+    pub fn sealed_key_and_tag(&self) -> [u8; KEY_LEN + 16] {
+        let mut out = [0u8; KEY_LEN + 16];
+        out.copy_from_slice(&self.0[17..65]);
+        out
     }
 
     /// Decodes and checks length, version and CRC. Never panics.
@@ -256,6 +303,50 @@ mod tests {
         assert!(other_epoch.unwrap(&ctx, &wrapped).is_err());
         // The key bytes never appear in the wrapped form.
         assert!(!wrapped.as_bytes().windows(8).any(|w| w == [0x5a; 8]));
+    }
+
+    /// A key sealed by plain AES-256-GCM with the published associated
+    /// data and assembled from its parts is the format `EpochCipher` writes
+    /// (what an HSM provider relies on).
+    #[test]
+    fn parts_sealed_elsewhere_make_the_same_wrapped_key() {
+        let epoch_key = [9u8; 32];
+        let epoch = EpochCipher::new(EpochId(7), &EpochKey::from_bytes(epoch_key));
+        let ctx = WrapContext::DataKey(id(3));
+        let key = DataKey::from_bytes([0x42; 32]);
+        let nonce = [5u8; 12];
+        let mut sealed = *key.expose_secret();
+        let aead = Aes256Gcm::new((&epoch_key).into());
+        let tag = aead
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &ctx.associated_data(EpochId(7)),
+                (&mut sealed[..]).into(),
+            )
+            .expect("seal");
+        let wrapped = WrappedKey::from_parts(EpochId(7), nonce, sealed, tag.into());
+        assert_eq!(wrapped.epoch(), EpochId(7));
+        assert_eq!(wrapped.nonce(), nonce);
+        assert_eq!(&wrapped.sealed_key_and_tag()[..32], &sealed);
+        assert_eq!(&wrapped.sealed_key_and_tag()[32..], tag.as_slice());
+        let parsed = WrappedKey::from_bytes(wrapped.as_bytes()).expect("valid format");
+        let back = epoch.unwrap(&ctx, &parsed).expect("EpochCipher unwraps it");
+        assert_eq!(back.expose_secret(), key.expose_secret());
+        // And the other way: EpochCipher's output splits into the same parts.
+        let native = epoch.wrap(&ctx, &key);
+        let mut body = native.sealed_key_and_tag();
+        let (sealed, tag) = body.split_at_mut(32);
+        let reassembled = WrappedKey::from_parts(
+            native.epoch(),
+            native.nonce(),
+            sealed.try_into().expect("32"),
+            (&*tag).try_into().expect("16"),
+        );
+        assert_eq!(reassembled, native);
+        assert!(
+            epoch.unwrap(&WrapContext::StoreSecret, &parsed).is_err(),
+            "the context is bound"
+        );
     }
 
     #[test]

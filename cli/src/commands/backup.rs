@@ -77,7 +77,7 @@ pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
         .taken_at
         .checked_add(window)
         .unwrap_or(Timestamp::MAX);
-    let key_file = global.key_file_for(db.path());
+    let key_file = global.keys_description(db.path());
     if global.json {
         output::print_json(&json!({
             "backup": report.path.display().to_string(),
@@ -86,7 +86,7 @@ pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
             "taken_at": output::time(report.taken_at),
             "restorable_until_at_least": output::time(at_least),
             "unrestorable_after": output::time(at_most),
-            "key_file": key_file.display().to_string(),
+            "key_file": key_file,
         }))?;
         return Ok(Code::Ok);
     }
@@ -107,15 +107,12 @@ pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
                 output::span_words(report.taken_at, at_most)
             ),
         ),
-        (
-            "key file",
-            format!("{} (not in the backup)", key_file.display()),
-        ),
+        ("key file", format!("{} (not in the backup)", key_file)),
     ]);
     println!(
         "Restore it with: shredkv --store {} --key-file {} restore {} --into NEW_DIR",
         db.path().display(),
-        key_file.display(),
+        key_file,
         report.path.display()
     );
     Ok(Code::Ok)
@@ -157,6 +154,13 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
             ),
         )
         .hint("choose another --into directory")
+        .into());
+    }
+    if global.pkcs11_module.is_some() {
+        return Err(CliError::new(
+            Code::Usage,
+            "restore works with key files only for now; a store whose keys are on a PKCS#11 token cannot be restored by the CLI yet",
+        )
         .into());
     }
     let policy = global.load_policy()?;

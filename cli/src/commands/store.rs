@@ -15,6 +15,28 @@ pub(crate) fn init(global: &Global) -> Result<Code> {
     let key_file = global.key_file_for(&dir);
     let digest = hex(&db.policy().digest());
     db.flush()?;
+    if global.pkcs11_module.is_some() {
+        let keys = global.keys_description(&dir);
+        if global.json {
+            output::print_json(&json!({
+                "store": dir.display().to_string(),
+                "backend": db.backend().name(),
+                "keys": keys,
+                "policy_digest": digest,
+                "classes": db.policy().classes().len(),
+            }))?;
+        } else {
+            println!("Created a {} store at {}", db.backend(), dir.display());
+            output::print_fields(&[
+                ("keys", keys),
+                (
+                    "policy",
+                    format!("{} classes, digest {digest}", db.policy().classes().len()),
+                ),
+            ]);
+        }
+        return Ok(Code::Ok);
+    }
     if global.json {
         output::print_json(&json!({
             "store": dir.display().to_string(),

@@ -6,6 +6,7 @@
 //! HSM or cloud KMS provider implements the same trait where destruction is
 //! enforced by hardware.
 
+pub mod conformance;
 pub(crate) mod file;
 pub(crate) use file::check_key_file_bytes;
 
