@@ -263,7 +263,7 @@ impl DbInner {
                         AuditEvent::ErasureBlocked,
                         Some(*tag),
                         Some(class.number),
-                        format!("{} blocked by legal hold: {hold}", reason.name()),
+                        format!("{} blocked by a legal hold", reason.name()),
                     ));
                     if self.scope_held(tag, class.number)? {
                         receipt.retained.push(Retained {
@@ -749,7 +749,9 @@ impl Db {
             AuditEvent::HoldPlaced,
             Some(tag),
             (class_number != ALL_CLASSES).then_some(class_number),
-            format!("hold placed: {reason}"),
+            // The reason is free text: it stays in `holds` (gone with the
+            // release), never in the permanent audit log.
+            "hold placed",
         );
         inner.audit.commit(
             inner.storage.as_ref(),

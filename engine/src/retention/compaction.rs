@@ -111,12 +111,14 @@ impl DbInner {
         now: Timestamp,
     ) -> Result<bool> {
         let holds = self.holds_of(tag)?;
-        let hold = if class == ALL_CLASSES {
-            holds.values().next()
+        let held = if class == ALL_CLASSES {
+            !holds.is_empty()
         } else {
-            Self::hold_on(&holds, class)
+            Self::hold_on(&holds, class).is_some()
         };
-        let Some(hold) = hold else { return Ok(false) };
+        if !held {
+            return Ok(false);
+        }
         let mut batch = WriteBatch::new();
         batch.remove(Tree::Deadlines, deadline_key.to_vec());
         batch.put(
@@ -128,7 +130,7 @@ impl DbInner {
             AuditEvent::ErasureBlocked,
             Some(*tag),
             (class != ALL_CLASSES).then_some(class),
-            format!("{what} blocked by legal hold: {hold}"),
+            format!("{what} blocked by a legal hold"),
         );
         self.audit.commit(
             self.storage.as_ref(),

@@ -2091,3 +2091,47 @@ fn an_interrupted_release_is_finished_by_the_next_open() {
     .expect("scan");
     assert_eq!(markers, 0, "nothing left pending");
 }
+
+/// A hold's reason is free text (a case name may name a person): it stays
+/// in the holds tree, gone with the release, and never enters the
+/// permanent audit log, whatever the hold blocks on the way.
+#[test]
+fn a_hold_reason_never_enters_the_audit_log() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    let reason = "lawsuit Jane Roe v. Example Corp";
+    db.register_account("a").expect("register");
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"v",
+        PutOptions::expires_at(clock.now() + SignedDuration::from_hours(1)),
+    )
+    .expect("put");
+    db.place_hold("a", None, reason).expect("hold");
+    db.shred("a", crate::Classes::All).expect("parked");
+    clock.advance(days(2));
+    db.compact().expect("compact: the expiry is blocked");
+    assert_eq!(
+        db.holds().expect("holds")[0].reason,
+        reason,
+        "kept for operators"
+    );
+    db.release_hold("a", None).expect("release");
+    let entries = db.audit_entries(1, usize::MAX).expect("audit");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.event == crate::AuditEvent::ErasureBlocked),
+        "the blocked erasure is audited"
+    );
+    for entry in &entries {
+        assert!(
+            !entry.detail.contains("Jane") && !entry.detail.contains("lawsuit"),
+            "audit entry {} holds the hold's reason: {}",
+            entry.seq,
+            entry.detail
+        );
+    }
+}
