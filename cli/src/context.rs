@@ -127,6 +127,18 @@ impl Global {
         }
     }
 
+    /// The options that name the store's keys, as a command line needs them
+    /// (`--key-file PATH`, or the PKCS#11 module, token and store label).
+    pub(crate) fn keys_arguments(&self, dir: &Path) -> String {
+        match (&self.pkcs11_module, &self.token_label, &self.store_label) {
+            (Some(module), Some(token), Some(store)) => format!(
+                "--pkcs11-module {} --token-label {token} --store-label {store}",
+                module.display()
+            ),
+            _ => format!("--key-file {}", self.key_file_for(dir).display()),
+        }
+    }
+
     /// The PKCS#11 configuration, if `--pkcs11-module` was given.
     fn pkcs11_config(&self) -> Result<Option<Pkcs11Config>> {
         let (Some(module), Some(token), Some(store)) =
@@ -170,7 +182,7 @@ impl Global {
     /// Gives `config` its keys: the PKCS#11 token's store (created for
     /// `init`, which refuses a store label already on the token), or the
     /// key file.
-    fn with_keys(&self, config: Config, dir: &Path, create: bool) -> Result<Config> {
+    pub(crate) fn with_keys(&self, config: Config, dir: &Path, create: bool) -> Result<Config> {
         let Some(pkcs11) = self.pkcs11_config()? else {
             return Ok(config
                 .key_file(self.key_file_for(dir))

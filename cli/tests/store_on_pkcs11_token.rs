@@ -230,3 +230,134 @@ fn the_pin_comes_from_a_file_or_the_environment_never_the_command_line() {
         "{err}"
     );
 }
+
+/// A store on a token is backed up and restored with its keys staying on
+/// the token: from the live store (sharing its keys) and from an exported
+/// erasure log; nothing erased after the backup comes back, and the
+/// restored store takes the keys over (the store it replaced is refused).
+#[test]
+fn a_store_on_a_token_is_restored_with_its_keys_on_the_token() {
+    let token = Token::new("cli");
+    let store = token.store("store");
+    exits(&token.run(&store, "orders", &["init"]), 0);
+    for subject in ["keep", "gone"] {
+        exits(
+            &token.run(
+                &store,
+                "orders",
+                &[
+                    "put",
+                    subject,
+                    "account_profile",
+                    "email",
+                    subject,
+                    "--register-account",
+                ],
+            ),
+            0,
+        );
+    }
+    let backup = token.store("backup");
+    exits(
+        &token.run(
+            &store,
+            "orders",
+            &["backup", backup.to_str().expect("utf-8")],
+        ),
+        0,
+    );
+    exits(&token.run(&store, "orders", &["shred", "gone"]), 0);
+    let log = token.store("erasures.log");
+    exits(
+        &token.run(
+            &store,
+            "orders",
+            &["export-erasure-log", log.to_str().expect("utf-8")],
+        ),
+        0,
+    );
+
+    // From an erasure log: the token's keys under the store label, no key file.
+    let from_log = token.store("from-log");
+    let out = token
+        .command(
+            &from_log,
+            "orders",
+            &[
+                "restore",
+                backup.to_str().expect("utf-8"),
+                "--into",
+                from_log.to_str().expect("utf-8"),
+                "--erasure-log",
+                log.to_str().expect("utf-8"),
+            ],
+        )
+        .env_remove("SHREDKV_STORE")
+        .env("SHREDKV_PKCS11_PIN", PIN)
+        .output()
+        .expect("run");
+    let said = exits(&out, 0);
+    assert!(
+        said.contains("--pkcs11-module") && said.contains("--store-label orders"),
+        "{said}"
+    );
+    assert!(!from_log.join("keys").exists(), "no key file is written");
+    exits(
+        &token.run(
+            &from_log,
+            "orders",
+            &["get", "gone", "account_profile", "email"],
+        ),
+        4,
+    );
+    let kept = exits(
+        &token.run(
+            &from_log,
+            "orders",
+            &["get", "keep", "account_profile", "email"],
+        ),
+        0,
+    );
+    assert_eq!(kept, "keep\n");
+    // It took the keys over: the store it came from is refused now.
+    exits(
+        &token.run(
+            &store,
+            "orders",
+            &["get", "keep", "account_profile", "email"],
+        ),
+        5,
+    );
+
+    // From the (restored) live store: shares its keys.
+    let again = token.store("again");
+    exits(
+        &token.run(
+            &from_log,
+            "orders",
+            &[
+                "restore",
+                backup.to_str().expect("utf-8"),
+                "--into",
+                again.to_str().expect("utf-8"),
+            ],
+        ),
+        0,
+    );
+    exits(
+        &token.run(
+            &again,
+            "orders",
+            &["get", "gone", "account_profile", "email"],
+        ),
+        4,
+    );
+    exits(
+        &token.run(
+            &from_log,
+            "orders",
+            &["get", "keep", "account_profile", "email"],
+        ),
+        5,
+    );
+}

@@ -156,19 +156,15 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
         .hint("choose another --into directory")
         .into());
     }
-    if global.pkcs11_module.is_some() {
-        return Err(CliError::new(
-            Code::Usage,
-            "restore works with key files only for now; a store whose keys are on a PKCS#11 token cannot be restored by the CLI yet",
-        )
-        .into());
-    }
+    let on_token = global.pkcs11_module.is_some();
     let policy = global.load_policy()?;
     let (key_file, source_name, from) = match &args.erasure_log {
         Some(log) => {
             let key_file = match (&global.key_file, &global.store) {
-                (Some(file), _) => file.clone(),
-                (None, Some(store)) => global.key_file_for(store),
+                (Some(file), _) => Some(file.clone()),
+                (None, Some(store)) => Some(global.key_file_for(store)),
+                // The keys are on the token, under the live store's label.
+                (None, None) if on_token => None,
                 (None, None) => {
                     return Err(CliError::new(
                         Code::Usage,
@@ -200,7 +196,7 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
             })?;
             let db = global.open()?;
             (
-                global.key_file_for(store),
+                Some(global.key_file_for(store)),
                 format!("the live store at {}", store.display()),
                 Source::Live(db),
             )
@@ -210,10 +206,30 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
     let config = Config::new(into)
         .backend(global.backend.map_or(backend, Backend::from))
         .policy(policy)
-        .key_file(&key_file)
-        .allow_key_file_in_store(global.allow_key_file_in_store)
         .sync_writes(true)
         .maintenance_every(None);
+    // The live store's keys: its key file, or its label on the PKCS#11
+    // token (the restored store takes them over, as with a key file).
+    let (config, keys, keys_arguments) = match key_file {
+        Some(key_file) if !on_token => (
+            config
+                .key_file(&key_file)
+                .allow_key_file_in_store(global.allow_key_file_in_store),
+            key_file.display().to_string(),
+            format!("--key-file {}", key_file.display()),
+        ),
+        // On a token: a restore from the live store shares its open
+        // provider (one handle on the keys, as with a key file); one from
+        // an erasure log opens the store label's keys itself.
+        _ => (
+            match &from {
+                Source::Live(_) => config,
+                Source::Log(_) => global.with_keys(config, into, false)?,
+            },
+            global.keys_description(into),
+            global.keys_arguments(into),
+        ),
+    };
     let source = match &from {
         Source::Live(db) => ErasureSource::Live(db),
         Source::Log(log) => ErasureSource::File(log),
@@ -238,7 +254,7 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
                 "records": l.records,
                 "reason": l.reason.to_string(),
             })).collect::<Vec<_>>(),
-            "key_file": key_file.display().to_string(),
+            "key_file": keys,
         }))?;
         return Ok(Code::Ok);
     }
@@ -257,18 +273,17 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
                 report.erasures_replayed, report.keys_destroyed
             ),
         ),
-        ("key file", format!("{} (shared)", key_file.display())),
+        ("keys", format!("{keys} (shared)")),
     ]);
     for lost in &report.lost {
         println!("not restored (--accept-loss): {lost}");
     }
     println!(
-        "Open it with: shredkv --store {} --key-file {} verify",
+        "Open it with: shredkv --store {} {keys_arguments} verify",
         into.display(),
-        key_file.display()
     );
     eprintln!(
-        "note: the restored store uses the same key file as the live store; serve one of them, not both (retire the old store before using the restored one)"
+        "note: the restored store uses the live store's keys and has taken them over: the store it replaced is refused from now on; serve the restored one"
     );
     Ok(Code::Ok)
 }
