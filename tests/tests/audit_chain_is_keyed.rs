@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Raw, raw_read, raw_write};
+use common::{Raw, crc32, raw_read, raw_write};
 use sha2::{Digest, Sha256};
 use shredkv::{AuditEvent, ChainBreak, Classes, Error};
 use shredkv_tests::{INVOICES, MESSAGES, Store, close, for_each_backend};
@@ -28,18 +28,6 @@ struct RawEntry {
     detail: Vec<u8>,
     prev: [u8; 32],
     hash: [u8; 32],
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
 }
 
 impl RawEntry {

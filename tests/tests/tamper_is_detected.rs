@@ -18,23 +18,9 @@
 
 mod common;
 
-use common::{Raw, class_number, raw_read, raw_write, scope_entries};
+use common::{Raw, class_number, crc32, raw_read, raw_write, scope_entries};
 use shredkv::{Db, Error};
 use shredkv_tests::{INVOICES, MESSAGES, for_each_backend};
-
-/// CRC-32 (IEEE), as the envelope's trailer: lets a test forge a
-/// consistent checksum the way an attacker would.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
-}
 
 /// Replaces the trailing CRC32 of an envelope (or of any stored value that
 /// ends in one: vault entries, subject records) with one matching its body.

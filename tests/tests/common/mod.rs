@@ -155,3 +155,17 @@ pub(crate) fn key_states(store: &Store, tag: &[u8; 16]) -> Vec<(Vec<u8>, u8)> {
         .map(|(k, v)| (k, v.get(1).copied().unwrap_or(0)))
         .collect()
 }
+
+/// CRC-32 (IEEE), as the envelope's trailer: lets a test forge a
+/// consistent checksum the way an attacker would.
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
