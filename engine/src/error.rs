@@ -88,9 +88,9 @@ pub enum Error {
         /// The subject's tag.
         subject: SubjectTag,
         /// The held class, or `None` for a hold over the whole subject.
+        /// (Not the hold's reason: free text that may name a person, kept
+        /// out of errors, which end up in logs; `Db::holds` shows it.)
         class: Option<String>,
-        /// The hold's recorded reason.
-        reason: String,
     },
     /// The request contradicts the retention policy.
     PolicyViolation {
@@ -279,18 +279,14 @@ impl fmt::Display for Error {
                 f,
                 "subject {subject} belongs to an account closed at {closed_at}: it can no longer be read, written or given end users; export it for what is still retained"
             ),
-            Error::OnHold {
-                subject,
-                class,
-                reason,
-            } => {
+            Error::OnHold { subject, class } => {
                 write!(f, "subject {subject}")?;
                 if let Some(class) = class {
                     write!(f, ", class `{class}`,")?;
                 }
                 write!(
                     f,
-                    " is under a legal hold ({reason}); release the hold before erasing"
+                    " is under a legal hold (its reason: `Db::holds`, CLI `shredkv holds`); release the hold before erasing"
                 )
             }
             Error::PolicyViolation { class, detail } => {
