@@ -729,18 +729,18 @@ fn audit_tail_and_verify() {
     assert_eq!(doc["intact"], true);
 }
 
-/// Rewrites the reason in the last audit entry of a closed store
-/// ("case 9" to "case 8"), recomputing the entry's CRC when asked.
+/// Rewrites the detail of the last audit entry of a closed store ("hold
+/// placed" to "hold plated"), recomputing the entry's CRC when asked.
 fn edit_last_audit_entry(store: &Path, recompute_crc: bool) {
     let db = sled::open(store.join("sled")).expect("open sled");
     let audit = db.open_tree("audit").expect("audit tree");
     let (key, value) = audit.last().expect("read").expect("an entry");
     let mut value = value.to_vec();
     let at = value
-        .windows(6)
-        .position(|w| w == b"case 9")
-        .expect("the reason is in the entry");
-    value[at + 5] = b'8';
+        .windows(11)
+        .position(|w| w == b"hold placed")
+        .expect("the hold's entry is the last");
+    value[at + 8] = b't';
     if recompute_crc {
         let body = value.len() - 4;
         let crc = crc32fast::hash(&value[..body]);
