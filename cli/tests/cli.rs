@@ -724,7 +724,8 @@ fn audit_tail_and_verify() {
     assert!(ok(&f.run(&["audit", "tail", "-n", "1"])).contains(" invoices "));
     ok(&f.run(&["release", "a", "--class", "invoices"]));
 
-    assert!(ok(&f.run(&["audit", "verify"])).starts_with("OK: 5 entries"));
+    // store created, control plane sealed, two holds placed and released.
+    assert!(ok(&f.run(&["audit", "verify"])).starts_with("OK: 6 entries"));
     let doc = json(&f.run(&["--json", "audit", "verify"]));
     assert_eq!(doc["intact"], true);
 }
@@ -762,7 +763,7 @@ fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
     // The edited entry is the one the key file's anchor vouches for: the
     // store is refused at open, and the report names the entry.
     assert!(
-        out.starts_with("BROKEN: ") && out.contains("audit entry 2 is not the one anchored"),
+        out.starts_with("BROKEN: ") && out.contains("audit entry 3 is not the one anchored"),
         "{out}"
     );
     let doc: Value =
@@ -771,7 +772,7 @@ fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
     assert!(
         doc["first_break"]
             .as_str()
-            .is_some_and(|b| b.contains("entry 2"))
+            .is_some_and(|b| b.contains("entry 3"))
     );
     assert_eq!(code(&f.run(&["verify"])), 5);
 }

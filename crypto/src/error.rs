@@ -44,6 +44,15 @@ pub enum FormatError {
         /// Which field, and why it is invalid.
         detail: &'static str,
     },
+    /// A control value (subject record, deadline, hold, ledger entry, ...)
+    /// fails the MAC the store keeps over it under a key derived from the
+    /// store secret: it was written, edited or moved by someone without the
+    /// store's keys. Unlike [`AuthError`] this may be described: the MAC
+    /// guards integrity only, the value itself is not secret.
+    Unauthenticated {
+        /// What was being decoded.
+        what: &'static str,
+    },
     /// The input is larger than the format can hold.
     TooLarge {
         /// What was being encoded.
@@ -75,6 +84,10 @@ impl fmt::Display for FormatError {
                 "{what} has format version {found}, which this build cannot read; upgrade shredkv"
             ),
             Self::InvalidField { what, detail } => write!(f, "{what} is malformed: {detail}"),
+            Self::Unauthenticated { what } => write!(
+                f,
+                "{what} fails its MAC under the store secret: it was written, edited or moved by someone without the store's keys (tampering)"
+            ),
             Self::TooLarge { what, len, max } => {
                 write!(f, "{what} is too large: {len} bytes, at most {max} allowed")
             }

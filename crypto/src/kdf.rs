@@ -32,6 +32,13 @@ pub enum Label {
     /// write the store's files but lacks the secret cannot re-link an
     /// edited chain.
     AuditChain,
+    /// MACs over the control-plane values (subjects, deadlines, holds,
+    /// ledger, seals, debts, ...; from the store secret): whoever can write
+    /// the store's files but lacks the secret cannot add, edit or move one.
+    ControlPlane,
+    /// The AES-256-GCM key that seals legal holds' free-text reasons at
+    /// rest (from the store secret).
+    HoldReason,
 }
 
 impl Label {
@@ -41,6 +48,8 @@ impl Label {
             Self::SubjectTag => b"shredkv/v1/subject-tag",
             Self::RecordKeyBlinding => b"shredkv/v1/record-key-blinding",
             Self::AuditChain => b"shredkv/v1/audit-chain",
+            Self::ControlPlane => b"shredkv/v1/control-plane",
+            Self::HoldReason => b"shredkv/v1/hold-reason",
         }
     }
 }
@@ -255,6 +264,10 @@ mod tests {
         let c = TagKey::derive(&ikm, Label::AuditChain);
         assert_ne!(c.tag16(b"x"), a.tag16(b"x"));
         assert_ne!(c.tag16(b"x"), b.tag16(b"x"));
+        let d = TagKey::derive(&ikm, Label::ControlPlane);
+        for other in [&a, &b, &c] {
+            assert_ne!(d.tag16(b"x"), other.tag16(b"x"));
+        }
     }
 
     #[test]

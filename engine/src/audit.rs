@@ -98,9 +98,12 @@ pub enum AuditEvent {
     /// Compaction set an item aside after a failure of its own (damaged or
     /// altered data); it is retried with backoff, the pass went on.
     ItemSetAside,
+    /// The store's control values were sealed under MACs (at creation, or
+    /// when a store of format 1 was first opened by a sealing build).
+    ControlPlaneSealed,
 }
 
-const EVENTS: [(AuditEvent, u8, &str); 19] = [
+const EVENTS: [(AuditEvent, u8, &str); 20] = [
     (AuditEvent::StoreCreated, 1, "store-created"),
     (AuditEvent::SubjectRegistered, 2, "subject-registered"),
     (AuditEvent::KeysDestroyed, 3, "keys-destroyed"),
@@ -120,6 +123,7 @@ const EVENTS: [(AuditEvent, u8, &str); 19] = [
     (AuditEvent::Released, 17, "released"),
     (AuditEvent::CiphertextRemoved, 18, "ciphertext-removed"),
     (AuditEvent::ItemSetAside, 19, "item-set-aside"),
+    (AuditEvent::ControlPlaneSealed, 20, "control-plane-sealed"),
 ];
 
 impl AuditEvent {
@@ -812,6 +816,27 @@ pub(crate) fn read_entries(
         Some(err) => Err(err),
         None => Ok(out),
     }
+}
+
+/// The sequence number of the first entry recording `event`, if any
+/// (damaged entries are skipped: `verify_chain` reports them).
+pub(crate) fn first_of(storage: &dyn Storage, event: AuditEvent) -> Result<Option<u64>> {
+    let mut found = None;
+    storage.scan(
+        Tree::Audit,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        Order::Ascending,
+        &mut |k, v| {
+            let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if AuditEntry::decode(seq, v).is_ok_and(|entry| entry.event == event) {
+                found = Some(seq);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(found)
 }
 
 #[cfg(test)]

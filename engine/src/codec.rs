@@ -92,6 +92,13 @@ pub(crate) struct Reader<'a> {
     total: usize,
 }
 
+/// What the sealed storage view hands a decoder in place of a control value
+/// that fails its MAC (see `storage::sealed`): [`Reader::checked`] refuses
+/// it as [`FormatError::Unauthenticated`], so every decoder reports
+/// tampering where it already reports damage. Its last four bytes are not
+/// the CRC of the rest, so no well-formed value equals it.
+pub(crate) const UNAUTHENTICATED: &[u8] = b"\xffshredkv: fails its control MAC\xff\xff\xff\xff";
+
 impl<'a> Reader<'a> {
     /// Verifies the trailing CRC and the version byte, and positions the
     /// reader after the version.
@@ -100,6 +107,9 @@ impl<'a> Reader<'a> {
         bytes: &'a [u8],
         version: u8,
     ) -> Result<Self, FormatError> {
+        if bytes == UNAUTHENTICATED {
+            return Err(FormatError::Unauthenticated { what });
+        }
         let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
             return Err(FormatError::Truncated {
                 what,
@@ -258,6 +268,14 @@ mod tests {
         assert_eq!(r.opt_i64().expect("opt"), None);
         assert_eq!(r.var_bytes().expect("bytes"), b"xy");
         r.end().expect("end");
+        assert!(matches!(
+            Reader::checked("test", UNAUTHENTICATED, 3),
+            Err(FormatError::Unauthenticated { what: "test" })
+        ));
+        let (body, crc) = UNAUTHENTICATED
+            .split_last_chunk::<4>()
+            .expect("long enough");
+        assert_ne!(crc32fast::hash(body).to_be_bytes(), *crc);
         let mut bad = bytes.clone();
         bad[2] ^= 1;
         assert!(matches!(

@@ -236,10 +236,11 @@ impl Error {
 
     /// Whether the error reports damaged or tampered stored data.
     pub fn is_integrity_failure(&self) -> bool {
-        matches!(
-            self,
-            Error::Corrupt { .. } | Error::Tampered { .. } | Error::StoreRolledBack { .. }
-        )
+        match self {
+            Error::Corrupt { .. } | Error::Tampered { .. } | Error::StoreRolledBack { .. } => true,
+            Error::Storage(err) => err.kind == StorageErrorKind::Tampered,
+            _ => false,
+        }
     }
 }
 
@@ -434,9 +435,13 @@ impl StorageError {
         self.backend
     }
 
-    /// Whether the backend reported its files damaged.
+    /// Whether the backend's files are damaged, or hold a control value
+    /// that fails its MAC (tampered).
     pub fn is_corruption(&self) -> bool {
-        self.kind == StorageErrorKind::Corrupt
+        matches!(
+            self.kind,
+            StorageErrorKind::Corrupt | StorageErrorKind::Tampered
+        )
     }
 
     /// Whether another process holds the store.

@@ -220,7 +220,7 @@ mod tests {
             (
                 "hold",
                 RecordKind::HoldRecord,
-                holds::encode(1_800_000_000, "case 17"),
+                holds::encode(1_800_000_000, &holds::StoredReason::Plain("case 17".into())),
             ),
             (
                 "deadline-destroy",
@@ -326,7 +326,7 @@ mod tests {
         .encode();
         let decoded = decode_any(RecordKind::LedgerEntry, &ledger).expect("ledger decodes");
         assert!(decoded.round_trips && decoded.canonical, "{decoded:?}");
-        let hold = holds::encode(9, "case 1");
+        let hold = holds::encode(9, &holds::StoredReason::Plain("case 1".into()));
         let decoded = decode_any(RecordKind::HoldRecord, &hold).expect("hold decodes");
         assert!(decoded.value.contains("case 1"), "{decoded:?}");
         let deadline = deadlines::key(77, &deadlines::Due::EraseScope(SubjectTag([1; 16]), 4));

@@ -6,7 +6,8 @@
 //! keys of blinded classes never appear; record keys of an `ordered` class
 //! do appear, by design, and the test asserts that too (it is also the
 //! proof that the search finds what is there). The same holds after
-//! overwrites, deletes, shreds and reopening; and, under the default
+//! overwrites, deletes, shreds and reopening (a legal hold's reason is
+//! searched for too: it is sealed at rest); and, under the default
 //! policy, in a backup, an exported erasure log and a restored copy, and in
 //! the store after compaction, re-keys, epoch rotation and destruction.
 
@@ -19,6 +20,8 @@ use shredkv_tests::{INVOICES, MESSAGES, PROFILE, Store, close, for_each_backend}
 const SUBJECT: &str = "MARKER-SUBJECT-";
 const KEY: &str = "MARKER-KEY-";
 const VALUE: &str = "MARKER-VALUE-";
+/// A legal hold's free-text reason: sealed at rest like a value.
+const REASON: &str = "MARKER-REASON-";
 /// Record keys of the ordered class: stored in the clear by design.
 const ORDERED_KEY: &str = "MARKER-ORDERED-KEY-";
 
@@ -122,7 +125,7 @@ fn assert_no_plaintext(store: &Store, phase: &str) -> usize {
             .any(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0)),
         "{phase}: the store wrote no files"
     );
-    for marker in [SUBJECT, KEY, VALUE] {
+    for marker in [SUBJECT, KEY, VALUE, REASON] {
         let found = hits(store.path(), marker);
         assert!(
             found.is_empty(),
@@ -217,8 +220,13 @@ fn no_subject_id_record_key_or_value_in_plaintext_on_disk() {
             db.delete(&subject(2), INVOICES, &ordered_key(2, 0))
                 .expect("delete")
         );
-        db.place_hold(&subject(3), Some(INVOICES), "case 12")
+        db.place_hold(&subject(3), Some(INVOICES), &format!("{REASON}case 12"))
             .expect("hold");
+        assert_eq!(
+            db.holds().expect("holds")[0].reason,
+            format!("{REASON}case 12"),
+            "the reason reads back"
+        );
         db.restrict(&subject(4)).expect("restrict");
         close(db);
 

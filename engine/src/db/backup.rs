@@ -597,7 +597,9 @@ impl Db {
             backup_mark(&inner.store_id, taken_at),
         );
         copy.apply(&mark, Durability::Durable)?;
-        let entries = copy_trees(inner.storage.as_ref(), copy.as_ref())?;
+        // The bytes as stored: control values keep their MACs (the backup
+        // has the same store secret).
+        let entries = copy_trees(inner.sealed.raw().as_ref(), copy.as_ref())?;
         Ok(BackupReport {
             path: dest.to_path_buf(),
             entries,
@@ -714,12 +716,19 @@ impl Db {
         let provider = restore_provider(&target, source)?;
         // Before anything is written: a backup older than its purge window
         // (its epoch destroyed), or one the key provider does not hold.
-        drop(super::load_identity(
-            from.as_ref(),
-            provider.as_ref(),
-            backup,
-        )?);
-        let lost = lost_records(from.as_ref(), &log, target.clock.now().as_second())?;
+        let (_, backup_secret, _) = super::load_identity(from.as_ref(), provider.as_ref(), backup)?;
+        // Read through its sealed view if its control values are sealed
+        // (a backup of format 1 is sealed by the restored store's open).
+        let sealed_backup = super::meta_get(from.as_ref(), meta::FORMAT)?.as_deref()
+            == Some(&[super::STORE_FORMAT][..]);
+        let view: Arc<dyn Storage> = if sealed_backup {
+            super::sealed_view(&from, backup_secret.expose_secret(), backup)
+        } else {
+            Arc::clone(&from)
+        };
+        drop(backup_secret);
+        let lost = lost_records(view.as_ref(), &log, target.clock.now().as_second())?;
+        drop(view);
         if !lost.is_empty() && !options.accept_lost_records {
             return Err(Error::RestoreLosesRecords {
                 backup: backup.to_path_buf(),
@@ -1070,7 +1079,11 @@ mod tests {
         hold_key.extend_from_slice(&2u16.to_be_bytes());
         Decisions {
             entries: vec![
-                (Kind::Hold, hold_key, crate::holds::encode(3, "case 1")),
+                (
+                    Kind::Hold,
+                    hold_key,
+                    crate::holds::encode(3, &crate::holds::StoredReason::Plain("case 1".into())),
+                ),
                 (Kind::Parked, parked, Vec::new()),
                 (Kind::Resumed, resumed, deadlines::value(9)),
                 (

@@ -93,11 +93,25 @@ impl DbInner {
             let Some((_, class)) = ledger::split_key(k) else {
                 return ControlFlow::Continue(());
             };
-            match holds::decode(v) {
-                Ok((_, reason)) => {
+            match holds::decode(v)
+                .map_err(holds::ReasonError::Format)
+                .and_then(|(_, reason)| self.hold_reasons.open(k, reason))
+            {
+                Ok(reason) => {
                     out.insert(class, reason);
                 }
-                Err(source) => {
+                Err(holds::ReasonError::Tampered) => {
+                    failure = Some(Error::Tampered {
+                        location: Box::new(Location {
+                            tree: "holds",
+                            subject: Some(*tag),
+                            class: None,
+                            key_hex: shredkv_crypto::hex::encode(k),
+                        }),
+                    });
+                    return ControlFlow::Break(());
+                }
+                Err(holds::ReasonError::Format(source)) => {
                     failure = Some(Error::Corrupt {
                         location: Box::new(Location {
                             tree: "holds",
@@ -740,10 +754,18 @@ impl Db {
         }
         let now = inner.clock.now();
         let mut batch = WriteBatch::new();
+        let key = hold_key(&tag, class_number);
+        let sealed = inner
+            .hold_reasons
+            .seal(&key, reason)
+            .map_err(|_| Error::InvalidArgument {
+                what: "hold reason",
+                detail: "too long".into(),
+            })?;
         batch.put(
             Tree::Holds,
-            hold_key(&tag, class_number).to_vec(),
-            holds::encode(now.as_second(), reason),
+            key.to_vec(),
+            holds::encode(now.as_second(), &sealed),
         );
         let entry = PendingEntry::new(
             AuditEvent::HoldPlaced,
@@ -828,14 +850,23 @@ impl Db {
                 let Some((tag, class)) = ledger::split_key(k) else {
                     return ControlFlow::Continue(());
                 };
-                match holds::decode(v) {
+                let decoded = holds::decode(v)
+                    .map_err(holds::ReasonError::Format)
+                    .and_then(|(at, reason)| Ok((at, inner.hold_reasons.open(k, reason)?)));
+                match decoded {
                     Ok((placed_at, reason)) => out.push(Hold {
                         subject: tag,
                         class: (class != ALL_CLASSES).then(|| inner.class_name(class)),
                         placed_at: Timestamp::from_second(placed_at).unwrap_or(Timestamp::MAX),
                         reason,
                     }),
-                    Err(source) => {
+                    Err(holds::ReasonError::Tampered) => {
+                        failure = Some(Error::Tampered {
+                            location: subject_location(&tag),
+                        });
+                        return ControlFlow::Break(());
+                    }
+                    Err(holds::ReasonError::Format(source)) => {
                         failure = Some(Error::Corrupt {
                             location: subject_location(&tag),
                             source,

@@ -97,6 +97,9 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// Control values failing their MAC that one [`Db::verify`] lists at most.
+const MAX_UNAUTHENTICATED_REPORTED: usize = 10_000;
+
 /// The outcome of [`Db::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntegrityReport {
@@ -293,6 +296,27 @@ impl Db {
             audit: inner.audit.verify(inner.storage.as_ref())?,
             overdue: inner.overdue_purge()?,
         };
+        // Every other control value against its MAC (subjects are decoded
+        // above, which reports theirs).
+        let (unauthenticated, _) = inner.sealed.sweep(MAX_UNAUTHENTICATED_REPORTED)?;
+        for found in unauthenticated {
+            if found.tree == Tree::Subjects {
+                continue;
+            }
+            report.problems.push(Problem {
+                kind: ProblemKind::Tampered,
+                location: Location {
+                    tree: found.tree.name(),
+                    subject: None,
+                    class: None,
+                    key_hex: shredkv_crypto::hex::encode(&found.key),
+                },
+                detail: format!(
+                    "{} value fails its MAC under the store secret: written, edited or moved without the store's keys",
+                    found.tree.name()
+                ),
+            });
+        }
         inner.storage.scan(
             Tree::Subjects,
             Bound::Unbounded,

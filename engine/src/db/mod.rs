@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::{Error, Location, Result};
 use crate::retention::timeline::Timeline;
 use crate::retention::{ClassPolicy, Policy};
+use crate::storage::sealed::SealedStorage;
 use crate::storage::{self, Durability, Storage, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::Vault;
@@ -42,8 +43,12 @@ pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
 pub use ops::{Batch, Export, ExportedSubject, PutOptions};
 
-/// The on-disk format version of a store (meta key `format`).
-pub(crate) const STORE_FORMAT: u8 = 1;
+/// The on-disk format version of a store (meta key `format`). Version 2
+/// seals every control value (`storage::sealed`); a version 1 store is
+/// sealed and moved to version 2 by its first open.
+pub(crate) const STORE_FORMAT: u8 = 2;
+/// The format of stores made before control values were sealed.
+const UNSEALED_FORMAT: u8 = 1;
 
 pub(crate) mod meta {
     pub(crate) const FORMAT: &[u8] = b"format";
@@ -68,6 +73,32 @@ pub(crate) mod meta {
     /// hold had parked, written with the release; removed once carried out.
     /// An open carries out every one left by a crash before it serves.
     pub(crate) const RESUME_PENDING_PREFIX: &[u8] = b"resume_pending/";
+    /// The meta keys read before the store secret is known, so not sealed
+    /// (`storage::sealed`): each authenticates otherwise or is checked
+    /// against the key provider (the wrapped secret, its epoch, the anchor).
+    pub(crate) const IDENTITY_KEYS: &[&[u8]] = &[
+        FORMAT,
+        STORE_ID,
+        STORE_SECRET,
+        EPOCH,
+        RESTORE_PENDING,
+        BACKUP_OF,
+        crate::audit::ANCHOR_GENERATION,
+    ];
+}
+
+/// The sealed view of `storage` for a store whose secret is `secret`.
+pub(crate) fn sealed_view(
+    storage: &Arc<dyn Storage>,
+    secret: &[u8; 32],
+    path: &Path,
+) -> Arc<SealedStorage> {
+    Arc::new(SealedStorage::new(
+        Arc::clone(storage),
+        TagKey::derive(secret, Label::ControlPlane),
+        meta::IDENTITY_KEYS,
+        path.to_path_buf(),
+    ))
 }
 
 /// A retention class of the open store: its policy and its number on disk.
@@ -79,7 +110,10 @@ pub(crate) struct ClassEntry {
 
 pub(crate) struct DbInner {
     pub(crate) path: PathBuf,
+    /// The sealed view of the backend: every read and write goes through it.
     pub(crate) storage: Arc<dyn Storage>,
+    /// The same view, typed: its raw bytes (backups) and its sweep (verify).
+    pub(crate) sealed: Arc<SealedStorage>,
     pub(crate) vault: Vault,
     pub(crate) gate: ScopeGate,
     /// Serialises writers of one record (see [`RecordLocks`]).
@@ -90,6 +124,8 @@ pub(crate) struct DbInner {
     class_index: HashMap<String, usize>,
     pub(crate) store_id: [u8; 16],
     subject_key: TagKey,
+    /// Seals legal holds' reasons at rest (`holds`).
+    pub(crate) hold_reasons: crate::holds::ReasonCipher,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) durability: Durability,
     /// (`crate::sync`'s, so the loom model sees subject state.)
@@ -333,24 +369,30 @@ impl Db {
         // A restore anchors from its replay on (the backup's chain is behind).
         let audit = AuditLog::open_anchored(storage.as_ref(), Arc::clone(&provider), !restoring)?;
 
-        let (store_id, secret, epoch) = match meta_get(storage.as_ref(), meta::FORMAT)? {
-            None => initialize(storage.as_ref(), provider.as_ref(), &audit, &policy, now)?,
+        let (store_id, secret, epoch, sealed) = match meta_get(storage.as_ref(), meta::FORMAT)? {
+            None => initialize(&storage, provider.as_ref(), &audit, &policy, now, &path)?,
             Some(format) => {
                 let found = format.first().copied().unwrap_or(0);
-                if format.len() != 1 || found != STORE_FORMAT {
+                if format.len() != 1 || !(found == STORE_FORMAT || found == UNSEALED_FORMAT) {
                     return Err(Error::UnsupportedFormat { path, found });
                 }
                 if !restoring {
                     backup::refuse_unservable(storage.as_ref(), &path)?;
                 }
-                let identity = load_identity(storage.as_ref(), provider.as_ref(), &path)?;
-                audit.set_key(identity.1.expose_secret());
+                let (store_id, secret, epoch) =
+                    load_identity(storage.as_ref(), provider.as_ref(), &path)?;
+                audit.set_key(secret.expose_secret());
                 if !restoring {
                     anchor::check(storage.as_ref(), &audit, provider.as_ref(), &path)?;
                 }
-                identity
+                let sealed = sealed_view(&storage, secret.expose_secret(), &path);
+                if found == UNSEALED_FORMAT {
+                    seal_control_plane(&sealed, &audit, now, &path)?;
+                }
+                (store_id, secret, epoch, sealed)
             }
         };
+        let storage: Arc<dyn Storage> = Arc::clone(&sealed) as Arc<dyn Storage>;
 
         let digest = meta_get(storage.as_ref(), meta::POLICY_DIGEST)?;
         let policy_changed = digest.as_deref() != Some(&policy.digest()[..]);
@@ -388,6 +430,7 @@ impl Db {
             .map(|(i, c)| (c.policy.name().to_string(), i))
             .collect();
         let subject_key = TagKey::derive(secret.expose_secret(), Label::SubjectTag);
+        let hold_reasons = crate::holds::ReasonCipher::new(secret.expose_secret());
         drop(secret);
 
         let vault = Vault::new(
@@ -400,6 +443,7 @@ impl Db {
         let inner = Arc::new(DbInner {
             path,
             storage,
+            sealed,
             vault,
             gate: ScopeGate::new(config.gate_stripes),
             record_locks: RecordLocks::new(RECORD_LOCK_STRIPES),
@@ -409,6 +453,7 @@ impl Db {
             class_index,
             store_id,
             subject_key,
+            hold_reasons,
             clock: Arc::clone(&config.clock),
             durability: if config.sync_writes {
                 Durability::Durable
@@ -828,12 +873,13 @@ pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
 
 /// Creates a new store's identity: store id, first epoch, store secret.
 fn initialize(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     provider: &dyn KeyProvider,
     audit: &AuditLog,
     policy: &Policy,
     now: Timestamp,
-) -> Result<([u8; 16], StoreSecret, EpochId)> {
+    path: &Path,
+) -> Result<([u8; 16], StoreSecret, EpochId, Arc<SealedStorage>)> {
     let epoch = match provider.live_epochs()?.last() {
         Some(epoch) => *epoch,
         None => provider.create_epoch()?,
@@ -865,8 +911,68 @@ fn initialize(
         None,
         format!("format {STORE_FORMAT}, {epoch}"),
     );
-    audit.commit(storage, batch, &[entry], now, Durability::Durable)?;
-    Ok((store_id, StoreSecret::from_unwrapped(secret), epoch))
+    let sealed_from_start = PendingEntry::new(
+        AuditEvent::ControlPlaneSealed,
+        None,
+        None,
+        "control values sealed from the start",
+    );
+    let entries = [entry, sealed_from_start];
+    let kept = entries.len();
+    // What a format-1 build wrote (the test strips the MACs after).
+    #[cfg(test)]
+    let kept = if tests::CREATE_AS_FORMAT_1.get() {
+        1
+    } else {
+        kept
+    };
+    // Through the sealed view: every control value carries its MAC from
+    // the first write.
+    let sealed = sealed_view(storage, secret.expose_secret(), path);
+    audit.commit(
+        sealed.as_ref(),
+        batch,
+        entries.get(..kept).unwrap_or_default(),
+        now,
+        Durability::Durable,
+    )?;
+    Ok((store_id, StoreSecret::from_unwrapped(secret), epoch, sealed))
+}
+
+/// Seals the control values of a store made before they were sealed
+/// (format 1) and moves it to format 2, audited. Refuses a store whose audit
+/// chain says it was sealed already: its format byte was set back to let
+/// unsealed (forged) values in.
+fn seal_control_plane(
+    sealed: &SealedStorage,
+    audit: &AuditLog,
+    now: Timestamp,
+    path: &Path,
+) -> Result<()> {
+    if let Some(seq) = crate::audit::first_of(sealed, AuditEvent::ControlPlaneSealed)? {
+        return Err(Error::Tampered {
+            location: Box::new(Location {
+                tree: "meta",
+                subject: None,
+                class: None,
+                key_hex: format!(
+                    "`format` of {} (format 1, but audit entry {seq} sealed its control values: set back to let unsealed values in)",
+                    path.display()
+                ),
+            }),
+        });
+    }
+    let count = sealed.seal_existing()?;
+    let mut batch = WriteBatch::new();
+    batch.put(Tree::Meta, meta::FORMAT, vec![STORE_FORMAT]);
+    let entry = PendingEntry::new(
+        AuditEvent::ControlPlaneSealed,
+        None,
+        None,
+        format!("format {UNSEALED_FORMAT} → {STORE_FORMAT}: {count} control values sealed"),
+    );
+    audit.commit(sealed, batch, &[entry], now, Durability::Durable)?;
+    Ok(())
 }
 
 fn load_identity(

@@ -6,6 +6,13 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::storage::{Durability, Tree, WriteBatch};
+
+thread_local! {
+    /// Makes this thread's next store creation omit its "control plane
+    /// sealed" audit entry, as a format-1 build did (see
+    /// `a_format_1_store_is_sealed_by_its_first_open_and_never_again`).
+    pub(super) static CREATE_AS_FORMAT_1: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 use crate::{Batch, Classes, Config, Db, Error, ManualClock, PutOptions, SubjectState};
 
 /// A policy with one class of each shape the tests need.
@@ -859,4 +866,136 @@ fn a_failed_write_with_a_seal_reservation_never_leaves_seals_unreserved() {
         "{sealed} seals made, {} reserved on disk: a crash now would under-count",
         reserved[0]
     );
+}
+
+/// Turns a sealed store back into what a format-1 build wrote: every
+/// control value without its MAC, the format byte 1. Returns the values
+/// stripped.
+fn unseal(raw: &dyn crate::storage::Storage, sealed: &dyn crate::storage::Storage) -> u64 {
+    use std::ops::{Bound, ControlFlow};
+    let mut stripped = 0u64;
+    let mut batch = WriteBatch::new();
+    for tree in Tree::ALL {
+        raw.scan(
+            tree,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, v| {
+                let plain = sealed.get(tree, k).expect("get").expect("present");
+                if plain != v {
+                    assert_eq!(plain.len() + crate::storage::sealed::MAC_LEN, v.len());
+                    stripped += 1;
+                    batch.put(tree, k.to_vec(), plain);
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    }
+    batch.put(Tree::Meta, super::meta::FORMAT, vec![1]);
+    raw.apply(&batch, Durability::Durable).expect("apply");
+    stripped
+}
+
+/// A store made by a format-1 build (control values under a CRC only) is
+/// sealed by its first open, in full, audited, and works on: its hold
+/// still blocks, its data reads, its deadlines still destroy. Setting its
+/// format byte back to 1 afterwards (to slip unsealed values in) is refused.
+#[test]
+fn a_format_1_store_is_sealed_by_its_first_open_and_never_again() {
+    use crate::internal::MemoryKeyProvider;
+    use crate::storage::Storage;
+    use crate::storage::memory::MemoryStorage;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let provider: Arc<dyn shredkv_crypto::KeyProvider> = Arc::new(MemoryKeyProvider::new());
+    let reopen = || {
+        Db::open_with(
+            test_config(&dir, &clock),
+            Arc::clone(&raw),
+            Arc::clone(&provider),
+            false,
+        )
+    };
+    CREATE_AS_FORMAT_1.set(true);
+    let db = reopen().expect("create");
+    CREATE_AS_FORMAT_1.set(false);
+    for s in ["a", "b", "c"] {
+        db.register_account(s).expect("register");
+    }
+    let in_a_day = crate::Clock::now(&clock) + SignedDuration::from_hours(24);
+    db.put_with(
+        "a",
+        "message_content",
+        b"expiring",
+        b"v",
+        PutOptions::expires_at(in_a_day),
+    )
+    .expect("put");
+    db.put("a", "message_content", b"kept", b"v").expect("put");
+    db.put("b", "message_content", b"held", b"v").expect("put");
+    db.place_hold("b", None, "litigation").expect("hold");
+    db.shred("c", Classes::All).expect("shred");
+    let sealed = Arc::clone(&db.inner.storage);
+    drop(db);
+    let stripped = unseal(raw.as_ref(), sealed.as_ref());
+    assert!(stripped >= 10, "{stripped} values stripped");
+
+    let db = reopen().expect("a format-1 store opens");
+    assert_eq!(
+        raw.get(Tree::Meta, super::meta::FORMAT).expect("get"),
+        Some(vec![super::STORE_FORMAT])
+    );
+    let (failing, checked) = db.inner.sealed.sweep(10).expect("sweep");
+    assert_eq!(failing, Vec::new());
+    assert_eq!(checked, stripped, "every control value sealed, no other");
+    let sealing: Vec<_> = db
+        .audit_entries(1, 1000)
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.event == crate::AuditEvent::ControlPlaneSealed)
+        .collect();
+    assert_eq!(sealing.len(), 1);
+    assert_eq!(
+        sealing[0].detail,
+        format!("format 1 → 2: {stripped} control values sealed")
+    );
+    assert_eq!(db.verify_audit().expect("chain").breaks, Vec::new());
+    db.shred("b", Classes::All).expect("a held shred parks");
+    assert_eq!(
+        db.get("b", "message_content", b"held")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v"[..]),
+        "the hold still holds"
+    );
+    assert_eq!(
+        db.get("a", "message_content", b"kept")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v"[..])
+    );
+    clock.advance(SignedDuration::from_hours(72));
+    let report = db.compact().expect("compact");
+    assert!(report.keys_destroyed >= 1, "{report:?}");
+    let sealed = Arc::clone(&db.inner.storage);
+    drop(db);
+    drop(reopen().expect("a sealed store reopens"));
+
+    // Set back to format 1 with its values unsealed: refused, naming the entry.
+    assert!(unseal(raw.as_ref(), sealed.as_ref()) >= 10);
+    match reopen() {
+        Err(Error::Tampered { location }) => {
+            assert_eq!(location.tree, "meta");
+            assert!(
+                location
+                    .key_hex
+                    .contains(&format!("audit entry {}", sealing[0].seq)),
+                "{location}"
+            );
+        }
+        other => panic!("expected Tampered, got {other:?}"),
+    }
 }

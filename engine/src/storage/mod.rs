@@ -219,6 +219,8 @@ pub(crate) enum StorageErrorKind {
     Io,
     /// The backend found its files damaged.
     Corrupt,
+    /// A control value failed its MAC (`sealed`): written without the keys.
+    Tampered,
     /// Another process holds the store.
     Locked,
     /// The directory holds a store of another backend than the one asked for.
@@ -405,6 +407,7 @@ mod guard;
 pub(crate) mod memory;
 pub(crate) mod pauses;
 mod redb_backend;
+pub(crate) mod sealed;
 mod sled_backend;
 pub(crate) mod tape;
 
