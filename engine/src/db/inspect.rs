@@ -97,6 +97,74 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// The live keys of expiry buckets that nothing will destroy: no "destroy
+/// key" item for them in the deadline index, parked by a hold (`blocked`)
+/// or set aside (`poisoned`). A MAC shows a value was forged or edited, not
+/// that one was removed; this finds the removal that matters most, a
+/// deleted destruction deadline (every live key is carried into each new
+/// epoch, so nothing else would ever destroy it).
+///
+/// Entries in `failing` (they fail their MAC) do not count: a deadline
+/// moved to another time is a removal and a forgery.
+fn expiry_keys_without_a_deadline(
+    storage: &dyn crate::storage::Storage,
+    failing: &std::collections::HashSet<(Tree, Vec<u8>)>,
+) -> Result<Vec<Problem>> {
+    use crate::retention::poisoned;
+    let mut scheduled: std::collections::HashSet<KeyId> = std::collections::HashSet::new();
+    let mut note = |deadline_key: &[u8]| {
+        if let Some((_, Due::DestroyKey(id))) = deadlines::decode_key(deadline_key) {
+            scheduled.insert(id);
+        }
+    };
+    let all = |tree, visit: &mut dyn FnMut(&[u8])| {
+        storage.scan(
+            tree,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, _| {
+                if !failing.contains(&(tree, k.to_vec())) {
+                    visit(k);
+                }
+                ControlFlow::Continue(())
+            },
+        )
+    };
+    all(Tree::Deadlines, &mut |k| note(k))?;
+    all(Tree::Blocked, &mut |k| {
+        note(k.get(18..).unwrap_or_default())
+    })?;
+    all(Tree::Poisoned, &mut |k| {
+        if k.first() == Some(&poisoned::DUE_ITEM) {
+            note(k.get(1..).unwrap_or_default());
+        }
+    })?;
+    let mut problems = Vec::new();
+    storage.scan(Tree::Vault, Bound::Unbounded, Bound::Unbounded, Order::Ascending, &mut |k, v| {
+        let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) else {
+            return ControlFlow::Continue(());
+        };
+        if entry.state == KeyState::Active
+            && crate::vault::bucket_deadline(id.bucket).is_some()
+            && !scheduled.contains(&id)
+        {
+            problems.push(Problem {
+                kind: ProblemKind::Tampered,
+                location: Location {
+                    tree: "deadlines",
+                    subject: Some(id.subject),
+                    class: None,
+                    key_hex: shredkv_crypto::hex::encode(k),
+                },
+                detail: "a live key of an expiry bucket has no destruction deadline (removed from the index): nothing would ever destroy it; shred the scope, or restore from a backup".to_string(),
+            });
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(problems)
+}
+
 /// Control values failing their MAC that one [`Db::verify`] lists at most.
 const MAX_UNAUTHENTICATED_REPORTED: usize = 10_000;
 
@@ -299,6 +367,10 @@ impl Db {
         // Every other control value against its MAC (subjects are decoded
         // above, which reports theirs).
         let (unauthenticated, _) = inner.sealed.sweep(MAX_UNAUTHENTICATED_REPORTED)?;
+        let failing: std::collections::HashSet<(Tree, Vec<u8>)> = unauthenticated
+            .iter()
+            .map(|u| (u.tree, u.key.clone()))
+            .collect();
         for found in unauthenticated {
             if found.tree == Tree::Subjects {
                 continue;
@@ -359,6 +431,10 @@ impl Db {
                 ControlFlow::Continue(())
             },
         )?;
+        report.problems.extend(expiry_keys_without_a_deadline(
+            inner.storage.as_ref(),
+            &failing,
+        )?);
         // Records in pages, so no backend read lock is held while decrypting.
         let mut after: Option<Vec<u8>> = None;
         let mut scratch = OpenScratch::default();

@@ -22,12 +22,16 @@
 //! - **decoded trees** (subjects, holds, ledger, seals, poisoned): the decoder
 //!   receives [`UNAUTHENTICATED`] and reports [`FormatError::Unauthenticated`]
 //!   wherever it reports damage today (`Error::Corrupt` naming the location);
-//! - **presence trees** (deadlines, blocked, debts: the key is the content):
-//!   the entry reads as absent — a forged deadline is never acted on.
+//! - **schedule trees** (deadlines, blocked, debts: the key is the content,
+//!   and an entry only ever makes the engine erase, re-key or destroy
+//!   sooner): the entry is acted on all the same. Ignoring it would let
+//!   damage drop an erasure; obeying a forged one can only hasten what the
+//!   forger, able to delete the files, could do anyway. The engine errs on
+//!   the side of erasure, as it does for a damaged ledger entry.
 //!
-//! A MAC cannot show that a value was *removed*; [`SealedStorage::sweep`]
-//! lists every value that fails, for `Db::verify`, and docs/threat-model.md
-//! says what deletion can and cannot do.
+//! [`SealedStorage::sweep`] lists every value that fails, for `Db::verify`.
+//! A MAC cannot show that a value was *removed*; docs/threat-model.md says
+//! what deletion can and cannot do.
 //!
 //! [`FormatError::Unauthenticated`]: shredkv_crypto::FormatError::Unauthenticated
 
@@ -57,8 +61,9 @@ enum Guard {
     Strict,
     /// Decoded values: a failure reaches the decoder as [`UNAUTHENTICATED`].
     Decoded,
-    /// Key-only entries: a failure reads as absent.
-    Presence,
+    /// Key-only entries that schedule work: a failure is still acted on
+    /// (reported by the sweep).
+    Schedule,
 }
 
 /// A [`Storage`] that seals and checks the control-plane values of `inner`.
@@ -106,7 +111,7 @@ impl SealedStorage {
             Tree::Data | Tree::Vault | Tree::Audit => Guard::Own,
             Tree::Meta if self.identity_keys.contains(&key) => Guard::Own,
             Tree::Meta => Guard::Strict,
-            Tree::Deadlines | Tree::Blocked | Tree::Debts => Guard::Presence,
+            Tree::Deadlines | Tree::Blocked | Tree::Debts => Guard::Schedule,
             Tree::Subjects | Tree::Holds | Tree::Ledger | Tree::Seals | Tree::Poisoned => {
                 Guard::Decoded
             }
@@ -238,6 +243,16 @@ impl SealedStorage {
     }
 }
 
+/// A schedule entry's value without what would be its MAC (these values
+/// are never decoded for decisions: the key is the content).
+fn unsealed_anyway(stored: &[u8]) -> &[u8] {
+    stored
+        .len()
+        .checked_sub(MAC_LEN)
+        .and_then(|end| stored.get(..end))
+        .unwrap_or_default()
+}
+
 /// A key for an error message: text if it is printable ASCII (meta keys),
 /// else hex (tags and ids: no personal data either way).
 fn key_text(key: &[u8]) -> String {
@@ -261,7 +276,7 @@ impl Storage for SealedStorage {
             (Some(value), _) => Ok(Some(value.to_vec())),
             (None, Guard::Strict) => Err(self.refused(tree, key)),
             (None, Guard::Decoded) => Ok(Some(UNAUTHENTICATED.to_vec())),
-            (None, _) => Ok(None),
+            (None, _) => Ok(Some(unsealed_anyway(&stored).to_vec())),
         }
     }
 
@@ -288,7 +303,7 @@ impl Storage for SealedStorage {
                         ControlFlow::Break(())
                     }
                     (None, Guard::Decoded) => visit(k, UNAUTHENTICATED),
-                    (None, _) => ControlFlow::Continue(()),
+                    (None, _) => visit(k, unsealed_anyway(v)),
                 },
             },
         )?;
@@ -454,10 +469,14 @@ mod tests {
             sealed.get(Tree::Ledger, b"l").expect("get"),
             Some(UNAUTHENTICATED.to_vec())
         );
-        assert_eq!(sealed.get(Tree::Deadlines, b"d2").expect("get"), None);
+        // Schedule entries are acted on all the same (the sweep reports them).
+        assert_eq!(
+            sealed.get(Tree::Deadlines, b"d2").expect("get"),
+            Some(Vec::new())
+        );
         assert_eq!(
             scanned(&sealed, Tree::Deadlines).expect("scan"),
-            vec![(b"d1".to_vec(), Vec::new())]
+            vec![(b"d1".to_vec(), Vec::new()), (b"d2".to_vec(), Vec::new())]
         );
         // Meta: an edited class number fails the read and the scan.
         let mut edited = raw
