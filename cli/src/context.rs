@@ -244,7 +244,6 @@ impl Global {
     pub(crate) fn open_with_policy(&self, policy: Policy, apply_change: bool) -> Result<Db> {
         let dir = self.store_dir()?;
         let backend = self.detect_backend(dir)?;
-        let key_file = self.key_file_for(dir);
         let config = Config::new(dir)
             .backend(backend)
             .policy(policy)
@@ -253,7 +252,7 @@ impl Global {
             .maintenance_every(None)
             .apply_policy_change(apply_change);
         let config = self.with_keys(config, dir, false)?;
-        Db::open(config).map_err(|err| opening_error(err, dir, &key_file))
+        Ok(Db::open(config)?)
     }
     /// Creates a new store (for `init`): the directory must be absent or empty.
     pub(crate) fn create(&self) -> Result<Db> {
@@ -282,7 +281,6 @@ impl Global {
             }
         }
         let policy = self.load_policy()?;
-        let key_file = self.key_file_for(dir);
         let config = Config::new(dir)
             .backend(self.backend.map_or(Backend::Redb, Backend::from))
             .policy(policy)
@@ -299,7 +297,7 @@ impl Global {
             )
             .hint("pass --key-file with a path that does not exist yet; every store has its own key file")
             .into(),
-            err => opening_error(err, dir, &key_file),
+            err => err.into(),
         })
     }
 }
@@ -348,29 +346,6 @@ pub(crate) fn detect_backend(dir: &Path, backend: Option<Backend>) -> Result<Bac
             "neither {SLED_DIR}/ nor {REDB_FILE} is in that directory"
         ))),
     }
-}
-
-/// Explains an open failure the engine reports in its own terms: a key
-/// file that is not there is "missing" (not an unavailable provider to
-/// retry), and `init` over an existing key file must pick another path.
-fn opening_error(err: Error, dir: &Path, key_file: &Path) -> anyhow::Error {
-    let missing_file = matches!(&err, Error::KeyProvider(provider)
-        if std::error::Error::source(provider)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
-    if missing_file {
-        return CliError::new(
-            Code::KeyProvider,
-            format!(
-                "key file {} is missing: the store at {} cannot be decrypted without it",
-                key_file.display(),
-                dir.display()
-            ),
-        )
-        .hint("pass --key-file with the key file's real location (keep it off the backup volume); a store whose key file is lost is unreadable by design")
-        .into();
-    }
-    err.into()
 }
 
 /// Refuses a PIN file that group or others may read, as the key file is

@@ -200,6 +200,12 @@ fn classify_engine(err: &Error) -> (Code, Option<String>) {
                 "pass --key-file with this store's own key file (a restored backup uses the live store's key file); if it is the right file, the store's metadata was altered: treat it as a security incident",
             ),
         ),
+        Error::KeyFileMissing { .. } => (
+            Code::KeyProvider,
+            hint(
+                "pass --key-file with the key file's real location (keep it off the backup volume); a store whose key file is lost is unreadable by design",
+            ),
+        ),
         Error::KeyFileInStore { .. } => (
             Code::KeyProvider,
             hint(

@@ -207,6 +207,84 @@ fn put_with_expires_at_and_policy_violations() {
     );
 }
 
+/// Messaging TTLs are often hours: `--expires-in` takes seconds, minutes
+/// and hours as well as the policy's calendar units, and `-` reads the value
+/// from standard input (bytes, so binary values work).
+#[test]
+fn put_takes_hour_ttls_and_a_value_from_stdin() {
+    let f = Fixture::init();
+    f.put_account("acct-1", "account_profile", "k", "v");
+    let before = jiff::Timestamp::now();
+    let doc = json(&f.run(&[
+        "--json",
+        "put",
+        "acct-1",
+        "message_content",
+        "m1",
+        "v",
+        "--expires-in",
+        "12 hours",
+    ]));
+    let at: jiff::Timestamp = doc["expires_at"]
+        .as_str()
+        .expect("a time")
+        .parse()
+        .expect("RFC 3339");
+    let ttl = at.duration_since(before).as_secs();
+    assert!((12 * 3600 - 5..=12 * 3600 + 60).contains(&ttl), "{ttl} s");
+    for span in ["90 seconds", "15 minutes", "1 hour", "30 days"] {
+        ok(&f.run(&[
+            "put",
+            "acct-1",
+            "message_content",
+            "m2",
+            "v",
+            "--expires-in",
+            span,
+        ]));
+    }
+    assert_eq!(
+        code(&f.run(&[
+            "put",
+            "acct-1",
+            "message_content",
+            "m3",
+            "v",
+            "--expires-in",
+            "12 fortnights"
+        ])),
+        2
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shredkv"))
+        .args([
+            "--store",
+            path_str(&f.store),
+            "put",
+            "acct-1",
+            "message_content",
+            "bin",
+            "-",
+        ])
+        .env_remove("SHREDKV_STORE")
+        .env_remove("SHREDKV_KEY_FILE")
+        .env("SHREDKV_ALLOW_KEY_FILE_IN_STORE", "true")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shredkv");
+    let value: Vec<u8> = (0..=255u8).chain(b"-\n".iter().copied()).collect();
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &value).expect("write");
+    ok(&child.wait_with_output().expect("wait"));
+    let doc = json(&f.run(&["--json", "get", "acct-1", "message_content", "bin"]));
+    assert_eq!(doc["value_encoding"], "base64", "{doc}");
+    assert_ne!(
+        doc["value"], "-",
+        "the value came from stdin, not the literal `-`"
+    );
+}
+
 #[test]
 fn init_refuses_a_non_empty_directory() {
     let f = Fixture::init();
@@ -724,8 +802,9 @@ fn audit_tail_and_verify() {
     assert!(ok(&f.run(&["audit", "tail", "-n", "1"])).contains(" invoices "));
     ok(&f.run(&["release", "a", "--class", "invoices"]));
 
-    // store created, control plane sealed, two holds placed and released.
-    assert!(ok(&f.run(&["audit", "verify"])).starts_with("OK: 6 entries"));
+    // store created, control plane sealed, a registered, two holds placed
+    // and released.
+    assert!(ok(&f.run(&["audit", "verify"])).starts_with("OK: 7 entries"));
     let doc = json(&f.run(&["--json", "audit", "verify"]));
     assert_eq!(doc["intact"], true);
 }
@@ -763,7 +842,7 @@ fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
     // The edited entry is the one the key file's anchor vouches for: the
     // store is refused at open, and the report names the entry.
     assert!(
-        out.starts_with("BROKEN: ") && out.contains("audit entry 3 is not the one anchored"),
+        out.starts_with("BROKEN: ") && out.contains("audit entry 4 is not the one anchored"),
         "{out}"
     );
     let doc: Value =
@@ -772,7 +851,7 @@ fn an_edited_audit_entry_breaks_the_chain_with_exit_5() {
     assert!(
         doc["first_break"]
             .as_str()
-            .is_some_and(|b| b.contains("entry 3"))
+            .is_some_and(|b| b.contains("entry 4"))
     );
     assert_eq!(code(&f.run(&["verify"])), 5);
 }

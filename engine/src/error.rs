@@ -154,6 +154,14 @@ pub enum Error {
         /// The key file found there.
         key_file: PathBuf,
     },
+    /// The store has data but its key file does not exist: the path is
+    /// wrong, or the key file was lost (then the store is unreadable).
+    KeyFileMissing {
+        /// The store directory.
+        path: PathBuf,
+        /// Where the key file was looked for.
+        key_file: PathBuf,
+    },
     /// The key file would be inside the store directory, where every copy
     /// of the store carries it, and [`crate::Config::allow_key_file_in_store`]
     /// was not given.
@@ -232,6 +240,29 @@ impl Error {
     /// ended; what is retained can still be exported).
     pub fn is_closed(&self) -> bool {
         matches!(self, Error::Closed { .. })
+    }
+
+    /// Whether the subject named is not known to the store (never
+    /// registered). A missing record is not an error: `get` returns `None`.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::UnknownSubject { .. })
+    }
+
+    /// Whether another process (or another open in this one) holds the
+    /// store; retry later, or operate it through the process that holds it.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Storage(err) if err.is_locked())
+    }
+
+    /// Whether a legal hold stopped the operation.
+    pub fn is_on_hold(&self) -> bool {
+        matches!(self, Error::OnHold { .. })
+    }
+
+    /// Whether the subject is restricted (its records can be exported or
+    /// erased, not read or written).
+    pub fn is_restricted(&self) -> bool {
+        matches!(self, Error::Restricted { .. })
     }
 
     /// Whether the error reports damaged or tampered stored data.
@@ -315,7 +346,7 @@ impl fmt::Display for Error {
             Error::Policy(err) => write!(f, "{err}"),
             Error::PolicyChanged { path } => write!(
                 f,
-                "store {} was created with a different retention policy; apply the new policy explicitly (Db::apply_policy / `shredkv policy apply`) to change it",
+                "store {} was created with a different retention policy; apply the new policy explicitly to change it (Config::apply_policy_change(true); CLI `shredkv policy apply FILE`), which is audited and erases the scopes of classes it removes",
                 path.display()
             ),
             Error::UnsupportedFormat { path, found } => write!(
@@ -328,6 +359,12 @@ impl fmt::Display for Error {
                 "store {} has a key file ({}) but no data: its backend files are missing, empty or replaced; restore them from a backup (shredkv will not start a new store over existing keys)",
                 path.display(),
                 key_file.display()
+            ),
+            Error::KeyFileMissing { path, key_file } => write!(
+                f,
+                "key file {} is missing: the store at {} cannot be decrypted without it; point Config::key_file (CLI --key-file, SHREDKV_KEY_FILE) at its real location. A store whose key file is lost is unreadable by design",
+                key_file.display(),
+                path.display()
             ),
             Error::KeyFileInStore { path, key_file } => write!(
                 f,

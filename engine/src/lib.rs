@@ -36,6 +36,7 @@ mod ledger;
 mod records;
 mod retention;
 mod storage;
+mod subject_id;
 mod subjects;
 mod sync;
 mod vault;
@@ -44,9 +45,10 @@ pub use audit::{AuditEntry, AuditEvent, AuditHead, ChainBreak, ChainReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
-    BackupReport, Batch, Certificate, CertifiedErasure, ClassStats, Classes, Db, ErasedScope,
-    ErasureSource, Export, ExportedSubject, IntegrityReport, LossReason, LostRecords, Problem,
-    ProblemKind, PurgeStatus, PutOptions, Receipt, RestoreOptions, RestoreReport, Retained, Stats,
+    BackupReport, Batch, Certificate, CertifiedErasure, ClassStats, Classes, Cursor, Db,
+    ErasedScope, ErasureSource, Export, ExportedSubject, IntegrityReport, LossReason, LostRecords,
+    MAX_PAGE, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Page, Problem, ProblemKind, PurgeStatus,
+    PutOptions, Receipt, Records, RestoreOptions, RestoreReport, Retained, ScanOptions, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;
@@ -57,9 +59,15 @@ pub use retention::{
     ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,
     PolicyError, Retention, RetentionUnit, Scheduled,
 };
-pub use retention::{CompactionReport, Compactor, EpochReport, OverduePurge};
-pub use shredkv_crypto::{KeyProvider, SubjectTag};
+pub use retention::{CompactionOutcome, CompactionReport, Compactor, EpochReport, OverduePurge};
+// What a caller must name to match an error (`Error::KeyProvider`,
+// `Error::Corrupt`) or to write a key provider, without a second dependency.
+pub use shredkv_crypto::{
+    Anchor, DataKey, EpochId, FormatError, KeyId, KeyProvider, ProviderError, SubjectTag,
+    WrapContext, WrappedKey,
+};
 pub use storage::{Backend, StorageError};
+pub use subject_id::MAX_SUBJECT_ID_LEN;
 pub use subjects::{SubjectInfo, SubjectKind, SubjectState};
 
 /// Test and tooling hooks: the concurrency protocol's parts for the loom

@@ -2,7 +2,8 @@
 //! never wrong data: a missing, corrupt, truncated or world-readable key
 //! file (named in the message); another store's key file; a truncated or
 //! garbage redb file and a garbage sled directory (the backend and path
-//! named); unknown subjects and classes; record keys over 4096 bytes; and a
+//! named); unknown subjects and classes; record keys over 4096 bytes (on
+//! writes, reads and deletes); and a
 //! policy that differs from the store's (`Error::PolicyChanged` unless
 //! `Config::apply_policy_change(true)`). After each damaged open the store
 //! is restored and still opens with its data intact, so a refused open
@@ -114,7 +115,11 @@ fn a_missing_or_foreign_key_file_is_refused_without_harm() {
 
         fs::remove_file(&key_file).expect("remove the key file");
         let err = open_err(store, "missing key file");
-        assert!(matches!(err, Error::KeyProvider(_)), "{err:?}");
+        assert!(
+            matches!(&err, Error::KeyFileMissing { key_file: named, .. } if *named == key_file),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("is missing"), "{err}");
         assert!(
             !key_file.exists(),
             "a missing key file must not be recreated"
@@ -307,7 +312,21 @@ fn unknown_subjects_classes_and_oversized_keys_are_typed_errors() {
             let err = db.apply(batch).expect_err("a batch with an oversized key");
             assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
             assert_eq!(db.get("acct", class, b"small").expect("get"), None);
-            assert_eq!(db.get("acct", class, &over).expect("get"), None);
+            // A key no write could store is refused on reads too, not a miss.
+            assert!(matches!(
+                db.get("acct", class, &over),
+                Err(Error::InvalidArgument {
+                    what: "record key",
+                    ..
+                })
+            ));
+            assert!(matches!(
+                db.delete("acct", class, &over),
+                Err(Error::InvalidArgument {
+                    what: "record key",
+                    ..
+                })
+            ));
         }
     });
 }
@@ -467,5 +486,27 @@ fn a_policy_change_cannot_switch_a_class_key_mode() {
                 db.scan("acct", MESSAGES)
             ),
         }
+    });
+}
+
+/// Opening a store this process already has open fails (after the short
+/// wait that lets a closing `Db` go) with an error that says so and says to
+/// share the `Db`, not one that blames another process; once the first
+/// `Db` is dropped the store opens at once.
+#[test]
+fn a_second_open_in_this_process_names_the_cause() {
+    for_each_backend(|store| {
+        let first = store.open();
+        let err = open_err(store, "second open");
+        assert!(err.is_locked(), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("this process already has the store open"),
+            "{text}"
+        );
+        assert!(text.contains("share that Db"), "{text}");
+        assert!(!text.contains("another process"), "{text}");
+        drop(first);
+        drop(store.open());
     });
 }

@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, Value, json};
 use shredkv::{Db, Export, PutOptions, Retention, SubjectKind, SubjectState};
 
@@ -38,14 +38,15 @@ pub(crate) struct PutArgs {
     class: String,
     /// The record key.
     key: String,
-    /// The value.
+    /// The value, or `-` to read it from standard input (as bytes, to its end).
     value: String,
     /// Expire the record at this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
     #[arg(long, value_name = "RFC3339", conflicts_with = "expires_in")]
     expires_at: Option<Timestamp>,
-    /// Expire the record after this span ("30 days", "6 months", "1 year").
+    /// Expire the record after this span ("90 seconds", "15 minutes",
+    /// "12 hours", "30 days", "6 months", "1 year").
     #[arg(long, value_name = "SPAN")]
-    expires_in: Option<Retention>,
+    expires_in: Option<Ttl>,
     /// Register the subject as an account first, if it is not registered.
     #[arg(long, conflicts_with = "account")]
     register_account: bool,
@@ -132,11 +133,18 @@ pub(crate) fn put(global: &Global, args: &PutArgs) -> Result<Code> {
         })?),
         (None, None) => None,
     };
+    let value = if args.value == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)?;
+        bytes
+    } else {
+        args.value.clone().into_bytes()
+    };
     db.put_with(
         &args.subject,
         &args.class,
         args.key.as_bytes(),
-        args.value.as_bytes(),
+        &value,
         PutOptions { expires_at },
     )?;
     let tag = db.subject_tag(&args.subject).to_hex();
@@ -288,4 +296,63 @@ fn export_all(db: &Db, out: &mut dyn Write) -> Result<(u64, usize)> {
         eprintln!("note: {erased} erased subjects skipped (their data is gone)");
     }
     Ok((records, done.len() - erased))
+}
+
+/// A record's time to live for `--expires-in`: seconds, minutes and hours
+/// (what messaging TTLs use) as well as the policy file's days, weeks,
+/// months and years.
+#[derive(Debug, Clone)]
+pub(crate) enum Ttl {
+    /// A fixed number of seconds, and how it was written.
+    Exact(u64, String),
+    /// A calendar span, as in the policy file.
+    Calendar(Retention),
+}
+
+impl Ttl {
+    fn add_to(&self, now: Timestamp) -> Option<Timestamp> {
+        match self {
+            Ttl::Exact(seconds, _) => now
+                .checked_add(SignedDuration::from_secs(i64::try_from(*seconds).ok()?))
+                .ok(),
+            Ttl::Calendar(span) => span.add_to(now),
+        }
+    }
+}
+
+impl std::fmt::Display for Ttl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ttl::Exact(_, text) => f.write_str(text),
+            Ttl::Calendar(span) => write!(f, "{span}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Ttl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Ttl, String> {
+        let mut words = text.split_whitespace();
+        if let (Some(number), Some(unit), None) = (words.next(), words.next(), words.next()) {
+            let per_unit = match unit.to_ascii_lowercase().trim_end_matches('s') {
+                "second" | "sec" => Some(1u64),
+                "minute" | "min" => Some(60),
+                "hour" => Some(3_600),
+                _ => None,
+            };
+            if let Some(per_unit) = per_unit {
+                let count: u64 = number
+                    .parse()
+                    .map_err(|_| format!("`{number}` is not a whole number"))?;
+                let seconds = count
+                    .checked_mul(per_unit)
+                    .ok_or_else(|| format!("`{text}` is too long"))?;
+                return Ok(Ttl::Exact(seconds, text.to_string()));
+            }
+        }
+        text.parse::<Retention>().map(Ttl::Calendar).map_err(|err| {
+            format!("{err} (seconds, minutes and hours are accepted too, e.g. \"12 hours\")")
+        })
+    }
 }

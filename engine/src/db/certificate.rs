@@ -88,10 +88,11 @@ impl Db {
     /// completed it says what is still pending and by when.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if nothing of the subject was ever erased;
+    /// [`Error::UnknownSubject`] if the subject was never registered;
+    /// [`Error::InvalidArgument`] if nothing of it was ever erased;
     /// damaged records; storage and key provider failures.
     pub fn certificate(&self, subject_id: &str) -> Result<Certificate> {
-        self.certificate_for(self.subject_tag(subject_id))
+        self.certificate_for(self.tag_of(subject_id)?)
     }
 
     /// [`Db::certificate`] by subject tag (for operators who hold only tags).
@@ -120,6 +121,9 @@ impl Db {
             }
             ControlFlow::Continue(())
         })?;
+        if erasures.is_empty() && inner.subject_info(&tag)?.is_none() {
+            return Err(Error::UnknownSubject { subject: tag });
+        }
         if erasures.is_empty() {
             return Err(Error::InvalidArgument {
                 what: "subject",

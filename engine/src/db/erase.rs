@@ -575,7 +575,7 @@ impl Db {
     /// [`Error::UnknownSubject`], [`Error::UnknownClass`], storage failures
     /// (then nothing was erased).
     pub fn shred(&self, subject: &str, classes: Classes<'_>) -> Result<Receipt> {
-        self.erase(self.subject_tag(subject), classes, ErasureReason::Operator)
+        self.erase(self.tag_of(subject)?, classes, ErasureReason::Operator)
     }
 
     pub(crate) fn erase(
@@ -610,7 +610,7 @@ impl Db {
     /// for an end user whose account is closed.
     pub fn re_register(&self, subject: &str) -> Result<()> {
         let inner = &self.inner;
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
@@ -688,7 +688,7 @@ impl Db {
     /// # Errors
     /// [`Error::UnknownSubject`], [`Error::Erased`], storage failures.
     pub fn restrict(&self, subject: &str) -> Result<()> {
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         self.inner.set_state(
             &tag,
             None,
@@ -709,7 +709,7 @@ impl Db {
     /// # Errors
     /// [`Error::UnknownSubject`], [`Error::Erased`], storage failures.
     pub fn lift_restriction(&self, subject: &str) -> Result<()> {
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         self.inner.set_state(
             &tag,
             None,
@@ -740,7 +740,7 @@ impl Db {
                 detail: "a legal hold needs a reason (a case or request reference)".into(),
             });
         }
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         let class_number = match class {
             Some(name) => inner.class(name)?.number,
             None => ALL_CLASSES,
@@ -794,7 +794,7 @@ impl Db {
     /// fails stays due, and compaction retries it; the hold is released).
     pub fn release_hold(&self, subject: &str, class: Option<&str>) -> Result<bool> {
         let inner = &self.inner;
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         let class_number = match class {
             Some(name) => inner.class(name)?.number,
             None => ALL_CLASSES,

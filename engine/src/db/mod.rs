@@ -7,6 +7,7 @@ mod decisions;
 mod erase;
 mod inspect;
 mod ops;
+mod scan;
 #[cfg(test)]
 mod tests;
 
@@ -41,7 +42,8 @@ pub use backup::{
 pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
-pub use ops::{Batch, Export, ExportedSubject, PutOptions};
+pub use ops::{Batch, Export, ExportedSubject, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, PutOptions};
+pub use scan::{Cursor, MAX_PAGE, Page, Records, ScanOptions};
 
 /// The on-disk format version of a store (meta key `format`). Version 2
 /// seals every control value (`storage::sealed`); a version 1 store is
@@ -273,6 +275,12 @@ impl Db {
                     }
                     // Never create a key file for a store that has data: a
                     // new, empty one could only fail later, less clearly.
+                    if !file.exists() {
+                        return Err(Error::KeyFileMissing {
+                            path,
+                            key_file: file,
+                        });
+                    }
                     Arc::new(FileKeyProvider::open(file)?)
                 } else if file.exists() {
                     // Keys without data: the backend's files were lost or
@@ -539,9 +547,24 @@ impl Db {
     }
 
     /// The keyed tag that stands in for `subject_id` in this store: what
-    /// logs, errors, audit entries and certificates show.
+    /// logs, errors, audit entries and certificates show. The tag is of the
+    /// id's Unicode NFC form, so canonically equal spellings share it (see
+    /// [`MAX_SUBJECT_ID_LEN`](crate::MAX_SUBJECT_ID_LEN) and the rules every
+    /// operation applies to ids: no empty ids, no control characters, no
+    /// white space at either end).
     pub fn subject_tag(&self, subject_id: &str) -> SubjectTag {
-        self.inner.subject_key.subject_tag(subject_id.as_bytes())
+        match crate::subject_id::canonical(subject_id) {
+            Ok(canonical) => self.inner.subject_key.subject_tag(canonical.as_bytes()),
+            // No operation accepts such an id; its tag names nothing.
+            Err(_) => self.inner.subject_key.subject_tag(subject_id.as_bytes()),
+        }
+    }
+
+    /// The tag of `subject_id`, or [`Error::InvalidArgument`] if the id
+    /// breaks the subject-id rules (`subject_id.rs`).
+    pub(crate) fn tag_of(&self, subject_id: &str) -> Result<SubjectTag> {
+        let canonical = crate::subject_id::canonical(subject_id)?;
+        Ok(self.inner.subject_key.subject_tag(canonical.as_bytes()))
     }
 
     /// Registers a customer account. Registering an existing account again
@@ -566,8 +589,8 @@ impl Db {
     }
 
     fn register(&self, id: &str, account: Option<&str>) -> Result<SubjectTag> {
-        let tag = self.subject_tag(id);
-        let parent = account.map(|account| self.subject_tag(account));
+        let tag = self.tag_of(id)?;
+        let parent = account.map(|account| self.tag_of(account)).transpose()?;
         // An end user is registered under the write lock of its account
         // too, and the account's state is checked under it: an erasure or
         // closure of the account (which holds that lock while it lists and
@@ -641,7 +664,22 @@ impl Db {
                 Vec::new(),
             );
         }
-        self.inner.storage.apply(&batch, self.inner.durability)?;
+        let entry = PendingEntry::new(
+            AuditEvent::SubjectRegistered,
+            Some(tag),
+            None,
+            match parent {
+                Some(parent) => format!("end user of account {parent}"),
+                None => "account".to_string(),
+            },
+        );
+        self.inner.audit.commit(
+            self.inner.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            self.inner.durability,
+        )?;
         self.inner.cache_subject(info);
         Ok(tag)
     }
@@ -651,7 +689,7 @@ impl Db {
     /// # Errors
     /// A damaged subject record, or the backend failing.
     pub fn subject(&self, subject_id: &str) -> Result<Option<SubjectInfo>> {
-        self.inner.subject_info(&self.subject_tag(subject_id))
+        self.inner.subject_info(&self.tag_of(subject_id)?)
     }
 
     /// Every subject, in tag order (for operators; O(subjects)).

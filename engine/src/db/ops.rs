@@ -20,8 +20,25 @@ use crate::vault::{
     CachedKey, KeyLookup, Material, SCOPE_BUCKET, SealReservation, Vault, bucket_for_expiry,
 };
 
-/// Largest record key accepted (it may travel inside every envelope).
-pub(crate) const MAX_RECORD_KEY_LEN: usize = 4096;
+/// Largest record key accepted, in bytes (it may travel inside every
+/// envelope).
+pub const MAX_RECORD_KEY_LEN: usize = 4096;
+/// Largest value accepted, in bytes: what an envelope holds
+/// ([`shredkv_crypto::MAX_PLAINTEXT_LEN`], 64 MiB) less the record key and
+/// its length that blinded classes seal with it.
+pub const MAX_VALUE_LEN: usize = shredkv_crypto::MAX_PLAINTEXT_LEN - 4 - MAX_RECORD_KEY_LEN;
+
+/// Refuses a record key longer than [`MAX_RECORD_KEY_LEN`]: on every path,
+/// so a read of a key no write could store is an error, not a miss.
+fn check_record_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_RECORD_KEY_LEN {
+        return Err(Error::InvalidArgument {
+            what: "record key",
+            detail: format!("{} bytes, at most {MAX_RECORD_KEY_LEN} allowed", key.len()),
+        });
+    }
+    Ok(())
+}
 /// Raw entries read per page while scanning.
 const SCAN_PAGE: usize = 256;
 
@@ -40,6 +57,21 @@ impl PutOptions {
         Self {
             expires_at: Some(at),
         }
+    }
+
+    /// A write that expires `ttl` after `now` (a message's time to live;
+    /// pass [`Db::now`] so a test clock is honoured). Saturates at the
+    /// latest time representable.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let now = shredkv::jiff::Timestamp::UNIX_EPOCH;
+    /// let twelve_hours = shredkv::PutOptions::expires_in(now, Duration::from_secs(12 * 3600));
+    /// assert_eq!(twelve_hours.expires_at.map(|t| t.as_second()), Some(12 * 3600));
+    /// ```
+    pub fn expires_in(now: Timestamp, ttl: std::time::Duration) -> Self {
+        let ttl = jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::MAX);
+        Self::expires_at(now.checked_add(ttl).unwrap_or(Timestamp::MAX))
     }
 }
 
@@ -268,7 +300,7 @@ fn data_location(tag: &SubjectTag, class: &ClassEntry, key: &[u8]) -> Box<Locati
 
 /// What an operation needs of the subject's state.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(super) enum Access {
     Read,
     Write,
     Export,
@@ -303,7 +335,7 @@ impl OpenScratch {
 
 impl DbInner {
     /// Checks that `tag` may be accessed in `class`, returning its record.
-    fn check_access(
+    pub(super) fn check_access(
         &self,
         tag: &SubjectTag,
         class: &ClassEntry,
@@ -583,10 +615,11 @@ impl DbInner {
         options: PutOptions,
         read_previous: bool,
     ) -> Result<Vec<u8>> {
-        if key.len() > MAX_RECORD_KEY_LEN {
+        check_record_key(key)?;
+        if value.len() > MAX_VALUE_LEN {
             return Err(Error::InvalidArgument {
-                what: "record key",
-                detail: format!("{} bytes, at most {MAX_RECORD_KEY_LEN} allowed", key.len()),
+                what: "value",
+                detail: format!("{} bytes, at most {MAX_VALUE_LEN} allowed", value.len()),
             });
         }
         self.check_access(tag, class, Access::Write)?;
@@ -654,6 +687,7 @@ impl DbInner {
         class: &ClassEntry,
         key: &[u8],
     ) -> Result<bool> {
+        check_record_key(key)?;
         self.check_access(tag, class, Access::Write)?;
         let Some(part) = self.record_part(tag, class, key, false, staging.now)? else {
             return Ok(false);
@@ -888,7 +922,7 @@ impl Db {
     ) -> Result<()> {
         let inner = &self.inner;
         let class = inner.class(class)?;
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
         let mut staging = Staging::new(inner.now_secs());
@@ -933,7 +967,7 @@ impl Db {
                     (subject, class)
                 }
             };
-            let tag = self.subject_tag(subject);
+            let tag = self.tag_of(subject)?;
             tags.push(tag);
             resolved.push((tag, inner.class(class)?));
         }
@@ -979,9 +1013,10 @@ impl Db {
     /// # Errors
     /// As [`Db::get`].
     pub fn get_record(&self, subject: &str, class: &str, key: &[u8]) -> Result<Option<Record>> {
+        check_record_key(key)?;
         let inner = &self.inner;
         let class = inner.class(class)?;
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         inner.check_access(&tag, class, Access::Read)?;
         let now = inner.now_secs();
@@ -1016,9 +1051,10 @@ impl Db {
     /// # Errors
     /// As [`Db::put`].
     pub fn delete(&self, subject: &str, class: &str, key: &[u8]) -> Result<bool> {
+        check_record_key(key)?;
         let inner = &self.inner;
         let class = inner.class(class)?;
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
         let mut staging = Staging::new(inner.now_secs());
@@ -1053,7 +1089,7 @@ impl Db {
     ) -> Result<()> {
         let inner = &self.inner;
         let class = inner.class(class)?;
-        let tag = self.subject_tag(subject);
+        let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         inner.check_access(&tag, class, Access::Read)?;
         inner.scan_scope(&tag, class, inner.now_secs(), visit)
@@ -1065,7 +1101,7 @@ impl Db {
     /// # Errors
     /// [`Error::UnknownSubject`], [`Error::Erased`], integrity and storage failures.
     pub fn export(&self, subject: &str) -> Result<Export> {
-        self.export_tag(self.subject_tag(subject))
+        self.export_tag(self.tag_of(subject)?)
     }
 
     /// [`Db::export`] of the subject with this tag: for operators, who see

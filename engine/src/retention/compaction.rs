@@ -1072,21 +1072,25 @@ impl Db {
     /// Starts a background compactor: a pass every `every`, at most `budget`
     /// items each. Stopped (after its current pass) by [`Compactor::stop`]
     /// or by dropping it; restarting later resumes from the deadline index.
+    /// It does not keep the store open: once every [`Db`] handle is dropped
+    /// the store closes and the compactor ends at its next wake-up.
     ///
     /// # Errors
     /// The thread could not be started.
     pub fn start_compactor(&self, every: Duration, budget: usize) -> Result<Compactor> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let db = self.clone();
+        let store = Arc::downgrade(&self.inner);
         let last = Arc::new(Mutex::new(None));
         let last_in_thread = Arc::clone(&last);
         let handle = std::thread::Builder::new()
             .name("shredkv-compact".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    let outcome = db
-                        .compact_with(budget, &mut |_| {})
-                        .map_err(|e| e.to_string());
+                    // A strong handle for one pass only.
+                    let Some(inner) = store.upgrade() else { break };
+                    let db = Db { inner };
+                    let outcome = db.compact_with(budget, &mut |_| {}).map_err(Arc::new);
+                    drop(db);
                     *last_in_thread
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = Some(outcome);
@@ -1105,17 +1109,21 @@ impl Db {
     }
 }
 
+/// The outcome of a background compaction pass.
+pub type CompactionOutcome = std::result::Result<CompactionReport, Arc<Error>>;
+
 /// A running background compactor. Dropping it stops it.
 #[derive(Debug)]
 pub struct Compactor {
     stop: Option<mpsc::Sender<()>>,
     handle: Option<JoinHandle<()>>,
-    last: Arc<Mutex<Option<std::result::Result<CompactionReport, String>>>>,
+    last: Arc<Mutex<Option<CompactionOutcome>>>,
 }
 
 impl Compactor {
-    /// The outcome of the last pass, if one ran (an error as its message).
-    pub fn last_outcome(&self) -> Option<std::result::Result<CompactionReport, String>> {
+    /// The outcome of the last pass, if one ran: its report, or its error
+    /// (shared: the same error stays readable until the next pass).
+    pub fn last_outcome(&self) -> Option<CompactionOutcome> {
         self.last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1130,7 +1138,10 @@ impl Compactor {
     fn shutdown(&mut self) {
         drop(self.stop.take());
         if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
+            // The last store handle may be dropped by the thread itself.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
         }
     }
 }

@@ -320,7 +320,7 @@ impl Db {
     /// [`Error::Erased`]; storage failures.
     pub fn close_account(&self, account_id: &str) -> Result<Vec<Scheduled>> {
         let inner = &self.inner;
-        let tag = self.subject_tag(account_id);
+        let tag = self.tag_of(account_id)?;
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
@@ -344,7 +344,7 @@ impl Db {
     /// [`Error::UnknownSubject`], [`Error::Erased`], storage failures.
     pub fn opt_out_of_marketing(&self, subject_id: &str) -> Result<Vec<Scheduled>> {
         let inner = &self.inner;
-        let tag = self.subject_tag(subject_id);
+        let tag = self.tag_of(subject_id)?;
         let _exclusive = inner.gate.write(&[tag]);
         let info = inner
             .subject_info(&tag)?
@@ -413,7 +413,7 @@ impl Db {
                 ),
             });
         }
-        let tag = self.subject_tag(subject_id);
+        let tag = self.tag_of(subject_id)?;
         let _exclusive = inner.gate.write(&[tag]);
         let info = inner
             .subject_info(&tag)?
@@ -479,7 +479,7 @@ impl Db {
     /// [`Error::UnknownSubject`], storage failures (then nothing was erased).
     pub fn request_deletion(&self, subject_id: &str, reason: ErasureReason) -> Result<Receipt> {
         let inner = &self.inner;
-        let tag = self.subject_tag(subject_id);
+        let tag = self.tag_of(subject_id)?;
         if reason == ErasureReason::Underage {
             return self.erase(tag, Classes::All, reason);
         }

@@ -17,7 +17,7 @@ pub(crate) mod policy;
 mod tests;
 pub(crate) mod timeline;
 
-pub use compaction::{CompactionReport, Compactor};
+pub use compaction::{CompactionOutcome, CompactionReport, Compactor};
 pub use epochs::EpochReport;
 pub use events::Scheduled;
 pub(crate) use maintenance::start_maintenance;

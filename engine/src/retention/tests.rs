@@ -526,6 +526,25 @@ fn the_background_compactor_runs_and_stops() {
     compactor.stop();
 }
 
+/// A background compactor holds the store only during a pass: once the
+/// application drops its last `Db`, the store closes and opens again.
+#[test]
+fn a_compactor_does_not_keep_the_store_open() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let db = Db::open(config(&dir, &clock)).expect("open");
+    let compactor = db
+        .start_compactor(Duration::from_millis(5), 100)
+        .expect("start");
+    while compactor.last_outcome().is_none() {
+        std::thread::yield_now();
+    }
+    drop(db);
+    let again = Db::open(config(&dir, &clock)).expect("the store closed with its last Db");
+    drop(again);
+    compactor.stop();
+}
+
 /// Purge does not wait for anyone to call `compact`: a store opened with
 /// background maintenance destroys a due key by itself, and dropping the
 /// store stops the thread (the directory opens again at once).

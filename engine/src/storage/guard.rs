@@ -65,14 +65,21 @@ pub(crate) struct Guarded {
     inner: Arc<dyn Storage>,
     path: PathBuf,
     panicked: AtomicBool,
+    /// Marks the directory open in this process; dropped after `inner`.
+    _open_here: super::open_stores::OpenStore,
 }
 
 impl Guarded {
-    pub(crate) fn new(inner: Arc<dyn Storage>, path: PathBuf) -> Self {
+    pub(crate) fn new(
+        inner: Arc<dyn Storage>,
+        path: PathBuf,
+        open_here: super::open_stores::OpenStore,
+    ) -> Self {
         Self {
             inner,
             path,
             panicked: AtomicBool::new(false),
+            _open_here: open_here,
         }
     }
 
@@ -184,9 +191,12 @@ mod tests {
 
     #[test]
     fn a_panic_in_the_backend_is_a_corruption_error_and_fences_the_store() {
+        let dir = tempfile::tempdir().expect("dir");
         let guarded = Guarded::new(
             Arc::new(Panicking(MemoryStorage::new())),
             PathBuf::from("/stores/a"),
+            crate::storage::open_stores::mark_open(dir.path(), std::time::Duration::ZERO)
+                .expect("not open"),
         );
         let err = guarded
             .get(Tree::Data, b"k")

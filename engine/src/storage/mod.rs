@@ -380,6 +380,10 @@ pub(crate) fn resolve(requested: Option<Backend>, dir: &Path) -> Result<Backend,
     }
 }
 
+/// How long an open waits for the store's lock: a `Db` closing on another
+/// thread (or a process exiting) releases it within moments.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Opens (creating if absent) the backend's files inside `dir`, refusing a
 /// directory another backend made (nothing is created then). Panics inside
 /// the backend, while opening or later, become corruption errors
@@ -390,13 +394,31 @@ pub(crate) fn open(
     dir: &Path,
 ) -> Result<Arc<dyn Storage>, StorageError> {
     let backend = resolve(backend.into(), dir)?;
+    let Some(open_here) = open_stores::mark_open(dir, LOCK_WAIT) else {
+        return Err(StorageError {
+            backend,
+            action: "open",
+            path: dir.to_path_buf(),
+            kind: StorageErrorKind::Locked,
+            source: format!(
+                "this process already has the store open (a Db for this directory is alive, or a \
+                 background compactor pass holds it; waited {LOCK_WAIT:?}): share that Db — it is \
+                 Clone, Send and Sync — instead of opening the directory again"
+            )
+            .into(),
+        });
+    };
     let opened = guard::catch(backend, "open", dir, || -> Result<Arc<dyn Storage>, _> {
         match backend {
             Backend::Sled => Ok(Arc::new(sled_backend::SledStorage::open(dir)?)),
             Backend::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(dir)?)),
         }
     })?;
-    Ok(Arc::new(guard::Guarded::new(opened, dir.to_path_buf())))
+    Ok(Arc::new(guard::Guarded::new(
+        opened,
+        dir.to_path_buf(),
+        open_here,
+    )))
 }
 
 #[cfg(test)]
@@ -405,6 +427,7 @@ pub(crate) mod faults;
 mod group_commit;
 mod guard;
 pub(crate) mod memory;
+mod open_stores;
 pub(crate) mod pauses;
 mod redb_backend;
 pub(crate) mod sealed;

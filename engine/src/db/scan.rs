@@ -1,0 +1,431 @@
+//! Reading a scope's records a page at a time: [`Db::scan_page`] with a
+//! [`Cursor`] to resume from, and [`Db::records`], an iterator that reads
+//! page by page. Memory stays bounded by the page, however large the scope.
+//!
+//! Ordered classes (`keys = "ordered"`) come in record-key order and take a
+//! key range, a key prefix and the reverse order ([`ScanOptions`]); the
+//! "latest N" of a time-ordered key layout is one reverse page. Blinded
+//! classes come in an order with no meaning (their stored keys are keyed
+//! hashes) and take none of these: a range over blinded keys would be a
+//! range over hashes.
+//!
+//! Pages are not a snapshot: each page reads under the subject's shared
+//! lock and sees every write completed before it; a record written or
+//! deleted between two pages may or may not appear. A cursor stays valid
+//! across writes, erasures of other subjects and reopening the store.
+
+use std::ops::{Bound, ControlFlow};
+
+use super::Db;
+use super::ops::{Access, OpenScratch};
+use crate::error::{Error, Result};
+use crate::records::{self, Record};
+use crate::retention::policy::KeyMode;
+use crate::storage::{Order, Tree};
+
+/// Records read from the backend per internal page of [`Db::records`].
+const ITER_PAGE: usize = 256;
+/// The largest page [`Db::scan_page`] returns.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Which records of a scope to read, and in which order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Record keys from this one on (inclusive). Ordered classes only.
+    pub from: Option<Vec<u8>>,
+    /// Record keys before this one (exclusive). Ordered classes only.
+    pub until: Option<Vec<u8>>,
+    /// Only record keys that start with these bytes. Ordered classes only.
+    pub prefix: Option<Vec<u8>>,
+    /// Largest key first. Ordered classes only.
+    pub reverse: bool,
+}
+
+impl ScanOptions {
+    /// Every record, in the class's order.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Records whose keys start with `prefix`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
+        Self {
+            prefix: Some(prefix.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Records with keys in `from..until`.
+    pub fn range(from: impl Into<Vec<u8>>, until: impl Into<Vec<u8>>) -> Self {
+        Self {
+            from: Some(from.into()),
+            until: Some(until.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The same selection, largest key first.
+    #[must_use]
+    pub fn reversed(mut self) -> Self {
+        self.reverse = !self.reverse;
+        self
+    }
+
+    fn narrows(&self) -> bool {
+        self.from.is_some() || self.until.is_some() || self.prefix.is_some() || self.reverse
+    }
+}
+
+/// Where a page ended: pass it to the next [`Db::scan_page`] call. Opaque;
+/// its bytes ([`Cursor::as_bytes`]) can be handed to a client and back
+/// ([`Cursor::from_bytes`]). For a blinded class it holds a keyed hash, never
+/// a record key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cursor(Vec<u8>);
+
+impl Cursor {
+    /// The cursor's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A cursor from bytes [`Cursor::as_bytes`] gave.
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+}
+
+/// One page of records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The records, in scan order.
+    pub records: Vec<Record>,
+    /// Where to continue, or `None` if the scan is complete.
+    pub next: Option<Cursor>,
+}
+
+/// The next key after every key that starts with `prefix` (`None`: no
+/// such key, the prefix is all 0xFF).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The data-tree bounds of a selection within the scope `scope`.
+fn bounds(scope: &[u8], options: &ScanOptions) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let within = |key: &[u8]| [scope, key].concat();
+    let mut low = Bound::Included(scope.to_vec());
+    let mut high = prefix_end(scope).map_or(Bound::Unbounded, Bound::Excluded);
+    if let Some(prefix) = &options.prefix {
+        low = Bound::Included(within(prefix));
+        high = prefix_end(&within(prefix)).map_or(Bound::Unbounded, Bound::Excluded);
+    }
+    if let Some(from) = &options.from {
+        let from = within(from);
+        if matches!(&low, Bound::Included(l) if from > *l) {
+            low = Bound::Included(from);
+        }
+    }
+    if let Some(until) = &options.until {
+        let until = within(until);
+        if match &high {
+            Bound::Excluded(h) => until < *h,
+            _ => true,
+        } {
+            high = Bound::Excluded(until);
+        }
+    }
+    (low, high)
+}
+
+impl Db {
+    /// Up to `limit` records of `subject` in `class` (at most [`MAX_PAGE`]),
+    /// after `after` (a cursor from the previous page; `None` to start).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::ScanOptions;
+    /// db.register_account("acct-1")?;
+    /// for n in 0..5u32 {
+    ///     db.put("acct-1", "message_content", &n.to_be_bytes(), b"hello")?;
+    /// }
+    /// let mut after = None;
+    /// let mut seen = 0;
+    /// loop {
+    ///     let page = db.scan_page("acct-1", "message_content", &ScanOptions::all(), after.as_ref(), 2)?;
+    ///     seen += page.records.len();
+    ///     match page.next {
+    ///         Some(cursor) => after = Some(cursor),
+    ///         None => break,
+    ///     }
+    /// }
+    /// assert_eq!(seen, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Db::get`]; [`Error::InvalidArgument`] for a range, prefix or
+    /// reverse order on a blinded class, a `limit` of 0 or over
+    /// [`MAX_PAGE`], or a cursor of another scope.
+    pub fn scan_page(
+        &self,
+        subject: &str,
+        class: &str,
+        options: &ScanOptions,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page> {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(Error::InvalidArgument {
+                what: "page size",
+                detail: format!("{limit}; between 1 and {MAX_PAGE}"),
+            });
+        }
+        let inner = &self.inner;
+        let class_entry = inner.class(class)?;
+        if options.narrows() && class_entry.policy.keys() != KeyMode::Ordered {
+            return Err(Error::InvalidArgument {
+                what: "scan options",
+                detail: format!(
+                    "class `{class}` blinds its record keys (keys = \"blinded\"), so its records have no key order: ranges, prefixes and reverse scans need a class with keys = \"ordered\""
+                ),
+            });
+        }
+        let tag = self.tag_of(subject)?;
+        let scope = records::scope_prefix(&tag, class_entry.number);
+        let (mut low, mut high) = bounds(&scope, options);
+        if let Some(cursor) = after {
+            if !cursor.0.starts_with(&scope) {
+                return Err(Error::InvalidArgument {
+                    what: "cursor",
+                    detail: "it was not made by a scan of this subject and class".into(),
+                });
+            }
+            if options.reverse {
+                high = Bound::Excluded(cursor.0.clone());
+            } else {
+                low = Bound::Excluded(cursor.0.clone());
+            }
+        }
+        let order = if options.reverse {
+            Order::Descending
+        } else {
+            Order::Ascending
+        };
+        let _shared = inner.gate.read(&[tag]);
+        inner.check_access(&tag, class_entry, Access::Read)?;
+        let now = inner.now_secs();
+        let mut records = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        let mut scratch = OpenScratch::default();
+        // Pages of raw entries until `limit` live records are found: expired
+        // entries are skipped, so a raw page may yield fewer.
+        loop {
+            let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let want = (limit - records.len()).min(ITER_PAGE);
+            inner.storage.scan(
+                Tree::Data,
+                as_ref(&low),
+                as_ref(&high),
+                order,
+                &mut |k, v| {
+                    raw.push((k.to_vec(), v.to_vec()));
+                    if raw.len() >= want {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            let exhausted = raw.len() < want;
+            for (k, v) in raw {
+                if let Some(record) =
+                    inner.open_record(&tag, class_entry, &k, &v, now, &mut scratch)?
+                {
+                    records.push(record);
+                }
+                last = Some(k);
+            }
+            if exhausted {
+                return Ok(Page {
+                    records,
+                    next: None,
+                });
+            }
+            let Some(resume) = last.clone() else {
+                return Ok(Page {
+                    records,
+                    next: None,
+                });
+            };
+            if records.len() >= limit {
+                return Ok(Page {
+                    records,
+                    next: Some(Cursor(resume)),
+                });
+            }
+            if options.reverse {
+                high = Bound::Excluded(resume);
+            } else {
+                low = Bound::Excluded(resume);
+            }
+        }
+    }
+
+    /// Every record of `subject` in `class` that `options` selects, read a
+    /// page at a time: memory stays bounded however large the scope. Each
+    /// item is a record or the error that ended the scan (after an error the
+    /// iterator ends).
+    ///
+    /// ```
+    /// use shredkv::{Config, Db, Policy, ScanOptions};
+    /// // A class whose record keys carry no personal data may keep them in
+    /// // order: here a big-endian send time, then a message number.
+    /// let policy = Policy::from_toml_str(r#"
+    ///     version = 1
+    ///     [[class]]
+    ///     name = "inbox"
+    ///     role = "processor"
+    ///     clock = "write"
+    ///     max_customer_ttl = "1 year"
+    ///     purge_window = "30 days"
+    ///     on_deletion_request = "erase_now"
+    ///     keys = "ordered"
+    ///     legal_basis = "contract"
+    ///     clause = "messages"
+    /// "#, "inbox policy")?;
+    /// # let dir = tempfile::tempdir()?;
+    /// let config = Config::new(dir.path().join("store"))
+    ///     .key_file(dir.path().join("keys"))
+    ///     .policy(policy);
+    /// let db = Db::open(config)?;
+    /// db.register_account("acct-1")?;
+    /// for (sent_at, n) in [(1_800_000_000u64, 1u32), (1_800_000_060, 2), (1_800_000_120, 3)] {
+    ///     let key = [sent_at.to_be_bytes().as_slice(), &n.to_be_bytes()].concat();
+    ///     db.put("acct-1", "inbox", &key, format!("message {n}").as_bytes())?;
+    /// }
+    /// // The latest two: the first two records of a reverse scan.
+    /// let latest: Vec<_> = db
+    ///     .records("acct-1", "inbox", ScanOptions::all().reversed())
+    ///     .take(2)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(latest[0].value, b"message 3");
+    /// assert_eq!(latest[1].value, b"message 2");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn records(&self, subject: &str, class: &str, options: ScanOptions) -> Records<'_> {
+        Records {
+            db: self,
+            subject: subject.to_string(),
+            class: class.to_string(),
+            options,
+            buffered: Vec::new().into_iter(),
+            next: None,
+            done: false,
+        }
+    }
+}
+
+fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The iterator of [`Db::records`].
+#[derive(Debug)]
+pub struct Records<'db> {
+    db: &'db Db,
+    subject: String,
+    class: String,
+    options: ScanOptions,
+    buffered: std::vec::IntoIter<Record>,
+    next: Option<Cursor>,
+    done: bool,
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some(record) = self.buffered.next() {
+                return Some(Ok(record));
+            }
+            if self.done {
+                return None;
+            }
+            match self.db.scan_page(
+                &self.subject,
+                &self.class,
+                &self.options,
+                self.next.as_ref(),
+                ITER_PAGE,
+            ) {
+                Ok(page) => {
+                    self.done = page.next.is_none();
+                    self.next = page.next;
+                    self.buffered = page.records.into_iter();
+                }
+                Err(err) => {
+                    self.done = true;
+                    return Some(Err(err));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn bounds_intersect_prefix_and_range() {
+        let scope = b"S";
+        let (low, high) = bounds(scope, &ScanOptions::all());
+        assert_eq!(
+            (low, high),
+            (
+                Bound::Included(b"S".to_vec()),
+                Bound::Excluded(b"T".to_vec())
+            )
+        );
+        let (low, high) = bounds(
+            scope,
+            &ScanOptions {
+                prefix: Some(b"k".to_vec()),
+                from: Some(b"k2".to_vec()),
+                until: Some(b"z".to_vec()),
+                reverse: false,
+            },
+        );
+        assert_eq!(low, Bound::Included(b"Sk2".to_vec()));
+        assert_eq!(
+            high,
+            Bound::Excluded(b"Sl".to_vec()),
+            "the prefix's end is tighter"
+        );
+        let (low, _) = bounds(scope, &ScanOptions::range(b"a".to_vec(), b"b".to_vec()));
+        assert_eq!(low, Bound::Included(b"Sa".to_vec()));
+    }
+}
