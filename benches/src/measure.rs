@@ -36,6 +36,21 @@ pub fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// This process's current resident set size in bytes (`VmRSS` of
+/// `/proc/self/status`); `None` where that is not available.
+pub fn current_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// `bytes` in MiB, for tables.
 pub fn mib(bytes: u64) -> f64 {
     // Exact below 2^53 bytes, which every size here is.
@@ -57,6 +72,7 @@ mod tests {
         assert_eq!(dir_size(dir.path()).expect("size"), 15);
         if cfg!(target_os = "linux") {
             assert!(peak_rss().expect("VmHWM") > 0);
+            assert!(current_rss().expect("VmRSS") > 0);
         }
     }
 }
