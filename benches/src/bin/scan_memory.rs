@@ -71,7 +71,7 @@ fn read(dir: &Path, collect: bool) -> Result<()> {
             for record in db.records(SUBJECT, CLASS, ScanOptions::all()) {
                 record?;
                 count += 1;
-                if count % 10_000 == 0 {
+                if count.is_multiple_of(10_000) {
                     peak = peak.max(current_rss().unwrap_or(0));
                 }
             }
