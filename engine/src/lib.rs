@@ -45,10 +45,11 @@ pub use audit::{AuditEntry, AuditEvent, AuditHead, ChainBreak, ChainReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
-    BackupReport, Batch, Certificate, CertifiedErasure, ClassStats, Classes, Cursor, Db,
-    ErasedScope, ErasureSource, Export, ExportedSubject, IntegrityReport, LossReason, LostRecords,
-    MAX_PAGE, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Page, Problem, ProblemKind, PurgeStatus,
-    PutOptions, Receipt, Records, RestoreOptions, RestoreReport, Retained, ScanOptions, Stats,
+    AsClass, BackupReport, Batch, Certificate, CertifiedErasure, Class, ClassName, ClassStats,
+    Classes, Cursor, Db, ErasedScope, ErasureSource, Export, ExportedSubject, IntegrityReport,
+    LossReason, LostRecords, MAX_PAGE, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Page, Problem,
+    ProblemKind, PurgeStatus, PutOptions, Receipt, Records, RestoreOptions, RestoreReport,
+    Retained, ScanOptions, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;

@@ -3,6 +3,7 @@
 mod anchor;
 mod backup;
 mod certificate;
+mod class;
 mod decisions;
 mod erase;
 mod inspect;
@@ -40,6 +41,7 @@ pub use backup::{
     BackupReport, ErasureSource, LossReason, LostRecords, RestoreOptions, RestoreReport,
 };
 pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
+pub use class::{AsClass, Class, ClassName};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
 pub use ops::{Batch, Export, ExportedSubject, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, PutOptions};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use shredkv_crypto::{Envelope, KeyId, SubjectTag, seal_into};
 
+use super::class::{AsClass, OwnedClass};
 use super::{ClassEntry, Db, DbInner};
 use crate::error::{Error, Location, Result};
 use crate::ledger::{self, LedgerEntry};
@@ -79,14 +80,14 @@ impl PutOptions {
 enum BatchOp {
     Put {
         subject: String,
-        class: String,
+        class: OwnedClass,
         key: Vec<u8>,
         value: Vec<u8>,
         options: PutOptions,
     },
     Delete {
         subject: String,
-        class: String,
+        class: OwnedClass,
         key: Vec<u8>,
     },
 }
@@ -144,7 +145,13 @@ impl Batch {
     }
 
     /// Adds a write without expiry.
-    pub fn put(&mut self, subject: &str, class: &str, key: &[u8], value: &[u8]) -> &mut Self {
+    pub fn put(
+        &mut self,
+        subject: &str,
+        class: impl AsClass,
+        key: &[u8],
+        value: &[u8],
+    ) -> &mut Self {
         self.put_with(subject, class, key, value, PutOptions::default())
     }
 
@@ -152,14 +159,14 @@ impl Batch {
     pub fn put_with(
         &mut self,
         subject: &str,
-        class: &str,
+        class: impl AsClass,
         key: &[u8],
         value: &[u8],
         options: PutOptions,
     ) -> &mut Self {
         self.ops.push(BatchOp::Put {
             subject: subject.to_string(),
-            class: class.to_string(),
+            class: OwnedClass::of(&class),
             key: key.to_vec(),
             value: value.to_vec(),
             options,
@@ -168,10 +175,10 @@ impl Batch {
     }
 
     /// Adds a deletion.
-    pub fn delete(&mut self, subject: &str, class: &str, key: &[u8]) -> &mut Self {
+    pub fn delete(&mut self, subject: &str, class: impl AsClass, key: &[u8]) -> &mut Self {
         self.ops.push(BatchOp::Delete {
             subject: subject.to_string(),
-            class: class.to_string(),
+            class: OwnedClass::of(&class),
             key: key.to_vec(),
         });
         self
@@ -903,7 +910,7 @@ impl Db {
     /// # Errors
     /// Unknown subject or class, an erased, restricted or closed subject
     /// ([`Error::Closed`]), or storage and key provider failures.
-    pub fn put(&self, subject: &str, class: &str, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn put(&self, subject: &str, class: impl AsClass, key: &[u8], value: &[u8]) -> Result<()> {
         self.put_with(subject, class, key, value, PutOptions::default())
     }
 
@@ -915,13 +922,13 @@ impl Db {
     pub fn put_with(
         &self,
         subject: &str,
-        class: &str,
+        class: impl AsClass,
         key: &[u8],
         value: &[u8],
         options: PutOptions,
     ) -> Result<()> {
         let inner = &self.inner;
-        let class = inner.class(class)?;
+        let class = inner.resolve(&class)?;
         let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
@@ -969,7 +976,7 @@ impl Db {
             };
             let tag = self.tag_of(subject)?;
             tags.push(tag);
-            resolved.push((tag, inner.class(class)?));
+            resolved.push((tag, inner.resolve(class)?));
         }
         let _shared = inner.gate.read(&tags);
         let _writing =
@@ -1004,7 +1011,7 @@ impl Db {
     /// Unknown subject or class, [`Error::Erased`], [`Error::Restricted`],
     /// [`Error::Closed`] (its account was closed), [`Error::Corrupt`] or
     /// [`Error::Tampered`] stored bytes (never returned as data), storage and key provider failures.
-    pub fn get(&self, subject: &str, class: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub fn get(&self, subject: &str, class: impl AsClass, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.get_record(subject, class, key)?.map(|r| r.value))
     }
 
@@ -1012,10 +1019,15 @@ impl Db {
     ///
     /// # Errors
     /// As [`Db::get`].
-    pub fn get_record(&self, subject: &str, class: &str, key: &[u8]) -> Result<Option<Record>> {
+    pub fn get_record(
+        &self,
+        subject: &str,
+        class: impl AsClass,
+        key: &[u8],
+    ) -> Result<Option<Record>> {
         check_record_key(key)?;
         let inner = &self.inner;
-        let class = inner.class(class)?;
+        let class = inner.resolve(&class)?;
         let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         inner.check_access(&tag, class, Access::Read)?;
@@ -1050,10 +1062,10 @@ impl Db {
     ///
     /// # Errors
     /// As [`Db::put`].
-    pub fn delete(&self, subject: &str, class: &str, key: &[u8]) -> Result<bool> {
+    pub fn delete(&self, subject: &str, class: impl AsClass, key: &[u8]) -> Result<bool> {
         check_record_key(key)?;
         let inner = &self.inner;
-        let class = inner.class(class)?;
+        let class = inner.resolve(&class)?;
         let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
@@ -1068,7 +1080,7 @@ impl Db {
     ///
     /// # Errors
     /// As [`Db::get`].
-    pub fn scan(&self, subject: &str, class: &str) -> Result<Vec<Record>> {
+    pub fn scan(&self, subject: &str, class: impl AsClass) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         self.scan_with(subject, class, &mut |record| {
             out.push(record);
@@ -1084,11 +1096,11 @@ impl Db {
     pub fn scan_with(
         &self,
         subject: &str,
-        class: &str,
+        class: impl AsClass,
         visit: &mut dyn FnMut(Record) -> ControlFlow<()>,
     ) -> Result<()> {
         let inner = &self.inner;
-        let class = inner.class(class)?;
+        let class = inner.resolve(&class)?;
         let tag = self.tag_of(subject)?;
         let _shared = inner.gate.read(&[tag]);
         inner.check_access(&tag, class, Access::Read)?;

@@ -17,6 +17,7 @@
 use std::ops::{Bound, ControlFlow};
 
 use super::Db;
+use super::class::{AsClass, OwnedClass};
 use super::ops::{Access, OpenScratch};
 use crate::error::{Error, Result};
 use crate::records::{self, Record};
@@ -179,7 +180,7 @@ impl Db {
     pub fn scan_page(
         &self,
         subject: &str,
-        class: &str,
+        class: impl AsClass,
         options: &ScanOptions,
         after: Option<&Cursor>,
         limit: usize,
@@ -191,12 +192,13 @@ impl Db {
             });
         }
         let inner = &self.inner;
-        let class_entry = inner.class(class)?;
+        let class_entry = inner.resolve(&class)?;
         if options.narrows() && class_entry.policy.keys() != KeyMode::Ordered {
             return Err(Error::InvalidArgument {
                 what: "scan options",
                 detail: format!(
-                    "class `{class}` blinds its record keys (keys = \"blinded\"), so its records have no key order: ranges, prefixes and reverse scans need a class with keys = \"ordered\""
+                    "class `{}` blinds its record keys (keys = \"blinded\"), so its records have no key order: ranges, prefixes and reverse scans need a class with keys = \"ordered\"",
+                    class_entry.policy.name()
                 ),
             });
         }
@@ -322,11 +324,11 @@ impl Db {
     /// assert_eq!(latest[1].value, b"message 2");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn records(&self, subject: &str, class: &str, options: ScanOptions) -> Records<'_> {
+    pub fn records(&self, subject: &str, class: impl AsClass, options: ScanOptions) -> Records<'_> {
         Records {
             db: self,
             subject: subject.to_string(),
-            class: class.to_string(),
+            class: OwnedClass::of(&class),
             options,
             buffered: Vec::new().into_iter(),
             next: None,
@@ -348,7 +350,7 @@ fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 pub struct Records<'db> {
     db: &'db Db,
     subject: String,
-    class: String,
+    class: OwnedClass,
     options: ScanOptions,
     buffered: std::vec::IntoIter<Record>,
     next: Option<Cursor>,
