@@ -19,6 +19,7 @@ use crate::vault::{KeyState, VaultEntry};
 
 /// One erased scope in a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CertifiedErasure {
     /// The class, or `None` for every class of the subject.
     pub class: Option<String>,
@@ -33,7 +34,16 @@ pub struct CertifiedErasure {
 }
 
 /// Whether the purge of a subject's erased data has completed.
+///
+/// In serde formats: `{"purge_status": "complete"}`, or
+/// `{"purge_status": "pending", "pending": [steps], "purge_due_by": time}`;
+/// a [`Certificate`] carries these fields at its top level.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(tag = "purge_status", rename_all = "snake_case")
+)]
 pub enum PurgeStatus {
     /// Every key is destroyed, every epoch that wrapped one is destroyed, and
     /// no dead ciphertext remains.
@@ -41,16 +51,24 @@ pub enum PurgeStatus {
     /// What is still pending, and the latest time it is due by.
     Pending {
         /// Each pending step, as a sentence.
+        #[cfg_attr(feature = "serde", serde(rename = "pending"))]
         steps: Vec<String>,
         /// When the purge must complete (erasure + purge window).
+        #[cfg_attr(feature = "serde", serde(rename = "purge_due_by"))]
         due_by: Timestamp,
     },
 }
 
 /// A certificate of erasure for one subject.
+///
+/// In serde formats the fields keep their names, except `subject`, written
+/// `subject_tag`, and `status`, whose fields are inlined (see
+/// [`PurgeStatus`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Certificate {
     /// The subject (by tag).
+    #[cfg_attr(feature = "serde", serde(rename = "subject_tag"))]
     pub subject: SubjectTag,
     /// The store (hex id).
     pub store_id: String,
@@ -80,6 +98,7 @@ pub struct Certificate {
     /// Checks performed and their outcome.
     pub verification: Vec<String>,
     /// Purge completion.
+    #[cfg_attr(feature = "serde", serde(flatten))]
     pub status: PurgeStatus,
 }
 
