@@ -311,43 +311,6 @@ impl Certificate {
     pub fn is_complete(&self) -> bool {
         self.status == PurgeStatus::Complete
     }
-
-    /// The certificate as a JSON document.
-    pub fn to_json(&self) -> serde_json::Value {
-        let (status, pending, due_by) = match &self.status {
-            PurgeStatus::Complete => ("complete", Vec::new(), None),
-            PurgeStatus::Pending { steps, due_by } => {
-                ("pending", steps.clone(), Some(due_by.to_string()))
-            }
-        };
-        serde_json::json!({
-            "certificate": "erasure",
-            "standard": "NIST SP 800-88 Rev. 1, appendix G (sample certificate of sanitization)",
-            "subject_tag": self.subject.to_hex(),
-            "store_id": self.store_id,
-            "tool": self.tool,
-            "issued_at": self.issued_at.to_string(),
-            "method": self.method,
-            "key_provider": self.key_provider,
-            "erasures": self.erasures.iter().map(|e| serde_json::json!({
-                "class": e.class.clone().unwrap_or_else(|| "*".into()),
-                "erased_at": e.erased_at.to_string(),
-                "reason": e.reason,
-                "keys_destroyed": e.keys_destroyed,
-                "epoch": e.epoch,
-            })).collect::<Vec<_>>(),
-            "keys_destroyed": self.keys_destroyed,
-            "keys_live_in_erased_scopes": self.keys_live_in_erased_scopes,
-            "dead_records_remaining": self.dead_records_remaining,
-            "epochs_still_live": self.epochs_still_live,
-            "requested_at": self.requested_at.map(|t| t.to_string()),
-            "audit_head": {"seq": self.audit_head.seq, "hash": self.audit_head.hash_hex()},
-            "verification": self.verification,
-            "purge_status": status,
-            "pending": pending,
-            "purge_due_by": due_by,
-        })
-    }
 }
 
 impl fmt::Display for Certificate {
