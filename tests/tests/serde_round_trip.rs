@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shredkv::jiff::{SignedDuration, Timestamp};
 use shredkv::{
-    AuditEvent, ChainBreak, Classes, Config, Db, ErasureSource, LossReason, OverduePurge,
-    ProblemKind, PurgeStatus, RestoreOptions, SubjectKind, SubjectState, SubjectTag,
+    AuditEvent, ChainBreak, Classes, Config, Db, ErasureReason, ErasureSource, LossReason,
+    OverduePurge, ProblemKind, PurgeStatus, RestoreOptions, SubjectKind, SubjectState, SubjectTag,
 };
 use shredkv_tests::{INVOICES, MESSAGES, PROFILE, Store, close, for_each_backend, test_policy};
 
@@ -287,10 +287,25 @@ fn a_restore_report_with_lost_records_round_trips() {
     round_trip("a loss reason", &LossReason::RekeyedAfterBackup);
 }
 
-/// What a session cannot easily produce: every shape of chain break, and
-/// overdue purge work with epochs (a store whose maintenance stopped).
+/// What a session cannot easily produce: every shape of chain break, every
+/// erasure reason, and overdue purge work with epochs (a store whose
+/// maintenance stopped).
 #[test]
-fn chain_breaks_and_overdue_epochs_round_trip() {
+fn chain_breaks_reasons_and_overdue_epochs_round_trip() {
+    let reasons = [
+        ErasureReason::DeletionRequest,
+        ErasureReason::Operator,
+        ErasureReason::RetentionExpired,
+        ErasureReason::Underage,
+        ErasureReason::ClassRemoved,
+    ];
+    for reason in reasons {
+        assert_eq!(
+            round_trip("an erasure reason", &reason),
+            json!(reason.name())
+        );
+    }
+
     let breaks = [
         ChainBreak::Corrupt {
             seq: 3,
@@ -460,7 +475,7 @@ fn malformed_reports_are_refused_with_a_clear_error() {
         "audit event",
     );
     refused(
-        serde_json::from_value::<shredkv::ErasureReason>(json!("on a whim")).map(drop),
+        serde_json::from_value::<ErasureReason>(json!("on a whim")).map(drop),
         "erasure reason",
     );
     refused(
