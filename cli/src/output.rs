@@ -3,13 +3,17 @@
 //!
 //! Human output goes to stdout as aligned tables; `--json` prints one JSON
 //! document instead (JSON Lines for `export`). Notes and progress go to
-//! stderr, so stdout stays parseable.
+//! stderr, so stdout stays parseable. The JSON of the engine's reports is
+//! their own serialization (shredkv's `serde` feature); a command adds
+//! fields of its own next to theirs where it knows more (a class's name, a
+//! backend).
 
 use std::io::{IsTerminal as _, Write as _};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use shredkv::{SubjectKind, SubjectState};
 
 /// A table printed with columns padded to their widest cell.
@@ -108,12 +112,31 @@ pub(crate) fn print_fields(fields: &[(&str, String)]) {
 /// Prints one JSON document to stdout.
 ///
 /// # Errors
-/// Writing to stdout failing.
-pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
+/// Serializing `value` or writing to stdout failing.
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut stdout, value)?;
     writeln!(stdout)?;
     Ok(())
+}
+
+/// `report` as a JSON object, with `extras` (what the command adds to the
+/// report) set next to its fields.
+///
+/// # Errors
+/// `report` failing to serialize, or not serializing as an object.
+pub(crate) fn json_with<'a>(
+    report: &impl Serialize,
+    extras: impl IntoIterator<Item = (&'a str, Value)>,
+) -> anyhow::Result<Value> {
+    let mut doc = serde_json::to_value(report)?;
+    let Some(fields) = doc.as_object_mut() else {
+        anyhow::bail!("a report serialized as {doc}, not as a JSON object");
+    };
+    for (name, value) in extras {
+        fields.insert(name.to_string(), value);
+    }
+    Ok(doc)
 }
 
 /// A timestamp as RFC 3339 to the second, UTC.
@@ -124,11 +147,6 @@ pub(crate) fn time(ts: Timestamp) -> String {
 /// An optional timestamp, `-` when absent.
 pub(crate) fn opt_time(ts: Option<Timestamp>) -> String {
     ts.map_or_else(|| "-".to_string(), time)
-}
-
-/// An optional timestamp as JSON (`null` when absent).
-pub(crate) fn json_time(ts: Option<Timestamp>) -> Value {
-    ts.map_or(Value::Null, |t| Value::String(time(t)))
 }
 
 /// How long from `from` until `to`, in calendar words ("60 days",
@@ -216,37 +234,6 @@ pub(crate) fn state(state: SubjectState) -> &'static str {
     }
 }
 
-/// Bytes as text: UTF-8 when valid, else base64, with the encoding's name.
-pub(crate) fn encode_bytes(data: &[u8]) -> (String, &'static str) {
-    match std::str::from_utf8(data) {
-        Ok(text) => (text.to_string(), "utf-8"),
-        Err(_) => (base64(data), "base64"),
-    }
-}
-
-/// Bytes as a JSON object's two fields: `{name}` and `{name}_encoding`.
-pub(crate) fn json_bytes(map: &mut serde_json::Map<String, Value>, name: &str, data: &[u8]) {
-    let (text, encoding) = encode_bytes(data);
-    map.insert(name.to_string(), Value::String(text));
-    map.insert(format!("{name}_encoding"), json!(encoding));
-}
-
-/// Standard base64 (RFC 4648, padded).
-pub(crate) fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let symbol = |index: u32| char::from(ALPHABET[(index & 63) as usize]);
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        out.push(symbol(n >> 18));
-        out.push(symbol(n >> 12));
-        out.push(if chunk.len() > 1 { symbol(n >> 6) } else { '=' });
-        out.push(if chunk.len() > 2 { symbol(n) } else { '=' });
-    }
-    out
-}
-
 /// A progress bar on stderr, or a hidden one when stderr is not a terminal
 /// (pipes, CI, tests). `len` of `None` makes a counting spinner.
 pub(crate) fn progress(len: Option<u64>, what: &str) -> ProgressBar {
@@ -288,22 +275,6 @@ mod tests {
             table.render(),
             "class            records\ninvoices               3\nmessage_content      120\n"
         );
-    }
-
-    #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-        assert_eq!(encode_bytes(&[0xff, 0x00]), ("/wA=".to_string(), "base64"));
     }
 
     #[test]

@@ -113,6 +113,41 @@ impl fmt::Debug for SubjectTag {
     }
 }
 
+/// A tag serializes as its lower-case hex (what messages and reports print),
+/// in every format, so a tag reads the same in JSON as in a log line.
+#[cfg(feature = "serde")]
+impl serde::Serialize for SubjectTag {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+/// Reads the hex [`SubjectTag::to_hex`] writes (either case); anything else
+/// is refused naming what was expected.
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for SubjectTag {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HexTag;
+
+        impl serde::de::Visitor<'_> for HexTag {
+            type Value = SubjectTag;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a subject tag: {} hex digits", SUBJECT_TAG_LEN * 2)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SubjectTag, E> {
+                crate::hex::decode(text)
+                    .and_then(|bytes| <[u8; SUBJECT_TAG_LEN]>::try_from(bytes).ok())
+                    .map(SubjectTag)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(text), &self))
+            }
+        }
+
+        deserializer.deserialize_str(HexTag)
+    }
+}
+
 /// Names one data key version: the scope (subject tag and class number), the
 /// bucket within the scope, and the key version within the bucket.
 ///

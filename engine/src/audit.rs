@@ -150,6 +150,61 @@ impl AuditEvent {
     }
 }
 
+/// An event serializes as its [`AuditEvent::name`] (`"hold-placed"`), the
+/// name reports print.
+#[cfg(feature = "serde")]
+impl serde::Serialize for AuditEvent {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for AuditEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+        EVENTS
+            .iter()
+            .find(|(_, _, n)| *n == name)
+            .map(|(e, _, _)| *e)
+            .ok_or_else(|| {
+                serde::de::Error::invalid_value(
+                    serde::de::Unexpected::Str(&name),
+                    &"an audit event name, such as `hold-placed`",
+                )
+            })
+    }
+}
+
+/// Audit hashes in serde formats: lower-case hex, as reports print them.
+#[cfg(feature = "serde")]
+mod hash_hex {
+    use serde::de::{Error as _, Unexpected};
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        hash: &[u8; 32],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&shredkv_crypto::hex::encode(hash))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<[u8; 32], D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        shredkv_crypto::hex::decode(&text)
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                D::Error::invalid_value(Unexpected::Str(&text), &"a hash: 64 hex digits")
+            })
+    }
+}
+
 /// One audit entry to be appended: what happened, to whom, in which class.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingEntry {
@@ -177,6 +232,7 @@ impl PendingEntry {
 
 /// A decoded audit entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AuditEntry {
     /// Position in the log, from 1.
     pub seq: u64,
@@ -191,9 +247,11 @@ pub struct AuditEntry {
     /// Free text without personal data (class names, key counts, reasons).
     pub detail: String,
     /// The previous entry's hash.
+    #[cfg_attr(feature = "serde", serde(with = "hash_hex"))]
     pub prev_hash: [u8; 32],
     /// This entry's hash: a MAC under the store's audit key if
     /// [`AuditEntry::keyed`], else a plain SHA-256.
+    #[cfg_attr(feature = "serde", serde(with = "hash_hex"))]
     pub hash: [u8; 32],
     /// Whether the chain is keyed at this entry (format v2): only the
     /// holder of the store secret could have computed its hash.
@@ -205,10 +263,12 @@ pub struct AuditEntry {
 /// against can be checked later (`shredkv audit verify` prints the head; a
 /// later chain must still hold this entry with this hash).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AuditHead {
     /// The entry's sequence number (0: the chain was empty).
     pub seq: u64,
     /// The entry's hash (a MAC under the store's audit key for keyed entries).
+    #[cfg_attr(feature = "serde", serde(with = "hash_hex"))]
     pub hash: [u8; 32],
 }
 
@@ -642,9 +702,13 @@ fn location(key: &[u8]) -> Box<Location> {
     })
 }
 
-/// A break in the audit chain.
+/// A break in the audit chain. In serde formats, an object whose `kind`
+/// names the variant in kebab case (`"edited"`, `"broken"`...) next to its
+/// fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "kebab-case"))]
 pub enum ChainBreak {
     /// An entry's bytes are damaged.
     Corrupt {
@@ -707,6 +771,7 @@ impl std::fmt::Display for ChainBreak {
 
 /// The outcome of checking the whole chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChainReport {
     /// Entries checked.
     pub entries: u64,

@@ -14,6 +14,8 @@ use crate::storage::{StorageError, StorageErrorKind};
 
 /// Where in the store a damaged or tampered value was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Deserialize is in db/inspect.rs: `tree` is `&'static str`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Location {
     /// The tree holding it.
     pub tree: &'static str,
@@ -22,6 +24,7 @@ pub struct Location {
     /// The class it belongs to, if known.
     pub class: Option<String>,
     /// The stored key, hex-encoded (tags and blinded keys only: no personal data).
+    #[cfg_attr(feature = "serde", serde(rename = "key"))]
     pub key_hex: String,
 }
 

@@ -29,6 +29,7 @@ const AAD_PREFIX: &[u8] = b"shredkv/v1/hold";
 
 /// A legal hold as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Hold {
     /// The held subject.
     pub subject: SubjectTag,

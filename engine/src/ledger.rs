@@ -69,6 +69,32 @@ impl ErasureReason {
     }
 }
 
+/// A reason serializes as its [`ErasureReason::name`] (`"deletion request"`),
+/// the name receipts print.
+#[cfg(feature = "serde")]
+impl serde::Serialize for ErasureReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for ErasureReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+        // Every reason has a code: searching the codes finds every reason.
+        (0..=u8::MAX)
+            .filter_map(ErasureReason::from_code)
+            .find(|reason| reason.name() == name)
+            .ok_or_else(|| {
+                serde::de::Error::invalid_value(
+                    serde::de::Unexpected::Str(&name),
+                    &"an erasure reason, such as `deletion request`",
+                )
+            })
+    }
+}
+
 /// One ledger entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LedgerEntry {

@@ -22,6 +22,52 @@
 //! assert!(db.get("user-7", "message_content", b"msg-1").unwrap_err().is_erased());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Features
+//!
+//! - **`serde`** (off by default): `Serialize` and `Deserialize` for the
+//!   reports a [`Db`] returns, so they can be kept and exchanged as JSON (or
+//!   any serde format): [`Receipt`], [`Certificate`], [`Export`] and
+//!   [`Record`], [`Stats`], [`IntegrityReport`], [`ChainReport`],
+//!   [`AuditEntry`], [`Hold`], [`Scheduled`], [`SubjectInfo`],
+//!   [`CompactionReport`], [`EpochReport`], [`BackupReport`],
+//!   [`RestoreReport`], every type they are made of, and [`SubjectTag`].
+//!   Key material never serializes. The JSON, which the `shredkv` CLI
+//!   prints with `--json`:
+//!   - fields are named as in Rust, except [`Location::key_hex`] (`key`) and
+//!     [`Certificate::subject`] (`subject_tag`); a certificate's
+//!     [`PurgeStatus`] is inlined as `purge_status` (`"complete"` or
+//!     `"pending"`), with `pending` (the steps) and `purge_due_by` when
+//!     pending;
+//!   - subject tags and hashes are lower-case hex strings;
+//!   - times are RFC 3339 strings in UTC (`"2025-01-15T09:00:00Z"`, with
+//!     fractional seconds when the time has them);
+//!   - record keys and values are text when they are valid UTF-8, else
+//!     base64, named by `key_encoding` and `value_encoding` (`"utf-8"` or
+//!     `"base64"`);
+//!   - what has a name in reports is written by that name: audit events
+//!     (`"hold-placed"`), erasure reasons (`"deletion request"`); other enums
+//!     in lower case (`"end_user"`, `"rekeyed-after-backup"`), and chain
+//!     breaks as `{"kind": "edited", "seq": 4}`;
+//!   - pairs are objects: [`OverduePurge::epochs`] as `{epoch, due}`,
+//!     [`ExportedSubject::classes`] as `{class, records}`, in order.
+//!
+//! ```
+//! # #[cfg(feature = "serde")] {
+//! # use shredkv::{Classes, Config, Db, Receipt};
+//! # let root = tempfile::tempdir()?;
+//! # let (store_dir, key_file) = (root.path().join("store"), root.path().join("store.keys"));
+//! # let db = Db::open(Config::new(&store_dir).key_file(&key_file))?;
+//! # db.register_account("acct-42")?;
+//! # db.put("acct-42", "message_content", b"msg-1", b"see you at noon")?;
+//! let receipt = db.shred("acct-42", Classes::All)?;
+//! let json = serde_json::to_value(&receipt)?;
+//! assert_eq!(json["subject"], db.subject_tag("acct-42").to_hex());
+//! assert_eq!(json["reason"], "operator");
+//! assert_eq!(serde_json::from_value::<Receipt>(json)?, receipt);
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(unsafe_code)]
 
 mod audit;

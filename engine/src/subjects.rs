@@ -38,6 +38,11 @@ const RELEASE_SPACE: u8 = 0x02;
 
 /// Whether a subject is a customer account or an end user of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum SubjectKind {
     /// A customer account; erasing it erases its end users.
     Account,
@@ -47,6 +52,11 @@ pub enum SubjectKind {
 
 /// A subject's processing state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum SubjectState {
     /// Readable and writable.
     Active,
@@ -58,6 +68,7 @@ pub enum SubjectState {
 
 /// What the store knows about a subject (no personal data: the id is a tag).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SubjectInfo {
     /// The subject's tag.
     pub tag: SubjectTag,

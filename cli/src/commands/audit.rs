@@ -3,7 +3,6 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::commands::store::hex;
 use crate::context::Global;
 use crate::exit::Code;
 use crate::output::{self, Table};
@@ -35,19 +34,17 @@ fn tail(global: &Global, n: usize) -> Result<Code> {
     let db = global.open()?;
     let entries = db.audit_tail(n)?;
     if global.json {
-        output::print_json(&json!({
-            "entries": entries.iter().map(|e| json!({
-                "seq": e.seq,
-                "time": output::time(e.time),
-                "event": e.event.name(),
-                "subject": e.subject.map(|t| t.to_hex()),
-                "class": e.class,
-                "class_name": e.class.and_then(|c| db.class_name(c)),
-                "detail": e.detail,
-                "prev_hash": hex(&e.prev_hash),
-                "hash": hex(&e.hash),
-            })).collect::<Vec<_>>(),
-        }))?;
+        // Entries hold class numbers; the store knows their names.
+        let entries = entries
+            .iter()
+            .map(|e| {
+                output::json_with(
+                    e,
+                    [("class_name", json!(e.class.and_then(|c| db.class_name(c))))],
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        output::print_json(&json!({ "entries": entries }))?;
         return Ok(Code::Ok);
     }
     let mut table = Table::new(&["seq", "time", "event", "subject", "class", "detail"]).right(&[0]);
@@ -86,12 +83,16 @@ fn verify(global: &Global) -> Result<Code> {
                 return Err(err);
             };
             if global.json {
+                // No chain report: the store is refused before its chain is
+                // walked; the report's fields are null.
                 output::print_json(&json!({
                     "intact": false,
                     "entries": null,
                     "head": null,
+                    "head_hex": null,
+                    "keyed_from": null,
+                    "breaks": null,
                     "first_break": why,
-                    "breaks": [why],
                 }))?;
             } else {
                 println!("BROKEN: {why}");
@@ -102,15 +103,13 @@ fn verify(global: &Global) -> Result<Code> {
     let report = db.verify_audit()?;
     let first = report.breaks.first().map(ToString::to_string);
     if global.json {
-        output::print_json(&json!({
-            "intact": report.breaks.is_empty(),
-            "entries": report.entries,
-            "head": report.head_hex,
-            "head_seq": report.head.seq,
-            "keyed_from": report.keyed_from,
-            "first_break": first,
-            "breaks": report.breaks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        }))?;
+        output::print_json(&output::json_with(
+            &report,
+            [
+                ("intact", json!(report.breaks.is_empty())),
+                ("first_break", json!(first)),
+            ],
+        )?)?;
     } else if let Some(first) = &first {
         println!("BROKEN: {first}");
         if report.breaks.len() > 1 {

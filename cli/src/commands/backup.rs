@@ -79,15 +79,15 @@ pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
         .unwrap_or(Timestamp::MAX);
     let key_file = global.keys_description(db.path());
     if global.json {
-        output::print_json(&json!({
-            "backup": report.path.display().to_string(),
-            "backend": db.backend().name(),
-            "entries": report.entries,
-            "taken_at": output::time(report.taken_at),
-            "restorable_until_at_least": output::time(at_least),
-            "unrestorable_after": output::time(at_most),
-            "key_file": key_file,
-        }))?;
+        output::print_json(&output::json_with(
+            &report,
+            [
+                ("backend", json!(db.backend().name())),
+                ("restorable_until_at_least", json!(at_least)),
+                ("unrestorable_after", json!(at_most)),
+                ("key_file", json!(key_file)),
+            ],
+        )?)?;
         return Ok(Code::Ok);
     }
     println!(
@@ -240,22 +240,16 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
         .map_err(|err| restore_error(err, &args.backup))?;
     restored.flush()?;
     if global.json {
-        output::print_json(&json!({
-            "backup": args.backup.display().to_string(),
-            "store": into.display().to_string(),
-            "backend": restored.backend().name(),
-            "erasure_source": source_name,
-            "entries": report.entries,
-            "erasures_replayed": report.erasures_replayed,
-            "keys_destroyed": report.keys_destroyed,
-            "lost": report.lost.iter().map(|l| json!({
-                "subject": l.subject.to_hex(),
-                "class": l.class,
-                "records": l.records,
-                "reason": l.reason.to_string(),
-            })).collect::<Vec<_>>(),
-            "key_file": keys,
-        }))?;
+        output::print_json(&output::json_with(
+            &report,
+            [
+                ("backup", json!(args.backup.display().to_string())),
+                ("store", json!(into.display().to_string())),
+                ("backend", json!(restored.backend().name())),
+                ("erasure_source", json!(source_name)),
+                ("key_file", json!(keys)),
+            ],
+        )?)?;
         return Ok(Code::Ok);
     }
     println!(
@@ -332,7 +326,7 @@ pub(crate) fn export_erasure_log(global: &Global, args: &ExportLogArgs) -> Resul
         output::print_json(&json!({
             "file": args.file.display().to_string(),
             "items": items,
-            "exported_at": output::time(db.now()),
+            "exported_at": db.now(),
         }))?;
         return Ok(Code::Ok);
     }

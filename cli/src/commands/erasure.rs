@@ -30,7 +30,7 @@ pub(crate) fn shred(global: &Global, args: &ShredArgs) -> Result<Code> {
     };
     let receipt = db.shred(&args.subject, classes)?;
     if global.json {
-        output::print_json(&receipt_json(&receipt))?;
+        output::print_json(&receipt_json(&receipt)?)?;
     } else {
         print!("{}", receipt_text(&receipt, &|tag| tag.to_hex()));
     }
@@ -64,7 +64,18 @@ pub(crate) fn certificate(global: &Global, args: &CertificateArgs) -> Result<Cod
         Err(err) => return Err(err.into()),
     };
     if global.json {
-        output::print_json(&certificate.to_json())?;
+        // Said on the document, so a certificate filed on its own says
+        // what it is.
+        output::print_json(&output::json_with(
+            &certificate,
+            [
+                ("certificate", json!("erasure")),
+                (
+                    "standard",
+                    json!("NIST SP 800-88 Rev. 1, appendix G (sample certificate of sanitization)"),
+                ),
+            ],
+        )?)?;
     } else {
         print!("{certificate}");
     }
@@ -76,26 +87,15 @@ pub(crate) fn certificate(global: &Global, args: &CertificateArgs) -> Result<Cod
     Ok(Code::Ok)
 }
 
-/// A receipt as JSON.
-pub(crate) fn receipt_json(receipt: &Receipt) -> Value {
-    json!({
-        "subject": receipt.subject.to_hex(),
-        "erased_at": output::time(receipt.erased_at),
-        "reason": receipt.reason.name(),
-        "keys_destroyed": receipt.keys_destroyed(),
-        "audit_head": {"seq": receipt.audit_head.seq, "hash": receipt.audit_head.hash_hex()},
-        "erased": receipt.erased.iter().map(|e| json!({
-            "subject": e.subject.to_hex(),
-            "class": e.class,
-            "keys_destroyed": e.keys_destroyed,
-        })).collect::<Vec<_>>(),
-        "retained": receipt.retained.iter().map(|r| json!({
-            "subject": r.subject.to_hex(),
-            "class": r.class,
-            "until": output::json_time(r.until),
-            "reason": r.reason,
-        })).collect::<Vec<_>>(),
-    })
+/// A receipt as JSON: its serialization, with the total of keys destroyed.
+///
+/// # Errors
+/// Serializing it failing.
+pub(crate) fn receipt_json(receipt: &Receipt) -> Result<Value> {
+    output::json_with(
+        receipt,
+        [("keys_destroyed", json!(receipt.keys_destroyed()))],
+    )
 }
 
 /// A receipt as text: what was erased (with key counts) and what was kept

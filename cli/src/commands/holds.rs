@@ -86,14 +86,7 @@ pub(crate) fn list(global: &Global) -> Result<Code> {
     let db = global.open()?;
     let holds = db.holds()?;
     if global.json {
-        output::print_json(&json!({
-            "holds": holds.iter().map(|h| json!({
-                "subject": h.subject.to_hex(),
-                "class": h.class,
-                "placed_at": output::time(h.placed_at),
-                "reason": h.reason,
-            })).collect::<Vec<_>>(),
-        }))?;
+        output::print_json(&json!({ "holds": serde_json::to_value(&holds)? }))?;
         return Ok(Code::Ok);
     }
     if holds.is_empty() {

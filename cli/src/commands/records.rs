@@ -1,8 +1,9 @@
 //! Records: `get`, `put`, `delete`, `export`.
 //!
 //! Record keys and values are given as text on the command line. Output
-//! shows them as UTF-8 when they are valid UTF-8 and as base64 otherwise,
-//! with the encoding named (`key_encoding`, `value_encoding`).
+//! shows them as a record serializes them: as UTF-8 when they are valid
+//! UTF-8 and as base64 otherwise, with the encoding named (`key_encoding`,
+//! `value_encoding`).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -11,8 +12,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
-use serde_json::{Map, Value, json};
-use shredkv::{Db, Export, PutOptions, Retention, SubjectKind, SubjectState};
+use serde::Serialize;
+use serde_json::json;
+use shredkv::{Db, Export, PutOptions, Record, Retention, SubjectKind, SubjectState, SubjectTag};
 
 use crate::context::Global;
 use crate::exit::{CliError, Code};
@@ -91,24 +93,22 @@ pub(crate) fn get(global: &Global, args: &GetArgs) -> Result<Code> {
         )
         .into());
     };
+    let line = RecordLine {
+        subject: db.subject_tag(&args.subject),
+        kind: None,
+        class: &args.class,
+        record: &record,
+    };
     if global.json {
-        let mut doc = Map::new();
-        doc.insert(
-            "subject".into(),
-            json!(db.subject_tag(&args.subject).to_hex()),
-        );
-        doc.insert("class".into(), json!(args.class));
-        output::json_bytes(&mut doc, "key", &record.key);
-        output::json_bytes(&mut doc, "value", &record.value);
-        doc.insert("expires_at".into(), output::json_time(record.expires_at));
-        output::print_json(&Value::Object(doc))?;
+        output::print_json(&line)?;
         return Ok(Code::Ok);
     }
-    let (text, encoding) = output::encode_bytes(&record.value);
-    if encoding != "utf-8" {
+    // The value as the JSON shows it: the text, or base64 when not UTF-8.
+    let shown = serde_json::to_value(&line)?;
+    if shown["value_encoding"] != "utf-8" {
         eprintln!("note: the value is not UTF-8; printed as base64");
     }
-    println!("{text}");
+    println!("{}", shown["value"].as_str().unwrap_or_default());
     if let Some(at) = record.expires_at {
         eprintln!("expires at {}", output::time(at));
     }
@@ -153,7 +153,7 @@ pub(crate) fn put(global: &Global, args: &PutArgs) -> Result<Code> {
             "subject": tag,
             "class": args.class,
             "key": args.key,
-            "expires_at": output::json_time(expires_at),
+            "expires_at": expires_at,
         }))?;
     } else {
         print!(
@@ -196,20 +196,32 @@ pub(crate) fn delete(global: &Global, args: &DeleteArgs) -> Result<Code> {
     Ok(Code::Ok)
 }
 
+/// A record with where it belongs: what `get --json` prints, and each line
+/// of an export.
+#[derive(Debug, Serialize)]
+struct RecordLine<'a> {
+    subject: SubjectTag,
+    /// Exports say whether the subject is an account or an end user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<SubjectKind>,
+    class: &'a str,
+    #[serde(flatten)]
+    record: &'a Record,
+}
+
 /// Writes one export's records as JSON Lines; returns the number of records.
 fn write_lines(out: &mut dyn Write, export: &Export) -> Result<u64> {
     let mut n = 0u64;
     for subject in &export.subjects {
         for (class, records) in &subject.classes {
             for record in records {
-                let mut line = Map::new();
-                line.insert("subject".into(), json!(subject.tag.to_hex()));
-                line.insert("kind".into(), json!(output::kind(subject.kind)));
-                line.insert("class".into(), json!(class));
-                output::json_bytes(&mut line, "key", &record.key);
-                output::json_bytes(&mut line, "value", &record.value);
-                line.insert("expires_at".into(), output::json_time(record.expires_at));
-                serde_json::to_writer(&mut *out, &Value::Object(line))?;
+                let line = RecordLine {
+                    subject: subject.tag,
+                    kind: Some(subject.kind),
+                    class,
+                    record,
+                };
+                serde_json::to_writer(&mut *out, &line)?;
                 out.write_all(b"\n")?;
                 n += 1;
             }

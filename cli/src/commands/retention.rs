@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::json;
 use shredkv::{CompactionReport, ErasureReason, Scheduled, SubjectTag};
 
 use crate::commands::erasure;
@@ -58,20 +58,6 @@ pub(crate) struct CompactArgs {
     /// Do at most N due items, leaving the rest for the next run.
     #[arg(long, value_name = "N")]
     budget: Option<usize>,
-}
-
-/// Scheduled erasures as JSON.
-pub(crate) fn scheduled_json(scheduled: &[Scheduled]) -> Value {
-    json!(
-        scheduled
-            .iter()
-            .map(|s| json!({
-                "subject": s.subject.to_hex(),
-                "class": s.class,
-                "erase_at": output::time(s.erase_at),
-            }))
-            .collect::<Vec<_>>()
-    )
 }
 
 /// Scheduled erasures as a table, one row per date and class, earliest
@@ -130,10 +116,10 @@ pub(crate) fn close_account(global: &Global, args: &CloseArgs) -> Result<Code> {
     let closed_at = info.as_ref().and_then(|i| i.closed_at);
     if global.json {
         output::print_json(&json!({
-            "account": tag.to_hex(),
-            "closed_at": output::json_time(closed_at),
+            "account": tag,
+            "closed_at": closed_at,
             "newly_closed": !scheduled.is_empty(),
-            "scheduled": scheduled_json(&scheduled),
+            "scheduled": serde_json::to_value(&scheduled)?,
         }))?;
         return Ok(Code::Ok);
     }
@@ -173,9 +159,9 @@ pub(crate) fn opt_out(global: &Global, args: &OptOutArgs) -> Result<Code> {
     let opted_out_at = db.subject(&args.subject)?.and_then(|i| i.opted_out_at);
     if global.json {
         output::print_json(&json!({
-            "subject": tag.to_hex(),
-            "opted_out_at": output::json_time(opted_out_at),
-            "scheduled": scheduled_json(&scheduled),
+            "subject": tag,
+            "opted_out_at": opted_out_at,
+            "scheduled": serde_json::to_value(&scheduled)?,
         }))?;
         return Ok(Code::Ok);
     }
@@ -211,11 +197,7 @@ pub(crate) fn release_data(global: &Global, args: &ReleaseDataArgs) -> Result<Co
     let scheduled = db.release(&args.subject, &args.class)?;
     let tag = scheduled.subject;
     if global.json {
-        output::print_json(&json!({
-            "subject": tag.to_hex(),
-            "class": scheduled.class,
-            "erase_at": output::time(scheduled.erase_at),
-        }))?;
+        output::print_json(&scheduled)?;
         return Ok(Code::Ok);
     }
     let now = db.now();
@@ -245,7 +227,7 @@ pub(crate) fn request_deletion(global: &Global, args: &DeletionArgs) -> Result<C
     };
     let receipt = db.request_deletion(&args.subject, reason)?;
     if global.json {
-        output::print_json(&erasure::receipt_json(&receipt))?;
+        output::print_json(&erasure::receipt_json(&receipt)?)?;
         return Ok(Code::Ok);
     }
     let tag = receipt.subject;
@@ -270,24 +252,6 @@ pub(crate) fn request_deletion(global: &Global, args: &DeletionArgs) -> Result<C
         );
     }
     Ok(Code::Ok)
-}
-
-/// A compaction report as JSON.
-pub(crate) fn compaction_json(report: &CompactionReport) -> Value {
-    json!({
-        "ran_at": output::json_time(report.ran_at),
-        "items": report.items,
-        "keys_destroyed": report.keys_destroyed,
-        "scopes_erased": report.scopes_erased,
-        "records_removed": report.records_removed,
-        "buckets_rekeyed": report.buckets_rekeyed,
-        "records_rekeyed": report.records_rekeyed,
-        "blocked_by_hold": report.blocked_by_hold,
-        "epochs_created": report.epochs_created,
-        "keys_rewrapped": report.keys_rewrapped,
-        "epochs_destroyed": report.epochs_destroyed,
-        "remaining": report.remaining,
-    })
 }
 
 /// A compaction report as text.
@@ -337,7 +301,7 @@ pub(crate) fn compact(global: &Global, args: &CompactArgs) -> Result<Code> {
     bar.finish_and_clear();
     let report = report?;
     if global.json {
-        output::print_json(&compaction_json(&report))?;
+        output::print_json(&report)?;
     } else {
         print!("{}", compaction_text(&report));
     }
@@ -356,12 +320,7 @@ pub(crate) fn rotate_epoch(global: &Global) -> Result<Code> {
     let report = db.rotate_epoch()?;
     let live = db.stats()?.live_epochs;
     if global.json {
-        output::print_json(&json!({
-            "created": report.created,
-            "keys_rewrapped": report.keys_rewrapped,
-            "epochs_destroyed": report.epochs_destroyed,
-            "live_epochs": live,
-        }))?;
+        output::print_json(&output::json_with(&report, [("live_epochs", json!(live))])?)?;
         return Ok(Code::Ok);
     }
     let live: Vec<String> = live.iter().map(u32::to_string).collect();

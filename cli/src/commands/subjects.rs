@@ -1,8 +1,8 @@
 //! Subjects: `subjects`, `show`, `restrict`, `unrestrict`, `re-register`.
 
 use anyhow::Result;
-use serde_json::{Value, json};
-use shredkv::{Error, SubjectInfo};
+use serde_json::json;
+use shredkv::Error;
 
 use crate::context::Global;
 use crate::exit::Code;
@@ -15,30 +15,12 @@ pub(crate) struct SubjectArg {
     pub(crate) subject: String,
 }
 
-/// A subject record as JSON.
-pub(crate) fn info_json(info: &SubjectInfo) -> Value {
-    json!({
-        "tag": info.tag.to_hex(),
-        "kind": output::kind(info.kind),
-        "parent": info.parent.map(|p| p.to_hex()),
-        "state": output::state(info.state),
-        "generation": info.generation,
-        "created_at": output::json_time(Some(info.created_at)),
-        "closed_at": output::json_time(info.closed_at),
-        "opted_out_at": output::json_time(info.opted_out_at),
-        "released_at": output::json_time(info.released_at),
-        "erased_at": output::json_time(info.erased_at),
-    })
-}
-
 /// `subjects`: every subject, by tag.
 pub(crate) fn list(global: &Global) -> Result<Code> {
     let db = global.open()?;
     let subjects = db.subjects()?;
     if global.json {
-        output::print_json(&json!({
-            "subjects": subjects.iter().map(info_json).collect::<Vec<_>>(),
-        }))?;
+        output::print_json(&json!({ "subjects": serde_json::to_value(&subjects)? }))?;
         return Ok(Code::Ok);
     }
     let mut table = Table::new(&[
@@ -74,27 +56,13 @@ pub(crate) fn show(global: &Global, args: &SubjectArg) -> Result<Code> {
         .filter(|h| h.subject == tag)
         .collect();
     if global.json {
-        let mut doc = info_json(&info);
-        if let Some(map) = doc.as_object_mut() {
-            map.insert(
-                "end_users".into(),
-                json!(end_users.iter().map(|t| t.to_hex()).collect::<Vec<_>>()),
-            );
-            map.insert(
-                "holds".into(),
-                json!(
-                    holds
-                        .iter()
-                        .map(|h| json!({
-                            "class": h.class,
-                            "placed_at": output::json_time(Some(h.placed_at)),
-                            "reason": h.reason,
-                        }))
-                        .collect::<Vec<_>>()
-                ),
-            );
-        }
-        output::print_json(&doc)?;
+        output::print_json(&output::json_with(
+            &info,
+            [
+                ("end_users", serde_json::to_value(&end_users)?),
+                ("holds", serde_json::to_value(&holds)?),
+            ],
+        )?)?;
         return Ok(Code::Ok);
     }
     output::print_fields(&[

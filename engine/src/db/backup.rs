@@ -49,6 +49,7 @@ const LOG_WHAT: &str = "erasure log";
 
 /// What a backup wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BackupReport {
     /// Where.
     pub path: PathBuf,
@@ -69,6 +70,7 @@ pub enum ErasureSource<'a> {
 
 /// What a restore replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RestoreReport {
     /// Entries copied from the backup.
     pub entries: u64,
@@ -85,6 +87,11 @@ pub struct RestoreReport {
 /// Why a restore could not bring records of the backup back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum LossReason {
     /// After the backup was taken, the live store re-keyed the records'
     /// bucket and destroyed the key version the backup's copies are sealed
@@ -107,6 +114,7 @@ impl fmt::Display for LossReason {
 
 /// Records of one subject and class that a restore could not bring back.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LostRecords {
     /// The subject, by tag.
     pub subject: SubjectTag,

@@ -19,6 +19,7 @@ use crate::vault::{KeyState, VaultEntry};
 
 /// One erased scope in a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CertifiedErasure {
     /// The class, or `None` for every class of the subject.
     pub class: Option<String>,
@@ -33,7 +34,16 @@ pub struct CertifiedErasure {
 }
 
 /// Whether the purge of a subject's erased data has completed.
+///
+/// In serde formats: `{"purge_status": "complete"}`, or
+/// `{"purge_status": "pending", "pending": [steps], "purge_due_by": time}`;
+/// a [`Certificate`] carries these fields at its top level.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(tag = "purge_status", rename_all = "snake_case")
+)]
 pub enum PurgeStatus {
     /// Every key is destroyed, every epoch that wrapped one is destroyed, and
     /// no dead ciphertext remains.
@@ -41,16 +51,24 @@ pub enum PurgeStatus {
     /// What is still pending, and the latest time it is due by.
     Pending {
         /// Each pending step, as a sentence.
+        #[cfg_attr(feature = "serde", serde(rename = "pending"))]
         steps: Vec<String>,
         /// When the purge must complete (erasure + purge window).
+        #[cfg_attr(feature = "serde", serde(rename = "purge_due_by"))]
         due_by: Timestamp,
     },
 }
 
 /// A certificate of erasure for one subject.
+///
+/// In serde formats the fields keep their names, except `subject`, written
+/// `subject_tag`, and `status`, whose fields are inlined (see
+/// [`PurgeStatus`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Certificate {
     /// The subject (by tag).
+    #[cfg_attr(feature = "serde", serde(rename = "subject_tag"))]
     pub subject: SubjectTag,
     /// The store (hex id).
     pub store_id: String,
@@ -80,6 +98,7 @@ pub struct Certificate {
     /// Checks performed and their outcome.
     pub verification: Vec<String>,
     /// Purge completion.
+    #[cfg_attr(feature = "serde", serde(flatten))]
     pub status: PurgeStatus,
 }
 
@@ -295,43 +314,6 @@ impl Certificate {
     /// Whether the purge has completed.
     pub fn is_complete(&self) -> bool {
         self.status == PurgeStatus::Complete
-    }
-
-    /// The certificate as a JSON document.
-    pub fn to_json(&self) -> serde_json::Value {
-        let (status, pending, due_by) = match &self.status {
-            PurgeStatus::Complete => ("complete", Vec::new(), None),
-            PurgeStatus::Pending { steps, due_by } => {
-                ("pending", steps.clone(), Some(due_by.to_string()))
-            }
-        };
-        serde_json::json!({
-            "certificate": "erasure",
-            "standard": "NIST SP 800-88 Rev. 1, appendix G (sample certificate of sanitization)",
-            "subject_tag": self.subject.to_hex(),
-            "store_id": self.store_id,
-            "tool": self.tool,
-            "issued_at": self.issued_at.to_string(),
-            "method": self.method,
-            "key_provider": self.key_provider,
-            "erasures": self.erasures.iter().map(|e| serde_json::json!({
-                "class": e.class.clone().unwrap_or_else(|| "*".into()),
-                "erased_at": e.erased_at.to_string(),
-                "reason": e.reason,
-                "keys_destroyed": e.keys_destroyed,
-                "epoch": e.epoch,
-            })).collect::<Vec<_>>(),
-            "keys_destroyed": self.keys_destroyed,
-            "keys_live_in_erased_scopes": self.keys_live_in_erased_scopes,
-            "dead_records_remaining": self.dead_records_remaining,
-            "epochs_still_live": self.epochs_still_live,
-            "requested_at": self.requested_at.map(|t| t.to_string()),
-            "audit_head": {"seq": self.audit_head.seq, "hash": self.audit_head.hash_hex()},
-            "verification": self.verification,
-            "purge_status": status,
-            "pending": pending,
-            "purge_due_by": due_by,
-        })
     }
 }
 

@@ -29,6 +29,7 @@ pub enum Classes<'a> {
 
 /// One scope erased by a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ErasedScope {
     /// The subject erased (the requested one, or one of its end users).
     pub subject: SubjectTag,
@@ -40,6 +41,7 @@ pub struct ErasedScope {
 
 /// One scope a request did not erase, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Retained {
     /// The subject.
     pub subject: SubjectTag,
@@ -55,6 +57,7 @@ pub struct Retained {
 /// Per class, it names only scopes the subject held (had keys for): a class
 /// it never stored anything in is neither erased nor retained.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Receipt {
     /// The subject the request named.
     pub subject: SubjectTag,

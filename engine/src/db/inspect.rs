@@ -19,6 +19,7 @@ use crate::vault::{KeyState, VaultEntry};
 
 /// Records and bytes of one class.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClassStats {
     /// The class name (`#n` for a class no longer in the policy).
     pub name: String,
@@ -30,6 +31,7 @@ pub struct ClassStats {
 
 /// A store's vital statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Stats {
     /// The backend's name.
     pub backend: String,
@@ -79,6 +81,11 @@ pub struct Stats {
 
 /// What the integrity scan found wrong with one stored item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum ProblemKind {
     /// Damaged bytes (checksum, truncation, unknown format): media corruption.
     Corrupt,
@@ -88,6 +95,7 @@ pub enum ProblemKind {
 
 /// One problem found by [`Db::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Problem {
     /// Corrupt or tampered.
     pub kind: ProblemKind,
@@ -95,6 +103,38 @@ pub struct Problem {
     pub location: Location,
     /// What is wrong.
     pub detail: String,
+}
+
+/// [`Location`] from serde formats, the fields its `Serialize` writes
+/// (`tree`, `subject`, `class`, `key`). By hand because `tree` is
+/// `&'static str`: the name is looked up among the store's trees, which
+/// are the only ones a location names.
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Location {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Fields {
+            tree: String,
+            subject: Option<SubjectTag>,
+            class: Option<String>,
+            key: String,
+        }
+        let fields = Fields::deserialize(deserializer)?;
+        let tree = Tree::from_name(&fields.tree).ok_or_else(|| {
+            serde::de::Error::invalid_value(
+                serde::de::Unexpected::Str(&fields.tree),
+                &"the name of one of the store's trees, such as `data`",
+            )
+        })?;
+        Ok(Location {
+            tree: tree.name(),
+            subject: fields.subject,
+            class: fields.class,
+            key_hex: fields.key,
+        })
+    }
 }
 
 /// The live keys of expiry buckets that nothing will destroy: no "destroy
@@ -170,6 +210,7 @@ const MAX_UNAUTHENTICATED_REPORTED: usize = 10_000;
 
 /// The outcome of [`Db::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct IntegrityReport {
     /// Records decrypted and authenticated.
     pub records_checked: u64,

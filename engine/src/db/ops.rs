@@ -198,6 +198,7 @@ impl Batch {
 /// Everything a subject has, across classes (for access and portability
 /// requests). For an account, its end users follow it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Export {
     /// The subjects exported, the requested one first.
     pub subjects: Vec<ExportedSubject>,
@@ -205,13 +206,53 @@ pub struct Export {
 
 /// One subject's records by class.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ExportedSubject {
     /// The subject's tag.
     pub tag: SubjectTag,
     /// Account or end user.
     pub kind: SubjectKind,
-    /// Records by class name, in policy order; classes without records are left out.
+    /// Records by class name, in policy order; classes without records are
+    /// left out. In serde formats, a list of objects `{class, records}`
+    /// (a list keeps the order).
+    #[cfg_attr(feature = "serde", serde(with = "class_records"))]
     pub classes: Vec<(String, Vec<Record>)>,
+}
+
+/// [`ExportedSubject::classes`] in serde formats: named fields rather than
+/// pairs.
+#[cfg(feature = "serde")]
+mod class_records {
+    use std::borrow::Cow;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::records::Record;
+
+    #[derive(Serialize, Deserialize)]
+    struct ClassRecords<'a> {
+        class: Cow<'a, str>,
+        records: Cow<'a, [Record]>,
+    }
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        classes: &[(String, Vec<Record>)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(classes.iter().map(|(class, records)| ClassRecords {
+            class: Cow::Borrowed(class),
+            records: Cow::Borrowed(records),
+        }))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(String, Vec<Record>)>, D::Error> {
+        Ok(Vec::<ClassRecords<'static>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|c| (c.class.into_owned(), c.records.into_owned()))
+            .collect())
+    }
 }
 
 impl Export {

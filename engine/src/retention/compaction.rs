@@ -48,6 +48,7 @@ const RECORD_PAGE: usize = 512;
 
 /// What one compaction pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CompactionReport {
     /// When the pass ran (the store clock).
     pub ran_at: Option<Timestamp>,

@@ -39,6 +39,7 @@ const REWRAP_PAGE: usize = 512;
 
 /// What an epoch rotation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EpochReport {
     /// The epoch created, if one was.
     pub created: Option<u32>,

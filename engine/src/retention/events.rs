@@ -20,6 +20,7 @@ use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
 
 /// One scope's erasure, scheduled by an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Scheduled {
     /// The subject.
     pub subject: SubjectTag,

@@ -17,6 +17,7 @@ use crate::storage::{Order, Tree};
 /// the purge window (G2) or a retention deadline (G3) is at risk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct OverduePurge {
     /// Items of the deadline index (key destructions, scope erasures,
     /// re-keys, dead-record removals) past their time.
@@ -29,7 +30,8 @@ pub struct OverduePurge {
     /// The earliest overdue re-key's deadline.
     pub oldest_rekey: Option<Timestamp>,
     /// Epoch keys the key provider still holds past their destruction time:
-    /// (epoch, when it was due).
+    /// (epoch, when it was due); in serde formats, objects `{epoch, due}`.
+    #[cfg_attr(feature = "serde", serde(with = "epochs_due"))]
     pub epochs: Vec<(u32, Timestamp)>,
     /// Items compaction set aside after they failed on their own data (a
     /// damaged record, a vault entry failing authentication): retried with
@@ -37,6 +39,35 @@ pub struct OverduePurge {
     pub set_aside: u64,
     /// The earliest deadline among the set-aside items.
     pub oldest_set_aside: Option<Timestamp>,
+}
+
+/// [`OverduePurge::epochs`] in serde formats: named fields rather than pairs.
+#[cfg(feature = "serde")]
+mod epochs_due {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct EpochDue {
+        epoch: u32,
+        due: Timestamp,
+    }
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        epochs: &[(u32, Timestamp)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(epochs.iter().map(|&(epoch, due)| EpochDue { epoch, due }))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(u32, Timestamp)>, D::Error> {
+        Ok(Vec::<EpochDue>::deserialize(deserializer)?
+            .into_iter()
+            .map(|e| (e.epoch, e.due))
+            .collect())
+    }
 }
 
 impl OverduePurge {

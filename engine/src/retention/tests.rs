@@ -836,9 +836,12 @@ fn a_certificate_is_pending_until_the_purge_completes() {
     let done = db.certificate("a").expect("certificate");
     assert!(done.is_complete(), "{done}");
     assert!(done.keys_destroyed >= 3);
-    let json = done.to_json();
-    assert_eq!(json["purge_status"], "complete");
-    assert_eq!(json["subject_tag"], db.subject_tag("a").to_hex());
+    #[cfg(feature = "serde")]
+    {
+        let json = serde_json::to_value(&done).expect("serialize");
+        assert_eq!(json["purge_status"], "complete");
+        assert_eq!(json["subject_tag"], db.subject_tag("a").to_hex());
+    }
     assert!(done.to_string().contains("COMPLETE"));
 }
 

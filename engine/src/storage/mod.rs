@@ -58,6 +58,12 @@ impl Tree {
         Tree::Poisoned,
     ];
 
+    /// The tree named `name` ([`Tree::name`]), if there is one.
+    #[cfg(feature = "serde")]
+    pub(crate) fn from_name(name: &str) -> Option<Tree> {
+        Tree::ALL.into_iter().find(|tree| tree.name() == name)
+    }
+
     /// The tree's name in the backend's files. Part of the on-disk format.
     pub(crate) fn name(self) -> &'static str {
         match self {
