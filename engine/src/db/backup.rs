@@ -569,6 +569,24 @@ impl Db {
     /// directory), pausing writers, erasures and compaction meanwhile. The
     /// key file is not copied: see the module docs.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::{Config, Db, ErasureSource};
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "message_content", b"m1", b"hello")?;
+    /// let report = db.backup(dir.path().join("backup"))?; // the key file is not copied
+    /// assert!(report.entries > 0);
+    /// // A restore replays the erasures made since the backup, from the live store
+    /// // (or from an exported erasure log), with the live store's key file.
+    /// let target = Config::new(dir.path().join("restored")).key_file(dir.path().join("keys"));
+    /// let (restored, _) = Db::restore(dir.path().join("backup"), target, ErasureSource::Live(&db))?;
+    /// assert!(restored.get("acct-42", "message_content", b"m1")?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// `dest` not empty; storage failures.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {

@@ -106,6 +106,22 @@ impl Db {
     /// Issues a certificate of erasure for `subject_id`. Before the purge has
     /// completed it says what is still pending and by when.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::Classes;
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "message_content", b"m1", b"hello")?;
+    /// db.shred("acct-42", Classes::All)?;
+    /// let certificate = db.certificate("acct-42")?;
+    /// assert_eq!(certificate.erasures.len(), 1);
+    /// // Pending until the purge window has passed (old epochs destroyed).
+    /// assert!(!certificate.is_complete());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::UnknownSubject`] if the subject was never registered;
     /// [`Error::InvalidArgument`] if nothing of it was ever erased;

@@ -574,6 +574,22 @@ impl Db {
     ///
     /// Erasing an already erased subject succeeds with an empty receipt.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::Classes;
+    /// db.register_account("acct-42")?;
+    /// db.register_end_user("user-7", "acct-42")?;
+    /// db.put("user-7", "message_content", b"m1", b"see you at noon")?;
+    /// // Durable on return; the account's end users go with it.
+    /// let receipt = db.shred("acct-42", Classes::All)?;
+    /// assert!(receipt.keys_destroyed() > 0);
+    /// assert!(db.get("user-7", "message_content", b"m1").unwrap_err().is_erased());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::UnknownSubject`], [`Error::UnknownClass`], storage failures
     /// (then nothing was erased).
@@ -688,6 +704,21 @@ impl Db {
     /// Restricts a subject's processing: its data can be exported, not read
     /// or written, until [`Db::lift_restriction`].
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "account_profile", b"email", b"a@example.com")?;
+    /// db.restrict("acct-42")?; // a subject's objection: kept, exportable, not used
+    /// assert!(db.get("acct-42", "account_profile", b"email").unwrap_err().is_restricted());
+    /// assert_eq!(db.export("acct-42")?.record_count(), 1);
+    /// db.lift_restriction("acct-42")?;
+    /// assert!(db.get("acct-42", "account_profile", b"email")?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::UnknownSubject`], [`Error::Erased`], storage failures.
     pub fn restrict(&self, subject: &str) -> Result<()> {
@@ -731,6 +762,25 @@ impl Db {
     /// Places a legal hold over a subject (every class, or one). While it
     /// stands, nothing it covers is erased: not by shred, deletion request,
     /// retention expiry or compaction.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::Classes;
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "invoices", b"inv-1", b"EUR 12.00")?;
+    /// db.place_hold("acct-42", Some("invoices"), "case 2026-117")?;
+    /// let receipt = db.shred("acct-42", Classes::All)?; // the held class is retained
+    /// assert_eq!(receipt.retained.len(), 1);
+    /// assert!(db.get("acct-42", "invoices", b"inv-1")?.is_some());
+    /// assert_eq!(db.holds()?.len(), 1);
+    /// // The release carries out the erasure the hold blocked before it returns.
+    /// assert!(db.release_hold("acct-42", Some("invoices"))?);
+    /// assert!(db.get("acct-42", "invoices", b"inv-1").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::UnknownSubject`], [`Error::UnknownClass`], an empty reason,

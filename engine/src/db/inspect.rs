@@ -273,6 +273,18 @@ impl Db {
     /// Counts subjects, keys, records and bytes per class, debts and
     /// deadlines. O(stored items): for operators, not hot paths.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// db.register_account("acct-42")?;
+    /// db.register_end_user("user-7", "acct-42")?;
+    /// let stats = db.stats()?;
+    /// assert_eq!((stats.accounts, stats.end_users), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Damaged subject records, storage and key provider failures.
     pub fn stats(&self) -> Result<Stats> {
@@ -381,6 +393,19 @@ impl Db {
     /// decodes every vault entry and subject record, and checks the audit
     /// chain. Damage is reported by location, corrupt apart from tampered;
     /// nothing is changed.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "message_content", b"m1", b"hello")?;
+    /// let report = db.verify()?; // decrypts and authenticates everything; changes nothing
+    /// assert!(report.is_clean(), "{:?}", report.problems);
+    /// assert_eq!(report.records_checked, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// Storage and key provider failures (damage is reported, not an error).
@@ -648,6 +673,19 @@ impl Db {
     }
 
     /// The last `n` audit entries, oldest first.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::AuditEvent;
+    /// db.register_account("acct-42")?;
+    /// let last = db.audit_tail(1)?;
+    /// assert_eq!(last[0].event, AuditEvent::SubjectRegistered);
+    /// assert_eq!(last[0].subject, Some(db.subject_tag("acct-42")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// A damaged entry, storage failures.

@@ -899,6 +899,22 @@ impl Db {
     /// Runs one compaction pass at the store clock's current time, with no
     /// budget: everything due is done. See the module docs.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::PutOptions;
+    /// db.register_account("acct-42")?;
+    /// let in_an_hour = db.now() + shredkv::jiff::SignedDuration::from_hours(1);
+    /// db.put_with("acct-42", "message_content", b"m1", b"hello", PutOptions::expires_at(in_an_hour))?;
+    /// // One pass over what is due now (a store opened with the default config also
+    /// // runs this in the background, hourly).
+    /// let report = db.compact()?;
+    /// assert_eq!(report.keys_destroyed, 0, "nothing is due yet");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Storage and key provider failures; work done before the failure is
     /// kept, and the rest is done by the next pass. An item that fails on

@@ -316,6 +316,19 @@ impl Db {
     /// returns what is retained) and no end user can be registered under
     /// it. Closing again changes nothing.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "account_profile", b"email", b"a@example.com")?;
+    /// // Starts the closure clocks: each class's erasure is scheduled, and returned.
+    /// let scheduled = db.close_account("acct-42")?;
+    /// assert!(scheduled.iter().any(|s| s.class == "account_profile"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::UnknownSubject`]; [`Error::SubjectConflict`] for an end user;
     /// [`Error::Erased`]; storage failures.
@@ -475,6 +488,22 @@ impl Db {
     ///
     /// With [`ErasureReason::Underage`], everything not under a legal hold is
     /// erased, retention obligations notwithstanding.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::ErasureReason;
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "message_content", b"m1", b"hello")?;
+    /// db.put("acct-42", "invoices", b"inv-1", b"EUR 12.00")?;
+    /// let receipt = db.request_deletion("acct-42", ErasureReason::DeletionRequest)?;
+    /// // What the policy lets go is erased now; invoices are kept until their deadline.
+    /// assert!(db.get("acct-42", "message_content", b"m1").is_err());
+    /// assert!(receipt.retained.iter().any(|r| r.class == "invoices"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::UnknownSubject`], storage failures (then nothing was erased).
