@@ -153,7 +153,8 @@ impl Store for ShredkvStore {
         for r in records {
             batch.put(r.subject, CLASS, r.key, r.value);
         }
-        Ok(self.db.apply(batch)?)
+        self.db.apply(batch)?;
+        Ok(())
     }
 
     fn put(&self, subject: &str, key: &[u8], value: &[u8]) -> Result<()> {

@@ -91,11 +91,11 @@ pub use audit::{AuditEntry, AuditEvent, AuditHead, ChainBreak, ChainReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
-    AsClass, BackupReport, Batch, Certificate, CertifiedErasure, Class, ClassName, ClassStats,
-    Classes, Cursor, Db, ErasedScope, ErasureSource, Export, ExportedSubject, IntegrityReport,
-    LossReason, LostRecords, MAX_PAGE, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Page, Problem,
-    ProblemKind, PurgeStatus, PutOptions, Receipt, Records, RestoreOptions, RestoreReport,
-    Retained, ScanOptions, Stats,
+    Applied, AsClass, BackupReport, Batch, Certificate, CertifiedErasure, Class, ClassName,
+    ClassStats, Classes, Cursor, Db, ErasedScope, ErasureSource, Export, ExportedSubject,
+    IntegrityReport, LossReason, LostRecords, MAX_PAGE, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Outcome,
+    Page, Problem, ProblemKind, PurgeStatus, PutOptions, Receipt, Records, RestoreOptions,
+    RestoreReport, Retained, ScanOptions, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;

@@ -326,7 +326,7 @@ fn closed_account_loses_access() {
         closed("delete", db.delete(subject, class, b"r1").map(|_| ()));
         let mut batch = Batch::new();
         batch.put(subject, class, b"new", b"v");
-        closed("apply", db.apply(batch));
+        closed("apply", db.apply(batch).map(drop));
     }
     // The legal and portability path still works for what is retained.
     let export = db.export("acct").expect("export after closure");

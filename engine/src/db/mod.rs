@@ -44,7 +44,9 @@ pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
 pub use class::{AsClass, Class, ClassName};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
 pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
-pub use ops::{Batch, Export, ExportedSubject, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, PutOptions};
+pub use ops::{
+    Applied, Batch, Export, ExportedSubject, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Outcome, PutOptions,
+};
 pub use scan::{Cursor, MAX_PAGE, Page, Records, ScanOptions};
 
 /// The on-disk format version of a store (meta key `format`). Version 2

@@ -43,6 +43,30 @@ fn check_record_key(key: &[u8]) -> Result<()> {
 /// Raw entries read per page while scanning.
 const SCAN_PAGE: usize = 256;
 
+/// What one operation of an applied [`Batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Outcome {
+    /// A put of a key that held no live record.
+    Created,
+    /// A put that replaced a live record (its old ciphertext is purged by
+    /// the re-key its key now owes).
+    Replaced,
+    /// A delete that removed a live record.
+    Deleted,
+    /// A delete of a key that held no live record.
+    NotFound,
+}
+
+/// What [`Db::apply`] did, one [`Outcome`] per operation, in batch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Applied {
+    /// The outcome of each operation, in the order they were added.
+    pub outcomes: Vec<Outcome>,
+}
+
 /// Options of one write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PutOptions {
@@ -662,7 +686,7 @@ impl DbInner {
         value: &[u8],
         options: PutOptions,
         read_previous: bool,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, Option<Previous>)> {
         check_record_key(key)?;
         if value.len() > MAX_VALUE_LEN {
             return Err(Error::InvalidArgument {
@@ -680,9 +704,11 @@ impl DbInner {
                 detail: "the scope key could not be created".into(),
             })?;
         let data_key = records::data_key(tag, class.number, &part);
-        if read_previous {
-            self.retire_previous(staging, tag, class, &data_key)?;
-        }
+        let previous = if read_previous {
+            Some(self.retire_previous(staging, tag, class, &data_key)?)
+        } else {
+            None
+        };
         let bucket = BucketId {
             subject: *tag,
             class: class.number,
@@ -725,7 +751,7 @@ impl DbInner {
         if let Some(reservation) = self.vault.note_seal(&dek, &mut staging.batch) {
             staging.reservations.push(reservation);
         }
-        Ok(data_key)
+        Ok((data_key, previous))
     }
 
     fn stage_delete(
@@ -979,7 +1005,7 @@ impl Db {
         // only when something is: a new record then costs one tree
         // operation instead of a read and a write.
         let insert_new = inner.storage.has_insert_new();
-        let data_key =
+        let (data_key, _) =
             inner.stage_put(&mut staging, &tag, class, key, value, options, !insert_new)?;
         if insert_new {
             if staging.batch.is_empty()
@@ -1005,7 +1031,7 @@ impl Db {
     ///
     /// # Errors
     /// As [`Db::put`] for any operation; then nothing is written.
-    pub fn apply(&self, batch: Batch) -> Result<()> {
+    pub fn apply(&self, batch: Batch) -> Result<Applied> {
         let inner = &self.inner;
         let mut resolved = Vec::with_capacity(batch.ops.len());
         let mut tags = Vec::new();
@@ -1028,22 +1054,33 @@ impl Db {
                     (tag, class.number, key.as_slice())
                 }));
         let mut staging = Staging::new(inner.now_secs());
+        let mut outcomes = Vec::with_capacity(batch.ops.len());
         for (op, (tag, class)) in batch.ops.iter().zip(&resolved) {
-            match op {
+            outcomes.push(match op {
                 BatchOp::Put {
                     key,
                     value,
                     options,
                     ..
                 } => {
-                    inner.stage_put(&mut staging, tag, class, key, value, *options, true)?;
+                    let (_, previous) =
+                        inner.stage_put(&mut staging, tag, class, key, value, *options, true)?;
+                    match previous {
+                        Some(Previous::Live | Previous::Damaged) => Outcome::Replaced,
+                        _ => Outcome::Created,
+                    }
                 }
                 BatchOp::Delete { key, .. } => {
-                    inner.stage_delete(&mut staging, tag, class, key)?;
+                    if inner.stage_delete(&mut staging, tag, class, key)? {
+                        Outcome::Deleted
+                    } else {
+                        Outcome::NotFound
+                    }
                 }
-            }
+            });
         }
-        inner.apply_staged(staging)
+        inner.apply_staged(staging)?;
+        Ok(Applied { outcomes })
     }
 
     /// Reads a record's value. `None` if absent or expired.

@@ -999,3 +999,32 @@ fn a_format_1_store_is_sealed_by_its_first_open_and_never_again() {
         other => panic!("expected Tampered, got {other:?}"),
     }
 }
+
+/// `apply` says what each operation did, in batch order, counting earlier
+/// operations of the same batch and expired records as the reader sees them.
+#[test]
+fn apply_reports_each_operations_outcome() {
+    use crate::Outcome::{Created, Deleted, NotFound, Replaced};
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"old", b"v").expect("put");
+    let soon = crate::Clock::now(&clock) + SignedDuration::from_hours(1);
+    db.put_with("a", "message_content", b"expired", b"v", PutOptions::expires_at(soon))
+        .expect("put");
+    clock.advance(SignedDuration::from_hours(2));
+    let mut batch = Batch::new();
+    batch
+        .put("a", "message_content", b"new", b"1")
+        .put("a", "message_content", b"new", b"2")
+        .put("a", "message_content", b"old", b"3")
+        .put("a", "message_content", b"expired", b"4")
+        .delete("a", "message_content", b"old")
+        .delete("a", "message_content", b"never")
+        .delete("a", "message_content", b"new");
+    let applied = db.apply(batch).expect("apply");
+    assert_eq!(
+        applied.outcomes,
+        vec![Created, Replaced, Replaced, Created, Deleted, NotFound, Deleted]
+    );
+}

@@ -118,7 +118,7 @@ pub(crate) fn run_op(db: &Db, clock: &ManualClock, op: &Op) -> shredkv::Result<O
                     None => batch.delete(subject(s), class(c), key(k)),
                 };
             }
-            answer(db.apply(batch), done)
+            answer(db.apply(batch).map(drop), done)
         }
         Op::Shred { s, class: c } => {
             let only = c.map(|c| [class(c)]);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use shredkv::internal::{MemoryKeyProvider, Tape, TestStore, open_with_tape};
 use shredkv::jiff::{SignedDuration, Timestamp};
 use shredkv::{
-    Backend, Batch, Classes, Config, Db, ErasureReason, Error, ManualClock, Policy, PutOptions,
-    Receipt, SubjectState, SubjectTag,
+    Backend, Batch, Classes, Config, Db, ErasureReason, Error, ManualClock, Outcome, Policy,
+    PutOptions, Receipt, SubjectState, SubjectTag,
 };
 
 use super::model::{
@@ -896,8 +896,48 @@ impl Sim {
             return;
         }
         match self.db().apply(batch) {
-            Ok(()) => {
-                for (c, key, op) in planned {
+            Ok(applied) => {
+                if applied.outcomes.len() != planned.len() {
+                    violation!(
+                        self,
+                        "API",
+                        "apply(batch) reported another number of outcomes",
+                        Some(s),
+                        None,
+                        b"",
+                        format!("{} outcomes", planned.len()),
+                        format!("{}", applied.outcomes.len()),
+                    );
+                }
+                for ((c, key, op), outcome) in planned.into_iter().zip(applied.outcomes) {
+                    // What the model says the key held just before this op
+                    // (earlier ops of the batch already applied to it).
+                    let before = self
+                        .model
+                        .current
+                        .get(&(s, c, key.clone()))
+                        .map(|&w| &self.model.writes[w])
+                        .filter(|w| w.ended.is_none());
+                    let live = before.is_some_and(|w| w.expires.is_none_or(|e| e > self.now));
+                    let unsure = before.is_some_and(|w| w.revived);
+                    let expected = match (&op, live) {
+                        (Some(_), true) => Outcome::Replaced,
+                        (Some(_), false) => Outcome::Created,
+                        (None, true) => Outcome::Deleted,
+                        (None, false) => Outcome::NotFound,
+                    };
+                    if outcome != expected && !unsure {
+                        violation!(
+                            self,
+                            "API",
+                            "apply(batch) reported the wrong outcome for an operation",
+                            Some(s),
+                            Some(c),
+                            &key,
+                            format!("{expected:?}"),
+                            format!("{outcome:?}"),
+                        );
+                    }
                     match op {
                         Some((value, expires)) => self.record_write(s, c, key, value, expires),
                         None => {
