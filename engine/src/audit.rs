@@ -98,12 +98,14 @@ pub enum AuditEvent {
     /// Compaction set an item aside after a failure of its own (damaged or
     /// altered data); it is retried with backoff, the pass went on.
     ItemSetAside,
+    /// An event the application recorded (`Db::audit_event`).
+    Application,
     /// The store's control values were sealed under MACs (at creation, or
     /// when a store of format 1 was first opened by a sealing build).
     ControlPlaneSealed,
 }
 
-const EVENTS: [(AuditEvent, u8, &str); 20] = [
+const EVENTS: [(AuditEvent, u8, &str); 21] = [
     (AuditEvent::StoreCreated, 1, "store-created"),
     (AuditEvent::SubjectRegistered, 2, "subject-registered"),
     (AuditEvent::KeysDestroyed, 3, "keys-destroyed"),
@@ -124,6 +126,7 @@ const EVENTS: [(AuditEvent, u8, &str); 20] = [
     (AuditEvent::CiphertextRemoved, 18, "ciphertext-removed"),
     (AuditEvent::ItemSetAside, 19, "item-set-aside"),
     (AuditEvent::ControlPlaneSealed, 20, "control-plane-sealed"),
+    (AuditEvent::Application, 21, "application"),
 ];
 
 impl AuditEvent {

@@ -8,7 +8,7 @@ use shredkv_crypto::{KeyId, SubjectTag};
 
 use super::Db;
 use super::ops::OpenScratch;
-use crate::audit::{self, AuditEntry, ChainReport};
+use crate::audit::{self, AuditEntry, AuditEvent, AuditHead, ChainReport, PendingEntry};
 use crate::error::{Error, Location, Result};
 use crate::retention::OverduePurge;
 use crate::retention::deadlines::{self, Due};
@@ -204,6 +204,9 @@ fn expiry_keys_without_a_deadline(
     })?;
     Ok(problems)
 }
+
+/// The longest detail [`Db::audit_event`] accepts, in bytes.
+pub const MAX_AUDIT_DETAIL_LEN: usize = 1024;
 
 /// Control values failing their MAC that one [`Db::verify`] lists at most.
 const MAX_UNAUTHENTICATED_REPORTED: usize = 10_000;
@@ -662,6 +665,63 @@ impl Db {
     /// Storage failures.
     pub fn verify_audit(&self) -> Result<ChainReport> {
         self.inner.audit.verify(self.inner.storage.as_ref())
+    }
+
+    /// Appends an event of the application's own to the audit chain (keyed
+    /// and anchored like the engine's entries), about `subject` if given, and
+    /// returns its position. `detail` is permanent — it outlives every
+    /// erasure — so it must carry no personal data: name what happened and
+    /// refer to the subject by the tag the entry records (at most
+    /// [`MAX_AUDIT_DETAIL_LEN`] bytes, no control characters).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// db.register_account("acct-42")?;
+    /// let at = db.audit_event(Some("acct-42"), "data export sent to the account owner")?;
+    /// let entry = &db.audit_entries(at.seq, 1)?[0];
+    /// assert_eq!(entry.event, shredkv::AuditEvent::Application);
+    /// assert_eq!(entry.subject, Some(db.subject_tag("acct-42")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// An invalid subject id or detail ([`Error::InvalidArgument`]), an
+    /// unknown subject, storage failures.
+    pub fn audit_event(&self, subject: Option<&str>, detail: &str) -> Result<AuditHead> {
+        if detail.trim().is_empty()
+            || detail.len() > MAX_AUDIT_DETAIL_LEN
+            || detail.chars().any(char::is_control)
+        {
+            return Err(Error::InvalidArgument {
+                what: "audit detail",
+                detail: format!(
+                    "{} bytes; it must be 1 to {MAX_AUDIT_DETAIL_LEN} bytes of text without control characters",
+                    detail.len()
+                ),
+            });
+        }
+        let inner = &self.inner;
+        let tag = match subject {
+            Some(id) => {
+                let tag = self.tag_of(id)?;
+                if inner.subject_info(&tag)?.is_none() {
+                    return Err(Error::UnknownSubject { subject: tag });
+                }
+                Some(tag)
+            }
+            None => None,
+        };
+        let entry = PendingEntry::new(AuditEvent::Application, tag, None, detail);
+        inner.audit.commit_returning_head(
+            inner.storage.as_ref(),
+            crate::storage::WriteBatch::new(),
+            &[entry],
+            inner.clock.now(),
+            inner.durability,
+        )
     }
 
     /// Audit entries from sequence number `from` (1 is the first), at most `limit`.

@@ -43,7 +43,7 @@ pub use backup::{
 pub use certificate::{Certificate, CertifiedErasure, PurgeStatus};
 pub use class::{AsClass, Class, ClassName};
 pub use erase::{Classes, ErasedScope, Receipt, Retained};
-pub use inspect::{ClassStats, IntegrityReport, Problem, ProblemKind, Stats};
+pub use inspect::{ClassStats, IntegrityReport, MAX_AUDIT_DETAIL_LEN, Problem, ProblemKind, Stats};
 pub use ops::{
     Applied, Batch, Export, ExportedSubject, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Outcome, PutOptions,
 };

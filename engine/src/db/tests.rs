@@ -1010,8 +1010,14 @@ fn apply_reports_each_operations_outcome() {
     db.register_account("a").expect("register");
     db.put("a", "message_content", b"old", b"v").expect("put");
     let soon = crate::Clock::now(&clock) + SignedDuration::from_hours(1);
-    db.put_with("a", "message_content", b"expired", b"v", PutOptions::expires_at(soon))
-        .expect("put");
+    db.put_with(
+        "a",
+        "message_content",
+        b"expired",
+        b"v",
+        PutOptions::expires_at(soon),
+    )
+    .expect("put");
     clock.advance(SignedDuration::from_hours(2));
     let mut batch = Batch::new();
     batch
@@ -1025,6 +1031,42 @@ fn apply_reports_each_operations_outcome() {
     let applied = db.apply(batch).expect("apply");
     assert_eq!(
         applied.outcomes,
-        vec![Created, Replaced, Replaced, Created, Deleted, NotFound, Deleted]
+        vec![
+            Created, Replaced, Replaced, Created, Deleted, NotFound, Deleted
+        ]
+    );
+}
+
+/// Application events join the keyed chain; a detail that could not be a
+/// short, plain statement is refused, and so is an unknown subject.
+#[test]
+fn application_events_join_the_audit_chain() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _) = open(&dir);
+    db.register_account("a").expect("register");
+    let head = db.audit_event(Some("a"), "export sent").expect("event");
+    let plain = db.audit_event(None, "nightly job done").expect("event");
+    assert_eq!(plain.seq, head.seq + 1);
+    let entries = db.audit_entries(head.seq, 2).expect("entries");
+    assert_eq!(entries[0].event, crate::AuditEvent::Application);
+    assert_eq!(entries[0].detail, "export sent");
+    assert!(entries[0].keyed);
+    assert_eq!(entries[0].hash, head.hash);
+    assert_eq!(entries[1].subject, None);
+    assert_eq!(db.verify_audit().expect("chain").breaks, Vec::new());
+    let too_long = "x".repeat(crate::MAX_AUDIT_DETAIL_LEN + 1);
+    for bad in ["", "  ", "line\nbreak", too_long.as_str()] {
+        assert!(matches!(
+            db.audit_event(None, bad),
+            Err(Error::InvalidArgument {
+                what: "audit detail",
+                ..
+            })
+        ));
+    }
+    assert!(
+        db.audit_event(Some("nobody"), "x")
+            .expect_err("unknown subject")
+            .is_not_found()
     );
 }
