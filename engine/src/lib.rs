@@ -92,10 +92,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use db::{
     Applied, AsClass, BackupReport, Batch, Certificate, CertifiedErasure, Class, ClassName,
-    ClassStats, Classes, Cursor, Db, ErasedScope, ErasureSource, Export, ExportedSubject,
-    IntegrityReport, LossReason, LostRecords, MAX_AUDIT_DETAIL_LEN, MAX_PAGE, MAX_RECORD_KEY_LEN,
-    MAX_VALUE_LEN, Outcome, Page, Problem, ProblemKind, PurgeStatus, PutOptions, Receipt, Records,
-    RestoreOptions, RestoreReport, Retained, ScanOptions, Stats,
+    ClassPage, ClassStats, Classes, Cursor, Db, ErasedScope, ErasureSource, Export,
+    ExportedSubject, IntegrityReport, LossReason, LostRecords, MAX_AUDIT_DETAIL_LEN, MAX_PAGE,
+    MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Outcome, Page, Problem, ProblemKind, PurgeStatus,
+    PutOptions, Receipt, Records, RestoreOptions, RestoreReport, Retained, ScanOptions, Stats,
 };
 pub use error::{Error, Location, Result};
 pub use holds::Hold;

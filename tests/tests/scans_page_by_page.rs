@@ -217,3 +217,58 @@ fn blinded_classes_page_without_order_and_refuse_ranges() {
         assert_eq!(rest.records.len(), 495);
     });
 }
+
+/// A class read across subjects, page by page, against the model: every
+/// readable subject's records once, none of an erased or restricted
+/// subject, none of another class; for every page size.
+#[test]
+fn a_class_pages_across_subjects() {
+    for_each_backend(|store| {
+        let db = store.open();
+        let mut model: BTreeSet<(shredkv::SubjectTag, Vec<u8>)> = BTreeSet::new();
+        for s in 0..40u32 {
+            let subject = format!("subject-{s}");
+            db.register_account(&subject).expect("register");
+            for n in 0..(s % 7) {
+                db.put(&subject, MESSAGES, &key(n), b"v").expect("put");
+                db.put(&subject, INVOICES, &key(n), b"other class")
+                    .expect("put");
+                model.insert((db.subject_tag(&subject), key(n)));
+            }
+        }
+        for (s, how) in [(3u32, "restrict"), (12, "shred"), (13, "shred")] {
+            let subject = format!("subject-{s}");
+            match how {
+                "restrict" => db.restrict(&subject).expect("restrict"),
+                _ => drop(db.shred(&subject, shredkv::Classes::All).expect("shred")),
+            }
+            let tag = db.subject_tag(&subject);
+            model.retain(|(t, _)| *t != tag);
+        }
+        for limit in [1, 2, 5, 6, 7, 100, 1000] {
+            let mut seen = Vec::new();
+            let mut after: Option<Cursor> = None;
+            loop {
+                let page = db
+                    .scan_class_page(MESSAGES, after.as_ref(), limit)
+                    .expect("page");
+                assert!(page.records.len() <= limit);
+                seen.extend(page.records.into_iter().map(|(tag, r)| (tag, r.key)));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let unique: BTreeSet<_> = seen.iter().cloned().collect();
+            assert_eq!(unique.len(), seen.len(), "no record twice (limit {limit})");
+            assert_eq!(unique, model, "limit {limit}");
+        }
+        let page = db
+            .scan_page("subject-6", MESSAGES, &ScanOptions::all(), None, 1)
+            .expect("page");
+        assert!(matches!(
+            db.scan_class_page(MESSAGES, page.next.as_ref(), 5),
+            Err(Error::InvalidArgument { what: "cursor", .. })
+        ));
+    });
+}

@@ -47,7 +47,7 @@ pub use inspect::{ClassStats, IntegrityReport, MAX_AUDIT_DETAIL_LEN, Problem, Pr
 pub use ops::{
     Applied, Batch, Export, ExportedSubject, MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Outcome, PutOptions,
 };
-pub use scan::{Cursor, MAX_PAGE, Page, Records, ScanOptions};
+pub use scan::{ClassPage, Cursor, MAX_PAGE, Page, Records, ScanOptions};
 
 /// The on-disk format version of a store (meta key `format`). Version 2
 /// seals every control value (`storage::sealed`); a version 1 store is

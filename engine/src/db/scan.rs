@@ -16,13 +16,16 @@
 
 use std::ops::{Bound, ControlFlow};
 
-use super::Db;
+use shredkv_crypto::SubjectTag;
+
 use super::class::{AsClass, OwnedClass};
 use super::ops::{Access, OpenScratch};
+use super::{ClassEntry, Db};
 use crate::error::{Error, Result};
 use crate::records::{self, Record};
 use crate::retention::policy::KeyMode;
 use crate::storage::{Order, Tree};
+use crate::subjects;
 
 /// Records read from the backend per internal page of [`Db::records`].
 const ITER_PAGE: usize = 256;
@@ -203,6 +206,19 @@ impl Db {
             });
         }
         let tag = self.tag_of(subject)?;
+        self.page_of(tag, class_entry, options, after, limit)
+    }
+
+    /// One page of the scope `tag` × `class_entry` (options already checked).
+    fn page_of(
+        &self,
+        tag: SubjectTag,
+        class_entry: &ClassEntry,
+        options: &ScanOptions,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page> {
+        let inner = &self.inner;
         let scope = records::scope_prefix(&tag, class_entry.number);
         let (mut low, mut high) = bounds(&scope, options);
         if let Some(cursor) = after {
@@ -333,6 +349,165 @@ impl Db {
             buffered: Vec::new().into_iter(),
             next: None,
             done: false,
+        }
+    }
+}
+
+/// One page of a class across subjects ([`Db::scan_class_page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassPage {
+    /// The records with the tag of the subject each belongs to, by subject
+    /// tag, then in the class's order within a subject.
+    pub records: Vec<(SubjectTag, Record)>,
+    /// Where to continue, or `None` if every subject was read.
+    pub next: Option<Cursor>,
+}
+
+impl Db {
+    /// Up to `limit` records of `class` across every subject that may be
+    /// read now (at most [`MAX_PAGE`]), after `after`: a purpose query
+    /// ("every record kept for marketing") without an index of the
+    /// application's own. Subjects that are erased, restricted, closed or
+    /// past the class's deadline are skipped, as a read of each would be
+    /// refused. Memory is bounded by the page; each subject's part is read
+    /// under its shared lock (not a snapshot across subjects).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// for account in ["acct-1", "acct-2", "acct-3"] {
+    ///     db.register_account(account)?;
+    ///     db.put(account, "marketing_contacts", b"newsletter", b"weekly")?;
+    /// }
+    /// db.restrict("acct-2")?; // kept, not used: not in the query
+    /// let page = db.scan_class_page("marketing_contacts", None, 100)?;
+    /// assert_eq!(page.records.len(), 2);
+    /// assert!(page.next.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// An unknown class, a `limit` of 0 or over [`MAX_PAGE`], a cursor of
+    /// another class; integrity, storage and key provider failures.
+    pub fn scan_class_page(
+        &self,
+        class: impl AsClass,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ClassPage> {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(Error::InvalidArgument {
+                what: "page size",
+                detail: format!("{limit}; between 1 and {MAX_PAGE}"),
+            });
+        }
+        let inner = &self.inner;
+        let class_entry = inner.resolve(&class)?;
+        // A class cursor: WITHIN ‖ data key (resume inside that subject's
+        // scope) or AFTER ‖ scope prefix (resume with the next subject).
+        const WITHIN: u8 = 0;
+        const AFTER: u8 = 1;
+        let refused = || Error::InvalidArgument {
+            what: "cursor",
+            detail: "it was not made by a scan of this class".into(),
+        };
+        let resume: Option<(SubjectTag, Option<Cursor>)> = match after {
+            Some(cursor) => {
+                let (kind, rest) = cursor.0.split_first().ok_or_else(refused)?;
+                let tag = rest
+                    .get(..16)
+                    .and_then(|t| <[u8; 16]>::try_from(t).ok())
+                    .map(SubjectTag)
+                    .ok_or_else(refused)?;
+                let scope = records::scope_prefix(&tag, class_entry.number);
+                match *kind {
+                    WITHIN if rest.starts_with(&scope) && rest.len() > scope.len() => {
+                        Some((tag, Some(Cursor(rest.to_vec()))))
+                    }
+                    AFTER if rest == scope => Some((tag, None)),
+                    _ => return Err(refused()),
+                }
+            }
+            None => None,
+        };
+        let mut out = Vec::new();
+        let mut start = match &resume {
+            Some((tag, Some(_))) => Bound::Included(subjects::record_key(tag).to_vec()),
+            Some((tag, None)) => Bound::Excluded(subjects::record_key(tag).to_vec()),
+            None => Bound::Included(subjects::record_key(&SubjectTag([0; 16])).to_vec()),
+        };
+        loop {
+            // A page of subject tags (record space of the subjects tree).
+            let mut tags = Vec::new();
+            inner.storage.scan(
+                Tree::Subjects,
+                as_ref(&start),
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, _| match subjects::tag_of_record_key(k) {
+                    Some(tag) => {
+                        tags.push(tag);
+                        if tags.len() >= ITER_PAGE {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    }
+                    None => ControlFlow::Break(()),
+                },
+            )?;
+            let Some(last) = tags.last() else {
+                return Ok(ClassPage {
+                    records: out,
+                    next: None,
+                });
+            };
+            start = Bound::Excluded(subjects::record_key(last).to_vec());
+            let more_subjects = tags.len() >= ITER_PAGE;
+            for tag in tags {
+                let mut after = resume
+                    .as_ref()
+                    .filter(|(resumed, _)| *resumed == tag)
+                    .and_then(|(_, cursor)| cursor.clone());
+                loop {
+                    {
+                        let _shared = inner.gate.read(&[tag]);
+                        if inner.check_access(&tag, class_entry, Access::Read).is_err() {
+                            break;
+                        }
+                    }
+                    let want = limit - out.len();
+                    let page =
+                        self.page_of(tag, class_entry, &ScanOptions::all(), after.as_ref(), want)?;
+                    out.extend(page.records.into_iter().map(|r| (tag, r)));
+                    match page.next {
+                        Some(next) if out.len() >= limit => {
+                            return Ok(ClassPage {
+                                records: out,
+                                next: Some(Cursor([&[WITHIN][..], &next.0].concat())),
+                            });
+                        }
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                if out.len() >= limit {
+                    // This subject is done: resume with the next one.
+                    let scope = records::scope_prefix(&tag, class_entry.number);
+                    return Ok(ClassPage {
+                        records: out,
+                        next: Some(Cursor([&[AFTER][..], &scope[..]].concat())),
+                    });
+                }
+            }
+            if !more_subjects {
+                return Ok(ClassPage {
+                    records: out,
+                    next: None,
+                });
+            }
         }
     }
 }
