@@ -941,33 +941,58 @@ impl DbInner {
         let Some(info) = self.subject_info(tag)? else {
             return Ok(None);
         };
-        if info.state == SubjectState::Erased {
+        let mut classes: Vec<(String, Vec<Record>)> = Vec::new();
+        let exported = self.export_scopes(tag, &info, now, &mut |class, record| {
+            match classes.last_mut() {
+                Some((name, records)) if name == class.policy.name() => records.push(record),
+                _ => classes.push((class.policy.name().to_string(), vec![record])),
+            }
+            ControlFlow::Continue(())
+        })?;
+        if !exported {
             return Ok(None);
         }
-        let mut classes = Vec::new();
-        for class in &self.classes {
-            if self
-                .scope_erased_at(tag, class.number, info.generation)?
-                .is_some()
-                || self.scope_past_deadline(&info, class)?.is_some()
-            {
-                continue;
-            }
-            let mut records = Vec::new();
-            self.scan_scope(tag, class, now, &mut |r| {
-                records.push(r);
-                ControlFlow::Continue(())
-            })?;
-            if !records.is_empty() {
-                records.sort_by(|a, b| a.key.cmp(&b.key));
-                classes.push((class.policy.name().to_string(), records));
-            }
+        for (_, records) in &mut classes {
+            records.sort_by(|a, b| a.key.cmp(&b.key));
         }
         Ok(Some(ExportedSubject {
             tag: *tag,
             kind: info.kind,
             classes,
         }))
+    }
+
+    /// Calls `visit` with every exportable record of `tag`, class by class
+    /// in policy order; `false` if the subject is erased (nothing to export).
+    fn export_scopes(
+        &self,
+        tag: &SubjectTag,
+        info: &SubjectInfo,
+        now: i64,
+        visit: &mut dyn FnMut(&ClassEntry, Record) -> ControlFlow<()>,
+    ) -> Result<bool> {
+        if info.state == SubjectState::Erased {
+            return Ok(false);
+        }
+        for class in &self.classes {
+            if self
+                .scope_erased_at(tag, class.number, info.generation)?
+                .is_some()
+                || self.scope_past_deadline(info, class)?.is_some()
+            {
+                continue;
+            }
+            let mut stopped = false;
+            self.scan_scope(tag, class, now, &mut |r| {
+                let flow = visit(class, r);
+                stopped = flow.is_break();
+                flow
+            })?;
+            if stopped {
+                break;
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -1192,6 +1217,72 @@ impl Db {
     /// [`Error::UnknownSubject`], [`Error::Erased`], integrity and storage failures.
     pub fn export(&self, subject: &str) -> Result<Export> {
         self.export_tag(self.tag_of(subject)?)
+    }
+
+    /// [`Db::export`] streamed: calls `visit` with each record (its subject's
+    /// tag, its class's name, the record), subject by subject (the requested
+    /// one first, then an account's end users), class by class, without
+    /// holding the export in memory; stops early when `visit` breaks.
+    /// Records within a class come in the class's scan order (key order for
+    /// ordered classes; [`Db::export`] sorts them).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use std::ops::ControlFlow;
+    /// db.register_account("acct-42")?;
+    /// db.register_end_user("user-7", "acct-42")?;
+    /// db.put("acct-42", "account_profile", b"email", b"a@example.com")?;
+    /// db.put("user-7", "message_content", b"m1", b"hello")?;
+    /// let mut lines = Vec::new();
+    /// db.export_with("acct-42", &mut |tag, class, record| {
+    ///     lines.push(format!("{tag} {class} {} bytes", record.value.len()));
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(lines.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Db::export`].
+    pub fn export_with(
+        &self,
+        subject: &str,
+        visit: &mut dyn FnMut(SubjectTag, &str, Record) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let tag = self.tag_of(subject)?;
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        if info.state == SubjectState::Erased {
+            return Err(info.erased_error());
+        }
+        let mut tags = vec![tag];
+        if info.kind == SubjectKind::Account {
+            tags.extend(inner.children(&tag)?);
+        }
+        let now = inner.now_secs();
+        for t in tags {
+            // One subject at a time under its shared lock, so a long export
+            // never holds every subject's lock at once.
+            let _shared = inner.gate.read(&[t]);
+            let Some(info) = inner.subject_info(&t)? else {
+                continue;
+            };
+            let mut stopped = false;
+            inner.export_scopes(&t, &info, now, &mut |class, record| {
+                let flow = visit(t, class.policy.name(), record);
+                stopped = flow.is_break();
+                flow
+            })?;
+            if stopped {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// [`Db::export`] of the subject with this tag: for operators, who see
