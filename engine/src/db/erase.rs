@@ -597,6 +597,108 @@ impl Db {
         self.erase(self.tag_of(subject)?, classes, ErasureReason::Operator)
     }
 
+    /// [`Db::shred`] of several subjects in one durable commit: one fsync
+    /// for an erasure that spans many subjects (a purpose held by hundreds
+    /// of users), all or nothing. Returns one receipt per distinct subject,
+    /// in the order given; each lists what was erased of that subject (and,
+    /// for an account, of its end users). Every subject is checked before
+    /// anything is erased. The commit holds every named subject's lock and
+    /// writes every key tombstone in one batch: for thousands of subjects,
+    /// call it in chunks.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::Classes;
+    /// for account in ["acct-1", "acct-2", "acct-3"] {
+    ///     db.register_account(account)?;
+    ///     db.put(account, "marketing_contacts", b"newsletter", b"weekly")?;
+    /// }
+    /// let receipts = db.shred_each(&["acct-1", "acct-3"], Classes::Only(&["marketing_contacts"]))?;
+    /// assert_eq!(receipts.len(), 2);
+    /// assert!(db.get("acct-1", "marketing_contacts", b"newsletter").is_err());
+    /// assert!(db.get("acct-2", "marketing_contacts", b"newsletter")?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Db::shred`] (an unknown subject or class: nothing was erased).
+    pub fn shred_each(&self, subjects: &[&str], classes: Classes<'_>) -> Result<Vec<Receipt>> {
+        let inner = &self.inner;
+        let mut requested: Vec<(SubjectTag, SubjectInfo)> = Vec::new();
+        for id in subjects {
+            let tag = self.tag_of(id)?;
+            let info = inner
+                .subject_info(&tag)?
+                .ok_or(Error::UnknownSubject { subject: tag })?;
+            if !requested.iter().any(|(t, _)| *t == tag) {
+                requested.push((tag, info));
+            }
+        }
+        let Some(&(first, _)) = requested.first() else {
+            return Ok(Vec::new());
+        };
+        let selected: Option<Vec<&ClassEntry>> = match classes {
+            Classes::All => None,
+            Classes::Only(names) => Some(
+                names
+                    .iter()
+                    .map(|n| inner.class(n))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        // Every subject with its end users, re-listed under the lock until
+        // no end user registered in between is missing (as for one subject).
+        let family_of = |requested: &[(SubjectTag, SubjectInfo)]| -> Result<Vec<Vec<SubjectTag>>> {
+            requested
+                .iter()
+                .map(|(tag, info)| inner.with_end_users(tag, info))
+                .collect()
+        };
+        let mut families = family_of(&requested)?;
+        let (tags, _exclusive) = loop {
+            let mut tags: Vec<SubjectTag> = Vec::new();
+            for t in families.iter().flatten() {
+                if !tags.contains(t) {
+                    tags.push(*t);
+                }
+            }
+            let guard = inner.gate.write(&tags);
+            let relisted = family_of(&requested)?;
+            if relisted == families {
+                break (tags, guard);
+            }
+            drop(guard);
+            families = relisted;
+        };
+        let combined =
+            inner.erase_locked(first, &tags, selected.as_deref(), ErasureReason::Operator)?;
+        Ok(requested
+            .iter()
+            .zip(&families)
+            .map(|((tag, _), family)| Receipt {
+                subject: *tag,
+                erased_at: combined.erased_at,
+                reason: combined.reason,
+                erased: combined
+                    .erased
+                    .iter()
+                    .filter(|e| family.contains(&e.subject))
+                    .cloned()
+                    .collect(),
+                retained: combined
+                    .retained
+                    .iter()
+                    .filter(|r| family.contains(&r.subject))
+                    .cloned()
+                    .collect(),
+                audit_head: combined.audit_head,
+            })
+            .collect())
+    }
+
     pub(crate) fn erase(
         &self,
         tag: SubjectTag,
