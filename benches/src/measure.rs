@@ -24,25 +24,21 @@ pub fn dir_size(dir: &Path) -> std::io::Result<u64> {
 /// This process's peak resident set size in bytes (`VmHWM` of
 /// `/proc/self/status`); `None` where that is not available.
 pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    status_bytes("VmHWM:")
 }
 
 /// This process's current resident set size in bytes (`VmRSS` of
 /// `/proc/self/status`); `None` where that is not available.
 pub fn current_rss() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// A `kB` field of `/proc/self/status`, in bytes.
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line
-        .trim_start_matches("VmRSS:")
+        .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -489,6 +489,18 @@ impl DbInner {
         Ok(())
     }
 
+    /// The classes `classes` names (`None`: every class).
+    fn selected_classes(&self, classes: Classes<'_>) -> Result<Option<Vec<&ClassEntry>>> {
+        match classes {
+            Classes::All => Ok(None),
+            Classes::Only(names) => names
+                .iter()
+                .map(|n| self.class(n))
+                .collect::<Result<_>>()
+                .map(Some),
+        }
+    }
+
     /// A subject and, for an account, its end users.
     pub(crate) fn with_end_users(
         &self,
@@ -640,15 +652,7 @@ impl Db {
         let Some(&(first, _)) = requested.first() else {
             return Ok(Vec::new());
         };
-        let selected: Option<Vec<&ClassEntry>> = match classes {
-            Classes::All => None,
-            Classes::Only(names) => Some(
-                names
-                    .iter()
-                    .map(|n| inner.class(n))
-                    .collect::<Result<_>>()?,
-            ),
-        };
+        let selected = inner.selected_classes(classes)?;
         // Every subject with its end users, re-listed under the lock until
         // no end user registered in between is missing (as for one subject).
         let family_of = |requested: &[(SubjectTag, SubjectInfo)]| -> Result<Vec<Vec<SubjectTag>>> {
@@ -709,15 +713,7 @@ impl Db {
         let info = inner
             .subject_info(&tag)?
             .ok_or(Error::UnknownSubject { subject: tag })?;
-        let selected: Option<Vec<&ClassEntry>> = match classes {
-            Classes::All => None,
-            Classes::Only(names) => Some(
-                names
-                    .iter()
-                    .map(|n| inner.class(n))
-                    .collect::<Result<_>>()?,
-            ),
-        };
+        let selected = inner.selected_classes(classes)?;
         let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
         inner.erase_locked(tag, &tags, selected.as_deref(), reason)
     }

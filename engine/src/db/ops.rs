@@ -962,6 +962,22 @@ impl DbInner {
         }))
     }
 
+    /// The subjects an export of `tag` covers: it, then an account's end
+    /// users. An unknown or erased subject is an error.
+    fn exported_subjects(&self, tag: SubjectTag) -> Result<Vec<SubjectTag>> {
+        let info = self
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        if info.state == SubjectState::Erased {
+            return Err(info.erased_error());
+        }
+        let mut tags = vec![tag];
+        if info.kind == SubjectKind::Account {
+            tags.extend(self.children(&tag)?);
+        }
+        Ok(tags)
+    }
+
     /// Calls `visit` with every exportable record of `tag`, class by class
     /// in policy order; `false` if the subject is erased (nothing to export).
     fn export_scopes(
@@ -1253,17 +1269,7 @@ impl Db {
         visit: &mut dyn FnMut(SubjectTag, &str, Record) -> ControlFlow<()>,
     ) -> Result<()> {
         let inner = &self.inner;
-        let tag = self.tag_of(subject)?;
-        let info = inner
-            .subject_info(&tag)?
-            .ok_or(Error::UnknownSubject { subject: tag })?;
-        if info.state == SubjectState::Erased {
-            return Err(info.erased_error());
-        }
-        let mut tags = vec![tag];
-        if info.kind == SubjectKind::Account {
-            tags.extend(inner.children(&tag)?);
-        }
+        let tags = inner.exported_subjects(self.tag_of(subject)?)?;
         let now = inner.now_secs();
         for t in tags {
             // One subject at a time under its shared lock, so a long export
@@ -1292,16 +1298,7 @@ impl Db {
     /// As [`Db::export`].
     pub fn export_tag(&self, tag: SubjectTag) -> Result<Export> {
         let inner = &self.inner;
-        let info = inner
-            .subject_info(&tag)?
-            .ok_or(Error::UnknownSubject { subject: tag })?;
-        if info.state == SubjectState::Erased {
-            return Err(info.erased_error());
-        }
-        let mut tags = vec![tag];
-        if info.kind == SubjectKind::Account {
-            tags.extend(inner.children(&tag)?);
-        }
+        let tags = inner.exported_subjects(tag)?;
         let _shared = inner.gate.read(&tags);
         let now = inner.now_secs();
         let mut subjects = Vec::new();

@@ -108,6 +108,16 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+fn check_page_size(limit: usize) -> Result<()> {
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(Error::InvalidArgument {
+            what: "page size",
+            detail: format!("{limit}; between 1 and {MAX_PAGE}"),
+        });
+    }
+    Ok(())
+}
+
 /// The next key after every key that starts with `prefix` (`None`: no
 /// such key, the prefix is all 0xFF).
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -188,12 +198,7 @@ impl Db {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page> {
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(Error::InvalidArgument {
-                what: "page size",
-                detail: format!("{limit}; between 1 and {MAX_PAGE}"),
-            });
-        }
+        check_page_size(limit)?;
         let inner = &self.inner;
         let class_entry = inner.resolve(&class)?;
         if options.narrows() && class_entry.policy.keys() != KeyMode::Ordered {
@@ -397,12 +402,7 @@ impl Db {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<ClassPage> {
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(Error::InvalidArgument {
-                what: "page size",
-                detail: format!("{limit}; between 1 and {MAX_PAGE}"),
-            });
-        }
+        check_page_size(limit)?;
         let inner = &self.inner;
         let class_entry = inner.resolve(&class)?;
         // A class cursor: WITHIN ‖ data key (resume inside that subject's
