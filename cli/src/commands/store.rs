@@ -157,11 +157,12 @@ pub(crate) fn stats_text(db: &Db, stats: &Stats) -> String {
         ("purge", stats.overdue.to_string()),
     ]);
     out.push('\n');
-    let mut table = Table::new(&["class", "records", "bytes"]).right(&[1, 2]);
+    let mut table = Table::new(&["class", "records", "dead", "bytes"]).right(&[1, 2, 3]);
     for class in &stats.classes {
         table.row([
             class.name.clone(),
             class.records.to_string(),
+            class.dead.to_string(),
             output::bytes(class.bytes),
         ]);
     }

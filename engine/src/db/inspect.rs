@@ -25,6 +25,9 @@ pub struct ClassStats {
     pub name: String,
     /// Stored records, including dead ones awaiting compaction.
     pub records: u64,
+    /// Of those, the dead: expired, or sealed under a key that is destroyed
+    /// (erased, expired bucket, re-keyed) — unreadable, awaiting removal.
+    pub dead: u64,
     /// Stored bytes of those records (keys and envelopes).
     pub bytes: u64,
 }
@@ -205,6 +208,11 @@ fn expiry_keys_without_a_deadline(
     Ok(problems)
 }
 
+/// A stored record as `stats` sees it: its data key, its expiry and key
+/// (bucket, version) from the envelope header (`None`: unparseable), and
+/// its size in bytes.
+type StoredRecord = (Vec<u8>, Option<i64>, Option<(u32, u32)>, u64);
+
 /// The longest detail [`Db::audit_event`] accepts, in bytes.
 pub const MAX_AUDIT_DETAIL_LEN: usize = 1024;
 
@@ -341,24 +349,85 @@ impl Db {
         )?;
         stats.scopes = u64::try_from(scopes.len()).unwrap_or(u64::MAX);
         let mut per_class: BTreeMap<u16, ClassStats> = BTreeMap::new();
-        inner.storage.scan(
-            Tree::Data,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Ascending,
-            &mut |k, v| {
-                if let Some(class) = k
-                    .get(16..18)
-                    .and_then(|c| c.try_into().ok())
-                    .map(u16::from_be_bytes)
-                {
-                    let entry = per_class.entry(class).or_default();
-                    entry.records += 1;
-                    entry.bytes += u64::try_from(k.len() + v.len()).unwrap_or(u64::MAX);
+        let live_epochs: std::collections::HashSet<u32> =
+            stats.live_epochs.iter().copied().collect();
+        let now = inner.now_secs();
+        // Records in pages (no backend read lock held while the vault is
+        // read); the live keys of one scope at a time (records come scope
+        // by scope), so memory stays bounded by a page and a scope's keys.
+        let mut scope: Option<[u8; 18]> = None;
+        let mut live_keys: std::collections::HashSet<(u32, u32)> = Default::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut page: Vec<StoredRecord> = Vec::new();
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            inner.storage.scan(
+                Tree::Data,
+                start,
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, v| {
+                    let header = shredkv_crypto::Envelope::parse(v)
+                        .ok()
+                        .map(|e| (e.expiry(), e.key_ref()));
+                    page.push((
+                        k.to_vec(),
+                        header.and_then(|(expiry, _)| expiry),
+                        header.map(|(_, r)| (r.bucket, r.version)),
+                        u64::try_from(k.len() + v.len()).unwrap_or(u64::MAX),
+                    ));
+                    if page.len() >= 1024 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            let Some((last, ..)) = page.last() else { break };
+            after = Some(last.clone());
+            let full = page.len() >= 1024;
+            for (k, expiry, key_ref, bytes) in page {
+                let Some(this_scope) = k.get(..18).and_then(|p| <[u8; 18]>::try_from(p).ok())
+                else {
+                    continue;
+                };
+                if scope != Some(this_scope) {
+                    scope = Some(this_scope);
+                    live_keys.clear();
+                    crate::storage::scan_prefix(
+                        inner.storage.as_ref(),
+                        Tree::Vault,
+                        &this_scope,
+                        &mut |vk, vv| {
+                            if let (Some(id), Ok(entry)) =
+                                (KeyId::from_bytes(vk), VaultEntry::decode(vv))
+                                && entry.state == KeyState::Active
+                                && entry
+                                    .wrapped
+                                    .as_ref()
+                                    .is_some_and(|w| live_epochs.contains(&w.epoch().0))
+                            {
+                                live_keys.insert((id.bucket, id.version));
+                            }
+                            ControlFlow::Continue(())
+                        },
+                    )?;
                 }
-                ControlFlow::Continue(())
-            },
-        )?;
+                let class = u16::from_be_bytes([this_scope[16], this_scope[17]]);
+                let entry = per_class.entry(class).or_default();
+                entry.records += 1;
+                entry.bytes += bytes;
+                // A damaged envelope is verify's business, not counted dead.
+                let dead = key_ref.is_some_and(|r| !live_keys.contains(&r))
+                    || expiry.is_some_and(|e| e <= now);
+                if dead {
+                    entry.dead += 1;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
         for class in &inner.classes {
             let mut entry = per_class.remove(&class.number).unwrap_or_default();
             entry.name = class.policy.name().to_string();

@@ -1070,3 +1070,43 @@ fn application_events_join_the_audit_chain() {
             .is_not_found()
     );
 }
+
+/// `stats` tells dead records (expired, or under a destroyed key) from the
+/// live ones it counts with them.
+#[test]
+fn stats_count_dead_records_apart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.register_account("b").expect("register");
+    let soon = crate::Clock::now(&clock) + SignedDuration::from_hours(1);
+    for key in [&b"1"[..], b"2", b"3"] {
+        db.put("a", "message_content", key, b"v").expect("put");
+    }
+    for key in [&b"e1"[..], b"e2"] {
+        db.put_with(
+            "a",
+            "message_content",
+            key,
+            b"v",
+            PutOptions::expires_at(soon),
+        )
+        .expect("put");
+    }
+    for key in [&b"x"[..], b"y"] {
+        db.put("b", "message_content", key, b"v").expect("put");
+    }
+    let messages = |db: &Db| {
+        db.stats()
+            .expect("stats")
+            .classes
+            .into_iter()
+            .find(|c| c.name == "message_content")
+            .expect("class")
+    };
+    assert_eq!((messages(&db).records, messages(&db).dead), (7, 0));
+    clock.advance(SignedDuration::from_hours(2));
+    db.shred("b", Classes::All).expect("shred");
+    let after = messages(&db);
+    assert_eq!((after.records, after.dead), (7, 4), "2 expired, 2 erased");
+}
