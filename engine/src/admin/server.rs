@@ -277,8 +277,10 @@ fn serve_connection(stream: &UnixStream, db: &Weak<DbInner>) -> Result<()> {
     let _ = stream.set_read_timeout(timeout);
     let mut input = BufReader::new(stream);
     let mut out = BufWriter::new(stream);
-    let Some(hello) = read_frame(&mut input)? else {
-        return Ok(());
+    let hello = match read_frame(&mut input) {
+        Ok(Some(hello)) => hello,
+        Ok(None) => return Ok(()),
+        Err(err) => return refuse_with(&mut out, &err),
     };
     let protocol = match decode::<ClientFrame>(&hello, "hello") {
         Ok(ClientFrame::Hello { protocol }) => protocol,
@@ -306,7 +308,17 @@ fn serve_connection(stream: &UnixStream, db: &Weak<DbInner>) -> Result<()> {
     };
     drop(inner);
     write_frame(&mut out, &welcome)?;
-    while let Some(body) = read_frame(&mut input)? {
+    loop {
+        let body = match read_frame(&mut input) {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(()),
+            // Over the limit or cut short: said (if the client still
+            // listens), then the connection ends.
+            Err(err) => {
+                let _ = refuse_with(&mut out, &err);
+                return Err(err);
+            }
+        };
         let request = match decode::<ClientFrame>(&body, "request") {
             Ok(ClientFrame::Request(request)) => request,
             Ok(ClientFrame::Hello { .. }) => {
@@ -334,7 +346,6 @@ fn serve_connection(stream: &UnixStream, db: &Weak<DbInner>) -> Result<()> {
             Err(err) => write_frame(&mut out, &ServerFrame::Error(RemoteError::from_error(&err)))?,
         }
     }
-    Ok(())
 }
 
 fn refuse_with(out: &mut impl std::io::Write, err: &Error) -> Result<()> {
