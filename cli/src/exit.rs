@@ -231,3 +231,61 @@ fn kind_hint(kind: &str, category: ErrorCategory) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shredkv::{RemoteError, SubjectTag};
+
+    use super::*;
+
+    /// A live store's errors reach the CLI as `Error::Remote`: the same
+    /// exit code and hint as the error raised here.
+    #[test]
+    fn remote_errors_exit_and_hint_as_local_ones() {
+        let subject = SubjectTag([7; 16]);
+        let cases = [
+            (Error::UnknownSubject { subject }, Code::NotFound),
+            (
+                Error::UnknownClass {
+                    class: "nope".into(),
+                },
+                Code::Usage,
+            ),
+            (
+                Error::Erased {
+                    subject,
+                    class: None,
+                    erased_at: jiff::Timestamp::UNIX_EPOCH,
+                },
+                Code::Erased,
+            ),
+            (Error::Restricted { subject }, Code::Failure),
+            (
+                Error::OnHold {
+                    subject,
+                    class: None,
+                },
+                Code::Policy,
+            ),
+            (
+                Error::InvalidArgument {
+                    what: "value",
+                    detail: "too long".into(),
+                },
+                Code::Usage,
+            ),
+            (
+                Error::Admin {
+                    detail: "refused".into(),
+                },
+                Code::Failure,
+            ),
+        ];
+        for (local, code) in cases {
+            let remote = Error::Remote(RemoteError::from_error(&local));
+            let (local_code, local_hint) = classify(&local.into());
+            assert_eq!(local_code, code);
+            assert_eq!(classify(&remote.into()), (local_code, local_hint));
+        }
+    }
+}

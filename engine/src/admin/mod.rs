@@ -153,3 +153,126 @@ impl Db {
         AdminServer::start(&self.inner, path.as_ref(), options)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+
+    use super::protocol::Request;
+    use super::*;
+    use crate::{Config, SubjectTag};
+
+    fn config(root: &Path) -> Config {
+        Config::new(root.join("store"))
+            .key_file(root.join("keys"))
+            .maintenance_every(None)
+            .flush_every(None)
+    }
+
+    #[test]
+    fn dropping_the_server_removes_its_owner_only_socket() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(config(root.path())).expect("open");
+        let socket = root.path().join("admin.sock");
+        let server = db.serve_admin(&socket).expect("serve");
+        assert_eq!(server.path(), socket);
+        let meta = std::fs::symlink_metadata(&socket).expect("socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let mut client = AdminClient::connect(&socket).expect("connect");
+        assert_eq!(client.store_path(), db.path());
+        let tag: SubjectTag = client
+            .call(Request::SubjectTag {
+                subject: "acct-1".into(),
+            })
+            .expect("tag");
+        assert_eq!(tag, db.subject_tag("acct-1"));
+        drop(server);
+        assert!(!socket.exists(), "the socket is removed");
+        // The open connection was shut: its next request fails.
+        assert!(client.call::<serde_json::Value>(Request::Now).is_err());
+    }
+
+    #[test]
+    fn the_server_does_not_keep_a_dropped_store_open() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(config(root.path())).expect("open");
+        let socket = root.path().join("admin.sock");
+        let server = db.serve_admin(&socket).expect("serve");
+        drop(db);
+        // The store's lock is released while the server handle lives on.
+        let again = Db::open(config(root.path())).expect("reopen");
+        let err = AdminClient::connect(&socket).expect_err("the store is closed");
+        assert!(err.to_string().contains("the store is closed"), "{err}");
+        drop(server);
+        drop(again);
+    }
+
+    #[test]
+    fn config_admin_socket_serves_until_the_last_db_is_dropped() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let socket = root.path().join("admin.sock");
+        let db = Db::open(config(root.path()).admin_socket(&socket)).expect("open");
+        db.register_account("acct-1").expect("register");
+        let mut client = AdminClient::connect(&socket).expect("connect");
+        // Nothing of it was erased: the store's own error, as in-process.
+        let err = client
+            .call::<crate::Certificate>(Request::Certificate {
+                subject: "acct-1".into(),
+            })
+            .expect_err("nothing to certify");
+        let local = db.certificate("acct-1").expect_err("nothing to certify");
+        assert_eq!(err.kind(), "invalid_argument");
+        assert_eq!(err.kind(), local.kind());
+        assert_eq!(err.category(), local.category());
+        assert_eq!(err.to_string(), local.to_string());
+        let (Error::Remote(remote), Error::InvalidArgument { detail, .. }) = (&err, &local) else {
+            panic!("a remote error and an invalid argument: {err:?}, {local:?}");
+        };
+        assert_eq!(remote.detail.as_ref(), Some(detail));
+        drop(client);
+        let clone = db.clone();
+        drop(db);
+        assert!(socket.exists(), "a clone keeps the store, and its socket");
+        drop(clone);
+        assert!(!socket.exists(), "the last Db takes the socket with it");
+    }
+
+    #[test]
+    fn a_socket_path_holding_a_file_or_a_live_server_is_refused() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(config(root.path())).expect("open");
+        let file = root.path().join("not-a-socket");
+        std::fs::write(&file, b"x").expect("write");
+        let err = db.serve_admin(&file).expect_err("a file");
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        assert_eq!(std::fs::read(&file).expect("read"), b"x", "left alone");
+        let socket = root.path().join("admin.sock");
+        let _server = db.serve_admin(&socket).expect("serve");
+        let err = db.serve_admin(&socket).expect_err("taken");
+        assert!(err.to_string().contains("another admin server"), "{err}");
+    }
+
+    #[test]
+    fn another_uid_is_refused_with_an_error_frame() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(config(root.path())).expect("open");
+        let socket = root.path().join("admin.sock");
+        let other = rustix::process::getuid().as_raw().wrapping_add(1);
+        let _server = db
+            .serve_admin_with(
+                &socket,
+                AdminOptions {
+                    allowed_uid: Some(other),
+                },
+            )
+            .expect("serve");
+        let err = AdminClient::connect(&socket).expect_err("refused");
+        assert_eq!(err.kind(), "admin");
+        assert!(
+            err.to_string()
+                .contains(&format!("is not the store owner's uid {other}")),
+            "{err}"
+        );
+    }
+}

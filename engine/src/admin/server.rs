@@ -192,9 +192,7 @@ fn accept_loop(listener: &UnixListener, db: &Weak<DbInner>, shared: &Arc<Shared>
             // A connection that failed while queued: the next one is served.
             Err(_) => continue,
         };
-        if db.strong_count() == 0 {
-            break;
-        }
+        // A store already dropped is said so after the hello.
         let _ = admit(stream, db, shared, uid);
     }
 }
