@@ -573,6 +573,28 @@ fn clients_that_leave_or_send_garbage_do_not_hurt_the_server() {
         stream.write_all(&frame(request)).expect("request");
         drop(stream);
     }
+    // Leaves right after asking for an erasure: the erasure is done anyway.
+    let mut stream = hello(&socket);
+    stream
+        .write_all(&frame(
+            br#"{"request":{"shred":{"subject":"user-7","classes":[]}}}"#,
+        ))
+        .expect("request");
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let info = json(&f.run(&["show", "user-7", "--json"]));
+        if info["state"] == "erased" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned shred completed: {info}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    fails_with(&f.run(&["get", "user-7", "message_content", "msg-1"]), 4);
+
     // Leaves inside a frame.
     let mut stream = hello(&socket);
     stream
@@ -632,9 +654,9 @@ fn clients_that_leave_or_send_garbage_do_not_hurt_the_server() {
     assert!(report.contains("OK: no damage found"), "{report}");
     let chain = ok(&f.run(&["audit", "verify"]));
     assert!(chain.starts_with("OK:"), "{chain}");
-    ok(&f.run(&["put", "user-7", "message_content", "msg-2", "still here"]));
+    ok(&f.run(&["put", "acct-1", "account_profile", "phone", "still here"]));
     assert_eq!(
-        ok(&f.run(&["get", "user-7", "message_content", "msg-2"])),
+        ok(&f.run(&["get", "acct-1", "account_profile", "phone"])),
         "still here\n"
     );
     live.stop();

@@ -311,6 +311,8 @@ impl fmt::Display for RemoteError {
     }
 }
 
+// The `is_*` predicates compare kinds, so they answer alike for an error
+// raised here and for the same error from a live store's admin socket.
 impl Error {
     /// A stable snake_case name of the error's variant (`unknown_subject`,
     /// `erased`...); a remote error's own kind.
@@ -379,19 +381,19 @@ impl Error {
     /// Whether the error means the data asked for was erased (not an
     /// operational failure).
     pub fn is_erased(&self) -> bool {
-        matches!(self, Error::Erased { .. })
+        self.kind() == "erased"
     }
 
     /// Whether the error means the subject's account was closed (access
     /// ended; what is retained can still be exported).
     pub fn is_closed(&self) -> bool {
-        matches!(self, Error::Closed { .. })
+        self.kind() == "closed"
     }
 
     /// Whether the subject named is not known to the store (never
     /// registered). A missing record is not an error: `get` returns `None`.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::UnknownSubject { .. })
+        self.kind() == "unknown_subject"
     }
 
     /// Whether another process (or another open in this one) holds the
@@ -402,13 +404,13 @@ impl Error {
 
     /// Whether a legal hold stopped the operation.
     pub fn is_on_hold(&self) -> bool {
-        matches!(self, Error::OnHold { .. })
+        self.kind() == "on_hold"
     }
 
     /// Whether the subject is restricted (its records can be exported or
     /// erased, not read or written).
     pub fn is_restricted(&self) -> bool {
-        matches!(self, Error::Restricted { .. })
+        self.kind() == "restricted"
     }
 
     /// Whether the error reports damaged or tampered stored data.
@@ -416,6 +418,12 @@ impl Error {
         match self {
             Error::Corrupt { .. } | Error::Tampered { .. } | Error::StoreRolledBack { .. } => true,
             Error::Storage(err) => err.kind == StorageErrorKind::Tampered,
+            Error::Remote(remote) => {
+                matches!(
+                    remote.kind.as_str(),
+                    "corrupt" | "tampered" | "store_rolled_back"
+                )
+            }
             _ => false,
         }
     }

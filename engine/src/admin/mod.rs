@@ -275,4 +275,38 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn connections_past_the_limit_are_refused_and_served_again_once_one_closes() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(config(root.path())).expect("open");
+        let socket = root.path().join("admin.sock");
+        let _server = db.serve_admin(&socket).expect("serve");
+        let mut open: Vec<AdminClient> = (0..MAX_CONNECTIONS)
+            .map(|_| AdminClient::connect(&socket).expect("within the limit"))
+            .collect();
+        let err = AdminClient::connect(&socket).expect_err("one too many");
+        assert!(err.to_string().contains("busy"), "{err}");
+        drop(open.pop());
+        // The closed connection's thread leaves the table shortly after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut client = loop {
+            match AdminClient::connect(&socket) {
+                Ok(client) => break client,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("a slot freed: {err}"),
+            }
+        };
+        let err = client
+            .call::<crate::Receipt>(Request::Shred {
+                subject: "nobody".into(),
+                classes: Vec::new(),
+            })
+            .expect_err("unknown subject");
+        // The predicates answer for a remote error as for a local one.
+        assert!(err.is_not_found(), "{err}");
+        assert!(!err.is_erased());
+    }
 }
