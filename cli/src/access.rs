@@ -97,8 +97,9 @@ pub(crate) trait StoreAccess {
     fn verify_audit(&self) -> DbResult<ChainReport>;
     /// The shortest purge window of the policy in force.
     fn shortest_purge_window(&self) -> DbResult<Option<SignedDuration>>;
-    /// `Db::backup` (live: written by the application, at an absolute path).
-    fn backup(&self, dir: &Path) -> DbResult<BackupReport>;
+    /// `Db::backup_with` (live: written by the application, at an absolute
+    /// path).
+    fn backup(&self, dir: &Path, progress: &mut dyn FnMut(u64)) -> DbResult<BackupReport>;
     /// `Db::export_erasure_log` (live: as `backup`).
     fn export_erasure_log(&self, file: &Path) -> DbResult<u64>;
 }
@@ -242,8 +243,8 @@ impl StoreAccess for Db {
             .map(|c| c.purge_window_duration())
             .min())
     }
-    fn backup(&self, dir: &Path) -> DbResult<BackupReport> {
-        Db::backup(self, dir)
+    fn backup(&self, dir: &Path, progress: &mut dyn FnMut(u64)) -> DbResult<BackupReport> {
+        Db::backup_with(self, dir, progress)
     }
     fn export_erasure_log(&self, file: &Path) -> DbResult<u64> {
         Db::export_erasure_log(self, file)
@@ -456,10 +457,13 @@ impl StoreAccess for LiveStore {
         let seconds: Option<i64> = self.call(Request::ShortestPurgeWindow)?;
         Ok(seconds.map(SignedDuration::from_secs))
     }
-    fn backup(&self, dir: &Path) -> DbResult<BackupReport> {
-        self.call(Request::Backup {
-            dir: absolute(dir)?,
-        })
+    fn backup(&self, dir: &Path, progress: &mut dyn FnMut(u64)) -> DbResult<BackupReport> {
+        self.call_with_progress(
+            Request::Backup {
+                dir: absolute(dir)?,
+            },
+            progress,
+        )
     }
     fn export_erasure_log(&self, file: &Path) -> DbResult<u64> {
         self.call(Request::ExportErasureLog {

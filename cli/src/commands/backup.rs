@@ -60,7 +60,10 @@ const DEFAULT_PURGE_WINDOW: SignedDuration = SignedDuration::from_hours(30 * 24)
 /// `backup`: a consistent copy of the store, without its key file.
 pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
     let db = global.access()?;
-    let report = db.backup(&args.dir)?;
+    let bar = output::progress(None, "entries copied");
+    let report = db.backup(&args.dir, &mut |done| bar.set_position(done));
+    bar.finish_and_clear();
+    let report = report?;
     let window = db.shortest_purge_window()?.unwrap_or(DEFAULT_PURGE_WINDOW);
     let at_least = report
         .taken_at

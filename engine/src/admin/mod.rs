@@ -309,4 +309,32 @@ mod tests {
         assert!(err.is_not_found(), "{err}");
         assert!(!err.is_erased());
     }
+
+    #[test]
+    fn a_backup_through_the_socket_reports_its_progress() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(config(root.path())).expect("open");
+        db.register_account("acct-1").expect("register");
+        db.put("acct-1", "account_profile", b"email", b"ops@example.com")
+            .expect("put");
+        let socket = root.path().join("admin.sock");
+        let _server = db.serve_admin(&socket).expect("serve");
+        let mut client = AdminClient::connect(&socket).expect("connect");
+        let relative = client.call::<crate::BackupReport>(Request::Backup {
+            dir: "backup".into(),
+        });
+        assert_eq!(relative.expect_err("relative").kind(), "invalid_argument");
+        let mut seen = Vec::new();
+        let report: crate::BackupReport = client
+            .call_with_progress(
+                Request::Backup {
+                    dir: root.path().join("backup"),
+                },
+                &mut |done, _| seen.push(done),
+            )
+            .expect("backup");
+        assert!(report.entries > 0);
+        assert_eq!(seen.last(), Some(&report.entries), "{seen:?}");
+        assert!(root.path().join("backup/store.redb").is_file());
+    }
 }

@@ -53,7 +53,7 @@ pub enum ServerFrame {
         version: String,
     },
     /// How much of a long request is done (records checked, items done,
-    /// subjects exported); `total` when known.
+    /// entries copied, subjects exported); `total` when known.
     Progress {
         /// Units done so far.
         done: u64,
@@ -233,8 +233,9 @@ pub enum Request {
     VerifyAudit,
     /// The shortest purge window of the policy in force, in seconds: `i64`.
     ShortestPurgeWindow,
-    /// `Db::backup` into a directory of the server's file system (an
-    /// absolute path): `BackupReport`.
+    /// `Db::backup_with` into a directory of the server's file system (an
+    /// absolute path): progress frames (entries copied), then
+    /// `BackupReport`.
     Backup {
         /// The backup directory: new or empty.
         dir: PathBuf,

@@ -510,7 +510,7 @@ fn execute<W: std::io::Write>(
         ),
         Request::Backup { dir } => {
             require_absolute(&dir)?;
-            json(db.backup(&dir)?)
+            json(db.backup_with(&dir, &mut |done| replies.progress(done, None))?)
         }
         Request::ExportErasureLog { file } => {
             require_absolute(&file)?;
