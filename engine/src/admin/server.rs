@@ -32,6 +32,10 @@ const ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// How long a connection may stay silent between requests.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long a frame may wait for a client that does not read; then the
+/// client is taken for gone.
+const STALLED_CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Options of an admin server beyond its socket path (for tests).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -271,8 +275,10 @@ fn refuse(out: &mut impl std::io::Write, detail: String) -> Result<()> {
 /// The hello exchange, then requests until the client closes. Any error
 /// here ends the connection; the store is untouched by it.
 fn serve_connection(stream: &UnixStream, db: &Weak<DbInner>) -> Result<()> {
-    let timeout = Some(IDLE_TIMEOUT);
-    let _ = stream.set_read_timeout(timeout);
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    // A client that stops reading must not hold the store open for ever
+    // (a request in flight holds a `Db`).
+    let _ = stream.set_write_timeout(Some(STALLED_CLIENT_TIMEOUT));
     let mut input = BufReader::new(stream);
     let mut out = BufWriter::new(stream);
     let hello = match read_frame(&mut input) {
@@ -300,7 +306,8 @@ fn serve_connection(stream: &UnixStream, db: &Weak<DbInner>) -> Result<()> {
     };
     let welcome = ServerFrame::Welcome {
         protocol: PROTOCOL_VERSION,
-        store: inner.path.clone(),
+        // Absolute, so the client can compare it with the store it means.
+        store: std::fs::canonicalize(&inner.path).unwrap_or_else(|_| inner.path.clone()),
         backend: inner.storage.backend().name().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
