@@ -163,10 +163,14 @@ fn bind_owner_only(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).map_err(io("remove a stale admin socket", path))?;
     }
+    // Unique per process and bind, so two servers starting at once in one
+    // process do not share it.
+    static BINDS: AtomicU64 = AtomicU64::new(0);
     let private = parent.join(format!(
-        ".{}.{}.bind",
+        ".{}.{}.{}.bind",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        BINDS.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::DirBuilder::new()
         .mode(0o700)
