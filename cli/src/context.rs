@@ -15,6 +15,7 @@ use anyhow::Result;
 use shredkv::{Backend, Config, Db, Error, Policy};
 use shredkv_pkcs11::{Pin, Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, StoreLabel};
 
+use crate::access::{LiveStore, StoreAccess};
 use crate::exit::{CliError, Code};
 
 /// The storage backends, as spelled on the command line.
@@ -88,10 +89,18 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) policy: Option<PathBuf>,
 
+    /// Operate a live store through the admin socket of the application
+    /// holding it open [default: DIR/admin.sock, when it exists].
+    #[arg(long, global = true, env = "SHREDKV_ADMIN_SOCKET", value_name = "PATH")]
+    pub(crate) admin_socket: Option<PathBuf>,
+
     /// Machine output: one JSON document (JSON Lines for `export`).
     #[arg(long, global = true)]
     pub(crate) json: bool,
 }
+
+/// The admin socket's default name inside a store directory.
+pub(crate) const ADMIN_SOCKET: &str = "admin.sock";
 
 /// The sled backend's directory inside a store directory.
 const SLED_DIR: &str = "sled";
@@ -233,6 +242,76 @@ impl Global {
         detect_backend(dir, self.backend.map(Backend::from))
     }
 
+    /// The admin socket of a live store, if one is named (`--admin-socket`,
+    /// `SHREDKV_ADMIN_SOCKET`) or present in the store directory; `true`
+    /// when it was named explicitly.
+    fn admin_socket(&self) -> Option<(PathBuf, bool)> {
+        if let Some(socket) = &self.admin_socket {
+            return Some((socket.clone(), true));
+        }
+        let default = self.store.as_ref()?.join(ADMIN_SOCKET);
+        default.exists().then_some((default, false))
+    }
+
+    /// The store a command operates: live through its application's admin
+    /// socket when there is one, else opened here (it must exist; its key
+    /// file is checked by the engine). A socket found in the store
+    /// directory that nobody listens on (the application has stopped) is
+    /// passed over: the store is opened here.
+    pub(crate) fn access(&self) -> Result<Box<dyn StoreAccess>> {
+        let Some((socket, named)) = self.admin_socket() else {
+            return Ok(Box::new(self.open()?));
+        };
+        let live = match LiveStore::connect(&socket) {
+            Ok(live) => live,
+            Err(Error::Admin { .. }) if !named && !listening(&socket) => {
+                return Ok(Box::new(self.open()?));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(dir) = &self.store {
+            let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            if !same(dir, &live.path()) {
+                return Err(CliError::new(
+                    Code::Usage,
+                    format!(
+                        "the admin socket {} serves the store at {}, not {}",
+                        socket.display(),
+                        live.path().display(),
+                        dir.display()
+                    ),
+                )
+                .hint("pass the --store the application opened, or leave --store out")
+                .into());
+            }
+        }
+        Ok(Box::new(live))
+    }
+
+    /// Refuses `command` when the store is live (an admin socket is named
+    /// or in the store directory with an application listening): it needs
+    /// the store to itself.
+    pub(crate) fn refuse_live(&self, command: &str, instead: &str) -> Result<()> {
+        let Some((socket, named)) = self.admin_socket() else {
+            return Ok(());
+        };
+        if named || listening(&socket) {
+            return Err(CliError::new(
+                Code::Failure,
+                format!(
+                    "{command} cannot run against a live store: it needs the store to itself, and an application serves it on {}",
+                    socket.display()
+                ),
+            )
+            .hint(instead)
+            .into());
+        }
+        Ok(())
+    }
+
     /// Opens the existing store: it must exist (its key file is checked by
     /// the engine).
     pub(crate) fn open(&self) -> Result<Db> {
@@ -346,6 +425,11 @@ pub(crate) fn detect_backend(dir: &Path, backend: Option<Backend>) -> Result<Bac
             "neither {SLED_DIR}/ nor {REDB_FILE} is in that directory"
         ))),
     }
+}
+
+/// Whether an application listens on the socket at `path`.
+fn listening(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 /// Refuses a PIN file that group or others may read, as the key file is

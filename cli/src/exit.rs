@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use shredkv::{Error, PolicyError, StorageError};
+use shredkv::{Error, ErrorCategory, PolicyError, StorageError};
 
 /// What the process reports to its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,124 +140,152 @@ fn hint(text: &str) -> Option<String> {
 }
 
 fn classify_engine(err: &Error) -> (Code, Option<String>) {
-    match err {
-        Error::UnknownSubject { .. } => (
-            Code::NotFound,
-            hint(
-                "check the subject id (`shredkv subjects` lists tags only); to create it, put a record with --register-account or --account ACCOUNT",
-            ),
+    let hint = match err {
+        Error::Corrupt { location, .. } if location.tree == "erasure log" => hint(
+            "the erasure log file is damaged; export it again (`shredkv export-erasure-log FILE` on the live store), or restore with --store naming the live store instead of --erasure-log",
         ),
-        Error::UnknownClass { .. } => {
-            (Code::Usage, hint("`shredkv policy show` lists the classes"))
+        Error::RestoreInterrupted { path } => Some(format!(
+            "delete {} and run `shredkv restore` again into a new or empty directory",
+            path.display()
+        )),
+        Error::IsBackup { path, .. } => Some(format!(
+            "restore the backup instead, which replays the erasures made since: shredkv --store LIVE_STORE restore {} --into NEW_DIR (or --erasure-log FILE --key-file KEYS without the live store)",
+            path.display()
+        )),
+        Error::Storage(storage) if storage.is_locked() => hint(
+            "another process has the store open; stop it, or run this command through it: have it serve an admin socket (Config::admin_socket) and pass --admin-socket PATH",
+        ),
+        // A live store's error: the hint of its kind, as if it were local.
+        err => kind_hint(err.kind(), err.category()),
+    };
+    (code_of(err.category()), hint)
+}
+
+/// The exit code of an engine error's category (local or from a live
+/// store's admin socket).
+fn code_of(category: ErrorCategory) -> Code {
+    match category {
+        ErrorCategory::Usage => Code::Usage,
+        ErrorCategory::NotFound => Code::NotFound,
+        ErrorCategory::Erased => Code::Erased,
+        ErrorCategory::Integrity => Code::Integrity,
+        ErrorCategory::Policy => Code::Policy,
+        ErrorCategory::KeyProvider => Code::KeyProvider,
+        _ => Code::Failure,
+    }
+}
+
+/// The hint for an error of `kind` ([`Error::kind`]) that needs none of
+/// its fields.
+fn kind_hint(kind: &str, category: ErrorCategory) -> Option<String> {
+    match kind {
+        "unknown_subject" => hint(
+            "check the subject id (`shredkv subjects` lists tags only); to create it, put a record with --register-account or --account ACCOUNT",
+        ),
+        "unknown_class" => hint("`shredkv policy show` lists the classes"),
+        "erased" => hint(
+            "erasure is final; `shredkv re-register SUBJECT` lets the subject store new data (nothing erased comes back)",
+        ),
+        "restricted" => hint(
+            "`shredkv export SUBJECT` works while restricted; `shredkv unrestrict SUBJECT` lifts the restriction",
+        ),
+        "closed" => hint(
+            "the account is closed: its data is kept only until its retention dates; `shredkv export SUBJECT` returns what is still retained",
+        ),
+        "on_hold" => {
+            hint("`shredkv holds` lists the holds; `shredkv release SUBJECT [--class C]` ends one")
         }
-        Error::InvalidArgument { .. } => (Code::Usage, None),
-        Error::Erased { .. } => (
-            Code::Erased,
-            hint(
-                "erasure is final; `shredkv re-register SUBJECT` lets the subject store new data (nothing erased comes back)",
+        "policy_changed" => hint(
+            "pass the --policy file in force (the one the store was created with, or last applied); changing it is an explicit, audited step: `shredkv policy apply NEW_FILE`",
+        ),
+        "corrupt" | "tampered" => hint(
+            "run `shredkv verify` for every damaged item; corrupt means media damage (restore from a backup), tampered means altered or moved data (treat it as a security incident)",
+        ),
+        "keys_do_not_match" => hint(
+            "pass --key-file with this store's own key file (a restored backup uses the live store's key file); if it is the right file, the store's metadata was altered: treat it as a security incident",
+        ),
+        "key_file_missing" => hint(
+            "pass --key-file with the key file's real location (keep it off the backup volume); a store whose key file is lost is unreadable by design",
+        ),
+        "key_file_in_store" => hint(
+            "pass --key-file (or SHREDKV_KEY_FILE) with a path outside the store directory; for an existing store, move its key file there first (e.g. mv DIR/keys /etc/shredkv/keys); --allow-key-file-in-store accepts it for tests and demos",
+        ),
+        "store_data_missing" => hint(
+            "restore the store directory's backend files from a backup (`shredkv restore`), or point --store at the right directory",
+        ),
+        "store_rolled_back" => hint(
+            "put the store's latest files back, or restore the latest backup (`shredkv restore`), which replays the erasures made since",
+        ),
+        "restore_loses_records" => hint(
+            "restore a newer backup (taken after the re-key), or pass --accept-loss to restore without those records (they are listed and audited)",
+        ),
+        "store_keys_destroyed" => hint(
+            "this is expected for a store or backup older than its purge window: restore a more recent backup",
+        ),
+        "storage" if category == ErrorCategory::Integrity => {
+            hint("the backend's files are damaged; restore the store from a backup")
+        }
+        "admin" => hint(
+            "check that the application holding the store is running and serves its admin socket (Config::admin_socket), and that the CLI runs as the same user",
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shredkv::{RemoteError, SubjectTag};
+
+    use super::*;
+
+    /// A live store's errors reach the CLI as `Error::Remote`: the same
+    /// exit code and hint as the error raised here.
+    #[test]
+    fn remote_errors_exit_and_hint_as_local_ones() {
+        let subject = SubjectTag([7; 16]);
+        let cases = [
+            (Error::UnknownSubject { subject }, Code::NotFound),
+            (
+                Error::UnknownClass {
+                    class: "nope".into(),
+                },
+                Code::Usage,
             ),
-        ),
-        Error::Restricted { .. } => (
-            Code::Failure,
-            hint(
-                "`shredkv export SUBJECT` works while restricted; `shredkv unrestrict SUBJECT` lifts the restriction",
+            (
+                Error::Erased {
+                    subject,
+                    class: None,
+                    erased_at: jiff::Timestamp::UNIX_EPOCH,
+                },
+                Code::Erased,
             ),
-        ),
-        Error::Closed { .. } => (
-            Code::Failure,
-            hint(
-                "the account is closed: its data is kept only until its retention dates; `shredkv export SUBJECT` returns what is still retained",
+            (Error::Restricted { subject }, Code::Failure),
+            (
+                Error::OnHold {
+                    subject,
+                    class: None,
+                },
+                Code::Policy,
             ),
-        ),
-        Error::SubjectConflict { .. } => (Code::Failure, None),
-        Error::OnHold { .. } => (
-            Code::Policy,
-            hint("`shredkv holds` lists the holds; `shredkv release SUBJECT [--class C]` ends one"),
-        ),
-        Error::PolicyViolation { .. } | Error::Policy(_) => (Code::Policy, None),
-        Error::PolicyChanged { .. } => (
-            Code::Policy,
-            hint(
-                "pass the --policy file in force (the one the store was created with, or last applied); changing it is an explicit, audited step: `shredkv policy apply NEW_FILE`",
+            (
+                Error::InvalidArgument {
+                    what: "value",
+                    detail: "too long".into(),
+                },
+                Code::Usage,
             ),
-        ),
-        Error::Corrupt { location, .. } if location.tree == "erasure log" => (
-            Code::Integrity,
-            hint(
-                "the erasure log file is damaged; export it again (`shredkv export-erasure-log FILE` on the live store), or restore with --store naming the live store instead of --erasure-log",
+            (
+                Error::Admin {
+                    detail: "refused".into(),
+                },
+                Code::Failure,
             ),
-        ),
-        Error::Corrupt { .. } | Error::Tampered { .. } => (
-            Code::Integrity,
-            hint(
-                "run `shredkv verify` for every damaged item; corrupt means media damage (restore from a backup), tampered means altered or moved data (treat it as a security incident)",
-            ),
-        ),
-        Error::KeyProvider(_) => (Code::KeyProvider, None),
-        Error::KeysDoNotMatch { .. } => (
-            Code::KeyProvider,
-            hint(
-                "pass --key-file with this store's own key file (a restored backup uses the live store's key file); if it is the right file, the store's metadata was altered: treat it as a security incident",
-            ),
-        ),
-        Error::KeyFileMissing { .. } => (
-            Code::KeyProvider,
-            hint(
-                "pass --key-file with the key file's real location (keep it off the backup volume); a store whose key file is lost is unreadable by design",
-            ),
-        ),
-        Error::KeyFileInStore { .. } => (
-            Code::KeyProvider,
-            hint(
-                "pass --key-file (or SHREDKV_KEY_FILE) with a path outside the store directory; for an existing store, move its key file there first (e.g. mv DIR/keys /etc/shredkv/keys); --allow-key-file-in-store accepts it for tests and demos",
-            ),
-        ),
-        Error::StoreDataMissing { .. } => (
-            Code::NotFound,
-            hint(
-                "restore the store directory's backend files from a backup (`shredkv restore`), or point --store at the right directory",
-            ),
-        ),
-        Error::RestoreInterrupted { path } => (
-            Code::Failure,
-            Some(format!(
-                "delete {} and run `shredkv restore` again into a new or empty directory",
-                path.display()
-            )),
-        ),
-        Error::StoreRolledBack { .. } => (
-            Code::Integrity,
-            hint(
-                "put the store's latest files back, or restore the latest backup (`shredkv restore`), which replays the erasures made since",
-            ),
-        ),
-        Error::IsBackup { path, .. } => (
-            Code::Usage,
-            Some(format!(
-                "restore the backup instead, which replays the erasures made since: shredkv --store LIVE_STORE restore {} --into NEW_DIR (or --erasure-log FILE --key-file KEYS without the live store)",
-                path.display()
-            )),
-        ),
-        Error::RestoreLosesRecords { .. } => (
-            Code::Erased,
-            hint(
-                "restore a newer backup (taken after the re-key), or pass --accept-loss to restore without those records (they are listed and audited)",
-            ),
-        ),
-        Error::StoreKeysDestroyed { .. } => (
-            Code::Erased,
-            hint(
-                "this is expected for a store or backup older than its purge window: restore a more recent backup",
-            ),
-        ),
-        Error::Storage(storage) if storage.is_corruption() => (
-            Code::Integrity,
-            hint("the backend's files are damaged; restore the store from a backup"),
-        ),
-        Error::Storage(storage) if storage.is_locked() => (
-            Code::Failure,
-            hint("another process has the store open; stop it, or run this command through it"),
-        ),
-        _ => (Code::Failure, None),
+        ];
+        for (local, code) in cases {
+            let remote = Error::Remote(RemoteError::from_error(&local));
+            let (local_code, local_hint) = classify(&local.into());
+            assert_eq!(local_code, code);
+            assert_eq!(classify(&remote.into()), (local_code, local_hint));
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! [`exit`] turns errors into exit codes and hints.
 #![deny(unsafe_code)]
 
+mod access;
 mod commands;
 mod context;
 mod exit;

@@ -36,6 +36,10 @@ pub struct Config {
     pub(crate) retire_after_seals: u64,
     pub(crate) epoch_rotation: Option<jiff::SignedDuration>,
     pub(crate) maintenance_every: Option<Duration>,
+    /// Where `Db::open` serves the admin endpoint, if anywhere.
+    pub(crate) admin_socket: Option<PathBuf>,
+    /// The uid the admin endpoint admits; the process's own when `None`.
+    pub(crate) admin_allowed_uid: Option<u32>,
 }
 
 impl fmt::Debug for Config {
@@ -76,7 +80,28 @@ impl Config {
             retire_after_seals: shredkv_crypto::RETIRE_AFTER_SEALS,
             epoch_rotation: None,
             maintenance_every: Some(Duration::from_secs(3600)),
+            admin_socket: None,
+            admin_allowed_uid: None,
         }
+    }
+
+    /// Serves the admin endpoint on a Unix socket at `path` while the store
+    /// is open, so the `shredkv` CLI can operate it (conventionally
+    /// `<store>/admin.sock`, where the CLI looks by default). The socket is
+    /// owner-only and admits only this process's uid; see
+    /// [`crate::admin`].
+    #[cfg(feature = "admin")]
+    pub fn admin_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.admin_socket = Some(path.into());
+        self
+    }
+
+    /// The uid the admin endpoint admits instead of this process's (tests).
+    #[cfg(feature = "admin")]
+    #[doc(hidden)]
+    pub fn admin_allowed_uid(mut self, uid: u32) -> Self {
+        self.admin_allowed_uid = Some(uid);
+        self
     }
 
     /// The store directory.

@@ -230,25 +230,170 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The admin endpoint failed: the socket could not be created or
+    /// reached, a peer was refused, a frame was malformed or too large, or
+    /// the two sides speak different protocol versions.
+    Admin {
+        /// What went wrong (no personal data).
+        detail: String,
+    },
+    /// A store operated through its admin endpoint refused the request
+    /// with this error (its kind, category and message as the store's
+    /// process saw them).
+    Remote(RemoteError),
 }
 
+/// What kind of failure an error is, for callers that sort errors into a
+/// few outcomes (the CLI's exit codes; the admin protocol's error frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum ErrorCategory {
+    /// Any other failure (storage, I/O, a conflict, a restricted subject).
+    Failure,
+    /// A bad argument: an unknown class, an invalid value.
+    Usage,
+    /// An unknown subject, a missing store or store data.
+    NotFound,
+    /// The data asked for was erased (or its keys destroyed).
+    Erased,
+    /// Corrupt or tampered stored data.
+    Integrity,
+    /// An invalid policy, or the policy (or a legal hold) forbids it.
+    Policy,
+    /// The key provider: missing, misplaced, corrupt or mismatched keys.
+    KeyProvider,
+}
+
+/// An error a store reported through its admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct RemoteError {
+    /// The error's kind ([`Error::kind`], e.g. `unknown_subject`).
+    pub kind: String,
+    /// Its category ([`Error::category`]).
+    pub category: ErrorCategory,
+    /// Its message, as the store's process displays it (subjects by tag).
+    pub message: String,
+    /// The `detail` of an error that has one (invalid argument, subject
+    /// conflict, policy violation), for callers that print it alone.
+    pub detail: Option<String>,
+}
+
+impl RemoteError {
+    /// The remote form of `err`.
+    pub fn from_error(err: &Error) -> Self {
+        if let Error::Remote(remote) = err {
+            return remote.clone();
+        }
+        let detail = match err {
+            Error::InvalidArgument { detail, .. }
+            | Error::SubjectConflict { detail, .. }
+            | Error::PolicyViolation { detail, .. } => Some(detail.clone()),
+            _ => None,
+        };
+        RemoteError {
+            kind: err.kind().to_string(),
+            category: err.category(),
+            message: err.to_string(),
+            detail,
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+// The `is_*` predicates compare kinds, so they answer alike for an error
+// raised here and for the same error from a live store's admin socket.
 impl Error {
+    /// A stable snake_case name of the error's variant (`unknown_subject`,
+    /// `erased`...); a remote error's own kind.
+    pub fn kind(&self) -> &str {
+        match self {
+            Error::UnknownClass { .. } => "unknown_class",
+            Error::UnknownSubject { .. } => "unknown_subject",
+            Error::SubjectConflict { .. } => "subject_conflict",
+            Error::Erased { .. } => "erased",
+            Error::Restricted { .. } => "restricted",
+            Error::Closed { .. } => "closed",
+            Error::OnHold { .. } => "on_hold",
+            Error::PolicyViolation { .. } => "policy_violation",
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Tampered { .. } => "tampered",
+            Error::KeyProvider(_) => "key_provider",
+            Error::StoreKeysDestroyed { .. } => "store_keys_destroyed",
+            Error::Storage(_) => "storage",
+            Error::Policy(_) => "policy",
+            Error::PolicyChanged { .. } => "policy_changed",
+            Error::UnsupportedFormat { .. } => "unsupported_format",
+            Error::StoreDataMissing { .. } => "store_data_missing",
+            Error::KeyFileMissing { .. } => "key_file_missing",
+            Error::KeyFileInStore { .. } => "key_file_in_store",
+            Error::KeysDoNotMatch { .. } => "keys_do_not_match",
+            Error::RestoreInterrupted { .. } => "restore_interrupted",
+            Error::StoreRolledBack { .. } => "store_rolled_back",
+            Error::IsBackup { .. } => "is_backup",
+            Error::RestoreLosesRecords { .. } => "restore_loses_records",
+            Error::Io { .. } => "io",
+            Error::Admin { .. } => "admin",
+            Error::Remote(remote) => &remote.kind,
+        }
+    }
+
+    /// What kind of failure this is; the CLI's exit code follows from it.
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::UnknownSubject { .. } | Error::StoreDataMissing { .. } => {
+                ErrorCategory::NotFound
+            }
+            Error::UnknownClass { .. } | Error::InvalidArgument { .. } | Error::IsBackup { .. } => {
+                ErrorCategory::Usage
+            }
+            Error::Erased { .. }
+            | Error::RestoreLosesRecords { .. }
+            | Error::StoreKeysDestroyed { .. } => ErrorCategory::Erased,
+            Error::OnHold { .. }
+            | Error::PolicyViolation { .. }
+            | Error::Policy(_)
+            | Error::PolicyChanged { .. } => ErrorCategory::Policy,
+            Error::Corrupt { .. } | Error::Tampered { .. } | Error::StoreRolledBack { .. } => {
+                ErrorCategory::Integrity
+            }
+            Error::Storage(storage) if storage.is_corruption() => ErrorCategory::Integrity,
+            Error::KeyProvider(_)
+            | Error::KeysDoNotMatch { .. }
+            | Error::KeyFileMissing { .. }
+            | Error::KeyFileInStore { .. } => ErrorCategory::KeyProvider,
+            Error::Remote(remote) => remote.category,
+            _ => ErrorCategory::Failure,
+        }
+    }
+
     /// Whether the error means the data asked for was erased (not an
     /// operational failure).
     pub fn is_erased(&self) -> bool {
-        matches!(self, Error::Erased { .. })
+        self.kind() == "erased"
     }
 
     /// Whether the error means the subject's account was closed (access
     /// ended; what is retained can still be exported).
     pub fn is_closed(&self) -> bool {
-        matches!(self, Error::Closed { .. })
+        self.kind() == "closed"
     }
 
     /// Whether the subject named is not known to the store (never
     /// registered). A missing record is not an error: `get` returns `None`.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::UnknownSubject { .. })
+        self.kind() == "unknown_subject"
     }
 
     /// Whether another process (or another open in this one) holds the
@@ -259,13 +404,13 @@ impl Error {
 
     /// Whether a legal hold stopped the operation.
     pub fn is_on_hold(&self) -> bool {
-        matches!(self, Error::OnHold { .. })
+        self.kind() == "on_hold"
     }
 
     /// Whether the subject is restricted (its records can be exported or
     /// erased, not read or written).
     pub fn is_restricted(&self) -> bool {
-        matches!(self, Error::Restricted { .. })
+        self.kind() == "restricted"
     }
 
     /// Whether the error reports damaged or tampered stored data.
@@ -273,6 +418,12 @@ impl Error {
         match self {
             Error::Corrupt { .. } | Error::Tampered { .. } | Error::StoreRolledBack { .. } => true,
             Error::Storage(err) => err.kind == StorageErrorKind::Tampered,
+            Error::Remote(remote) => {
+                matches!(
+                    remote.kind.as_str(),
+                    "corrupt" | "tampered" | "store_rolled_back"
+                )
+            }
             _ => false,
         }
     }
@@ -434,6 +585,8 @@ impl fmt::Display for Error {
             } => {
                 write!(f, "failed to {action} at {}: {source}", path.display())
             }
+            Error::Admin { detail } => write!(f, "admin endpoint: {detail}"),
+            Error::Remote(remote) => write!(f, "{remote}"),
         }
     }
 }

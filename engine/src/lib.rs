@@ -70,6 +70,8 @@
 //! ```
 #![deny(unsafe_code)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod audit;
 mod clock;
 mod codec;
@@ -97,7 +99,7 @@ pub use db::{
     MAX_RECORD_KEY_LEN, MAX_VALUE_LEN, Outcome, Page, Problem, ProblemKind, PurgeStatus,
     PutOptions, Receipt, Records, RestoreOptions, RestoreReport, Retained, ScanOptions, Stats,
 };
-pub use error::{Error, Location, Result};
+pub use error::{Error, ErrorCategory, Location, RemoteError, Result};
 pub use holds::Hold;
 pub use jiff;
 pub use ledger::ErasureReason;

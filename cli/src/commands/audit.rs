@@ -3,6 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 
+use crate::access::StoreAccess;
 use crate::context::Global;
 use crate::exit::Code;
 use crate::output::{self, Table};
@@ -31,7 +32,7 @@ pub(crate) fn run(global: &Global, command: AuditCommand) -> Result<Code> {
 }
 
 fn tail(global: &Global, n: usize) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let entries = db.audit_tail(n)?;
     if global.json {
         // Entries hold class numbers; the store knows their names.
@@ -40,7 +41,7 @@ fn tail(global: &Global, n: usize) -> Result<Code> {
             .map(|e| {
                 output::json_with(
                     e,
-                    [("class_name", json!(e.class.and_then(|c| db.class_name(c))))],
+                    [("class_name", json!(class_name(db.as_ref(), e.class)?))],
                 )
             })
             .collect::<Result<Vec<_>>>()?;
@@ -54,15 +55,23 @@ fn tail(global: &Global, n: usize) -> Result<Code> {
             output::time(e.time),
             e.event.name().to_string(),
             e.subject.map_or_else(|| "-".into(), |t| t.to_hex()),
-            e.class.map_or_else(
-                || "-".into(),
-                |c| db.class_name(c).unwrap_or_else(|| format!("#{c}")),
-            ),
+            match e.class {
+                None => "-".into(),
+                Some(c) => db.class_name(c)?.unwrap_or_else(|| format!("#{c}")),
+            },
             e.detail.clone(),
         ]);
     }
     table.print();
     Ok(Code::Ok)
+}
+
+/// The name of an entry's class number, if it has one.
+fn class_name(db: &dyn StoreAccess, class: Option<u16>) -> Result<Option<String>> {
+    Ok(match class {
+        Some(c) => db.class_name(c)?,
+        None => None,
+    })
 }
 
 /// The refusal of a store behind its anchor (its audit tail cut, an
@@ -76,7 +85,7 @@ fn behind_anchor(err: &anyhow::Error) -> Option<String> {
 }
 
 fn verify(global: &Global) -> Result<Code> {
-    let db = match global.open() {
+    let db = match global.access() {
         Ok(db) => db,
         Err(err) => {
             let Some(why) = behind_anchor(&err) else {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use shredkv::{Backend, Config, Db, ErasureSource, Error, Policy, RestoreOptions};
+use shredkv::{Backend, Config, Db, ErasureSource, Error, RestoreOptions};
 
 use crate::context::{self, Global};
 use crate::exit::{CliError, Code};
@@ -54,21 +54,17 @@ pub(crate) struct ExportLogArgs {
     file: PathBuf,
 }
 
-/// The shortest purge window of a policy.
-fn shortest_purge_window(policy: &Policy) -> SignedDuration {
-    policy
-        .classes()
-        .iter()
-        .map(|c| c.purge_window_duration())
-        .min()
-        .unwrap_or(SignedDuration::from_hours(30 * 24))
-}
+/// The purge window of a policy that has no class (the engine's default).
+const DEFAULT_PURGE_WINDOW: SignedDuration = SignedDuration::from_hours(30 * 24);
 
 /// `backup`: a consistent copy of the store, without its key file.
 pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
-    let db = global.open()?;
-    let report = db.backup(&args.dir)?;
-    let window = shortest_purge_window(db.policy());
+    let db = global.access()?;
+    let bar = output::progress(None, "entries copied");
+    let report = db.backup(&args.dir, &mut |done| bar.set_position(done));
+    bar.finish_and_clear();
+    let report = report?;
+    let window = db.shortest_purge_window()?.unwrap_or(DEFAULT_PURGE_WINDOW);
     let at_least = report
         .taken_at
         .checked_add(window.saturating_sub(EPOCH_ROTATION))
@@ -77,7 +73,12 @@ pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
         .taken_at
         .checked_add(window)
         .unwrap_or(Timestamp::MAX);
-    let key_file = global.keys_description(db.path());
+    let key_file = if db.is_live() && global.key_file.is_none() && global.pkcs11_module.is_none() {
+        // The application configured its keys; this process does not know them.
+        "KEY_FILE (the live store's key file)".to_string()
+    } else {
+        global.keys_description(&db.path())
+    };
     if global.json {
         output::print_json(&output::json_with(
             &report,
@@ -194,6 +195,10 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
                     "restore replays the live store's erasures: pass --store (the live store) or --erasure-log FILE",
                 )
             })?;
+            global.refuse_live(
+                "restore from the live store's erasures",
+                "export the erasure log through the application (`shredkv --store DIR export-erasure-log FILE`), then restore with --erasure-log FILE",
+            )?;
             let db = global.open()?;
             (
                 Some(global.key_file_for(store)),
@@ -320,13 +325,13 @@ pub(crate) fn export_erasure_log(global: &Global, args: &ExportLogArgs) -> Resul
         .hint("choose a new file name (e.g. with the date)")
         .into());
     }
-    let db = global.open()?;
+    let db = global.access()?;
     let items = db.export_erasure_log(&args.file)?;
     if global.json {
         output::print_json(&json!({
             "file": args.file.display().to_string(),
             "items": items,
-            "exported_at": db.now(),
+            "exported_at": db.now()?,
         }))?;
         return Ok(Code::Ok);
     }

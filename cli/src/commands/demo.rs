@@ -281,6 +281,17 @@ impl Demo {
 
 /// Runs the demo; exit 1 if any check fails.
 pub(crate) fn run(global: &Global) -> Result<Code> {
+    if let Some(socket) = &global.admin_socket {
+        return Err(crate::exit::CliError::new(
+            Code::Usage,
+            format!(
+                "demo cannot run against a live store ({}): it runs on a temporary store of its own",
+                socket.display()
+            ),
+        )
+        .hint("run `shredkv demo` without --admin-socket (and without SHREDKV_ADMIN_SOCKET)")
+        .into());
+    }
     let started = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("shredkv-demo-")
@@ -480,7 +491,7 @@ fn populate(demo: &mut Demo) -> Result<()> {
 
 fn stored(demo: &mut Demo) -> Result<()> {
     let stats = demo.db.stats()?;
-    let text = store::stats_text(&demo.db, &stats);
+    let text = store::stats_text(demo.db.path(), &stats);
     demo.say(&format!(
         "{} records of {} accounts and {} end users, every value marked `{MARKER}-…`:\n",
         demo.written.len(),

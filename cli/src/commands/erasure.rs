@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use shredkv::{Classes, Error, Receipt, SubjectTag};
+use shredkv::{Error, Receipt, SubjectTag};
 
 use crate::context::Global;
 use crate::exit::{CliError, Code};
@@ -21,14 +21,8 @@ pub(crate) struct ShredArgs {
 
 /// `shred`: destroys the subject's keys and prints the receipt.
 pub(crate) fn shred(global: &Global, args: &ShredArgs) -> Result<Code> {
-    let db = global.open()?;
-    let names: Vec<&str> = args.classes.iter().map(String::as_str).collect();
-    let classes = if names.is_empty() {
-        Classes::All
-    } else {
-        Classes::Only(&names)
-    };
-    let receipt = db.shred(&args.subject, classes)?;
+    let db = global.access()?;
+    let receipt = db.shred(&args.subject, &args.classes)?;
     if global.json {
         output::print_json(&receipt_json(&receipt)?)?;
     } else {
@@ -47,13 +41,20 @@ pub(crate) struct CertificateArgs {
 /// `certificate`: a certificate of erasure; exit 0 whether the purge is
 /// complete or pending (the status is printed, and in JSON).
 pub(crate) fn certificate(global: &Global, args: &CertificateArgs) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let certificate = match db.certificate(&args.subject) {
         Ok(certificate) => certificate,
-        Err(Error::InvalidArgument { detail, .. }) => {
+        // Nothing of the subject was ever erased (said the same way by a
+        // live store, whose error carries the detail).
+        Err(err) if err.kind() == "invalid_argument" => {
+            let detail = match err {
+                Error::InvalidArgument { detail, .. } => detail,
+                Error::Remote(remote) => remote.detail.unwrap_or(remote.message),
+                other => other.to_string(),
+            };
             if db.subject(&args.subject)?.is_none() {
                 return Err(Error::UnknownSubject {
-                    subject: db.subject_tag(&args.subject),
+                    subject: db.subject_tag(&args.subject)?,
                 }
                 .into());
             }

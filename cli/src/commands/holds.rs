@@ -36,9 +36,9 @@ fn scope(class: Option<&String>) -> String {
 
 /// `hold`: places a legal hold.
 pub(crate) fn hold(global: &Global, args: &HoldArgs) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     db.place_hold(&args.subject, args.class.as_deref(), &args.reason)?;
-    let tag = db.subject_tag(&args.subject).to_hex();
+    let tag = db.subject_tag(&args.subject)?.to_hex();
     if global.json {
         output::print_json(&json!({
             "subject": tag, "class": args.class, "reason": args.reason, "held": true,
@@ -56,8 +56,8 @@ pub(crate) fn hold(global: &Global, args: &HoldArgs) -> Result<Code> {
 
 /// `release`: releases a legal hold; exit 3 if there was none.
 pub(crate) fn release(global: &Global, args: &ReleaseArgs) -> Result<Code> {
-    let db = global.open()?;
-    let tag = db.subject_tag(&args.subject).to_hex();
+    let db = global.access()?;
+    let tag = db.subject_tag(&args.subject)?.to_hex();
     if !db.release_hold(&args.subject, args.class.as_deref())? {
         return Err(CliError::new(
             Code::NotFound,
@@ -83,7 +83,7 @@ pub(crate) fn release(global: &Global, args: &ReleaseArgs) -> Result<Code> {
 
 /// `holds`: every legal hold in force.
 pub(crate) fn list(global: &Global) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let holds = db.holds()?;
     if global.json {
         output::print_json(&json!({ "holds": serde_json::to_value(&holds)? }))?;

@@ -76,6 +76,10 @@ fn show(global: &Global) -> Result<Code> {
     // With a store, open it: that checks the policy is the one it records.
     let (policy, source) = match &global.store {
         Some(_) => {
+            global.refuse_live(
+                "policy show of a store",
+                "show the policy file the application was started with: `shredkv --policy FILE policy show` (without --store)",
+            )?;
             let db = global.open()?;
             let source = format!("in force in {}", db.path().display());
             (db.policy().clone(), source)
@@ -217,6 +221,10 @@ fn words(value: &Value) -> String {
 /// change; the engine audits it and recomputes the event deadlines.
 fn apply(global: &Global, file: &PathBuf) -> Result<Code> {
     let new = load(file)?;
+    global.refuse_live(
+        "policy apply",
+        "stop the application, apply the policy, and start it again with the new policy file",
+    )?;
     let old = {
         // Opening with the policy in force checks it is the store's.
         let db = global.open()?;

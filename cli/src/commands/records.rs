@@ -5,7 +5,6 @@
 //! UTF-8 and as base64 otherwise, with the encoding named (`key_encoding`,
 //! `value_encoding`).
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -14,7 +13,7 @@ use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use serde_json::json;
-use shredkv::{Db, Export, PutOptions, Record, Retention, SubjectKind, SubjectState, SubjectTag};
+use shredkv::{Record, Retention, SubjectKind, SubjectTag};
 
 use crate::context::Global;
 use crate::exit::{CliError, Code};
@@ -81,9 +80,9 @@ pub(crate) struct ExportArgs {
 
 /// `get`: prints a record's value (text, or base64 when not UTF-8).
 pub(crate) fn get(global: &Global, args: &GetArgs) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let Some(record) = db.get_record(&args.subject, &args.class, args.key.as_bytes())? else {
-        let tag = db.subject_tag(&args.subject);
+        let tag = db.subject_tag(&args.subject)?;
         return Err(CliError::new(
             Code::NotFound,
             format!(
@@ -94,7 +93,7 @@ pub(crate) fn get(global: &Global, args: &GetArgs) -> Result<Code> {
         .into());
     };
     let line = RecordLine {
-        subject: db.subject_tag(&args.subject),
+        subject: db.subject_tag(&args.subject)?,
         kind: None,
         class: &args.class,
         record: &record,
@@ -117,7 +116,7 @@ pub(crate) fn get(global: &Global, args: &GetArgs) -> Result<Code> {
 
 /// `put`: writes a record, registering its subject when asked.
 pub(crate) fn put(global: &Global, args: &PutArgs) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     if args.register_account {
         db.register_account(&args.subject)?;
     } else if let Some(account) = &args.account {
@@ -125,7 +124,7 @@ pub(crate) fn put(global: &Global, args: &PutArgs) -> Result<Code> {
     }
     let expires_at = match (&args.expires_at, &args.expires_in) {
         (Some(at), _) => Some(*at),
-        (None, Some(span)) => Some(span.add_to(db.now()).ok_or_else(|| {
+        (None, Some(span)) => Some(span.add_to(db.now()?).ok_or_else(|| {
             CliError::new(
                 Code::Usage,
                 format!("--expires-in {span} lands past the year 9999"),
@@ -140,14 +139,16 @@ pub(crate) fn put(global: &Global, args: &PutArgs) -> Result<Code> {
     } else {
         args.value.clone().into_bytes()
     };
-    db.put_with(
+    db.put(
         &args.subject,
         &args.class,
-        args.key.as_bytes(),
-        &value,
-        PutOptions { expires_at },
+        Record {
+            key: args.key.as_bytes().to_vec(),
+            value,
+            expires_at,
+        },
     )?;
-    let tag = db.subject_tag(&args.subject).to_hex();
+    let tag = db.subject_tag(&args.subject)?.to_hex();
     if global.json {
         output::print_json(&json!({
             "subject": tag,
@@ -170,9 +171,9 @@ pub(crate) fn put(global: &Global, args: &PutArgs) -> Result<Code> {
 
 /// `delete`: deletes a record; exit 3 if there was none.
 pub(crate) fn delete(global: &Global, args: &DeleteArgs) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let existed = db.delete(&args.subject, &args.class, args.key.as_bytes())?;
-    let tag = db.subject_tag(&args.subject).to_hex();
+    let tag = db.subject_tag(&args.subject)?.to_hex();
     if !existed {
         return Err(CliError::new(
             Code::NotFound,
@@ -209,27 +210,6 @@ struct RecordLine<'a> {
     record: &'a Record,
 }
 
-/// Writes one export's records as JSON Lines; returns the number of records.
-fn write_lines(out: &mut dyn Write, export: &Export) -> Result<u64> {
-    let mut n = 0u64;
-    for subject in &export.subjects {
-        for (class, records) in &subject.classes {
-            for record in records {
-                let line = RecordLine {
-                    subject: subject.tag,
-                    kind: Some(subject.kind),
-                    class,
-                    record,
-                };
-                serde_json::to_writer(&mut *out, &line)?;
-                out.write_all(b"\n")?;
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
-}
-
 /// Opens the export's destination: a new owner-only file, or stdout.
 fn destination(path: Option<&PathBuf>) -> Result<Box<dyn Write>> {
     let Some(path) = path else {
@@ -252,62 +232,51 @@ fn destination(path: Option<&PathBuf>) -> Result<Box<dyn Write>> {
     Ok(Box::new(BufWriter::new(file)))
 }
 
-/// `export`: JSON Lines of one subject (and its end users) or of all.
+/// `export`: JSON Lines of one subject (and its end users) or of all,
+/// written record by record (a live store streams them).
 pub(crate) fn export(global: &Global, args: &ExportArgs) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let mut out = destination(args.output.as_ref())?;
-    let (records, subjects) = match &args.subject {
-        Some(subject) => {
-            let export = db.export(subject)?;
-            (write_lines(&mut out, &export)?, export.subjects.len())
-        }
-        None => export_all(&db, &mut out)?,
+    let bar = match &args.subject {
+        Some(_) => indicatif::ProgressBar::hidden(),
+        None => output::progress(None, "export"),
     };
+    let summary = db.export(
+        args.subject.as_deref(),
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+        &mut |exported| {
+            let line = RecordLine {
+                subject: exported.subject,
+                kind: Some(exported.kind),
+                class: &exported.class,
+                record: &exported.record,
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    if summary.erased_skipped > 0 {
+        eprintln!(
+            "note: {} erased subjects skipped (their data is gone)",
+            summary.erased_skipped
+        );
+    }
     out.flush()?;
     drop(out);
     let where_to = args
         .output
         .as_ref()
         .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
-    eprintln!("exported {records} records of {subjects} subjects to {where_to}");
+    eprintln!(
+        "exported {} records of {} subjects to {where_to}",
+        summary.records, summary.subjects
+    );
     Ok(Code::Ok)
-}
-
-/// Every subject that is not erased: accounts with their end users, then
-/// end users whose account is erased (they may keep held classes).
-fn export_all(db: &Db, out: &mut dyn Write) -> Result<(u64, usize)> {
-    let all = db.subjects()?;
-    let bar = output::progress(Some(u64::try_from(all.len()).unwrap_or(u64::MAX)), "export");
-    let mut done = HashSet::new();
-    let mut records = 0u64;
-    let mut erased = 0usize;
-    let accounts_first = all
-        .iter()
-        .filter(|s| s.kind == SubjectKind::Account)
-        .chain(all.iter().filter(|s| s.kind == SubjectKind::EndUser));
-    for info in accounts_first {
-        if info.state == SubjectState::Erased {
-            erased += 1;
-            done.insert(info.tag);
-            bar.inc(1);
-            continue;
-        }
-        if done.contains(&info.tag) {
-            continue;
-        }
-        let export = db.export_tag(info.tag)?;
-        for subject in &export.subjects {
-            if done.insert(subject.tag) {
-                bar.inc(1);
-            }
-        }
-        records += write_lines(out, &export)?;
-    }
-    bar.finish_and_clear();
-    if erased > 0 {
-        eprintln!("note: {erased} erased subjects skipped (their data is gone)");
-    }
-    Ok((records, done.len() - erased))
 }
 
 /// A record's time to live for `--expires-in`: seconds, minutes and hours

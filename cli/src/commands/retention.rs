@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use jiff::Timestamp;
 use serde_json::json;
-use shredkv::{CompactionReport, ErasureReason, Scheduled, SubjectTag};
+use shredkv::{CompactionReport, Scheduled, SubjectTag};
 
 use crate::commands::erasure;
 use crate::context::Global;
@@ -109,8 +109,8 @@ fn indented(text: &str) -> String {
 /// `close-account`: closes an account and its end users, scheduling the
 /// erasure of every class whose clock is the closure.
 pub(crate) fn close_account(global: &Global, args: &CloseArgs) -> Result<Code> {
-    let db = global.open()?;
-    let tag = db.subject_tag(&args.account);
+    let db = global.access()?;
+    let tag = db.subject_tag(&args.account)?;
     let scheduled = db.close_account(&args.account)?;
     let info = db.subject(&args.account)?;
     let closed_at = info.as_ref().and_then(|i| i.closed_at);
@@ -143,7 +143,7 @@ pub(crate) fn close_account(global: &Global, args: &CloseArgs) -> Result<Code> {
         "{}",
         indented(&scheduled_text(
             &scheduled,
-            db.now(),
+            db.now()?,
             &|t| (*t == tag).then(|| account.clone()),
             "end users",
         ))
@@ -153,9 +153,9 @@ pub(crate) fn close_account(global: &Global, args: &CloseArgs) -> Result<Code> {
 
 /// `opt-out`: a marketing opt-out; marketing classes are scheduled.
 pub(crate) fn opt_out(global: &Global, args: &OptOutArgs) -> Result<Code> {
-    let db = global.open()?;
-    let tag = db.subject_tag(&args.subject);
-    let scheduled = db.opt_out_of_marketing(&args.subject)?;
+    let db = global.access()?;
+    let tag = db.subject_tag(&args.subject)?;
+    let scheduled = db.opt_out(&args.subject)?;
     let opted_out_at = db.subject(&args.subject)?.and_then(|i| i.opted_out_at);
     if global.json {
         output::print_json(&json!({
@@ -183,7 +183,7 @@ pub(crate) fn opt_out(global: &Global, args: &OptOutArgs) -> Result<Code> {
         "{}",
         indented(&scheduled_text(
             &scheduled,
-            db.now(),
+            db.now()?,
             &|t| (*t == tag).then(|| subject.clone()),
             "subjects",
         ))
@@ -193,14 +193,14 @@ pub(crate) fn opt_out(global: &Global, args: &OptOutArgs) -> Result<Code> {
 
 /// `release-data`: ends the retention of a class kept until released.
 pub(crate) fn release_data(global: &Global, args: &ReleaseDataArgs) -> Result<Code> {
-    let db = global.open()?;
-    let scheduled = db.release(&args.subject, &args.class)?;
+    let db = global.access()?;
+    let scheduled = db.release_data(&args.subject, &args.class)?;
     let tag = scheduled.subject;
     if global.json {
         output::print_json(&scheduled)?;
         return Ok(Code::Ok);
     }
-    let now = db.now();
+    let now = db.now()?;
     let when = if scheduled.erase_at <= now {
         "at the next compaction".to_string()
     } else {
@@ -219,13 +219,8 @@ pub(crate) fn release_data(global: &Global, args: &ReleaseDataArgs) -> Result<Co
 
 /// `request-deletion`: erases what the policy lets go now; prints the receipt.
 pub(crate) fn request_deletion(global: &Global, args: &DeletionArgs) -> Result<Code> {
-    let db = global.open()?;
-    let reason = if args.underage {
-        ErasureReason::Underage
-    } else {
-        ErasureReason::DeletionRequest
-    };
-    let receipt = db.request_deletion(&args.subject, reason)?;
+    let db = global.access()?;
+    let receipt = db.request_deletion(&args.subject, args.underage)?;
     if global.json {
         output::print_json(&erasure::receipt_json(&receipt)?)?;
         return Ok(Code::Ok);
@@ -293,9 +288,9 @@ pub(crate) fn compaction_text(report: &CompactionReport) -> String {
 
 /// `compact`: one compaction pass, with a progress spinner on a terminal.
 pub(crate) fn compact(global: &Global, args: &CompactArgs) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let bar = output::progress(None, "due items done");
-    let report = db.compact_with(args.budget.unwrap_or(usize::MAX), &mut |done| {
+    let report = db.compact(args.budget.unwrap_or(usize::MAX), &mut |done| {
         bar.set_position(done);
     });
     bar.finish_and_clear();
@@ -316,7 +311,7 @@ pub(crate) fn compact(global: &Global, args: &CompactArgs) -> Result<Code> {
 
 /// `rotate-epoch`: a new epoch key now; retired epochs past their wait go.
 pub(crate) fn rotate_epoch(global: &Global) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let report = db.rotate_epoch()?;
     let live = db.stats()?.live_epochs;
     if global.json {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{Value, json};
-use shredkv::{Db, IntegrityReport, OverduePurge, ProblemKind, Stats};
+use shredkv::{IntegrityReport, OverduePurge, ProblemKind, Stats};
 
 use crate::context::Global;
 use crate::exit::Code;
@@ -11,6 +11,10 @@ use crate::output::{self, Table};
 
 /// `init`: creates a store in a new or empty directory.
 pub(crate) fn init(global: &Global) -> Result<Code> {
+    global.refuse_live(
+        "init",
+        "init creates a new store: choose a new --store directory",
+    )?;
     let db = global.create()?;
     let dir = db.path().to_path_buf();
     let key_file = global.key_file_for(&dir);
@@ -71,12 +75,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// `stats`: the store's vital statistics.
 pub(crate) fn stats(global: &Global) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let stats = db.stats()?;
     if global.json {
         output::print_json(&with_purge(&stats, &stats.overdue)?)?;
     } else {
-        print!("{}", stats_text(&db, &stats));
+        print!("{}", stats_text(&db.path(), &stats));
     }
     Ok(if stats.overdue.is_overdue() {
         Code::PurgeOverdue
@@ -102,10 +106,10 @@ fn with_purge(report: &impl Serialize, overdue: &OverduePurge) -> Result<Value> 
 }
 
 /// The statistics as text: the store's figures, then a table of classes.
-pub(crate) fn stats_text(db: &Db, stats: &Stats) -> String {
+pub(crate) fn stats_text(path: &std::path::Path, stats: &Stats) -> String {
     let epochs: Vec<String> = stats.live_epochs.iter().map(u32::to_string).collect();
     let mut out = output::fields_text(&[
-        ("store", db.path().display().to_string()),
+        ("store", path.display().to_string()),
         (
             "backend",
             format!(
@@ -180,9 +184,9 @@ fn kind_name(kind: ProblemKind) -> &'static str {
 /// `verify`: the full integrity scan, with progress; exit 5 on damage, 8
 /// when purge work is overdue (and nothing is damaged).
 pub(crate) fn verify(global: &Global) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let bar = output::progress(None, "records checked");
-    let report = db.verify_with(&mut |done| bar.set_position(done))?;
+    let report = db.verify(&mut |done| bar.set_position(done))?;
     bar.finish_and_clear();
     if global.json {
         output::print_json(&report_json(&report)?)?;

@@ -17,7 +17,7 @@ pub(crate) struct SubjectArg {
 
 /// `subjects`: every subject, by tag.
 pub(crate) fn list(global: &Global) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     let subjects = db.subjects()?;
     if global.json {
         output::print_json(&json!({ "subjects": serde_json::to_value(&subjects)? }))?;
@@ -44,8 +44,8 @@ pub(crate) fn list(global: &Global) -> Result<Code> {
 
 /// `show`: one subject, its end users and its holds.
 pub(crate) fn show(global: &Global, args: &SubjectArg) -> Result<Code> {
-    let db = global.open()?;
-    let tag = db.subject_tag(&args.subject);
+    let db = global.access()?;
+    let tag = db.subject_tag(&args.subject)?;
     let info = db
         .subject(&args.subject)?
         .ok_or(Error::UnknownSubject { subject: tag })?;
@@ -119,9 +119,9 @@ fn state_changed(
 
 /// `restrict`: export only, until `unrestrict`.
 pub(crate) fn restrict(global: &Global, args: &SubjectArg) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     db.restrict(&args.subject)?;
-    let tag = db.subject_tag(&args.subject).to_hex();
+    let tag = db.subject_tag(&args.subject)?.to_hex();
     state_changed(
         global,
         &args.subject,
@@ -133,17 +133,17 @@ pub(crate) fn restrict(global: &Global, args: &SubjectArg) -> Result<Code> {
 
 /// `unrestrict`: lifts a restriction.
 pub(crate) fn unrestrict(global: &Global, args: &SubjectArg) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     db.lift_restriction(&args.subject)?;
-    let tag = db.subject_tag(&args.subject).to_hex();
+    let tag = db.subject_tag(&args.subject)?.to_hex();
     state_changed(global, &args.subject, &tag, "active", "restriction lifted")
 }
 
 /// `re-register`: an erased subject may store new data again.
 pub(crate) fn re_register(global: &Global, args: &SubjectArg) -> Result<Code> {
-    let db = global.open()?;
+    let db = global.access()?;
     db.re_register(&args.subject)?;
-    let tag = db.subject_tag(&args.subject).to_hex();
+    let tag = db.subject_tag(&args.subject)?.to_hex();
     state_changed(
         global,
         &args.subject,

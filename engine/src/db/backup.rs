@@ -306,8 +306,9 @@ impl ErasureLog {
     }
 }
 
-/// Copies every tree of `from` into `to`. Returns the entries copied.
-fn copy_trees(from: &dyn Storage, to: &dyn Storage) -> Result<u64> {
+/// Copies every tree of `from` into `to`, telling `progress` the entries
+/// copied so far after each page. Returns the entries copied.
+fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
     let mut total = 0u64;
     for tree in Tree::ALL {
         let mut after: Option<Vec<u8>> = None;
@@ -337,6 +338,7 @@ fn copy_trees(from: &dyn Storage, to: &dyn Storage) -> Result<u64> {
             }
             to.apply(&batch, Durability::Buffered)?;
             total += u64::try_from(n).unwrap_or(u64::MAX);
+            progress(total);
             after = last;
             if n < COPY_PAGE {
                 break;
@@ -590,6 +592,19 @@ impl Db {
     /// # Errors
     /// `dest` not empty; storage failures.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        self.backup_with(dest, &mut |_| {})
+    }
+
+    /// [`Db::backup`], telling `progress` the entries copied so far as the
+    /// copy goes (every few thousand entries).
+    ///
+    /// # Errors
+    /// As [`Db::backup`].
+    pub fn backup_with(
+        &self,
+        dest: impl AsRef<Path>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<BackupReport> {
         let dest = dest.as_ref();
         ensure_empty_dir(dest, "backup directory")?;
         // Owner-only, like the store: a backup holds the same ciphertext.
@@ -625,7 +640,7 @@ impl Db {
         copy.apply(&mark, Durability::Durable)?;
         // The bytes as stored: control values keep their MACs (the backup
         // has the same store secret).
-        let entries = copy_trees(inner.sealed.raw().as_ref(), copy.as_ref())?;
+        let entries = copy_trees(inner.sealed.raw().as_ref(), copy.as_ref(), progress)?;
         Ok(BackupReport {
             path: dest.to_path_buf(),
             entries,
@@ -793,7 +808,7 @@ impl Db {
             let mut pending = WriteBatch::new();
             pending.put(Tree::Meta, meta::RESTORE_PENDING, vec![1]);
             to.apply(&pending, Durability::Durable)?;
-            let entries = copy_trees(from.as_ref(), to.as_ref())?;
+            let entries = copy_trees(from.as_ref(), to.as_ref(), &mut |_| {})?;
             drop(from);
             entries
         };

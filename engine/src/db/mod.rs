@@ -148,6 +148,9 @@ pub(crate) struct DbInner {
     flusher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// The background maintenance thread, if running.
     pub(crate) maintenance: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// The admin endpoint `Config::admin_socket` asked for, while open.
+    #[cfg(feature = "admin")]
+    pub(crate) admin: Mutex<Option<crate::admin::AdminServer>>,
 }
 
 /// Live scopes remembered at most; beyond it the set starts over.
@@ -478,6 +481,8 @@ impl Db {
             timeline,
             flusher: Mutex::new(None),
             maintenance: Mutex::new(None),
+            #[cfg(feature = "admin")]
+            admin: Mutex::new(None),
         });
         if let Some(every) = config.flush_every {
             let (stop, stopped) = mpsc::channel::<()>();
@@ -518,6 +523,16 @@ impl Db {
             && !restoring
         {
             crate::retention::start_maintenance(&inner, every)?;
+        }
+        #[cfg(feature = "admin")]
+        if let Some(socket) = &config.admin_socket
+            && !restoring
+        {
+            let options = crate::admin::AdminOptions {
+                allowed_uid: config.admin_allowed_uid,
+            };
+            let server = crate::admin::AdminServer::start(&inner, socket, options)?;
+            *inner.admin.lock().unwrap_or_else(PoisonError::into_inner) = Some(server);
         }
         Ok(Db { inner })
     }
