@@ -36,9 +36,12 @@ pub struct Config {
     pub(crate) retire_after_seals: u64,
     pub(crate) epoch_rotation: Option<jiff::SignedDuration>,
     pub(crate) maintenance_every: Option<Duration>,
-    /// Where `Db::open` serves the admin endpoint, if anywhere.
+    /// Where `Db::open` serves the admin endpoint, if anywhere (read only
+    /// with the `admin` feature).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) admin_socket: Option<PathBuf>,
     /// The uid the admin endpoint admits; the process's own when `None`.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) admin_allowed_uid: Option<u32>,
 }
 

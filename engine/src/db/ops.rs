@@ -29,6 +29,17 @@ pub const MAX_RECORD_KEY_LEN: usize = 4096;
 /// its length that blinded classes seal with it.
 pub const MAX_VALUE_LEN: usize = shredkv_crypto::MAX_PLAINTEXT_LEN - 4 - MAX_RECORD_KEY_LEN;
 
+/// Refuses a value longer than [`MAX_VALUE_LEN`].
+fn check_value_len(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::InvalidArgument {
+            what: "value",
+            detail: format!("{} bytes, at most {MAX_VALUE_LEN} allowed", value.len()),
+        });
+    }
+    Ok(())
+}
+
 /// Refuses a record key longer than [`MAX_RECORD_KEY_LEN`]: on every path,
 /// so a read of a key no write could store is an error, not a miss.
 fn check_record_key(key: &[u8]) -> Result<()> {
@@ -53,9 +64,11 @@ pub enum Outcome {
     /// A put that replaced a live record (its old ciphertext is purged by
     /// the re-key its key now owes).
     Replaced,
-    /// A delete that removed a live record.
+    /// A delete that removed a live record (or a put whose expiry had
+    /// already passed, which removes the live record it would replace).
     Deleted,
-    /// A delete of a key that held no live record.
+    /// A delete of a key that held no live record (or a put whose expiry
+    /// had already passed, over no live record).
     NotFound,
 }
 
@@ -523,6 +536,31 @@ impl DbInner {
         Ok((entry.generation == generation).then_some(entry.erased_at))
     }
 
+    /// Whether a write asks for an expiry that has already passed: then the
+    /// record is expired as asked — nothing is stored and a live record under
+    /// its key is removed, as a delete (a rewrite that keeps a past expiry).
+    /// A class that takes no customer expiry refuses it as any expiry.
+    fn expired_on_arrival(
+        &self,
+        class: &ClassEntry,
+        options: PutOptions,
+        now: i64,
+    ) -> Result<bool> {
+        let Some(at) = options.expires_at else {
+            return Ok(false);
+        };
+        if at.as_second() > now {
+            return Ok(false);
+        }
+        if !class.policy.accepts_customer_ttl() {
+            return Err(Error::PolicyViolation {
+                class: class.policy.name().to_string(),
+                detail: "its retention starts with an event, not at write, so records cannot carry a customer expiry".into(),
+            });
+        }
+        Ok(true)
+    }
+
     fn effective_expiry(
         &self,
         class: &ClassEntry,
@@ -688,12 +726,7 @@ impl DbInner {
         read_previous: bool,
     ) -> Result<(Vec<u8>, Option<Previous>)> {
         check_record_key(key)?;
-        if value.len() > MAX_VALUE_LEN {
-            return Err(Error::InvalidArgument {
-                what: "value",
-                detail: format!("{} bytes, at most {MAX_VALUE_LEN} allowed", value.len()),
-            });
-        }
+        check_value_len(value)?;
         self.check_access(tag, class, Access::Write)?;
         let now = Timestamp::from_second(staging.now).unwrap_or(Timestamp::MAX);
         let expiry = self.effective_expiry(class, options.expires_at, now)?;
@@ -1022,7 +1055,10 @@ impl Db {
         self.put_with(subject, class, key, value, PutOptions::default())
     }
 
-    /// Writes a record with options (an expiry).
+    /// Writes a record with options (an expiry). An expiry that has already
+    /// passed (a rewrite keeping a record's original expiry) expires the
+    /// record at once: nothing is stored, and a live record under the key is
+    /// removed as by [`Db::delete`].
     ///
     /// # Errors
     /// As [`Db::put`], and [`Error::PolicyViolation`] for an expiry beyond
@@ -1041,6 +1077,11 @@ impl Db {
         let _shared = inner.gate.read(&[tag]);
         let _writing = inner.record_locks.lock([(&tag, class.number, key)]);
         let mut staging = Staging::new(inner.now_secs());
+        if inner.expired_on_arrival(class, options, staging.now)? {
+            check_value_len(value)?;
+            inner.stage_delete(&mut staging, &tag, class, key)?;
+            return inner.apply_staged(staging);
+        }
         // Most writes create a key. Where the backend can insert a key only
         // if it is absent, try that first and read what is being replaced
         // only when something is: a new record then costs one tree
@@ -1104,11 +1145,27 @@ impl Db {
                     options,
                     ..
                 } => {
-                    let (_, previous) =
-                        inner.stage_put(&mut staging, tag, class, key, value, *options, true)?;
-                    match previous {
-                        Some(Previous::Live | Previous::Damaged) => Outcome::Replaced,
-                        _ => Outcome::Created,
+                    if inner.expired_on_arrival(class, *options, staging.now)? {
+                        check_value_len(value)?;
+                        if inner.stage_delete(&mut staging, tag, class, key)? {
+                            Outcome::Deleted
+                        } else {
+                            Outcome::NotFound
+                        }
+                    } else {
+                        let (_, previous) = inner.stage_put(
+                            &mut staging,
+                            tag,
+                            class,
+                            key,
+                            value,
+                            *options,
+                            true,
+                        )?;
+                        match previous {
+                            Some(Previous::Live | Previous::Damaged) => Outcome::Replaced,
+                            _ => Outcome::Created,
+                        }
                     }
                 }
                 BatchOp::Delete { key, .. } => {

@@ -1110,3 +1110,72 @@ fn stats_count_dead_records_apart() {
     let after = messages(&db);
     assert_eq!((after.records, after.dead), (7, 4), "2 expired, 2 erased");
 }
+
+/// A rewrite that keeps an expiry already past expires the record at once:
+/// nothing is stored, the live record under the key is removed (as a
+/// delete), and `apply` says so; a class without customer expiries refuses
+/// it as any expiry.
+#[test]
+fn a_write_whose_expiry_has_passed_expires_the_record() {
+    use crate::Outcome::{Created, Deleted, NotFound};
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    let now = crate::Clock::now(&clock);
+    let past = now - SignedDuration::from_hours(1);
+    db.put("a", "message_content", b"m", b"v1").expect("put");
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"v2",
+        PutOptions::expires_at(past),
+    )
+    .expect("a past expiry is accepted");
+    assert_eq!(db.get("a", "message_content", b"m").expect("get"), None);
+    db.put_with(
+        "a",
+        "message_content",
+        b"never",
+        b"v",
+        PutOptions::expires_at(past),
+    )
+    .expect("over nothing");
+    assert_eq!(db.get("a", "message_content", b"never").expect("get"), None);
+    let mut batch = Batch::new();
+    batch
+        .put("a", "message_content", b"b", b"v")
+        .put_with(
+            "a",
+            "message_content",
+            b"b",
+            b"v",
+            PutOptions::expires_at(past),
+        )
+        .put_with(
+            "a",
+            "message_content",
+            b"c",
+            b"v",
+            PutOptions::expires_at(past),
+        );
+    assert_eq!(
+        db.apply(batch).expect("apply").outcomes,
+        vec![Created, Deleted, NotFound]
+    );
+    assert!(matches!(
+        db.put_with("a", "invoices", b"i", b"v", PutOptions::expires_at(past)),
+        Err(Error::PolicyViolation { .. })
+    ));
+    // An expiry exactly now has passed too (reads hide a record from its expiry on).
+    db.put("a", "message_content", b"n", b"v").expect("put");
+    db.put_with(
+        "a",
+        "message_content",
+        b"n",
+        b"v",
+        PutOptions::expires_at(now),
+    )
+    .expect("now");
+    assert_eq!(db.get("a", "message_content", b"n").expect("get"), None);
+}
