@@ -14,8 +14,8 @@ use shredkv::admin::protocol::Request;
 use shredkv::admin::{AdminClient, ExportEvent, ExportSummary, ExportedRecord};
 use shredkv::{
     AuditEntry, Backend, BackupReport, Certificate, ChainReport, Classes, CompactionReport, Db,
-    EpochReport, ErasureReason, Hold, IntegrityReport, PutOptions, Receipt, Record, Scheduled,
-    Stats, SubjectInfo, SubjectTag,
+    EpochReport, ErasureReason, Hold, IntegrityReport, Policy, PutOptions, Receipt, Record,
+    Scheduled, Stats, SubjectInfo, SubjectTag,
 };
 
 /// An engine result (commands match some of its errors).
@@ -35,6 +35,8 @@ pub(crate) trait StoreAccess {
     fn subject_tag(&self, subject: &str) -> DbResult<SubjectTag>;
     /// `Db::stats`.
     fn stats(&self) -> DbResult<Stats>;
+    /// `Db::policy`: the policy in force.
+    fn policy(&self) -> DbResult<Policy>;
     /// `Db::subjects`.
     fn subjects(&self) -> DbResult<Vec<SubjectInfo>>;
     /// `Db::subject`.
@@ -122,6 +124,9 @@ impl StoreAccess for Db {
     }
     fn stats(&self) -> DbResult<Stats> {
         Db::stats(self)
+    }
+    fn policy(&self) -> DbResult<Policy> {
+        Ok(Db::policy(self).clone())
     }
     fn subjects(&self) -> DbResult<Vec<SubjectInfo>> {
         Db::subjects(self)
@@ -312,6 +317,10 @@ impl StoreAccess for LiveStore {
     }
     fn stats(&self) -> DbResult<Stats> {
         self.call(Request::Stats)
+    }
+    fn policy(&self) -> DbResult<Policy> {
+        let text: String = self.call(Request::Policy)?;
+        Ok(Policy::from_toml_str(&text, "the live store's policy")?)
     }
     fn subjects(&self) -> DbResult<Vec<SubjectInfo>> {
         self.call(Request::Subjects)

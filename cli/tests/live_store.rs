@@ -284,6 +284,19 @@ fn read_commands_through_the_socket_print_what_they_print_directly() {
             "stderr of {args:?}"
         );
     }
+    // The policy in force, as the application runs it (the text names the
+    // store's directory: each its own).
+    for args in [&["policy", "show"][..], &["policy", "show", "--json"]] {
+        let live = ok(&f.run(args));
+        let direct = ok(&run_on(&copy, args));
+        let named = |text: &str, dir: &Path| {
+            let dir = std::fs::canonicalize(dir).expect("canonical");
+            text.replace(dir.to_str().expect("UTF-8"), "STORE")
+                .replace(dir.to_str().expect("UTF-8").replace('/', "\\/").as_str(), "STORE")
+        };
+        assert_eq!(named(&live, &f.store), named(&direct, &copy), "{args:?}");
+        assert!(live.contains("message_content"), "{live}");
+    }
     // The failures above did fail, with their own codes.
     fails_with(&f.run(&["show", "nobody"]), 3);
     fails_with(&f.run(&["get", "user-7", "no_such_class", "k"]), 2);
@@ -428,7 +441,6 @@ fn commands_that_need_the_store_to_themselves_are_refused_live() {
     for args in [
         vec!["init"],
         vec!["policy", "apply", policy.to_str().expect("UTF-8")],
-        vec!["policy", "show"],
         vec![
             "restore",
             backup.to_str().expect("UTF-8"),

@@ -76,13 +76,10 @@ fn show(global: &Global) -> Result<Code> {
     // With a store, open it: that checks the policy is the one it records.
     let (policy, source) = match &global.store {
         Some(_) => {
-            global.refuse_live(
-                "policy show of a store",
-                "show the policy file the application was started with: `shredkv --policy FILE policy show` (without --store)",
-            )?;
-            let db = global.open()?;
-            let source = format!("in force in {}", db.path().display());
-            (db.policy().clone(), source)
+            // Live or opened here: the policy the store is run with.
+            let store = global.access()?;
+            let source = format!("in force in {}", store.path().display());
+            (store.policy()?, source)
         }
         None => (
             global.load_policy()?,

@@ -83,6 +83,8 @@ pub enum Request {
     },
     /// `Db::stats`: `Stats`.
     Stats,
+    /// The TOML text of the policy in force (`Db::policy`): `String`.
+    Policy,
     /// `Db::subjects`: `Vec<SubjectInfo>`.
     Subjects,
     /// `Db::subject`: `Option<SubjectInfo>`.

@@ -402,6 +402,7 @@ fn execute<W: std::io::Write>(
         Request::Now => json(db.now()),
         Request::SubjectTag { subject } => json(db.subject_tag(&subject)),
         Request::Stats => json(db.stats()?),
+        Request::Policy => json(db.policy().toml()),
         Request::Subjects => json(db.subjects()?),
         Request::Subject { subject } => json(db.subject(&subject)?),
         Request::EndUsersOf { account } => json(db.end_users_of(&account)?),

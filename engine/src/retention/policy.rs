@@ -100,9 +100,29 @@ const FORMAT_DOC: &str = "see docs/retention.md for the policy format";
 /// assert_eq!(deadline.to_string(), "2027-02-28T12:00:00Z");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Policy {
     classes: Vec<ClassPolicy>,
+    /// The TOML text it was parsed from (a live store's operator asks for it).
+    text: std::sync::Arc<str>,
+}
+
+// Two policies are the same when their classes are: the text's layout and
+// comments do not count (the digest does not either).
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.classes == other.classes
+    }
+}
+
+impl Eq for Policy {}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("classes", &self.classes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
@@ -117,7 +137,16 @@ impl Policy {
         let table = toml::de::DeTable::parse(text).map_err(|e| ctx.syntax(&e))?;
         let raw = RawPolicy::deserialize(toml::de::Deserializer::from(table))
             .map_err(|e| ctx.de_error(&e))?;
-        raw.validate(&ctx)
+        let classes = raw.validate(&ctx)?;
+        Ok(Policy {
+            classes,
+            text: text.into(),
+        })
+    }
+
+    /// The TOML text this policy was parsed from.
+    pub fn toml(&self) -> &str {
+        &self.text
     }
 
     /// Reads and parses the policy file at `path`.
@@ -848,7 +877,7 @@ trait Choice: Copy + 'static {
 }
 
 impl RawPolicy {
-    fn validate(self, ctx: &Ctx<'_>) -> Result<Policy, PolicyError> {
+    fn validate(self, ctx: &Ctx<'_>) -> Result<Vec<ClassPolicy>, PolicyError> {
         if *self.version.get_ref() != i64::from(POLICY_FORMAT_VERSION) {
             return Err(ctx.invalid(
                 self.version.span(),
@@ -928,7 +957,7 @@ impl RawPolicy {
                 ));
             }
         }
-        Ok(Policy { classes: out })
+        Ok(out)
     }
 }
 
