@@ -291,8 +291,10 @@ fn read_commands_through_the_socket_print_what_they_print_directly() {
         let direct = ok(&run_on(&copy, args));
         let named = |text: &str, dir: &Path| {
             let dir = std::fs::canonicalize(dir).expect("canonical");
-            text.replace(dir.to_str().expect("UTF-8"), "STORE")
-                .replace(dir.to_str().expect("UTF-8").replace('/', "\\/").as_str(), "STORE")
+            text.replace(dir.to_str().expect("UTF-8"), "STORE").replace(
+                dir.to_str().expect("UTF-8").replace('/', "\\/").as_str(),
+                "STORE",
+            )
         };
         assert_eq!(named(&live, &f.store), named(&direct, &copy), "{args:?}");
         assert!(live.contains("message_content"), "{live}");
