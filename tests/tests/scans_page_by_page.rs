@@ -7,6 +7,8 @@
 //! exactly once and refuses ranges; a cursor of another scope is refused;
 //! the iterator yields what `scan` returns.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use shredkv::jiff::SignedDuration;
@@ -313,5 +315,32 @@ fn the_streamed_export_matches_the_export() {
         })
         .expect("export");
         assert_eq!(taken, 5);
+    });
+}
+
+/// Skipping applies to subjects a read would refuse, never to damage: a
+/// class scan over a subject whose record is damaged fails, naming it.
+#[test]
+fn a_class_scan_reports_a_damaged_subject_instead_of_skipping_it() {
+    for_each_backend(|store| {
+        let db = store.open();
+        for s in ["s1", "s2"] {
+            db.register_account(s).expect("register");
+            db.put(s, MESSAGES, b"k", b"v").expect("put");
+        }
+        let tag = db.subject_tag("s2").0;
+        shredkv_tests::close(db);
+        let subjects = common::raw_read(store, "subjects");
+        let (k, mut v) = subjects
+            .into_iter()
+            .find(|(k, _)| k.len() == 17 && k[1..] == tag)
+            .expect("s2's record");
+        v[1] ^= 0x01;
+        common::raw_write(store, "subjects", &common::Raw::from([(k, v)]));
+        let db = store.open();
+        let err = db
+            .scan_class_page(MESSAGES, None, 100)
+            .expect_err("damage is reported");
+        assert!(err.is_integrity_failure(), "{err}");
     });
 }

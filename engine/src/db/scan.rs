@@ -472,15 +472,25 @@ impl Db {
                     .filter(|(resumed, _)| *resumed == tag)
                     .and_then(|(_, cursor)| cursor.clone());
                 loop {
-                    {
-                        let _shared = inner.gate.read(&[tag]);
-                        if inner.check_access(&tag, class_entry, Access::Read).is_err() {
-                            break;
-                        }
-                    }
                     let want = limit - out.len();
-                    let page =
-                        self.page_of(tag, class_entry, &ScanOptions::all(), after.as_ref(), want)?;
+                    // A subject a read would refuse is skipped; damage and
+                    // backend failures are not (they end the scan, reported).
+                    let page = match self.page_of(
+                        tag,
+                        class_entry,
+                        &ScanOptions::all(),
+                        after.as_ref(),
+                        want,
+                    ) {
+                        Ok(page) => page,
+                        Err(
+                            Error::Erased { .. }
+                            | Error::Restricted { .. }
+                            | Error::Closed { .. }
+                            | Error::UnknownSubject { .. },
+                        ) => break,
+                        Err(err) => return Err(err),
+                    };
                     out.extend(page.records.into_iter().map(|r| (tag, r)));
                     match page.next {
                         Some(next) if out.len() >= limit => {
