@@ -71,8 +71,8 @@ pub(crate) trait StoreAccess {
     fn restrict(&self, subject: &str) -> DbResult<()>;
     /// `Db::lift_restriction`.
     fn lift_restriction(&self, subject: &str) -> DbResult<()>;
-    /// `Db::re_register`.
-    fn re_register(&self, subject: &str) -> DbResult<()>;
+    /// `Db::re_register`, or `Db::re_register_class` for one class.
+    fn re_register(&self, subject: &str, class: Option<&str>) -> DbResult<()>;
     /// `Db::place_hold`.
     fn place_hold(&self, subject: &str, class: Option<&str>, reason: &str) -> DbResult<()>;
     /// `Db::release_hold`.
@@ -196,8 +196,11 @@ impl StoreAccess for Db {
     fn lift_restriction(&self, subject: &str) -> DbResult<()> {
         Db::lift_restriction(self, subject)
     }
-    fn re_register(&self, subject: &str) -> DbResult<()> {
-        Db::re_register(self, subject)
+    fn re_register(&self, subject: &str, class: Option<&str>) -> DbResult<()> {
+        match class {
+            Some(class) => Db::re_register_class(self, subject, class),
+            None => Db::re_register(self, subject),
+        }
     }
     fn place_hold(&self, subject: &str, class: Option<&str>, reason: &str) -> DbResult<()> {
         Db::place_hold(self, subject, class, reason)
@@ -401,9 +404,10 @@ impl StoreAccess for LiveStore {
             subject: subject.into(),
         })
     }
-    fn re_register(&self, subject: &str) -> DbResult<()> {
+    fn re_register(&self, subject: &str, class: Option<&str>) -> DbResult<()> {
         self.call(Request::ReRegister {
             subject: subject.into(),
+            class: class.map(str::to_string),
         })
     }
     fn place_hold(&self, subject: &str, class: Option<&str>, reason: &str) -> DbResult<()> {

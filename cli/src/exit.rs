@@ -184,7 +184,7 @@ fn kind_hint(kind: &str, category: ErrorCategory) -> Option<String> {
         ),
         "unknown_class" => hint("`shredkv policy show` lists the classes"),
         "erased" => hint(
-            "erasure is final; `shredkv re-register SUBJECT` lets the subject store new data (nothing erased comes back)",
+            "erasure is final; `shredkv re-register SUBJECT` (or `--class CLASS` for one erased class) lets the subject store new data (nothing erased comes back)",
         ),
         "restricted" => hint(
             "`shredkv export SUBJECT` works while restricted; `shredkv unrestrict SUBJECT` lifts the restriction",

@@ -203,6 +203,20 @@ mod tests {
                     reason: ErasureReason::RetentionExpired,
                     keys_destroyed: 3,
                     epoch: 4,
+                    reopened_at: None,
+                }
+                .encode(),
+            ),
+            (
+                "ledger-reopened",
+                RecordKind::LedgerEntry,
+                LedgerEntry {
+                    erased_at: 1_800_000_000,
+                    generation: 1,
+                    reason: ErasureReason::Operator,
+                    keys_destroyed: 3,
+                    epoch: 4,
+                    reopened_at: Some(1_800_000_500),
                 }
                 .encode(),
             ),
@@ -322,10 +336,19 @@ mod tests {
             reason: crate::ledger::ErasureReason::Operator,
             keys_destroyed: 2,
             epoch: 3,
+            reopened_at: None,
+        };
+        for entry in [
+            ledger,
+            LedgerEntry {
+                reopened_at: Some(9),
+                ..ledger
+            },
+        ] {
+            let decoded =
+                decode_any(RecordKind::LedgerEntry, &entry.encode()).expect("ledger decodes");
+            assert!(decoded.round_trips && decoded.canonical, "{decoded:?}");
         }
-        .encode();
-        let decoded = decode_any(RecordKind::LedgerEntry, &ledger).expect("ledger decodes");
-        assert!(decoded.round_trips && decoded.canonical, "{decoded:?}");
         let hold = holds::encode(9, &holds::StoredReason::Plain("case 1".into()));
         let decoded = decode_any(RecordKind::HoldRecord, &hold).expect("hold decodes");
         assert!(decoded.value.contains("case 1"), "{decoded:?}");

@@ -4,7 +4,13 @@
 //! key:   subject tag (16) ‖ class u16 (0xFFFF: the whole subject)
 //! value: v1 ‖ erased at i64 ‖ generation u32 ‖ reason u8 ‖ keys destroyed u32
 //!        ‖ epoch current at erasure u32 ‖ CRC32
+//!        v2 ‖ the v1 fields ‖ re-opened at i64 ‖ CRC32
 //! ```
+//!
+//! Version 2 is written only for a class scope registered again on its own
+//! ([`crate::Db::re_register_class`]): the erasure stands (its keys stay
+//! destroyed, certificates still show it), and new keys of the class are
+//! allowed from the re-opening on. Every other entry is written as v1.
 //!
 //! The ledger is consulted before a scope's first key is loaded, and it is
 //! replayed onto a restored backup before the restored store serves reads.
@@ -14,6 +20,8 @@ use shredkv_crypto::{FormatError, SubjectTag};
 use crate::codec::{Reader, Writer};
 
 const VERSION: u8 = 1;
+/// An entry whose class scope was registered again after the erasure.
+const VERSION_REOPENED: u8 = 2;
 const WHAT: &str = "erasure ledger entry";
 /// The class number standing for "every class of the subject".
 pub(crate) const ALL_CLASSES: u16 = u16::MAX;
@@ -105,6 +113,10 @@ pub(crate) struct LedgerEntry {
     /// The epoch new keys were wrapped under when the erasure was made: once
     /// it and every older epoch are destroyed, the purge is complete.
     pub(crate) epoch: u32,
+    /// When the class scope was registered again in the same generation
+    /// (`None`: the scope is still erased). Only class scopes are re-opened;
+    /// a whole subject comes back with a new generation instead.
+    pub(crate) reopened_at: Option<i64>,
 }
 
 pub(crate) fn key(tag: &SubjectTag, class: u16) -> [u8; 18] {
@@ -122,23 +134,41 @@ pub(crate) fn split_key(key: &[u8]) -> Option<(SubjectTag, u16)> {
 
 impl LedgerEntry {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(VERSION, 20);
+        let version = if self.reopened_at.is_some() {
+            VERSION_REOPENED
+        } else {
+            VERSION
+        };
+        let mut w = Writer::new(version, 28);
         w.i64(self.erased_at)
             .u32(self.generation)
             .u8(self.reason.code())
             .u32(self.keys_destroyed)
             .u32(self.epoch);
+        if let Some(at) = self.reopened_at {
+            w.i64(at);
+        }
         w.finish()
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = Reader::checked(WHAT, bytes, VERSION)?;
+        let version = if bytes.first() == Some(&VERSION_REOPENED) {
+            VERSION_REOPENED
+        } else {
+            VERSION
+        };
+        let mut r = Reader::checked(WHAT, bytes, version)?;
         let erased_at = r.i64()?;
         let generation = r.u32()?;
         let reason =
             ErasureReason::from_code(r.u8()?).ok_or_else(|| r.invalid("unknown erasure reason"))?;
         let keys_destroyed = r.u32()?;
         let epoch = r.u32()?;
+        let reopened_at = if version == VERSION_REOPENED {
+            Some(r.i64()?)
+        } else {
+            None
+        };
         r.end()?;
         Ok(Self {
             erased_at,
@@ -146,7 +176,14 @@ impl LedgerEntry {
             reason,
             keys_destroyed,
             epoch,
+            reopened_at,
         })
+    }
+
+    /// Whether the entry still erases its scope in `generation`: written in
+    /// that generation and not re-opened since.
+    pub(crate) fn erases(&self, generation: u32) -> bool {
+        self.generation == generation && self.reopened_at.is_none()
     }
 }
 
@@ -162,8 +199,28 @@ mod tests {
             reason: ErasureReason::Underage,
             keys_destroyed: 9,
             epoch: 4,
+            reopened_at: None,
         };
+        assert_eq!(entry.encode()[0], 1, "an entry never re-opened stays v1");
         assert_eq!(LedgerEntry::decode(&entry.encode()).expect("decode"), entry);
+        assert!(entry.erases(2) && !entry.erases(3));
+        let reopened = LedgerEntry {
+            reopened_at: Some(7),
+            ..entry
+        };
+        assert_eq!(reopened.encode()[0], 2);
+        assert_eq!(
+            LedgerEntry::decode(&reopened.encode()).expect("decode v2"),
+            reopened
+        );
+        assert!(!reopened.erases(2), "a re-opened scope is not erased");
+        // A v2 entry relabelled v1 (CRC recomputed) does not pass as v1.
+        let mut relabelled = reopened.encode();
+        relabelled[0] = 1;
+        let body = relabelled.len() - 4;
+        let crc = crc32fast::hash(&relabelled[..body]).to_be_bytes();
+        relabelled[body..].copy_from_slice(&crc);
+        assert!(LedgerEntry::decode(&relabelled).is_err());
         let k = key(&SubjectTag([4; 16]), 7);
         assert_eq!(split_key(&k), Some((SubjectTag([4; 16]), 7)));
     }

@@ -68,9 +68,12 @@ pub(crate) enum Command {
     /// Lift a subject's restriction.
     #[command(after_help = "Example:\n  shredkv --store /var/lib/shredkv unrestrict user-7")]
     Unrestrict(subjects::SubjectArg),
-    /// Register an erased subject again, with new keys (nothing erased comes back).
-    #[command(after_help = "Example:\n  shredkv --store /var/lib/shredkv re-register user-7")]
-    ReRegister(subjects::SubjectArg),
+    /// Register an erased subject (or one erased class of it) again, with
+    /// new keys (nothing erased comes back).
+    #[command(
+        after_help = "Examples:\n  shredkv --store /var/lib/shredkv re-register user-7\n  shredkv --store /var/lib/shredkv re-register user-7 --class message_content"
+    )]
+    ReRegister(subjects::ReRegisterArgs),
     /// Place a legal hold on a subject (every class, or one).
     #[command(
         after_help = "Example:\n  shredkv --store /var/lib/shredkv hold acct-42 --class invoices --reason 'case TAX-2025-117'"

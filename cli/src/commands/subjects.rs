@@ -139,16 +139,40 @@ pub(crate) fn unrestrict(global: &Global, args: &SubjectArg) -> Result<Code> {
     state_changed(global, &args.subject, &tag, "active", "restriction lifted")
 }
 
-/// `re-register`: an erased subject may store new data again.
-pub(crate) fn re_register(global: &Global, args: &SubjectArg) -> Result<Code> {
+/// A subject to register again, whole or one class.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReRegisterArgs {
+    /// The subject's id (an account or end-user id).
+    pub(crate) subject: String,
+    /// Register only this erased class again; the rest of the subject is
+    /// untouched (default: the whole subject, every erased class).
+    #[arg(long)]
+    pub(crate) class: Option<String>,
+}
+
+/// `re-register`: an erased subject (or class) may store new data again.
+pub(crate) fn re_register(global: &Global, args: &ReRegisterArgs) -> Result<Code> {
     let db = global.access()?;
-    db.re_register(&args.subject)?;
+    db.re_register(&args.subject, args.class.as_deref())?;
     let tag = db.subject_tag(&args.subject)?.to_hex();
-    state_changed(
-        global,
-        &args.subject,
-        &tag,
-        "active",
-        "registered again with new keys; nothing erased comes back",
-    )
+    match &args.class {
+        None => state_changed(
+            global,
+            &args.subject,
+            &tag,
+            "active",
+            "registered again with new keys; nothing erased comes back",
+        ),
+        Some(class) => {
+            if global.json {
+                output::print_json(&json!({ "subject": tag, "class": class, "state": "active" }))?;
+            } else {
+                println!(
+                    "{} ({tag}): class {class} registered again with new keys; nothing erased comes back",
+                    args.subject
+                );
+            }
+            Ok(Code::Ok)
+        }
+    }
 }

@@ -167,10 +167,15 @@ pub enum Request {
         /// The subject's id.
         subject: String,
     },
-    /// `Db::re_register`: `()`.
+    /// `Db::re_register`, or `Db::re_register_class` when `class` is
+    /// given: `()`.
     ReRegister {
         /// The subject's id.
         subject: String,
+        /// One class to register again; absent (as from a client before
+        /// it existed): the whole subject.
+        #[serde(default)]
+        class: Option<String>,
     },
     /// `Db::place_hold`: `()`.
     PlaceHold {

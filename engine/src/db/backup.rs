@@ -1067,6 +1067,7 @@ mod tests {
                     reason: crate::ErasureReason::Operator,
                     keys_destroyed: 2,
                     epoch: 1,
+                    reopened_at: Some(9),
                 },
             )],
             destroyed: vec![KeyId {

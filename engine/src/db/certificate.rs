@@ -31,6 +31,14 @@ pub struct CertifiedErasure {
     pub keys_destroyed: u32,
     /// The epoch current at the erasure: purged once it is destroyed.
     pub epoch: u32,
+    /// When the class was registered again on its own
+    /// ([`Db::re_register_class`]): data written since is new, under new
+    /// keys, and not covered by this erasure.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub reopened_at: Option<Timestamp>,
 }
 
 /// Whether the purge of a subject's erased data has completed.
@@ -139,11 +147,16 @@ impl Db {
         let storage = inner.storage.as_ref();
         let mut erasures = Vec::new();
         let mut erased_classes: Vec<u16> = Vec::new();
+        // Class scopes registered again: their live keys and records are new.
+        let mut reopened: Vec<u16> = Vec::new();
         let mut max_epoch = 0u32;
         let mut latest = None::<i64>;
         scan_prefix(storage, Tree::Ledger, &tag.0, &mut |k, v| {
             if let (Some((_, class)), Ok(entry)) = (ledger::split_key(k), LedgerEntry::decode(v)) {
                 erased_classes.push(class);
+                if entry.reopened_at.is_some() {
+                    reopened.push(class);
+                }
                 max_epoch = max_epoch.max(entry.epoch);
                 latest = Some(latest.map_or(entry.erased_at, |l: i64| l.max(entry.erased_at)));
                 erasures.push(CertifiedErasure {
@@ -152,6 +165,9 @@ impl Db {
                     reason: entry.reason.name().to_string(),
                     keys_destroyed: entry.keys_destroyed,
                     epoch: entry.epoch,
+                    reopened_at: entry
+                        .reopened_at
+                        .map(|at| Timestamp::from_second(at).unwrap_or(Timestamp::MAX)),
                 });
             }
             ControlFlow::Continue(())
@@ -170,12 +186,16 @@ impl Db {
         erasures.sort_by_key(|e| e.erased_at);
         let whole = erased_classes.contains(&ALL_CLASSES);
         let in_erased_scope = |class: u16| whole || erased_classes.contains(&class);
+        // Every key of a scope was destroyed by its erasure, so a live key
+        // of a re-opened scope was made after it: new data, not residue.
+        let in_reopened_scope = |class: u16| !whole && reopened.contains(&class);
 
         let (mut destroyed, mut live) = (0u64, 0u64);
         scan_prefix(storage, Tree::Vault, &tag.0, &mut |k, v| {
             if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
                 match entry.state {
                     KeyState::Destroyed => destroyed += 1,
+                    KeyState::Active if in_reopened_scope(id.class) => {}
                     KeyState::Active if in_erased_scope(id.class) => live += 1,
                     KeyState::Active => {}
                 }
@@ -188,7 +208,7 @@ impl Db {
                 .get(16..18)
                 .and_then(|c| c.try_into().ok())
                 .map(u16::from_be_bytes);
-            if class.is_some_and(in_erased_scope) {
+            if class.is_some_and(|c| in_erased_scope(c) && !in_reopened_scope(c)) {
                 dead += 1;
             } else if let (Some(class), Ok(envelope)) = (class, Envelope::parse(v)) {
                 let r = envelope.key_ref();

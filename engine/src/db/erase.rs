@@ -6,12 +6,14 @@ use std::ops::ControlFlow;
 use jiff::Timestamp;
 use shredkv_crypto::SubjectTag;
 
+use super::class::AsClass;
 use super::{ClassEntry, Db, DbInner, subject_location};
 use crate::audit::{AuditEvent, AuditHead, PendingEntry};
 use crate::error::{Error, Location, Result};
 use crate::holds::{self, Hold};
 use crate::ledger::{self, ALL_CLASSES, ErasureReason, LedgerEntry};
 use crate::records;
+use crate::retention::ClockStart;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Durability, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
@@ -220,6 +222,7 @@ impl DbInner {
                     reason,
                     keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
                     epoch: self.vault.current_epoch().0,
+                    reopened_at: None,
                 };
                 batch.put(
                     Tree::Ledger,
@@ -318,6 +321,7 @@ impl DbInner {
                     reason,
                     keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
                     epoch: self.vault.current_epoch().0,
+                    reopened_at: None,
                 };
                 batch.put(
                     Tree::Ledger,
@@ -429,6 +433,7 @@ impl DbInner {
                         reason: ErasureReason::ClassRemoved,
                         keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
                         epoch: self.vault.current_epoch().0,
+                        reopened_at: None,
                     };
                     batch.put(
                         Tree::Ledger,
@@ -733,7 +738,7 @@ impl Db {
             .ok_or(Error::UnknownSubject { subject: tag })?;
         let mut erased_scopes = 0usize;
         scan_prefix(inner.storage.as_ref(), Tree::Ledger, &tag.0, &mut |_, v| {
-            if LedgerEntry::decode(v).is_ok_and(|e| e.generation == info.generation) {
+            if LedgerEntry::decode(v).is_ok_and(|e| e.erases(info.generation)) {
                 erased_scopes += 1;
             }
             ControlFlow::Continue(())
@@ -797,6 +802,161 @@ impl Db {
             AuditEvent::ReRegistered,
             "re-registered with new keys",
         )
+    }
+
+    /// Registers one erased class of a subject again, with new keys: writes
+    /// to that class succeed again, the rest of the subject is untouched,
+    /// and nothing erased comes back (the erased keys stay destroyed, the
+    /// erasure stays in the ledger and on certificates, marked re-opened).
+    /// For an account, only the account's own scope comes back, as with
+    /// [`Db::re_register`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use shredkv::Classes;
+    /// db.register_account("acct-42")?;
+    /// db.put("acct-42", "usage_records", b"u1", b"3 calls")?;
+    /// db.put("acct-42", "account_profile", b"email", b"a@example.com")?;
+    /// db.shred("acct-42", Classes::Only(&["usage_records"]))?;
+    /// assert!(db.put("acct-42", "usage_records", b"u2", b"1 call").unwrap_err().is_erased());
+    /// db.re_register_class("acct-42", "usage_records")?;
+    /// db.put("acct-42", "usage_records", b"u2", b"1 call")?;
+    /// assert!(db.get("acct-42", "usage_records", b"u1")?.is_none()); // erased stays erased
+    /// assert!(db.get("acct-42", "account_profile", b"email")?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownSubject`], [`Error::UnknownClass`];
+    /// [`Error::SubjectConflict`] if the class is not erased, the whole
+    /// subject is (use [`Db::re_register`]), its account is erased, the
+    /// class's retention clock has started (an opt-out, a release), or an
+    /// erasure of the subject waits on a legal hold; [`Error::Closed`] if
+    /// the subject or its account is closed.
+    pub fn re_register_class(&self, subject: &str, class: impl AsClass) -> Result<()> {
+        let inner = &self.inner;
+        let tag = self.tag_of(subject)?;
+        let class = inner.resolve(&class)?;
+        let first = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        let mut locked = vec![tag];
+        locked.extend(first.parent);
+        // Under the subject's write lock: no erasure of the class runs
+        // meanwhile, and no write sees the scope half re-opened.
+        let _exclusive = inner.gate.write(&locked);
+        let info = inner
+            .subject_info(&tag)?
+            .ok_or(Error::UnknownSubject { subject: tag })?;
+        let name = class.policy.name();
+        let conflict = |detail: String| Error::SubjectConflict {
+            subject: tag,
+            detail,
+        };
+        if info.state == SubjectState::Erased {
+            return Err(conflict(format!(
+                "is erased as a whole; re-register the subject (`Db::re_register`), not class {name}"
+            )));
+        }
+        if let Some(closed_at) = inner.closure_of(&info)? {
+            return Err(Error::Closed {
+                subject: info
+                    .parent
+                    .filter(|_| info.closed_at.is_none())
+                    .unwrap_or(tag),
+                closed_at,
+            });
+        }
+        if let Some(parent) = &info.parent
+            && inner
+                .subject_info(parent)?
+                .is_some_and(|p| p.state == SubjectState::Erased)
+        {
+            return Err(conflict(format!(
+                "its account {parent} is erased; re-register the account first"
+            )));
+        }
+        // A class whose retention clock runs (an opt-out, a release; a
+        // closure was refused above) is being erased on schedule: new data
+        // in it would only wait for the same deadline.
+        let clock_started = match class.policy.clock() {
+            ClockStart::MarketingOptOut => info.opted_out_at,
+            ClockStart::ManualRelease if info.released_at.is_some() => {
+                inner.released_at(&tag, class.number)?
+            }
+            _ => None,
+        };
+        if let Some(at) = clock_started {
+            return Err(conflict(format!(
+                "the retention clock of class {name} started at {at} (an opt-out or a release); it cannot hold data again"
+            )));
+        }
+        // An erasure parked behind a legal hold ends, for a whole subject,
+        // with every class erased: it would take the new data with it.
+        let mut parked = false;
+        scan_prefix(
+            inner.storage.as_ref(),
+            Tree::Blocked,
+            &tag.0,
+            &mut |_, _| {
+                parked = true;
+                ControlFlow::Break(())
+            },
+        )?;
+        if parked {
+            return Err(conflict(
+                "an erasure of the subject waits on a legal hold; re-register the class after the hold's release has carried it out".into(),
+            ));
+        }
+        let key = ledger::key(&tag, class.number);
+        let entry = match inner.storage.get(Tree::Ledger, &key)? {
+            Some(bytes) => LedgerEntry::decode(&bytes).map_err(|source| Error::Corrupt {
+                location: Box::new(Location {
+                    tree: "ledger",
+                    subject: Some(tag),
+                    class: Some(name.to_string()),
+                    key_hex: tag.to_hex(),
+                }),
+                source,
+            })?,
+            None => {
+                return Err(conflict(format!(
+                    "class {name} is not erased; there is nothing to re-register"
+                )));
+            }
+        };
+        if !entry.erases(info.generation) {
+            return Err(conflict(format!(
+                "class {name} is not erased; there is nothing to re-register"
+            )));
+        }
+        let now = inner.clock.now();
+        let reopened = LedgerEntry {
+            reopened_at: Some(now.as_second()),
+            ..entry
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Ledger, key.to_vec(), reopened.encode());
+        let audit = PendingEntry::new(
+            AuditEvent::ReRegistered,
+            Some(tag),
+            Some(class.number),
+            format!("class {name} re-registered with new keys"),
+        );
+        inner
+            .audit
+            .commit(
+                inner.storage.as_ref(),
+                batch,
+                &[audit],
+                now,
+                Durability::Durable,
+            )
+            .inspect_err(|_| inner.forget_after_failure(&[tag]))?;
+        Ok(())
     }
 
     /// Restricts a subject's processing: its data can be exported, not read

@@ -514,7 +514,8 @@ impl DbInner {
         Ok(Some(deadline))
     }
 
-    /// When the scope was erased in the subject's current generation, if it was.
+    /// When the scope was erased in the subject's current generation, if it
+    /// was and has not been re-opened since ([`Db::re_register_class`]).
     pub(crate) fn scope_erased_at(
         &self,
         tag: &SubjectTag,
@@ -533,7 +534,7 @@ impl DbInner {
             }),
             source,
         })?;
-        Ok((entry.generation == generation).then_some(entry.erased_at))
+        Ok(entry.erases(generation).then_some(entry.erased_at))
     }
 
     /// Whether a write asks for an expiry that has already passed: then the
