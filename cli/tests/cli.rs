@@ -595,6 +595,35 @@ fn shred_of_some_classes() {
 }
 
 #[test]
+fn one_erased_class_is_registered_again() {
+    let f = Fixture::init();
+    f.put_account("a", "usage_records", "k", "old");
+    f.put_account("a", "invoices", "k", "v");
+    ok(&f.run(&["shred", "a", "--class", "usage_records"]));
+    let err = fails_with(&f.run(&["put", "a", "usage_records", "k2", "x"]), 4);
+    assert!(
+        err.contains("--class CLASS"),
+        "the hint names the way back: {err}"
+    );
+    // Not erased: a conflict, and nothing changes.
+    fails_with(&f.run(&["re-register", "a", "--class", "invoices"]), 1);
+    let done = json(&f.run(&["--json", "re-register", "a", "--class", "usage_records"]));
+    assert_eq!(done["class"], "usage_records", "{done}");
+    assert_eq!(done["state"], "active", "{done}");
+    ok(&f.run(&["put", "a", "usage_records", "k2", "new"]));
+    assert_eq!(ok(&f.run(&["get", "a", "usage_records", "k2"])), "new\n");
+    fails_with(&f.run(&["get", "a", "usage_records", "k"]), 3);
+    assert_eq!(ok(&f.run(&["get", "a", "invoices", "k"])), "v\n");
+    let cert = json(&f.run(&["--json", "certificate", "a"]));
+    assert!(
+        cert["erasures"][0]["reopened_at"].is_string(),
+        "the certificate marks the class re-opened: {cert}"
+    );
+    let show = json(&f.run(&["--json", "show", "a"]));
+    assert_eq!(show["generation"], 1, "the subject kept its generation");
+}
+
+#[test]
 fn legal_hold_retains_a_class_until_released() {
     let f = Fixture::init();
     f.put_account("acct-1", "invoices", "inv-1", "1200 EUR");

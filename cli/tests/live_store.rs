@@ -374,6 +374,18 @@ fn write_commands_through_the_socket_change_the_live_store() {
         "{certificate}"
     );
     ok(&f.run(&["re-register", "user-7"]));
+    // One class alone, through the socket too.
+    ok(&f.run(&["shred", "user-7", "--class", "message_content"]));
+    fails_with(&f.run(&["put", "user-7", "message_content", "m9", "x"]), 4);
+    let reopened = json(&f.run(&[
+        "re-register",
+        "user-7",
+        "--class",
+        "message_content",
+        "--json",
+    ]));
+    assert_eq!(reopened["class"], "message_content", "{reopened}");
+    ok(&f.run(&["put", "user-7", "message_content", "m9", "x"]));
 
     // Retention events.
     let opt_out = json(&f.run(&["opt-out", "acct-1", "--json"]));

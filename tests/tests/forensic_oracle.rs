@@ -84,7 +84,7 @@ fn run(backing: Backing) {
             });
         eprintln!(
             "forensic oracle: seed {seed}, backend {backing}: {} simulated days, {} operations, \
-             {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores; tape: {} \
+             {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores, {} classes re-opened; tape: {} \
              writes, {} bytes, {} wrapped keys and {} envelopes checked ({} unwrap/open attempts); \
              {} violations; {:.1} s",
             report.days,
@@ -95,6 +95,7 @@ fn run(backing: Backing) {
             report.restarts,
             report.backups,
             report.restores,
+            report.reopenings,
             report.tape_writes,
             report.tape_bytes,
             report.wrapped_checked,

@@ -64,6 +64,9 @@ pub(crate) struct Subject {
     pub(crate) holds: Vec<HoldSpan>,
     /// Classes it ever wrote a record in.
     pub(crate) wrote: BTreeSet<usize>,
+    /// Classes registered again on their own after an erasure, and when:
+    /// an erasure before a re-opening does not end what is written after it.
+    pub(crate) reopened: Vec<(usize, Timestamp)>,
 }
 
 /// What set a scope's clock running out.
@@ -201,22 +204,34 @@ impl Model {
         self.closed_at(s).is_some_and(|c| c <= now)
     }
 
+    /// Whether class `c` of `s` was registered again in `(after, upto]`.
+    fn reopened_between(&self, s: usize, c: usize, after: Timestamp, upto: Timestamp) -> bool {
+        self.subjects[s]
+            .reopened
+            .iter()
+            .any(|&(rc, r)| rc == c && r > after && r <= upto)
+    }
+
     /// The reasons of everything that ended the scope by `at`.
     pub(crate) fn reasons_by(&self, s: usize, c: usize, at: Timestamp) -> BTreeSet<Reason> {
-        self.candidates(s, c)
+        self.candidates(s, c, at)
             .into_iter()
             .filter(|(t, _, _)| *t <= at)
             .map(|(_, r, _)| r)
             .collect()
     }
 
-    /// The times that end a scope, earliest first, with why.
-    fn candidates(&self, s: usize, c: usize) -> Vec<(Timestamp, Reason, Cause)> {
+    /// The times that end a scope, earliest first, with why, for what is
+    /// written in it at `since`: an erasure followed by a re-opening of the
+    /// class by then ended an earlier life of the scope, not this one.
+    fn candidates(&self, s: usize, c: usize, since: Timestamp) -> Vec<(Timestamp, Reason, Cause)> {
         let subject = &self.subjects[s];
         let class = &self.classes[c];
         let mut out = Vec::new();
         for e in &subject.erasures {
-            if e.classes.as_ref().is_none_or(|set| set.contains(&c)) {
+            if e.classes.as_ref().is_none_or(|set| set.contains(&c))
+                && !self.reopened_between(s, c, e.at, since)
+            {
                 out.push((e.at, e.reason, Cause::Erasure(e.reason, e.at)));
             }
         }
@@ -277,9 +292,10 @@ impl Model {
         }
     }
 
-    /// When the scope (subject, class) dies, if it does as things stand.
-    pub(crate) fn scope_death(&self, s: usize, c: usize) -> Option<Death> {
-        let candidates = self.candidates(s, c);
+    /// When the scope (subject, class) dies, as things stand, for what is
+    /// written in it at `since` (`now` for the scope as it is now).
+    pub(crate) fn scope_death(&self, s: usize, c: usize, since: Timestamp) -> Option<Death> {
+        let candidates = self.candidates(s, c, since);
         let (first, _, _) = candidates.first()?;
         let at = self.after_holds(s, c, *first)?;
         let due: Vec<_> = candidates.iter().filter(|(t, _, _)| *t <= at).collect();
@@ -292,14 +308,28 @@ impl Model {
     }
 
     /// When the scope dies, without the why (the hot path).
-    pub(crate) fn scope_death_at(&self, s: usize, c: usize) -> Option<Timestamp> {
-        let first = self.candidates(s, c).first()?.0;
+    pub(crate) fn scope_death_at(&self, s: usize, c: usize, since: Timestamp) -> Option<Timestamp> {
+        let first = self.candidates(s, c, since).first()?.0;
         self.after_holds(s, c, first)
     }
 
-    /// Whether the scope is dead at `now`.
+    /// Whether the scope as it is at `now` is dead.
     pub(crate) fn scope_dead(&self, s: usize, c: usize, now: Timestamp) -> bool {
-        self.scope_death_at(s, c).is_some_and(|at| at <= now)
+        self.scope_death_at(s, c, now).is_some_and(|at| at <= now)
+    }
+
+    /// Whether the scope a write went into is dead at `now`.
+    pub(crate) fn write_scope_dead(&self, w: &Write, now: Timestamp) -> bool {
+        self.scope_death_at(w.subject, w.class, w.at)
+            .is_some_and(|at| at <= now)
+    }
+
+    /// Whether the scope's clock has been started by an event other than
+    /// an erasure (a closure, an opt-out, a release), as things stand now.
+    pub(crate) fn clock_started(&self, s: usize, c: usize, now: Timestamp) -> bool {
+        self.candidates(s, c, now)
+            .iter()
+            .any(|(_, _, cause)| !matches!(cause, Cause::Erasure(..)))
     }
 
     /// Whether a hold covers the scope at `now`.
@@ -319,7 +349,7 @@ impl Model {
             .find(|e| e.classes.is_none() && e.reason != Reason::RetentionExpired)?;
         let mut latest = asked.at;
         for c in 0..self.classes.len() {
-            let at = self.scope_death_at(s, c)?;
+            let at = self.scope_death_at(s, c, now)?;
             if at > now {
                 return None;
             }
@@ -331,7 +361,7 @@ impl Model {
     /// What a read of the record version `w` at `now` may return, if `w`
     /// is the current version of its key.
     pub(crate) fn expect(&self, w: &Write, now: Timestamp) -> Expect {
-        if w.ended.is_some_and(|(t, _)| t <= now) || self.scope_dead(w.subject, w.class, now) {
+        if w.ended.is_some_and(|(t, _)| t <= now) || self.write_scope_dead(w, now) {
             return Expect::Dead;
         }
         match w.expires {
@@ -356,7 +386,7 @@ impl Model {
         if let Some(e) = w.expires {
             ends.push((e, "expired".into()));
         }
-        if let Some(d) = self.scope_death(w.subject, w.class) {
+        if let Some(d) = self.scope_death(w.subject, w.class, w.at) {
             ends.push((d.at.max(w.at), format!("scope died: {}", d.why())));
         }
         ends.into_iter().min_by_key(|(t, _)| *t)
@@ -409,7 +439,7 @@ impl Model {
         if let Some((t, how)) = w.ended {
             text += &format!(", {} at {t}", format!("{how:?}").to_lowercase());
         }
-        if let Some(d) = self.scope_death(w.subject, w.class) {
+        if let Some(d) = self.scope_death(w.subject, w.class, w.at) {
             text += &format!(", scope dies {} ({})", d.at, d.why());
         }
         text
@@ -441,6 +471,7 @@ mod tests {
                 erasures: Vec::new(),
                 holds: Vec::new(),
                 wrote: BTreeSet::new(),
+                reopened: Vec::new(),
             });
         }
         m
@@ -452,7 +483,8 @@ mod tests {
         let closed = t("2027-01-31T10:00:00Z");
         m.subjects[0].closed_at = Some(closed);
         let class = |name: &str| m.class_index(name).expect("a class");
-        let at = |s, name: &str| m.scope_death(s, class(name)).map(|d| d.at);
+        let later = t("2040-01-01T00:00:00Z");
+        let at = |s, name: &str| m.scope_death(s, class(name), later).map(|d| d.at);
         assert_eq!(at(1, "account_profile"), Some(t("2027-04-01T10:00:00Z")));
         assert_eq!(at(1, "message_content"), Some(closed));
         assert_eq!(at(0, "marketing_contacts"), Some(t("2027-02-03T10:00:00Z")));
@@ -474,9 +506,10 @@ mod tests {
             classes: None,
             reason: Reason::Operator,
         });
-        assert!(m.scope_death(0, c).is_none(), "held");
+        let now = t("2027-01-03T00:00:00Z");
+        assert!(m.scope_death(0, c, now).is_none(), "held");
         m.subjects[0].holds[0].released = Some(t("2027-03-01T00:00:00Z"));
-        let death = m.scope_death(0, c).expect("dies at the release");
+        let death = m.scope_death(0, c, now).expect("dies at the release");
         assert_eq!(death.at, t("2027-03-01T00:00:00Z"));
         assert!(death.held);
         assert_eq!(death.reasons, BTreeSet::from([Reason::Operator]));
@@ -484,6 +517,55 @@ mod tests {
             m.wholly_erased(0, t("2027-03-02T00:00:00Z")),
             Some(death.at)
         );
+    }
+
+    #[test]
+    fn a_reopened_class_ends_only_what_was_written_before_its_erasure() {
+        let mut m = model();
+        let c = m.class_index("message_content").expect("a class");
+        let (e1, r, e2) = (
+            t("2027-01-02T00:00:00Z"),
+            t("2027-01-05T00:00:00Z"),
+            t("2027-02-01T00:00:00Z"),
+        );
+        let write = |at: &str| Write {
+            id: 0,
+            subject: 1,
+            class: c,
+            key: b"k".to_vec(),
+            value: Vec::new(),
+            at: t(at),
+            expires: None,
+            ended: None,
+            revived: false,
+        };
+        let (old, new) = (write("2027-01-01T00:00:00Z"), write("2027-01-06T00:00:00Z"));
+        m.subjects[1].erasures.push(Erasure {
+            at: e1,
+            classes: Some(BTreeSet::from([c])),
+            reason: Reason::Operator,
+        });
+        m.subjects[1].reopened.push((c, r));
+        assert!(
+            m.scope_dead(1, c, t("2027-01-03T00:00:00Z")),
+            "erased until re-opened"
+        );
+        assert!(
+            !m.scope_dead(1, c, t("2027-01-06T00:00:00Z")),
+            "alive again"
+        );
+        assert_eq!(m.expect(&old, t("2027-01-06T00:00:00Z")), Expect::Dead);
+        assert_eq!(m.expect(&new, t("2027-01-06T00:00:00Z")), Expect::Live);
+        assert_eq!(m.death_of(&old).map(|(at, _)| at), Some(e1));
+        assert!(m.death_of(&new).is_none());
+        m.subjects[1].erasures.push(Erasure {
+            at: e2,
+            classes: Some(BTreeSet::from([c])),
+            reason: Reason::Operator,
+        });
+        assert_eq!(m.death_of(&new).map(|(at, _)| at), Some(e2));
+        assert_eq!(m.death_of(&old).map(|(at, _)| at), Some(e1));
+        assert!(m.scope_dead(1, c, t("2027-02-02T00:00:00Z")));
     }
 
     #[test]

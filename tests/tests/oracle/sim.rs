@@ -85,6 +85,8 @@ pub(crate) struct Report {
     pub(crate) restarts: u32,
     pub(crate) restores: u32,
     pub(crate) compactions: u32,
+    /// Classes registered again after an erasure (re_register_class).
+    pub(crate) reopenings: u32,
     pub(crate) elapsed: Duration,
 }
 
@@ -639,6 +641,7 @@ impl Sim {
                 self.report.restarts += 1;
                 self.open()?;
             }
+            850..862 => self.re_register_class(),
             770..772 | 784..850 => self.delete(),
             _ => self.put(),
         }
@@ -679,7 +682,11 @@ impl Sim {
     /// compaction, at most 12 hours later; until then the store may still
     /// take writes, which the model then counts dead from the start.
     fn write_rule(&self, s: usize, c: usize) -> WriteRule {
-        if let Some(d) = self.model.scope_death(s, c).filter(|d| d.at <= self.now) {
+        if let Some(d) = self
+            .model
+            .scope_death(s, c, self.now)
+            .filter(|d| d.at <= self.now)
+        {
             let direct = !d.held && d.causes.iter().any(|c| matches!(c, Cause::Erasure(..)));
             let fresh = self.now - d.at < SignedDuration::from_hours(13);
             let why = "the scope is erased or past its deadline (G6, D1)";
@@ -918,7 +925,12 @@ impl Sim {
                         .get(&(s, c, key.clone()))
                         .map(|&w| &self.model.writes[w])
                         .filter(|w| w.ended.is_none());
-                    let live = before.is_some_and(|w| w.expires.is_none_or(|e| e > self.now));
+                    // A version from before its scope was erased and the
+                    // class re-opened is gone, whatever its expiry.
+                    let live = before.is_some_and(|w| {
+                        w.expires.is_none_or(|e| e > self.now)
+                            && !self.model.write_scope_dead(w, self.now)
+                    });
                     let unsure = before.is_some_and(|w| w.revived);
                     let expected = match (&op, live) {
                         (Some(_), true) => Outcome::Replaced,
@@ -1265,6 +1277,7 @@ impl Sim {
             erasures: Vec::new(),
             holds: Vec::new(),
             wrote: BTreeSet::new(),
+            reopened: Vec::new(),
         });
         s
     }
@@ -1556,13 +1569,6 @@ impl Sim {
         if self.model.wholly_erased(s, self.now).is_some() {
             return;
         }
-        let id = self.model.subjects[s].id.clone();
-        let targets = self.reach(s);
-        let pre_dead: BTreeSet<(usize, usize)> = targets
-            .iter()
-            .flat_map(|&t| (0..self.model.classes.len()).map(move |c| (t, c)))
-            .filter(|&(t, c)| self.model.scope_dead(t, c, self.now))
-            .collect();
         let all = self.rng.chance(60);
         let picked: Vec<usize> = if all {
             Vec::new()
@@ -1574,6 +1580,18 @@ impl Sim {
             v.dedup();
             v
         };
+        self.shred_scopes(s, all, &picked);
+    }
+
+    /// Shreds subject `s`: every class (`all`), or the classes `picked`.
+    fn shred_scopes(&mut self, s: usize, all: bool, picked: &[usize]) {
+        let id = self.model.subjects[s].id.clone();
+        let targets = self.reach(s);
+        let pre_dead: BTreeSet<(usize, usize)> = targets
+            .iter()
+            .flat_map(|&t| (0..self.model.classes.len()).map(move |c| (t, c)))
+            .filter(|&(t, c)| self.model.scope_dead(t, c, self.now))
+            .collect();
         let names: Vec<String> = picked
             .iter()
             .map(|&c| self.model.classes[c].name.clone())
@@ -1693,12 +1711,12 @@ impl Sim {
             let expected_until = if held {
                 None
             } else {
-                self.model.scope_death(t, c).map(|d| d.at)
+                self.model.scope_death(t, c, self.now).map(|d| d.at)
             };
             if held != r.reason.contains("legal hold") || expected_until != r.until {
                 let why = self
                     .model
-                    .scope_death(t, c)
+                    .scope_death(t, c, self.now)
                     .map(|d| d.why())
                     .unwrap_or_else(|| "no deadline yet".into());
                 violation!(
@@ -1743,7 +1761,16 @@ impl Sim {
                     .range((t, c, Vec::new())..(t, c + 1, Vec::new()))
                     .any(|(_, &i)| {
                         let w = &self.model.writes[i];
-                        w.ended.is_none() && !w.revived && w.expires.is_none_or(|e| e > self.now)
+                        // Not a version from an earlier life of the scope
+                        // (erased before the class was re-opened).
+                        let this_life = self
+                            .model
+                            .scope_death_at(w.subject, w.class, w.at)
+                            .is_none_or(|at| at >= self.now);
+                        w.ended.is_none()
+                            && !w.revived
+                            && w.expires.is_none_or(|e| e > self.now)
+                            && this_life
                     });
                 if dead && !listed_erased && held_records {
                     violation!(
@@ -1811,7 +1838,7 @@ impl Sim {
         let just_died = (0..self.model.classes.len())
             .filter(|&k| c.is_none_or(|c| c == k))
             .any(|k| {
-                self.model.scope_death_at(s, k).is_some_and(|at| {
+                self.model.scope_death_at(s, k, self.now).is_some_and(|at| {
                     at <= self.now && self.now - at < SignedDuration::from_hours(13)
                 })
             });
@@ -1867,6 +1894,104 @@ impl Sim {
                 self.model.subjects[s].holds[i].released = Some(self.now);
             }
             Err(e) => self.api_error("release_hold", Some(s), c, &e),
+        }
+    }
+
+    /// Registers one erased class of a subject again. Mostly a class the
+    /// model erased by an erasure alone (the store must take it back unless
+    /// a hold may have parked an erasure), sometimes any (a probe the store
+    /// must refuse where the model keeps the scope alive, closed, or running
+    /// out on a clock).
+    fn re_register_class(&mut self) {
+        // Strictly after any erasure made this second: the model orders
+        // erasure and re-opening by time.
+        let next = self.now + SignedDuration::from_secs(1);
+        self.at(next);
+        let now = self.now;
+        let erased_only_by_erasure = |m: &Model, s: usize, c: usize| {
+            m.scope_death(s, c, now).is_some_and(|d| {
+                d.at <= now && d.causes.iter().all(|c| matches!(c, Cause::Erasure(..)))
+            })
+        };
+        let m = &self.model;
+        let whole = |s: usize| {
+            m.wholly_erased(s, now).is_some()
+                || m.subjects[s]
+                    .account
+                    .is_some_and(|a| m.wholly_erased(a, now).is_some())
+        };
+        let erased: Vec<(usize, usize)> = (0..m.subjects.len())
+            .filter(|&s| !m.is_closed(s, now) && !whole(s))
+            .flat_map(|s| (0..m.classes.len()).map(move |c| (s, c)))
+            .filter(|&(s, c)| erased_only_by_erasure(m, s, c))
+            .collect();
+        if erased.is_empty() && !self.rng.chance(10) {
+            // Nothing to re-open: erase one class of a subject that can take
+            // it back, for a later re-opening to find.
+            let open: Vec<(usize, usize)> = (0..m.subjects.len())
+                .filter(|&s| !m.is_closed(s, now) && !whole(s))
+                .flat_map(|s| m.subjects[s].wrote.iter().map(move |&c| (s, c)))
+                .filter(|&(s, c)| !m.scope_dead(s, c, now) && !m.clock_started(s, c, now))
+                .collect();
+            if !open.is_empty() {
+                let (s, c) = open[self.rng.index(open.len())];
+                self.shred_scopes(s, false, &[c]);
+            }
+            return;
+        }
+        let (s, c) = if erased.is_empty() || self.rng.chance(10) {
+            (
+                self.rng.index(self.model.subjects.len()),
+                self.rng.index(self.model.classes.len()),
+            )
+        } else {
+            erased[self.rng.index(erased.len())]
+        };
+        let m = &self.model;
+        let account_erased = m.subjects[s]
+            .account
+            .is_some_and(|a| m.wholly_erased(a, now).is_some());
+        let refuse = if !m.scope_dead(s, c, now) {
+            Some("the scope is not erased")
+        } else if m.is_closed(s, now) {
+            Some("the subject (or its account) is closed (D2)")
+        } else if m.clock_started(s, c, now) {
+            Some("an opt-out or release started the class's clock")
+        } else if m.wholly_erased(s, now).is_some() || account_erased {
+            Some("the subject (or its account) is erased as a whole")
+        } else {
+            None
+        };
+        let hold_standing = m.subjects[s].holds.iter().any(|h| h.released.is_none());
+        let must_accept = refuse.is_none() && !hold_standing && erased_only_by_erasure(m, s, c);
+        let id = m.subjects[s].id.clone();
+        let class = m.classes[c].name.clone();
+        match self.db().re_register_class(&id, class.as_str()) {
+            Ok(()) => {
+                if let Some(why) = refuse {
+                    violation!(
+                        self,
+                        "I4",
+                        "re_register_class re-opened a scope it must not",
+                        Some(s),
+                        Some(c),
+                        b"",
+                        format!("refused: {why}"),
+                        "re-opened".into(),
+                    );
+                }
+                self.model.subjects[s].reopened.push((c, now));
+                self.report.reopenings += 1;
+            }
+            Err(e) if must_accept => self.api_error("re_register_class", Some(s), Some(c), &e),
+            Err(e) => {
+                if std::env::var("DBG_REOPEN").is_ok() {
+                    eprintln!(
+                        "reopen refused ({refuse:?}, hold {hold_standing}, candidates {}): {e}",
+                        erased.len()
+                    );
+                }
+            }
         }
     }
 
@@ -1958,7 +2083,7 @@ impl Sim {
         for _ in 0..3 + self.rng.below(8) {
             let next = self.now + self.rng.secs(60, 3_600);
             self.at(next);
-            match self.rng.below(16) {
+            match self.rng.below(17) {
                 0..6 => self.put(),
                 6..8 => self.delete(),
                 8 => self.compact(),
@@ -1968,6 +2093,7 @@ impl Sim {
                 12 => self.close_account(),
                 13 => self.opt_out(),
                 14 => self.manual_release(),
+                15 => self.re_register_class(),
                 _ => self.deletion_request(),
             }
         }
@@ -2179,7 +2305,7 @@ impl Sim {
             })
             .filter(|w| {
                 self.model
-                    .scope_death(w.subject, w.class)
+                    .scope_death(w.subject, w.class, w.at)
                     .is_some_and(|d| d.at > taken && d.at <= self.now)
             })
             .take(20)
@@ -2200,7 +2326,7 @@ impl Sim {
             {
                 let death = self
                     .model
-                    .scope_death(w.subject, w.class)
+                    .scope_death(w.subject, w.class, w.at)
                     .map(|d| format!("{} ({})", d.at, d.why()))
                     .unwrap_or_default();
                 violation!(
@@ -2235,7 +2361,7 @@ impl Sim {
         for &(s, c) in &scopes {
             let watched = self
                 .model
-                .scope_death_at(s, c)
+                .scope_death_at(s, c, self.now)
                 .is_none_or(|at| self.now - at < recent);
             if watched || self.rng.chance(5) {
                 self.check_scan(s, c);
@@ -2268,8 +2394,11 @@ impl Sim {
                     && self.now - at >= SignedDuration::from_hours(24)
                     && self.now - at < SignedDuration::from_hours(48)
             };
-            let died_lately = (0..self.model.classes.len())
-                .any(|c| self.model.scope_death_at(s, c).is_some_and(lately));
+            let died_lately = (0..self.model.classes.len()).any(|c| {
+                self.model
+                    .scope_death_at(s, c, self.now)
+                    .is_some_and(lately)
+            });
             if died_lately {
                 self.check_certificate(s);
             }
@@ -2359,7 +2488,7 @@ impl Sim {
             (0..self.model.classes.len())
                 .filter_map(|c| {
                     self.model
-                        .scope_death(s, c)
+                        .scope_death(s, c, self.now)
                         .filter(|d| d.at <= self.now)
                         .map(|d| (c, d.at, d.reasons.clone(), d.why()))
                 })
@@ -2413,7 +2542,43 @@ impl Sim {
                         continue;
                     };
                     covered.insert(c);
-                    match dead.iter().find(|(dc, _, _, _)| *dc == c) {
+                    // An erasure the class was registered again after: the
+                    // model must have the re-opening, and the erasure is
+                    // judged as the scope stood just before it.
+                    let before_reopening = match e.reopened_at {
+                        None => None,
+                        Some(r) => {
+                            let known = self.model.subjects[s]
+                                .reopened
+                                .iter()
+                                .any(|&(rc, at)| rc == c && at.as_second() == r.as_second());
+                            if !known {
+                                violation!(
+                                    self,
+                                    "I4",
+                                    "certificate marks a class re-opened that the model did not re-open",
+                                    Some(s),
+                                    Some(c),
+                                    b"",
+                                    "no re-opening at that time".into(),
+                                    format!("re-opened at {r}"),
+                                );
+                                continue;
+                            }
+                            let just_before = r - SignedDuration::from_secs(1);
+                            Some(
+                                self.model
+                                    .scope_death(s, c, just_before)
+                                    .filter(|d| d.at <= r)
+                                    .map(|d| (c, d.at, d.reasons.clone(), d.why())),
+                            )
+                        }
+                    };
+                    let found = match before_reopening {
+                        Some(found) => found,
+                        None => dead.iter().find(|(dc, _, _, _)| *dc == c).cloned(),
+                    };
+                    match found {
                         None => violation!(
                             self,
                             "I4",
@@ -2439,8 +2604,7 @@ impl Sim {
                                     e.reason.clone(),
                                 );
                             }
-                            if e.erased_at < *at
-                                || e.erased_at - *at > SignedDuration::from_hours(24)
+                            if e.erased_at < at || e.erased_at - at > SignedDuration::from_hours(24)
                             {
                                 violation!(
                                     self,
