@@ -5,7 +5,7 @@
 //! also remembers each bucket's current key version, so a write finds its key
 //! with one lookup.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use shredkv_crypto::{KeyId, SubjectTag};
@@ -34,12 +34,52 @@ impl BucketId {
     }
 }
 
+/// One cached value, its cost, and its place in the eviction order.
+#[derive(Debug)]
+struct Entry<V> {
+    value: Arc<V>,
+    bytes: usize,
+    /// Matches the one `order` item that stands for this entry; older items
+    /// naming the same id are stale and skipped.
+    seq: u64,
+}
+
 #[derive(Debug)]
 struct Inner<V> {
-    entries: HashMap<KeyId, (Arc<V>, usize)>,
+    entries: HashMap<KeyId, Entry<V>>,
+    /// Every cached id, sorted: a subject's (or scope's) entries are one
+    /// range, so evicting them costs their number, not the cache's size.
+    index: BTreeSet<KeyId>,
     current: HashMap<BucketId, KeyId>,
-    order: VecDeque<KeyId>,
+    /// Insertion order, oldest first. Removal leaves its item behind (found
+    /// stale by its sequence number when it reaches the front, or dropped by
+    /// [`Inner::compact_order`]), so no removal scans the queue.
+    order: VecDeque<(KeyId, u64)>,
+    next_seq: u64,
     bytes: usize,
+}
+
+impl<V> Inner<V> {
+    fn remove(&mut self, id: &KeyId) {
+        if let Some(entry) = self.entries.remove(id) {
+            self.bytes = self.bytes.saturating_sub(entry.bytes);
+            self.index.remove(id);
+        }
+        let bucket = BucketId::of(id);
+        if self.current.get(&bucket) == Some(id) {
+            self.current.remove(&bucket);
+        }
+    }
+
+    /// Drops stale order items once they outnumber the live ones: each
+    /// removal pays for its own item once, amortized.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(id, seq)| entries.get(id).is_some_and(|e| e.seq == *seq));
+        }
+    }
 }
 
 /// Cached values of type `V` (in the engine: unwrapped keys) by key id.
@@ -56,8 +96,10 @@ impl<V> KeyCache<V> {
         Self {
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
+                index: BTreeSet::new(),
                 current: HashMap::new(),
                 order: VecDeque::new(),
+                next_seq: 0,
                 bytes: 0,
             }),
             capacity_bytes,
@@ -69,38 +111,52 @@ impl<V> KeyCache<V> {
         sync::lock(&self.inner)
             .entries
             .get(id)
-            .map(|(v, _)| Arc::clone(v))
+            .map(|e| Arc::clone(&e.value))
     }
 
     /// The current key of a bucket, if cached.
     pub fn current(&self, bucket: &BucketId) -> Option<(KeyId, Arc<V>)> {
         let inner = sync::lock(&self.inner);
         let id = inner.current.get(bucket)?;
-        inner.entries.get(id).map(|(v, _)| (*id, Arc::clone(v)))
+        inner.entries.get(id).map(|e| (*id, Arc::clone(&e.value)))
     }
 
     /// Caches `value` under `id`, costing `bytes`, and makes it its bucket's
     /// current key if `current`. Evicts the oldest entries beyond capacity.
     pub fn insert(&self, id: KeyId, value: Arc<V>, bytes: usize, current: bool) {
         let mut inner = sync::lock(&self.inner);
-        if let Some((_, old_bytes)) = inner.entries.insert(id, (value, bytes)) {
-            inner.bytes = inner.bytes.saturating_sub(old_bytes);
-        } else {
-            inner.order.push_back(id);
+        let inner = &mut *inner;
+        match inner.entries.get_mut(&id) {
+            // Replaced in place: it keeps its place in the order.
+            Some(entry) => {
+                inner.bytes = inner.bytes.saturating_sub(entry.bytes);
+                entry.value = value;
+                entry.bytes = bytes;
+            }
+            None => {
+                let seq = inner.next_seq;
+                inner.next_seq += 1;
+                inner.entries.insert(id, Entry { value, bytes, seq });
+                inner.index.insert(id);
+                inner.order.push_back((id, seq));
+            }
         }
         inner.bytes = inner.bytes.saturating_add(bytes);
         if current {
             inner.current.insert(BucketId::of(&id), id);
         }
         while inner.bytes > self.capacity_bytes && inner.entries.len() > 1 {
-            let Some(oldest) = inner.order.pop_front() else {
+            let Some((oldest, seq)) = inner.order.pop_front() else {
                 break;
             };
+            if !inner.entries.get(&oldest).is_some_and(|e| e.seq == seq) {
+                continue; // stale: removed (or replaced) since
+            }
             if oldest == id {
-                inner.order.push_back(oldest);
+                inner.order.push_back((oldest, seq));
                 continue;
             }
-            Self::remove_locked(&mut inner, &oldest);
+            inner.remove(&oldest);
         }
     }
 
@@ -116,25 +172,34 @@ impl<V> KeyCache<V> {
     /// Drops one entry.
     pub fn remove(&self, id: &KeyId) {
         let mut inner = sync::lock(&self.inner);
-        Self::remove_locked(&mut inner, id);
-        inner.order.retain(|k| k != id);
+        inner.remove(id);
+        inner.compact_order();
     }
 
     /// Drops every entry of a subject (all classes, or one).
     pub fn evict_subject(&self, subject: &SubjectTag, class: Option<u16>) {
         let mut inner = sync::lock(&self.inner);
-        let doomed: Vec<KeyId> = inner
-            .entries
-            .keys()
-            .filter(|id| id.subject == *subject && class.is_none_or(|c| c == id.class))
-            .copied()
-            .collect();
+        let (first, last) = match class {
+            Some(c) => (c, c),
+            None => (0, u16::MAX),
+        };
+        let from = KeyId {
+            subject: *subject,
+            class: first,
+            bucket: 0,
+            version: 0,
+        };
+        let to = KeyId {
+            subject: *subject,
+            class: last,
+            bucket: u32::MAX,
+            version: u32::MAX,
+        };
+        let doomed: Vec<KeyId> = inner.index.range(from..=to).copied().collect();
         for id in &doomed {
-            Self::remove_locked(&mut inner, id);
+            inner.remove(id);
         }
-        inner
-            .order
-            .retain(|k| !(k.subject == *subject && class.is_none_or(|c| c == k.class)));
+        inner.compact_order();
     }
 
     /// Number of cached entries.
@@ -151,19 +216,10 @@ impl<V> KeyCache<V> {
     pub fn clear(&self) {
         let mut inner = sync::lock(&self.inner);
         inner.entries.clear();
+        inner.index.clear();
         inner.current.clear();
         inner.order.clear();
         inner.bytes = 0;
-    }
-
-    fn remove_locked(inner: &mut Inner<V>, id: &KeyId) {
-        if let Some((_, bytes)) = inner.entries.remove(id) {
-            inner.bytes = inner.bytes.saturating_sub(bytes);
-        }
-        let bucket = BucketId::of(id);
-        if inner.current.get(&bucket) == Some(id) {
-            inner.current.remove(&bucket);
-        }
     }
 }
 
@@ -206,6 +262,65 @@ mod tests {
         assert_eq!(Arc::strong_count(&value), 1);
         assert!(cache.is_empty());
         assert!(cache.current(&BucketId::of(&id(1, 1, 1, 1))).is_none());
+    }
+
+    #[test]
+    fn a_removed_then_reinserted_entry_is_the_youngest() {
+        let cache = KeyCache::new(300);
+        for v in 1..=3 {
+            cache.insert(id(1, 1, 1, v), Arc::new(v), 100, false);
+        }
+        cache.remove(&id(1, 1, 1, 1));
+        cache.insert(id(1, 1, 1, 1), Arc::new(1), 100, false);
+        // Full: the next insert evicts the oldest live entry, version 2, not
+        // the re-inserted version 1 whose stale order item came first.
+        cache.insert(id(1, 1, 1, 4), Arc::new(4), 100, false);
+        assert!(cache.get(&id(1, 1, 1, 2)).is_none());
+        for v in [1, 3, 4] {
+            assert!(cache.get(&id(1, 1, 1, v)).is_some(), "version {v}");
+        }
+    }
+
+    #[test]
+    fn removals_never_let_the_order_grow_past_the_entries() {
+        let cache = KeyCache::new(1 << 30);
+        for v in 0..10_000 {
+            cache.insert(id(1, 1, 1, v), Arc::new(v), 1, false);
+            if v >= 10 {
+                cache.remove(&id(1, 1, 1, v - 10));
+            }
+        }
+        let inner = sync::lock(&cache.inner);
+        assert_eq!(inner.entries.len(), 10);
+        assert_eq!(inner.index.len(), 10);
+        assert!(
+            inner.order.len() <= 2 * 10 + 64 + 1,
+            "{}",
+            inner.order.len()
+        );
+    }
+
+    #[test]
+    fn evicting_a_subject_touches_only_its_range() {
+        let cache = KeyCache::new(1 << 20);
+        for subject in [1u8, 2, 3] {
+            for class in [0u16, 1, u16::MAX] {
+                cache.insert(id(subject, class, u32::MAX, u32::MAX), Arc::new(0), 1, true);
+                cache.insert(id(subject, class, 0, 0), Arc::new(0), 1, true);
+            }
+        }
+        cache.evict_subject(&SubjectTag([2; 16]), Some(u16::MAX));
+        assert!(cache.get(&id(2, u16::MAX, 0, 0)).is_none());
+        assert!(cache.get(&id(2, u16::MAX, u32::MAX, u32::MAX)).is_none());
+        assert_eq!(cache.len(), 16);
+        cache.evict_subject(&SubjectTag([2; 16]), None);
+        assert_eq!(cache.len(), 12);
+        for subject in [1u8, 3] {
+            for class in [0u16, 1, u16::MAX] {
+                assert!(cache.get(&id(subject, class, 0, 0)).is_some());
+                assert!(cache.get(&id(subject, class, u32::MAX, u32::MAX)).is_some());
+            }
+        }
     }
 
     #[test]
