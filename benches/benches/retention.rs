@@ -113,43 +113,102 @@ fn long_window_policy() -> Policy {
     Policy::from_toml_str(&text, "default.toml with 366-day purge windows").expect("a valid policy")
 }
 
+/// A store with expiring keys and the next loaded day whose keys are not
+/// yet due.
+struct DueDays {
+    sizes: Sizes,
+    loaded: Option<((tempfile::TempDir, Db, ManualClock), usize)>,
+}
+
+impl DueDays {
+    fn new(sizes: Sizes) -> Self {
+        Self {
+            sizes,
+            loaded: None,
+        }
+    }
+
+    /// Time to destroy one more day's due keys (one per subject). Loading
+    /// (the first time, and again once every loaded day is spent) is not
+    /// timed: every timed pass destroys a full day's keys.
+    fn time_one_pass(&mut self) -> Duration {
+        if self
+            .loaded
+            .as_ref()
+            .is_none_or(|(_, day)| *day == self.sizes.days)
+        {
+            self.loaded = None; // the old store goes before the new one loads
+            self.loaded = Some((store_with_expiring_keys(&self.sizes), 0));
+        }
+        let Some(((_, db, clock), day)) = self.loaded.as_mut() else {
+            unreachable!("loaded just above");
+        };
+        clock.set(due_at(*day));
+        *day += 1;
+        let started = Instant::now();
+        let report = db.compact().expect("compact");
+        let spent = started.elapsed();
+        assert!(
+            report.keys_destroyed >= self.sizes.subjects as u64,
+            "{report:?}"
+        );
+        spent
+    }
+}
+
 fn destroy_due_keys(c: &mut Criterion) {
     let sizes = sizes();
-    let (_dir, db, clock) = store_with_expiring_keys(&sizes);
     let mut group = c.benchmark_group("compaction");
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
     // Each iteration: one more day passes, so one day's keys (one per subject) are due.
     group.throughput(Throughput::Elements(sizes.subjects as u64));
-    let mut next_day = 0usize;
+    // Loaded on first use: a run filtered to another benchmark skips it.
+    let mut days = DueDays::new(sizes);
     group.bench_function("destroy one day's due keys", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                if next_day == sizes.days {
-                    // Out of loaded days: measure nothing rather than an empty pass.
-                    break;
-                }
-                clock.set(due_at(next_day));
-                next_day += 1;
-                let started = Instant::now();
-                let report = db.compact().expect("compact");
-                spent += started.elapsed();
-                assert!(report.keys_destroyed >= sizes.subjects as u64, "{report:?}");
-            }
-            spent
-        });
+        b.iter_custom(|iters| (0..iters).map(|_| days.time_one_pass()).sum());
     });
+    group.finish();
+}
+
+/// The subjects (= due keys per pass) of the scaling group: compaction's
+/// cost per destroyed key must not grow with the keys it destroys.
+fn scaling_subjects() -> &'static [usize] {
+    if std::env::var_os("SHREDKV_BENCH_QUICK").is_some() {
+        &[500, 2_000]
+    } else {
+        &[2_000, 8_000, 32_000]
+    }
+}
+
+fn destroy_due_keys_at_scale(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compaction scaling");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    for &subjects in scaling_subjects() {
+        group.throughput(Throughput::Elements(subjects as u64));
+        // 16 loaded days per store: about one store per criterion sample.
+        let mut days = DueDays::new(Sizes {
+            subjects,
+            days: 16,
+            rekey_records: 0,
+        });
+        group.bench_function(format!("destroy {subjects} due keys"), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| days.time_one_pass()).sum());
+        });
+    }
     group.finish();
 }
 
 fn rewrap_on_rotation(c: &mut Criterion) {
     let sizes = sizes();
-    let (_dir, db, _clock) = store_with_expiring_keys(&sizes);
-    let keys = db.stats().expect("stats").keys_live;
     let mut group = c.benchmark_group("epoch rotation");
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    // Every loaded key (subjects × days) plus one scope key per subject.
+    let keys = (sizes.subjects * (sizes.days + 1)) as u64;
     group.throughput(Throughput::Elements(keys));
+    let mut store = None;
     group.bench_function("re-wrap every live key", |b| {
+        let (_dir, db, _clock) = store.get_or_insert_with(|| store_with_expiring_keys(&sizes));
+        assert_eq!(db.stats().expect("stats").keys_live, keys);
         b.iter_custom(|iters| {
             let started = Instant::now();
             for _ in 0..iters {
@@ -212,6 +271,6 @@ fn rekey_a_bucket(c: &mut Criterion) {
 criterion_group! {
     name = retention;
     config = Criterion::default().warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(1));
-    targets = destroy_due_keys, rekey_a_bucket, rewrap_on_rotation
+    targets = destroy_due_keys, destroy_due_keys_at_scale, rekey_a_bucket, rewrap_on_rotation
 }
 criterion_main!(retention);
