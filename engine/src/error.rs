@@ -447,7 +447,7 @@ impl fmt::Display for Error {
                 erased_at,
             } => write!(
                 f,
-                "class `{class}` of subject {subject} was erased at {erased_at}; its data is gone. Re-register the subject to store new data"
+                "class `{class}` of subject {subject} was erased at {erased_at}; its data is gone. Unless its retention deadline erased it, re-register the class (`re_register_class`) to store new data in it"
             ),
             Error::Erased {
                 subject,
