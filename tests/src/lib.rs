@@ -134,6 +134,19 @@ impl Store {
             .maintenance_every(None)
     }
 
+    /// [`Store::config`] for another directory (a restore's target, a
+    /// backup opened as a store), on this store's key file.
+    pub fn config_at(&self, dir: &Path) -> Config {
+        Config::new(dir)
+            .allow_key_file_in_store(true)
+            .backend(self.backend)
+            .policy(test_policy())
+            .clock(Arc::new(self.clock.clone()))
+            .flush_every(None)
+            .maintenance_every(None)
+            .key_file(self.key_file())
+    }
+
     /// Opens the store with [`Store::config`].
     ///
     /// # Panics

@@ -8,31 +8,17 @@
 //! Expectations are the scenario's own bookkeeping (what was written, when,
 //! and what was erased after it), never the engine's.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use shredkv::jiff::SignedDuration;
 use shredkv::{Classes, Config, Db, ErasureSource, Error};
-use shredkv_tests::{
-    INVOICES, MESSAGES, PROFILE, Rng, Store, close, for_each_backend, test_policy,
-};
+use shredkv_tests::{INVOICES, MESSAGES, PROFILE, Rng, close, for_each_backend};
 
 /// An acknowledged put: (its start, its end, its key) in the global order.
 type Acked = (u64, u64, Vec<u8>);
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
-
-fn config_at(store: &Store, dir: &Path) -> Config {
-    Config::new(dir)
-        .allow_key_file_in_store(true)
-        .backend(store.backend())
-        .policy(test_policy())
-        .clock(Arc::new(store.clock().clone()))
-        .flush_every(None)
-        .maintenance_every(None)
-        .key_file(store.key_file())
-}
 
 fn values(db: &Db, subject: &str, class: &str) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = db
@@ -288,7 +274,7 @@ fn restores_carry_the_erasure_and_the_reopening() {
         for (name, backup) in [("before", &before), ("between", &between)] {
             let target = elsewhere.path().join(format!("restored-{name}"));
             let (restored, _) =
-                Db::restore(backup, config_at(store, &target), ErasureSource::File(&log))
+                Db::restore(backup, store.config_at(&target), ErasureSource::File(&log))
                     .unwrap_or_else(|e| panic!("restore from {name}: {e}"));
             assert_eq!(
                 restored.get("acct", MESSAGES, b"m1").expect("get"),

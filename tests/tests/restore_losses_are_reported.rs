@@ -8,27 +8,14 @@
 //! in the audit log. A restore that fails leaves nothing behind.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use shredkv::jiff::SignedDuration;
 use shredkv::{
-    AuditEvent, Backend, Config, Db, ErasureSource, Error, LossReason, LostRecords, RestoreOptions,
+    AuditEvent, Backend, Db, ErasureSource, Error, LossReason, LostRecords, RestoreOptions,
 };
-use shredkv_tests::{PROFILE, Store, for_each_backend, test_policy};
+use shredkv_tests::{PROFILE, Store, for_each_backend};
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
-
-/// The scenario's configuration for another directory than the store's.
-fn config_at(store: &Store, dir: &Path) -> Config {
-    Config::new(dir)
-        .allow_key_file_in_store(true)
-        .backend(store.backend())
-        .policy(test_policy())
-        .clock(Arc::new(store.clock().clone()))
-        .flush_every(None)
-        .maintenance_every(None)
-        .key_file(store.key_file())
-}
 
 /// One day passes and the operator's daily compaction runs.
 fn next_day(store: &Store, live: &Db) {
@@ -89,7 +76,7 @@ fn restore_before_rekey_reports_lost_records() {
         let refused = elsewhere.path().join("refused");
         match Db::restore(
             &backup,
-            config_at(store, &refused),
+            store.config_at(&refused),
             ErasureSource::Live(&live),
         ) {
             Err(Error::RestoreLosesRecords {
@@ -110,7 +97,7 @@ fn restore_before_rekey_reports_lost_records() {
         let accepted = elsewhere.path().join("accepted");
         let (restored, report) = Db::restore_with(
             &backup,
-            config_at(store, &accepted),
+            store.config_at(&accepted),
             ErasureSource::Live(&live),
             RestoreOptions::default().accept_lost_records(true),
         )
@@ -204,13 +191,9 @@ fn failed_restore_leaves_no_target() {
         let empty = elsewhere.path().join("empty");
         std::fs::create_dir(&empty).expect("create an empty target");
         for target in [&absent, &empty] {
-            let err = Db::restore(
-                &backup,
-                config_at(store, target),
-                ErasureSource::Live(&live),
-            )
-            .map(|_| ())
-            .expect_err("a damaged backup");
+            let err = Db::restore(&backup, store.config_at(target), ErasureSource::Live(&live))
+                .map(|_| ())
+                .expect_err("a damaged backup");
             assert!(err.is_integrity_failure(), "failed otherwise: {err}");
         }
         assert!(!absent.exists(), "the restore left the target it created");
@@ -223,7 +206,7 @@ fn failed_restore_leaves_no_target() {
             next_day(store, &live);
         }
         for target in [&absent, &empty] {
-            let err = Db::restore(&old, config_at(store, target), ErasureSource::Live(&live))
+            let err = Db::restore(&old, store.config_at(target), ErasureSource::Live(&live))
                 .map(|_| ())
                 .expect_err("a backup older than the purge window");
             assert!(

@@ -8,17 +8,16 @@
 mod common;
 
 use std::fmt::Debug;
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shredkv::jiff::{SignedDuration, Timestamp};
 use shredkv::{
-    AuditEvent, ChainBreak, Classes, Config, Db, ErasureReason, ErasureSource, LossReason,
-    OverduePurge, ProblemKind, PurgeStatus, RestoreOptions, SubjectKind, SubjectState, SubjectTag,
+    AuditEvent, ChainBreak, Classes, Db, ErasureReason, ErasureSource, LossReason, OverduePurge,
+    ProblemKind, PurgeStatus, RestoreOptions, SubjectKind, SubjectState, SubjectTag,
 };
-use shredkv_tests::{INVOICES, MESSAGES, PROFILE, Store, close, for_each_backend, test_policy};
+use shredkv_tests::{INVOICES, MESSAGES, PROFILE, Store, close, for_each_backend};
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
 
@@ -185,24 +184,12 @@ fn every_report_of_a_session_round_trips_through_json() {
         round_trip("a backup report", &db.backup(&backup).expect("backup"));
         let (_restored, report) = Db::restore(
             &backup,
-            config_at(store, &elsewhere.path().join("restored")),
+            store.config_at(&elsewhere.path().join("restored")),
             ErasureSource::Live(&db),
         )
         .expect("restore");
         round_trip("a restore report", &report);
     });
-}
-
-/// A configuration for another directory than the store's, on its keys.
-fn config_at(store: &Store, dir: &std::path::Path) -> Config {
-    Config::new(dir)
-        .allow_key_file_in_store(true)
-        .backend(store.backend())
-        .policy(test_policy())
-        .clock(Arc::new(store.clock().clone()))
-        .flush_every(None)
-        .maintenance_every(None)
-        .key_file(store.key_file())
 }
 
 /// A damaged record: the integrity report names it (problem, kind,
@@ -268,7 +255,7 @@ fn a_restore_report_with_lost_records_round_trips() {
     }
     let (_restored, report) = Db::restore_with(
         &backup,
-        config_at(&store, &elsewhere.path().join("restored")),
+        store.config_at(&elsewhere.path().join("restored")),
         ErasureSource::Live(&live),
         RestoreOptions::default().accept_lost_records(true),
     )

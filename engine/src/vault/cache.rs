@@ -149,7 +149,7 @@ impl<V> KeyCache<V> {
             let Some((oldest, seq)) = inner.order.pop_front() else {
                 break;
             };
-            if !inner.entries.get(&oldest).is_some_and(|e| e.seq == seq) {
+            if inner.entries.get(&oldest).is_none_or(|e| e.seq != seq) {
                 continue; // stale: removed (or replaced) since
             }
             if oldest == id {
