@@ -125,13 +125,7 @@ impl Store {
     /// The configuration every scenario opens with: this backend,
     /// [`TEST_POLICY`], the manual clock, no background flushing.
     pub fn config(&self) -> Config {
-        Config::new(self.dir.path())
-            .allow_key_file_in_store(true)
-            .backend(self.backend)
-            .policy(test_policy())
-            .clock(Arc::new(self.clock.clone()))
-            .flush_every(None)
-            .maintenance_every(None)
+        self.config_at(self.dir.path())
     }
 
     /// [`Store::config`] for another directory (a restore's target, a
