@@ -170,6 +170,31 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
                 });
             });
         }
+        // The floor of a durable erasure on each plain backend: one small
+        // durable commit (a 100-byte put, then the backend's durable flush)
+        // on a store that just loaded the same subject. shredkv's erasure
+        // is one durable commit too, so "flat in N" means within a small
+        // factor of this at every size (issue 14: 1.5×).
+        for peer in [Peer::Sled, Peer::Redb] {
+            let id = BenchmarkId::new(format!("{}-durable-commit", peer.name()), size);
+            group.bench_function(id, |b| {
+                let fixture = fixtures.get(peer);
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let subject = fixture.fresh_subject(size).expect("the subject loads");
+                        let start = Instant::now();
+                        fixture
+                            .store()
+                            .put(&subject, b"durable-commit-probe", &[0x5A; 100])
+                            .expect("put");
+                        fixture.store().flush().expect("durable flush");
+                        total += start.elapsed();
+                    }
+                    total
+                });
+            });
+        }
     }
     group.finish();
 }
