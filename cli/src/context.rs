@@ -288,7 +288,30 @@ impl Global {
                 .into());
             }
         }
+        self.note_options_a_live_store_ignores(&socket);
         Ok(Box::new(live))
+    }
+
+    /// The options that choose how a store is opened (its backend, policy
+    /// and key provider) mean nothing to a store the application already
+    /// opened: said on stderr, so that no one believes they took effect.
+    /// (`--key-file` is left out: it is often set in the environment.)
+    fn note_options_a_live_store_ignores(&self, socket: &Path) {
+        let ignored: Vec<&str> = [
+            ("--backend", self.backend.is_some()),
+            ("--policy", self.policy.is_some()),
+            ("--pkcs11-module", self.pkcs11_module.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
+        if !ignored.is_empty() {
+            eprintln!(
+                "note: {} not used: the store is live, served by its application through {} with the backend, policy and keys it opened",
+                ignored.join(", "),
+                socket.display()
+            );
+        }
     }
 
     /// Refuses `command` when the store is live (an admin socket is named

@@ -515,6 +515,30 @@ fn the_socket_is_owner_only_and_goes_away_with_the_store() {
 }
 
 #[test]
+fn options_that_choose_how_a_store_opens_are_noted_as_unused_live() {
+    let f = Fixture::seeded();
+    let _live = f.serve(None);
+    let quiet = f.run(&["stats", "--json"]);
+    ok(&quiet);
+    assert_eq!(stderr(&quiet), "", "no note without such options");
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/default.toml");
+    let noted = f.run(&[
+        "--backend",
+        "sled",
+        "--policy",
+        policy.to_str().expect("UTF-8"),
+        "stats",
+        "--json",
+    ]);
+    assert_eq!(json(&noted)["accounts"], 1, "the command still runs");
+    let err = stderr(&noted);
+    assert!(
+        err.contains("note: --backend, --policy not used") && err.contains("admin.sock"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_stale_socket_is_passed_over_unless_named() {
     let f = Fixture::seeded();
     let mut live = f.serve(None);
