@@ -172,8 +172,10 @@ impl DbInner {
         classes: Option<&[&ClassEntry]>,
         reason: ErasureReason,
     ) -> Result<Receipt> {
-        let now_ts = self.clock.now();
-        let now = now_ts.as_second();
+        // Whole seconds, as the ledger and the subject record keep it: the
+        // receipt then states the very time certificates will show.
+        let now = self.clock.now().as_second();
+        let now_ts = Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH);
         let mut batch = WriteBatch::new();
         let mut audit = Vec::new();
         let mut receipt = Receipt {

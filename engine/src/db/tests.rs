@@ -70,6 +70,33 @@ fn open(dir: &tempfile::TempDir) -> (Db, ManualClock) {
 }
 
 #[test]
+fn a_receipt_states_the_erasure_time_certificates_and_subject_records_show() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "message_content", b"k", b"v").expect("put");
+    db.put("a", "invoices", b"k", b"v").expect("put");
+    // A clock between two seconds: the ledger keeps whole seconds.
+    clock.advance(jiff::SignedDuration::from_millis(1_750));
+    let class = db
+        .shred("a", crate::Classes::Only(&["message_content"]))
+        .expect("shred one class");
+    let cert = db.certificate("a").expect("certificate");
+    assert_eq!(class.erased_at, cert.erasures[0].erased_at);
+    assert_eq!(class.erased_at.subsec_nanosecond(), 0);
+    clock.advance(jiff::SignedDuration::from_millis(1_250));
+    let whole = db.shred("a", crate::Classes::All).expect("shred");
+    let info = db.subject("a").expect("read").expect("known");
+    assert_eq!(info.erased_at, Some(whole.erased_at));
+    let cert = db.certificate("a").expect("certificate");
+    assert!(
+        cert.erasures
+            .iter()
+            .any(|e| e.erased_at == whole.erased_at && e.class.is_none())
+    );
+}
+
+#[test]
 fn put_get_scan_delete_round_trip() {
     let dir = tempfile::tempdir().expect("dir");
     let (db, _) = open(&dir);
