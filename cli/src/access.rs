@@ -405,9 +405,14 @@ impl StoreAccess for LiveStore {
         })
     }
     fn re_register(&self, subject: &str, class: Option<&str>) -> DbResult<()> {
-        self.call(Request::ReRegister {
-            subject: subject.into(),
-            class: class.map(str::to_string),
+        self.call(match class {
+            Some(class) => Request::ReRegisterClass {
+                subject: subject.into(),
+                class: class.into(),
+            },
+            None => Request::ReRegister {
+                subject: subject.into(),
+            },
         })
     }
     fn place_hold(&self, subject: &str, class: Option<&str>, reason: &str) -> DbResult<()> {

@@ -664,11 +664,13 @@ fn clients_that_leave_or_send_garbage_do_not_hurt_the_server() {
     );
     assert_eq!(refusal["error"]["category"], "failure");
 
-    // Not JSON, and an unknown request naming a subject: refused without
-    // echoing what was sent.
+    // Not JSON, an unknown request naming a subject, and a known request
+    // with a field this server does not know (a newer client's option must
+    // be refused, never ignored): refused without echoing what was sent.
     for garbage in [
         &b"\x00\x01 not json"[..],
         br#"{"request":{"forget":{"subject":"alice@example.com"}}}"#,
+        br#"{"request":{"re_register":{"subject":"alice@example.com","class":"x"}}}"#,
     ] {
         let mut stream = hello(&socket);
         stream.write_all(&frame(garbage)).expect("garbage");

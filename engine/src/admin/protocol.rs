@@ -72,7 +72,7 @@ pub enum ServerFrame {
 /// What a client asks of the store. Each variant names its reply type;
 /// subjects are sent by id (the socket is owner-only) and answered by tag.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// The store clock now: `Timestamp`.
     Now,
@@ -167,15 +167,19 @@ pub enum Request {
         /// The subject's id.
         subject: String,
     },
-    /// `Db::re_register`, or `Db::re_register_class` when `class` is
-    /// given: `()`.
+    /// `Db::re_register`: `()`.
     ReRegister {
         /// The subject's id.
         subject: String,
-        /// One class to register again; absent (as from a client before
-        /// it existed): the whole subject.
-        #[serde(default)]
-        class: Option<String>,
+    },
+    /// `Db::re_register_class`: `()`. A request of its own, not a field of
+    /// `re_register`: a server that predates it refuses it as unknown
+    /// instead of re-registering the whole subject.
+    ReRegisterClass {
+        /// The subject's id.
+        subject: String,
+        /// The erased class to register again.
+        class: String,
     },
     /// `Db::place_hold`: `()`.
     PlaceHold {

@@ -466,12 +466,9 @@ fn execute<W: std::io::Write>(
         Request::Certificate { subject } => json(db.certificate(&subject)?),
         Request::Restrict { subject } => json(db.restrict(&subject)?),
         Request::LiftRestriction { subject } => json(db.lift_restriction(&subject)?),
-        Request::ReRegister { subject, class } => {
-            match class {
-                Some(class) => db.re_register_class(&subject, class.as_str())?,
-                None => db.re_register(&subject)?,
-            }
-            json(())
+        Request::ReRegister { subject } => json(db.re_register(&subject)?),
+        Request::ReRegisterClass { subject, class } => {
+            json(db.re_register_class(&subject, class.as_str())?)
         }
         Request::PlaceHold {
             subject,
