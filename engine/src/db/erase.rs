@@ -913,35 +913,25 @@ impl Db {
                 "an erasure of the subject waits on a legal hold; re-register the class after the hold's release has carried it out".into(),
             ));
         }
-        let key = ledger::key(&tag, class.number);
-        let entry = match inner.storage.get(Tree::Ledger, &key)? {
-            Some(bytes) => LedgerEntry::decode(&bytes).map_err(|source| Error::Corrupt {
-                location: Box::new(Location {
-                    tree: "ledger",
-                    subject: Some(tag),
-                    class: Some(name.to_string()),
-                    key_hex: tag.to_hex(),
-                }),
-                source,
-            })?,
-            None => {
-                return Err(conflict(format!(
-                    "class {name} is not erased; there is nothing to re-register"
-                )));
-            }
-        };
-        if !entry.erases(info.generation) {
+        let Some(entry) = inner
+            .ledger_entry(&tag, class.number)?
+            .filter(|entry| entry.erases(info.generation))
+        else {
             return Err(conflict(format!(
                 "class {name} is not erased; there is nothing to re-register"
             )));
-        }
+        };
         let now = inner.clock.now();
         let reopened = LedgerEntry {
             reopened_at: Some(now.as_second()),
             ..entry
         };
         let mut batch = WriteBatch::new();
-        batch.put(Tree::Ledger, key.to_vec(), reopened.encode());
+        batch.put(
+            Tree::Ledger,
+            ledger::key(&tag, class.number).to_vec(),
+            reopened.encode(),
+        );
         let audit = PendingEntry::new(
             AuditEvent::ReRegistered,
             Some(tag),

@@ -522,19 +522,29 @@ impl DbInner {
         class: u16,
         generation: u32,
     ) -> Result<Option<i64>> {
+        Ok(self
+            .ledger_entry(tag, class)?
+            .filter(|entry| entry.erases(generation))
+            .map(|entry| entry.erased_at))
+    }
+
+    /// The ledger entry of a scope (`class` [`ledger::ALL_CLASSES`]: the
+    /// whole subject), if it was ever erased; damage is an error naming it.
+    pub(crate) fn ledger_entry(&self, tag: &SubjectTag, class: u16) -> Result<Option<LedgerEntry>> {
         let Some(bytes) = self.storage.get(Tree::Ledger, &ledger::key(tag, class))? else {
             return Ok(None);
         };
-        let entry = LedgerEntry::decode(&bytes).map_err(|source| Error::Corrupt {
-            location: Box::new(Location {
-                tree: "ledger",
-                subject: Some(*tag),
-                class: Some(self.class_name(class)),
-                key_hex: tag.to_hex(),
-            }),
-            source,
-        })?;
-        Ok(entry.erases(generation).then_some(entry.erased_at))
+        LedgerEntry::decode(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Corrupt {
+                location: Box::new(Location {
+                    tree: "ledger",
+                    subject: Some(*tag),
+                    class: Some(self.class_name(class)),
+                    key_hex: tag.to_hex(),
+                }),
+                source,
+            })
     }
 
     /// Whether a write asks for an expiry that has already passed: then the
