@@ -619,6 +619,8 @@ fn one_erased_class_is_registered_again() {
         cert["erasures"][0]["reopened_at"].is_string(),
         "the certificate marks the class re-opened: {cert}"
     );
+    let text = ok(&f.run(&["certificate", "a"]));
+    assert!(text.contains("class registered again at"), "{text}");
     let show = json(&f.run(&["--json", "show", "a"]));
     assert_eq!(show["generation"], 1, "the subject kept its generation");
 }

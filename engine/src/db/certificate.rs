@@ -375,6 +375,12 @@ impl fmt::Display for Certificate {
                 e.epoch,
                 e.reason
             )?;
+            if let Some(at) = e.reopened_at {
+                writeln!(
+                    f,
+                    "      class registered again at {at}: data written since is new, not covered"
+                )?;
+            }
         }
         writeln!(f, "  audit head      {}", self.audit_head)?;
         writeln!(f, "  verification")?;
