@@ -7,6 +7,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
+use common::{code, fails_with, json, ok, run_on, shredkv, stderr, stdout};
+
 /// A temporary directory with a store path inside it (not yet created).
 struct Fixture {
     dir: tempfile::TempDir,
@@ -36,9 +39,7 @@ impl Fixture {
 
     /// Runs `shredkv --store STORE args...`.
     fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--store", path_str(&self.store)];
-        all.extend_from_slice(args);
-        shredkv(&all)
+        run_on(&self.store, args)
     }
 
     /// Puts one record, registering the subject as an account.
@@ -49,62 +50,6 @@ impl Fixture {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
-}
-
-/// Runs the binary with `args`, without `SHREDKV_STORE` from the environment.
-/// Its fixtures keep the key file at its default place,
-/// inside the store directory, which the CLI refuses unless allowed (see
-/// `a_key_file_inside_the_store_is_refused_unless_allowed`).
-fn shredkv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shredkv"))
-        .args(args)
-        .env_remove("SHREDKV_STORE")
-        .env_remove("SHREDKV_KEY_FILE")
-        .env("SHREDKV_ALLOW_KEY_FILE_IN_STORE", "true")
-        .output()
-        .expect("run shredkv")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().expect("exited, not killed")
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: &Output) -> String {
-    assert_eq!(
-        code(output),
-        0,
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
-    stdout(output)
-}
-
-/// Asserts the exit code and returns stderr.
-fn fails_with(output: &Output, expected: i32) -> String {
-    assert_eq!(
-        code(output),
-        expected,
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
-    let err = stderr(output);
-    assert!(err.contains("error: "), "{err}");
-    err
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_str(&ok(output)).expect("stdout is one JSON document")
 }
 
 /// Flips a bit in the GCM tag of the only record in the sled `data` tree of

@@ -15,6 +15,9 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod common;
+use common::{code, fails_with, json, ok, run_on, shredkv, stderr, stdout};
+
 /// A store directory (key file inside, as the CLI tests allow).
 struct Fixture {
     dir: tempfile::TempDir,
@@ -181,61 +184,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy");
         }
     }
-}
-
-fn run_on(store: &Path, args: &[&str]) -> Output {
-    let mut all = vec!["--store", store.to_str().expect("UTF-8 path")];
-    all.extend_from_slice(args);
-    shredkv(&all)
-}
-
-fn shredkv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shredkv"))
-        .args(args)
-        .env_remove("SHREDKV_STORE")
-        .env_remove("SHREDKV_KEY_FILE")
-        .env_remove("SHREDKV_ADMIN_SOCKET")
-        .env("SHREDKV_ALLOW_KEY_FILE_IN_STORE", "true")
-        .output()
-        .expect("run shredkv")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().expect("exited, not killed")
-}
-
-fn ok(output: &Output) -> String {
-    assert_eq!(
-        code(output),
-        0,
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
-    stdout(output)
-}
-
-fn fails_with(output: &Output, expected: i32) -> String {
-    assert_eq!(
-        code(output),
-        expected,
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
-    stderr(output)
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_str(&ok(output)).expect("one JSON document")
 }
 
 /// The process's uid: the owner of a file it created.
