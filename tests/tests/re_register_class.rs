@@ -147,6 +147,38 @@ fn one_class_comes_back_with_new_keys_and_nothing_erased_returns() {
     });
 }
 
+/// After a whole subject is registered again, its certificate still covers
+/// the erasure and counts the new keys and records as new data: before, every
+/// live key of the subject read as "a key of an erased scope still live" and
+/// the certificate stayed pending for ever.
+#[test]
+fn a_certificate_after_re_registration_counts_only_the_erasures_residue() {
+    for_each_backend(|store| {
+        let db = store.open();
+        db.register_account("acct").expect("register");
+        db.put("acct", MESSAGES, b"m1", b"old").expect("put");
+        db.put("acct", PROFILE, b"p1", b"old").expect("put");
+        db.shred("acct", Classes::All).expect("shred");
+        store.clock().advance(SignedDuration::from_secs(5));
+        db.re_register("acct").expect("re-register");
+        db.put("acct", MESSAGES, b"m2", b"new").expect("put");
+        db.put("acct", PROFILE, b"p2", b"new").expect("put");
+        let cert = db.certificate("acct").expect("certificate");
+        assert_eq!(cert.erasures.len(), 1, "{cert:?}");
+        assert_eq!(cert.keys_live_in_erased_scopes, 0, "{cert:?}");
+        assert_eq!(
+            cert.dead_records_remaining, 2,
+            "the two erased records: {cert:?}"
+        );
+        store.clock().advance(DAY);
+        db.compact().expect("compact");
+        let cert = db.certificate("acct").expect("certificate");
+        assert_eq!(cert.dead_records_remaining, 0, "{cert:?}");
+        assert_eq!(cert.keys_live_in_erased_scopes, 0, "{cert:?}");
+        assert_eq!(values(&db, "acct", MESSAGES), vec![b"new".to_vec()]);
+    });
+}
+
 #[test]
 fn refused_where_the_class_cannot_hold_data_again() {
     for_each_backend(|store| {

@@ -4,6 +4,7 @@
 //! tombstones, the remaining ciphertext, the key provider's epochs and the
 //! audit chain; it holds subject tags, never subject ids.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::ControlFlow;
 
@@ -146,16 +147,16 @@ impl Db {
         let inner = &self.inner;
         let storage = inner.storage.as_ref();
         let mut erasures = Vec::new();
-        let mut erased_classes: Vec<u16> = Vec::new();
-        // Class scopes registered again: their live keys and records are new.
-        let mut reopened: Vec<u16> = Vec::new();
+        // When each scope (ALL_CLASSES: the whole subject) was erased, for
+        // the erasures that still stand: a class registered again on its own
+        // holds new data only.
+        let mut standing: HashMap<u16, i64> = HashMap::new();
         let mut max_epoch = 0u32;
         let mut latest = None::<i64>;
         scan_prefix(storage, Tree::Ledger, &tag.0, &mut |k, v| {
             if let (Some((_, class)), Ok(entry)) = (ledger::split_key(k), LedgerEntry::decode(v)) {
-                erased_classes.push(class);
-                if entry.reopened_at.is_some() {
-                    reopened.push(class);
+                if entry.reopened_at.is_none() {
+                    standing.insert(class, entry.erased_at);
                 }
                 max_epoch = max_epoch.max(entry.epoch);
                 latest = Some(latest.map_or(entry.erased_at, |l: i64| l.max(entry.erased_at)));
@@ -184,19 +185,24 @@ impl Db {
             });
         }
         erasures.sort_by_key(|e| e.erased_at);
-        let whole = erased_classes.contains(&ALL_CLASSES);
-        let in_erased_scope = |class: u16| whole || erased_classes.contains(&class);
-        // Every key of a scope was destroyed by its erasure, so a live key
-        // of a re-opened scope was made after it: new data, not residue.
-        let in_reopened_scope = |class: u16| !whole && reopened.contains(&class);
+        // The erasure a key of `class` made at `created_at` must have
+        // destroyed: a key made later is new data (the subject or class was
+        // registered again since), not residue. A key made in the erasure's
+        // own second counts as residue: the certificate then stays pending
+        // rather than certify too early.
+        let erased_before = |class: u16, created_at: i64| {
+            [standing.get(&class), standing.get(&ALL_CLASSES)]
+                .into_iter()
+                .flatten()
+                .any(|erased_at| created_at <= *erased_at)
+        };
 
         let (mut destroyed, mut live) = (0u64, 0u64);
         scan_prefix(storage, Tree::Vault, &tag.0, &mut |k, v| {
             if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
                 match entry.state {
                     KeyState::Destroyed => destroyed += 1,
-                    KeyState::Active if in_reopened_scope(id.class) => {}
-                    KeyState::Active if in_erased_scope(id.class) => live += 1,
+                    KeyState::Active if erased_before(id.class, entry.created_at) => live += 1,
                     KeyState::Active => {}
                 }
             }
@@ -208,27 +214,38 @@ impl Db {
                 .get(16..18)
                 .and_then(|c| c.try_into().ok())
                 .map(u16::from_be_bytes);
-            if class.is_some_and(|c| in_erased_scope(c) && !in_reopened_scope(c)) {
-                dead += 1;
-            } else if let (Some(class), Ok(envelope)) = (class, Envelope::parse(v)) {
-                let r = envelope.key_ref();
-                let id = KeyId {
-                    subject: tag,
-                    class,
-                    bucket: r.bucket,
-                    version: r.version,
-                };
-                // Outside the erased scopes, only keys dead by the last
-                // erasure are its residue: keys of live classes that expire
-                // (or are re-keyed) later are swept on their own schedule.
-                let residue = match inner.vault.read_entry(&id) {
-                    Ok(Some(e)) if e.state == KeyState::Active => false,
-                    Ok(Some(e)) => e.destroyed_at.is_none_or(|d| latest.is_none_or(|l| d <= l)),
-                    _ => true,
-                };
-                if residue {
+            let Some(class) = class else {
+                return ControlFlow::Continue(());
+            };
+            let Ok(envelope) = Envelope::parse(v) else {
+                // Damaged: nothing names its key; in an erased scope it is
+                // the erasure's residue (verify reports the damage).
+                if standing.contains_key(&class) || standing.contains_key(&ALL_CLASSES) {
                     dead += 1;
                 }
+                return ControlFlow::Continue(());
+            };
+            let r = envelope.key_ref();
+            let id = KeyId {
+                subject: tag,
+                class,
+                bucket: r.bucket,
+                version: r.version,
+            };
+            // A record under a live key is residue only if an erasure should
+            // have destroyed that key; under a dead key, if the erasures
+            // killed it (keys of live classes that expire or are re-keyed
+            // later are swept on their own schedule).
+            let residue = match inner.vault.read_entry(&id) {
+                Ok(Some(e)) if e.state == KeyState::Active => erased_before(class, e.created_at),
+                Ok(Some(e)) => {
+                    erased_before(class, e.created_at)
+                        || e.destroyed_at.is_none_or(|d| latest.is_none_or(|l| d <= l))
+                }
+                _ => true,
+            };
+            if residue {
+                dead += 1;
             }
             ControlFlow::Continue(())
         })?;
