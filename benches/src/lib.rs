@@ -4,10 +4,13 @@
 //! on the same data and with the same durability (design brief, section 8):
 //! plain sled and plain redb (no encryption; erasing a subject is removing
 //! its key range), sled with one store-wide AES-256-GCM key (encryption at
-//! rest without per-subject keys), and SQLite with `PRAGMA secure_delete=ON`.
+//! rest without per-subject keys), SQLite with `PRAGMA secure_delete=ON`, and
+//! the design's floor on sled and redb (shredkv's layout and cryptography
+//! without its engine; see `floor.rs`).
 //! Every peer implements [`Store`]; [`workload`] builds the data set and the
 //! lazily loaded fixtures the benches share.
 
+mod floor;
 pub mod measure;
 pub mod peers;
 pub mod workload;

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use shredkv::{Backend, Batch, Classes, Config, Db};
 use shredkv_crypto::{DataKey, Envelope, KeyRef, ValueCipher};
 
+use crate::floor::{FloorStore, RedbKv};
 use crate::{Record, Result, Store};
 
 /// The retention class every shredkv record is written in (blinded keys,
@@ -31,15 +32,22 @@ pub enum Peer {
     Redb,
     /// sled with one store-wide AES-256-GCM key (shredkv's envelope format).
     SledAes,
+    /// shredkv's layout and cryptography on plain sled, without the engine
+    /// (see [`crate::floor`]).
+    SledFloor,
+    /// The same on plain redb.
+    RedbFloor,
     /// SQLite (bundled) with `secure_delete=ON`, WAL, an index on subject.
     Sqlite,
 }
 
 impl Peer {
     /// Every peer, in report order.
-    pub const ALL: [Peer; 6] = [
+    pub const ALL: [Peer; 8] = [
         Peer::ShredkvSled,
         Peer::ShredkvRedb,
+        Peer::SledFloor,
+        Peer::RedbFloor,
         Peer::Sled,
         Peer::Redb,
         Peer::SledAes,
@@ -54,6 +62,8 @@ impl Peer {
             Peer::Sled => "sled",
             Peer::Redb => "redb",
             Peer::SledAes => "sled-aes",
+            Peer::SledFloor => "sled-floor",
+            Peer::RedbFloor => "redb-floor",
             Peer::Sqlite => "sqlite",
         }
     }
@@ -66,8 +76,8 @@ impl Peer {
     /// The plain store of the same backend: the ceiling this peer is held to.
     pub fn baseline(self) -> Peer {
         match self {
-            Peer::ShredkvSled | Peer::Sled | Peer::SledAes => Peer::Sled,
-            Peer::ShredkvRedb | Peer::Redb => Peer::Redb,
+            Peer::ShredkvSled | Peer::Sled | Peer::SledAes | Peer::SledFloor => Peer::Sled,
+            Peer::ShredkvRedb | Peer::Redb | Peer::RedbFloor => Peer::Redb,
             Peer::Sqlite => Peer::Sqlite,
         }
     }
@@ -86,6 +96,11 @@ impl Peer {
                 Some(ValueCipher::new(&DataKey::generate())),
             )?),
             Peer::Redb => Box::new(RedbStore::open(dir)?),
+            Peer::SledFloor => Box::new(FloorStore::new(
+                self,
+                Box::new(sled::Config::new().path(dir.join("sled")).open()?),
+            )),
+            Peer::RedbFloor => Box::new(FloorStore::new(self, Box::new(RedbKv::open(dir)?))),
             Peer::Sqlite => Box::new(SqliteStore::open(dir)?),
         })
     }
@@ -106,7 +121,7 @@ fn tree_key(subject: &str, key: &[u8]) -> Vec<u8> {
 }
 
 /// The first key after every key starting with `prefix` (`None`: unbounded).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {
@@ -305,7 +320,7 @@ impl Store for SledStore {
 }
 
 /// The one table of the plain redb peer.
-const REDB_TABLE: redb::TableDefinition<'static, &'static [u8], &'static [u8]> =
+pub(crate) const REDB_TABLE: redb::TableDefinition<'static, &'static [u8], &'static [u8]> =
     redb::TableDefinition::new("records");
 
 /// redb with its defaults. Writes commit with `Durability::None` (as
@@ -560,7 +575,10 @@ mod tests {
             assert_eq!(keys, [b"key-a", b"key-b", b"key-c"], "{peer}");
 
             store.erase("subj00000001").expect("erase");
-            let left = if peer == Peer::ShredkvSled || peer == Peer::ShredkvRedb {
+            let left = if matches!(
+                peer,
+                Peer::ShredkvSled | Peer::ShredkvRedb | Peer::SledFloor | Peer::RedbFloor
+            ) {
                 // An erased subject is refused, not empty.
                 assert!(store.get("subj00000001", b"key-a", &mut out).is_err());
                 0

@@ -37,10 +37,19 @@ const ERASE_TARGET: f64 = 1000.0;
 const ERASE_FLATNESS: f64 = 2.0;
 
 /// Comparisons drawn for each throughput workload: (peer, against).
-const PAIRS: [(Peer, Peer); 3] = [
+const PAIRS: [(Peer, Peer); 5] = [
     (Peer::ShredkvSled, Peer::Sled),
     (Peer::ShredkvRedb, Peer::Redb),
     (Peer::SledAes, Peer::Sled),
+    (Peer::SledFloor, Peer::Sled),
+    (Peer::RedbFloor, Peer::Redb),
+];
+
+/// Each shredkv peer with its floor: the same layout and cryptography on
+/// the plain backend, without the engine.
+const FLOORS: [(Peer, Peer); 2] = [
+    (Peer::ShredkvSled, Peer::SledFloor),
+    (Peer::ShredkvRedb, Peer::RedbFloor),
 ];
 
 /// Comparisons drawn for each erased size.
@@ -242,6 +251,33 @@ fn markdown(results: &Results) -> String {
         }
         row(String::new());
     }
+    row("#### the design's floor\n".into());
+    row(
+        "| workload | floor / plain, sled | shredkv / floor, sled | floor / plain, redb | shredkv / floor, redb |"
+            .into(),
+    );
+    row("|---|---:|---:|---:|---:|".into());
+    for (group, label, _) in WORKLOADS {
+        let mut line = format!("| {label} |");
+        for (peer, floor) in FLOORS {
+            let design = speedup(
+                results.workload(group, floor),
+                results.workload(group, floor.baseline()),
+            );
+            let engine = speedup(
+                results.workload(group, peer),
+                results.workload(group, floor),
+            );
+            let _ = write!(
+                line,
+                " {} | {} |",
+                format_ratio(design),
+                format_ratio(engine)
+            );
+        }
+        row(line);
+    }
+    row(String::new());
     row("#### targets\n".into());
     row("| target | shredkv-sled | shredkv-redb |".into());
     row("|---|---|---|".into());
@@ -321,7 +357,11 @@ fn bars(results: &Results) -> Vec<Bar> {
                 bars.push(Bar {
                     label: format!("{label}: {peer} / {base}"),
                     ratio,
-                    target: if peer == Peer::SledAes { None } else { target },
+                    target: if matches!(peer, Peer::ShredkvSled | Peer::ShredkvRedb) {
+                        target
+                    } else {
+                        None
+                    },
                     section: "throughput relative to the plain backend (higher is better)",
                 });
             }
