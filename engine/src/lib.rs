@@ -87,6 +87,7 @@ mod storage;
 mod subject_id;
 mod subjects;
 mod sync;
+mod tag_hash;
 mod vault;
 
 pub use audit::{AuditEntry, AuditEvent, AuditHead, ChainBreak, ChainReport};

@@ -36,6 +36,22 @@ fn refused(detail: String) -> Error {
 
 /// The canonical (NFC) form of `id`, or why it is refused.
 pub(crate) fn canonical(id: &str) -> Result<Cow<'_, str>, Error> {
+    // Every read and write comes here: printable ASCII is already NFC and
+    // needs only its ends and length checked, in one pass over its bytes.
+    let bytes = id.as_bytes();
+    if let (Some(b' '..=b'~'), Some(&last)) = (bytes.first(), bytes.last())
+        && bytes[0] != b' '
+        && last != b' '
+        && bytes.len() <= MAX_SUBJECT_ID_LEN
+        && bytes.iter().all(|b| (b' '..=b'~').contains(b))
+    {
+        return Ok(Cow::Borrowed(id));
+    }
+    canonical_general(id)
+}
+
+/// [`canonical`] for any id (the fast path's answer must be this one's).
+fn canonical_general(id: &str) -> Result<Cow<'_, str>, Error> {
     if id.trim().is_empty() {
         return Err(refused(if id.is_empty() {
             "it is empty".into()
@@ -80,6 +96,39 @@ mod tests {
             }
             other => panic!("{id:?}: expected a refusal, got {other:?}"),
         }
+    }
+
+    /// The printable-ASCII fast path answers as the general rules do, for
+    /// every id of up to four characters over the ASCII characters that
+    /// matter (space, tab, line feed, other controls, DEL, printable ones),
+    /// and at the length limit.
+    #[test]
+    fn the_ascii_fast_path_agrees_with_the_general_rules() {
+        let alphabet = [' ', '\t', '\n', '\x1f', '\x7f', '!', 'a', '~'];
+        let mut ids = vec![String::new()];
+        let mut frontier = ids.clone();
+        for _ in 0..4 {
+            let next: Vec<String> = frontier
+                .iter()
+                .flat_map(|id| alphabet.iter().map(move |c| format!("{id}{c}")))
+                .collect();
+            ids.extend(next.iter().cloned());
+            frontier = next;
+        }
+        for len in [
+            MAX_SUBJECT_ID_LEN - 1,
+            MAX_SUBJECT_ID_LEN,
+            MAX_SUBJECT_ID_LEN + 1,
+        ] {
+            ids.push("a".repeat(len));
+            ids.push(format!("{} ", "a".repeat(len - 1)));
+        }
+        for id in &ids {
+            let fast = canonical(id).map_err(|e| e.to_string());
+            let general = canonical_general(id).map_err(|e| e.to_string());
+            assert_eq!(fast, general, "{id:?}");
+        }
+        assert!(ids.len() > 4_000);
     }
 
     #[test]

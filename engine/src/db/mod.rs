@@ -34,6 +34,7 @@ use crate::retention::{ClassPolicy, Policy};
 use crate::storage::sealed::SealedStorage;
 use crate::storage::{self, Durability, Storage, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
+use crate::tag_hash::{TagMap, TagSet};
 use crate::vault::Vault;
 use crate::vault::gate::{RecordLocks, ScopeGate};
 
@@ -135,12 +136,12 @@ pub(crate) struct DbInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) durability: Durability,
     /// (`crate::sync`'s, so the loom model sees subject state.)
-    subjects: crate::sync::Mutex<HashMap<SubjectTag, SubjectInfo>>,
+    subjects: crate::sync::Mutex<TagMap<SubjectTag, SubjectInfo>>,
     /// Scopes whose erasure ledger was checked and found clear, so reads and
     /// writes skip that lookup. Erasure removes its scopes under the gate's
     /// write lock before releasing it, so an entry is never stale for an
     /// operation holding the read lock.
-    live_scopes: crate::sync::Mutex<HashSet<(SubjectTag, u16)>>,
+    live_scopes: crate::sync::Mutex<TagSet<(SubjectTag, u16)>>,
     /// One compaction (or epoch rotation) at a time.
     pub(crate) compaction: Mutex<()>,
     /// When re-keys run and epoch keys die (G2).
@@ -475,8 +476,8 @@ impl Db {
             } else {
                 Durability::Buffered
             },
-            subjects: crate::sync::Mutex::new(HashMap::new()),
-            live_scopes: crate::sync::Mutex::new(HashSet::new()),
+            subjects: crate::sync::Mutex::new(TagMap::default()),
+            live_scopes: crate::sync::Mutex::new(TagSet::default()),
             compaction: Mutex::new(()),
             timeline,
             flusher: Mutex::new(None),

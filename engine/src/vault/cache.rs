@@ -5,12 +5,13 @@
 //! also remembers each bucket's current key version, so a write finds its key
 //! with one lookup.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use shredkv_crypto::{KeyId, SubjectTag};
 
 use crate::sync::{self, Mutex};
+use crate::tag_hash::TagMap;
 
 /// A scope-bucket: the keys of one subject, class and bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,11 +47,11 @@ struct Entry<V> {
 
 #[derive(Debug)]
 struct Inner<V> {
-    entries: HashMap<KeyId, Entry<V>>,
+    entries: TagMap<KeyId, Entry<V>>,
     /// Every cached id, sorted: a subject's (or scope's) entries are one
     /// range, so evicting them costs their number, not the cache's size.
     index: BTreeSet<KeyId>,
-    current: HashMap<BucketId, KeyId>,
+    current: TagMap<BucketId, KeyId>,
     /// Insertion order, oldest first. Removal leaves its item behind (found
     /// stale by its sequence number when it reaches the front, or dropped by
     /// [`Inner::compact_order`]), so no removal scans the queue.
@@ -95,9 +96,9 @@ impl<V> KeyCache<V> {
     pub fn new(capacity_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
-                entries: HashMap::new(),
+                entries: TagMap::default(),
                 index: BTreeSet::new(),
-                current: HashMap::new(),
+                current: TagMap::default(),
                 order: VecDeque::new(),
                 next_seq: 0,
                 bytes: 0,
