@@ -15,13 +15,11 @@
 //!
 //! [`SubjectTag`]: shredkv_crypto::SubjectTag
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A `HashMap` whose keys carry a subject tag (see the module docs).
 pub(crate) type TagMap<K, V> = HashMap<K, V, BuildHasherDefault<TagHasher>>;
-/// A `HashSet` whose keys carry a subject tag (see the module docs).
-pub(crate) type TagSet<K> = HashSet<K, BuildHasherDefault<TagHasher>>;
 
 /// FxHash's multiplier (a 64-bit odd constant with well-spread bits).
 const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;

@@ -34,7 +34,7 @@ use crate::retention::{ClassPolicy, Policy};
 use crate::storage::sealed::SealedStorage;
 use crate::storage::{self, Durability, Storage, Tree, WriteBatch, scan_prefix};
 use crate::subjects::{self, SubjectInfo, SubjectKind, SubjectState};
-use crate::tag_hash::{TagMap, TagSet};
+use crate::tag_hash::TagMap;
 use crate::vault::Vault;
 use crate::vault::gate::{RecordLocks, ScopeGate};
 
@@ -135,13 +135,12 @@ pub(crate) struct DbInner {
     pub(crate) hold_reasons: crate::holds::ReasonCipher,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) durability: Durability,
+    /// Subject records, each with the classes whose erasure ledger was
+    /// checked and found clear (one probe per access for both). Erasure
+    /// clears its classes under the gate's write lock before releasing it,
+    /// so a live mark is never stale for an operation holding the read lock.
     /// (`crate::sync`'s, so the loom model sees subject state.)
-    subjects: crate::sync::Mutex<TagMap<SubjectTag, SubjectInfo>>,
-    /// Scopes whose erasure ledger was checked and found clear, so reads and
-    /// writes skip that lookup. Erasure removes its scopes under the gate's
-    /// write lock before releasing it, so an entry is never stale for an
-    /// operation holding the read lock.
-    live_scopes: crate::sync::Mutex<TagSet<(SubjectTag, u16)>>,
+    subjects: crate::sync::Mutex<TagMap<SubjectTag, CachedSubject>>,
     /// One compaction (or epoch rotation) at a time.
     pub(crate) compaction: Mutex<()>,
     /// When re-keys run and epoch keys die (G2).
@@ -154,8 +153,20 @@ pub(crate) struct DbInner {
     pub(crate) admin: Mutex<Option<crate::admin::AdminServer>>,
 }
 
-/// Live scopes remembered at most; beyond it the set starts over.
-const LIVE_SCOPE_ENTRIES: usize = 1 << 20;
+/// A cached subject record and the classes known live for it.
+#[derive(Debug, Clone)]
+struct CachedSubject {
+    info: SubjectInfo,
+    /// Bit `c` set: class number `c` (below 64) was found not erased in this
+    /// generation. Classes numbered 64 and up are never marked, so their
+    /// accesses always consult the ledger (slower, never wrong).
+    live_classes: u64,
+}
+
+/// The live-class bit of a class number, if it has one.
+fn live_class_bit(class: u16) -> Option<u64> {
+    1u64.checked_shl(u32::from(class)).filter(|_| class < 64)
+}
 
 /// Subjects cached in memory at most; beyond it the cache starts over.
 const SUBJECT_CACHE_ENTRIES: usize = 100_000;
@@ -477,7 +488,6 @@ impl Db {
                 Durability::Buffered
             },
             subjects: crate::sync::Mutex::new(TagMap::default()),
-            live_scopes: crate::sync::Mutex::new(TagSet::default()),
             compaction: Mutex::new(()),
             timeline,
             flusher: Mutex::new(None),
@@ -788,8 +798,8 @@ impl DbInner {
     }
 
     pub(crate) fn subject_info(&self, tag: &SubjectTag) -> Result<Option<SubjectInfo>> {
-        if let Some(info) = crate::sync::lock(&self.subjects).get(tag) {
-            return Ok(Some(info.clone()));
+        if let Some(cached) = crate::sync::lock(&self.subjects).get(tag) {
+            return Ok(Some(cached.info.clone()));
         }
         let Some(bytes) = self
             .storage
@@ -805,12 +815,24 @@ impl DbInner {
         Ok(Some(info))
     }
 
+    /// Caches a subject's record. The classes known live stay known: only
+    /// erasure (and forgetting the subject) clears them.
     pub(crate) fn cache_subject(&self, info: SubjectInfo) {
         let mut cache = crate::sync::lock(&self.subjects);
+        if let Some(cached) = cache.get_mut(&info.tag) {
+            cached.info = info;
+            return;
+        }
         if cache.len() >= SUBJECT_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(info.tag, info);
+        cache.insert(
+            info.tag,
+            CachedSubject {
+                info,
+                live_classes: 0,
+            },
+        );
     }
 
     /// When the subject's account was closed, if it was: the subject's own
@@ -828,23 +850,39 @@ impl DbInner {
         }
     }
 
-    pub(crate) fn scope_known_live(&self, tag: &SubjectTag, class: u16) -> bool {
-        crate::sync::lock(&self.live_scopes).contains(&(*tag, class))
+    /// The subject's cached record, and whether `class` is known live for
+    /// it; `None` if the subject is not cached. One probe for both.
+    pub(crate) fn cached_subject(
+        &self,
+        tag: &SubjectTag,
+        class: u16,
+    ) -> Option<(SubjectInfo, bool)> {
+        let cache = crate::sync::lock(&self.subjects);
+        let cached = cache.get(tag)?;
+        let live = live_class_bit(class).is_some_and(|bit| cached.live_classes & bit != 0);
+        Some((cached.info.clone(), live))
     }
 
+    /// Remembers that `class` of a cached subject is not erased (the caller
+    /// checked the ledger under the gate's read lock). A subject no longer
+    /// cached is left alone: the next access checks again.
     pub(crate) fn note_scope_live(&self, tag: &SubjectTag, class: u16) {
-        let mut live = crate::sync::lock(&self.live_scopes);
-        if live.len() >= LIVE_SCOPE_ENTRIES {
-            live.clear();
+        if let Some(bit) = live_class_bit(class)
+            && let Some(cached) = crate::sync::lock(&self.subjects).get_mut(tag)
+        {
+            cached.live_classes |= bit;
         }
-        live.insert((*tag, class));
     }
 
     /// Forgets that a subject's scopes (all, or one class) are live: called
     /// by erasure while it holds the gate's write lock.
     pub(crate) fn forget_live_scopes(&self, tag: &SubjectTag, class: Option<u16>) {
-        crate::sync::lock(&self.live_scopes)
-            .retain(|(t, c)| !(t == tag && class.is_none_or(|x| x == *c)));
+        if let Some(cached) = crate::sync::lock(&self.subjects).get_mut(tag) {
+            cached.live_classes &= match class {
+                None => 0,
+                Some(class) => !live_class_bit(class).unwrap_or(0),
+            };
+        }
     }
 
     /// After a write that failed: it may have landed all the same (a sync

@@ -426,9 +426,14 @@ impl DbInner {
         class: &ClassEntry,
         access: Access,
     ) -> Result<SubjectInfo> {
-        let info = self
-            .subject_info(tag)?
-            .ok_or(Error::UnknownSubject { subject: *tag })?;
+        let (info, known_live) = match self.cached_subject(tag, class.number) {
+            Some(cached) => cached,
+            None => (
+                self.subject_info(tag)?
+                    .ok_or(Error::UnknownSubject { subject: *tag })?,
+                false,
+            ),
+        };
         match info.state {
             SubjectState::Erased => {
                 return Err(info.erased_error());
@@ -454,7 +459,7 @@ impl DbInner {
                 erased_at: deadline,
             });
         }
-        if self.scope_known_live(tag, class.number) {
+        if known_live {
             return Ok(info);
         }
         if let Some(erased_at) = self.scope_erased_at(tag, class.number, info.generation)? {

@@ -1207,3 +1207,51 @@ fn a_write_whose_expiry_has_passed_expires_the_record() {
     .expect("now");
     assert_eq!(db.get("a", "message_content", b"n").expect("get"), None);
 }
+
+/// A class has a live mark only below 64; above, every access consults the
+/// ledger (a mark there would alias another class's bit, or overflow).
+#[test]
+fn live_class_marks_cover_only_the_first_64_class_numbers() {
+    assert_eq!(super::live_class_bit(0), Some(1));
+    assert_eq!(super::live_class_bit(63), Some(1 << 63));
+    assert_eq!(super::live_class_bit(64), None);
+    assert_eq!(super::live_class_bit(u16::MAX), None);
+}
+
+/// Reads mark a class live in the subject cache; erasing it clears the mark
+/// at once, so the very next read is refused, while the other classes stay
+/// readable; refreshing the cached record (a restriction lifted) keeps the
+/// marks of classes nothing erased.
+#[test]
+fn an_erasure_clears_the_live_mark_its_reads_left() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, _clock) = open(&dir);
+    db.register_account("acct").expect("register");
+    db.put("acct", "message_content", b"k", b"v").expect("put");
+    db.put("acct", "invoices", b"k", b"v").expect("put");
+    for class in ["message_content", "invoices"] {
+        assert!(db.get("acct", class, b"k").expect("get").is_some());
+    }
+    let tag = db.tag_of("acct").expect("tag");
+    let number = |name: &str| db.inner.resolve(&name).expect("class").number;
+    let live = |class: u16| db.inner.cached_subject(&tag, class).map(|(_, live)| live);
+    assert_eq!(live(number("message_content")), Some(true));
+    db.restrict("acct").expect("restrict");
+    db.lift_restriction("acct").expect("unrestrict");
+    assert_eq!(
+        live(number("invoices")),
+        Some(true),
+        "a state change keeps the marks"
+    );
+    db.shred("acct", Classes::Only(&["message_content"]))
+        .expect("shred");
+    assert_eq!(live(number("message_content")), Some(false));
+    assert!(matches!(
+        db.get("acct", "message_content", b"k"),
+        Err(Error::Erased { .. })
+    ));
+    assert_eq!(
+        db.get("acct", "invoices", b"k").expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+}

@@ -51,7 +51,9 @@ struct Inner<V> {
     /// Every cached id, sorted: a subject's (or scope's) entries are one
     /// range, so evicting them costs their number, not the cache's size.
     index: BTreeSet<KeyId>,
-    current: TagMap<BucketId, KeyId>,
+    /// Each bucket's current key with its value, so a write (or a blinded
+    /// lookup) finds it with one probe; always also in `entries`.
+    current: TagMap<BucketId, (KeyId, Arc<V>)>,
     /// Insertion order, oldest first. Removal leaves its item behind (found
     /// stale by its sequence number when it reaches the front, or dropped by
     /// [`Inner::compact_order`]), so no removal scans the queue.
@@ -67,7 +69,11 @@ impl<V> Inner<V> {
             self.index.remove(id);
         }
         let bucket = BucketId::of(id);
-        if self.current.get(&bucket) == Some(id) {
+        if self
+            .current
+            .get(&bucket)
+            .is_some_and(|(current, _)| current == id)
+        {
             self.current.remove(&bucket);
         }
     }
@@ -117,9 +123,10 @@ impl<V> KeyCache<V> {
 
     /// The current key of a bucket, if cached.
     pub fn current(&self, bucket: &BucketId) -> Option<(KeyId, Arc<V>)> {
-        let inner = sync::lock(&self.inner);
-        let id = inner.current.get(bucket)?;
-        inner.entries.get(id).map(|e| (*id, Arc::clone(&e.value)))
+        sync::lock(&self.inner)
+            .current
+            .get(bucket)
+            .map(|(id, value)| (*id, Arc::clone(value)))
     }
 
     /// Caches `value` under `id`, costing `bytes`, and makes it its bucket's
@@ -127,6 +134,15 @@ impl<V> KeyCache<V> {
     pub fn insert(&self, id: KeyId, value: Arc<V>, bytes: usize, current: bool) {
         let mut inner = sync::lock(&self.inner);
         let inner = &mut *inner;
+        let bucket = BucketId::of(&id);
+        if current {
+            inner.current.insert(bucket, (id, Arc::clone(&value)));
+        } else if let Some((current_id, current_value)) = inner.current.get_mut(&bucket)
+            && *current_id == id
+        {
+            // Replaced in place while current: the bucket serves the new value.
+            *current_value = Arc::clone(&value);
+        }
         match inner.entries.get_mut(&id) {
             // Replaced in place: it keeps its place in the order.
             Some(entry) => {
@@ -143,9 +159,6 @@ impl<V> KeyCache<V> {
             }
         }
         inner.bytes = inner.bytes.saturating_add(bytes);
-        if current {
-            inner.current.insert(BucketId::of(&id), id);
-        }
         while inner.bytes > self.capacity_bytes && inner.entries.len() > 1 {
             let Some((oldest, seq)) = inner.order.pop_front() else {
                 break;
@@ -165,7 +178,11 @@ impl<V> KeyCache<V> {
     pub fn retire(&self, id: &KeyId) {
         let mut inner = sync::lock(&self.inner);
         let bucket = BucketId::of(id);
-        if inner.current.get(&bucket) == Some(id) {
+        if inner
+            .current
+            .get(&bucket)
+            .is_some_and(|(current, _)| current == id)
+        {
             inner.current.remove(&bucket);
         }
     }
@@ -258,11 +275,42 @@ mod tests {
         let cache = KeyCache::new(100);
         let value = Arc::new(7u32);
         cache.insert(id(1, 1, 1, 1), Arc::clone(&value), 100, true);
-        assert_eq!(Arc::strong_count(&value), 2);
+        // Held by the entry and by its bucket's current slot.
+        assert_eq!(Arc::strong_count(&value), 3);
         cache.evict_subject(&SubjectTag([1; 16]), None);
         assert_eq!(Arc::strong_count(&value), 1);
         assert!(cache.is_empty());
         assert!(cache.current(&BucketId::of(&id(1, 1, 1, 1))).is_none());
+    }
+
+    /// The current slot never outlives its entry and always serves the
+    /// entry's latest value: replaced in place, evicted, removed, retired.
+    #[test]
+    fn the_current_key_follows_its_entry() {
+        let cache = KeyCache::new(200);
+        let bucket = BucketId::of(&id(1, 1, 1, 1));
+        let current = |cache: &KeyCache<u32>| cache.current(&bucket).map(|(k, v)| (k.version, *v));
+        cache.insert(id(1, 1, 1, 1), Arc::new(10), 100, true);
+        assert_eq!(current(&cache), Some((1, 10)));
+        // Replaced in place without the flag: still current, new value.
+        cache.insert(id(1, 1, 1, 1), Arc::new(11), 100, false);
+        assert_eq!(current(&cache), Some((1, 11)));
+        // Another bucket's keys evict it: the slot goes with it.
+        cache.insert(id(2, 1, 1, 1), Arc::new(20), 100, true);
+        cache.insert(id(2, 1, 1, 2), Arc::new(21), 100, true);
+        assert!(cache.get(&id(1, 1, 1, 1)).is_none());
+        assert_eq!(current(&cache), None);
+        // A newer version takes the slot; removing the older leaves it.
+        cache.insert(id(1, 1, 1, 1), Arc::new(10), 100, true);
+        cache.insert(id(1, 1, 1, 2), Arc::new(12), 100, true);
+        cache.remove(&id(1, 1, 1, 1));
+        assert_eq!(current(&cache), Some((2, 12)));
+        cache.remove(&id(1, 1, 1, 2));
+        assert_eq!(current(&cache), None);
+        cache.insert(id(1, 1, 1, 3), Arc::new(13), 100, true);
+        cache.retire(&id(1, 1, 1, 3));
+        assert_eq!(current(&cache), None);
+        assert!(cache.get(&id(1, 1, 1, 3)).is_some());
     }
 
     #[test]
