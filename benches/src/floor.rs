@@ -7,8 +7,9 @@
 //! HMAC key, 34 bytes as shredkv's; the value is the record key and value in
 //! shredkv's envelope, sealed under the subject's own AES-256-GCM key with
 //! the store id and tree key as associated data. Keys live in a map in
-//! memory, made at registration; erasing a subject drops its keys and makes
-//! one durable commit.
+//! memory, made at registration (so a floor store cannot be reopened: it is
+//! a throughput reference, not a store); erasing a subject drops its keys
+//! and makes one durable commit.
 //!
 //! Left out, because they are the engine's and not the layout's: the key
 //! vault and its caches, subject states and the access check, the erasure
