@@ -94,8 +94,9 @@ impl RawKv for sled::Db {
     }
 }
 
-/// redb with the plain peer's settings: buffered commits
-/// (`Durability::None`), durable ones `Durability::Immediate`.
+/// redb with its defaults, opened with the one table of the plain peers:
+/// buffered commits (`Durability::None`), durable ones `Durability::Immediate`
+/// (plain redb's peer uses it too).
 pub(crate) struct RedbKv(redb::Database);
 
 impl RedbKv {
@@ -108,7 +109,13 @@ impl RedbKv {
         Ok(Self(db))
     }
 
-    fn write(&self, durable: bool) -> Result<redb::WriteTransaction> {
+    /// The database, for reads.
+    pub(crate) fn database(&self) -> &redb::Database {
+        &self.0
+    }
+
+    /// A write transaction, committing durably or buffered.
+    pub(crate) fn write(&self, durable: bool) -> Result<redb::WriteTransaction> {
         let mut txn = self.0.begin_write()?;
         txn.set_durability(if durable {
             redb::Durability::Immediate

@@ -327,27 +327,18 @@ pub(crate) const REDB_TABLE: redb::TableDefinition<'static, &'static [u8], &'sta
 /// shredkv's buffered writes do); erasures and flushes commit with
 /// `Durability::Immediate`, which also persists every earlier commit.
 struct RedbStore {
-    db: redb::Database,
+    db: RedbKv,
 }
 
 impl RedbStore {
     fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let db = redb::Database::create(dir.join("store.redb"))?;
-        let txn = db.begin_write()?;
-        txn.open_table(REDB_TABLE)?;
-        txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db: RedbKv::open(dir)?,
+        })
     }
 
     fn write(&self, durable: bool) -> Result<redb::WriteTransaction> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        })?;
-        Ok(txn)
+        self.db.write(durable)
     }
 }
 
@@ -382,7 +373,7 @@ impl Store for RedbStore {
 
     fn get(&self, subject: &str, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         use redb::ReadableDatabase;
-        let txn = self.db.begin_read()?;
+        let txn = self.db.database().begin_read()?;
         let table = txn.open_table(REDB_TABLE)?;
         match table.get(tree_key(subject, key).as_slice())? {
             Some(value) => {
@@ -396,7 +387,7 @@ impl Store for RedbStore {
 
     fn scan(&self, subject: &str, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<usize> {
         use redb::ReadableDatabase;
-        let txn = self.db.begin_read()?;
+        let txn = self.db.database().begin_read()?;
         let table = txn.open_table(REDB_TABLE)?;
         let start = subject.as_bytes();
         let end = prefix_end(start).unwrap_or_default();
