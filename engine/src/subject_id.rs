@@ -39,9 +39,8 @@ pub(crate) fn canonical(id: &str) -> Result<Cow<'_, str>, Error> {
     // Every read and write comes here: printable ASCII is already NFC and
     // needs only its ends and length checked, in one pass over its bytes.
     let bytes = id.as_bytes();
-    if let (Some(b' '..=b'~'), Some(&last)) = (bytes.first(), bytes.last())
-        && bytes[0] != b' '
-        && last != b' '
+    // Ends are printable and not a space; everything between is printable.
+    if let (Some(b'!'..=b'~'), Some(b'!'..=b'~')) = (bytes.first(), bytes.last())
         && bytes.len() <= MAX_SUBJECT_ID_LEN
         && bytes.iter().all(|b| (b' '..=b'~').contains(b))
     {
