@@ -14,7 +14,7 @@
 //! so copying it anywhere else fails authentication (G5).
 
 use jiff::Timestamp;
-use shredkv_crypto::SubjectTag;
+use shredkv_crypto::{Envelope, KeyId, SubjectTag};
 
 /// One record as returned by scans and exports. Its `Debug` shows lengths,
 /// not the key or value (personal data does not belong in logs).
@@ -183,6 +183,18 @@ pub(crate) fn scope_prefix(tag: &SubjectTag, class: u16) -> [u8; 18] {
     out[..16].copy_from_slice(&tag.0);
     out[16..].copy_from_slice(&class.to_be_bytes());
     out
+}
+
+/// The key a stored record's envelope names: its scope's bucket and key
+/// version. Unauthenticated until the envelope opens under that key.
+pub(crate) fn sealing_key(subject: SubjectTag, class: u16, envelope: &Envelope<'_>) -> KeyId {
+    let r = envelope.key_ref();
+    KeyId {
+        subject,
+        class,
+        bucket: r.bucket,
+        version: r.version,
+    }
 }
 
 /// The full data-tree key of a record.

@@ -498,13 +498,8 @@ fn lost_records(backup: &dyn Storage, log: &ErasureLog, now: i64) -> Result<Vec<
             if envelope.expiry().is_some_and(|e| e <= now) {
                 return ControlFlow::Continue(());
             }
-            let r = envelope.key_ref();
-            let id = KeyId {
-                subject: SubjectTag(tag),
-                class: u16::from_be_bytes(class),
-                bucket: r.bucket,
-                version: r.version,
-            };
+            let id =
+                crate::records::sealing_key(SubjectTag(tag), u16::from_be_bytes(class), &envelope);
             if lost_keys.contains(&id) {
                 *counts.entry((id.subject, id.class)).or_default() += 1;
             }
@@ -918,13 +913,7 @@ impl Db {
                 &records::scope_prefix(&tag, class),
                 &mut |k, v| {
                     if let Ok(envelope) = Envelope::parse(v) {
-                        let r = envelope.key_ref();
-                        let id = KeyId {
-                            subject: tag,
-                            class,
-                            bucket: r.bucket,
-                            version: r.version,
-                        };
+                        let id = crate::records::sealing_key(tag, class, &envelope);
                         if gone.contains(&id) {
                             batch.remove(Tree::Data, k.to_vec());
                         }

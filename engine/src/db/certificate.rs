@@ -225,13 +225,7 @@ impl Db {
                 }
                 return ControlFlow::Continue(());
             };
-            let r = envelope.key_ref();
-            let id = KeyId {
-                subject: tag,
-                class,
-                bucket: r.bucket,
-                version: r.version,
-            };
+            let id = crate::records::sealing_key(tag, class, &envelope);
             // A record under a live key is residue only if an erasure should
             // have destroyed that key; under a dead key, if the erasures
             // killed it (keys of live classes that expire or are re-keyed

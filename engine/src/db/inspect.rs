@@ -629,13 +629,7 @@ impl Db {
                     // moved under a class number it never had.
                     let problem = match shredkv_crypto::Envelope::parse(v) {
                         Ok(envelope) => {
-                            let r = envelope.key_ref();
-                            let id = KeyId {
-                                subject: tag,
-                                class: number,
-                                bucket: r.bucket,
-                                version: r.version,
-                            };
+                            let id = crate::records::sealing_key(tag, number, &envelope);
                             let entry = inner.vault.read_entry(&id).ok().flatten();
                             let dead = entry
                                 .as_ref()

@@ -703,13 +703,7 @@ impl DbInner {
         let Ok(envelope) = Envelope::parse(&previous) else {
             return Ok(Previous::Damaged);
         };
-        let r = envelope.key_ref();
-        let id = KeyId {
-            subject: *tag,
-            class: class.number,
-            bucket: r.bucket,
-            version: r.version,
-        };
+        let id = crate::records::sealing_key(*tag, class.number, &envelope);
         if envelope.expiry().is_some_and(|e| e <= staging.now) {
             // Expired: its bucket key is destroyed at the end of its day.
             return Ok(Previous::Dead);
@@ -838,13 +832,7 @@ impl DbInner {
             location: data_location(tag, class, data_key),
             source,
         })?;
-        let r = envelope.key_ref();
-        let id = KeyId {
-            subject: *tag,
-            class: class.number,
-            bucket: r.bucket,
-            version: r.version,
-        };
+        let id = crate::records::sealing_key(*tag, class.number, &envelope);
         // Authenticate before believing anything the header says (its key
         // reference, its expiry): a forged header must fail, not hide data.
         let key = match scratch.lookup(self, &id)? {

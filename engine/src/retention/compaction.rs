@@ -643,13 +643,7 @@ impl DbInner {
                     let Ok(envelope) = Envelope::parse(v) else {
                         continue;
                     };
-                    let r = envelope.key_ref();
-                    let id = KeyId {
-                        subject: *tag,
-                        class: record_class,
-                        bucket: r.bucket,
-                        version: r.version,
-                    };
+                    let id = crate::records::sealing_key(*tag, record_class, &envelope);
                     let entry = match key_entries.get(&id) {
                         Some(entry) => entry.clone(),
                         None => {
