@@ -101,8 +101,35 @@ pub(crate) fn blocked_key(tag: &SubjectTag, class: u16, deadline_key: &[u8]) -> 
     key
 }
 
+/// Adds to `batch` the move of a due item a hold covers from the deadline
+/// index to `blocked` (re-queued when the hold is released), and its audit
+/// entry to `audit`.
+fn park_for_hold(
+    tag: &SubjectTag,
+    class: u16,
+    deadline_key: &[u8],
+    what: &str,
+    batch: &mut WriteBatch,
+    audit: &mut Vec<PendingEntry>,
+) {
+    batch.remove(Tree::Deadlines, deadline_key.to_vec());
+    batch.put(
+        Tree::Blocked,
+        blocked_key(tag, class, deadline_key),
+        Vec::new(),
+    );
+    audit.push(PendingEntry::new(
+        AuditEvent::ErasureBlocked,
+        Some(*tag),
+        (class != ALL_CLASSES).then_some(class),
+        format!("{what} blocked by a legal hold"),
+    ));
+}
+
 impl DbInner {
     /// Moves a due item to `blocked` and audits it, if a hold covers it.
+    /// The caller holds the scope gate's write lock over `tag`, so a hold
+    /// placed before this returns is seen (`place_hold` takes it too).
     fn blocked_by_hold(
         &self,
         tag: &SubjectTag,
@@ -121,22 +148,12 @@ impl DbInner {
             return Ok(false);
         }
         let mut batch = WriteBatch::new();
-        batch.remove(Tree::Deadlines, deadline_key.to_vec());
-        batch.put(
-            Tree::Blocked,
-            blocked_key(tag, class, deadline_key),
-            Vec::new(),
-        );
-        let entry = PendingEntry::new(
-            AuditEvent::ErasureBlocked,
-            Some(*tag),
-            (class != ALL_CLASSES).then_some(class),
-            format!("{what} blocked by a legal hold"),
-        );
+        let mut audit = Vec::new();
+        park_for_hold(tag, class, deadline_key, what, &mut batch, &mut audit);
         self.audit.commit(
             self.storage.as_ref(),
             batch,
-            &[entry],
+            &audit,
             now,
             Durability::Buffered,
         )?;
@@ -251,7 +268,10 @@ impl DbInner {
     }
 
     /// Destroys a page of expired bucket keys in one atomic batch (one gate
-    /// acquisition, one commit). Keys a hold covers are parked instead.
+    /// acquisition, one commit). Keys a hold covers are parked instead, in
+    /// the same batch. Holds are read under the gate's write lock: a hold
+    /// placed while the page waited for the lock stops its keys'
+    /// destruction.
     fn destroy_due_keys(
         &self,
         items: &[(Vec<u8>, KeyId)],
@@ -261,7 +281,18 @@ impl DbInner {
         if items.is_empty() {
             return Ok(());
         }
+        let tags: Vec<SubjectTag> = items
+            .iter()
+            .map(|(_, id)| id.subject)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _exclusive = self.gate.write(&tags);
         let mut holds: HashMap<SubjectTag, _> = HashMap::new();
+        let mut batch = WriteBatch::new();
+        let mut audit = Vec::new();
+        let mut scopes = std::collections::BTreeSet::new();
+        let (mut destroyed, mut parked) = (0u64, 0u64);
         let mut free = Vec::with_capacity(items.len());
         for (key, id) in items {
             let subject_holds = match holds.entry(id.subject) {
@@ -270,25 +301,13 @@ impl DbInner {
                     e.insert(self.holds_of(&id.subject)?)
                 }
             };
-            let held = Self::hold_on(subject_holds, id.class).is_some();
-            if held && self.blocked_by_hold(&id.subject, id.class, key, "expiry", now)? {
-                report.blocked_by_hold += 1;
-            } else {
-                free.push((key, *id));
+            if Self::hold_on(subject_holds, id.class).is_some() {
+                park_for_hold(&id.subject, id.class, key, "expiry", &mut batch, &mut audit);
+                parked += 1;
+                continue;
             }
-        }
-        let tags: Vec<SubjectTag> = free
-            .iter()
-            .map(|(_, id)| id.subject)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let _exclusive = self.gate.write(&tags);
-        let mut batch = WriteBatch::new();
-        let mut audit = Vec::new();
-        let mut scopes = std::collections::BTreeSet::new();
-        for (key, id) in &free {
-            batch.remove(Tree::Deadlines, (*key).clone());
+            free.push(*id);
+            batch.remove(Tree::Deadlines, key.clone());
             if self.vault.destroy_one(id, now.as_second(), &mut batch)? {
                 scopes.insert((id.subject, id.class));
                 audit.push(PendingEntry::new(
@@ -302,7 +321,7 @@ impl DbInner {
                         self.class_name(id.class)
                     ),
                 ));
-                report.keys_destroyed += 1;
+                destroyed += 1;
             }
         }
         // Removing an expired bucket's records means scanning its scope, so
@@ -325,7 +344,9 @@ impl DbInner {
             now,
             Durability::Buffered,
         )?;
-        for (_, id) in &free {
+        report.keys_destroyed += destroyed;
+        report.blocked_by_hold += parked;
+        for id in &free {
             self.vault.evict(id);
         }
         Ok(())
@@ -369,11 +390,11 @@ impl DbInner {
             ErasureReason::RetentionExpired => "retention erasure".to_string(),
             other => format!("{} erasure", other.name()),
         };
+        let _exclusive = self.gate.write(&[tag]);
         if self.blocked_by_hold(&tag, class, deadline_key, &what, now)? {
             report.blocked_by_hold += 1;
             return Ok(());
         }
-        let _exclusive = self.gate.write(&[tag]);
         let receipt = if whole {
             self.erase_locked(tag, &[tag], None, reason)?
         } else {
@@ -408,11 +429,11 @@ impl DbInner {
             self.storage.apply(&done, Durability::Buffered)?;
             return Ok(());
         }
+        let _exclusive = self.gate.write(&[old.subject]);
         if self.blocked_by_hold(&old.subject, old.class, deadline_key, "re-key", now)? {
             report.blocked_by_hold += 1;
             return Ok(());
         }
-        let _exclusive = self.gate.write(&[old.subject]);
         let Some(old_key) = self.vault.load(&old)? else {
             self.storage.apply(&done, Durability::Buffered)?;
             return Ok(());
