@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use shredkv::jiff::{SignedDuration, Timestamp};
 use shredkv::{Batch, Config, Db, ManualClock, Policy, PutOptions};
+use shredkv_benches::due_floor::DueKeysFloor;
 
 const CLASS: &str = "message_content";
 
@@ -193,6 +194,29 @@ fn destroy_due_keys_at_scale(c: &mut Criterion) {
         });
         group.bench_function(format!("destroy {subjects} due keys"), |b| {
             b.iter_custom(|iters| (0..iters).map(|_| days.time_one_pass()).sum());
+        });
+        drop(days);
+        // The design's floor in the same run: the same writes on plain redb
+        // (benches/src/due_floor.rs).
+        let mut floor: Option<(tempfile::TempDir, DueKeysFloor)> = None;
+        group.bench_function(format!("floor: plain redb, {subjects} due keys"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        if floor.as_ref().is_none_or(|(_, f)| f.days_left() == 0) {
+                            floor = None;
+                            let dir = tempfile::tempdir().expect("a temporary directory");
+                            let loaded = DueKeysFloor::load(dir.path(), subjects, 16)
+                                .expect("load the floor");
+                            floor = Some((dir, loaded));
+                        }
+                        let (_, f) = floor.as_mut().expect("loaded just above");
+                        let (spent, destroyed) = f.pass().expect("a floor pass");
+                        assert_eq!(destroyed, subjects);
+                        spent
+                    })
+                    .sum()
+            });
         });
     }
     group.finish();

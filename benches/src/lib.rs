@@ -10,6 +10,7 @@
 //! Every peer implements [`Store`]; [`workload`] builds the data set and the
 //! lazily loaded fixtures the benches share.
 
+pub mod due_floor;
 mod floor;
 pub mod measure;
 pub mod peers;

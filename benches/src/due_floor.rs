@@ -1,0 +1,243 @@
+//! The floor of destroying due keys on redb: the writes a compaction pass
+//! makes for each expired bucket key, on plain redb, without the engine.
+//!
+//! A store shaped like the retention bench's (subjects × days expiry-bucket
+//! keys, one per subject and day, plus a scope key per subject) is mirrored
+//! as plain tables of the same key and value sizes:
+//!
+//! - `vault`: 26-byte key ids (16-byte subject tag ‖ class ‖ bucket ‖
+//!   version), 109-byte live entries (a vault entry of 93 bytes and its
+//!   16-byte control-plane MAC);
+//! - `deadlines`: 35-byte keys (deadline ‖ kind ‖ key id), 24-byte values;
+//! - `audit`: entries of 160 bytes under an 8-byte sequence number;
+//! - `holds`: empty (a pass still looks for each subject's holds).
+//!
+//! A pass reads the day's due items in pages of 256 and, per page, one write
+//! transaction (buffered, `Durability::None`) does per key what a pass must:
+//! look for the subject's holds, read the vault entry, overwrite it with a
+//! 43-byte tombstone, remove the due item, append an audit entry and put the
+//! scope's sweep item; the pass ends with a durable commit. No MACs, no
+//! sealing, no locks, no caches: what is left is redb's own cost of the
+//! writes the design needs, so a rate above this floor cannot be reached by
+//! changing the engine alone.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::Result;
+
+const VAULT: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("vault");
+const DEADLINES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deadlines");
+const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
+const HOLDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("holds");
+
+const PAGE: usize = 256;
+const LIVE_ENTRY: usize = 109;
+const TOMBSTONE: usize = 43;
+const AUDIT_ENTRY: usize = 160;
+const DEADLINE_VALUE: usize = 24;
+const DESTROY_KEY: u8 = 1;
+const SWEEP: u8 = 4;
+const CLASS: u16 = 8;
+const LOADED_PER_TXN: usize = 10_000;
+
+/// A subject's tag: 16 well-spread bytes (subject tags are keyed PRF
+/// outputs, so their order is random against the subjects').
+fn tag(subject: usize) -> [u8; 16] {
+    let mut x = subject as u64;
+    let mut out = [0u8; 16];
+    for half in out.chunks_mut(8) {
+        // splitmix64
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        half.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+    }
+    out
+}
+
+fn key_id(subject: usize, bucket: u32) -> [u8; 26] {
+    let mut id = [0u8; 26];
+    id[..16].copy_from_slice(&tag(subject));
+    id[16..18].copy_from_slice(&CLASS.to_be_bytes());
+    id[18..22].copy_from_slice(&bucket.to_be_bytes());
+    id[22..].copy_from_slice(&1u32.to_be_bytes());
+    id
+}
+
+fn due_key(deadline: u64, kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(35);
+    key.extend_from_slice(&deadline.to_be_bytes());
+    key.push(kind);
+    key.extend_from_slice(id);
+    key
+}
+
+/// A plain redb database shaped like a store with expiring keys; each
+/// [`DueKeysFloor::pass`] destroys the next day's keys.
+pub struct DueKeysFloor {
+    db: redb::Database,
+    subjects: usize,
+    days: usize,
+    next_day: usize,
+    audit_seq: u64,
+}
+
+impl DueKeysFloor {
+    /// Loads `subjects` × `days` expiry keys (and a scope key per subject)
+    /// into a new database under `dir`.
+    ///
+    /// # Errors
+    /// redb failures.
+    pub fn load(dir: &Path, subjects: usize, days: usize) -> Result<Self> {
+        let db = redb::Database::create(dir.join("due-floor.redb"))?;
+        let live = [0xA5u8; LIVE_ENTRY];
+        let deadline_value = [0x5Au8; DEADLINE_VALUE];
+        let mut pending = 0;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        for s in 0..subjects {
+            for bucket in 0..=days {
+                let id = key_id(s, u32::try_from(bucket)?);
+                {
+                    let mut vault = txn.open_table(VAULT)?;
+                    vault.insert(id.as_slice(), live.as_slice())?;
+                }
+                if bucket > 0 {
+                    let mut deadlines = txn.open_table(DEADLINES)?;
+                    let due = due_key(bucket as u64, DESTROY_KEY, &id);
+                    deadlines.insert(due.as_slice(), deadline_value.as_slice())?;
+                }
+                pending += 1;
+                if pending >= LOADED_PER_TXN {
+                    txn.commit()?;
+                    txn = db.begin_write()?;
+                    txn.set_durability(redb::Durability::None)?;
+                    pending = 0;
+                }
+            }
+        }
+        txn.open_table(AUDIT)?;
+        txn.open_table(HOLDS)?;
+        txn.commit()?;
+        let mut sync = db.begin_write()?;
+        sync.set_durability(redb::Durability::Immediate)?;
+        sync.commit()?;
+        Ok(Self {
+            db,
+            subjects,
+            days,
+            next_day: 1,
+            audit_seq: 0,
+        })
+    }
+
+    /// Days whose keys are not destroyed yet.
+    #[must_use]
+    pub fn days_left(&self) -> usize {
+        self.days + 1 - self.next_day
+    }
+
+    /// Destroys the next day's keys (one per subject) as a pass does;
+    /// returns the time it took and the keys destroyed.
+    ///
+    /// # Errors
+    /// redb failures, or no day left.
+    pub fn pass(&mut self) -> Result<(Duration, usize)> {
+        if self.days_left() == 0 {
+            return Err("every loaded day is spent".into());
+        }
+        let day = self.next_day as u64;
+        self.next_day += 1;
+        let tombstone = [0x3Cu8; TOMBSTONE];
+        let entry = [0xC3u8; AUDIT_ENTRY];
+        let deadline_value = [0x5Au8; DEADLINE_VALUE];
+        // The day's destruction items only (sweep items are a pass's other work).
+        let start = due_key(day, DESTROY_KEY, &[]);
+        let end = due_key(day, DESTROY_KEY + 1, &[]);
+        let started = Instant::now();
+        let mut destroyed = 0;
+        loop {
+            let page: Vec<Vec<u8>> = {
+                let txn = self.db.begin_read()?;
+                let deadlines = txn.open_table(DEADLINES)?;
+                deadlines
+                    .range::<&[u8]>(start.as_slice()..end.as_slice())?
+                    .take(PAGE)
+                    .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                    .collect::<std::result::Result<_, _>>()?
+            };
+            if page.is_empty() {
+                break;
+            }
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(redb::Durability::None)?;
+            {
+                let mut vault = txn.open_table(VAULT)?;
+                let mut deadlines = txn.open_table(DEADLINES)?;
+                let mut audit = txn.open_table(AUDIT)?;
+                let holds = txn.open_table(HOLDS)?;
+                for due in &page {
+                    let id = due.get(9..).ok_or("a short due item")?;
+                    let tag = id.get(..16).ok_or("a short key id")?;
+                    if holds.range::<&[u8]>(tag..id)?.next().is_some() {
+                        return Err("the floor holds nothing".into());
+                    }
+                    let live = vault.get(id)?.map(|v| v.value().len());
+                    if live != Some(LIVE_ENTRY) {
+                        return Err("a due key not live in the floor's vault".into());
+                    }
+                    vault.insert(id, tombstone.as_slice())?;
+                    deadlines.remove(due.as_slice())?;
+                    self.audit_seq += 1;
+                    audit.insert(self.audit_seq, entry.as_slice())?;
+                    let sweep = due_key(day + 7, SWEEP, id.get(..18).ok_or("a short key id")?);
+                    deadlines.insert(sweep.as_slice(), deadline_value.as_slice())?;
+                    destroyed += 1;
+                }
+            }
+            txn.commit()?;
+        }
+        let mut sync = self.db.begin_write()?;
+        sync.set_durability(redb::Durability::Immediate)?;
+        sync.commit()?;
+        let spent = started.elapsed();
+        if destroyed != self.subjects {
+            return Err(format!("destroyed {destroyed} keys, expected {}", self.subjects).into());
+        }
+        Ok((spent, destroyed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    #[test]
+    fn every_pass_destroys_one_days_keys_and_only_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut floor = DueKeysFloor::load(dir.path(), 50, 3).expect("load");
+        for left in (0..3).rev() {
+            let (_, destroyed) = floor.pass().expect("pass");
+            assert_eq!(destroyed, 50);
+            assert_eq!(floor.days_left(), left);
+        }
+        assert!(floor.pass().is_err(), "no day left");
+        let txn = floor.db.begin_read().expect("read");
+        let vault = txn.open_table(VAULT).expect("vault");
+        let mut live = 0;
+        for entry in vault.iter().expect("iter") {
+            let (_, v) = entry.expect("entry");
+            if v.value().len() == LIVE_ENTRY {
+                live += 1;
+            }
+        }
+        assert_eq!(live, 50, "only the scope keys stay live");
+        let audit = txn.open_table(AUDIT).expect("audit");
+        assert_eq!(audit.len().expect("len"), 150);
+    }
+}
