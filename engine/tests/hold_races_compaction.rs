@@ -139,7 +139,9 @@ fn a_hold_placed_while_expired_keys_are_being_destroyed_keeps_them() {
     assert_eq!(db.stats().expect("stats").keys_live, live_before);
     // Past its expiry, a held record stays readable for as long as the hold lasts.
     assert_eq!(
-        db.get("acct", CLASS, b"m1").expect("get under the hold").as_deref(),
+        db.get("acct", CLASS, b"m1")
+            .expect("get under the hold")
+            .as_deref(),
         Some(&b"evidence"[..])
     );
 
