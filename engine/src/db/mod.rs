@@ -21,8 +21,8 @@ use std::thread::JoinHandle;
 
 use jiff::Timestamp;
 use shredkv_crypto::{
-    DataKey, EpochId, FileKeyProvider, KeyProvider, Label, ProviderError, StoreSecret, SubjectTag,
-    TagKey, WrapContext, WrappedKey,
+    DataKey, EpochId, FileKeyProvider, KeyId, KeyProvider, Label, ProviderError, StoreSecret,
+    SubjectTag, TagKey, WrapContext, WrappedKey,
 };
 
 use crate::audit::{AuditEvent, AuditLog, PendingEntry};
@@ -141,6 +141,13 @@ pub(crate) struct DbInner {
     /// so a live mark is never stale for an operation holding the read lock.
     /// (`crate::sync`'s, so the loom model sees subject state.)
     subjects: crate::sync::Mutex<TagMap<SubjectTag, CachedSubject>>,
+    /// Key ids known to owe a recorded re-key debt (tree `debts`), so an
+    /// overwrite of a bucket that already owes one skips reading `debts`.
+    /// Filled only from what is in the backend (read there, or applied
+    /// there); a debt is removed from `debts` only with its key's
+    /// destruction, after which no record names the key as live, so an
+    /// entry never hides a debt that is missing. Bounded: cleared when full.
+    pub(crate) debts_recorded: Mutex<HashSet<KeyId>>,
     /// One compaction (or epoch rotation) at a time.
     pub(crate) compaction: Mutex<()>,
     /// When re-keys run and epoch keys die (G2).
@@ -488,6 +495,7 @@ impl Db {
                 Durability::Buffered
             },
             subjects: crate::sync::Mutex::new(TagMap::default()),
+            debts_recorded: Mutex::new(HashSet::new()),
             compaction: Mutex::new(()),
             timeline,
             flusher: Mutex::new(None),

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::{Bound, ControlFlow};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use jiff::Timestamp;
 use shredkv_crypto::{Envelope, KeyId, SubjectTag, seal_into};
@@ -361,7 +361,8 @@ impl Staging {
 
 impl DbInner {
     /// Applies a staged batch; its seal reservations count once it landed.
-    fn apply_staged(&self, staging: Staging) -> Result<()> {
+    fn apply_staged(&self, mut staging: Staging) -> Result<()> {
+        let debts = std::mem::take(&mut staging.debts);
         let (batch, reservations) = staging.finish();
         if batch.is_empty() {
             return Ok(());
@@ -370,7 +371,33 @@ impl DbInner {
         for reservation in &reservations {
             Vault::reservation_landed(reservation);
         }
+        // Every debt the batch needed is in the backend now.
+        self.remember_debts(debts);
         Ok(())
+    }
+
+    /// Whether `id` is known to owe a recorded re-key debt.
+    fn debt_recorded(&self, id: &KeyId) -> bool {
+        self.debts_recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
+    }
+
+    /// Notes debts that are in the backend (see `DbInner::debts_recorded`).
+    fn remember_debts(&self, ids: impl IntoIterator<Item = KeyId>) {
+        /// Ids remembered at most (about 2 MiB); beyond, the set starts over.
+        const REMEMBERED_DEBTS: usize = 1 << 16;
+        let mut known = self
+            .debts_recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            if known.len() >= REMEMBERED_DEBTS {
+                known.clear();
+            }
+            known.insert(id);
+        }
     }
 }
 
@@ -656,8 +683,12 @@ impl DbInner {
         if !staging.debts.insert(id) {
             return Ok(());
         }
+        if self.debt_recorded(&id) {
+            return Ok(());
+        }
         let key = id.to_bytes();
         if self.storage.get(Tree::Debts, &key)?.is_some() {
+            self.remember_debts(std::iter::once(id));
             return Ok(());
         }
         // Early enough that the epochs wrapping the old key die within the

@@ -449,6 +449,52 @@ fn overwrite_is_purged_within_the_window_counted_from_the_overwrite() {
     );
 }
 
+/// Every overwrite round owes a re-key, also after an earlier round's debt
+/// was paid: the engine remembers which keys owe one (to skip reading
+/// `debts` on every overwrite), and a memory that outlived the payment, or
+/// that named a bucket instead of a key version, would let the second
+/// round's dead ciphertext outlive the purge window.
+#[test]
+fn each_round_of_overwrites_owes_its_own_rekey() {
+    let window_days = policy_days("account_profile", "purge_window");
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    db.register_account("a").expect("register");
+    db.put("a", "account_profile", b"p", b"v0").expect("put");
+    for round in 1..=3u8 {
+        let destroyed_before = db.stats().expect("stats").keys_destroyed;
+        for n in 0..3u8 {
+            db.put("a", "account_profile", b"p", &[b'v', round, n])
+                .expect("overwrite");
+        }
+        assert_eq!(
+            db.stats().expect("stats").rekey_debts,
+            1,
+            "round {round}: the overwrites owe one re-key of the key they replaced"
+        );
+        let purge_deadline = clock.now() + days(window_days);
+        let mut rekeyed = 0;
+        while clock.now() < purge_deadline {
+            clock.advance(SignedDuration::from_hours(12));
+            rekeyed += db.compact().expect("compact").buckets_rekeyed;
+        }
+        let stats = db.stats().expect("stats");
+        assert_eq!(rekeyed, 1, "round {round}: re-keyed within the window");
+        assert_eq!(stats.rekey_debts, 0, "round {round}");
+        assert_eq!(
+            stats.keys_destroyed,
+            destroyed_before + 1,
+            "round {round}: the overwritten values' key version was destroyed"
+        );
+        assert_eq!(
+            db.get("a", "account_profile", b"p")
+                .expect("get")
+                .as_deref(),
+            Some(&[b'v', round, 2][..])
+        );
+    }
+}
+
 #[test]
 fn epochs_rotate_rewrap_and_old_epochs_are_destroyed_after_the_wait() {
     let dir = tempfile::tempdir().expect("dir");
