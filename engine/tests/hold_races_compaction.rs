@@ -14,51 +14,18 @@
 //! re-key debt is due `R = W − L − P` after the overwrite (W = 30 days from
 //! `policy/default.toml`, P = 1 day, L = (W − P) / 2), read and computed here.
 
-use std::sync::Arc;
 use std::sync::mpsc;
 
-use shredkv::internal::{
-    FaultControl, FaultPlan, MemoryKeyProvider, MemoryStore, PausePoint, TestStore,
-};
+use shredkv::internal::{FaultControl, PausePoint};
 use shredkv::jiff::{SignedDuration, Timestamp};
-use shredkv::{Clock, Config, Db, ManualClock, PutOptions};
+use shredkv::{Clock, Db, PutOptions};
+
+mod support;
+use support::PausableStore as Store;
 
 const POLICY: &str = include_str!("../../policy/default.toml");
 const CLASS: &str = "message_content";
 const DAY: i64 = 86_400;
-
-struct Store {
-    dir: tempfile::TempDir,
-    trees: MemoryStore,
-    keys: Arc<MemoryKeyProvider>,
-    clock: Arc<ManualClock>,
-}
-
-impl Store {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-            trees: MemoryStore::new(),
-            keys: Arc::new(MemoryKeyProvider::new()),
-            clock: Arc::new(ManualClock::new(
-                "2026-03-01T09:17:00Z".parse().expect("timestamp"),
-            )),
-        }
-    }
-
-    fn open(&self) -> (Db, FaultControl) {
-        let config = Config::new(self.dir.path())
-            .key_provider(self.keys.clone())
-            .clock(self.clock.clone())
-            .maintenance_every(None);
-        shredkv::internal::open_with_faults(
-            config,
-            &TestStore::Memory(self.trees.clone()),
-            FaultPlan::none(),
-        )
-        .expect("open")
-    }
-}
 
 /// The purge window of `message_content` in the policy file, in seconds.
 fn purge_window() -> i64 {

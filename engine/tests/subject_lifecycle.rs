@@ -16,51 +16,16 @@
 //! - A receipt names only the classes the subject held.
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::sync::mpsc;
 
-use shredkv::internal::{
-    FaultControl, FaultPlan, MemoryKeyProvider, MemoryStore, PausePoint, TestStore,
-};
+use shredkv::internal::PausePoint;
 use shredkv::jiff::{SignedDuration, Timestamp};
-use shredkv::{Batch, Classes, Clock, Config, Db, ErasureReason, ManualClock, SubjectState};
+use shredkv::{Batch, Classes, Clock, Db, ErasureReason, SubjectState};
+
+mod support;
+use support::PausableStore as Store;
 
 const POLICY: &str = include_str!("../../policy/default.toml");
-
-/// A fault-injectable in-memory store whose trees and keys survive reopening.
-struct Store {
-    dir: tempfile::TempDir,
-    trees: MemoryStore,
-    keys: Arc<MemoryKeyProvider>,
-    clock: Arc<ManualClock>,
-}
-
-impl Store {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-            trees: MemoryStore::new(),
-            keys: Arc::new(MemoryKeyProvider::new()),
-            clock: Arc::new(ManualClock::new(
-                "2026-03-01T09:17:00Z".parse().expect("timestamp"),
-            )),
-        }
-    }
-
-    /// Opens (or reopens: the key cache starts empty) the store.
-    fn open(&self) -> (Db, FaultControl) {
-        let config = Config::new(self.dir.path())
-            .key_provider(self.keys.clone())
-            .clock(self.clock.clone())
-            .maintenance_every(None);
-        shredkv::internal::open_with_faults(
-            config,
-            &TestStore::Memory(self.trees.clone()),
-            FaultPlan::none(),
-        )
-        .expect("open")
-    }
-}
 
 /// What a racing thread reports to the test.
 #[derive(Debug)]
