@@ -20,8 +20,9 @@ use shredkv::internal::{FaultControl, PausePoint};
 use shredkv::jiff::{SignedDuration, Timestamp};
 use shredkv::{Clock, Db, PutOptions};
 
-mod support;
-use support::PausableStore as Store;
+#[path = "support/pausable.rs"]
+mod pausable;
+use pausable::PausableStore as Store;
 
 const POLICY: &str = include_str!("../../policy/default.toml");
 const CLASS: &str = "message_content";

@@ -22,8 +22,9 @@ use shredkv::internal::PausePoint;
 use shredkv::jiff::{SignedDuration, Timestamp};
 use shredkv::{Batch, Classes, Clock, Db, ErasureReason, SubjectState};
 
-mod support;
-use support::PausableStore as Store;
+#[path = "support/pausable.rs"]
+mod pausable;
+use pausable::PausableStore as Store;
 
 const POLICY: &str = include_str!("../../policy/default.toml");
 
