@@ -306,9 +306,13 @@ impl DbInner {
                 parked += 1;
                 continue;
             }
-            free.push(*id);
-            batch.remove(Tree::Deadlines, key.clone());
-            if self.vault.destroy_one(id, now.as_second(), &mut batch)? {
+            free.push((key, *id));
+        }
+        let ids: Vec<KeyId> = free.iter().map(|(_, id)| *id).collect();
+        let live = self.vault.destroy_many(&ids, now.as_second(), &mut batch)?;
+        for ((key, id), was_live) in free.iter().zip(live) {
+            batch.remove(Tree::Deadlines, (*key).clone());
+            if was_live {
                 scopes.insert((id.subject, id.class));
                 audit.push(PendingEntry::new(
                     AuditEvent::KeysDestroyed,
@@ -346,7 +350,7 @@ impl DbInner {
         )?;
         report.keys_destroyed += destroyed;
         report.blocked_by_hold += parked;
-        for id in &free {
+        for id in &ids {
             self.vault.evict(id);
         }
         Ok(())

@@ -645,6 +645,46 @@ fn insert_new_only_when_absent(open: Opener) {
     assert!(value.len() == 1 && value[0] < 8);
 }
 
+/// `get_many` answers, key by key and in order, what `get` answers: values,
+/// empty values, absent keys, repeated keys, and only from its own tree.
+fn get_many_matches_get(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    assert_eq!(
+        store
+            .get_many(Tree::Vault, &[])
+            .expect("get_many of nothing"),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+    let mut batch = WriteBatch::new();
+    for i in 0..300u16 {
+        batch.put(
+            Tree::Vault,
+            i.to_be_bytes(),
+            vec![u8::try_from(i % 251).unwrap_or(0); usize::from(i % 7)],
+        );
+    }
+    batch.put(Tree::Data, 5u16.to_be_bytes(), b"another tree");
+    store
+        .apply(&batch, Durability::Buffered)
+        .expect("apply succeeds");
+    let keys: Vec<Vec<u8>> = [299u16, 5, 1000, 0, 5, 150, 301]
+        .iter()
+        .map(|k| k.to_be_bytes().to_vec())
+        .collect();
+    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let many = store
+        .get_many(Tree::Vault, &refs)
+        .expect("get_many succeeds");
+    let one_by_one: Vec<Option<Vec<u8>>> =
+        refs.iter().map(|k| get(&*store, Tree::Vault, k)).collect();
+    assert_eq!(many, one_by_one);
+    assert_eq!(many[2], None, "an absent key");
+    assert_eq!(many[3], Some(Vec::new()), "an empty value");
+    assert_eq!(many[1], many[4], "a repeated key");
+    assert_ne!(many[1].as_deref(), Some(&b"another tree"[..]));
+}
+
 macro_rules! common_tests {
     ($open:expr, reopen: $reopen:expr) => {
         use super::*;
@@ -653,6 +693,12 @@ macro_rules! common_tests {
         /// Single-key reads and writes, removals, empty values and empty batches.
         fn get_put_remove() {
             super::get_put_remove($open);
+        }
+
+        /// See [`super::get_many_matches_get`].
+        #[test]
+        fn get_many_matches_get() {
+            super::get_many_matches_get($open);
         }
 
         /// See [`super::scans_match_model`].

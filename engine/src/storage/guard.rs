@@ -111,6 +111,10 @@ impl Storage for Guarded {
         self.call("read", |s| s.get(tree, key))
     }
 
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.call("read", |s| s.get_many(tree, keys))
+    }
+
     fn scan(
         &self,
         tree: Tree,

@@ -269,6 +269,14 @@ pub(crate) trait Storage: Send + Sync {
     /// The value under `key`, if any.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// The values under `keys`, in their order: what [`Storage::get`] would
+    /// return for each, read in one read transaction where the backend has
+    /// them (redb), which a page of random lookups would otherwise open
+    /// one by one.
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        keys.iter().map(|key| self.get(tree, key)).collect()
+    }
+
     /// Calls `visit` for every entry with a key in `(start, end)`, in `order`,
     /// until it returns `Break`. The view is consistent within one call on
     /// redb; on sled it is per entry.

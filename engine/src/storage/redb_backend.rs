@@ -139,6 +139,17 @@ impl Storage for RedbStorage {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let txn = self.db.begin_read().map_err(self.fail("read"))?;
+        let table = txn.open_table(table(tree)).map_err(self.fail("read"))?;
+        keys.iter()
+            .map(|key| {
+                let value = table.get(*key).map_err(self.fail("read"))?;
+                Ok(value.map(|v| v.value().to_vec()))
+            })
+            .collect()
+    }
+
     fn scan(
         &self,
         tree: Tree,

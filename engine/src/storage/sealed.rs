@@ -83,6 +83,29 @@ pub(crate) struct Unauthenticated {
 }
 
 impl SealedStorage {
+    /// What a read of `key` returns, given what the backend holds there
+    /// (see the module docs for each guard's rule).
+    fn unseal(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        stored: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let guard = self.guard(tree, key);
+        if guard == Guard::Own {
+            return Ok(Some(stored));
+        }
+        match (self.open(tree, key, &stored), guard) {
+            (Some(value), _) => Ok(Some(value.to_vec())),
+            (None, Guard::Strict) => Err(self.refused(tree, key)),
+            (None, Guard::Decoded) => Ok(Some(UNAUTHENTICATED.to_vec())),
+            (None, _) => Ok(Some(unsealed_anyway(&stored).to_vec())),
+        }
+    }
+
     /// A sealed view of `inner`, keyed by `key` (derived from the store
     /// secret under `Label::ControlPlane`). `identity_keys` are the meta keys
     /// read before the secret is known; they stay as they are.
@@ -265,19 +288,16 @@ fn key_text(key: &[u8]) -> String {
 
 impl Storage for SealedStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let guard = self.guard(tree, key);
-        let Some(stored) = self.inner.get(tree, key)? else {
-            return Ok(None);
-        };
-        if guard == Guard::Own {
-            return Ok(Some(stored));
-        }
-        match (self.open(tree, key, &stored), guard) {
-            (Some(value), _) => Ok(Some(value.to_vec())),
-            (None, Guard::Strict) => Err(self.refused(tree, key)),
-            (None, Guard::Decoded) => Ok(Some(UNAUTHENTICATED.to_vec())),
-            (None, _) => Ok(Some(unsealed_anyway(&stored).to_vec())),
-        }
+        let stored = self.inner.get(tree, key)?;
+        self.unseal(tree, key, stored)
+    }
+
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let stored = self.inner.get_many(tree, keys)?;
+        keys.iter()
+            .zip(stored)
+            .map(|(key, stored)| self.unseal(tree, key, stored))
+            .collect()
     }
 
     fn scan(
@@ -492,6 +512,23 @@ mod tests {
             "{err}"
         );
         assert!(scanned(&sealed, Tree::Meta).is_err());
+        assert!(
+            sealed.get_many(Tree::Meta, &[b"class/x"]).is_err(),
+            "a read of many keys refuses what a read of one does"
+        );
+        // Reads of many keys follow each key's rule, in order.
+        let keys: [&[u8]; 4] = [b"s1", b"s2", b"none", b"s1"];
+        let one_by_one: Vec<_> = keys
+            .iter()
+            .map(|k| sealed.get(Tree::Subjects, k).expect("get"))
+            .collect();
+        assert_eq!(
+            sealed.get_many(Tree::Subjects, &keys).expect("get_many"),
+            one_by_one
+        );
+        assert_eq!(one_by_one[0].as_deref(), Some(&b"subject one"[..]));
+        assert_eq!(one_by_one[1].as_deref(), Some(UNAUTHENTICATED));
+        assert_eq!(one_by_one[2], None);
 
         let (found, checked) = sealed.sweep(100).expect("sweep");
         let mut names: Vec<(&str, Vec<u8>)> = found

@@ -155,6 +155,26 @@ fn invalid(detail: &'static str) -> FormatError {
     FormatError::InvalidField { what: WHAT, detail }
 }
 
+/// Adds to `batch` the tombstone of the key whose vault entry is `stored`;
+/// false if there is nothing to destroy (never held, or destroyed). A
+/// damaged entry is destroyed all the same: erasure must not depend on
+/// being able to read what it erases.
+fn tombstone_into(id: &KeyId, stored: Option<&[u8]>, now: i64, batch: &mut WriteBatch) -> bool {
+    let tombstone = match stored.map(VaultEntry::decode) {
+        None => return false,
+        Some(Ok(entry)) if entry.state == KeyState::Destroyed => return false,
+        Some(Ok(entry)) => entry.tombstone(now),
+        Some(Err(_)) => VaultEntry {
+            state: KeyState::Destroyed,
+            created_at: 0,
+            destroyed_at: Some(now),
+            wrapped: None,
+        },
+    };
+    batch.put(Tree::Vault, id.to_bytes().to_vec(), tombstone.encode());
+    true
+}
+
 /// Seal accounting of one data key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct SealRecord {
@@ -675,28 +695,26 @@ impl Vault {
     /// Destroys one key: its tombstone is added to `batch`. Returns false if
     /// it was already destroyed or never existed.
     pub(crate) fn destroy_one(&self, id: &KeyId, now: i64, batch: &mut WriteBatch) -> Result<bool> {
-        match self.read_entry(id) {
-            Ok(Some(entry)) if entry.state != KeyState::Destroyed => {
-                batch.put(
-                    Tree::Vault,
-                    id.to_bytes().to_vec(),
-                    entry.tombstone(now).encode(),
-                );
-                Ok(true)
-            }
-            Ok(_) => Ok(false),
-            Err(Error::Corrupt { .. }) => {
-                let tombstone = VaultEntry {
-                    state: KeyState::Destroyed,
-                    created_at: 0,
-                    destroyed_at: Some(now),
-                    wrapped: None,
-                };
-                batch.put(Tree::Vault, id.to_bytes().to_vec(), tombstone.encode());
-                Ok(true)
-            }
-            Err(other) => Err(other),
-        }
+        let stored = self.storage.get(Tree::Vault, &id.to_bytes())?;
+        Ok(tombstone_into(id, stored.as_deref(), now, batch))
+    }
+
+    /// [`Vault::destroy_one`] for each of `ids`, reading their entries in
+    /// one read (a page of due keys lies all over the vault).
+    pub(crate) fn destroy_many(
+        &self,
+        ids: &[KeyId],
+        now: i64,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<bool>> {
+        let keys: Vec<[u8; KeyId::LEN]> = ids.iter().map(KeyId::to_bytes).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        let stored = self.storage.get_many(Tree::Vault, &refs)?;
+        Ok(ids
+            .iter()
+            .zip(stored)
+            .map(|(id, stored)| tombstone_into(id, stored.as_deref(), now, batch))
+            .collect())
     }
 
     /// Re-wraps a live entry under `epoch`, adding it to `batch`. Returns
