@@ -73,6 +73,13 @@ impl Peer {
         Peer::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// Whether the peer can be closed and opened again on its files. The
+    /// design's floors keep their keys in memory only, so they cannot.
+    #[must_use]
+    pub fn reopens(self) -> bool {
+        !matches!(self, Peer::SledFloor | Peer::RedbFloor)
+    }
+
     /// The plain store of the same backend: the ceiling this peer is held to.
     pub fn baseline(self) -> Peer {
         match self {

@@ -12,8 +12,10 @@
 //!
 //! Options: `--quick`, `--records N`, `--subjects N`, `--rounds N`,
 //! `--peers a,b,...`, `--dir DIR` (where the stores are created). Every peer
-//! but the design's floors (`sled-floor`, `redb-floor`: keys in memory only,
-//! nothing to reopen) runs by default.
+//! runs by default; the design's floors (`sled-floor`, `redb-floor`) keep
+//! their keys in memory only and cannot reopen, so they are measured up to
+//! the load (size, peak RSS: what the design costs in memory) and skip the
+//! overwrite rounds.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -52,12 +54,7 @@ fn parse_options() -> Result<Options> {
     let mut options = Options {
         sizes,
         rounds: 10,
-        // The floor peers keep their keys in memory only, so they cannot
-        // reopen for the overwrite rounds; they are throughput references.
-        peers: Peer::ALL
-            .into_iter()
-            .filter(|p| !matches!(p, Peer::SledFloor | Peer::RedbFloor))
-            .collect(),
+        peers: Peer::ALL.to_vec(),
         dir: None,
         child: None,
     };
@@ -105,7 +102,7 @@ fn run_child(peer: Peer, options: &Options) -> Result<Report> {
     let size = dir_size(dir.path())?;
 
     let started = Instant::now();
-    if options.rounds > 0 {
+    if options.rounds > 0 && peer.reopens() {
         let store = peer.open(dir.path())?;
         for round in 1..=options.rounds {
             load(store.as_ref(), &options.sizes, round)?;
@@ -188,23 +185,29 @@ fn print_table(reports: &[Report], options: &Options) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in reports {
-        let growth = if r.size > 0 {
-            mib(r.grown) / mib(r.size)
+        let growth = if !r.peer.reopens() || options.rounds == 0 {
+            "– | – | – | –".to_string()
         } else {
-            0.0
+            let times = if r.size > 0 {
+                mib(r.grown) / mib(r.size)
+            } else {
+                0.0
+            };
+            format!(
+                "{:.1} | {times:.2}× | {} | {:.1}",
+                mib(r.grown),
+                ratio(r.grown, base(r.peer, |r| r.grown)),
+                r.growth_secs
+            )
         };
         println!(
-            "| {} | {:.1} | {:.1} | {} | {:.1} | {} | {:.1} | {:.2}× | {} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {} | {:.1} | {} | {growth} |",
             r.peer,
             r.load_secs,
             mib(r.size),
             ratio(r.size, base(r.peer, |r| r.size)),
             mib(r.peak_rss),
             ratio(r.peak_rss, base(r.peer, |r| r.peak_rss)),
-            mib(r.grown),
-            growth,
-            ratio(r.grown, base(r.peer, |r| r.grown)),
-            r.growth_secs,
         );
     }
 }
