@@ -43,6 +43,9 @@ pub struct Config {
     /// The uid the admin endpoint admits; the process's own when `None`.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) admin_allowed_uid: Option<u32>,
+    /// Where the store lives in an etcd cluster ([`Config::etcd`]).
+    #[cfg(feature = "etcd")]
+    pub(crate) etcd: Option<crate::storage::etcd_backend::EtcdTarget>,
 }
 
 impl fmt::Debug for Config {
@@ -85,6 +88,8 @@ impl Config {
             maintenance_every: Some(Duration::from_secs(3600)),
             admin_socket: None,
             admin_allowed_uid: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
     }
 
@@ -117,6 +122,33 @@ impl Config {
     /// without it, the backend is detected, and a new store uses redb.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = Some(backend);
+        self
+    }
+
+    /// Keeps the store in an etcd cluster (feature `etcd`): every tree
+    /// under the key prefix `namespace` of the cluster whose members answer
+    /// at `endpoints` (`http://host:port`), every commit quorum-durable.
+    /// `max_txn_ops` is the cluster's `--max-txn-ops`: a batch larger than
+    /// that is refused whole, never split (etcd's default, 128, is too small
+    /// for a shred of an account with many end users; issue 15 chunks them).
+    /// The directory `path` still holds what is local to this process: the
+    /// key file (by default) and the store's lock. Two stores must never
+    /// share a namespace, nor one be a prefix of another's.
+    ///
+    /// Backups of an etcd store, and its restore, are not supported yet.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(
+        mut self,
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        namespace: &str,
+        max_txn_ops: usize,
+    ) -> Self {
+        self.backend = Some(Backend::Etcd);
+        self.etcd = Some(crate::storage::etcd_backend::EtcdTarget {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            namespace: namespace.as_bytes().to_vec(),
+            max_txn_ops,
+        });
         self
     }
 

@@ -11,6 +11,8 @@ mod ops;
 mod scan;
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, feature = "etcd"))]
+mod tests_etcd;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -282,6 +284,12 @@ impl Db {
             config.placed_key_file()?;
         }
         create_private_dir(&path)?;
+        #[cfg(feature = "etcd")]
+        let storage = match &config.etcd {
+            Some(target) => storage::open_etcd(target, &path)?,
+            None => storage::open(config.backend, &path)?,
+        };
+        #[cfg(not(feature = "etcd"))]
         let storage = storage::open(config.backend, &path)?;
         let existing = meta_get(storage.as_ref(), meta::FORMAT)?.is_some();
         if existing {

@@ -31,6 +31,12 @@ fn open_redb(dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
     Ok(Box::new(RedbStorage::open(dir)?))
 }
 
+/// A store in this test process's etcd cluster, in the namespace `dir` names.
+#[cfg(feature = "etcd")]
+fn open_etcd(dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
+    Ok(Box::new(super::etcd_cluster::Cluster::shared().open(dir)?))
+}
+
 /// A temporary directory, removed when dropped.
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
@@ -811,4 +817,155 @@ mod sled {
 mod redb {
     common_tests!(open_redb, reopen: true);
     durable_tests!(open_redb);
+}
+
+/// The etcd backend, against a real 3-member cluster on loopback ports
+/// (`etcd_cluster`). Durability is the cluster's (a quorum's disks), so the
+/// process-exit checks do not apply; reopening is a new client.
+#[cfg(feature = "etcd")]
+mod etcd {
+    common_tests!(open_etcd, reopen: true);
+
+    /// See [`super::survives_reopen_after_flush`].
+    #[test]
+    fn survives_reopen_after_flush() {
+        super::survives_reopen_after_flush(open_etcd);
+    }
+
+    /// See [`super::survives_reopen_after_durable_apply`].
+    #[test]
+    fn survives_reopen_after_durable_apply() {
+        super::survives_reopen_after_durable_apply(open_etcd);
+    }
+
+    /// A batch larger than one etcd transaction may hold is refused whole:
+    /// nothing of it is written, and the error says what to do.
+    #[test]
+    fn a_batch_over_the_transaction_limit_is_refused_whole() {
+        let dir = tempdir();
+        let store = open_in(open_etcd, dir.path());
+        let limit = super::super::etcd_cluster::MAX_TXN_OPS;
+        let mut batch = WriteBatch::new();
+        for i in 0..=limit {
+            batch.put(Tree::Data, (i as u64).to_be_bytes(), b"v");
+        }
+        let err = store
+            .apply(&batch, Durability::Durable)
+            .expect_err("refused");
+        assert!(err.to_string().contains("--max-txn-ops"), "{err}");
+        assert!(
+            collect(
+                &*store,
+                Tree::Data,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Order::Ascending
+            )
+            .is_empty()
+        );
+        // Repeated keys count once: the same number of ops on fewer keys fits.
+        let mut batch = WriteBatch::new();
+        for i in 0..=limit {
+            batch.put(Tree::Data, ((i % 10) as u64).to_be_bytes(), b"v");
+        }
+        store.apply(&batch, Durability::Durable).expect("fits");
+        assert_eq!(
+            collect(
+                &*store,
+                Tree::Data,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Order::Ascending
+            )
+            .len(),
+            10
+        );
+    }
+
+    /// A scan longer than one request's page reads every entry once, in
+    /// order both ways, at one revision: what the visitor writes meanwhile
+    /// is not seen by that scan.
+    #[test]
+    fn a_scan_across_pages_reads_one_revision() {
+        let dir = tempdir();
+        let store = open_in(open_etcd, dir.path());
+        let n = 1_300u32; // more than two pages of 512
+        let mut batch = WriteBatch::new();
+        for i in 0..n {
+            batch.put(Tree::Audit, i.to_be_bytes(), b"v");
+        }
+        store.apply(&batch, Durability::Durable).expect("load");
+        for order in [Order::Ascending, Order::Descending] {
+            let mut seen = Vec::new();
+            store
+                .scan(
+                    Tree::Audit,
+                    Bound::Unbounded,
+                    Bound::Unbounded,
+                    order,
+                    &mut |k, _| {
+                        if seen.is_empty() {
+                            // After the first entry: a new key at each end, and
+                            // the removal of one the scan has not reached yet.
+                            let mut batch = WriteBatch::new();
+                            batch.put(Tree::Audit, u32::MAX.to_be_bytes(), b"late");
+                            batch.put(Tree::Audit, [0u8; 2], b"late");
+                            batch.remove(Tree::Audit, 650u32.to_be_bytes());
+                            store
+                                .apply(&batch, Durability::Durable)
+                                .expect("a write during the scan");
+                        }
+                        seen.push(u32::from_be_bytes(k.try_into().expect("a 4-byte key")));
+                        ControlFlow::Continue(())
+                    },
+                )
+                .expect("scan");
+            let mut expected: Vec<u32> = (0..n).collect();
+            if order == Order::Descending {
+                expected.reverse();
+            }
+            assert!(
+                seen == expected,
+                "{order:?}: {} entries seen (of {n}), 650 {}, the late keys {}",
+                seen.len(),
+                if seen.contains(&650) {
+                    "seen"
+                } else {
+                    "missing"
+                },
+                if seen.contains(&u32::MAX) {
+                    "seen"
+                } else {
+                    "not seen"
+                },
+            );
+            // Put the store back as it was for the other direction.
+            let mut undo = WriteBatch::new();
+            undo.remove(Tree::Audit, u32::MAX.to_be_bytes());
+            undo.remove(Tree::Audit, [0u8; 2]);
+            undo.put(Tree::Audit, 650u32.to_be_bytes(), b"v");
+            store.apply(&undo, Durability::Durable).expect("undo");
+        }
+    }
+
+    /// Two stores of one cluster never see each other's entries.
+    #[test]
+    fn stores_in_one_cluster_are_apart() {
+        let (a, b) = (tempdir(), tempdir());
+        let (a, b) = (open_in(open_etcd, a.path()), open_in(open_etcd, b.path()));
+        put(&*a, Tree::Data, b"k", b"a");
+        put(&*b, Tree::Data, b"k", b"b");
+        assert_eq!(get(&*a, Tree::Data, b"k"), Some(b"a".to_vec()));
+        assert_eq!(get(&*b, Tree::Data, b"k"), Some(b"b".to_vec()));
+        assert_eq!(
+            collect(
+                &*a,
+                Tree::Data,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Order::Descending
+            ),
+            vec![(b"k".to_vec(), b"a".to_vec())]
+        );
+    }
 }
