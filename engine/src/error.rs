@@ -402,6 +402,12 @@ impl Error {
         matches!(self, Error::Storage(err) if err.is_locked())
     }
 
+    /// Whether the operation failed because the store is full (see
+    /// [`StorageError::is_full`]); nothing of it was applied.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::Storage(err) if err.is_full())
+    }
+
     /// Whether a legal hold stopped the operation.
     pub fn is_on_hold(&self) -> bool {
         self.kind() == "on_hold"
@@ -640,6 +646,27 @@ impl StorageError {
     /// Whether another process holds the store.
     pub fn is_locked(&self) -> bool {
         self.kind == StorageErrorKind::Locked
+    }
+
+    /// Whether the write failed because the store is full: a local disk
+    /// with no space left, or an etcd cluster past its quota. Nothing of
+    /// the failed write was applied; reads go on working. Free space (or
+    /// compact, defragment and disarm the cluster's alarm) and retry.
+    pub fn is_full(&self) -> bool {
+        if self.kind == StorageErrorKind::Full {
+            return true;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
+        while let Some(err) = source {
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            {
+                return true;
+            }
+            source = err.source();
+        }
+        false
     }
 
     /// Whether the store directory was made by another backend than the

@@ -379,10 +379,12 @@ fn a_full_disk_fails_writes_and_erases_nothing_until_freed() {
             .expect_err("a full disk fails a put");
         assert!(matches!(err, Error::Storage(_)), "{kind:?}: {err:?}");
         assert_eq!(io_kind(&err), Some(io::ErrorKind::StorageFull), "{err:?}");
+        assert!(err.is_full(), "{kind:?}: {err:?}");
         let err = db
             .shred("acct-0", Classes::All)
             .expect_err("a full disk fails a shred");
         assert_eq!(io_kind(&err), Some(io::ErrorKind::StorageFull), "{err:?}");
+        assert!(err.is_full(), "{kind:?}: {err:?}");
         let err = db.flush().expect_err("and a flush");
         assert_eq!(io_kind(&err), Some(io::ErrorKind::StorageFull), "{err:?}");
         assert_eq!(

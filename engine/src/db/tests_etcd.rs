@@ -75,3 +75,53 @@ fn a_store_on_etcd_writes_erases_and_survives_reopening() {
     );
     assert!(db.verify().expect("verify").is_clean());
 }
+
+/// A cluster past its quota (etcd's NOSPACE alarm) fails writes and shreds
+/// with an error that says the store is full, applies nothing of them, and
+/// still serves reads.
+#[test]
+fn a_full_cluster_fails_writes_and_shreds_as_full_and_still_reads() {
+    let cluster = Cluster::with_quota(4 << 20);
+    let local = tempfile::tempdir().expect("a local directory");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("a time"));
+    let db = Db::open(
+        Config::new(local.path().join("store"))
+            .key_file(local.path().join("keys"))
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None)
+            .etcd(cluster.endpoints.clone(), "full/", MAX_TXN_OPS),
+    )
+    .expect("open on etcd");
+    db.register_account("acct").expect("register");
+    db.put("acct", "message_content", b"first", b"kept")
+        .expect("put");
+    let value = vec![0x5A_u8; 256 << 10];
+    let mut written = 0u32;
+    let err = loop {
+        match db.put("acct", "message_content", &written.to_be_bytes(), &value) {
+            Ok(()) => written += 1,
+            Err(err) => break err,
+        }
+        assert!(
+            written < 200,
+            "4 MiB of quota took {written} writes of 256 KiB"
+        );
+    };
+    assert!(err.is_full(), "{err}");
+    assert!(err.to_string().contains("NOSPACE"), "{err}");
+    let shred = db
+        .shred("acct", Classes::All)
+        .expect_err("a full cluster refuses a shred");
+    assert!(shred.is_full(), "{shred}");
+    // Nothing of the shred was applied, and reads go on.
+    assert_eq!(
+        db.get("acct", "message_content", b"first")
+            .expect("reads work on a full cluster")
+            .as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        db.subject("acct").expect("subject").expect("known").state,
+        crate::SubjectState::Active
+    );
+}

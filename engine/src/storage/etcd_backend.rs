@@ -102,6 +102,24 @@ impl EtcdStorage {
 
     fn fail(&self, action: &'static str) -> impl Fn(etcd_client::Error) -> StorageError + '_ {
         move |error| {
+            if let etcd_client::Error::GRpcStatus(status) = &error
+                && i32::from(status.code()) == GRPC_RESOURCE_EXHAUSTED
+                && status.message().contains("space exceeded")
+            {
+                return StorageError {
+                    backend: Backend::Etcd,
+                    action,
+                    path: self.path.clone(),
+                    kind: StorageErrorKind::Full,
+                    source: format!(
+                        "the etcd cluster is full ({}; NOSPACE alarm): nothing was written, \
+                         reads and deletes still work. Compact and defragment the cluster, or \
+                         raise its --quota-backend-bytes, then `etcdctl alarm disarm`",
+                        status.message()
+                    )
+                    .into(),
+                };
+            }
             let kind = match &error {
                 etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
                     StorageErrorKind::Io
@@ -146,6 +164,8 @@ impl EtcdStorage {
 /// cannot answer now: no leader, no quorum, a member down.
 const GRPC_UNAVAILABLE: i32 = 14;
 const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+/// The code of etcd's "database space exceeded" (its quota is reached).
+const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 
 /// `key ‖ 0x00`: the first key after `key`.
 fn successor(mut key: Vec<u8>) -> Vec<u8> {

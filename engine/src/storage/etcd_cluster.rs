@@ -47,10 +47,17 @@ impl Cluster {
     /// The cluster of this test process, started on first use.
     pub(crate) fn shared() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-        CLUSTER.get_or_init(Cluster::start)
+        CLUSTER.get_or_init(|| Cluster::start(None))
     }
 
-    fn start() -> Cluster {
+    /// A cluster of its own whose members refuse writes past
+    /// `quota_bytes` of database (`--quota-backend-bytes`), stopped when
+    /// dropped.
+    pub(crate) fn with_quota(quota_bytes: u64) -> Cluster {
+        Cluster::start(Some(quota_bytes))
+    }
+
+    fn start(quota_bytes: Option<u64>) -> Cluster {
         let dir = tempfile::tempdir().expect("a directory for the cluster");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
@@ -89,6 +96,11 @@ impl Cluster {
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &format!("shredkv-test-{me}")])
                 .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
+                .args(
+                    quota_bytes
+                        .map(|q| vec!["--quota-backend-bytes".to_string(), q.to_string()])
+                        .unwrap_or_default(),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(log)

@@ -230,6 +230,10 @@ impl std::str::FromStr for Backend {
 pub(crate) enum StorageErrorKind {
     /// An I/O error (including a full disk); the store may be retried or reopened.
     Io,
+    /// The store is full: an etcd cluster past its quota (NOSPACE alarm).
+    /// A local disk that is full is `Io` with `std::io::ErrorKind::StorageFull`.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    Full,
     /// The backend found its files damaged.
     Corrupt,
     /// A control value failed its MAC (`sealed`): written without the keys.
