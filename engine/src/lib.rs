@@ -131,6 +131,10 @@ pub mod internal {
     use std::sync::Arc;
 
     pub use crate::formats::{Decoded, RecordKind, Undecodable, decode_any};
+    #[cfg(feature = "etcd")]
+    pub use crate::storage::etcd_cluster::{
+        Cluster as EtcdTestCluster, MAX_TXN_OPS as ETCD_TEST_MAX_TXN_OPS,
+    };
     pub use crate::storage::faults::{
         ApplyFailure, FaultControl, FaultCounts, FaultPlan, FaultPoint, ProviderCall,
     };

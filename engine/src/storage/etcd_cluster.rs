@@ -2,37 +2,40 @@
 //! tests: each member an `etcd` process of its own, in its own directory
 //! under a temporary directory, started once per test process and stopped
 //! by process id when that process ends (a watchdog shell per member kills
-//! it once the test process is gone, so a failed or interrupted run leaves
-//! no member behind).
+//! it and removes its directory once the test process is gone, so a failed
+//! or interrupted run leaves neither a member nor its files behind).
 //!
 //! `etcd` comes from Debian's `etcd-server` (`.ci/run` installs it when
 //! missing). The members allow transactions of up to [`MAX_TXN_OPS`]
 //! operations; the engine's batches are larger than etcd's default 128.
+//! The benches reach it as `shredkv::internal::EtcdTestCluster`.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::etcd_backend::{EtcdStorage, EtcdTarget};
 use super::{Storage, Tree};
 
 /// The members' `--max-txn-ops`.
-pub(crate) const MAX_TXN_OPS: usize = 4096;
+pub const MAX_TXN_OPS: usize = 4096;
 /// How long the cluster may take to elect a leader and answer.
 const START_WAIT: Duration = Duration::from_secs(30);
 
 /// A running cluster.
-pub(crate) struct Cluster {
+pub struct Cluster {
     /// Client URLs of the members.
-    pub(crate) endpoints: Vec<String>,
+    pub endpoints: Vec<String>,
     /// The members' process ids.
     pub(crate) pids: Vec<u32>,
     /// The members' watchdog shells.
     watchdogs: Vec<std::process::Child>,
-    /// The members' directories (data and logs), removed with the cluster.
-    _dir: tempfile::TempDir,
+    /// The members' directories (data and logs), removed with the cluster
+    /// (the shared cluster's by the members' watchdogs).
+    dir: PathBuf,
 }
 
 /// A free loopback port (bound, then released for the member to take).
@@ -45,7 +48,7 @@ fn free_port() -> u16 {
 
 impl Cluster {
     /// The cluster of this test process, started on first use.
-    pub(crate) fn shared() -> &'static Cluster {
+    pub fn shared() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
         CLUSTER.get_or_init(|| Cluster::start(None))
     }
@@ -53,12 +56,18 @@ impl Cluster {
     /// A cluster of its own whose members refuse writes past
     /// `quota_bytes` of database (`--quota-backend-bytes`), stopped when
     /// dropped.
-    pub(crate) fn with_quota(quota_bytes: u64) -> Cluster {
+    pub fn with_quota(quota_bytes: u64) -> Cluster {
         Cluster::start(Some(quota_bytes))
     }
 
     fn start(quota_bytes: Option<u64>) -> Cluster {
-        let dir = tempfile::tempdir().expect("a directory for the cluster");
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "shredkv-etcd-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -71,19 +80,22 @@ impl Cluster {
         let mut pids = Vec::new();
         let mut watchdogs = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
-            let member_dir = dir.path().join(format!("m{i}"));
+            let member_dir = dir.join(format!("m{i}"));
             std::fs::create_dir_all(&member_dir).expect("a member directory");
             let client_url = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let log = std::fs::File::create(member_dir.join("etcd.log")).expect("a member log");
-            // The shell starts the member, prints its pid, and kills it once
-            // the test process (`$1`) is gone.
-            let watchdog = r#"parent=$1; shift; "$@" & member=$!; echo $member; while kill -0 "$parent" 2>/dev/null && kill -0 "$member" 2>/dev/null; do sleep 0.5; done; kill -9 "$member" 2>/dev/null"#;
+            // The shell starts the member, prints its pid, and once the test
+            // process (`$1`) is gone kills it and removes its directory
+            // (`$2`; etcd preallocates 64 MiB of log per member, and the
+            // shared cluster's directory is never dropped).
+            let watchdog = r#"parent=$1; dir=$2; shift 2; "$@" & member=$!; echo $member; while kill -0 "$parent" 2>/dev/null && kill -0 "$member" 2>/dev/null; do sleep 0.5; done; kill -9 "$member" 2>/dev/null; wait "$member" 2>/dev/null; rm -rf "$dir"; rmdir "$(dirname "$dir")" 2>/dev/null; true"#;
             let mut child = Command::new("sh")
                 .arg("-c")
                 .arg(watchdog)
                 .arg("sh")
                 .arg(&me)
+                .arg(&member_dir)
                 .arg("etcd")
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
@@ -123,7 +135,7 @@ impl Cluster {
             endpoints,
             pids,
             watchdogs,
-            _dir: dir,
+            dir,
         };
         cluster.wait_until_serving();
         cluster
@@ -171,5 +183,6 @@ impl Drop for Cluster {
         for watchdog in &mut self.watchdogs {
             let _ = watchdog.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

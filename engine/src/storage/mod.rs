@@ -487,7 +487,7 @@ pub(crate) fn open_etcd(
 mod conformance;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd_backend;
-#[cfg(all(test, feature = "etcd"))]
+#[cfg(feature = "etcd")]
 pub(crate) mod etcd_cluster;
 pub(crate) mod faults;
 mod group_commit;
