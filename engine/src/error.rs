@@ -653,20 +653,7 @@ impl StorageError {
     /// the failed write was applied; reads go on working. Free space (or
     /// compact, defragment and disarm the cluster's alarm) and retry.
     pub fn is_full(&self) -> bool {
-        if self.kind == StorageErrorKind::Full {
-            return true;
-        }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
-        while let Some(err) = source {
-            if err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-            {
-                return true;
-            }
-            source = err.source();
-        }
-        false
+        self.kind == StorageErrorKind::Full
     }
 
     /// Whether the store directory was made by another backend than the

@@ -377,12 +377,13 @@ impl FaultyStorage {
     }
 
     fn error(&self, action: &'static str, kind: io::ErrorKind, what: &str) -> StorageError {
+        let source = io::Error::new(kind, format!("injected fault: {what}"));
         StorageError {
             backend: self.inner.backend(),
             action,
             path: self.path.clone(),
-            kind: StorageErrorKind::Io,
-            source: Box::new(io::Error::new(kind, format!("injected fault: {what}"))),
+            kind: StorageErrorKind::of_io(&source),
+            source: Box::new(source),
         }
     }
 

@@ -230,9 +230,8 @@ impl std::str::FromStr for Backend {
 pub(crate) enum StorageErrorKind {
     /// An I/O error (including a full disk); the store may be retried or reopened.
     Io,
-    /// The store is full: an etcd cluster past its quota (NOSPACE alarm).
-    /// A local disk that is full is `Io` with `std::io::ErrorKind::StorageFull`.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// The store is full: a local disk with no space left, or an etcd
+    /// cluster past its quota (NOSPACE alarm).
     Full,
     /// The backend found its files damaged.
     Corrupt,
@@ -244,6 +243,17 @@ pub(crate) enum StorageErrorKind {
     WrongBackend,
     /// Anything else the backend reported.
     Other,
+}
+
+impl StorageErrorKind {
+    /// The kind of an I/O failure: a full disk is `Full`, anything else `Io`.
+    pub(crate) fn of_io(error: &std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::StorageFull {
+            StorageErrorKind::Full
+        } else {
+            StorageErrorKind::Io
+        }
+    }
 }
 
 /// A failure reported by a storage backend, with what was being done.

@@ -312,7 +312,8 @@ fn is_unfinished_creation(path: &Path) -> Result<bool, StorageError> {
 fn redb_error(action: &'static str, path: &Path, e: impl Into<redb::Error>) -> StorageError {
     let e: redb::Error = e.into();
     let kind = match &e {
-        redb::Error::Io(_) | redb::Error::PreviousIo => StorageErrorKind::Io,
+        redb::Error::Io(io) => StorageErrorKind::of_io(io),
+        redb::Error::PreviousIo => StorageErrorKind::Io,
         redb::Error::Corrupted(_) | redb::Error::RepairAborted => StorageErrorKind::Corrupt,
         redb::Error::DatabaseAlreadyOpen => StorageErrorKind::Locked,
         _ => StorageErrorKind::Other,
@@ -330,6 +331,23 @@ fn redb_error(action: &'static str, path: &Path, e: impl Into<redb::Error>) -> S
 /// Checks specific to redb (the shared ones are in `conformance`).
 mod tests {
     use super::*;
+
+    /// redb reporting a full disk is a full store, not a mere I/O error.
+    #[test]
+    fn a_full_disk_is_reported_as_full() {
+        let full = redb_error(
+            "write",
+            Path::new("store"),
+            redb::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        );
+        assert!(full.is_full(), "{full}");
+        let other = redb_error(
+            "write",
+            Path::new("store"),
+            redb::Error::Io(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        );
+        assert!(!other.is_full(), "{other}");
+    }
 
     /// A temporary directory, removed when dropped.
     fn tempdir() -> tempfile::TempDir {

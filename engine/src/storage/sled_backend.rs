@@ -348,7 +348,7 @@ fn is_lock_error(e: &sled::Error) -> bool {
 /// A sled failure while doing `action` at `path`.
 fn sled_error(action: &'static str, path: &Path, e: sled::Error) -> StorageError {
     let kind = match &e {
-        sled::Error::Io(_) => StorageErrorKind::Io,
+        sled::Error::Io(io) => StorageErrorKind::of_io(io),
         sled::Error::Corruption { .. } => StorageErrorKind::Corrupt,
         _ => StorageErrorKind::Other,
     };
@@ -367,7 +367,7 @@ fn io_error(action: &'static str, path: &Path, e: io::Error) -> StorageError {
         backend: Backend::Sled,
         action,
         path: path.to_path_buf(),
-        kind: StorageErrorKind::Io,
+        kind: StorageErrorKind::of_io(&e),
         source: Box::new(e),
     }
 }
@@ -376,6 +376,23 @@ fn io_error(action: &'static str, path: &Path, e: io::Error) -> StorageError {
 /// Checks specific to sled (the shared ones are in `conformance`).
 mod tests {
     use super::*;
+
+    /// sled reporting a full disk is a full store, not a mere I/O error.
+    #[test]
+    fn a_full_disk_is_reported_as_full() {
+        let full = sled_error(
+            "write",
+            Path::new("store"),
+            sled::Error::Io(io::Error::from(io::ErrorKind::StorageFull)),
+        );
+        assert!(full.is_full(), "{full}");
+        let other = io_error(
+            "write",
+            Path::new("store"),
+            io::Error::from(io::ErrorKind::NotFound),
+        );
+        assert!(!other.is_full(), "{other}");
+    }
 
     /// A temporary directory, removed when dropped.
     fn tempdir() -> tempfile::TempDir {
