@@ -27,11 +27,21 @@
 //! The seam is synchronous and the client asynchronous: each call runs on
 //! a one-worker tokio runtime owned by the store (`block_on` from any
 //! thread).
+//!
+//! **Members down.** The client spreads requests over every endpoint and
+//! does not route around one that refuses connections (etcd-client issue
+//! 39): a request that lands on a stopped member fails at once. Such a
+//! request never left this process, so it is sent again, writes included,
+//! until [`REQUEST_TIMEOUT`]; reads are also sent again after any transient
+//! failure (no leader, a timeout). A write whose outcome is unknown (sent,
+//! no answer) is never resent: the caller sees the error, and the engine
+//! re-reads what it caches.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::ops::{Bound, ControlFlow};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
@@ -120,19 +130,10 @@ impl EtcdStorage {
                     .into(),
                 };
             }
-            let kind = match &error {
-                etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-                    StorageErrorKind::Io
-                }
-                etcd_client::Error::GRpcStatus(status)
-                    if matches!(
-                        i32::from(status.code()),
-                        GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
-                    ) =>
-                {
-                    StorageErrorKind::Io
-                }
-                _ => StorageErrorKind::Other,
+            let kind = if transient(&error) {
+                StorageErrorKind::Io
+            } else {
+                StorageErrorKind::Other
             };
             StorageError {
                 backend: Backend::Etcd,
@@ -140,6 +141,36 @@ impl EtcdStorage {
                 path: self.path.clone(),
                 kind,
                 source: Box::new(error),
+            }
+        }
+    }
+
+    /// Runs the request `send` makes, sending it again after a failure
+    /// `resend` allows, until [`REQUEST_TIMEOUT`] has passed.
+    fn request<T, F, Fut>(
+        &self,
+        action: &'static str,
+        resend: Resend,
+        send: F,
+    ) -> Result<T, StorageError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.runtime.block_on(send()) {
+                Ok(answer) => return Ok(answer),
+                Err(error)
+                    if Instant::now() + pause < deadline
+                        && (never_sent(&error)
+                            || (resend == Resend::Read && transient(&error))) =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(error) => return Err(self.fail(action)(error)),
             }
         }
     }
@@ -160,6 +191,54 @@ impl EtcdStorage {
     }
 }
 
+/// Which failed requests are sent again (see the module's "Members down").
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// A read: after any transient failure.
+    Read,
+    /// A write: only when the request never reached a member.
+    Write,
+}
+
+/// Whether `error` says the request never reached a member: no connection
+/// to the member it was routed to could be made (etcd-client's own error
+/// does not expose its cause as `source()`, so the walk starts below it).
+fn never_sent(error: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            if i32::from(status.code()) == GRPC_UNAVAILABLE
+                && status.message() == "tcp connect error"
+            {
+                return true;
+            }
+            Some(status)
+        }
+        etcd_client::Error::TransportError(transport) => Some(transport),
+        _ => None,
+    };
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// Whether `error` is a cluster that cannot answer now (and may soon).
+fn transient(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            i32::from(status.code()),
+            GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
+        ),
+        _ => false,
+    }
+}
+
 /// gRPC status codes (the gRPC specification's numbers) of a cluster that
 /// cannot answer now: no leader, no quorum, a member down.
 const GRPC_UNAVAILABLE: i32 = 14;
@@ -175,11 +254,12 @@ fn successor(mut key: Vec<u8>) -> Vec<u8> {
 
 impl Storage for EtcdStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let mut kv = self.client.kv_client();
-        let response = self
-            .runtime
-            .block_on(kv.get(self.full_key(tree, key), None))
-            .map_err(self.fail("read"))?;
+        let key = self.full_key(tree, key);
+        let response = self.request("read", Resend::Read, || {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })?;
         Ok(response.kvs().first().map(|entry| entry.value().to_vec()))
     }
 
@@ -229,11 +309,11 @@ impl Storage for EtcdStorage {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut kv = self.client.kv_client();
-            let mut response = self
-                .runtime
-                .block_on(kv.get(low.clone(), Some(options)))
-                .map_err(self.fail("scan"))?;
+            let mut response = self.request("scan", Resend::Read, || {
+                let mut kv = self.client.kv_client();
+                let (low, options) = (low.clone(), options.clone());
+                async move { kv.get(low, Some(options)).await }
+            })?;
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
@@ -297,10 +377,12 @@ impl Storage for EtcdStorage {
                 None => TxnOp::delete(key, None),
             })
             .collect();
-        let mut kv = self.client.kv_client();
-        self.runtime
-            .block_on(kv.txn(Txn::new().and_then(ops)))
-            .map_err(self.fail("write"))?;
+        let txn = Txn::new().and_then(ops);
+        self.request("write", Resend::Write, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })?;
         Ok(())
     }
 
@@ -319,11 +401,11 @@ impl Storage for EtcdStorage {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.to_vec(), None)]);
-        let mut kv = self.client.kv_client();
-        let response = self
-            .runtime
-            .block_on(kv.txn(txn))
-            .map_err(self.fail("insert a new key"))?;
+        let response = self.request("insert a new key", Resend::Write, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })?;
         Ok(response.succeeded())
     }
 
@@ -333,11 +415,10 @@ impl Storage for EtcdStorage {
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {
-        let mut maintenance = self.client.maintenance_client();
-        let status = self
-            .runtime
-            .block_on(maintenance.status())
-            .map_err(self.fail("read the cluster's status"))?;
+        let status = self.request("read the cluster's status", Resend::Read, || {
+            let mut maintenance = self.client.maintenance_client();
+            async move { maintenance.status().await }
+        })?;
         Ok(u64::try_from(status.db_size()).unwrap_or(0))
     }
 

@@ -1,20 +1,25 @@
 //! A real 3-member etcd cluster on loopback ports for the etcd backend's
 //! tests: each member an `etcd` process of its own, in its own directory
-//! under a temporary directory, started once per test process and stopped
-//! by process id when that process ends (a watchdog shell per member kills
-//! it and removes its directory once the test process is gone, so a failed
-//! or interrupted run leaves neither a member nor its files behind).
+//! under a temporary directory, stopped by process id. A watchdog shell per
+//! member kills it (by the pid in its directory's `pid` file) and removes
+//! its directory once the test process is gone, so a failed or interrupted
+//! run leaves neither a member nor its files behind.
+//!
+//! The failure tests stop, pause and restart members of a cluster of their
+//! own ([`Cluster::kill`], [`Cluster::pause`], [`Cluster::restart`],
+//! [`Cluster::leader`]); the shared cluster is never disturbed.
 //!
 //! `etcd` comes from Debian's `etcd-server` (`.ci/run` installs it when
 //! missing). The members allow transactions of up to [`MAX_TXN_OPS`]
 //! operations; the engine's batches are larger than etcd's default 128.
-//! The benches reach it as `shredkv::internal::EtcdTestCluster`.
+//! The benches and integration tests reach it as
+//! `shredkv::internal::EtcdTestCluster`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::etcd_backend::{EtcdStorage, EtcdTarget};
@@ -25,14 +30,27 @@ pub const MAX_TXN_OPS: usize = 4096;
 /// How long the cluster may take to elect a leader and answer.
 const START_WAIT: Duration = Duration::from_secs(30);
 
+/// One member: how to start it again, and its running process.
+struct Member {
+    name: String,
+    client_url: String,
+    peer_url: String,
+    dir: PathBuf,
+    /// The running `etcd`, `None` while killed.
+    process: Mutex<Option<Child>>,
+}
+
 /// A running cluster.
 pub struct Cluster {
-    /// Client URLs of the members.
+    /// Client URLs of the members, in member order.
     pub endpoints: Vec<String>,
-    /// The members' process ids.
-    pub(crate) pids: Vec<u32>,
+    members: Vec<Member>,
+    /// `--initial-cluster`, the same for every start.
+    initial_cluster: String,
+    token: String,
+    quota_bytes: Option<u64>,
     /// The members' watchdog shells.
-    watchdogs: Vec<std::process::Child>,
+    watchdogs: Vec<Child>,
     /// The members' directories (data and logs), removed with the cluster
     /// (the shared cluster's by the members' watchdogs).
     dir: PathBuf,
@@ -46,11 +64,26 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Sends `signal` (`-9`, `-STOP`, `-CONT`) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("`kill` runs");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
 impl Cluster {
     /// The cluster of this test process, started on first use.
     pub fn shared() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
         CLUSTER.get_or_init(|| Cluster::start(None))
+    }
+
+    /// A cluster of its own, stopped when dropped: for tests that stop or
+    /// pause its members.
+    pub fn own() -> Cluster {
+        Cluster::start(None)
     }
 
     /// A cluster of its own whose members refuse writes past
@@ -69,80 +102,186 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir).expect("a directory for the cluster");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> = ports
+        let initial_cluster = ports
             .iter()
             .enumerate()
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect();
-        let initial = initial.join(",");
+            .collect::<Vec<_>>()
+            .join(",");
         let me = std::process::id().to_string();
-        let mut endpoints = Vec::new();
-        let mut pids = Vec::new();
-        let mut watchdogs = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let member_dir = dir.join(format!("m{i}"));
-            std::fs::create_dir_all(&member_dir).expect("a member directory");
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = std::fs::File::create(member_dir.join("etcd.log")).expect("a member log");
-            // The shell starts the member, prints its pid, and once the test
-            // process (`$1`) is gone kills it and removes its directory
-            // (`$2`; etcd preallocates 64 MiB of log per member, and the
-            // shared cluster's directory is never dropped).
-            let watchdog = r#"parent=$1; dir=$2; shift 2; "$@" & member=$!; echo $member; while kill -0 "$parent" 2>/dev/null && kill -0 "$member" 2>/dev/null; do sleep 0.5; done; kill -9 "$member" 2>/dev/null; wait "$member" 2>/dev/null; rm -rf "$dir"; rmdir "$(dirname "$dir")" 2>/dev/null; true"#;
-            let mut child = Command::new("sh")
+        let members: Vec<Member> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| Member {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{client}"),
+                peer_url: format!("http://127.0.0.1:{peer}"),
+                dir: dir.join(format!("m{i}")),
+                process: Mutex::new(None),
+            })
+            .collect();
+        let mut cluster = Cluster {
+            endpoints: members.iter().map(|m| m.client_url.clone()).collect(),
+            members,
+            initial_cluster,
+            token: format!("shredkv-test-{me}-{}", dir.display()),
+            quota_bytes,
+            watchdogs: Vec::new(),
+            dir,
+        };
+        for i in 0..cluster.members.len() {
+            let member_dir = &cluster.members[i].dir;
+            std::fs::create_dir_all(member_dir).expect("a member directory");
+            cluster.spawn(i);
+            // Once the test process (`$1`) is gone: kill the member by the
+            // pid it last ran under and remove its directory (`$2`; etcd
+            // preallocates 64 MiB of log per member, and the shared
+            // cluster is never dropped).
+            let watchdog = r#"parent=$1; dir=$2; while kill -0 "$parent" 2>/dev/null; do sleep 0.5; done; kill -9 "$(cat "$dir/pid")" 2>/dev/null; sleep 0.2; rm -rf "$dir"; rmdir "$(dirname "$dir")" 2>/dev/null; true"#;
+            let child = Command::new("sh")
                 .arg("-c")
                 .arg(watchdog)
                 .arg("sh")
                 .arg(&me)
-                .arg(&member_dir)
-                .arg("etcd")
-                .args(["--name", &format!("m{i}")])
-                .arg("--data-dir")
-                .arg(member_dir.join("data"))
-                .args(["--listen-client-urls", &client_url])
-                .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", &format!("shredkv-test-{me}")])
-                .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
-                .args(
-                    quota_bytes
-                        .map(|q| vec!["--quota-backend-bytes".to_string(), q.to_string()])
-                        .unwrap_or_default(),
-                )
+                .arg(member_dir)
                 .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start `etcd` ({e}): install Debian's etcd-server (.ci/run does)")
-                });
-            let mut line = String::new();
-            if let Some(stdout) = child.stdout.take() {
-                use std::io::BufRead;
-                std::io::BufReader::new(stdout)
-                    .read_line(&mut line)
-                    .expect("the watchdog prints the member's pid");
-            }
-            pids.push(line.trim().parse().expect("a member pid"));
-            watchdogs.push(child);
-            endpoints.push(client_url);
+                .expect("a watchdog shell");
+            cluster.watchdogs.push(child);
         }
-        let cluster = Cluster {
-            endpoints,
-            pids,
-            watchdogs,
-            dir,
-        };
         cluster.wait_until_serving();
         cluster
     }
 
+    /// Starts member `i` (again: a restarted member rejoins from its data
+    /// directory) and records its pid for the watchdog.
+    fn spawn(&self, i: usize) {
+        let member = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(member.dir.join("etcd.log"))
+            .expect("a member log");
+        let child = Command::new("etcd")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(member.dir.join("data"))
+            .args(["--listen-client-urls", &member.client_url])
+            .args(["--advertise-client-urls", &member.client_url])
+            .args(["--listen-peer-urls", &member.peer_url])
+            .args(["--initial-advertise-peer-urls", &member.peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
+            .args(
+                self.quota_bytes
+                    .map(|q| vec!["--quota-backend-bytes".to_string(), q.to_string()])
+                    .unwrap_or_default(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `etcd` ({e}): install Debian's etcd-server (.ci/run does)")
+            });
+        std::fs::write(member.dir.join("pid"), child.id().to_string()).expect("a pid file");
+        *member.process.lock().expect("member lock") = Some(child);
+    }
+
+    /// Kills member `i` with SIGKILL (no shutdown, no flush).
+    pub fn kill(&self, i: usize) {
+        if let Some(mut child) = self.members[i].process.lock().expect("member lock").take() {
+            signal(child.id(), "-9");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed member `i` again from its data directory.
+    pub fn restart(&self, i: usize) {
+        assert!(
+            self.members[i]
+                .process
+                .lock()
+                .expect("member lock")
+                .is_none(),
+            "member {i} is running"
+        );
+        self.spawn(i);
+    }
+
+    /// Stops member `i` with SIGSTOP: it neither answers nor times out.
+    pub fn pause(&self, i: usize) {
+        signal(self.pid(i), "-STOP");
+    }
+
+    /// Resumes a paused member `i` (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        signal(self.pid(i), "-CONT");
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.members[i]
+            .process
+            .lock()
+            .expect("member lock")
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("member {i} is not running"))
+    }
+
+    /// The index of the member the running members agree leads, waiting up
+    /// to `wait` for an election to settle.
+    pub fn leader(&self, wait: Duration) -> usize {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let started = Instant::now();
+        loop {
+            let found = runtime.block_on(async {
+                let mut ids = Vec::new();
+                let mut leaders = Vec::new();
+                for endpoint in &self.endpoints {
+                    let options = etcd_client::ConnectOptions::new()
+                        .with_connect_timeout(Duration::from_millis(500))
+                        .with_timeout(Duration::from_millis(500));
+                    let status = match etcd_client::Client::connect([endpoint], Some(options)).await
+                    {
+                        Ok(mut client) => client.status().await.ok(),
+                        Err(_) => None,
+                    };
+                    ids.push(
+                        status
+                            .as_ref()
+                            .and_then(|s| s.header())
+                            .map(|h| h.member_id()),
+                    );
+                    if let Some(status) = status {
+                        leaders.push(status.leader());
+                    }
+                }
+                let leader = *leaders.first()?;
+                if leader == 0 || leaders.iter().any(|l| *l != leader) {
+                    return None;
+                }
+                ids.iter().position(|id| *id == Some(leader))
+            });
+            match found {
+                Some(i) => return i,
+                None if started.elapsed() > wait => {
+                    panic!("no leader agreed on within {wait:?}")
+                }
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// Waits until the cluster commits a write.
-    fn wait_until_serving(&self) {
+    pub fn wait_until_serving(&self) {
         let started = Instant::now();
         loop {
             let probe = self.open(Path::new("cluster-probe"));
@@ -177,10 +316,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for pid in &self.pids {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        for i in 0..self.members.len() {
+            self.kill(i);
         }
         for watchdog in &mut self.watchdogs {
+            let _ = watchdog.kill();
             let _ = watchdog.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
