@@ -423,6 +423,26 @@ struct Head {
     stale: bool,
 }
 
+/// Adds writes that name a commit's last entry to its batch.
+type FinishCommit<'a> = dyn FnMut(&AuditHead, &mut WriteBatch) + 'a;
+
+/// What a commit of the chain does besides appending entries.
+struct CommitExtra<'a> {
+    /// The anchor generation the commit starts.
+    new_generation: Option<u64>,
+    /// Adds writes naming the commit's last entry to its batch.
+    finish: Option<&'a mut FinishCommit<'a>>,
+}
+
+impl CommitExtra<'_> {
+    fn none() -> CommitExtra<'static> {
+        CommitExtra {
+            new_generation: None,
+            finish: None,
+        }
+    }
+}
+
 /// Appends entries; serialises appends so the chain has no forks.
 #[derive(Debug)]
 pub(crate) struct AuditLog {
@@ -537,7 +557,10 @@ impl AuditLog {
             entries,
             now,
             Durability::Durable,
-            Some(generation),
+            CommitExtra {
+                new_generation: Some(generation),
+                finish: None,
+            },
         )
         .map(|_| ())
     }
@@ -552,8 +575,15 @@ impl AuditLog {
         now: Timestamp,
         durability: Durability,
     ) -> Result<()> {
-        self.commit_inner(storage, batch, entries, now, durability, None)
-            .map(|_| ())
+        self.commit_inner(
+            storage,
+            batch,
+            entries,
+            now,
+            durability,
+            CommitExtra::none(),
+        )
+        .map(|_| ())
     }
 
     /// [`AuditLog::commit`], returning the position of the last entry it
@@ -566,7 +596,38 @@ impl AuditLog {
         now: Timestamp,
         durability: Durability,
     ) -> Result<AuditHead> {
-        self.commit_inner(storage, batch, entries, now, durability, None)
+        self.commit_inner(
+            storage,
+            batch,
+            entries,
+            now,
+            durability,
+            CommitExtra::none(),
+        )
+    }
+
+    /// [`AuditLog::commit_returning_head`], letting `finish` add writes that
+    /// name the commit's last entry (a stored receipt) to the same batch.
+    pub(crate) fn commit_finishing(
+        &self,
+        storage: &dyn Storage,
+        batch: WriteBatch,
+        entries: &[PendingEntry],
+        now: Timestamp,
+        durability: Durability,
+        finish: &mut dyn FnMut(&AuditHead, &mut WriteBatch),
+    ) -> Result<AuditHead> {
+        self.commit_inner(
+            storage,
+            batch,
+            entries,
+            now,
+            durability,
+            CommitExtra {
+                new_generation: None,
+                finish: Some(finish),
+            },
+        )
     }
 
     /// The chain's current head.
@@ -585,8 +646,12 @@ impl AuditLog {
         entries: &[PendingEntry],
         now: Timestamp,
         durability: Durability,
-        new_generation: Option<u64>,
+        extra: CommitExtra<'_>,
     ) -> Result<AuditHead> {
+        let CommitExtra {
+            new_generation,
+            finish,
+        } = extra;
         let mut head = crate::sync::lock(&self.head);
         if head.stale {
             *head = read_head(storage)?;
@@ -621,6 +686,15 @@ impl AuditLog {
             batch.put(Tree::Audit, seq.to_be_bytes().to_vec(), entry.encode());
             prev = hash;
             seq += 1;
+        }
+        if let Some(finish) = finish {
+            finish(
+                &AuditHead {
+                    seq: seq.saturating_sub(1),
+                    hash: prev,
+                },
+                &mut batch,
+            );
         }
         if let Err(err) = storage.apply(&batch, durability) {
             head.stale = true;

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 use shredkv_crypto::SubjectTag;
 
 use super::class::AsClass;
+use super::erasure_commit::{EraseOptions, ErasureWrites, PendingErasure, SubjectErasure};
 use super::{ClassEntry, Db, DbInner, subject_location};
 use crate::audit::{AuditEvent, AuditHead, PendingEntry};
 use crate::error::{Error, Location, Result};
@@ -172,12 +173,26 @@ impl DbInner {
         classes: Option<&[&ClassEntry]>,
         reason: ErasureReason,
     ) -> Result<Receipt> {
+        self.erase_locked_with(requested, tags, classes, reason, EraseOptions::default())
+    }
+
+    /// [`DbInner::erase_locked`], at the time and with the receipt handling
+    /// `options` give. The writes are grouped per subject so that a backend
+    /// with a batch limit (etcd) can take them in chunks
+    /// (`db::erasure_commit`).
+    pub(crate) fn erase_locked_with(
+        &self,
+        requested: SubjectTag,
+        tags: &[SubjectTag],
+        classes: Option<&[&ClassEntry]>,
+        reason: ErasureReason,
+        options: EraseOptions,
+    ) -> Result<Receipt> {
         // Whole seconds, as the ledger and the subject record keep it: the
         // receipt then states the very time certificates will show.
-        let now = self.clock.now().as_second();
+        let now = options.at.unwrap_or_else(|| self.clock.now().as_second());
         let now_ts = Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH);
-        let mut batch = WriteBatch::new();
-        let mut audit = Vec::new();
+        let mut groups: Vec<SubjectErasure> = Vec::new();
         let mut receipt = Receipt {
             subject: requested,
             erased_at: now_ts,
@@ -199,6 +214,9 @@ impl DbInner {
             if info.state == SubjectState::Erased {
                 continue;
             }
+            let mut group = SubjectErasure::new(*tag);
+            let batch = &mut group.logical;
+            let audit = &mut group.audit;
             let holds = self.holds_of(tag)?;
             // A whole-subject erasure is done at once unless a hold covers a
             // scope not erased yet: holds over scopes already erased keep
@@ -217,7 +235,9 @@ impl DbInner {
                 }
             }
             if classes.is_none() && !blocking {
-                let ids = self.vault.destroy_prefix(&tag.0, now, &mut batch)?;
+                let ids = self
+                    .vault
+                    .destroy_prefix(&tag.0, now, &mut group.tombstones)?;
                 let entry = LedgerEntry {
                     erased_at: now,
                     generation: info.generation,
@@ -263,6 +283,7 @@ impl DbInner {
                 });
                 erased_infos.push(erased);
                 evictions.push((*tag, None));
+                groups.push(group);
                 continue;
             }
             let all: Vec<&ClassEntry>;
@@ -316,7 +337,9 @@ impl DbInner {
                     continue;
                 }
                 let prefix = records::scope_prefix(tag, class.number);
-                let ids = self.vault.destroy_prefix(&prefix, now, &mut batch)?;
+                let ids = self
+                    .vault
+                    .destroy_prefix(&prefix, now, &mut group.tombstones)?;
                 let entry = LedgerEntry {
                     erased_at: now,
                     generation: info.generation,
@@ -357,21 +380,39 @@ impl DbInner {
                 }
                 evictions.push((*tag, Some(class.number)));
             }
+            groups.push(group);
         }
-        if audit.is_empty() {
+        if groups.iter().all(|g| g.audit.is_empty()) {
+            // Nothing left to erase: a retry of an erasure that landed gets
+            // that erasure's receipt, if the ledger still says what it says
+            // (a hold released since, say, erased what it had retained).
+            if let Some(stored) = options.answer_retry_with {
+                let as_recorded = PendingErasure {
+                    erased_at: stored.receipt.erased_at.as_second(),
+                    reason: stored.receipt.reason,
+                    classes: stored.classes.clone(),
+                    tags: tags.to_vec(),
+                };
+                let mut now_said = self.receipt_from_ledger(requested, &as_recorded)?;
+                now_said.audit_head = stored.receipt.audit_head;
+                if now_said == stored.receipt {
+                    return Ok(stored.receipt);
+                }
+            }
             receipt.audit_head = self.audit.head(self.storage.as_ref())?;
             return Ok(receipt);
         }
+        let plan = ErasureWrites {
+            requested,
+            tags,
+            classes: classes.map(|list| list.iter().map(|c| c.number).collect()),
+            reason,
+            erased_at: now_ts,
+            groups,
+        };
         // Durable before returning: G1.
         receipt.audit_head = self
-            .audit
-            .commit_returning_head(
-                self.storage.as_ref(),
-                batch,
-                &audit,
-                now_ts,
-                Durability::Durable,
-            )
+            .commit_erasure(plan, options.keep_receipt.then_some(&receipt))
             .inspect_err(|_| self.forget_after_failure(tags))?;
         for (tag, class) in evictions {
             self.vault.evict_subject(&tag, class);
@@ -591,7 +632,16 @@ impl Db {
     /// an account, its end users too. Durable before it returns. Scopes
     /// under a legal hold are retained and listed in the receipt.
     ///
-    /// Erasing an already erased subject succeeds with an empty receipt.
+    /// **Retries.** The same request again, with nothing left to erase,
+    /// writes nothing and answers with the receipt of the erasure that did
+    /// it: a retry after a lost answer (a failed sync, a timeout talking to
+    /// etcd) gets the receipt it missed, and the erasure has one ledger and
+    /// one audit entry. If that erasure's outcome changed since (a legal hold
+    /// it retained was released, erasing the rest) the answer is an empty
+    /// receipt.
+    ///
+    /// On a backend with a batch limit (etcd), an erasure larger than one
+    /// batch lands in chunks, still durable before it returns.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -606,12 +656,17 @@ impl Db {
     /// let receipt = db.shred("acct-42", Classes::All)?;
     /// assert!(receipt.keys_destroyed() > 0);
     /// assert!(db.get("user-7", "message_content", b"m1").unwrap_err().is_erased());
+    /// // Retried (say, its answer was lost): the same receipt, nothing written.
+    /// assert_eq!(db.shred("acct-42", Classes::All)?, receipt);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// # Errors
-    /// [`Error::UnknownSubject`], [`Error::UnknownClass`], storage failures
-    /// (then nothing was erased).
+    /// [`Error::UnknownSubject`], [`Error::UnknownClass`] (nothing was
+    /// erased); storage failures: the erasure may have landed all the same
+    /// (its answer lost) or, in chunks, be decided but unfinished (its
+    /// subjects are then refused as erased). Retry until it succeeds: the
+    /// retry finishes it (so does the next open) and returns its receipt.
     pub fn shred(&self, subject: &str, classes: Classes<'_>) -> Result<Receipt> {
         self.erase(self.tag_of(subject)?, classes, ErasureReason::Operator)
     }
@@ -722,7 +777,31 @@ impl Db {
             .ok_or(Error::UnknownSubject { subject: tag })?;
         let selected = inner.selected_classes(classes)?;
         let (tags, _exclusive) = inner.lock_with_end_users(&tag, &info)?;
-        inner.erase_locked(tag, &tags, selected.as_deref(), reason)
+        // A chunked erasure of this subject that did not finish: finish it.
+        if let Some(marker) = inner.pending_erasure(&tag)? {
+            return inner.finish_pending_erasure(tag, marker);
+        }
+        // A retry of an erasure that landed (its answer lost) is answered
+        // with that erasure's receipt, writing nothing.
+        let asked: Option<Vec<u16>> = selected
+            .as_deref()
+            .map(|list| list.iter().map(|c| c.number).collect());
+        let answer_retry_with = inner.stored_receipt(&tag)?.filter(|stored| {
+            stored.generation == info.generation
+                && stored.classes == asked
+                && stored.receipt.reason == reason
+        });
+        inner.erase_locked_with(
+            tag,
+            &tags,
+            selected.as_deref(),
+            reason,
+            EraseOptions {
+                at: None,
+                keep_receipt: true,
+                answer_retry_with,
+            },
+        )
     }
 
     /// Registers an erased subject again, with new keys: writes succeed

@@ -6,6 +6,7 @@ mod certificate;
 mod class;
 mod decisions;
 mod erase;
+mod erasure_commit;
 mod inspect;
 mod ops;
 mod scan;
@@ -82,6 +83,12 @@ pub(crate) mod meta {
     /// hold had parked, written with the release; removed once carried out.
     /// An open carries out every one left by a crash before it serves.
     pub(crate) const RESUME_PENDING_PREFIX: &[u8] = b"resume_pending/";
+    /// `erasure_pending/` ‖ requested subject tag → a chunked erasure not
+    /// finished yet (`db::erasure_commit`); an open finishes every one.
+    pub(crate) const ERASURE_PENDING_PREFIX: &[u8] = b"erasure_pending/";
+    /// `receipt/` ‖ requested subject tag → the receipt of its last erasure,
+    /// the answer to a retry (`db::erasure_commit`).
+    pub(crate) const RECEIPT_PREFIX: &[u8] = b"receipt/";
     /// The meta keys read before the store secret is known, so not sealed
     /// (`storage::sealed`): each authenticates otherwise or is checked
     /// against the key provider (the wrapped secret, its epoch, the anchor).
@@ -150,6 +157,9 @@ pub(crate) struct DbInner {
     /// destruction, after which no record names the key as live, so an
     /// entry never hides a debt that is missing. Bounded: cleared when full.
     pub(crate) debts_recorded: Mutex<HashSet<KeyId>>,
+    /// Subjects of chunked erasures that failed part way, refused until
+    /// finished (`db::erasure_commit`).
+    pub(crate) unfinished_erasures: erasure_commit::Unfinished,
     /// One compaction (or epoch rotation) at a time.
     pub(crate) compaction: Mutex<()>,
     /// When re-keys run and epoch keys die (G2).
@@ -504,6 +514,7 @@ impl Db {
             },
             subjects: crate::sync::Mutex::new(TagMap::default()),
             debts_recorded: Mutex::new(HashSet::new()),
+            unfinished_erasures: erasure_commit::Unfinished::default(),
             compaction: Mutex::new(()),
             timeline,
             flusher: Mutex::new(None),
@@ -532,6 +543,11 @@ impl Db {
                     source,
                 })?;
             *inner.flusher.lock().unwrap_or_else(PoisonError::into_inner) = Some((stop, handle));
+        }
+        if !restoring {
+            // A chunked erasure a crash interrupted is finished before
+            // anything else runs or is served.
+            inner.finish_pending_erasures()?;
         }
         if !restoring {
             // Also after a crash in the middle of a retirement: the class
@@ -802,6 +818,21 @@ impl DbInner {
             .ok_or_else(|| Error::UnknownClass {
                 class: name.to_string(),
             })
+    }
+
+    /// Items per batch of a page of `default` items, each writing up to
+    /// `ops_per_item` ops: the default, or fewer on a backend with a batch
+    /// limit (etcd's `--max-txn-ops`), keeping room for a page's own writes
+    /// (its audit entry, markers).
+    pub(crate) fn batch_page(&self, default: usize, ops_per_item: usize) -> usize {
+        /// Room a page keeps for writes that are not per item.
+        const PAGE_OWN_OPS: usize = 16;
+        match self.storage.max_batch_ops() {
+            Some(limit) => default
+                .min(limit.saturating_sub(PAGE_OWN_OPS) / ops_per_item.max(1))
+                .max(1),
+            None => default,
+        }
     }
 
     pub(crate) fn class_by_number(&self, number: u16) -> Option<&ClassEntry> {

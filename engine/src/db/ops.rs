@@ -453,6 +453,7 @@ impl DbInner {
         class: &ClassEntry,
         access: Access,
     ) -> Result<SubjectInfo> {
+        self.refuse_unfinished(tag)?;
         let (info, known_live) = match self.cached_subject(tag, class.number) {
             Some(cached) => cached,
             None => (

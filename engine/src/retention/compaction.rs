@@ -43,8 +43,14 @@ use crate::vault::{
 
 /// Due items read from the index at a time.
 const DUE_PAGE: usize = 256;
+/// Writes one due item may add to its page's batch (tombstone, its removal
+/// from the index, audit entry, sweep item, parked hold), bounding pages on
+/// backends with a batch limit.
+const OPS_PER_DUE_ITEM: usize = 6;
 /// Records removed or re-encrypted per batch.
 const RECORD_PAGE: usize = 512;
+/// Writes one re-encrypted record adds (the record, a seal reservation).
+const OPS_PER_REKEYED_RECORD: usize = 2;
 
 /// What one compaction pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -474,7 +480,7 @@ impl DbInner {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = self.data_page(&prefix, after.as_deref())?;
-            let full = page.len() >= RECORD_PAGE;
+            let full = page.len() >= self.record_page();
             after = page.last().map(|(k, _)| k.clone());
             let mut batch = WriteBatch::new();
             let mut reservations = Vec::new();
@@ -562,8 +568,15 @@ impl DbInner {
         Ok(())
     }
 
-    /// Up to [`RECORD_PAGE`] records under `prefix`, after `after`.
+    /// Records per page of a re-key or a ciphertext removal: [`RECORD_PAGE`],
+    /// or fewer to fit the backend's batch limit.
+    fn record_page(&self) -> usize {
+        self.batch_page(RECORD_PAGE, OPS_PER_REKEYED_RECORD)
+    }
+
+    /// Up to [`DbInner::record_page`] records under `prefix`, after `after`.
     fn data_page(&self, prefix: &[u8], after: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let limit = self.record_page();
         let mut page = Vec::new();
         let start = match after {
             Some(k) => Bound::Excluded(k),
@@ -579,7 +592,7 @@ impl DbInner {
                     return ControlFlow::Break(());
                 }
                 page.push((k.to_vec(), v.to_vec()));
-                if page.len() >= RECORD_PAGE {
+                if page.len() >= limit {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
@@ -655,7 +668,7 @@ impl DbInner {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let page = self.data_page(&prefix, after.as_deref())?;
-                let full = page.len() >= RECORD_PAGE;
+                let full = page.len() >= self.record_page();
                 after = page.last().map(|(k, _)| k.clone());
                 for (k, v) in &page {
                     let Some(record_class) = k
@@ -700,7 +713,7 @@ impl DbInner {
                         suspect += 1;
                     }
                 }
-                if pending >= RECORD_PAGE * 8 {
+                if pending >= self.batch_page(RECORD_PAGE * 8, 1) {
                     self.storage
                         .apply(&std::mem::take(&mut removals), Durability::Buffered)?;
                     pending = 0;
@@ -965,6 +978,7 @@ impl Db {
         };
         let poisoned = inner.load_poisoned()?;
         let end = deadlines::upper_bound(now.as_second());
+        let due_page = inner.batch_page(DUE_PAGE, OPS_PER_DUE_ITEM);
         let mut left = budget;
         // Pages continue after the last key seen, so an entry this build
         // cannot read (or one set aside) is passed over instead of read
@@ -980,7 +994,7 @@ impl Db {
                 Order::Ascending,
                 &mut |k, _| {
                     due.push(k.to_vec());
-                    if due.len() >= DUE_PAGE {
+                    if due.len() >= due_page {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())

@@ -169,6 +169,8 @@ impl DbInner {
     /// can tombstone an entry between its read and its re-wrapped write.
     fn rewrap_all(&self, now: Timestamp) -> Result<u64> {
         let current = self.vault.current_epoch();
+        // Per key: its re-wrapped entry and the removal of any lost mark.
+        let page_size = self.batch_page(REWRAP_PAGE, 2);
         let mut total = 0u64;
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -188,7 +190,7 @@ impl DbInner {
                     {
                         page.push(id);
                     }
-                    if page.len() >= REWRAP_PAGE {
+                    if page.len() >= page_size {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())

@@ -15,9 +15,11 @@
 //!   to its last op per key first). A batch larger than the cluster's
 //!   `--max-txn-ops` (128 by default) cannot be one transaction: it is
 //!   refused before anything is sent, never split, since a split batch
-//!   would not be atomic. The engine's own batches (a shred of an account
-//!   with many end users, a page of due keys) can exceed 128; until they
-//!   are chunked (issue 15), the cluster must allow them.
+//!   would not be atomic. An erasure too large for one transaction is
+//!   chunked by the engine (`db::erasure_commit`, which reads the limit
+//!   from [`Storage::max_batch_ops`]); other batches of the engine (pages
+//!   of compaction and epoch re-wraps) can still exceed 128, so the
+//!   cluster must allow them (docs/scale-out.md).
 //! - **durability**: every acknowledged transaction is committed by a
 //!   quorum of members, so `Buffered` and `Durable` are the same and
 //!   `flush` has nothing to do.
@@ -388,6 +390,10 @@ impl Storage for EtcdStorage {
 
     fn has_insert_new(&self) -> bool {
         true
+    }
+
+    fn max_batch_ops(&self) -> Option<usize> {
+        Some(self.target.max_txn_ops)
     }
 
     fn insert_new(

@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 use super::etcd_backend::{EtcdStorage, EtcdTarget};
 use super::{Storage, Tree};
 
-/// The members' `--max-txn-ops`.
+/// The members' `--max-txn-ops` (but see [`Cluster::with_default_txn_limit`]).
 pub const MAX_TXN_OPS: usize = 4096;
+/// etcd's own default `--max-txn-ops`.
+const ETCD_DEFAULT_MAX_TXN_OPS: usize = 128;
 /// How long the cluster may take to elect a leader and answer.
 const START_WAIT: Duration = Duration::from_secs(30);
 
@@ -49,6 +51,8 @@ pub struct Cluster {
     initial_cluster: String,
     token: String,
     quota_bytes: Option<u64>,
+    /// The members' `--max-txn-ops`.
+    pub max_txn_ops: usize,
     /// The members' watchdog shells.
     watchdogs: Vec<Child>,
     /// The members' directories (data and logs), removed with the cluster
@@ -77,23 +81,29 @@ impl Cluster {
     /// The cluster of this test process, started on first use.
     pub fn shared() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| Cluster::start(None))
+        CLUSTER.get_or_init(|| Cluster::start(None, MAX_TXN_OPS))
     }
 
     /// A cluster of its own, stopped when dropped: for tests that stop or
     /// pause its members.
     pub fn own() -> Cluster {
-        Cluster::start(None)
+        Cluster::start(None, MAX_TXN_OPS)
+    }
+
+    /// A cluster of its own with etcd's own default of 128 operations per
+    /// transaction, stopped when dropped.
+    pub fn with_default_txn_limit() -> Cluster {
+        Cluster::start(None, ETCD_DEFAULT_MAX_TXN_OPS)
     }
 
     /// A cluster of its own whose members refuse writes past
     /// `quota_bytes` of database (`--quota-backend-bytes`), stopped when
     /// dropped.
     pub fn with_quota(quota_bytes: u64) -> Cluster {
-        Cluster::start(Some(quota_bytes))
+        Cluster::start(Some(quota_bytes), MAX_TXN_OPS)
     }
 
-    fn start(quota_bytes: Option<u64>) -> Cluster {
+    fn start(quota_bytes: Option<u64>, max_txn_ops: usize) -> Cluster {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "shredkv-etcd-{}-{}",
@@ -126,6 +136,7 @@ impl Cluster {
             initial_cluster,
             token: format!("shredkv-test-{me}-{}", dir.display()),
             quota_bytes,
+            max_txn_ops,
             watchdogs: Vec::new(),
             dir,
         };
@@ -175,7 +186,7 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
-            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
+            .args(["--max-txn-ops", &self.max_txn_ops.to_string()])
             .args(
                 self.quota_bytes
                     .map(|q| vec!["--quota-backend-bytes".to_string(), q.to_string()])
@@ -309,7 +320,7 @@ impl Cluster {
         EtcdStorage::connect(EtcdTarget {
             endpoints: self.endpoints.clone(),
             namespace,
-            max_txn_ops: MAX_TXN_OPS,
+            max_txn_ops: self.max_txn_ops,
         })
     }
 }

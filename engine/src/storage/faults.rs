@@ -111,6 +111,7 @@ pub struct FaultPlan {
     disk_full: bool,
     provider_unavailable: bool,
     provider: Option<ProviderCountdown>,
+    batch_limit: Option<usize>,
 }
 
 impl FaultPlan {
@@ -126,6 +127,14 @@ impl FaultPlan {
             remaining: n.max(1),
             failure,
         });
+        self
+    }
+
+    /// Refuse, whole, every batch of more than `ops` ops, and report that
+    /// limit to the engine: a local store behaving as an etcd cluster with
+    /// `--max-txn-ops ops` does, so chunked erasures run on any backend.
+    pub fn batch_limit(mut self, ops: usize) -> Self {
+        self.batch_limit = Some(ops);
         self
     }
 
@@ -326,9 +335,13 @@ impl FaultControl {
         state.plan = state.plan.clone().fail_provider_nth(call, n);
     }
 
-    /// Disarms every fault (counts are kept).
+    /// Disarms every fault (counts and a batch limit are kept).
     pub fn clear(&self) {
-        self.faults.lock().plan = FaultPlan::none();
+        let mut state = self.faults.lock();
+        state.plan = FaultPlan {
+            batch_limit: state.plan.batch_limit,
+            ..FaultPlan::none()
+        };
     }
 
     /// Whether a countdown is still armed (it has not fired yet).
@@ -444,6 +457,18 @@ impl Storage for FaultyStorage {
     }
 
     fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        if let Some(limit) = self.faults.lock().plan.batch_limit
+            && batch.ops.len() > limit
+        {
+            return Err(self.error(
+                "write",
+                io::ErrorKind::InvalidInput,
+                &format!(
+                    "a batch of {} ops is over the limit of {limit}; nothing was written",
+                    batch.ops.len()
+                ),
+            ));
+        }
         self.faults.pauses.reached(PausePoint::StorageApply);
         self.faults.lock().counts.ops_written += batch.ops.len() as u64;
         self.write_with_faults(durability, |d| self.inner.apply(batch, d))
@@ -451,6 +476,16 @@ impl Storage for FaultyStorage {
 
     fn has_insert_new(&self) -> bool {
         self.inner.has_insert_new()
+    }
+
+    fn max_batch_ops(&self) -> Option<usize> {
+        match (
+            self.faults.lock().plan.batch_limit,
+            self.inner.max_batch_ops(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn insert_new(

@@ -134,6 +134,10 @@ impl Storage for Guarded {
         self.inner.has_insert_new()
     }
 
+    fn max_batch_ops(&self) -> Option<usize> {
+        self.inner.max_batch_ops()
+    }
+
     fn insert_new(
         &self,
         tree: Tree,

@@ -344,6 +344,14 @@ pub(crate) trait Storage: Send + Sync {
         })
     }
 
+    /// The most ops one [`Storage::apply`] takes, if the backend has a limit
+    /// (etcd's `--max-txn-ops`); a larger batch is refused whole. The
+    /// engine splits the batches it can split (an erasure's key tombstones,
+    /// `db::erasure_commit`) to fit.
+    fn max_batch_ops(&self) -> Option<usize> {
+        None
+    }
+
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StorageError>;
 

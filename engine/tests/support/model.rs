@@ -243,6 +243,10 @@ pub(crate) struct Model {
     /// Subjects whose whole-subject erasure a hold blocked: once nothing of
     /// them is held, compaction erases the subject, as a direct shred would.
     whole_pending: BTreeSet<u8>,
+    /// The last shred of each subject that erased or parked anything: the
+    /// classes asked for and its answer. The same shred again, with nothing
+    /// left to do, answers with it (docs/design.md, invariant 10).
+    last_shred: BTreeMap<u8, (Option<u8>, Outcome)>,
 }
 
 impl Default for Model {
@@ -265,6 +269,7 @@ impl Model {
             scheduled: BTreeMap::new(),
             parked: BTreeSet::new(),
             whole_pending: BTreeSet::new(),
+            last_shred: BTreeMap::new(),
         }
     }
 
@@ -444,6 +449,8 @@ impl Model {
 
     fn shred(&mut self, s: u8, class: Option<u8>) -> Outcome {
         let (mut erased, mut retained) = (0, 0);
+        // Whether it erases or parks anything (a parked scope is audited).
+        let mut worked = false;
         for t in with_end_users(s) {
             if self.subject_erased[usize::from(t)] {
                 continue;
@@ -452,6 +459,7 @@ impl Model {
             if class.is_none() && !held_at_all {
                 self.subject_erased[usize::from(t)] = true;
                 erased += 1;
+                worked = true;
                 continue;
             }
             if class.is_none() {
@@ -465,6 +473,7 @@ impl Model {
                 if self.scope_erased.contains(&(t, c)) {
                     continue;
                 }
+                worked = true;
                 // A receipt names only the scopes the subject held.
                 let named = usize::from(self.touched.contains(&(t, c)));
                 if self.held(t, c) {
@@ -477,7 +486,20 @@ impl Model {
                 erased += named;
             }
         }
-        Outcome::Shredded { erased, retained }
+        let answer = Outcome::Shredded { erased, retained };
+        if worked {
+            self.last_shred.insert(s, (class, answer.clone()));
+            return answer;
+        }
+        // Nothing left to do: the same request answers with its receipt,
+        // unless that receipt retained something (a hold since released
+        // erased it, so the receipt no longer says what the ledger says).
+        match self.last_shred.get(&s) {
+            Some((asked, stored @ Outcome::Shredded { retained: 0, .. })) if *asked == class => {
+                stored.clone()
+            }
+            _ => answer,
+        }
     }
 
     fn close(&mut self, a: u8) -> Outcome {

@@ -1,7 +1,9 @@
-//! Failures of a real 3-member etcd cluster under a store (feature `etcd`;
-//! `.ci/run` runs them in its step "etcd backend", one test at a time):
-//! members killed with SIGKILL under puts and shreds, two of three members
-//! down, a paused leader. Each test runs a cluster of its own
+//! A store on a real 3-member etcd cluster, through failures and limits
+//! (feature `etcd`; `.ci/run` runs these in its step "etcd backend", one
+//! test at a time): members killed with SIGKILL under puts and shreds, two
+//! of three members down, a paused leader; and etcd's default of 128
+//! operations per transaction, which a large shred and a compaction of many
+//! due keys exceed. Each test runs a cluster of its own
 //! (`EtcdTestCluster::own`), so stopping members disturbs nothing else.
 //!
 //! The oracle is what the store acknowledged, kept by the test: every
@@ -417,4 +419,149 @@ fn a_paused_leader_serves_no_stale_reads_when_it_resumes() {
             "a stale read from the resumed leader"
         );
     }
+}
+
+/// An account with 60 end users on a cluster with etcd's default of 128
+/// operations per transaction: its shred (about 60 × 6 operations) lands in
+/// chunks, every record of the family is refused afterwards, through this
+/// client and a new one, and a retry answers with the same receipt.
+#[test]
+fn a_large_account_shreds_on_a_cluster_with_the_default_transaction_limit() {
+    let cluster = EtcdTestCluster::with_default_txn_limit();
+    let local = tempfile::tempdir().expect("a local directory");
+    let open = || {
+        Db::open(
+            Config::new(local.path().join("store"))
+                .key_file(local.path().join("keys"))
+                .maintenance_every(None)
+                .etcd(
+                    cluster.endpoints.clone(),
+                    "default-limit/",
+                    cluster.max_txn_ops,
+                ),
+        )
+        .expect("open on etcd")
+    };
+    let db = open();
+    db.register_account("acct").expect("register");
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        db.register_end_user(user, "acct").expect("register");
+        db.put(user, "message_content", b"m1", b"hello")
+            .expect("put");
+        db.put(user, "account_profile", b"name", b"a name")
+            .expect("put");
+    }
+    let receipt = db.shred("acct", Classes::All).expect("a shred in chunks");
+    assert_eq!(receipt.erased.len(), users.len() + 1, "{receipt:?}");
+    for user in &users {
+        for (class, key) in [
+            ("message_content", &b"m1"[..]),
+            ("account_profile", b"name"),
+        ] {
+            let err = db.get(user, class, key).expect_err("erased");
+            assert!(err.is_erased(), "{user}/{class}: {err}");
+        }
+    }
+    assert_eq!(db.shred("acct", Classes::All).expect("retry"), receipt);
+    drop(db);
+    let db = open();
+    for user in &users {
+        assert!(
+            db.get(user, "message_content", b"m1")
+                .expect_err("erased")
+                .is_erased()
+        );
+        assert_eq!(
+            db.certificate(user)
+                .expect("certificate")
+                .keys_live_in_erased_scopes,
+            0
+        );
+    }
+    assert_eq!(db.shred("acct", Classes::All).expect("retry"), receipt);
+    assert!(db.verify().expect("verify").is_clean());
+}
+
+/// Compaction and an epoch rotation on a cluster with etcd's default of
+/// 128 operations per transaction: 60 end users' expired buckets (about six
+/// writes each in one page of due keys, ~360 in all), an expired bucket of
+/// 300 records whose ciphertext is then removed, and an epoch rotation
+/// re-wrapping every live key. Each batch is sized to the limit; without
+/// that, the pages are refused whole and the pass fails.
+#[test]
+fn compaction_and_epoch_rotation_fit_the_default_transaction_limit() {
+    use jiff::SignedDuration;
+    use shredkv::{Clock, ManualClock, PutOptions};
+
+    let cluster = EtcdTestCluster::with_default_txn_limit();
+    let local = tempfile::tempdir().expect("a local directory");
+    let clock = ManualClock::new(jiff::Timestamp::from_second(1_800_000_000).expect("a time"));
+    let db = Db::open(
+        Config::new(local.path().join("store"))
+            .key_file(local.path().join("keys"))
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None)
+            .etcd(
+                cluster.endpoints.clone(),
+                "default-limit-compaction/",
+                cluster.max_txn_ops,
+            ),
+    )
+    .expect("open on etcd");
+    let expires = clock.now() + SignedDuration::from_hours(1);
+    db.register_account("acct").expect("register");
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        db.register_end_user(user, "acct").expect("register");
+        db.put_with(
+            user,
+            "message_content",
+            b"m",
+            b"soon gone",
+            PutOptions::expires_at(expires),
+        )
+        .expect("put");
+        db.put(user, "account_profile", b"name", b"kept")
+            .expect("put");
+    }
+    for i in 0..300u32 {
+        db.put_with(
+            "acct",
+            "message_content",
+            &i.to_be_bytes(),
+            b"soon gone",
+            PutOptions::expires_at(expires),
+        )
+        .expect("put");
+    }
+    // Past the expiry: the expired buckets' keys die; a week later (the
+    // removal sweep runs once a week, `removal_sweep_time`) their ciphertext is
+    // removed: 300 records of one scope.
+    clock.set(expires + SignedDuration::from_hours(24));
+    let report = db.compact().expect("compaction within the limit");
+    assert!(report.keys_destroyed > users.len() as u64, "{report:?}");
+    clock.set(expires + SignedDuration::from_hours(24 * 9));
+    let report = db.compact().expect("the sweep within the limit");
+    assert!(
+        report.records_removed >= 300 + users.len() as u64,
+        "{report:?}"
+    );
+    db.rotate_epoch()
+        .expect("an epoch rotation within the limit");
+    for user in &users {
+        assert_eq!(db.get(user, "message_content", b"m").expect("get"), None);
+        assert_eq!(
+            db.get(user, "account_profile", b"name")
+                .expect("get")
+                .as_deref(),
+            Some(&b"kept"[..])
+        );
+    }
+    assert_eq!(
+        db.scan("acct", "message_content").expect("scan").len(),
+        0,
+        "expired records are not served"
+    );
+    assert!(db.verify().expect("verify").is_clean());
 }

@@ -1,0 +1,300 @@
+//! Erasures larger than one batch of the backend (etcd takes at most
+//! `--max-txn-ops` ops per transaction): a local redb store behind the
+//! fault layer refuses batches over a limit, as etcd does, so the chunked
+//! path (`db::erasure_commit`) runs here with crashes and lost answers
+//! injected. And retries: a shred whose answer was lost, retried, returns
+//! the same receipt and writes no second ledger or audit entry.
+//!
+//! Expectations come from what the test wrote (its own list of subjects
+//! and records), not from the engine's plan.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use shredkv::internal::{ApplyFailure, FaultControl, FaultPlan, FaultPoint, TestStore};
+use shredkv::{AuditEvent, Backend, Classes, Config, Db, ManualClock, SubjectState};
+
+/// The batch limit of the tests: a family of 30 end users needs about 250
+/// ops (per end user: state, ledger, deadline, audit, four key tombstones),
+/// and at 45 some end user's tombstones spill into the chunk after its
+/// state, so a failure there leaves an erased subject with live keys.
+const LIMIT: usize = 45;
+const END_USERS: usize = 30;
+/// Keys a scope written once holds (docs/design.md, record keys): its
+/// scope key (bucket 0, for blinded record keys) and the one bucket its
+/// records went to (one day, no expiry).
+const KEYS_PER_SCOPE: usize = 2;
+/// The family's scopes: the account's profile, two classes per end user.
+const SCOPES: usize = 1 + 2 * END_USERS;
+
+fn config(dir: &Path, clock: &ManualClock) -> Config {
+    Config::new(dir.join("store"))
+        .key_file(dir.join("keys"))
+        .backend(Backend::Redb)
+        .clock(Arc::new(clock.clone()))
+        .maintenance_every(None)
+}
+
+fn open_limited(dir: &Path, clock: &ManualClock, plan: FaultPlan) -> (Db, FaultControl) {
+    shredkv::internal::open_with_faults(
+        config(dir, clock),
+        &TestStore::Disk(Backend::Redb),
+        plan.batch_limit(LIMIT),
+    )
+    .expect("open with a batch limit")
+}
+
+/// (subject, class, key, value) of every record the test writes.
+fn family() -> Vec<(String, &'static str, Vec<u8>, Vec<u8>)> {
+    let mut records = vec![(
+        "acct".to_string(),
+        "account_profile",
+        b"email".to_vec(),
+        b"acct@example.com".to_vec(),
+    )];
+    for i in 0..END_USERS {
+        let user = format!("user-{i}");
+        records.push((
+            user.clone(),
+            "message_content",
+            b"m1".to_vec(),
+            format!("{user}: hello").into_bytes(),
+        ));
+        records.push((
+            user.clone(),
+            "account_profile",
+            b"name".to_vec(),
+            format!("{user}'s name").into_bytes(),
+        ));
+    }
+    records
+}
+
+fn fill(db: &Db) {
+    db.register_account("acct").expect("register");
+    for i in 0..END_USERS {
+        db.register_end_user(&format!("user-{i}"), "acct")
+            .expect("register");
+    }
+    for (subject, class, key, value) in family() {
+        db.put(&subject, class, &key, &value).expect("put");
+    }
+    db.register_account("bystander").expect("register");
+    db.put("bystander", "account_profile", b"email", b"b@example.com")
+        .expect("put");
+}
+
+fn subjects() -> Vec<String> {
+    std::iter::once("acct".to_string())
+        .chain((0..END_USERS).map(|i| format!("user-{i}")))
+        .collect()
+}
+
+/// Every record of the family refused as erased, every subject erased,
+/// no key left live under an erased scope, the bystander untouched.
+fn assert_family_erased(db: &Db, when: &str) {
+    for (subject, class, key, _) in family() {
+        let err = db
+            .get(&subject, class, &key)
+            .expect_err("an erased record is refused");
+        assert!(err.is_erased(), "{when}: {subject}/{class}: {err}");
+    }
+    for subject in subjects() {
+        assert_eq!(
+            db.subject(&subject).expect("subject").expect("known").state,
+            SubjectState::Erased,
+            "{when}: {subject}"
+        );
+        let certificate = db.certificate(&subject).expect("certificate");
+        assert_eq!(
+            certificate.keys_live_in_erased_scopes, 0,
+            "{when}: {subject} has live keys under its erasure"
+        );
+    }
+    assert_eq!(
+        db.get("bystander", "account_profile", b"email")
+            .expect("get")
+            .as_deref(),
+        Some(&b"b@example.com"[..]),
+        "{when}"
+    );
+}
+
+/// How many audit entries of `event` name each of the family's subjects.
+fn audit_count(db: &Db, event: AuditEvent) -> Vec<usize> {
+    let entries = db.audit_entries(0, usize::MAX).expect("audit entries");
+    subjects()
+        .iter()
+        .map(|s| {
+            let tag = db.subject_tag(s);
+            entries
+                .iter()
+                .filter(|e| e.event == event && e.subject == Some(tag))
+                .count()
+        })
+        .collect()
+}
+
+fn clock() -> ManualClock {
+    ManualClock::new(Timestamp::from_second(1_800_000_000).expect("a time"))
+}
+
+#[test]
+fn a_shred_over_the_batch_limit_lands_in_chunks_and_erases_everything() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let clock = clock();
+    let (db, control) = open_limited(dir.path(), &clock, FaultPlan::none());
+    fill(&db);
+    let before = control.counts();
+    let receipt = db.shred("acct", Classes::All).expect("a chunked shred");
+    let spent = control.counts().since(before);
+    // Chunked: more than one durable commit, none over the limit (the
+    // fault layer refuses those).
+    assert!(spent.durable_applies > 2, "{spent:?}");
+    assert_eq!(receipt.erased.len(), END_USERS + 1, "{receipt:?}");
+    assert_eq!(
+        receipt.keys_destroyed(),
+        SCOPES * KEYS_PER_SCOPE,
+        "{receipt:?}"
+    );
+    assert_family_erased(&db, "after the shred");
+    assert!(db.verify().expect("verify").is_clean());
+    assert_eq!(
+        audit_count(&db, AuditEvent::KeysDestroyed),
+        vec![1; END_USERS + 1]
+    );
+    // Answered again, the same receipt, nothing written.
+    let before = control.counts();
+    assert_eq!(db.shred("acct", Classes::All).expect("again"), receipt);
+    assert_eq!(control.counts().since(before).writes, 0);
+    drop(db);
+    let db = Db::open(config(dir.path(), &clock)).expect("reopen");
+    assert_family_erased(&db, "reopened");
+}
+
+/// A failure after the first chunk (a crash would leave the same store):
+/// the subjects not yet erased are refused at once, and the next open
+/// finishes the erasure from its marker before serving anything.
+#[test]
+fn an_erasure_interrupted_between_chunks_serves_nothing_and_is_finished_at_open() {
+    for failing_chunk in [2, 3, 5] {
+        let dir = tempfile::tempdir().expect("a directory");
+        let clock = clock();
+        let (db, control) = open_limited(dir.path(), &clock, FaultPlan::none());
+        fill(&db);
+        control.fail_nth(
+            FaultPoint::DurableApply,
+            failing_chunk,
+            ApplyFailure::NothingApplied,
+        );
+        let err = db.shred("acct", Classes::All).expect_err("a chunk fails");
+        assert!(!control.armed(), "the fault fired");
+        assert!(err.to_string().contains("injected"), "{err}");
+        // Nothing served in between, end users of later chunks included.
+        for (subject, class, key, _) in family() {
+            let err = db
+                .get(&subject, class, &key)
+                .expect_err("refused while the erasure is unfinished");
+            assert!(err.is_erased(), "chunk {failing_chunk}: {subject}: {err}");
+        }
+        drop(db);
+        // The next open finishes it.
+        let db = Db::open(config(dir.path(), &clock)).expect("reopen");
+        assert_family_erased(&db, &format!("reopened after chunk {failing_chunk} failed"));
+        assert!(db.verify().expect("verify").is_clean());
+        assert_eq!(
+            audit_count(&db, AuditEvent::KeysDestroyed),
+            vec![1; END_USERS + 1],
+            "chunk {failing_chunk}"
+        );
+        // A retry now answers with the finished erasure's receipt.
+        let receipt = db.shred("acct", Classes::All).expect("retry");
+        assert_eq!(receipt.erased.len(), END_USERS + 1, "{receipt:?}");
+        assert_eq!(receipt.keys_destroyed(), SCOPES * KEYS_PER_SCOPE);
+        assert_eq!(
+            receipt.erased_at,
+            Timestamp::from_second(1_800_000_000).expect("a time")
+        );
+    }
+}
+
+/// The same failure, finished by retrying the shred in the same process.
+#[test]
+fn a_retry_finishes_an_interrupted_chunked_erasure() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let clock = clock();
+    let (db, control) = open_limited(dir.path(), &clock, FaultPlan::none());
+    fill(&db);
+    control.fail_nth(FaultPoint::DurableApply, 3, ApplyFailure::NothingApplied);
+    db.shred("acct", Classes::All).expect_err("a chunk fails");
+    // Later: the retry finishes at the first erasure's time.
+    clock.advance(jiff::SignedDuration::from_mins(5));
+    let receipt = db
+        .shred("acct", Classes::All)
+        .expect("the retry finishes it");
+    assert_eq!(receipt.erased.len(), END_USERS + 1, "{receipt:?}");
+    assert_eq!(
+        receipt.erased_at,
+        Timestamp::from_second(1_800_000_000).expect("a time")
+    );
+    assert_family_erased(&db, "after the retry");
+    assert_eq!(
+        audit_count(&db, AuditEvent::KeysDestroyed),
+        vec![1; END_USERS + 1]
+    );
+    assert_eq!(db.shred("acct", Classes::All).expect("again"), receipt);
+}
+
+/// A shred that landed but whose answer was lost (the commit applied, the
+/// call failed), retried: the same receipt as a clean shred would give,
+/// one ledger entry and one audit entry. No batch limit here: the plain
+/// one-batch path.
+#[test]
+fn a_shred_retried_after_a_lost_answer_returns_its_receipt_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let clock = clock();
+    let (db, control) = shredkv::internal::open_with_faults(
+        config(dir.path(), &clock),
+        &TestStore::Disk(Backend::Redb),
+        FaultPlan::none(),
+    )
+    .expect("open");
+    fill(&db);
+    control.fail_nth(FaultPoint::DurableApply, 1, ApplyFailure::AppliedNotSynced);
+    db.shred("acct", Classes::All)
+        .expect_err("the answer is lost");
+    clock.advance(jiff::SignedDuration::from_mins(1));
+    let before = control.counts();
+    let receipt = db.shred("acct", Classes::All).expect("the retry");
+    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
+    assert_eq!(receipt.erased.len(), END_USERS + 1, "{receipt:?}");
+    assert_eq!(receipt.keys_destroyed(), SCOPES * KEYS_PER_SCOPE);
+    assert_eq!(
+        receipt.erased_at,
+        Timestamp::from_second(1_800_000_000).expect("a time"),
+        "the first attempt's time"
+    );
+    // The receipt names the audit entry that recorded the erasure.
+    let recorded = db
+        .audit_entries(receipt.audit_head.seq, 1)
+        .expect("audit entry");
+    assert_eq!(recorded[0].hash, receipt.audit_head.hash);
+    assert_eq!(recorded[0].event, AuditEvent::KeysDestroyed);
+    assert_eq!(
+        audit_count(&db, AuditEvent::KeysDestroyed),
+        vec![1; END_USERS + 1]
+    );
+    assert_family_erased(&db, "after the retry");
+    // A different request (some classes only) is not answered with it.
+    let other = db
+        .shred("acct", Classes::Only(&["message_content"]))
+        .expect("another request");
+    assert_ne!(other, receipt);
+    drop(db);
+    let db = Db::open(config(dir.path(), &clock)).expect("reopen");
+    assert_eq!(
+        db.shred("acct", Classes::All).expect("after reopening"),
+        receipt
+    );
+}
