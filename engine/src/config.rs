@@ -128,12 +128,21 @@ impl Config {
     /// Keeps the store in an etcd cluster (feature `etcd`): every tree
     /// under the key prefix `namespace` of the cluster whose members answer
     /// at `endpoints` (`http://host:port`), every commit quorum-durable.
-    /// `max_txn_ops` is the cluster's `--max-txn-ops`: a batch larger than
-    /// that is refused whole, never split (etcd's default, 128, is too small
-    /// for a shred of an account with many end users; issue 15 chunks them).
+    /// `max_txn_ops` is the cluster's `--max-txn-ops` (etcd's default is
+    /// 128): the engine sizes its batches to it, an erasure too large for
+    /// one transaction lands in chunks (docs/design.md, invariant 3), and a
+    /// batch it cannot split that is larger is refused whole, never split.
     /// The directory `path` still holds what is local to this process: the
     /// key file (by default) and the store's lock. Two stores must never
     /// share a namespace, nor one be a prefix of another's.
+    ///
+    /// One node serves a store at a time: opening takes the store's owner
+    /// key under an etcd lease (waiting up to one lease, 10 s, for a crashed
+    /// owner's to lapse; a store still served is refused with
+    /// [`Error::is_locked`](crate::Error::is_locked)), and every request is
+    /// guarded on it, so a node paused past its lease is refused
+    /// ([`Error::is_fenced`](crate::Error::is_fenced)). Closing hands the
+    /// store over at once.
     ///
     /// Backups of an etcd store, and its restore, are not supported yet.
     #[cfg(feature = "etcd")]

@@ -408,6 +408,12 @@ impl Error {
         matches!(self, Error::Storage(err) if err.is_full())
     }
 
+    /// Whether this node no longer owns the etcd store (see
+    /// [`StorageError::is_fenced`]); nothing was read or written.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Error::Storage(err) if err.is_fenced())
+    }
+
     /// Whether a legal hold stopped the operation.
     pub fn is_on_hold(&self) -> bool {
         self.kind() == "on_hold"
@@ -660,6 +666,14 @@ impl StorageError {
     /// one asked for (nothing was opened or created).
     pub fn is_wrong_backend(&self) -> bool {
         self.kind == StorageErrorKind::WrongBackend
+    }
+
+    /// Whether this node no longer owns the etcd store it was serving (it
+    /// was paused or cut off past its lease, or another node took the store
+    /// over): nothing was read or written. Close the store and open it
+    /// again.
+    pub fn is_fenced(&self) -> bool {
+        self.kind == StorageErrorKind::Fenced
     }
 }
 

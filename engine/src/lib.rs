@@ -135,6 +135,10 @@ pub mod internal {
     pub use crate::storage::etcd_cluster::{
         Cluster as EtcdTestCluster, MAX_TXN_OPS as ETCD_TEST_MAX_TXN_OPS,
     };
+    /// How long an etcd store's owner key outlives its node's last
+    /// keep-alive (fencing tests wait it out).
+    #[cfg(feature = "etcd")]
+    pub const ETCD_OWNER_LEASE_TTL: std::time::Duration = crate::storage::etcd_owner::LEASE_TTL;
     pub use crate::storage::faults::{
         ApplyFailure, FaultControl, FaultCounts, FaultPlan, FaultPoint, ProviderCall,
     };

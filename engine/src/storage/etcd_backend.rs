@@ -30,24 +30,34 @@
 //! a one-worker tokio runtime owned by the store (`block_on` from any
 //! thread).
 //!
-//! **Members down.** The client spreads requests over every endpoint and
-//! does not route around one that refuses connections (etcd-client issue
-//! 39): a request that lands on a stopped member fails at once. Such a
-//! request never left this process, so it is sent again, writes included,
-//! until [`REQUEST_TIMEOUT`]; reads are also sent again after any transient
-//! failure (no leader, a timeout). A write whose outcome is unknown (sent,
-//! no answer) is never resent: the caller sees the error, and the engine
+//! **Members down.** etcd-client's own balancing does not route around a
+//! member that refuses connections (its issue 39) nor one that hangs (a
+//! paused member: the failure tests saw every attempt time out while it
+//! was stopped). So the store keeps one client per member and sends every
+//! request to one member until it fails to answer (refused, unavailable,
+//! or no answer within [`ATTEMPT_TIMEOUT`]), then to the next. A request
+//! that never left this process (connection refused) is sent again, writes
+//! included, until [`REQUEST_TIMEOUT`]; reads are also sent again after
+//! any transient failure. A write whose outcome is unknown (sent, no
+//! answer) is never resent: the caller sees the error, and the engine
 //! re-reads what it caches.
+//!
+//! **Ownership.** One node serves a store at a time, and every request is
+//! guarded on its ownership (`storage::etcd_owner`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::{Bound, ControlFlow};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, SortOrder, SortTarget,
+    Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
+
+use super::etcd_owner::{LEASE_TTL, Owner, TakeError};
 
 use super::{
     Backend, Durability, Op, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
@@ -56,9 +66,13 @@ use super::{
 
 /// Keys read per request of a scan.
 const SCAN_PAGE: i64 = 512;
-/// How long a request may take before it fails (a cluster without quorum
-/// does not answer writes).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take, resends included, before it fails (a
+/// cluster without quorum does not answer writes).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one attempt may wait for its member's answer: a member paused
+/// or cut off accepts the request and never answers, so the next attempt
+/// goes to the next member.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a store lives in a cluster and how large its transactions may be.
 #[derive(Debug, Clone)]
@@ -75,7 +89,14 @@ pub(crate) struct EtcdTarget {
 /// A store in an etcd cluster.
 pub(crate) struct EtcdStorage {
     runtime: tokio::runtime::Runtime,
-    client: Client,
+    /// One client per member, each talking to its member only (the
+    /// client's own balancing keeps sending to a member that hangs).
+    clients: Vec<Client>,
+    /// The member requests go to, until one fails to answer.
+    current: AtomicUsize,
+    /// This node's ownership (`storage::etcd_owner`): every request is
+    /// guarded on it.
+    owner: Owner,
     target: EtcdTarget,
     /// The endpoints, for error messages.
     path: PathBuf,
@@ -99,14 +120,52 @@ impl EtcdStorage {
             .build()
             .map_err(|e| fail(Box::new(e)))?;
         let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
-        let client = runtime
-            .block_on(Client::connect(&target.endpoints, Some(options)))
-            .map_err(|e| fail(Box::new(e)))?;
+            .with_connect_timeout(ATTEMPT_TIMEOUT)
+            .with_timeout(ATTEMPT_TIMEOUT);
+        // Connections are made lazily: a member down now is reached later.
+        let clients = target
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                runtime
+                    .block_on(Client::connect([endpoint], Some(options.clone())))
+                    .map_err(|e| fail(Box::new(e)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if clients.is_empty() {
+            return Err(fail("no etcd endpoint given".into()));
+        }
+        // A crashed owner's lease lapses within one lease: wait that long.
+        let take = Owner::take(
+            &clients,
+            &target.namespace,
+            LEASE_TTL + Duration::from_secs(2),
+        );
+        let owner = match runtime.block_on(take) {
+            Ok(owner) => owner,
+            Err(TakeError::Cluster(e)) => return Err(fail(Box::new(e))),
+            Err(TakeError::Held(holder)) => {
+                return Err(StorageError {
+                    backend: Backend::Etcd,
+                    action: "open",
+                    path: path.clone(),
+                    kind: StorageErrorKind::Locked,
+                    source: format!(
+                        "the store `{}` is served by another node ({holder}); one node serves a \
+                         store at a time. It is free once that node closes it, or {} s after it \
+                         stopped",
+                        String::from_utf8_lossy(&target.namespace),
+                        LEASE_TTL.as_secs()
+                    )
+                    .into(),
+                });
+            }
+        };
         Ok(Self {
             runtime,
-            client,
+            clients,
+            current: AtomicUsize::new(0),
+            owner,
             target,
             path,
         })
@@ -147,6 +206,68 @@ impl EtcdStorage {
         }
     }
 
+    /// The error of a request the fence refused: this node no longer owns
+    /// the store.
+    fn fenced(&self, action: &'static str) -> StorageError {
+        StorageError {
+            backend: Backend::Etcd,
+            action,
+            path: self.path.clone(),
+            kind: StorageErrorKind::Fenced,
+            source: "this node no longer owns the etcd store (its lease on the owner key \
+                     lapsed while it was paused or cut off, or another node took the store \
+                     over): nothing was read or written. Close the store and open it again \
+                     to serve it"
+                .into(),
+        }
+    }
+
+    /// Runs `txn` guarded by this node's ownership; a refused guard is
+    /// [`EtcdStorage::fenced`].
+    fn guarded(
+        &self,
+        action: &'static str,
+        resend: Resend,
+        ops: Vec<TxnOp>,
+    ) -> Result<TxnResponse, StorageError> {
+        let txn = Txn::new().when([self.owner.fence()]).and_then(ops);
+        let answer = self.request(action, resend, |client| {
+            let mut kv = client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })?;
+        if answer.succeeded() {
+            Ok(answer)
+        } else {
+            Err(self.fenced(action))
+        }
+    }
+
+    /// A guarded range read: its answer and the revision it was read at.
+    fn guarded_get(
+        &self,
+        action: &'static str,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+    ) -> Result<(GetResponse, i64), StorageError> {
+        let answer = self.guarded(action, Resend::Read, vec![TxnOp::get(key, options)])?;
+        let revision = answer.header().map_or(0, |h| h.revision());
+        answer
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(get) => Some((get, revision)),
+                _ => None,
+            })
+            .ok_or_else(|| StorageError {
+                backend: Backend::Etcd,
+                action,
+                path: self.path.clone(),
+                kind: StorageErrorKind::Other,
+                source: "the cluster answered a read without its range".into(),
+            })
+    }
+
     /// Runs the request `send` makes, sending it again after a failure
     /// `resend` allows, until [`REQUEST_TIMEOUT`] has passed.
     fn request<T, F, Fut>(
@@ -156,23 +277,35 @@ impl EtcdStorage {
         send: F,
     ) -> Result<T, StorageError>
     where
-        F: Fn() -> Fut,
+        F: Fn(&Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.runtime.block_on(send()) {
+            let at = self.current.load(Ordering::Relaxed) % self.clients.len();
+            match self.runtime.block_on(send(&self.clients[at])) {
                 Ok(answer) => return Ok(answer),
-                Err(error)
-                    if Instant::now() + pause < deadline
-                        && (never_sent(&error)
-                            || (resend == Resend::Read && transient(&error))) =>
-                {
+                Err(error) => {
+                    // The member did not answer: the next request, this
+                    // one's resend included, goes to the next member.
+                    if transient(&error) || never_sent(&error) {
+                        let next = (at + 1) % self.clients.len();
+                        let _ = self.current.compare_exchange(
+                            at,
+                            next,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    let resend =
+                        never_sent(&error) || (resend == Resend::Read && transient(&error));
+                    if !resend || Instant::now() + pause >= deadline {
+                        return Err(self.fail(action)(error));
+                    }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                Err(error) => return Err(self.fail(action)(error)),
             }
         }
     }
@@ -229,14 +362,18 @@ fn never_sent(error: &etcd_client::Error) -> bool {
     false
 }
 
-/// Whether `error` is a cluster that cannot answer now (and may soon).
+/// Whether `error` is a cluster that cannot answer now (and may soon),
+/// or a member that did not answer within [`ATTEMPT_TIMEOUT`].
 fn transient(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            i32::from(status.code()),
-            GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
-        ),
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                i32::from(status.code()),
+                GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
+            ) || (i32::from(status.code()) == GRPC_CANCELLED
+                && status.message() == "Timeout expired")
+        }
         _ => false,
     }
 }
@@ -245,6 +382,8 @@ fn transient(error: &etcd_client::Error) -> bool {
 /// cannot answer now: no leader, no quorum, a member down.
 const GRPC_UNAVAILABLE: i32 = 14;
 const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+/// What the client reports when an attempt's timeout expired.
+const GRPC_CANCELLED: i32 = 1;
 /// The code of etcd's "database space exceeded" (its quota is reached).
 const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 
@@ -256,12 +395,7 @@ fn successor(mut key: Vec<u8>) -> Vec<u8> {
 
 impl Storage for EtcdStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let key = self.full_key(tree, key);
-        let response = self.request("read", Resend::Read, || {
-            let mut kv = self.client.kv_client();
-            let key = key.clone();
-            async move { kv.get(key, None).await }
-        })?;
+        let (response, _) = self.guarded_get("read", self.full_key(tree, key), None)?;
         Ok(response.kvs().first().map(|entry| entry.value().to_vec()))
     }
 
@@ -311,13 +445,9 @@ impl Storage for EtcdStorage {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut response = self.request("scan", Resend::Read, || {
-                let mut kv = self.client.kv_client();
-                let (low, options) = (low.clone(), options.clone());
-                async move { kv.get(low, Some(options)).await }
-            })?;
+            let (mut response, read_at) = self.guarded_get("scan", low.clone(), Some(options))?;
             if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
+                revision = read_at;
             }
             let more = response.more();
             let entries = response.take_kvs();
@@ -379,12 +509,7 @@ impl Storage for EtcdStorage {
                 None => TxnOp::delete(key, None),
             })
             .collect();
-        let txn = Txn::new().and_then(ops);
-        self.request("write", Resend::Write, || {
-            let mut kv = self.client.kv_client();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })?;
+        self.guarded("write", Resend::Write, ops)?;
         Ok(())
     }
 
@@ -403,16 +528,37 @@ impl Storage for EtcdStorage {
         value: &[u8],
         _durability: Durability,
     ) -> Result<bool, StorageError> {
+        // Both guards at the top level, not a nested transaction: etcd
+        // 3.4 counts only a transaction's own puts against its quota, so a
+        // put nested one level down would be let past a full cluster (the
+        // full-cluster test caught it). On failure, the owner key read in
+        // the other branch tells a fenced node from a key that exists.
         let key = self.full_key(tree, key);
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value.to_vec(), None)]);
-        let response = self.request("insert a new key", Resend::Write, || {
-            let mut kv = self.client.kv_client();
+            .when([
+                self.owner.fence(),
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key, value.to_vec(), None)])
+            .or_else([self.owner.read()]);
+        let action = "insert a new key";
+        let answer = self.request(action, Resend::Write, |client| {
+            let mut kv = client.kv_client();
             let txn = txn.clone();
             async move { kv.txn(txn).await }
         })?;
-        Ok(response.succeeded())
+        if answer.succeeded() {
+            return Ok(true);
+        }
+        let owned = answer.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(found) => self.owner.still_held(&found),
+            _ => false,
+        });
+        if owned {
+            Ok(false)
+        } else {
+            Err(self.fenced(action))
+        }
     }
 
     fn flush(&self) -> Result<(), StorageError> {
@@ -421,8 +567,8 @@ impl Storage for EtcdStorage {
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {
-        let status = self.request("read the cluster's status", Resend::Read, || {
-            let mut maintenance = self.client.maintenance_client();
+        let status = self.request("read the cluster's status", Resend::Read, |client| {
+            let mut maintenance = client.maintenance_client();
             async move { maintenance.status().await }
         })?;
         Ok(u64::try_from(status.db_size()).unwrap_or(0))
@@ -430,5 +576,16 @@ impl Storage for EtcdStorage {
 
     fn backend(&self) -> Backend {
         Backend::Etcd
+    }
+}
+
+impl Drop for EtcdStorage {
+    fn drop(&mut self) {
+        // Hand the store over at once instead of after the lease.
+        let at = self.current.load(Ordering::Relaxed) % self.clients.len();
+        let release = self.owner.release(&self.clients[at]);
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(2), release).await });
     }
 }

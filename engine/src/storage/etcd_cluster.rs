@@ -68,6 +68,22 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Copies directory `from` to `to` with everything in it.
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("`cp` runs");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
 /// Sends `signal` (`-9`, `-STOP`, `-CONT`) to `pid`.
 fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -234,6 +250,40 @@ impl Cluster {
         signal(self.pid(i), "-CONT");
     }
 
+    /// Kills every member (SIGKILL).
+    pub fn kill_all(&self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Starts every killed member again and waits until the cluster serves.
+    pub fn restart_all(&self) {
+        for i in 0..self.members.len() {
+            self.restart(i);
+        }
+        self.wait_until_serving();
+    }
+
+    /// Copies every member's data directory under `dest` (the members must
+    /// be stopped): the whole cluster as of now, as a snapshot is.
+    pub fn copy_data(&self, dest: &Path) {
+        std::fs::create_dir_all(dest).expect("a directory for the copy");
+        for member in &self.members {
+            copy_dir(&member.dir.join("data"), &dest.join(&member.name));
+        }
+    }
+
+    /// Puts back every member's data directory from a [`Cluster::copy_data`]
+    /// copy (the members must be stopped): the cluster restored to then.
+    pub fn put_back_data(&self, from: &Path) {
+        for member in &self.members {
+            let data = member.dir.join("data");
+            std::fs::remove_dir_all(&data).expect("remove a member's data");
+            copy_dir(&from.join(&member.name), &data);
+        }
+    }
+
     fn pid(&self, i: usize) -> u32 {
         self.members[i]
             .process
@@ -293,9 +343,13 @@ impl Cluster {
 
     /// Waits until the cluster commits a write.
     pub fn wait_until_serving(&self) {
+        static PROBES: AtomicU32 = AtomicU32::new(0);
         let started = Instant::now();
         loop {
-            let probe = self.open(Path::new("cluster-probe"));
+            // A store of its own each time: a probe that failed half way may
+            // still own its store until its lease lapses.
+            let n = PROBES.fetch_add(1, Ordering::Relaxed);
+            let probe = self.open(Path::new(&format!("cluster-probe-{n}")));
             let ready = probe.and_then(|store| {
                 let mut batch = super::WriteBatch::new();
                 batch.put(Tree::Meta, b"probe".to_vec(), b"1".to_vec());

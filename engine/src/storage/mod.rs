@@ -237,8 +237,11 @@ pub(crate) enum StorageErrorKind {
     Corrupt,
     /// A control value failed its MAC (`sealed`): written without the keys.
     Tampered,
-    /// Another process holds the store.
+    /// Another process (or, on etcd, another node) holds the store.
     Locked,
+    /// This node no longer owns the etcd store it serves: a paused or
+    /// partitioned node past its lease (`storage::etcd_owner`).
+    Fenced,
     /// The directory holds a store of another backend than the one asked for.
     WrongBackend,
     /// Anything else the backend reported.
@@ -507,6 +510,8 @@ mod conformance;
 pub(crate) mod etcd_backend;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd_cluster;
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd_owner;
 pub(crate) mod faults;
 mod group_commit;
 mod guard;
