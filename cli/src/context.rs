@@ -25,6 +25,10 @@ pub(crate) enum BackendArg {
     Sled,
     /// redb (one file, `DIR/store.redb`).
     Redb,
+    /// A namespace of an etcd cluster (`--endpoints`, `--namespace`); DIR
+    /// keeps the key file and the lock (a build with `--features etcd`).
+    #[cfg(feature = "etcd")]
+    Etcd,
 }
 
 impl From<BackendArg> for Backend {
@@ -32,6 +36,8 @@ impl From<BackendArg> for Backend {
         match arg {
             BackendArg::Sled => Backend::Sled,
             BackendArg::Redb => Backend::Redb,
+            #[cfg(feature = "etcd")]
+            BackendArg::Etcd => Backend::Etcd,
         }
     }
 }
@@ -97,6 +103,34 @@ pub(crate) struct Global {
     /// Machine output: one JSON document (JSON Lines for `export`).
     #[arg(long, global = true)]
     pub(crate) json: bool,
+
+    /// With `--backend etcd`: the cluster's client URLs, comma-separated
+    /// (http://host:port,...).
+    #[cfg(feature = "etcd")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHREDKV_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    pub(crate) endpoints: Vec<String>,
+
+    /// With `--backend etcd`: the store's key prefix in the cluster; no
+    /// other store may use it or a prefix of it.
+    #[cfg(feature = "etcd")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHREDKV_ETCD_NAMESPACE",
+        value_name = "PREFIX"
+    )]
+    pub(crate) namespace: Option<String>,
+
+    /// With `--backend etcd`: the cluster's --max-txn-ops.
+    #[cfg(feature = "etcd")]
+    #[arg(long, global = true, default_value_t = 128, value_name = "N")]
+    pub(crate) max_txn_ops: usize,
 }
 
 /// The admin socket's default name inside a store directory.
@@ -335,6 +369,48 @@ impl Global {
         Ok(())
     }
 
+    /// `config` with the store's backend: etcd as `--endpoints` and
+    /// `--namespace` say; for a new local store (`creating`) the one asked
+    /// for (redb by default); for an existing one, the one its directory
+    /// holds.
+    fn with_backend(&self, config: Config, dir: &Path, creating: bool) -> Result<Config> {
+        #[cfg(feature = "etcd")]
+        if self.backend == Some(BackendArg::Etcd) {
+            let Some(namespace) = self.namespace.as_deref().filter(|n| !n.is_empty()) else {
+                return Err(CliError::new(Code::Usage, "--backend etcd needs --namespace")
+                    .hint("name the store's key prefix in the cluster, e.g. --namespace shredkv/prod/")
+                    .into());
+            };
+            if self.endpoints.is_empty() {
+                return Err(CliError::new(Code::Usage, "--backend etcd needs --endpoints")
+                    .hint("give the cluster's client URLs, e.g. --endpoints http://10.0.0.1:2379,http://10.0.0.2:2379")
+                    .into());
+            }
+            // The cluster holds no files to find: an existing store is
+            // known by its key file (only `init` may create one).
+            let key_file = self.key_file_for(dir);
+            if !creating && self.pkcs11_module.is_none() && !key_file.exists() {
+                return Err(CliError::new(
+                    Code::NotFound,
+                    format!(
+                        "no etcd store is kept from {}: its key file {} does not exist",
+                        dir.display(),
+                        key_file.display()
+                    ),
+                )
+                .hint("create the store with `shredkv init`, or pass the --store (or --key-file) it was created with")
+                .into());
+            }
+            return Ok(config.etcd(self.endpoints.clone(), namespace, self.max_txn_ops));
+        }
+        let backend = if creating {
+            self.backend.map_or(Backend::Redb, Backend::from)
+        } else {
+            self.detect_backend(dir)?
+        };
+        Ok(config.backend(backend))
+    }
+
     /// Opens the existing store: it must exist (its key file is checked by
     /// the engine).
     pub(crate) fn open(&self) -> Result<Db> {
@@ -345,9 +421,8 @@ impl Global {
     /// policy that differs from the store's (an audited policy change).
     pub(crate) fn open_with_policy(&self, policy: Policy, apply_change: bool) -> Result<Db> {
         let dir = self.store_dir()?;
-        let backend = self.detect_backend(dir)?;
-        let config = Config::new(dir)
-            .backend(backend)
+        let config = self
+            .with_backend(Config::new(dir), dir, false)?
             .policy(policy)
             .sync_writes(true)
             // One command, then exit: `shredkv compact` runs its pass itself.
@@ -383,8 +458,8 @@ impl Global {
             }
         }
         let policy = self.load_policy()?;
-        let config = Config::new(dir)
-            .backend(self.backend.map_or(Backend::Redb, Backend::from))
+        let config = self
+            .with_backend(Config::new(dir), dir, true)?
             .policy(policy)
             .sync_writes(true)
             .maintenance_every(None);

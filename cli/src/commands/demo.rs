@@ -298,6 +298,15 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
         .tempdir()
         .context("create the demo's temporary directory")?;
     let backend = global.backend.map_or(Backend::Redb, Backend::from);
+    #[cfg(feature = "etcd")]
+    if backend == Backend::Etcd {
+        return Err(crate::exit::CliError::new(
+            Code::Usage,
+            "demo runs on a local store: its backup and restore steps need one, and backups of etcd stores are not built yet (docs/scale-out.md)",
+        )
+        .hint("run `shredkv demo` with --backend redb or sled; operate an etcd store with the other commands and --backend etcd --endpoints ... --namespace ...")
+        .into());
+    }
     let start: Timestamp = START.parse().context("the demo's start time")?;
     let clock = ManualClock::new(start);
     let root = dir.path().to_path_buf();

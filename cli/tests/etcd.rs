@@ -1,0 +1,85 @@
+//! The CLI against a store kept in a real 3-member etcd cluster
+//! (`--backend etcd --endpoints ... --namespace ...`; feature `etcd`, run by
+//! `.ci/run` in its step "etcd backend").
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use common::{fails_with, json, ok, run_on};
+use shredkv::internal::EtcdTestCluster;
+
+#[test]
+fn the_cli_operates_a_store_kept_in_etcd() {
+    let cluster = EtcdTestCluster::shared();
+    let dir = tempfile::tempdir().expect("a local directory");
+    let store = dir.path().join("store");
+    let endpoints = cluster.endpoints.join(",");
+    let max_txn_ops = cluster.max_txn_ops.to_string();
+    let namespace = format!("cli/{}/", dir.path().display());
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "--backend",
+            "etcd",
+            "--endpoints",
+            &endpoints,
+            "--namespace",
+            &namespace,
+            "--max-txn-ops",
+            &max_txn_ops,
+        ];
+        all.extend_from_slice(args);
+        run_on(&store, &all)
+    };
+    // Nothing to open before `init`: no key file, so no store.
+    let missing = fails_with(&run(&["stats"]), 3);
+    assert!(missing.contains("shredkv init"), "{missing}");
+    ok(&run(&["init"]));
+    ok(&run(&[
+        "put",
+        "acct-1",
+        "account_profile",
+        "email",
+        "ops@example.com",
+        "--register-account",
+    ]));
+    ok(&run(&[
+        "put",
+        "user-1",
+        "message_content",
+        "msg-1",
+        "see you at noon",
+        "--account",
+        "acct-1",
+    ]));
+    assert_eq!(
+        ok(&run(&["get", "acct-1", "account_profile", "email"])),
+        "ops@example.com\n"
+    );
+    let stats = json(&run(&["--json", "stats"]));
+    assert_eq!(stats["backend"], "etcd", "{stats}");
+    let receipt = json(&run(&["--json", "shred", "acct-1"]));
+    assert_eq!(
+        receipt["erased"].as_array().map(Vec::len),
+        Some(2),
+        "{receipt}"
+    );
+    let erased = fails_with(&run(&["get", "user-1", "message_content", "msg-1"]), 4);
+    assert!(erased.contains("erased"), "{erased}");
+    // The same shred again: the same receipt (a retry after a lost answer).
+    assert_eq!(json(&run(&["--json", "shred", "acct-1"])), receipt);
+    // Clean: exit 0.
+    ok(&run(&["verify"]));
+    // Without --namespace the CLI says what is missing.
+    let usage = run_on(
+        &store,
+        &["--backend", "etcd", "--endpoints", &endpoints, "stats"],
+    );
+    let err = fails_with(&usage, 2);
+    assert!(err.contains("--namespace"), "{err}");
+    // The demo runs on a local store only, and says so.
+    let demo = fails_with(
+        &common::shredkv(&["--backend", "etcd", "--endpoints", &endpoints, "demo"]),
+        2,
+    );
+    assert!(demo.contains("backups of etcd stores"), "{demo}");
+}
