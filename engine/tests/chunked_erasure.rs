@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use shredkv::internal::{ApplyFailure, FaultControl, FaultPlan, FaultPoint, TestStore};
-use shredkv::{AuditEvent, Backend, Classes, Config, Db, ManualClock, SubjectState};
+use shredkv::{AuditEvent, Backend, Classes, Clock, Config, Db, ManualClock, SubjectState};
 
 /// The batch limit of the tests: a family of 30 end users needs about 250
 /// ops (per end user: state, ledger, deadline, audit, four key tombstones),
@@ -297,4 +297,108 @@ fn a_shred_retried_after_a_lost_answer_returns_its_receipt_and_writes_nothing() 
         db.shred("acct", Classes::All).expect("after reopening"),
         receipt
     );
+}
+
+/// The default policy without the `[[class]]` table of `class`.
+fn default_policy_without(class: &str) -> shredkv::Policy {
+    let marker = format!("name = \"{class}\"");
+    let tables: Vec<&str> = shredkv::Policy::DEFAULT_TOML.split("[[class]]").collect();
+    assert!(tables.iter().any(|t| t.contains(&marker)), "{class}");
+    let text = tables
+        .iter()
+        .filter(|t| !t.contains(&marker))
+        .copied()
+        .collect::<Vec<_>>()
+        .join("[[class]]");
+    shredkv::Policy::from_toml_str(&text, "without").expect("policy")
+}
+
+/// Live data keys of `subject`, read from the vault directly.
+fn live_keys_of(db: &Db, subject: &str) -> usize {
+    let tag = db.subject_tag(subject);
+    shredkv::internal::vault_key_ids(db)
+        .expect("key ids")
+        .iter()
+        .filter(|(id, destroyed)| id.subject == tag && !destroyed)
+        .count()
+}
+
+/// Retiring a class (a policy change that drops it) held by many subjects,
+/// on a backend with a batch limit: 30 accounts with a message each, and
+/// one whose messages expire on 60 different days, so that its one scope
+/// holds more keys than a batch. The open that applies the policy lands
+/// the retirement in batches: every holder's scope is erased with the
+/// reason "class removed from the policy" and no live key under it, one
+/// `keys destroyed` audit entry each, the bystander's other class
+/// untouched. Without the batching, the open is refused whole.
+#[test]
+fn retiring_a_class_over_the_batch_limit_lands_in_batches() {
+    use jiff::SignedDuration;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = clock();
+    let holders: Vec<String> = (0..END_USERS).map(|i| format!("holder-{i}")).collect();
+    {
+        let db = Db::open(config(dir.path(), &clock)).expect("open");
+        db.register_account("bystander").expect("register");
+        db.put("bystander", "account_profile", b"email", b"b@example.com")
+            .expect("put");
+        for holder in &holders {
+            db.register_account(holder).expect("register");
+            db.put(holder, "message_content", b"m1", b"hello")
+                .expect("put");
+        }
+        db.register_account("heavy").expect("register");
+        for day in 1..=60u8 {
+            let expires = clock.now() + SignedDuration::from_hours(24 * i64::from(day));
+            db.put_with(
+                "heavy",
+                "message_content",
+                &[day],
+                b"expiring",
+                shredkv::PutOptions::expires_at(expires),
+            )
+            .expect("put with expiry");
+        }
+        assert!(
+            live_keys_of(&db, "heavy") > LIMIT,
+            "the heavy scope holds more keys than a batch: {}",
+            live_keys_of(&db, "heavy")
+        );
+    }
+    let (db, _control) = shredkv::internal::open_with_faults(
+        config(dir.path(), &clock)
+            .policy(default_policy_without("message_content"))
+            .apply_policy_change(true),
+        &TestStore::Disk(Backend::Redb),
+        FaultPlan::none().batch_limit(LIMIT),
+    )
+    .expect("the policy change applies in batches");
+    let entries = db.audit_entries(0, usize::MAX).expect("audit entries");
+    for holder in holders.iter().chain(std::iter::once(&"heavy".to_string())) {
+        let certificate = db.certificate(holder).expect("certificate");
+        assert_eq!(
+            certificate
+                .erasures
+                .iter()
+                .map(|e| e.reason.as_str())
+                .collect::<Vec<_>>(),
+            ["class removed from the policy"],
+            "{holder}"
+        );
+        assert_eq!(certificate.keys_live_in_erased_scopes, 0, "{holder}");
+        assert_eq!(live_keys_of(&db, holder), 0, "{holder}");
+        let tag = db.subject_tag(holder);
+        let destroyed = entries
+            .iter()
+            .filter(|e| e.event == AuditEvent::KeysDestroyed && e.subject == Some(tag))
+            .count();
+        assert_eq!(destroyed, 1, "{holder}: one audit entry");
+    }
+    assert_eq!(
+        db.get("bystander", "account_profile", b"email")
+            .expect("get")
+            .as_deref(),
+        Some(&b"b@example.com"[..])
+    );
+    assert!(db.verify().expect("verify").is_clean());
 }

@@ -427,8 +427,10 @@ impl DbInner {
     /// Erases every scope of the classes the policy no longer has (and does
     /// not rename), audited with ledger reason `ClassRemoved`, then forgets
     /// their names (meta `retired_class/<number>` keeps each for reports).
-    /// Subjects go in pages, each durable before the next; interrupted, the
-    /// next open finds the class still numbered and goes on.
+    /// Subjects go in pages, each durable before the next, and a page in as
+    /// many batches as the backend's batch limit needs (etcd's
+    /// `--max-txn-ops`); interrupted, the next open finds the class still
+    /// numbered, with live keys left, and goes on.
     pub(crate) fn retire_classes(
         &self,
         retiring: &[(String, u16)],
@@ -459,11 +461,11 @@ impl DbInner {
             let mut scopes = 0usize;
             for page in tags.chunks(RETIRE_PAGE) {
                 let _exclusive = self.gate.write(page);
-                let mut batch = WriteBatch::new();
-                let mut audit = Vec::new();
+                let mut pending = RetireBatch::default();
                 for tag in page {
                     let prefix = records::scope_prefix(tag, *number);
-                    let ids = self.vault.destroy_prefix(&prefix, now, &mut batch)?;
+                    let mut tombstones = WriteBatch::new();
+                    let ids = self.vault.destroy_prefix(&prefix, now, &mut tombstones)?;
                     // A damaged subject record does not stop the erasure.
                     let generation = self
                         .subject_info(tag)
@@ -478,17 +480,18 @@ impl DbInner {
                         epoch: self.vault.current_epoch().0,
                         reopened_at: None,
                     };
-                    batch.put(
+                    let mut own = WriteBatch::new();
+                    own.put(
                         Tree::Ledger,
                         ledger::key(tag, *number).to_vec(),
                         entry.encode(),
                     );
-                    batch.put(
+                    own.put(
                         Tree::Deadlines,
                         deadlines::key(now, &Due::RemoveCiphertext(*tag, *number)),
                         deadlines::value(now),
                     );
-                    audit.push(PendingEntry::new(
+                    let audit = PendingEntry::new(
                         AuditEvent::KeysDestroyed,
                         Some(*tag),
                         Some(*number),
@@ -496,19 +499,38 @@ impl DbInner {
                             "{} keys destroyed; class {name} removed from the policy",
                             ids.len()
                         ),
-                    ));
+                    );
+                    // The subject's ledger entry, deadline and audit entry.
+                    let own_cost = own.ops.len() + 1;
+                    if let Some(room) = self.retire_room() {
+                        if !pending.is_empty()
+                            && pending.cost() + tombstones.ops.len() + own_cost > room
+                        {
+                            self.commit_retired(&mut pending, *number, now_ts)?;
+                        }
+                        // One scope with more keys than a batch holds: its
+                        // tombstones go first, in batches of their own; its
+                        // ledger entry follows with the last of them. The
+                        // class is no longer in the policy, so nothing reads
+                        // the scope meanwhile, and an open after a crash
+                        // finds its remaining live keys and goes on.
+                        while tombstones.ops.len() + own_cost > room {
+                            let rest = tombstones.ops.split_off(room.min(tombstones.ops.len()));
+                            self.audit.commit(
+                                self.storage.as_ref(),
+                                std::mem::replace(&mut tombstones, WriteBatch { ops: rest }),
+                                &[],
+                                now_ts,
+                                Durability::Durable,
+                            )?;
+                        }
+                    }
+                    pending.batch.ops.extend(tombstones.ops);
+                    pending.batch.ops.extend(own.ops);
+                    pending.audit.push(audit);
+                    pending.tags.push(*tag);
                 }
-                self.audit.commit(
-                    self.storage.as_ref(),
-                    batch,
-                    &audit,
-                    now_ts,
-                    Durability::Durable,
-                )?;
-                for tag in page {
-                    self.vault.evict_subject(tag, Some(*number));
-                    self.forget_live_scopes(tag, Some(*number));
-                }
+                self.commit_retired(&mut pending, *number, now_ts)?;
                 scopes += page.len();
             }
             let mut class_key = crate::db::meta::CLASS_PREFIX.to_vec();
@@ -533,6 +555,43 @@ impl DbInner {
                 now_ts,
                 Durability::Durable,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Ops one batch of a class retirement may hold on a backend with a
+    /// batch limit, less room for the audit chain's own writes.
+    fn retire_room(&self) -> Option<usize> {
+        /// Room kept for writes that are not per subject (the audit head).
+        const OWN_OPS: usize = 16;
+        self.storage
+            .max_batch_ops()
+            .map(|limit| limit.saturating_sub(OWN_OPS).max(4))
+    }
+
+    /// Commits the subjects gathered in `pending` (their tombstones, ledger
+    /// entries, deadlines and audit entries) durably, then forgets their
+    /// cached keys of class `number`.
+    fn commit_retired(
+        &self,
+        pending: &mut RetireBatch,
+        number: u16,
+        now_ts: Timestamp,
+    ) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let RetireBatch { batch, audit, tags } = std::mem::take(pending);
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &audit,
+            now_ts,
+            Durability::Durable,
+        )?;
+        for tag in &tags {
+            self.vault.evict_subject(tag, Some(number));
+            self.forget_live_scopes(tag, Some(number));
         }
         Ok(())
     }
@@ -1263,5 +1322,24 @@ impl Db {
             Some(err) => Err(err),
             None => Ok(out),
         }
+    }
+}
+
+/// Subjects of a class retirement gathered for one batch.
+#[derive(Default)]
+struct RetireBatch {
+    batch: WriteBatch,
+    audit: Vec<PendingEntry>,
+    tags: Vec<SubjectTag>,
+}
+
+impl RetireBatch {
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    /// The ops the batch will hold: its own, and one per audit entry.
+    fn cost(&self) -> usize {
+        self.batch.ops.len() + self.audit.len()
     }
 }
