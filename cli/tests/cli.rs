@@ -742,9 +742,22 @@ fn stats_subjects_and_show_print_tables_and_json() {
 
     let stats = ok(&f.run(&["stats"]));
     assert!(stats.contains("1 accounts, 1 end users"), "{stats}");
+    let headroom = stats
+        .lines()
+        .find(|line| line.starts_with("headroom"))
+        .unwrap_or_else(|| panic!("a headroom line: {stats}"));
+    assert!(headroom.contains("% free)"), "{headroom}");
     let doc = json(&f.run(&["--json", "stats"]));
     assert_eq!(doc["accounts"], 1);
     assert_eq!(doc["end_users"], 1);
+    let (free, capacity) = (
+        doc["headroom_bytes"].as_u64(),
+        doc["capacity_bytes"].as_u64(),
+    );
+    assert!(
+        matches!((free, capacity), (Some(free), Some(capacity)) if free <= capacity),
+        "{doc}"
+    );
 
     let subjects = json(&f.run(&["--json", "subjects"]));
     let list = subjects["subjects"].as_array().expect("list");

@@ -43,9 +43,9 @@ pub struct Config {
     /// The uid the admin endpoint admits; the process's own when `None`.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) admin_allowed_uid: Option<u32>,
-    /// Where the store lives in an etcd cluster ([`Config::etcd`]).
-    #[cfg(feature = "etcd")]
-    pub(crate) etcd: Option<crate::storage::etcd_backend::EtcdTarget>,
+    /// The cluster the store lives in ([`Config::etcd`], `Config::tikv`),
+    /// instead of local files.
+    pub(crate) remote: Option<crate::storage::Remote>,
 }
 
 impl fmt::Debug for Config {
@@ -88,8 +88,7 @@ impl Config {
             maintenance_every: Some(Duration::from_secs(3600)),
             admin_socket: None,
             admin_allowed_uid: None,
-            #[cfg(feature = "etcd")]
-            etcd: None,
+            remote: None,
         }
     }
 
@@ -153,11 +152,41 @@ impl Config {
         max_txn_ops: usize,
     ) -> Self {
         self.backend = Some(Backend::Etcd);
-        self.etcd = Some(crate::storage::etcd_backend::EtcdTarget {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            namespace: namespace.as_bytes().to_vec(),
-            max_txn_ops,
-        });
+        self.remote = Some(crate::storage::Remote::Etcd(
+            crate::storage::etcd_backend::EtcdTarget {
+                endpoints: endpoints.into_iter().map(Into::into).collect(),
+                namespace: namespace.as_bytes().to_vec(),
+                max_txn_ops,
+            },
+        ));
+        self
+    }
+
+    /// Keeps the store in a TiKV cluster (feature `tikv`), under the key
+    /// prefix `namespace` of the cluster whose PD members answer at
+    /// `pd_endpoints` (`host:port`). Every commit is an optimistic
+    /// transaction, durable on a quorum of replicas. The directory `path`
+    /// holds what is local to this process (the key file by default, the
+    /// lock), as with [`Config::etcd`], and one node serves a store at a
+    /// time, fenced the same way (`is_locked`, `is_fenced`).
+    ///
+    /// **Untested against a real cluster**: CI compiles this backend, and
+    /// its conformance suite runs only where a cluster is given
+    /// (`SHREDKV_TIKV_PD`; docs/scale-out.md). Backups of a TiKV store are
+    /// not supported.
+    #[cfg(feature = "tikv")]
+    pub fn tikv(
+        mut self,
+        pd_endpoints: impl IntoIterator<Item = impl Into<String>>,
+        namespace: &str,
+    ) -> Self {
+        self.backend = Some(Backend::Tikv);
+        self.remote = Some(crate::storage::Remote::Tikv(
+            crate::storage::tikv_backend::TikvTarget {
+                pd_endpoints: pd_endpoints.into_iter().map(Into::into).collect(),
+                namespace: namespace.as_bytes().to_vec(),
+            },
+        ));
         self
     }
 

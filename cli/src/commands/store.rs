@@ -105,6 +105,27 @@ fn with_purge(report: &impl Serialize, overdue: &OverduePurge) -> Result<Value> 
     Ok(doc)
 }
 
+/// What the backend may still take before it refuses writes, and of what.
+fn headroom_text(stats: &Stats) -> String {
+    match (stats.headroom_bytes, stats.capacity_bytes) {
+        (Some(free), Some(capacity)) if capacity > 0 => {
+            let percent = u128::from(free) * 100 / u128::from(capacity);
+            let warning = if free == 0 {
+                " - FULL: writes and shreds are refused until room is made"
+            } else {
+                ""
+            };
+            format!(
+                "{} of {} ({percent}% free){warning}",
+                output::bytes(free),
+                output::bytes(capacity)
+            )
+        }
+        (Some(free), _) => output::bytes(free),
+        (None, _) => "not reported by this backend".into(),
+    }
+}
+
 /// The statistics as text: the store's figures, then a table of classes.
 pub(crate) fn stats_text(path: &std::path::Path, stats: &Stats) -> String {
     let epochs: Vec<String> = stats.live_epochs.iter().map(u32::to_string).collect();
@@ -118,6 +139,7 @@ pub(crate) fn stats_text(path: &std::path::Path, stats: &Stats) -> String {
                 output::bytes(stats.size_on_disk)
             ),
         ),
+        ("headroom", headroom_text(stats)),
         (
             "subjects",
             format!(

@@ -38,8 +38,19 @@ pub struct ClassStats {
 pub struct Stats {
     /// The backend's name.
     pub backend: String,
-    /// Bytes the backend occupies on disk.
+    /// Bytes the backend occupies on disk (on etcd: the database of the
+    /// member that answered; on TiKV: the logical size of the store).
     pub size_on_disk: u64,
+    /// The most the backend may occupy before writes are refused: the size
+    /// of a local store's filesystem, an etcd cluster's quota
+    /// (`--quota-backend-bytes`). `None` where the backend cannot tell
+    /// (TiKV, an etcd endpoint over TLS).
+    pub capacity_bytes: Option<u64>,
+    /// How much more the backend may take before writes are refused
+    /// ([`Error::is_full`]): what the filesystem has free, what is left of
+    /// an etcd cluster's quota. Watch it: a store at 0 refuses writes and
+    /// shreds until room is made (docs/operations.md).
+    pub headroom_bytes: Option<u64>,
     /// Registered accounts.
     pub accounts: u64,
     /// Registered end users.
@@ -300,9 +311,12 @@ impl Db {
     /// Damaged subject records, storage and key provider failures.
     pub fn stats(&self) -> Result<Stats> {
         let inner = &self.inner;
+        let space = inner.storage.space()?;
         let mut stats = Stats {
             backend: inner.storage.backend().name().to_string(),
-            size_on_disk: inner.storage.size_on_disk()?,
+            size_on_disk: space.size_on_disk,
+            capacity_bytes: space.capacity,
+            headroom_bytes: space.headroom,
             current_epoch: inner.vault.current_epoch().0,
             live_epochs: inner
                 .vault

@@ -294,13 +294,10 @@ impl Db {
             config.placed_key_file()?;
         }
         create_private_dir(&path)?;
-        #[cfg(feature = "etcd")]
-        let storage = match &config.etcd {
-            Some(target) => storage::open_etcd(target, &path)?,
+        let storage = match &config.remote {
+            Some(remote) => storage::open_remote(remote, &path)?,
             None => storage::open(config.backend, &path)?,
         };
-        #[cfg(not(feature = "etcd"))]
-        let storage = storage::open(config.backend, &path)?;
         let existing = meta_get(storage.as_ref(), meta::FORMAT)?.is_some();
         if existing {
             // Before the key file is needed: say what the directory is.

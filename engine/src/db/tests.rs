@@ -566,6 +566,51 @@ fn keys_rotate_after_their_seal_budget() {
     );
 }
 
+/// `stats` reports the capacity and headroom of the filesystem a local
+/// store is on, as `df` (another program, reading the same kernel figures
+/// its own way) reports them: the size exactly, the free space within what
+/// other writers may change meanwhile. Free space for an unprivileged
+/// writer (df's "avail"), not the blocks reserved for root besides.
+#[test]
+fn stats_report_the_filesystems_capacity_and_headroom() {
+    for backend in [crate::Backend::Redb, crate::Backend::Sled] {
+        let dir = tempfile::tempdir().expect("dir");
+        let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+        let db = Db::open(test_config(&dir, &clock).backend(backend)).expect("open");
+        db.register_account("a").expect("register");
+        let stats = db.stats().expect("stats");
+        assert_filesystem_figures(dir.path(), &stats);
+    }
+}
+
+/// `stats`'s capacity and headroom against `df`'s for `dir`.
+fn assert_filesystem_figures(dir: &std::path::Path, stats: &crate::Stats) {
+    let df = std::process::Command::new("df")
+        .args(["-B1", "--output=size,avail"])
+        .arg(dir)
+        .output()
+        .expect("df runs");
+    assert!(df.status.success(), "df: {df:?}");
+    let text = String::from_utf8(df.stdout).expect("df prints text");
+    let figures: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .expect("df's figures")
+        .split_whitespace()
+        .map(|f| f.parse().expect("a number of bytes"))
+        .collect();
+    let (size, avail) = (figures[0], figures[1]);
+    assert_eq!(stats.capacity_bytes, Some(size), "df: {text}");
+    let headroom = stats
+        .headroom_bytes
+        .expect("a local store reports its headroom");
+    assert!(
+        headroom.abs_diff(avail) < 256 << 20,
+        "headroom {headroom} B, df's avail {avail} B"
+    );
+    assert!(headroom <= size);
+}
+
 #[test]
 fn stats_and_verify_report_what_is_stored_and_what_is_damaged() {
     let dir = tempfile::tempdir().expect("dir");

@@ -95,6 +95,11 @@ fn a_full_cluster_fails_writes_and_shreds_as_full_and_still_reads() {
     db.register_account("acct").expect("register");
     db.put("acct", "message_content", b"first", b"kept")
         .expect("put");
+    // The quota the cluster was started with, read back from a member.
+    let before = db.stats().expect("stats");
+    assert_eq!(before.capacity_bytes, Some(4 << 20), "{before:?}");
+    let room = before.headroom_bytes.expect("headroom on etcd");
+    assert!(room > 1 << 20 && room < 4 << 20, "{room} B of room");
     let value = vec![0x5A_u8; 256 << 10];
     let mut written = 0u32;
     let err = loop {
@@ -109,6 +114,13 @@ fn a_full_cluster_fails_writes_and_shreds_as_full_and_still_reads() {
     };
     assert!(err.is_full(), "{err}");
     assert!(err.to_string().contains("NOSPACE"), "{err}");
+    // What stats reports as left is less than the write it refused.
+    let full = db.stats().expect("stats on a full cluster");
+    let left = full.headroom_bytes.expect("headroom on etcd");
+    assert!(
+        left < (256 << 10) + (64 << 10),
+        "{left} B left on a full cluster"
+    );
     let shred = db
         .shred("acct", Classes::All)
         .expect_err("a full cluster refuses a shred");

@@ -1233,8 +1233,8 @@ impl crate::storage::Storage for LargestBatch {
         self.inner.flush()
     }
 
-    fn size_on_disk(&self) -> Result<u64, crate::StorageError> {
-        self.inner.size_on_disk()
+    fn space(&self) -> Result<crate::storage::Space, crate::StorageError> {
+        self.inner.space()
     }
 
     fn backend(&self) -> crate::Backend {

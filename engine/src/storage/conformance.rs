@@ -37,6 +37,22 @@ fn open_etcd(dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
     Ok(Box::new(super::etcd_cluster::Cluster::shared().open(dir)?))
 }
 
+/// A store in the TiKV cluster whose PD endpoints `SHREDKV_TIKV_PD` names
+/// (comma-separated `host:port`), in a namespace of its own per `dir`.
+#[cfg(feature = "tikv")]
+fn open_tikv(dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
+    let endpoints = std::env::var("SHREDKV_TIKV_PD").expect(
+        "the TiKV conformance suite needs a cluster: set SHREDKV_TIKV_PD=host:port[,host:port] \
+         to its PD endpoints",
+    );
+    Ok(Box::new(super::tikv_backend::TikvStorage::connect(
+        super::tikv_backend::TikvTarget {
+            pd_endpoints: endpoints.split(',').map(str::to_string).collect(),
+            namespace: format!("shredkv-conformance{}/", dir.display()).into_bytes(),
+        },
+    )?))
+}
+
 /// A temporary directory, removed when dropped.
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
@@ -495,7 +511,7 @@ fn survives_reopen_after_flush(open: Opener) {
         .apply(&batch, Durability::Buffered)
         .expect("apply succeeds");
     store.flush().expect("flush succeeds");
-    assert!(store.size_on_disk().expect("size") > 0);
+    assert!(store.space().expect("size").size_on_disk > 0);
     drop(store);
     let store = open_in(open, dir.path());
     for i in 0..100u32 {
@@ -692,65 +708,75 @@ fn get_many_matches_get(open: Opener) {
 }
 
 macro_rules! common_tests {
-    ($open:expr, reopen: $reopen:expr) => {
+    ($open:expr, reopen: $reopen:expr $(, #[$attr:meta])*) => {
         use super::*;
 
-        #[test]
         /// Single-key reads and writes, removals, empty values and empty batches.
+        #[test]
+        $(#[$attr])*
         fn get_put_remove() {
             super::get_put_remove($open);
         }
 
         /// See [`super::get_many_matches_get`].
         #[test]
+        $(#[$attr])*
         fn get_many_matches_get() {
             super::get_many_matches_get($open);
         }
 
         /// See [`super::scans_match_model`].
         #[test]
+        $(#[$attr])*
         fn scans_match_model() {
             super::scans_match_model($open);
         }
 
         /// See [`super::scan_break_stops`].
         #[test]
+        $(#[$attr])*
         fn scan_break_stops() {
             super::scan_break_stops($open);
         }
 
         /// See [`super::later_op_in_batch_wins`].
         #[test]
+        $(#[$attr])*
         fn later_op_in_batch_wins() {
             super::later_op_in_batch_wins($open);
         }
 
         /// See [`super::multi_tree_batch_is_atomic`].
         #[test]
+        $(#[$attr])*
         fn multi_tree_batch_is_atomic() {
             super::multi_tree_batch_is_atomic($open);
         }
 
         /// See [`super::scan_prefix_selects_prefix`].
         #[test]
+        $(#[$attr])*
         fn scan_prefix_selects_prefix() {
             super::scan_prefix_selects_prefix($open);
         }
 
         /// See [`super::visitor_may_use_the_store`].
         #[test]
+        $(#[$attr])*
         fn visitor_may_use_the_store() {
             super::visitor_may_use_the_store($open);
         }
 
         /// See [`super::insert_new_only_when_absent`].
         #[test]
+        $(#[$attr])*
         fn insert_new_only_when_absent() {
             super::insert_new_only_when_absent($open);
         }
 
         /// See [`super::concurrent_buffered_writers`].
         #[test]
+        $(#[$attr])*
         fn concurrent_buffered_writers() {
             super::concurrent_buffered_writers($open, $reopen);
         }
@@ -967,5 +993,91 @@ mod etcd {
             ),
             vec![(b"k".to_vec(), b"a".to_vec())]
         );
+    }
+}
+
+/// The TiKV backend, against the cluster `SHREDKV_TIKV_PD` names. No
+/// cluster runs in CI, so these tests are ignored there; run them with
+/// `SHREDKV_TIKV_PD=127.0.0.1:2379 cargo test -p shredkv --features tikv
+/// --lib storage::conformance::tikv -- --ignored` (docs/scale-out.md).
+#[cfg(feature = "tikv")]
+mod tikv {
+    common_tests!(
+        open_tikv,
+        reopen: true,
+        #[ignore = "needs a TiKV cluster: SHREDKV_TIKV_PD"]
+    );
+
+    /// See [`super::survives_reopen_after_flush`].
+    #[test]
+    #[ignore = "needs a TiKV cluster: SHREDKV_TIKV_PD"]
+    fn survives_reopen_after_flush() {
+        super::survives_reopen_after_flush(open_tikv);
+    }
+
+    /// A second node's open of a served store is refused; once the first
+    /// closes, it opens. A node whose ownership another took is fenced:
+    /// it neither reads nor writes.
+    #[test]
+    #[ignore = "needs a TiKV cluster: SHREDKV_TIKV_PD"]
+    fn one_node_serves_a_store_and_a_node_taken_over_is_fenced() {
+        let dir = tempdir();
+        let first = open_in(open_tikv, dir.path());
+        put(&*first, Tree::Data, b"k", b"v");
+        let refused = open_tikv(dir.path())
+            .err()
+            .expect("a second node is refused");
+        assert!(refused.is_locked(), "{refused}");
+        drop(first);
+        let second = open_in(open_tikv, dir.path());
+        assert_eq!(get(&*second, Tree::Data, b"k"), Some(b"v".to_vec()));
+        // Another node takes the store over behind this one's back: its
+        // owner key is overwritten, as a takeover after a lapse does.
+        overwrite_owner_key(dir.path());
+        let read = second.get(Tree::Data, b"k").expect_err("fenced");
+        assert!(read.is_fenced(), "{read}");
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Data, b"k", b"late");
+        let write = second
+            .apply(&batch, Durability::Durable)
+            .expect_err("fenced");
+        assert!(write.is_fenced(), "{write}");
+        drop(second);
+    }
+
+    /// Writes another node's record into the owner key of `dir`'s store,
+    /// through a client of its own.
+    fn overwrite_owner_key(dir: &Path) {
+        let endpoints: Vec<String> = std::env::var("SHREDKV_TIKV_PD")
+            .expect("SHREDKV_TIKV_PD")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        let namespace = format!("shredkv-conformance{}/", dir.display());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let client = tikv_client::TransactionClient::new(endpoints)
+                .await
+                .expect("a client");
+            let mut txn = client
+                .begin_with_options(super::super::tikv_backend::transaction_options())
+                .await
+                .expect("a transaction");
+            // Another token, lapsing far in the future.
+            let mut record = vec![0xAB; 16];
+            record.extend_from_slice(&i64::MAX.to_be_bytes());
+            record.extend_from_slice(b"pid 0 on another node");
+            txn.put(
+                super::super::tikv_owner::owner_key(namespace.as_bytes()),
+                record,
+            )
+            .await
+            .expect("a put");
+            txn.commit().await.expect("the takeover commits");
+        });
     }
 }

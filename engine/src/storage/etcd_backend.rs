@@ -60,8 +60,8 @@ use etcd_client::{
 use super::etcd_owner::{LEASE_TTL, Owner, TakeError};
 
 use super::{
-    Backend, Durability, Op, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
-    range_is_empty,
+    Backend, Durability, Op, Order, Space, Storage, StorageError, StorageErrorKind, Tree,
+    WriteBatch, range_is_empty,
 };
 
 /// Keys read per request of a scan.
@@ -387,6 +387,36 @@ const GRPC_CANCELLED: i32 = 1;
 /// The code of etcd's "database space exceeded" (its quota is reached).
 const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 
+/// The cluster's quota (`--quota-backend-bytes`), read from the metrics of
+/// the member at `endpoint` (`etcd_server_quota_backend_bytes`): no gRPC
+/// call reports it. `None` for a member that does not answer in time, and
+/// for a TLS endpoint (this plain HTTP read does not speak TLS).
+fn quota_of(endpoint: &str) -> Option<u64> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let address = endpoint.strip_prefix("http://")?.trim_end_matches('/');
+    let socket = address.to_socket_addrs().ok()?.next()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, ATTEMPT_TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(ATTEMPT_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(ATTEMPT_TIMEOUT)).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut metrics = String::new();
+    stream.take(16 << 20).read_to_string(&mut metrics).ok()?;
+    let value: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("etcd_server_quota_backend_bytes "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // Prometheus prints the gauge as a float ("4.194304e+06").
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "checked: a whole number of bytes within u64"
+    )]
+    let bytes = value as u64;
+    (0.0..1.8e19).contains(&value).then_some(bytes)
+}
+
 /// `key ‖ 0x00`: the first key after `key`.
 fn successor(mut key: Vec<u8>) -> Vec<u8> {
     key.push(0);
@@ -566,12 +596,23 @@ impl Storage for EtcdStorage {
         Ok(())
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
+    fn space(&self) -> Result<Space, StorageError> {
         let status = self.request("read the cluster's status", Resend::Read, |client| {
             let mut maintenance = client.maintenance_client();
             async move { maintenance.status().await }
         })?;
-        Ok(u64::try_from(status.db_size()).unwrap_or(0))
+        let size = u64::try_from(status.db_size()).unwrap_or(0);
+        // The quota is the same on every member; ask from the one in use on.
+        let first = self.current.load(Ordering::Relaxed);
+        let endpoints = &self.target.endpoints;
+        let capacity =
+            (0..endpoints.len()).find_map(|i| quota_of(&endpoints[(first + i) % endpoints.len()]));
+        Ok(Space {
+            size_on_disk: size,
+            capacity,
+            // etcd raises NOSPACE once its database outgrows the quota.
+            headroom: capacity.map(|quota| quota.saturating_sub(size)),
+        })
     }
 
     fn backend(&self) -> Backend {

@@ -34,7 +34,7 @@ use shredkv_crypto::{DataKey, EpochId, KeyProvider, ProviderError, WrapContext, 
 
 use super::pauses::{Pause, PausePoint, Pauses};
 use super::{
-    Backend, Durability, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
+    Backend, Durability, Order, Space, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
 };
 
 /// Which calls a storage countdown counts.
@@ -513,8 +513,8 @@ impl Storage for FaultyStorage {
         }
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.inner.size_on_disk()
+    fn space(&self) -> Result<Space, StorageError> {
+        self.inner.space()
     }
 
     fn backend(&self) -> Backend {

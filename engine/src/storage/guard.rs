@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{
-    Backend, Durability, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
+    Backend, Durability, Order, Space, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
 };
 
 /// The text of a panic payload (`panic!` with a literal or a format).
@@ -152,8 +152,8 @@ impl Storage for Guarded {
         self.call("flush", |s| s.flush())
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.call("read", |s| s.size_on_disk())
+    fn space(&self) -> Result<Space, StorageError> {
+        self.call("read", |s| s.space())
     }
 
     fn backend(&self) -> Backend {
@@ -189,8 +189,8 @@ mod tests {
         fn flush(&self) -> Result<(), StorageError> {
             self.0.flush()
         }
-        fn size_on_disk(&self) -> Result<u64, StorageError> {
-            self.0.size_on_disk()
+        fn space(&self) -> Result<Space, StorageError> {
+            self.0.space()
         }
         fn backend(&self) -> Backend {
             Backend::Sled

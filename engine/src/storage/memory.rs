@@ -5,7 +5,7 @@ use crate::sync::{self, Mutex};
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
-use super::{Backend, Durability, Op, Order, Storage, StorageError, Tree, WriteBatch};
+use super::{Backend, Durability, Op, Order, Space, Storage, StorageError, Tree, WriteBatch};
 
 type Trees = BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -145,8 +145,8 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
-        Ok(0)
+    fn space(&self) -> Result<Space, StorageError> {
+        Ok(Space::default())
     }
 
     fn backend(&self) -> Backend {

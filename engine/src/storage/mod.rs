@@ -179,6 +179,12 @@ pub enum Backend {
     /// from a directory.
     #[cfg(feature = "etcd")]
     Etcd,
+    /// A TiKV cluster (feature `tikv`): the store is a key range of the
+    /// cluster, every commit a transaction durable on a quorum of replicas.
+    /// Opened by its PD endpoints. Untested against a real cluster
+    /// (docs/scale-out.md).
+    #[cfg(feature = "tikv")]
+    Tikv,
 }
 
 impl Backend {
@@ -202,6 +208,8 @@ impl Backend {
             Backend::Redb => "redb",
             #[cfg(feature = "etcd")]
             Backend::Etcd => "etcd",
+            #[cfg(feature = "tikv")]
+            Backend::Tikv => "tikv",
         }
     }
 }
@@ -288,6 +296,37 @@ impl std::error::Error for StorageError {
     }
 }
 
+/// The space a store takes, and how much more it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Space {
+    /// Bytes the backend occupies: its files; on etcd the answering
+    /// member's database; on TiKV the logical size of the store.
+    pub(crate) size_on_disk: u64,
+    /// The most the backend may occupy before writes are refused: the size
+    /// of a local store's filesystem, an etcd cluster's quota. `None` where
+    /// the backend cannot tell.
+    pub(crate) capacity: Option<u64>,
+    /// How much more it may take before writes are refused: what the
+    /// filesystem has free for an unprivileged writer, what is left of an
+    /// etcd cluster's quota.
+    pub(crate) headroom: Option<u64>,
+}
+
+impl Space {
+    /// A local store of `size_on_disk` bytes whose files are under `path`:
+    /// the capacity and headroom of that filesystem, if it tells them.
+    pub(crate) fn local(size_on_disk: u64, path: &Path) -> Space {
+        let filesystem = rustix::fs::statvfs(path).ok();
+        Space {
+            size_on_disk,
+            capacity: filesystem
+                .as_ref()
+                .map(|fs| fs.f_blocks.saturating_mul(fs.f_frsize)),
+            headroom: filesystem.map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize)),
+        }
+    }
+}
+
 /// The operations the engine needs from a backend.
 pub(crate) trait Storage: Send + Sync {
     /// The value under `key`, if any.
@@ -358,8 +397,9 @@ pub(crate) trait Storage: Send + Sync {
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StorageError>;
 
-    /// Bytes the backend occupies on disk.
-    fn size_on_disk(&self) -> Result<u64, StorageError>;
+    /// The space the store takes and, where the backend can tell, how much
+    /// more it may take before writes are refused.
+    fn space(&self) -> Result<Space, StorageError>;
 
     /// Which backend this is.
     fn backend(&self) -> Backend;
@@ -459,15 +499,9 @@ pub(crate) fn open(
             Backend::Sled => Ok(Arc::new(sled_backend::SledStorage::open(dir)?)),
             Backend::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(dir)?)),
             #[cfg(feature = "etcd")]
-            Backend::Etcd => Err(StorageError {
-                backend,
-                action: "open",
-                path: dir.to_path_buf(),
-                kind: StorageErrorKind::Other,
-                source: "an etcd store is reached through its cluster's endpoints, not a \
-                         directory; Db::open does not take them yet (issue 15)"
-                    .into(),
-            }),
+            Backend::Etcd => Err(remote_by_directory(backend, dir)),
+            #[cfg(feature = "tikv")]
+            Backend::Tikv => Err(remote_by_directory(backend, dir)),
         }
     })?;
     Ok(Arc::new(guard::Guarded::new(
@@ -477,31 +511,74 @@ pub(crate) fn open(
     )))
 }
 
-/// Connects to the etcd cluster of `target` for the store whose local
+/// The error of a cluster backend asked for by directory alone.
+#[cfg(any(feature = "etcd", feature = "tikv"))]
+fn remote_by_directory(backend: Backend, dir: &Path) -> StorageError {
+    StorageError {
+        backend,
+        action: "open",
+        path: dir.to_path_buf(),
+        kind: StorageErrorKind::Other,
+        source: format!(
+            "a {backend} store is reached through its cluster's endpoints, not a directory: \
+             configure them (Config::{backend})"
+        )
+        .into(),
+    }
+}
+
+/// A store kept in a cluster instead of local files.
+#[derive(Debug, Clone)]
+pub(crate) enum Remote {
+    /// An etcd cluster.
+    #[cfg(feature = "etcd")]
+    Etcd(etcd_backend::EtcdTarget),
+    /// A TiKV cluster.
+    #[cfg(feature = "tikv")]
+    Tikv(tikv_backend::TikvTarget),
+}
+
+/// Connects to the cluster of `remote` for the store whose local
 /// directory (key file, lock) is `dir`, guarded like a local backend.
-#[cfg(feature = "etcd")]
-pub(crate) fn open_etcd(
-    target: &etcd_backend::EtcdTarget,
-    dir: &Path,
-) -> Result<Arc<dyn Storage>, StorageError> {
-    let Some(open_here) = open_stores::mark_open(dir, LOCK_WAIT) else {
-        return Err(StorageError {
-            backend: Backend::Etcd,
-            action: "open",
-            path: dir.to_path_buf(),
-            kind: StorageErrorKind::Locked,
-            source: "this process already has the store open: share that Db instead".into(),
-        });
-    };
-    let target = target.clone();
-    let opened = guard::catch(Backend::Etcd, "open", dir, || {
-        etcd_backend::EtcdStorage::connect(target).map(|s| Arc::new(s) as Arc<dyn Storage>)
-    })?;
-    Ok(Arc::new(guard::Guarded::new(
-        opened,
-        dir.to_path_buf(),
-        open_here,
-    )))
+pub(crate) fn open_remote(remote: &Remote, dir: &Path) -> Result<Arc<dyn Storage>, StorageError> {
+    #[cfg(any(feature = "etcd", feature = "tikv"))]
+    {
+        let backend = match remote {
+            #[cfg(feature = "etcd")]
+            Remote::Etcd(_) => Backend::Etcd,
+            #[cfg(feature = "tikv")]
+            Remote::Tikv(_) => Backend::Tikv,
+        };
+        let Some(open_here) = open_stores::mark_open(dir, LOCK_WAIT) else {
+            return Err(StorageError {
+                backend,
+                action: "open",
+                path: dir.to_path_buf(),
+                kind: StorageErrorKind::Locked,
+                source: "this process already has the store open: share that Db instead".into(),
+            });
+        };
+        let remote = remote.clone();
+        let opened =
+            guard::catch(backend, "open", dir, || match remote {
+                #[cfg(feature = "etcd")]
+                Remote::Etcd(target) => etcd_backend::EtcdStorage::connect(target)
+                    .map(|s| Arc::new(s) as Arc<dyn Storage>),
+                #[cfg(feature = "tikv")]
+                Remote::Tikv(target) => tikv_backend::TikvStorage::connect(target)
+                    .map(|s| Arc::new(s) as Arc<dyn Storage>),
+            })?;
+        Ok(Arc::new(guard::Guarded::new(
+            opened,
+            dir.to_path_buf(),
+            open_here,
+        )))
+    }
+    #[cfg(not(any(feature = "etcd", feature = "tikv")))]
+    {
+        let _ = dir;
+        match *remote {}
+    }
 }
 
 #[cfg(test)]
@@ -522,6 +599,10 @@ mod redb_backend;
 pub(crate) mod sealed;
 mod sled_backend;
 pub(crate) mod tape;
+#[cfg(feature = "tikv")]
+pub(crate) mod tikv_backend;
+#[cfg(feature = "tikv")]
+mod tikv_owner;
 
 #[cfg(test)]
 mod open_tests {

@@ -25,8 +25,8 @@ use redb::{ReadableDatabase, TableDefinition};
 
 use super::group_commit::GroupCommit;
 use super::{
-    Backend, Durability, Op, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
-    range_is_empty,
+    Backend, Durability, Op, Order, Space, Storage, StorageError, StorageErrorKind, Tree,
+    WriteBatch, range_is_empty,
 };
 
 /// The database file inside a store directory.
@@ -213,10 +213,11 @@ impl Storage for RedbStorage {
             })
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
-        fs::metadata(&self.path)
+    fn space(&self) -> Result<Space, StorageError> {
+        let size = fs::metadata(&self.path)
             .map(|m| m.len())
-            .map_err(|e| redb_error("read", &self.path, e))
+            .map_err(|e| redb_error("read", &self.path, e))?;
+        Ok(Space::local(size, &self.path))
     }
 
     fn backend(&self) -> Backend {

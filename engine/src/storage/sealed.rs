@@ -42,7 +42,8 @@ use std::sync::Arc;
 use shredkv_crypto::TagKey;
 
 use super::{
-    Backend, Durability, Op, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
+    Backend, Durability, Op, Order, Space, Storage, StorageError, StorageErrorKind, Tree,
+    WriteBatch,
 };
 use crate::codec::UNAUTHENTICATED;
 
@@ -379,8 +380,8 @@ impl Storage for SealedStorage {
         self.inner.flush()
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.inner.size_on_disk()
+    fn space(&self) -> Result<Space, StorageError> {
+        self.inner.space()
     }
 
     fn backend(&self) -> Backend {

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
 
 use super::{
-    Backend, Durability, Op, Order, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
-    range_is_empty,
+    Backend, Durability, Op, Order, Space, Storage, StorageError, StorageErrorKind, Tree,
+    WriteBatch, range_is_empty,
 };
 
 /// How long `open` waits for the store's file lock before reporting it held.
@@ -246,10 +246,12 @@ impl Storage for SledStorage {
             .map_err(|e| sled_error("flush", &self.path, e))
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.db
+    fn space(&self) -> Result<Space, StorageError> {
+        let size = self
+            .db
             .size_on_disk()
-            .map_err(|e| sled_error("read", &self.path, e))
+            .map_err(|e| sled_error("read", &self.path, e))?;
+        Ok(Space::local(size, &self.path))
     }
 
     fn backend(&self) -> Backend {

@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::ops::{Bound, ControlFlow};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{Backend, Durability, Op, Order, Storage, StorageError, Tree, WriteBatch};
+use super::{Backend, Durability, Op, Order, Space, Storage, StorageError, Tree, WriteBatch};
 
 /// One distinct write on a [`Tape`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,8 +165,8 @@ impl Storage for TapeStorage {
         self.inner.flush()
     }
 
-    fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.inner.size_on_disk()
+    fn space(&self) -> Result<Space, StorageError> {
+        self.inner.space()
     }
 
     fn backend(&self) -> Backend {
