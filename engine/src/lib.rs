@@ -167,6 +167,30 @@ pub mod internal {
         Memory(MemoryStore),
         /// A real backend in `config.path()`.
         Disk(crate::Backend),
+        /// The store the config names: its cluster (`Config::etcd`), or
+        /// the backend in `config.path()` (detected, or the default).
+        Configured,
+    }
+
+    /// The storage `store` names for `config`.
+    fn test_storage(
+        config: &crate::Config,
+        store: &TestStore,
+    ) -> crate::Result<Arc<dyn crate::storage::Storage>> {
+        Ok(match store {
+            TestStore::Memory(memory) => Arc::clone(&memory.0) as Arc<dyn crate::storage::Storage>,
+            TestStore::Disk(backend) => {
+                crate::db::create_private_dir(config.path())?;
+                crate::storage::open(*backend, config.path())?
+            }
+            TestStore::Configured => {
+                crate::db::create_private_dir(config.path())?;
+                match &config.remote {
+                    Some(remote) => crate::storage::open_remote(remote, config.path())?,
+                    None => crate::storage::open(config.backend, config.path())?,
+                }
+            }
+        })
     }
 
     /// Opens a store whose backend and key provider fail as `plan` says, and
@@ -181,13 +205,7 @@ pub mod internal {
         plan: FaultPlan,
     ) -> crate::Result<(crate::Db, FaultControl)> {
         let control = FaultControl::new(plan);
-        let storage: Arc<dyn crate::storage::Storage> = match store {
-            TestStore::Memory(memory) => Arc::clone(&memory.0) as Arc<dyn crate::storage::Storage>,
-            TestStore::Disk(backend) => {
-                crate::db::create_private_dir(config.path())?;
-                crate::storage::open(*backend, config.path())?
-            }
-        };
+        let storage = test_storage(&config, store)?;
         let db = crate::Db::open_with_faults(config, storage, &control)?;
         Ok((db, control))
     }
@@ -205,13 +223,7 @@ pub mod internal {
         tape: &Tape,
     ) -> crate::Result<(crate::Db, FaultControl)> {
         let control = FaultControl::new(FaultPlan::none());
-        let storage: Arc<dyn crate::storage::Storage> = match store {
-            TestStore::Memory(memory) => Arc::clone(&memory.0) as Arc<dyn crate::storage::Storage>,
-            TestStore::Disk(backend) => {
-                crate::db::create_private_dir(config.path())?;
-                crate::storage::open(*backend, config.path())?
-            }
-        };
+        let storage = test_storage(&config, store)?;
         let storage: Arc<dyn crate::storage::Storage> = Arc::new(
             crate::storage::tape::TapeStorage::new(storage, tape.clone()),
         );

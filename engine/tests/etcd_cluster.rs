@@ -761,3 +761,162 @@ fn a_cluster_put_back_to_before_a_shred_is_refused_as_rolled_back() {
         "{refused}"
     );
 }
+
+const CHUNK_CHILD_ENDPOINTS: &str = "SHREDKV_ETCD_CHUNK_CHILD_ENDPOINTS";
+const CHUNK_CHILD_DIR: &str = "SHREDKV_ETCD_CHUNK_CHILD_DIR";
+const CHUNK_NAMESPACE: &str = "chunk-kill/";
+/// End users of the account the chunk-kill test shreds: about 8 operations
+/// each, so its erasure needs several transactions of 128.
+const CHUNK_END_USERS: usize = 60;
+
+/// The store of the chunk-kill test, as either node opens it.
+fn chunk_store_config(endpoints: Vec<String>, local: &Path) -> Config {
+    Config::new(local.join("store"))
+        .key_file(local.join("keys"))
+        .maintenance_every(None)
+        .etcd(endpoints, CHUNK_NAMESPACE, 128)
+}
+
+fn chunk_end_users() -> Vec<String> {
+    (0..CHUNK_END_USERS).map(|i| format!("user-{i}")).collect()
+}
+
+/// Not a test of its own: the node the chunk-kill test kills, run as a
+/// second process (ignored otherwise). It fills an account with end users,
+/// starts its shred with the store's writes paused before each of the
+/// first two transactions, lets the first (the erasure's marker chunk)
+/// land, says `between chunks` while the second waits, and waits to be
+/// killed.
+#[test]
+#[ignore = "the chunk-kill test's second process; run by that test"]
+fn chunk_kill_child_node() {
+    use shredkv::internal::{FaultPlan, PausePoint, TestStore, open_with_faults};
+    let (Ok(endpoints), Ok(dir)) = (
+        std::env::var(CHUNK_CHILD_ENDPOINTS),
+        std::env::var(CHUNK_CHILD_DIR),
+    ) else {
+        return;
+    };
+    let endpoints = endpoints.split(',').map(String::from).collect();
+    let (db, control) = open_with_faults(
+        chunk_store_config(endpoints, Path::new(&dir)),
+        &TestStore::Configured,
+        FaultPlan::none(),
+    )
+    .expect("open on etcd");
+    db.register_account("acct").expect("register");
+    for user in chunk_end_users() {
+        db.register_end_user(&user, "acct").expect("register");
+        db.put(&user, "message_content", b"m1", b"hello")
+            .expect("put");
+        db.put(&user, "account_profile", b"name", b"a name")
+            .expect("put");
+    }
+    let (arrived, arrivals) = std::sync::mpsc::channel();
+    let first = {
+        let arrived = arrived.clone();
+        control.pause_at(PausePoint::StorageApply, move || {
+            let _ = arrived.send(1);
+        })
+    };
+    let _second = control.pause_at(PausePoint::StorageApply, move || {
+        let _ = arrived.send(2);
+    });
+    let shred = std::thread::spawn(move || db.shred("acct", Classes::All));
+    assert_eq!(arrivals.recv(), Ok(1), "the shred's first write");
+    drop(first);
+    assert_eq!(arrivals.recv(), Ok(2), "the shred's second write");
+    println!("CHILD between chunks");
+    // The test kills this process now; this is only a bound.
+    std::thread::sleep(Duration::from_secs(120));
+    println!("CHILD not killed");
+    drop(shred);
+    std::process::exit(1);
+}
+
+/// A node killed with SIGKILL between two transactions of a large
+/// account's erasure, on a cluster with etcd's default limit of 128
+/// operations: the first transaction (the marker, with the account's own
+/// erasure) is in the cluster, the others are not. The next open of the
+/// store finishes the erasure: the marker is gone, every end user's
+/// records are refused as erased with no live key under their scopes, the
+/// shred retried answers with the whole family erased, and `verify` is
+/// clean. Without the finish at open, end users not reached by the dead
+/// node would be served.
+#[test]
+fn a_node_killed_between_erasure_chunks_leaves_the_family_erased_at_the_next_open() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let cluster = EtcdTestCluster::with_default_txn_limit();
+    let local = tempfile::tempdir().expect("a local directory");
+    let mut child = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "chunk_kill_child_node",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHUNK_CHILD_ENDPOINTS, cluster.endpoints.join(","))
+        .env(CHUNK_CHILD_DIR, local.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the node starts");
+    let said = BufReader::new(child.stdout.take().expect("its stdout"));
+    let mut between = false;
+    for line in said.lines() {
+        let line = line.expect("a line");
+        if line.contains("CHILD between chunks") {
+            between = true;
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(between, "the node never reached its second erasure chunk");
+
+    let marker = |keys: &[Vec<u8>]| {
+        keys.iter()
+            .any(|k| k.windows(16).any(|w| w == b"erasure_pending/"))
+    };
+    let before = cluster.keys_with_prefix(CHUNK_NAMESPACE.as_bytes());
+    assert!(
+        marker(&before),
+        "the kill landed between chunks: the marker is in the cluster"
+    );
+
+    // The same store again; its open waits out the dead node's lease.
+    let db = Db::open(chunk_store_config(cluster.endpoints.clone(), local.path()))
+        .expect("open after the kill");
+    assert!(
+        !marker(&cluster.keys_with_prefix(CHUNK_NAMESPACE.as_bytes())),
+        "the open finished the erasure"
+    );
+    let users = chunk_end_users();
+    for user in &users {
+        for (class, key) in [
+            ("message_content", &b"m1"[..]),
+            ("account_profile", b"name"),
+        ] {
+            let err = db.get(user, class, key).expect_err("erased");
+            assert!(err.is_erased(), "{user}/{class}: {err}");
+        }
+        assert_eq!(
+            db.certificate(user)
+                .expect("certificate")
+                .keys_live_in_erased_scopes,
+            0,
+            "{user}"
+        );
+        assert_eq!(
+            db.subject(user).expect("subject").expect("known").state,
+            SubjectState::Erased,
+            "{user}"
+        );
+    }
+    let receipt = db.shred("acct", Classes::All).expect("the shred retried");
+    assert_eq!(receipt.erased.len(), users.len() + 1, "{receipt:?}");
+    assert!(db.verify().expect("verify").is_clean());
+}

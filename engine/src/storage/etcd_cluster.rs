@@ -365,6 +365,28 @@ impl Cluster {
         }
     }
 
+    /// Every key of the cluster that starts with `prefix`, read directly
+    /// (as `etcdctl get --prefix --keys-only` would), whoever serves it.
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut client = etcd_client::Client::connect(self.endpoints.clone(), None)
+                .await
+                .expect("a client of the test cluster");
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_keys_only();
+            let answer = client
+                .get(prefix.to_vec(), Some(options))
+                .await
+                .expect("a read of the test cluster");
+            answer.kvs().iter().map(|kv| kv.key().to_vec()).collect()
+        })
+    }
+
     /// A store of this cluster in the namespace named by `dir` (the same
     /// `dir` reopens the same store).
     pub(crate) fn open(&self, dir: &Path) -> Result<EtcdStorage, super::StorageError> {
