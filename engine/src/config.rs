@@ -143,7 +143,10 @@ impl Config {
     /// ([`Error::is_fenced`](crate::Error::is_fenced)). Closing hands the
     /// store over at once.
     ///
-    /// Backups of an etcd store, and its restore, are not supported yet.
+    /// A backup of an etcd store ([`Db::backup`](crate::Db::backup)) is a
+    /// local redb store; [`Db::restore`](crate::Db::restore) into a target
+    /// configured with this method writes an empty namespace (one that
+    /// holds a store is refused).
     #[cfg(feature = "etcd")]
     pub fn etcd(
         mut self,

@@ -920,3 +920,59 @@ fn a_node_killed_between_erasure_chunks_leaves_the_family_erased_at_the_next_ope
     assert_eq!(receipt.erased.len(), users.len() + 1, "{receipt:?}");
     assert!(db.verify().expect("verify").is_clean());
 }
+
+/// A shred whose answer is lost on its way back from etcd (the fault layer
+/// applies the batch to the cluster, then fails the call): the retry writes
+/// nothing and answers with the receipt of the erasure that landed, whose
+/// audit entry it names; each subject has one `keys destroyed` entry; a new
+/// client (reopened) gets the same receipt.
+#[test]
+fn a_shred_whose_answer_was_lost_on_etcd_is_answered_by_its_retry() {
+    use shredkv::AuditEvent;
+    use shredkv::internal::{ApplyFailure, FaultPlan, FaultPoint, TestStore, open_with_faults};
+    let cluster = EtcdTestCluster::shared();
+    let local = tempfile::tempdir().expect("a local directory");
+    let namespace = format!("lost-answer/{}/", local.path().display());
+    let config = || {
+        Config::new(local.path().join("store"))
+            .key_file(local.path().join("keys"))
+            .maintenance_every(None)
+            .etcd(cluster.endpoints.clone(), &namespace, cluster.max_txn_ops)
+    };
+    let (db, control) = open_with_faults(config(), &TestStore::Configured, FaultPlan::none())
+        .expect("open on etcd");
+    db.register_account("acct").expect("register");
+    let users: Vec<String> = (0..5).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        db.register_end_user(user, "acct").expect("register");
+        db.put(user, "message_content", b"m1", b"hello")
+            .expect("put");
+    }
+    control.fail_nth(FaultPoint::DurableApply, 1, ApplyFailure::AppliedNotSynced);
+    db.shred("acct", Classes::All)
+        .expect_err("the answer is lost");
+    let before = control.counts();
+    let receipt = db.shred("acct", Classes::All).expect("the retry");
+    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
+    assert_eq!(receipt.erased.len(), users.len() + 1, "{receipt:?}");
+    let recorded = db
+        .audit_entries(receipt.audit_head.seq, 1)
+        .expect("the receipt's audit entry");
+    assert_eq!(recorded[0].hash, receipt.audit_head.hash);
+    assert_eq!(recorded[0].event, AuditEvent::KeysDestroyed);
+    let entries = db.audit_entries(0, usize::MAX).expect("audit entries");
+    for subject in std::iter::once("acct").chain(users.iter().map(String::as_str)) {
+        let tag = db.subject_tag(subject);
+        let destroyed = entries
+            .iter()
+            .filter(|e| e.event == AuditEvent::KeysDestroyed && e.subject == Some(tag))
+            .count();
+        assert_eq!(destroyed, 1, "{subject}");
+    }
+    drop(db);
+    let db = Db::open(config()).expect("reopen");
+    assert_eq!(
+        db.shred("acct", Classes::All).expect("after reopening"),
+        receipt
+    );
+}

@@ -207,9 +207,15 @@ pub(crate) fn restore(global: &Global, args: &RestoreArgs) -> Result<Code> {
             )
         }
     };
-    // The backup's backend, unless --backend moves the store to another.
+    // The backup's backend, unless --backend moves the store to another
+    // local one; a cluster's (--backend etcd) names where the live store
+    // is, and `--into` is a directory.
+    let target_backend = match global.backend.map(Backend::from) {
+        Some(local @ (Backend::Sled | Backend::Redb)) => local,
+        _ => backend,
+    };
     let config = Config::new(into)
-        .backend(global.backend.map_or(backend, Backend::from))
+        .backend(target_backend)
         .policy(policy)
         .sync_writes(true)
         .maintenance_every(None);

@@ -302,7 +302,7 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     if backend == Backend::Etcd {
         return Err(crate::exit::CliError::new(
             Code::Usage,
-            "demo runs on a local store: its backup and restore steps need one, and backups of etcd stores are not built yet (docs/scale-out.md)",
+            "demo runs on a local store: its forensic step searches the store's own files for plaintext, and an etcd store's bytes are in the cluster members' data directories, which the demo cannot read (docs/scale-out.md)",
         )
         .hint("run `shredkv demo` with --backend redb or sled; operate an etcd store with the other commands and --backend etcd --endpoints ... --namespace ...")
         .into());

@@ -309,6 +309,10 @@ impl ErasureLog {
 /// Copies every tree of `from` into `to`, telling `progress` the entries
 /// copied so far after each page. Returns the entries copied.
 fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+    // A page is one batch of the target: within its limit (etcd's).
+    let page = to
+        .max_batch_ops()
+        .map_or(COPY_PAGE, |limit| COPY_PAGE.min(limit.max(1)));
     let mut total = 0u64;
     for tree in Tree::ALL {
         let mut after: Option<Vec<u8>> = None;
@@ -326,7 +330,7 @@ fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64
                     batch.put(tree, k.to_vec(), v.to_vec());
                     last = Some(k.to_vec());
                     n += 1;
-                    if n >= COPY_PAGE {
+                    if n >= page {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
@@ -340,13 +344,40 @@ fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64
             total += u64::try_from(n).unwrap_or(u64::MAX);
             progress(total);
             after = last;
-            if n < COPY_PAGE {
+            if n < page {
                 break;
             }
         }
     }
     to.flush()?;
     Ok(total)
+}
+
+/// The backend of a backup of a store on `live`: the same for a local
+/// store; redb for a store in a cluster, since a backup is local files.
+fn backup_backend(live: storage::Backend) -> storage::Backend {
+    match live {
+        storage::Backend::Sled => storage::Backend::Sled,
+        storage::Backend::Redb => storage::Backend::Redb,
+        #[allow(
+            unreachable_patterns,
+            reason = "cluster backends exist with their features"
+        )]
+        _ => storage::Backend::Redb,
+    }
+}
+
+/// Opens the storage a restore writes: the target's cluster if it names
+/// one, else the backend in its directory (the one it names, else
+/// `default`, else the one whose files are there).
+fn open_restore_target(
+    target: &Config,
+    default: Option<storage::Backend>,
+) -> Result<Arc<dyn Storage>> {
+    Ok(match &target.remote {
+        Some(remote) => storage::open_remote(remote, target.path())?,
+        None => storage::open(target.backend.or(default), target.path())?,
+    })
 }
 
 fn ensure_empty_dir(path: &Path, what: &'static str) -> Result<()> {
@@ -623,7 +654,7 @@ impl Db {
         let _paused = inner.gate.write_all();
         inner.storage.flush()?;
         let taken_at = inner.clock.now();
-        let copy = storage::open(inner.storage.backend(), dest)?;
+        let copy = storage::open(backup_backend(inner.storage.backend()), dest)?;
         // Marked before anything is copied, so even a partial copy is never
         // opened as a store (see [`refuse_unservable`]).
         let mut mark = WriteBatch::new();
@@ -799,7 +830,21 @@ impl Db {
             super::create_private_dir(target.path())?;
             // The backup's backend, unless the target names one (a restore
             // can move a store to another backend: it copies trees).
-            let to = storage::open(target.backend.unwrap_or(from.backend()), target.path())?;
+            let to = open_restore_target(&target, Some(from.backend()))?;
+            // A cluster namespace is not a directory ensure_empty_dir saw.
+            if super::meta_get(to.as_ref(), meta::FORMAT)?.is_some()
+                || super::meta_get(to.as_ref(), meta::RESTORE_PENDING)?.is_some()
+            {
+                return Err(Error::InvalidArgument {
+                    what: "restore target",
+                    detail: format!(
+                        "the {} store at {} already holds a store (or a failed restore); \
+                         restore into an empty namespace",
+                        to.backend(),
+                        target.path().display()
+                    ),
+                });
+            }
             let mut pending = WriteBatch::new();
             pending.put(Tree::Meta, meta::RESTORE_PENDING, vec![1]);
             to.apply(&pending, Durability::Durable)?;
@@ -807,7 +852,7 @@ impl Db {
             drop(from);
             entries
         };
-        let storage = storage::open(target.backend, target.path())?;
+        let storage = open_restore_target(&target, None)?;
         let maintenance = target.maintenance_every;
         let db = Db::open_with(target.apply_policy_change(true), storage, provider, true)?;
         let report = db.replay(log, entries, lost, epoch_starts)?;

@@ -137,3 +137,78 @@ fn a_full_cluster_fails_writes_and_shreds_as_full_and_still_reads() {
         crate::SubjectState::Active
     );
 }
+
+/// A backup of a store on etcd is a local redb store; restored into a new,
+/// empty namespace it serves what the store served and replays the
+/// erasures made since (a subject shredded after the backup stays erased).
+/// A restore into a namespace that holds a store is refused, and that
+/// store is untouched.
+#[test]
+fn a_store_on_etcd_backs_up_to_local_files_and_restores_into_a_new_namespace() {
+    let local = tempfile::tempdir().expect("a local directory");
+    let base = format!("shredkv-backup-test/{}", local.path().display());
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("a time"));
+    let db = Db::open(config(local.path(), &format!("{base}/live/"), &clock)).expect("open");
+    for account in ["kept", "gone"] {
+        db.register_account(account).expect("register");
+        db.put(account, "account_profile", b"email", b"someone@example.com")
+            .expect("put");
+    }
+    let backup = local.path().join("backup");
+    let report = db.backup(&backup).expect("a backup of an etcd store");
+    assert!(report.entries > 0, "{report:?}");
+    assert_eq!(crate::Backend::detect(&backup), Some(crate::Backend::Redb));
+    db.shred("gone", Classes::All)
+        .expect("shred after the backup");
+
+    let target = |dir: &str, namespace: &str| {
+        Config::new(local.path().join(dir))
+            .key_file(local.path().join("keys"))
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None)
+            .etcd(Cluster::shared().endpoints.clone(), namespace, MAX_TXN_OPS)
+    };
+    let restored_namespace = format!("{base}/restored/");
+    let (restored, _) = Db::restore(
+        &backup,
+        target("restored", &restored_namespace),
+        crate::ErasureSource::Live(&db),
+    )
+    .expect("a restore into a new namespace");
+    assert_eq!(restored.stats().expect("stats").backend, "etcd");
+    assert_eq!(
+        restored
+            .get("kept", "account_profile", b"email")
+            .expect("get")
+            .as_deref(),
+        Some(&b"someone@example.com"[..])
+    );
+    assert!(
+        restored
+            .get("gone", "account_profile", b"email")
+            .expect_err("erased after the backup")
+            .is_erased()
+    );
+    assert!(restored.verify().expect("verify").is_clean());
+    drop(restored);
+
+    let refused = Db::restore(
+        &backup,
+        target("again", &restored_namespace),
+        crate::ErasureSource::Live(&db),
+    )
+    .expect_err("a restore into a namespace that holds a store is refused");
+    assert!(
+        refused.to_string().contains("already holds a store"),
+        "{refused}"
+    );
+    let reopened = Db::open(target("restored", &restored_namespace)).expect("reopen");
+    assert_eq!(
+        reopened
+            .get("kept", "account_profile", b"email")
+            .expect("get")
+            .as_deref(),
+        Some(&b"someone@example.com"[..]),
+        "the refused restore changed nothing"
+    );
+}

@@ -974,6 +974,49 @@ mod etcd {
         }
     }
 
+    /// A scan whose pages would be larger than the client accepts (40
+    /// values of 1 MiB: a page of 512 keys would be 40 MiB) reads every
+    /// entry once, in order, both ways: the pages shrink to fit.
+    #[test]
+    fn a_scan_of_large_values_reads_every_entry() {
+        let dir = tempdir();
+        let store = open_in(open_etcd, dir.path());
+        let n = 40u32;
+        for i in 0..n {
+            let mut batch = WriteBatch::new();
+            batch.put(
+                Tree::Data,
+                i.to_be_bytes(),
+                vec![u8::try_from(i).expect("small"); 1 << 20],
+            );
+            store
+                .apply(&batch, Durability::Durable)
+                .expect("a 1 MiB value");
+        }
+        for order in [Order::Ascending, Order::Descending] {
+            let entries = collect(
+                &*store,
+                Tree::Data,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                order,
+            );
+            let mut expected: Vec<u32> = (0..n).collect();
+            if order == Order::Descending {
+                expected.reverse();
+            }
+            let seen: Vec<u32> = entries
+                .iter()
+                .map(|(k, v)| {
+                    let i = u32::from_be_bytes(k.as_slice().try_into().expect("a 4-byte key"));
+                    assert!(v.len() == 1 << 20 && v.iter().all(|b| u32::from(*b) == i));
+                    i
+                })
+                .collect();
+            assert_eq!(seen, expected, "{order:?}");
+        }
+    }
+
     /// Two stores of one cluster never see each other's entries.
     #[test]
     fn stores_in_one_cluster_are_apart() {

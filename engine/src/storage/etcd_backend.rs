@@ -9,7 +9,8 @@
 //! - **scan**: pages of [`SCAN_PAGE`] keys, all read at the revision of the
 //!   first page, so a scan sees one committed state, ascending or
 //!   descending; the visitor runs between pages, outside the client's
-//!   runtime, so it may use the store.
+//!   runtime, so it may use the store. A page too large for one answer
+//!   ([`ANSWER_LIMIT`]) is read again in halves.
 //! - **apply**: one etcd transaction. A later op on the same key wins (etcd
 //!   refuses a transaction that names a key twice, so the batch is reduced
 //!   to its last op per key first). A batch larger than the cluster's
@@ -64,8 +65,13 @@ use super::{
     WriteBatch, range_is_empty,
 };
 
-/// Keys read per request of a scan.
+/// Keys read per request of a scan, at most: a page whose answer is over
+/// [`ANSWER_LIMIT`] (large values) is read again in halves.
 const SCAN_PAGE: i64 = 512;
+/// The largest answer this client accepts, above the gRPC default of
+/// 4 MiB: one value may be as large as the cluster's `--max-request-bytes`
+/// (1.5 MiB by default), and a page holds many.
+const ANSWER_LIMIT: usize = 32 << 20;
 /// How long a request may take, resends included, before it fails (a
 /// cluster without quorum does not answer writes).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -232,7 +238,7 @@ impl EtcdStorage {
     ) -> Result<TxnResponse, StorageError> {
         let txn = Txn::new().when([self.owner.fence()]).and_then(ops);
         let answer = self.request(action, resend, |client| {
-            let mut kv = client.kv_client();
+            let mut kv = client.kv_client().max_decoding_message_size(ANSWER_LIMIT);
             let txn = txn.clone();
             async move { kv.txn(txn).await }
         })?;
@@ -417,6 +423,22 @@ fn quota_of(endpoint: &str) -> Option<u64> {
     (0.0..1.8e19).contains(&value).then_some(bytes)
 }
 
+/// Whether a request failed because its answer was larger than the
+/// client accepts ([`ANSWER_LIMIT`]).
+fn answer_too_large(error: &StorageError) -> bool {
+    error
+        .source
+        .downcast_ref::<etcd_client::Error>()
+        .is_some_and(|e| {
+            matches!(e, etcd_client::Error::GRpcStatus(status)
+                if i32::from(status.code()) == GRPC_OUT_OF_RANGE
+                    && status.message().contains("message length too large"))
+        })
+}
+
+/// The gRPC status of an answer over the client's size limit.
+const GRPC_OUT_OF_RANGE: i32 = 11;
+
 /// `key ‖ 0x00`: the first key after `key`.
 fn successor(mut key: Vec<u8>) -> Vec<u8> {
     key.push(0);
@@ -464,18 +486,28 @@ impl Storage for EtcdStorage {
             Order::Descending => SortOrder::Descend,
         };
         let mut revision = 0;
+        let mut page = SCAN_PAGE;
         loop {
             if low >= high {
                 return Ok(());
             }
             let mut options = GetOptions::new()
                 .with_range(high.clone())
-                .with_limit(SCAN_PAGE)
+                .with_limit(page)
                 .with_sort(SortTarget::Key, sort);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let (mut response, read_at) = self.guarded_get("scan", low.clone(), Some(options))?;
+            let (mut response, read_at) = match self.guarded_get("scan", low.clone(), Some(options))
+            {
+                Ok(read) => read,
+                // Large values: the same page again, half as long.
+                Err(error) if page > 1 && answer_too_large(&error) => {
+                    page /= 2;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if revision == 0 {
                 revision = read_at;
             }

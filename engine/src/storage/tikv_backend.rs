@@ -51,8 +51,12 @@ use super::{
     WriteBatch, range_is_empty,
 };
 
-/// Keys read per request of a scan.
+/// Keys read per request of a scan, at most: a page whose answer is over
+/// [`ANSWER_LIMIT`] (large values) is read again in halves, as on etcd.
 const SCAN_PAGE: u32 = 512;
+/// The largest answer this client accepts, above the gRPC default of
+/// 4 MiB: one TiKV entry may be 6 MiB (`txn-entry-size-limit`).
+const ANSWER_LIMIT: usize = 32 << 20;
 /// How long a request may take, runs again included, before it fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the client waits for one answer from PD or a TiKV store.
@@ -121,7 +125,9 @@ impl TikvStorage {
             .enable_all()
             .build()
             .map_err(|e| fail(Box::new(e)))?;
-        let config = tikv_client::Config::default().with_timeout(ATTEMPT_TIMEOUT);
+        let config = tikv_client::Config::default()
+            .with_timeout(ATTEMPT_TIMEOUT)
+            .with_grpc_max_decoding_message_size(ANSWER_LIMIT);
         let client = runtime
             .block_on(TransactionClient::new_with_config(
                 target.pd_endpoints.clone(),
@@ -333,6 +339,17 @@ fn already_exists(error: &tikv_client::Error) -> bool {
     })
 }
 
+/// Whether an answer was larger than the client accepts ([`ANSWER_LIMIT`]).
+fn answer_too_large(error: &tikv_client::Error) -> bool {
+    /// The gRPC status of an answer over the client's size limit.
+    const GRPC_OUT_OF_RANGE: i32 = 11;
+    each_error(error, &mut |e| {
+        matches!(e, tikv_client::Error::GrpcAPI(status)
+            if i32::from(status.code()) == GRPC_OUT_OF_RANGE
+                && status.message().contains("message length too large"))
+    })
+}
+
 /// Whether a TiKV store refused the write for lack of disk space.
 fn disk_full(error: &tikv_client::Error) -> bool {
     each_error(error, &mut |e| match e {
@@ -406,6 +423,7 @@ impl Storage for TikvStorage {
         };
         // One transaction for every page: one snapshot, checked once.
         let mut txn = self.request("scan", || self.begin(false))?;
+        let mut page_len = SCAN_PAGE;
         let outcome = loop {
             if low >= high {
                 break Ok(());
@@ -417,20 +435,25 @@ impl Storage for TikvStorage {
             let page = self.runtime.block_on(async {
                 match order {
                     Order::Ascending => txn
-                        .scan(range, SCAN_PAGE)
+                        .scan(range, page_len)
                         .await
                         .map(|page| page.collect::<Vec<KvPair>>()),
                     Order::Descending => txn
-                        .scan_reverse(range, SCAN_PAGE)
+                        .scan_reverse(range, page_len)
                         .await
                         .map(|page| page.collect::<Vec<KvPair>>()),
                 }
             });
             let entries = match page {
                 Ok(entries) => entries,
+                // Large values: the same page again, half as long.
+                Err(error) if page_len > 1 && answer_too_large(&error) => {
+                    page_len /= 2;
+                    continue;
+                }
                 Err(error) => break Err(self.error("scan", Failure::Before(error))),
             };
-            let full_page = entries.len() == SCAN_PAGE as usize;
+            let full_page = entries.len() == page_len as usize;
             let mut last = None;
             let mut stopped = false;
             for pair in entries {
