@@ -2,8 +2,8 @@
 //! local files (feature `etcd`).
 //!
 //! Layout: every entry of tree `t` under key `k` is the etcd key
-//! `namespace ‖ t's name ‖ 0x00 ‖ k`, so one store is one key range of the
-//! cluster and each tree one sub-range (tree names hold no zero byte).
+//! `namespace ‖ t's name ‖ 0x00 ‖ k` (`storage::cluster_keys`), so one
+//! store is one key range of the cluster and each tree one sub-range.
 //!
 //! - **get**: a linearizable range read of one key.
 //! - **scan**: pages of [`SCAN_PAGE`] keys, all read at the revision of the
@@ -58,6 +58,7 @@ use etcd_client::{
     Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 
+use super::cluster_keys::{Namespace, successor};
 use super::etcd_owner::{LEASE_TTL, Owner, TakeError};
 
 use super::{
@@ -316,19 +317,9 @@ impl EtcdStorage {
         }
     }
 
-    /// The etcd key of `key` in `tree`.
-    fn full_key(&self, tree: Tree, key: &[u8]) -> Vec<u8> {
-        let mut full = self.tree_prefix(tree);
-        full.extend_from_slice(key);
-        full
-    }
-
-    /// `namespace ‖ tree name ‖ 0x00`.
-    fn tree_prefix(&self, tree: Tree) -> Vec<u8> {
-        let mut prefix = self.target.namespace.clone();
-        prefix.extend_from_slice(tree.name().as_bytes());
-        prefix.push(0);
-        prefix
+    /// The store's key layout in the cluster.
+    fn keys(&self) -> Namespace<'_> {
+        Namespace(&self.target.namespace)
     }
 }
 
@@ -439,15 +430,9 @@ fn answer_too_large(error: &StorageError) -> bool {
 /// The gRPC status of an answer over the client's size limit.
 const GRPC_OUT_OF_RANGE: i32 = 11;
 
-/// `key ‖ 0x00`: the first key after `key`.
-fn successor(mut key: Vec<u8>) -> Vec<u8> {
-    key.push(0);
-    key
-}
-
 impl Storage for EtcdStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let (response, _) = self.guarded_get("read", self.full_key(tree, key), None)?;
+        let (response, _) = self.guarded_get("read", self.keys().full_key(tree, key), None)?;
         Ok(response.kvs().first().map(|entry| entry.value().to_vec()))
     }
 
@@ -462,25 +447,8 @@ impl Storage for EtcdStorage {
         if range_is_empty(start, end) {
             return Ok(());
         }
-        let prefix = self.tree_prefix(tree);
-        let mut low = match start {
-            Bound::Unbounded => prefix.clone(),
-            Bound::Included(k) => self.full_key(tree, k),
-            Bound::Excluded(k) => successor(self.full_key(tree, k)),
-        };
-        // Exclusive; the tree prefix ends in 0x00, so its end is the same
-        // prefix ending in 0x01.
-        let mut high = match end {
-            Bound::Unbounded => {
-                let mut after = prefix.clone();
-                if let Some(last) = after.last_mut() {
-                    *last = 1;
-                }
-                after
-            }
-            Bound::Excluded(k) => self.full_key(tree, k),
-            Bound::Included(k) => successor(self.full_key(tree, k)),
-        };
+        let prefix = self.keys().tree_prefix(tree);
+        let (mut low, mut high) = self.keys().range(tree, start, end);
         let sort = match order {
             Order::Ascending => SortOrder::Ascend,
             Order::Descending => SortOrder::Descend,
@@ -538,10 +506,10 @@ impl Storage for EtcdStorage {
         for op in &batch.ops {
             match op {
                 Op::Put { tree, key, value } => {
-                    last.insert(self.full_key(*tree, key), Some(value.as_slice()));
+                    last.insert(self.keys().full_key(*tree, key), Some(value.as_slice()));
                 }
                 Op::Remove { tree, key } => {
-                    last.insert(self.full_key(*tree, key), None);
+                    last.insert(self.keys().full_key(*tree, key), None);
                 }
             }
         }
@@ -595,7 +563,7 @@ impl Storage for EtcdStorage {
         // put nested one level down would be let past a full cluster (the
         // full-cluster test caught it). On failure, the owner key read in
         // the other branch tells a fenced node from a key that exists.
-        let key = self.full_key(tree, key);
+        let key = self.keys().full_key(tree, key);
         let txn = Txn::new()
             .when([
                 self.owner.fence(),

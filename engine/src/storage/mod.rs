@@ -581,6 +581,8 @@ pub(crate) fn open_remote(remote: &Remote, dir: &Path) -> Result<Arc<dyn Storage
     }
 }
 
+#[cfg(any(feature = "etcd", feature = "tikv"))]
+mod cluster_keys;
 #[cfg(test)]
 mod conformance;
 #[cfg(feature = "etcd")]

@@ -6,12 +6,12 @@
 //! only against a cluster named by `SHREDKV_TIKV_PD` (docs/scale-out.md).
 //! No TiKV cluster runs in CI, and no mock stands in for one.
 //!
-//! Layout: the same as etcd's — the entry of tree `t` under key `k` is the
-//! TiKV key `namespace ‖ t's name ‖ 0x00 ‖ k`, so one store is one key
-//! range and each tree one sub-range.
+//! Layout: the same as etcd's (`storage::cluster_keys`) — the entry of
+//! tree `t` under key `k` is the TiKV key `namespace ‖ t's name ‖ 0x00 ‖
+//! k`, so one store is one key range and each tree one sub-range.
 //!
-//! - **get**: one snapshot read at a fresh timestamp, of the key and the
-//!   owner key together (`batch_get`).
+//! - **get**: a transaction at a fresh timestamp reads the owner key (the
+//!   fence), then the key.
 //! - **scan**: pages of [`SCAN_PAGE`] keys from one snapshot, so a scan
 //!   sees one committed state, ascending (`scan`) or descending
 //!   (`scan_reverse`); the visitor runs between pages, outside the
@@ -45,6 +45,7 @@ use tikv_client::{
     BoundRange, CheckLevel, Key, KvPair, Transaction, TransactionClient, TransactionOptions,
 };
 
+use super::cluster_keys::{Namespace, successor};
 use super::tikv_owner::{Fence, LEASE_TTL, Owner, TakeError};
 use super::{
     Backend, Durability, Op, Order, Space, Storage, StorageError, StorageErrorKind, Tree,
@@ -285,19 +286,9 @@ impl TikvStorage {
         }
     }
 
-    /// The TiKV key of `key` in `tree`.
-    fn full_key(&self, tree: Tree, key: &[u8]) -> Vec<u8> {
-        let mut full = self.tree_prefix(tree);
-        full.extend_from_slice(key);
-        full
-    }
-
-    /// `namespace ‖ tree name ‖ 0x00`.
-    fn tree_prefix(&self, tree: Tree) -> Vec<u8> {
-        let mut prefix = self.target.namespace.clone();
-        prefix.extend_from_slice(tree.name().as_bytes());
-        prefix.push(0);
-        prefix
+    /// The store's key layout in the cluster.
+    fn keys(&self) -> Namespace<'_> {
+        Namespace(&self.target.namespace)
     }
 }
 
@@ -374,15 +365,9 @@ fn transient(error: &tikv_client::Error) -> bool {
     })
 }
 
-/// `key ‖ 0x00`: the first key after `key`.
-fn successor(mut key: Vec<u8>) -> Vec<u8> {
-    key.push(0);
-    key
-}
-
 impl Storage for TikvStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let full = &self.full_key(tree, key);
+        let full = &self.keys().full_key(tree, key);
         self.request("read", move || async move {
             let mut txn = self.begin(false).await?;
             let found = txn.get(full.clone()).await;
@@ -402,25 +387,8 @@ impl Storage for TikvStorage {
         if range_is_empty(start, end) {
             return Ok(());
         }
-        let prefix = self.tree_prefix(tree);
-        let mut low = match start {
-            Bound::Unbounded => prefix.clone(),
-            Bound::Included(k) => self.full_key(tree, k),
-            Bound::Excluded(k) => successor(self.full_key(tree, k)),
-        };
-        // Exclusive; the tree prefix ends in 0x00, so its end is the same
-        // prefix ending in 0x01.
-        let mut high = match end {
-            Bound::Unbounded => {
-                let mut after = prefix.clone();
-                if let Some(last) = after.last_mut() {
-                    *last = 1;
-                }
-                after
-            }
-            Bound::Excluded(k) => self.full_key(tree, k),
-            Bound::Included(k) => successor(self.full_key(tree, k)),
-        };
+        let prefix = self.keys().tree_prefix(tree);
+        let (mut low, mut high) = self.keys().range(tree, start, end);
         // One transaction for every page: one snapshot, checked once.
         let mut txn = self.request("scan", || self.begin(false))?;
         let mut page_len = SCAN_PAGE;
@@ -487,9 +455,10 @@ impl Storage for TikvStorage {
             for op in &batch.ops {
                 let written = match op {
                     Op::Put { tree, key, value } => {
-                        txn.put(self.full_key(*tree, key), value.clone()).await
+                        txn.put(self.keys().full_key(*tree, key), value.clone())
+                            .await
                     }
-                    Op::Remove { tree, key } => txn.delete(self.full_key(*tree, key)).await,
+                    Op::Remove { tree, key } => txn.delete(self.keys().full_key(*tree, key)).await,
                 };
                 if let Err(error) = written {
                     let _ = txn.rollback().await;
@@ -511,7 +480,7 @@ impl Storage for TikvStorage {
         value: &[u8],
         _durability: Durability,
     ) -> Result<bool, StorageError> {
-        let full = &self.full_key(tree, key);
+        let full = &self.keys().full_key(tree, key);
         self.request("insert a new key", move || async move {
             let mut txn = self.begin(true).await?;
             if let Err(error) = txn.insert(full.clone(), value.to_vec()).await {
