@@ -202,3 +202,47 @@ fn model_rejects_a_wrong_store() {
         .expect_err("the model did not shred");
     assert!(err.contains("acct-0"), "{err}");
 }
+
+/// A sequence the fuzzer (engine_ops) found: an account shredded after its
+/// end user was shredded and the store restarted, while the other
+/// account's family is held. Kept on every backend.
+#[test]
+fn fuzz_found_shred_after_an_end_users_shred_and_a_restart() {
+    let ops = [
+        Op::Compact,
+        Op::Put {
+            s: 0,
+            c: 0,
+            k: 0,
+            v: 63488,
+        },
+        Op::Compact,
+        Op::Put {
+            s: 0,
+            c: 0,
+            k: 0,
+            v: 63488,
+        },
+        Op::Shred { s: 2, class: None },
+        Op::Restart,
+        Op::Release { s: 0, class: None },
+        Op::Shred {
+            s: 1,
+            class: Some(2),
+        },
+        Op::Hold { s: 1, class: None },
+        Op::Shred { s: 0, class: None },
+        Op::Shred { s: 0, class: None },
+        Op::CloseAccount { a: 1 },
+        Op::AdvanceClock { hours: 24 * 61 },
+    ];
+    for place in [
+        Where::Memory,
+        Where::Disk(Backend::Sled),
+        Where::Disk(Backend::Redb),
+    ] {
+        if let Err(err) = run(place, &ops) {
+            panic!("{err}");
+        }
+    }
+}

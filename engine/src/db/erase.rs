@@ -393,9 +393,19 @@ impl DbInner {
                     classes: stored.classes.clone(),
                     tags: tags.to_vec(),
                 };
-                let mut now_said = self.receipt_from_ledger(requested, &as_recorded)?;
-                now_said.audit_head = stored.receipt.audit_head;
-                if now_said == stored.receipt {
+                let now_said = self.receipt_from_ledger(requested, &as_recorded)?;
+                // Every scope the receipt names is still erased as it says,
+                // and nothing is retained. The ledger keeps whole seconds,
+                // so it may also show scopes another erasure reached in the
+                // same second (an end user's own shred): those are not this
+                // request's, and do not make its receipt stale.
+                let confirmed = now_said.retained.is_empty()
+                    && stored
+                        .receipt
+                        .erased
+                        .iter()
+                        .all(|scope| now_said.erased.contains(scope));
+                if confirmed {
                     return Ok(stored.receipt);
                 }
             }
