@@ -104,10 +104,25 @@ fn the_cli_operates_a_store_kept_in_etcd() {
     );
     let err = fails_with(&usage, 2);
     assert!(err.contains("--namespace"), "{err}");
-    // The demo runs on a local store only, and says so.
-    let demo = fails_with(
-        &common::shredkv(&["--backend", "etcd", "--endpoints", &endpoints, "demo"]),
-        2,
-    );
-    assert!(demo.contains("local store"), "{demo}");
+    // Without --endpoints the demo says what is missing.
+    let demo = fails_with(&common::shredkv(&["--backend", "etcd", "demo"]), 2);
+    assert!(demo.contains("--endpoints"), "{demo}");
+}
+
+/// The demo on a store in etcd: every check passes, the forensic one
+/// searching the cluster's history of the store's namespace.
+#[test]
+fn the_demo_runs_on_etcd() {
+    let cluster = EtcdTestCluster::shared();
+    let endpoints = cluster.endpoints.join(",");
+    let out = ok(&common::shredkv(&[
+        "--backend",
+        "etcd",
+        "--endpoints",
+        &endpoints,
+        "demo",
+    ]));
+    assert!(out.contains("checks passed"), "{out}");
+    assert!(out.contains("the etcd cluster's history holds"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
 }

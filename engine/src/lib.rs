@@ -135,6 +135,10 @@ pub mod internal {
     pub use crate::storage::etcd_cluster::{
         Cluster as EtcdTestCluster, MAX_TXN_OPS as ETCD_TEST_MAX_TXN_OPS,
     };
+    /// Everything an etcd cluster's history holds under a key prefix (the
+    /// demo's forensic check on etcd).
+    #[cfg(feature = "etcd")]
+    pub use crate::storage::etcd_history::{EtcdHistory, read as read_etcd_history};
     /// How long an etcd store's owner key outlives its node's last
     /// keep-alive (fencing tests wait it out).
     #[cfg(feature = "etcd")]

@@ -158,11 +158,47 @@ struct Written {
     expires_at: Option<Timestamp>,
 }
 
+/// Where the demo's store is in an etcd cluster (`--backend etcd`).
+#[cfg(feature = "etcd")]
+struct ClusterPlace {
+    endpoints: Vec<String>,
+    namespace: String,
+}
+
+/// The cluster and namespace of the demo's store on etcd: `--endpoints`,
+/// and `--namespace` or a new one named after the demo's directory.
+#[cfg(feature = "etcd")]
+fn cluster_place(global: &Global, root: &Path) -> Result<ClusterPlace> {
+    if global.endpoints.is_empty() {
+        return Err(crate::exit::CliError::new(
+            Code::Usage,
+            "demo --backend etcd needs --endpoints",
+        )
+        .hint("give the cluster's client URLs, e.g. --endpoints http://127.0.0.1:2379")
+        .into());
+    }
+    let namespace = match global.namespace.as_deref().filter(|n| !n.is_empty()) {
+        Some(namespace) => namespace.to_string(),
+        None => format!(
+            "shredkv-demo/{}/",
+            root.file_name()
+                .map_or_else(|| "store".into(), |n| n.to_string_lossy())
+        ),
+    };
+    Ok(ClusterPlace {
+        endpoints: global.endpoints.clone(),
+        namespace,
+    })
+}
+
 /// The demo's state between steps.
 struct Demo {
     db: Db,
     clock: ManualClock,
     backend: Backend,
+    /// Where the store is, on etcd.
+    #[cfg(feature = "etcd")]
+    cluster: Option<ClusterPlace>,
     /// The temporary directory: the store, its backups and restored copies.
     root: PathBuf,
     early_backup: PathBuf,
@@ -185,6 +221,16 @@ impl Demo {
         writeln!(self.out, "  {verdict}  {name}")?;
         self.checks.push((name.to_string(), pass));
         Ok(())
+    }
+
+    /// The backend of the demo's backups' restored copies: the store's
+    /// own, or redb for a store in a cluster (a restore into a directory
+    /// moves it off the cluster).
+    fn local_backend(&self) -> Backend {
+        match self.backend {
+            Backend::Sled => Backend::Sled,
+            _ => Backend::Redb,
+        }
     }
 
     fn name(&self, tag: &SubjectTag) -> String {
@@ -298,26 +344,28 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
         .tempdir()
         .context("create the demo's temporary directory")?;
     let backend = global.backend.map_or(Backend::Redb, Backend::from);
-    #[cfg(feature = "etcd")]
-    if backend == Backend::Etcd {
-        return Err(crate::exit::CliError::new(
-            Code::Usage,
-            "demo runs on a local store: its forensic step searches the store's own files for plaintext, and an etcd store's bytes are in the cluster members' data directories, which the demo cannot read (docs/scale-out.md)",
-        )
-        .hint("run `shredkv demo` with --backend redb or sled; operate an etcd store with the other commands and --backend etcd --endpoints ... --namespace ...")
-        .into());
-    }
     let start: Timestamp = START.parse().context("the demo's start time")?;
     let clock = ManualClock::new(start);
     let root = dir.path().to_path_buf();
-    let db = Db::open(
-        // The production layout: the key file outside the store directory.
-        Config::new(root.join("store"))
-            .key_file(root.join("keys"))
-            .backend(backend)
-            .clock(Arc::new(clock.clone()))
-            .maintenance_every(None),
-    )?;
+    // The production layout: the key file outside the store directory.
+    let config = Config::new(root.join("store"))
+        .key_file(root.join("keys"))
+        .backend(backend)
+        .clock(Arc::new(clock.clone()))
+        .maintenance_every(None);
+    #[cfg(feature = "etcd")]
+    let (config, cluster) = if backend == Backend::Etcd {
+        let place = cluster_place(global, &root)?;
+        let config = config.etcd(
+            place.endpoints.clone(),
+            &place.namespace,
+            global.max_txn_ops,
+        );
+        (config, Some(place))
+    } else {
+        (config, None)
+    };
+    let db = Db::open(config)?;
     // With --json the story goes to stderr and the checks to stdout.
     let out: Box<dyn Write> = if global.json {
         Box::new(std::io::stderr())
@@ -328,6 +376,8 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
         db,
         clock,
         backend,
+        #[cfg(feature = "etcd")]
+        cluster,
         early_backup: root.join("backup-early"),
         root,
         out,
@@ -929,7 +979,7 @@ fn restore_early(demo: &mut Demo) -> Result<()> {
         target.display()
     ))?;
     let config = Config::new(&target)
-        .backend(demo.backend)
+        .backend(demo.local_backend())
         .clock(Arc::new(demo.clock.clone()))
         .maintenance_every(None);
     let outcome = Db::restore(&demo.early_backup, config, ErasureSource::Live(&demo.db));
@@ -966,7 +1016,7 @@ fn restore_recent(demo: &mut Demo) -> Result<()> {
             .insert((demo.name(&scope.subject), scope.class.clone()));
     }
     let config = Config::new(&target)
-        .backend(demo.backend)
+        .backend(demo.local_backend())
         .clock(Arc::new(demo.clock.clone()))
         .maintenance_every(None);
     let (restored, report) = Db::restore(&backup, config, ErasureSource::Live(&demo.db))?;
@@ -1113,16 +1163,58 @@ fn verify(demo: &mut Demo) -> Result<()> {
         needles.insert(w.key.clone());
     }
     let scan = scan_dir(&demo.root, &needles)?;
-    let found: Vec<String> = scan
+    #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
+    let mut found: Vec<String> = scan
         .found
         .iter()
         .map(|(needle, file)| format!("`{needle}` in {file}"))
         .collect();
+    #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
+    let mut what = format!(
+        "the {} files of the store, its backups and restored copies ({})",
+        scan.files,
+        output::bytes(scan.bytes)
+    );
+    #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
+    let mut control_in_cluster = None;
+    #[cfg(feature = "etcd")]
+    if let Some(place) = &demo.cluster {
+        // The store's bytes are in the cluster: every key and value its
+        // history holds under the namespace, old revisions included.
+        let history =
+            shredkv::internal::read_etcd_history(&place.endpoints, place.namespace.as_bytes())
+                .map_err(|e| {
+                    anyhow::anyhow!("read the etcd cluster's history of the store: {e}")
+                })?;
+        let bytes: usize = history.puts.iter().map(|(k, v)| k.len() + v.len()).sum();
+        for (key, value) in &history.puts {
+            for needle in &needles {
+                if contains(key, needle.as_bytes()) || contains(value, needle.as_bytes()) {
+                    found.push(format!(
+                        "`{needle}` in the cluster under {}",
+                        String::from_utf8_lossy(key)
+                    ));
+                }
+            }
+        }
+        let compacted = history.compacted_before.map_or(String::new(), |rev| {
+            format!(", since its compaction at revision {rev}")
+        });
+        what = format!(
+            "{what}, nor in the {} puts ({}) the etcd cluster's history holds under the store's namespace{compacted}",
+            history.puts.len(),
+            output::bytes(u64::try_from(bytes).unwrap_or(u64::MAX))
+        );
+        control_in_cluster = Some(
+            history
+                .puts
+                .iter()
+                .any(|(k, v)| contains(k, b"account_profile") || contains(v, b"account_profile")),
+        );
+    }
     demo.check(
         &format!(
-            "no value marker, subject id or record key in any byte of the {} files of the store, its backups and restored copies ({}; {} needles)",
-            scan.files,
-            output::bytes(scan.bytes),
+            "no value marker, subject id or record key in any byte of {what} ({} needles)",
             needles.len()
         ),
         found.is_empty() && scan.files > 0,
@@ -1132,6 +1224,12 @@ fn verify(demo: &mut Demo) -> Result<()> {
     }
     // A control: the class names are kept in plain text (store metadata),
     // so the same scan must find one, or it is not looking at the data.
+    if let Some(found_in_cluster) = control_in_cluster {
+        return demo.check(
+            "control: the same search does find the plain-text class name `account_profile` in the store's metadata in the cluster",
+            found_in_cluster,
+        );
+    }
     let control = scan_dir(
         demo.db.path(),
         &BTreeSet::from(["account_profile".to_string()]),

@@ -590,6 +590,8 @@ pub(crate) mod etcd_backend;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd_cluster;
 #[cfg(feature = "etcd")]
+pub(crate) mod etcd_history;
+#[cfg(feature = "etcd")]
 pub(crate) mod etcd_owner;
 pub(crate) mod faults;
 mod group_commit;
