@@ -38,8 +38,8 @@ pub struct ClassStats {
 pub struct Stats {
     /// The backend's name.
     pub backend: String,
-    /// Bytes the backend occupies on disk (on etcd: the database of the
-    /// member that answered; on TiKV: the logical size of the store).
+    /// Bytes the backend occupies on disk (on etcd: the largest member's
+    /// database; on TiKV: the logical size of the store).
     pub size_on_disk: u64,
     /// The most the backend may occupy before writes are refused: the size
     /// of a local store's filesystem, an etcd cluster's quota

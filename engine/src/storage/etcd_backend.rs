@@ -597,11 +597,39 @@ impl Storage for EtcdStorage {
     }
 
     fn space(&self) -> Result<Space, StorageError> {
-        let status = self.request("read the cluster's status", Resend::Read, |client| {
+        // Every member's database: their sizes differ (each lays out its
+        // own pages), and the member a write reaches refuses it once its
+        // own database and the write pass the quota. The largest counts.
+        let mut largest: Option<u64> = None;
+        let mut failure = None;
+        for client in &self.clients {
             let mut maintenance = client.maintenance_client();
-            async move { maintenance.status().await }
-        })?;
-        let size = u64::try_from(status.db_size()).unwrap_or(0);
+            let status = self.runtime.block_on(async {
+                tokio::time::timeout(ATTEMPT_TIMEOUT, maintenance.status()).await
+            });
+            match status {
+                Ok(Ok(status)) => {
+                    let size = u64::try_from(status.db_size()).unwrap_or(0);
+                    largest = Some(largest.map_or(size, |l| l.max(size)));
+                }
+                Ok(Err(error)) => failure = Some(error),
+                // A member that does not answer (down, paused): the others do.
+                Err(_) => {}
+            }
+        }
+        let size = match (largest, failure) {
+            (Some(size), _) => size,
+            (None, Some(error)) => return Err(self.fail("read the cluster's status")(error)),
+            (None, None) => {
+                return Err(StorageError {
+                    backend: Backend::Etcd,
+                    action: "read the cluster's status",
+                    path: self.path.clone(),
+                    kind: StorageErrorKind::Io,
+                    source: format!("no member answered within {ATTEMPT_TIMEOUT:?}").into(),
+                });
+            }
+        };
         // The quota is the same on every member; ask from the one in use on.
         let first = self.current.load(Ordering::Relaxed);
         let endpoints = &self.target.endpoints;
@@ -610,7 +638,7 @@ impl Storage for EtcdStorage {
         Ok(Space {
             size_on_disk: size,
             capacity,
-            // etcd raises NOSPACE once its database outgrows the quota.
+            // etcd raises NOSPACE once a database outgrows the quota.
             headroom: capacity.map(|quota| quota.saturating_sub(size)),
         })
     }

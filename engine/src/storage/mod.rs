@@ -299,8 +299,8 @@ impl std::error::Error for StorageError {
 /// The space a store takes, and how much more it may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Space {
-    /// Bytes the backend occupies: its files; on etcd the answering
-    /// member's database; on TiKV the logical size of the store.
+    /// Bytes the backend occupies: its files; on etcd the largest member's
+    /// database; on TiKV the logical size of the store.
     pub(crate) size_on_disk: u64,
     /// The most the backend may occupy before writes are refused: the size
     /// of a local store's filesystem, an etcd cluster's quota. `None` where
