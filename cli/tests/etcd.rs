@@ -125,4 +125,7 @@ fn the_demo_runs_on_etcd() {
     assert!(out.contains("checks passed"), "{out}");
     assert!(out.contains("the etcd cluster's history holds"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    // The namespace the demo made is gone with its keys.
+    let left = cluster.keys_with_prefix(b"shredkv-demo/");
+    assert!(left.is_empty(), "{} keys left behind", left.len());
 }

@@ -136,9 +136,11 @@ pub mod internal {
         Cluster as EtcdTestCluster, MAX_TXN_OPS as ETCD_TEST_MAX_TXN_OPS,
     };
     /// Everything an etcd cluster's history holds under a key prefix (the
-    /// demo's forensic check on etcd).
+    /// demo's forensic check on etcd), and a prefix's removal.
     #[cfg(feature = "etcd")]
-    pub use crate::storage::etcd_history::{EtcdHistory, read as read_etcd_history};
+    pub use crate::storage::etcd_history::{
+        EtcdHistory, delete_prefix as delete_etcd_prefix, read as read_etcd_history,
+    };
     /// How long an etcd store's owner key outlives its node's last
     /// keep-alive (fencing tests wait it out).
     #[cfg(feature = "etcd")]

@@ -163,6 +163,8 @@ struct Written {
 struct ClusterPlace {
     endpoints: Vec<String>,
     namespace: String,
+    /// Whether the demo named the namespace (and so removes it at the end).
+    own: bool,
 }
 
 /// The cluster and namespace of the demo's store on etcd: `--endpoints`,
@@ -177,17 +179,21 @@ fn cluster_place(global: &Global, root: &Path) -> Result<ClusterPlace> {
         .hint("give the cluster's client URLs, e.g. --endpoints http://127.0.0.1:2379")
         .into());
     }
-    let namespace = match global.namespace.as_deref().filter(|n| !n.is_empty()) {
-        Some(namespace) => namespace.to_string(),
-        None => format!(
-            "shredkv-demo/{}/",
-            root.file_name()
-                .map_or_else(|| "store".into(), |n| n.to_string_lossy())
+    let (namespace, own) = match global.namespace.as_deref().filter(|n| !n.is_empty()) {
+        Some(namespace) => (namespace.to_string(), false),
+        None => (
+            format!(
+                "shredkv-demo/{}/",
+                root.file_name()
+                    .map_or_else(|| "store".into(), |n| n.to_string_lossy())
+            ),
+            true,
         ),
     };
     Ok(ClusterPlace {
         endpoints: global.endpoints.clone(),
         namespace,
+        own,
     })
 }
 
@@ -434,7 +440,16 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
         }))?;
     }
     demo.out.flush()?;
+    #[cfg(feature = "etcd")]
+    let cluster = demo.cluster.take();
     drop(demo);
+    // The store's keys go with the directory; on etcd its namespace goes too
+    // when the demo named it (a namespace given with --namespace stays).
+    #[cfg(feature = "etcd")]
+    if let Some(place) = cluster.filter(|p| p.own) {
+        shredkv::internal::delete_etcd_prefix(&place.endpoints, place.namespace.as_bytes())
+            .map_err(|e| anyhow::anyhow!("remove the demo's namespace {}: {e}", place.namespace))?;
+    }
     dir.close()
         .context("remove the demo's temporary directory")?;
     Ok(if failed.is_empty() {

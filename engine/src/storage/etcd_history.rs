@@ -4,10 +4,11 @@
 //! of a store, old revisions included; the forensic check of the demo on
 //! etcd searches it for plaintext. It reads through the API, not the
 //! members' files (which may keep compacted pages until a defragment).
+//! And the removal of a prefix, for the demo's store when it is done.
 
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions};
+use etcd_client::{Client, DeleteOptions, EventType, WatchOptions};
 
 /// What [`read`] found.
 #[derive(Debug, Default)]
@@ -39,6 +40,31 @@ pub fn read(endpoints: &[String], prefix: &[u8]) -> Result<EtcdHistory, String> 
         tokio::time::timeout(READ_TIMEOUT, watch_all(endpoints, prefix))
             .await
             .map_err(|_| format!("reading the cluster's history took over {READ_TIMEOUT:?}"))?
+    })
+}
+
+/// Deletes every key under `prefix` in the cluster at `endpoints` (what is
+/// left of a store that is not needed any more) and returns how many.
+///
+/// # Errors
+/// A sentence naming what failed.
+pub fn delete_prefix(endpoints: &[String], prefix: &[u8]) -> Result<i64, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let mut client = Client::connect(endpoints, None)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", endpoints.join(",")))?;
+        let deleted = tokio::time::timeout(
+            READ_TIMEOUT,
+            client.delete(prefix.to_vec(), Some(DeleteOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| format!("the deletion took over {READ_TIMEOUT:?}"))?
+        .map_err(|e| format!("delete the prefix: {e}"))?;
+        Ok(deleted.deleted())
     })
 }
 
