@@ -239,8 +239,10 @@ impl TikvStorage {
         loop {
             match self.runtime.block_on(run()) {
                 Ok(answer) => return Ok(answer),
+                // A full store stays full: no use running again.
                 Err(Failure::Before(error))
                     if (conflict(&error) || transient(&error))
+                        && !disk_full(&error)
                         && Instant::now() + pause < deadline =>
                 {
                     std::thread::sleep(pause);
