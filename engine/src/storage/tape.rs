@@ -36,7 +36,8 @@ struct TapeState {
     writes: u64,
 }
 
-/// Every (tree, key, value) ever written through a [`TapeStorage`] or
+/// Every (tree, key, value) ever written through a store opened with
+/// `internal::open_with_tape`, or
 /// recorded by hand, in order of first appearance; a reader takes what is
 /// new with [`Tape::take`] (so the tape itself does not grow with the
 /// history). Clones share the tape.
