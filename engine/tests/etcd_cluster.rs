@@ -976,3 +976,157 @@ fn a_shred_whose_answer_was_lost_on_etcd_is_answered_by_its_retry() {
         receipt
     );
 }
+
+#[path = "support/wire.rs"]
+mod wire;
+
+/// The bytes a request carries when it writes `key` of `tree` in the
+/// store at `namespace` (the backend's layout: namespace ‖ tree ‖ 0 ‖ key).
+fn on_the_wire(namespace: &str, tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut bytes = namespace.as_bytes().to_vec();
+    bytes.extend_from_slice(tree.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(key);
+    bytes
+}
+
+/// Answers lost on the wire, not in the fault layer: the store reaches
+/// the cluster through a TCP proxy in front of each member, which closes
+/// the connection of the request that writes what the test names after
+/// that request reached the member, dropping its answer. A registration, a
+/// put and a shred each fail in the caller (the error says the outcome is
+/// unknown), their writes landed (read from the cluster directly), and each
+/// retry answers as if the first answer had arrived: the registration and
+/// the put are there once; a read whose answer is lost is sent again and
+/// answers; and the shred
+/// is answered with the receipt of the erasure that landed, writing
+/// nothing, with one `keys destroyed` audit entry per subject, also after
+/// reopening.
+#[test]
+fn answers_lost_on_the_wire_are_answered_by_their_retries() {
+    use shredkv::AuditEvent;
+    use shredkv::internal::{FaultPlan, TestStore, open_with_faults};
+    use wire::{Request, WireProxies};
+    let cluster = EtcdTestCluster::shared();
+    let proxies = WireProxies::start(&cluster.endpoints);
+    let local = tempfile::tempdir().expect("a local directory");
+    let namespace = format!("wire-lost-answer/{}/", local.path().display());
+    let config = |endpoints: &[String]| {
+        Config::new(local.path().join("store"))
+            .key_file(local.path().join("keys"))
+            .maintenance_every(None)
+            .etcd(endpoints.to_vec(), &namespace, cluster.max_txn_ops)
+    };
+    let (db, control) = open_with_faults(
+        config(&proxies.urls),
+        &TestStore::Configured,
+        FaultPlan::none(),
+    )
+    .expect("open on etcd through the proxies");
+    let arm = |pattern: &[u8]| proxies.arm(Request::Put, pattern);
+    let disarm = || proxies.disarm();
+    let cuts = || proxies.cuts();
+    let in_cluster = |tree: &str, key: &[u8]| {
+        !cluster
+            .keys_with_prefix(&on_the_wire(&namespace, tree, key))
+            .is_empty()
+    };
+
+    // A registration (insert-if-absent) whose answer is lost.
+    let account_tag = db.subject_tag("acct");
+    arm(&on_the_wire(&namespace, "subjects", b""));
+    let lost = db.register_account("acct");
+    disarm();
+    assert_eq!(cuts(), 1, "the registration crossed no proxy: {lost:?}");
+    assert!(
+        lost.is_err(),
+        "the registration's answer was lost: {lost:?}"
+    );
+    assert!(
+        in_cluster("subjects", b""),
+        "the registration reached a member"
+    );
+    assert_eq!(db.register_account("acct").expect("the retry"), account_tag);
+
+    let users: Vec<String> = (0..5).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        db.register_end_user(user, "acct").expect("register");
+        db.put(user, "message_content", b"m1", b"hello")
+            .expect("put");
+    }
+
+    // A put whose answer is lost: the record is there, and the put again
+    // leaves it as the test wrote it.
+    arm(&on_the_wire(&namespace, "data", b""));
+    let lost = db.put("acct", "account_profile", b"email", b"acct@example.com");
+    disarm();
+    assert_eq!(cuts(), 2, "the put crossed no proxy: {lost:?}");
+    let lost = lost.expect_err("the put's answer was lost");
+    assert!(
+        lost.to_string()
+            .contains("may or may not have been applied"),
+        "the error says the outcome is unknown: {lost}"
+    );
+    assert_eq!(
+        db.get("acct", "account_profile", b"email").expect("get"),
+        Some(b"acct@example.com".to_vec()),
+        "the put landed"
+    );
+    db.put("acct", "account_profile", b"email", b"acct@example.com")
+        .expect("the put again");
+    // A read whose answer is lost is sent again, to the next member.
+    proxies.arm(Request::Read, &on_the_wire(&namespace, "data", b""));
+    let read = db.get("acct", "account_profile", b"email");
+    disarm();
+    assert_eq!(cuts(), 3, "the read crossed no proxy: {read:?}");
+    assert_eq!(
+        read.expect("a read is sent again"),
+        Some(b"acct@example.com".to_vec())
+    );
+
+    // A shred whose answer is lost: the stored receipt is the last key its
+    // erasure writes.
+    arm(&on_the_wire(&namespace, "meta", b"receipt/"));
+    let lost = db.shred("acct", Classes::All);
+    disarm();
+    assert_eq!(cuts(), 4, "the shred crossed no proxy: {lost:?}");
+    let lost = lost.expect_err("the shred's answer was lost");
+    assert!(!lost.is_erased(), "{lost}");
+    assert!(
+        in_cluster("meta", b"receipt/"),
+        "the shred's erasure reached a member"
+    );
+    for subject in std::iter::once("acct").chain(users.iter().map(String::as_str)) {
+        let read = db.get(subject, "message_content", b"m1");
+        assert!(
+            matches!(&read, Err(e) if e.is_erased()),
+            "{subject} after the lost answer: {read:?}"
+        );
+    }
+    let before = control.counts();
+    let receipt = db.shred("acct", Classes::All).expect("the retry");
+    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
+    assert_eq!(receipt.erased.len(), users.len() + 1, "{receipt:?}");
+    let recorded = db
+        .audit_entries(receipt.audit_head.seq, 1)
+        .expect("the receipt's audit entry");
+    assert_eq!(recorded[0].hash, receipt.audit_head.hash);
+    assert_eq!(recorded[0].event, AuditEvent::KeysDestroyed);
+    let entries = db.audit_entries(0, usize::MAX).expect("audit entries");
+    for subject in std::iter::once("acct").chain(users.iter().map(String::as_str)) {
+        let tag = db.subject_tag(subject);
+        let destroyed = entries
+            .iter()
+            .filter(|e| e.event == AuditEvent::KeysDestroyed && e.subject == Some(tag))
+            .count();
+        assert_eq!(destroyed, 1, "{subject}");
+    }
+    assert!(db.verify().expect("verify").problems.is_empty());
+    drop(db);
+    // A new client, straight to the members.
+    let db = Db::open(config(&cluster.endpoints)).expect("reopen");
+    assert_eq!(
+        db.shred("acct", Classes::All).expect("after reopening"),
+        receipt
+    );
+}

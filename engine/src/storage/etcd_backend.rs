@@ -36,12 +36,13 @@
 //! paused member: the failure tests saw every attempt time out while it
 //! was stopped). So the store keeps one client per member and sends every
 //! request to one member until it fails to answer (refused, unavailable,
-//! or no answer within [`ATTEMPT_TIMEOUT`]), then to the next. A request
-//! that never left this process (connection refused) is sent again, writes
-//! included, until [`REQUEST_TIMEOUT`]; reads are also sent again after
-//! any transient failure. A write whose outcome is unknown (sent, no
-//! answer) is never resent: the caller sees the error, and the engine
-//! re-reads what it caches.
+//! or no answer within [`ATTEMPT_TIMEOUT`], or the connection broken under
+//! the request), then to the next. A request that never left this process
+//! (connection refused) is sent again, writes included, until
+//! [`REQUEST_TIMEOUT`]; reads are also sent again after any transient
+//! failure. A write whose outcome is unknown (sent, no answer) is never
+//! resent: the caller sees an error that says it may have been applied and
+//! to retry, and the engine re-reads what it caches.
 //!
 //! **Ownership.** One node serves a store at a time, and every request is
 //! guarded on its ownership (`storage::etcd_owner`).
@@ -213,6 +214,25 @@ impl EtcdStorage {
         }
     }
 
+    /// The error of a write that reached a member and was not answered (a
+    /// connection broken, a member that stopped answering): it may have
+    /// been applied.
+    fn outcome_unknown(&self, action: &'static str, error: etcd_client::Error) -> StorageError {
+        StorageError {
+            backend: Backend::Etcd,
+            action,
+            path: self.path.clone(),
+            kind: StorageErrorKind::Io,
+            source: format!(
+                "the write reached the cluster and its answer was lost ({error}): it may or \
+                 may not have been applied. Retry the operation: a put writes the same value \
+                 again, a registration is a no-op once it landed, and a shred's retry answers \
+                 with the receipt of the erasure that landed"
+            )
+            .into(),
+        }
+    }
+
     /// The error of a request the fence refused: this node no longer owns
     /// the store.
     fn fenced(&self, action: &'static str) -> StorageError {
@@ -305,9 +325,12 @@ impl EtcdStorage {
                             Ordering::Relaxed,
                         );
                     }
-                    let resend =
+                    let send_again =
                         never_sent(&error) || (resend == Resend::Read && transient(&error));
-                    if !resend || Instant::now() + pause >= deadline {
+                    if !send_again || Instant::now() + pause >= deadline {
+                        if resend == Resend::Write && transient(&error) && !never_sent(&error) {
+                            return Err(self.outcome_unknown(action, error));
+                        }
                         return Err(self.fail(action)(error));
                     }
                     std::thread::sleep(pause);
@@ -360,16 +383,20 @@ fn never_sent(error: &etcd_client::Error) -> bool {
 }
 
 /// Whether `error` is a cluster that cannot answer now (and may soon),
-/// or a member that did not answer within [`ATTEMPT_TIMEOUT`].
+/// a member that did not answer within [`ATTEMPT_TIMEOUT`], or a
+/// connection that broke while a request was in flight (the client reports
+/// it as status `Unknown`, "transport error", with the I/O error as its
+/// source: the wire test of `engine/tests/etcd_cluster.rs` cuts one).
 fn transient(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         etcd_client::Error::GRpcStatus(status) => {
-            matches!(
-                i32::from(status.code()),
-                GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
-            ) || (i32::from(status.code()) == GRPC_CANCELLED
-                && status.message() == "Timeout expired")
+            let code = i32::from(status.code());
+            matches!(code, GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED)
+                || (code == GRPC_CANCELLED && status.message() == "Timeout expired")
+                || (code == GRPC_UNKNOWN
+                    && status.message() == "transport error"
+                    && std::error::Error::source(status).is_some())
         }
         _ => false,
     }
@@ -379,6 +406,8 @@ fn transient(error: &etcd_client::Error) -> bool {
 /// cannot answer now: no leader, no quorum, a member down.
 const GRPC_UNAVAILABLE: i32 = 14;
 const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+/// What the client reports when a connection broke under a request.
+const GRPC_UNKNOWN: i32 = 2;
 /// What the client reports when an attempt's timeout expired.
 const GRPC_CANCELLED: i32 = 1;
 /// The code of etcd's "database space exceeded" (its quota is reached).
