@@ -219,6 +219,9 @@ fn kind_hint(kind: &str, category: ErrorCategory) -> Option<String> {
         "restore_loses_records" => hint(
             "restore a newer backup (taken after the re-key), or pass --accept-loss to restore without those records (they are listed and audited)",
         ),
+        "wrong_shard" => hint(
+            "the store is one shard of several, fixed when it was first opened as one: run the command against the store of the account's shard (docs/scale-out.md, \"accounts routed to shards\")",
+        ),
         "store_keys_destroyed" => hint(
             "this is expected for a store or backup older than its purge window: restore a more recent backup",
         ),

@@ -46,6 +46,8 @@ pub struct Config {
     /// The cluster the store lives in ([`Config::etcd`], `Config::tikv`),
     /// instead of local files.
     pub(crate) remote: Option<crate::storage::Remote>,
+    /// The shard this store serves ([`Config::shard`]).
+    pub(crate) shard: Option<crate::shard_route::ShardBinding>,
 }
 
 impl fmt::Debug for Config {
@@ -57,6 +59,7 @@ impl fmt::Debug for Config {
             .field("key_file", &self.key_file)
             .field("allow_key_file_in_store", &self.allow_key_file_in_store)
             .field("maintenance_every", &self.maintenance_every)
+            .field("shard", &self.shard)
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +92,7 @@ impl Config {
             admin_socket: None,
             admin_allowed_uid: None,
             remote: None,
+            shard: None,
         }
     }
 
@@ -296,6 +300,20 @@ impl Config {
     /// [`Db::stats`](crate::Db::stats) and [`Db::verify`](crate::Db::verify).
     pub fn maintenance_every(mut self, every: Option<Duration>) -> Self {
         self.maintenance_every = every;
+        self
+    }
+
+    /// This store is shard `index` of `count` (`index < count`): it holds
+    /// the accounts that route to it, each with its end users, and refuses
+    /// to register any other account ([`Error::WrongShard`]). The first open
+    /// that names a shard binds the store to it (only a store without
+    /// subjects can be bound); later opens must name the same shard, or
+    /// none. [`Shards`](crate::Shards) opens one store per shard this way.
+    /// An `index` not below `count` is refused at open.
+    ///
+    /// [`Error::WrongShard`]: crate::Error::WrongShard
+    pub fn shard(mut self, index: u32, count: u32) -> Self {
+        self.shard = Some(crate::shard_route::ShardBinding { index, count });
         self
     }
 

@@ -212,6 +212,29 @@ pub enum Error {
         /// When the backup was taken (the store clock).
         taken_at: Timestamp,
     },
+    /// The store serves another shard than the request belongs to: an
+    /// account that routes to another shard, or an open that names another
+    /// shard (or shard count) than the store was bound to. Subjects placed
+    /// in the wrong store would escape their family's erasure.
+    WrongShard {
+        /// The store directory.
+        path: PathBuf,
+        /// The account, when one was being registered.
+        subject: Option<SubjectTag>,
+        /// The store's shard: (index, count).
+        store: (u32, u32),
+        /// The shard asked for, or the account's: (index, count).
+        asked: (u32, u32),
+    },
+    /// This node does not serve the shard an account belongs to
+    /// ([`Shards::for_account`](crate::Shards::for_account)): send the
+    /// request to the node that serves it, or serve the shard here.
+    ShardNotServed {
+        /// The account's shard.
+        shard: u32,
+        /// How many shards there are.
+        shards: u32,
+    },
     /// A restore would not bring back some records of the backup (a re-key
     /// after the backup destroyed their key version); it was refused before
     /// writing anything. See [`Db::restore_with`](crate::Db::restore_with).
@@ -342,6 +365,8 @@ impl Error {
             Error::RestoreInterrupted { .. } => "restore_interrupted",
             Error::StoreRolledBack { .. } => "store_rolled_back",
             Error::IsBackup { .. } => "is_backup",
+            Error::WrongShard { .. } => "wrong_shard",
+            Error::ShardNotServed { .. } => "shard_not_served",
             Error::RestoreLosesRecords { .. } => "restore_loses_records",
             Error::Io { .. } => "io",
             Error::Admin { .. } => "admin",
@@ -355,9 +380,10 @@ impl Error {
             Error::UnknownSubject { .. } | Error::StoreDataMissing { .. } => {
                 ErrorCategory::NotFound
             }
-            Error::UnknownClass { .. } | Error::InvalidArgument { .. } | Error::IsBackup { .. } => {
-                ErrorCategory::Usage
-            }
+            Error::UnknownClass { .. }
+            | Error::InvalidArgument { .. }
+            | Error::IsBackup { .. }
+            | Error::WrongShard { .. } => ErrorCategory::Usage,
             Error::Erased { .. }
             | Error::RestoreLosesRecords { .. }
             | Error::StoreKeysDestroyed { .. } => ErrorCategory::Erased,
@@ -412,6 +438,18 @@ impl Error {
     /// [`StorageError::is_fenced`]); nothing was read or written.
     pub fn is_fenced(&self) -> bool {
         matches!(self, Error::Storage(err) if err.is_fenced())
+    }
+
+    /// Whether the store serves another shard than the request belongs to
+    /// ([`Error::WrongShard`]).
+    pub fn is_wrong_shard(&self) -> bool {
+        self.kind() == "wrong_shard"
+    }
+
+    /// Whether this node does not serve the account's shard
+    /// ([`Error::ShardNotServed`]).
+    pub fn is_shard_not_served(&self) -> bool {
+        self.kind() == "shard_not_served"
     }
 
     /// Whether a legal hold stopped the operation.
@@ -573,6 +611,40 @@ impl fmt::Display for Error {
                 "{} is a backup taken at {taken_at}, not a store: opening it would serve data erased since then. Restore it into a new directory with Db::restore (`shredkv --store LIVE_STORE restore {} --into NEW_DIR`), which replays the erasure log first",
                 path.display(),
                 path.display()
+            ),
+            Error::WrongShard {
+                path,
+                subject: Some(subject),
+                store,
+                asked,
+            } => write!(
+                f,
+                "account {subject} belongs to shard {} of {}, and the store at {} is shard {} of {}: nothing was written. Register it through the store of its shard (Shards::for_account)",
+                asked.0,
+                asked.1,
+                path.display(),
+                store.0,
+                store.1
+            ),
+            Error::WrongShard {
+                path,
+                subject: None,
+                store,
+                asked,
+            } => write!(
+                f,
+                "the store at {} is shard {} of {}, and was opened as shard {} of {}: a node with another shard count or another shard's configuration would route accounts away from their stores. Open it as shard {} of {} (changing the shard count is not supported)",
+                path.display(),
+                store.0,
+                store.1,
+                asked.0,
+                asked.1,
+                store.0,
+                store.1
+            ),
+            Error::ShardNotServed { shard, shards } => write!(
+                f,
+                "the account belongs to shard {shard} of {shards}, which this node does not serve: send the request to the node that serves it, or serve the shard here (Shards::serve, which waits for its owner to let go)"
             ),
             Error::RestoreLosesRecords { backup, lost } => {
                 let records: u64 = lost.iter().map(|l| l.records).sum();

@@ -1130,3 +1130,118 @@ fn answers_lost_on_the_wire_are_answered_by_their_retries() {
         receipt
     );
 }
+
+/// Shards on the cluster, two nodes (two `Shards` over the same four
+/// namespaces): each serves the shards it opened, a shard served by one is
+/// refused to the other (`is_locked`) until released, an account routes to
+/// the node serving its shard and is refused elsewhere
+/// (`is_shard_not_served`), each family stays in its shard's namespace,
+/// and a shard taken over carries what the first node wrote.
+#[test]
+fn shards_on_etcd_are_served_by_one_node_each_and_change_hands() {
+    use shredkv::Shards;
+    let cluster = EtcdTestCluster::shared();
+    let local = tempfile::tempdir().expect("a local directory");
+    let node = || {
+        let dir = local.path().to_path_buf();
+        let endpoints = cluster.endpoints.clone();
+        let max_txn_ops = cluster.max_txn_ops;
+        Shards::new(4, move |shard| {
+            Config::new(dir.join(format!("shard-{shard}")))
+                .key_file(dir.join(format!("shard-{shard}.keys")))
+                .maintenance_every(None)
+                .etcd(
+                    endpoints.clone(),
+                    &format!("shards/{}/shard-{shard}/", dir.display()),
+                    max_txn_ops,
+                )
+        })
+        .expect("shards")
+    };
+    let (a, b) = (node(), node());
+    for shard in [0, 1] {
+        a.serve(shard).expect("node A serves 0 and 1");
+    }
+    for shard in [2, 3] {
+        b.serve(shard).expect("node B serves 2 and 3");
+    }
+    let err = a.serve(2).expect_err("shard 2 is node B's");
+    assert!(err.is_locked(), "{err}");
+
+    let accounts: Vec<String> = (0..24).map(|i| format!("acct-{i}")).collect();
+    let serving = |account: &str| {
+        if a.shard_of(account).expect("route") < 2 {
+            &a
+        } else {
+            &b
+        }
+    };
+    for account in &accounts {
+        let (home, away) = if std::ptr::eq(serving(account), &a) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        let err = away.for_account(account).expect_err("not served there");
+        assert!(err.is_shard_not_served(), "{account}: {err}");
+        let db = home.for_account(account).expect("served");
+        db.register_account(account).expect("register");
+        db.register_end_user(&format!("{account}-user"), account)
+            .expect("register");
+        db.put(
+            &format!("{account}-user"),
+            "message_content",
+            b"m1",
+            account.as_bytes(),
+        )
+        .expect("put");
+    }
+    // Each family is in its shard's namespace and no other.
+    for account in &accounts {
+        let home = a.shard_of(account).expect("route");
+        for shard in 0..4 {
+            let db = a.get(shard).or_else(|| b.get(shard)).expect("served");
+            let found = db.subject(&format!("{account}-user")).expect("subject");
+            assert_eq!(found.is_some(), shard == home, "{account} in shard {shard}");
+        }
+    }
+
+    // Node B lets shard 2 go; node A takes it over and serves what B wrote.
+    assert!(b.release(2));
+    a.serve(2).expect("node A takes shard 2 over");
+    let on_two: Vec<&String> = accounts
+        .iter()
+        .filter(|account| a.shard_of(account).expect("route") == 2)
+        .collect();
+    assert!(!on_two.is_empty());
+    for account in &on_two {
+        let err = b.for_account(account).expect_err("B let shard 2 go");
+        assert!(err.is_shard_not_served(), "{err}");
+        let db = a.for_account(account).expect("A serves shard 2");
+        assert_eq!(
+            db.get(&format!("{account}-user"), "message_content", b"m1")
+                .expect("read"),
+            Some(account.as_bytes().to_vec())
+        );
+    }
+    // A shred on shard 2 erases the family there; shard 3's stay.
+    let shredded = on_two[0];
+    let receipt = a
+        .for_account(shredded)
+        .expect("served")
+        .shred(shredded, Classes::All)
+        .expect("shred");
+    assert_eq!(receipt.erased.len(), 2, "{receipt:?}");
+    for account in &accounts {
+        let db = a
+            .for_account(account)
+            .or_else(|_| b.for_account(account))
+            .expect("served by one node");
+        let read = db.get(&format!("{account}-user"), "message_content", b"m1");
+        if account == shredded {
+            assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
+        } else {
+            assert_eq!(read.expect("read"), Some(account.as_bytes().to_vec()));
+        }
+    }
+}

@@ -139,6 +139,8 @@ pub(crate) struct DbInner {
     pub(crate) classes: Vec<ClassEntry>,
     class_index: HashMap<String, usize>,
     pub(crate) store_id: [u8; 16],
+    /// The shard this store serves, if it is one (`shard_route`).
+    pub(crate) shard: Option<crate::shard_route::ShardBinding>,
     subject_key: TagKey,
     /// Seals legal holds' reasons at rest (`holds`).
     pub(crate) hold_reasons: crate::holds::ReasonCipher,
@@ -465,6 +467,21 @@ impl Db {
             audit.commit(storage.as_ref(), batch, &[entry], now, Durability::Durable)?;
         }
 
+        if let Some(asked) = config.shard
+            && (asked.count == 0 || asked.index >= asked.count)
+        {
+            return Err(Error::InvalidArgument {
+                what: "shard",
+                detail: format!(
+                    "shard {} of {} does not exist: a store is shard 0 to {} of {}",
+                    asked.index,
+                    asked.count,
+                    asked.count.saturating_sub(1),
+                    asked.count
+                ),
+            });
+        }
+        let shard = crate::shard_route::bind(storage.as_ref(), config.shard, &path)?;
         let classes = number_classes(storage.as_ref(), &policy)?;
         let min_window = policy
             .classes()
@@ -501,6 +518,7 @@ impl Db {
             classes,
             class_index,
             store_id,
+            shard,
             subject_key,
             hold_reasons,
             clock: Arc::clone(&config.clock),
@@ -649,6 +667,22 @@ impl Db {
 
     fn register(&self, id: &str, account: Option<&str>) -> Result<SubjectTag> {
         let tag = self.tag_of(id)?;
+        // An account of a shard store must route here: its end users and
+        // its erasure stay in one store (an end user follows its account).
+        if account.is_none()
+            && let Some(shard) = self.inner.shard
+        {
+            let canonical = crate::subject_id::canonical(id)?;
+            let routed = crate::shard_route::shard_of(&canonical, shard.count);
+            if routed != shard.index {
+                return Err(Error::WrongShard {
+                    path: self.inner.path.clone(),
+                    subject: Some(tag),
+                    store: (shard.index, shard.count),
+                    asked: (routed, shard.count),
+                });
+            }
+        }
         let parent = account.map(|account| self.tag_of(account)).transpose()?;
         // An end user is registered under the write lock of its account
         // too, and the account's state is checked under it: an erasure or

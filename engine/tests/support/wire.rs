@@ -246,21 +246,22 @@ fn a_put_is_told_from_a_read_of_the_same_key() {
     let is_put_of = |bytes: &[u8], prefix: &[u8]| carries(bytes, Request::Put, prefix);
     let is_read_of = |bytes: &[u8], prefix: &[u8]| carries(bytes, Request::Read, prefix);
     let key = b"ns/data\0k";
+    let len = u8::try_from(key.len()).expect("a short key");
     // RequestOp { request_put: PutRequest { key, value: 200 bytes } }
-    let mut put = vec![0x12, 0xd5, 0x01, 0x0a, key.len() as u8];
+    let mut put = vec![0x12, 0xd5, 0x01, 0x0a, len];
     put.extend_from_slice(key);
     put.extend_from_slice(&[0x12, 0xc8, 0x01]);
     put.extend_from_slice(&[7; 200]);
     assert!(is_put_of(&put, b"ns/data\0"));
     assert!(!is_put_of(&put, b"ns/meta\0"));
     // RequestOp { request_range: RangeRequest { key } }
-    let mut read = vec![0x0a, key.len() as u8 + 2, 0x0a, key.len() as u8];
+    let mut read = vec![0x0a, len + 2, 0x0a, len];
     read.extend_from_slice(key);
     assert!(!is_put_of(&read, b"ns/data\0"));
     assert!(is_read_of(&read, b"ns/data\0"));
     assert!(!is_read_of(&put, b"ns/data\0"));
     // The compare of a guard names its key as field 3.
-    let mut compare = vec![0x0a, 0x10, 0x1a, key.len() as u8];
+    let mut compare = vec![0x0a, 0x10, 0x1a, len];
     compare.extend_from_slice(key);
     assert!(!is_put_of(&compare, b"ns/data\0"));
     assert!(!is_read_of(&compare, b"ns/data\0"));
