@@ -164,8 +164,24 @@ impl Config {
                 endpoints: endpoints.into_iter().map(Into::into).collect(),
                 namespace: namespace.as_bytes().to_vec(),
                 max_txn_ops,
+                max_request_bytes: crate::storage::etcd_backend::DEFAULT_MAX_REQUEST_BYTES,
             },
         ));
+        self
+    }
+
+    /// The etcd cluster's `--max-request-bytes` (default etcd's own, 1.5
+    /// MiB), for a store given by [`Config::etcd`] (call it after that). No
+    /// value the store writes is larger than half of it: an erasure whose
+    /// marker would be (an account with more end users than 16 bytes each
+    /// fit) is refused before anything is written, and one whose receipt
+    /// would be is not answered from a stored receipt on retry
+    /// (docs/scale-out.md).
+    #[cfg(feature = "etcd")]
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        if let Some(crate::storage::Remote::Etcd(target)) = &mut self.remote {
+            target.max_request_bytes = bytes;
+        }
         self
     }
 

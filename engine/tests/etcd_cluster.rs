@@ -1245,3 +1245,91 @@ fn shards_on_etcd_are_served_by_one_node_each_and_change_hands() {
         }
     }
 }
+
+/// etcd refuses a request larger than `--max-request-bytes` (1.5 MiB by
+/// default), and an erasure's marker and stored receipt grow with the
+/// family (16 and 25 bytes a subject). On a cluster of its own limited to
+/// 64 KiB a request: an account whose marker would pass half of it (2,700
+/// end users, 43 KiB) is refused before anything is written, with an error
+/// naming the limit to raise; an account whose marker fits and whose
+/// receipt would not (1,800 end users: 29 KiB and 45 KiB) is erased whole
+/// without a stored receipt, so its retry answers with an empty receipt,
+/// and the store reopens. Before, the second kind left its marker in the
+/// store behind a last chunk the cluster refused, and every open after it
+/// failed.
+#[test]
+fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_receipt() {
+    const LIMIT: usize = 64 << 10;
+    let cluster = EtcdTestCluster::with_request_limit(LIMIT);
+    let local = tempfile::tempdir().expect("a local directory");
+    let namespace = "request-limit/";
+    let config = || {
+        Config::new(local.path().join("store"))
+            .key_file(local.path().join("keys"))
+            .maintenance_every(None)
+            .etcd(cluster.endpoints.clone(), namespace, cluster.max_txn_ops)
+            .max_request_bytes(LIMIT)
+    };
+    let db = Db::open(config()).expect("open on etcd");
+    let families = [("fits", 1_800), ("too-large", 2_700)];
+    std::thread::scope(|scope| {
+        for (account, users) in families {
+            let db = &db;
+            scope.spawn(move || {
+                db.register_account(account).expect("register");
+                for i in 0..users {
+                    db.register_end_user(&format!("{account}-user-{i}"), account)
+                        .expect("register");
+                }
+                for i in 0..3 {
+                    db.put(
+                        &format!("{account}-user-{i}"),
+                        "message_content",
+                        b"m1",
+                        b"hello",
+                    )
+                    .expect("put");
+                }
+            });
+        }
+    });
+    let meta_keys =
+        |prefix: &str| cluster.keys_with_prefix(format!("{namespace}meta\0{prefix}").as_bytes());
+
+    let err = db
+        .shred("too-large", Classes::All)
+        .expect_err("a marker past half a request");
+    assert_eq!(err.category(), shredkv::ErrorCategory::Usage, "{err}");
+    assert!(err.to_string().contains("--max-request-bytes"), "{err}");
+    assert!(
+        meta_keys("erasure_pending/").is_empty(),
+        "a marker was written"
+    );
+    assert_eq!(
+        db.get("too-large-user-0", "message_content", b"m1")
+            .expect("nothing was erased"),
+        Some(b"hello".to_vec())
+    );
+
+    let receipt = db.shred("fits", Classes::All).expect("the shred");
+    assert_eq!(receipt.erased.len(), 1_801);
+    assert!(
+        meta_keys("erasure_pending/").is_empty(),
+        "the marker stayed"
+    );
+    assert!(
+        meta_keys("receipt/").is_empty(),
+        "a receipt past the limit was stored"
+    );
+    for i in 0..3 {
+        let read = db.get(&format!("fits-user-{i}"), "message_content", b"m1");
+        assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
+    }
+    let retry = db.shred("fits", Classes::All).expect("the retry");
+    assert!(retry.erased.is_empty(), "{retry:?}");
+    drop(db);
+    let db = Db::open(config()).expect("the store reopens");
+    let read = db.get("fits-user-0", "message_content", b"m1");
+    assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
+    assert!(db.verify().expect("verify").problems.is_empty());
+}

@@ -344,11 +344,12 @@ impl DbInner {
                     plan.erased_at,
                     Durability::Durable,
                     &mut |head, batch| {
-                        if let Some(record) = &keep {
-                            batch.put(Tree::Meta, receipt_key(&requested), record(head));
-                        } else if drop_stored {
-                            batch.remove(Tree::Meta, receipt_key(&requested));
-                        }
+                        self.store_receipt(
+                            batch,
+                            &requested,
+                            keep.as_ref().map(|r| r(head)),
+                            drop_stored,
+                        );
                     },
                 )
             }
@@ -400,11 +401,25 @@ impl DbInner {
             classes: plan.classes.clone(),
             tags: plan.tags.to_vec(),
         };
+        let marker = marker.encode();
+        if !self.value_fits(marker.len()) {
+            return Err(Error::InvalidArgument {
+                what: "max_request_bytes",
+                detail: format!(
+                    "an erasure of {} subjects needs a marker of {} bytes (16 a subject), more \
+                     than half of the largest request the backend takes ({} bytes); nothing \
+                     was erased. Raise the etcd cluster's --max-request-bytes, and the store's \
+                     max_request_bytes, to at least {} bytes",
+                    plan.tags.len(),
+                    marker.len(),
+                    self.storage.max_batch_bytes().unwrap_or(0),
+                    2 * marker.len() + 4096
+                ),
+            });
+        }
         let mut chunks: Vec<(WriteBatch, Vec<PendingEntry>)> =
             vec![(WriteBatch::new(), Vec::new())];
-        chunks[0]
-            .0
-            .put(Tree::Meta, marker_key.clone(), marker.encode());
+        chunks[0].0.put(Tree::Meta, marker_key.clone(), marker);
         let mut groups = plan.groups;
         // The requested subject first: its state lands with the marker.
         groups.sort_by_key(|group| group.tag != plan.requested);
@@ -459,11 +474,12 @@ impl DbInner {
                         } else {
                             recorded.unwrap_or(*head)
                         };
-                        if let Some(record) = &keep {
-                            batch.put(Tree::Meta, receipt_key(&plan.requested), record(&head));
-                        } else if drop_stored {
-                            batch.remove(Tree::Meta, receipt_key(&plan.requested));
-                        }
+                        self.store_receipt(
+                            batch,
+                            &plan.requested,
+                            keep.as_ref().map(|r| r(&head)),
+                            drop_stored,
+                        );
                     }
                 },
             );
@@ -486,6 +502,38 @@ impl DbInner {
             seq: 0,
             hash: [0; 32],
         }))
+    }
+
+    /// Whether a value of `len` bytes may be written: at most half of the
+    /// largest request the backend takes (etcd's `--max-request-bytes`),
+    /// leaving the rest of its batch room.
+    fn value_fits(&self, len: usize) -> bool {
+        self.storage
+            .max_batch_bytes()
+            .is_none_or(|limit| len <= limit / 2)
+    }
+
+    /// Adds the stored receipt `record` of an erasure of `requested` to
+    /// `batch`; or, when there is none (or `drop_stored`), removes the one
+    /// stored before, which must not answer for this erasure. A receipt too
+    /// large for a request (an account with tens of thousands of end users
+    /// on etcd) is not stored: a retry then finds nothing to erase and
+    /// answers with an empty receipt, as after a damaged one.
+    fn store_receipt(
+        &self,
+        batch: &mut WriteBatch,
+        requested: &SubjectTag,
+        record: Option<Vec<u8>>,
+        drop_stored: bool,
+    ) {
+        match record {
+            Some(record) if self.value_fits(record.len()) => {
+                batch.put(Tree::Meta, receipt_key(requested), record);
+            }
+            Some(_) => batch.remove(Tree::Meta, receipt_key(requested)),
+            None if drop_stored => batch.remove(Tree::Meta, receipt_key(requested)),
+            None => {}
+        }
     }
 
     /// The marker of an unfinished chunked erasure requested for
@@ -598,20 +646,15 @@ impl DbInner {
             .map_or(0, |info| info.generation);
         let mut done = WriteBatch::new();
         done.remove(Tree::Meta, pending_key(&requested));
-        if receipt.retained.is_empty() {
-            done.put(
-                Tree::Meta,
-                receipt_key(&requested),
-                StoredReceipt {
-                    generation,
-                    classes: marker.classes.clone(),
-                    receipt: receipt.clone(),
-                }
-                .encode(),
-            );
-        } else {
-            done.remove(Tree::Meta, receipt_key(&requested));
-        }
+        let record = receipt.retained.is_empty().then(|| {
+            StoredReceipt {
+                generation,
+                classes: marker.classes.clone(),
+                receipt: receipt.clone(),
+            }
+            .encode()
+        });
+        self.store_receipt(&mut done, &requested, record, true);
         self.storage.apply(&done, Durability::Durable)?;
         self.unfinished_erasures.clear(&requested);
         Ok(receipt)

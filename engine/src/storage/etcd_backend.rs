@@ -92,7 +92,12 @@ pub(crate) struct EtcdTarget {
     pub(crate) namespace: Vec<u8>,
     /// The cluster's `--max-txn-ops`.
     pub(crate) max_txn_ops: usize,
+    /// The cluster's `--max-request-bytes`.
+    pub(crate) max_request_bytes: usize,
 }
+
+/// etcd's own default `--max-request-bytes` (1.5 MiB).
+pub(crate) const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
 
 /// A store in an etcd cluster.
 pub(crate) struct EtcdStorage {
@@ -578,6 +583,10 @@ impl Storage for EtcdStorage {
 
     fn max_batch_ops(&self) -> Option<usize> {
         Some(self.target.max_txn_ops)
+    }
+
+    fn max_batch_bytes(&self) -> Option<usize> {
+        Some(self.target.max_request_bytes)
     }
 
     fn insert_new(

@@ -53,6 +53,8 @@ pub struct Cluster {
     quota_bytes: Option<u64>,
     /// The members' `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// The members' `--max-request-bytes`, when not etcd's default.
+    pub max_request_bytes: Option<usize>,
     /// The members' watchdog shells.
     watchdogs: Vec<Child>,
     /// The members' directories (data and logs), removed with the cluster
@@ -97,29 +99,40 @@ impl Cluster {
     /// The cluster of this test process, started on first use.
     pub fn shared() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| Cluster::start(None, MAX_TXN_OPS))
+        CLUSTER.get_or_init(|| Cluster::start(None, MAX_TXN_OPS, None))
     }
 
     /// A cluster of its own, stopped when dropped: for tests that stop or
     /// pause its members.
     pub fn own() -> Cluster {
-        Cluster::start(None, MAX_TXN_OPS)
+        Cluster::start(None, MAX_TXN_OPS, None)
     }
 
     /// A cluster of its own with etcd's own default of 128 operations per
     /// transaction, stopped when dropped.
     pub fn with_default_txn_limit() -> Cluster {
-        Cluster::start(None, ETCD_DEFAULT_MAX_TXN_OPS)
+        Cluster::start(None, ETCD_DEFAULT_MAX_TXN_OPS, None)
+    }
+
+    /// A cluster of its own with etcd's default of 128 operations per
+    /// transaction whose members refuse requests larger than
+    /// `max_request_bytes` (`--max-request-bytes`), stopped when dropped.
+    pub fn with_request_limit(max_request_bytes: usize) -> Cluster {
+        Cluster::start(None, ETCD_DEFAULT_MAX_TXN_OPS, Some(max_request_bytes))
     }
 
     /// A cluster of its own whose members refuse writes past
     /// `quota_bytes` of database (`--quota-backend-bytes`), stopped when
     /// dropped.
     pub fn with_quota(quota_bytes: u64) -> Cluster {
-        Cluster::start(Some(quota_bytes), MAX_TXN_OPS)
+        Cluster::start(Some(quota_bytes), MAX_TXN_OPS, None)
     }
 
-    fn start(quota_bytes: Option<u64>, max_txn_ops: usize) -> Cluster {
+    fn start(
+        quota_bytes: Option<u64>,
+        max_txn_ops: usize,
+        max_request_bytes: Option<usize>,
+    ) -> Cluster {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "shredkv-etcd-{}-{}",
@@ -153,6 +166,7 @@ impl Cluster {
             token: format!("shredkv-test-{me}-{}", dir.display()),
             quota_bytes,
             max_txn_ops,
+            max_request_bytes,
             watchdogs: Vec::new(),
             dir,
         };
@@ -203,6 +217,11 @@ impl Cluster {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
             .args(["--max-txn-ops", &self.max_txn_ops.to_string()])
+            .args(
+                self.max_request_bytes
+                    .map(|b| vec!["--max-request-bytes".to_string(), b.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(
                 self.quota_bytes
                     .map(|q| vec!["--quota-backend-bytes".to_string(), q.to_string()])
@@ -397,6 +416,9 @@ impl Cluster {
             endpoints: self.endpoints.clone(),
             namespace,
             max_txn_ops: self.max_txn_ops,
+            max_request_bytes: self
+                .max_request_bytes
+                .unwrap_or(super::etcd_backend::DEFAULT_MAX_REQUEST_BYTES),
         })
     }
 }

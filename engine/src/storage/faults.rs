@@ -478,6 +478,10 @@ impl Storage for FaultyStorage {
         self.inner.has_insert_new()
     }
 
+    fn max_batch_bytes(&self) -> Option<usize> {
+        self.inner.max_batch_bytes()
+    }
+
     fn max_batch_ops(&self) -> Option<usize> {
         match (
             self.faults.lock().plan.batch_limit,

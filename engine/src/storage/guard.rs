@@ -138,6 +138,10 @@ impl Storage for Guarded {
         self.inner.max_batch_ops()
     }
 
+    fn max_batch_bytes(&self) -> Option<usize> {
+        self.inner.max_batch_bytes()
+    }
+
     fn insert_new(
         &self,
         tree: Tree,

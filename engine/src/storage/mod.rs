@@ -394,6 +394,14 @@ pub(crate) trait Storage: Send + Sync {
         None
     }
 
+    /// The most bytes one [`Storage::apply`] may send, if the backend has a
+    /// limit (etcd's `--max-request-bytes`); a larger request is refused
+    /// whole. The engine keeps any one value it writes to half of it
+    /// (`db::erasure_commit`: an erasure's marker and stored receipt).
+    fn max_batch_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StorageError>;
 

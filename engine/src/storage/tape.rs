@@ -151,6 +151,10 @@ impl Storage for TapeStorage {
         self.inner.max_batch_ops()
     }
 
+    fn max_batch_bytes(&self) -> Option<usize> {
+        self.inner.max_batch_bytes()
+    }
+
     fn insert_new(
         &self,
         tree: Tree,
