@@ -131,6 +131,13 @@ pub(crate) struct Global {
     #[cfg(feature = "etcd")]
     #[arg(long, global = true, default_value_t = 128, value_name = "N")]
     pub(crate) max_txn_ops: usize,
+
+    /// With `--backend etcd`: the cluster's --max-request-bytes (etcd's
+    /// default 1.5 MiB); an erasure of an account whose marker would take
+    /// more than half of it is refused (docs/scale-out.md).
+    #[cfg(feature = "etcd")]
+    #[arg(long, global = true, default_value_t = 1_572_864, value_name = "BYTES")]
+    pub(crate) max_request_bytes: usize,
 }
 
 /// The admin socket's default name inside a store directory.
@@ -401,7 +408,9 @@ impl Global {
                 .hint("create the store with `shredkv init`, or pass the --store (or --key-file) it was created with")
                 .into());
             }
-            return Ok(config.etcd(self.endpoints.clone(), namespace, self.max_txn_ops));
+            return Ok(config
+                .etcd(self.endpoints.clone(), namespace, self.max_txn_ops)
+                .max_request_bytes(self.max_request_bytes));
         }
         let backend = if creating {
             self.backend.map_or(Backend::Redb, Backend::from)

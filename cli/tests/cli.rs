@@ -1621,3 +1621,86 @@ fn overdue_purge_exits_8_from_stats_and_verify() {
     ok(&f.run(&["stats"]));
     ok(&f.run(&["verify"]));
 }
+
+/// `shard-of` names the shard whose store takes the account: of four
+/// shard stores (bound by the library), only the one it names registers
+/// the account, and the next refuses it (exit 2, naming both shards).
+/// `stats` names a shard store's shard, and a plain store's none.
+#[test]
+fn shard_of_names_the_store_that_takes_the_account() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = |shard: u32| dir.path().join(format!("shard-{shard}"));
+    let keys = |shard: u32| dir.path().join(format!("shard-{shard}.keys"));
+    for shard in 0..4 {
+        drop(
+            shredkv::Db::open(
+                shredkv::Config::new(store(shard))
+                    .key_file(keys(shard))
+                    .maintenance_every(None)
+                    .shard(shard, 4),
+            )
+            .expect("a shard store"),
+        );
+    }
+    let mut named = std::collections::BTreeSet::new();
+    for account in ["acct-1", "acct-2", "acct-3", "acct-4", "acct-5", "acct-6"] {
+        let out = ok(&shredkv(&["shard-of", account, "--shards", "4"]));
+        let shard: u32 = out
+            .trim()
+            .strip_prefix("shard ")
+            .and_then(|rest| rest.strip_suffix(" of 4"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("shard-of printed {out:?}"));
+        let doc = json(&shredkv(&["--json", "shard-of", account, "--shards", "4"]));
+        assert_eq!(doc["shard"], shard, "{doc}");
+        assert_eq!(doc["shards"], 4, "{doc}");
+        named.insert(shard);
+        let put = |shard: u32| {
+            run_on(
+                &store(shard),
+                &[
+                    "--key-file",
+                    path_str(&keys(shard)),
+                    "put",
+                    account,
+                    "account_profile",
+                    "email",
+                    "ops@example.com",
+                    "--register-account",
+                ],
+            )
+        };
+        let other = (shard + 1) % 4;
+        let err = fails_with(&put(other), 2);
+        assert!(
+            err.contains(&format!("belongs to shard {shard} of 4"))
+                && err.contains(&format!("is shard {other} of 4")),
+            "{err}"
+        );
+        ok(&put(shard));
+    }
+    assert!(named.len() > 1, "six accounts all in one shard: {named:?}");
+
+    let stats = ok(&run_on(
+        &store(2),
+        &["--key-file", path_str(&keys(2)), "stats"],
+    ));
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("shard") && l.ends_with("2 of 4")),
+        "{stats}"
+    );
+    let doc = json(&run_on(
+        &store(2),
+        &["--json", "--key-file", path_str(&keys(2)), "stats"],
+    ));
+    assert_eq!(
+        (doc["shard"].clone(), doc["shards"].clone()),
+        (2.into(), 4.into())
+    );
+    let plain = Fixture::init();
+    let stats = ok(&plain.run(&["stats"]));
+    assert!(stats.contains("none (not split into shards)"), "{stats}");
+    fails_with(&shredkv(&["shard-of", "acct-1", "--shards", "0"]), 2);
+}

@@ -114,7 +114,7 @@ pub use retention::{
 pub use retention::{CompactionOutcome, CompactionReport, Compactor, EpochReport, OverduePurge};
 // What a caller must name to match an error (`Error::KeyProvider`,
 // `Error::Corrupt`) or to write a key provider, without a second dependency.
-pub use shards::Shards;
+pub use shards::{Shards, shard_of};
 pub use shredkv_crypto::{
     Anchor, DataKey, EpochId, FormatError, KeyId, KeyProvider, ProviderError, SubjectTag,
     WrapContext, WrappedKey,

@@ -16,6 +16,24 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Error, Result};
 
+/// The shard the account `account_id` (and so each of its end users)
+/// belongs to among `count` shards: what [`Shards::shard_of`] answers, for
+/// tools that open no shard (the CLI's `shard-of`).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if the id breaks the subject-id rules or
+/// `count` is 0.
+pub fn shard_of(account_id: &str, count: u32) -> Result<u32> {
+    if count == 0 {
+        return Err(Error::InvalidArgument {
+            what: "shard count",
+            detail: "a store split into shards needs at least one shard".into(),
+        });
+    }
+    let canonical = crate::subject_id::canonical(account_id)?;
+    Ok(crate::shard_route::shard_of(&canonical, count))
+}
+
 /// A node's view of a store split into shards: routes each account to its
 /// shard and serves the shards this node opened. `Send + Sync`; share it
 /// behind an `Arc`.
@@ -97,8 +115,7 @@ impl Shards {
     /// # Errors
     /// [`Error::InvalidArgument`] if the id breaks the subject-id rules.
     pub fn shard_of(&self, account_id: &str) -> Result<u32> {
-        let canonical = crate::subject_id::canonical(account_id)?;
-        Ok(crate::shard_route::shard_of(&canonical, self.count))
+        shard_of(account_id, self.count)
     }
 
     /// The store of the account's shard, for any operation on the account

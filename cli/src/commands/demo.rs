@@ -362,11 +362,13 @@ pub(crate) fn run(global: &Global) -> Result<Code> {
     #[cfg(feature = "etcd")]
     let (config, cluster) = if backend == Backend::Etcd {
         let place = cluster_place(global, &root)?;
-        let config = config.etcd(
-            place.endpoints.clone(),
-            &place.namespace,
-            global.max_txn_ops,
-        );
+        let config = config
+            .etcd(
+                place.endpoints.clone(),
+                &place.namespace,
+                global.max_txn_ops,
+            )
+            .max_request_bytes(global.max_request_bytes);
         (config, Some(place))
     } else {
         (config, None)

@@ -152,6 +152,12 @@ pub(crate) enum Command {
     /// Show, check or apply retention policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Tell which shard an account (and its end users) lives in, among the
+    /// deployment's shards (no store needed).
+    #[command(
+        after_help = "Example:\n  shredkv shard-of acct-42 --shards 8   # then: shredkv --store /var/lib/shredkv/shard-N shred acct-42"
+    )]
+    ShardOf(store::ShardOfArgs),
     /// Run a full erasure lifecycle on a temporary store and check it
     /// (default policy; honours --backend and --json).
     #[command(
@@ -191,6 +197,7 @@ pub(crate) fn run(global: &Global, command: Command) -> Result<Code> {
         Command::Certificate(args) => erasure::certificate(global, &args),
         Command::Audit(command) => audit::run(global, command),
         Command::Policy(command) => policy::run(global, command),
+        Command::ShardOf(args) => store::shard_of(global, &args),
         Command::Demo => demo::run(global),
     }
 }

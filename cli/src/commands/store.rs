@@ -68,6 +68,27 @@ pub(crate) fn init(global: &Global) -> Result<Code> {
     Ok(Code::Ok)
 }
 
+/// Arguments of `shard-of`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShardOfArgs {
+    /// The account's id (an end user lives in its account's shard).
+    pub(crate) account: String,
+    /// How many shards the deployment has.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) shards: u32,
+}
+
+/// `shard-of`: the shard an account lives in (no store needed).
+pub(crate) fn shard_of(global: &Global, args: &ShardOfArgs) -> Result<Code> {
+    let shard = shredkv::shard_of(&args.account, args.shards)?;
+    if global.json {
+        output::print_json(&json!({ "shard": shard, "shards": args.shards }))?;
+    } else {
+        println!("shard {shard} of {}", args.shards);
+    }
+    Ok(Code::Ok)
+}
+
 /// Lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -140,6 +161,13 @@ pub(crate) fn stats_text(path: &std::path::Path, stats: &Stats) -> String {
             ),
         ),
         ("headroom", headroom_text(stats)),
+        (
+            "shard",
+            match (stats.shard, stats.shards) {
+                (Some(shard), Some(shards)) => format!("{shard} of {shards}"),
+                _ => "none (not split into shards)".into(),
+            },
+        ),
         (
             "subjects",
             format!(

@@ -51,6 +51,11 @@ pub struct Stats {
     /// an etcd cluster's quota. Watch it: a store at 0 refuses writes and
     /// shreds until room is made (docs/operations.md).
     pub headroom_bytes: Option<u64>,
+    /// The shard this store serves ([`Config::shard`](crate::Config::shard)),
+    /// if it is one.
+    pub shard: Option<u32>,
+    /// How many shards the store's shard is one of.
+    pub shards: Option<u32>,
     /// Registered accounts.
     pub accounts: u64,
     /// Registered end users.
@@ -326,6 +331,8 @@ impl Db {
                 .map(|e| e.0)
                 .collect(),
             cached_keys: u64::try_from(inner.vault.cached_keys()).unwrap_or(u64::MAX),
+            shard: inner.shard.map(|s| s.index),
+            shards: inner.shard.map(|s| s.count),
             ..Stats::default()
         };
         for info in self.subjects()? {

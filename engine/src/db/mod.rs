@@ -613,6 +613,12 @@ impl Db {
         self.inner.storage.backend()
     }
 
+    /// The shard this store serves and how many there are, if it is one
+    /// ([`Config::shard`]).
+    pub fn shard(&self) -> Option<(u32, u32)> {
+        self.inner.shard.map(|s| (s.index, s.count))
+    }
+
     /// The retention policy in force.
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
