@@ -1333,3 +1333,115 @@ fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_re
     assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
     assert!(db.verify().expect("verify").problems.is_empty());
 }
+
+/// A chunked erasure whose answers are lost on the wire, on a cluster with
+/// etcd's default of 128 operations (so an account with 40 end users is
+/// erased in chunks): the first chunk (the marker, the account's own
+/// erasure) lands and its answer is cut; the family is refused at once,
+/// and the retry finishes the erasure at the first attempt's time, with
+/// one `keys destroyed` entry per subject. Then a second account's last
+/// chunk (the marker's removal and the stored receipt) lands with its
+/// answer cut, and the retry answers with the receipt, writing nothing.
+#[test]
+fn chunks_whose_answers_are_lost_on_the_wire_are_finished_by_the_retry() {
+    use shredkv::AuditEvent;
+    use shredkv::internal::{FaultPlan, TestStore, open_with_faults};
+    use wire::{Request, WireProxies};
+    let cluster = EtcdTestCluster::with_default_txn_limit();
+    let proxies = WireProxies::start(&cluster.endpoints);
+    let local = tempfile::tempdir().expect("a local directory");
+    let namespace = "wire-chunks/";
+    let (db, control) = open_with_faults(
+        Config::new(local.path().join("store"))
+            .key_file(local.path().join("keys"))
+            .maintenance_every(None)
+            .etcd(proxies.urls.clone(), namespace, cluster.max_txn_ops),
+        &TestStore::Configured,
+        FaultPlan::none(),
+    )
+    .expect("open on etcd through the proxies");
+    let family = |account: &str| -> Vec<String> {
+        std::iter::once(account.to_string())
+            .chain((0..40).map(|i| format!("{account}-user-{i}")))
+            .collect()
+    };
+    for account in ["first", "last"] {
+        db.register_account(account).expect("register");
+        for subject in &family(account)[1..] {
+            db.register_end_user(subject, account).expect("register");
+        }
+        for subject in family(account) {
+            db.put(&subject, "message_content", b"m1", b"hello")
+                .expect("put");
+        }
+    }
+    let keys_destroyed = |subject: &str| {
+        let tag = db.subject_tag(subject);
+        db.audit_entries(0, usize::MAX)
+            .expect("audit entries")
+            .iter()
+            .filter(|e| e.event == AuditEvent::KeysDestroyed && e.subject == Some(tag))
+            .count()
+    };
+    let in_cluster = |key: &str| {
+        !cluster
+            .keys_with_prefix(on_the_wire(namespace, "meta", key.as_bytes()).as_slice())
+            .is_empty()
+    };
+
+    // The first chunk's answer lost.
+    proxies.arm(
+        Request::Put,
+        &on_the_wire(namespace, "meta", b"erasure_pending/"),
+    );
+    let lost = db.shred("first", Classes::All);
+    proxies.disarm();
+    assert_eq!(proxies.cuts(), 1, "the marker crossed no proxy: {lost:?}");
+    lost.expect_err("the first chunk's answer was lost");
+    assert!(in_cluster("erasure_pending/"), "the first chunk landed");
+    for subject in family("first") {
+        let read = db.get(&subject, "message_content", b"m1");
+        assert!(
+            matches!(&read, Err(e) if e.is_erased()),
+            "{subject}: {read:?}"
+        );
+    }
+    let receipt = db
+        .shred("first", Classes::All)
+        .expect("the retry finishes it");
+    assert_eq!(receipt.erased.len(), 41, "{receipt:?}");
+    assert!(!in_cluster("erasure_pending/"), "the marker stayed");
+    let erased_at = db
+        .subject("first")
+        .expect("subject")
+        .and_then(|info| info.erased_at);
+    assert_eq!(
+        erased_at,
+        Some(receipt.erased_at),
+        "the first attempt's time"
+    );
+    for subject in family("first") {
+        assert_eq!(keys_destroyed(&subject), 1, "{subject}");
+        let info = db.subject(&subject).expect("subject").expect("known");
+        assert_eq!(info.erased_at, Some(receipt.erased_at), "{subject}");
+    }
+
+    // The last chunk's answer lost.
+    proxies.arm(Request::Put, &on_the_wire(namespace, "meta", b"receipt/"));
+    let lost = db.shred("last", Classes::All);
+    proxies.disarm();
+    assert_eq!(proxies.cuts(), 2, "the receipt crossed no proxy: {lost:?}");
+    lost.expect_err("the last chunk's answer was lost");
+    assert!(
+        !in_cluster("erasure_pending/"),
+        "the last chunk did not land"
+    );
+    let before = control.counts();
+    let receipt = db.shred("last", Classes::All).expect("the retry");
+    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
+    assert_eq!(receipt.erased.len(), 41, "{receipt:?}");
+    for subject in family("last") {
+        assert_eq!(keys_destroyed(&subject), 1, "{subject}");
+    }
+    assert!(db.verify().expect("verify").problems.is_empty());
+}

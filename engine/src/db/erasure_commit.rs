@@ -407,12 +407,13 @@ impl DbInner {
                 what: "max_request_bytes",
                 detail: format!(
                     "an erasure of {} subjects needs a marker of {} bytes (16 a subject), more \
-                     than half of the largest request the backend takes ({} bytes); nothing \
-                     was erased. Raise the etcd cluster's --max-request-bytes, and the store's \
-                     max_request_bytes, to at least {} bytes",
+                     than the largest value the backend takes ({} bytes); nothing was erased. \
+                     On etcd, raise the cluster's --max-request-bytes, and the store's \
+                     max_request_bytes, to at least {} bytes (on TiKV, its \
+                     txn-entry-size-limit)",
                     plan.tags.len(),
                     marker.len(),
-                    self.storage.max_batch_bytes().unwrap_or(0),
+                    self.storage.max_value_bytes().unwrap_or(0),
                     2 * marker.len() + 4096
                 ),
             });
@@ -504,13 +505,12 @@ impl DbInner {
         }))
     }
 
-    /// Whether a value of `len` bytes may be written: at most half of the
-    /// largest request the backend takes (etcd's `--max-request-bytes`),
-    /// leaving the rest of its batch room.
+    /// Whether a value of `len` bytes may be written
+    /// ([`Storage::max_value_bytes`](crate::storage::Storage::max_value_bytes)).
     fn value_fits(&self, len: usize) -> bool {
         self.storage
-            .max_batch_bytes()
-            .is_none_or(|limit| len <= limit / 2)
+            .max_value_bytes()
+            .is_none_or(|limit| len <= limit)
     }
 
     /// Adds the stored receipt `record` of an erasure of `requested` to

@@ -585,8 +585,10 @@ impl Storage for EtcdStorage {
         Some(self.target.max_txn_ops)
     }
 
-    fn max_batch_bytes(&self) -> Option<usize> {
-        Some(self.target.max_request_bytes)
+    fn max_value_bytes(&self) -> Option<usize> {
+        // Half a request: the rest of a chunk (at most --max-txn-ops small
+        // operations) takes the other half.
+        Some(self.target.max_request_bytes / 2)
     }
 
     fn insert_new(

@@ -478,8 +478,8 @@ impl Storage for FaultyStorage {
         self.inner.has_insert_new()
     }
 
-    fn max_batch_bytes(&self) -> Option<usize> {
-        self.inner.max_batch_bytes()
+    fn max_value_bytes(&self) -> Option<usize> {
+        self.inner.max_value_bytes()
     }
 
     fn max_batch_ops(&self) -> Option<usize> {

@@ -394,11 +394,13 @@ pub(crate) trait Storage: Send + Sync {
         None
     }
 
-    /// The most bytes one [`Storage::apply`] may send, if the backend has a
-    /// limit (etcd's `--max-request-bytes`); a larger request is refused
-    /// whole. The engine keeps any one value it writes to half of it
-    /// (`db::erasure_commit`: an erasure's marker and stored receipt).
-    fn max_batch_bytes(&self) -> Option<usize> {
+    /// The largest value one write may carry, with room left for the rest
+    /// of its batch, if the backend limits it: half of etcd's
+    /// `--max-request-bytes` (the whole request is limited), TiKV's
+    /// `txn-entry-size-limit`. The values that grow with a family (an
+    /// erasure's marker and stored receipt, `db::erasure_commit`) are kept
+    /// within it.
+    fn max_value_bytes(&self) -> Option<usize> {
         None
     }
 

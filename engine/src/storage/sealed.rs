@@ -361,8 +361,8 @@ impl Storage for SealedStorage {
         self.inner.max_batch_ops()
     }
 
-    fn max_batch_bytes(&self) -> Option<usize> {
-        self.inner.max_batch_bytes()
+    fn max_value_bytes(&self) -> Option<usize> {
+        self.inner.max_value_bytes()
     }
 
     fn insert_new(

@@ -471,6 +471,12 @@ impl Storage for TikvStorage {
         })
     }
 
+    fn max_value_bytes(&self) -> Option<usize> {
+        // TiKV's default txn-entry-size-limit (6 MiB): a larger key-value
+        // entry fails the transaction.
+        Some(6 << 20)
+    }
+
     fn has_insert_new(&self) -> bool {
         true
     }
