@@ -246,6 +246,44 @@ fn a_retry_finishes_an_interrupted_chunked_erasure() {
     assert_eq!(db.shred("acct", Classes::All).expect("again"), receipt);
 }
 
+/// An account whose chunked erasure failed part way takes no new end user
+/// until it is finished: the finish lists the family again from the store
+/// (its marker names no subject), and a newcomer listed then would be
+/// erased by a request made before it existed. The erasure here is of one
+/// class, so the account itself stays active.
+#[test]
+fn an_account_with_an_unfinished_erasure_takes_no_end_user_until_it_is_finished() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let clock = clock();
+    let (db, control) = open_limited(dir.path(), &clock, FaultPlan::none());
+    fill(&db);
+    control.fail_nth(FaultPoint::DurableApply, 3, ApplyFailure::NothingApplied);
+    db.shred("acct", Classes::Only(&["message_content"]))
+        .expect_err("a chunk fails");
+    let err = db
+        .register_end_user("late-user", "acct")
+        .expect_err("the account's erasure is unfinished");
+    assert!(err.is_erased(), "{err}");
+    let receipt = db
+        .shred("acct", Classes::Only(&["message_content"]))
+        .expect("the retry finishes it");
+    assert_eq!(receipt.erased.len(), END_USERS, "{receipt:?}");
+    db.register_end_user("late-user", "acct")
+        .expect("registered once the erasure is finished");
+    db.put("late-user", "message_content", b"m1", b"hello")
+        .expect("the newcomer's class is not erased");
+    for i in 0..END_USERS {
+        let user = format!("user-{i}");
+        let read = db.get(&user, "message_content", b"m1");
+        assert!(matches!(&read, Err(e) if e.is_erased()), "{user}: {read:?}");
+        assert!(
+            db.get(&user, "account_profile", b"name")
+                .expect("another class")
+                .is_some()
+        );
+    }
+}
+
 /// A shred that landed but whose answer was lost (the commit applied, the
 /// call failed), retried: the same receipt as a clean shred would give,
 /// one ledger entry and one audit entry. No batch limit here: the plain

@@ -1247,16 +1247,22 @@ fn shards_on_etcd_are_served_by_one_node_each_and_change_hands() {
 }
 
 /// etcd refuses a request larger than `--max-request-bytes` (1.5 MiB by
-/// default), and an erasure's marker and stored receipt grow with the
-/// family (16 and 25 bytes a subject). On a cluster of its own limited to
-/// 64 KiB a request: an account whose marker would pass half of it (2,700
-/// end users, 43 KiB) is refused before anything is written, with an error
-/// naming the limit to raise; an account whose marker fits and whose
-/// receipt would not (1,800 end users: 29 KiB and 45 KiB) is erased whole
-/// without a stored receipt, so its retry answers with an empty receipt,
-/// and the store reopens. Before, the second kind left its marker in the
-/// store behind a last chunk the cluster refused, and every open after it
-/// failed.
+/// default), and a stored receipt grows with the family (25 bytes a
+/// subject), as does the marker of an erasure of several families at once
+/// (16 bytes a subject; one family's marker names no subject). On a
+/// cluster of its own limited to 64 KiB a request (values to 32 KiB):
+///
+/// - an account with 2,200 end users (a listing marker would take 35 KiB,
+///   the receipt 55 KiB) is erased whole, its marker the same size as any
+///   family's, its receipt not stored: its retry answers with an empty
+///   receipt, and the store reopens;
+/// - two accounts of 1,100 end users erased at once (`shred_each`: a
+///   listing marker of 35 KiB) are refused before anything is written,
+///   with an error naming the limit to raise.
+///
+/// Before, an erasure whose marker fit and whose receipt did not left its
+/// marker in the store behind a last chunk the cluster refused, and every
+/// open after it failed.
 #[test]
 fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_receipt() {
     const LIMIT: usize = 64 << 10;
@@ -1271,7 +1277,7 @@ fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_re
             .max_request_bytes(LIMIT)
     };
     let db = Db::open(config()).expect("open on etcd");
-    let families = [("fits", 1_800), ("too-large", 2_700)];
+    let families = [("large", 2_200), ("pair-a", 1_100), ("pair-b", 1_100)];
     std::thread::scope(|scope| {
         for (account, users) in families {
             let db = &db;
@@ -1297,22 +1303,24 @@ fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_re
         |prefix: &str| cluster.keys_with_prefix(format!("{namespace}meta\0{prefix}").as_bytes());
 
     let err = db
-        .shred("too-large", Classes::All)
-        .expect_err("a marker past half a request");
+        .shred_each(&["pair-a", "pair-b"], Classes::All)
+        .expect_err("a listing marker past half a request");
     assert_eq!(err.category(), shredkv::ErrorCategory::Usage, "{err}");
     assert!(err.to_string().contains("--max-request-bytes"), "{err}");
     assert!(
         meta_keys("erasure_pending/").is_empty(),
         "a marker was written"
     );
-    assert_eq!(
-        db.get("too-large-user-0", "message_content", b"m1")
-            .expect("nothing was erased"),
-        Some(b"hello".to_vec())
-    );
+    for account in ["pair-a", "pair-b"] {
+        assert_eq!(
+            db.get(&format!("{account}-user-0"), "message_content", b"m1")
+                .expect("nothing was erased"),
+            Some(b"hello".to_vec())
+        );
+    }
 
-    let receipt = db.shred("fits", Classes::All).expect("the shred");
-    assert_eq!(receipt.erased.len(), 1_801);
+    let receipt = db.shred("large", Classes::All).expect("the shred");
+    assert_eq!(receipt.erased.len(), 2_201);
     assert!(
         meta_keys("erasure_pending/").is_empty(),
         "the marker stayed"
@@ -1322,14 +1330,14 @@ fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_re
         "a receipt past the limit was stored"
     );
     for i in 0..3 {
-        let read = db.get(&format!("fits-user-{i}"), "message_content", b"m1");
+        let read = db.get(&format!("large-user-{i}"), "message_content", b"m1");
         assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
     }
-    let retry = db.shred("fits", Classes::All).expect("the retry");
+    let retry = db.shred("large", Classes::All).expect("the retry");
     assert!(retry.erased.is_empty(), "{retry:?}");
     drop(db);
     let db = Db::open(config()).expect("the store reopens");
-    let read = db.get("fits-user-0", "message_content", b"m1");
+    let read = db.get("large-user-0", "message_content", b"m1");
     assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
     assert!(db.verify().expect("verify").problems.is_empty());
 }

@@ -392,6 +392,7 @@ impl DbInner {
                     reason: stored.receipt.reason,
                     classes: stored.classes.clone(),
                     tags: tags.to_vec(),
+                    listed: true,
                 };
                 let now_said = self.receipt_from_ledger(requested, &as_recorded)?;
                 // Every scope the receipt names is still erased as it says,

@@ -8,8 +8,9 @@
 //! each chunk durable before the next:
 //!
 //! 1. the marker `erasure_pending/‹requested tag›` (the erasure's time,
-//!    reason, classes and subjects) with the requested subject's own writes:
-//!    from here on the erasure is decided;
+//!    reason and classes; the subjects only when it erases several
+//!    families, see [`PendingErasure`]) with the requested subject's own
+//!    writes: from here on the erasure is decided;
 //! 2. the other subjects' writes (state, ledger, deadline and audit of one
 //!    subject never split), then key tombstones, packed up to the limit;
 //! 3. the marker removed, with the stored receipt.
@@ -101,16 +102,31 @@ pub(crate) struct ErasureWrites<'a> {
 
 /// What an interrupted chunked erasure left to finish (meta
 /// `erasure_pending/‹requested tag›`).
+///
+/// Version 2 (the erasure of one subject's family: the subject and, for an
+/// account, its end users) names no subject: the family is listed again
+/// from the store's child index when the erasure is finished, so the first
+/// chunk is the same size for an account of any size. End users are never
+/// removed from that index, and none can join an account while its erasure
+/// is unfinished (registration is refused), so the listing is the one the
+/// erasure started with. Version 1 lists the subjects (16 bytes each): for
+/// erasures of several families at once (`Db::shred_each`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingErasure {
     pub(crate) erased_at: i64,
     pub(crate) reason: ErasureReason,
     pub(crate) classes: Option<Vec<u16>>,
+    /// The subjects: as the marker lists them (version 1), or as the store
+    /// lists the requested subject's family (version 2).
     pub(crate) tags: Vec<SubjectTag>,
+    /// Whether the marker lists `tags` (version 1) or they are the
+    /// requested subject's family (version 2).
+    pub(crate) listed: bool,
 }
 
 const PENDING_WHAT: &str = "pending erasure";
-const PENDING_VERSION: u8 = 1;
+const PENDING_LISTED: u8 = 1;
+const PENDING_FAMILY: u8 = 2;
 const RECEIPT_WHAT: &str = "stored receipt";
 const RECEIPT_VERSION: u8 = 1;
 
@@ -142,32 +158,52 @@ fn read_classes(r: &mut Reader<'_>) -> Result<Option<Vec<u16>>, FormatError> {
 
 impl PendingErasure {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(PENDING_VERSION, 16 + 16 * self.tags.len());
+        let version = if self.listed {
+            PENDING_LISTED
+        } else {
+            PENDING_FAMILY
+        };
+        let mut w = Writer::new(version, 16 + 16 * self.tags.len());
         w.i64(self.erased_at).u8(self.reason.code());
         write_classes(&mut w, self.classes.as_deref());
-        w.u32(u32::try_from(self.tags.len()).unwrap_or(u32::MAX));
-        for tag in &self.tags {
-            w.bytes(&tag.0);
+        if self.listed {
+            w.u32(u32::try_from(self.tags.len()).unwrap_or(u32::MAX));
+            for tag in &self.tags {
+                w.bytes(&tag.0);
+            }
         }
         w.finish()
     }
 
+    /// A marker as stored; a version 2 marker's `tags` are empty until
+    /// the family is listed ([`DbInner::pending_erasure`]).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = Reader::checked(PENDING_WHAT, bytes, PENDING_VERSION)?;
+        let listed = bytes.first() != Some(&PENDING_FAMILY);
+        let version = if listed {
+            PENDING_LISTED
+        } else {
+            PENDING_FAMILY
+        };
+        let mut r = Reader::checked(PENDING_WHAT, bytes, version)?;
         let erased_at = r.i64()?;
         let reason =
             ErasureReason::from_code(r.u8()?).ok_or_else(|| r.invalid("unknown erasure reason"))?;
         let classes = read_classes(&mut r)?;
-        let n = r.u32()?;
-        let tags = (0..n)
-            .map(|_| r.array::<16>().map(SubjectTag))
-            .collect::<Result<_, _>>()?;
+        let tags = if listed {
+            let n = r.u32()?;
+            (0..n)
+                .map(|_| r.array::<16>().map(SubjectTag))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         r.end()?;
         Ok(Self {
             erased_at,
             reason,
             classes,
             tags,
+            listed,
         })
     }
 }
@@ -395,11 +431,23 @@ impl DbInner {
             });
         }
         let marker_key = pending_key(&plan.requested);
+        // The erasure of one family names no subject: its first chunk is
+        // the same size for any number of end users (`PendingErasure`).
+        let family: std::collections::HashSet<SubjectTag> =
+            match self.subject_info(&plan.requested)? {
+                Some(info) => self
+                    .with_end_users(&plan.requested, &info)?
+                    .into_iter()
+                    .collect(),
+                None => std::collections::HashSet::new(),
+            };
+        let erasing: std::collections::HashSet<SubjectTag> = plan.tags.iter().copied().collect();
         let marker = PendingErasure {
             erased_at: plan.erased_at.as_second(),
             reason: plan.reason,
             classes: plan.classes.clone(),
             tags: plan.tags.to_vec(),
+            listed: family != erasing,
         };
         let marker = marker.encode();
         if !self.value_fits(marker.len()) {
@@ -542,12 +590,17 @@ impl DbInner {
         let Some(bytes) = self.storage.get(Tree::Meta, &pending_key(requested))? else {
             return Ok(None);
         };
-        PendingErasure::decode(&bytes)
-            .map(Some)
-            .map_err(|source| Error::Corrupt {
-                location: meta_location("pending erasure", requested),
-                source,
-            })
+        let mut marker = PendingErasure::decode(&bytes).map_err(|source| Error::Corrupt {
+            location: meta_location("pending erasure", requested),
+            source,
+        })?;
+        if !marker.listed {
+            marker.tags = match self.subject_info(requested)? {
+                Some(info) => self.with_end_users(requested, &info)?,
+                None => vec![*requested],
+            };
+        }
+        Ok(Some(marker))
     }
 
     /// The receipt stored for a retry of an erasure of `requested`.
@@ -762,9 +815,33 @@ mod tests {
             reason: ErasureReason::Operator,
             classes: Some(vec![3, 7]),
             tags: vec![SubjectTag([1; 16]), SubjectTag([2; 16])],
+            listed: true,
         };
         let bytes = marker.encode();
         assert_eq!(PendingErasure::decode(&bytes).expect("decodes"), marker);
+        // A family's marker names no subject, whatever the family's size.
+        let family = PendingErasure {
+            listed: false,
+            ..marker.clone()
+        };
+        let family_bytes = family.encode();
+        let many = PendingErasure {
+            tags: vec![SubjectTag([3; 16]); 10_000],
+            ..family.clone()
+        };
+        assert_eq!(many.encode(), family_bytes);
+        assert_eq!(
+            PendingErasure::decode(&family_bytes).expect("decodes"),
+            PendingErasure {
+                tags: Vec::new(),
+                ..family
+            }
+        );
+        for (i, _) in family_bytes.iter().enumerate() {
+            let mut damaged = family_bytes.clone();
+            damaged[i] ^= 0x40;
+            assert!(PendingErasure::decode(&damaged).is_err(), "byte {i}");
+        }
         let stored = StoredReceipt {
             generation: 2,
             classes: None,

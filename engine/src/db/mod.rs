@@ -698,6 +698,11 @@ impl Db {
         let mut locked = vec![tag];
         locked.extend(parent);
         let _exclusive = self.inner.gate.write(&locked);
+        // An account whose chunked erasure is unfinished takes no end user:
+        // finishing it lists the family again (`erasure_commit`).
+        for tag in &locked {
+            self.inner.refuse_unfinished(tag)?;
+        }
         if let Some(parent) = parent {
             let info = self
                 .inner
