@@ -921,6 +921,42 @@ fn a_node_killed_between_erasure_chunks_leaves_the_family_erased_at_the_next_ope
     assert!(db.verify().expect("verify").is_clean());
 }
 
+/// How many `keys destroyed` audit entries name `subject`.
+fn keys_destroyed_entries(db: &Db, subject: &str) -> usize {
+    let tag = db.subject_tag(subject);
+    db.audit_entries(0, usize::MAX)
+        .expect("audit entries")
+        .iter()
+        .filter(|e| e.event == shredkv::AuditEvent::KeysDestroyed && e.subject == Some(tag))
+        .count()
+}
+
+/// Retries the shred of `account`, whose answer was lost after it landed:
+/// the retry writes nothing (counted by `control`) and answers with the
+/// receipt of the erasure that landed, naming each of `family` and the
+/// `keys destroyed` audit entry that recorded it; each of `family` has
+/// one such entry.
+fn retried_shred_answers_with_its_receipt(
+    db: &Db,
+    control: &shredkv::internal::FaultControl,
+    account: &str,
+    family: &[String],
+) -> shredkv::Receipt {
+    let before = control.counts();
+    let receipt = db.shred(account, Classes::All).expect("the retry");
+    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
+    assert_eq!(receipt.erased.len(), family.len(), "{receipt:?}");
+    let recorded = db
+        .audit_entries(receipt.audit_head.seq, 1)
+        .expect("the receipt's audit entry");
+    assert_eq!(recorded[0].hash, receipt.audit_head.hash);
+    assert_eq!(recorded[0].event, shredkv::AuditEvent::KeysDestroyed);
+    for subject in family {
+        assert_eq!(keys_destroyed_entries(db, subject), 1, "{subject}");
+    }
+    receipt
+}
+
 /// A shred whose answer is lost on its way back from etcd (the fault layer
 /// applies the batch to the cluster, then fails the call): the retry writes
 /// nothing and answers with the receipt of the erasure that landed, whose
@@ -928,7 +964,6 @@ fn a_node_killed_between_erasure_chunks_leaves_the_family_erased_at_the_next_ope
 /// client (reopened) gets the same receipt.
 #[test]
 fn a_shred_whose_answer_was_lost_on_etcd_is_answered_by_its_retry() {
-    use shredkv::AuditEvent;
     use shredkv::internal::{ApplyFailure, FaultPlan, FaultPoint, TestStore, open_with_faults};
     let cluster = EtcdTestCluster::shared();
     let local = tempfile::tempdir().expect("a local directory");
@@ -951,24 +986,10 @@ fn a_shred_whose_answer_was_lost_on_etcd_is_answered_by_its_retry() {
     control.fail_nth(FaultPoint::DurableApply, 1, ApplyFailure::AppliedNotSynced);
     db.shred("acct", Classes::All)
         .expect_err("the answer is lost");
-    let before = control.counts();
-    let receipt = db.shred("acct", Classes::All).expect("the retry");
-    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
-    assert_eq!(receipt.erased.len(), users.len() + 1, "{receipt:?}");
-    let recorded = db
-        .audit_entries(receipt.audit_head.seq, 1)
-        .expect("the receipt's audit entry");
-    assert_eq!(recorded[0].hash, receipt.audit_head.hash);
-    assert_eq!(recorded[0].event, AuditEvent::KeysDestroyed);
-    let entries = db.audit_entries(0, usize::MAX).expect("audit entries");
-    for subject in std::iter::once("acct").chain(users.iter().map(String::as_str)) {
-        let tag = db.subject_tag(subject);
-        let destroyed = entries
-            .iter()
-            .filter(|e| e.event == AuditEvent::KeysDestroyed && e.subject == Some(tag))
-            .count();
-        assert_eq!(destroyed, 1, "{subject}");
-    }
+    let family: Vec<String> = std::iter::once("acct".to_string())
+        .chain(users.iter().cloned())
+        .collect();
+    let receipt = retried_shred_answers_with_its_receipt(&db, &control, "acct", &family);
     drop(db);
     let db = Db::open(config()).expect("reopen");
     assert_eq!(
@@ -1004,7 +1025,6 @@ fn on_the_wire(namespace: &str, tree: &str, key: &[u8]) -> Vec<u8> {
 /// reopening.
 #[test]
 fn answers_lost_on_the_wire_are_answered_by_their_retries() {
-    use shredkv::AuditEvent;
     use shredkv::internal::{FaultPlan, TestStore, open_with_faults};
     use wire::{Request, WireProxies};
     let cluster = EtcdTestCluster::shared();
@@ -1103,24 +1123,10 @@ fn answers_lost_on_the_wire_are_answered_by_their_retries() {
             "{subject} after the lost answer: {read:?}"
         );
     }
-    let before = control.counts();
-    let receipt = db.shred("acct", Classes::All).expect("the retry");
-    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
-    assert_eq!(receipt.erased.len(), users.len() + 1, "{receipt:?}");
-    let recorded = db
-        .audit_entries(receipt.audit_head.seq, 1)
-        .expect("the receipt's audit entry");
-    assert_eq!(recorded[0].hash, receipt.audit_head.hash);
-    assert_eq!(recorded[0].event, AuditEvent::KeysDestroyed);
-    let entries = db.audit_entries(0, usize::MAX).expect("audit entries");
-    for subject in std::iter::once("acct").chain(users.iter().map(String::as_str)) {
-        let tag = db.subject_tag(subject);
-        let destroyed = entries
-            .iter()
-            .filter(|e| e.event == AuditEvent::KeysDestroyed && e.subject == Some(tag))
-            .count();
-        assert_eq!(destroyed, 1, "{subject}");
-    }
+    let family: Vec<String> = std::iter::once("acct".to_string())
+        .chain(users.iter().cloned())
+        .collect();
+    let receipt = retried_shred_answers_with_its_receipt(&db, &control, "acct", &family);
     assert!(db.verify().expect("verify").problems.is_empty());
     drop(db);
     // A new client, straight to the members.
@@ -1352,7 +1358,6 @@ fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_re
 /// answer cut, and the retry answers with the receipt, writing nothing.
 #[test]
 fn chunks_whose_answers_are_lost_on_the_wire_are_finished_by_the_retry() {
-    use shredkv::AuditEvent;
     use shredkv::internal::{FaultPlan, TestStore, open_with_faults};
     use wire::{Request, WireProxies};
     let cluster = EtcdTestCluster::with_default_txn_limit();
@@ -1383,14 +1388,6 @@ fn chunks_whose_answers_are_lost_on_the_wire_are_finished_by_the_retry() {
                 .expect("put");
         }
     }
-    let keys_destroyed = |subject: &str| {
-        let tag = db.subject_tag(subject);
-        db.audit_entries(0, usize::MAX)
-            .expect("audit entries")
-            .iter()
-            .filter(|e| e.event == AuditEvent::KeysDestroyed && e.subject == Some(tag))
-            .count()
-    };
     let in_cluster = |key: &str| {
         !cluster
             .keys_with_prefix(on_the_wire(namespace, "meta", key.as_bytes()).as_slice())
@@ -1429,7 +1426,7 @@ fn chunks_whose_answers_are_lost_on_the_wire_are_finished_by_the_retry() {
         "the first attempt's time"
     );
     for subject in family("first") {
-        assert_eq!(keys_destroyed(&subject), 1, "{subject}");
+        assert_eq!(keys_destroyed_entries(&db, &subject), 1, "{subject}");
         let info = db.subject(&subject).expect("subject").expect("known");
         assert_eq!(info.erased_at, Some(receipt.erased_at), "{subject}");
     }
@@ -1444,12 +1441,6 @@ fn chunks_whose_answers_are_lost_on_the_wire_are_finished_by_the_retry() {
         !in_cluster("erasure_pending/"),
         "the last chunk did not land"
     );
-    let before = control.counts();
-    let receipt = db.shred("last", Classes::All).expect("the retry");
-    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
-    assert_eq!(receipt.erased.len(), 41, "{receipt:?}");
-    for subject in family("last") {
-        assert_eq!(keys_destroyed(&subject), 1, "{subject}");
-    }
+    retried_shred_answers_with_its_receipt(&db, &control, "last", &family("last"));
     assert!(db.verify().expect("verify").problems.is_empty());
 }
