@@ -48,6 +48,10 @@ pub struct Config {
     pub(crate) remote: Option<crate::storage::Remote>,
     /// The shard this store serves ([`Config::shard`]).
     pub(crate) shard: Option<crate::shard_route::ShardBinding>,
+    /// An etcd cluster's `--max-request-bytes` ([`Config::max_request_bytes`]),
+    /// kept here too so the order of the two calls does not matter.
+    #[cfg(feature = "etcd")]
+    max_request_bytes: Option<usize>,
 }
 
 impl fmt::Debug for Config {
@@ -93,6 +97,8 @@ impl Config {
             admin_allowed_uid: None,
             remote: None,
             shard: None,
+            #[cfg(feature = "etcd")]
+            max_request_bytes: None,
         }
     }
 
@@ -164,21 +170,24 @@ impl Config {
                 endpoints: endpoints.into_iter().map(Into::into).collect(),
                 namespace: namespace.as_bytes().to_vec(),
                 max_txn_ops,
-                max_request_bytes: crate::storage::etcd_backend::DEFAULT_MAX_REQUEST_BYTES,
+                max_request_bytes: self
+                    .max_request_bytes
+                    .unwrap_or(crate::storage::etcd_backend::DEFAULT_MAX_REQUEST_BYTES),
             },
         ));
         self
     }
 
     /// The etcd cluster's `--max-request-bytes` (default etcd's own, 1.5
-    /// MiB), for a store given by [`Config::etcd`] (call it after that). No
-    /// value the store writes is larger than half of it: an erasure whose
-    /// marker would be (an account with more end users than 16 bytes each
-    /// fit) is refused before anything is written, and one whose receipt
-    /// would be is not answered from a stored receipt on retry
-    /// (docs/scale-out.md).
+    /// MiB), for a store given by [`Config::etcd`] (before or after it). No
+    /// value the store writes is larger than half of it: an erasure of
+    /// several families at once (`Db::shred_each`) whose marker, listing
+    /// their subjects at 16 bytes each, would be is refused before anything
+    /// is written; an erasure whose receipt would be lands, and its retry is
+    /// not answered from a stored receipt (docs/scale-out.md).
     #[cfg(feature = "etcd")]
     pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = Some(bytes);
         if let Some(crate::storage::Remote::Etcd(target)) = &mut self.remote {
             target.max_request_bytes = bytes;
         }

@@ -1279,8 +1279,9 @@ fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_re
         Config::new(local.path().join("store"))
             .key_file(local.path().join("keys"))
             .maintenance_every(None)
-            .etcd(cluster.endpoints.clone(), namespace, cluster.max_txn_ops)
+            // Before `etcd`: either order holds.
             .max_request_bytes(LIMIT)
+            .etcd(cluster.endpoints.clone(), namespace, cluster.max_txn_ops)
     };
     let db = Db::open(config()).expect("open on etcd");
     let families = [("large", 2_200), ("pair-a", 1_100), ("pair-b", 1_100)];

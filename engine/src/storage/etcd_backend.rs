@@ -229,10 +229,10 @@ impl EtcdStorage {
             path: self.path.clone(),
             kind: StorageErrorKind::Io,
             source: format!(
-                "the write reached the cluster and its answer was lost ({error}): it may or \
-                 may not have been applied. Retry the operation: a put writes the same value \
-                 again, a registration is a no-op once it landed, and a shred's retry answers \
-                 with the receipt of the erasure that landed"
+                "no answer came for the write ({error}): it may or may not have been \
+                 applied. Retry the operation: a put writes the same value again, a \
+                 registration is a no-op once it landed, and a shred's retry answers with \
+                 the receipt of the erasure that landed"
             )
             .into(),
         }
