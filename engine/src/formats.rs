@@ -12,9 +12,11 @@ use std::fmt::Debug;
 use shredkv_crypto::{FormatError, SubjectTag};
 
 use crate::audit::AuditEntry;
+use crate::db::erasure_commit::{PendingErasure, StoredReceipt};
 use crate::holds;
 use crate::ledger::LedgerEntry;
 use crate::retention::deadlines;
+use crate::shard_route::ShardBinding;
 use crate::subjects::SubjectInfo;
 use crate::vault::{SealRecord, VaultEntry};
 
@@ -35,11 +37,17 @@ pub enum RecordKind {
     HoldRecord,
     /// Tree `deadlines`: a deadline index key.
     DeadlineKey,
+    /// Meta `erasure_pending/‹tag›`: an unfinished chunked erasure's marker.
+    PendingErasure,
+    /// Meta `receipt/‹tag›`: an erasure's receipt, kept for retries.
+    StoredReceipt,
+    /// Meta `shard`: the shard a store is bound to.
+    ShardBinding,
 }
 
 impl RecordKind {
     /// Every kind, in a fixed order (fuzz targets pick one by index).
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 10] = [
         RecordKind::VaultEntry,
         RecordKind::SubjectRecord,
         RecordKind::LedgerEntry,
@@ -47,6 +55,9 @@ impl RecordKind {
         RecordKind::SealRecord,
         RecordKind::HoldRecord,
         RecordKind::DeadlineKey,
+        RecordKind::PendingErasure,
+        RecordKind::StoredReceipt,
+        RecordKind::ShardBinding,
     ];
 }
 
@@ -108,6 +119,18 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
                 })
             },
             |(at, due)| deadlines::key(*at, due),
+        ),
+        RecordKind::PendingErasure => check(bytes, PendingErasure::decode, PendingErasure::encode),
+        RecordKind::StoredReceipt => check(bytes, StoredReceipt::decode, StoredReceipt::encode),
+        RecordKind::ShardBinding => check(
+            bytes,
+            |b| {
+                ShardBinding::decode(b).ok_or(FormatError::InvalidField {
+                    what: "shard binding",
+                    detail: "not v1 ‖ index u32 ‖ count u32 with index < count",
+                })
+            },
+            |binding| binding.encode().to_vec(),
         ),
     }
 }
@@ -256,6 +279,59 @@ mod tests {
                 RecordKind::DeadlineKey,
                 deadlines::key(0, &Due::RemoveCiphertext(tag, 0xFFFF)),
             ),
+            (
+                "pending-listed",
+                RecordKind::PendingErasure,
+                PendingErasure {
+                    erased_at: 1_800_000_000,
+                    reason: ErasureReason::Operator,
+                    classes: Some(vec![3, 7]),
+                    tags: vec![tag, SubjectTag([0x11; 16])],
+                    listed: true,
+                }
+                .encode(),
+            ),
+            (
+                "pending-family",
+                RecordKind::PendingErasure,
+                PendingErasure {
+                    erased_at: 1_800_000_000,
+                    reason: ErasureReason::Operator,
+                    classes: None,
+                    tags: Vec::new(),
+                    listed: false,
+                }
+                .encode(),
+            ),
+            (
+                "receipt",
+                RecordKind::StoredReceipt,
+                StoredReceipt {
+                    generation: 2,
+                    classes: None,
+                    receipt: crate::db::Receipt {
+                        subject: tag,
+                        erased_at: at(1_800_000_000),
+                        reason: ErasureReason::Operator,
+                        erased: vec![crate::db::ErasedScope {
+                            subject: SubjectTag([0x11; 16]),
+                            class: Some("message_content".into()),
+                            keys_destroyed: 4,
+                        }],
+                        retained: Vec::new(),
+                        audit_head: crate::audit::AuditHead {
+                            seq: 41,
+                            hash: [9; 32],
+                        },
+                    },
+                }
+                .encode(),
+            ),
+            (
+                "shard",
+                RecordKind::ShardBinding,
+                ShardBinding { index: 3, count: 8 }.encode().to_vec(),
+            ),
         ]
     }
 
@@ -308,7 +384,9 @@ mod tests {
                 *byte ^= 0x01;
             }
             let refused = decode_any(kind, &flipped);
-            if kind != RecordKind::DeadlineKey {
+            // Neither has a checksum: a deadline key is its own content,
+            // and a shard binding is sealed by the store's MAC.
+            if kind != RecordKind::DeadlineKey && kind != RecordKind::ShardBinding {
                 assert!(
                     refused.is_err(),
                     "{name}: a flipped byte is caught by the CRC"

@@ -48,7 +48,7 @@ pub(crate) struct ShardBinding {
 }
 
 impl ShardBinding {
-    fn encode(self) -> [u8; BINDING_LEN] {
+    pub(crate) fn encode(self) -> [u8; BINDING_LEN] {
         let mut bytes = [0u8; BINDING_LEN];
         bytes[0] = BINDING_VERSION;
         bytes[1..5].copy_from_slice(&self.index.to_be_bytes());
@@ -56,7 +56,7 @@ impl ShardBinding {
         bytes
     }
 
-    fn decode(bytes: &[u8]) -> Option<ShardBinding> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<ShardBinding> {
         let bytes: &[u8; BINDING_LEN] = bytes.try_into().ok()?;
         if bytes[0] != BINDING_VERSION {
             return None;

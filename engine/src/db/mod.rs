@@ -6,7 +6,7 @@ mod certificate;
 mod class;
 mod decisions;
 mod erase;
-mod erasure_commit;
+pub(crate) mod erasure_commit;
 mod inspect;
 mod ops;
 mod scan;
