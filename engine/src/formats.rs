@@ -91,6 +91,15 @@ fn check<T: Debug + PartialEq>(
     })
 }
 
+/// A decoder that answers `None` for damage, as one that names it.
+fn naming<T>(
+    decode: impl Fn(&[u8]) -> Option<T>,
+    what: &'static str,
+    detail: &'static str,
+) -> impl Fn(&[u8]) -> Result<T, FormatError> {
+    move |bytes| decode(bytes).ok_or(FormatError::InvalidField { what, detail })
+}
+
 /// Decodes `bytes` as a record of `kind`, as the engine would read it.
 ///
 /// # Errors
@@ -112,24 +121,18 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
         }),
         RecordKind::DeadlineKey => check(
             bytes,
-            |b| {
-                deadlines::decode_key(b).ok_or(FormatError::InvalidField {
-                    what: "deadline key",
-                    detail: "malformed",
-                })
-            },
+            naming(deadlines::decode_key, "deadline key", "malformed"),
             |(at, due)| deadlines::key(*at, due),
         ),
         RecordKind::PendingErasure => check(bytes, PendingErasure::decode, PendingErasure::encode),
         RecordKind::StoredReceipt => check(bytes, StoredReceipt::decode, StoredReceipt::encode),
         RecordKind::ShardBinding => check(
             bytes,
-            |b| {
-                ShardBinding::decode(b).ok_or(FormatError::InvalidField {
-                    what: "shard binding",
-                    detail: "not v1 ‖ index u32 ‖ count u32 with index < count",
-                })
-            },
+            naming(
+                ShardBinding::decode,
+                "shard binding",
+                "not v1 ‖ index u32 ‖ count u32 with index < count",
+            ),
             |binding| binding.encode().to_vec(),
         ),
     }
