@@ -12,7 +12,9 @@ use std::fmt::Debug;
 use shredkv_crypto::{FormatError, SubjectTag};
 
 use crate::audit::AuditEntry;
-use crate::db::erasure_commit::{PendingErasure, StoredReceipt};
+use crate::db::erasure_commit::{
+    PendingErasure, StoredReceipt, decode_receipt_page, encode_receipt_page,
+};
 use crate::holds;
 use crate::ledger::LedgerEntry;
 use crate::retention::deadlines;
@@ -43,11 +45,13 @@ pub enum RecordKind {
     StoredReceipt,
     /// Meta `shard`: the shard a store is bound to.
     ShardBinding,
+    /// Meta `receipt_page/‹tag›‹index›`: erased scopes of a paged receipt.
+    ReceiptPage,
 }
 
 impl RecordKind {
     /// Every kind, in a fixed order (fuzz targets pick one by index).
-    pub const ALL: [RecordKind; 10] = [
+    pub const ALL: [RecordKind; 11] = [
         RecordKind::VaultEntry,
         RecordKind::SubjectRecord,
         RecordKind::LedgerEntry,
@@ -58,6 +62,7 @@ impl RecordKind {
         RecordKind::PendingErasure,
         RecordKind::StoredReceipt,
         RecordKind::ShardBinding,
+        RecordKind::ReceiptPage,
     ];
 }
 
@@ -135,6 +140,9 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
             ),
             |binding| binding.encode().to_vec(),
         ),
+        RecordKind::ReceiptPage => check(bytes, decode_receipt_page, |scopes| {
+            encode_receipt_page(scopes)
+        }),
     }
 }
 
@@ -327,8 +335,50 @@ mod tests {
                             hash: [9; 32],
                         },
                     },
+                    paging: None,
                 }
                 .encode(),
+            ),
+            (
+                "receipt-head",
+                RecordKind::StoredReceipt,
+                StoredReceipt {
+                    generation: 2,
+                    classes: Some(vec![3]),
+                    receipt: crate::db::Receipt {
+                        subject: tag,
+                        erased_at: at(1_800_000_000),
+                        reason: ErasureReason::DeletionRequest,
+                        erased: Vec::new(),
+                        retained: Vec::new(),
+                        audit_head: crate::audit::AuditHead {
+                            seq: 41,
+                            hash: [9; 32],
+                        },
+                    },
+                    paging: Some(crate::db::erasure_commit::ReceiptPaging {
+                        scopes: 2,
+                        pages: 1,
+                        digest: [7; 32],
+                    }),
+                }
+                .encode(),
+            ),
+            (
+                "receipt-page",
+                RecordKind::ReceiptPage,
+                encode_receipt_page(&[
+                    crate::db::ErasedScope {
+                        subject: SubjectTag([0x11; 16]),
+                        class: None,
+                        keys_destroyed: 3,
+                    },
+                    crate::db::ErasedScope {
+                        subject: SubjectTag([0x22; 16]),
+                        class: Some("message_content".into()),
+                        keys_destroyed: 1,
+                    },
+                ]),
             ),
             (
                 "shard",

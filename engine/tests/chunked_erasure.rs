@@ -440,3 +440,170 @@ fn retiring_a_class_over_the_batch_limit_lands_in_batches() {
     );
     assert!(db.verify().expect("verify").is_clean());
 }
+
+/// The request limit of the paged-receipt tests: half of it is the largest
+/// value the engine may write (8 KiB), and a receipt names 25 bytes a
+/// subject, so the receipt of an account of `PAGED_END_USERS` end users
+/// (about 10 KB) needs two pages, while every chunk of `LIMIT` ops fits.
+const REQUEST_LIMIT: usize = 16 << 10;
+const PAGED_END_USERS: usize = 400;
+
+fn open_request_limited(dir: &Path, clock: &ManualClock, plan: FaultPlan) -> (Db, FaultControl) {
+    shredkv::internal::open_with_faults(
+        config(dir, clock),
+        &TestStore::Disk(Backend::Redb),
+        plan.batch_limit(LIMIT).request_limit(REQUEST_LIMIT),
+    )
+    .expect("open with batch and request limits")
+}
+
+/// An account of `PAGED_END_USERS` end users, each with one message; the
+/// account with its profile.
+fn fill_large(db: &Db) -> Vec<String> {
+    db.register_account("big").expect("register");
+    db.put("big", "account_profile", b"email", b"big@example.com")
+        .expect("put");
+    let mut subjects = vec!["big".to_string()];
+    for i in 0..PAGED_END_USERS {
+        let user = format!("big-user-{i}");
+        db.register_end_user(&user, "big").expect("register");
+        db.put(&user, "message_content", b"m1", b"hello")
+            .expect("put");
+        subjects.push(user);
+    }
+    subjects
+}
+
+/// What the receipt of `Db::shred(.., Classes::All)` of the large account
+/// must name: each subject erased whole, with the two keys its one scope
+/// held (its scope key and its one bucket's key).
+fn expected_scopes(db: &Db, subjects: &[String]) -> Vec<shredkv::ErasedScope> {
+    let mut scopes: Vec<shredkv::ErasedScope> = subjects
+        .iter()
+        .map(|s| shredkv::ErasedScope {
+            subject: db.subject_tag(s),
+            class: None,
+            keys_destroyed: KEYS_PER_SCOPE,
+        })
+        .collect();
+    scopes.sort_by_key(|scope| scope.subject.0);
+    scopes
+}
+
+/// `got == want`, reported by counts: these receipts name 400 subjects.
+fn assert_same_receipt(got: &shredkv::Receipt, want: &shredkv::Receipt, what: &str) {
+    assert!(
+        got == want,
+        "{what}: {} scopes erased at {} (audit entry {}), expected {} at {} (audit entry {})",
+        got.erased.len(),
+        got.erased_at,
+        got.audit_head.seq,
+        want.erased.len(),
+        want.erased_at,
+        want.audit_head.seq
+    );
+}
+
+fn sorted(mut scopes: Vec<shredkv::ErasedScope>) -> Vec<shredkv::ErasedScope> {
+    scopes.sort_by_key(|scope| scope.subject.0);
+    scopes
+}
+
+/// A receipt larger than the largest value the backend takes (etcd's
+/// `--max-request-bytes`, here the fault layer's request limit) is kept in
+/// pages: a repeat of the shred, in this process or after a reopen, is
+/// answered with the whole receipt and writes nothing. Before pages, such
+/// a receipt was not stored and the retry answered with an empty one.
+#[test]
+fn a_receipt_larger_than_one_value_is_kept_in_pages_and_answers_its_retry() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let clock = clock();
+    let (db, control) = open_request_limited(dir.path(), &clock, FaultPlan::none());
+    let subjects = fill_large(&db);
+    let receipt = db.shred("big", Classes::All).expect("the shred");
+    assert!(
+        sorted(receipt.erased.clone()) == expected_scopes(&db, &subjects),
+        "the receipt names {} scopes, not each subject's",
+        receipt.erased.len()
+    );
+    let receipt_bytes = 25 * subjects.len();
+    assert!(
+        receipt_bytes > REQUEST_LIMIT / 2,
+        "the test's receipt ({receipt_bytes} B) must be larger than a value"
+    );
+    clock.advance(jiff::SignedDuration::from_mins(1));
+    let before = control.counts();
+    let retry = db.shred("big", Classes::All).expect("the retry");
+    assert_eq!(control.counts().since(before).writes, 0, "the retry wrote");
+    assert_same_receipt(&retry, &receipt, "the retry");
+    drop(db);
+    let db = Db::open(config(dir.path(), &clock)).expect("reopen");
+    let reopened = db.shred("big", Classes::All).expect("after reopening");
+    assert_same_receipt(&reopened, &receipt, "after reopening");
+}
+
+/// Durable writes of a clean shred of the large account on a fresh store:
+/// the count locates the receipt's pages (written just before the last
+/// chunk) for the interrupted runs below.
+fn durable_applies_of_a_clean_shred(clock: &ManualClock) -> u64 {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (db, control) = open_request_limited(dir.path(), clock, FaultPlan::none());
+    fill_large(&db);
+    let before = control.counts();
+    db.shred("big", Classes::All).expect("the shred");
+    control.counts().since(before).durable_applies
+}
+
+/// A paged receipt's writes interrupted: the last page's write fails (the
+/// erasure's marker is still there, the head not written), and the retry
+/// finishes the erasure and answers with the whole receipt; the last
+/// chunk (the head) lands with its answer lost, and the retry answers
+/// from the pages, writing nothing.
+#[test]
+fn a_paged_receipt_interrupted_or_lost_answers_the_retry_whole() {
+    let clock = clock();
+    let applies = durable_applies_of_a_clean_shred(&clock);
+    // `applies - 1` is the last page (no earlier pages to remove here),
+    // `applies` the last chunk with the head.
+    for (n, failure) in [
+        (applies - 1, ApplyFailure::NothingApplied),
+        (applies, ApplyFailure::AppliedNotSynced),
+    ] {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (db, control) = open_request_limited(dir.path(), &clock, FaultPlan::none());
+        let subjects = fill_large(&db);
+        let expected = expected_scopes(&db, &subjects);
+        control.fail_nth(FaultPoint::DurableApply, n, failure);
+        db.shred("big", Classes::All)
+            .expect_err("the injected failure");
+        assert!(!control.armed(), "write {n} of {applies} was not reached");
+        clock.advance(jiff::SignedDuration::from_mins(1));
+        let retry = db.shred("big", Classes::All).expect("the retry");
+        assert!(
+            sorted(retry.erased.clone()) == expected,
+            "{failure:?}: the retry names {} scopes, not each subject's",
+            retry.erased.len()
+        );
+        assert_eq!(
+            retry.erased_at,
+            Timestamp::from_second(1_800_000_000).expect("a time"),
+            "the first attempt's time ({failure:?})"
+        );
+        let before = control.counts();
+        let again = db.shred("big", Classes::All).expect("a repeat");
+        assert_eq!(control.counts().since(before).writes, 0, "{failure:?}");
+        assert_same_receipt(&again, &retry, &format!("{failure:?}: a repeat"));
+        drop(db);
+        let db = Db::open(config(dir.path(), &clock)).expect("reopen");
+        let reopened = db.shred("big", Classes::All).expect("after reopening");
+        assert_same_receipt(&reopened, &retry, &format!("{failure:?}: after reopening"));
+        for subject in &subjects {
+            let read = db.get(subject, "message_content", b"m1");
+            assert!(
+                subject == "big" || matches!(&read, Err(e) if e.is_erased()),
+                "{subject}: {read:?}"
+            );
+        }
+        clock.advance(jiff::SignedDuration::from_mins(-1));
+    }
+}

@@ -1260,17 +1260,18 @@ fn shards_on_etcd_are_served_by_one_node_each_and_change_hands() {
 ///
 /// - an account with 2,200 end users (a listing marker would take 35 KiB,
 ///   the receipt 55 KiB) is erased whole, its marker the same size as any
-///   family's, its receipt not stored: its retry answers with an empty
-///   receipt, and the store reopens;
+///   family's, its receipt stored in two pages and a head: its retry, in
+///   this process and after a reopen, answers with the whole receipt;
 /// - two accounts of 1,100 end users erased at once (`shred_each`: a
 ///   listing marker of 35 KiB) are refused before anything is written,
 ///   with an error naming the limit to raise.
 ///
 /// Before, an erasure whose marker fit and whose receipt did not left its
 /// marker in the store behind a last chunk the cluster refused, and every
-/// open after it failed.
+/// open after it failed; then, until receipts were paged, its retry
+/// answered with an empty receipt.
 #[test]
-fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_receipt() {
+fn erasures_past_the_request_limit_are_refused_whole_or_keep_their_receipt_in_pages() {
     const LIMIT: usize = 64 << 10;
     let cluster = EtcdTestCluster::with_request_limit(LIMIT);
     let local = tempfile::tempdir().expect("a local directory");
@@ -1332,20 +1333,29 @@ fn erasures_past_the_request_limit_are_refused_whole_or_land_without_a_stored_re
         meta_keys("erasure_pending/").is_empty(),
         "the marker stayed"
     );
-    assert!(
-        meta_keys("receipt/").is_empty(),
-        "a receipt past the limit was stored"
-    );
+    // 2,201 scopes of 25 bytes: two pages of at most 32 KiB, and a head.
+    assert_eq!(meta_keys("receipt/").len(), 1, "the receipt's head");
+    assert_eq!(meta_keys("receipt_page/").len(), 2, "the receipt's pages");
     for i in 0..3 {
         let read = db.get(&format!("large-user-{i}"), "message_content", b"m1");
         assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
     }
     let retry = db.shred("large", Classes::All).expect("the retry");
-    assert!(retry.erased.is_empty(), "{retry:?}");
+    assert!(
+        retry == receipt,
+        "the retry named {} scopes",
+        retry.erased.len()
+    );
     drop(db);
     let db = Db::open(config()).expect("the store reopens");
     let read = db.get("large-user-0", "message_content", b"m1");
     assert!(matches!(&read, Err(e) if e.is_erased()), "{read:?}");
+    let retry = db.shred("large", Classes::All).expect("the retry");
+    assert!(
+        retry == receipt,
+        "after reopening: {} scopes",
+        retry.erased.len()
+    );
     assert!(db.verify().expect("verify").problems.is_empty());
 }
 

@@ -31,7 +31,7 @@ pub enum Classes<'a> {
 }
 
 /// One scope erased by a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ErasedScope {
     /// The subject erased (the requested one, or one of its end users).
@@ -400,12 +400,14 @@ impl DbInner {
                 // so it may also show scopes another erasure reached in the
                 // same second (an end user's own shred): those are not this
                 // request's, and do not make its receipt stale.
+                let now_erased: std::collections::HashSet<&ErasedScope> =
+                    now_said.erased.iter().collect();
                 let confirmed = now_said.retained.is_empty()
                     && stored
                         .receipt
                         .erased
                         .iter()
-                        .all(|scope| now_said.erased.contains(scope));
+                        .all(|scope| now_erased.contains(scope));
                 if confirmed {
                     return Ok(stored.receipt);
                 }

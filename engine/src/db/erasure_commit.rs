@@ -27,6 +27,10 @@
 //! subject's generation and the classes asked for) answers a retry of an
 //! erasure that landed but whose answer was lost: the same receipt, and no
 //! second ledger or audit entry. It is written in the erasure's (last) batch.
+//! A receipt larger than the backend's largest value (tens of thousands of
+//! subjects on etcd) is stored in pages `receipt_page/‹requested tag›‹index›`,
+//! each a request of its own after the marker, and a head in the last batch
+//! naming their count and digest ([`StoredReceipt`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -128,7 +132,6 @@ const PENDING_WHAT: &str = "pending erasure";
 const PENDING_LISTED: u8 = 1;
 const PENDING_FAMILY: u8 = 2;
 const RECEIPT_WHAT: &str = "stored receipt";
-const RECEIPT_VERSION: u8 = 1;
 
 fn write_classes(w: &mut Writer, classes: Option<&[u16]>) {
     match classes {
@@ -213,6 +216,12 @@ impl PendingErasure {
 /// when nothing is left to erase, and then nothing can be retained either
 /// (a scope still held is still work). So hold reasons, which the store
 /// keeps encrypted, never land here in plaintext.
+///
+/// Version 1 holds the whole receipt. Version 2 is the head of a receipt
+/// larger than the backend takes in one value (an account with tens of
+/// thousands of end users on etcd): everything but the erased scopes, which
+/// are in pages `receipt_page/‹requested tag›‹index u32 BE›`, named by their
+/// count and digest ([`ReceiptPaging`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredReceipt {
     /// The requested subject's generation when it was erased: a receipt of
@@ -221,25 +230,92 @@ pub(crate) struct StoredReceipt {
     /// The classes asked for (`None`: all).
     pub(crate) classes: Option<Vec<u16>>,
     pub(crate) receipt: Receipt,
+    /// A head whose scopes are in pages (`receipt.erased` is then empty
+    /// until the pages are read: [`DbInner::stored_receipt`]).
+    pub(crate) paging: Option<ReceiptPaging>,
+}
+
+/// Where a paged receipt's erased scopes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReceiptPaging {
+    /// The erased scopes over all pages.
+    pub(crate) scopes: u32,
+    /// Pages `0..pages`.
+    pub(crate) pages: u32,
+    /// SHA-256 over the pages in order, each as length u32 BE ‖ bytes: a
+    /// page missing, damaged or left by another erasure does not answer.
+    pub(crate) digest: [u8; 32],
+}
+
+const RECEIPT_WHOLE: u8 = 1;
+const RECEIPT_HEAD: u8 = 2;
+const RECEIPT_PAGE_WHAT: &str = "stored receipt page";
+const RECEIPT_PAGE_VERSION: u8 = 1;
+/// What a page leaves of the backend's largest value for its key, the
+/// seal and the framing.
+const RECEIPT_PAGE_MARGIN: usize = 512;
+/// Below this many bytes a page, a receipt is not paged (not stored).
+const RECEIPT_PAGE_MIN: usize = 1024;
+
+fn write_scope(w: &mut Writer, scope: &ErasedScope) {
+    w.bytes(&scope.subject.0);
+    match &scope.class {
+        None => w.u8(0),
+        Some(name) => w.u8(1).var_bytes(name.as_bytes()),
+    };
+    w.u64(scope.keys_destroyed as u64);
+}
+
+/// The bytes `write_scope` takes for `scope`.
+fn scope_len(scope: &ErasedScope) -> usize {
+    16 + 1 + scope.class.as_ref().map_or(0, |name| 4 + name.len()) + 8
+}
+
+fn read_scope(r: &mut Reader<'_>) -> Result<ErasedScope, FormatError> {
+    let subject = SubjectTag(r.array::<16>()?);
+    let class = match r.u8()? {
+        0 => None,
+        1 => {
+            let raw = r.var_bytes()?;
+            Some(
+                String::from_utf8(raw.to_vec())
+                    .map_err(|_| r.invalid("a name that is not UTF-8"))?,
+            )
+        }
+        _ => return Err(r.invalid("unknown class presence")),
+    };
+    let keys_destroyed = usize::try_from(r.u64()?).unwrap_or(usize::MAX);
+    Ok(ErasedScope {
+        subject,
+        class,
+        keys_destroyed,
+    })
 }
 
 impl StoredReceipt {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let receipt = &self.receipt;
-        let mut w = Writer::new(RECEIPT_VERSION, 96 + 48 * receipt.erased.len());
+        let version = if self.paging.is_some() {
+            RECEIPT_HEAD
+        } else {
+            RECEIPT_WHOLE
+        };
+        let mut w = Writer::new(version, 128 + 48 * receipt.erased.len());
         w.u32(self.generation);
         write_classes(&mut w, self.classes.as_deref());
         w.bytes(&receipt.subject.0)
             .i64(receipt.erased_at.as_second())
-            .u8(receipt.reason.code())
-            .u32(u32::try_from(receipt.erased.len()).unwrap_or(u32::MAX));
-        for scope in &receipt.erased {
-            w.bytes(&scope.subject.0);
-            match &scope.class {
-                None => w.u8(0),
-                Some(name) => w.u8(1).var_bytes(name.as_bytes()),
-            };
-            w.u64(scope.keys_destroyed as u64);
+            .u8(receipt.reason.code());
+        match &self.paging {
+            None => {
+                w.u32(u32::try_from(receipt.erased.len()).unwrap_or(u32::MAX));
+                for scope in &receipt.erased {
+                    write_scope(&mut w, scope);
+                }
+            }
+            Some(paging) => {
+                w.u32(paging.scopes).u32(paging.pages).bytes(&paging.digest);
+            }
         }
         w.u64(receipt.audit_head.seq)
             .bytes(&receipt.audit_head.hash);
@@ -247,32 +323,29 @@ impl StoredReceipt {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = Reader::checked(RECEIPT_WHAT, bytes, RECEIPT_VERSION)?;
-        let text = |r: &mut Reader<'_>| -> Result<String, FormatError> {
-            let raw = r.var_bytes()?;
-            String::from_utf8(raw.to_vec()).map_err(|_| r.invalid("a name that is not UTF-8"))
-        };
+        let paged = bytes.first() == Some(&RECEIPT_HEAD);
+        let version = if paged { RECEIPT_HEAD } else { RECEIPT_WHOLE };
+        let mut r = Reader::checked(RECEIPT_WHAT, bytes, version)?;
         let generation = r.u32()?;
         let classes = read_classes(&mut r)?;
         let subject = SubjectTag(r.array::<16>()?);
         let erased_at = saturating_time(r.i64()?);
         let reason =
             ErasureReason::from_code(r.u8()?).ok_or_else(|| r.invalid("unknown erasure reason"))?;
-        let n = r.u32()?;
         let mut erased = Vec::new();
-        for _ in 0..n {
-            let subject = SubjectTag(r.array::<16>()?);
-            let class = match r.u8()? {
-                0 => None,
-                1 => Some(text(&mut r)?),
-                _ => return Err(r.invalid("unknown class presence")),
-            };
-            let keys_destroyed = usize::try_from(r.u64()?).unwrap_or(usize::MAX);
-            erased.push(ErasedScope {
-                subject,
-                class,
-                keys_destroyed,
+        let mut paging = None;
+        if paged {
+            paging = Some(ReceiptPaging {
+                scopes: r.u32()?,
+                pages: r.u32()?,
+                digest: r.array::<32>()?,
             });
+        } else {
+            // Each scope takes at least 25 bytes: a count beyond the rest
+            // fails at the first scope missing, allocating nothing ahead.
+            for _ in 0..r.u32()? {
+                erased.push(read_scope(&mut r)?);
+            }
         }
         let audit_head = AuditHead {
             seq: r.u64()?,
@@ -290,7 +363,95 @@ impl StoredReceipt {
                 retained: Vec::new(),
                 audit_head,
             },
+            paging,
         })
+    }
+}
+
+/// One page of a paged receipt: v1 ‖ count u32 ‖ scopes ‖ CRC32.
+pub(crate) fn encode_receipt_page(scopes: &[ErasedScope]) -> Vec<u8> {
+    let mut w = Writer::new(
+        RECEIPT_PAGE_VERSION,
+        8 + scopes.iter().map(scope_len).sum::<usize>(),
+    );
+    w.u32(u32::try_from(scopes.len()).unwrap_or(u32::MAX));
+    for scope in scopes {
+        write_scope(&mut w, scope);
+    }
+    w.finish()
+}
+
+pub(crate) fn decode_receipt_page(bytes: &[u8]) -> Result<Vec<ErasedScope>, FormatError> {
+    let mut r = Reader::checked(RECEIPT_PAGE_WHAT, bytes, RECEIPT_PAGE_VERSION)?;
+    let mut scopes = Vec::new();
+    for _ in 0..r.u32()? {
+        scopes.push(read_scope(&mut r)?);
+    }
+    r.end()?;
+    Ok(scopes)
+}
+
+/// The digest a paged receipt's head names ([`ReceiptPaging::digest`]).
+fn pages_digest<'p>(pages: impl IntoIterator<Item = &'p [u8]>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for page in pages {
+        hasher.update(u32::try_from(page.len()).unwrap_or(u32::MAX).to_be_bytes());
+        hasher.update(page);
+    }
+    hasher.finalize().into()
+}
+
+/// `scopes` in pages of at most `page_bytes` bytes each (at least one
+/// scope a page).
+fn paginate(scopes: &[ErasedScope], page_bytes: usize) -> Vec<Vec<u8>> {
+    let mut pages = Vec::new();
+    let mut start = 0;
+    while start < scopes.len() {
+        let mut end = start;
+        let mut bytes = 16;
+        while let Some(scope) = scopes.get(end) {
+            if end > start && bytes + scope_len(scope) > page_bytes {
+                break;
+            }
+            bytes += scope_len(scope);
+            end += 1;
+        }
+        pages.push(encode_receipt_page(
+            scopes.get(start..end).unwrap_or_default(),
+        ));
+        start = end;
+    }
+    pages
+}
+
+/// A receipt ready to store once the erasure's audit head is known.
+pub(crate) struct ReceiptToStore {
+    /// The receipt (its scopes emptied when they go to `pages`).
+    stored: StoredReceipt,
+    pages: Vec<Vec<u8>>,
+}
+
+impl ReceiptToStore {
+    fn head(&self, audit_head: &AuditHead) -> Vec<u8> {
+        let mut stored = self.stored.clone();
+        stored.receipt.audit_head = *audit_head;
+        stored.encode()
+    }
+}
+
+/// What an erasure does with its requested subject's stored receipt.
+pub(crate) struct ReceiptWrites {
+    /// The receipt to store; `None`: remove the stored one (a receipt that
+    /// retains something, or one the backend cannot take even in pages).
+    keep: Option<ReceiptToStore>,
+    /// Pages of an earlier receipt that the new one leaves behind.
+    stale_pages: Vec<Vec<u8>>,
+}
+
+impl ReceiptWrites {
+    fn pages(&self) -> &[Vec<u8>] {
+        self.keep.as_ref().map_or(&[], |keep| &keep.pages)
     }
 }
 
@@ -300,6 +461,40 @@ fn pending_key(requested: &SubjectTag) -> Vec<u8> {
 
 fn receipt_key(requested: &SubjectTag) -> Vec<u8> {
     [meta::RECEIPT_PREFIX, &requested.0].concat()
+}
+
+fn receipt_pages_prefix(requested: &SubjectTag) -> Vec<u8> {
+    [meta::RECEIPT_PAGE_PREFIX, &requested.0].concat()
+}
+
+fn receipt_page_key(requested: &SubjectTag, index: u32) -> Vec<u8> {
+    [
+        meta::RECEIPT_PAGE_PREFIX,
+        &requested.0,
+        &index.to_be_bytes(),
+    ]
+    .concat()
+}
+
+/// Adds to `batch` the head of `receipt` (the whole receipt when it has no
+/// pages), or the removal of the stored one, and with `stale_pages` the
+/// removal of pages an earlier receipt leaves behind.
+fn store_receipt(
+    batch: &mut WriteBatch,
+    requested: &SubjectTag,
+    receipt: &ReceiptWrites,
+    audit_head: &AuditHead,
+    stale_pages: bool,
+) {
+    match &receipt.keep {
+        Some(keep) => batch.put(Tree::Meta, receipt_key(requested), keep.head(audit_head)),
+        None => batch.remove(Tree::Meta, receipt_key(requested)),
+    }
+    if stale_pages {
+        for key in &receipt.stale_pages {
+            batch.remove(Tree::Meta, key.clone());
+        }
+    }
 }
 
 fn meta_location(what: &'static str, tag: &SubjectTag) -> Box<Location> {
@@ -344,26 +539,42 @@ impl Unfinished {
 
 impl DbInner {
     /// Writes `plan` durably: in one batch, or in chunks under a marker when
-    /// the backend's batch limit is smaller (module docs). `keep`: the
-    /// receipt to store for retries, with the audit head filled in.
+    /// the backend's batch limit is smaller, or the receipt to keep needs
+    /// pages (module docs). `keep`: the receipt to store for retries, with
+    /// the audit head filled in (`None`: the stored one is left alone).
     /// Returns the audit chain's last entry recording the erasure.
     pub(crate) fn commit_erasure(
         &self,
         plan: ErasureWrites<'_>,
         keep: Option<&Receipt>,
     ) -> Result<AuditHead> {
-        // A receipt that retains something is not kept (see
-        // `StoredReceipt`), and an older one must not answer for it.
-        let drop_stored = keep.is_some_and(|receipt| !receipt.retained.is_empty());
-        let keep = match keep {
-            Some(receipt) if receipt.retained.is_empty() => {
-                Some(self.receipt_record(&plan, receipt)?)
+        let receipt = match keep {
+            None => None,
+            // A receipt that retains something is not kept (see
+            // `StoredReceipt`), and an older one must not answer for it.
+            Some(receipt) if !receipt.retained.is_empty() => {
+                Some(self.prepare_receipt(&plan.requested, None)?)
             }
-            _ => None,
+            Some(receipt) => {
+                let generation = self
+                    .subject_info(&plan.requested)?
+                    .map_or(0, |info| info.generation);
+                let stored = StoredReceipt {
+                    generation,
+                    classes: plan.classes.clone(),
+                    receipt: receipt.clone(),
+                    paging: None,
+                };
+                Some(self.prepare_receipt(&plan.requested, Some(stored))?)
+            }
         };
-        let total: usize = plan.groups.iter().map(SubjectErasure::ops).sum::<usize>() + 1;
+        let receipt_ops = receipt.as_ref().map_or(0, |r| 1 + r.stale_pages.len());
+        let total: usize = plan.groups.iter().map(SubjectErasure::ops).sum::<usize>() + receipt_ops;
+        let paged = receipt.as_ref().is_some_and(|r| !r.pages().is_empty());
         match self.storage.max_batch_ops() {
-            Some(limit) if total > limit => self.commit_in_chunks(plan, keep, drop_stored, limit),
+            Some(limit) if total > limit || paged => self.commit_in_chunks(plan, receipt, limit),
+            // Pages need requests of their own, after a marker.
+            None if paged => self.commit_in_chunks(plan, receipt, usize::MAX),
             _ => {
                 let mut batch = WriteBatch::new();
                 let mut audit = Vec::new();
@@ -380,44 +591,106 @@ impl DbInner {
                     plan.erased_at,
                     Durability::Durable,
                     &mut |head, batch| {
-                        self.store_receipt(
-                            batch,
-                            &requested,
-                            keep.as_ref().map(|r| r(head)),
-                            drop_stored,
-                        );
+                        if let Some(receipt) = &receipt {
+                            store_receipt(batch, &requested, receipt, head, true);
+                        }
                     },
                 )
             }
         }
     }
 
-    /// The stored receipt of `receipt` once its audit head is known.
-    fn receipt_record(
+    /// How `stored` (`None`: no receipt) replaces the receipt stored for
+    /// `requested`: one value, or pages and a head when it is larger than
+    /// the backend's largest value (`Storage::max_value_bytes`).
+    fn prepare_receipt(
         &self,
-        plan: &ErasureWrites<'_>,
-        receipt: &Receipt,
-    ) -> Result<impl Fn(&AuditHead) -> Vec<u8> + use<>> {
-        let generation = self
-            .subject_info(&plan.requested)?
-            .map_or(0, |info| info.generation);
-        let stored = StoredReceipt {
-            generation,
-            classes: plan.classes.clone(),
-            receipt: receipt.clone(),
+        requested: &SubjectTag,
+        stored: Option<StoredReceipt>,
+    ) -> Result<ReceiptWrites> {
+        let mut existing = Vec::new();
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Meta,
+            &receipt_pages_prefix(requested),
+            &mut |k, _| {
+                existing.push(k.to_vec());
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        let keep = match stored {
+            None => None,
+            Some(stored) if self.value_fits(stored.encode().len()) => Some(ReceiptToStore {
+                stored,
+                pages: Vec::new(),
+            }),
+            Some(mut stored) => {
+                let page_bytes = self
+                    .storage
+                    .max_value_bytes()
+                    .unwrap_or(0)
+                    .saturating_sub(RECEIPT_PAGE_MARGIN);
+                (page_bytes >= RECEIPT_PAGE_MIN).then(|| {
+                    let pages = paginate(&stored.receipt.erased, page_bytes);
+                    stored.paging = Some(ReceiptPaging {
+                        scopes: u32::try_from(stored.receipt.erased.len()).unwrap_or(u32::MAX),
+                        pages: u32::try_from(pages.len()).unwrap_or(u32::MAX),
+                        digest: pages_digest(pages.iter().map(Vec::as_slice)),
+                    });
+                    stored.receipt.erased = Vec::new();
+                    ReceiptToStore { stored, pages }
+                })
+            }
         };
-        Ok(move |head: &AuditHead| {
-            let mut stored = stored.clone();
-            stored.receipt.audit_head = *head;
-            stored.encode()
-        })
+        let kept_pages = keep.as_ref().map_or(0, |keep| keep.pages.len());
+        let page_key_len = receipt_page_key(requested, 0).len();
+        let stale_pages = existing
+            .into_iter()
+            .filter(|key| {
+                let index = key
+                    .get(page_key_len - 4..)
+                    .and_then(|tail| <[u8; 4]>::try_from(tail).ok())
+                    .map(u32::from_be_bytes);
+                // A key of another shape under the prefix is stale too.
+                key.len() != page_key_len
+                    || index.is_none_or(|index| {
+                        usize::try_from(index).unwrap_or(usize::MAX) >= kept_pages
+                    })
+            })
+            .collect();
+        Ok(ReceiptWrites { keep, stale_pages })
+    }
+
+    /// Writes a receipt's pages, and removes an earlier receipt's pages it
+    /// leaves behind, each page a request of its own, before the batch
+    /// with its head. In the meantime a head stored earlier no longer
+    /// matches its pages' digest, so it answers nothing.
+    fn write_receipt_pages(
+        &self,
+        requested: &SubjectTag,
+        receipt: &ReceiptWrites,
+        limit: usize,
+    ) -> Result<()> {
+        for (index, page) in receipt.pages().iter().enumerate() {
+            let mut batch = WriteBatch::new();
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            batch.put(Tree::Meta, receipt_page_key(requested, index), page.clone());
+            self.storage.apply(&batch, Durability::Durable)?;
+        }
+        for stale in receipt.stale_pages.chunks(limit.max(1)) {
+            let mut batch = WriteBatch::new();
+            for key in stale {
+                batch.remove(Tree::Meta, key.clone());
+            }
+            self.storage.apply(&batch, Durability::Durable)?;
+        }
+        Ok(())
     }
 
     fn commit_in_chunks(
         &self,
         plan: ErasureWrites<'_>,
-        keep: Option<impl Fn(&AuditHead) -> Vec<u8>>,
-        drop_stored: bool,
+        receipt: Option<ReceiptWrites>,
         limit: usize,
     ) -> Result<AuditHead> {
         if limit < MIN_BATCH_OPS {
@@ -509,6 +782,14 @@ impl DbInner {
         let mut recorded: Option<AuditHead> = None;
         for (i, (batch, entries)) in chunks.into_iter().enumerate() {
             let has_entries = !entries.is_empty();
+            // The receipt's pages land after the marker, before its head.
+            if i == last
+                && let Some(receipt) = &receipt
+                && let Err(err) = self.write_receipt_pages(&plan.requested, receipt, limit)
+            {
+                self.unfinished_erasures.note(plan.requested, plan.tags);
+                return Err(err);
+            }
             let result = self.audit.commit_finishing(
                 self.storage.as_ref(),
                 batch,
@@ -523,12 +804,9 @@ impl DbInner {
                         } else {
                             recorded.unwrap_or(*head)
                         };
-                        self.store_receipt(
-                            batch,
-                            &plan.requested,
-                            keep.as_ref().map(|r| r(&head)),
-                            drop_stored,
-                        );
+                        if let Some(receipt) = &receipt {
+                            store_receipt(batch, &plan.requested, receipt, &head, false);
+                        }
                     }
                 },
             );
@@ -561,29 +839,6 @@ impl DbInner {
             .is_none_or(|limit| len <= limit)
     }
 
-    /// Adds the stored receipt `record` of an erasure of `requested` to
-    /// `batch`; or, when there is none (or `drop_stored`), removes the one
-    /// stored before, which must not answer for this erasure. A receipt too
-    /// large for a request (an account with tens of thousands of end users
-    /// on etcd) is not stored: a retry then finds nothing to erase and
-    /// answers with an empty receipt, as after a damaged one.
-    fn store_receipt(
-        &self,
-        batch: &mut WriteBatch,
-        requested: &SubjectTag,
-        record: Option<Vec<u8>>,
-        drop_stored: bool,
-    ) {
-        match record {
-            Some(record) if self.value_fits(record.len()) => {
-                batch.put(Tree::Meta, receipt_key(requested), record);
-            }
-            Some(_) => batch.remove(Tree::Meta, receipt_key(requested)),
-            None if drop_stored => batch.remove(Tree::Meta, receipt_key(requested)),
-            None => {}
-        }
-    }
-
     /// The marker of an unfinished chunked erasure requested for
     /// `requested`, if any.
     pub(crate) fn pending_erasure(&self, requested: &SubjectTag) -> Result<Option<PendingErasure>> {
@@ -610,7 +865,49 @@ impl DbInner {
         };
         // A damaged receipt only costs the retry its answer: the retry then
         // finds nothing to erase and answers with an empty receipt.
-        Ok(StoredReceipt::decode(&bytes).ok())
+        let Ok(mut stored) = StoredReceipt::decode(&bytes) else {
+            return Ok(None);
+        };
+        if let Some(paging) = stored.paging.take() {
+            match self.read_receipt_pages(requested, &paging)? {
+                Some(scopes) => stored.receipt.erased = scopes,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(stored))
+    }
+
+    /// The erased scopes of a paged receipt, if every page is there and
+    /// they match the head's digest and count.
+    fn read_receipt_pages(
+        &self,
+        requested: &SubjectTag,
+        paging: &ReceiptPaging,
+    ) -> Result<Option<Vec<ErasedScope>>> {
+        let mut pages = Vec::new();
+        for index in 0..paging.pages {
+            match self
+                .storage
+                .get(Tree::Meta, &receipt_page_key(requested, index))?
+            {
+                Some(page) => pages.push(page),
+                None => return Ok(None),
+            }
+        }
+        if pages_digest(pages.iter().map(Vec::as_slice)) != paging.digest {
+            return Ok(None);
+        }
+        let mut scopes = Vec::new();
+        for page in &pages {
+            match decode_receipt_page(page) {
+                Ok(more) => scopes.extend(more),
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(
+            (scopes.len() == usize::try_from(paging.scopes).unwrap_or(usize::MAX))
+                .then_some(scopes),
+        )
     }
 
     /// Refuses access to `tag` while a chunked erasure covering it is
@@ -697,17 +994,17 @@ impl DbInner {
         let generation = self
             .subject_info(&requested)?
             .map_or(0, |info| info.generation);
+        let stored = receipt.retained.is_empty().then(|| StoredReceipt {
+            generation,
+            classes: marker.classes.clone(),
+            receipt: receipt.clone(),
+            paging: None,
+        });
+        let writes = self.prepare_receipt(&requested, stored)?;
+        self.write_receipt_pages(&requested, &writes, limit)?;
         let mut done = WriteBatch::new();
         done.remove(Tree::Meta, pending_key(&requested));
-        let record = receipt.retained.is_empty().then(|| {
-            StoredReceipt {
-                generation,
-                classes: marker.classes.clone(),
-                receipt: receipt.clone(),
-            }
-            .encode()
-        });
-        self.store_receipt(&mut done, &requested, record, true);
+        store_receipt(&mut done, &requested, &writes, &receipt.audit_head, false);
         self.storage.apply(&done, Durability::Durable)?;
         self.unfinished_erasures.clear(&requested);
         Ok(receipt)
@@ -860,6 +1157,7 @@ mod tests {
                     hash: [9; 32],
                 },
             },
+            paging: None,
         };
         let encoded = stored.encode();
         assert_eq!(StoredReceipt::decode(&encoded).expect("decodes"), stored);

@@ -89,6 +89,10 @@ pub(crate) mod meta {
     /// `receipt/` ‖ requested subject tag → the receipt of its last erasure,
     /// the answer to a retry (`db::erasure_commit`).
     pub(crate) const RECEIPT_PREFIX: &[u8] = b"receipt/";
+    /// `receipt_page/` ‖ requested subject tag ‖ index u32 BE → one page of
+    /// the erased scopes of a receipt too large for one value, named by
+    /// the head under `receipt/` (`db::erasure_commit`).
+    pub(crate) const RECEIPT_PAGE_PREFIX: &[u8] = b"receipt_page/";
     /// The meta keys read before the store secret is known, so not sealed
     /// (`storage::sealed`): each authenticates otherwise or is checked
     /// against the key provider (the wrapped secret, its epoch, the anchor).

@@ -1296,3 +1296,121 @@ fn an_erasure_clears_the_live_mark_its_reads_left() {
         Some(&b"v"[..])
     );
 }
+
+/// A paged receipt (a store whose backend takes values of at most 8 KiB
+/// and 45 ops a batch, as etcd with `--max-request-bytes 16384` and
+/// `--max-txn-ops 45`) answers a repeat only while
+/// every page it names is there as written: with a page removed, or
+/// replaced by a page of another receipt or by another of its own pages,
+/// the repeat answers with an empty
+/// receipt, as after a damaged one. A later, smaller receipt of the same
+/// subject removes the pages it leaves behind.
+#[test]
+fn a_paged_receipt_answers_only_with_its_own_pages_and_a_smaller_one_removes_them() {
+    use crate::internal::{FaultPlan, MemoryKeyProvider, MemoryStore, TestStore, open_with_faults};
+    const USERS: usize = 400;
+    let page_keys = |db: &Db, tag: &crate::SubjectTag| {
+        let mut keys = Vec::new();
+        let prefix = [super::meta::RECEIPT_PAGE_PREFIX, &tag.0].concat();
+        crate::storage::scan_prefix(
+            db.inner.storage.as_ref(),
+            Tree::Meta,
+            &prefix,
+            &mut |k, _| {
+                keys.push(k.to_vec());
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+        keys
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let (db, _control) = open_with_faults(
+        test_config(&dir, &clock).key_provider(Arc::new(MemoryKeyProvider::new()) as Arc<_>),
+        &TestStore::Memory(MemoryStore::new()),
+        FaultPlan::none().batch_limit(45).request_limit(16 << 10),
+    )
+    .expect("open");
+    for account in ["big", "other"] {
+        db.register_account(account).expect("register");
+        db.put(account, "account_profile", b"email", b"x@example.com")
+            .expect("put");
+        for i in 0..USERS {
+            let user = format!("{account}-user-{i}");
+            db.register_end_user(&user, account).expect("register");
+            db.put(&user, "message_content", b"m1", b"hello")
+                .expect("put");
+        }
+    }
+    let messages = Classes::Only(&["message_content"]);
+    let big = db.subject_tag("big");
+    let other = db.subject_tag("other");
+    // 400 scopes of 44 bytes (the class named): three pages of < 8 KiB.
+    let receipt = db.shred("big", messages).expect("shred");
+    assert_eq!(receipt.erased.len(), USERS);
+    let pages = page_keys(&db, &big);
+    assert_eq!(pages.len(), 3, "pages of a {}-scope receipt", USERS);
+    assert_eq!(db.shred("big", messages).expect("repeat"), receipt);
+
+    // A page of another account's receipt in place of one of its own.
+    db.shred("other", messages).expect("shred");
+    let foreign = db
+        .inner
+        .storage
+        .get(Tree::Meta, &page_keys(&db, &other)[1])
+        .expect("read")
+        .expect("a page");
+    let own = db.inner.storage.get(Tree::Meta, &pages[1]).expect("read");
+    let mut swap = WriteBatch::new();
+    swap.put(Tree::Meta, pages[1].clone(), foreign);
+    db.inner
+        .storage
+        .apply(&swap, Durability::Durable)
+        .expect("swap");
+    let answer = db.shred("big", messages).expect("repeat");
+    assert!(answer.erased.is_empty(), "answered from a foreign page");
+    // Its own first page in place of its second: every scope real and
+    // erased, the count right, but the receipt would not be the one given.
+    let first = db.inner.storage.get(Tree::Meta, &pages[0]).expect("read");
+    let mut shuffle = WriteBatch::new();
+    shuffle.put(Tree::Meta, pages[1].clone(), first.expect("first page"));
+    db.inner
+        .storage
+        .apply(&shuffle, Durability::Durable)
+        .expect("shuffle");
+    let answer = db.shred("big", messages).expect("repeat");
+    assert!(
+        answer.erased.is_empty(),
+        "answered from a page out of place"
+    );
+    let mut restore = WriteBatch::new();
+    restore.put(Tree::Meta, pages[1].clone(), own.expect("own page"));
+    db.inner
+        .storage
+        .apply(&restore, Durability::Durable)
+        .expect("restore");
+    assert_eq!(db.shred("big", messages).expect("repeat"), receipt);
+
+    // A page missing.
+    let mut cut = WriteBatch::new();
+    cut.remove(Tree::Meta, pages[2].clone());
+    db.inner
+        .storage
+        .apply(&cut, Durability::Durable)
+        .expect("cut");
+    let answer = db.shred("big", messages).expect("repeat");
+    assert!(answer.erased.is_empty(), "answered with a page missing");
+
+    // A smaller receipt of the same subject: one value, no pages left.
+    let profile = db
+        .shred("big", Classes::Only(&["account_profile"]))
+        .expect("shred the profile");
+    assert_eq!(profile.erased.len(), 1, "{profile:?}");
+    assert!(page_keys(&db, &big).is_empty(), "stale pages stayed");
+    assert_eq!(
+        db.shred("big", Classes::Only(&["account_profile"]))
+            .expect("repeat"),
+        profile
+    );
+}

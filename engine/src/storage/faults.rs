@@ -34,7 +34,8 @@ use shredkv_crypto::{DataKey, EpochId, KeyProvider, ProviderError, WrapContext, 
 
 use super::pauses::{Pause, PausePoint, Pauses};
 use super::{
-    Backend, Durability, Order, Space, Storage, StorageError, StorageErrorKind, Tree, WriteBatch,
+    Backend, Durability, Op, Order, Space, Storage, StorageError, StorageErrorKind, Tree,
+    WriteBatch,
 };
 
 /// Which calls a storage countdown counts.
@@ -112,6 +113,7 @@ pub struct FaultPlan {
     provider_unavailable: bool,
     provider: Option<ProviderCountdown>,
     batch_limit: Option<usize>,
+    request_limit: Option<usize>,
 }
 
 impl FaultPlan {
@@ -135,6 +137,15 @@ impl FaultPlan {
     /// `--max-txn-ops ops` does, so chunked erasures run on any backend.
     pub fn batch_limit(mut self, ops: usize) -> Self {
         self.batch_limit = Some(ops);
+        self
+    }
+
+    /// Refuse, whole, every batch whose keys and values add up to more than
+    /// `bytes`, and report half of it as the largest value the engine may
+    /// write: a local store behaving as an etcd cluster with
+    /// `--max-request-bytes bytes` does (the store's `max_request_bytes`).
+    pub fn request_limit(mut self, bytes: usize) -> Self {
+        self.request_limit = Some(bytes);
         self
     }
 
@@ -335,11 +346,13 @@ impl FaultControl {
         state.plan = state.plan.clone().fail_provider_nth(call, n);
     }
 
-    /// Disarms every fault (counts and a batch limit are kept).
+    /// Disarms every fault (counts, a batch limit and a request limit are
+    /// kept).
     pub fn clear(&self) {
         let mut state = self.faults.lock();
         state.plan = FaultPlan {
             batch_limit: state.plan.batch_limit,
+            request_limit: state.plan.request_limit,
             ..FaultPlan::none()
         };
     }
@@ -469,6 +482,26 @@ impl Storage for FaultyStorage {
                 ),
             ));
         }
+        if let Some(limit) = self.faults.lock().plan.request_limit {
+            let bytes: usize = batch
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { key, value, .. } => key.len() + value.len(),
+                    Op::Remove { key, .. } => key.len(),
+                })
+                .sum();
+            if bytes > limit {
+                return Err(self.error(
+                    "write",
+                    io::ErrorKind::InvalidInput,
+                    &format!(
+                        "a batch of {bytes} bytes is over the request limit of {limit}; \
+                         nothing was written"
+                    ),
+                ));
+            }
+        }
         self.faults.pauses.reached(PausePoint::StorageApply);
         self.faults.lock().counts.ops_written += batch.ops.len() as u64;
         self.write_with_faults(durability, |d| self.inner.apply(batch, d))
@@ -479,7 +512,13 @@ impl Storage for FaultyStorage {
     }
 
     fn max_value_bytes(&self) -> Option<usize> {
-        self.inner.max_value_bytes()
+        match (
+            self.faults.lock().plan.request_limit.map(|bytes| bytes / 2),
+            self.inner.max_value_bytes(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn max_batch_ops(&self) -> Option<usize> {
