@@ -109,6 +109,24 @@ pub(crate) fn bind(
     asked: Option<ShardBinding>,
     path: &Path,
 ) -> Result<Option<ShardBinding>> {
+    let (serves, unbound) = check(storage, asked, path)?;
+    if unbound && let Some(binding) = serves {
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Meta, SHARD_META_KEY, binding.encode().to_vec());
+        storage.apply(&batch, Durability::Durable)?;
+    }
+    Ok(serves)
+}
+
+/// What [`bind`] would do, writing nothing: the binding the store would
+/// serve under, and whether it is still to be written (a store without
+/// subjects, not bound yet); or the refusal. A restore asks it of the
+/// backup before anything is copied.
+pub(crate) fn check(
+    storage: &dyn Storage,
+    asked: Option<ShardBinding>,
+    path: &Path,
+) -> Result<(Option<ShardBinding>, bool)> {
     let stored = match storage.get(Tree::Meta, SHARD_META_KEY)? {
         None => None,
         Some(bytes) => Some(ShardBinding::decode(&bytes).ok_or_else(|| Error::Corrupt {
@@ -125,8 +143,8 @@ pub(crate) fn bind(
         })?),
     };
     match (stored, asked) {
-        (stored, None) => Ok(stored),
-        (Some(stored), Some(asked)) if stored == asked => Ok(Some(stored)),
+        (stored, None) => Ok((stored, false)),
+        (Some(stored), Some(asked)) if stored == asked => Ok((Some(stored), false)),
         (Some(stored), Some(asked)) => Err(Error::WrongShard {
             path: path.to_path_buf(),
             subject: None,
@@ -158,10 +176,7 @@ pub(crate) fn bind(
                     ),
                 });
             }
-            let mut batch = WriteBatch::new();
-            batch.put(Tree::Meta, SHARD_META_KEY, asked.encode().to_vec());
-            storage.apply(&batch, Durability::Durable)?;
-            Ok(Some(asked))
+            Ok((Some(asked), true))
         }
     }
 }

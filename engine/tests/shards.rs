@@ -254,3 +254,87 @@ fn an_account_of_a_shard_not_served_here_is_refused() {
     let err = shards.shard_of("").expect_err("an invalid id");
     assert_eq!(err.category(), ErrorCategory::Usage, "{err}");
 }
+
+/// A shard's backup restores only as that shard: restored as another
+/// shard, or under another count, it is refused before the target holds
+/// anything (the target directory stays empty, ready for the right
+/// restore). Restored as its own shard, or with no shard named, it serves
+/// its accounts and still refuses other shards'. A backup of an unbound
+/// store holding subjects (accounts no routing placed) cannot become a
+/// shard either.
+#[test]
+fn a_shards_backup_restores_only_as_that_shard() {
+    use shredkv::ErasureSource;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mine = account_on(1, 4);
+    let other = account_on(2, 4);
+    let config = shard_config(dir.path(), 1).shard(1, 4);
+    let keys = dir.path().join("shard-1.keys");
+    let db = Db::open(config).expect("open shard 1 of 4");
+    db.register_account(&mine).expect("register");
+    db.put(&mine, "message_content", b"m1", b"hello")
+        .expect("put");
+    db.backup(dir.path().join("backup")).expect("backup");
+    let target = |name: &str| {
+        Config::new(dir.path().join(name))
+            .key_file(&keys)
+            .maintenance_every(None)
+    };
+    for (name, index, count) in [("as-2-of-4", 2, 4), ("as-1-of-8", 1, 8)] {
+        let err = Db::restore(
+            dir.path().join("backup"),
+            target(name).shard(index, count),
+            ErasureSource::Live(&db),
+        )
+        .expect_err("restored as another shard");
+        assert!(err.is_wrong_shard(), "{name}: {err}");
+        assert_eq!(err.category(), ErrorCategory::Usage, "{name}");
+        assert!(err.to_string().contains("shard 1 of 4"), "{name}: {err}");
+        let left = std::fs::read_dir(dir.path().join(name)).map_or(0, Iterator::count);
+        assert_eq!(left, 0, "{name}: the refused restore left {left} files");
+    }
+    for (name, shard) in [("as-1-of-4", Some((1, 4))), ("unnamed", None)] {
+        let mut config = target(name);
+        if let Some((index, count)) = shard {
+            config = config.shard(index, count);
+        }
+        let (restored, _) =
+            Db::restore(dir.path().join("backup"), config, ErasureSource::Live(&db))
+                .expect("restored as its shard");
+        assert_eq!(
+            restored
+                .get(&mine, "message_content", b"m1")
+                .expect("read")
+                .as_deref(),
+            Some(&b"hello"[..]),
+            "{name}"
+        );
+        assert_eq!(restored.shard(), Some((1, 4)), "{name}");
+        let err = restored
+            .register_account(&other)
+            .expect_err("another shard's account");
+        assert!(err.is_wrong_shard(), "{name}: {err}");
+    }
+
+    let unbound = Db::open(
+        Config::new(dir.path().join("unbound"))
+            .key_file(dir.path().join("unbound.keys"))
+            .maintenance_every(None),
+    )
+    .expect("open");
+    unbound.register_account(&mine).expect("register");
+    unbound
+        .backup(dir.path().join("unbound-backup"))
+        .expect("backup");
+    let err = Db::restore(
+        dir.path().join("unbound-backup"),
+        Config::new(dir.path().join("unbound-as-shard"))
+            .key_file(dir.path().join("unbound.keys"))
+            .maintenance_every(None)
+            .shard(1, 4),
+        ErasureSource::Live(&unbound),
+    )
+    .expect_err("an unrouted store's backup as a shard");
+    assert_eq!(err.category(), ErrorCategory::Usage, "{err}");
+    assert!(err.to_string().contains("serves no shard"), "{err}");
+}

@@ -309,10 +309,13 @@ impl ErasureLog {
 /// Copies every tree of `from` into `to`, telling `progress` the entries
 /// copied so far after each page. Returns the entries copied.
 fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64)) -> Result<u64> {
-    // A page is one batch of the target: within its limit (etcd's).
+    // A page is one batch of the target: within its limits (etcd's
+    // operations per transaction, and bytes per request: a page holds no
+    // more than the largest value the target takes, or one entry).
     let page = to
         .max_batch_ops()
         .map_or(COPY_PAGE, |limit| COPY_PAGE.min(limit.max(1)));
+    let page_bytes = to.max_value_bytes().unwrap_or(usize::MAX);
     let mut total = 0u64;
     for tree in Tree::ALL {
         let mut after: Option<Vec<u8>> = None;
@@ -320,6 +323,8 @@ fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64
             let mut batch = WriteBatch::new();
             let mut last = None;
             let mut n = 0usize;
+            let mut bytes = 0usize;
+            let mut full = false;
             let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             from.scan(
                 tree,
@@ -327,10 +332,17 @@ fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64
                 Bound::Unbounded,
                 Order::Ascending,
                 &mut |k, v| {
+                    let size = k.len() + v.len();
+                    if n > 0 && bytes.saturating_add(size) > page_bytes {
+                        full = true;
+                        return ControlFlow::Break(());
+                    }
                     batch.put(tree, k.to_vec(), v.to_vec());
                     last = Some(k.to_vec());
                     n += 1;
+                    bytes += size;
                     if n >= page {
+                        full = true;
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
@@ -344,7 +356,7 @@ fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64
             total += u64::try_from(n).unwrap_or(u64::MAX);
             progress(total);
             after = last;
-            if n < page {
+            if !full {
                 break;
             }
         }
@@ -574,6 +586,67 @@ fn restore_provider(target: &Config, source: ErasureSource<'_>) -> Result<Arc<dy
 
 /// Removes what a failed restore wrote into `target`: the directory itself
 /// if the restore created it, else everything in it (it was empty).
+/// Refuses a restore target whose storage holds a store or a failed
+/// restore (a cluster namespace in use).
+fn ensure_empty_storage(to: &dyn Storage, target: &Config) -> Result<()> {
+    if super::meta_get(to, meta::FORMAT)?.is_some()
+        || super::meta_get(to, meta::RESTORE_PENDING)?.is_some()
+    {
+        return Err(Error::InvalidArgument {
+            what: "restore target",
+            detail: format!(
+                "the {} store at {} already holds a store (or a failed restore); restore \
+                 into an empty namespace",
+                to.backend(),
+                target.path().display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes every key a failed restore wrote into `storage` (a cluster
+/// namespace), in batches the backend takes, the restore-pending mark
+/// last: interrupted, the namespace still refuses to open as a store. A
+/// full cluster (etcd's NOSPACE) still takes removals.
+fn clear_failed_restore(storage: &dyn Storage) -> Result<()> {
+    let limit = storage.max_batch_ops().unwrap_or(1024).max(1);
+    let trees = Tree::ALL.iter().filter(|t| **t != Tree::Meta);
+    for tree in trees.chain(std::iter::once(&Tree::Meta)) {
+        loop {
+            let mut keys = Vec::new();
+            storage.scan(
+                *tree,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                crate::storage::Order::Ascending,
+                &mut |k, _| {
+                    if !(*tree == Tree::Meta && k == meta::RESTORE_PENDING) {
+                        keys.push(k.to_vec());
+                    }
+                    if keys.len() >= limit {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = WriteBatch::new();
+            for key in keys {
+                batch.remove(*tree, key);
+            }
+            storage.apply(&batch, Durability::Durable)?;
+        }
+    }
+    let mut pending = WriteBatch::new();
+    pending.remove(Tree::Meta, meta::RESTORE_PENDING);
+    storage.apply(&pending, Durability::Durable)?;
+    Ok(())
+}
+
 fn remove_failed_restore(target: &Path, existed: bool) -> std::io::Result<()> {
     if !existed {
         return match std::fs::remove_dir_all(target) {
@@ -794,6 +867,9 @@ impl Db {
             Arc::clone(&from)
         };
         drop(backup_secret);
+        // A shard's backup restores only as that shard: refused here, before
+        // the target holds anything (a cluster namespace would keep it).
+        crate::shard_route::check(view.as_ref(), target.shard, backup)?;
         let lost = lost_records(view.as_ref(), &log, target.clock.now().as_second())?;
         drop(view);
         if !lost.is_empty() && !options.accept_lost_records {
@@ -804,22 +880,66 @@ impl Db {
         }
         let path = target.path().to_path_buf();
         let existed = path.exists();
-        let restored = Self::restore_into(from, target, provider, &log, lost, &epoch_starts);
-        if restored.is_err()
-            && let Err(source) = remove_failed_restore(&path, existed)
-        {
-            return Err(Error::Io {
-                action: "remove the files of a failed restore (the directory refuses to open as an interrupted restore; delete it by hand)",
-                path,
-                source,
-            });
+        super::create_private_dir(target.path())?;
+        // The backup's backend, unless the target names one (a restore can
+        // move a store to another backend: it copies trees). One handle for
+        // the copy, the restored store and, if the restore fails, removing
+        // what it wrote (a full cluster takes removals, not a new owner).
+        let to = match open_restore_target(&target, Some(from.backend())) {
+            Ok(to) => to,
+            Err(err) => {
+                let _ = remove_failed_restore(&path, existed);
+                return Err(err);
+            }
+        };
+        // A cluster namespace is not a directory ensure_empty_dir saw; one
+        // that holds anything is refused, and left as it is.
+        if let Err(err) = ensure_empty_storage(to.as_ref(), &target) {
+            drop(to);
+            let _ = remove_failed_restore(&path, existed);
+            return Err(err);
         }
-        restored
+        let remote = target.remote.is_some();
+        let restored = Self::restore_into(
+            from,
+            Arc::clone(&to),
+            target,
+            provider,
+            &log,
+            lost,
+            &epoch_starts,
+        );
+        match restored {
+            Ok(restored) => Ok(restored),
+            Err(err) => {
+                // A cluster namespace keeps what was copied into it.
+                if remote && let Err(cleanup) = clear_failed_restore(to.as_ref()) {
+                    return Err(Error::Io {
+                        action: "remove the keys of a failed restore from its cluster namespace (the namespace refuses to open as an interrupted restore; delete its keys by hand, e.g. etcdctl del --prefix)",
+                        path,
+                        source: std::io::Error::other(format!(
+                            "the restore failed: {err}; removing what it wrote failed: {cleanup}"
+                        )),
+                    });
+                }
+                drop(to);
+                if let Err(source) = remove_failed_restore(&path, existed) {
+                    return Err(Error::Io {
+                        action: "remove the files of a failed restore (the directory refuses to open as an interrupted restore; delete it by hand)",
+                        path,
+                        source,
+                    });
+                }
+                Err(err)
+            }
+        }
     }
 
-    /// Copies the backup in `from` into `target` and replays `log`.
+    /// Copies the backup in `from` into `to` (the storage of `target`) and
+    /// replays `log`.
     fn restore_into(
         from: Arc<dyn Storage>,
+        to: Arc<dyn Storage>,
         target: Config,
         provider: Arc<dyn KeyProvider>,
         log: &ErasureLog,
@@ -827,24 +947,6 @@ impl Db {
         epoch_starts: &BTreeMap<u32, i64>,
     ) -> Result<(Db, RestoreReport)> {
         let entries = {
-            super::create_private_dir(target.path())?;
-            // The backup's backend, unless the target names one (a restore
-            // can move a store to another backend: it copies trees).
-            let to = open_restore_target(&target, Some(from.backend()))?;
-            // A cluster namespace is not a directory ensure_empty_dir saw.
-            if super::meta_get(to.as_ref(), meta::FORMAT)?.is_some()
-                || super::meta_get(to.as_ref(), meta::RESTORE_PENDING)?.is_some()
-            {
-                return Err(Error::InvalidArgument {
-                    what: "restore target",
-                    detail: format!(
-                        "the {} store at {} already holds a store (or a failed restore); \
-                         restore into an empty namespace",
-                        to.backend(),
-                        target.path().display()
-                    ),
-                });
-            }
             let mut pending = WriteBatch::new();
             pending.put(Tree::Meta, meta::RESTORE_PENDING, vec![1]);
             to.apply(&pending, Durability::Durable)?;
@@ -852,9 +954,8 @@ impl Db {
             drop(from);
             entries
         };
-        let storage = open_restore_target(&target, None)?;
         let maintenance = target.maintenance_every;
-        let db = Db::open_with(target.apply_policy_change(true), storage, provider, true)?;
+        let db = Db::open_with(target.apply_policy_change(true), to, provider, true)?;
         let report = db.replay(log, entries, lost, epoch_starts)?;
         // Only a replayed store maintains itself (a half-restored one must
         // not compact or rotate).

@@ -212,3 +212,153 @@ fn a_store_on_etcd_backs_up_to_local_files_and_restores_into_a_new_namespace() {
         "the refused restore changed nothing"
     );
 }
+
+/// A shard's backup restored into a namespace as another shard is refused
+/// before the namespace holds anything: the same namespace then takes the
+/// restore as the right shard. (A local target's files are removed after
+/// a failed restore; a namespace's keys would stay, and refuse every later
+/// restore into it as "a failed restore".)
+#[test]
+fn a_shards_backup_restored_as_another_shard_leaves_the_namespace_empty() {
+    let local = tempfile::tempdir().expect("a local directory");
+    let base = format!("shredkv-shard-restore-test/{}", local.path().display());
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("a time"));
+    let account = (0..)
+        .map(|i| format!("acct-{i}"))
+        .find(|id| crate::shard_of(id, 4).is_ok_and(|shard| shard == 1))
+        .expect("an account of shard 1");
+    let db = Db::open(config(local.path(), &format!("{base}/live/"), &clock).shard(1, 4))
+        .expect("open shard 1 of 4");
+    db.register_account(&account).expect("register");
+    db.put(
+        &account,
+        "account_profile",
+        b"email",
+        b"someone@example.com",
+    )
+    .expect("put");
+    let backup = local.path().join("backup");
+    db.backup(&backup).expect("backup");
+    let namespace = format!("{base}/restored/");
+    let target = |dir: &str| {
+        Config::new(local.path().join(dir))
+            .key_file(local.path().join("keys"))
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None)
+            .etcd(Cluster::shared().endpoints.clone(), &namespace, MAX_TXN_OPS)
+    };
+    let refused = Db::restore(
+        &backup,
+        target("wrong").shard(2, 4),
+        crate::ErasureSource::Live(&db),
+    )
+    .expect_err("restored as shard 2 of 4");
+    assert!(refused.is_wrong_shard(), "{refused}");
+    let (restored, _) = Db::restore(
+        &backup,
+        target("right").shard(1, 4),
+        crate::ErasureSource::Live(&db),
+    )
+    .expect("the namespace takes the restore as the right shard");
+    assert_eq!(restored.shard(), Some((1, 4)));
+    assert_eq!(
+        restored
+            .get(&account, "account_profile", b"email")
+            .expect("get")
+            .as_deref(),
+        Some(&b"someone@example.com"[..])
+    );
+}
+
+/// A local store of large values moved into a cluster by a restore: the
+/// copy's batches stay under etcd's request size (1.5 MiB by default;
+/// 40 values of 100 KiB would make one 4 MB batch of a page of entries),
+/// and every value reads back.
+#[test]
+fn a_restore_of_large_values_into_etcd_fits_its_requests() {
+    let local = tempfile::tempdir().expect("a local directory");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("a time"));
+    let (backup, source) = large_local_backup(local.path(), &clock, 40);
+    let namespace = format!("shredkv-large-restore-test/{}/", local.path().display());
+    let (restored, _) = Db::restore(
+        &backup,
+        Config::new(local.path().join("restored"))
+            .key_file(local.path().join("keys"))
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None)
+            .etcd(Cluster::shared().endpoints.clone(), &namespace, MAX_TXN_OPS),
+        crate::ErasureSource::Live(&source),
+    )
+    .expect("a restore into etcd");
+    for i in 0..40u32 {
+        assert_eq!(
+            restored
+                .get("acct", "message_content", &i.to_be_bytes())
+                .expect("get"),
+            Some(large_value(i)),
+            "record {i}"
+        );
+    }
+}
+
+/// A restore that does not fit the cluster (etcd's NOSPACE past its
+/// quota) fails, and leaves nothing in the namespace: not the copied
+/// entries, not the restore-pending mark.
+#[test]
+fn a_restore_past_the_clusters_quota_fails_and_leaves_the_namespace_empty() {
+    let cluster = Cluster::with_quota(4 << 20);
+    let local = tempfile::tempdir().expect("a local directory");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("a time"));
+    let (backup, source) = large_local_backup(local.path(), &clock, 60);
+    let err = Db::restore(
+        &backup,
+        Config::new(local.path().join("restored"))
+            .key_file(local.path().join("keys"))
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None)
+            .etcd(cluster.endpoints.clone(), "too-large/", MAX_TXN_OPS),
+        crate::ErasureSource::Live(&source),
+    )
+    .expect_err("6 MB restored into a 4 MiB cluster");
+    assert!(err.is_full(), "{err}");
+    let left = cluster.keys_with_prefix(b"too-large/");
+    assert!(
+        left.is_empty(),
+        "the failed restore left {} keys, e.g. {:?}",
+        left.len(),
+        String::from_utf8_lossy(&left[0])
+    );
+}
+
+/// A 100 KiB value, different for each record.
+fn large_value(i: u32) -> Vec<u8> {
+    let seed = i.to_be_bytes();
+    (0..100usize << 10)
+        .map(|j| seed[j % 4] ^ u8::try_from(j % 251).unwrap_or(0))
+        .collect()
+}
+
+/// A local redb store holding `records` values of 100 KiB, and its backup.
+fn large_local_backup(
+    local: &std::path::Path,
+    clock: &ManualClock,
+    records: u32,
+) -> (std::path::PathBuf, Db) {
+    let source = Db::open(
+        Config::new(local.join("source"))
+            .key_file(local.join("keys"))
+            .backend(crate::Backend::Redb)
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None),
+    )
+    .expect("open a local store");
+    source.register_account("acct").expect("register");
+    for i in 0..records {
+        source
+            .put("acct", "message_content", &i.to_be_bytes(), &large_value(i))
+            .expect("put");
+    }
+    let backup = local.join("backup");
+    source.backup(&backup).expect("backup");
+    (backup, source)
+}
