@@ -13,7 +13,8 @@ use shredkv_crypto::{FormatError, SubjectTag};
 
 use crate::audit::AuditEntry;
 use crate::db::erasure_commit::{
-    PendingErasure, StoredReceipt, decode_receipt_page, encode_receipt_page,
+    PendingErasure, StoredReceipt, decode_receipt_page, decode_tag_page, encode_receipt_page,
+    encode_tag_page,
 };
 use crate::holds;
 use crate::ledger::LedgerEntry;
@@ -47,11 +48,13 @@ pub enum RecordKind {
     ShardBinding,
     /// Meta `receipt_page/‹tag›‹index›`: erased scopes of a paged receipt.
     ReceiptPage,
+    /// Meta `erasure_pending_page/‹tag›‹index›`: subjects of a paged marker.
+    MarkerPage,
 }
 
 impl RecordKind {
     /// Every kind, in a fixed order (fuzz targets pick one by index).
-    pub const ALL: [RecordKind; 11] = [
+    pub const ALL: [RecordKind; 12] = [
         RecordKind::VaultEntry,
         RecordKind::SubjectRecord,
         RecordKind::LedgerEntry,
@@ -63,6 +66,7 @@ impl RecordKind {
         RecordKind::StoredReceipt,
         RecordKind::ShardBinding,
         RecordKind::ReceiptPage,
+        RecordKind::MarkerPage,
     ];
 }
 
@@ -143,6 +147,7 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
         RecordKind::ReceiptPage => check(bytes, decode_receipt_page, |scopes| {
             encode_receipt_page(scopes)
         }),
+        RecordKind::MarkerPage => check(bytes, decode_tag_page, |tags| encode_tag_page(tags)),
     }
 }
 
@@ -299,6 +304,7 @@ mod tests {
                     classes: Some(vec![3, 7]),
                     tags: vec![tag, SubjectTag([0x11; 16])],
                     listed: true,
+                    paging: None,
                 }
                 .encode(),
             ),
@@ -311,8 +317,31 @@ mod tests {
                     classes: None,
                     tags: Vec::new(),
                     listed: false,
+                    paging: None,
                 }
                 .encode(),
+            ),
+            (
+                "pending-paged",
+                RecordKind::PendingErasure,
+                PendingErasure {
+                    erased_at: 1_800_000_000,
+                    reason: ErasureReason::Operator,
+                    classes: None,
+                    tags: Vec::new(),
+                    listed: true,
+                    paging: Some(crate::db::erasure_commit::Paging {
+                        items: 2,
+                        pages: 1,
+                        digest: [3; 32],
+                    }),
+                }
+                .encode(),
+            ),
+            (
+                "pending-page",
+                RecordKind::MarkerPage,
+                encode_tag_page(&[tag, SubjectTag([0x22; 16])]),
             ),
             (
                 "receipt",
@@ -356,8 +385,8 @@ mod tests {
                             hash: [9; 32],
                         },
                     },
-                    paging: Some(crate::db::erasure_commit::ReceiptPaging {
-                        scopes: 2,
+                    paging: Some(crate::db::erasure_commit::Paging {
+                        items: 2,
                         pages: 1,
                         digest: [7; 32],
                     }),

@@ -607,3 +607,131 @@ fn a_paged_receipt_interrupted_or_lost_answers_the_retry_whole() {
         clock.advance(jiff::SignedDuration::from_mins(-1));
     }
 }
+
+/// Two accounts of `PAIR_END_USERS` end users each, every end user with
+/// one message: erased together (`Db::shred_each`), their marker lists
+/// 602 subjects (9.6 KB, more than the 8 KiB a value may take here).
+const PAIR_END_USERS: usize = 300;
+
+fn fill_pair(db: &Db) -> Vec<String> {
+    let mut subjects = Vec::new();
+    for account in ["pair-a", "pair-b"] {
+        db.register_account(account).expect("register");
+        subjects.push(account.to_string());
+        for i in 0..PAIR_END_USERS {
+            let user = format!("{account}-user-{i}");
+            db.register_end_user(&user, account).expect("register");
+            db.put(&user, "message_content", b"m1", b"hello")
+                .expect("put");
+            subjects.push(user);
+        }
+    }
+    db.register_account("bystander").expect("register");
+    db.put("bystander", "account_profile", b"email", b"b@example.com")
+        .expect("put");
+    subjects
+}
+
+/// How many of `subjects` are erased, and how many still read their
+/// message; the bystander always reads.
+fn erased_and_readable(db: &Db, subjects: &[String]) -> (usize, usize) {
+    assert_eq!(
+        db.get("bystander", "account_profile", b"email")
+            .expect("the bystander reads")
+            .as_deref(),
+        Some(&b"b@example.com"[..])
+    );
+    let mut erased = 0;
+    let mut readable = 0;
+    for subject in subjects {
+        if db.subject(subject).expect("subject").expect("known").state == SubjectState::Erased {
+            erased += 1;
+        }
+        if !subject.starts_with("pair-") || subject.contains("-user-") {
+            match db.get(subject, "message_content", b"m1") {
+                Ok(Some(_)) => readable += 1,
+                Ok(None) => panic!("{subject}: its message is gone but not erased"),
+                Err(err) => assert!(err.is_erased(), "{subject}: {err}"),
+            }
+        }
+    }
+    (erased, readable)
+}
+
+/// An erasure of several families whose listing is larger than one value
+/// (etcd's request size; here the fault layer's) lists its subjects in
+/// pages written before its marker. Before pages it was refused. With the
+/// writes cut at each step:
+///
+/// - a page's write fails: nothing is decided, nothing erased, and the
+///   same request then erases everything;
+/// - the first chunk (the marker) fails: the same;
+/// - a later chunk fails: the erasure is decided, the families are refused
+///   at once, and the next open finishes it from the paged marker.
+#[test]
+fn an_erasure_listing_more_than_one_value_lists_in_pages_and_survives_each_cut() {
+    let clock = clock();
+    let users = 2 * PAIR_END_USERS;
+    // Pages of 8 KiB less the margin hold 479 tags: 602 subjects, 2 pages.
+    const PAGES: u64 = 2;
+    for (cut, decided) in [
+        (None, true),
+        (Some(1), false),
+        (Some(PAGES + 1), false),
+        (Some(PAGES + 3), true),
+    ] {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (db, control) = open_request_limited(dir.path(), &clock, FaultPlan::none());
+        let subjects = fill_pair(&db);
+        let Some(n) = cut else {
+            let receipts = db
+                .shred_each(&["pair-a", "pair-b"], Classes::All)
+                .expect("the erasure");
+            assert_eq!(
+                receipts.iter().map(|r| r.erased.len()).sum::<usize>(),
+                subjects.len()
+            );
+            assert_eq!(erased_and_readable(&db, &subjects), (subjects.len(), 0));
+            continue;
+        };
+        control.fail_nth(FaultPoint::DurableApply, n, ApplyFailure::NothingApplied);
+        db.shred_each(&["pair-a", "pair-b"], Classes::All)
+            .expect_err("the cut");
+        assert!(!control.armed(), "write {n} was not reached");
+        if decided {
+            // Refused in this process until it is finished.
+            let read = db.get("pair-a-user-7", "message_content", b"m1");
+            assert!(
+                matches!(&read, Err(e) if e.is_erased()),
+                "cut {n}: {read:?}"
+            );
+            drop(db);
+            let db = Db::open(config(dir.path(), &clock)).expect("reopen");
+            assert_eq!(
+                erased_and_readable(&db, &subjects),
+                (subjects.len(), 0),
+                "cut {n}: finished at open"
+            );
+        } else {
+            assert_eq!(
+                erased_and_readable(&db, &subjects),
+                (0, users),
+                "cut {n}: nothing decided"
+            );
+            db.shred_each(&["pair-a", "pair-b"], Classes::All)
+                .expect("the same request again");
+            assert_eq!(
+                erased_and_readable(&db, &subjects),
+                (subjects.len(), 0),
+                "cut {n}"
+            );
+            drop(db);
+            let db = Db::open(config(dir.path(), &clock)).expect("reopen");
+            assert_eq!(
+                erased_and_readable(&db, &subjects),
+                (subjects.len(), 0),
+                "cut {n}"
+            );
+        }
+    }
+}

@@ -393,6 +393,7 @@ impl DbInner {
                     classes: stored.classes.clone(),
                     tags: tags.to_vec(),
                     listed: true,
+                    paging: None,
                 };
                 let now_said = self.receipt_from_ledger(requested, &as_recorded)?;
                 // Every scope the receipt names is still erased as it says,
@@ -798,8 +799,9 @@ impl Db {
         let mut families = family_of(&requested)?;
         let (tags, _exclusive) = loop {
             let mut tags: Vec<SubjectTag> = Vec::new();
+            let mut seen: std::collections::HashSet<SubjectTag> = std::collections::HashSet::new();
             for t in families.iter().flatten() {
-                if !tags.contains(t) {
+                if seen.insert(*t) {
                     tags.push(*t);
                 }
             }
@@ -816,7 +818,10 @@ impl Db {
         Ok(requested
             .iter()
             .zip(&families)
-            .map(|((tag, _), family)| Receipt {
+            .map(|((tag, _), family)| {
+                (tag, family.iter().collect::<std::collections::HashSet<_>>())
+            })
+            .map(|(tag, family)| Receipt {
                 subject: *tag,
                 erased_at: combined.erased_at,
                 reason: combined.reason,

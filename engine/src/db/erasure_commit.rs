@@ -114,7 +114,10 @@ pub(crate) struct ErasureWrites<'a> {
 /// removed from that index, and none can join an account while its erasure
 /// is unfinished (registration is refused), so the listing is the one the
 /// erasure started with. Version 1 lists the subjects (16 bytes each): for
-/// erasures of several families at once (`Db::shred_each`).
+/// erasures of several families at once (`Db::shred_each`). Version 3 is
+/// version 1 too large for one value: the subjects are in pages
+/// `erasure_pending_page/‹requested tag›‹index u32 BE›` (v1 ‖ count u32 ‖
+/// tags ‖ CRC32), written before the marker, named by its [`Paging`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingErasure {
     pub(crate) erased_at: i64,
@@ -123,14 +126,20 @@ pub(crate) struct PendingErasure {
     /// The subjects: as the marker lists them (version 1), or as the store
     /// lists the requested subject's family (version 2).
     pub(crate) tags: Vec<SubjectTag>,
-    /// Whether the marker lists `tags` (version 1) or they are the
-    /// requested subject's family (version 2).
+    /// Whether the marker lists `tags` (version 1, or 3 in pages) or they
+    /// are the requested subject's family (version 2).
     pub(crate) listed: bool,
+    /// Version 3: where the listed subjects are (`tags` is then empty until
+    /// the pages are read: [`DbInner::pending_erasure`]).
+    pub(crate) paging: Option<Paging>,
 }
 
 const PENDING_WHAT: &str = "pending erasure";
 const PENDING_LISTED: u8 = 1;
 const PENDING_FAMILY: u8 = 2;
+const PENDING_PAGED: u8 = 3;
+const TAG_PAGE_WHAT: &str = "pending erasure page";
+const TAG_PAGE_VERSION: u8 = 1;
 const RECEIPT_WHAT: &str = "stored receipt";
 
 fn write_classes(w: &mut Writer, classes: Option<&[u16]>) {
@@ -159,17 +168,51 @@ fn read_classes(r: &mut Reader<'_>) -> Result<Option<Vec<u16>>, FormatError> {
     }
 }
 
+fn write_paging(w: &mut Writer, paging: &Paging) {
+    w.u32(paging.items).u32(paging.pages).bytes(&paging.digest);
+}
+
+fn read_paging(r: &mut Reader<'_>) -> Result<Paging, FormatError> {
+    Ok(Paging {
+        items: r.u32()?,
+        pages: r.u32()?,
+        digest: r.array::<32>()?,
+    })
+}
+
+/// One page of a paged marker's subjects: v1 ‖ count u32 ‖ tags ‖ CRC32.
+pub(crate) fn encode_tag_page(tags: &[SubjectTag]) -> Vec<u8> {
+    let mut w = Writer::new(TAG_PAGE_VERSION, 8 + 16 * tags.len());
+    w.u32(u32::try_from(tags.len()).unwrap_or(u32::MAX));
+    for tag in tags {
+        w.bytes(&tag.0);
+    }
+    w.finish()
+}
+
+pub(crate) fn decode_tag_page(bytes: &[u8]) -> Result<Vec<SubjectTag>, FormatError> {
+    let mut r = Reader::checked(TAG_PAGE_WHAT, bytes, TAG_PAGE_VERSION)?;
+    let mut tags = Vec::new();
+    for _ in 0..r.u32()? {
+        tags.push(SubjectTag(r.array::<16>()?));
+    }
+    r.end()?;
+    Ok(tags)
+}
+
 impl PendingErasure {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let version = if self.listed {
-            PENDING_LISTED
-        } else {
-            PENDING_FAMILY
+        let version = match (self.listed, &self.paging) {
+            (_, Some(_)) => PENDING_PAGED,
+            (true, None) => PENDING_LISTED,
+            (false, None) => PENDING_FAMILY,
         };
-        let mut w = Writer::new(version, 16 + 16 * self.tags.len());
+        let mut w = Writer::new(version, 64 + 16 * self.tags.len());
         w.i64(self.erased_at).u8(self.reason.code());
         write_classes(&mut w, self.classes.as_deref());
-        if self.listed {
+        if let Some(paging) = &self.paging {
+            write_paging(&mut w, paging);
+        } else if self.listed {
             w.u32(u32::try_from(self.tags.len()).unwrap_or(u32::MAX));
             for tag in &self.tags {
                 w.bytes(&tag.0);
@@ -178,21 +221,27 @@ impl PendingErasure {
         w.finish()
     }
 
-    /// A marker as stored; a version 2 marker's `tags` are empty until
-    /// the family is listed ([`DbInner::pending_erasure`]).
+    /// A marker as stored; the `tags` of a version 2 or 3 marker are empty
+    /// until the family is listed or the pages read
+    /// ([`DbInner::pending_erasure`]).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let listed = bytes.first() != Some(&PENDING_FAMILY);
-        let version = if listed {
-            PENDING_LISTED
-        } else {
-            PENDING_FAMILY
+        let version = match bytes.first() {
+            Some(&PENDING_FAMILY) => PENDING_FAMILY,
+            Some(&PENDING_PAGED) => PENDING_PAGED,
+            _ => PENDING_LISTED,
         };
+        let listed = version != PENDING_FAMILY;
         let mut r = Reader::checked(PENDING_WHAT, bytes, version)?;
         let erased_at = r.i64()?;
         let reason =
             ErasureReason::from_code(r.u8()?).ok_or_else(|| r.invalid("unknown erasure reason"))?;
         let classes = read_classes(&mut r)?;
-        let tags = if listed {
+        let paging = if version == PENDING_PAGED {
+            Some(read_paging(&mut r)?)
+        } else {
+            None
+        };
+        let tags = if version == PENDING_LISTED {
             let n = r.u32()?;
             (0..n)
                 .map(|_| r.array::<16>().map(SubjectTag))
@@ -207,6 +256,7 @@ impl PendingErasure {
             classes,
             tags,
             listed,
+            paging,
         })
     }
 }
@@ -221,7 +271,7 @@ impl PendingErasure {
 /// larger than the backend takes in one value (an account with tens of
 /// thousands of end users on etcd): everything but the erased scopes, which
 /// are in pages `receipt_page/‹requested tag›‹index u32 BE›`, named by their
-/// count and digest ([`ReceiptPaging`]).
+/// count and digest ([`Paging`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredReceipt {
     /// The requested subject's generation when it was erased: a receipt of
@@ -232,14 +282,15 @@ pub(crate) struct StoredReceipt {
     pub(crate) receipt: Receipt,
     /// A head whose scopes are in pages (`receipt.erased` is then empty
     /// until the pages are read: [`DbInner::stored_receipt`]).
-    pub(crate) paging: Option<ReceiptPaging>,
+    pub(crate) paging: Option<Paging>,
 }
 
-/// Where a paged receipt's erased scopes are.
+/// Where the items of a record too large for one value are: a paged
+/// receipt's erased scopes, a paged marker's subjects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ReceiptPaging {
-    /// The erased scopes over all pages.
-    pub(crate) scopes: u32,
+pub(crate) struct Paging {
+    /// The items over all pages.
+    pub(crate) items: u32,
     /// Pages `0..pages`.
     pub(crate) pages: u32,
     /// SHA-256 over the pages in order, each as length u32 BE ‖ bytes: a
@@ -314,7 +365,7 @@ impl StoredReceipt {
                 }
             }
             Some(paging) => {
-                w.u32(paging.scopes).u32(paging.pages).bytes(&paging.digest);
+                write_paging(&mut w, paging);
             }
         }
         w.u64(receipt.audit_head.seq)
@@ -335,11 +386,7 @@ impl StoredReceipt {
         let mut erased = Vec::new();
         let mut paging = None;
         if paged {
-            paging = Some(ReceiptPaging {
-                scopes: r.u32()?,
-                pages: r.u32()?,
-                digest: r.array::<32>()?,
-            });
+            paging = Some(read_paging(&mut r)?);
         } else {
             // Each scope takes at least 25 bytes: a count beyond the rest
             // fails at the first scope missing, allocating nothing ahead.
@@ -391,7 +438,7 @@ pub(crate) fn decode_receipt_page(bytes: &[u8]) -> Result<Vec<ErasedScope>, Form
     Ok(scopes)
 }
 
-/// The digest a paged receipt's head names ([`ReceiptPaging::digest`]).
+/// The digest a paged receipt's head names ([`Paging::digest`]).
 fn pages_digest<'p>(pages: impl IntoIterator<Item = &'p [u8]>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
@@ -423,6 +470,12 @@ fn paginate(scopes: &[ErasedScope], page_bytes: usize) -> Vec<Vec<u8>> {
         start = end;
     }
     pages
+}
+
+/// `tags` in pages of at most `page_bytes` bytes each.
+fn paginate_tags(tags: &[SubjectTag], page_bytes: usize) -> Vec<Vec<u8>> {
+    let per_page = (page_bytes.saturating_sub(16) / 16).max(1);
+    tags.chunks(per_page).map(encode_tag_page).collect()
 }
 
 /// A receipt ready to store once the erasure's audit head is known.
@@ -461,6 +514,19 @@ fn pending_key(requested: &SubjectTag) -> Vec<u8> {
 
 fn receipt_key(requested: &SubjectTag) -> Vec<u8> {
     [meta::RECEIPT_PREFIX, &requested.0].concat()
+}
+
+fn marker_pages_prefix(requested: &SubjectTag) -> Vec<u8> {
+    [meta::ERASURE_PENDING_PAGE_PREFIX, &requested.0].concat()
+}
+
+fn marker_page_key(requested: &SubjectTag, index: u32) -> Vec<u8> {
+    [
+        meta::ERASURE_PENDING_PAGE_PREFIX,
+        &requested.0,
+        &index.to_be_bytes(),
+    ]
+    .concat()
 }
 
 fn receipt_pages_prefix(requested: &SubjectTag) -> Vec<u8> {
@@ -632,8 +698,8 @@ impl DbInner {
                     .saturating_sub(RECEIPT_PAGE_MARGIN);
                 (page_bytes >= RECEIPT_PAGE_MIN).then(|| {
                     let pages = paginate(&stored.receipt.erased, page_bytes);
-                    stored.paging = Some(ReceiptPaging {
-                        scopes: u32::try_from(stored.receipt.erased.len()).unwrap_or(u32::MAX),
+                    stored.paging = Some(Paging {
+                        items: u32::try_from(stored.receipt.erased.len()).unwrap_or(u32::MAX),
                         pages: u32::try_from(pages.len()).unwrap_or(u32::MAX),
                         digest: pages_digest(pages.iter().map(Vec::as_slice)),
                     });
@@ -715,30 +781,60 @@ impl DbInner {
                 None => std::collections::HashSet::new(),
             };
         let erasing: std::collections::HashSet<SubjectTag> = plan.tags.iter().copied().collect();
-        let marker = PendingErasure {
+        let mut marker = PendingErasure {
             erased_at: plan.erased_at.as_second(),
             reason: plan.reason,
             classes: plan.classes.clone(),
             tags: plan.tags.to_vec(),
             listed: family != erasing,
+            paging: None,
         };
-        let marker = marker.encode();
-        if !self.value_fits(marker.len()) {
-            return Err(Error::InvalidArgument {
-                what: "max_request_bytes",
-                detail: format!(
-                    "an erasure of {} subjects needs a marker of {} bytes (16 a subject), more \
-                     than the largest value the backend takes ({} bytes); nothing was erased. \
-                     On etcd, raise the cluster's --max-request-bytes, and the store's \
-                     max_request_bytes, to at least {} bytes (on TiKV, its \
-                     txn-entry-size-limit)",
-                    plan.tags.len(),
-                    marker.len(),
-                    self.storage.max_value_bytes().unwrap_or(0),
-                    2 * marker.len() + 4096
-                ),
+        let mut encoded = marker.encode();
+        // A listing too large for one value goes to pages, each a request
+        // of its own before the marker: until the marker lands, nothing is
+        // decided, and pages without a marker are removed at the next open.
+        let mut marker_pages = Vec::new();
+        if !self.value_fits(encoded.len()) {
+            let page_bytes = self
+                .storage
+                .max_value_bytes()
+                .unwrap_or(0)
+                .saturating_sub(RECEIPT_PAGE_MARGIN);
+            marker_pages = paginate_tags(plan.tags, page_bytes);
+            if page_bytes < RECEIPT_PAGE_MIN || marker_pages.len() + 3 > limit {
+                return Err(Error::InvalidArgument {
+                    what: "max_request_bytes",
+                    detail: format!(
+                        "an erasure of {} subjects needs a listing of {} bytes (16 a subject), \
+                         more than the backend takes in pages of its largest value ({} bytes); \
+                         nothing was erased. Erase fewer subjects at once, or raise the etcd \
+                         cluster's --max-request-bytes and the store's max_request_bytes (on \
+                         TiKV, its txn-entry-size-limit)",
+                        plan.tags.len(),
+                        encoded.len(),
+                        self.storage.max_value_bytes().unwrap_or(0),
+                    ),
+                });
+            }
+            marker.paging = Some(Paging {
+                items: u32::try_from(plan.tags.len()).unwrap_or(u32::MAX),
+                pages: u32::try_from(marker_pages.len()).unwrap_or(u32::MAX),
+                digest: pages_digest(marker_pages.iter().map(Vec::as_slice)),
             });
+            marker.tags = Vec::new();
+            encoded = marker.encode();
+            for (index, page) in marker_pages.iter().enumerate() {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                let mut batch = WriteBatch::new();
+                batch.put(
+                    Tree::Meta,
+                    marker_page_key(&plan.requested, index),
+                    page.clone(),
+                );
+                self.storage.apply(&batch, Durability::Durable)?;
+            }
         }
+        let marker = encoded;
         let mut chunks: Vec<(WriteBatch, Vec<PendingEntry>)> =
             vec![(WriteBatch::new(), Vec::new())];
         chunks[0].0.put(Tree::Meta, marker_key.clone(), marker);
@@ -825,6 +921,11 @@ impl DbInner {
                 }
             }
         }
+        if !marker_pages.is_empty() {
+            // The erasure is done: pages left by a failure here are removed
+            // at the next open, with no marker to name them.
+            let _ = self.remove_marker_pages(&plan.requested, limit);
+        }
         Ok(recorded.unwrap_or(AuditHead {
             seq: 0,
             hash: [0; 32],
@@ -849,13 +950,76 @@ impl DbInner {
             location: meta_location("pending erasure", requested),
             source,
         })?;
-        if !marker.listed {
+        if let Some(paging) = &marker.paging {
+            marker.tags = self.read_marker_pages(requested, paging)?;
+        } else if !marker.listed {
             marker.tags = match self.subject_info(requested)? {
                 Some(info) => self.with_end_users(requested, &info)?,
                 None => vec![*requested],
             };
         }
         Ok(Some(marker))
+    }
+
+    /// The subjects a paged marker lists. Pages missing or not the ones it
+    /// names are damage: the erasure cannot be finished without them.
+    fn read_marker_pages(
+        &self,
+        requested: &SubjectTag,
+        paging: &Paging,
+    ) -> Result<Vec<SubjectTag>> {
+        let damaged = |detail: &'static str| Error::Corrupt {
+            location: meta_location("pending erasure pages", requested),
+            source: FormatError::InvalidField {
+                what: TAG_PAGE_WHAT,
+                detail,
+            },
+        };
+        let mut pages = Vec::new();
+        for index in 0..paging.pages {
+            let page = self
+                .storage
+                .get(Tree::Meta, &marker_page_key(requested, index))?
+                .ok_or_else(|| damaged("a page the marker names is missing"))?;
+            pages.push(page);
+        }
+        if pages_digest(pages.iter().map(Vec::as_slice)) != paging.digest {
+            return Err(damaged("the pages are not the ones the marker names"));
+        }
+        let mut tags = Vec::new();
+        for page in &pages {
+            tags.extend(decode_tag_page(page).map_err(|source| Error::Corrupt {
+                location: meta_location("pending erasure pages", requested),
+                source,
+            })?);
+        }
+        if tags.len() != usize::try_from(paging.items).unwrap_or(usize::MAX) {
+            return Err(damaged("the pages list another number of subjects"));
+        }
+        Ok(tags)
+    }
+
+    /// Removes the listing pages of `requested`'s marker (once the marker
+    /// is gone, or never landed), in batches of at most `limit`.
+    fn remove_marker_pages(&self, requested: &SubjectTag, limit: usize) -> Result<()> {
+        let mut keys = Vec::new();
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Meta,
+            &marker_pages_prefix(requested),
+            &mut |k, _| {
+                keys.push(k.to_vec());
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        for chunk in keys.chunks(limit.max(1)) {
+            let mut batch = WriteBatch::new();
+            for key in chunk {
+                batch.remove(Tree::Meta, key.clone());
+            }
+            self.storage.apply(&batch, Durability::Durable)?;
+        }
+        Ok(())
     }
 
     /// The receipt stored for a retry of an erasure of `requested`.
@@ -882,7 +1046,7 @@ impl DbInner {
     fn read_receipt_pages(
         &self,
         requested: &SubjectTag,
-        paging: &ReceiptPaging,
+        paging: &Paging,
     ) -> Result<Option<Vec<ErasedScope>>> {
         let mut pages = Vec::new();
         for index in 0..paging.pages {
@@ -904,10 +1068,7 @@ impl DbInner {
                 Err(_) => return Ok(None),
             }
         }
-        Ok(
-            (scopes.len() == usize::try_from(paging.scopes).unwrap_or(usize::MAX))
-                .then_some(scopes),
-        )
+        Ok((scopes.len() == usize::try_from(paging.items).unwrap_or(usize::MAX)).then_some(scopes))
     }
 
     /// Refuses access to `tag` while a chunked erasure covering it is
@@ -1006,6 +1167,9 @@ impl DbInner {
         done.remove(Tree::Meta, pending_key(&requested));
         store_receipt(&mut done, &requested, &writes, &receipt.audit_head, false);
         self.storage.apply(&done, Durability::Durable)?;
+        if marker.paging.is_some() {
+            self.remove_marker_pages(&requested, limit)?;
+        }
         self.unfinished_erasures.clear(&requested);
         Ok(receipt)
     }
@@ -1097,6 +1261,33 @@ impl DbInner {
                 self.finish_pending_erasure(requested, marker)?;
             }
         }
+        // Listing pages with no marker: an erasure that failed before its
+        // marker landed (nothing was decided), or one finished whose pages
+        // were not removed yet.
+        let mut orphans: Vec<SubjectTag> = Vec::new();
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Meta,
+            meta::ERASURE_PENDING_PAGE_PREFIX,
+            &mut |k, _| {
+                if let Some(tag) = k
+                    .get(meta::ERASURE_PENDING_PAGE_PREFIX.len()..)
+                    .and_then(|rest| rest.get(..16))
+                    .and_then(|tag| <[u8; 16]>::try_from(tag).ok())
+                    .map(SubjectTag)
+                    && !orphans.contains(&tag)
+                {
+                    orphans.push(tag);
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        let limit = self.storage.max_batch_ops().unwrap_or(usize::MAX);
+        for tag in orphans {
+            if self.storage.get(Tree::Meta, &pending_key(&tag))?.is_none() {
+                self.remove_marker_pages(&tag, limit)?;
+            }
+        }
         Ok(())
     }
 }
@@ -1113,12 +1304,14 @@ mod tests {
             classes: Some(vec![3, 7]),
             tags: vec![SubjectTag([1; 16]), SubjectTag([2; 16])],
             listed: true,
+            paging: None,
         };
         let bytes = marker.encode();
         assert_eq!(PendingErasure::decode(&bytes).expect("decodes"), marker);
         // A family's marker names no subject, whatever the family's size.
         let family = PendingErasure {
             listed: false,
+            paging: None,
             ..marker.clone()
         };
         let family_bytes = family.encode();

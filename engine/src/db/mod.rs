@@ -86,6 +86,9 @@ pub(crate) mod meta {
     /// `erasure_pending/` ‖ requested subject tag → a chunked erasure not
     /// finished yet (`db::erasure_commit`); an open finishes every one.
     pub(crate) const ERASURE_PENDING_PREFIX: &[u8] = b"erasure_pending/";
+    /// `erasure_pending_page/` ‖ requested subject tag ‖ index u32 BE →
+    /// one page of the subjects of a marker too large for one value.
+    pub(crate) const ERASURE_PENDING_PAGE_PREFIX: &[u8] = b"erasure_pending_page/";
     /// `receipt/` ‖ requested subject tag → the receipt of its last erasure,
     /// the answer to a retry (`db::erasure_commit`).
     pub(crate) const RECEIPT_PREFIX: &[u8] = b"receipt/";

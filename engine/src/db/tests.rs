@@ -1414,3 +1414,93 @@ fn a_paged_receipt_answers_only_with_its_own_pages_and_a_smaller_one_removes_the
         profile
     );
 }
+
+/// A paged listing whose marker never landed (the first chunk failed)
+/// decides nothing; its pages, named by no marker, are removed by the next
+/// open. A marker whose pages are damaged cannot be finished: the open
+/// refuses the store as corrupt, naming the pages, rather than finish an
+/// erasure of the wrong subjects.
+#[test]
+fn listing_pages_without_a_marker_are_removed_at_open_and_damaged_ones_refuse_it() {
+    use crate::internal::{
+        ApplyFailure, FaultPlan, FaultPoint, MemoryKeyProvider, MemoryStore, TestStore,
+        open_with_faults,
+    };
+    let page_keys = |storage: &dyn crate::storage::Storage| {
+        let mut keys = Vec::new();
+        crate::storage::scan_prefix(
+            storage,
+            Tree::Meta,
+            super::meta::ERASURE_PENDING_PAGE_PREFIX,
+            &mut |k, _| {
+                keys.push(k.to_vec());
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+        keys
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let provider = Arc::new(MemoryKeyProvider::new());
+    let trees = MemoryStore::new();
+    let open = || {
+        open_with_faults(
+            test_config(&dir, &clock).key_provider(Arc::clone(&provider) as Arc<_>),
+            &TestStore::Memory(trees.clone()),
+            FaultPlan::none().batch_limit(45).request_limit(16 << 10),
+        )
+        .expect("open")
+    };
+    let (db, control) = open();
+    let accounts = ["pair-a", "pair-b"];
+    for account in accounts {
+        db.register_account(account).expect("register");
+        for i in 0..300 {
+            let user = format!("{account}-user-{i}");
+            db.register_end_user(&user, account).expect("register");
+            db.put(&user, "message_content", b"m1", b"hello")
+                .expect("put");
+        }
+    }
+    // Two pages, then the first chunk (the marker) fails.
+    control.fail_nth(FaultPoint::DurableApply, 3, ApplyFailure::NothingApplied);
+    db.shred_each(&accounts, Classes::All)
+        .expect_err("the marker's write fails");
+    assert_eq!(page_keys(db.inner.storage.as_ref()).len(), 2, "the pages");
+    drop(db);
+    let (db, control) = open();
+    assert!(
+        page_keys(db.inner.storage.as_ref()).is_empty(),
+        "pages without a marker stayed"
+    );
+    assert_eq!(
+        db.get("pair-b-user-9", "message_content", b"m1")
+            .expect("nothing was erased")
+            .as_deref(),
+        Some(&b"hello"[..])
+    );
+
+    // Decided (the marker and a chunk landed), then a page is damaged.
+    control.fail_nth(FaultPoint::DurableApply, 5, ApplyFailure::NothingApplied);
+    db.shred_each(&accounts, Classes::All)
+        .expect_err("a later chunk fails");
+    let storage = Arc::clone(&db.inner.storage);
+    drop(db);
+    let pages = page_keys(storage.as_ref());
+    assert_eq!(pages.len(), 2, "the pages of the decided erasure");
+    let mut damage = WriteBatch::new();
+    damage.remove(Tree::Meta, pages[1].clone());
+    storage.apply(&damage, Durability::Durable).expect("damage");
+    drop(storage);
+    let err = open_with_faults(
+        test_config(&dir, &clock).key_provider(Arc::clone(&provider) as Arc<_>),
+        &TestStore::Memory(trees.clone()),
+        FaultPlan::none().batch_limit(45).request_limit(16 << 10),
+    )
+    .expect_err("a marker whose pages are missing");
+    assert!(
+        matches!(&err, Error::Corrupt { .. }) && err.to_string().contains("pending erasure pages"),
+        "{err}"
+    );
+}
