@@ -4,8 +4,35 @@
 //! sub-range (tree names hold no zero byte).
 
 use std::ops::Bound;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use super::Tree;
+use super::{Backend, StorageError, StorageErrorKind, Tree};
+
+/// The error of an open refused because another node owns the store
+/// `namespace` (its description: `holder`); free once that node closes it,
+/// or one lease (`lease`) after it stopped.
+pub(crate) fn held_by_another_node(
+    backend: Backend,
+    path: PathBuf,
+    namespace: &[u8],
+    holder: &str,
+    lease: Duration,
+) -> StorageError {
+    StorageError {
+        backend,
+        action: "open",
+        path,
+        kind: StorageErrorKind::Locked,
+        source: format!(
+            "the store `{}` is served by another node ({holder}); one node serves a store at a \
+             time. It is free once that node closes it, or {} s after it stopped",
+            String::from_utf8_lossy(namespace),
+            lease.as_secs()
+        )
+        .into(),
+    }
+}
 
 /// A store's namespace in a cluster.
 #[derive(Debug, Clone)]

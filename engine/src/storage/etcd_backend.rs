@@ -59,7 +59,7 @@ use etcd_client::{
     Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 
-use super::cluster_keys::{Namespace, successor};
+use super::cluster_keys::{Namespace, held_by_another_node, successor};
 use super::etcd_owner::{LEASE_TTL, Owner, TakeError};
 
 use super::{
@@ -158,20 +158,13 @@ impl EtcdStorage {
             Ok(owner) => owner,
             Err(TakeError::Cluster(e)) => return Err(fail(Box::new(e))),
             Err(TakeError::Held(holder)) => {
-                return Err(StorageError {
-                    backend: Backend::Etcd,
-                    action: "open",
-                    path: path.clone(),
-                    kind: StorageErrorKind::Locked,
-                    source: format!(
-                        "the store `{}` is served by another node ({holder}); one node serves a \
-                         store at a time. It is free once that node closes it, or {} s after it \
-                         stopped",
-                        String::from_utf8_lossy(&target.namespace),
-                        LEASE_TTL.as_secs()
-                    )
-                    .into(),
-                });
+                return Err(held_by_another_node(
+                    Backend::Etcd,
+                    path.clone(),
+                    &target.namespace,
+                    &holder,
+                    LEASE_TTL,
+                ));
             }
         };
         Ok(Self {

@@ -45,7 +45,7 @@ use tikv_client::{
     BoundRange, CheckLevel, Key, KvPair, Transaction, TransactionClient, TransactionOptions,
 };
 
-use super::cluster_keys::{Namespace, successor};
+use super::cluster_keys::{Namespace, held_by_another_node, successor};
 use super::tikv_owner::{Fence, LEASE_TTL, Owner, TakeError};
 use super::{
     Backend, Durability, Op, Order, Space, Storage, StorageError, StorageErrorKind, Tree,
@@ -150,20 +150,13 @@ impl TikvStorage {
                 ));
             }
             Err(TakeError::Held(holder)) => {
-                return Err(StorageError {
-                    backend: Backend::Tikv,
-                    action: "open",
-                    path: path.clone(),
-                    kind: StorageErrorKind::Locked,
-                    source: format!(
-                        "the store `{}` is served by another node ({holder}); one node serves a \
-                         store at a time. It is free once that node closes it, or {} s after it \
-                         stopped",
-                        String::from_utf8_lossy(&target.namespace),
-                        LEASE_TTL.as_secs()
-                    )
-                    .into(),
-                });
+                return Err(held_by_another_node(
+                    Backend::Tikv,
+                    path.clone(),
+                    &target.namespace,
+                    &holder,
+                    LEASE_TTL,
+                ));
             }
         };
         Ok(Self {
