@@ -720,8 +720,12 @@ fn a_paused_owner_past_its_lease_is_fenced_when_it_resumes() {
 /// at open as rolled back (the key provider's anchor vouches for the audit
 /// entry of the shred, which the restored cluster does not have), so the
 /// shredded account's records, live again in the cluster, are not served.
+/// Then the recovery operations.md gives: the latest backup (taken before
+/// the shred), restored into a new namespace with the erasure log exported
+/// after the shred, serves the other account and keeps the shredded one
+/// erased; the rolled-back namespace stays refused.
 #[test]
-fn a_cluster_put_back_to_before_a_shred_is_refused_as_rolled_back() {
+fn a_cluster_put_back_to_before_a_shred_is_refused_and_recovered_by_a_replayed_restore() {
     let cluster = EtcdTestCluster::own();
     let local = tempfile::tempdir().expect("a local directory");
     let open = || {
@@ -742,6 +746,11 @@ fn a_cluster_put_back_to_before_a_shred_is_refused_as_rolled_back() {
     for (subject, class, key, value) in shred_target_records("acct") {
         db.put(&subject, class, &key, &value).expect("put");
     }
+    db.register_account("kept").expect("register");
+    db.put("kept", "account_profile", b"email", b"kept@example.com")
+        .expect("put");
+    let backup = local.path().join("backup");
+    db.backup(&backup).expect("a backup before the shred");
     drop(db);
     let copy = local.path().join("cluster-copy");
     cluster.kill_all();
@@ -750,6 +759,9 @@ fn a_cluster_put_back_to_before_a_shred_is_refused_as_rolled_back() {
 
     let db = open().expect("reopen");
     db.shred("acct", Classes::All).expect("shred");
+    let log = local.path().join("erasures.log");
+    db.export_erasure_log(&log)
+        .expect("the erasure log, exported after the shred");
     drop(db);
     cluster.kill_all();
     cluster.put_back_data(&copy);
@@ -759,6 +771,42 @@ fn a_cluster_put_back_to_before_a_shred_is_refused_as_rolled_back() {
     assert!(
         matches!(refused, shredkv::Error::StoreRolledBack { .. }),
         "{refused}"
+    );
+
+    let (recovered, report) = Db::restore(
+        &backup,
+        Config::new(local.path().join("recovered"))
+            .key_file(local.path().join("keys"))
+            .maintenance_every(None)
+            .etcd(
+                cluster.endpoints.clone(),
+                "recovered/",
+                ETCD_TEST_MAX_TXN_OPS,
+            ),
+        shredkv::ErasureSource::File(&log),
+    )
+    .expect("the backup restored with the erasure log");
+    assert!(report.erasures_replayed >= 2, "{report:?}");
+    for (subject, class, key, _) in shred_target_records("acct") {
+        let read = recovered.get(&subject, class, &key);
+        assert!(
+            matches!(&read, Err(e) if e.is_erased()),
+            "{subject}/{class}: {read:?}"
+        );
+    }
+    assert_eq!(
+        recovered
+            .get("kept", "account_profile", b"email")
+            .expect("read")
+            .as_deref(),
+        Some(&b"kept@example.com"[..])
+    );
+    assert!(recovered.verify().expect("verify").is_clean());
+    drop(recovered);
+    let still = open().expect_err("the rolled-back namespace");
+    assert!(
+        matches!(still, shredkv::Error::StoreRolledBack { .. }),
+        "{still}"
     );
 }
 
