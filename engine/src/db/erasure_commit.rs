@@ -516,30 +516,30 @@ fn receipt_key(requested: &SubjectTag) -> Vec<u8> {
     [meta::RECEIPT_PREFIX, &requested.0].concat()
 }
 
-fn marker_pages_prefix(requested: &SubjectTag) -> Vec<u8> {
-    [meta::ERASURE_PENDING_PAGE_PREFIX, &requested.0].concat()
+/// The pages of a record too large for one value: a marker's listing
+/// (`erasure_pending_page/`) or a receipt's scopes (`receipt_page/`), each
+/// page under `prefix ‖ requested tag ‖ index u32 BE`.
+#[derive(Debug, Clone, Copy)]
+struct Pages {
+    prefix: &'static [u8],
 }
 
-fn marker_page_key(requested: &SubjectTag, index: u32) -> Vec<u8> {
-    [
-        meta::ERASURE_PENDING_PAGE_PREFIX,
-        &requested.0,
-        &index.to_be_bytes(),
-    ]
-    .concat()
-}
+const MARKER_PAGES: Pages = Pages {
+    prefix: meta::ERASURE_PENDING_PAGE_PREFIX,
+};
+const RECEIPT_PAGES: Pages = Pages {
+    prefix: meta::RECEIPT_PAGE_PREFIX,
+};
 
-fn receipt_pages_prefix(requested: &SubjectTag) -> Vec<u8> {
-    [meta::RECEIPT_PAGE_PREFIX, &requested.0].concat()
-}
+impl Pages {
+    fn of(self, requested: &SubjectTag) -> Vec<u8> {
+        [self.prefix, &requested.0].concat()
+    }
 
-fn receipt_page_key(requested: &SubjectTag, index: u32) -> Vec<u8> {
-    [
-        meta::RECEIPT_PAGE_PREFIX,
-        &requested.0,
-        &index.to_be_bytes(),
-    ]
-    .concat()
+    fn key(self, requested: &SubjectTag, index: usize) -> Vec<u8> {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        [self.prefix, &requested.0, &index.to_be_bytes()].concat()
+    }
 }
 
 /// Adds to `batch` the head of `receipt` (the whole receipt when it has no
@@ -674,16 +674,7 @@ impl DbInner {
         requested: &SubjectTag,
         stored: Option<StoredReceipt>,
     ) -> Result<ReceiptWrites> {
-        let mut existing = Vec::new();
-        scan_prefix(
-            self.storage.as_ref(),
-            Tree::Meta,
-            &receipt_pages_prefix(requested),
-            &mut |k, _| {
-                existing.push(k.to_vec());
-                std::ops::ControlFlow::Continue(())
-            },
-        )?;
+        let existing = self.page_keys(RECEIPT_PAGES, requested)?;
         let keep = match stored {
             None => None,
             Some(stored) if self.value_fits(stored.encode().len()) => Some(ReceiptToStore {
@@ -709,7 +700,7 @@ impl DbInner {
             }
         };
         let kept_pages = keep.as_ref().map_or(0, |keep| keep.pages.len());
-        let page_key_len = receipt_page_key(requested, 0).len();
+        let page_key_len = RECEIPT_PAGES.key(requested, 0).len();
         let stale_pages = existing
             .into_iter()
             .filter(|key| {
@@ -737,15 +728,59 @@ impl DbInner {
         receipt: &ReceiptWrites,
         limit: usize,
     ) -> Result<()> {
-        for (index, page) in receipt.pages().iter().enumerate() {
+        self.write_pages(RECEIPT_PAGES, requested, receipt.pages())?;
+        self.remove_keys(&receipt.stale_pages, limit)
+    }
+
+    /// Writes `pages` under `kind`'s keys for `requested`, each durable and
+    /// a request of its own (a page may take a whole value's room).
+    fn write_pages(&self, kind: Pages, requested: &SubjectTag, pages: &[Vec<u8>]) -> Result<()> {
+        for (index, page) in pages.iter().enumerate() {
             let mut batch = WriteBatch::new();
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            batch.put(Tree::Meta, receipt_page_key(requested, index), page.clone());
+            batch.put(Tree::Meta, kind.key(requested, index), page.clone());
             self.storage.apply(&batch, Durability::Durable)?;
         }
-        for stale in receipt.stale_pages.chunks(limit.max(1)) {
+        Ok(())
+    }
+
+    /// The pages `paging` names, if every one is there and together they
+    /// match its digest.
+    fn read_pages(
+        &self,
+        kind: Pages,
+        requested: &SubjectTag,
+        paging: &Paging,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let mut pages = Vec::new();
+        for index in 0..usize::try_from(paging.pages).unwrap_or(usize::MAX) {
+            match self.storage.get(Tree::Meta, &kind.key(requested, index))? {
+                Some(page) => pages.push(page),
+                None => return Ok(None),
+            }
+        }
+        Ok((pages_digest(pages.iter().map(Vec::as_slice)) == paging.digest).then_some(pages))
+    }
+
+    /// The keys of `kind`'s pages stored for `requested`.
+    fn page_keys(&self, kind: Pages, requested: &SubjectTag) -> Result<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        scan_prefix(
+            self.storage.as_ref(),
+            Tree::Meta,
+            &kind.of(requested),
+            &mut |k, _| {
+                keys.push(k.to_vec());
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        Ok(keys)
+    }
+
+    /// Removes meta `keys`, durably, in batches of at most `limit`.
+    fn remove_keys(&self, keys: &[Vec<u8>], limit: usize) -> Result<()> {
+        for chunk in keys.chunks(limit.max(1)) {
             let mut batch = WriteBatch::new();
-            for key in stale {
+            for key in chunk {
                 batch.remove(Tree::Meta, key.clone());
             }
             self.storage.apply(&batch, Durability::Durable)?;
@@ -823,16 +858,7 @@ impl DbInner {
             });
             marker.tags = Vec::new();
             encoded = marker.encode();
-            for (index, page) in marker_pages.iter().enumerate() {
-                let index = u32::try_from(index).unwrap_or(u32::MAX);
-                let mut batch = WriteBatch::new();
-                batch.put(
-                    Tree::Meta,
-                    marker_page_key(&plan.requested, index),
-                    page.clone(),
-                );
-                self.storage.apply(&batch, Durability::Durable)?;
-            }
+            self.write_pages(MARKER_PAGES, &plan.requested, &marker_pages)?;
         }
         let marker = encoded;
         let mut chunks: Vec<(WriteBatch, Vec<PendingEntry>)> =
@@ -968,33 +994,27 @@ impl DbInner {
         requested: &SubjectTag,
         paging: &Paging,
     ) -> Result<Vec<SubjectTag>> {
-        let damaged = |detail: &'static str| Error::Corrupt {
+        let damaged = |source| Error::Corrupt {
             location: meta_location("pending erasure pages", requested),
-            source: FormatError::InvalidField {
-                what: TAG_PAGE_WHAT,
-                detail,
-            },
+            source,
         };
-        let mut pages = Vec::new();
-        for index in 0..paging.pages {
-            let page = self
-                .storage
-                .get(Tree::Meta, &marker_page_key(requested, index))?
-                .ok_or_else(|| damaged("a page the marker names is missing"))?;
-            pages.push(page);
-        }
-        if pages_digest(pages.iter().map(Vec::as_slice)) != paging.digest {
-            return Err(damaged("the pages are not the ones the marker names"));
-        }
+        let pages = self
+            .read_pages(MARKER_PAGES, requested, paging)?
+            .ok_or_else(|| {
+                damaged(FormatError::InvalidField {
+                    what: TAG_PAGE_WHAT,
+                    detail: "pages the marker names are missing or not the ones it names",
+                })
+            })?;
         let mut tags = Vec::new();
         for page in &pages {
-            tags.extend(decode_tag_page(page).map_err(|source| Error::Corrupt {
-                location: meta_location("pending erasure pages", requested),
-                source,
-            })?);
+            tags.extend(decode_tag_page(page).map_err(damaged)?);
         }
         if tags.len() != usize::try_from(paging.items).unwrap_or(usize::MAX) {
-            return Err(damaged("the pages list another number of subjects"));
+            return Err(damaged(FormatError::InvalidField {
+                what: TAG_PAGE_WHAT,
+                detail: "the pages list another number of subjects",
+            }));
         }
         Ok(tags)
     }
@@ -1002,24 +1022,8 @@ impl DbInner {
     /// Removes the listing pages of `requested`'s marker (once the marker
     /// is gone, or never landed), in batches of at most `limit`.
     fn remove_marker_pages(&self, requested: &SubjectTag, limit: usize) -> Result<()> {
-        let mut keys = Vec::new();
-        scan_prefix(
-            self.storage.as_ref(),
-            Tree::Meta,
-            &marker_pages_prefix(requested),
-            &mut |k, _| {
-                keys.push(k.to_vec());
-                std::ops::ControlFlow::Continue(())
-            },
-        )?;
-        for chunk in keys.chunks(limit.max(1)) {
-            let mut batch = WriteBatch::new();
-            for key in chunk {
-                batch.remove(Tree::Meta, key.clone());
-            }
-            self.storage.apply(&batch, Durability::Durable)?;
-        }
-        Ok(())
+        let keys = self.page_keys(MARKER_PAGES, requested)?;
+        self.remove_keys(&keys, limit)
     }
 
     /// The receipt stored for a retry of an erasure of `requested`.
@@ -1048,19 +1052,9 @@ impl DbInner {
         requested: &SubjectTag,
         paging: &Paging,
     ) -> Result<Option<Vec<ErasedScope>>> {
-        let mut pages = Vec::new();
-        for index in 0..paging.pages {
-            match self
-                .storage
-                .get(Tree::Meta, &receipt_page_key(requested, index))?
-            {
-                Some(page) => pages.push(page),
-                None => return Ok(None),
-            }
-        }
-        if pages_digest(pages.iter().map(Vec::as_slice)) != paging.digest {
+        let Some(pages) = self.read_pages(RECEIPT_PAGES, requested, paging)? else {
             return Ok(None);
-        }
+        };
         let mut scopes = Vec::new();
         for page in &pages {
             match decode_receipt_page(page) {

@@ -1297,6 +1297,17 @@ fn an_erasure_clears_the_live_mark_its_reads_left() {
     );
 }
 
+/// The keys of tree `meta` under `prefix`, as stored.
+fn meta_keys_under(storage: &dyn crate::storage::Storage, prefix: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    crate::storage::scan_prefix(storage, Tree::Meta, prefix, &mut |k, _| {
+        keys.push(k.to_vec());
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("scan");
+    keys
+}
+
 /// A paged receipt (a store whose backend takes values of at most 8 KiB
 /// and 45 ops a batch, as etcd with `--max-request-bytes 16384` and
 /// `--max-txn-ops 45`) answers a repeat only while
@@ -1310,19 +1321,8 @@ fn a_paged_receipt_answers_only_with_its_own_pages_and_a_smaller_one_removes_the
     use crate::internal::{FaultPlan, MemoryKeyProvider, MemoryStore, TestStore, open_with_faults};
     const USERS: usize = 400;
     let page_keys = |db: &Db, tag: &crate::SubjectTag| {
-        let mut keys = Vec::new();
         let prefix = [super::meta::RECEIPT_PAGE_PREFIX, &tag.0].concat();
-        crate::storage::scan_prefix(
-            db.inner.storage.as_ref(),
-            Tree::Meta,
-            &prefix,
-            &mut |k, _| {
-                keys.push(k.to_vec());
-                std::ops::ControlFlow::Continue(())
-            },
-        )
-        .expect("scan");
-        keys
+        meta_keys_under(db.inner.storage.as_ref(), &prefix)
     };
     let dir = tempfile::tempdir().expect("dir");
     let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
@@ -1427,18 +1427,7 @@ fn listing_pages_without_a_marker_are_removed_at_open_and_damaged_ones_refuse_it
         open_with_faults,
     };
     let page_keys = |storage: &dyn crate::storage::Storage| {
-        let mut keys = Vec::new();
-        crate::storage::scan_prefix(
-            storage,
-            Tree::Meta,
-            super::meta::ERASURE_PENDING_PAGE_PREFIX,
-            &mut |k, _| {
-                keys.push(k.to_vec());
-                std::ops::ControlFlow::Continue(())
-            },
-        )
-        .expect("scan");
-        keys
+        meta_keys_under(storage, super::meta::ERASURE_PENDING_PAGE_PREFIX)
     };
     let dir = tempfile::tempdir().expect("dir");
     let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
