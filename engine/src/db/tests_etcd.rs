@@ -362,3 +362,62 @@ fn large_local_backup(
     source.backup(&backup).expect("backup");
     (backup, source)
 }
+
+/// A restore into a namespace that fails after the copy, when the restored
+/// store opens (the key provider cannot unwrap its store secret: the first
+/// unwrap is the restore's check of the backup, before the copy): the
+/// namespace is left empty, and the same namespace then takes the restore.
+#[test]
+fn a_restore_failing_after_its_copy_leaves_the_namespace_empty() {
+    use crate::internal::{FaultControl, FaultPlan, MemoryKeyProvider, ProviderCall};
+    use crate::storage::faults::FaultyProvider;
+    let local = tempfile::tempdir().expect("a local directory");
+    let base = format!("shredkv-late-restore-failure/{}", local.path().display());
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("a time"));
+    let control = FaultControl::new(FaultPlan::none());
+    let provider: Arc<dyn shredkv_crypto::KeyProvider> = Arc::new(FaultyProvider::new(
+        Arc::new(MemoryKeyProvider::new()),
+        control.faults(),
+    ));
+    let on = |dir: &str, namespace: &str| {
+        Config::new(local.path().join(dir))
+            .key_provider(Arc::clone(&provider))
+            .clock(Arc::new(clock.clone()))
+            .maintenance_every(None)
+            .etcd(Cluster::shared().endpoints.clone(), namespace, MAX_TXN_OPS)
+    };
+    let db = Db::open(on("live", &format!("{base}/live/"))).expect("open");
+    db.register_account("acct").expect("register");
+    db.put("acct", "account_profile", b"email", b"someone@example.com")
+        .expect("put");
+    let backup = local.path().join("backup");
+    db.backup(&backup).expect("backup");
+    let namespace = format!("{base}/restored/");
+    control.fail_provider_nth(ProviderCall::Unwrap, 2);
+    let err = Db::restore(
+        &backup,
+        on("first", &namespace),
+        crate::ErasureSource::Live(&db),
+    )
+    .expect_err("the restored store cannot open");
+    assert!(!control.armed(), "the failure was not reached: {err}");
+    let left = Cluster::shared().keys_with_prefix(namespace.as_bytes());
+    assert!(
+        left.is_empty(),
+        "the failed restore left {} keys ({err})",
+        left.len()
+    );
+    let (restored, _) = Db::restore(
+        &backup,
+        on("second", &namespace),
+        crate::ErasureSource::Live(&db),
+    )
+    .expect("the namespace takes the restore");
+    assert_eq!(
+        restored
+            .get("acct", "account_profile", b"email")
+            .expect("get")
+            .as_deref(),
+        Some(&b"someone@example.com"[..])
+    );
+}
