@@ -5,9 +5,12 @@
 //! keys, one per subject and day, plus a scope key per subject) is mirrored
 //! as plain tables of the same key and value sizes:
 //!
-//! - `vault`: 26-byte key ids (16-byte subject tag ‖ class ‖ bucket ‖
-//!   version), 109-byte live entries (a vault entry of 93 bytes and its
-//!   16-byte control-plane MAC);
+//! - `vault`: the scope keys under 26-byte key ids (16-byte subject tag ‖
+//!   class ‖ bucket ‖ version), 109-byte live entries (a vault entry of 93
+//!   bytes and its 16-byte control-plane MAC);
+//! - `vault_days`: the expiry keys in the engine's day lane (store format
+//!   3): the same 26 bytes with the bucket first, so one day's keys lie
+//!   together;
 //! - `deadlines`: 35-byte keys (deadline ‖ kind ‖ key id), 24-byte values;
 //! - `audit`: entries of 160 bytes under an 8-byte sequence number;
 //! - `holds`: empty (a pass still looks for each subject's holds).
@@ -29,6 +32,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use crate::Result;
 
 const VAULT: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("vault");
+const VAULT_DAYS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("vault_days");
 const DEADLINES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deadlines");
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
 const HOLDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("holds");
@@ -68,6 +72,17 @@ fn key_id(subject: usize, bucket: u32) -> [u8; 26] {
     id
 }
 
+/// Where the engine keeps an expiry key's entry: the key id with its
+/// bucket first (the day lane).
+fn lane_key(id: &[u8]) -> Result<[u8; 26]> {
+    let id: &[u8; 26] = id.try_into().map_err(|_| "a key id is 26 bytes")?;
+    let mut key = [0u8; 26];
+    key[..4].copy_from_slice(&id[18..22]);
+    key[4..22].copy_from_slice(&id[..18]);
+    key[22..].copy_from_slice(&id[22..]);
+    Ok(key)
+}
+
 fn due_key(deadline: u64, kind: u8, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(35);
     key.extend_from_slice(&deadline.to_be_bytes());
@@ -102,9 +117,12 @@ impl DueKeysFloor {
         for s in 0..subjects {
             for bucket in 0..=days {
                 let id = key_id(s, u32::try_from(bucket)?);
-                {
+                if bucket == 0 {
                     let mut vault = txn.open_table(VAULT)?;
                     vault.insert(id.as_slice(), live.as_slice())?;
+                } else {
+                    let mut lane = txn.open_table(VAULT_DAYS)?;
+                    lane.insert(lane_key(&id)?.as_slice(), live.as_slice())?;
                 }
                 if bucket > 0 {
                     let mut deadlines = txn.open_table(DEADLINES)?;
@@ -176,7 +194,7 @@ impl DueKeysFloor {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(redb::Durability::None)?;
             {
-                let mut vault = txn.open_table(VAULT)?;
+                let mut lane = txn.open_table(VAULT_DAYS)?;
                 let mut deadlines = txn.open_table(DEADLINES)?;
                 let mut audit = txn.open_table(AUDIT)?;
                 let holds = txn.open_table(HOLDS)?;
@@ -186,11 +204,12 @@ impl DueKeysFloor {
                     if holds.range::<&[u8]>(tag..id)?.next().is_some() {
                         return Err("the floor holds nothing".into());
                     }
-                    let live = vault.get(id)?.map(|v| v.value().len());
+                    let at = lane_key(id)?;
+                    let live = lane.get(at.as_slice())?.map(|v| v.value().len());
                     if live != Some(LIVE_ENTRY) {
-                        return Err("a due key not live in the floor's vault".into());
+                        return Err("a due key not live in the floor's day lane".into());
                     }
-                    vault.insert(id, tombstone.as_slice())?;
+                    lane.insert(at.as_slice(), tombstone.as_slice())?;
                     deadlines.remove(due.as_slice())?;
                     self.audit_seq += 1;
                     audit.insert(self.audit_seq, entry.as_slice())?;
@@ -228,12 +247,14 @@ mod tests {
         }
         assert!(floor.pass().is_err(), "no day left");
         let txn = floor.db.begin_read().expect("read");
-        let vault = txn.open_table(VAULT).expect("vault");
         let mut live = 0;
-        for entry in vault.iter().expect("iter") {
-            let (_, v) = entry.expect("entry");
-            if v.value().len() == LIVE_ENTRY {
-                live += 1;
+        for table in [VAULT, VAULT_DAYS] {
+            let table = txn.open_table(table).expect("table");
+            for entry in table.iter().expect("iter") {
+                let (_, v) = entry.expect("entry");
+                if v.value().len() == LIVE_ENTRY {
+                    live += 1;
+                }
             }
         }
         assert_eq!(live, 50, "only the scope keys stay live");

@@ -196,7 +196,7 @@ fn a_forged_deadline_is_reported_and_a_damaged_one_still_destroys() {
             .advance(shredkv::jiff::SignedDuration::from_hours(72));
         db.compact().expect("compact");
         close(db);
-        let vault = raw_read(store, "vault");
+        let vault = common::vault_by_key_id(store);
         assert_eq!(
             vault.get(&expiring_key_id).and_then(|v| v.get(1)).copied(),
             Some(common::KEY_DESTROYED),

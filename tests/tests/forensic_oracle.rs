@@ -217,3 +217,67 @@ fn records_dropped_by_a_restore_die_within_the_window() {
         "only the record sealed under the surviving key is recoverable"
     );
 }
+
+/// Expiry-bucket keys live in the vault's day lane (tree `vault_days`, key
+/// id with its bucket first): the tape check must read their copies there,
+/// or no copy of such a key could ever count as recoverable.
+#[test]
+fn the_tape_check_reads_keys_from_the_day_lane() {
+    use oracle::tape_check::TapeCheck;
+    use shredkv::internal::{MemoryKeyProvider, Tape};
+    use shredkv::jiff::Timestamp;
+    use shredkv_crypto::{
+        DataKey, KeyId, KeyProvider, KeyRef, SubjectTag, ValueCipher, WrapContext, seal,
+    };
+
+    let provider = MemoryKeyProvider::new();
+    let tape = Tape::new();
+    let store_id = [9u8; 16];
+    tape.record("meta", b"store_id", &store_id);
+    let id = KeyId {
+        subject: SubjectTag([5; 16]),
+        class: 4,
+        bucket: 2 + 20_800,
+        version: 3,
+    };
+    let mut lane_key = id.bucket.to_be_bytes().to_vec();
+    lane_key.extend_from_slice(&id.subject.0);
+    lane_key.extend_from_slice(&id.class.to_be_bytes());
+    lane_key.extend_from_slice(&id.version.to_be_bytes());
+    let epoch = provider.create_epoch().expect("epoch");
+    let key = DataKey::generate();
+    let wrapped = provider
+        .wrap(epoch, &WrapContext::DataKey(id), &key)
+        .expect("wrap");
+    let mut entry = vec![1u8];
+    entry.extend_from_slice(wrapped.as_bytes());
+    entry.extend_from_slice(&[0; 4]);
+    tape.record("vault_days", &lane_key, &entry);
+    let mut tree_key = id.subject.0.to_vec();
+    tree_key.extend_from_slice(&id.class.to_be_bytes());
+    tree_key.push(1);
+    let mut aad = store_id.to_vec();
+    aad.extend_from_slice(&tree_key);
+    let record = seal(
+        &ValueCipher::new(&key),
+        KeyRef {
+            bucket: id.bucket,
+            version: id.version,
+        },
+        None,
+        &aad,
+        b"oracle-w0000000043",
+    )
+    .expect("seal");
+    tape.record("data", &tree_key, &record);
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let mut check = TapeCheck::default();
+    let recovered = check.run(&tape, &provider, now).expect("check");
+    assert_eq!(
+        recovered.iter().map(|r| r.write).collect::<Vec<_>>(),
+        vec![43],
+        "a copy in the day lane opens the record while its epoch lives"
+    );
+    provider.destroy_epoch(epoch).expect("destroy");
+    assert!(check.run(&tape, &provider, now).expect("check").is_empty());
+}

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{KEY_ACTIVE, KEY_DESTROYED, class_number, key_states};
-use shredkv::Classes;
+use shredkv::{Classes, PutOptions};
 use shredkv_tests::{INVOICES, MESSAGES, PROFILE, Store, close, for_each_backend};
 
 /// The states of the vault entries of one scope (subject tag ‖ class).
@@ -21,6 +21,14 @@ fn scope_states(store: &Store, tag: &[u8; 16], class: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Whether a key id (tag ‖ class ‖ bucket ‖ version) names an expiry
+/// bucket's key (bucket 2 + day), kept in the vault's day lane.
+fn is_expiry_key(id: &[u8]) -> bool {
+    id.get(18..22)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .is_some_and(|b| u32::from_be_bytes(b) >= 2)
+}
+
 fn fill(store: &Store, subject: &str) -> [u8; 16] {
     let db = store.open();
     db.register_account(subject).expect("register");
@@ -30,8 +38,29 @@ fn fill(store: &Store, subject: &str) -> [u8; 16] {
                 .expect("put");
         }
     }
+    // Records with an expiry: their keys are in the day lane.
+    for days in [3, 40] {
+        let expiry = shredkv::Clock::now(store.clock())
+            + shredkv::jiff::SignedDuration::from_hours(24 * days);
+        db.put_with(
+            subject,
+            MESSAGES,
+            format!("expiring-{days}").as_bytes(),
+            b"a value to erase",
+            PutOptions::expires_at(expiry),
+        )
+        .expect("put an expiring record");
+    }
     let tag = db.subject_tag(subject).0;
     close(db);
+    assert_eq!(
+        key_states(store, &tag)
+            .iter()
+            .filter(|(id, _)| is_expiry_key(id))
+            .count(),
+        2,
+        "one expiry key per day"
+    );
     tag
 }
 

@@ -185,20 +185,15 @@ impl ErasureLog {
                 ControlFlow::Continue(())
             },
         )?;
-        storage.scan(
-            Tree::Vault,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Ascending,
-            &mut |k, v| {
-                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v))
-                    && entry.state == KeyState::Destroyed
-                {
-                    log.destroyed.push(id);
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
+        crate::vault::layout::scan_all(storage, &mut |tree, k, v| {
+            if let (Some(id), Ok(entry)) =
+                (crate::vault::layout::id_at(tree, k), VaultEntry::decode(v))
+                && entry.state == KeyState::Destroyed
+            {
+                log.destroyed.push(id);
+            }
+            ControlFlow::Continue(())
+        })?;
         log.decisions = Some(Decisions::of(storage)?);
         Ok(log)
     }
@@ -511,10 +506,9 @@ fn lost_records(backup: &dyn Storage, log: &ErasureLog, now: i64) -> Result<Vec<
         if erased.iter().any(|p| bytes.starts_with(p)) {
             continue;
         }
-        if backup
-            .get(Tree::Vault, &bytes)?
-            .is_some_and(|v| VaultEntry::decode(&v).is_ok_and(|e| e.state == KeyState::Active))
-        {
+        if crate::vault::layout::locate(backup, id)?.is_some_and(|slot| {
+            VaultEntry::decode(&slot.value).is_ok_and(|e| e.state == KeyState::Active)
+        }) {
             lost_keys.insert(*id);
         }
     }
@@ -859,8 +853,9 @@ impl Db {
         let (_, backup_secret, _) = super::load_identity(from.as_ref(), provider.as_ref(), backup)?;
         // Read through its sealed view if its control values are sealed
         // (a backup of format 1 is sealed by the restored store's open).
-        let sealed_backup = super::meta_get(from.as_ref(), meta::FORMAT)?.as_deref()
-            == Some(&[super::STORE_FORMAT][..]);
+        let sealed_backup = super::meta_get(from.as_ref(), meta::FORMAT)?
+            .as_deref()
+            .is_some_and(|f| matches!(f, [format] if super::format_is_sealed(*format)));
         let view: Arc<dyn Storage> = if sealed_backup {
             super::sealed_view(&from, backup_secret.expose_secret(), backup)
         } else {
@@ -1073,22 +1068,17 @@ impl Db {
         // stays in the live store's files under keys the restored store
         // keeps. Every live data key therefore owes a re-key, so the dropped
         // records die within the purge window counted from the restore.
-        inner.storage.scan(
-            Tree::Vault,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Ascending,
-            &mut |k, v| {
-                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v))
-                    && entry.state == KeyState::Active
-                    && id.bucket != crate::vault::SCOPE_BUCKET
-                    && !replay_destroyed.contains(&id)
-                {
-                    owed.push(id);
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
+        crate::vault::layout::scan_all(inner.storage.as_ref(), &mut |tree, k, v| {
+            if let (Some(id), Ok(entry)) =
+                (crate::vault::layout::id_at(tree, k), VaultEntry::decode(v))
+                && entry.state == KeyState::Active
+                && id.bucket != crate::vault::SCOPE_BUCKET
+                && !replay_destroyed.contains(&id)
+            {
+                owed.push(id);
+            }
+            ControlFlow::Continue(())
+        })?;
         for id in owed {
             if inner.storage.get(Tree::Debts, &id.to_bytes())?.is_some() {
                 continue;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use jiff::Timestamp;
-use shredkv_crypto::{Envelope, KeyId, SubjectTag};
+use shredkv_crypto::{Envelope, SubjectTag};
 
 use super::Db;
 use crate::audit::{AuditEvent, AuditHead};
@@ -198,8 +198,8 @@ impl Db {
         };
 
         let (mut destroyed, mut live) = (0u64, 0u64);
-        scan_prefix(storage, Tree::Vault, &tag.0, &mut |k, v| {
-            if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
+        crate::vault::layout::scan_prefix(storage, &tag.0, &mut |id, slot| {
+            if let Ok(entry) = VaultEntry::decode(&slot.value) {
                 match entry.state {
                     KeyState::Destroyed => destroyed += 1,
                     KeyState::Active if erased_before(id.class, entry.created_at) => live += 1,

@@ -144,12 +144,12 @@ impl DbInner {
     /// keys are all destroyed already) has nothing to erase or retain.
     pub(crate) fn scope_held(&self, tag: &SubjectTag, class: u16) -> Result<bool> {
         let mut held = false;
-        scan_prefix(
+        crate::vault::layout::scan_prefix(
             self.storage.as_ref(),
-            Tree::Vault,
             &records::scope_prefix(tag, class),
-            &mut |_, v| {
-                if VaultEntry::decode(v).map_or(true, |e| e.state != KeyState::Destroyed) {
+            &mut |_, slot| {
+                if VaultEntry::decode(&slot.value).map_or(true, |e| e.state != KeyState::Destroyed)
+                {
                     held = true;
                     return ControlFlow::Break(());
                 }
@@ -455,22 +455,16 @@ impl DbInner {
         let now = now_ts.as_second();
         for (name, number) in retiring {
             let mut tags = std::collections::BTreeSet::new();
-            self.storage.scan(
-                Tree::Vault,
-                std::ops::Bound::Unbounded,
-                std::ops::Bound::Unbounded,
-                crate::storage::Order::Ascending,
-                &mut |k, v| {
-                    if let Some(id) = shredkv_crypto::KeyId::from_bytes(k)
-                        && id.class == *number
-                        && crate::vault::VaultEntry::decode(v)
-                            .map_or(true, |e| e.state == crate::vault::KeyState::Active)
-                    {
-                        tags.insert(id.subject);
-                    }
-                    ControlFlow::Continue(())
-                },
-            )?;
+            crate::vault::layout::scan_all(self.storage.as_ref(), &mut |tree, k, v| {
+                if let Some(id) = crate::vault::layout::id_at(tree, k)
+                    && id.class == *number
+                    && crate::vault::VaultEntry::decode(v)
+                        .map_or(true, |e| e.state == crate::vault::KeyState::Active)
+                {
+                    tags.insert(id.subject);
+                }
+                ControlFlow::Continue(())
+            })?;
             let tags: Vec<SubjectTag> = tags.into_iter().collect();
             let mut scopes = 0usize;
             for page in tags.chunks(RETIRE_PAGE) {

@@ -200,8 +200,9 @@ fn expiry_keys_without_a_deadline(
         }
     })?;
     let mut problems = Vec::new();
-    storage.scan(Tree::Vault, Bound::Unbounded, Bound::Unbounded, Order::Ascending, &mut |k, v| {
-        let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) else {
+    crate::vault::layout::scan_all(storage, &mut |tree, k, v| {
+        let (Some(id), Ok(entry)) = (crate::vault::layout::id_at(tree, k), VaultEntry::decode(v))
+        else {
             return ControlFlow::Continue(());
         };
         if entry.state == KeyState::Active
@@ -221,6 +222,35 @@ fn expiry_keys_without_a_deadline(
         }
         ControlFlow::Continue(())
     })?;
+    Ok(problems)
+}
+
+/// Live keys of the day lane that `seals`, the lane's index by subject,
+/// does not list: a shred or a class deadline of their scope would not
+/// find them (`vault::layout`).
+fn lane_keys_without_a_seal_record(
+    storage: &dyn crate::storage::Storage,
+    live: &[KeyId],
+) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    for page in live.chunks(512) {
+        let keys: Vec<[u8; KeyId::LEN]> = page.iter().map(KeyId::to_bytes).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        for (id, seals) in page.iter().zip(storage.get_many(Tree::Seals, &refs)?) {
+            if seals.is_none() {
+                problems.push(Problem {
+                    kind: ProblemKind::Tampered,
+                    location: Location {
+                        tree: "seals",
+                        subject: Some(id.subject),
+                        class: None,
+                        key_hex: shredkv_crypto::hex::encode(&id.to_bytes()),
+                    },
+                    detail: "a live key of the vault's day lane has no seal record, which is how an erasure of its scope finds it: the erasure would leave it live; shred the scope again after restoring the record, or restore from a backup".to_string(),
+                });
+            }
+        }
+    }
     Ok(problems)
 }
 
@@ -347,27 +377,19 @@ impl Db {
             }
         }
         let mut scopes = std::collections::BTreeSet::new();
-        inner.storage.scan(
-            Tree::Vault,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Ascending,
-            &mut |k, v| {
-                if let Some(id) = KeyId::from_bytes(k) {
-                    match VaultEntry::decode(v) {
-                        Ok(entry) if entry.state == KeyState::Destroyed => {
-                            stats.keys_destroyed += 1
-                        }
-                        Ok(_) => {
-                            stats.keys_live += 1;
-                            scopes.insert((id.subject, id.class));
-                        }
-                        Err(_) => {}
+        crate::vault::layout::scan_all(inner.storage.as_ref(), &mut |tree, k, v| {
+            if let Some(id) = crate::vault::layout::id_at(tree, k) {
+                match VaultEntry::decode(v) {
+                    Ok(entry) if entry.state == KeyState::Destroyed => stats.keys_destroyed += 1,
+                    Ok(_) => {
+                        stats.keys_live += 1;
+                        scopes.insert((id.subject, id.class));
                     }
+                    Err(_) => {}
                 }
-                ControlFlow::Continue(())
-            },
-        )?;
+            }
+            ControlFlow::Continue(())
+        })?;
         stats.scopes = u64::try_from(scopes.len()).unwrap_or(u64::MAX);
         let mut per_class: BTreeMap<u16, ClassStats> = BTreeMap::new();
         let live_epochs: std::collections::HashSet<u32> =
@@ -415,13 +437,11 @@ impl Db {
                 if scope != Some(this_scope) {
                     scope = Some(this_scope);
                     live_keys.clear();
-                    crate::storage::scan_prefix(
+                    crate::vault::layout::scan_prefix(
                         inner.storage.as_ref(),
-                        Tree::Vault,
                         &this_scope,
-                        &mut |vk, vv| {
-                            if let (Some(id), Ok(entry)) =
-                                (KeyId::from_bytes(vk), VaultEntry::decode(vv))
+                        &mut |id, slot| {
+                            if let Ok(entry) = VaultEntry::decode(&slot.value)
                                 && entry.state == KeyState::Active
                                 && entry
                                     .wrapped
@@ -567,29 +587,32 @@ impl Db {
                 ControlFlow::Continue(())
             },
         )?;
-        inner.storage.scan(
-            Tree::Vault,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Ascending,
-            &mut |k, v| {
-                report.keys_checked += 1;
-                if let Err(source) = VaultEntry::decode(v) {
-                    let subject = KeyId::from_bytes(k).map(|id| id.subject);
-                    report.problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        location: Location {
-                            tree: "vault",
-                            subject,
-                            class: None,
-                            key_hex: shredkv_crypto::hex::encode(k),
-                        },
-                        detail: source.to_string(),
-                    });
+        let mut live_in_lane = Vec::new();
+        crate::vault::layout::scan_all(inner.storage.as_ref(), &mut |tree, k, v| {
+            report.keys_checked += 1;
+            let id = crate::vault::layout::id_at(tree, k);
+            match VaultEntry::decode(v) {
+                Err(source) => report.problems.push(Problem {
+                    kind: ProblemKind::Corrupt,
+                    location: Location {
+                        tree: tree.name(),
+                        subject: id.map(|id| id.subject),
+                        class: None,
+                        key_hex: shredkv_crypto::hex::encode(k),
+                    },
+                    detail: source.to_string(),
+                }),
+                Ok(entry) if entry.state == KeyState::Active && tree == Tree::VaultDays => {
+                    live_in_lane.extend(id);
                 }
-                ControlFlow::Continue(())
-            },
-        )?;
+                Ok(_) => {}
+            }
+            ControlFlow::Continue(())
+        })?;
+        report.problems.extend(lane_keys_without_a_seal_record(
+            inner.storage.as_ref(),
+            &live_in_lane,
+        )?);
         report.problems.extend(expiry_keys_without_a_deadline(
             inner.storage.as_ref(),
             &failing,
@@ -718,18 +741,14 @@ impl Db {
     /// Every key id in the vault, and whether it is destroyed.
     pub(crate) fn vault_key_ids(&self) -> Result<Vec<(KeyId, bool)>> {
         let mut out = Vec::new();
-        self.inner.storage.scan(
-            Tree::Vault,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Ascending,
-            &mut |k, v| {
-                if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v)) {
-                    out.push((id, entry.state == KeyState::Destroyed));
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
+        crate::vault::layout::scan_all(self.inner.storage.as_ref(), &mut |tree, k, v| {
+            if let (Some(id), Ok(entry)) =
+                (crate::vault::layout::id_at(tree, k), VaultEntry::decode(v))
+            {
+                out.push((id, entry.state == KeyState::Destroyed));
+            }
+            ControlFlow::Continue(())
+        })?;
         Ok(out)
     }
 

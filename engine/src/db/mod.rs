@@ -53,12 +53,24 @@ pub use ops::{
 };
 pub use scan::{ClassPage, Cursor, MAX_PAGE, Page, Records, ScanOptions};
 
-/// The on-disk format version of a store (meta key `format`). Version 2
-/// seals every control value (`storage::sealed`); a version 1 store is
-/// sealed and moved to version 2 by its first open.
-pub(crate) const STORE_FORMAT: u8 = 2;
+/// The on-disk format version of a store (meta key `format`). Version 3
+/// keeps new expiry-bucket keys in the vault's day lane (`vault::layout`);
+/// version 2 seals every control value (`storage::sealed`). A version 1
+/// store is sealed by its first open, and versions 1 and 2 are marked 3
+/// (their expiry-bucket keys stay where they are and are read there), so
+/// that a binary which does not know the day lane refuses the store
+/// rather than miss its keys.
+pub(crate) const STORE_FORMAT: u8 = 3;
+/// The format of stores whose control values are sealed but whose vault
+/// has no day lane.
+const SEALED_FORMAT: u8 = 2;
 /// The format of stores made before control values were sealed.
 const UNSEALED_FORMAT: u8 = 1;
+
+/// Whether a store (or backup) of `format` has its control values sealed.
+pub(crate) fn format_is_sealed(format: u8) -> bool {
+    format == STORE_FORMAT || format == SEALED_FORMAT
+}
 
 pub(crate) mod meta {
     pub(crate) const FORMAT: &[u8] = b"format";
@@ -431,7 +443,7 @@ impl Db {
             None => initialize(&storage, provider.as_ref(), &audit, &policy, now, &path)?,
             Some(format) => {
                 let found = format.first().copied().unwrap_or(0);
-                if format.len() != 1 || !(found == STORE_FORMAT || found == UNSEALED_FORMAT) {
+                if format.len() != 1 || !(format_is_sealed(found) || found == UNSEALED_FORMAT) {
                     return Err(Error::UnsupportedFormat { path, found });
                 }
                 if !restoring {
@@ -446,6 +458,10 @@ impl Db {
                 let sealed = sealed_view(&storage, secret.expose_secret(), &path);
                 if found == UNSEALED_FORMAT {
                     seal_control_plane(&sealed, &audit, now, &path)?;
+                } else if found == SEALED_FORMAT {
+                    let mut batch = WriteBatch::new();
+                    batch.put(Tree::Meta, meta::FORMAT, vec![STORE_FORMAT]);
+                    sealed.apply(&batch, Durability::Durable)?;
                 }
                 (store_id, secret, epoch, sealed)
             }
@@ -1253,13 +1269,12 @@ fn refuse_held_retirement(storage: &dyn Storage, retiring: &[(String, u16)]) -> 
                 true
             } else if *class == crate::ledger::ALL_CLASSES {
                 let mut any = false;
-                scan_prefix(
+                crate::vault::layout::scan_prefix(
                     storage,
-                    Tree::Vault,
                     &crate::records::scope_prefix(tag, *number),
-                    &mut |_, v| {
+                    &mut |_, slot| {
                         // A live key, or one that cannot be read: data to keep.
-                        if crate::vault::VaultEntry::decode(v)
+                        if crate::vault::VaultEntry::decode(&slot.value)
                             .map_or(true, |e| e.state == crate::vault::KeyState::Active)
                         {
                             any = true;

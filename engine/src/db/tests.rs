@@ -1029,7 +1029,7 @@ fn a_format_1_store_is_sealed_by_its_first_open_and_never_again() {
     assert_eq!(sealing.len(), 1);
     assert_eq!(
         sealing[0].detail,
-        format!("format 1 → 2: {stripped} control values sealed")
+        format!("format 1 → 3: {stripped} control values sealed")
     );
     assert_eq!(db.verify_audit().expect("chain").breaks, Vec::new());
     db.shred("b", Classes::All).expect("a held shred parks");
@@ -1492,4 +1492,368 @@ fn listing_pages_without_a_marker_are_removed_at_open_and_damaged_ones_refuse_it
         matches!(&err, Error::Corrupt { .. }) && err.to_string().contains("pending erasure pages"),
         "{err}"
     );
+}
+
+/// Every entry of `tree` in `raw`, key → value.
+fn raw_entries(raw: &dyn crate::storage::Storage, tree: Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    raw.scan(
+        tree,
+        std::ops::Bound::Unbounded,
+        std::ops::Bound::Unbounded,
+        crate::storage::Order::Ascending,
+        &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    out
+}
+
+/// The key id a day-lane key names, decoded here from the layout in
+/// docs/design.md (bucket ‖ subject tag ‖ class ‖ version), not with the
+/// engine's own code.
+fn lane_key_id(lane: &[u8]) -> shredkv_crypto::KeyId {
+    assert_eq!(lane.len(), 26, "a day-lane key is 26 bytes");
+    let mut tag = [0u8; 16];
+    tag.copy_from_slice(&lane[4..20]);
+    shredkv_crypto::KeyId {
+        subject: shredkv_crypto::SubjectTag(tag),
+        class: u16::from_be_bytes([lane[20], lane[21]]),
+        bucket: u32::from_be_bytes([lane[0], lane[1], lane[2], lane[3]]),
+        version: u32::from_be_bytes([lane[22], lane[23], lane[24], lane[25]]),
+    }
+}
+
+/// Whether a stored vault entry v1 is live: its state byte (after the
+/// version byte) is 1 (docs/design.md, vault entry v1).
+fn entry_is_live(value: &[u8]) -> bool {
+    value.get(1) == Some(&1)
+}
+
+/// The expiry bucket of a record expiring at `t`: 2 + its UTC day.
+fn expiry_bucket(t: Timestamp) -> u32 {
+    2 + u32::try_from(t.as_second() / 86_400).expect("a day after 1970")
+}
+
+/// Expiry-bucket keys are written to the day lane, in day order, and live
+/// nowhere else; a shred finds them there (through their seal records), and
+/// so does compaction at the end of their day.
+#[test]
+fn expiry_keys_live_in_the_day_lane_and_die_there() {
+    use crate::storage::Storage;
+    use crate::storage::memory::MemoryStorage;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
+        Arc::new(crate::internal::MemoryKeyProvider::new());
+    let db = Db::open_with(
+        test_config(&dir, &clock),
+        Arc::clone(&raw),
+        Arc::clone(&provider),
+        false,
+    )
+    .expect("open");
+    let now = crate::Clock::now(&clock);
+    let soon = now + SignedDuration::from_hours(30);
+    let later = now + SignedDuration::from_hours(24 * 20);
+    for s in ["a", "b"] {
+        db.register_account(s).expect("register");
+        for (i, at) in [soon, later].into_iter().enumerate() {
+            db.put_with(
+                s,
+                "message_content",
+                &[u8::try_from(i).expect("small")],
+                b"v",
+                PutOptions::expires_at(at),
+            )
+            .expect("put");
+        }
+        db.put(s, "message_content", b"open", b"v").expect("put");
+    }
+    let lane = raw_entries(raw.as_ref(), Tree::VaultDays);
+    let ids: Vec<_> = lane.iter().map(|(k, _)| lane_key_id(k)).collect();
+    assert_eq!(ids.len(), 4, "one key per subject and day: {ids:?}");
+    let (a, b) = (db.subject_tag("a"), db.subject_tag("b"));
+    for day in [expiry_bucket(soon), expiry_bucket(later)] {
+        for tag in [a, b] {
+            assert!(
+                ids.iter()
+                    .any(|id| id.bucket == day && id.subject == tag && id.version == 1),
+                "no lane key for day {day}: {ids:?}"
+            );
+        }
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0].bucket <= w[1].bucket),
+        "the lane is ordered by day first"
+    );
+    // Nothing of a day bucket under its key id in `vault`.
+    for (k, _) in raw_entries(raw.as_ref(), Tree::Vault) {
+        let id = shredkv_crypto::KeyId::from_bytes(&k).expect("a key id");
+        assert!(id.bucket < 2, "an expiry key in `vault`: {id:?}");
+    }
+
+    db.shred("a", Classes::All).expect("shred");
+    for (k, v) in raw_entries(raw.as_ref(), Tree::VaultDays) {
+        let id = lane_key_id(&k);
+        assert_eq!(
+            entry_is_live(&v),
+            id.subject == b,
+            "after a's shred: {id:?}"
+        );
+    }
+    clock.set(Timestamp::from_second((i64::from(expiry_bucket(soon)) - 1) * 86_400).expect("time"));
+    db.compact().expect("compact");
+    for (k, v) in raw_entries(raw.as_ref(), Tree::VaultDays) {
+        let id = lane_key_id(&k);
+        let live = id.subject == b && id.bucket == expiry_bucket(later);
+        assert_eq!(entry_is_live(&v), live, "after the first day's end: {id:?}");
+    }
+    assert_eq!(
+        db.get("b", "message_content", &[1])
+            .expect("get")
+            .as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(db.get("b", "message_content", &[0]).expect("get"), None);
+    assert_eq!(db.verify().expect("verify").problems, Vec::new());
+}
+
+/// Moves every entry of the day lane back under its key id in `vault` and
+/// sets the format byte to 2: what a format-2 build wrote. Returns the
+/// entries moved.
+fn without_day_lane(raw: &dyn crate::storage::Storage) -> usize {
+    let lane = raw_entries(raw, Tree::VaultDays);
+    let mut batch = WriteBatch::new();
+    for (k, v) in &lane {
+        batch.remove(Tree::VaultDays, k.clone());
+        batch.put(Tree::Vault, lane_key_id(k).to_bytes().to_vec(), v.clone());
+    }
+    batch.put(Tree::Meta, super::meta::FORMAT, vec![2]);
+    raw.apply(&batch, Durability::Durable).expect("apply");
+    lane.len()
+}
+
+/// A store made by a format-2 build keeps its expiry keys under their key
+/// ids in `vault`: its first open marks it format 3 (so an older build
+/// refuses it), and those keys are read, re-keyed into the lane, destroyed
+/// at the end of their day and shredded where they are.
+#[test]
+fn a_format_2_store_keeps_its_expiry_keys_where_they_are_and_works_on() {
+    use crate::storage::Storage;
+    use crate::storage::memory::MemoryStorage;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
+        Arc::new(crate::internal::MemoryKeyProvider::new());
+    let reopen = || {
+        Db::open_with(
+            test_config(&dir, &clock),
+            Arc::clone(&raw),
+            Arc::clone(&provider),
+            false,
+        )
+    };
+    let db = reopen().expect("create");
+    let now = crate::Clock::now(&clock);
+    let soon = now + SignedDuration::from_hours(30);
+    let later = now + SignedDuration::from_hours(24 * 40);
+    for s in ["a", "b"] {
+        db.register_account(s).expect("register");
+        db.put_with(
+            s,
+            "message_content",
+            b"soon",
+            b"v",
+            PutOptions::expires_at(soon),
+        )
+        .expect("put");
+        db.put_with(
+            s,
+            "message_content",
+            b"later",
+            b"v1",
+            PutOptions::expires_at(later),
+        )
+        .expect("put");
+    }
+    let (a, b) = (db.subject_tag("a"), db.subject_tag("b"));
+    drop(db);
+    assert_eq!(without_day_lane(raw.as_ref()), 4);
+
+    let db = reopen().expect("a format-2 store opens");
+    assert_eq!(
+        raw.get(Tree::Meta, super::meta::FORMAT).expect("get"),
+        Some(vec![3]),
+        "marked format 3 by its first open"
+    );
+    for s in ["a", "b"] {
+        assert_eq!(
+            db.get(s, "message_content", b"soon")
+                .expect("get")
+                .as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+    // An overwrite owes the old key a re-key: the next version goes to the
+    // lane, the old one dies under its key id.
+    db.put_with(
+        "a",
+        "message_content",
+        b"later",
+        b"v2",
+        PutOptions::expires_at(later),
+    )
+    .expect("overwrite");
+    clock.set(now + SignedDuration::from_hours(24 * 16));
+    db.compact().expect("compact");
+    let later_bucket = expiry_bucket(later);
+    let legacy: Vec<_> = raw_entries(raw.as_ref(), Tree::Vault)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                shredkv_crypto::KeyId::from_bytes(&k).expect("key id"),
+                entry_is_live(&v),
+            )
+        })
+        .filter(|(id, _)| id.bucket >= 2)
+        .collect();
+    for (id, live) in &legacy {
+        // a's re-keyed v1 and both first-day keys are dead; b's later key lives.
+        let expect_live = id.subject == b && id.bucket == later_bucket;
+        assert_eq!(*live, expect_live, "legacy {id:?}");
+    }
+    assert_eq!(
+        legacy.len(),
+        4,
+        "legacy entries stay where they were: {legacy:?}"
+    );
+    let lane: Vec<_> = raw_entries(raw.as_ref(), Tree::VaultDays)
+        .into_iter()
+        .map(|(k, v)| (lane_key_id(&k), entry_is_live(&v)))
+        .collect();
+    assert_eq!(lane.len(), 1, "{lane:?}");
+    assert_eq!(
+        (
+            lane[0].0.subject,
+            lane[0].0.bucket,
+            lane[0].0.version,
+            lane[0].1
+        ),
+        (a, later_bucket, 2, true),
+        "a's re-key made version 2, in the lane"
+    );
+    assert_eq!(
+        db.get("a", "message_content", b"later")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert_eq!(db.verify().expect("verify").problems, Vec::new());
+
+    // A shred finds both kinds of place.
+    db.shred("a", Classes::All).expect("shred");
+    db.shred("b", Classes::All).expect("shred");
+    for tree in [Tree::Vault, Tree::VaultDays] {
+        for (k, v) in raw_entries(raw.as_ref(), tree) {
+            assert!(
+                !entry_is_live(&v),
+                "{tree:?} {k:02x?} still live after both shreds"
+            );
+        }
+    }
+    assert_eq!(db.verify().expect("verify").problems, Vec::new());
+}
+
+/// `seals` is how an erasure finds a scope's keys in the day lane: a live
+/// lane key without its seal record is reported by verify.
+#[test]
+fn verify_reports_a_lane_key_without_its_seal_record() {
+    use crate::storage::Storage;
+    use crate::storage::memory::MemoryStorage;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
+        Arc::new(crate::internal::MemoryKeyProvider::new());
+    let db =
+        Db::open_with(test_config(&dir, &clock), Arc::clone(&raw), provider, false).expect("open");
+    db.register_account("a").expect("register");
+    let soon = crate::Clock::now(&clock) + SignedDuration::from_hours(30);
+    db.put_with(
+        "a",
+        "message_content",
+        b"k",
+        b"v",
+        PutOptions::expires_at(soon),
+    )
+    .expect("put");
+    assert_eq!(db.verify().expect("verify").problems, Vec::new());
+    let lane = raw_entries(raw.as_ref(), Tree::VaultDays);
+    assert_eq!(lane.len(), 1);
+    let id = lane_key_id(&lane[0].0);
+    let mut batch = WriteBatch::new();
+    batch.remove(Tree::Seals, id.to_bytes().to_vec());
+    raw.apply(&batch, Durability::Durable).expect("apply");
+    let problems = db.verify().expect("verify").problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].kind, crate::ProblemKind::Tampered);
+    assert_eq!(problems[0].location.tree, "seals");
+    assert!(
+        problems[0].detail.contains("day lane"),
+        "{}",
+        problems[0].detail
+    );
+}
+
+/// A rotation re-wraps the keys of both of the vault's trees: afterwards no
+/// live entry anywhere is wrapped under the old epoch, which can then die.
+#[test]
+fn a_rotation_rewraps_the_day_lane_too() {
+    use crate::storage::Storage;
+    use crate::storage::memory::MemoryStorage;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
+        Arc::new(crate::internal::MemoryKeyProvider::new());
+    let db =
+        Db::open_with(test_config(&dir, &clock), Arc::clone(&raw), provider, false).expect("open");
+    let now = crate::Clock::now(&clock);
+    for s in ["a", "b"] {
+        db.register_account(s).expect("register");
+        for days in [2, 9] {
+            let at = now + SignedDuration::from_hours(24 * days);
+            db.put_with(
+                s,
+                "message_content",
+                &[u8::try_from(days).expect("small")],
+                b"v",
+                PutOptions::expires_at(at),
+            )
+            .expect("put");
+        }
+    }
+    let live = |tree| {
+        raw_entries(raw.as_ref(), tree)
+            .into_iter()
+            .filter(|(_, v)| entry_is_live(v))
+            .map(|(_, v)| crate::vault::VaultEntry::decode(&v).expect("entry"))
+            .collect::<Vec<_>>()
+    };
+    let lane_keys = live(Tree::VaultDays).len();
+    assert_eq!(lane_keys, 4);
+    let all_keys = lane_keys + live(Tree::Vault).len();
+    let report = db.rotate_epoch().expect("rotate");
+    let new = report.created.expect("an epoch was created");
+    assert_eq!(report.keys_rewrapped, all_keys as u64);
+    for tree in [Tree::Vault, Tree::VaultDays] {
+        for entry in live(tree) {
+            assert_eq!(entry.wrapped.expect("live").epoch().0, new, "{tree:?}");
+        }
+    }
 }

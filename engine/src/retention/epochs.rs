@@ -172,19 +172,50 @@ impl DbInner {
         // Per key: its re-wrapped entry and the removal of any lost mark.
         let page_size = self.batch_page(REWRAP_PAGE, 2);
         let mut total = 0u64;
+        for tree in crate::vault::layout::TREES {
+            total += self.rewrap_tree(tree, current, page_size, now)?;
+        }
+        let mut batch = WriteBatch::new();
+        batch.remove(Tree::Meta, meta::REWRAP_PENDING.to_vec());
+        let entry = PendingEntry::new(
+            AuditEvent::EpochCreated,
+            None,
+            None,
+            format!("{total} keys re-wrapped under {current}"),
+        );
+        self.audit.commit(
+            self.storage.as_ref(),
+            batch,
+            &[entry],
+            now,
+            Durability::Durable,
+        )?;
+        Ok(total)
+    }
+
+    /// [`DbInner::rewrap_all`] over one of the vault's trees.
+    fn rewrap_tree(
+        &self,
+        tree: Tree,
+        current: EpochId,
+        page_size: usize,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let mut total = 0u64;
         let mut after: Option<Vec<u8>> = None;
         loop {
             let mut page: Vec<KeyId> = Vec::new();
             let mut last = None;
             let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             self.storage.scan(
-                Tree::Vault,
+                tree,
                 start,
                 Bound::Unbounded,
                 Order::Ascending,
                 &mut |k, v| {
                     last = Some(k.to_vec());
-                    if let (Some(id), Ok(entry)) = (KeyId::from_bytes(k), VaultEntry::decode(v))
+                    if let (Some(id), Ok(entry)) =
+                        (crate::vault::layout::id_at(tree, k), VaultEntry::decode(v))
                         && entry.state == KeyState::Active
                         && entry.wrapped.as_ref().is_some_and(|w| w.epoch() != current)
                     {
@@ -229,21 +260,6 @@ impl DbInner {
                 self.set_aside_lost_key(&id, &err, now)?;
             }
         }
-        let mut batch = WriteBatch::new();
-        batch.remove(Tree::Meta, meta::REWRAP_PENDING.to_vec());
-        let entry = PendingEntry::new(
-            AuditEvent::EpochCreated,
-            None,
-            None,
-            format!("{total} keys re-wrapped under {current}"),
-        );
-        self.audit.commit(
-            self.storage.as_ref(),
-            batch,
-            &[entry],
-            now,
-            Durability::Durable,
-        )?;
         Ok(total)
     }
 
@@ -312,24 +328,23 @@ impl DbInner {
             self.storage.apply(&settled, Durability::Buffered)?;
         }
         let mut used = BTreeSet::new();
-        self.storage.scan(
-            Tree::Vault,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Order::Ascending,
-            &mut |k, v| {
-                if let Ok(VaultEntry {
-                    state: KeyState::Active,
-                    wrapped: Some(w),
-                    ..
-                }) = VaultEntry::decode(v)
-                    && !lost.contains(k)
-                {
+        crate::vault::layout::scan_all(self.storage.as_ref(), &mut |tree, k, v| {
+            if let Ok(VaultEntry {
+                state: KeyState::Active,
+                wrapped: Some(w),
+                ..
+            }) = VaultEntry::decode(v)
+            {
+                // Lost marks name key ids; an entry whose key does not
+                // decode keeps its epoch alive (it is not known lost).
+                let is_lost = crate::vault::layout::id_at(tree, k)
+                    .is_some_and(|id| lost.contains(id.to_bytes().as_slice()));
+                if !is_lost {
                     used.insert(w.epoch());
                 }
-                ControlFlow::Continue(())
-            },
-        )?;
+            }
+            ControlFlow::Continue(())
+        })?;
         Ok(used)
     }
 

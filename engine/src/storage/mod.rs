@@ -18,7 +18,8 @@ pub(crate) enum Tree {
     Meta,
     /// Sealed records: subject tag ‖ class ‖ record key → envelope.
     Data,
-    /// Wrapped data keys: key id → vault entry.
+    /// Wrapped keys by key id → vault entry: scope keys, open-bucket keys,
+    /// and expiry-bucket keys made before the day lane (store format 2).
     Vault,
     /// Subjects: subject tag → subject record.
     Subjects,
@@ -39,11 +40,15 @@ pub(crate) enum Tree {
     /// Compaction items set aside after a failure of their own: kind ‖
     /// item → attempts, first failure, next retry, deadline, error kind.
     Poisoned,
+    /// The vault's day lane: expiry-bucket data keys ordered by their day,
+    /// bucket ‖ subject tag ‖ class ‖ version → vault entry, so that the
+    /// keys one day destroys lie together (see `vault::layout`).
+    VaultDays,
 }
 
 impl Tree {
     /// Every tree, in a fixed order (used to open and to copy a store).
-    pub(crate) const ALL: [Tree; 12] = [
+    pub(crate) const ALL: [Tree; 13] = [
         Tree::Meta,
         Tree::Data,
         Tree::Vault,
@@ -56,6 +61,7 @@ impl Tree {
         Tree::Blocked,
         Tree::Seals,
         Tree::Poisoned,
+        Tree::VaultDays,
     ];
 
     /// The tree named `name` ([`Tree::name`]), if there is one.
@@ -79,6 +85,7 @@ impl Tree {
             Tree::Blocked => "blocked",
             Tree::Seals => "seals",
             Tree::Poisoned => "poisoned",
+            Tree::VaultDays => "vault_days",
         }
     }
 }

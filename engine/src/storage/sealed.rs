@@ -132,7 +132,7 @@ impl SealedStorage {
 
     fn guard(&self, tree: Tree, key: &[u8]) -> Guard {
         match tree {
-            Tree::Data | Tree::Vault | Tree::Audit => Guard::Own,
+            Tree::Data | Tree::Vault | Tree::VaultDays | Tree::Audit => Guard::Own,
             Tree::Meta if self.identity_keys.contains(&key) => Guard::Own,
             Tree::Meta => Guard::Strict,
             Tree::Deadlines | Tree::Blocked | Tree::Debts => Guard::Schedule,
@@ -193,7 +193,10 @@ impl SealedStorage {
     pub(crate) fn seal_existing(&self) -> Result<u64, StorageError> {
         let mut sealed = 0u64;
         for tree in Tree::ALL {
-            if matches!(tree, Tree::Data | Tree::Vault | Tree::Audit) {
+            if matches!(
+                tree,
+                Tree::Data | Tree::Vault | Tree::VaultDays | Tree::Audit
+            ) {
                 continue;
             }
             let mut after: Option<Vec<u8>> = None;
@@ -240,7 +243,10 @@ impl SealedStorage {
         let mut found = Vec::new();
         let mut checked = 0u64;
         for tree in Tree::ALL {
-            if matches!(tree, Tree::Data | Tree::Vault | Tree::Audit) {
+            if matches!(
+                tree,
+                Tree::Data | Tree::Vault | Tree::VaultDays | Tree::Audit
+            ) {
                 continue;
             }
             self.inner.scan(

@@ -1,6 +1,8 @@
-//! The key vault: every data key, wrapped under an epoch key, by key id.
+//! The key vault: every data key, wrapped under an epoch key.
 //!
-//! Tree `vault`: key id (26 bytes, see [`KeyId`]) → vault entry v1:
+//! Tree `vault` (key id, 26 bytes, see [`KeyId`]) and tree `vault_days`
+//! (expiry-bucket keys in day order; [`layout`] says which key goes where)
+//! → vault entry v1:
 //!
 //! ```text
 //!  0  1  version (1)
@@ -28,6 +30,7 @@
 
 pub(crate) mod cache;
 pub(crate) mod gate;
+pub(crate) mod layout;
 pub(crate) mod memory_provider;
 
 use std::ops::{Bound, ControlFlow};
@@ -42,8 +45,9 @@ use shredkv_crypto::{
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Location, Result};
 use crate::retention::deadlines::{self, Due};
-use crate::storage::{Durability, Order, Storage, Tree, WriteBatch, scan_prefix};
+use crate::storage::{Durability, Order, Storage, Tree, WriteBatch};
 use cache::{BucketId, KeyCache};
+use layout::Slot;
 
 const VERSION: u8 = 1;
 const WHAT: &str = "vault entry";
@@ -151,27 +155,43 @@ impl VaultEntry {
     }
 }
 
+/// The decoded vault entry of `id` in `storage` (a store's, or a backup's),
+/// wherever [`layout`] keeps it.
+pub(crate) fn read_entry_in(storage: &dyn Storage, id: &KeyId) -> Result<Option<VaultEntry>> {
+    match layout::locate(storage, id)? {
+        None => Ok(None),
+        Some(slot) => VaultEntry::decode(&slot.value)
+            .map(Some)
+            .map_err(|source| Error::Corrupt {
+                location: slot_location(id, slot.tree, &slot.key),
+                source,
+            }),
+    }
+}
+
 fn invalid(detail: &'static str) -> FormatError {
     FormatError::InvalidField { what: WHAT, detail }
 }
 
-/// Adds to `batch` the tombstone of the key whose vault entry is `stored`;
-/// false if there is nothing to destroy (never held, or destroyed). A
-/// damaged entry is destroyed all the same: erasure must not depend on
-/// being able to read what it erases.
-fn tombstone_into(id: &KeyId, stored: Option<&[u8]>, now: i64, batch: &mut WriteBatch) -> bool {
-    let tombstone = match stored.map(VaultEntry::decode) {
-        None => return false,
-        Some(Ok(entry)) if entry.state == KeyState::Destroyed => return false,
-        Some(Ok(entry)) => entry.tombstone(now),
-        Some(Err(_)) => VaultEntry {
+/// Adds to `batch` the tombstone of the key whose vault entry is `stored`,
+/// where it was found; false if there is nothing to destroy (never held,
+/// or destroyed). A damaged entry is destroyed all the same: erasure must
+/// not depend on being able to read what it erases.
+fn tombstone_into(stored: Option<Slot>, now: i64, batch: &mut WriteBatch) -> bool {
+    let Some(slot) = stored else {
+        return false;
+    };
+    let tombstone = match VaultEntry::decode(&slot.value) {
+        Ok(entry) if entry.state == KeyState::Destroyed => return false,
+        Ok(entry) => entry.tombstone(now),
+        Err(_) => VaultEntry {
             state: KeyState::Destroyed,
             created_at: 0,
             destroyed_at: Some(now),
             wrapped: None,
         },
     };
-    batch.put(Tree::Vault, id.to_bytes().to_vec(), tombstone.encode());
+    batch.put(slot.tree, slot.key, tombstone.encode());
     true
 }
 
@@ -286,12 +306,19 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// Where the entry of `id` is written ([`layout::home`]).
 pub(crate) fn vault_location(id: &KeyId) -> Box<Location> {
+    let (tree, key) = layout::home(id);
+    slot_location(id, tree, &key)
+}
+
+/// The entry of `id` as found under `key` in `tree`.
+fn slot_location(id: &KeyId, tree: Tree, key: &[u8]) -> Box<Location> {
     Box::new(Location {
-        tree: "vault",
+        tree: tree.name(),
         subject: Some(id.subject),
         class: None,
-        key_hex: shredkv_crypto::hex::encode(&id.to_bytes()),
+        key_hex: shredkv_crypto::hex::encode(key),
     })
 }
 
@@ -328,25 +355,14 @@ impl Vault {
     }
 
     pub(crate) fn read_entry(&self, id: &KeyId) -> Result<Option<VaultEntry>> {
-        match self.storage.get(Tree::Vault, &id.to_bytes())? {
-            None => Ok(None),
-            Some(bytes) => VaultEntry::decode(&bytes)
-                .map(Some)
-                .map_err(|source| Error::Corrupt {
-                    location: vault_location(id),
-                    source,
-                }),
-        }
+        read_entry_in(self.storage.as_ref(), id)
     }
 
     fn read_seals(&self, id: &KeyId) -> Result<SealRecord> {
         match self.storage.get(Tree::Seals, &id.to_bytes())? {
             None => Ok(SealRecord::default()),
             Some(bytes) => SealRecord::decode(&bytes).map_err(|source| Error::Corrupt {
-                location: Box::new(Location {
-                    tree: "seals",
-                    ..*vault_location(id)
-                }),
+                location: slot_location(id, Tree::Seals, &id.to_bytes()),
                 source,
             }),
         }
@@ -443,35 +459,52 @@ impl Vault {
         Ok(key)
     }
 
-    /// The newest entry of a bucket, if any.
+    /// The newest entry of a bucket, if any. An expiry bucket's versions
+    /// are in the day lane, and, for a store of format 2, older ones may be
+    /// under their key id: the newest of both.
     fn newest(&self, bucket: &BucketId) -> Result<Option<(KeyId, VaultEntry)>> {
-        let mut prefix = [0u8; 22];
-        prefix[..16].copy_from_slice(&bucket.subject.0);
-        prefix[16..18].copy_from_slice(&bucket.class.to_be_bytes());
-        prefix[18..22].copy_from_slice(&bucket.bucket.to_be_bytes());
-        let mut end = [0xFFu8; KeyId::LEN];
-        end[..22].copy_from_slice(&prefix);
-        let mut found = None;
-        self.storage.scan(
-            Tree::Vault,
-            Bound::Included(&prefix),
-            Bound::Included(&end),
-            Order::Descending,
-            &mut |k, v| {
-                found = Some((k.to_vec(), v.to_vec()));
-                ControlFlow::Break(())
-            },
-        )?;
-        let Some((k, v)) = found else { return Ok(None) };
-        let id = KeyId::from_bytes(&k).ok_or_else(|| Error::Corrupt {
-            location: Box::new(Location {
-                tree: "vault",
-                subject: Some(bucket.subject),
-                class: None,
-                key_hex: shredkv_crypto::hex::encode(&k),
-            }),
-            source: invalid("vault key is not a key id"),
-        })?;
+        let probe = KeyId {
+            subject: bucket.subject,
+            class: bucket.class,
+            bucket: bucket.bucket,
+            version: 0,
+        };
+        let mut trees = vec![(Tree::Vault, probe.to_bytes())];
+        if layout::in_day_lane(&probe) {
+            trees.push((Tree::VaultDays, layout::lane_key(&probe)));
+        }
+        let mut newest: Option<(KeyId, Vec<u8>)> = None;
+        for (tree, first) in trees {
+            let mut end = first;
+            end[KeyId::LEN - 4..].copy_from_slice(&[0xFF; 4]);
+            let mut found = None;
+            self.storage.scan(
+                tree,
+                Bound::Included(&first),
+                Bound::Included(&end),
+                Order::Descending,
+                &mut |k, v| {
+                    found = Some((k.to_vec(), v.to_vec()));
+                    ControlFlow::Break(())
+                },
+            )?;
+            let Some((k, v)) = found else { continue };
+            let id = layout::id_at(tree, &k).ok_or_else(|| Error::Corrupt {
+                location: Box::new(Location {
+                    tree: tree.name(),
+                    subject: Some(bucket.subject),
+                    class: None,
+                    key_hex: shredkv_crypto::hex::encode(&k),
+                }),
+                source: invalid("vault key is not a key id"),
+            })?;
+            if newest.as_ref().is_none_or(|(n, _)| id.version > n.version) {
+                newest = Some((id, v));
+            }
+        }
+        let Some((id, v)) = newest else {
+            return Ok(None);
+        };
         let entry = VaultEntry::decode(&v).map_err(|source| Error::Corrupt {
             location: vault_location(&id),
             source,
@@ -580,7 +613,10 @@ impl Vault {
             destroyed_at: None,
             wrapped: Some(wrapped),
         };
-        batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.encode());
+        let (tree, stored_under) = layout::home(&id);
+        batch.put(tree, stored_under, entry.encode());
+        // Written for every data key: it is also the day lane's index by
+        // subject (see `layout`).
         let seals = SealRecord {
             reserved: SEAL_RESERVATION.min(self.retire_after),
             retired: false,
@@ -664,28 +700,9 @@ impl Vault {
         batch: &mut WriteBatch,
     ) -> Result<Vec<KeyId>> {
         let mut destroyed = Vec::new();
-        scan_prefix(self.storage.as_ref(), Tree::Vault, prefix, &mut |k, v| {
-            let Some(id) = KeyId::from_bytes(k) else {
-                return ControlFlow::Continue(());
-            };
-            match VaultEntry::decode(v) {
-                Ok(entry) if entry.state == KeyState::Destroyed => {}
-                Ok(entry) => {
-                    batch.put(Tree::Vault, k.to_vec(), entry.tombstone(now).encode());
-                    destroyed.push(id);
-                }
-                // A damaged entry is destroyed all the same: erasure must
-                // not depend on being able to read what it erases.
-                Err(_) => {
-                    let tombstone = VaultEntry {
-                        state: KeyState::Destroyed,
-                        created_at: 0,
-                        destroyed_at: Some(now),
-                        wrapped: None,
-                    };
-                    batch.put(Tree::Vault, k.to_vec(), tombstone.encode());
-                    destroyed.push(id);
-                }
+        layout::scan_prefix(self.storage.as_ref(), prefix, &mut |id, slot| {
+            if tombstone_into(Some(slot), now, batch) {
+                destroyed.push(id);
             }
             ControlFlow::Continue(())
         })?;
@@ -695,8 +712,8 @@ impl Vault {
     /// Destroys one key: its tombstone is added to `batch`. Returns false if
     /// it was already destroyed or never existed.
     pub(crate) fn destroy_one(&self, id: &KeyId, now: i64, batch: &mut WriteBatch) -> Result<bool> {
-        let stored = self.storage.get(Tree::Vault, &id.to_bytes())?;
-        Ok(tombstone_into(id, stored.as_deref(), now, batch))
+        let stored = layout::locate(self.storage.as_ref(), id)?;
+        Ok(tombstone_into(stored, now, batch))
     }
 
     /// [`Vault::destroy_one`] for each of `ids`, reading their entries in
@@ -707,13 +724,10 @@ impl Vault {
         now: i64,
         batch: &mut WriteBatch,
     ) -> Result<Vec<bool>> {
-        let keys: Vec<[u8; KeyId::LEN]> = ids.iter().map(KeyId::to_bytes).collect();
-        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-        let stored = self.storage.get_many(Tree::Vault, &refs)?;
-        Ok(ids
-            .iter()
-            .zip(stored)
-            .map(|(id, stored)| tombstone_into(id, stored.as_deref(), now, batch))
+        let stored = layout::locate_many(self.storage.as_ref(), ids)?;
+        Ok(stored
+            .into_iter()
+            .map(|stored| tombstone_into(stored, now, batch))
             .collect())
     }
 
@@ -726,9 +740,13 @@ impl Vault {
         epoch: EpochId,
         batch: &mut WriteBatch,
     ) -> Result<bool> {
-        let Some(entry) = self.read_entry(id)? else {
+        let Some(slot) = layout::locate(self.storage.as_ref(), id)? else {
             return Ok(false);
         };
+        let entry = VaultEntry::decode(&slot.value).map_err(|source| Error::Corrupt {
+            location: slot_location(id, slot.tree, &slot.key),
+            source,
+        })?;
         let Some(wrapped) = &entry.wrapped else {
             return Ok(false);
         };
@@ -745,7 +763,7 @@ impl Vault {
             wrapped: Some(rewrapped),
             ..entry
         };
-        batch.put(Tree::Vault, id.to_bytes().to_vec(), entry.encode());
+        batch.put(slot.tree, slot.key, entry.encode());
         Ok(true)
     }
 

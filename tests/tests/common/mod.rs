@@ -146,10 +146,29 @@ pub(crate) const KEY_RETIRED: u8 = 2;
 /// A destroyed key: a tombstone without key material.
 pub(crate) const KEY_DESTROYED: u8 = 3;
 
+/// Every vault entry by key id: tree `vault` (key ids) and the day lane,
+/// tree `vault_days`, whose keys are key ids with the bucket first:
+/// `bucket (4) ‖ subject tag (16) ‖ class (2) ‖ version (4)`, turned back
+/// into `tag ‖ class ‖ bucket ‖ version` here (docs/design.md).
+pub(crate) fn vault_by_key_id(store: &Store) -> Raw {
+    let mut entries = raw_read(store, "vault");
+    for (lane, value) in raw_read(store, "vault_days") {
+        assert_eq!(lane.len(), 26, "a day-lane key is 26 bytes");
+        let mut id = lane[4..22].to_vec();
+        id.extend_from_slice(&lane[..4]);
+        id.extend_from_slice(&lane[22..]);
+        assert!(
+            entries.insert(id, value).is_none(),
+            "a key both in `vault` and in the day lane"
+        );
+    }
+    entries
+}
+
 /// The states of a subject's vault entries (key id starts with its tag),
-/// by key id.
+/// by key id, wherever they are kept.
 pub(crate) fn key_states(store: &Store, tag: &[u8; 16]) -> Vec<(Vec<u8>, u8)> {
-    raw_read(store, "vault")
+    vault_by_key_id(store)
         .into_iter()
         .filter(|(k, _)| k.starts_with(tag))
         .map(|(k, v)| (k, v.get(1).copied().unwrap_or(0)))

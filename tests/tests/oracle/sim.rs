@@ -251,6 +251,7 @@ fn tape_directory(tape: &Tape, dir: &Path, backend: Backend) -> Result<u64, Stri
         "meta",
         "data",
         "vault",
+        "vault_days",
         "subjects",
         "deadlines",
         "debts",

@@ -77,6 +77,21 @@ fn wrapped_in(entry: &[u8]) -> Option<WrappedKey> {
     WrappedKey::from_bytes(entry.get(start..len - 4)?).ok()
 }
 
+/// The key id a key of the vault's day lane names: the lane key is the key
+/// id with its bucket first, `bucket (4) ‖ subject tag (16) ‖ class (2) ‖
+/// version (4)` (docs/design.md, "Trees and layouts").
+fn key_id_of_day_lane_key(lane: &[u8]) -> Option<KeyId> {
+    if lane.len() != KeyId::LEN {
+        return None;
+    }
+    let mut id = Vec::with_capacity(KeyId::LEN);
+    id.extend_from_slice(&lane[4..20]);
+    id.extend_from_slice(&lane[20..22]);
+    id.extend_from_slice(&lane[..4]);
+    id.extend_from_slice(&lane[22..]);
+    KeyId::from_bytes(&id)
+}
+
 impl TapeCheck {
     fn ingest(&mut self, entry: TapeEntry) {
         match entry.tree.as_str() {
@@ -85,10 +100,13 @@ impl TapeCheck {
                     self.store_id = Some(id);
                 }
             }
-            "vault" => {
-                let (Some(key), Some(wrapped)) =
-                    (KeyId::from_bytes(&entry.key), wrapped_in(&entry.value))
-                else {
+            "vault" | "vault_days" => {
+                let key = if entry.tree == "vault" {
+                    KeyId::from_bytes(&entry.key)
+                } else {
+                    key_id_of_day_lane_key(&entry.key)
+                };
+                let (Some(key), Some(wrapped)) = (key, wrapped_in(&entry.value)) else {
                     return;
                 };
                 // The tape keeps each distinct entry once, so each copy
