@@ -650,9 +650,6 @@ impl DbInner {
         if items.is_empty() {
             return Ok(());
         }
-        // Per key: its vault entry (`None` if never held), or `Err` if damaged.
-        let mut key_entries: HashMap<KeyId, std::result::Result<Option<VaultEntry>, ()>> =
-            HashMap::new();
         let mut removals = WriteBatch::new();
         let mut pending = 0usize;
         let mut done = WriteBatch::new();
@@ -666,34 +663,42 @@ impl DbInner {
             let mut removed = 0u64;
             let mut suspect = 0u64;
             let mut after: Option<Vec<u8>> = None;
+            // Per key: its vault entry (`None` if never held), or `Err` if
+            // damaged. Key ids begin with the subject tag, so no other item
+            // shares them.
+            let mut key_entries: HashMap<KeyId, std::result::Result<Option<VaultEntry>, ()>> =
+                HashMap::new();
             loop {
                 let page = self.data_page(&prefix, after.as_deref())?;
                 let full = page.len() >= self.record_page();
                 after = page.last().map(|(k, _)| k.clone());
-                for (k, v) in &page {
-                    let Some(record_class) = k
-                        .get(16..18)
-                        .and_then(|c| c.try_into().ok())
-                        .map(u16::from_be_bytes)
-                    else {
-                        continue;
-                    };
-                    let Ok(envelope) = Envelope::parse(v) else {
-                        continue;
-                    };
-                    let id = crate::records::sealing_key(*tag, record_class, &envelope);
-                    let entry = match key_entries.get(&id) {
-                        Some(entry) => entry.clone(),
-                        None => {
-                            let entry = match self.vault.read_entry(&id) {
-                                Ok(entry) => Ok(entry),
-                                Err(Error::Corrupt { .. }) => Err(()),
-                                Err(other) => return Err(other),
-                            };
-                            key_entries.insert(id, entry.clone());
-                            entry
-                        }
-                    };
+                let parsed: Vec<(&Vec<u8>, Envelope<'_>, KeyId)> = page
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let record_class = k
+                            .get(16..18)
+                            .and_then(|c| c.try_into().ok())
+                            .map(u16::from_be_bytes)?;
+                        let envelope = Envelope::parse(v).ok()?;
+                        let id = crate::records::sealing_key(*tag, record_class, &envelope);
+                        Some((k, envelope, id))
+                    })
+                    .collect();
+                // The page's keys not seen yet, read together (a scope's
+                // records name a key per expiry day).
+                let unseen: Vec<KeyId> = parsed
+                    .iter()
+                    .map(|(_, _, id)| *id)
+                    .filter(|id| !key_entries.contains_key(id))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for (id, entry) in unseen.iter().zip(self.vault.read_entries(&unseen)?) {
+                    key_entries.insert(*id, entry);
+                }
+                for (k, envelope, id) in &parsed {
+                    let (k, id) = (*k, *id);
+                    let entry = key_entries.get(&id).cloned().unwrap_or(Ok(None));
                     let dead = match &entry {
                         Ok(Some(e)) if e.state == KeyState::Active => false,
                         Ok(entry) => self.dead_is_legitimate(

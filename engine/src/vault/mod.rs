@@ -358,6 +358,21 @@ impl Vault {
         read_entry_in(self.storage.as_ref(), id)
     }
 
+    /// [`Vault::read_entry`] for each of `ids`, in two reads at most; an
+    /// entry that does not decode is `Err(())` (verify reports it).
+    pub(crate) fn read_entries(
+        &self,
+        ids: &[KeyId],
+    ) -> Result<Vec<std::result::Result<Option<VaultEntry>, ()>>> {
+        Ok(layout::locate_many(self.storage.as_ref(), ids)?
+            .into_iter()
+            .map(|slot| match slot {
+                None => Ok(None),
+                Some(slot) => VaultEntry::decode(&slot.value).map(Some).map_err(|_| ()),
+            })
+            .collect())
+    }
+
     fn read_seals(&self, id: &KeyId) -> Result<SealRecord> {
         match self.storage.get(Tree::Seals, &id.to_bytes())? {
             None => Ok(SealRecord::default()),
