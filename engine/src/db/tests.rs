@@ -398,21 +398,7 @@ fn read_all(db: &Db, class: &str) -> (Vec<Option<Vec<u8>>>, usize) {
 }
 
 fn data_entries(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut entries = Vec::new();
-    db.inner
-        .storage
-        .scan(
-            Tree::Data,
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Unbounded,
-            crate::storage::Order::Ascending,
-            &mut |k, v| {
-                entries.push((k.to_vec(), v.to_vec()));
-                std::ops::ControlFlow::Continue(())
-            },
-        )
-        .expect("scan");
-    entries
+    raw_entries(db.inner.storage.as_ref(), Tree::Data)
 }
 
 fn overwrite(db: &Db, entries: &[(Vec<u8>, Vec<u8>)]) {
@@ -1537,25 +1523,47 @@ fn expiry_bucket(t: Timestamp) -> u32 {
     2 + u32::try_from(t.as_second() / 86_400).expect("a day after 1970")
 }
 
+/// A store on a memory backend the test also reads and writes directly
+/// (`raw`, under the sealed view), with its key provider for reopening.
+struct RawStore {
+    raw: Arc<dyn crate::storage::Storage>,
+    provider: Arc<dyn shredkv_crypto::KeyProvider>,
+}
+
+impl RawStore {
+    fn new() -> Self {
+        Self {
+            raw: Arc::new(crate::storage::memory::MemoryStorage::new()),
+            provider: Arc::new(crate::internal::MemoryKeyProvider::new()),
+        }
+    }
+
+    fn open(&self, dir: &tempfile::TempDir, clock: &ManualClock) -> crate::Result<Db> {
+        Db::open_with(
+            test_config(dir, clock),
+            Arc::clone(&self.raw),
+            Arc::clone(&self.provider),
+            false,
+        )
+    }
+}
+
+/// A new store on a [`RawStore`], its directory and its clock.
+fn raw_store() -> (tempfile::TempDir, ManualClock, RawStore, Db) {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let store = RawStore::new();
+    let db = store.open(&dir, &clock).expect("open");
+    (dir, clock, store, db)
+}
+
 /// Expiry-bucket keys are written to the day lane, in day order, and live
 /// nowhere else; a shred finds them there (through their seal records), and
 /// so does compaction at the end of their day.
 #[test]
 fn expiry_keys_live_in_the_day_lane_and_die_there() {
-    use crate::storage::Storage;
-    use crate::storage::memory::MemoryStorage;
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
-    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
-        Arc::new(crate::internal::MemoryKeyProvider::new());
-    let db = Db::open_with(
-        test_config(&dir, &clock),
-        Arc::clone(&raw),
-        Arc::clone(&provider),
-        false,
-    )
-    .expect("open");
+    let (_dir, clock, store, db) = raw_store();
+    let raw = Arc::clone(&store.raw);
     let now = crate::Clock::now(&clock);
     let soon = now + SignedDuration::from_hours(30);
     let later = now + SignedDuration::from_hours(24 * 20);
@@ -1643,22 +1651,9 @@ fn without_day_lane(raw: &dyn crate::storage::Storage) -> usize {
 /// at the end of their day and shredded where they are.
 #[test]
 fn a_format_2_store_keeps_its_expiry_keys_where_they_are_and_works_on() {
-    use crate::storage::Storage;
-    use crate::storage::memory::MemoryStorage;
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
-    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
-        Arc::new(crate::internal::MemoryKeyProvider::new());
-    let reopen = || {
-        Db::open_with(
-            test_config(&dir, &clock),
-            Arc::clone(&raw),
-            Arc::clone(&provider),
-            false,
-        )
-    };
-    let db = reopen().expect("create");
+    let (dir, clock, store, db) = raw_store();
+    let raw = Arc::clone(&store.raw);
+    let reopen = || store.open(&dir, &clock);
     let now = crate::Clock::now(&clock);
     let soon = now + SignedDuration::from_hours(30);
     let later = now + SignedDuration::from_hours(24 * 40);
@@ -1773,15 +1768,8 @@ fn a_format_2_store_keeps_its_expiry_keys_where_they_are_and_works_on() {
 /// lane key without its seal record is reported by verify.
 #[test]
 fn verify_reports_a_lane_key_without_its_seal_record() {
-    use crate::storage::Storage;
-    use crate::storage::memory::MemoryStorage;
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
-    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
-        Arc::new(crate::internal::MemoryKeyProvider::new());
-    let db =
-        Db::open_with(test_config(&dir, &clock), Arc::clone(&raw), provider, false).expect("open");
+    let (_dir, clock, store, db) = raw_store();
+    let raw = Arc::clone(&store.raw);
     db.register_account("a").expect("register");
     let soon = crate::Clock::now(&clock) + SignedDuration::from_hours(30);
     db.put_with(
@@ -1814,15 +1802,8 @@ fn verify_reports_a_lane_key_without_its_seal_record() {
 /// live entry anywhere is wrapped under the old epoch, which can then die.
 #[test]
 fn a_rotation_rewraps_the_day_lane_too() {
-    use crate::storage::Storage;
-    use crate::storage::memory::MemoryStorage;
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
-    let raw: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let provider: Arc<dyn shredkv_crypto::KeyProvider> =
-        Arc::new(crate::internal::MemoryKeyProvider::new());
-    let db =
-        Db::open_with(test_config(&dir, &clock), Arc::clone(&raw), provider, false).expect("open");
+    let (_dir, clock, store, db) = raw_store();
+    let raw = Arc::clone(&store.raw);
     let now = crate::Clock::now(&clock);
     for s in ["a", "b"] {
         db.register_account(s).expect("register");
