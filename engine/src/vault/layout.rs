@@ -118,37 +118,39 @@ pub(crate) fn locate_many(
         .filter(|(_, id)| in_day_lane(id))
         .map(|(i, id)| (i, lane_key(id)))
         .collect();
-    if !lane.is_empty() {
-        let keys: Vec<&[u8]> = lane.iter().map(|(_, k)| k.as_slice()).collect();
-        for ((i, key), value) in lane.iter().zip(storage.get_many(Tree::VaultDays, &keys)?) {
-            if let Some(value) = value {
-                found[*i] = Some(Slot {
-                    tree: Tree::VaultDays,
-                    key: key.to_vec(),
-                    value,
-                });
-            }
-        }
-    }
+    read_into(storage, Tree::VaultDays, &lane, &mut found)?;
     let rest: Vec<(usize, [u8; KeyId::LEN])> = found
         .iter()
         .enumerate()
         .filter(|(_, slot)| slot.is_none())
         .map(|(i, _)| (i, ids[i].to_bytes()))
         .collect();
-    if !rest.is_empty() {
-        let keys: Vec<&[u8]> = rest.iter().map(|(_, k)| k.as_slice()).collect();
-        for ((i, key), value) in rest.iter().zip(storage.get_many(Tree::Vault, &keys)?) {
-            if let Some(value) = value {
-                found[*i] = Some(Slot {
-                    tree: Tree::Vault,
-                    key: key.to_vec(),
-                    value,
-                });
-            }
+    read_into(storage, Tree::Vault, &rest, &mut found)?;
+    Ok(found)
+}
+
+/// Reads the stored keys of `wanted` from `tree` in one read and puts what
+/// is there into `found` at each one's index.
+fn read_into(
+    storage: &dyn Storage,
+    tree: Tree,
+    wanted: &[(usize, [u8; KeyId::LEN])],
+    found: &mut [Option<Slot>],
+) -> Result<(), StorageError> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&[u8]> = wanted.iter().map(|(_, k)| k.as_slice()).collect();
+    for ((i, key), value) in wanted.iter().zip(storage.get_many(tree, &keys)?) {
+        if let (Some(value), Some(slot)) = (value, found.get_mut(*i)) {
+            *slot = Some(Slot {
+                tree,
+                key: key.to_vec(),
+                value,
+            });
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// A visitor of stored vault entries: `(tree, stored key, value)`.
@@ -226,17 +228,14 @@ pub(crate) fn scan_prefix(
         ControlFlow::Continue(())
     })?;
     for page in lane_ids.chunks(LOOKUP_PAGE) {
-        let keys: Vec<[u8; KeyId::LEN]> = page.iter().map(lane_key).collect();
-        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-        let values = storage.get_many(Tree::VaultDays, &refs)?;
-        for ((id, key), value) in page.iter().zip(&keys).zip(values) {
-            let Some(value) = value else { continue };
-            let slot = Slot {
-                tree: Tree::VaultDays,
-                key: key.to_vec(),
-                value,
-            };
-            if visit(*id, slot).is_break() {
+        let wanted: Vec<(usize, [u8; KeyId::LEN])> =
+            page.iter().map(lane_key).enumerate().collect();
+        let mut found: Vec<Option<Slot>> = vec![None; page.len()];
+        read_into(storage, Tree::VaultDays, &wanted, &mut found)?;
+        for (id, slot) in page.iter().zip(found) {
+            if let Some(slot) = slot
+                && visit(*id, slot).is_break()
+            {
                 return Ok(());
             }
         }
