@@ -1838,3 +1838,51 @@ fn a_rotation_rewraps_the_day_lane_too() {
         }
     }
 }
+
+/// The weekly sweep removes dead records in batches a backend's op limit
+/// holds (etcd's default `--max-txn-ops` 128), however the scopes' records
+/// fall into pages: three scopes of 50 dead records once made one batch of
+/// 150 removals (the limit was checked only between pages).
+#[test]
+fn the_sweep_of_dead_records_fits_the_batch_limit() {
+    use crate::internal::{FaultPlan, MemoryKeyProvider, MemoryStore, TestStore, open_with_faults};
+    const LIMIT: usize = 128;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).expect("time"));
+    let (db, _control) = open_with_faults(
+        test_config(&dir, &clock).key_provider(Arc::new(MemoryKeyProvider::new()) as Arc<_>),
+        &TestStore::Memory(MemoryStore::new()),
+        FaultPlan::none().batch_limit(LIMIT),
+    )
+    .expect("open");
+    let expires = crate::Clock::now(&clock) + SignedDuration::from_hours(30);
+    let subjects = ["a", "b", "c"];
+    for s in subjects {
+        db.register_account(s).expect("register");
+        for i in 0..50u8 {
+            db.put_with(
+                s,
+                "message_content",
+                &[i],
+                b"gone",
+                PutOptions::expires_at(expires),
+            )
+            .expect("put");
+        }
+    }
+    clock.set(expires + SignedDuration::from_hours(24));
+    let report = db.compact().expect("the expired keys are destroyed");
+    assert_eq!(report.keys_destroyed, 3, "{report:?}");
+    // The removal sweep runs once a week.
+    clock.set(expires + SignedDuration::from_hours(24 * 9));
+    let report = db.compact().expect("the sweep within the batch limit");
+    assert_eq!(report.records_removed, 150, "{report:?}");
+    for s in subjects {
+        let prefix = db.subject_tag(s).0;
+        let left = raw_entries(db.inner.storage.as_ref(), Tree::Data)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .count();
+        assert_eq!(left, 0, "{s}: dead records left");
+    }
+}

@@ -652,6 +652,9 @@ impl DbInner {
         }
         let mut removals = WriteBatch::new();
         let mut pending = 0usize;
+        // Removals per batch: a backend's batch limit (etcd's --max-txn-ops)
+        // must hold however the scopes' records fall into pages.
+        let removals_page = self.batch_page(RECORD_PAGE * 8, 1);
         let mut done = WriteBatch::new();
         let mut audit = Vec::new();
         for (deadline_key, tag, class) in items {
@@ -714,14 +717,14 @@ impl DbInner {
                         removals.remove(Tree::Data, k.clone());
                         pending += 1;
                         removed += 1;
+                        if pending >= removals_page {
+                            self.storage
+                                .apply(&std::mem::take(&mut removals), Durability::Buffered)?;
+                            pending = 0;
+                        }
                     } else if !matches!(&entry, Ok(Some(e)) if e.state == KeyState::Active) {
                         suspect += 1;
                     }
-                }
-                if pending >= self.batch_page(RECORD_PAGE * 8, 1) {
-                    self.storage
-                        .apply(&std::mem::take(&mut removals), Durability::Buffered)?;
-                    pending = 0;
                 }
                 if !full {
                     break;
