@@ -1630,6 +1630,74 @@ fn expiry_keys_live_in_the_day_lane_and_die_there() {
     assert_eq!(db.verify().expect("verify").problems, Vec::new());
 }
 
+/// The end of the UTC day of `t`, when its expiry bucket is due.
+fn end_of_day(t: Timestamp) -> Timestamp {
+    Timestamp::from_second((t.as_second() / 86_400 + 1) * 86_400).expect("time")
+}
+
+/// A compaction page looks up the holds of all its keys together: a hold
+/// on a key's class or on its whole subject keeps the key, a hold on
+/// another class does not, and a hold whose stored record was altered keeps
+/// it too (the item is set aside, never taken as unheld).
+#[test]
+fn expiry_keys_are_kept_by_a_hold_on_their_class_or_subject_even_a_damaged_one() {
+    let (_dir, clock, store, db) = raw_store();
+    let raw = Arc::clone(&store.raw);
+    let expiry = crate::Clock::now(&clock) + SignedDuration::from_hours(1);
+    let subjects = [
+        "class-hold",
+        "subject-hold",
+        "other-class-hold",
+        "damaged-hold",
+    ];
+    for s in subjects {
+        db.register_account(s).expect("register");
+        db.put_with(
+            s,
+            "message_content",
+            b"m",
+            b"v",
+            PutOptions::expires_at(expiry),
+        )
+        .expect("put");
+    }
+    db.place_hold("class-hold", Some("message_content"), "case 1")
+        .expect("hold");
+    db.place_hold("subject-hold", None, "case 2").expect("hold");
+    db.place_hold("other-class-hold", Some("invoices"), "case 3")
+        .expect("hold");
+    db.place_hold("damaged-hold", Some("message_content"), "case 4")
+        .expect("hold");
+    let damaged = db.subject_tag("damaged-hold");
+    let mut batch = WriteBatch::new();
+    for (k, mut v) in raw_entries(raw.as_ref(), Tree::Holds) {
+        if k.starts_with(&damaged.0) {
+            *v.last_mut().expect("a value") ^= 1;
+            batch.put(Tree::Holds, k, v);
+        }
+    }
+    assert_eq!(batch.ops.len(), 1, "the damaged subject's one hold");
+    raw.apply(&batch, Durability::Durable).expect("damage");
+
+    clock.set(end_of_day(expiry));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(report.blocked_by_hold, 2, "{report:?}");
+    assert_eq!(report.set_aside, 1, "{report:?}");
+    let live: Vec<_> = raw_entries(raw.as_ref(), Tree::VaultDays)
+        .into_iter()
+        .filter(|(_, v)| entry_is_live(v))
+        .map(|(k, _)| lane_key_id(&k).subject)
+        .collect();
+    for s in subjects {
+        assert_eq!(
+            live.contains(&db.subject_tag(s)),
+            s != "other-class-hold",
+            "{s}'s expiry key"
+        );
+    }
+}
+
 /// Moves every entry of the day lane back under its key id in `vault` and
 /// sets the format byte to 2: what a format-2 build wrote. Returns the
 /// entries moved.

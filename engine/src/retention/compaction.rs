@@ -294,20 +294,16 @@ impl DbInner {
             .into_iter()
             .collect();
         let _exclusive = self.gate.write(&tags);
-        let mut holds: HashMap<SubjectTag, _> = HashMap::new();
         let mut batch = WriteBatch::new();
         let mut audit = Vec::new();
         let mut scopes = std::collections::BTreeSet::new();
         let (mut destroyed, mut parked) = (0u64, 0u64);
         let mut free = Vec::with_capacity(items.len());
-        for (key, id) in items {
-            let subject_holds = match holds.entry(id.subject) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.holds_of(&id.subject)?)
-                }
-            };
-            if Self::hold_on(subject_holds, id.class).is_some() {
+        let scopes_of_items: Vec<(SubjectTag, u16)> =
+            items.iter().map(|(_, id)| (id.subject, id.class)).collect();
+        let on_hold = self.scopes_on_hold(&scopes_of_items)?;
+        for ((key, id), held) in items.iter().zip(on_hold) {
+            if held {
                 park_for_hold(&id.subject, id.class, key, "expiry", &mut batch, &mut audit);
                 parked += 1;
                 continue;
