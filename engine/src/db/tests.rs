@@ -1635,6 +1635,67 @@ fn end_of_day(t: Timestamp) -> Timestamp {
     Timestamp::from_second((t.as_second() / 86_400 + 1) * 86_400).expect("time")
 }
 
+/// The deadline-index entries that schedule a sweep of dead records.
+fn scheduled_sweeps(raw: &dyn crate::storage::Storage) -> Vec<(Vec<u8>, Vec<u8>)> {
+    raw_entries(raw, Tree::Deadlines)
+        .into_iter()
+        .filter(|(k, _)| {
+            matches!(
+                crate::retention::deadlines::decode_key(k),
+                Some((_, crate::retention::deadlines::Due::RemoveCiphertext(..)))
+            )
+        })
+        .collect()
+}
+
+/// Two of a scope's buckets expiring in one week schedule one sweep of
+/// their records: the second day finds the item written by the first and
+/// leaves it as it is, and the sweep at the week's end removes both days'
+/// records.
+#[test]
+fn expiry_days_of_one_week_share_one_sweep_item() {
+    let (_dir, clock, store, db) = raw_store();
+    let raw = Arc::clone(&store.raw);
+    let now = crate::Clock::now(&clock);
+    let week = 7 * 86_400;
+    let sweep_at = (now.as_second() / week + 1) * week;
+    let (first, second) = (
+        now + SignedDuration::from_hours(1),
+        now + SignedDuration::from_hours(25),
+    );
+    assert!(
+        end_of_day(second).as_second() < sweep_at,
+        "the test needs both days in one week"
+    );
+    db.register_account("a").expect("register");
+    for (key, at) in [(b"1", first), (b"2", second)] {
+        db.put_with(
+            "a",
+            "message_content",
+            key,
+            b"v",
+            PutOptions::expires_at(at),
+        )
+        .expect("put");
+    }
+    clock.set(end_of_day(first));
+    assert_eq!(db.compact().expect("compact").keys_destroyed, 1);
+    let scheduled = scheduled_sweeps(raw.as_ref());
+    assert_eq!(scheduled.len(), 1, "one sweep for the scope");
+    clock.set(end_of_day(second));
+    assert_eq!(db.compact().expect("compact").keys_destroyed, 1);
+    assert_eq!(
+        scheduled_sweeps(raw.as_ref()),
+        scheduled,
+        "the week's second day leaves the scheduled sweep untouched"
+    );
+    assert_eq!(raw_entries(raw.as_ref(), Tree::Data).len(), 2);
+    clock.set(Timestamp::from_second(sweep_at).expect("time"));
+    assert_eq!(db.compact().expect("sweep").records_removed, 2);
+    assert!(scheduled_sweeps(raw.as_ref()).is_empty());
+    assert!(raw_entries(raw.as_ref(), Tree::Data).is_empty());
+}
+
 /// A compaction page looks up the holds of all its keys together: a hold
 /// on a key's class or on its whole subject keeps the key, a hold on
 /// another class does not, and a hold whose stored record was altered keeps

@@ -334,14 +334,20 @@ impl DbInner {
         // the removals of a scope's buckets are gathered into one scan a
         // week: every removal of the week shares one index key. Physical
         // removal stays within the purge window; the key is already gone.
+        // A scope whose sweep is already scheduled (another of its buckets
+        // expired earlier in the week) keeps its item: rewriting it would
+        // cost a write in a random place of the index for nothing.
         let sweep = removal_sweep_time(now.as_second());
-        for (tag, class) in scopes {
-            let due = Due::RemoveCiphertext(tag, class);
-            batch.put(
-                Tree::Deadlines,
-                deadlines::key(sweep, &due),
-                deadlines::value(now.as_second()),
-            );
+        let sweep_keys: Vec<Vec<u8>> = scopes
+            .into_iter()
+            .map(|(tag, class)| deadlines::key(sweep, &Due::RemoveCiphertext(tag, class)))
+            .collect();
+        let sweep_refs: Vec<&[u8]> = sweep_keys.iter().map(Vec::as_slice).collect();
+        let scheduled = self.storage.get_many(Tree::Deadlines, &sweep_refs)?;
+        for (key, scheduled) in sweep_keys.into_iter().zip(scheduled) {
+            if scheduled.is_none() {
+                batch.put(Tree::Deadlines, key, deadlines::value(now.as_second()));
+            }
         }
         self.audit.commit(
             self.storage.as_ref(),
