@@ -705,6 +705,16 @@ fn get_many_matches_get(open: Opener) {
     assert_eq!(many[3], Some(Vec::new()), "an empty value");
     assert_eq!(many[1], many[4], "a repeated key");
     assert_ne!(many[1].as_deref(), Some(&b"another tree"[..]));
+    // A page of keys, in order, present and absent.
+    let all: Vec<Vec<u8>> = (0..310u16).map(|k| k.to_be_bytes().to_vec()).collect();
+    let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    let many = store
+        .get_many(Tree::Vault, &refs)
+        .expect("get_many of more keys than a transaction takes");
+    let one_by_one: Vec<Option<Vec<u8>>> =
+        refs.iter().map(|k| get(&*store, Tree::Vault, k)).collect();
+    assert_eq!(many, one_by_one);
+    assert_eq!(many.iter().filter(|v| v.is_some()).count(), 300);
 }
 
 macro_rules! common_tests {
@@ -862,6 +872,34 @@ mod etcd {
     #[test]
     fn survives_reopen_after_durable_apply() {
         super::survives_reopen_after_durable_apply(open_etcd);
+    }
+
+    /// `get_many` of more keys than one etcd transaction may hold reads them
+    /// in several transactions, in order, instead of being refused.
+    #[test]
+    fn get_many_over_the_transaction_limit_is_split() {
+        let dir = tempdir();
+        let store = open_in(open_etcd, dir.path());
+        let limit = super::super::etcd_cluster::MAX_TXN_OPS;
+        let keys: Vec<Vec<u8>> = (0..limit + 10)
+            .map(|i| (i as u64).to_be_bytes().to_vec())
+            .collect();
+        for chunk in keys.chunks(limit / 2) {
+            let mut batch = WriteBatch::new();
+            for key in chunk.iter().step_by(2) {
+                batch.put(Tree::Data, key.clone(), key.clone());
+            }
+            store.apply(&batch, Durability::Durable).expect("apply");
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let many = store
+            .get_many(Tree::Data, &refs)
+            .expect("get_many over the limit");
+        assert_eq!(many.len(), keys.len());
+        for (i, (key, value)) in keys.iter().zip(&many).enumerate() {
+            let expected = (i % 2 == 0).then(|| key.clone());
+            assert_eq!(value, &expected, "key {i}");
+        }
     }
 
     /// A batch larger than one etcd transaction may hold is refused whole:

@@ -5,7 +5,8 @@
 //! `namespace ‖ t's name ‖ 0x00 ‖ k` (`storage::cluster_keys`), so one
 //! store is one key range of the cluster and each tree one sub-range.
 //!
-//! - **get**: a linearizable range read of one key.
+//! - **get**: a linearizable range read of one key; **get_many** reads a
+//!   page of keys in one guarded transaction per `--max-txn-ops` of them.
 //! - **scan**: pages of [`SCAN_PAGE`] keys, all read at the revision of the
 //!   first page, so a scan sees one committed state, ascending or
 //!   descending; the visitor runs between pages, outside the client's
@@ -461,6 +462,44 @@ impl Storage for EtcdStorage {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let (response, _) = self.guarded_get("read", self.keys().full_key(tree, key), None)?;
         Ok(response.kvs().first().map(|entry| entry.value().to_vec()))
+    }
+
+    fn get_many(&self, tree: Tree, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        // One guarded transaction of range reads per chunk: a page of
+        // lookups in one round trip instead of one each. A chunk stays within
+        // --max-txn-ops, and within one answer even if every value is as
+        // large as a write may make it.
+        let per_answer = ANSWER_LIMIT / self.max_value_bytes().unwrap_or(ANSWER_LIMIT).max(1);
+        let per_txn = self.target.max_txn_ops.min(per_answer).max(1);
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(per_txn) {
+            let ops = chunk
+                .iter()
+                .map(|key| TxnOp::get(self.keys().full_key(tree, key), None))
+                .collect();
+            let answer = self.guarded("read", Resend::Read, ops)?;
+            let before = out.len();
+            for op in answer.op_responses() {
+                if let TxnOpResponse::Get(found) = op {
+                    out.push(found.kvs().first().map(|entry| entry.value().to_vec()));
+                }
+            }
+            if out.len() - before != chunk.len() {
+                return Err(StorageError {
+                    backend: Backend::Etcd,
+                    action: "read",
+                    path: self.path.clone(),
+                    kind: StorageErrorKind::Other,
+                    source: format!(
+                        "the cluster answered {} of {} reads of one transaction",
+                        out.len() - before,
+                        chunk.len()
+                    )
+                    .into(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn scan(
