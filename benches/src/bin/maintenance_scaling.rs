@@ -6,8 +6,12 @@
 //! that what grows with N shows apart from the day's due work. For each N it
 //! times, with the clock at the end of that first day:
 //!
-//! - one epoch rotation (`Db::rotate_epoch`): a new epoch key, and every live
-//!   data key re-wrapped under it;
+//! - one epoch rotation (`Db::rotate_epoch`): a new epoch key, every live
+//!   data key re-wrapped under it, and the store's first epoch destroyed. The
+//!   store is created 15 days before its load, so that first epoch is past
+//!   its lifetime (14.5 days by default) as every day's oldest epoch is in a
+//!   store that has run a while: its destruction, which first checks that no
+//!   live key is still wrapped under it, is part of every steady-state day;
 //! - the day's pass (`Db::compact`) after it: the day's due keys destroyed,
 //!   no rotation left to do;
 //! - the day's maintenance: the two together, what a store does by itself
@@ -37,6 +41,9 @@ use shredkv_benches::Result;
 const CLASS: &str = "message_content";
 const DAYS: u64 = 100;
 const DAY: i64 = 86_400;
+/// How long before its load the store is created: longer than an epoch's
+/// lifetime, so the timed rotation also destroys the first epoch.
+const CREATED_BEFORE_LOAD: i64 = 15 * DAY;
 
 fn start() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -63,7 +70,9 @@ fn measure(dir: &Path, keys: u64, due: u64) -> Result<()> {
     if due > accounts {
         return Err(format!("{due} due keys need as many accounts; {accounts} here").into());
     }
-    let clock = ManualClock::new(start());
+    let clock = ManualClock::new(Timestamp::from_second(
+        start().as_second() - CREATED_BEFORE_LOAD,
+    )?);
     let db = Db::open(
         Config::new(dir.join("store"))
             .key_file(dir.join("keys"))
@@ -71,6 +80,7 @@ fn measure(dir: &Path, keys: u64, due: u64) -> Result<()> {
             .flush_every(None)
             .maintenance_every(None),
     )?;
+    clock.set(start());
     let loading = Instant::now();
     for a in 0..accounts {
         db.register_account(&format!("acct-{a:09}"))?;
@@ -102,6 +112,13 @@ fn measure(dir: &Path, keys: u64, due: u64) -> Result<()> {
     let rotating = Instant::now();
     let rotation = db.rotate_epoch()?;
     let rotation_s = rotating.elapsed().as_secs_f64();
+    if rotation.epochs_destroyed != 1 {
+        return Err(format!(
+            "the rotation destroyed {} epochs, expected the first one",
+            rotation.epochs_destroyed
+        )
+        .into());
+    }
 
     let passing = Instant::now();
     let pass = db.compact()?;
