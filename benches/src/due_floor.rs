@@ -13,17 +13,25 @@
 //!   together;
 //! - `deadlines`: 35-byte keys (deadline ‖ kind ‖ key id), 24-byte values;
 //! - `audit`: entries of 160 bytes under an 8-byte sequence number;
-//! - `holds`: empty (a pass still looks for each subject's holds).
+//! - `holds`: empty (a pass still looks for each subject's holds);
+//! - `data`: one record per subject and day, under a 34-byte key (16-byte
+//!   subject tag ‖ class ‖ 16-byte blinded record key), a 162-byte value
+//!   whose header names its key's bucket and version where an envelope does
+//!   (the retention bench's 100-byte values, sealed).
 //!
 //! A pass reads the day's due items in pages of 256 and, per page, one write
 //! transaction (buffered, `Durability::None`) does per key what a pass must:
 //! look for the subject's holds, read the vault entry, overwrite it with a
 //! 43-byte tombstone, remove the due item, append an audit entry and put the
-//! scope's sweep item for the week unless an earlier day of the week put it;
-//! the pass ends with a durable commit. No MACs, no sealing, no locks, no
-//! caches: what is left is redb's own cost of the writes the design needs,
-//! so a rate above this floor cannot be reached by changing the engine
-//! alone.
+//! scope's sweep item for the week unless an earlier day of the week put it.
+//! Every seventh day the pass then does the week's sweep items, in pages of
+//! 256 with a write transaction each, as the engine's weekly sweep must: per
+//! scope, walk its records, read the vault entry of each record's key,
+//! remove the records whose key is a tombstone, remove the sweep item and
+//! append an audit entry. The pass ends with a durable commit. No MACs, no
+//! sealing or opening, no locks, no caches: what is left is redb's own cost
+//! of the reads and writes the design needs, so a rate above this floor
+//! cannot be reached by changing the engine alone.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,6 +45,7 @@ const VAULT_DAYS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("vaul
 const DEADLINES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deadlines");
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
 const HOLDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("holds");
+const DATA: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("data");
 
 const PAGE: usize = 256;
 const LIVE_ENTRY: usize = 109;
@@ -47,6 +56,11 @@ const DESTROY_KEY: u8 = 1;
 const SWEEP: u8 = 4;
 const CLASS: u16 = 8;
 const LOADED_PER_TXN: usize = 10_000;
+/// A 100-byte value sealed in an envelope with an expiry (50 bytes of
+/// overhead) and the record key it carries (12 bytes here, as the engine's).
+const RECORD_VALUE: usize = 162;
+/// Days between two sweeps of a scope's dead records.
+const SWEEP_EVERY: u64 = 7;
 
 /// A subject's tag: 16 well-spread bytes (subject tags are keyed PRF
 /// outputs, so their order is random against the subjects').
@@ -84,12 +98,43 @@ fn lane_key(id: &[u8]) -> Result<[u8; 26]> {
     Ok(key)
 }
 
+/// A record's key: the scope (subject tag ‖ class) and a blinded record
+/// key, 16 well-spread bytes.
+fn record_key(subject: usize, bucket: u32) -> [u8; 34] {
+    let mut key = [0u8; 34];
+    key[..18].copy_from_slice(&key_id(subject, 0)[..18]);
+    key[18..].copy_from_slice(&tag(subject ^ ((bucket as usize) << 40)));
+    key
+}
+
+/// A record's value: the envelope header's key reference (bucket and
+/// version at bytes 2..10), then filler.
+fn record_value(bucket: u32) -> [u8; RECORD_VALUE] {
+    let mut value = [0x6Bu8; RECORD_VALUE];
+    value[0] = 1;
+    value[1] = 1;
+    value[2..6].copy_from_slice(&bucket.to_be_bytes());
+    value[6..10].copy_from_slice(&1u32.to_be_bytes());
+    value
+}
+
 fn due_key(deadline: u64, kind: u8, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(35);
     key.extend_from_slice(&deadline.to_be_bytes());
     key.push(kind);
     key.extend_from_slice(id);
     key
+}
+
+/// What one floor pass did.
+#[derive(Debug, Clone, Copy)]
+pub struct FloorPass {
+    /// Wall time of the pass, its final durable commit included.
+    pub spent: Duration,
+    /// Keys destroyed (tombstoned).
+    pub destroyed: usize,
+    /// Dead records removed by the week's sweep (0 on other days).
+    pub records_removed: usize,
 }
 
 /// A plain redb database shaped like a store with expiring keys; each
@@ -103,8 +148,8 @@ pub struct DueKeysFloor {
 }
 
 impl DueKeysFloor {
-    /// Loads `subjects` × `days` expiry keys (and a scope key per subject)
-    /// into a new database under `dir`.
+    /// Loads `subjects` × `days` expiry keys and as many records (one per
+    /// key), and a scope key per subject, into a new database under `dir`.
     ///
     /// # Errors
     /// redb failures.
@@ -126,6 +171,12 @@ impl DueKeysFloor {
                     lane.insert(lane_key(&id)?.as_slice(), live.as_slice())?;
                 }
                 if bucket > 0 {
+                    let mut data = txn.open_table(DATA)?;
+                    let bucket = u32::try_from(bucket)?;
+                    data.insert(
+                        record_key(s, bucket).as_slice(),
+                        record_value(bucket).as_slice(),
+                    )?;
                     let mut deadlines = txn.open_table(DEADLINES)?;
                     let due = due_key(bucket as u64, DESTROY_KEY, &id);
                     deadlines.insert(due.as_slice(), deadline_value.as_slice())?;
@@ -160,12 +211,12 @@ impl DueKeysFloor {
         self.days + 1 - self.next_day
     }
 
-    /// Destroys the next day's keys (one per subject) as a pass does;
-    /// returns the time it took and the keys destroyed.
+    /// Destroys the next day's keys (one per subject) as a pass does, and
+    /// on every seventh day sweeps the week's dead records.
     ///
     /// # Errors
     /// redb failures, or no day left.
-    pub fn pass(&mut self) -> Result<(Duration, usize)> {
+    pub fn pass(&mut self) -> Result<FloorPass> {
         if self.days_left() == 0 {
             return Err("every loaded day is spent".into());
         }
@@ -226,6 +277,11 @@ impl DueKeysFloor {
             }
             txn.commit()?;
         }
+        let records_removed = if day.is_multiple_of(SWEEP_EVERY) {
+            self.sweep(day)?
+        } else {
+            0
+        };
         let mut sync = self.db.begin_write()?;
         sync.set_durability(redb::Durability::Immediate)?;
         sync.commit()?;
@@ -233,7 +289,67 @@ impl DueKeysFloor {
         if destroyed != self.subjects {
             return Err(format!("destroyed {destroyed} keys, expected {}", self.subjects).into());
         }
-        Ok((spent, destroyed))
+        Ok(FloorPass {
+            spent,
+            destroyed,
+            records_removed,
+        })
+    }
+
+    /// Does the sweep items due on `day`: per scope, removes the records
+    /// whose key is destroyed. Returns the records removed.
+    fn sweep(&mut self, day: u64) -> Result<usize> {
+        let entry = [0xC3u8; AUDIT_ENTRY];
+        let start = due_key(day, SWEEP, &[]);
+        let end = due_key(day, SWEEP + 1, &[]);
+        let mut removed = 0;
+        loop {
+            let page: Vec<Vec<u8>> = {
+                let txn = self.db.begin_read()?;
+                let deadlines = txn.open_table(DEADLINES)?;
+                deadlines
+                    .range::<&[u8]>(start.as_slice()..end.as_slice())?
+                    .take(PAGE)
+                    .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                    .collect::<std::result::Result<_, _>>()?
+            };
+            if page.is_empty() {
+                return Ok(removed);
+            }
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(redb::Durability::None)?;
+            {
+                let lane = txn.open_table(VAULT_DAYS)?;
+                let mut data = txn.open_table(DATA)?;
+                let mut deadlines = txn.open_table(DEADLINES)?;
+                let mut audit = txn.open_table(AUDIT)?;
+                for due in &page {
+                    let scope = due.get(9..27).ok_or("a short sweep item")?;
+                    let mut scope_end = scope.to_vec();
+                    scope_end.push(0xFF);
+                    let mut dead = Vec::new();
+                    for record in data.range::<&[u8]>(scope..scope_end.as_slice())? {
+                        let (k, v) = record?;
+                        let header = v.value().get(2..10).ok_or("a short record")?;
+                        let mut id = [0u8; 26];
+                        id[..18].copy_from_slice(scope);
+                        id[18..].copy_from_slice(header);
+                        let key_entry = lane.get(lane_key(&id)?.as_slice())?;
+                        if key_entry.is_some_and(|e| e.value().len() == TOMBSTONE) {
+                            dead.push(k.value().to_vec());
+                        }
+                    }
+                    for k in &dead {
+                        data.remove(k.as_slice())?;
+                    }
+                    removed += dead.len();
+                    deadlines.remove(due.as_slice())?;
+                    self.audit_seq += 1;
+                    audit.insert(self.audit_seq, entry.as_slice())?;
+                }
+            }
+            txn.commit()?;
+        }
     }
 }
 
@@ -247,8 +363,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut floor = DueKeysFloor::load(dir.path(), 50, 3).expect("load");
         for left in (0..3).rev() {
-            let (_, destroyed) = floor.pass().expect("pass");
-            assert_eq!(destroyed, 50);
+            let pass = floor.pass().expect("pass");
+            assert_eq!(pass.destroyed, 50);
+            assert_eq!(pass.records_removed, 0, "no sweep before day 7");
             assert_eq!(floor.days_left(), left);
         }
         assert!(floor.pass().is_err(), "no day left");
@@ -275,5 +392,49 @@ mod tests {
             sweeps += 1;
         }
         assert_eq!(sweeps, 50);
+    }
+
+    /// Records left in the floor's data table, by bucket.
+    fn records_by_bucket(floor: &DueKeysFloor) -> std::collections::BTreeMap<u32, usize> {
+        let txn = floor.db.begin_read().expect("read");
+        let data = txn.open_table(DATA).expect("data");
+        let mut buckets = std::collections::BTreeMap::new();
+        for entry in data.iter().expect("iter") {
+            let (_, v) = entry.expect("entry");
+            let bucket = u32::from_be_bytes(v.value()[2..6].try_into().expect("4 bytes"));
+            *buckets.entry(bucket).or_insert(0) += 1;
+        }
+        buckets
+    }
+
+    #[test]
+    fn the_seventh_days_pass_removes_the_weeks_dead_records_and_no_live_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut floor = DueKeysFloor::load(dir.path(), 40, 9).expect("load");
+        let every_day: std::collections::BTreeMap<u32, usize> = (1..=9).map(|b| (b, 40)).collect();
+        assert_eq!(records_by_bucket(&floor), every_day);
+        for day in 1..=9u32 {
+            let pass = floor.pass().expect("pass");
+            assert_eq!(pass.destroyed, 40);
+            // Days 1 to 7 are dead by day 7's sweep (its keys go first).
+            let expected_removed = if day == 7 { 7 * 40 } else { 0 };
+            assert_eq!(pass.records_removed, expected_removed, "day {day}");
+        }
+        // Days 8 and 9 are dead and wait for day 14's sweep.
+        let left: std::collections::BTreeMap<u32, usize> = [(8, 40), (9, 40)].into();
+        assert_eq!(records_by_bucket(&floor), left);
+        let txn = floor.db.begin_read().expect("read");
+        let deadlines = txn.open_table(DEADLINES).expect("deadlines");
+        let mut sweeps_at_14 = 0;
+        for entry in deadlines.iter().expect("iter") {
+            let (k, _) = entry.expect("entry");
+            assert_eq!(k.value()[8], SWEEP, "only sweep items stay");
+            assert_eq!(
+                u64::from_be_bytes(k.value()[..8].try_into().expect("8")),
+                14
+            );
+            sweeps_at_14 += 1;
+        }
+        assert_eq!(sweeps_at_14, 40, "one per scope");
     }
 }
