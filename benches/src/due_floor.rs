@@ -325,11 +325,12 @@ impl DueKeysFloor {
                 let mut audit = txn.open_table(AUDIT)?;
                 for due in &page {
                     let scope = due.get(9..27).ok_or("a short sweep item")?;
-                    let mut scope_end = scope.to_vec();
-                    scope_end.push(0xFF);
                     let mut dead = Vec::new();
-                    for record in data.range::<&[u8]>(scope..scope_end.as_slice())? {
+                    for record in data.range::<&[u8]>(scope..)? {
                         let (k, v) = record?;
+                        if !k.value().starts_with(scope) {
+                            break;
+                        }
                         let header = v.value().get(2..10).ok_or("a short record")?;
                         let mut id = [0u8; 26];
                         id[..18].copy_from_slice(scope);
@@ -410,18 +411,20 @@ mod tests {
     #[test]
     fn the_seventh_days_pass_removes_the_weeks_dead_records_and_no_live_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut floor = DueKeysFloor::load(dir.path(), 40, 9).expect("load");
-        let every_day: std::collections::BTreeMap<u32, usize> = (1..=9).map(|b| (b, 40)).collect();
+        // 400 scopes × 9 records: some record keys begin, after their
+        // scope, with any byte value (0xFF included).
+        let mut floor = DueKeysFloor::load(dir.path(), 400, 9).expect("load");
+        let every_day: std::collections::BTreeMap<u32, usize> = (1..=9).map(|b| (b, 400)).collect();
         assert_eq!(records_by_bucket(&floor), every_day);
         for day in 1..=9u32 {
             let pass = floor.pass().expect("pass");
-            assert_eq!(pass.destroyed, 40);
+            assert_eq!(pass.destroyed, 400);
             // Days 1 to 7 are dead by day 7's sweep (its keys go first).
-            let expected_removed = if day == 7 { 7 * 40 } else { 0 };
+            let expected_removed = if day == 7 { 7 * 400 } else { 0 };
             assert_eq!(pass.records_removed, expected_removed, "day {day}");
         }
         // Days 8 and 9 are dead and wait for day 14's sweep.
-        let left: std::collections::BTreeMap<u32, usize> = [(8, 40), (9, 40)].into();
+        let left: std::collections::BTreeMap<u32, usize> = [(8, 400), (9, 400)].into();
         assert_eq!(records_by_bucket(&floor), left);
         let txn = floor.db.begin_read().expect("read");
         let deadlines = txn.open_table(DEADLINES).expect("deadlines");
@@ -435,6 +438,6 @@ mod tests {
             );
             sweeps_at_14 += 1;
         }
-        assert_eq!(sweeps_at_14, 40, "one per scope");
+        assert_eq!(sweeps_at_14, 400, "one per scope");
     }
 }
