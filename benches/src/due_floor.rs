@@ -225,26 +225,14 @@ impl DueKeysFloor {
         let tombstone = [0x3Cu8; TOMBSTONE];
         let entry = [0xC3u8; AUDIT_ENTRY];
         let deadline_value = [0x5Au8; DEADLINE_VALUE];
-        // The day's destruction items only (sweep items are a pass's other work).
-        let start = due_key(day, DESTROY_KEY, &[]);
-        let end = due_key(day, DESTROY_KEY + 1, &[]);
         let started = Instant::now();
         let mut destroyed = 0;
         loop {
-            let page: Vec<Vec<u8>> = {
-                let txn = self.db.begin_read()?;
-                let deadlines = txn.open_table(DEADLINES)?;
-                deadlines
-                    .range::<&[u8]>(start.as_slice()..end.as_slice())?
-                    .take(PAGE)
-                    .map(|e| e.map(|(k, _)| k.value().to_vec()))
-                    .collect::<std::result::Result<_, _>>()?
-            };
+            let page = self.due_page(day, DESTROY_KEY)?;
             if page.is_empty() {
                 break;
             }
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(redb::Durability::None)?;
+            let txn = self.buffered_write()?;
             {
                 let mut lane = txn.open_table(VAULT_DAYS)?;
                 let mut deadlines = txn.open_table(DEADLINES)?;
@@ -296,28 +284,38 @@ impl DueKeysFloor {
         })
     }
 
+    /// The next page of `day`'s due items of one kind (the pass removes
+    /// each page's items as it does them).
+    fn due_page(&self, day: u64, kind: u8) -> Result<Vec<Vec<u8>>> {
+        let start = due_key(day, kind, &[]);
+        let end = due_key(day, kind + 1, &[]);
+        let txn = self.db.begin_read()?;
+        let deadlines = txn.open_table(DEADLINES)?;
+        Ok(deadlines
+            .range::<&[u8]>(start.as_slice()..end.as_slice())?
+            .take(PAGE)
+            .map(|e| e.map(|(k, _)| k.value().to_vec()))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// A write transaction committed without a sync, as the engine's pages.
+    fn buffered_write(&self) -> Result<redb::WriteTransaction> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        Ok(txn)
+    }
+
     /// Does the sweep items due on `day`: per scope, removes the records
     /// whose key is destroyed. Returns the records removed.
     fn sweep(&mut self, day: u64) -> Result<usize> {
         let entry = [0xC3u8; AUDIT_ENTRY];
-        let start = due_key(day, SWEEP, &[]);
-        let end = due_key(day, SWEEP + 1, &[]);
         let mut removed = 0;
         loop {
-            let page: Vec<Vec<u8>> = {
-                let txn = self.db.begin_read()?;
-                let deadlines = txn.open_table(DEADLINES)?;
-                deadlines
-                    .range::<&[u8]>(start.as_slice()..end.as_slice())?
-                    .take(PAGE)
-                    .map(|e| e.map(|(k, _)| k.value().to_vec()))
-                    .collect::<std::result::Result<_, _>>()?
-            };
+            let page = self.due_page(day, SWEEP)?;
             if page.is_empty() {
                 return Ok(removed);
             }
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(redb::Durability::None)?;
+            let txn = self.buffered_write()?;
             {
                 let lane = txn.open_table(VAULT_DAYS)?;
                 let mut data = txn.open_table(DATA)?;
