@@ -56,8 +56,9 @@ const DESTROY_KEY: u8 = 1;
 const SWEEP: u8 = 4;
 const CLASS: u16 = 8;
 const LOADED_PER_TXN: usize = 10_000;
-/// A 100-byte value sealed in an envelope with an expiry (50 bytes of
-/// overhead) and the record key it carries (12 bytes here, as the engine's).
+/// A stored record's value as the engine writes the retention bench's: a
+/// 100-byte value and its length-prefixed record key in an envelope with an
+/// expiry (50 bytes of overhead), 162 bytes in all.
 const RECORD_VALUE: usize = 162;
 /// Days between two sweeps of a scope's dead records.
 const SWEEP_EVERY: u64 = 7;
