@@ -498,6 +498,20 @@ impl DbInner {
                 }
                 ControlFlow::Continue(())
             })?;
+            // A scope whose every key went in batches before an
+            // interruption has no live key left, but still its count, and
+            // its ledger entry to write.
+            let mut counted = crate::db::meta::RETIRING_PREFIX.to_vec();
+            counted.extend_from_slice(&number.to_be_bytes());
+            scan_prefix(self.storage.as_ref(), Tree::Meta, &counted, &mut |k, _| {
+                if let Some(tag) = k
+                    .get(counted.len()..)
+                    .and_then(|t| <[u8; shredkv_crypto::SUBJECT_TAG_LEN]>::try_from(t).ok())
+                {
+                    tags.insert(SubjectTag(tag));
+                }
+                ControlFlow::Continue(())
+            })?;
             let tags: Vec<SubjectTag> = tags.into_iter().collect();
             let mut scopes = 0usize;
             for page in tags.chunks(RETIRE_PAGE) {
@@ -507,6 +521,11 @@ impl DbInner {
                     let prefix = records::scope_prefix(tag, *number);
                     let mut tombstones = WriteBatch::new();
                     let ids = self.vault.destroy_prefix(&prefix, now, &mut tombstones)?;
+                    // Keys of this scope destroyed before an interruption.
+                    let progress_key = retiring_key(*number, tag);
+                    let earlier = self.retired_so_far(&progress_key, tag, name)?;
+                    let destroyed =
+                        earlier.saturating_add(u32::try_from(ids.len()).unwrap_or(u32::MAX));
                     // A damaged subject record does not stop the erasure.
                     let generation = self
                         .subject_info(tag)
@@ -517,7 +536,7 @@ impl DbInner {
                         erased_at: now,
                         generation,
                         reason: ErasureReason::ClassRemoved,
-                        keys_destroyed: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                        keys_destroyed: destroyed,
                         epoch: self.vault.current_epoch().0,
                         reopened_at: None,
                     };
@@ -536,12 +555,16 @@ impl DbInner {
                         AuditEvent::KeysDestroyed,
                         Some(*tag),
                         Some(*number),
-                        format!(
-                            "{} keys destroyed; class {name} removed from the policy",
-                            ids.len()
-                        ),
+                        format!("{destroyed} keys destroyed; class {name} removed from the policy"),
                     );
-                    // The subject's ledger entry, deadline and audit entry.
+                    // A scope split over batches ends by removing its count.
+                    let split = self
+                        .retire_room()
+                        .is_some_and(|room| tombstones.ops.len() + own.ops.len() + 2 > room);
+                    if earlier > 0 || split {
+                        own.remove(Tree::Meta, progress_key.clone());
+                    }
+                    // The subject's ledger entry, deadline, count and audit entry.
                     let own_cost = own.ops.len() + 1;
                     if let Some(room) = self.retire_room() {
                         if !pending.is_empty()
@@ -550,16 +573,27 @@ impl DbInner {
                             self.commit_retired(&mut pending, *number, now_ts)?;
                         }
                         // One scope with more keys than a batch holds: its
-                        // tombstones go first, in batches of their own; its
-                        // ledger entry follows with the last of them. The
-                        // class is no longer in the policy, so nothing reads
-                        // the scope meanwhile, and an open after a crash
-                        // finds its remaining live keys and goes on.
+                        // tombstones go first, in batches of their own, each
+                        // with the count destroyed so far; its ledger entry
+                        // follows with the last of them, counting every one.
+                        // The class is no longer in the policy, so nothing
+                        // reads the scope meanwhile, and an open after a
+                        // crash finds its remaining live keys and goes on.
+                        let mut so_far = earlier;
                         while tombstones.ops.len() + own_cost > room {
-                            let rest = tombstones.ops.split_off(room.min(tombstones.ops.len()));
+                            let take = room.saturating_sub(1).max(1).min(tombstones.ops.len());
+                            let rest = tombstones.ops.split_off(take);
+                            let mut chunk =
+                                std::mem::replace(&mut tombstones, WriteBatch { ops: rest });
+                            so_far = so_far.saturating_add(u32::try_from(take).unwrap_or(u32::MAX));
+                            chunk.put(
+                                Tree::Meta,
+                                progress_key.clone(),
+                                so_far.to_be_bytes().to_vec(),
+                            );
                             self.audit.commit(
                                 self.storage.as_ref(),
-                                std::mem::replace(&mut tombstones, WriteBatch { ops: rest }),
+                                chunk,
                                 &[],
                                 now_ts,
                                 Durability::Durable,
@@ -598,6 +632,29 @@ impl DbInner {
             )?;
         }
         Ok(())
+    }
+
+    /// The keys of `tag`'s scope of the retiring `class` that an interrupted
+    /// retirement destroyed before (0: none, or not interrupted).
+    fn retired_so_far(&self, progress_key: &[u8], tag: &SubjectTag, class: &str) -> Result<u32> {
+        let Some(bytes) = self.storage.get(Tree::Meta, progress_key)? else {
+            return Ok(0);
+        };
+        <[u8; 4]>::try_from(bytes.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| Error::Corrupt {
+                location: Box::new(Location {
+                    tree: "meta",
+                    subject: Some(*tag),
+                    class: Some(class.to_string()),
+                    key_hex: format!("class retirement count of {}", tag.to_hex()),
+                }),
+                source: shredkv_crypto::FormatError::Truncated {
+                    what: "class retirement count",
+                    needed: 4,
+                    got: bytes.len(),
+                },
+            })
     }
 
     /// Ops one batch of a class retirement may hold on a backend with a
@@ -1387,4 +1444,15 @@ impl RetireBatch {
     fn cost(&self) -> usize {
         self.batch.ops.len() + self.audit.len()
     }
+}
+
+/// Meta key of the count of a scope's keys an interrupted class retirement
+/// destroyed (`meta::RETIRING_PREFIX`).
+fn retiring_key(number: u16, tag: &SubjectTag) -> Vec<u8> {
+    [
+        crate::db::meta::RETIRING_PREFIX,
+        &number.to_be_bytes(),
+        &tag.0,
+    ]
+    .concat()
 }

@@ -101,6 +101,11 @@ pub(crate) mod meta {
     /// `erasure_pending_page/` ‖ requested subject tag ‖ index u32 BE →
     /// one page of the subjects of a marker too large for one value.
     pub(crate) const ERASURE_PENDING_PAGE_PREFIX: &[u8] = b"erasure_pending_page/";
+    /// `retiring/` ‖ class number u16 BE ‖ subject tag → u32 BE: the keys a
+    /// class retirement has destroyed so far in a scope too large for one
+    /// batch (`DbInner::retire_classes`), so that the ledger entry written
+    /// when the scope is done counts them all, across an interruption.
+    pub(crate) const RETIRING_PREFIX: &[u8] = b"retiring/";
     /// `receipt/` ‖ requested subject tag → the receipt of its last erasure,
     /// the answer to a retry (`db::erasure_commit`).
     pub(crate) const RECEIPT_PREFIX: &[u8] = b"receipt/";
