@@ -1,6 +1,8 @@
 //! Engine workloads, every peer side by side in one criterion group each:
 //! put (one record), get (random), scan (one subject), mixed 50/50
-//! get/update, and erasure of one subject until durable; and what the
+//! get/update, and erasure of one subject until durable, beside each plain
+//! backend's bare durable commit and that commit followed by an anchor's
+//! synced write (the floor of an erasure under G6); and what the
 //! anchor adds to a shred (`engine-shred-anchor`: the same shred on redb
 //! with the file provider's anchor, and with a provider that keeps none).
 //!
@@ -195,8 +197,71 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
                 });
             });
         }
+        // The floor of a durable erasure under G6: the same commit, then
+        // the anchor's write that a shred makes after it (a 64-byte block
+        // of a small file beside the store, synced), in sequence, since the
+        // anchor may never name a commit that is not yet durable. shredkv's
+        // erasure cannot beat this on either backend.
+        for peer in [Peer::Sled, Peer::Redb] {
+            let id = BenchmarkId::new(format!("{}-anchored-commit", peer.name()), size);
+            group.bench_function(id, |b| {
+                let fixture = fixtures.get(peer);
+                let mut anchor = AnchorFile::create(fixture.dir()).expect("anchor file");
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let subject = fixture.fresh_subject(size).expect("the subject loads");
+                        let start = Instant::now();
+                        fixture
+                            .store()
+                            .put(&subject, b"durable-commit-probe", &[0x5A; 100])
+                            .expect("put");
+                        fixture.store().flush().expect("durable flush");
+                        anchor.advance().expect("anchor write");
+                        total += start.elapsed();
+                    }
+                    total
+                });
+            });
+        }
     }
     group.finish();
+}
+
+/// A stand-in for the key file's anchor blocks: a file of the key file's
+/// size (128 slots), whose two 64-byte blocks after the slots are written
+/// in turn and synced, as `FileKeyProvider::advance_anchor` does.
+struct AnchorFile {
+    file: std::fs::File,
+    next_block: u64,
+}
+
+impl AnchorFile {
+    /// Header (32) and 128 slots (48 each), then the two blocks.
+    const BLOCKS_AT: u64 = 32 + 48 * 128;
+    const BLOCK_LEN: usize = 64;
+
+    fn create(dir: &std::path::Path) -> std::io::Result<Self> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(dir.join("anchor-floor"))?;
+        let len = usize::try_from(Self::BLOCKS_AT).unwrap_or(0) + 2 * Self::BLOCK_LEN;
+        file.write_all(&vec![0u8; len])?;
+        file.sync_all()?;
+        Ok(Self {
+            file,
+            next_block: 0,
+        })
+    }
+
+    fn advance(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let block = [u8::try_from(self.next_block % 251).unwrap_or(0); Self::BLOCK_LEN];
+        let offset = Self::BLOCKS_AT + (self.next_block % 2) * Self::BLOCK_LEN as u64;
+        self.file.write_all_at(&block, offset)?;
+        self.file.sync_data()?;
+        self.next_block += 1;
+        Ok(())
+    }
 }
 
 /// The file key provider without its anchor: the baseline of

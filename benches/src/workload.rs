@@ -196,7 +196,7 @@ pub struct Fixture {
     next_key: u64,
     /// The next number for a fresh subject (erase).
     next_subject: u64,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Fixture {
@@ -239,8 +239,13 @@ impl Fixture {
             rng: SplitMix64::new(0x5eed ^ sizes.records),
             next_key: sizes.per_subject() + 1,
             next_subject: FRESH_SUBJECTS_FROM,
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// The directory holding the store (removed with the fixture).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The loaded store.
