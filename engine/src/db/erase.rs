@@ -614,6 +614,7 @@ impl DbInner {
             retired_key.extend_from_slice(&number.to_be_bytes());
             let mut batch = WriteBatch::new();
             batch.remove(Tree::Meta, class_key);
+            batch.remove(Tree::Meta, crate::db::retiring_class_key(*number));
             batch.put(Tree::Meta, retired_key, name.as_bytes().to_vec());
             let entry = PendingEntry::new(
                 AuditEvent::PolicyApplied,

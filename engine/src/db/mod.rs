@@ -101,6 +101,12 @@ pub(crate) mod meta {
     /// `erasure_pending_page/` ‖ requested subject tag ‖ index u32 BE →
     /// one page of the subjects of a marker too large for one value.
     pub(crate) const ERASURE_PENDING_PAGE_PREFIX: &[u8] = b"erasure_pending_page/";
+    /// `retiring_class/` ‖ class number u16 BE → its name: a class whose
+    /// retirement has begun (written with the policy digest that removes
+    /// it, removed with its name when its last scope is erased). An open
+    /// whose policy keeps such a class is refused, so that a retirement once
+    /// begun is finished before anything else reads the class.
+    pub(crate) const RETIRING_CLASS_PREFIX: &[u8] = b"retiring_class/";
     /// `retiring/` ‖ class number u16 BE ‖ subject tag → u32 BE: the keys a
     /// class retirement has destroyed so far in a scope too large for one
     /// batch (`DbInner::retire_classes`), so that the ledger entry written
@@ -479,10 +485,18 @@ impl Db {
             return Err(Error::PolicyChanged { path });
         }
         let retiring = classes_to_retire(storage.as_ref(), &policy)?;
+        refuse_abandoned_retirement(storage.as_ref(), &retiring)?;
         refuse_held_retirement(storage.as_ref(), &retiring)?;
         if policy_changed {
             let mut batch = WriteBatch::new();
             batch.put(Tree::Meta, meta::POLICY_DIGEST, policy.digest().to_vec());
+            for (name, number) in &retiring {
+                batch.put(
+                    Tree::Meta,
+                    retiring_class_key(*number),
+                    name.as_bytes().to_vec(),
+                );
+            }
             let entry = PendingEntry::new(
                 AuditEvent::PolicyApplied,
                 None,
@@ -1247,6 +1261,48 @@ fn classes_to_retire(storage: &dyn Storage, policy: &Policy) -> Result<Vec<(Stri
         ControlFlow::Continue(())
     })?;
     Ok(out)
+}
+
+/// Meta key marking class `number`'s retirement as begun
+/// (`meta::RETIRING_CLASS_PREFIX`).
+pub(crate) fn retiring_class_key(number: u16) -> Vec<u8> {
+    [meta::RETIRING_CLASS_PREFIX, &number.to_be_bytes()].concat()
+}
+
+/// Refuses a policy that keeps (or renames) a class whose retirement began
+/// and was interrupted: some of its scopes may have lost keys already, and
+/// only the retirement's end records their erasure. The error names the
+/// class and the way out.
+fn refuse_abandoned_retirement(storage: &dyn Storage, retiring: &[(String, u16)]) -> Result<()> {
+    let mut begun = Vec::new();
+    scan_prefix(
+        storage,
+        Tree::Meta,
+        meta::RETIRING_CLASS_PREFIX,
+        &mut |k, v| {
+            if let Some(number) = k
+                .get(meta::RETIRING_CLASS_PREFIX.len()..)
+                .and_then(|n| <[u8; 2]>::try_from(n).ok())
+            {
+                begun.push((
+                    u16::from_be_bytes(number),
+                    String::from_utf8_lossy(v).into_owned(),
+                ));
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    for (number, name) in begun {
+        if !retiring.iter().any(|(_, n)| *n == number) {
+            return Err(Error::PolicyViolation {
+                class: name.clone(),
+                detail: format!(
+                    "the removal of this class from the policy began and was interrupted (some of its data may be erased already); open the store once with a policy without class {name} (and no class renamed from it) to finish the removal, then add the class again: it starts empty"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to retire a class whose data a legal hold covers (G3 before G2):

@@ -1820,6 +1820,125 @@ fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys
     );
 }
 
+/// A class retirement cut part-way (some scopes' keys destroyed, the rest
+/// not) is not abandoned by a policy that has the class again: that open is
+/// refused, naming the class and the way out; the policy without the class
+/// finishes the retirement, every scope with its erasure on record; the
+/// class added afterwards starts empty.
+#[test]
+fn an_interrupted_retirement_is_finished_before_the_class_can_come_back() {
+    use crate::storage::faults::{ApplyFailure, FaultControl, FaultPlan, FaultPoint};
+    let without = default_policy_without("message_content");
+    let subjects: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    for cut in 1u64..200 {
+        let dir = tempfile::tempdir().expect("dir");
+        let clock = ManualClock::new(start());
+        let storage: Arc<dyn crate::storage::Storage> =
+            Arc::new(crate::storage::memory::MemoryStorage::new());
+        let open = |policy: Option<&crate::Policy>, plan: FaultPlan| {
+            let control = FaultControl::new(plan.batch_limit(45));
+            let mut config = config(&dir, &clock);
+            if let Some(policy) = policy {
+                config = config.policy(policy.clone()).apply_policy_change(true);
+            }
+            (
+                Db::open_with_faults(config, Arc::clone(&storage), &control),
+                control,
+            )
+        };
+        let db = open(None, FaultPlan::none()).0.expect("open");
+        for subject in &subjects {
+            db.register_account(subject).expect("register");
+            for day in 1..=30 {
+                db.put_with(
+                    subject,
+                    "message_content",
+                    format!("m{day}").as_bytes(),
+                    b"message",
+                    PutOptions::expires_at(start() + days(day)),
+                )
+                .expect("put");
+            }
+        }
+        let number = db.inner.class("message_content").expect("class").number;
+        let (all, _) = class_keys(&db, number);
+        drop(db);
+        let plan =
+            FaultPlan::none().fail_nth(FaultPoint::DurableApply, cut, ApplyFailure::NothingApplied);
+        let (cut_open, control) = open(Some(&without), plan);
+        if control.armed() {
+            drop(cut_open);
+            break;
+        }
+        assert!(
+            cut_open.is_err(),
+            "cut {cut}: the failed write was reported"
+        );
+        // Only a cut that left the class part-way retired is this test's case.
+        let mut live = 0;
+        crate::vault::layout::scan_all(storage.as_ref(), &mut |tree, k, v| {
+            if crate::vault::layout::id_at(tree, k).is_some_and(|id| id.class == number)
+                && crate::vault::VaultEntry::decode(v)
+                    .is_ok_and(|e| e.state == crate::vault::KeyState::Active)
+            {
+                live += 1;
+            }
+            ControlFlow::Continue(())
+        })
+        .expect("scan the vault");
+        if live == 0 || live == all {
+            continue;
+        }
+
+        let default = crate::Policy::default_policy().expect("the default policy");
+        let Err(refused) = open(Some(&default), FaultPlan::none()).0 else {
+            panic!("cut {cut}: a policy with the class abandoned its retirement");
+        };
+        assert!(
+            matches!(&refused, crate::Error::PolicyViolation { class, .. } if class == "message_content"),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("without class message_content"),
+            "{refused}"
+        );
+        let db = open(Some(&without), FaultPlan::none())
+            .0
+            .expect("the policy without the class finishes the retirement");
+        assert_eq!(
+            class_keys(&db, number).0,
+            0,
+            "every key of the class destroyed"
+        );
+        for subject in &subjects {
+            let certificate = db.certificate(subject).expect("certificate");
+            assert!(
+                certificate
+                    .erasures
+                    .iter()
+                    .any(|e| e.reason == "class removed from the policy"),
+                "{subject}: {certificate:?}"
+            );
+        }
+        drop(db);
+        let db = open(Some(&default), FaultPlan::none())
+            .0
+            .expect("the class may come back once retired");
+        assert_eq!(db.get("s0", "message_content", b"m1").expect("get"), None);
+        db.put("s0", "message_content", b"m1", b"new").expect("put");
+        assert_eq!(
+            db.get("s0", "message_content", b"m1")
+                .expect("get")
+                .as_deref(),
+            Some(&b"new"[..])
+        );
+        return;
+    }
+    panic!("no cut left the class part-way retired");
+}
+
 #[test]
 fn removing_a_held_class_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
