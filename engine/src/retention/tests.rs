@@ -1664,7 +1664,8 @@ fn removed_class_keys_are_destroyed() {
 /// A class retirement on a backend with a batch limit (etcd's
 /// `--max-txn-ops`), over scopes with more keys than one batch holds, cut
 /// at each of its durable writes in turn (before, between and after each
-/// scope's batches), then finished by the next open: each scope's ledger
+/// scope's batches; the write lost, or landed but reported failed), then
+/// finished by the next open: each scope's ledger
 /// entry counts every key the scope had, whatever the cut, a scope whose
 /// every key went before the cut is finished too, and nothing of the
 /// retirement's bookkeeping is left behind. The scopes hold 30 to 60 keys,
@@ -1684,134 +1685,151 @@ fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys
     const SIZES: std::ops::RangeInclusive<i64> = 30..=60;
     let without = default_policy_without("message_content");
     let (mut cut_inside_a_scope, mut cut_after_a_scopes_keys) = (0, 0);
-    for cut in 1u64.. {
-        assert!(cut < 1_000, "the retirement never ran out of writes to cut");
-        let dir = tempfile::tempdir().expect("dir");
-        let clock = ManualClock::new(start());
-        let storage: Arc<dyn crate::storage::Storage> =
-            Arc::new(crate::storage::memory::MemoryStorage::new());
-        let open = |retire: bool, plan: FaultPlan| {
-            let control = FaultControl::new(plan.batch_limit(LIMIT));
-            let mut config = config(&dir, &clock);
-            if retire {
-                config = config.policy(without.clone()).apply_policy_change(true);
-            }
-            let db = Db::open_with_faults(config, Arc::clone(&storage), &control);
-            (db, control)
-        };
-        // Live keys of the class by subject, read from the files.
-        let live_by_subject = |number: u16| {
-            let mut live: HashMap<shredkv_crypto::SubjectTag, usize> = HashMap::new();
-            layout::scan_all(storage.as_ref(), &mut |tree, k, v| {
-                if let Some(id) = layout::id_at(tree, k)
-                    && id.class == number
-                    && VaultEntry::decode(v).is_ok_and(|e| e.state == KeyState::Active)
-                {
-                    *live.entry(id.subject).or_default() += 1;
+    // A write that never lands, and one that lands but reports a failure.
+    let failures = [ApplyFailure::NothingApplied, ApplyFailure::AppliedNotSynced];
+    for failure in failures {
+        for cut in 1u64.. {
+            assert!(cut < 1_000, "the retirement never ran out of writes to cut");
+            let dir = tempfile::tempdir().expect("dir");
+            let clock = ManualClock::new(start());
+            let storage: Arc<dyn crate::storage::Storage> =
+                Arc::new(crate::storage::memory::MemoryStorage::new());
+            let open = |retire: bool, plan: FaultPlan| {
+                let control = FaultControl::new(plan.batch_limit(LIMIT));
+                let mut config = config(&dir, &clock);
+                if retire {
+                    config = config.policy(without.clone()).apply_policy_change(true);
                 }
+                let db = Db::open_with_faults(config, Arc::clone(&storage), &control);
+                (db, control)
+            };
+            // Live keys of the class by subject, read from the files.
+            let live_by_subject = |number: u16| {
+                let mut live: HashMap<shredkv_crypto::SubjectTag, usize> = HashMap::new();
+                layout::scan_all(storage.as_ref(), &mut |tree, k, v| {
+                    if let Some(id) = layout::id_at(tree, k)
+                        && id.class == number
+                        && VaultEntry::decode(v).is_ok_and(|e| e.state == KeyState::Active)
+                    {
+                        *live.entry(id.subject).or_default() += 1;
+                    }
+                    ControlFlow::Continue(())
+                })
+                .expect("scan the vault");
+                live
+            };
+            let (db, _) = open(false, FaultPlan::none());
+            let db = db.expect("open");
+            let mut subjects = Vec::new();
+            for n in SIZES {
+                let subject = format!("s{n}");
+                db.register_account(&subject).expect("register");
+                for day in 1..=n {
+                    let expires = start() + days(day) + SignedDuration::from_hours(1);
+                    db.put_with(
+                        &subject,
+                        "message_content",
+                        format!("m{day}").as_bytes(),
+                        b"message",
+                        PutOptions::expires_at(expires),
+                    )
+                    .expect("put");
+                }
+                subjects.push((subject.clone(), db.subject_tag(&subject)));
+            }
+            let number = db.inner.class("message_content").expect("class").number;
+            drop(db);
+            let before = live_by_subject(number);
+            for ((subject, tag), n) in subjects.iter().zip(SIZES) {
+                let keys = before.get(tag).copied().unwrap_or(0);
+                assert!(
+                    keys >= usize::try_from(n).expect("n"),
+                    "{subject}: one key per expiry day at least, {keys}"
+                );
+            }
+
+            let (cut_open, control) = open(
+                true,
+                FaultPlan::none().fail_nth(FaultPoint::DurableApply, cut, failure),
+            );
+            let fired = !control.armed();
+            match cut_open {
+                Ok(db) => {
+                    assert!(
+                        !fired,
+                        "{failure:?} at cut {cut}: a failed write went unreported"
+                    );
+                    drop(db);
+                }
+                Err(_) => assert!(
+                    fired,
+                    "{failure:?} at cut {cut}: the open failed with no cut"
+                ),
+            }
+            // What the cut left, read from the files: a scope with some of its
+            // keys destroyed; a scope with all of them destroyed and its count
+            // still there (so its ledger entry not yet written).
+            let after = live_by_subject(number);
+            let mut counted = Vec::new();
+            let mut prefix = crate::db::meta::RETIRING_PREFIX.to_vec();
+            prefix.extend_from_slice(&number.to_be_bytes());
+            crate::storage::scan_prefix(storage.as_ref(), Tree::Meta, &prefix, &mut |k, _| {
+                counted.push(k.get(prefix.len()..).unwrap_or_default().to_vec());
                 ControlFlow::Continue(())
             })
-            .expect("scan the vault");
-            live
-        };
-        let (db, _) = open(false, FaultPlan::none());
-        let db = db.expect("open");
-        let mut subjects = Vec::new();
-        for n in SIZES {
-            let subject = format!("s{n}");
-            db.register_account(&subject).expect("register");
-            for day in 1..=n {
-                let expires = start() + days(day) + SignedDuration::from_hours(1);
-                db.put_with(
-                    &subject,
-                    "message_content",
-                    format!("m{day}").as_bytes(),
-                    b"message",
-                    PutOptions::expires_at(expires),
-                )
-                .expect("put");
+            .expect("scan the counts");
+            for (_, tag) in &subjects {
+                let (had, left) = (before[tag], after.get(tag).copied().unwrap_or(0));
+                if left > 0 && left < had {
+                    cut_inside_a_scope += 1;
+                }
+                if left == 0 && counted.iter().any(|t| t.as_slice() == tag.0.as_slice()) {
+                    cut_after_a_scopes_keys += 1;
+                }
             }
-            subjects.push((subject.clone(), db.subject_tag(&subject)));
-        }
-        let number = db.inner.class("message_content").expect("class").number;
-        drop(db);
-        let before = live_by_subject(number);
-        for ((subject, tag), n) in subjects.iter().zip(SIZES) {
-            let keys = before.get(tag).copied().unwrap_or(0);
+
+            let (db, _) = open(true, FaultPlan::none());
+            let db = db.expect("the next open finishes the retirement");
+            for (subject, tag) in &subjects {
+                let certificate = db.certificate(subject).expect("certificate");
+                let removed: Vec<_> = certificate
+                    .erasures
+                    .iter()
+                    .filter(|e| e.reason == "class removed from the policy")
+                    .collect();
+                assert_eq!(
+                    removed.len(),
+                    1,
+                    "{failure:?} at cut {cut}, {subject}: {certificate:?}"
+                );
+                assert_eq!(
+                    usize::try_from(removed[0].keys_destroyed).expect("count"),
+                    before[tag],
+                    "{failure:?} at cut {cut}, {subject}: the ledger counts every key of the scope"
+                );
+            }
             assert!(
-                keys >= usize::try_from(n).expect("n"),
-                "{subject}: one key per expiry day at least, {keys}"
+                live_by_subject(number).is_empty(),
+                "{failure:?} at cut {cut}: a key of the class left"
             );
-        }
-
-        let (cut_open, control) = open(
-            true,
-            FaultPlan::none().fail_nth(FaultPoint::DurableApply, cut, ApplyFailure::NothingApplied),
-        );
-        let fired = !control.armed();
-        match cut_open {
-            Ok(db) => {
-                assert!(!fired, "cut {cut}: a failed write went unreported");
-                drop(db);
-            }
-            Err(_) => assert!(fired, "cut {cut}: the open failed with no cut"),
-        }
-        // What the cut left, read from the files: a scope with some of its
-        // keys destroyed; a scope with all of them destroyed and its count
-        // still there (so its ledger entry not yet written).
-        let after = live_by_subject(number);
-        let mut counted = Vec::new();
-        let mut prefix = crate::db::meta::RETIRING_PREFIX.to_vec();
-        prefix.extend_from_slice(&number.to_be_bytes());
-        crate::storage::scan_prefix(storage.as_ref(), Tree::Meta, &prefix, &mut |k, _| {
-            counted.push(k.get(prefix.len()..).unwrap_or_default().to_vec());
-            ControlFlow::Continue(())
-        })
-        .expect("scan the counts");
-        for (_, tag) in &subjects {
-            let (had, left) = (before[tag], after.get(tag).copied().unwrap_or(0));
-            if left > 0 && left < had {
-                cut_inside_a_scope += 1;
-            }
-            if left == 0 && counted.iter().any(|t| t.as_slice() == tag.0.as_slice()) {
-                cut_after_a_scopes_keys += 1;
-            }
-        }
-
-        let (db, _) = open(true, FaultPlan::none());
-        let db = db.expect("the next open finishes the retirement");
-        for (subject, tag) in &subjects {
-            let certificate = db.certificate(subject).expect("certificate");
-            let removed: Vec<_> = certificate
-                .erasures
-                .iter()
-                .filter(|e| e.reason == "class removed from the policy")
-                .collect();
-            assert_eq!(removed.len(), 1, "cut {cut}, {subject}: {certificate:?}");
+            let mut counts_left = 0;
+            crate::storage::scan_prefix(
+                db.inner.storage.as_ref(),
+                Tree::Meta,
+                crate::db::meta::RETIRING_PREFIX,
+                &mut |_, _| {
+                    counts_left += 1;
+                    ControlFlow::Continue(())
+                },
+            )
+            .expect("scan");
             assert_eq!(
-                usize::try_from(removed[0].keys_destroyed).expect("count"),
-                before[tag],
-                "cut {cut}, {subject}: the ledger counts every key of the scope"
+                counts_left, 0,
+                "{failure:?} at cut {cut}: a retirement count left behind"
             );
-        }
-        assert!(
-            live_by_subject(number).is_empty(),
-            "cut {cut}: a key of the class left"
-        );
-        let mut counts_left = 0;
-        crate::storage::scan_prefix(
-            db.inner.storage.as_ref(),
-            Tree::Meta,
-            crate::db::meta::RETIRING_PREFIX,
-            &mut |_, _| {
-                counts_left += 1;
-                ControlFlow::Continue(())
-            },
-        )
-        .expect("scan");
-        assert_eq!(counts_left, 0, "cut {cut}: a retirement count left behind");
-        if !fired {
-            break;
+            if !fired {
+                break;
+            }
         }
     }
     assert!(
