@@ -498,20 +498,12 @@ impl DbInner {
                 }
                 ControlFlow::Continue(())
             })?;
-            // A scope whose every key went in batches before an
-            // interruption has no live key left, but still its count, and
-            // its ledger entry to write.
-            let mut counted = crate::db::meta::RETIRING_PREFIX.to_vec();
-            counted.extend_from_slice(&number.to_be_bytes());
-            scan_prefix(self.storage.as_ref(), Tree::Meta, &counted, &mut |k, _| {
-                if let Some(tag) = k
-                    .get(counted.len()..)
-                    .and_then(|t| <[u8; shredkv_crypto::SUBJECT_TAG_LEN]>::try_from(t).ok())
-                {
-                    tags.insert(SubjectTag(tag));
-                }
-                ControlFlow::Continue(())
-            })?;
+            // Scopes an interrupted retirement left part-way, with the keys
+            // it destroyed so far. One whose every key went before the
+            // interruption has no live key left, but still its ledger entry
+            // to write.
+            let counts = self.retirement_counts(*number, name)?;
+            tags.extend(counts.keys().copied());
             let tags: Vec<SubjectTag> = tags.into_iter().collect();
             let mut scopes = 0usize;
             for page in tags.chunks(RETIRE_PAGE) {
@@ -523,7 +515,7 @@ impl DbInner {
                     let ids = self.vault.destroy_prefix(&prefix, now, &mut tombstones)?;
                     // Keys of this scope destroyed before an interruption.
                     let progress_key = retiring_key(*number, tag);
-                    let earlier = self.retired_so_far(&progress_key, tag, name)?;
+                    let earlier = counts.get(tag).copied().unwrap_or(0);
                     let destroyed =
                         earlier.saturating_add(u32::try_from(ids.len()).unwrap_or(u32::MAX));
                     // A damaged subject record does not stop the erasure.
@@ -578,7 +570,7 @@ impl DbInner {
                         // follows with the last of them, counting every one.
                         // The class is no longer in the policy, so nothing
                         // reads the scope meanwhile, and an open after a
-                        // crash finds its remaining live keys and goes on.
+                        // crash finds the scope by its count and goes on.
                         let mut so_far = earlier;
                         while tombstones.ops.len() + own_cost > room {
                             let take = room.saturating_sub(1).max(1).min(tombstones.ops.len());
@@ -635,27 +627,48 @@ impl DbInner {
         Ok(())
     }
 
-    /// The keys of `tag`'s scope of the retiring `class` that an interrupted
-    /// retirement destroyed before (0: none, or not interrupted).
-    fn retired_so_far(&self, progress_key: &[u8], tag: &SubjectTag, class: &str) -> Result<u32> {
-        let Some(bytes) = self.storage.get(Tree::Meta, progress_key)? else {
-            return Ok(0);
-        };
-        <[u8; 4]>::try_from(bytes.as_slice())
-            .map(u32::from_be_bytes)
-            .map_err(|_| Error::Corrupt {
+    /// The scopes of the retiring class `number` (named `class`) that an
+    /// interrupted retirement left part-way, each with the keys it
+    /// destroyed there so far.
+    fn retirement_counts(&self, number: u16, class: &str) -> Result<HashMap<SubjectTag, u32>> {
+        let prefix = [crate::db::meta::RETIRING_PREFIX, &number.to_be_bytes()].concat();
+        let mut counts = HashMap::new();
+        let mut damaged = None;
+        scan_prefix(self.storage.as_ref(), Tree::Meta, &prefix, &mut |k, v| {
+            let Some(tag) = k
+                .get(prefix.len()..)
+                .and_then(|t| <[u8; shredkv_crypto::SUBJECT_TAG_LEN]>::try_from(t).ok())
+                .map(SubjectTag)
+            else {
+                return ControlFlow::Continue(());
+            };
+            match <[u8; 4]>::try_from(v) {
+                Ok(count) => {
+                    counts.insert(tag, u32::from_be_bytes(count));
+                    ControlFlow::Continue(())
+                }
+                Err(_) => {
+                    damaged = Some((tag, v.len()));
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some((tag, got)) = damaged {
+            return Err(Error::Corrupt {
                 location: Box::new(Location {
                     tree: "meta",
-                    subject: Some(*tag),
+                    subject: Some(tag),
                     class: Some(class.to_string()),
                     key_hex: format!("class retirement count of {}", tag.to_hex()),
                 }),
                 source: shredkv_crypto::FormatError::Truncated {
                     what: "class retirement count",
                     needed: 4,
-                    got: bytes.len(),
+                    got,
                 },
-            })
+            });
+        }
+        Ok(counts)
     }
 
     /// Ops one batch of a class retirement may hold on a backend with a

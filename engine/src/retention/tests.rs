@@ -1583,6 +1583,27 @@ fn class_keys(db: &Db, number: u16) -> (usize, usize) {
     (live, of_class.count())
 }
 
+/// Live keys of class `number` by subject, read from the files under the
+/// store (`storage` below any view of a `Db`).
+fn live_keys_in_files(
+    storage: &dyn crate::storage::Storage,
+    number: u16,
+) -> std::collections::HashMap<shredkv_crypto::SubjectTag, usize> {
+    let mut live = std::collections::HashMap::new();
+    crate::vault::layout::scan_all(storage, &mut |tree, k, v| {
+        if let Some(id) = crate::vault::layout::id_at(tree, k)
+            && id.class == number
+            && crate::vault::VaultEntry::decode(v)
+                .is_ok_and(|e| e.state == crate::vault::KeyState::Active)
+        {
+            *live.entry(id.subject).or_default() += 1;
+        }
+        ControlFlow::Continue(())
+    })
+    .expect("scan the vault");
+    live
+}
+
 #[test]
 fn removed_class_keys_are_destroyed() {
     let dir = tempfile::tempdir().expect("dir");
@@ -1673,10 +1694,7 @@ fn removed_class_keys_are_destroyed() {
 /// its last key and before its ledger entry.
 #[test]
 fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys() {
-    use std::collections::HashMap;
-
     use crate::storage::faults::{ApplyFailure, FaultControl, FaultPlan, FaultPoint};
-    use crate::vault::{KeyState, VaultEntry, layout};
     /// Ops a batch may hold: a few dozen keys a batch, so several batches
     /// a scope.
     const LIMIT: usize = 45;
@@ -1703,21 +1721,7 @@ fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys
                 let db = Db::open_with_faults(config, Arc::clone(&storage), &control);
                 (db, control)
             };
-            // Live keys of the class by subject, read from the files.
-            let live_by_subject = |number: u16| {
-                let mut live: HashMap<shredkv_crypto::SubjectTag, usize> = HashMap::new();
-                layout::scan_all(storage.as_ref(), &mut |tree, k, v| {
-                    if let Some(id) = layout::id_at(tree, k)
-                        && id.class == number
-                        && VaultEntry::decode(v).is_ok_and(|e| e.state == KeyState::Active)
-                    {
-                        *live.entry(id.subject).or_default() += 1;
-                    }
-                    ControlFlow::Continue(())
-                })
-                .expect("scan the vault");
-                live
-            };
+            let live_by_subject = |number: u16| live_keys_in_files(storage.as_ref(), number);
             let (db, _) = open(false, FaultPlan::none());
             let db = db.expect("open");
             let mut subjects = Vec::new();
@@ -1893,17 +1897,7 @@ fn an_interrupted_retirement_is_finished_before_the_class_can_come_back() {
             "cut {cut}: the failed write was reported"
         );
         // Only a cut that left the class part-way retired is this test's case.
-        let mut live = 0;
-        crate::vault::layout::scan_all(storage.as_ref(), &mut |tree, k, v| {
-            if crate::vault::layout::id_at(tree, k).is_some_and(|id| id.class == number)
-                && crate::vault::VaultEntry::decode(v)
-                    .is_ok_and(|e| e.state == crate::vault::KeyState::Active)
-            {
-                live += 1;
-            }
-            ControlFlow::Continue(())
-        })
-        .expect("scan the vault");
+        let live: usize = live_keys_in_files(storage.as_ref(), number).values().sum();
         if live == 0 || live == all {
             continue;
         }
