@@ -196,7 +196,7 @@ impl Store for ShredkvStore {
     fn scan(&self, subject: &str, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<usize> {
         let mut n = 0;
         self.db.scan_with(subject, CLASS, &mut |record| {
-            visit(&record.key, &record.value);
+            visit(record.key, record.value);
             n += 1;
             ControlFlow::Continue(())
         })?;

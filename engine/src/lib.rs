@@ -106,7 +106,7 @@ pub use error::{Error, ErrorCategory, Location, RemoteError, Result};
 pub use holds::Hold;
 pub use jiff;
 pub use ledger::ErasureReason;
-pub use records::Record;
+pub use records::{Record, RecordRef};
 pub use retention::{
     ClassPolicy, ClockStart, DataRole, DeletionRule, KeyMode, ParseRetentionError, Policy,
     PolicyError, Retention, RetentionUnit, Scheduled,

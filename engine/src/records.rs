@@ -44,6 +44,41 @@ impl std::fmt::Debug for Record {
     }
 }
 
+/// One record borrowed from the scan that reads it ([`crate::Db::scan_with`]):
+/// its key and value live in the scan's buffers until the visitor returns,
+/// so a scan that only looks at its records allocates nothing per record.
+/// [`RecordRef::to_record`] keeps one. Its `Debug` shows lengths only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The record key, as written.
+    pub key: &'a [u8],
+    /// The value, as written.
+    pub value: &'a [u8],
+    /// When the record expires, if it does.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl RecordRef<'_> {
+    /// The record, owned.
+    pub fn to_record(&self) -> Record {
+        Record {
+            key: self.key.to_vec(),
+            value: self.value.to_vec(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+impl std::fmt::Debug for RecordRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordRef")
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 #[cfg(feature = "serde")]
 mod text {
     //! [`Record`] in serde formats (documented on the type).

@@ -50,7 +50,7 @@ fn returned_or_blocked(events: &mpsc::Receiver<Event>) -> &'static str {
 fn values(db: &Db, subject: &str, class: &str) -> shredkv::Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     db.scan_with(subject, class, &mut |r| {
-        out.push(r.value);
+        out.push(r.value.to_vec());
         ControlFlow::Continue(())
     })?;
     Ok(out)

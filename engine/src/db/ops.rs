@@ -8,10 +8,11 @@ use jiff::Timestamp;
 use shredkv_crypto::{Envelope, KeyId, SubjectTag, seal_into};
 
 use super::class::{AsClass, OwnedClass};
+use super::scan::RawPage;
 use super::{ClassEntry, Db, DbInner};
 use crate::error::{Error, Location, Result};
 use crate::ledger::{self, LedgerEntry};
-use crate::records::{self, Record};
+use crate::records::{self, Record, RecordRef};
 use crate::retention::deadlines::{self, Due};
 use crate::retention::{ClockStart, KeyMode};
 use crate::storage::{Order, Tree, WriteBatch};
@@ -428,6 +429,8 @@ pub(crate) struct OpenScratch {
     /// mostly share a key version, so a scan asks the vault once per version
     /// rather than once per record. Held no longer than one scan.
     last_key: Option<(KeyId, Arc<CachedKey>)>,
+    /// The plaintext of the record being opened, reused across records.
+    plain: Vec<u8>,
 }
 
 impl OpenScratch {
@@ -860,6 +863,23 @@ impl DbInner {
         now: i64,
         scratch: &mut OpenScratch,
     ) -> Result<Option<Record>> {
+        Ok(self
+            .open_record_ref(tag, class, data_key, stored, now, scratch)?
+            .map(|record| record.to_record()))
+    }
+
+    /// [`DbInner::open_record`] without copies: the plaintext goes to
+    /// `scratch`'s buffer, and the record borrows it (and `data_key`, an
+    /// ordered class's key) until the next record is opened.
+    pub(crate) fn open_record_ref<'a>(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        data_key: &'a [u8],
+        stored: &[u8],
+        now: i64,
+        scratch: &'a mut OpenScratch,
+    ) -> Result<Option<RecordRef<'a>>> {
         let envelope = Envelope::parse(stored).map_err(|source| Error::Corrupt {
             location: data_location(tag, class, data_key),
             source,
@@ -893,11 +913,12 @@ impl DbInner {
             });
         };
         records::associated_data(&self.store_id, data_key, &mut scratch.aad);
-        let mut plain = envelope
-            .open(cipher, &scratch.aad)
+        envelope
+            .open_into(cipher, &scratch.aad, &mut scratch.plain)
             .map_err(|_| Error::Tampered {
                 location: data_location(tag, class, data_key),
             })?;
+        let plain = scratch.plain.as_slice();
         if envelope.expiry().is_some_and(|e| e <= now)
             && Self::hold_on(&self.holds_of(tag)?, class.number).is_none()
         {
@@ -908,26 +929,19 @@ impl DbInner {
             .expiry()
             .map(|e| Timestamp::from_second(e).unwrap_or(Timestamp::MAX));
         let record = match class.policy.keys() {
-            KeyMode::Ordered => {
-                let key = data_key.get(18..).unwrap_or_default().to_vec();
-                Record {
-                    key,
-                    value: plain,
-                    expires_at,
-                }
-            }
+            KeyMode::Ordered => RecordRef {
+                key: data_key.get(18..).unwrap_or_default(),
+                value: plain,
+                expires_at,
+            },
             KeyMode::Blinded => {
                 let (key, value) =
-                    records::split_blinded_payload(&plain).ok_or_else(|| Error::Tampered {
+                    records::split_blinded_payload(plain).ok_or_else(|| Error::Tampered {
                         location: data_location(tag, class, data_key),
                     })?;
-                let key = key.to_vec();
-                // The value is the payload's tail: keep the buffer, drop the head.
-                let value_start = plain.len() - value.len();
-                plain.drain(..value_start);
-                Record {
+                RecordRef {
                     key,
-                    value: plain,
+                    value,
                     expires_at,
                 }
             }
@@ -942,67 +956,39 @@ impl DbInner {
         tag: &SubjectTag,
         class: &ClassEntry,
         now: i64,
-        visit: &mut dyn FnMut(Record) -> ControlFlow<()>,
+        visit: &mut dyn FnMut(RecordRef<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
         let prefix = records::scope_prefix(tag, class.number);
         let mut after: Option<Vec<u8>> = None;
         let mut scratch = OpenScratch::default();
-        // One page of entries: their bytes back to back in `bytes`, and per
-        // entry where its key ends and its value ends (reused across pages).
-        let mut bytes: Vec<u8> = Vec::new();
-        let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(SCAN_PAGE);
+        let mut raw = RawPage::default();
         loop {
-            bytes.clear();
-            bounds.clear();
             let start = match &after {
                 Some(k) => Bound::Excluded(k.as_slice()),
                 None => Bound::Included(&prefix[..]),
             };
-            self.storage.scan(
+            raw.read(
+                self.storage.as_ref(),
                 Tree::Data,
-                start,
-                Bound::Unbounded,
+                (start, Bound::Unbounded),
                 Order::Ascending,
-                &mut |k, v| {
-                    if !k.starts_with(&prefix) {
-                        return ControlFlow::Break(());
-                    }
-                    bytes.extend_from_slice(k);
-                    let key_end = bytes.len();
-                    bytes.extend_from_slice(v);
-                    bounds.push((key_end, bytes.len()));
-                    if bounds.len() >= SCAN_PAGE {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                },
+                &prefix,
+                SCAN_PAGE,
             )?;
-            let full = bounds.len() >= SCAN_PAGE;
-            let mut entry_start = 0;
-            for &(key_end, entry_end) in &bounds {
-                let k = bytes.get(entry_start..key_end).unwrap_or_default();
-                let v = bytes.get(key_end..entry_end).unwrap_or_default();
-                entry_start = entry_end;
-                if let Some(record) = self.open_record(tag, class, k, v, now, &mut scratch)?
+            for (k, v) in raw.entries() {
+                if let Some(record) = self.open_record_ref(tag, class, k, v, now, &mut scratch)?
                     && visit(record).is_break()
                 {
                     return Ok(());
                 }
             }
-            if !full {
+            if raw.len() < SCAN_PAGE {
                 return Ok(());
             }
             // The page's last key is where the next page starts.
-            let last_key_start = bounds
-                .len()
-                .checked_sub(2)
-                .and_then(|i| bounds.get(i))
-                .map_or(0, |&(_, end)| end);
-            let last_key_end = bounds.last().map_or(0, |&(key_end, _)| key_end);
             let next = after.get_or_insert_with(Vec::new);
             next.clear();
-            next.extend_from_slice(bytes.get(last_key_start..last_key_end).unwrap_or_default());
+            next.extend_from_slice(raw.last_key().unwrap_or_default());
         }
     }
 
@@ -1069,7 +1055,7 @@ impl DbInner {
             }
             let mut stopped = false;
             self.scan_scope(tag, class, now, &mut |r| {
-                let flow = visit(class, r);
+                let flow = visit(class, r.to_record());
                 stopped = flow.is_break();
                 flow
             })?;
@@ -1295,13 +1281,35 @@ impl Db {
     pub fn scan(&self, subject: &str, class: impl AsClass) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         self.scan_with(subject, class, &mut |record| {
-            out.push(record);
+            out.push(record.to_record());
             ControlFlow::Continue(())
         })?;
         Ok(out)
     }
 
-    /// Visits every live record of a subject in a class until `visit` breaks.
+    /// Visits every live record of a subject in a class until `visit` breaks,
+    /// in the order of [`Db::scan`]. Each record is borrowed from the scan's
+    /// buffers for the call, so a scan that only reads its records (sums,
+    /// filters, writes them out) allocates nothing per record;
+    /// [`RecordRef::to_record`] keeps one.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let config = shredkv::Config::new(dir.path().join("store"))
+    /// #     .key_file(dir.path().join("keys")).maintenance_every(None);
+    /// # let db = shredkv::Db::open(config)?;
+    /// use std::ops::ControlFlow;
+    /// db.register_account("acct-1")?;
+    /// db.put("acct-1", "message_content", b"m1", b"hello")?;
+    /// db.put("acct-1", "message_content", b"m2", b"shredkv")?;
+    /// let mut bytes = 0;
+    /// db.scan_with("acct-1", "message_content", &mut |record| {
+    ///     bytes += record.value.len();
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(bytes, 12);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Db::get`].
@@ -1309,7 +1317,7 @@ impl Db {
         &self,
         subject: &str,
         class: impl AsClass,
-        visit: &mut dyn FnMut(Record) -> ControlFlow<()>,
+        visit: &mut dyn FnMut(RecordRef<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
         let inner = &self.inner;
         let class = inner.resolve(&class)?;

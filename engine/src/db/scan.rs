@@ -24,7 +24,7 @@ use super::{ClassEntry, Db};
 use crate::error::{Error, Result};
 use crate::records::{self, Record};
 use crate::retention::policy::KeyMode;
-use crate::storage::{Order, Tree};
+use crate::storage::{Order, Storage, Tree};
 use crate::subjects;
 
 /// Records read from the backend per internal page of [`Db::records`].
@@ -248,48 +248,39 @@ impl Db {
         inner.check_access(&tag, class_entry, Access::Read)?;
         let now = inner.now_secs();
         let mut records = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
         let mut scratch = OpenScratch::default();
+        let mut raw = RawPage::default();
         // Pages of raw entries until `limit` live records are found: expired
         // entries are skipped, so a raw page may yield fewer.
         loop {
-            let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             let want = (limit - records.len()).min(ITER_PAGE);
-            inner.storage.scan(
+            raw.read(
+                inner.storage.as_ref(),
                 Tree::Data,
-                as_ref(&low),
-                as_ref(&high),
+                (as_ref(&low), as_ref(&high)),
                 order,
-                &mut |k, v| {
-                    raw.push((k.to_vec(), v.to_vec()));
-                    if raw.len() >= want {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                },
+                &scope,
+                want,
             )?;
-            let exhausted = raw.len() < want;
-            for (k, v) in raw {
+            for (k, v) in raw.entries() {
                 if let Some(record) =
-                    inner.open_record(&tag, class_entry, &k, &v, now, &mut scratch)?
+                    inner.open_record(&tag, class_entry, k, v, now, &mut scratch)?
                 {
                     records.push(record);
                 }
-                last = Some(k);
             }
-            if exhausted {
-                return Ok(Page {
-                    records,
-                    next: None,
-                });
-            }
-            let Some(resume) = last.clone() else {
+            let Some(resume) = raw.last_key().map(<[u8]>::to_vec) else {
                 return Ok(Page {
                     records,
                     next: None,
                 });
             };
+            if raw.len() < want {
+                return Ok(Page {
+                    records,
+                    next: None,
+                });
+            }
             if records.len() >= limit {
                 return Ok(Page {
                     records,
@@ -519,6 +510,71 @@ impl Db {
                 });
             }
         }
+    }
+}
+
+/// One page of raw entries read from the backend, their bytes back to back
+/// in one buffer reused across pages: records are opened after the read,
+/// with no backend lock held, and the page costs no allocation per entry.
+#[derive(Default)]
+pub(super) struct RawPage {
+    /// Keys and values, each entry's key then its value.
+    bytes: Vec<u8>,
+    /// Per entry, where its key ends and where its value ends in `bytes`.
+    bounds: Vec<(usize, usize)>,
+}
+
+impl RawPage {
+    /// Replaces the page with up to `want` entries of `tree` between `low`
+    /// and `high` in `order`, stopping at the first key outside `within`.
+    pub(super) fn read(
+        &mut self,
+        storage: &dyn Storage,
+        tree: Tree,
+        (low, high): (Bound<&[u8]>, Bound<&[u8]>),
+        order: Order,
+        within: &[u8],
+        want: usize,
+    ) -> Result<()> {
+        self.bytes.clear();
+        self.bounds.clear();
+        let (bytes, bounds) = (&mut self.bytes, &mut self.bounds);
+        storage.scan(tree, low, high, order, &mut |k, v| {
+            if !k.starts_with(within) {
+                return ControlFlow::Break(());
+            }
+            bytes.extend_from_slice(k);
+            let key_end = bytes.len();
+            bytes.extend_from_slice(v);
+            bounds.push((key_end, bytes.len()));
+            if bounds.len() >= want {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(())
+    }
+
+    /// How many entries the page holds.
+    pub(super) fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// The entries as (key, value), in the order read.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut entry_start = 0;
+        self.bounds.iter().map(move |&(key_end, entry_end)| {
+            let key = self.bytes.get(entry_start..key_end).unwrap_or_default();
+            let value = self.bytes.get(key_end..entry_end).unwrap_or_default();
+            entry_start = entry_end;
+            (key, value)
+        })
+    }
+
+    /// The last entry's key: where the next page starts.
+    pub(super) fn last_key(&self) -> Option<&[u8]> {
+        self.entries().last().map(|(key, _)| key)
     }
 }
 

@@ -739,10 +739,17 @@ fn debug_output_shows_no_personal_data() {
     let mut batch = Batch::new();
     batch.put(subject, "message_content", key, value);
     batch.delete(subject, "message_content", key);
+    let mut borrowed = String::new();
+    db.scan_with(subject, "message_content", &mut |record| {
+        borrowed = format!("{record:?}");
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("scan_with");
     let shown = [
         format!("{batch:?}"),
         format!("{:?}", db.scan(subject, "message_content").expect("scan")),
         format!("{:?}", db.export(subject).expect("export")),
+        borrowed,
     ];
     for text in &shown {
         for secret in [subject, "dm-with-bob", "meet at the clinic"] {
@@ -757,6 +764,8 @@ fn debug_output_shows_no_personal_data() {
         shown[0]
     );
     assert!(shown[1].contains("<18 bytes>"), "{}", shown[1]);
+    assert!(shown[3].starts_with("RecordRef"), "{}", shown[3]);
+    assert!(shown[3].contains("<18 bytes>"), "{}", shown[3]);
 }
 
 /// A backup holds the store's ciphertext: its directory is owner-only like
