@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use shredkv_crypto::{Envelope, KeyId, SubjectTag, seal_into};
 
 use super::class::{AsClass, OwnedClass};
-use super::scan::RawPage;
+use super::scan::{OpenedPage, RawPage};
 use super::{ClassEntry, Db, DbInner};
 use crate::error::{Error, Location, Result};
 use crate::ledger::{self, LedgerEntry};
@@ -18,8 +18,10 @@ use crate::retention::{ClockStart, KeyMode};
 use crate::storage::{Order, Tree, WriteBatch};
 use crate::subjects::{SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::cache::BucketId;
+use crate::vault::gate::ScopeGate;
 use crate::vault::{
-    CachedKey, KeyLookup, Material, SCOPE_BUCKET, SealReservation, Vault, bucket_for_expiry,
+    CachedKey, KeyLookup, KeyState, Material, SCOPE_BUCKET, SealReservation, Vault,
+    bucket_for_expiry,
 };
 
 /// Largest record key accepted, in bytes (it may travel inside every
@@ -431,6 +433,9 @@ pub(crate) struct OpenScratch {
     last_key: Option<(KeyId, Arc<CachedKey>)>,
     /// The plaintext of the record being opened, reused across records.
     plain: Vec<u8>,
+    /// The keys that opened records since last taken
+    /// ([`ReadUnder::opened_with`]), each once per run of records it opened.
+    used: Vec<KeyId>,
 }
 
 impl OpenScratch {
@@ -443,8 +448,150 @@ impl OpenScratch {
         let found = inner.vault.lookup(id)?;
         if let KeyLookup::Live(key) = &found {
             self.last_key = Some((*id, Arc::clone(key)));
+            if !self.used.contains(id) {
+                self.used.push(*id);
+            }
         }
         Ok(found)
+    }
+}
+
+/// A scope read a page at a time ([`DbInner::read_scope_page`]): where the
+/// next page starts, the page's raw entries and opened records, and the
+/// buffers reused from page to page.
+#[derive(Default)]
+pub(crate) struct ScopeReader {
+    /// The last key read; `None` before the first page.
+    after: Option<Vec<u8>>,
+    /// Whether the last page read was the scope's last.
+    done: bool,
+    scratch: OpenScratch,
+    raw: RawPage,
+    /// The live records of the last page read.
+    opened: OpenedPage,
+}
+
+impl ScopeReader {
+    /// Starts again from a scope's first record, keeping the buffers.
+    fn restart(&mut self) {
+        self.after = None;
+        self.done = false;
+        self.opened.clear();
+    }
+}
+
+/// What a page of records was read under, noted under the subject's shared
+/// lock: the count of exclusive holds of the subject's stripe, the subject's
+/// generation, the store's time, and the keys that opened the records.
+/// While the count has not moved, no erasure or state change of the subject
+/// has run since.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReadUnder {
+    changes: u64,
+    generation: u32,
+    read_at: i64,
+    keys: Vec<KeyId>,
+}
+
+impl ReadUnder {
+    /// Whether nothing took `tag`'s stripe exclusively since the page was
+    /// read (one atomic load); if not, [`DbInner::recheck_read`] decides.
+    pub(crate) fn is_current(&self, gate: &ScopeGate, tag: &SubjectTag) -> bool {
+        gate.changes(tag) == self.changes
+    }
+
+    /// Notes the keys that opened the page's records (taken from `scratch`).
+    pub(crate) fn opened_with(&mut self, scratch: &mut OpenScratch) {
+        self.keys = std::mem::take(&mut scratch.used);
+    }
+}
+
+impl DbInner {
+    /// Checks that `tag` may be read in `class` and notes what a page read
+    /// now is read under. Called holding the subject's shared lock.
+    pub(crate) fn check_read(&self, tag: &SubjectTag, class: &ClassEntry) -> Result<ReadUnder> {
+        let info = self.check_access(tag, class, Access::Read)?;
+        Ok(self.read_under(tag, &info))
+    }
+
+    /// What a page of `tag`'s records read now is read under (its keys noted
+    /// after it is read). Called holding the subject's shared lock.
+    fn read_under(&self, tag: &SubjectTag, info: &SubjectInfo) -> ReadUnder {
+        ReadUnder {
+            changes: self.gate.changes(tag),
+            generation: info.generation,
+            read_at: self.now_secs(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Before a record read under `under` is handed out after the lock was
+    /// released: fails as a new read would if an erasure (or a restriction,
+    /// a closure) of the subject ran since, so that once an erasure returns
+    /// no call returns what it erased (G1). One atomic load unless the
+    /// subject's stripe was taken exclusively since; then the access is
+    /// checked again under the lock, and [`DbInner::page_erased`] looks for
+    /// an erasure the access check no longer shows.
+    pub(crate) fn recheck_read(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        under: &mut ReadUnder,
+    ) -> Result<()> {
+        if under.is_current(&self.gate, tag) {
+            return Ok(());
+        }
+        let _shared = self.gate.read(&[*tag]);
+        let info = self.check_access(tag, class, Access::Read)?;
+        if let Some(erased_at) = self.page_erased(tag, class, &info, under)? {
+            return Err(Error::Erased {
+                subject: *tag,
+                class: Some(class.policy.name().to_string()),
+                erased_at: Timestamp::from_second(erased_at).unwrap_or(Timestamp::MAX),
+            });
+        }
+        under.changes = self.gate.changes(tag);
+        Ok(())
+    }
+
+    /// When the page read under `under` was erased, for a subject the access
+    /// check lets through again: registered again (a new generation), or a
+    /// class erased and registered again (its keys destroyed, and a ledger
+    /// entry no older than the page). A key destroyed with no such entry was
+    /// re-keyed or expired, not erased: the page's records stand. Called
+    /// holding the subject's shared lock.
+    fn page_erased(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        info: &SubjectInfo,
+        under: &ReadUnder,
+    ) -> Result<Option<i64>> {
+        if info.generation != under.generation {
+            let whole = self.ledger_entry(tag, ledger::ALL_CLASSES)?;
+            return Ok(Some(whole.map_or(under.read_at, |entry| entry.erased_at)));
+        }
+        if self.keys_live(&under.keys)? {
+            return Ok(None);
+        }
+        Ok(self
+            .ledger_entry(tag, class.number)?
+            .filter(|entry| {
+                entry.generation == under.generation && entry.erased_at >= under.read_at
+            })
+            .map(|entry| entry.erased_at))
+    }
+
+    /// Whether none of `keys` is destroyed (read from the vault, not the
+    /// cache). Called holding the shared lock of the subjects they belong to.
+    fn keys_live(&self, keys: &[KeyId]) -> Result<bool> {
+        for id in keys {
+            match self.vault.read_entry(id)? {
+                Some(entry) if entry.state != KeyState::Destroyed => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -949,63 +1096,130 @@ impl DbInner {
         Ok(Some(record))
     }
 
-    /// Visits every live record of a scope, page by page (no backend read
-    /// lock is held while records are decrypted).
-    pub(crate) fn scan_scope(
+    /// Reads the next page of a scope's live records into `reader.opened`
+    /// (emptied first), notes the keys that opened them in `under`, and sets
+    /// `reader.done` once the scope is exhausted. The caller holds the
+    /// subject's shared lock and has checked that the scope may be read; the
+    /// page may be visited after the lock is released, each record after
+    /// [`DbInner::recheck_read`].
+    pub(crate) fn read_scope_page(
         &self,
         tag: &SubjectTag,
         class: &ClassEntry,
         now: i64,
-        visit: &mut dyn FnMut(RecordRef<'_>) -> ControlFlow<()>,
+        reader: &mut ScopeReader,
+        under: &mut ReadUnder,
     ) -> Result<()> {
         let prefix = records::scope_prefix(tag, class.number);
-        let mut after: Option<Vec<u8>> = None;
-        let mut scratch = OpenScratch::default();
-        let mut raw = RawPage::default();
-        loop {
-            let start = match &after {
-                Some(k) => Bound::Excluded(k.as_slice()),
-                None => Bound::Included(&prefix[..]),
-            };
-            raw.read(
-                self.storage.as_ref(),
-                Tree::Data,
-                (start, Bound::Unbounded),
-                Order::Ascending,
-                &prefix,
-                SCAN_PAGE,
-            )?;
-            for (k, v) in raw.entries() {
-                if let Some(record) = self.open_record_ref(tag, class, k, v, now, &mut scratch)?
-                    && visit(record).is_break()
-                {
-                    return Ok(());
-                }
+        let start = match &reader.after {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Included(&prefix[..]),
+        };
+        reader.raw.read(
+            self.storage.as_ref(),
+            Tree::Data,
+            (start, Bound::Unbounded),
+            Order::Ascending,
+            &prefix,
+            SCAN_PAGE,
+        )?;
+        // A key is used only under the lock that checked its scope: an
+        // erasure between two pages destroys it, and the next page must not
+        // open anything with a copy kept from before.
+        reader.scratch.last_key = None;
+        reader.scratch.used.clear();
+        reader.opened.clear();
+        for (k, v) in reader.raw.entries() {
+            if let Some(record) =
+                self.open_record_ref(tag, class, k, v, now, &mut reader.scratch)?
+            {
+                reader.opened.push(record);
             }
-            if raw.len() < SCAN_PAGE {
-                return Ok(());
-            }
-            // The page's last key is where the next page starts.
-            let next = after.get_or_insert_with(Vec::new);
-            next.clear();
-            next.extend_from_slice(raw.last_key().unwrap_or_default());
         }
+        reader.scratch.last_key = None;
+        under.opened_with(&mut reader.scratch);
+        reader.done = reader.raw.len() < SCAN_PAGE;
+        // The page's last key is where the next page starts.
+        let next = reader.after.get_or_insert_with(Vec::new);
+        next.clear();
+        next.extend_from_slice(reader.raw.last_key().unwrap_or_default());
+        Ok(())
+    }
+
+    /// Visits every live record of a scope, page by page, while the caller
+    /// holds the subject's shared lock throughout (an export kept whole).
+    fn scan_scope_locked(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        now: i64,
+        visit: &mut dyn FnMut(RecordRef<'_>),
+    ) -> Result<()> {
+        let mut reader = ScopeReader::default();
+        let mut under = ReadUnder::default();
+        while !reader.done {
+            self.read_scope_page(tag, class, now, &mut reader, &mut under)?;
+            reader.opened.records().for_each(&mut *visit);
+        }
+        Ok(())
+    }
+
+    /// Under the subject's shared lock, the next page of `tag`'s scope of
+    /// `class` for an export, and what it was read under; `None` when the
+    /// subject or the scope is not exported (any more).
+    fn export_page(
+        &self,
+        tag: &SubjectTag,
+        class: &ClassEntry,
+        now: i64,
+        reader: &mut ScopeReader,
+    ) -> Result<Option<ReadUnder>> {
+        let _shared = self.gate.read(&[*tag]);
+        let Some(info) = self.subject_info(tag)? else {
+            return Ok(None);
+        };
+        if !self.scope_exported(tag, &info, class)? {
+            return Ok(None);
+        }
+        let mut under = self.read_under(tag, &info);
+        self.read_scope_page(tag, class, now, reader, &mut under)?;
+        Ok(Some(under))
+    }
+
+    /// Whether the export of `tag` includes its scope of `class`: not when
+    /// the subject or the scope is erased, nor past the class's deadline.
+    fn scope_exported(
+        &self,
+        tag: &SubjectTag,
+        info: &SubjectInfo,
+        class: &ClassEntry,
+    ) -> Result<bool> {
+        Ok(info.state != SubjectState::Erased
+            && self
+                .scope_erased_at(tag, class.number, info.generation)?
+                .is_none()
+            && self.scope_past_deadline(info, class)?.is_none())
     }
 
     fn export_subject(&self, tag: &SubjectTag, now: i64) -> Result<Option<ExportedSubject>> {
         let Some(info) = self.subject_info(tag)? else {
             return Ok(None);
         };
-        let mut classes: Vec<(String, Vec<Record>)> = Vec::new();
-        let exported = self.export_scopes(tag, &info, now, &mut |class, record| {
-            match classes.last_mut() {
-                Some((name, records)) if name == class.policy.name() => records.push(record),
-                _ => classes.push((class.policy.name().to_string(), vec![record])),
-            }
-            ControlFlow::Continue(())
-        })?;
-        if !exported {
+        if info.state == SubjectState::Erased {
             return Ok(None);
+        }
+        let mut classes: Vec<(String, Vec<Record>)> = Vec::new();
+        for class in &self.classes {
+            if !self.scope_exported(tag, &info, class)? {
+                continue;
+            }
+            let mut records = Vec::new();
+            self.scan_scope_locked(tag, class, now, &mut |record| {
+                records.push(record.to_record());
+            })?;
+            if !records.is_empty() {
+                classes.push((class.policy.name().to_string(), records));
+            }
         }
         for (_, records) in &mut classes {
             records.sort_by(|a, b| a.key.cmp(&b.key));
@@ -1031,39 +1245,6 @@ impl DbInner {
             tags.extend(self.children(&tag)?);
         }
         Ok(tags)
-    }
-
-    /// Calls `visit` with every exportable record of `tag`, class by class
-    /// in policy order; `false` if the subject is erased (nothing to export).
-    fn export_scopes(
-        &self,
-        tag: &SubjectTag,
-        info: &SubjectInfo,
-        now: i64,
-        visit: &mut dyn FnMut(&ClassEntry, Record) -> ControlFlow<()>,
-    ) -> Result<bool> {
-        if info.state == SubjectState::Erased {
-            return Ok(false);
-        }
-        for class in &self.classes {
-            if self
-                .scope_erased_at(tag, class.number, info.generation)?
-                .is_some()
-                || self.scope_past_deadline(info, class)?.is_some()
-            {
-                continue;
-            }
-            let mut stopped = false;
-            self.scan_scope(tag, class, now, &mut |r| {
-                let flow = visit(class, r.to_record());
-                stopped = flow.is_break();
-                flow
-            })?;
-            if stopped {
-                break;
-            }
-        }
-        Ok(true)
     }
 }
 
@@ -1293,6 +1474,14 @@ impl Db {
     /// filters, writes them out) allocates nothing per record;
     /// [`RecordRef::to_record`] keeps one.
     ///
+    /// Records are read and opened a page at a time under the subject's
+    /// shared lock, and visited after it is released: `visit` may call back
+    /// into the store (even erase this subject), and a slow visitor never
+    /// holds up an erasure. Like [`Db::records`], the pages are not a
+    /// snapshot: a page read after an erasure of the subject fails with
+    /// [`Error::Erased`], and a record written meanwhile may or may not be
+    /// visited.
+    ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
     /// # let config = shredkv::Config::new(dir.path().join("store"))
@@ -1322,9 +1511,25 @@ impl Db {
         let inner = &self.inner;
         let class = inner.resolve(&class)?;
         let tag = self.tag_of(subject)?;
-        let _shared = inner.gate.read(&[tag]);
-        inner.check_access(&tag, class, Access::Read)?;
-        inner.scan_scope(&tag, class, inner.now_secs(), visit)
+        let now = inner.now_secs();
+        let mut reader = ScopeReader::default();
+        loop {
+            let mut under = {
+                let _shared = inner.gate.read(&[tag]);
+                let mut under = inner.check_read(&tag, class)?;
+                inner.read_scope_page(&tag, class, now, &mut reader, &mut under)?;
+                under
+            };
+            for record in reader.opened.records() {
+                inner.recheck_read(&tag, class, &mut under)?;
+                if visit(record).is_break() {
+                    return Ok(());
+                }
+            }
+            if reader.done {
+                return Ok(());
+            }
+        }
     }
 
     /// Everything a subject has across classes; for an account, its end
@@ -1341,7 +1546,10 @@ impl Db {
     /// one first, then an account's end users), class by class, without
     /// holding the export in memory; stops early when `visit` breaks.
     /// Records within a class come in the class's scan order (key order for
-    /// ordered classes; [`Db::export`] sorts them).
+    /// ordered classes; [`Db::export`] sorts them). As with [`Db::scan_with`],
+    /// each page is read under its subject's shared lock and visited after
+    /// it is released, so `visit` may call back into the store; a scope
+    /// erased part-way is not exported further.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -1372,21 +1580,36 @@ impl Db {
         let inner = &self.inner;
         let tags = inner.exported_subjects(self.tag_of(subject)?)?;
         let now = inner.now_secs();
+        let mut reader = ScopeReader::default();
         for t in tags {
-            // One subject at a time under its shared lock, so a long export
-            // never holds every subject's lock at once.
-            let _shared = inner.gate.read(&[t]);
-            let Some(info) = inner.subject_info(&t)? else {
-                continue;
-            };
-            let mut stopped = false;
-            inner.export_scopes(&t, &info, now, &mut |class, record| {
-                let flow = visit(t, class.policy.name(), record);
-                stopped = flow.is_break();
-                flow
-            })?;
-            if stopped {
-                break;
+            for class in &inner.classes {
+                reader.restart();
+                'scope: while !reader.done {
+                    let Some(mut under) = inner.export_page(&t, class, now, &mut reader)? else {
+                        break;
+                    };
+                    for record in reader.opened.records() {
+                        // An erasure or state change since the page was read:
+                        // export no more of the scope than a new read would.
+                        if !under.is_current(&inner.gate, &t) {
+                            let _shared = inner.gate.read(&[t]);
+                            match inner.subject_info(&t)? {
+                                Some(info)
+                                    if inner.scope_exported(&t, &info, class)?
+                                        && inner
+                                            .page_erased(&t, class, &info, &under)?
+                                            .is_none() =>
+                                {
+                                    under.changes = inner.gate.changes(&t);
+                                }
+                                _ => break 'scope,
+                            }
+                        }
+                        if visit(t, class.policy.name(), record.to_record()).is_break() {
+                            return Ok(());
+                        }
+                    }
+                }
             }
         }
         Ok(())

@@ -11,18 +11,22 @@
 //!
 //! Pages are not a snapshot: each page reads under the subject's shared
 //! lock and sees every write completed before it; a record written or
-//! deleted between two pages may or may not appear. A cursor stays valid
-//! across writes, erasures of other subjects and reopening the store.
+//! deleted between two pages may or may not appear. An erasure is never
+//! missed: the iterator hands out no record of its page once an erasure of
+//! the subject (or its class) has returned, but ends with the error a new
+//! read would get. A cursor stays valid across writes, erasures of other
+//! subjects and reopening the store.
 
 use std::ops::{Bound, ControlFlow};
 
+use jiff::Timestamp;
 use shredkv_crypto::SubjectTag;
 
 use super::class::{AsClass, OwnedClass};
-use super::ops::{Access, OpenScratch};
+use super::ops::{OpenScratch, ReadUnder};
 use super::{ClassEntry, Db};
 use crate::error::{Error, Result};
-use crate::records::{self, Record};
+use crate::records::{self, Record, RecordRef};
 use crate::retention::policy::KeyMode;
 use crate::storage::{Order, Storage, Tree};
 use crate::subjects;
@@ -198,9 +202,23 @@ impl Db {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page> {
+        let (page, _) = self.scan_page_under(subject, &class, options, after, limit)?;
+        Ok(page)
+    }
+
+    /// [`Db::scan_page`], with the subject's tag and what the page was read
+    /// under (for [`Records`], which hands the page out later).
+    fn scan_page_under(
+        &self,
+        subject: &str,
+        class: &impl AsClass,
+        options: &ScanOptions,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<(Page, (SubjectTag, ReadUnder))> {
         check_page_size(limit)?;
         let inner = &self.inner;
-        let class_entry = inner.resolve(&class)?;
+        let class_entry = inner.resolve(class)?;
         if options.narrows() && class_entry.policy.keys() != KeyMode::Ordered {
             return Err(Error::InvalidArgument {
                 what: "scan options",
@@ -211,10 +229,12 @@ impl Db {
             });
         }
         let tag = self.tag_of(subject)?;
-        self.page_of(tag, class_entry, options, after, limit)
+        let (page, under) = self.page_of(tag, class_entry, options, after, limit)?;
+        Ok((page, (tag, under)))
     }
 
-    /// One page of the scope `tag` × `class_entry` (options already checked).
+    /// One page of the scope `tag` × `class_entry` (options already checked),
+    /// and what it was read under.
     fn page_of(
         &self,
         tag: SubjectTag,
@@ -222,7 +242,7 @@ impl Db {
         options: &ScanOptions,
         after: Option<&Cursor>,
         limit: usize,
-    ) -> Result<Page> {
+    ) -> Result<(Page, ReadUnder)> {
         let inner = &self.inner;
         let scope = records::scope_prefix(&tag, class_entry.number);
         let (mut low, mut high) = bounds(&scope, options);
@@ -245,14 +265,14 @@ impl Db {
             Order::Ascending
         };
         let _shared = inner.gate.read(&[tag]);
-        inner.check_access(&tag, class_entry, Access::Read)?;
+        let mut under = inner.check_read(&tag, class_entry)?;
         let now = inner.now_secs();
         let mut records = Vec::new();
         let mut scratch = OpenScratch::default();
         let mut raw = RawPage::default();
         // Pages of raw entries until `limit` live records are found: expired
         // entries are skipped, so a raw page may yield fewer.
-        loop {
+        let next = loop {
             let want = (limit - records.len()).min(ITER_PAGE);
             raw.read(
                 inner.storage.as_ref(),
@@ -270,29 +290,22 @@ impl Db {
                 }
             }
             let Some(resume) = raw.last_key().map(<[u8]>::to_vec) else {
-                return Ok(Page {
-                    records,
-                    next: None,
-                });
+                break None;
             };
             if raw.len() < want {
-                return Ok(Page {
-                    records,
-                    next: None,
-                });
+                break None;
             }
             if records.len() >= limit {
-                return Ok(Page {
-                    records,
-                    next: Some(Cursor(resume)),
-                });
+                break Some(Cursor(resume));
             }
             if options.reverse {
                 high = Bound::Excluded(resume);
             } else {
                 low = Bound::Excluded(resume);
             }
-        }
+        };
+        under.opened_with(&mut scratch);
+        Ok((Page { records, next }, under))
     }
 
     /// Every record of `subject` in `class` that `options` selects, read a
@@ -343,6 +356,7 @@ impl Db {
             class: OwnedClass::of(&class),
             options,
             buffered: Vec::new().into_iter(),
+            read_under: None,
             next: None,
             done: false,
         }
@@ -473,7 +487,7 @@ impl Db {
                         after.as_ref(),
                         want,
                     ) {
-                        Ok(page) => page,
+                        Ok((page, _)) => page,
                         Err(
                             Error::Erased { .. }
                             | Error::Restricted { .. }
@@ -578,6 +592,51 @@ impl RawPage {
     }
 }
 
+/// Records opened from one page, their keys and values back to back in one
+/// buffer reused across pages: a scan visits them after releasing the
+/// subject's lock, so a visitor may call back into the store.
+#[derive(Default)]
+pub(super) struct OpenedPage {
+    /// Keys and values, each record's key then its value.
+    bytes: Vec<u8>,
+    /// Per record, where its key ends and its value ends, and its expiry.
+    bounds: Vec<(usize, usize, Option<Timestamp>)>,
+}
+
+impl OpenedPage {
+    /// Empties the page, keeping its buffers.
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.bounds.clear();
+    }
+
+    /// Adds a copy of `record`.
+    pub(super) fn push(&mut self, record: RecordRef<'_>) {
+        self.bytes.extend_from_slice(record.key);
+        let key_end = self.bytes.len();
+        self.bytes.extend_from_slice(record.value);
+        self.bounds
+            .push((key_end, self.bytes.len(), record.expires_at));
+    }
+
+    /// The records, in the order added.
+    pub(super) fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        let mut record_start = 0;
+        self.bounds
+            .iter()
+            .map(move |&(key_end, value_end, expires_at)| {
+                let key = self.bytes.get(record_start..key_end).unwrap_or_default();
+                let value = self.bytes.get(key_end..value_end).unwrap_or_default();
+                record_start = value_end;
+                RecordRef {
+                    key,
+                    value,
+                    expires_at,
+                }
+            })
+    }
+}
+
 fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     match bound {
         Bound::Included(k) => Bound::Included(k.as_slice()),
@@ -594,6 +653,9 @@ pub struct Records<'db> {
     class: OwnedClass,
     options: ScanOptions,
     buffered: std::vec::IntoIter<Record>,
+    /// The buffered page's subject and what it was read under: a record is
+    /// handed out only while no erasure of the subject ran since (G1).
+    read_under: Option<(SubjectTag, ReadUnder)>,
     next: Option<Cursor>,
     done: bool,
 }
@@ -604,28 +666,49 @@ impl Iterator for Records<'_> {
     fn next(&mut self) -> Option<Result<Record>> {
         loop {
             if let Some(record) = self.buffered.next() {
+                if let Err(err) = self.recheck() {
+                    self.done = true;
+                    self.buffered = Vec::new().into_iter();
+                    return Some(Err(err));
+                }
                 return Some(Ok(record));
             }
             if self.done {
                 return None;
             }
-            match self.db.scan_page(
+            match self.db.scan_page_under(
                 &self.subject,
                 &self.class,
                 &self.options,
                 self.next.as_ref(),
                 ITER_PAGE,
             ) {
-                Ok(page) => {
+                Ok((page, read_under)) => {
                     self.done = page.next.is_none();
                     self.next = page.next;
                     self.buffered = page.records.into_iter();
+                    self.read_under = Some(read_under);
                 }
                 Err(err) => {
                     self.done = true;
                     return Some(Err(err));
                 }
             }
+        }
+    }
+}
+
+impl Records<'_> {
+    /// Fails as a new read would if the subject was erased (or restricted,
+    /// closed, registered again) since the buffered page was read.
+    fn recheck(&mut self) -> Result<()> {
+        let inner = &self.db.inner;
+        match &mut self.read_under {
+            Some((tag, under)) if !under.is_current(&inner.gate, tag) => {
+                let class = inner.resolve(&self.class)?;
+                inner.recheck_read(tag, class, under)
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -24,6 +24,7 @@
 use std::hash::{Hash, Hasher};
 #[cfg(not(feature = "loom"))]
 use std::sync::TryLockError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use shredkv_crypto::SubjectTag;
@@ -35,6 +36,11 @@ use crate::sync::{self, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteG
 #[derive(Debug)]
 pub struct ScopeGate {
     stripes: Vec<RwLock<()>>,
+    /// Per stripe, how many times it was taken exclusively: a reader that
+    /// noted the count under its read lock knows, by reading it again,
+    /// whether an erasure or a state change of its subjects may have run
+    /// since, without taking the lock ([`ScopeGate::changes`]).
+    changes: Vec<AtomicU64>,
     /// Pause points of a fault-injected store (tests only).
     pauses: OnceLock<Arc<Pauses>>,
 }
@@ -56,6 +62,7 @@ impl ScopeGate {
     pub fn new(stripes: usize) -> Self {
         Self {
             stripes: (0..stripes.max(1)).map(|_| RwLock::new(())).collect(),
+            changes: (0..stripes.max(1)).map(|_| AtomicU64::new(0)).collect(),
             pauses: OnceLock::new(),
         }
     }
@@ -89,11 +96,27 @@ impl ScopeGate {
         ReadGuard { _guards: guards }
     }
 
+    /// How many times `tag`'s stripe has been taken exclusively. Noted
+    /// under the read lock, it tells a reader later whether anything that
+    /// needs the write lock (an erasure, a state change) ran since.
+    pub fn changes(&self, tag: &SubjectTag) -> u64 {
+        self.changes
+            .get(self.stripe_of(tag))
+            .map_or(0, |count| count.load(Ordering::SeqCst))
+    }
+
+    /// Counts an exclusive hold of stripe `index` (called holding it).
+    fn count_change(&self, index: usize) {
+        if let Some(count) = self.changes.get(index) {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// Exclusive access to every subject (for a consistent backup).
     pub fn write_all(&self) -> WriteGuard<'_> {
-        WriteGuard {
-            _guards: self.stripes.iter().map(sync::write).collect(),
-        }
+        let guards = self.stripes.iter().map(sync::write).collect();
+        (0..self.stripes.len()).for_each(|i| self.count_change(i));
+        WriteGuard { _guards: guards }
     }
 
     /// Exclusive access to the given subjects (for erasure and state changes).
@@ -102,15 +125,16 @@ impl ScopeGate {
         if let Some(pauses) = pauses {
             pauses.reached(PausePoint::GateWrite);
         }
-        let guards = self
-            .stripes_of(tags)
-            .into_iter()
-            .filter_map(|i| self.stripes.get(i))
+        let indices = self.stripes_of(tags);
+        let guards = indices
+            .iter()
+            .filter_map(|&i| self.stripes.get(i))
             .map(|stripe| match pauses {
                 Some(pauses) => Self::write_observed(stripe, pauses),
                 None => sync::write(stripe),
             })
             .collect();
+        indices.into_iter().for_each(|i| self.count_change(i));
         WriteGuard { _guards: guards }
     }
 
