@@ -33,6 +33,9 @@ use crate::subjects;
 
 /// Records read from the backend per internal page of [`Db::records`].
 const ITER_PAGE: usize = 256;
+/// Bytes reserved per entry when a page buffer is first used: a stored
+/// entry of a 100-byte value (34-byte tree key, 162-byte envelope).
+const TYPICAL_ENTRY: usize = 196;
 /// The largest page [`Db::scan_page`] returns.
 pub const MAX_PAGE: usize = 10_000;
 
@@ -552,6 +555,13 @@ impl RawPage {
     ) -> Result<()> {
         self.bytes.clear();
         self.bounds.clear();
+        if self.bytes.capacity() == 0 {
+            // Room for a page of typical entries (a 34-byte key, an envelope
+            // around 100 bytes of value) up front, rather than growing
+            // by copies through the first page of every scan.
+            self.bytes.reserve(want.saturating_mul(TYPICAL_ENTRY));
+            self.bounds.reserve(want);
+        }
         let (bytes, bounds) = (&mut self.bytes, &mut self.bounds);
         storage.scan(tree, low, high, order, &mut |k, v| {
             if !k.starts_with(within) {
@@ -612,6 +622,10 @@ impl OpenedPage {
 
     /// Adds a copy of `record`.
     pub(super) fn push(&mut self, record: RecordRef<'_>) {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(ITER_PAGE.saturating_mul(TYPICAL_ENTRY));
+            self.bounds.reserve(ITER_PAGE);
+        }
         self.bytes.extend_from_slice(record.key);
         let key_end = self.bytes.len();
         self.bytes.extend_from_slice(record.value);
