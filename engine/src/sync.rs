@@ -2,7 +2,11 @@
 //! loom's under the `loom` feature so the model test runs the engine's code.
 
 #[cfg(feature = "loom")]
+pub(crate) use loom::sync::atomic::AtomicU64;
+#[cfg(feature = "loom")]
 pub(crate) use loom::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+#[cfg(not(feature = "loom"))]
+pub(crate) use std::sync::atomic::AtomicU64;
 #[cfg(not(feature = "loom"))]
 pub(crate) use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -13,7 +13,8 @@
 //!
 //! The `engine_*` models run the engine's own `Db` (in-memory trees, an
 //! in-memory key provider, no background threads): `Db::shred` racing
-//! `Db::register_end_user`, `Db::verify` and `Db::put`, through the real
+//! `Db::register_end_user`, `Db::verify`, `Db::put` and a `Db::records`
+//! iterator holding a page, through the real
 //! gate, vault, key cache and subject records. Every lock such a path holds
 //! across another protocol step is one of `crate::sync`'s (loom's here);
 //! the rest (the trees', the subject cache's, the audit log's) guard short
@@ -310,5 +311,44 @@ fn engine_put_racing_shred_leaves_nothing_readable() {
         let stats = db.stats().expect("stats");
         assert_eq!(stats.keys_live, 0, "a key outlived the shred: {stats:?}");
         assert!(db.put("acct", "message_content", b"m", b"v").is_err());
+    });
+}
+
+#[test]
+fn engine_a_page_in_hand_yields_nothing_once_shred_returned() {
+    engine_model(|| {
+        let engine = Engine::new();
+        let db = engine.open();
+        db.register_account("acct").expect("register");
+        for key in [b"m1", b"m2"] {
+            db.put("acct", "message_content", key, b"erase me")
+                .expect("put");
+        }
+        let returned = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let shredder = {
+            let (db, returned) = (db.clone(), Arc::clone(&returned));
+            thread::spawn(move || {
+                db.shred("acct", shredkv::Classes::All).expect("shred");
+                returned.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        // The iterator reads both records in one page, then hands them out
+        // one call at a time, with no lock held in between.
+        let mut records = db.records("acct", "message_content", shredkv::ScanOptions::all());
+        loop {
+            let shred_had_returned = returned.load(std::sync::atomic::Ordering::SeqCst);
+            match records.next() {
+                Some(Ok(_)) => assert!(
+                    !shred_had_returned,
+                    "a record handed out after the shred returned"
+                ),
+                Some(Err(err)) => {
+                    assert!(err.is_erased(), "{err}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        shredder.join().expect("shredder");
     });
 }

@@ -24,13 +24,13 @@
 use std::hash::{Hash, Hasher};
 #[cfg(not(feature = "loom"))]
 use std::sync::TryLockError;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use shredkv_crypto::SubjectTag;
 
 use crate::storage::pauses::{PausePoint, Pauses};
-use crate::sync::{self, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::{self, AtomicU64, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Striped read-write locks keyed by subject tag.
 #[derive(Debug)]
