@@ -1,5 +1,6 @@
 //! G1 for the reads that hand records out after releasing the subject's
-//! lock (`scan_with`, the `records` iterator, `export_with`): once an
+//! lock (`scan_with`, the `records` iterator, `export_with`, and
+//! `scan_class_page` across subjects): once an
 //! erasure returns, none of them hands out another record of what it
 //! erased, not even from a page it read before; a class or a subject
 //! erased and registered again does not make the old page readable; other
@@ -297,5 +298,116 @@ fn a_rekey_while_a_page_is_in_hand_is_no_erasure() {
             .collect::<Result<Vec<_>, Error>>()
             .expect("the page in hand reads on");
         assert_eq!(rest.len(), RECORDS as usize - 1, "{}", store.backend());
+    });
+}
+
+/// A clock that, at its `trigger`-th reading, asks another thread to erase a
+/// subject and waits up to two seconds for that erasure to return: an
+/// erasure placed inside a read, between two of its steps. The engine reads
+/// the clock at a few steps of every read, so the test tries each of the
+/// first readings in turn.
+#[derive(Debug)]
+struct ErasingClock {
+    at: shredkv::jiff::Timestamp,
+    readings: std::sync::atomic::AtomicU64,
+    trigger: std::sync::atomic::AtomicU64,
+    /// Taken once the read is over, so an eraser never asked stops waiting.
+    ask: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+    erased: std::sync::Mutex<mpsc::Receiver<()>>,
+    /// Whether the erasure returned while the clock waited for it.
+    returned_inside: std::sync::atomic::AtomicBool,
+}
+
+impl shredkv::Clock for ErasingClock {
+    fn now(&self) -> shredkv::jiff::Timestamp {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.readings.fetch_add(1, SeqCst) == self.trigger.load(SeqCst) {
+            if let Some(ask) = self.ask.lock().expect("ask").as_ref() {
+                let _ = ask.send(());
+            }
+            let erased = self.erased.lock().expect("erased");
+            if erased.recv_timeout(Duration::from_secs(2)).is_ok() {
+                self.returned_inside.store(true, SeqCst);
+            }
+        }
+        self.at
+    }
+}
+
+#[test]
+fn a_class_page_leaves_out_a_subject_erased_before_it_returned() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for_each_backend(|store| {
+        let mut exercised = 0;
+        for trigger in 0..8u64 {
+            let (ask, asked) = mpsc::channel();
+            let (erased, erasure_returned) = mpsc::channel();
+            let clock = Arc::new(ErasingClock {
+                at: shredkv::jiff::Timestamp::from_second(shredkv_tests::START_SECONDS)
+                    .expect("time"),
+                readings: 0.into(),
+                trigger: u64::MAX.into(),
+                ask: std::sync::Mutex::new(Some(ask)),
+                erased: std::sync::Mutex::new(erasure_returned),
+                returned_inside: false.into(),
+            });
+            let fresh = shredkv_tests::Store::new(store.backend());
+            let db = Arc::new(Db::open(fresh.config().clock(clock.clone())).expect("open"));
+            // Two accounts on different gate stripes, `first` before `second`
+            // in the class scan's order (by subject tag).
+            let names: Vec<String> = (0..64).map(|n| format!("acct-{n}")).collect();
+            let (first, second) = names
+                .iter()
+                .flat_map(|a| names.iter().map(move |b| (a, b)))
+                .find(|(a, b)| {
+                    db.subject_tag(a) < db.subject_tag(b)
+                        && shredkv::internal::gate_stripe(&db, a)
+                            != shredkv::internal::gate_stripe(&db, b)
+                })
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .expect("two accounts on two stripes");
+            for subject in [&first, &second] {
+                db.register_account(subject).expect("register");
+                for n in 0..3 {
+                    db.put(subject, MESSAGES, &key(n), b"v").expect("put");
+                }
+            }
+            let eraser = {
+                let (db, first) = (Arc::clone(&db), first.clone());
+                std::thread::spawn(move || {
+                    if asked.recv_timeout(Duration::from_secs(60)).is_ok() {
+                        db.shred(&first, Classes::All).expect("shred");
+                        let _ = erased.send(());
+                    }
+                })
+            };
+            clock
+                .trigger
+                .store(clock.readings.load(SeqCst) + trigger, SeqCst);
+            let page = db.scan_class_page(MESSAGES, None, 100).expect("class page");
+            clock.trigger.store(u64::MAX, SeqCst);
+            drop(clock.ask.lock().expect("ask").take());
+            let first_tag = db.subject_tag(&first);
+            let of_first = page.records.iter().filter(|(t, _)| *t == first_tag).count();
+            if clock.returned_inside.load(SeqCst) {
+                exercised += 1;
+                assert_eq!(
+                    of_first,
+                    0,
+                    "{}, reading {trigger}: the page holds records of a subject whose shred returned before it",
+                    store.backend()
+                );
+            }
+            let of_second = page.records.len() - of_first;
+            assert_eq!(
+                of_second,
+                3,
+                "{}: the other subject's records",
+                store.backend()
+            );
+            drop(db);
+            eraser.join().expect("eraser");
+        }
+        assert!(exercised > 0, "no erasure returned inside the class scan");
     });
 }

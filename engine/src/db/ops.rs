@@ -1147,7 +1147,9 @@ impl DbInner {
     }
 
     /// Visits every live record of a scope, page by page, while the caller
-    /// holds the subject's shared lock throughout (an export kept whole).
+    /// holds the subject's shared lock throughout (a scan or an export
+    /// returned whole): records go to `visit` as they are opened, with no
+    /// copy into a page.
     fn scan_scope_locked(
         &self,
         tag: &SubjectTag,
@@ -1155,13 +1157,35 @@ impl DbInner {
         now: i64,
         visit: &mut dyn FnMut(RecordRef<'_>),
     ) -> Result<()> {
-        let mut reader = ScopeReader::default();
-        let mut under = ReadUnder::default();
-        while !reader.done {
-            self.read_scope_page(tag, class, now, &mut reader, &mut under)?;
-            reader.opened.records().for_each(&mut *visit);
+        let prefix = records::scope_prefix(tag, class.number);
+        let mut scratch = OpenScratch::default();
+        let mut raw = RawPage::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let start = match &after {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Included(&prefix[..]),
+            };
+            raw.read(
+                self.storage.as_ref(),
+                Tree::Data,
+                (start, Bound::Unbounded),
+                Order::Ascending,
+                &prefix,
+                SCAN_PAGE,
+            )?;
+            for (k, v) in raw.entries() {
+                if let Some(record) = self.open_record_ref(tag, class, k, v, now, &mut scratch)? {
+                    visit(record);
+                }
+            }
+            if raw.len() < SCAN_PAGE {
+                return Ok(());
+            }
+            let next = after.get_or_insert_with(Vec::new);
+            next.clear();
+            next.extend_from_slice(raw.last_key().unwrap_or_default());
         }
-        Ok(())
     }
 
     /// Under the subject's shared lock, the next page of `tag`'s scope of
@@ -1460,10 +1484,16 @@ impl Db {
     /// # Errors
     /// As [`Db::get`].
     pub fn scan(&self, subject: &str, class: impl AsClass) -> Result<Vec<Record>> {
+        let inner = &self.inner;
+        let class = inner.resolve(&class)?;
+        let tag = self.tag_of(subject)?;
+        // No visitor of the caller's runs here: the lock is held throughout,
+        // and the records are one state of the scope.
+        let _shared = inner.gate.read(&[tag]);
+        inner.check_access(&tag, class, Access::Read)?;
         let mut out = Vec::new();
-        self.scan_with(subject, class, &mut |record| {
+        inner.scan_scope_locked(&tag, class, inner.now_secs(), &mut |record| {
             out.push(record.to_record());
-            ControlFlow::Continue(())
         })?;
         Ok(out)
     }

@@ -383,7 +383,9 @@ impl Db {
     /// application's own. Subjects that are erased, restricted, closed or
     /// past the class's deadline are skipped, as a read of each would be
     /// refused. Memory is bounded by the page; each subject's part is read
-    /// under its shared lock (not a snapshot across subjects).
+    /// under its shared lock (not a snapshot across subjects), and a subject
+    /// erased (restricted, closed) after its part was read, before the page
+    /// is returned, is left out: the page then comes short of `limit`.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -441,6 +443,9 @@ impl Db {
             None => None,
         };
         let mut out = Vec::new();
+        // What each subject's part was read under, checked again before the
+        // page is returned.
+        let mut reads: Vec<(SubjectTag, ReadUnder)> = Vec::new();
         let mut start = match &resume {
             Some((tag, Some(_))) => Bound::Included(subjects::record_key(tag).to_vec()),
             Some((tag, None)) => Bound::Excluded(subjects::record_key(tag).to_vec()),
@@ -467,10 +472,7 @@ impl Db {
                 },
             )?;
             let Some(last) = tags.last() else {
-                return Ok(ClassPage {
-                    records: out,
-                    next: None,
-                });
+                return self.class_page_checked(class_entry, out, &mut reads, None);
             };
             start = Bound::Excluded(subjects::record_key(last).to_vec());
             let more_subjects = tags.len() >= ITER_PAGE;
@@ -490,7 +492,12 @@ impl Db {
                         after.as_ref(),
                         want,
                     ) {
-                        Ok((page, _)) => page,
+                        Ok((page, under)) => {
+                            if !page.records.is_empty() {
+                                reads.push((tag, under));
+                            }
+                            page
+                        }
                         Err(
                             Error::Erased { .. }
                             | Error::Restricted { .. }
@@ -502,10 +509,12 @@ impl Db {
                     out.extend(page.records.into_iter().map(|r| (tag, r)));
                     match page.next {
                         Some(next) if out.len() >= limit => {
-                            return Ok(ClassPage {
-                                records: out,
-                                next: Some(Cursor([&[WITHIN][..], &next.0].concat())),
-                            });
+                            return self.class_page_checked(
+                                class_entry,
+                                out,
+                                &mut reads,
+                                Some(Cursor([&[WITHIN][..], &next.0].concat())),
+                            );
                         }
                         Some(next) => after = Some(next),
                         None => break,
@@ -514,19 +523,46 @@ impl Db {
                 if out.len() >= limit {
                     // This subject is done: resume with the next one.
                     let scope = records::scope_prefix(&tag, class_entry.number);
-                    return Ok(ClassPage {
-                        records: out,
-                        next: Some(Cursor([&[AFTER][..], &scope[..]].concat())),
-                    });
+                    return self.class_page_checked(
+                        class_entry,
+                        out,
+                        &mut reads,
+                        Some(Cursor([&[AFTER][..], &scope[..]].concat())),
+                    );
                 }
             }
             if !more_subjects {
-                return Ok(ClassPage {
-                    records: out,
-                    next: None,
-                });
+                return self.class_page_checked(class_entry, out, &mut reads, None);
             }
         }
+    }
+
+    /// The class page of `records`, without the records of any subject that
+    /// an erasure (or a restriction, a closure) reached after its part was
+    /// read: the page is returned after every subject's lock was released,
+    /// and once an erasure returns no call returns what it erased (G1). The
+    /// page may then come short of `limit` with more to read.
+    fn class_page_checked(
+        &self,
+        class_entry: &ClassEntry,
+        mut records: Vec<(SubjectTag, Record)>,
+        reads: &mut [(SubjectTag, ReadUnder)],
+        next: Option<Cursor>,
+    ) -> Result<ClassPage> {
+        let inner = &self.inner;
+        for (tag, under) in reads.iter_mut() {
+            match inner.recheck_read(tag, class_entry, under) {
+                Ok(()) => {}
+                Err(
+                    Error::Erased { .. }
+                    | Error::Restricted { .. }
+                    | Error::Closed { .. }
+                    | Error::UnknownSubject { .. },
+                ) => records.retain(|(t, _)| t != tag),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(ClassPage { records, next })
     }
 }
 
