@@ -290,7 +290,12 @@ fn the_streamed_export_matches_the_export() {
         }
         let mut streamed = BTreeSet::new();
         db.export_with("acct", &mut |tag, class, record| {
-            streamed.insert((tag, class.to_string(), record.key, record.value));
+            streamed.insert((
+                tag,
+                class.to_string(),
+                record.key.to_vec(),
+                record.value.to_vec(),
+            ));
             std::ops::ControlFlow::Continue(())
         })
         .expect("export");

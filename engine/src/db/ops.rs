@@ -1577,9 +1577,10 @@ impl Db {
     /// holding the export in memory; stops early when `visit` breaks.
     /// Records within a class come in the class's scan order (key order for
     /// ordered classes; [`Db::export`] sorts them). As with [`Db::scan_with`],
-    /// each page is read under its subject's shared lock and visited after
-    /// it is released, so `visit` may call back into the store; a scope
-    /// erased part-way is not exported further.
+    /// records are borrowed for the call ([`RecordRef::to_record`] keeps
+    /// one), each page is read under its subject's shared lock and visited
+    /// after it is released, so `visit` may call back into the store, and a
+    /// scope erased part-way is not exported further.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -1605,7 +1606,7 @@ impl Db {
     pub fn export_with(
         &self,
         subject: &str,
-        visit: &mut dyn FnMut(SubjectTag, &str, Record) -> ControlFlow<()>,
+        visit: &mut dyn FnMut(SubjectTag, &str, RecordRef<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
         let inner = &self.inner;
         let tags = inner.exported_subjects(self.tag_of(subject)?)?;
@@ -1635,7 +1636,7 @@ impl Db {
                                 _ => break 'scope,
                             }
                         }
-                        if visit(t, class.policy.name(), record.to_record()).is_break() {
+                        if visit(t, class.policy.name(), record).is_break() {
                             return Ok(());
                         }
                     }
