@@ -1,7 +1,7 @@
 //! Record operations: put, get, delete, scan, batches and export.
 
 use std::collections::{BTreeMap, HashSet};
-use std::ops::{Bound, ControlFlow};
+use std::ops::ControlFlow;
 use std::sync::{Arc, PoisonError};
 
 use jiff::Timestamp;
@@ -15,7 +15,7 @@ use crate::ledger::{self, LedgerEntry};
 use crate::records::{self, Record, RecordRef};
 use crate::retention::deadlines::{self, Due};
 use crate::retention::{ClockStart, KeyMode};
-use crate::storage::{Order, Tree, WriteBatch};
+use crate::storage::{Tree, WriteBatch};
 use crate::subjects::{SubjectInfo, SubjectKind, SubjectState};
 use crate::vault::cache::BucketId;
 use crate::vault::gate::ScopeGate;
@@ -1111,18 +1111,10 @@ impl DbInner {
         under: &mut ReadUnder,
     ) -> Result<()> {
         let prefix = records::scope_prefix(tag, class.number);
-        let start = match &reader.after {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Included(&prefix[..]),
-        };
-        reader.raw.read(
-            self.storage.as_ref(),
-            Tree::Data,
-            (start, Bound::Unbounded),
-            Order::Ascending,
-            &prefix,
-            SCAN_PAGE,
-        )?;
+        let more =
+            reader
+                .raw
+                .read_scope(self.storage.as_ref(), &prefix, &mut reader.after, SCAN_PAGE)?;
         // A key is used only under the lock that checked its scope: an
         // erasure between two pages destroys it, and the next page must not
         // open anything with a copy kept from before.
@@ -1138,11 +1130,7 @@ impl DbInner {
         }
         reader.scratch.last_key = None;
         under.opened_with(&mut reader.scratch);
-        reader.done = reader.raw.len() < SCAN_PAGE;
-        // The page's last key is where the next page starts.
-        let next = reader.after.get_or_insert_with(Vec::new);
-        next.clear();
-        next.extend_from_slice(reader.raw.last_key().unwrap_or_default());
+        reader.done = !more;
         Ok(())
     }
 
@@ -1162,29 +1150,15 @@ impl DbInner {
         let mut raw = RawPage::default();
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let start = match &after {
-                Some(k) => Bound::Excluded(k.as_slice()),
-                None => Bound::Included(&prefix[..]),
-            };
-            raw.read(
-                self.storage.as_ref(),
-                Tree::Data,
-                (start, Bound::Unbounded),
-                Order::Ascending,
-                &prefix,
-                SCAN_PAGE,
-            )?;
+            let more = raw.read_scope(self.storage.as_ref(), &prefix, &mut after, SCAN_PAGE)?;
             for (k, v) in raw.entries() {
                 if let Some(record) = self.open_record_ref(tag, class, k, v, now, &mut scratch)? {
                     visit(record);
                 }
             }
-            if raw.len() < SCAN_PAGE {
+            if !more {
                 return Ok(());
             }
-            let next = after.get_or_insert_with(Vec::new);
-            next.clear();
-            next.extend_from_slice(raw.last_key().unwrap_or_default());
         }
     }
 

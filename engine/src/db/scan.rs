@@ -616,6 +616,35 @@ impl RawPage {
         Ok(())
     }
 
+    /// Replaces the page with up to `want` entries of the data tree's scope
+    /// `prefix` after the key `after` (from the scope's start if `None`),
+    /// and moves `after` to the page's last key. Returns whether more may
+    /// follow (the page is full).
+    pub(super) fn read_scope(
+        &mut self,
+        storage: &dyn Storage,
+        prefix: &[u8],
+        after: &mut Option<Vec<u8>>,
+        want: usize,
+    ) -> Result<bool> {
+        let start = match after.as_deref() {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Included(prefix),
+        };
+        self.read(
+            storage,
+            Tree::Data,
+            (start, Bound::Unbounded),
+            Order::Ascending,
+            prefix,
+            want,
+        )?;
+        let next = after.get_or_insert_with(Vec::new);
+        next.clear();
+        next.extend_from_slice(self.last_key().unwrap_or_default());
+        Ok(self.len() >= want)
+    }
+
     /// How many entries the page holds.
     pub(super) fn len(&self) -> usize {
         self.bounds.len()
