@@ -556,9 +556,12 @@ impl DbInner {
 
     /// When the page read under `under` was erased, for a subject the access
     /// check lets through again: registered again (a new generation), or a
-    /// class erased and registered again (its keys destroyed, and a ledger
-    /// entry no older than the page). A key destroyed with no such entry was
-    /// re-keyed or expired, not erased: the page's records stand. Called
+    /// class erased and registered again (a key of the page destroyed, and
+    /// an erasure of the scope in this generation in the ledger). A key
+    /// destroyed in a scope never erased was re-keyed or expired: the page's
+    /// records stand. In a scope erased and registered again, a re-key is
+    /// taken for the erasure too: the ledger's seconds against the page's
+    /// would tell them apart only on a clock that never jumps back. Called
     /// holding the subject's shared lock.
     fn page_erased(
         &self,
@@ -576,9 +579,7 @@ impl DbInner {
         }
         Ok(self
             .ledger_entry(tag, class.number)?
-            .filter(|entry| {
-                entry.generation == under.generation && entry.erased_at >= under.read_at
-            })
+            .filter(|entry| entry.generation == under.generation)
             .map(|entry| entry.erased_at))
     }
 
