@@ -434,11 +434,22 @@ pub(crate) struct OpenScratch {
     /// The plaintext of the record being opened, reused across records.
     plain: Vec<u8>,
     /// The keys that opened records since last taken
-    /// ([`ReadUnder::opened_with`]), each once per run of records it opened.
+    /// ([`ReadUnder::opened_with`]), if `note_keys`: a page handed out after
+    /// its lock needs them, a single read does not.
     used: Vec<KeyId>,
+    note_keys: bool,
 }
 
 impl OpenScratch {
+    /// Scratch that notes the keys it opens records with, for a page read
+    /// under a [`ReadUnder`].
+    pub(crate) fn noting_keys() -> Self {
+        Self {
+            note_keys: true,
+            ..Self::default()
+        }
+    }
+
     fn lookup(&mut self, inner: &DbInner, id: &KeyId) -> Result<KeyLookup> {
         if let Some((last, key)) = &self.last_key
             && last == id
@@ -448,7 +459,7 @@ impl OpenScratch {
         let found = inner.vault.lookup(id)?;
         if let KeyLookup::Live(key) = &found {
             self.last_key = Some((*id, Arc::clone(key)));
-            if !self.used.contains(id) {
+            if self.note_keys && !self.used.contains(id) {
                 self.used.push(*id);
             }
         }
@@ -459,7 +470,6 @@ impl OpenScratch {
 /// A scope read a page at a time ([`DbInner::read_scope_page`]): where the
 /// next page starts, the page's raw entries and opened records, and the
 /// buffers reused from page to page.
-#[derive(Default)]
 pub(crate) struct ScopeReader {
     /// The last key read; `None` before the first page.
     after: Option<Vec<u8>>,
@@ -469,6 +479,18 @@ pub(crate) struct ScopeReader {
     raw: RawPage,
     /// The live records of the last page read.
     opened: OpenedPage,
+}
+
+impl Default for ScopeReader {
+    fn default() -> Self {
+        Self {
+            after: None,
+            done: false,
+            scratch: OpenScratch::noting_keys(),
+            raw: RawPage::default(),
+            opened: OpenedPage::default(),
+        }
+    }
 }
 
 impl ScopeReader {
@@ -482,14 +504,12 @@ impl ScopeReader {
 
 /// What a page of records was read under, noted under the subject's shared
 /// lock: the count of exclusive holds of the subject's stripe, the subject's
-/// generation, the store's time, and the keys that opened the records.
-/// While the count has not moved, no erasure or state change of the subject
-/// has run since.
-#[derive(Debug, Clone, Default)]
+/// generation, and the keys that opened the records. While the count has not
+/// moved, no erasure or state change of the subject has run since.
+#[derive(Debug, Clone)]
 pub(crate) struct ReadUnder {
     changes: u64,
     generation: u32,
-    read_at: i64,
     keys: Vec<KeyId>,
 }
 
@@ -520,7 +540,6 @@ impl DbInner {
         ReadUnder {
             changes: self.gate.changes(tag),
             generation: info.generation,
-            read_at: self.now_secs(),
             keys: Vec::new(),
         }
     }
@@ -572,7 +591,9 @@ impl DbInner {
     ) -> Result<Option<i64>> {
         if info.generation != under.generation {
             let whole = self.ledger_entry(tag, ledger::ALL_CLASSES)?;
-            return Ok(Some(whole.map_or(under.read_at, |entry| entry.erased_at)));
+            return Ok(Some(
+                whole.map_or_else(|| self.now_secs(), |entry| entry.erased_at),
+            ));
         }
         if self.keys_live(&under.keys)? {
             return Ok(None);
@@ -1011,9 +1032,19 @@ impl DbInner {
         now: i64,
         scratch: &mut OpenScratch,
     ) -> Result<Option<Record>> {
-        Ok(self
-            .open_record_ref(tag, class, data_key, stored, now, scratch)?
-            .map(|record| record.to_record()))
+        let Some(record) = self.open_record_ref(tag, class, data_key, stored, now, scratch)? else {
+            return Ok(None);
+        };
+        let (key, expires_at, value_len) =
+            (record.key.to_vec(), record.expires_at, record.value.len());
+        // The value is the plaintext's tail: keep the buffer, drop the head.
+        let mut value = std::mem::take(&mut scratch.plain);
+        value.drain(..value.len().saturating_sub(value_len));
+        Ok(Some(Record {
+            key,
+            value,
+            expires_at,
+        }))
     }
 
     /// [`DbInner::open_record`] without copies: the plaintext goes to

@@ -271,7 +271,7 @@ impl Db {
         let mut under = inner.check_read(&tag, class_entry)?;
         let now = inner.now_secs();
         let mut records = Vec::new();
-        let mut scratch = OpenScratch::default();
+        let mut scratch = OpenScratch::noting_keys();
         let mut raw = RawPage::default();
         // Pages of raw entries until `limit` live records are found: expired
         // entries are skipped, so a raw page may yield fewer.
