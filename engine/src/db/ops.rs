@@ -1147,11 +1147,6 @@ impl DbInner {
             reader
                 .raw
                 .read_scope(self.storage.as_ref(), &prefix, &mut reader.after, SCAN_PAGE)?;
-        // A key is used only under the lock that checked its scope: an
-        // erasure between two pages destroys it, and the next page must not
-        // open anything with a copy kept from before.
-        reader.scratch.last_key = None;
-        reader.scratch.used.clear();
         reader.opened.clear();
         for (k, v) in reader.raw.entries() {
             if let Some(record) =
@@ -1160,6 +1155,9 @@ impl DbInner {
                 reader.opened.push(record);
             }
         }
+        // A key is used only under the lock that checked its scope: the page
+        // is visited without it, an erasure meanwhile destroys the key, and
+        // the next page must not open anything with a copy kept from before.
         reader.scratch.last_key = None;
         under.opened_with(&mut reader.scratch);
         reader.done = !more;
