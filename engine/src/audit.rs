@@ -733,6 +733,24 @@ impl AuditLog {
 }
 
 /// The head of the chain as stored: the entry after the last one.
+/// The time of the chain's last entry, whole seconds, if it has one that
+/// decodes.
+pub(crate) fn last_entry_time(storage: &dyn Storage) -> Result<Option<i64>> {
+    let mut time = None;
+    storage.scan(
+        Tree::Audit,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        Order::Descending,
+        &mut |k, v| {
+            let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            time = AuditEntry::decode(seq, v).ok().map(|e| e.time.as_second());
+            ControlFlow::Break(())
+        },
+    )?;
+    Ok(time)
+}
+
 fn read_head(storage: &dyn Storage) -> Result<Head> {
     let generation = storage
         .get(Tree::Meta, ANCHOR_GENERATION)?

@@ -282,6 +282,11 @@ impl Config {
     }
 
     /// The clock (inject a [`ManualClock`](crate::ManualClock) in tests).
+    ///
+    /// The store never runs its time back: it reads this clock floored by
+    /// the latest second it already used, kept in the store across reopens
+    /// ([`Db::now`](crate::Db::now)). A clock set back stands still for the
+    /// store until it passes that second again.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

@@ -223,9 +223,9 @@ fn a_class_erased_and_registered_again_does_not_revive_the_page_in_hand() {
 
 #[test]
 fn a_clock_jumping_back_does_not_revive_the_page_in_hand() {
-    // The erasure is stamped an hour before the page was read. A new read
-    // of the scope is not checked: it fails as `Tampered` once the clock
-    // ran back past its old keys' creation (reliability.md, "Limits").
+    // The clock runs back an hour before the erasure. The store's time
+    // stands still (clock_set_back.rs), and the page in hand must end
+    // without any time compared.
     page_in_hand_stays_erased(false, |store, db| {
         store.clock().advance(SignedDuration::from_hours(-1));
         db.shred("acct", Classes::Only(&[MESSAGES]))

@@ -29,7 +29,7 @@ use shredkv_crypto::{
 };
 
 use crate::audit::{AuditEvent, AuditLog, PendingEntry};
-use crate::clock::Clock;
+use crate::clock::StoreClock;
 use crate::config::Config;
 use crate::error::{Error, Location, Result};
 use crate::retention::timeline::Timeline;
@@ -78,6 +78,8 @@ pub(crate) mod meta {
     pub(crate) const STORE_SECRET: &[u8] = b"store_secret";
     pub(crate) const EPOCH: &[u8] = b"epoch";
     pub(crate) const CREATED_AT: &[u8] = b"created_at";
+    /// The store's time floor, i64 BE whole seconds (`clock::StoreClock`).
+    pub(crate) const STORE_TIME: &[u8] = crate::clock::STORE_TIME_KEY;
     pub(crate) const POLICY_DIGEST: &[u8] = b"policy_digest";
     pub(crate) const CLASS_PREFIX: &[u8] = b"class/";
     pub(crate) const NEXT_CLASS: &[u8] = b"next_class";
@@ -174,7 +176,8 @@ pub(crate) struct DbInner {
     subject_key: TagKey,
     /// Seals legal holds' reasons at rest (`holds`).
     pub(crate) hold_reasons: crate::holds::ReasonCipher,
-    pub(crate) clock: Arc<dyn Clock>,
+    /// The store's time: the configured clock, never running back.
+    pub(crate) clock: Arc<StoreClock>,
     pub(crate) durability: Durability,
     /// Subject records, each with the classes whose erasure ledger was
     /// checked and found clear (one probe per access for both). Erasure
@@ -241,6 +244,7 @@ impl Drop for DbInner {
         }
         // A clean close leaves nothing buffered; a failure here is what the
         // next open's recovery is for, and Drop cannot report it.
+        let _ = self.clock.persist(self.storage.as_ref());
         let _ = self.storage.flush();
     }
 }
@@ -283,6 +287,22 @@ pub(crate) fn meta_location(key: &[u8]) -> Box<Location> {
         class: None,
         key_hex: String::from_utf8_lossy(key).into_owned(),
     })
+}
+
+/// The latest time the store is known to have acted on, whole seconds:
+/// the floor last written, the store's creation, and the audit chain's
+/// last entry (for stores written before the floor was kept).
+fn stored_time_floor(storage: &dyn Storage) -> Result<i64> {
+    let mut floor = i64::MIN;
+    for key in [meta::STORE_TIME, meta::CREATED_AT] {
+        if let Some(at) = meta_get(storage, key)?.and_then(|v| StoreClock::decode(&v)) {
+            floor = floor.max(at);
+        }
+    }
+    if let Some(at) = crate::audit::last_entry_time(storage)? {
+        floor = floor.max(at);
+    }
+    Ok(floor)
 }
 
 pub(crate) fn meta_get(storage: &dyn Storage, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -478,6 +498,12 @@ impl Db {
             }
         };
         let storage: Arc<dyn Storage> = Arc::clone(&sealed) as Arc<dyn Storage>;
+        // From here on the store's time never runs back past what it kept.
+        let clock = Arc::new(StoreClock::new(
+            Arc::clone(&config.clock),
+            stored_time_floor(storage.as_ref())?,
+        ));
+        let now = clock.now();
 
         let digest = meta_get(storage.as_ref(), meta::POLICY_DIGEST)?;
         let policy_changed = digest.as_deref() != Some(&policy.digest()[..]);
@@ -547,6 +573,7 @@ impl Db {
             epoch,
             config.key_cache_bytes,
             config.retire_after_seals,
+            Arc::clone(&clock),
         );
         let inner = Arc::new(DbInner {
             path,
@@ -563,7 +590,7 @@ impl Db {
             shard,
             subject_key,
             hold_reasons,
-            clock: Arc::clone(&config.clock),
+            clock,
             durability: if config.sync_writes {
                 Durability::Durable
             } else {
@@ -582,6 +609,7 @@ impl Db {
         if let Some(every) = config.flush_every {
             let (stop, stopped) = mpsc::channel::<()>();
             let storage = Arc::downgrade(&inner.storage);
+            let clock = Arc::clone(&inner.clock);
             let handle = std::thread::Builder::new()
                 .name("shredkv-flush".into())
                 .spawn(move || {
@@ -590,7 +618,10 @@ impl Db {
                             break;
                         };
                         // A failed background flush is retried next tick; the
-                        // next explicit flush reports it.
+                        // next explicit flush reports it. The store's time
+                        // goes with it, so that what reads saw expire stays
+                        // expired after a restart with the clock set back.
+                        let _ = clock.persist(storage.as_ref());
                         let _ = storage.flush();
                     }
                 })
@@ -666,7 +697,27 @@ impl Db {
         &self.inner.policy
     }
 
-    /// The current time of the store's clock.
+    /// The store's time: its clock's reading, never earlier than a second
+    /// the store already used (also before a reopen). Every deadline,
+    /// expiry and erasure is dated by it, so a clock set back cannot make
+    /// an erasure older than the keys it destroyed, or an expired record
+    /// live again; while the clock stands behind, this stands still.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shredkv::jiff::{SignedDuration, Timestamp};
+    /// use shredkv::{Config, Db, ManualClock};
+    ///
+    /// # let root = tempfile::tempdir()?;
+    /// let clock = ManualClock::new(Timestamp::from_second(1_800_000_000)?);
+    /// # let config = Config::new(root.path().join("store"))
+    /// #     .key_file(root.path().join("store.keys"));
+    /// let db = Db::open(config.clock(Arc::new(clock.clone())))?;
+    /// let now = db.now();
+    /// clock.advance(SignedDuration::from_hours(-1));
+    /// assert_eq!(db.now(), now, "set back: the store's time stands");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
     }

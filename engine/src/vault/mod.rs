@@ -42,6 +42,7 @@ use shredkv_crypto::{
     SealCounter, SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
 };
 
+use crate::clock::StoreClock;
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Location, Result};
 use crate::retention::deadlines::{self, Due};
@@ -295,6 +296,8 @@ pub(crate) struct Vault {
     create_lock: crate::sync::Mutex<()>,
     epoch: RwLock<EpochId>,
     retire_after: u64,
+    /// Stamped into each key creation's batch.
+    clock: Arc<StoreClock>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -329,9 +332,11 @@ impl Vault {
         epoch: EpochId,
         cache_bytes: usize,
         retire_after: u64,
+        clock: Arc<StoreClock>,
     ) -> Self {
         Self {
             storage,
+            clock,
             provider,
             cache: KeyCache::new(cache_bytes),
             create_lock: crate::sync::Mutex::new(()),
@@ -646,9 +651,13 @@ impl Vault {
                 deadlines::value(now),
             );
         }
+        // The store's time lands with the key: an erasure stamped after a
+        // reopen is never earlier than the key's creation.
+        let stamped = self.clock.stamp(&mut batch);
         // Applied before any value is sealed under it, so a sealed value
         // never names a key the vault does not hold.
         self.storage.apply(&batch, Durability::Buffered)?;
+        self.clock.landed(stamped);
         let cached = self.ready(id, &key, 0, seals);
         self.cache
             .insert(id, Arc::clone(&cached), CACHED_KEY_BYTES, true);
