@@ -774,6 +774,48 @@ fn stats_subjects_and_show_print_tables_and_json() {
 }
 
 #[test]
+fn stats_shows_the_store_time_standing_ahead_of_a_clock_set_back() {
+    let f = Fixture::init();
+    let before = ok(&f.run(&["stats"]));
+    let line = before
+        .lines()
+        .find(|line| line.starts_with("time"))
+        .unwrap_or_else(|| panic!("a time line: {before}"));
+    assert!(!line.contains("behind"), "{line}");
+    // The library, on a clock two days ahead, uses the store; then the CLI
+    // opens it on the system clock, which stands two days behind.
+    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(48);
+    let clock = shredkv::ManualClock::new(ahead);
+    let db = shredkv::Db::open(
+        shredkv::Config::new(&f.store)
+            .allow_key_file_in_store(true)
+            .clock(std::sync::Arc::new(clock))
+            .maintenance_every(None),
+    )
+    .expect("open on a clock ahead");
+    assert_eq!(db.now(), ahead);
+    drop(db);
+    let doc = json(&f.run(&["--json", "stats"]));
+    assert_eq!(
+        time(&doc["store_time"]).as_second(),
+        ahead.as_second(),
+        "{doc}"
+    );
+    let behind = time(&doc["store_time"]).as_second() - time(&doc["clock_time"]).as_second();
+    assert!((47 * 3_600..=48 * 3_600).contains(&behind), "{doc}");
+    let text = ok(&f.run(&["stats"]));
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("time"))
+        .unwrap_or_else(|| panic!("a time line: {text}"));
+    assert!(
+        line.contains("47 h behind") || line.contains("2 days behind"),
+        "{line}"
+    );
+    assert!(line.contains("the clock reads"), "{line}");
+}
+
+#[test]
 fn audit_tail_and_verify() {
     let f = Fixture::init();
     f.put_account("a", "invoices", "inv-1", "one");

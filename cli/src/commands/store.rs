@@ -147,6 +147,23 @@ fn headroom_text(stats: &Stats) -> String {
     }
 }
 
+/// The store's time, and the clock's when it stands behind it.
+fn time_text(stats: &Stats) -> String {
+    let store = output::time(stats.store_time);
+    let behind = stats.store_time.as_second() - stats.clock_time.as_second();
+    let by = match behind {
+        ..1 => return store,
+        1..120 => format!("{behind} s"),
+        120..7_200 => format!("{} min", behind / 60),
+        7_200..172_800 => format!("{} h", behind / 3_600),
+        _ => output::span_words(stats.clock_time, stats.store_time),
+    };
+    format!(
+        "{store} - the clock reads {}, {by} behind: the store's time stands until the clock passes it (it was set back, or corrected after running ahead)",
+        output::time(stats.clock_time)
+    )
+}
+
 /// The statistics as text: the store's figures, then a table of classes.
 pub(crate) fn stats_text(path: &std::path::Path, stats: &Stats) -> String {
     let epochs: Vec<String> = stats.live_epochs.iter().map(u32::to_string).collect();
@@ -161,6 +178,7 @@ pub(crate) fn stats_text(path: &std::path::Path, stats: &Stats) -> String {
             ),
         ),
         ("headroom", headroom_text(stats)),
+        ("time", time_text(stats)),
         (
             "shard",
             match (stats.shard, stats.shards) {

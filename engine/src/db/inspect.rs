@@ -96,6 +96,13 @@ pub struct Stats {
     pub cached_keys: u64,
     /// Purge work past its time (empty when maintenance keeps up).
     pub overdue: OverduePurge,
+    /// The store's time ([`Db::now`](crate::Db::now)): its clock, never
+    /// earlier than a time the store already used.
+    pub store_time: Timestamp,
+    /// What the configured clock itself reads: earlier than
+    /// [`Stats::store_time`] while the clock stands behind it (set back,
+    /// or corrected after running ahead; docs/operations.md).
+    pub clock_time: Timestamp,
 }
 
 /// What the integrity scan found wrong with one stored item.
@@ -363,6 +370,8 @@ impl Db {
             cached_keys: u64::try_from(inner.vault.cached_keys()).unwrap_or(u64::MAX),
             shard: inner.shard.map(|s| s.index),
             shards: inner.shard.map(|s| s.count),
+            store_time: inner.clock.now(),
+            clock_time: inner.clock.configured_now(),
             ..Stats::default()
         };
         for info in self.subjects()? {
