@@ -228,6 +228,41 @@ fn a_store_without_a_kept_time_starts_from_its_audit_chain() {
     });
 }
 
+#[test]
+fn a_damaged_kept_time_is_passed_over_and_reported() {
+    for_each_backend(|store| {
+        let db = store.open();
+        db.register_account("acct").expect("register");
+        let audited_at = START_SECONDS + DAY;
+        store.clock().set(at(audited_at));
+        db.place_hold("acct", None, "case 1")
+            .expect("hold (audited)");
+        store.clock().set(at(audited_at + HOUR));
+        assert_eq!(db.now(), at(audited_at + HOUR));
+        close(db);
+        let mut meta = common::raw_read(store, "meta");
+        let kept = meta
+            .get_mut(b"store_time".as_slice())
+            .unwrap_or_else(|| panic!("on {}: no kept time", store.backend()));
+        kept[3] ^= 0x40;
+        common::raw_write(store, "meta", &meta);
+        store.clock().set(at(START_SECONDS));
+        let db = store.open();
+        let what = format!("on {}", store.backend());
+        assert_eq!(db.now(), at(audited_at), "{what}: the audit chain's time");
+        let report = db.verify().expect("verify");
+        let key_hex: String = b"store_time".iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.location.tree == "meta" && p.location.key_hex == key_hex),
+            "{what}: {:?}",
+            report.problems
+        );
+    });
+}
+
 /// Environment of a child that works on a store and exits without
 /// closing it, as a crash would.
 const CHILD_DIR: &str = "SHREDKV_CLOCK_CHILD_DIR";

@@ -292,12 +292,23 @@ pub(crate) fn meta_location(key: &[u8]) -> Box<Location> {
 /// The latest time the store is known to have acted on, whole seconds:
 /// the floor last written, the store's creation, and the audit chain's
 /// last entry (for stores written before the floor was kept).
+///
+/// A damaged or altered floor is passed over (the other two stand in, and
+/// `verify` reports it): it is a safeguard, not configuration, and the next
+/// key creation or flush writes it again.
 fn stored_time_floor(storage: &dyn Storage) -> Result<i64> {
     let mut floor = i64::MIN;
-    for key in [meta::STORE_TIME, meta::CREATED_AT] {
-        if let Some(at) = meta_get(storage, key)?.and_then(|v| StoreClock::decode(&v)) {
-            floor = floor.max(at);
-        }
+    let kept = match storage.get(Tree::Meta, meta::STORE_TIME) {
+        Err(err) if err.is_corruption() => None,
+        other => other?,
+    };
+    let created = meta_get(storage, meta::CREATED_AT)?;
+    for at in [kept, created]
+        .iter()
+        .flatten()
+        .filter_map(|v| StoreClock::decode(v))
+    {
+        floor = floor.max(at);
     }
     if let Some(at) = crate::audit::last_entry_time(storage)? {
         floor = floor.max(at);
