@@ -259,6 +259,19 @@ fn read_commands_through_the_socket_print_what_they_print_directly() {
         fields.remove("headroom_bytes"); // the disk changes between the runs
         // The application's key cache is warm; the direct run's is not.
         fields.remove("cached_keys");
+        // Read at two moments, on the same system clock: neither behind.
+        let store_time = fields.remove("store_time").expect("the store's time");
+        let clock_time = fields.remove("clock_time").expect("the clock's time");
+        let seconds = |v: &serde_json::Value| {
+            v.as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(jiff::Timestamp::as_second)
+                .expect("a time")
+        };
+        assert!(
+            seconds(&store_time) <= seconds(&clock_time) + 1,
+            "{store_time} {clock_time}"
+        );
     }
     assert_eq!(live_stats, direct_stats);
     assert_eq!(live_stats["accounts"], 1);

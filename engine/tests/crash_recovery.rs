@@ -254,6 +254,7 @@ fn encode_op(op: &Op) -> String {
         Op::Compact => "compact".into(),
         Op::RotateEpoch => "rotate".into(),
         Op::AdvanceClock { hours } => format!("advance {hours}"),
+        Op::SetClockBack { hours } => format!("back {hours}"),
         Op::Flush => "flush".into(),
         Op::Restart => "restart".into(),
     }
@@ -314,6 +315,7 @@ fn decode_op(words: &[&str]) -> Option<Op> {
         "compact" => Op::Compact,
         "rotate" => Op::RotateEpoch,
         "advance" => Op::AdvanceClock { hours: n(1)? },
+        "back" => Op::SetClockBack { hours: n(1)? },
         "flush" => Op::Flush,
         "restart" => Op::Restart,
         _ => return None,

@@ -1,7 +1,7 @@
 //! Model test (after sled's `test_tree_failpoints.rs`): proptest generates
 //! operation sequences (writes with and without expiry, deletes, batches,
 //! shreds, holds, account closures, compaction, epoch rotation, clock
-//! advances, flushes and restarts) and checks the store against
+//! advances and set-backs, flushes and restarts) and checks the store against
 //! [`support::model::Model`] after every step: every record's value, which
 //! subjects and scopes are erased, which holds stand; `verify()` is clean at
 //! the end. Runs on sled, redb and the in-memory backend.
@@ -51,6 +51,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::RotateEpoch),
         2 => prop_oneof![Just(1u32), Just(24), Just(24 * 7), Just(24 * 31)]
             .prop_map(|hours| Op::AdvanceClock { hours }),
+        1 => prop_oneof![Just(1u32), Just(24), Just(24 * 7)]
+            .prop_map(|hours| Op::SetClockBack { hours }),
         1 => Just(Op::Flush),
         1 => Just(Op::Restart),
     ]

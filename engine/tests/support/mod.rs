@@ -146,6 +146,10 @@ pub(crate) fn run_op(db: &Db, clock: &ManualClock, op: &Op) -> shredkv::Result<O
             clock.advance(SignedDuration::from_hours(i64::from(*hours)));
             Ok(Outcome::Done)
         }
+        Op::SetClockBack { hours } => {
+            clock.advance(SignedDuration::from_hours(-i64::from(*hours)));
+            Ok(Outcome::Done)
+        }
         Op::Flush | Op::Restart => answer(db.flush(), done),
     }
 }

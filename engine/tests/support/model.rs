@@ -124,6 +124,9 @@ pub(crate) enum Op {
     RotateEpoch,
     /// Moves the clock forward.
     AdvanceClock { hours: u32 },
+    /// Sets the clock back: the store's time stands still until the clock
+    /// passes it again (docs/design.md, invariant 11).
+    SetClockBack { hours: u32 },
     /// `flush`.
     Flush,
     /// Drop the store (a clean close) and open it again.
@@ -224,8 +227,10 @@ pub(crate) struct Snapshot {
 /// The model of one store.
 #[derive(Debug, Clone)]
 pub(crate) struct Model {
-    /// The clock, unix seconds.
+    /// The store's time, unix seconds: the latest the clock ever read.
     pub(crate) now: i64,
+    /// What the configured clock reads (behind `now` once set back).
+    wall: i64,
     cells: BTreeMap<(u8, u8, u8), Cell>,
     subject_erased: [bool; 4],
     scope_erased: BTreeSet<(u8, u8)>,
@@ -260,6 +265,7 @@ impl Model {
     pub(crate) fn new() -> Self {
         Self {
             now: START,
+            wall: START,
             cells: BTreeMap::new(),
             subject_erased: [false; 4],
             scope_erased: BTreeSet::new(),
@@ -399,7 +405,12 @@ impl Model {
                 Outcome::Done
             }
             Op::AdvanceClock { hours } => {
-                self.now += i64::from(*hours) * 3600;
+                self.wall += i64::from(*hours) * 3600;
+                self.now = self.now.max(self.wall);
+                Outcome::Done
+            }
+            Op::SetClockBack { hours } => {
+                self.wall -= i64::from(*hours) * 3600;
                 Outcome::Done
             }
             // A clean close flushes.
