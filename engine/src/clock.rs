@@ -115,6 +115,12 @@ impl StoreClock {
         <[u8; 8]>::try_from(stored).ok().map(i64::from_be_bytes)
     }
 
+    /// Raises the floor to `seconds` (a restore takes over the time of the
+    /// store whose erasures it replays).
+    pub(crate) fn raise(&self, seconds: i64) {
+        self.floor.fetch_max(seconds, Ordering::AcqRel);
+    }
+
     /// What the configured clock reads, floor or not.
     pub(crate) fn configured_now(&self) -> Timestamp {
         self.source.now()

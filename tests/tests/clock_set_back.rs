@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shredkv::jiff::Timestamp;
-use shredkv::{Backend, Classes, Config, Db, PutOptions};
+use shredkv::{Backend, Classes, Config, Db, ErasureSource, PutOptions};
 use shredkv_tests::{MESSAGES, START_SECONDS, Store, close, for_each_backend, test_policy};
 
 mod common;
@@ -380,5 +380,51 @@ fn the_flush_thread_keeps_the_time_reads_saw_across_a_crash() {
         store.clock().set(at(START_SECONDS));
         let db = store.open();
         assert_eq!(db.now(), at(read_at), "on {}", store.backend());
+    });
+}
+
+#[test]
+fn a_restore_takes_over_the_time_of_the_erasures_it_replays() {
+    for_each_backend(|store| {
+        let live = store.open();
+        for subject in ["acct", "other"] {
+            live.register_account(subject).expect("register");
+            live.put(subject, MESSAGES, b"m", b"v").expect("put");
+        }
+        let backup = store.path().join("backup");
+        live.backup(&backup).expect("backup");
+        let erased_at = START_SECONDS + DAY;
+        store.clock().set(at(erased_at));
+        live.shred("acct", Classes::All).expect("shred");
+        let log = store.path().join("erasures.log");
+        live.export_erasure_log(&log)
+            .expect("export the erasure log");
+        // The restore runs where the clock reads an hour after the backup,
+        // a day behind the erasure it replays.
+        store.clock().set(at(START_SECONDS + HOUR));
+        let sources: [(&str, ErasureSource<'_>); 2] = [
+            ("the live store", ErasureSource::Live(&live)),
+            ("an exported log", ErasureSource::File(&log)),
+        ];
+        for (n, (from, source)) in sources.into_iter().enumerate() {
+            let target = store.path().join(format!("restored-{n}"));
+            let (restored, _) =
+                Db::restore(&backup, store.config_at(&target), source).expect("restore");
+            let what = format!("on {}, replaying {from}", store.backend());
+            assert!(
+                restored.now() >= at(erased_at),
+                "{what}: the restored store's time {}",
+                restored.now()
+            );
+            assert_eq!(
+                restored.get("other", MESSAGES, b"m").expect("get"),
+                Some(b"v".to_vec()),
+                "{what}"
+            );
+            assert!(
+                matches!(restored.get("acct", MESSAGES, b"m"), Err(e) if e.is_erased()),
+                "{what}: the replayed erasure"
+            );
+        }
     });
 }

@@ -169,6 +169,14 @@ struct ErasureLog {
 }
 
 impl ErasureLog {
+    /// The latest erasure the log records, whole seconds.
+    fn latest_erasure(&self) -> Option<i64> {
+        self.ledger
+            .iter()
+            .map(|(_, _, entry)| entry.erased_at)
+            .max()
+    }
+
     fn of(storage: &dyn Storage) -> Result<Self> {
         let mut log = ErasureLog::default();
         storage.scan(
@@ -839,6 +847,16 @@ impl Db {
                 })?
             }
         };
+        // The restored store's time starts no earlier than the live store's,
+        // nor than any erasure it replays: a clock set back where the
+        // restore runs must not date new keys before replayed erasures.
+        let time_floor = match source {
+            ErasureSource::Live(db) => Some(db.now().as_second()),
+            ErasureSource::File(_) => None,
+        }
+        .into_iter()
+        .chain(log.latest_erasure())
+        .max();
         // When the live store started each of its epochs: the restored store
         // takes over and must destroy them on the same schedule (G2).
         let epoch_starts = match source {
@@ -865,7 +883,10 @@ impl Db {
         // A shard's backup restores only as that shard: refused here, before
         // the target holds anything (a cluster namespace would keep it).
         crate::shard_route::check(view.as_ref(), target.shard, backup)?;
-        let lost = lost_records(view.as_ref(), &log, target.clock.now().as_second())?;
+        let now = time_floor.map_or(target.clock.now().as_second(), |floor| {
+            floor.max(target.clock.now().as_second())
+        });
+        let lost = lost_records(view.as_ref(), &log, now)?;
         drop(view);
         if !lost.is_empty() && !options.accept_lost_records {
             return Err(Error::RestoreLosesRecords {
@@ -903,6 +924,7 @@ impl Db {
             &log,
             lost,
             &epoch_starts,
+            time_floor,
         );
         match restored {
             Ok(restored) => Ok(restored),
@@ -940,6 +962,7 @@ impl Db {
         log: &ErasureLog,
         lost: Vec<LostScope>,
         epoch_starts: &BTreeMap<u32, i64>,
+        time_floor: Option<i64>,
     ) -> Result<(Db, RestoreReport)> {
         let entries = {
             let mut pending = WriteBatch::new();
@@ -951,6 +974,9 @@ impl Db {
         };
         let maintenance = target.maintenance_every;
         let db = Db::open_with(target.apply_policy_change(true), to, provider, true)?;
+        if let Some(floor) = time_floor {
+            db.inner.clock.raise(floor);
+        }
         let report = db.replay(log, entries, lost, epoch_starts)?;
         // Only a replayed store maintains itself (a half-restored one must
         // not compact or rotate).
