@@ -84,7 +84,7 @@ fn run(backing: Backing) {
             });
         eprintln!(
             "forensic oracle: seed {seed}, backend {backing}: {} simulated days, {} operations, \
-             {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores, {} classes re-opened; tape: {} \
+             {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores, {} classes re-opened, {} actions with the clock set back; tape: {} \
              writes, {} bytes, {} wrapped keys and {} envelopes checked ({} unwrap/open attempts); \
              {} violations; {:.1} s",
             report.days,
@@ -96,6 +96,7 @@ fn run(backing: Backing) {
             report.backups,
             report.restores,
             report.reopenings,
+            report.set_backs,
             report.tape_writes,
             report.tape_bytes,
             report.wrapped_checked,

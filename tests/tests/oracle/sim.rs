@@ -87,6 +87,8 @@ pub(crate) struct Report {
     pub(crate) compactions: u32,
     /// Classes registered again after an erasure (re_register_class).
     pub(crate) reopenings: u32,
+    /// Actions run with the clock set back (the store's time stands).
+    pub(crate) set_backs: u32,
     pub(crate) elapsed: Duration,
 }
 
@@ -643,10 +645,53 @@ impl Sim {
                 self.open()?;
             }
             850..862 => self.re_register_class(),
+            862..880 => self.with_the_clock_set_back()?,
             770..772 | 784..850 => self.delete(),
             _ => self.put(),
         }
         Ok(())
+    }
+
+    /// One action with the clock set back 1 to 72 hours. The model's time
+    /// stays where it is: the store's time never runs back (design.md,
+    /// invariant 11), so every expectation stands as it would without the
+    /// set-back. The store first reads the time the model stands at (its
+    /// floor is the latest time it read).
+    fn with_the_clock_set_back(&mut self) -> Result<(), String> {
+        self.report.set_backs += 1;
+        let read = self.db().now();
+        if read != self.now {
+            violation!(
+                self,
+                "T1",
+                "Db::now before the clock is set back",
+                None,
+                None,
+                b"",
+                self.now.to_string(),
+                read.to_string(),
+            );
+        }
+        let back = self.rng.secs(3_600, 72 * 3_600);
+        self.clock.set(self.now - back);
+        let acted = self.act();
+        let read = self.db().now();
+        if read < self.now {
+            violation!(
+                self,
+                "T1",
+                "Db::now with the clock set back",
+                None,
+                None,
+                b"",
+                format!("{} or later", self.now),
+                read.to_string(),
+            );
+        }
+        // Actions that span time move the model's time (`at`), and the clock
+        // with it; the clock comes back to the model's time either way.
+        self.clock.set(self.now);
+        acted
     }
 
     fn subject_cap(&self) -> usize {
