@@ -732,7 +732,6 @@ impl AuditLog {
     }
 }
 
-/// The head of the chain as stored: the entry after the last one.
 /// The time of the chain's last entry, whole seconds, if it has one that
 /// decodes.
 pub(crate) fn last_entry_time(storage: &dyn Storage) -> Result<Option<i64>> {
@@ -751,6 +750,7 @@ pub(crate) fn last_entry_time(storage: &dyn Storage) -> Result<Option<i64>> {
     Ok(time)
 }
 
+/// The head of the chain as stored: the entry after the last one.
 fn read_head(storage: &dyn Storage) -> Result<Head> {
     let generation = storage
         .get(Tree::Meta, ANCHOR_GENERATION)?

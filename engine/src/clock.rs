@@ -110,15 +110,36 @@ impl StoreClock {
         }
     }
 
+    /// This clock, never earlier than `seconds` either (a restore takes
+    /// over the time of the store whose erasures it replays). Not written
+    /// to the store until the next stamp.
+    pub(crate) fn at_least(self, seconds: Option<i64>) -> Self {
+        if let Some(seconds) = seconds {
+            self.floor.fetch_max(seconds, Ordering::AcqRel);
+        }
+        self
+    }
+
+    /// The current time of the store: the clock's, or the floor while the
+    /// clock stands before it.
+    pub(crate) fn now(&self) -> Timestamp {
+        let wall = self.source.now();
+        let seconds = wall.as_second();
+        let floor = self.floor.load(Ordering::Acquire);
+        if seconds >= floor {
+            if seconds > floor {
+                self.floor.fetch_max(seconds, Ordering::AcqRel);
+            }
+            wall
+        } else {
+            // The floor came from a reading, so it is in range.
+            Timestamp::from_second(floor).unwrap_or(wall)
+        }
+    }
+
     /// The floor as stored: [`STORE_TIME_KEY`]'s value, if it decodes.
     pub(crate) fn decode(stored: &[u8]) -> Option<i64> {
         <[u8; 8]>::try_from(stored).ok().map(i64::from_be_bytes)
-    }
-
-    /// Raises the floor to `seconds` (a restore takes over the time of the
-    /// store whose erasures it replays).
-    pub(crate) fn raise(&self, seconds: i64) {
-        self.floor.fetch_max(seconds, Ordering::AcqRel);
     }
 
     /// What the configured clock reads, floor or not.
@@ -168,25 +189,6 @@ impl StoreClock {
             self.landed(stamped);
         }
         Ok(())
-    }
-}
-
-impl StoreClock {
-    /// The current time of the store: the clock's, or the floor while the
-    /// clock stands before it.
-    pub(crate) fn now(&self) -> Timestamp {
-        let wall = self.source.now();
-        let seconds = wall.as_second();
-        let floor = self.floor.load(Ordering::Acquire);
-        if seconds >= floor {
-            if seconds > floor {
-                self.floor.fetch_max(seconds, Ordering::AcqRel);
-            }
-            wall
-        } else {
-            // The floor came from a reading, so it is in range.
-            Timestamp::from_second(floor).unwrap_or(wall)
-        }
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Config {
     pub(crate) key_file: Option<PathBuf>,
     pub(crate) allow_key_file_in_store: bool,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Set by a restore only: the time of the store whose erasures it
+    /// replays, below which the restored store's time never reads.
+    pub(crate) time_floor: Option<i64>,
     pub(crate) sync_writes: bool,
     pub(crate) key_cache_bytes: usize,
     pub(crate) flush_every: Option<Duration>,
@@ -86,6 +89,7 @@ impl Config {
             key_file: None,
             allow_key_file_in_store: false,
             clock: Arc::new(SystemClock),
+            time_floor: None,
             sync_writes: false,
             key_cache_bytes: 64 << 20,
             flush_every: Some(Duration::from_millis(500)),

@@ -916,6 +916,8 @@ impl Db {
             return Err(err);
         }
         let remote = target.remote.is_some();
+        let mut target = target;
+        target.time_floor = time_floor;
         let restored = Self::restore_into(
             from,
             Arc::clone(&to),
@@ -924,7 +926,6 @@ impl Db {
             &log,
             lost,
             &epoch_starts,
-            time_floor,
         );
         match restored {
             Ok(restored) => Ok(restored),
@@ -962,7 +963,6 @@ impl Db {
         log: &ErasureLog,
         lost: Vec<LostScope>,
         epoch_starts: &BTreeMap<u32, i64>,
-        time_floor: Option<i64>,
     ) -> Result<(Db, RestoreReport)> {
         let entries = {
             let mut pending = WriteBatch::new();
@@ -974,9 +974,6 @@ impl Db {
         };
         let maintenance = target.maintenance_every;
         let db = Db::open_with(target.apply_policy_change(true), to, provider, true)?;
-        if let Some(floor) = time_floor {
-            db.inner.clock.raise(floor);
-        }
         let report = db.replay(log, entries, lost, epoch_starts)?;
         // Only a replayed store maintains itself (a half-restored one must
         // not compact or rotate).

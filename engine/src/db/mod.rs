@@ -510,10 +510,13 @@ impl Db {
         };
         let storage: Arc<dyn Storage> = Arc::clone(&sealed) as Arc<dyn Storage>;
         // From here on the store's time never runs back past what it kept.
-        let clock = Arc::new(StoreClock::new(
-            Arc::clone(&config.clock),
-            stored_time_floor(storage.as_ref())?,
-        ));
+        let clock = Arc::new(
+            StoreClock::new(
+                Arc::clone(&config.clock),
+                stored_time_floor(storage.as_ref())?,
+            )
+            .at_least(config.time_floor),
+        );
         let now = clock.now();
 
         let digest = meta_get(storage.as_ref(), meta::POLICY_DIGEST)?;
