@@ -732,10 +732,14 @@ impl AuditLog {
     }
 }
 
-/// The time of the chain's last entry, whole seconds, if it has one that
-/// decodes.
-pub(crate) fn last_entry_time(storage: &dyn Storage) -> Result<Option<i64>> {
-    let mut time = None;
+/// `read` of the chain's last entry (its sequence number and stored
+/// bytes), if the chain has one.
+fn with_last_entry<T>(
+    storage: &dyn Storage,
+    read: impl FnOnce(u64, &[u8]) -> T,
+) -> Result<Option<T>> {
+    let mut read = Some(read);
+    let mut out = None;
     storage.scan(
         Tree::Audit,
         Bound::Unbounded,
@@ -743,11 +747,20 @@ pub(crate) fn last_entry_time(storage: &dyn Storage) -> Result<Option<i64>> {
         Order::Descending,
         &mut |k, v| {
             let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
-            time = AuditEntry::decode(seq, v).ok().map(|e| e.time.as_second());
+            out = read.take().map(|read| read(seq, v));
             ControlFlow::Break(())
         },
     )?;
-    Ok(time)
+    Ok(out)
+}
+
+/// The time of the chain's last entry, whole seconds, if it has one that
+/// decodes.
+pub(crate) fn last_entry_time(storage: &dyn Storage) -> Result<Option<i64>> {
+    Ok(with_last_entry(storage, |seq, v| {
+        AuditEntry::decode(seq, v).ok().map(|e| e.time.as_second())
+    })?
+    .flatten())
 }
 
 /// The head of the chain as stored: the entry after the last one.
@@ -756,36 +769,24 @@ fn read_head(storage: &dyn Storage) -> Result<Head> {
         .get(Tree::Meta, ANCHOR_GENERATION)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map_or(0, u64::from_be_bytes);
-    let mut head = Head {
-        next_seq: 1,
-        last_hash: [0; 32],
+    let last = with_last_entry(storage, |seq, v| {
+        // A damaged last entry must not stop the store: the chain
+        // continues from a hash of its raw bytes, and `verify`
+        // reports the damaged entry and the break after it.
+        let last_hash = match AuditEntry::decode(seq, v) {
+            Ok(entry) => entry.hash,
+            Err(_) => Sha256::digest(v).into(),
+        };
+        (seq, last_hash)
+    })?;
+    let (next_seq, last_hash) =
+        last.map_or((1, [0; 32]), |(seq, hash)| (seq.saturating_add(1), hash));
+    Ok(Head {
+        next_seq,
+        last_hash,
         generation,
         stale: false,
-    };
-    storage.scan(
-        Tree::Audit,
-        Bound::Unbounded,
-        Bound::Unbounded,
-        Order::Descending,
-        &mut |k, v| {
-            let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
-            // A damaged last entry must not stop the store: the chain
-            // continues from a hash of its raw bytes, and `verify`
-            // reports the damaged entry and the break after it.
-            let last_hash = match AuditEntry::decode(seq, v) {
-                Ok(entry) => entry.hash,
-                Err(_) => Sha256::digest(v).into(),
-            };
-            head = Head {
-                next_seq: seq.saturating_add(1),
-                last_hash,
-                generation,
-                stale: false,
-            };
-            ControlFlow::Break(())
-        },
-    )?;
-    Ok(head)
+    })
 }
 
 fn location(key: &[u8]) -> Box<Location> {

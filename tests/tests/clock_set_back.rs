@@ -61,6 +61,19 @@ fn erase_and_register_again(db: &Db, subject: &str) {
     assert_eq!(keys, vec![b"new".to_vec()], "{what}");
 }
 
+/// Registers `acct` and writes its message `short`, expiring at `expires`.
+fn write_expiring(db: &Db, expires: i64) {
+    db.register_account("acct").expect("register");
+    db.put_with(
+        "acct",
+        MESSAGES,
+        b"short",
+        b"lived",
+        PutOptions::expires_at(at(expires)),
+    )
+    .expect("put");
+}
+
 #[test]
 fn an_erasure_after_the_clock_was_set_back_still_erases_the_keys_made_before() {
     for_each_backend(|store| {
@@ -94,15 +107,7 @@ fn an_expired_record_stays_expired_when_the_clock_is_set_back() {
     for_each_backend(|store| {
         let expires = START_SECONDS + HOUR;
         let db = store.open();
-        db.register_account("acct").expect("register");
-        db.put_with(
-            "acct",
-            MESSAGES,
-            b"short",
-            b"lived",
-            PutOptions::expires_at(at(expires)),
-        )
-        .expect("put");
+        write_expiring(&db, expires);
         db.put("acct", MESSAGES, b"long", b"lived").expect("put");
         let what = format!("on {}", store.backend());
         assert_eq!(
@@ -151,15 +156,7 @@ fn a_record_whose_day_key_is_destroyed_reads_as_expired_when_the_clock_is_set_ba
     for_each_backend(|store| {
         let expires = START_SECONDS + HOUR;
         let db = store.open();
-        db.register_account("acct").expect("register");
-        db.put_with(
-            "acct",
-            MESSAGES,
-            b"short",
-            b"lived",
-            PutOptions::expires_at(at(expires)),
-        )
-        .expect("put");
+        write_expiring(&db, expires);
         // Two days on, the expiry's day is over and compaction destroys its
         // key.
         store.clock().set(at(expires + 2 * DAY));
