@@ -315,6 +315,9 @@ pub(crate) fn random_op(rng: &mut Rng, next_value: &mut u32) -> Op {
                 _ => 24 * 31,
             },
         },
+        83..=84 => Op::SetClockBack {
+            hours: if rng.chance(50) { 1 } else { 24 },
+        },
         _ => Op::Flush,
     }
 }
