@@ -147,6 +147,10 @@ pub(crate) fn run_op(db: &Db, clock: &ManualClock, op: &Op) -> shredkv::Result<O
             Ok(Outcome::Done)
         }
         Op::SetClockBack { hours } => {
+            // The store's time is the latest it read: it reads the clock
+            // first, so that an advance just before (which nothing read)
+            // counts, as the model counts it.
+            db.now();
             clock.advance(SignedDuration::from_hours(-i64::from(*hours)));
             Ok(Outcome::Done)
         }

@@ -227,7 +227,8 @@ pub(crate) struct Snapshot {
 /// The model of one store.
 #[derive(Debug, Clone)]
 pub(crate) struct Model {
-    /// The store's time, unix seconds: the latest the clock ever read.
+    /// The store's time, unix seconds: the latest the clock read (the store
+    /// reads it before every set-back, `support::run_op`).
     pub(crate) now: i64,
     /// What the configured clock reads (behind `now` once set back).
     wall: i64,
