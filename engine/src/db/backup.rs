@@ -883,9 +883,9 @@ impl Db {
         // A shard's backup restores only as that shard: refused here, before
         // the target holds anything (a cluster namespace would keep it).
         crate::shard_route::check(view.as_ref(), target.shard, backup)?;
-        let now = time_floor.map_or(target.clock.now().as_second(), |floor| {
-            floor.max(target.clock.now().as_second())
-        });
+        let now = time_floor
+            .unwrap_or(i64::MIN)
+            .max(target.clock.now().as_second());
         let lost = lost_records(view.as_ref(), &log, now)?;
         drop(view);
         if !lost.is_empty() && !options.accept_lost_records {

@@ -499,7 +499,10 @@ impl Db {
                 }
                 let sealed = sealed_view(&storage, secret.expose_secret(), &path);
                 if found == UNSEALED_FORMAT {
-                    seal_control_plane(&sealed, &audit, now, &path)?;
+                    // Dated by the store's time, as everything after it is.
+                    let at = Timestamp::from_second(stored_time_floor(storage.as_ref())?)
+                        .map_or(now, |floor| floor.max(now));
+                    seal_control_plane(&sealed, &audit, at, &path)?;
                 } else if found == SEALED_FORMAT {
                     let mut batch = WriteBatch::new();
                     batch.put(Tree::Meta, meta::FORMAT, vec![STORE_FORMAT]);

@@ -1007,6 +1007,10 @@ fn a_format_1_store_is_sealed_by_its_first_open_and_never_again() {
     let stripped = unseal(raw.as_ref(), sealed.as_ref());
     assert!(stripped >= 10, "{stripped} values stripped");
 
+    // The first open seals it with the clock set back two days: the
+    // sealing is dated by the store's time, not before what it sealed.
+    let used_until = crate::Clock::now(&clock);
+    clock.advance(SignedDuration::from_hours(-48));
     let db = reopen().expect("a format-1 store opens");
     assert_eq!(
         raw.get(Tree::Meta, super::meta::FORMAT).expect("get"),
@@ -1026,6 +1030,13 @@ fn a_format_1_store_is_sealed_by_its_first_open_and_never_again() {
         sealing[0].detail,
         format!("format 1 → 3: {stripped} control values sealed")
     );
+    assert!(
+        sealing[0].time >= used_until && db.now() >= used_until,
+        "sealed at {}, the store's time {}, used until {used_until}",
+        sealing[0].time,
+        db.now()
+    );
+    clock.advance(SignedDuration::from_hours(48));
     assert_eq!(db.verify_audit().expect("chain").breaks, Vec::new());
     db.shred("b", Classes::All).expect("a held shred parks");
     assert_eq!(
