@@ -404,6 +404,12 @@ impl Db {
         let live_epochs: std::collections::HashSet<u32> =
             stats.live_epochs.iter().copied().collect();
         let now = inner.now_secs();
+        // Keys under the tree live while its root's epoch does.
+        let tree_live = inner
+            .vault
+            .tree()
+            .root_epoch()?
+            .is_some_and(|epoch| live_epochs.contains(&epoch.0));
         // Records in pages (no backend read lock held while the vault is
         // read); the live keys of one scope at a time (records come scope
         // by scope), so memory stays bounded by a page and a scope's keys.
@@ -452,10 +458,9 @@ impl Db {
                         &mut |id, slot| {
                             if let Ok(entry) = VaultEntry::decode(&slot.value)
                                 && entry.state == KeyState::Active
-                                && entry
-                                    .wrapped
-                                    .as_ref()
-                                    .is_some_and(|w| live_epochs.contains(&w.epoch().0))
+                                && entry.wrapped.as_ref().is_some_and(|w| {
+                                    w.epoch().map_or(tree_live, |e| live_epochs.contains(&e.0))
+                                })
                             {
                                 live_keys.insert((id.bucket, id.version));
                             }

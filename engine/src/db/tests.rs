@@ -1028,7 +1028,7 @@ fn a_format_1_store_is_sealed_by_its_first_open_and_never_again() {
     assert_eq!(sealing.len(), 1);
     assert_eq!(
         sealing[0].detail,
-        format!("format 1 → 3: {stripped} control values sealed")
+        format!("format 1 → 4: {stripped} control values sealed")
     );
     assert!(
         sealing[0].time >= used_until && db.now() >= used_until,
@@ -1795,7 +1795,7 @@ fn without_day_lane(raw: &dyn crate::storage::Storage) -> usize {
 }
 
 /// A store made by a format-2 build keeps its expiry keys under their key
-/// ids in `vault`: its first open marks it format 3 (so an older build
+/// ids in `vault`: its first open marks it format 4 (so an older build
 /// refuses it), and those keys are read, re-keyed into the lane, destroyed
 /// at the end of their day and shredded where they are.
 #[test]
@@ -1832,8 +1832,8 @@ fn a_format_2_store_keeps_its_expiry_keys_where_they_are_and_works_on() {
     let db = reopen().expect("a format-2 store opens");
     assert_eq!(
         raw.get(Tree::Meta, super::meta::FORMAT).expect("get"),
-        Some(vec![3]),
-        "marked format 3 by its first open"
+        Some(vec![4]),
+        "marked format 4 by its first open"
     );
     for s in ["a", "b"] {
         assert_eq!(
@@ -1947,10 +1947,11 @@ fn verify_reports_a_lane_key_without_its_seal_record() {
     );
 }
 
-/// A rotation re-wraps the keys of both of the vault's trees: afterwards no
-/// live entry anywhere is wrapped under the old epoch, which can then die.
+/// Under the key tree a rotation re-wraps the root alone: the keys of both
+/// of the vault's trees stay under their nodes, untouched, and nothing but
+/// the root (and the store secret) names the new epoch.
 #[test]
-fn a_rotation_rewraps_the_day_lane_too() {
+fn a_rotation_rewraps_the_root_alone() {
     let (_dir, clock, store, db) = raw_store();
     let raw = Arc::clone(&store.raw);
     let now = crate::Clock::now(&clock);
@@ -1977,13 +1978,26 @@ fn a_rotation_rewraps_the_day_lane_too() {
     };
     let lane_keys = live(Tree::VaultDays).len();
     assert_eq!(lane_keys, 4);
-    let all_keys = lane_keys + live(Tree::Vault).len();
+    let before = (live(Tree::Vault), live(Tree::VaultDays));
+    assert!(
+        before.0.iter().chain(&before.1).all(|e| matches!(
+            e.wrapped,
+            Some(crate::vault::Wrapped::Node(_))
+        )),
+        "every key is under the tree"
+    );
     let report = db.rotate_epoch().expect("rotate");
     let new = report.created.expect("an epoch was created");
-    assert_eq!(report.keys_rewrapped, all_keys as u64);
-    for tree in [Tree::Vault, Tree::VaultDays] {
-        for entry in live(tree) {
-            assert_eq!(entry.wrapped.expect("live").epoch().0, new, "{tree:?}");
+    assert_eq!(report.keys_rewrapped, 1, "the root alone");
+    assert_eq!((live(Tree::Vault), live(Tree::VaultDays)), before);
+    assert_eq!(
+        db.inner.vault.tree().root_epoch().expect("root"),
+        Some(shredkv_crypto::EpochId(new))
+    );
+    // Every record still reads through the re-wrapped root.
+    for s in ["a", "b"] {
+        for days in [2u8, 9] {
+            assert!(db.get(s, "message_content", &[days]).expect("get").is_some());
         }
     }
 }

@@ -506,7 +506,7 @@ fn epochs_rotate_rewrap_and_old_epochs_are_destroyed_after_the_wait() {
     clock.advance(days(1));
     let report = db.compact().expect("compact");
     assert_eq!(report.epochs_created, 1);
-    assert!(report.keys_rewrapped >= 2, "{report:?}");
+    assert_eq!(report.keys_rewrapped, 1, "the key tree's root: {report:?}");
     let stats = db.stats().expect("stats");
     assert!(stats.current_epoch > first);
     assert!(
@@ -529,7 +529,7 @@ fn epochs_rotate_rewrap_and_old_epochs_are_destroyed_after_the_wait() {
         Some(&b"invoice"[..])
     );
     let rotated = db.rotate_epoch().expect("rotate");
-    assert!(rotated.keys_rewrapped >= 2);
+    assert_eq!(rotated.keys_rewrapped, 1, "the key tree's root");
 }
 
 #[test]
@@ -1121,8 +1121,9 @@ fn purge_progresses_past_a_poisoned_item() {
         &crate::ledger::key(&a, crate::ledger::ALL_CLASSES),
         b"\x01not a hold record",
     );
-    // c's data key no longer authenticates under its epoch (a wrapped key
-    // altered with a consistent checksum): it cannot be re-wrapped.
+    // c's data key no longer authenticates under its node (a wrapped key
+    // altered with a consistent checksum): it cannot be re-wrapped when
+    // its node is re-keyed.
     let c = db.subject_tag("c");
     let mut vault = Vec::new();
     crate::storage::scan_prefix(db.inner.storage.as_ref(), Tree::Vault, &c.0, &mut |k, v| {
@@ -1135,12 +1136,30 @@ fn purge_progresses_past_a_poisoned_item() {
         .find(|(k, _)| shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket == 1))
         .expect("c's data key");
     let mut entry = crate::vault::VaultEntry::decode(entry).expect("entry");
-    // Wrapped key format: bytes 17..49 the sealed key, a CRC over 0..65 last.
-    let mut wrapped = entry.wrapped.expect("live").as_bytes()[..65].to_vec();
-    wrapped[20] ^= 0x01;
-    let wrapped = with_crc(wrapped);
-    entry.wrapped = Some(shredkv_crypto::WrappedKey::from_bytes(&wrapped).expect("wrapped"));
+    // Node-wrapped key format: bytes 22..54 the sealed key, a CRC over 0..70
+    // last.
+    let Some(crate::vault::Wrapped::Node(wrapped)) = entry.wrapped else {
+        panic!("c's key is under the tree");
+    };
+    let mut bytes = wrapped.as_bytes()[..70].to_vec();
+    bytes[25] ^= 0x01;
+    let bytes = with_crc(bytes);
+    entry.wrapped = Some(crate::vault::Wrapped::Node(
+        shredkv_crypto::NodeWrapped::from_bytes(&bytes).expect("wrapped"),
+    ));
     raw_put(&db, Tree::Vault, data_key_id, &entry.encode());
+    // A neighbour's key under c's bottom node died: the node owes a re-key.
+    let c_key = shredkv_crypto::KeyId::from_bytes(data_key_id).expect("key id");
+    let now_secs = db.now().as_second();
+    raw_put(
+        &db,
+        Tree::Deadlines,
+        &crate::retention::deadlines::key(
+            now_secs,
+            &crate::retention::deadlines::Due::RekeyNode(crate::vault::tree::bottom_of(&c_key)),
+        ),
+        &crate::retention::deadlines::value(now_secs),
+    );
     let first_epoch = db.stats().expect("stats").current_epoch;
 
     db.close_account("a").expect("close a");

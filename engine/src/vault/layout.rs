@@ -25,7 +25,7 @@ use std::ops::{Bound, ControlFlow};
 
 use shredkv_crypto::KeyId;
 
-use crate::storage::{Order, Storage, StorageError, Tree, scan_prefix as scan_tree_prefix};
+use crate::storage::{Order, Storage, StorageError, Tree};
 
 use super::FIRST_DAY_BUCKET;
 
@@ -193,40 +193,83 @@ pub(crate) fn scan_prefix(
     prefix: &[u8],
     visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
 ) -> Result<(), StorageError> {
+    let take = prefix.len().min(KeyId::LEN);
+    let mut first = [0u8; KeyId::LEN];
+    let mut last = [0xFFu8; KeyId::LEN];
+    first[..take].copy_from_slice(&prefix[..take]);
+    last[..take].copy_from_slice(&prefix[..take]);
+    scan_ids_between(storage, &first, &last, visit)
+}
+
+/// Visits the stored entries of every key id of a subject whose tag lies in
+/// `first..=last` (a node of the key tree covers such a range).
+pub(crate) fn scan_subjects(
+    storage: &dyn Storage,
+    first: &[u8; 16],
+    last: &[u8; 16],
+    visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
+    let mut low = [0u8; KeyId::LEN];
+    let mut high = [0xFFu8; KeyId::LEN];
+    low[..16].copy_from_slice(first);
+    high[..16].copy_from_slice(last);
+    scan_ids_between(storage, &low, &high, visit)
+}
+
+/// Visits the stored entries of every key id in `first..=last` (key-id
+/// bytes): in `vault` directly, in the day lane through `seals`.
+fn scan_ids_between(
+    storage: &dyn Storage,
+    first: &[u8; KeyId::LEN],
+    last: &[u8; KeyId::LEN],
+    visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
     let mut stopped = false;
     let mut seen_in_vault: HashSet<KeyId> = HashSet::new();
-    scan_tree_prefix(storage, Tree::Vault, prefix, &mut |k, v| {
-        let Some(id) = KeyId::from_bytes(k) else {
-            return ControlFlow::Continue(());
-        };
-        if in_day_lane(&id) {
-            seen_in_vault.insert(id);
-        }
-        let flow = visit(
-            id,
-            Slot {
-                tree: Tree::Vault,
-                key: k.to_vec(),
-                value: v.to_vec(),
-            },
-        );
-        stopped = flow.is_break();
-        flow
-    })?;
+    storage.scan(
+        Tree::Vault,
+        Bound::Included(first),
+        Bound::Included(last),
+        Order::Ascending,
+        &mut |k, v| {
+            let Some(id) = KeyId::from_bytes(k) else {
+                return ControlFlow::Continue(());
+            };
+            if in_day_lane(&id) {
+                seen_in_vault.insert(id);
+            }
+            let flow = visit(
+                id,
+                Slot {
+                    tree: Tree::Vault,
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                },
+            );
+            stopped = flow.is_break();
+            flow
+        },
+    )?;
     if stopped {
         return Ok(());
     }
-    // The day lane's keys under the prefix, named by their seal records.
+    // The day lane's keys in the range, named by their seal records.
     let mut lane_ids: Vec<KeyId> = Vec::new();
-    scan_tree_prefix(storage, Tree::Seals, prefix, &mut |k, _| {
-        if let Some(id) = KeyId::from_bytes(k)
-            && in_day_lane(&id)
-            && !seen_in_vault.contains(&id)
-        {
-            lane_ids.push(id);
-        }
-        ControlFlow::Continue(())
-    })?;
+    storage.scan(
+        Tree::Seals,
+        Bound::Included(first),
+        Bound::Included(last),
+        Order::Ascending,
+        &mut |k, _| {
+            if let Some(id) = KeyId::from_bytes(k)
+                && in_day_lane(&id)
+                && !seen_in_vault.contains(&id)
+            {
+                lane_ids.push(id);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
     for page in lane_ids.chunks(LOOKUP_PAGE) {
         let wanted: Vec<(usize, [u8; KeyId::LEN])> =
             page.iter().map(lane_key).enumerate().collect();

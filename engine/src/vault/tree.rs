@@ -1,0 +1,553 @@
+//! The key tree (store format 4): node keys between the epoch key and the
+//! data keys, so that an epoch rotation re-wraps one root instead of every
+//! live key.
+//!
+//! ```text
+//! key provider: epoch key E
+//!   └─ root (depth 0), wrapped under E (WrapContext::TreeRoot)
+//!        └─ 16 nodes by the first 4 bits of the subject tag (depth 1)
+//!             └─ … 16 a level …
+//!                  └─ bottom nodes (depth 5: the tag's first 20 bits)
+//!                       └─ the data keys of the subjects under them
+//! ```
+//!
+//! Tree `key_nodes`: node id (depth u8 ‖ prefix u32 BE) → node entry v1:
+//!
+//! ```text
+//!  0  1  version (1)
+//!  1  4  generation u32 (1 when made, one more at each re-key)
+//!  5  1  wrap: 1 under an epoch (the root only; 69 bytes follow),
+//!              2 under its parent node (74 bytes follow)
+//!  6  .  the node's key, wrapped
+//!  .  4  CRC32
+//! ```
+//!
+//! Node keys are random, never derived. The associated data of every wrap
+//! names the parent, the parent's generation and the child (for a node, its
+//! own generation too), so a wrap opens only where it was made.
+//!
+//! **Destruction.** A data key's tombstone is written with a debt on its
+//! bottom node (`Due::RekeyNode`, due at once). Compaction pays the debts
+//! before it touches epochs: every node on the union of the debtors' paths
+//! gets a fresh key and the next generation, bottom up, its live children
+//! re-wrapped under it and its own key wrapped under its parent's new
+//! generation; the root's under the current epoch. After that no live entry
+//! is wrapped under a generation that could open the destroyed key, so the
+//! last epoch that opens any copy of it is the one current then, destroyed
+//! L later (docs/design.md, "The deletion timeline").
+//!
+//! **Fixed depth.** Subject tags are keyed hashes, uniform, so a fixed depth
+//! balances the tree: with 5 levels under the root (about a million bottom
+//! nodes) a death re-keys at most 6 nodes, and each re-wraps its live
+//! children (16 at most above the bottom, the keys of about 16 subjects at
+//! the bottom at 16M keys); the cost grows by the bottom nodes' fill beyond
+//! that, not by the number of keys below it.
+//!
+//! **Locks.** A key is created under a node, and that node re-keyed, only
+//! under the vault's creation lock, so a new key is never wrapped under a
+//! generation its node is leaving. A cold unwrap walks the path under
+//! `rekeying`'s read lock and a re-key writes under its write lock, so a
+//! reader never meets a child re-wrapped under a generation its node does
+//! not have yet. The re-key of a bottom node also holds the scope gate's
+//! write locks of its subjects (the caller's), so no erasure tombstones a
+//! key between the re-key's read of it and its write.
+
+use std::collections::HashMap;
+use std::ops::{Bound, ControlFlow};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use shredkv_crypto::{
+    DataKey, EpochId, FormatError, KeyId, KeyProvider, NodeCipher, NodeId, NodeKey, NodeWrapped,
+    ProviderError, WrapContext, WrappedKey,
+};
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Error, Location, Result};
+use crate::storage::{Order, Storage, Tree, WriteBatch};
+
+/// The depth of the bottom nodes, which wrap the data keys.
+pub(crate) const BOTTOM_DEPTH: u8 = 5;
+/// Node ciphers kept in memory (about 1 KiB each). The top levels (273
+/// nodes) are always among them once used; a cold read unwraps at most
+/// the levels below what is cached.
+const CACHED_NODES: usize = 16_384;
+const VERSION: u8 = 1;
+const WHAT: &str = "key tree node";
+
+/// The bottom node a subject's keys are wrapped under.
+pub(crate) fn bottom_of(id: &KeyId) -> NodeId {
+    NodeId::of_tag(&id.subject, BOTTOM_DEPTH)
+}
+
+/// What a node's key is wrapped under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeWrap {
+    /// The root: an epoch key of the provider.
+    Epoch(WrappedKey),
+    /// Any other node: its parent, at one of the parent's generations.
+    Parent(NodeWrapped),
+}
+
+/// A decoded node entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeEntry {
+    pub(crate) generation: u32,
+    pub(crate) wrap: NodeWrap,
+}
+
+impl NodeEntry {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(VERSION, 80);
+        w.u32(self.generation);
+        match &self.wrap {
+            NodeWrap::Epoch(wrapped) => w.u8(1).bytes(wrapped.as_bytes()),
+            NodeWrap::Parent(wrapped) => w.u8(2).bytes(wrapped.as_bytes()),
+        };
+        w.finish()
+    }
+
+    /// Decodes the entry stored for `node`, checking that its wrap is of
+    /// the kind its place needs (the root's under an epoch, every other
+    /// node's under its own parent).
+    pub(crate) fn decode(node: NodeId, bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::checked(WHAT, bytes, VERSION)?;
+        let generation = r.u32()?;
+        let wrap = match r.u8()? {
+            1 => NodeWrap::Epoch(WrappedKey::from_bytes(&r.array::<{ WrappedKey::LEN }>()?)?),
+            2 => NodeWrap::Parent(NodeWrapped::from_bytes(
+                &r.array::<{ NodeWrapped::LEN }>()?,
+            )?),
+            _ => return Err(r.invalid("unknown kind of wrap")),
+        };
+        r.end()?;
+        match (&wrap, node.parent()) {
+            (NodeWrap::Epoch(_), None) => {}
+            (NodeWrap::Parent(wrapped), Some(parent)) if wrapped.node() == parent => {}
+            _ => {
+                return Err(FormatError::InvalidField {
+                    what: WHAT,
+                    detail: "wrapped under something other than its parent",
+                });
+            }
+        }
+        Ok(Self { generation, wrap })
+    }
+}
+
+/// Where a node's entry is, for errors.
+pub(crate) fn node_location(node: NodeId) -> Box<Location> {
+    Box::new(Location {
+        tree: Tree::KeyNodes.name(),
+        subject: None,
+        class: None,
+        key_hex: shredkv_crypto::hex::encode(&node.to_bytes()),
+    })
+}
+
+/// Nodes made for a new key, cached once the batch that stores them lands
+/// ([`KeyTree::landed`]).
+#[derive(Debug, Default)]
+#[must_use = "hand it to KeyTree::landed once the batch has landed"]
+pub(crate) struct NewNodes(Vec<Arc<NodeCipher>>);
+
+/// The key tree of a store: reads, creates and re-keys its nodes.
+pub(crate) struct KeyTree {
+    storage: Arc<dyn Storage>,
+    provider: Arc<dyn KeyProvider>,
+    /// Each node's cipher at its current generation.
+    ciphers: Mutex<HashMap<NodeId, Arc<NodeCipher>>>,
+    /// Read while a path is unwrapped, written while nodes are re-keyed.
+    rekeying: RwLock<()>,
+}
+
+impl std::fmt::Debug for KeyTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyTree")
+            .field("cached_nodes", &self.cached().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyTree {
+    pub(crate) fn new(storage: Arc<dyn Storage>, provider: Arc<dyn KeyProvider>) -> Self {
+        Self {
+            storage,
+            provider,
+            ciphers: Mutex::new(HashMap::new()),
+            rekeying: RwLock::new(()),
+        }
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Arc<NodeCipher>>> {
+        self.ciphers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache(&self, cipher: Arc<NodeCipher>) {
+        let mut cached = self.cached();
+        if cached.len() >= CACHED_NODES {
+            // Keep the top of the tree, which every path shares.
+            cached.retain(|node, _| node.depth < 3);
+        }
+        cached.insert(cipher.node(), cipher);
+    }
+
+    fn cached_at(&self, node: NodeId, generation: u32) -> Option<Arc<NodeCipher>> {
+        self.cached()
+            .get(&node)
+            .filter(|c| c.generation() == generation)
+            .cloned()
+    }
+
+    /// Held while nodes are re-keyed (with the vault's creation lock).
+    pub(crate) fn write_lock(&self) -> RwLockWriteGuard<'_, ()> {
+        self.rekeying.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
+        self.rekeying.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The stored entry of `node`.
+    pub(crate) fn read_node(&self, node: NodeId) -> Result<Option<NodeEntry>> {
+        match self.storage.get(Tree::KeyNodes, &node.to_bytes())? {
+            None => Ok(None),
+            Some(bytes) => NodeEntry::decode(node, &bytes)
+                .map(Some)
+                .map_err(|source| Error::Corrupt {
+                    location: node_location(node),
+                    source,
+                }),
+        }
+    }
+
+    /// Unwraps a data key wrapped under a node. `None` if the root's epoch
+    /// was destroyed (the whole tree is gone, by design).
+    ///
+    /// # Errors
+    /// [`Error::Tampered`] when the wrap or any node above it fails
+    /// authentication, or names a generation its node no longer has (a
+    /// re-key passed it by: the key was lost, not kept).
+    pub(crate) fn unwrap_data(&self, id: &KeyId, wrapped: &NodeWrapped) -> Result<Option<DataKey>> {
+        let cipher = match self.cached_at(wrapped.node(), wrapped.generation()) {
+            Some(cipher) => cipher,
+            None => {
+                let _reading = self.read_lock();
+                match self.cipher_locked(wrapped.node(), Some(wrapped.generation()))? {
+                    Some(cipher) => cipher,
+                    None => return Ok(None),
+                }
+            }
+        };
+        cipher
+            .unwrap_data(id, wrapped)
+            .map(Some)
+            .map_err(|_| Error::Tampered {
+                location: crate::vault::vault_location(id),
+            })
+    }
+
+    /// The cipher of `node` at its stored generation, which must be
+    /// `expected` when given. The caller holds `rekeying` (either way).
+    fn cipher_locked(&self, node: NodeId, expected: Option<u32>) -> Result<Option<Arc<NodeCipher>>> {
+        if let Some(cipher) = self.cached().get(&node)
+            && expected.is_none_or(|g| g == cipher.generation())
+        {
+            return Ok(Some(Arc::clone(cipher)));
+        }
+        let tampered = || Error::Tampered {
+            location: node_location(node),
+        };
+        // A wrap that names a node the tree does not hold was forged or
+        // moved; one that names a generation the node left was re-keyed
+        // past (an entry the re-key could not open).
+        let entry = self.read_node(node)?.ok_or_else(tampered)?;
+        if expected.is_some_and(|g| g != entry.generation) {
+            return Err(tampered());
+        }
+        let key = match &entry.wrap {
+            NodeWrap::Epoch(wrapped) => {
+                let context = WrapContext::TreeRoot {
+                    generation: entry.generation,
+                };
+                match self.provider.unwrap(&context, wrapped) {
+                    Ok(key) => NodeKey::from_unwrapped(key),
+                    Err(ProviderError::EpochDestroyed { .. }) => return Ok(None),
+                    Err(ProviderError::Authentication) => return Err(tampered()),
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            NodeWrap::Parent(wrapped) => {
+                let Some(parent) = self.cipher_locked(wrapped.node(), Some(wrapped.generation()))?
+                else {
+                    return Ok(None);
+                };
+                parent
+                    .unwrap_node(node, entry.generation, wrapped)
+                    .map_err(|_| tampered())?
+            }
+        };
+        let cipher = Arc::new(NodeCipher::new(node, entry.generation, &key));
+        self.cache(Arc::clone(&cipher));
+        Ok(Some(cipher))
+    }
+
+    /// Wraps the data key `id` under its bottom node's current generation,
+    /// adding to `batch` the entries of the nodes on its path that do not
+    /// exist yet (made under `epoch` at the root) and noting them in
+    /// `made`. The caller holds the vault's creation lock until it has
+    /// handed `made` to [`KeyTree::landed`] (or dropped it, the batch
+    /// having failed); keys wrapped into one batch share one `made`.
+    pub(crate) fn wrap_under_tree(
+        &self,
+        id: &KeyId,
+        key: &DataKey,
+        epoch: EpochId,
+        batch: &mut WriteBatch,
+        made: &mut NewNodes,
+    ) -> Result<NodeWrapped> {
+        let _reading = self.read_lock();
+        let bottom = self.ensure(bottom_of(id), epoch, batch, made)?;
+        Ok(bottom.wrap_data(id, key))
+    }
+
+    /// The batch holding `made` landed: their ciphers may be used.
+    pub(crate) fn landed(&self, made: NewNodes) {
+        for cipher in made.0 {
+            self.cache(cipher);
+        }
+    }
+
+    /// The current cipher of `node`, made (with its missing ancestors) into
+    /// `batch` if the tree does not hold it.
+    fn ensure(
+        &self,
+        node: NodeId,
+        epoch: EpochId,
+        batch: &mut WriteBatch,
+        made: &mut NewNodes,
+    ) -> Result<Arc<NodeCipher>> {
+        if let Some(cipher) = made.0.iter().find(|c| c.node() == node) {
+            return Ok(Arc::clone(cipher));
+        }
+        if self.storage.get(Tree::KeyNodes, &node.to_bytes())?.is_some() {
+            return match self.cipher_locked(node, None)? {
+                Some(cipher) => Ok(cipher),
+                None => Err(self.root_gone()),
+            };
+        }
+        let key = NodeKey::generate();
+        let generation = 1;
+        let wrap = match node.parent() {
+            None => {
+                let context = WrapContext::TreeRoot { generation };
+                NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key.to_wrappable())?)
+            }
+            Some(parent) => {
+                let parent = self.ensure(parent, epoch, batch, made)?;
+                NodeWrap::Parent(parent.wrap_node(node, generation, &key))
+            }
+        };
+        batch.put(
+            Tree::KeyNodes,
+            node.to_bytes().to_vec(),
+            NodeEntry { generation, wrap }.encode(),
+        );
+        let cipher = Arc::new(NodeCipher::new(node, generation, &key));
+        made.0.push(Arc::clone(&cipher));
+        Ok(cipher)
+    }
+
+    /// The error for a tree whose root's epoch was destroyed: nothing under
+    /// it opens any more.
+    fn root_gone(&self) -> Error {
+        let epoch = match self.read_node(NodeId::ROOT) {
+            Ok(Some(NodeEntry {
+                wrap: NodeWrap::Epoch(wrapped),
+                ..
+            })) => wrapped.epoch(),
+            _ => EpochId(0),
+        };
+        Error::KeyProvider(ProviderError::EpochDestroyed { epoch })
+    }
+
+    /// The stored children of a node above the bottom: `(child, entry)`.
+    fn child_nodes(&self, node: NodeId) -> Result<Vec<(NodeId, Vec<u8>)>> {
+        let (Some(first), Some(last)) = (node.child(0), node.child(15)) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        self.storage.scan(
+            Tree::KeyNodes,
+            Bound::Included(&first.to_bytes()),
+            Bound::Included(&last.to_bytes()),
+            Order::Ascending,
+            &mut |k, v| {
+                if let Some(child) = NodeId::from_bytes(k) {
+                    out.push((child, v.to_vec()));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Re-keys `node` into `batch`: a fresh key at the next generation,
+    /// wrapped under its parent's current generation (the root's under
+    /// `epoch`), and its children re-wrapped under it. `data_children` are
+    /// a bottom node's live data keys, `(id, stored entry's place, wrap)`;
+    /// the children of a node above the bottom are read here. The caller
+    /// holds the vault's creation lock and [`KeyTree::write_lock`] until it
+    /// has handed the result to [`KeyTree::landed`] (the batch landed).
+    ///
+    /// Returns the new cipher, the data keys re-wrapped as
+    /// `(id, new wrap)`, and the children that could not be opened (they
+    /// stay under a generation that no longer exists: lost, as G2 wants).
+    pub(crate) fn rekey(
+        &self,
+        node: NodeId,
+        epoch: EpochId,
+        data_children: &[(KeyId, NodeWrapped)],
+        batch: &mut WriteBatch,
+    ) -> Result<Rekeyed> {
+        let stored = self.storage.get(Tree::KeyNodes, &node.to_bytes())?;
+        // A node the tree lacks, or whose entry does not open: whatever was
+        // under it is unreadable already, and stays so under the new key.
+        let old = match stored {
+            None => None,
+            Some(_) => match self.cipher_locked(node, None) {
+                Ok(old) => old,
+                Err(err) if err.is_integrity_failure() => None,
+                Err(err) => return Err(err),
+            },
+        };
+        let generation = stored
+            .and_then(|bytes| NodeEntry::decode(node, &bytes).ok())
+            .map_or(1, |e| e.generation.wrapping_add(1).max(1));
+        let key = NodeKey::generate();
+        let wrap = match node.parent() {
+            None => {
+                let context = WrapContext::TreeRoot { generation };
+                NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key.to_wrappable())?)
+            }
+            Some(parent) => {
+                let parent = self.cipher_locked(parent, None)?.ok_or_else(|| self.root_gone())?;
+                NodeWrap::Parent(parent.wrap_node(node, generation, &key))
+            }
+        };
+        let cipher = Arc::new(NodeCipher::new(node, generation, &key));
+        batch.put(
+            Tree::KeyNodes,
+            node.to_bytes().to_vec(),
+            NodeEntry { generation, wrap }.encode(),
+        );
+        let mut rekeyed = Rekeyed {
+            made: NewNodes(vec![Arc::clone(&cipher)]),
+            data: Vec::new(),
+            lost_data: Vec::new(),
+            lost_nodes: Vec::new(),
+        };
+        if node.depth >= BOTTOM_DEPTH {
+            for (id, wrapped) in data_children {
+                let opened = old.as_ref().and_then(|old| {
+                    (wrapped.node() == node && wrapped.generation() == old.generation())
+                        .then(|| old.unwrap_data(id, wrapped).ok())
+                        .flatten()
+                });
+                match opened {
+                    Some(data_key) => rekeyed.data.push((*id, cipher.wrap_data(id, &data_key))),
+                    None => rekeyed.lost_data.push(*id),
+                }
+            }
+            return Ok(rekeyed);
+        }
+        for (child, stored) in self.child_nodes(node)? {
+            let opened = NodeEntry::decode(child, &stored).ok().and_then(|entry| {
+                let NodeWrap::Parent(wrapped) = &entry.wrap else {
+                    return None;
+                };
+                let old = old.as_ref()?;
+                if wrapped.generation() != old.generation() {
+                    return None;
+                }
+                let child_key = old.unwrap_node(child, entry.generation, wrapped).ok()?;
+                Some((entry.generation, child_key))
+            });
+            match opened {
+                Some((child_generation, child_key)) => {
+                    let rewrapped = NodeEntry {
+                        generation: child_generation,
+                        wrap: NodeWrap::Parent(cipher.wrap_node(
+                            child,
+                            child_generation,
+                            &child_key,
+                        )),
+                    };
+                    batch.put(Tree::KeyNodes, child.to_bytes().to_vec(), rewrapped.encode());
+                }
+                None => rekeyed.lost_nodes.push(child),
+            }
+        }
+        Ok(rekeyed)
+    }
+
+    /// The epoch the root is wrapped under, if the tree has a root.
+    pub(crate) fn root_epoch(&self) -> Result<Option<EpochId>> {
+        Ok(match self.read_node(NodeId::ROOT)? {
+            Some(NodeEntry {
+                wrap: NodeWrap::Epoch(wrapped),
+                ..
+            }) => Some(wrapped.epoch()),
+            _ => None,
+        })
+    }
+
+    /// Re-wraps the root's key, at its generation, under `epoch` (an epoch
+    /// rotation). The caller holds the creation lock and the write lock.
+    /// False if there is no root, or it is under `epoch` already.
+    pub(crate) fn rewrap_root(&self, epoch: EpochId, batch: &mut WriteBatch) -> Result<bool> {
+        let Some(entry) = self.read_node(NodeId::ROOT)? else {
+            return Ok(false);
+        };
+        let NodeWrap::Epoch(wrapped) = &entry.wrap else {
+            return Ok(false);
+        };
+        if wrapped.epoch() == epoch {
+            return Ok(false);
+        }
+        let context = WrapContext::TreeRoot {
+            generation: entry.generation,
+        };
+        let key = match self.provider.unwrap(&context, wrapped) {
+            Ok(key) => key,
+            Err(ProviderError::Authentication) => {
+                return Err(Error::Tampered {
+                    location: node_location(NodeId::ROOT),
+                });
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let rewrapped = NodeEntry {
+            generation: entry.generation,
+            wrap: NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key)?),
+        };
+        batch.put(
+            Tree::KeyNodes,
+            NodeId::ROOT.to_bytes().to_vec(),
+            rewrapped.encode(),
+        );
+        Ok(true)
+    }
+}
+
+/// What a node's re-key did ([`KeyTree::rekey`]).
+#[derive(Debug)]
+pub(crate) struct Rekeyed {
+    /// The node's new cipher, for [`KeyTree::landed`].
+    pub(crate) made: NewNodes,
+    /// A bottom node's data keys, re-wrapped.
+    pub(crate) data: Vec<(KeyId, NodeWrapped)>,
+    /// Data keys that did not open under the node's old generation.
+    pub(crate) lost_data: Vec<KeyId>,
+    /// Child nodes that did not open under it.
+    pub(crate) lost_nodes: Vec<NodeId>,
+}
