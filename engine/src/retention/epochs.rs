@@ -283,7 +283,10 @@ impl DbInner {
                     Err(err) => return Err(err),
                 }
             }
-            self.storage.apply(&batch, Durability::Buffered)?;
+            if let Err(err) = self.storage.apply(&batch, Durability::Buffered) {
+                self.vault.tree().failed(made);
+                return Err(err.into());
+            }
             self.vault.tree().landed(made);
             for (id, err) in lost {
                 self.set_aside_lost_key(&id, &err, now)?;

@@ -23,12 +23,18 @@ use crate::retention::compaction::CompactionReport;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Durability, Order, Tree, WriteBatch};
 use crate::vault::layout::{self, Slot};
-use crate::vault::tree::{BOTTOM_DEPTH, node_location};
+use crate::vault::tree::{BOTTOM_DEPTH, NewNodes, node_location};
 use crate::vault::{KeyState, VaultEntry, Wrapped};
 
 /// A bottom node's live data keys under the tree: id, where the entry is,
 /// the entry, and its wrap.
 type DataChild = (KeyId, Slot, VaultEntry, NodeWrapped);
+
+/// Nodes above the bottom re-keyed per batch (each writes itself and up to
+/// 16 children).
+const NODE_PAGE: usize = 64;
+/// Ops per batch of bottom nodes on a backend without a batch limit.
+const BOTTOM_BATCH_OPS: usize = 4096;
 
 impl DbInner {
     /// Re-keys the paths of every node debt due at `now`, then removes
@@ -58,10 +64,14 @@ impl DbInner {
         if debts.is_empty() {
             return Ok(());
         }
-        for (_, nodes) in levels.iter().rev() {
-            for node in nodes {
-                self.rekey_node(*node, now)?;
-                report.nodes_rekeyed += 1;
+        for (depth, nodes) in levels.iter().rev() {
+            let nodes: Vec<NodeId> = nodes.iter().copied().collect();
+            if *depth >= BOTTOM_DEPTH {
+                self.rekey_bottom_nodes(&nodes, now, report)?;
+            } else {
+                for page in nodes.chunks(self.batch_page(NODE_PAGE, 17)) {
+                    self.rekey_upper_nodes(page, now, report)?;
+                }
             }
         }
         let mut paid = WriteBatch::new();
@@ -75,56 +85,133 @@ impl DbInner {
         Ok(())
     }
 
-    /// Re-keys one node: a bottom node under the gate's write locks of the
-    /// subjects whose keys it wraps, any node under the vault's creation
-    /// lock and the tree's write lock.
-    fn rekey_node(&self, node: NodeId, now: Timestamp) -> Result<()> {
+    /// Re-keys nodes above the bottom, one batch for `page`, under the
+    /// vault's creation lock and the tree's write lock. Their children (one
+    /// level down) were re-keyed before, in batches that landed.
+    fn rekey_upper_nodes(
+        &self,
+        page: &[NodeId],
+        now: Timestamp,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
         let epoch = self.vault.current_epoch();
-        if node.depth < BOTTOM_DEPTH {
-            let creating = self.vault.creation_lock();
-            let rekeying = self.vault.tree().write_lock();
-            let mut batch = WriteBatch::new();
-            let rekeyed = self.vault.tree().rekey(node, epoch, &[], &mut batch)?;
-            self.storage.apply(&batch, Durability::Buffered)?;
-            self.vault.tree().landed(rekeyed.made);
-            drop((rekeying, creating));
-            for child in rekeyed.lost_nodes {
-                self.audit_lost_node(child, now)?;
-            }
-            return Ok(());
+        let creating = self.vault.creation_lock();
+        let rekeying = self.vault.tree().write_lock();
+        let mut batch = WriteBatch::new();
+        let mut made = NewNodes::default();
+        let mut lost = Vec::new();
+        for node in page {
+            let rekeyed = self.vault.tree().rekey(*node, epoch, &[], &mut batch)?;
+            made.extend(rekeyed.made);
+            lost.extend(rekeyed.lost_nodes);
         }
-        let mut subjects = self.data_children(node)?.1;
+        if let Err(err) = self.storage.apply(&batch, Durability::Buffered) {
+            self.vault.tree().failed(made);
+            return Err(err.into());
+        }
+        self.vault.tree().landed(made);
+        drop((rekeying, creating));
+        report.nodes_rekeyed += page.len() as u64;
+        for child in lost {
+            self.audit_lost_node(child, now)?;
+        }
+        Ok(())
+    }
+
+    /// Re-keys bottom nodes, in batches of as many as the backend's batch
+    /// limit takes with their live keys (at least one node a batch).
+    fn rekey_bottom_nodes(
+        &self,
+        nodes: &[NodeId],
+        now: Timestamp,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        let room = self
+            .storage
+            .max_batch_ops()
+            .unwrap_or(BOTTOM_BATCH_OPS)
+            .saturating_sub(16)
+            .max(1);
+        let mut rest = nodes;
+        while !rest.is_empty() {
+            let mut page = Vec::new();
+            let mut subjects = BTreeSet::new();
+            let mut ops = 0usize;
+            for node in rest {
+                let (children, node_subjects) = self.data_children(*node)?;
+                let cost = children.len() + 1;
+                if !page.is_empty() && ops + cost > room {
+                    break;
+                }
+                ops += cost;
+                page.push(*node);
+                subjects.extend(node_subjects);
+            }
+            rest = rest.get(page.len()..).unwrap_or_default();
+            self.rekey_bottom_page(&page, subjects, now)?;
+            report.nodes_rekeyed += page.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// One batch of [`DbInner::rekey_bottom_nodes`], under the gate's write
+    /// locks of the subjects whose keys the page wraps (so no erasure
+    /// tombstones a key between its read here and its re-wrapped write),
+    /// the vault's creation lock and the tree's write lock. `subjects` are
+    /// those of the page's keys when it was read.
+    fn rekey_bottom_page(
+        &self,
+        page: &[NodeId],
+        mut subjects: BTreeSet<SubjectTag>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let epoch = self.vault.current_epoch();
         loop {
             let held: Vec<SubjectTag> = subjects.iter().copied().collect();
             let exclusive = self.gate.write(&held);
             let creating = self.vault.creation_lock();
             let rekeying = self.vault.tree().write_lock();
-            let (children, now_subjects) = self.data_children(node)?;
+            let mut per_node = Vec::with_capacity(page.len());
+            let mut now_subjects = BTreeSet::new();
+            for node in page {
+                let (children, node_subjects) = self.data_children(*node)?;
+                now_subjects.extend(node_subjects);
+                per_node.push(children);
+            }
             if !now_subjects.is_subset(&subjects) {
-                // A subject's first key was made under the node meanwhile:
+                // A subject's first key was made under a node meanwhile:
                 // take its lock too, and read again.
                 subjects.extend(now_subjects);
                 continue;
             }
-            let wraps: Vec<(KeyId, NodeWrapped)> = children
-                .iter()
-                .map(|(id, _, _, wrapped)| (*id, wrapped.clone()))
-                .collect();
             let mut batch = WriteBatch::new();
-            let rekeyed = self.vault.tree().rekey(node, epoch, &wraps, &mut batch)?;
-            for (id, rewrapped) in rekeyed.data {
-                if let Some((_, slot, entry, _)) = children.iter().find(|(c, ..)| *c == id) {
-                    let entry = VaultEntry {
-                        wrapped: Some(Wrapped::Node(rewrapped)),
-                        ..entry.clone()
-                    };
-                    batch.put(slot.tree, slot.key.clone(), entry.encode());
+            let mut made = NewNodes::default();
+            let mut lost = Vec::new();
+            for (node, children) in page.iter().zip(&per_node) {
+                let wraps: Vec<(KeyId, NodeWrapped)> = children
+                    .iter()
+                    .map(|(id, _, _, wrapped)| (*id, wrapped.clone()))
+                    .collect();
+                let rekeyed = self.vault.tree().rekey(*node, epoch, &wraps, &mut batch)?;
+                for (id, rewrapped) in rekeyed.data {
+                    if let Some((_, slot, entry, _)) = children.iter().find(|(c, ..)| *c == id) {
+                        let entry = VaultEntry {
+                            wrapped: Some(Wrapped::Node(rewrapped)),
+                            ..entry.clone()
+                        };
+                        batch.put(slot.tree, slot.key.clone(), entry.encode());
+                    }
                 }
+                made.extend(rekeyed.made);
+                lost.extend(rekeyed.lost_data);
             }
-            self.storage.apply(&batch, Durability::Buffered)?;
-            self.vault.tree().landed(rekeyed.made);
+            if let Err(err) = self.storage.apply(&batch, Durability::Buffered) {
+                self.vault.tree().failed(made);
+                return Err(err.into());
+            }
+            self.vault.tree().landed(made);
             drop((rekeying, creating, exclusive));
-            for id in rekeyed.lost_data {
+            for id in lost {
                 let err = Error::Tampered {
                     location: crate::vault::vault_location(&id),
                 };

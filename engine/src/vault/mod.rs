@@ -782,7 +782,10 @@ impl Vault {
         let stamped = self.clock.stamp(&mut batch);
         // Applied before any value is sealed under it, so a sealed value
         // never names a key the vault does not hold.
-        self.storage.apply(&batch, Durability::Buffered)?;
+        if let Err(err) = self.storage.apply(&batch, Durability::Buffered) {
+            self.tree.failed(new_nodes);
+            return Err(err.into());
+        }
         self.clock.landed(stamped);
         self.tree.landed(new_nodes);
         let cached = self.ready(id, &key, 0, seals);

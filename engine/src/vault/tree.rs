@@ -150,6 +150,13 @@ pub(crate) fn node_location(node: NodeId) -> Box<Location> {
 #[must_use = "hand it to KeyTree::landed once the batch has landed"]
 pub(crate) struct NewNodes(Vec<Arc<NodeCipher>>);
 
+impl NewNodes {
+    /// Adds the nodes of another re-key or creation in the same batch.
+    pub(crate) fn extend(&mut self, other: NewNodes) {
+        self.0.extend(other.0);
+    }
+}
+
 /// The key tree of a store: reads, creates and re-keys its nodes.
 pub(crate) struct KeyTree {
     storage: Arc<dyn Storage>,
@@ -314,6 +321,18 @@ impl KeyTree {
     pub(crate) fn landed(&self, made: NewNodes) {
         for cipher in made.0 {
             self.cache(cipher);
+        }
+    }
+
+    /// The batch holding `made` failed, and may have landed all the same (a
+    /// sync that failed after the write): what is cached of those nodes is
+    /// forgotten, so the next use reads each from the store as it is. A
+    /// cipher kept for a generation the store left would wrap new keys
+    /// under it, and they would never open.
+    pub(crate) fn failed(&self, made: NewNodes) {
+        let mut cached = self.cached();
+        for cipher in made.0 {
+            cached.remove(&cipher.node());
         }
     }
 
