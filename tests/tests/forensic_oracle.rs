@@ -85,7 +85,7 @@ fn run(backing: Backing) {
         eprintln!(
             "forensic oracle: seed {seed}, backend {backing}: {} simulated days, {} operations, \
              {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores, {} classes re-opened, {} actions with the clock set back; tape: {} \
-             writes, {} bytes, {} wrapped keys and {} envelopes checked ({} unwrap/open attempts); \
+             writes, {} bytes, {} wrapped keys ({} of them node keys) and {} envelopes checked ({} unwrap/open attempts); \
              {} violations; {:.1} s",
             report.days,
             report.ops,
@@ -100,6 +100,7 @@ fn run(backing: Backing) {
             report.tape_writes,
             report.tape_bytes,
             report.wrapped_checked,
+            report.node_copies_checked,
             report.envelopes_checked,
             report.attempts,
             report.total(),
@@ -108,6 +109,12 @@ fn run(backing: Backing) {
         if !report.violations.is_empty() {
             failures.push(report.render(&settings, 60));
         }
+        // The tape check follows the key tree; a run that never met a node
+        // key would pass without having looked at how keys are wrapped.
+        assert!(
+            report.node_copies_checked > 0,
+            "seed {seed}, backend {backing}: no key tree node on the tape"
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

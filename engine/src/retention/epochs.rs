@@ -179,16 +179,7 @@ impl DbInner {
     /// read and its re-wrapped write.
     fn rewrap_all(&self, now: Timestamp) -> Result<u64> {
         let current = self.vault.current_epoch();
-        let mut total = 0u64;
-        {
-            let _creating = self.vault.creation_lock();
-            let _rekeying = self.vault.tree().write_lock();
-            let mut batch = WriteBatch::new();
-            if self.vault.tree().rewrap_root(current, &mut batch)? {
-                self.storage.apply(&batch, Durability::Buffered)?;
-                total += 1;
-            }
-        }
+        let mut total = u64::from(self.rewrap_root(current, now)?);
         let mut batch = WriteBatch::new();
         if meta_get(self.storage.as_ref(), meta::KEY_TREE_WHOLE)?.is_none() {
             // Per key: its moved entry, the removal of any lost mark, and
@@ -214,6 +205,39 @@ impl DbInner {
             Durability::Durable,
         )?;
         Ok(total)
+    }
+
+    /// Re-wraps the key tree's root under `current`, once no node debt is
+    /// pending and no erasure is under way (every gate stripe held): a root
+    /// generation that opens a destroyed key is never wrapped under an
+    /// epoch newer than the destruction, so the epoch a ledger entry names
+    /// bounds every copy of what it erased (certificates rely on it). Debts
+    /// that arrive meanwhile are paid first; after `ROOT_TRIES` rounds of
+    /// them the rotation is left for the next pass.
+    fn rewrap_root(&self, current: EpochId, now: Timestamp) -> Result<bool> {
+        const ROOT_TRIES: usize = 16;
+        for _ in 0..ROOT_TRIES {
+            let everyone = self.gate.write_all();
+            if !self.node_debts_pending(now)? {
+                let _creating = self.vault.creation_lock();
+                let _rekeying = self.vault.tree().write_lock();
+                let mut batch = WriteBatch::new();
+                let rewrapped = self.vault.tree().rewrap_root(current, &mut batch)?;
+                if rewrapped {
+                    self.storage.apply(&batch, Durability::Durable)?;
+                }
+                return Ok(rewrapped);
+            }
+            drop(everyone);
+            self.pay_node_debts(now, &mut CompactionReport::default())?;
+        }
+        Err(Error::InvalidArgument {
+            what: "epoch rotation",
+            detail: format!(
+                "erasures kept owing key tree re-keys through {ROOT_TRIES} rounds; the root's \
+                 re-wrap is left for the next compaction pass"
+            ),
+        })
     }
 
     /// [`DbInner::rewrap_all`]'s move of one of the vault's trees.

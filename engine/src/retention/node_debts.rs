@@ -85,6 +85,28 @@ impl DbInner {
         Ok(())
     }
 
+    /// Whether any node debt is due at `now` (every debt is due when its
+    /// key died, so at or before the store's time).
+    pub(crate) fn node_debts_pending(&self, now: Timestamp) -> Result<bool> {
+        let end = deadlines::upper_bound(now.as_second());
+        let mut pending = false;
+        self.storage.scan(
+            Tree::Deadlines,
+            Bound::Unbounded,
+            Bound::Excluded(&end),
+            Order::Ascending,
+            &mut |k, _| {
+                pending = matches!(deadlines::decode_key(k), Some((_, Due::RekeyNode(_))));
+                if pending {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        Ok(pending)
+    }
+
     /// Re-keys nodes above the bottom, one batch for `page`, under the
     /// vault's creation lock and the tree's write lock. Their children (one
     /// level down) were re-keyed before, in batches that landed.

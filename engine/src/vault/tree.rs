@@ -54,7 +54,7 @@
 
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use shredkv_crypto::{
     DataKey, EpochId, FormatError, KeyId, KeyProvider, NodeCipher, NodeId, NodeKey, NodeWrapped,
@@ -163,8 +163,9 @@ pub(crate) struct KeyTree {
     provider: Arc<dyn KeyProvider>,
     /// Each node's cipher at its current generation.
     ciphers: Mutex<HashMap<NodeId, Arc<NodeCipher>>>,
-    /// Read while a path is unwrapped, written while nodes are re-keyed.
-    rekeying: RwLock<()>,
+    /// Read while a path is unwrapped, written while nodes are re-keyed
+    /// (one of the protocol's primitives: loom's under the `loom` feature).
+    rekeying: crate::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for KeyTree {
@@ -181,7 +182,7 @@ impl KeyTree {
             storage,
             provider,
             ciphers: Mutex::new(HashMap::new()),
-            rekeying: RwLock::new(()),
+            rekeying: crate::sync::RwLock::new(()),
         }
     }
 
@@ -206,12 +207,12 @@ impl KeyTree {
     }
 
     /// Held while nodes are re-keyed (with the vault's creation lock).
-    pub(crate) fn write_lock(&self) -> RwLockWriteGuard<'_, ()> {
-        self.rekeying.write().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn write_lock(&self) -> crate::sync::RwLockWriteGuard<'_, ()> {
+        crate::sync::write(&self.rekeying)
     }
 
-    fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
-        self.rekeying.read().unwrap_or_else(PoisonError::into_inner)
+    fn read_lock(&self) -> crate::sync::RwLockReadGuard<'_, ()> {
+        crate::sync::read(&self.rekeying)
     }
 
     /// The stored entry of `node`.
