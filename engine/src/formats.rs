@@ -156,14 +156,16 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
         RecordKind::NodeEntry => check(
             bytes,
             |b| {
-                let node = b
-                    .get(..NodeId::LEN)
-                    .and_then(NodeId::from_bytes)
-                    .ok_or(FormatError::InvalidField {
+                let node = b.get(..NodeId::LEN).and_then(NodeId::from_bytes).ok_or(
+                    FormatError::InvalidField {
                         what: "key tree node",
                         detail: "the tree key is not a node id",
-                    })?;
-                Ok((node, NodeEntry::decode(node, b.get(NodeId::LEN..).unwrap_or_default())?))
+                    },
+                )?;
+                Ok((
+                    node,
+                    NodeEntry::decode(node, b.get(NodeId::LEN..).unwrap_or_default())?,
+                ))
             },
             |(node, entry)| [&node.to_bytes()[..], &entry.encode()].concat(),
         ),
@@ -271,7 +273,11 @@ mod tests {
         };
         vec![
             ("vault-live", RecordKind::VaultEntry, live.encode()),
-            ("vault-under-node", RecordKind::VaultEntry, under_node.encode()),
+            (
+                "vault-under-node",
+                RecordKind::VaultEntry,
+                under_node.encode(),
+            ),
             (
                 "node",
                 RecordKind::NodeEntry,

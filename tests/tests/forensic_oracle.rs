@@ -347,17 +347,33 @@ fn the_tape_check_follows_the_key_tree() {
     let epoch = provider.create_epoch().expect("epoch");
     let keys: Vec<NodeKey> = path.iter().map(|_| NodeKey::generate()).collect();
     let root = provider
-        .wrap(epoch, &WrapContext::TreeRoot { generation: 1 }, &keys[0].to_wrappable())
+        .wrap(
+            epoch,
+            &WrapContext::TreeRoot { generation: 1 },
+            &keys[0].to_wrappable(),
+        )
         .expect("wrap the root");
-    tape.record("key_nodes", &NodeId::ROOT.to_bytes(), &node_entry(1, 1, root.as_bytes()));
+    tape.record(
+        "key_nodes",
+        &NodeId::ROOT.to_bytes(),
+        &node_entry(1, 1, root.as_bytes()),
+    );
     for level in 1..path.len() {
         let parent = NodeCipher::new(path[level - 1], 1, &keys[level - 1]);
         let wrapped = parent.wrap_node(path[level], 1, &keys[level]);
-        tape.record("key_nodes", &path[level].to_bytes(), &node_entry(1, 2, wrapped.as_bytes()));
+        tape.record(
+            "key_nodes",
+            &path[level].to_bytes(),
+            &node_entry(1, 2, wrapped.as_bytes()),
+        );
     }
     let data_key = DataKey::generate();
     let under_bottom = NodeCipher::new(bottom, 1, &keys[path.len() - 1]).wrap_data(&id, &data_key);
-    tape.record("vault", &id.to_bytes(), &vault_entry(under_bottom.as_bytes()));
+    tape.record(
+        "vault",
+        &id.to_bytes(),
+        &vault_entry(under_bottom.as_bytes()),
+    );
     let mut tree_key = id.subject.0.to_vec();
     tree_key.extend_from_slice(&id.class.to_be_bytes());
     tree_key.push(1);
@@ -365,7 +381,10 @@ fn the_tape_check_follows_the_key_tree() {
     aad.extend_from_slice(&tree_key);
     let record = seal(
         &ValueCipher::new(&data_key),
-        KeyRef { bucket: 1, version: 1 },
+        KeyRef {
+            bucket: 1,
+            version: 1,
+        },
         None,
         &aad,
         b"oracle-w0000000044",
@@ -391,13 +410,25 @@ fn the_tape_check_follows_the_key_tree() {
     let new_epoch = provider.create_epoch().expect("epoch");
     let new_keys: Vec<NodeKey> = path.iter().map(|_| NodeKey::generate()).collect();
     let new_root = provider
-        .wrap(new_epoch, &WrapContext::TreeRoot { generation: 2 }, &new_keys[0].to_wrappable())
+        .wrap(
+            new_epoch,
+            &WrapContext::TreeRoot { generation: 2 },
+            &new_keys[0].to_wrappable(),
+        )
         .expect("wrap the root");
-    tape.record("key_nodes", &NodeId::ROOT.to_bytes(), &node_entry(2, 1, new_root.as_bytes()));
+    tape.record(
+        "key_nodes",
+        &NodeId::ROOT.to_bytes(),
+        &node_entry(2, 1, new_root.as_bytes()),
+    );
     for level in 1..path.len() {
         let parent = NodeCipher::new(path[level - 1], 2, &new_keys[level - 1]);
         let wrapped = parent.wrap_node(path[level], 2, &new_keys[level]);
-        tape.record("key_nodes", &path[level].to_bytes(), &node_entry(2, 2, wrapped.as_bytes()));
+        tape.record(
+            "key_nodes",
+            &path[level].to_bytes(),
+            &node_entry(2, 2, wrapped.as_bytes()),
+        );
     }
     // The vault entry's tombstone carries no key.
     let mut tombstone = vec![2u8, 3];
@@ -418,8 +449,14 @@ fn the_tape_check_follows_the_key_tree() {
         1,
         &keys[path.len() - 1],
     );
-    tape.record("key_nodes", &bottom.to_bytes(), &node_entry(1, 2, forged.as_bytes()));
-    provider.destroy_epoch(epoch).expect("destroy the old root's epoch");
+    tape.record(
+        "key_nodes",
+        &bottom.to_bytes(),
+        &node_entry(1, 2, forged.as_bytes()),
+    );
+    provider
+        .destroy_epoch(epoch)
+        .expect("destroy the old root's epoch");
     assert!(
         check.run(&tape, &provider, now).expect("check").is_empty(),
         "with the old root's epoch gone, no copy reaches the dead key"

@@ -602,9 +602,17 @@ impl Db {
             },
         )?;
         let mut live_in_lane = Vec::new();
+        // Live keys under the tree: (id, where, the wrap's node and generation).
+        let mut under_nodes = Vec::new();
         crate::vault::layout::scan_all(inner.storage.as_ref(), &mut |tree, k, v| {
             report.keys_checked += 1;
             let id = crate::vault::layout::id_at(tree, k);
+            if let (Some(id), Ok(entry)) = (id, VaultEntry::decode(v))
+                && entry.state == KeyState::Active
+                && let Some(crate::vault::Wrapped::Node(wrapped)) = &entry.wrapped
+            {
+                under_nodes.push((id, tree, k.to_vec(), wrapped.node(), wrapped.generation()));
+            }
             match VaultEntry::decode(v) {
                 Err(source) => report.problems.push(Problem {
                     kind: ProblemKind::Corrupt,
@@ -627,6 +635,65 @@ impl Db {
             inner.storage.as_ref(),
             &live_in_lane,
         )?);
+        for (err, detail) in inner.vault.tree().problems()? {
+            if let Some(found) = problem(err) {
+                report.problems.push(Problem { detail, ..found });
+            }
+        }
+        let mut generations: std::collections::HashMap<shredkv_crypto::NodeId, Option<u32>> =
+            std::collections::HashMap::new();
+        for (id, tree, key, node, generation) in under_nodes {
+            let current = match generations.get(&node) {
+                Some(current) => *current,
+                None => {
+                    let current = inner
+                        .vault
+                        .tree()
+                        .read_node(node)
+                        .ok()
+                        .flatten()
+                        .map(|entry| entry.generation);
+                    generations.insert(node, current);
+                    current
+                }
+            };
+            // A re-key may have run since the scan: the entry as it is now.
+            let still = || match inner.vault.read_entry(&id) {
+                Ok(Some(VaultEntry {
+                    state: KeyState::Active,
+                    wrapped: Some(crate::vault::Wrapped::Node(now)),
+                    ..
+                })) => now.node() == node && now.generation() == generation,
+                _ => false,
+            };
+            let rekeyed_since = || {
+                inner
+                    .vault
+                    .tree()
+                    .read_node(node)
+                    .ok()
+                    .flatten()
+                    .map(|entry| entry.generation)
+                    != current
+            };
+            if current != Some(generation) && still() && !rekeyed_since() {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Tampered,
+                    location: Location {
+                        tree: tree.name(),
+                        subject: Some(id.subject),
+                        class: None,
+                        key_hex: shredkv_crypto::hex::encode(&key),
+                    },
+                    detail: match current {
+                        Some(current) => format!(
+                            "a live key wrapped under generation {generation} of its key tree node, which is at generation {current}: it no longer opens, and its records read as tampered"
+                        ),
+                        None => "a live key wrapped under a key tree node the store does not hold: it does not open, and its records read as tampered".to_string(),
+                    },
+                });
+            }
+        }
         report.problems.extend(expiry_keys_without_a_deadline(
             inner.storage.as_ref(),
             &failing,

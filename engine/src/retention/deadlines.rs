@@ -166,7 +166,10 @@ mod tests {
                 reason: ErasureReason::Operator,
                 whole: true,
             },
-            Due::RekeyNode(NodeId { depth: 5, prefix: 0xABCDE }),
+            Due::RekeyNode(NodeId {
+                depth: 5,
+                prefix: 0xABCDE,
+            }),
         ];
         for due in dues {
             assert_eq!(decode_key(&key(77, &due)), Some((77, due)));

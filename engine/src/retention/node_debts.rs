@@ -39,7 +39,11 @@ const BOTTOM_BATCH_OPS: usize = 4096;
 impl DbInner {
     /// Re-keys the paths of every node debt due at `now`, then removes
     /// those debts. The caller holds the compaction lock.
-    pub(crate) fn pay_node_debts(&self, now: Timestamp, report: &mut CompactionReport) -> Result<()> {
+    pub(crate) fn pay_node_debts(
+        &self,
+        now: Timestamp,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
         let end = deadlines::upper_bound(now.as_second());
         let mut debts: Vec<Vec<u8>> = Vec::new();
         // Every node on a debtor's path, by depth.

@@ -1019,18 +1019,163 @@ fn compaction_never_rewraps_a_key_it_destroys() {
     )
     .expect("put");
     // One compaction both destroys the expired key and rotates the epoch.
+    let root_before = root_generation(&db);
     clock.advance(days(2));
     let report = db.compact().expect("compact");
     assert_eq!(report.epochs_created, 1);
     assert_eq!(report.keys_destroyed, 1);
-    // Only the scope key (and no destroyed key) was re-wrapped.
     let destroyed: Vec<_> = crate::internal::vault_key_ids(&db)
         .expect("ids")
         .into_iter()
         .filter(|(_, d)| *d)
         .collect();
     assert_eq!(destroyed.len(), 1);
+    // The destroyed key's path (six nodes) was re-keyed before the rotation,
+    // which re-wrapped the root alone: the new root generation, not the one
+    // that opens the destroyed key.
+    assert_eq!(report.nodes_rekeyed, 6, "{report:?}");
     assert_eq!(report.keys_rewrapped, 1, "{report:?}");
+    assert_eq!(root_generation(&db), root_before + 1);
+    assert_eq!(pending_node_debts(&db), 0);
+}
+
+/// The generation of the key tree's root.
+fn root_generation(db: &Db) -> u32 {
+    db.inner
+        .vault
+        .tree()
+        .read_node(shredkv_crypto::NodeId::ROOT)
+        .expect("read")
+        .expect("a root")
+        .generation
+}
+
+/// The generation of the bottom node a subject's keys are under.
+fn bottom_generation(db: &Db, subject: &str) -> u32 {
+    let node =
+        shredkv_crypto::NodeId::of_tag(&db.subject_tag(subject), crate::vault::tree::BOTTOM_DEPTH);
+    db.inner
+        .vault
+        .tree()
+        .read_node(node)
+        .expect("read")
+        .expect("the subject's bottom node")
+        .generation
+}
+
+/// Node debts in the deadline index (kind 6, written by docs/design.md's
+/// rule: one per destroyed key under the tree, due at its destruction).
+fn pending_node_debts(db: &Db) -> usize {
+    let mut n = 0;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Deadlines,
+        &[],
+        &mut |k, _| {
+            if k.get(8) == Some(&6) {
+                n += 1;
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    n
+}
+
+/// Every way a key dies leaves a debt on its bottom node, and compaction
+/// pays it by re-keying the node (and its path) before anything else
+/// touches epochs: a shred (debt left for the next pass), an expiry, a
+/// bucket's re-key (paid in the pass that destroyed the key).
+#[test]
+fn every_destruction_owes_its_node_a_rekey_and_compaction_pays_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    for s in ["a", "b"] {
+        db.register_account(s).expect("register");
+        db.put(s, "account_profile", b"p", b"v1").expect("put");
+    }
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "b",
+        "message_content",
+        b"m",
+        b"x",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    assert_eq!(pending_node_debts(&db), 0);
+
+    // A shred: its keys' debts wait for the next pass.
+    let (a_node, root) = (bottom_generation(&db, "a"), root_generation(&db));
+    db.shred("a", crate::Classes::All).expect("shred");
+    assert!(pending_node_debts(&db) >= 1, "the shred owes a re-key");
+    assert_eq!(bottom_generation(&db, "a"), a_node, "not paid yet");
+    let report = db.compact().expect("compact");
+    assert!(report.nodes_rekeyed >= 6, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert!(bottom_generation(&db, "a") > a_node);
+    assert!(root_generation(&db) > root);
+
+    // An expiry, in the pass that destroys the key.
+    let b_node = bottom_generation(&db, "b");
+    clock.advance(days(2));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert!(bottom_generation(&db, "b") > b_node, "expiry: {report:?}");
+
+    // A bucket's re-key (an overwrite's debt falls due) destroys the old
+    // version, in the pass that pays the debt.
+    db.put("b", "account_profile", b"p", b"v2")
+        .expect("overwrite");
+    let b_node = bottom_generation(&db, "b");
+    clock.advance(days(20));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert!(bottom_generation(&db, "b") > b_node, "re-key: {report:?}");
+    assert_eq!(
+        db.get("b", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
+}
+
+/// A rotation never re-wraps a root generation that opens a destroyed key:
+/// reached with a debt still unpaid (an erasure that landed after the
+/// pass paid the others), it pays it first, so the root it re-wraps is a
+/// fresh generation.
+#[test]
+fn a_rotation_pays_the_node_debts_before_it_rewraps_the_root() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _clock) = open(&dir);
+    for s in ["a", "b"] {
+        db.register_account(s).expect("register");
+        db.put(s, "account_profile", b"p", b"v").expect("put");
+    }
+    db.shred("a", crate::Classes::All).expect("shred");
+    assert!(pending_node_debts(&db) >= 1);
+    let root = root_generation(&db);
+    // Straight to the rotation, past `Db::rotate_epoch`'s own payment.
+    let _single = db.inner.compaction.lock().expect("compaction lock");
+    let mut report = super::compaction::CompactionReport::default();
+    let created = db
+        .inner
+        .rotate_locked(db.now(), &mut report)
+        .expect("rotate");
+    assert_eq!(pending_node_debts(&db), 0, "paid before the root's re-wrap");
+    assert_eq!(root_generation(&db), root + 1);
+    assert_eq!(
+        db.inner.vault.tree().root_epoch().expect("root"),
+        Some(created)
+    );
+    assert_eq!(
+        db.get("b", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v"[..])
+    );
 }
 
 /// Every stored record of a subject's class, raw: (tree key, envelope).
@@ -2508,4 +2653,175 @@ fn a_hold_reason_never_enters_the_audit_log() {
             entry.detail
         );
     }
+}
+
+/// The stored entry of a key tree node, raw.
+fn raw_node(db: &Db, node: shredkv_crypto::NodeId) -> Option<Vec<u8>> {
+    db.inner
+        .storage
+        .get(Tree::KeyNodes, &node.to_bytes())
+        .expect("read")
+}
+
+fn raw_remove(db: &Db, tree: Tree, key: &[u8]) {
+    let mut batch = crate::storage::WriteBatch::new();
+    batch.remove(tree, key.to_vec());
+    db.inner
+        .storage
+        .apply(&batch, crate::storage::Durability::Durable)
+        .expect("raw remove");
+}
+
+/// Damage to the key tree is reported, never read as an erasure, and never
+/// stops the purge. A node entry whose generation was changed (a consistent
+/// checksum: what a writer of the files can do) no longer opens: the keys
+/// beneath it read as tampered, not missing, and `verify` names the node. A
+/// node removed orphans its subtree, reported the same way. A live key whose
+/// wrap names a generation its node no longer has is reported as such. And
+/// a debt on the damaged node, or on a node the tree lacks, is paid by
+/// compaction without failing it, so epochs still rotate and die.
+#[test]
+fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
+    use shredkv_crypto::NodeId;
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let path = root.path().join("store");
+    let db = Db::open(sled_config(&path, &clock)).expect("open");
+    // Subjects whose paths share no node below the root's children: one
+    // each for the damaged node, the orphan, the stale wrap, a bystander.
+    let mut names = Vec::new();
+    let mut seen_level_1 = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let name = format!("s{i}");
+        if seen_level_1.insert(NodeId::of_tag(&db.subject_tag(&name), 1)) {
+            names.push(name);
+        }
+        if names.len() == 4 {
+            break;
+        }
+    }
+    let [damaged, orphan, stale, bystander] = [0, 1, 2, 3].map(|i| names[i].clone());
+    for s in &names {
+        db.register_account(s).expect("register");
+        db.put(s, "account_profile", b"p", s.as_bytes())
+            .expect("put");
+    }
+    let tags: std::collections::HashMap<String, shredkv_crypto::SubjectTag> = names
+        .iter()
+        .map(|s| (s.clone(), db.subject_tag(s)))
+        .collect();
+    let bottom = |s: &str| NodeId::of_tag(&tags[s], crate::vault::tree::BOTTOM_DEPTH);
+    // 1. The damaged subject's bottom node: its generation changed.
+    let node = bottom(&damaged);
+    let entry = raw_node(&db, node).expect("node");
+    let mut body = entry[..entry.len() - 4].to_vec();
+    body[4] ^= 0x01;
+    raw_put(&db, Tree::KeyNodes, &node.to_bytes(), &with_crc(body));
+    // 2. The orphan's depth-4 node removed.
+    let parent = bottom(&orphan).parent().expect("a parent");
+    raw_remove(&db, Tree::KeyNodes, &parent.to_bytes());
+    // 3. The stale subject's open-bucket key re-labelled to the next
+    //    generation of its node (both checksums made consistent).
+    let tag = db.subject_tag(&stale);
+    let mut open_key = None;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Vault,
+        &tag.0,
+        &mut |k, v| {
+            if shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket == 1) {
+                open_key = Some((k.to_vec(), v.to_vec()));
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    let (key, value) = open_key.expect("the open bucket's key");
+    // Vault entry v2: the wrap (74 bytes) at 20..94, its generation at 6..10.
+    let mut wrap = value[20..90].to_vec();
+    let generation = u32::from_be_bytes(wrap[6..10].try_into().expect("4")) + 1;
+    wrap[6..10].copy_from_slice(&generation.to_be_bytes());
+    let mut entry = value[..20].to_vec();
+    entry.extend_from_slice(&with_crc(wrap));
+    raw_put(&db, Tree::Vault, &key, &with_crc(entry));
+    drop(db);
+
+    let db = Db::open(sled_config(&path, &clock)).expect("reopen");
+    for s in [&damaged, &orphan, &stale] {
+        assert!(
+            matches!(
+                db.get(s, "account_profile", b"p"),
+                Err(crate::Error::Tampered { .. })
+            ),
+            "{s}: reads as tampered, not as erased or missing"
+        );
+    }
+    assert_eq!(
+        db.get(&bystander, "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(bystander.as_bytes())
+    );
+    let problems = db.verify().expect("verify").problems;
+    let at = |tree: &str, key: &[u8]| {
+        problems.iter().find(|p| {
+            p.location.tree == tree && p.location.key_hex == shredkv_crypto::hex::encode(key)
+        })
+    };
+    let damaged_node = at("key_nodes", &node.to_bytes()).expect("the damaged node is reported");
+    assert_eq!(damaged_node.kind, crate::ProblemKind::Tampered);
+    assert!(
+        damaged_node.detail.contains("does not open"),
+        "{}",
+        damaged_node.detail
+    );
+    let orphaned =
+        at("key_nodes", &bottom(&orphan).to_bytes()).expect("the orphaned bottom node is reported");
+    assert_eq!(orphaned.kind, crate::ProblemKind::Tampered);
+    let stale_key = at("vault", &key).expect("the stale wrap is reported");
+    assert!(
+        stale_key.detail.contains("generation"),
+        "{}",
+        stale_key.detail
+    );
+
+    // The purge goes on: the damaged subject is shredded (a debt on the
+    // damaged node), a debt names a node the tree lacks, and compaction
+    // pays both, rotates, and later destroys the first epoch.
+    let first_epoch = db.stats().expect("stats").current_epoch;
+    db.shred(&damaged, crate::Classes::All).expect("shred");
+    let now = db.now().as_second();
+    let missing = NodeId {
+        depth: 5,
+        prefix: 0xF_FFFF,
+    };
+    assert!(raw_node(&db, missing).is_none());
+    raw_put(
+        &db,
+        Tree::Deadlines,
+        &crate::retention::deadlines::key(
+            now,
+            &crate::retention::deadlines::Due::RekeyNode(missing),
+        ),
+        &crate::retention::deadlines::value(now),
+    );
+    clock.advance(days(1));
+    let report = db.compact().expect("damage does not fail the pass");
+    assert_eq!(report.epochs_created, 1, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert!(raw_node(&db, missing).is_none(), "a debt makes no node");
+    clock.advance(days(40));
+    db.compact().expect("compact");
+    assert!(
+        !db.stats()
+            .expect("stats")
+            .live_epochs
+            .contains(&first_epoch)
+    );
+    assert_eq!(
+        db.get(&bystander, "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(bystander.as_bytes())
+    );
 }

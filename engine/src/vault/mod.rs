@@ -483,9 +483,7 @@ impl Vault {
             // A reader that holds no gate lock (verify, a backup) may have
             // read the entry just before its node was re-keyed: the entry
             // as it is now decides.
-            Err(Error::Tampered { .. })
-                if matches!(&entry.wrapped, Some(Wrapped::Node(w)) if self.rewrapped_since(id, w)?) =>
-            {
+            Err(Error::Tampered { .. }) if matches!(&entry.wrapped, Some(Wrapped::Node(w)) if self.rewrapped_since(id, w)?) => {
                 match self.read_entry(id)? {
                     Some(now) if now.state == KeyState::Active => self.unwrap_key_as_read(id, &now),
                     _ => Ok(None),
@@ -906,8 +904,7 @@ impl Vault {
             location: slot_location(id, slot.tree, &slot.key),
             source,
         })?;
-        if entry.state == KeyState::Destroyed || !matches!(entry.wrapped, Some(Wrapped::Epoch(_)))
-        {
+        if entry.state == KeyState::Destroyed || !matches!(entry.wrapped, Some(Wrapped::Epoch(_))) {
             return Ok(false);
         }
         let Some(key) = self.unwrap_key(id, &entry)? else {
@@ -984,16 +981,20 @@ mod tests {
         let node = shredkv_crypto::NodeId::of_tag(&SubjectTag([3; 16]), tree::BOTTOM_DEPTH);
         let under_node = VaultEntry {
             wrapped: Some(Wrapped::Node(
-                shredkv_crypto::NodeCipher::new(node, 2, &shredkv_crypto::NodeKey::from_bytes([4; 32]))
-                    .wrap_data(
-                        &KeyId {
-                            subject: SubjectTag([3; 16]),
-                            class: 1,
-                            bucket: 1,
-                            version: 1,
-                        },
-                        &DataKey::from_bytes([2; 32]),
-                    ),
+                shredkv_crypto::NodeCipher::new(
+                    node,
+                    2,
+                    &shredkv_crypto::NodeKey::from_bytes([4; 32]),
+                )
+                .wrap_data(
+                    &KeyId {
+                        subject: SubjectTag([3; 16]),
+                        class: 1,
+                        bucket: 1,
+                        version: 1,
+                    },
+                    &DataKey::from_bytes([2; 32]),
+                ),
             )),
             ..live.clone()
         };

@@ -140,8 +140,12 @@ pub(crate) fn node_location(node: NodeId) -> Box<Location> {
         tree: Tree::KeyNodes.name(),
         subject: None,
         class: None,
-        key_hex: shredkv_crypto::hex::encode(&node.to_bytes()),
+        key_hex: key_hex(node),
     })
+}
+
+fn key_hex(node: NodeId) -> String {
+    shredkv_crypto::hex::encode(&node.to_bytes())
 }
 
 /// Nodes made for a new key, cached once the batch that stores them lands
@@ -219,12 +223,14 @@ impl KeyTree {
     pub(crate) fn read_node(&self, node: NodeId) -> Result<Option<NodeEntry>> {
         match self.storage.get(Tree::KeyNodes, &node.to_bytes())? {
             None => Ok(None),
-            Some(bytes) => NodeEntry::decode(node, &bytes)
-                .map(Some)
-                .map_err(|source| Error::Corrupt {
-                    location: node_location(node),
-                    source,
-                }),
+            Some(bytes) => {
+                NodeEntry::decode(node, &bytes)
+                    .map(Some)
+                    .map_err(|source| Error::Corrupt {
+                        location: node_location(node),
+                        source,
+                    })
+            }
         }
     }
 
@@ -256,7 +262,11 @@ impl KeyTree {
 
     /// The cipher of `node` at its stored generation, which must be
     /// `expected` when given. The caller holds `rekeying` (either way).
-    fn cipher_locked(&self, node: NodeId, expected: Option<u32>) -> Result<Option<Arc<NodeCipher>>> {
+    fn cipher_locked(
+        &self,
+        node: NodeId,
+        expected: Option<u32>,
+    ) -> Result<Option<Arc<NodeCipher>>> {
         if let Some(cipher) = self.cached().get(&node)
             && expected.is_none_or(|g| g == cipher.generation())
         {
@@ -285,7 +295,8 @@ impl KeyTree {
                 }
             }
             NodeWrap::Parent(wrapped) => {
-                let Some(parent) = self.cipher_locked(wrapped.node(), Some(wrapped.generation()))?
+                let Some(parent) =
+                    self.cipher_locked(wrapped.node(), Some(wrapped.generation()))?
                 else {
                     return Ok(None);
                 };
@@ -349,7 +360,11 @@ impl KeyTree {
         if let Some(cipher) = made.0.iter().find(|c| c.node() == node) {
             return Ok(Arc::clone(cipher));
         }
-        if self.storage.get(Tree::KeyNodes, &node.to_bytes())?.is_some() {
+        if self
+            .storage
+            .get(Tree::KeyNodes, &node.to_bytes())?
+            .is_some()
+        {
             return match self.cipher_locked(node, None)? {
                 Some(cipher) => Ok(cipher),
                 None => Err(self.root_gone()),
@@ -429,19 +444,26 @@ impl KeyTree {
         data_children: &[(KeyId, NodeWrapped)],
         batch: &mut WriteBatch,
     ) -> Result<Rekeyed> {
-        let stored = self.storage.get(Tree::KeyNodes, &node.to_bytes())?;
-        // A node the tree lacks, or whose entry does not open: whatever was
-        // under it is unreadable already, and stays so under the new key.
-        let old = match stored {
-            None => None,
-            Some(_) => match self.cipher_locked(node, None) {
-                Ok(old) => old,
-                Err(err) if err.is_integrity_failure() => None,
-                Err(err) => return Err(err),
-            },
+        let nothing = Rekeyed {
+            made: NewNodes::default(),
+            data: Vec::new(),
+            lost_data: Vec::new(),
+            lost_nodes: Vec::new(),
         };
-        let generation = stored
-            .and_then(|bytes| NodeEntry::decode(node, &bytes).ok())
+        // A node the tree lacks wraps nothing (a debt on it is paid by
+        // nothing at all).
+        let Some(stored) = self.storage.get(Tree::KeyNodes, &node.to_bytes())? else {
+            return Ok(nothing);
+        };
+        // A node whose entry does not open: whatever was under it is
+        // unreadable already, and stays so under the new key.
+        let old = match self.cipher_locked(node, None) {
+            Ok(old) => old,
+            Err(err) if err.is_integrity_failure() => None,
+            Err(err) => return Err(err),
+        };
+        let generation = NodeEntry::decode(node, &stored)
+            .ok()
             .map_or(1, |e| e.generation.wrapping_add(1).max(1));
         let key = NodeKey::generate();
         let wrap = match node.parent() {
@@ -449,10 +471,19 @@ impl KeyTree {
                 let context = WrapContext::TreeRoot { generation };
                 NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key.to_wrappable())?)
             }
-            Some(parent) => {
-                let parent = self.cipher_locked(parent, None)?.ok_or_else(|| self.root_gone())?;
-                NodeWrap::Parent(parent.wrap_node(node, generation, &key))
-            }
+            Some(parent) => match self.cipher_locked(parent, None) {
+                Ok(Some(parent)) => NodeWrap::Parent(parent.wrap_node(node, generation, &key)),
+                Ok(None) => return Err(self.root_gone()),
+                // Its parent is missing or does not open: the node is out
+                // of reach already, and nothing is written under it.
+                Err(err) if err.is_integrity_failure() => {
+                    return Ok(Rekeyed {
+                        lost_nodes: vec![node],
+                        ..nothing
+                    });
+                }
+                Err(err) => return Err(err),
+            },
         };
         let cipher = Arc::new(NodeCipher::new(node, generation, &key));
         batch.put(
@@ -502,12 +533,78 @@ impl KeyTree {
                             &child_key,
                         )),
                     };
-                    batch.put(Tree::KeyNodes, child.to_bytes().to_vec(), rewrapped.encode());
+                    batch.put(
+                        Tree::KeyNodes,
+                        child.to_bytes().to_vec(),
+                        rewrapped.encode(),
+                    );
                 }
                 None => rekeyed.lost_nodes.push(child),
             }
         }
         Ok(rekeyed)
+    }
+
+    /// What `verify` reports of the tree: every node whose entry does not
+    /// decode (`Error::Corrupt`) or does not open from the root down
+    /// (`Error::Tampered`: altered, or its parent is missing: an orphaned
+    /// subtree), each with a sentence saying what it means. Nodes under a
+    /// root whose epoch is gone are not reported (the store's keys were
+    /// destroyed, by design).
+    pub(crate) fn problems(&self) -> Result<Vec<(Error, String)>> {
+        let mut nodes = Vec::new();
+        self.storage.scan(
+            Tree::KeyNodes,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+            &mut |k, _| {
+                nodes.push(k.to_vec());
+                ControlFlow::Continue(())
+            },
+        )?;
+        let _reading = self.read_lock();
+        let mut out = Vec::new();
+        for key in nodes {
+            let Some(node) = NodeId::from_bytes(&key) else {
+                out.push((
+                    Error::Corrupt {
+                        location: Box::new(Location {
+                            tree: Tree::KeyNodes.name(),
+                            subject: None,
+                            class: None,
+                            key_hex: shredkv_crypto::hex::encode(&key),
+                        }),
+                        source: FormatError::InvalidField {
+                            what: WHAT,
+                            detail: "the tree key is not a node id",
+                        },
+                    },
+                    "a key tree entry under a key that names no node".to_string(),
+                ));
+                continue;
+            };
+            match self.cipher_locked(node, None) {
+                Ok(_) => {}
+                Err(Error::Corrupt { location, source }) if location.key_hex == key_hex(node) => {
+                    out.push((Error::Corrupt { location, source }, format!(
+                        "key tree node at depth {} is damaged: every key beneath it reads as tampered; restore from a backup",
+                        node.depth
+                    )));
+                }
+                Err(err) if err.is_integrity_failure() => out.push((
+                    Error::Tampered {
+                        location: node_location(node),
+                    },
+                    format!(
+                        "key tree node at depth {} does not open from the root (its entry, or one above it, is altered or missing): every key beneath it reads as tampered; restore from a backup",
+                        node.depth
+                    ),
+                )),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(out)
     }
 
     /// The epoch the root is wrapped under, if the tree has a root.

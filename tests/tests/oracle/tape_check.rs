@@ -163,10 +163,13 @@ fn key_id_of_day_lane_key(lane: &[u8]) -> Option<KeyId> {
 
 /// The index of `material` among `known`, added if new.
 fn index_of(known: &mut Vec<[u8; 32]>, material: [u8; 32]) -> usize {
-    known.iter().position(|m| *m == material).unwrap_or_else(|| {
-        known.push(material);
-        known.len() - 1
-    })
+    known
+        .iter()
+        .position(|m| *m == material)
+        .unwrap_or_else(|| {
+            known.push(material);
+            known.len() - 1
+        })
 }
 
 impl TapeCheck {
@@ -370,8 +373,7 @@ impl TapeCheck {
                     if !copy.tried {
                         copy.tried = true;
                         self.attempts += 1;
-                        if let Ok(key) = provider.unwrap(&WrapContext::DataKey(copy.key), wrapped)
-                        {
+                        if let Ok(key) = provider.unwrap(&WrapContext::DataKey(copy.key), wrapped) {
                             copy.opened = Some(credit(&mut self.ciphers, copy.key, &key));
                         }
                     }
