@@ -6,14 +6,18 @@
 //! that what grows with N shows apart from the day's due work. For each N it
 //! times, with the clock at the end of that first day:
 //!
-//! - one epoch rotation (`Db::rotate_epoch`): a new epoch key, every live
-//!   data key re-wrapped under it, and the store's first epoch destroyed. The
+//! - one epoch rotation (`Db::rotate_epoch`): a new epoch key, the key
+//!   tree's root and the store secret re-wrapped under it (store format 4;
+//!   before the key tree, every live data key), and the store's first epoch
+//!   destroyed. The
 //!   store is created 15 days before its load, so that first epoch is past
 //!   its lifetime (14.5 days by default) as every day's oldest epoch is in a
 //!   store that has run a while: its destruction, which first checks that no
 //!   live key is still wrapped under it, is part of every steady-state day;
-//! - the day's pass (`Db::compact`) after it: the day's due keys destroyed,
-//!   no rotation left to do;
+//! - the day's pass (`Db::compact`) after it: the day's due keys destroyed
+//!   and their paths in the key tree re-keyed (each bottom node re-wraps the
+//!   live keys of the subjects under it: here one account's hundred), no
+//!   rotation left to do;
 //! - the day's maintenance: the two together, what a store does by itself
 //!   each day.
 //!
@@ -64,7 +68,8 @@ const DUE_PER_DAY_QUICK: u64 = 100;
 
 /// Loads a store of about `keys` data keys, `due` of them due on the first
 /// day, then times a rotation and the day's pass; prints one line: keys,
-/// load s, rotation s, re-wrapped, pass s, destroyed, re-wrapped by the pass.
+/// load s, rotation s, re-wrapped, pass s, destroyed, nodes re-keyed by the
+/// pass.
 fn measure(dir: &Path, keys: u64, due: u64) -> Result<()> {
     let accounts = keys / DAYS;
     if due > accounts {
@@ -132,7 +137,7 @@ fn measure(dir: &Path, keys: u64, due: u64) -> Result<()> {
     }
     println!(
         "{live} {load_s:.1} {rotation_s:.2} {} {pass_s:.3} {} {}",
-        rotation.keys_rewrapped, pass.keys_destroyed, pass.keys_rewrapped
+        rotation.keys_rewrapped, pass.keys_destroyed, pass.nodes_rekeyed
     );
     Ok(())
 }
@@ -177,7 +182,7 @@ fn main() -> Result<()> {
         rows.push(fields);
     }
     println!(
-        "| data keys | load (s) | rotation (s) | keys re-wrapped | day's pass (s) | keys destroyed | re-wrapped in the pass | rotation + pass (s) | rotation vs first | pass vs first | day vs first |"
+        "| data keys | load (s) | rotation (s) | keys re-wrapped | day's pass (s) | keys destroyed | nodes re-keyed in the pass | rotation + pass (s) | rotation vs first | pass vs first | day vs first |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let first = rows.first().cloned().unwrap_or_default();
@@ -189,7 +194,7 @@ fn main() -> Result<()> {
             rewrapped,
             pass,
             destroyed,
-            pass_rewrapped,
+            nodes_rekeyed,
         ] = row.as_slice()
         else {
             return Err(format!("a child printed {row:?}").into());
@@ -200,7 +205,7 @@ fn main() -> Result<()> {
             first.get(4).copied().unwrap_or(0.0),
         );
         println!(
-            "| {live:.0} | {load:.1} | {rotation:.2} | {rewrapped:.0} | {pass:.3} | {destroyed:.0} | {pass_rewrapped:.0} | {:.2} | {:.1}× | {:.1}× | {:.1}× |",
+            "| {live:.0} | {load:.1} | {rotation:.2} | {rewrapped:.0} | {pass:.3} | {destroyed:.0} | {nodes_rekeyed:.0} | {:.2} | {:.1}× | {:.1}× | {:.1}× |",
             rotation + pass,
             ratio(*rotation, first_rotation),
             ratio(*pass, first_pass),

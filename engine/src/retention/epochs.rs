@@ -104,7 +104,8 @@ impl DbInner {
         self.destroy_retired_epochs(now, report)
     }
 
-    /// Creates a new epoch and re-wraps everything under it.
+    /// Creates a new epoch and re-wraps the store secret and the key tree's
+    /// root under it (and moves any key still under an epoch under the tree).
     pub(crate) fn rotate_locked(
         &self,
         now: Timestamp,
@@ -465,9 +466,11 @@ impl DbInner {
 }
 
 impl Db {
-    /// Rotates the epoch now (also done by compaction on schedule): a new
-    /// epoch key wraps the store secret and every live data key; epochs past
-    /// their wait are destroyed.
+    /// Rotates the epoch now (also done by compaction on schedule): the
+    /// paths of destroyed keys are re-keyed first, then a new epoch key wraps
+    /// the store secret and the key tree's root (a store older than the tree
+    /// also has its data keys moved under it, once); epochs past their wait
+    /// are destroyed. Its cost does not grow with the number of keys.
     ///
     /// # Errors
     /// Key provider and storage failures; an interrupted re-wrap resumes at
