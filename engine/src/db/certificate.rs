@@ -315,6 +315,16 @@ impl Db {
         if live > 0 {
             steps.push(format!("{live} key(s) of erased scopes still live"));
         }
+        // The subject's keys hang under one bottom node of the key tree: a
+        // debt on it means copies of its destroyed keys still open through
+        // the node's current generation (design.md, "The key tree").
+        let bottom = shredkv_crypto::NodeId::of_tag(&tag, crate::vault::tree::BOTTOM_DEPTH);
+        if inner.node_debt_pending_on(bottom)? {
+            steps.push(
+                "the key tree nodes above the destroyed keys await their re-key by the next compaction pass"
+                    .to_string(),
+            );
+        }
         if !epochs_still_live.is_empty() {
             steps.push(format!("epoch(s) {epochs_still_live:?} still hold wrapped copies; destroyed by compaction after their retention wait"));
         }

@@ -111,6 +111,29 @@ impl DbInner {
         Ok(pending)
     }
 
+    /// Whether a debt on `node` is waiting (for certificates). Debts are
+    /// due when their key died, so only the items due by now are read.
+    pub(crate) fn node_debt_pending_on(&self, node: NodeId) -> Result<bool> {
+        let end = deadlines::upper_bound(self.clock.now().as_second());
+        let mut pending = false;
+        self.storage.scan(
+            Tree::Deadlines,
+            Bound::Unbounded,
+            Bound::Excluded(&end),
+            Order::Ascending,
+            &mut |k, _| {
+                pending =
+                    matches!(deadlines::decode_key(k), Some((_, Due::RekeyNode(n))) if n == node);
+                if pending {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        Ok(pending)
+    }
+
     /// Re-keys nodes above the bottom, one batch for `page`, under the
     /// vault's creation lock and the tree's write lock. Their children (one
     /// level down) were re-keyed before, in batches that landed.
