@@ -355,7 +355,7 @@ mod tests {
             (
                 "deadline-node",
                 RecordKind::DeadlineKey,
-                deadlines::key(1_800_000_000, &Due::RekeyNode(bottom)),
+                deadlines::key(1_800_000_000, &Due::RekeyNode(id)),
             ),
             (
                 "deadline-remove",

@@ -12,16 +12,16 @@
 //!          kind 5  resume an erasure a legal hold blocked
 //!                                          target = subject tag (16) ‖ class u16
 //!                                          ‖ reason u8 ‖ whole subject u8 (0/1)
-//!          kind 6  re-key a node of the key tree and its path to the root
-//!                  (a data key under it was destroyed; due at once)
-//!                                          target = node id (5)
+//!          kind 6  re-key the key tree node a destroyed data key was
+//!                  under, and its path to the root (due at the destruction)
+//!                                          target = the destroyed key's id (26)
 //! value: v1 ‖ created at i64 ‖ CRC32
 //! ```
 //!
 //! Compaction reads the range `..=now`, so a pass costs what is due, not
 //! what is stored.
 
-use shredkv_crypto::{KeyId, NodeId, SubjectTag};
+use shredkv_crypto::{KeyId, SubjectTag};
 
 use crate::codec::{Writer, sortable_time, time_from_sortable};
 use crate::ledger::ErasureReason;
@@ -48,10 +48,11 @@ pub(crate) enum Due {
         reason: ErasureReason,
         whole: bool,
     },
-    /// Re-key a bottom node of the key tree and every node above it: a
-    /// data key wrapped under it was destroyed, and its copies must stop
-    /// opening through the node's current generation (`vault::tree`).
-    RekeyNode(NodeId),
+    /// Re-key the bottom node of the key tree that the destroyed data key
+    /// was under, and every node above it: the key's copies must stop
+    /// opening through the node's current generation (`vault::tree`). One
+    /// item per destroyed key, so a pass removes only the debts it read.
+    RekeyNode(KeyId),
 }
 
 pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
@@ -88,9 +89,9 @@ pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
             out.push(reason.code());
             out.push(u8::from(*whole));
         }
-        Due::RekeyNode(node) => {
+        Due::RekeyNode(id) => {
             out.push(6);
-            out.extend_from_slice(&node.to_bytes());
+            out.extend_from_slice(&id.to_bytes());
         }
     }
     out
@@ -137,7 +138,7 @@ pub(crate) fn decode_key(key: &[u8]) -> Option<(i64, Due)> {
                 whole,
             }
         }
-        6 => Due::RekeyNode(NodeId::from_bytes(target)?),
+        6 => Due::RekeyNode(KeyId::from_bytes(target)?),
         _ => return None,
     };
     Some((time_from_sortable(time), due))
@@ -166,10 +167,7 @@ mod tests {
                 reason: ErasureReason::Operator,
                 whole: true,
             },
-            Due::RekeyNode(NodeId {
-                depth: 5,
-                prefix: 0xABCDE,
-            }),
+            Due::RekeyNode(id),
         ];
         for due in dues {
             assert_eq!(decode_key(&key(77, &due)), Some((77, due)));

@@ -23,7 +23,7 @@ use crate::retention::compaction::CompactionReport;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Durability, Order, Tree, WriteBatch};
 use crate::vault::layout::{self, Slot};
-use crate::vault::tree::{BOTTOM_DEPTH, NewNodes, node_location};
+use crate::vault::tree::{BOTTOM_DEPTH, NewNodes, bottom_of, node_location};
 use crate::vault::{KeyState, VaultEntry, Wrapped};
 
 /// A bottom node's live data keys under the tree: id, where the entry is,
@@ -54,9 +54,9 @@ impl DbInner {
             Bound::Excluded(&end),
             Order::Ascending,
             &mut |k, _| {
-                if let Some((_, Due::RekeyNode(node))) = deadlines::decode_key(k) {
+                if let Some((_, Due::RekeyNode(id))) = deadlines::decode_key(k) {
                     debts.push(k.to_vec());
-                    let mut on_path = Some(node);
+                    let mut on_path = Some(bottom_of(&id));
                     while let Some(node) = on_path {
                         levels.entry(node.depth).or_default().insert(node);
                         on_path = node.parent();
@@ -78,14 +78,17 @@ impl DbInner {
                 }
             }
         }
-        let mut paid = WriteBatch::new();
-        for key in debts {
-            paid.remove(Tree::Deadlines, key);
-        }
         // Durable: a debt that reappeared after a crash would only cost a
         // second re-key, but the pass's re-keys must be on disk before the
-        // epochs that follow rely on them.
-        self.storage.apply(&paid, Durability::Durable)?;
+        // epochs that follow rely on them. In batches the backend takes.
+        let limit = self.storage.max_batch_ops().unwrap_or(usize::MAX).max(1);
+        for page in debts.chunks(limit) {
+            let mut paid = WriteBatch::new();
+            for key in page {
+                paid.remove(Tree::Deadlines, key.clone());
+            }
+            self.storage.apply(&paid, Durability::Durable)?;
+        }
         Ok(())
     }
 
@@ -123,7 +126,7 @@ impl DbInner {
             Order::Ascending,
             &mut |k, _| {
                 pending =
-                    matches!(deadlines::decode_key(k), Some((_, Due::RekeyNode(n))) if n == node);
+                    matches!(deadlines::decode_key(k), Some((_, Due::RekeyNode(id))) if bottom_of(&id) == node);
                 if pending {
                     ControlFlow::Break(())
                 } else {

@@ -1312,7 +1312,11 @@ fn purge_progresses_past_a_poisoned_item() {
         Tree::Deadlines,
         &crate::retention::deadlines::key(
             now_secs,
-            &crate::retention::deadlines::Due::RekeyNode(crate::vault::tree::bottom_of(&c_key)),
+            // Another key of the same bottom node (c's own subject).
+            &crate::retention::deadlines::Due::RekeyNode(shredkv_crypto::KeyId {
+                version: c_key.version + 1_000,
+                ..c_key
+            }),
         ),
         &crate::retention::deadlines::value(now_secs),
     );
@@ -2802,17 +2806,22 @@ fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
     let first_epoch = db.stats().expect("stats").current_epoch;
     db.shred(&damaged, crate::Classes::All).expect("shred");
     let now = db.now().as_second();
-    let missing = NodeId {
-        depth: 5,
-        prefix: 0xF_FFFF,
+    // A key of a subject no node covers (the tag's first 20 bits all ones;
+    // checked absent below).
+    let unheard_of = shredkv_crypto::KeyId {
+        subject: shredkv_crypto::SubjectTag([0xFF; 16]),
+        class: 1,
+        bucket: 1,
+        version: 1,
     };
+    let missing = crate::vault::tree::bottom_of(&unheard_of);
     assert!(raw_node(&db, missing).is_none());
     raw_put(
         &db,
         Tree::Deadlines,
         &crate::retention::deadlines::key(
             now,
-            &crate::retention::deadlines::Due::RekeyNode(missing),
+            &crate::retention::deadlines::Due::RekeyNode(unheard_of),
         ),
         &crate::retention::deadlines::value(now),
     );

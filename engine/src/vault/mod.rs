@@ -257,7 +257,7 @@ fn tombstone_into(id: &KeyId, stored: Option<Slot>, now: i64, batch: &mut WriteB
     if under_tree {
         batch.put(
             Tree::Deadlines,
-            deadlines::key(now, &Due::RekeyNode(tree::bottom_of(id))),
+            deadlines::key(now, &Due::RekeyNode(*id)),
             deadlines::value(now),
         );
     }
