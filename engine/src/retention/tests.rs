@@ -1882,15 +1882,85 @@ fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys
     const SIZES: std::ops::RangeInclusive<i64> = 30..=60;
     let without = default_policy_without("message_content");
     let (mut cut_inside_a_scope, mut cut_after_a_scopes_keys) = (0, 0);
+    // One store, made once and copied into every cut's run: every run then
+    // has the same subject tags, so its writes come in the same order and
+    // cut k is the same write in each. (A fresh store per cut drew fresh
+    // tags, so which write a cut hit was left to chance, and so was whether
+    // any cut fell just after a scope's last key.)
+    let clock = ManualClock::new(start());
+    let made = tempfile::tempdir().expect("dir");
+    let made_storage: Arc<dyn crate::storage::Storage> =
+        Arc::new(crate::storage::memory::MemoryStorage::new());
+    let control = FaultControl::new(FaultPlan::none().batch_limit(LIMIT));
+    let db = Db::open_with_faults(config(&made, &clock), Arc::clone(&made_storage), &control)
+        .expect("open");
+    let mut subjects = Vec::new();
+    for n in SIZES {
+        let subject = format!("s{n}");
+        db.register_account(&subject).expect("register");
+        for day in 1..=n {
+            let expires = start() + days(day) + SignedDuration::from_hours(1);
+            db.put_with(
+                &subject,
+                "message_content",
+                format!("m{day}").as_bytes(),
+                b"message",
+                PutOptions::expires_at(expires),
+            )
+            .expect("put");
+        }
+        subjects.push((subject.clone(), db.subject_tag(&subject)));
+    }
+    let number = db.inner.class("message_content").expect("class").number;
+    drop(db);
+    let before = live_keys_in_files(made_storage.as_ref(), number);
+    for ((subject, tag), n) in subjects.iter().zip(SIZES) {
+        let keys = before.get(tag).copied().unwrap_or(0);
+        assert!(
+            keys >= usize::try_from(n).expect("n"),
+            "{subject}: one key per expiry day at least, {keys}"
+        );
+    }
+    let mut copy = crate::storage::WriteBatch::new();
+    for tree in Tree::ALL {
+        crate::storage::scan_prefix(made_storage.as_ref(), tree, &[], &mut |k, v| {
+            copy.put(tree, k.to_vec(), v.to_vec());
+            ControlFlow::Continue(())
+        })
+        .expect("scan the store");
+    }
+    let files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(made.path())
+        .expect("the store's directory")
+        .map(|entry| {
+            let entry = entry.expect("an entry");
+            (
+                entry.file_name(),
+                std::fs::read(entry.path()).expect("a file"),
+            )
+        })
+        .collect();
     // A write that never lands, and one that lands but reports a failure.
     let failures = [ApplyFailure::NothingApplied, ApplyFailure::AppliedNotSynced];
     for failure in failures {
         for cut in 1u64.. {
             assert!(cut < 1_000, "the retirement never ran out of writes to cut");
             let dir = tempfile::tempdir().expect("dir");
-            let clock = ManualClock::new(start());
+            for (name, bytes) in &files {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(dir.path().join(name))
+                    .and_then(|mut file| file.write_all(bytes))
+                    .expect("copy the key file, owner-only as it was");
+            }
             let storage: Arc<dyn crate::storage::Storage> =
                 Arc::new(crate::storage::memory::MemoryStorage::new());
+            storage
+                .apply(&copy, crate::storage::Durability::Durable)
+                .expect("copy the store");
             let open = |retire: bool, plan: FaultPlan| {
                 let control = FaultControl::new(plan.batch_limit(LIMIT));
                 let mut config = config(&dir, &clock);
@@ -1901,35 +1971,6 @@ fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys
                 (db, control)
             };
             let live_by_subject = |number: u16| live_keys_in_files(storage.as_ref(), number);
-            let (db, _) = open(false, FaultPlan::none());
-            let db = db.expect("open");
-            let mut subjects = Vec::new();
-            for n in SIZES {
-                let subject = format!("s{n}");
-                db.register_account(&subject).expect("register");
-                for day in 1..=n {
-                    let expires = start() + days(day) + SignedDuration::from_hours(1);
-                    db.put_with(
-                        &subject,
-                        "message_content",
-                        format!("m{day}").as_bytes(),
-                        b"message",
-                        PutOptions::expires_at(expires),
-                    )
-                    .expect("put");
-                }
-                subjects.push((subject.clone(), db.subject_tag(&subject)));
-            }
-            let number = db.inner.class("message_content").expect("class").number;
-            drop(db);
-            let before = live_by_subject(number);
-            for ((subject, tag), n) in subjects.iter().zip(SIZES) {
-                let keys = before.get(tag).copied().unwrap_or(0);
-                assert!(
-                    keys >= usize::try_from(n).expect("n"),
-                    "{subject}: one key per expiry day at least, {keys}"
-                );
-            }
 
             let (cut_open, control) = open(
                 true,
@@ -1944,9 +1985,9 @@ fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys
                     );
                     drop(db);
                 }
-                Err(_) => assert!(
+                Err(err) => assert!(
                     fired,
-                    "{failure:?} at cut {cut}: the open failed with no cut"
+                    "{failure:?} at cut {cut}: the open failed with no cut: {err}"
                 ),
             }
             // What the cut left, read from the files: a scope with some of its
