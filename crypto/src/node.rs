@@ -5,29 +5,32 @@
 //! wraps its children, data keys or child node keys, with AES-256-GCM. A node
 //! at depth d covers the subject tags whose first 4·d bits equal its prefix
 //! (fan-out 16, at most [`NodeId::MAX_DEPTH`] levels below the root), so
-//! destroying one node key destroys every key beneath it.
+//! destroying one node key destroys every key beneath it. A store keeps
+//! several trees, *forests*, each with its own root: forest 0 for keys whose
+//! death nothing predicts, and one per day for the keys that expire that day
+//! (so a day's keys can die together, their forest removed whole).
 //!
 //! ```text
 //! offset  size  field
 //!      0     1  format version (2)
-//!      1     5  parent node id      depth u8 ‖ prefix u32 big-endian
-//!      6     4  parent generation   u32 big-endian
-//!     10    12  nonce (random)
-//!     22    32  wrapped key bytes
-//!     54    16  GCM tag
-//!     70     4  CRC32 (IEEE) of bytes 0..70, u32 big-endian
+//!      1     9  parent node id      depth u8 ‖ forest u32 BE ‖ prefix u32 BE
+//!     10     4  parent generation   u32 big-endian
+//!     14    12  nonce (random)
+//!     26    32  wrapped key bytes
+//!     58    16  GCM tag
+//!     74     4  CRC32 (IEEE) of bytes 0..74, u32 big-endian
 //! ```
 //!
 //! The associated data is
-//! `"shredkv/v2/wrap" ‖ parent node id (5) ‖ parent generation (u32 BE) ‖ kind ‖ child id`
-//! (51 bytes), where the kind byte and the 26-byte child id name what is
+//! `"shredkv/v2/wrap" ‖ parent node id (9) ‖ parent generation (u32 BE) ‖ kind ‖ child id`
+//! (55 bytes), where the kind byte and the 26-byte child id name what is
 //! wrapped ([`NodeChild`]), so a wrapped key moved to another child, another
 //! node or another generation does not unwrap:
 //!
 //! | kind | wrapped        | child id (26 bytes)                          |
 //! |------|----------------|----------------------------------------------|
 //! | 1    | a data key     | its [`KeyId`]                                |
-//! | 2    | a child node   | its [`NodeId`] (5 bytes), its own generation (u32 BE), then 17 zero bytes |
+//! | 2    | a child node   | its [`NodeId`] (9 bytes), its own generation (u32 BE), then 13 zero bytes |
 //!
 //! The prefix differs from the epoch wrap's (`"shredkv/v1/wrap"`), so neither
 //! kind of wrap opens as the other.
@@ -47,19 +50,26 @@ pub const NODE_WRAPPED_VERSION: u8 = 2;
 const WHAT: &str = "node-wrapped key";
 const AAD_PREFIX: &[u8] = b"shredkv/v2/wrap";
 
-/// Names a node of the key tree: the subject tags whose first `4 · depth`
-/// bits equal `prefix`.
+/// Names a node of the key tree: in forest `forest`, the subject tags whose
+/// first `4 · depth` bits equal `prefix`.
 ///
 /// ```text
 /// byte  0     depth     u8, at most MAX_DEPTH
-///       1..5  prefix    u32 big-endian, below 16^depth
+///       1..5  forest    u32 big-endian
+///       5..9  prefix    u32 big-endian, below 16^depth
 /// ```
+///
+/// Depth comes first so that, sorted by these bytes, every root is in one
+/// range and a node's children follow each other.
 ///
 /// The fields are public; an id with `depth > MAX_DEPTH` or
 /// `prefix >= 16^depth` is invalid: it covers no tag, and
 /// [`NodeId::from_bytes`] never returns one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId {
+    /// The tree the node belongs to (0: keys without a known death; other
+    /// values are the engine's to assign).
+    pub forest: u32,
     /// The depth below the root (the root is depth 0).
     pub depth: u8,
     /// The first `4 · depth` bits of every tag the node covers.
@@ -70,18 +80,25 @@ impl NodeId {
     /// The deepest level of the tree (28 bits of prefix).
     pub const MAX_DEPTH: u8 = 7;
     /// Encoded length in bytes.
-    pub const LEN: usize = 5;
-    /// The root: covers every tag.
-    pub const ROOT: NodeId = NodeId {
-        depth: 0,
-        prefix: 0,
-    };
+    pub const LEN: usize = 9;
+    /// The root of forest 0: covers every tag.
+    pub const ROOT: NodeId = NodeId::root(0);
+
+    /// The root of `forest`.
+    pub const fn root(forest: u32) -> NodeId {
+        NodeId {
+            forest,
+            depth: 0,
+            prefix: 0,
+        }
+    }
 
     /// The encoding described on the type.
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
         out[0] = self.depth;
-        out[1..].copy_from_slice(&self.prefix.to_be_bytes());
+        out[1..5].copy_from_slice(&self.forest.to_be_bytes());
+        out[5..].copy_from_slice(&self.prefix.to_be_bytes());
         out
     }
 
@@ -94,21 +111,27 @@ impl NodeId {
         id.is_valid().then_some(id)
     }
 
-    /// The node at `depth` (clamped to [`NodeId::MAX_DEPTH`]) that covers
-    /// `tag`: the tag's first `4 · depth` bits, big-endian bit order.
-    pub fn of_tag(tag: &SubjectTag, depth: u8) -> NodeId {
+    /// The node of `forest` at `depth` (clamped to [`NodeId::MAX_DEPTH`])
+    /// that covers `tag`: the tag's first `4 · depth` bits, big-endian bit
+    /// order.
+    pub fn of_tag(forest: u32, tag: &SubjectTag, depth: u8) -> NodeId {
         let depth = depth.min(Self::MAX_DEPTH);
         let [a, b, c, d, ..] = tag.0;
         let prefix = u32::from_be_bytes([a, b, c, d])
             .checked_shr(32 - Self::bits(depth))
             .unwrap_or(0);
-        NodeId { depth, prefix }
+        NodeId {
+            forest,
+            depth,
+            prefix,
+        }
     }
 
     /// The node one level up; `None` for the root.
     pub fn parent(&self) -> Option<NodeId> {
         let depth = self.depth.checked_sub(1)?;
         Some(NodeId {
+            forest: self.forest,
             depth,
             prefix: self.prefix >> 4,
         })
@@ -121,14 +144,16 @@ impl NodeId {
             return None;
         }
         Some(NodeId {
+            forest: self.forest,
             depth: self.depth + 1,
             prefix: (self.prefix << 4) | u32::from(nibble),
         })
     }
 
-    /// Whether `tag` lies under this node (always false for an invalid id).
+    /// Whether `tag` lies under this node in its forest (always false for
+    /// an invalid id).
     pub fn covers(&self, tag: &SubjectTag) -> bool {
-        Self::of_tag(tag, self.depth) == *self
+        Self::of_tag(self.forest, tag, self.depth) == *self
     }
 
     /// The lowest and the highest 16-byte tag this node covers (both
@@ -156,8 +181,9 @@ impl NodeId {
 
     /// The encoding read back without checking it.
     fn decode(bytes: &[u8; Self::LEN]) -> Self {
-        let [depth, a, b, c, d] = *bytes;
+        let [depth, f0, f1, f2, f3, a, b, c, d] = *bytes;
         NodeId {
+            forest: u32::from_be_bytes([f0, f1, f2, f3]),
             depth,
             prefix: u32::from_be_bytes([a, b, c, d]),
         }
@@ -228,14 +254,14 @@ impl NodeWrapped {
     /// The node whose key wrapped this key.
     pub fn node(&self) -> NodeId {
         let mut id = [0u8; NodeId::LEN];
-        id.copy_from_slice(&self.0[1..6]);
+        id.copy_from_slice(&self.0[1..10]);
         NodeId::decode(&id)
     }
 
     /// The generation of the node key that wrapped this key.
     pub fn generation(&self) -> u32 {
         let mut generation = [0u8; 4];
-        generation.copy_from_slice(&self.0[6..10]);
+        generation.copy_from_slice(&self.0[10..14]);
         u32::from_be_bytes(generation)
     }
 
@@ -392,23 +418,23 @@ impl NodeCipher {
         let mut nonce = [0u8; 12];
         crate::random::fill(&mut nonce);
         out[0] = NODE_WRAPPED_VERSION;
-        out[1..6].copy_from_slice(&self.node.to_bytes());
-        out[6..10].copy_from_slice(&self.generation.to_be_bytes());
-        out[10..22].copy_from_slice(&nonce);
-        out[22..54].copy_from_slice(key);
+        out[1..10].copy_from_slice(&self.node.to_bytes());
+        out[10..14].copy_from_slice(&self.generation.to_be_bytes());
+        out[14..26].copy_from_slice(&nonce);
+        out[26..58].copy_from_slice(key);
         let aad = child.associated_data(self.node, self.generation);
         let tag = match self.aead.encrypt_inout_detached(
             &Nonce::from(nonce),
             &aad,
-            (&mut out[22..54]).into(),
+            (&mut out[26..58]).into(),
         ) {
             Ok(tag) => tag,
-            // 32 bytes of plaintext and 51 of AAD are far inside GCM's limits.
+            // 32 bytes of plaintext and 55 of AAD are far inside GCM's limits.
             Err(_) => unreachable_wrap(),
         };
-        out[54..70].copy_from_slice(&tag);
-        let crc = crc32fast::hash(&out[..70]);
-        out[70..74].copy_from_slice(&crc.to_be_bytes());
+        out[58..74].copy_from_slice(&tag);
+        let crc = crc32fast::hash(&out[..74]);
+        out[74..78].copy_from_slice(&crc.to_be_bytes());
         NodeWrapped(out)
     }
 
@@ -425,10 +451,10 @@ impl NodeCipher {
         }
         let bytes = &wrapped.0;
         let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&bytes[10..22]);
+        nonce.copy_from_slice(&bytes[14..26]);
         let mut tag = [0u8; 16];
-        tag.copy_from_slice(&bytes[54..70]);
-        key.copy_from_slice(&bytes[22..54]);
+        tag.copy_from_slice(&bytes[58..74]);
+        key.copy_from_slice(&bytes[26..58]);
         let aad = child.associated_data(self.node, self.generation);
         let result = self.aead.decrypt_inout_detached(
             &Nonce::from(nonce),
@@ -459,6 +485,7 @@ mod tests {
     use proptest::prelude::*;
 
     const NODE: NodeId = NodeId {
+        forest: 0,
         depth: 2,
         prefix: 0x35,
     };
@@ -487,10 +514,10 @@ mod tests {
     /// up), to test the associated data apart from the header check.
     fn relabelled(wrapped: &NodeWrapped, node: NodeId, generation: u32) -> NodeWrapped {
         let mut bytes = *wrapped.as_bytes();
-        bytes[1..6].copy_from_slice(&node.to_bytes());
-        bytes[6..10].copy_from_slice(&generation.to_be_bytes());
-        let crc = crc32fast::hash(&bytes[..70]);
-        bytes[70..].copy_from_slice(&crc.to_be_bytes());
+        bytes[1..10].copy_from_slice(&node.to_bytes());
+        bytes[10..14].copy_from_slice(&generation.to_be_bytes());
+        let crc = crc32fast::hash(&bytes[..74]);
+        bytes[74..].copy_from_slice(&crc.to_be_bytes());
         NodeWrapped::from_bytes(&bytes).expect("valid format")
     }
 
@@ -522,6 +549,7 @@ mod tests {
         let key = [8; KEY_LEN];
         let wrapped = cipher(NODE, GENERATION, 8).wrap_data(&id(), &DataKey::from_bytes([1; 32]));
         let other = NodeId {
+            forest: 0,
             depth: 2,
             prefix: 0x36,
         };
@@ -531,6 +559,39 @@ mod tests {
         // still refuses it.
         let moved = relabelled(&wrapped, other, GENERATION);
         assert!(other_cipher.unwrap_data(&id(), &moved).is_err());
+    }
+
+    #[test]
+    fn binds_the_parent_nodes_forest() {
+        let key = [8; KEY_LEN];
+        let wrapped = cipher(NODE, GENERATION, 8).wrap_data(&id(), &DataKey::from_bytes([1; 32]));
+        let same_place_next_day = NodeId {
+            forest: NODE.forest + 1,
+            ..NODE
+        };
+        let moved = relabelled(&wrapped, same_place_next_day, GENERATION);
+        let other_cipher =
+            NodeCipher::new(same_place_next_day, GENERATION, &NodeKey::from_bytes(key));
+        assert!(other_cipher.unwrap_data(&id(), &moved).is_err());
+        let child = cipher(NODE, GENERATION, 8).wrap_node(
+            NodeId {
+                depth: 3,
+                prefix: 0x351,
+                ..NODE
+            },
+            4,
+            &NodeKey::from_bytes([3; KEY_LEN]),
+        );
+        let in_other_forest = NodeId {
+            forest: 5,
+            depth: 3,
+            prefix: 0x351,
+        };
+        assert!(
+            cipher(NODE, GENERATION, 8)
+                .unwrap_node(in_other_forest, 4, &child)
+                .is_err()
+        );
     }
 
     #[test]
@@ -629,9 +690,9 @@ mod tests {
                 Err(FormatError::ChecksumMismatch { .. })
             ));
             // With the CRC fixed up, authentication must still fail.
-            let crc = crc32fast::hash(&bytes[..70]);
-            bytes[70..].copy_from_slice(&crc.to_be_bytes());
-            if i < 70
+            let crc = crc32fast::hash(&bytes[..74]);
+            bytes[74..].copy_from_slice(&crc.to_be_bytes());
+            if i < 74
                 && let Ok(tampered) = NodeWrapped::from_bytes(&bytes)
             {
                 assert!(
@@ -649,8 +710,8 @@ mod tests {
         let with = |edit: &dyn Fn(&mut [u8; NodeWrapped::LEN])| {
             let mut bytes = *wrapped.as_bytes();
             edit(&mut bytes);
-            let crc = crc32fast::hash(&bytes[..70]);
-            bytes[70..].copy_from_slice(&crc.to_be_bytes());
+            let crc = crc32fast::hash(&bytes[..74]);
+            bytes[74..].copy_from_slice(&crc.to_be_bytes());
             NodeWrapped::from_bytes(&bytes)
         };
         for version in [0, 1, 3, 0xFF] {
@@ -663,16 +724,16 @@ mod tests {
             );
         }
         let bad_ids = [
-            [8, 0, 0, 0, 0],
-            [0xFF, 0, 0, 0, 0],
-            [0, 0, 0, 0, 1],
-            [2, 0, 0, 1, 0],
-            [7, 0x10, 0, 0, 0],
+            [8, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0xFF, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 0, 0, 1, 0],
+            [7, 0, 0, 0, 9, 0x10, 0, 0, 0],
         ];
         for id in bad_ids {
             assert!(
                 matches!(
-                    with(&|b| b[1..6].copy_from_slice(&id)),
+                    with(&|b| b[1..10].copy_from_slice(&id)),
                     Err(FormatError::InvalidField { .. })
                 ),
                 "{id:?}"
@@ -726,7 +787,7 @@ mod tests {
         }
         assert_eq!(
             format!("{wrapped:?}"),
-            "NodeWrapped { node: NodeId { depth: 2, prefix: 53 }, generation: 9, .. }"
+            "NodeWrapped { node: NodeId { forest: 0, depth: 2, prefix: 53 }, generation: 9, .. }"
         );
     }
 
@@ -743,22 +804,34 @@ mod tests {
             let limit = 1u64 << (4 * u32::from(depth));
             for prefix in [0, limit / 3, limit - 1] {
                 let prefix = u32::try_from(prefix).expect("28 bits");
-                let node = NodeId { depth, prefix };
+                let node = NodeId {
+                    forest: 7,
+                    depth,
+                    prefix,
+                };
                 assert_eq!(NodeId::from_bytes(&node.to_bytes()), Some(node));
             }
             let too_long = NodeId {
+                forest: 0,
                 depth,
                 prefix: u32::try_from(limit).expect("28 bits"),
             };
             assert_eq!(NodeId::from_bytes(&too_long.to_bytes()), None);
         }
         for depth in [NodeId::MAX_DEPTH + 1, 0xFF] {
-            assert_eq!(NodeId::from_bytes(&[depth, 0, 0, 0, 0]), None);
+            assert_eq!(NodeId::from_bytes(&[depth, 0, 0, 0, 0, 0, 0, 0, 0]), None);
         }
-        assert_eq!(NodeId::from_bytes(&[1, 0, 0, 0, 0xF, 0]), None);
-        assert_eq!(NodeId::from_bytes(&[1, 0, 0, 0]), None);
+        assert_eq!(NodeId::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0, 0xF, 0]), None);
+        assert_eq!(NodeId::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(NodeId::from_bytes(&[]), None);
-        assert_eq!(NodeId::ROOT.to_bytes(), [0; 5]);
+        assert_eq!(NodeId::ROOT.to_bytes(), [0; 9]);
+        let day = NodeId {
+            forest: 0x0102_0304,
+            depth: 2,
+            prefix: 0xAB,
+        };
+        assert_eq!(day.to_bytes(), [2, 1, 2, 3, 4, 0, 0, 0, 0xAB]);
+        assert_eq!(NodeId::from_bytes(&day.to_bytes()), Some(day));
     }
 
     #[test]
@@ -781,27 +854,29 @@ mod tests {
         let tag = SubjectTag([
             0x12, 0x34, 0x56, 0x78, 0x9a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ]);
-        assert_eq!(NodeId::of_tag(&tag, 0), NodeId::ROOT);
+        assert_eq!(NodeId::of_tag(0, &tag, 0), NodeId::ROOT);
         assert_eq!(
-            NodeId::of_tag(&tag, 3),
+            NodeId::of_tag(0, &tag, 3),
             NodeId {
+                forest: 0,
                 depth: 3,
                 prefix: 0x123
             }
         );
         let deepest = NodeId {
+            forest: 0,
             depth: 7,
             prefix: 0x0123_4567,
         };
-        assert_eq!(NodeId::of_tag(&tag, 7), deepest);
-        assert_eq!(NodeId::of_tag(&tag, 200), deepest, "depth is clamped");
+        assert_eq!(NodeId::of_tag(0, &tag, 7), deepest);
+        assert_eq!(NodeId::of_tag(0, &tag, 200), deepest, "depth is clamped");
     }
 
     #[test]
     fn ancestors_cover_a_tag_and_siblings_do_not() {
         for _ in 0..8 {
             let tag = random_tag();
-            let node = NodeId::of_tag(&tag, 5);
+            let node = NodeId::of_tag(0, &tag, 5);
             let mut ancestor = Some(node);
             while let Some(current) = ancestor {
                 assert!(current.covers(&tag), "{current:?} {tag:?}");
@@ -823,22 +898,27 @@ mod tests {
         let nodes = [
             NodeId::ROOT,
             NodeId {
+                forest: 0,
                 depth: 1,
                 prefix: 0,
             },
             NodeId {
+                forest: 0,
                 depth: 1,
                 prefix: 0xF,
             },
             NodeId {
+                forest: 0,
                 depth: 3,
                 prefix: 0x5a7,
             },
             NodeId {
+                forest: 0,
                 depth: 7,
                 prefix: 0x0FFF_FFFF,
             },
             NodeId {
+                forest: 0,
                 depth: 7,
                 prefix: 0x0123_4567,
             },
@@ -863,14 +943,17 @@ mod tests {
         let tag = SubjectTag([0; 16]);
         for node in [
             NodeId {
+                forest: 0,
                 depth: 8,
                 prefix: 0,
             },
             NodeId {
+                forest: 0,
                 depth: 0xFF,
                 prefix: u32::MAX,
             },
             NodeId {
+                forest: 0,
                 depth: 0,
                 prefix: 1,
             },
@@ -891,7 +974,7 @@ mod tests {
             version in any::<u32>(),
             key in any::<[u8; KEY_LEN]>(),
         ) {
-            let node = NodeId::of_tag(&SubjectTag(subject), depth);
+            let node = NodeId::of_tag(3, &SubjectTag(subject), depth);
             let c = NodeCipher::new(node, generation, &NodeKey::from_bytes([4; KEY_LEN]));
             let id = KeyId { subject: SubjectTag(subject), class, bucket, version };
             let wrapped = c.wrap_data(&id, &DataKey::from_bytes(key));
@@ -903,7 +986,7 @@ mod tests {
         #[test]
         fn node_of_a_tag_covers_it(tag in any::<[u8; 16]>(), depth in 0..=NodeId::MAX_DEPTH) {
             let tag = SubjectTag(tag);
-            let node = NodeId::of_tag(&tag, depth);
+            let node = NodeId::of_tag(0, &tag, depth);
             prop_assert!(node.covers(&tag));
             prop_assert_eq!(NodeId::from_bytes(&node.to_bytes()), Some(node));
             let (low, high) = node.tag_range();

@@ -93,11 +93,18 @@ const DATA_KEY_ID: KeyId = KeyId {
 /// epoch key above.
 const TREE_ROOT_KEY: [u8; 32] = counting(0xA0);
 /// The wrap context of `wrapped-key-v1-tree-root.bin`.
-const TREE_ROOT: WrapContext = WrapContext::TreeRoot { generation: 1 };
+const TREE_ROOT: WrapContext = WrapContext::TreeRoot {
+    forest: 0,
+    generation: 1,
+};
+/// The day forest of the node-wrapped fixtures (the keys expiring on day
+/// 20,000 after 1970-01-01: bucket 20,002).
+const DAY_FOREST: u32 = 20_002;
 
 /// The node whose key wraps `node-wrapped-v2-data-key.bin`; also the child
 /// whose key `node-wrapped-v2-node.bin` holds.
 const NODE: NodeId = NodeId {
+    forest: DAY_FOREST,
     depth: 5,
     prefix: 0xABCDE,
 };
@@ -110,6 +117,7 @@ const NODE_KEY: [u8; 32] = counting(0xA0);
 const NODE_WRAPPED_DATA_KEY: [u8; 32] = counting(0x80);
 /// [`NODE`]'s parent, whose key wraps `node-wrapped-v2-node.bin`.
 const PARENT: NodeId = NodeId {
+    forest: DAY_FOREST,
     depth: 4,
     prefix: 0xABCD,
 };
@@ -120,14 +128,14 @@ const PARENT_KEY: [u8; 32] = counting(0xE0);
 /// input, so the two fixtures cannot stand in for each other).
 const CHILD_NODE_KEY: [u8; 32] = counting(0xC0);
 /// Node-wrapped key header of the data-key wrap: version 2, node (depth 5,
-/// prefix 0x000abcde), generation 3.
-const HEADER_NODE_DATA_KEY: [u8; 10] = [2, 5, 0x00, 0x0a, 0xbc, 0xde, 0, 0, 0, 3];
+/// forest 20,002 = 0x4e22, prefix 0x000abcde), generation 3.
+const HEADER_NODE_DATA_KEY: [u8; 14] = [2, 5, 0, 0, 0x4e, 0x22, 0x00, 0x0a, 0xbc, 0xde, 0, 0, 0, 3];
 /// Node-wrapped key header of the child-node wrap: version 2, node (depth 4,
-/// prefix 0x0000abcd), generation 9.
-const HEADER_NODE_CHILD: [u8; 10] = [2, 4, 0x00, 0x00, 0xab, 0xcd, 0, 0, 0, 9];
+/// forest 0x4e22, prefix 0x0000abcd), generation 9.
+const HEADER_NODE_CHILD: [u8; 14] = [2, 4, 0, 0, 0x4e, 0x22, 0x00, 0x00, 0xab, 0xcd, 0, 0, 0, 9];
 /// Bytes before the nonce of a node-wrapped key: version, node id,
 /// generation.
-const NODE_HEADER_LEN: usize = 10;
+const NODE_HEADER_LEN: usize = 14;
 
 /// Envelope header without expiry: version 1, flags 0, bucket 7, version 2.
 const HEADER_NO_EXPIRY: [u8; 10] = [1, 0, 0, 0, 0, 7, 0, 0, 0, 2];
@@ -169,8 +177,8 @@ fn parent_cipher() -> NodeCipher {
 /// fixed up, so the associated data is tested apart from the header check.
 fn relabelled(wrapped: &NodeWrapped, node: NodeId, generation: u32) -> NodeWrapped {
     let mut bytes = *wrapped.as_bytes();
-    bytes[1..6].copy_from_slice(&node.to_bytes());
-    bytes[6..10].copy_from_slice(&generation.to_be_bytes());
+    bytes[1..10].copy_from_slice(&node.to_bytes());
+    bytes[10..14].copy_from_slice(&generation.to_be_bytes());
     fix_crc(&mut bytes);
     NodeWrapped::from_bytes(&bytes).expect("valid format")
 }
@@ -253,7 +261,7 @@ fn generate() -> Vec<(&'static str, Vec<u8>)> {
     let child =
         parent_cipher().wrap_node(NODE, NODE_GENERATION, &NodeKey::from_bytes(CHILD_NODE_KEY));
     let mut flipped = data.as_bytes().to_vec();
-    flipped[25] ^= 0x01; // inside the wrapped key bytes (22..54)
+    flipped[29] ^= 0x01; // inside the wrapped key bytes (26..58)
     let mut tampered = flipped.clone();
     fix_crc(&mut tampered);
     out.push(("node-wrapped-v2-flipped-byte.bin", flipped));
@@ -443,10 +451,20 @@ fn tree_root_wrap_unwraps_to_the_documented_root_key() {
     assert_eq!(root.as_bytes()[..5], [1, 0, 0, 0, 7]);
     let key = NodeKey::from_unwrapped(epoch.unwrap(&TREE_ROOT, &root).expect("unwrap root"));
     assert_eq!(key.expose_secret(), &TREE_ROOT_KEY);
-    // Bound to the root's generation and to its kind.
+    // Bound to the root's generation, its forest and its kind.
     for other in [
-        WrapContext::TreeRoot { generation: 0 },
-        WrapContext::TreeRoot { generation: 2 },
+        WrapContext::TreeRoot {
+            forest: 0,
+            generation: 0,
+        },
+        WrapContext::TreeRoot {
+            forest: 0,
+            generation: 2,
+        },
+        WrapContext::TreeRoot {
+            forest: DAY_FOREST,
+            generation: 1,
+        },
         WrapContext::StoreSecret,
         WrapContext::DataKey(DATA_KEY_ID),
     ] {
@@ -491,13 +509,18 @@ fn node_wrapped_data_key_unwraps_to_the_documented_key() {
     // sibling: refused by the header, and with the header rewritten (CRC
     // fixed up) by the associated data.
     let sibling = NodeId {
-        depth: 5,
         prefix: 0xABCDF,
+        ..NODE
+    };
+    let next_day = NodeId {
+        forest: DAY_FOREST + 1,
+        ..NODE
     };
     for (other_node, other_generation) in [
         (NODE, NODE_GENERATION + 1),
         (NODE, NODE_GENERATION - 1),
         (sibling, NODE_GENERATION),
+        (next_day, NODE_GENERATION),
     ] {
         let other = NodeCipher::new(other_node, other_generation, &NodeKey::from_bytes(NODE_KEY));
         assert_eq!(
@@ -591,7 +614,7 @@ fn damaged_node_wrapped_keys_give_their_documented_errors() {
     );
 }
 
-/// A node-wrapped key (74 bytes) never decodes as a wrapped key (69) nor the
+/// A node-wrapped key (78 bytes) never decodes as a wrapped key (69) nor the
 /// other way round.
 #[test]
 fn the_two_wrap_formats_do_not_read_as_each_other() {

@@ -213,7 +213,7 @@ mod tests {
             destroyed_at: None,
             wrapped: Some(Wrapped::Epoch(wrapped.clone())),
         };
-        let bottom = NodeId::of_tag(&tag, crate::vault::tree::BOTTOM_DEPTH);
+        let bottom = NodeId::of_tag(0, &tag, crate::vault::tree::BOTTOM_DEPTH);
         let node_cipher = NodeCipher::new(bottom, 3, &NodeKey::from_bytes([5; 32]));
         let under_node = VaultEntry {
             wrapped: Some(Wrapped::Node(
@@ -529,7 +529,15 @@ mod tests {
                 "{name}: {decoded:?}"
             );
             let mut flipped = bytes.clone();
-            if let Some(byte) = flipped.get_mut(1) {
+            // A node entry's sample starts with its tree key, the node id,
+            // which has no checksum of its own (a moved entry fails to open
+            // instead): the flip goes into the entry.
+            let at = if kind == RecordKind::NodeEntry {
+                NodeId::LEN + 1
+            } else {
+                1
+            };
+            if let Some(byte) = flipped.get_mut(at) {
                 *byte ^= 0x01;
             }
             let refused = decode_any(kind, &flipped);

@@ -85,7 +85,7 @@ fn run(backing: Backing) {
         eprintln!(
             "forensic oracle: seed {seed}, backend {backing}: {} simulated days, {} operations, \
              {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores, {} classes re-opened, {} actions with the clock set back; tape: {} \
-             writes, {} bytes, {} wrapped keys ({} of them node keys) and {} envelopes checked ({} unwrap/open attempts); \
+             writes, {} bytes, {} wrapped keys ({} of them node keys, {} in day forests) and {} envelopes checked ({} unwrap/open attempts); \
              {} violations; {:.1} s",
             report.days,
             report.ops,
@@ -101,6 +101,7 @@ fn run(backing: Backing) {
             report.tape_bytes,
             report.wrapped_checked,
             report.node_copies_checked,
+            report.day_node_copies_checked,
             report.envelopes_checked,
             report.attempts,
             report.total(),
@@ -114,6 +115,10 @@ fn run(backing: Backing) {
         assert!(
             report.node_copies_checked > 0,
             "seed {seed}, backend {backing}: no key tree node on the tape"
+        );
+        assert!(
+            report.day_node_copies_checked > 0,
+            "seed {seed}, backend {backing}: no day forest's node on the tape"
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -338,7 +343,7 @@ fn the_tape_check_follows_the_key_tree() {
         entry
     };
     // A path root → depth 1 → … → depth 5 (the bottom), all at generation 1.
-    let bottom = NodeId::of_tag(&id.subject, 5);
+    let bottom = NodeId::of_tag(0, &id.subject, 5);
     let mut path = vec![bottom];
     while let Some(parent) = path.last().and_then(|n| n.parent()) {
         path.push(parent);
@@ -349,7 +354,10 @@ fn the_tape_check_follows_the_key_tree() {
     let root = provider
         .wrap(
             epoch,
-            &WrapContext::TreeRoot { generation: 1 },
+            &WrapContext::TreeRoot {
+                forest: 0,
+                generation: 1,
+            },
             &keys[0].to_wrappable(),
         )
         .expect("wrap the root");
@@ -412,7 +420,10 @@ fn the_tape_check_follows_the_key_tree() {
     let new_root = provider
         .wrap(
             new_epoch,
-            &WrapContext::TreeRoot { generation: 2 },
+            &WrapContext::TreeRoot {
+                forest: 0,
+                generation: 2,
+            },
             &new_keys[0].to_wrappable(),
         )
         .expect("wrap the root");

@@ -277,8 +277,8 @@ pub(crate) fn compaction_text(report: &CompactionReport) -> String {
         (
             "key tree",
             format!(
-                "{} nodes re-keyed (the paths of destroyed keys)",
-                report.nodes_rekeyed
+                "{} nodes re-keyed (the paths of destroyed keys); {} day forests removed whole ({} nodes)",
+                report.nodes_rekeyed, report.forests_removed, report.nodes_removed
             ),
         ),
         (

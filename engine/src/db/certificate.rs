@@ -315,11 +315,10 @@ impl Db {
         if live > 0 {
             steps.push(format!("{live} key(s) of erased scopes still live"));
         }
-        // The subject's keys hang under one bottom node of the key tree: a
-        // debt on it means copies of its destroyed keys still open through
-        // the node's current generation (design.md, "The key tree").
-        let bottom = shredkv_crypto::NodeId::of_tag(&tag, crate::vault::tree::BOTTOM_DEPTH);
-        if inner.node_debt_pending_on(bottom)? {
+        // A debt for one of the subject's keys means copies of it still open
+        // through its bottom node's current generation (design.md, "The key
+        // tree").
+        if inner.node_debt_pending_for(&tag)? {
             steps.push(
                 "the key tree nodes above the destroyed keys await their re-key by the next compaction pass"
                     .to_string(),

@@ -404,12 +404,13 @@ impl Db {
         let live_epochs: std::collections::HashSet<u32> =
             stats.live_epochs.iter().copied().collect();
         let now = inner.now_secs();
-        // Keys under the tree live while its root's epoch does.
-        let tree_live = inner
-            .vault
-            .tree()
-            .root_epoch()?
-            .is_some_and(|epoch| live_epochs.contains(&epoch.0));
+        // Keys under the tree live while its roots' epochs do (one epoch,
+        // but part way through a rotation).
+        let root_epochs = inner.vault.tree().root_epochs()?;
+        let tree_live = !root_epochs.is_empty()
+            && root_epochs
+                .iter()
+                .all(|epoch| live_epochs.contains(&epoch.0));
         // Records in pages (no backend read lock held while the vault is
         // read); the live keys of one scope at a time (records come scope
         // by scope), so memory stays bounded by a page and a scope's keys.

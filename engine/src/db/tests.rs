@@ -1947,11 +1947,12 @@ fn verify_reports_a_lane_key_without_its_seal_record() {
     );
 }
 
-/// Under the key tree a rotation re-wraps the root alone: the keys of both
-/// of the vault's trees stay under their nodes, untouched, and nothing but
-/// the root (and the store secret) names the new epoch.
+/// Under the key tree a rotation re-wraps the roots alone (forest 0's and
+/// one per expiry day): the keys of both of the vault's trees stay under
+/// their nodes, untouched, and nothing but the roots (and the store secret)
+/// names the new epoch.
 #[test]
-fn a_rotation_rewraps_the_root_alone() {
+fn a_rotation_rewraps_the_roots_alone() {
     let (_dir, clock, store, db) = raw_store();
     let raw = Arc::clone(&store.raw);
     let now = crate::Clock::now(&clock);
@@ -1989,11 +1990,13 @@ fn a_rotation_rewraps_the_root_alone() {
     );
     let report = db.rotate_epoch().expect("rotate");
     let new = report.created.expect("an epoch was created");
-    assert_eq!(report.keys_rewrapped, 1, "the root alone");
+    // Two expiry days (2 and 9 days ahead), each a forest, and forest 0
+    // for the scope keys.
+    assert_eq!(report.keys_rewrapped, 3, "the three roots alone");
     assert_eq!((live(Tree::Vault), live(Tree::VaultDays)), before);
     assert_eq!(
-        db.inner.vault.tree().root_epoch().expect("root"),
-        Some(shredkv_crypto::EpochId(new))
+        db.inner.vault.tree().root_epochs().expect("roots"),
+        std::collections::BTreeSet::from([shredkv_crypto::EpochId(new)])
     );
     // Every record still reads through the re-wrapped root.
     for s in ["a", "b"] {
@@ -2143,6 +2146,19 @@ fn a_store_older_than_the_tree_moves_its_keys_under_it_at_its_first_rotation() {
     let moved = as_format_3(&db, raw.as_ref());
     // a and b: a scope key, an open-bucket key and a day key each.
     assert_eq!(moved, 6);
+    // a's day key as a format-2 build left it: under its key id in `vault`.
+    let a_tag = db.subject_tag("a");
+    let mut leftover = WriteBatch::new();
+    let mut moved_back = 0;
+    for (k, v) in raw_entries(raw.as_ref(), Tree::VaultDays) {
+        if lane_key_id(&k).subject == a_tag {
+            leftover.remove(Tree::VaultDays, k.clone());
+            leftover.put(Tree::Vault, lane_key_id(&k).to_bytes().to_vec(), v);
+            moved_back += 1;
+        }
+    }
+    assert_eq!(moved_back, 1, "a's one day key");
+    raw.apply(&leftover, Durability::Durable).expect("apply");
     drop(db);
 
     let db = store.open(&dir, &clock).expect("a format-3 store opens");
@@ -2192,6 +2208,23 @@ fn a_store_older_than_the_tree_moves_its_keys_under_it_at_its_first_rotation() {
             .expect("get")
             .is_some()
     );
+    // Every expiry key, a's format-2 leftover too, is in the day lane under
+    // a node of its day's forest (forest = its bucket), not in `vault`.
+    assert!(
+        raw_entries(raw.as_ref(), Tree::Vault)
+            .iter()
+            .all(|(k, _)| shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket < 2)),
+        "no expiry key left in vault"
+    );
+    let lane = raw_entries(raw.as_ref(), Tree::VaultDays);
+    assert_eq!(lane.len(), 3, "a's, b's and c's (destroyed) day keys");
+    for (k, v) in &lane {
+        let id = lane_key_id(k);
+        let entry = crate::vault::VaultEntry::decode(v).expect("entry");
+        if let Some(crate::vault::Wrapped::Node(wrapped)) = &entry.wrapped {
+            assert_eq!(wrapped.node().forest, id.bucket, "{id:?}");
+        }
+    }
     read_all(&db);
     // The old epoch is destroyed once its wait is over; nothing needs it.
     clock.advance(SignedDuration::from_hours(24 * 40));

@@ -80,6 +80,11 @@ pub struct CompactionReport {
     /// Nodes of the key tree re-keyed because a key under them was
     /// destroyed (each re-wraps its live children).
     pub nodes_rekeyed: u64,
+    /// Day forests of the key tree removed whole: every key of their day
+    /// was destroyed, so nothing under them needed re-wrapping.
+    pub forests_removed: u64,
+    /// Nodes those forests held, deleted.
+    pub nodes_removed: u64,
     /// Epoch keys destroyed.
     pub epochs_destroyed: u64,
     /// Due items left for the next pass (the budget ran out).

@@ -180,7 +180,7 @@ impl DbInner {
     /// read and its re-wrapped write.
     fn rewrap_all(&self, now: Timestamp) -> Result<u64> {
         let current = self.vault.current_epoch();
-        let mut total = u64::from(self.rewrap_root(current, now)?);
+        let mut total = self.rewrap_roots(current, now)?;
         let mut batch = WriteBatch::new();
         if meta_get(self.storage.as_ref(), meta::KEY_TREE_WHOLE)?.is_none() {
             // Per key: its moved entry, the removal of any lost mark, and
@@ -208,26 +208,32 @@ impl DbInner {
         Ok(total)
     }
 
-    /// Re-wraps the key tree's root under `current`, once no node debt is
+    /// Re-wraps the key tree's roots under `current`, once no node debt is
     /// pending and no erasure is under way (every gate stripe held): a root
     /// generation that opens a destroyed key is never wrapped under an
     /// epoch newer than the destruction, so the epoch a ledger entry names
     /// bounds every copy of what it erased (certificates rely on it). Debts
     /// that arrive meanwhile are paid first; after `ROOT_TRIES` rounds of
     /// them the rotation is left for the next pass.
-    fn rewrap_root(&self, current: EpochId, now: Timestamp) -> Result<bool> {
+    fn rewrap_roots(&self, current: EpochId, now: Timestamp) -> Result<u64> {
         const ROOT_TRIES: usize = 16;
         for _ in 0..ROOT_TRIES {
             let everyone = self.gate.write_all();
             if !self.node_debts_pending(now)? {
                 let _creating = self.vault.creation_lock();
                 let _rekeying = self.vault.tree().write_lock();
-                let mut batch = WriteBatch::new();
-                let rewrapped = self.vault.tree().rewrap_root(current, &mut batch)?;
-                if rewrapped {
+                // One root per live day forest: in batches the backend takes.
+                let limit = self.storage.max_batch_ops().unwrap_or(usize::MAX).max(1);
+                let mut rewrapped = 0;
+                loop {
+                    let mut batch = WriteBatch::new();
+                    let page = self.vault.tree().rewrap_roots(current, limit, &mut batch)?;
+                    if page == 0 {
+                        return Ok(rewrapped);
+                    }
                     self.storage.apply(&batch, Durability::Durable)?;
+                    rewrapped += page;
                 }
-                return Ok(rewrapped);
             }
             drop(everyone);
             self.pay_node_debts(now, &mut CompactionReport::default())?;
@@ -364,7 +370,7 @@ impl DbInner {
     /// count: G2 wins. Once the tree holds every key, the root alone is
     /// read, not the vault.
     fn epochs_in_use(&self) -> Result<BTreeSet<EpochId>> {
-        let mut used: BTreeSet<EpochId> = self.vault.tree().root_epoch()?.into_iter().collect();
+        let mut used: BTreeSet<EpochId> = self.vault.tree().root_epochs()?;
         if meta_get(self.storage.as_ref(), meta::KEY_TREE_WHOLE)?.is_some() {
             return Ok(used);
         }

@@ -7,6 +7,13 @@
 //! part way leaves the debts, and the next pass re-keys the whole union
 //! again: a node re-keyed twice only costs its children's re-wraps.
 //!
+//! A day forest (the keys expiring on one day) whose debts are paid once
+//! it holds no live key is removed whole instead: its nodes are deleted,
+//! nothing is re-wrapped, and the copies of its keys die with the epochs
+//! its root was wrapped under, as a re-keyed path's would. That is a day's
+//! expiry: a cost of the day's keys and the forest's nodes, not of the
+//! store.
+//!
 //! Why before the epochs: a root generation that opens a destroyed key must
 //! not be re-wrapped under a new epoch, which would outlive the old one.
 
@@ -23,7 +30,9 @@ use crate::retention::compaction::CompactionReport;
 use crate::retention::deadlines::{self, Due};
 use crate::storage::{Durability, Order, Tree, WriteBatch};
 use crate::vault::layout::{self, Slot};
-use crate::vault::tree::{BOTTOM_DEPTH, NewNodes, bottom_of, node_location};
+use crate::vault::tree::{
+    NewNodes, SUBJECTS_FOREST, bottom_of, forest_of, is_bottom, node_location,
+};
 use crate::vault::{KeyState, VaultEntry, Wrapped};
 
 /// A bottom node's live data keys under the tree: id, where the entry is,
@@ -46,8 +55,7 @@ impl DbInner {
     ) -> Result<()> {
         let end = deadlines::upper_bound(now.as_second());
         let mut debts: Vec<Vec<u8>> = Vec::new();
-        // Every node on a debtor's path, by depth.
-        let mut levels: BTreeMap<u8, BTreeSet<NodeId>> = BTreeMap::new();
+        let mut debtors: Vec<KeyId> = Vec::new();
         self.storage.scan(
             Tree::Deadlines,
             Bound::Unbounded,
@@ -56,11 +64,7 @@ impl DbInner {
             &mut |k, _| {
                 if let Some((_, Due::RekeyNode(id))) = deadlines::decode_key(k) {
                     debts.push(k.to_vec());
-                    let mut on_path = Some(bottom_of(&id));
-                    while let Some(node) = on_path {
-                        levels.entry(node.depth).or_default().insert(node);
-                        on_path = node.parent();
-                    }
+                    debtors.push(id);
                 }
                 ControlFlow::Continue(())
             },
@@ -68,14 +72,34 @@ impl DbInner {
         if debts.is_empty() {
             return Ok(());
         }
-        for (depth, nodes) in levels.iter().rev() {
-            let nodes: Vec<NodeId> = nodes.iter().copied().collect();
-            if *depth >= BOTTOM_DEPTH {
-                self.rekey_bottom_nodes(&nodes, now, report)?;
-            } else {
-                for page in nodes.chunks(self.batch_page(NODE_PAGE, 17)) {
-                    self.rekey_upper_nodes(page, now, report)?;
-                }
+        let day_forests: BTreeSet<u32> = debtors
+            .iter()
+            .map(forest_of)
+            .filter(|forest| *forest != SUBJECTS_FOREST)
+            .collect();
+        let removed = self.remove_dead_forests(&day_forests, report)?;
+        // Every node on a path still to re-key, by depth.
+        let mut levels: BTreeMap<u8, BTreeSet<NodeId>> = BTreeMap::new();
+        for id in debtors
+            .iter()
+            .filter(|id| !removed.contains(&forest_of(id)))
+        {
+            let mut on_path = Some(bottom_of(id));
+            while let Some(node) = on_path {
+                levels.entry(node.depth).or_default().insert(node);
+                on_path = node.parent();
+            }
+        }
+        // Deepest first, so a node's children are re-keyed before it; a
+        // day forest's bottom nodes share a depth with forest 0's uppers.
+        for nodes in levels.values().rev() {
+            let (bottoms, uppers): (Vec<NodeId>, Vec<NodeId>) =
+                nodes.iter().copied().partition(|node| is_bottom(*node));
+            if !bottoms.is_empty() {
+                self.rekey_bottom_nodes(&bottoms, now, report)?;
+            }
+            for page in uppers.chunks(self.batch_page(NODE_PAGE, 17)) {
+                self.rekey_upper_nodes(page, now, report)?;
             }
         }
         // Durable: a debt that reappeared after a crash would only cost a
@@ -114,9 +138,10 @@ impl DbInner {
         Ok(pending)
     }
 
-    /// Whether a debt on `node` is waiting (for certificates). Debts are
-    /// due when their key died, so only the items due by now are read.
-    pub(crate) fn node_debt_pending_on(&self, node: NodeId) -> Result<bool> {
+    /// Whether a debt for a key of `subject` is waiting (for certificates).
+    /// Debts are due when their key died, so only the items due by now are
+    /// read.
+    pub(crate) fn node_debt_pending_for(&self, subject: &SubjectTag) -> Result<bool> {
         let end = deadlines::upper_bound(self.clock.now().as_second());
         let mut pending = false;
         self.storage.scan(
@@ -125,8 +150,10 @@ impl DbInner {
             Bound::Excluded(&end),
             Order::Ascending,
             &mut |k, _| {
-                pending =
-                    matches!(deadlines::decode_key(k), Some((_, Due::RekeyNode(id))) if bottom_of(&id) == node);
+                pending = matches!(
+                    deadlines::decode_key(k),
+                    Some((_, Due::RekeyNode(id))) if id.subject == *subject
+                );
                 if pending {
                     ControlFlow::Break(())
                 } else {
@@ -274,14 +301,16 @@ impl DbInner {
     }
 
     /// The live data keys wrapped under bottom node `node`, and their
-    /// subjects.
+    /// subjects: one range read, of `vault` for forest 0 and of the day
+    /// lane for a day forest.
     fn data_children(&self, node: NodeId) -> Result<(Vec<DataChild>, BTreeSet<SubjectTag>)> {
         let (first, last) = node.tag_range();
         let mut children = Vec::new();
         let mut subjects = BTreeSet::new();
-        layout::scan_subjects(self.storage.as_ref(), &first, &last, &mut |id, slot| {
+        let mut visit = |id: KeyId, slot: Slot| {
             // A damaged entry is not a live key: nothing to re-wrap.
-            if let Ok(entry) = VaultEntry::decode(&slot.value)
+            if bottom_of(&id) == node
+                && let Ok(entry) = VaultEntry::decode(&slot.value)
                 && entry.state == KeyState::Active
                 && let Some(Wrapped::Node(wrapped)) = entry.wrapped.clone()
             {
@@ -289,8 +318,77 @@ impl DbInner {
                 children.push((id, slot, entry, wrapped));
             }
             ControlFlow::Continue(())
-        })?;
+        };
+        let storage = self.storage.as_ref();
+        if node.forest == SUBJECTS_FOREST {
+            layout::scan_vault_subjects(storage, &first, &last, &mut visit)?;
+        } else {
+            layout::scan_day_subjects(storage, node.forest, &first, &last, &mut visit)?;
+        }
         Ok((children, subjects))
+    }
+
+    /// Removes whole every day forest of `forests` that holds no live key
+    /// (its day's keys all destroyed; a key a hold parked keeps it), and
+    /// returns those removed. Under the vault's creation lock and the
+    /// tree's write lock, so no key is made under a forest being removed;
+    /// a key of that day made later gets a new forest. Nodes go deepest
+    /// first, so a removal cut by a crash leaves no node without its
+    /// parent, and the next pass finishes it.
+    fn remove_dead_forests(
+        &self,
+        forests: &BTreeSet<u32>,
+        report: &mut CompactionReport,
+    ) -> Result<BTreeSet<u32>> {
+        let mut removed = BTreeSet::new();
+        let limit = self
+            .storage
+            .max_batch_ops()
+            .unwrap_or(BOTTOM_BATCH_OPS)
+            .max(1);
+        for forest in forests {
+            let creating = self.vault.creation_lock();
+            let rekeying = self.vault.tree().write_lock();
+            if self.day_has_live_key(*forest)? {
+                continue;
+            }
+            let nodes = self.vault.tree().forest_nodes(*forest)?;
+            for page in nodes.chunks(limit) {
+                let mut batch = WriteBatch::new();
+                for node in page {
+                    batch.remove(Tree::KeyNodes, node.to_bytes().to_vec());
+                }
+                self.storage.apply(&batch, Durability::Buffered)?;
+            }
+            self.vault.tree().forget_forest(*forest);
+            drop((rekeying, creating));
+            report.forests_removed += 1;
+            report.nodes_removed += nodes.len() as u64;
+            removed.insert(*forest);
+        }
+        Ok(removed)
+    }
+
+    /// Whether the day lane holds a live key of expiry bucket `bucket` (a
+    /// damaged entry counts as live: its forest is kept, not guessed dead).
+    fn day_has_live_key(&self, bucket: u32) -> Result<bool> {
+        let mut live = false;
+        layout::scan_day_subjects(
+            self.storage.as_ref(),
+            bucket,
+            &[0; 16],
+            &[0xFF; 16],
+            &mut |_, slot| {
+                live = VaultEntry::decode(&slot.value)
+                    .map_or(true, |entry| entry.state == KeyState::Active);
+                if live {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        Ok(live)
     }
 
     /// Audits a node whose key its parent's re-key could not open: every key

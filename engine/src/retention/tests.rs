@@ -1041,16 +1041,42 @@ fn compaction_never_rewraps_a_key_it_destroys() {
         .filter(|(_, d)| *d)
         .collect();
     assert_eq!(destroyed.len(), 1);
-    // The destroyed key's path (six nodes) was re-keyed before the rotation,
-    // which re-wrapped the root alone: the new root generation, not the one
-    // that opens the destroyed key.
-    assert_eq!(report.nodes_rekeyed, 6, "{report:?}");
+    // The destroyed key was its day's only one: its day forest (the root
+    // and three levels down to its bottom node) was removed whole before
+    // the rotation, which re-wrapped forest 0's root alone, untouched by
+    // the expiry.
+    assert_eq!(report.forests_removed, 1, "{report:?}");
+    assert_eq!(report.nodes_removed, 4, "{report:?}");
+    assert_eq!(report.nodes_rekeyed, 0, "{report:?}");
     assert_eq!(report.keys_rewrapped, 1, "{report:?}");
-    assert_eq!(root_generation(&db), root_before + 1);
+    assert_eq!(root_generation(&db), root_before);
+    assert_eq!(day_forest_nodes(&db), 0);
     assert_eq!(pending_node_debts(&db), 0);
 }
 
-/// The generation of the key tree's root.
+/// Nodes of day forests the key tree holds (every forest but 0), read raw:
+/// a node id is depth (1) ‖ forest (u32 BE) ‖ prefix (u32 BE).
+fn day_forest_nodes(db: &Db) -> usize {
+    let mut n = 0;
+    db.inner
+        .storage
+        .scan(
+            Tree::KeyNodes,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, _| {
+                if k.len() == 9 && k[1..5] != [0, 0, 0, 0] {
+                    n += 1;
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    n
+}
+
+/// The generation of forest 0's root.
 fn root_generation(db: &Db) -> u32 {
     db.inner
         .vault
@@ -1063,8 +1089,11 @@ fn root_generation(db: &Db) -> u32 {
 
 /// The generation of the bottom node a subject's keys are under.
 fn bottom_generation(db: &Db, subject: &str) -> u32 {
-    let node =
-        shredkv_crypto::NodeId::of_tag(&db.subject_tag(subject), crate::vault::tree::BOTTOM_DEPTH);
+    let node = shredkv_crypto::NodeId::of_tag(
+        0,
+        &db.subject_tag(subject),
+        crate::vault::tree::BOTTOM_DEPTH,
+    );
     db.inner
         .vault
         .tree()
@@ -1127,13 +1156,18 @@ fn every_destruction_owes_its_node_a_rekey_and_compaction_pays_it() {
     assert!(bottom_generation(&db, "a") > a_node);
     assert!(root_generation(&db) > root);
 
-    // An expiry, in the pass that destroys the key.
+    // An expiry, in the pass that destroys the key: its day's forest holds
+    // no live key after it, so the forest is removed whole (nothing to
+    // re-wrap), and b's keys in forest 0 are left alone.
     let b_node = bottom_generation(&db, "b");
+    assert_eq!(day_forest_nodes(&db), 4, "the day's root and three levels");
     clock.advance(days(2));
     let report = db.compact().expect("compact");
     assert_eq!(report.keys_destroyed, 1, "{report:?}");
     assert_eq!(pending_node_debts(&db), 0);
-    assert!(bottom_generation(&db, "b") > b_node, "expiry: {report:?}");
+    assert_eq!(report.forests_removed, 1, "expiry: {report:?}");
+    assert_eq!(day_forest_nodes(&db), 0, "expiry: {report:?}");
+    assert_eq!(bottom_generation(&db, "b"), b_node, "expiry: {report:?}");
 
     // A bucket's re-key (an overwrite's debt falls due) destroys the old
     // version, in the pass that pays the debt.
@@ -1178,8 +1212,8 @@ fn a_rotation_pays_the_node_debts_before_it_rewraps_the_root() {
     assert_eq!(pending_node_debts(&db), 0, "paid before the root's re-wrap");
     assert_eq!(root_generation(&db), root + 1);
     assert_eq!(
-        db.inner.vault.tree().root_epoch().expect("root"),
-        Some(created)
+        db.inner.vault.tree().root_epochs().expect("roots"),
+        std::collections::BTreeSet::from([created])
     );
     assert_eq!(
         db.get("b", "account_profile", b"p")
@@ -1292,13 +1326,13 @@ fn purge_progresses_past_a_poisoned_item() {
         .find(|(k, _)| shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket == 1))
         .expect("c's data key");
     let mut entry = crate::vault::VaultEntry::decode(entry).expect("entry");
-    // Node-wrapped key format: bytes 22..54 the sealed key, a CRC over 0..70
+    // Node-wrapped key format: bytes 26..58 the sealed key, a CRC over 0..74
     // last.
     let Some(crate::vault::Wrapped::Node(wrapped)) = entry.wrapped else {
         panic!("c's key is under the tree");
     };
-    let mut bytes = wrapped.as_bytes()[..70].to_vec();
-    bytes[25] ^= 0x01;
+    let mut bytes = wrapped.as_bytes()[..74].to_vec();
+    bytes[29] ^= 0x01;
     let bytes = with_crc(bytes);
     entry.wrapped = Some(crate::vault::Wrapped::Node(
         shredkv_crypto::NodeWrapped::from_bytes(&bytes).expect("wrapped"),
@@ -2749,7 +2783,7 @@ fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
     let mut seen_level_1 = std::collections::BTreeSet::new();
     for i in 0..200 {
         let name = format!("s{i}");
-        if seen_level_1.insert(NodeId::of_tag(&db.subject_tag(&name), 1)) {
+        if seen_level_1.insert(NodeId::of_tag(0, &db.subject_tag(&name), 1)) {
             names.push(name);
         }
         if names.len() == 4 {
@@ -2766,7 +2800,7 @@ fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
         .iter()
         .map(|s| (s.clone(), db.subject_tag(s)))
         .collect();
-    let bottom = |s: &str| NodeId::of_tag(&tags[s], crate::vault::tree::BOTTOM_DEPTH);
+    let bottom = |s: &str| NodeId::of_tag(0, &tags[s], crate::vault::tree::BOTTOM_DEPTH);
     // 1. The damaged subject's bottom node: its generation changed.
     let node = bottom(&damaged);
     let entry = raw_node(&db, node).expect("node");
@@ -2793,10 +2827,10 @@ fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
     )
     .expect("scan");
     let (key, value) = open_key.expect("the open bucket's key");
-    // Vault entry v2: the wrap (74 bytes) at 20..94, its generation at 6..10.
-    let mut wrap = value[20..90].to_vec();
-    let generation = u32::from_be_bytes(wrap[6..10].try_into().expect("4")) + 1;
-    wrap[6..10].copy_from_slice(&generation.to_be_bytes());
+    // Vault entry v2: the wrap (78 bytes) at 20..98, its generation at 10..14.
+    let mut wrap = value[20..94].to_vec();
+    let generation = u32::from_be_bytes(wrap[10..14].try_into().expect("4")) + 1;
+    wrap[10..14].copy_from_slice(&generation.to_be_bytes());
     let mut entry = value[..20].to_vec();
     entry.extend_from_slice(&with_crc(wrap));
     raw_put(&db, Tree::Vault, &key, &with_crc(entry));
@@ -2885,4 +2919,114 @@ fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
             .as_deref(),
         Some(bystander.as_bytes())
     );
+}
+
+/// The roots of the day forests, read raw: `(forest, generation)`. A node
+/// id is depth (1) ‖ forest (u32 BE) ‖ prefix (u32 BE); a node entry is
+/// version (1) ‖ generation (u32 BE) ‖ ….
+fn day_forest_roots(db: &Db) -> Vec<(u32, u32)> {
+    let mut roots = Vec::new();
+    db.inner
+        .storage
+        .scan(
+            Tree::KeyNodes,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, v| {
+                if k.len() == 9 && k[0] == 0 && k[1..5] != [0, 0, 0, 0] && v.len() > 5 {
+                    let forest = u32::from_be_bytes(k[1..5].try_into().expect("4"));
+                    let generation = u32::from_be_bytes(v[1..5].try_into().expect("4"));
+                    roots.push((forest, generation));
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    roots
+}
+
+/// The keys expiring on one day hang in that day's forest of the key tree.
+/// An early death among them (a shred) re-keys the forest's path; the
+/// day's end destroys them and removes the forest whole, re-wrapping
+/// nothing, unless a hold keeps one of its keys: then the dead keys' paths
+/// are re-keyed and the forest lives until the held key dies too. Forest
+/// 0 (the scope keys) is never touched by the day's expiry.
+#[test]
+fn a_day_forest_dies_whole_unless_a_hold_keeps_one_of_its_keys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    // start() is 08:00 UTC: an hour later is the same day for everyone.
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    for s in ["a", "b", "c"] {
+        db.register_account(s).expect("register");
+        db.put_with(
+            s,
+            "message_content",
+            b"m",
+            s.as_bytes(),
+            PutOptions::expires_at(expiry),
+        )
+        .expect("put");
+    }
+    let roots = day_forest_roots(&db);
+    assert_eq!(roots.len(), 1, "one expiry day, one forest: {roots:?}");
+    let (forest, first_generation) = roots[0];
+    assert!(
+        day_forest_nodes(&db) >= 4,
+        "a root and three levels at least"
+    );
+
+    // An early death: b's shred re-keys b's path in the day forest, which
+    // lives on for a and c.
+    db.shred("b", crate::Classes::All).expect("shred");
+    let report = db.compact().expect("compact");
+    assert_eq!(report.forests_removed, 0, "{report:?}");
+    assert!(report.nodes_rekeyed >= 4, "{report:?}");
+    assert_eq!(day_forest_roots(&db), vec![(forest, first_generation + 1)]);
+    assert!(readable(&db, "a", "message_content", b"m"));
+    assert!(readable(&db, "c", "message_content", b"m"));
+
+    // The day ends with c's messages on hold: a's key dies, c's is kept,
+    // so the forest stays and a's path is re-keyed under it.
+    db.place_hold("c", Some("message_content"), "case 12")
+        .expect("hold");
+    let scope_root = root_generation(&db);
+    clock.advance(days(1));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(report.blocked_by_hold, 1, "{report:?}");
+    assert_eq!(report.forests_removed, 0, "{report:?}");
+    assert_eq!(day_forest_roots(&db), vec![(forest, first_generation + 2)]);
+    assert_eq!(root_generation(&db), scope_root, "forest 0 untouched");
+    assert!(!readable(&db, "a", "message_content", b"m"));
+    assert_eq!(
+        db.get("c", "message_content", b"m").expect("held"),
+        Some(b"c".to_vec())
+    );
+    assert_eq!(pending_node_debts(&db), 0);
+
+    // The hold released, c's key dies at the next pass and the forest with
+    // it: every node removed, none re-keyed.
+    db.release_hold("c", Some("message_content"))
+        .expect("release");
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(report.forests_removed, 1, "{report:?}");
+    assert_eq!(report.nodes_rekeyed, 0, "{report:?}");
+    assert_eq!(day_forest_nodes(&db), 0);
+    assert_eq!(root_generation(&db), scope_root, "forest 0 untouched");
+    assert_eq!(pending_node_debts(&db), 0);
+    // No key of that day can be made after its forest went: an expiry
+    // already passed is expired on arrival, nothing stored, no forest made.
+    db.put_with(
+        "a",
+        "message_content",
+        b"late",
+        b"l",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    assert!(!readable(&db, "a", "message_content", b"late"));
+    assert_eq!(day_forest_nodes(&db), 0);
 }

@@ -201,9 +201,9 @@ pub(crate) fn scan_prefix(
     scan_ids_between(storage, &first, &last, visit)
 }
 
-/// Visits the stored entries of every key id of a subject whose tag lies in
-/// `first..=last` (a node of the key tree covers such a range).
-pub(crate) fn scan_subjects(
+/// Visits the entries in `vault` (scope and open-bucket keys; the day lane
+/// is not read) of every subject whose tag lies in `first..=last`.
+pub(crate) fn scan_vault_subjects(
     storage: &dyn Storage,
     first: &[u8; 16],
     last: &[u8; 16],
@@ -213,7 +213,58 @@ pub(crate) fn scan_subjects(
     let mut high = [0xFFu8; KeyId::LEN];
     low[..16].copy_from_slice(first);
     high[..16].copy_from_slice(last);
-    scan_ids_between(storage, &low, &high, visit)
+    storage.scan(
+        Tree::Vault,
+        Bound::Included(&low),
+        Bound::Included(&high),
+        Order::Ascending,
+        &mut |k, v| match KeyId::from_bytes(k) {
+            Some(id) => visit(
+                id,
+                Slot {
+                    tree: Tree::Vault,
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                },
+            ),
+            None => ControlFlow::Continue(()),
+        },
+    )
+}
+
+/// Visits the day-lane entries of expiry bucket `bucket` whose subject's
+/// tag lies in `first..=last` (one range of the lane, which is keyed by
+/// bucket, then tag).
+pub(crate) fn scan_day_subjects(
+    storage: &dyn Storage,
+    bucket: u32,
+    first: &[u8; 16],
+    last: &[u8; 16],
+    visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
+    let mut low = [0u8; KeyId::LEN];
+    let mut high = [0xFFu8; KeyId::LEN];
+    low[..4].copy_from_slice(&bucket.to_be_bytes());
+    high[..4].copy_from_slice(&bucket.to_be_bytes());
+    low[4..20].copy_from_slice(first);
+    high[4..20].copy_from_slice(last);
+    storage.scan(
+        Tree::VaultDays,
+        Bound::Included(&low),
+        Bound::Included(&high),
+        Order::Ascending,
+        &mut |k, v| match id_from_lane_key(k) {
+            Some(id) => visit(
+                id,
+                Slot {
+                    tree: Tree::VaultDays,
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                },
+            ),
+            None => ControlFlow::Continue(()),
+        },
+    )
 }
 
 /// Visits the stored entries of every key id in `first..=last` (key-id

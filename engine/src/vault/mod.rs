@@ -915,7 +915,14 @@ impl Vault {
             wrapped: Some(Wrapped::Node(wrapped)),
             ..entry
         };
-        batch.put(slot.tree, slot.key, entry.encode());
+        // An expiry-bucket entry a format-2 store left in `vault` moves to
+        // the day lane with it: its day forest's re-keys and removal read
+        // the lane alone.
+        let (home_tree, home_key) = layout::home(id);
+        if slot.tree != home_tree {
+            batch.remove(slot.tree, slot.key);
+        }
+        batch.put(home_tree, home_key, entry.encode());
         Ok(true)
     }
 
@@ -978,7 +985,7 @@ mod tests {
         forged.extend_from_slice(&[0; NodeWrapped::LEN]);
         forged.extend_from_slice(&crc32fast::hash(&forged).to_be_bytes());
         assert!(VaultEntry::decode(&forged).is_err());
-        let node = shredkv_crypto::NodeId::of_tag(&SubjectTag([3; 16]), tree::BOTTOM_DEPTH);
+        let node = shredkv_crypto::NodeId::of_tag(0, &SubjectTag([3; 16]), tree::BOTTOM_DEPTH);
         let under_node = VaultEntry {
             wrapped: Some(Wrapped::Node(
                 shredkv_crypto::NodeCipher::new(

@@ -1,23 +1,28 @@
 //! The key tree (store format 4): node keys between the epoch key and the
-//! data keys, so that an epoch rotation re-wraps one root instead of every
-//! live key.
+//! data keys, so that an epoch rotation re-wraps a root per forest instead
+//! of every live key.
 //!
 //! ```text
 //! key provider: epoch key E
-//!   └─ root (depth 0), wrapped under E (WrapContext::TreeRoot)
-//!        └─ 16 nodes by the first 4 bits of the subject tag (depth 1)
-//!             └─ … 16 a level …
-//!                  └─ bottom nodes (depth 5: the tag's first 20 bits)
-//!                       └─ the data keys of the subjects under them
+//!   ├─ forest 0's root (depth 0), wrapped under E (WrapContext::TreeRoot)
+//!   │    └─ 16 nodes by the first 4 bits of the subject tag (depth 1)
+//!   │         └─ … 16 a level …
+//!   │              └─ bottom nodes (depth 5: the tag's first 20 bits)
+//!   │                   └─ the scope and open-bucket keys of their subjects
+//!   └─ a day forest's root per expiry bucket with keys (forest = bucket)
+//!        └─ … 16 a level by the tag …
+//!             └─ bottom nodes (depth 3: the tag's first 12 bits)
+//!                  └─ that day's expiry keys of their subjects
 //! ```
 //!
-//! Tree `key_nodes`: node id (depth u8 ‖ prefix u32 BE) → node entry v1:
+//! Tree `key_nodes`: node id (depth u8 ‖ forest u32 BE ‖ prefix u32 BE) →
+//! node entry v1:
 //!
 //! ```text
 //!  0  1  version (1)
 //!  1  4  generation u32 (1 when made, one more at each re-key)
-//!  5  1  wrap: 1 under an epoch (the root only; 69 bytes follow),
-//!              2 under its parent node (74 bytes follow)
+//!  5  1  wrap: 1 under an epoch (a root only; 69 bytes follow),
+//!              2 under its parent node (78 bytes follow)
 //!  6  .  the node's key, wrapped
 //!  .  4  CRC32
 //! ```
@@ -34,7 +39,9 @@
 //! generation; the root's under the current epoch. After that no live entry
 //! is wrapped under a generation that could open the destroyed key, so the
 //! last epoch that opens any copy of it is the one current then, destroyed
-//! L later (docs/design.md, "The deletion timeline").
+//! L later (docs/design.md, "The deletion timeline"). A day forest whose
+//! keys are all dead is deleted instead (`retention/node_debts.rs`): its
+//! root's copies are under epochs current until then, as a re-keyed root's.
 //!
 //! **Fixed depth.** Subject tags are keyed hashes, uniform, so a fixed depth
 //! balances the tree: with 5 levels under the root (about a million bottom
@@ -65,8 +72,14 @@ use crate::codec::{Reader, Writer};
 use crate::error::{Error, Location, Result};
 use crate::storage::{Order, Storage, Tree, WriteBatch};
 
-/// The depth of the bottom nodes, which wrap the data keys.
+/// The depth of forest 0's bottom nodes, which wrap the data keys.
 pub(crate) const BOTTOM_DEPTH: u8 = 5;
+/// The depth of a day forest's bottom nodes: 4,096 of them, so a day of
+/// 65,536 expiring keys puts about 16 under each.
+pub(crate) const DAY_BOTTOM_DEPTH: u8 = 3;
+/// The forest of the keys whose death nothing predicts (scope and
+/// open-bucket keys).
+pub(crate) const SUBJECTS_FOREST: u32 = 0;
 /// Node ciphers kept in memory (about 1 KiB each). The top levels (273
 /// nodes) are always among them once used; a cold read unwraps at most
 /// the levels below what is cached.
@@ -74,9 +87,36 @@ const CACHED_NODES: usize = 16_384;
 const VERSION: u8 = 1;
 const WHAT: &str = "key tree node";
 
-/// The bottom node a subject's keys are wrapped under.
+/// The forest a key hangs in: an expiry-bucket key in its bucket's (its
+/// day's, so the day's keys can die together), every other key in
+/// forest 0. An expiry-bucket key under the tree always lives in the day
+/// lane (a format-2 entry moves there when it moves under the tree).
+pub(crate) fn forest_of(id: &KeyId) -> u32 {
+    if super::layout::in_day_lane(id) {
+        id.bucket
+    } else {
+        SUBJECTS_FOREST
+    }
+}
+
+/// The depth of `forest`'s bottom nodes.
+pub(crate) fn bottom_depth(forest: u32) -> u8 {
+    if forest == SUBJECTS_FOREST {
+        BOTTOM_DEPTH
+    } else {
+        DAY_BOTTOM_DEPTH
+    }
+}
+
+/// Whether `node` is a bottom node (it wraps data keys, not nodes).
+pub(crate) fn is_bottom(node: NodeId) -> bool {
+    node.depth >= bottom_depth(node.forest)
+}
+
+/// The bottom node a key is wrapped under.
 pub(crate) fn bottom_of(id: &KeyId) -> NodeId {
-    NodeId::of_tag(&id.subject, BOTTOM_DEPTH)
+    let forest = forest_of(id);
+    NodeId::of_tag(forest, &id.subject, bottom_depth(forest))
 }
 
 /// What a node's key is wrapped under.
@@ -197,8 +237,8 @@ impl KeyTree {
     fn cache(&self, cipher: Arc<NodeCipher>) {
         let mut cached = self.cached();
         if cached.len() >= CACHED_NODES {
-            // Keep the top of the tree, which every path shares.
-            cached.retain(|node, _| node.depth < 3);
+            // Keep the top of forest 0, which every subject's path shares.
+            cached.retain(|node, _| node.forest == SUBJECTS_FOREST && node.depth < 3);
         }
         cached.insert(cipher.node(), cipher);
     }
@@ -285,6 +325,7 @@ impl KeyTree {
         let key = match &entry.wrap {
             NodeWrap::Epoch(wrapped) => {
                 let context = WrapContext::TreeRoot {
+                    forest: node.forest,
                     generation: entry.generation,
                 };
                 match self.provider.unwrap(&context, wrapped) {
@@ -367,14 +408,17 @@ impl KeyTree {
         {
             return match self.cipher_locked(node, None)? {
                 Some(cipher) => Ok(cipher),
-                None => Err(self.root_gone()),
+                None => Err(self.root_gone(node.forest)),
             };
         }
         let key = NodeKey::generate();
         let generation = 1;
         let wrap = match node.parent() {
             None => {
-                let context = WrapContext::TreeRoot { generation };
+                let context = WrapContext::TreeRoot {
+                    forest: node.forest,
+                    generation,
+                };
                 NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key.to_wrappable())?)
             }
             Some(parent) => {
@@ -392,10 +436,10 @@ impl KeyTree {
         Ok(cipher)
     }
 
-    /// The error for a tree whose root's epoch was destroyed: nothing under
-    /// it opens any more.
-    fn root_gone(&self) -> Error {
-        let epoch = match self.read_node(NodeId::ROOT) {
+    /// The error for a forest whose root's epoch was destroyed: nothing
+    /// under it opens any more.
+    fn root_gone(&self, forest: u32) -> Error {
+        let epoch = match self.read_node(NodeId::root(forest)) {
             Ok(Some(NodeEntry {
                 wrap: NodeWrap::Epoch(wrapped),
                 ..
@@ -468,12 +512,15 @@ impl KeyTree {
         let key = NodeKey::generate();
         let wrap = match node.parent() {
             None => {
-                let context = WrapContext::TreeRoot { generation };
+                let context = WrapContext::TreeRoot {
+                    forest: node.forest,
+                    generation,
+                };
                 NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key.to_wrappable())?)
             }
             Some(parent) => match self.cipher_locked(parent, None) {
                 Ok(Some(parent)) => NodeWrap::Parent(parent.wrap_node(node, generation, &key)),
-                Ok(None) => return Err(self.root_gone()),
+                Ok(None) => return Err(self.root_gone(node.forest)),
                 // Its parent is missing or does not open: the node is out
                 // of reach already, and nothing is written under it.
                 Err(err) if err.is_integrity_failure() => {
@@ -497,7 +544,7 @@ impl KeyTree {
             lost_data: Vec::new(),
             lost_nodes: Vec::new(),
         };
-        if node.depth >= BOTTOM_DEPTH {
+        if is_bottom(node) {
             for (id, wrapped) in data_children {
                 let opened = old.as_ref().and_then(|old| {
                     (wrapped.node() == node && wrapped.generation() == old.generation())
@@ -607,52 +654,123 @@ impl KeyTree {
         Ok(out)
     }
 
-    /// The epoch the root is wrapped under, if the tree has a root.
-    pub(crate) fn root_epoch(&self) -> Result<Option<EpochId>> {
-        Ok(match self.read_node(NodeId::ROOT)? {
-            Some(NodeEntry {
-                wrap: NodeWrap::Epoch(wrapped),
-                ..
-            }) => Some(wrapped.epoch()),
-            _ => None,
-        })
+    /// The roots of every forest, with their stored entries.
+    fn roots(&self) -> Result<Vec<(NodeId, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.storage.scan(
+            Tree::KeyNodes,
+            Bound::Included(&NodeId::root(0).to_bytes()),
+            Bound::Included(&NodeId::root(u32::MAX).to_bytes()),
+            Order::Ascending,
+            &mut |k, v| {
+                if let Some(root) = NodeId::from_bytes(k) {
+                    out.push((root, v.to_vec()));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(out)
     }
 
-    /// Re-wraps the root's key, at its generation, under `epoch` (an epoch
-    /// rotation). The caller holds the creation lock and the write lock.
-    /// False if there is no root, or it is under `epoch` already.
-    pub(crate) fn rewrap_root(&self, epoch: EpochId, batch: &mut WriteBatch) -> Result<bool> {
-        let Some(entry) = self.read_node(NodeId::ROOT)? else {
-            return Ok(false);
-        };
-        let NodeWrap::Epoch(wrapped) = &entry.wrap else {
-            return Ok(false);
-        };
-        if wrapped.epoch() == epoch {
-            return Ok(false);
-        }
-        let context = WrapContext::TreeRoot {
-            generation: entry.generation,
-        };
-        let key = match self.provider.unwrap(&context, wrapped) {
-            Ok(key) => key,
-            Err(ProviderError::Authentication) => {
-                return Err(Error::Tampered {
-                    location: node_location(NodeId::ROOT),
-                });
+    /// The epochs the forests' roots are wrapped under (one when no
+    /// rotation is under way; none before the first key).
+    pub(crate) fn root_epochs(&self) -> Result<std::collections::BTreeSet<EpochId>> {
+        let mut epochs = std::collections::BTreeSet::new();
+        for (root, stored) in self.roots()? {
+            let entry = NodeEntry::decode(root, &stored).map_err(|source| Error::Corrupt {
+                location: node_location(root),
+                source,
+            })?;
+            if let NodeWrap::Epoch(wrapped) = &entry.wrap {
+                epochs.insert(wrapped.epoch());
             }
-            Err(other) => return Err(other.into()),
-        };
-        let rewrapped = NodeEntry {
-            generation: entry.generation,
-            wrap: NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key)?),
-        };
-        batch.put(
-            Tree::KeyNodes,
-            NodeId::ROOT.to_bytes().to_vec(),
-            rewrapped.encode(),
-        );
-        Ok(true)
+        }
+        Ok(epochs)
+    }
+
+    /// Re-wraps up to `limit` forests' root keys not under `epoch` yet, at
+    /// their generations, under `epoch` (an epoch rotation, called until it
+    /// returns 0). The caller holds the creation lock and the write lock.
+    /// Returns how many roots were re-wrapped into `batch`.
+    pub(crate) fn rewrap_roots(
+        &self,
+        epoch: EpochId,
+        limit: usize,
+        batch: &mut WriteBatch,
+    ) -> Result<u64> {
+        let mut rewrapped_roots = 0;
+        for (root, stored) in self.roots()? {
+            if rewrapped_roots >= limit as u64 {
+                break;
+            }
+            let entry = NodeEntry::decode(root, &stored).map_err(|source| Error::Corrupt {
+                location: node_location(root),
+                source,
+            })?;
+            let NodeWrap::Epoch(wrapped) = &entry.wrap else {
+                continue;
+            };
+            if wrapped.epoch() == epoch {
+                continue;
+            }
+            let context = WrapContext::TreeRoot {
+                forest: root.forest,
+                generation: entry.generation,
+            };
+            let key = match self.provider.unwrap(&context, wrapped) {
+                Ok(key) => key,
+                Err(ProviderError::Authentication) => {
+                    return Err(Error::Tampered {
+                        location: node_location(root),
+                    });
+                }
+                Err(other) => return Err(other.into()),
+            };
+            let rewrapped = NodeEntry {
+                generation: entry.generation,
+                wrap: NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key)?),
+            };
+            batch.put(Tree::KeyNodes, root.to_bytes().to_vec(), rewrapped.encode());
+            rewrapped_roots += 1;
+        }
+        Ok(rewrapped_roots)
+    }
+
+    /// Every stored node of `forest`, deepest first (so a removal cut part
+    /// way leaves no node without its parent).
+    pub(crate) fn forest_nodes(&self, forest: u32) -> Result<Vec<NodeId>> {
+        let mut out = Vec::new();
+        for depth in (0..=bottom_depth(forest)).rev() {
+            let first = NodeId {
+                forest,
+                depth,
+                prefix: 0,
+            };
+            let last = NodeId {
+                forest,
+                depth,
+                prefix: u32::MAX,
+            };
+            self.storage.scan(
+                Tree::KeyNodes,
+                Bound::Included(&first.to_bytes()),
+                Bound::Included(&last.to_bytes()),
+                Order::Ascending,
+                &mut |k, _| {
+                    if let Some(node) = NodeId::from_bytes(k) {
+                        out.push(node);
+                    }
+                    ControlFlow::Continue(())
+                },
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets the cached ciphers of `forest` (its nodes were removed).
+    /// The caller holds the creation lock and the write lock.
+    pub(crate) fn forget_forest(&self, forest: u32) {
+        self.cached().retain(|node, _| node.forest != forest);
     }
 }
 

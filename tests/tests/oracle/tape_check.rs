@@ -99,6 +99,8 @@ pub(crate) struct TapeCheck {
     pub(crate) envelopes_read: u64,
     /// Node keys among the wrapped copies.
     pub(crate) node_copies_read: u64,
+    /// Of those, nodes of day forests (every forest but 0).
+    pub(crate) day_node_copies_read: u64,
     /// Unwrap attempts and envelope openings, in all.
     pub(crate) attempts: u64,
     /// When the check first saw a key wrapped under each epoch.
@@ -208,6 +210,9 @@ impl TapeCheck {
                 };
                 self.wrapped_read += 1;
                 self.node_copies_read += 1;
+                if node.forest != 0 {
+                    self.day_node_copies_read += 1;
+                }
                 self.node_copies.push(NodeCopy {
                     node,
                     generation,
@@ -265,6 +270,7 @@ impl TapeCheck {
                         copy.tried = true;
                         self.attempts += 1;
                         let context = WrapContext::TreeRoot {
+                            forest: copy.node.forest,
                             generation: copy.generation,
                         };
                         if let Ok(key) = provider.unwrap(&context, wrapped) {
