@@ -358,6 +358,11 @@ mod tests {
                 deadlines::key(1_800_000_000, &Due::RekeyNode(id)),
             ),
             (
+                "deadline-forest",
+                RecordKind::DeadlineKey,
+                deadlines::key(1_800_000_000, &Due::RetireForest(20_002)),
+            ),
+            (
                 "deadline-remove",
                 RecordKind::DeadlineKey,
                 deadlines::key(0, &Due::RemoveCiphertext(tag, 0xFFFF)),

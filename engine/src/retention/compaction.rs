@@ -320,7 +320,9 @@ impl DbInner {
             free.push((key, *id));
         }
         let ids: Vec<KeyId> = free.iter().map(|(_, id)| *id).collect();
-        let live = self.vault.destroy_many(&ids, now.as_second(), &mut batch)?;
+        let live = self
+            .vault
+            .destroy_expired(&ids, now.as_second(), &mut batch)?;
         for ((key, id), was_live) in free.iter().zip(live) {
             batch.remove(Tree::Deadlines, (*key).clone());
             if was_live {
@@ -836,7 +838,9 @@ impl DbInner {
             Due::RemoveCiphertext(tag, class) => (tag, class, "dead record removal"),
             Due::ResumeErasure { tag, class, .. } => (tag, class, "resumed erasure"),
             // Paid apart (`node_debts`), never set aside one by one.
-            Due::RekeyNode(_) => (SubjectTag([0; 16]), ALL_CLASSES, "node re-key"),
+            Due::RekeyNode(_) | Due::RetireForest(_) => {
+                (SubjectTag([0; 16]), ALL_CLASSES, "node re-key")
+            }
         };
         let audit = if previous.is_none() {
             vec![PendingEntry::new(
@@ -1042,7 +1046,7 @@ impl Db {
                 }
                 match deadlines::decode_key(&key) {
                     // Paid after the loop, once every key due is destroyed.
-                    Some((_, Due::RekeyNode(_))) => continue,
+                    Some((_, Due::RekeyNode(_) | Due::RetireForest(_))) => continue,
                     Some((_, Due::DestroyKey(id))) => expired_keys.push((key, id)),
                     Some((_, due)) => others.push((key, due)),
                     // An entry this build cannot read is kept for a newer
@@ -1104,7 +1108,7 @@ impl Db {
                         let [(key, _)] = item;
                         dead.push((key, tag, class));
                     }
-                    Due::DestroyKey(_) | Due::RekeyNode(_) => {}
+                    Due::DestroyKey(_) | Due::RekeyNode(_) | Due::RetireForest(_) => {}
                 }
             }
             inner.isolated(

@@ -53,6 +53,12 @@ pub(crate) enum Due {
     /// opening through the node's current generation (`vault::tree`). One
     /// item per destroyed key, so a pass removes only the debts it read.
     RekeyNode(KeyId),
+    /// A day's expiry destroyed keys of the day forest `forest` (the
+    /// expiry bucket): remove the forest whole once it holds no live key,
+    /// else re-key all of it (`retention/node_debts.rs`). Written in place
+    /// of a `RekeyNode` per key by the expiry's tombstones; one item per
+    /// forest and pass.
+    RetireForest(u32),
 }
 
 pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
@@ -92,6 +98,10 @@ pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
         Due::RekeyNode(id) => {
             out.push(6);
             out.extend_from_slice(&id.to_bytes());
+        }
+        Due::RetireForest(forest) => {
+            out.push(7);
+            out.extend_from_slice(&forest.to_be_bytes());
         }
     }
     out
@@ -139,6 +149,7 @@ pub(crate) fn decode_key(key: &[u8]) -> Option<(i64, Due)> {
             }
         }
         6 => Due::RekeyNode(KeyId::from_bytes(target)?),
+        7 => Due::RetireForest(u32::from_be_bytes(target.try_into().ok()?)),
         _ => return None,
     };
     Some((time_from_sortable(time), due))
@@ -168,6 +179,7 @@ mod tests {
                 whole: true,
             },
             Due::RekeyNode(id),
+            Due::RetireForest(20_002),
         ];
         for due in dues {
             assert_eq!(decode_key(&key(77, &due)), Some((77, due)));

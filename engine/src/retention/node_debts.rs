@@ -7,8 +7,10 @@
 //! part way leaves the debts, and the next pass re-keys the whole union
 //! again: a node re-keyed twice only costs its children's re-wraps.
 //!
-//! A day forest (the keys expiring on one day) whose debts are paid once
-//! it holds no live key is removed whole instead: its nodes are deleted,
+//! A day's expiry leaves one debt on each forest it touched
+//! (`Due::RetireForest`) instead of one per key. A day forest (the keys
+//! expiring on one day) whose debts are paid once it holds no live key is
+//! removed whole instead of re-keyed: its nodes are deleted,
 //! nothing is re-wrapped, and the copies of its keys die with the epochs
 //! its root was wrapped under, as a re-keyed path's would. That is a day's
 //! expiry: a cost of the day's keys and the forest's nodes, not of the
@@ -56,15 +58,23 @@ impl DbInner {
         let end = deadlines::upper_bound(now.as_second());
         let mut debts: Vec<Vec<u8>> = Vec::new();
         let mut debtors: Vec<KeyId> = Vec::new();
+        let mut retiring: BTreeSet<u32> = BTreeSet::new();
         self.storage.scan(
             Tree::Deadlines,
             Bound::Unbounded,
             Bound::Excluded(&end),
             Order::Ascending,
             &mut |k, _| {
-                if let Some((_, Due::RekeyNode(id))) = deadlines::decode_key(k) {
-                    debts.push(k.to_vec());
-                    debtors.push(id);
+                match deadlines::decode_key(k) {
+                    Some((_, Due::RekeyNode(id))) => {
+                        debts.push(k.to_vec());
+                        debtors.push(id);
+                    }
+                    Some((_, Due::RetireForest(forest))) => {
+                        debts.push(k.to_vec());
+                        retiring.insert(forest);
+                    }
+                    _ => {}
                 }
                 ControlFlow::Continue(())
             },
@@ -76,6 +86,7 @@ impl DbInner {
             .iter()
             .map(forest_of)
             .filter(|forest| *forest != SUBJECTS_FOREST)
+            .chain(retiring.iter().copied())
             .collect();
         let removed = self.remove_dead_forests(&day_forests, report)?;
         // Every node on a path still to re-key, by depth.
@@ -88,6 +99,14 @@ impl DbInner {
             while let Some(node) = on_path {
                 levels.entry(node.depth).or_default().insert(node);
                 on_path = node.parent();
+            }
+        }
+        // A day forest whose expiry left live keys in it (a hold, a pass cut
+        // short by its budget): which of its keys died is not recorded, so
+        // all of it is re-keyed, a cost bounded by the forest's nodes.
+        for forest in retiring.difference(&removed) {
+            for node in self.vault.tree().forest_nodes(*forest)? {
+                levels.entry(node.depth).or_default().insert(node);
             }
         }
         // Deepest first, so a node's children are re-keyed before it; a
@@ -127,7 +146,10 @@ impl DbInner {
             Bound::Excluded(&end),
             Order::Ascending,
             &mut |k, _| {
-                pending = matches!(deadlines::decode_key(k), Some((_, Due::RekeyNode(_))));
+                pending = matches!(
+                    deadlines::decode_key(k),
+                    Some((_, Due::RekeyNode(_) | Due::RetireForest(_)))
+                );
                 if pending {
                     ControlFlow::Break(())
                 } else {

@@ -43,6 +43,7 @@ pub(crate) mod layout;
 pub(crate) mod memory_provider;
 pub(crate) mod tree;
 
+use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -228,16 +229,31 @@ fn invalid(detail: &'static str) -> FormatError {
 /// A key that was under the key tree (or may have been: a damaged entry)
 /// leaves a debt on its bottom node in the same batch, due at once: its
 /// copies open through the node's current generation until the node is
-/// re-keyed ([`tree`]).
-fn tombstone_into(id: &KeyId, stored: Option<Slot>, now: i64, batch: &mut WriteBatch) -> bool {
+/// re-keyed ([`tree`]). With `forest_debts` (a day's expiry), a key under a
+/// day forest leaves instead one debt on its whole forest per batch
+/// (`Due::RetireForest`), the forests owed so far noted there: the day's
+/// keys die together, and the forest is removed whole once none lives.
+fn tombstone_into(
+    id: &KeyId,
+    stored: Option<Slot>,
+    now: i64,
+    batch: &mut WriteBatch,
+    forest_debts: Option<&mut BTreeSet<u32>>,
+) -> bool {
     let Some(slot) = stored else {
         return false;
     };
-    let (tombstone, under_tree) = match VaultEntry::decode(&slot.value) {
+    let (tombstone, under_tree, day_forest) = match VaultEntry::decode(&slot.value) {
         Ok(entry) if entry.state == KeyState::Destroyed => return false,
         Ok(entry) => (
             entry.tombstone(now),
             !matches!(entry.wrapped, Some(Wrapped::Epoch(_))),
+            match &entry.wrapped {
+                Some(Wrapped::Node(wrapped)) if wrapped.node().forest != tree::SUBJECTS_FOREST => {
+                    Some(wrapped.node().forest)
+                }
+                _ => None,
+            },
         ),
         Err(_) => (
             VaultEntry {
@@ -247,6 +263,7 @@ fn tombstone_into(id: &KeyId, stored: Option<Slot>, now: i64, batch: &mut WriteB
                 wrapped: None,
             },
             true,
+            None,
         ),
     };
     // The debt goes first: a caller that splits a batch of tombstones
@@ -254,12 +271,22 @@ fn tombstone_into(id: &KeyId, stored: Option<Slot>, now: i64, batch: &mut WriteB
     // tombstone, never in a later one. A debt without its tombstone costs
     // one re-key too many; a tombstone without its debt would leave the
     // key's copies opening through its node for as long as the tree lives.
-    if under_tree {
-        batch.put(
+    match (forest_debts, day_forest) {
+        (Some(owed), Some(forest)) => {
+            if owed.insert(forest) {
+                batch.put(
+                    Tree::Deadlines,
+                    deadlines::key(now, &Due::RetireForest(forest)),
+                    deadlines::value(now),
+                );
+            }
+        }
+        _ if under_tree => batch.put(
             Tree::Deadlines,
             deadlines::key(now, &Due::RekeyNode(*id)),
             deadlines::value(now),
-        );
+        ),
+        _ => {}
     }
     batch.put(slot.tree, slot.key, tombstone.encode());
     true
@@ -853,7 +880,7 @@ impl Vault {
     ) -> Result<Vec<KeyId>> {
         let mut destroyed = Vec::new();
         layout::scan_prefix(self.storage.as_ref(), prefix, &mut |id, slot| {
-            if tombstone_into(&id, Some(slot), now, batch) {
+            if tombstone_into(&id, Some(slot), now, batch, None) {
                 destroyed.push(id);
             }
             ControlFlow::Continue(())
@@ -865,22 +892,26 @@ impl Vault {
     /// it was already destroyed or never existed.
     pub(crate) fn destroy_one(&self, id: &KeyId, now: i64, batch: &mut WriteBatch) -> Result<bool> {
         let stored = layout::locate(self.storage.as_ref(), id)?;
-        Ok(tombstone_into(id, stored, now, batch))
+        Ok(tombstone_into(id, stored, now, batch, None))
     }
 
-    /// [`Vault::destroy_one`] for each of `ids`, reading their entries in
-    /// one read (a page of due keys lies all over the vault).
-    pub(crate) fn destroy_many(
+    /// [`Vault::destroy_one`] for each of a day's expired keys, reading
+    /// their entries in one read (a page of due keys lies all over the
+    /// vault). A key under a day forest owes its forest one debt a batch
+    /// (`Due::RetireForest`), not one of its own, so the day's death costs
+    /// its tombstones and the forest's removal.
+    pub(crate) fn destroy_expired(
         &self,
         ids: &[KeyId],
         now: i64,
         batch: &mut WriteBatch,
     ) -> Result<Vec<bool>> {
         let stored = layout::locate_many(self.storage.as_ref(), ids)?;
+        let mut owed = BTreeSet::new();
         Ok(ids
             .iter()
             .zip(stored)
-            .map(|(id, stored)| tombstone_into(id, stored, now, batch))
+            .map(|(id, stored)| tombstone_into(id, stored, now, batch, Some(&mut owed)))
             .collect())
     }
 
