@@ -61,6 +61,11 @@ secret_key!(
     /// Random, wrapped like a data key.
     StoreSecret
 );
+secret_key!(
+    /// A node key of the key tree: wraps data keys or child node keys.
+    /// Random, never derived.
+    NodeKey
+);
 
 impl StoreSecret {
     /// The store secret a key provider unwrapped (as a [`DataKey`]), moved
@@ -71,6 +76,26 @@ impl StoreSecret {
         let mut secret = Self([0; KEY_LEN]);
         secret.0.copy_from_slice(key.expose_secret());
         secret
+    }
+}
+
+impl NodeKey {
+    /// The root node key a key provider unwrapped (as a [`DataKey`]: the
+    /// provider's API speaks data keys), moved over like
+    /// [`StoreSecret::from_unwrapped`] without a copy of its bytes outside the
+    /// two zeroizing owners.
+    pub fn from_unwrapped(key: DataKey) -> Self {
+        let mut node = Self([0; KEY_LEN]);
+        node.0.copy_from_slice(key.expose_secret());
+        node
+    }
+
+    /// A zeroizing copy of the key as a [`DataKey`], for handing the root's
+    /// key to a key provider to wrap. Drop it as soon as it is wrapped.
+    pub fn to_wrappable(&self) -> DataKey {
+        let mut key = DataKey([0; KEY_LEN]);
+        key.0.copy_from_slice(&self.0);
+        key
     }
 }
 
@@ -222,16 +247,28 @@ mod tests {
         let key = DataKey::from_bytes([0xAB; KEY_LEN]);
         let epoch = EpochKey::from_bytes([0xAB; KEY_LEN]);
         let secret = StoreSecret::from_bytes([0xAB; KEY_LEN]);
+        let node = NodeKey::from_bytes([0xAB; KEY_LEN]);
         for printed in [
             format!("{key:?}"),
             format!("{epoch:?}"),
             format!("{secret:?}"),
+            format!("{node:?}"),
             format!("{key:#?}"),
         ] {
             assert!(!printed.to_lowercase().contains("ab"), "{printed}");
             assert!(!printed.contains("171"), "{printed}");
         }
         assert_eq!(format!("{key:?}"), "DataKey { .. }");
+    }
+
+    #[test]
+    fn node_key_moves_to_and_from_a_wrappable_data_key() {
+        let node = NodeKey::from_unwrapped(DataKey::from_bytes([0x3c; KEY_LEN]));
+        assert_eq!(node.expose_secret(), &[0x3c; KEY_LEN]);
+        let wrappable = node.to_wrappable();
+        assert_eq!(wrappable.expose_secret(), node.expose_secret());
+        let back = NodeKey::from_unwrapped(wrappable);
+        assert_eq!(back.expose_secret(), &[0x3c; KEY_LEN]);
     }
 
     #[test]

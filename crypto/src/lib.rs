@@ -1,5 +1,6 @@
-//! Cryptography for shredkv: the value envelope, key types, key wrapping,
-//! derived sub-keys and keyed tags, seal counting, and key providers.
+//! Cryptography for shredkv: the value envelope, key types, key wrapping
+//! (under an epoch key, or under a node key of the key tree), derived
+//! sub-keys and keyed tags, seal counting, and key providers.
 //!
 //! This crate knows nothing of storage backends, subjects or policy. It turns
 //! keys and bytes into sealed bytes and back, and reports damaged bytes
@@ -24,6 +25,7 @@ pub mod hex;
 mod kdf;
 mod keys;
 mod limits;
+mod node;
 mod provider;
 mod random;
 mod wrap;
@@ -35,9 +37,10 @@ pub use envelope::{
 pub use error::{AuthError, FormatError};
 pub use kdf::{BLINDED_KEY_LEN, HKDF_SHA256_MAX_OUTPUT, Label, TagKey, hkdf_sha256, hmac_sha256};
 pub use keys::{
-    DataKey, EpochId, EpochKey, KEY_LEN, KeyId, SUBJECT_TAG_LEN, StoreSecret, SubjectTag,
+    DataKey, EpochId, EpochKey, KEY_LEN, KeyId, NodeKey, SUBJECT_TAG_LEN, StoreSecret, SubjectTag,
 };
 pub use limits::{RETIRE_AFTER_SEALS, SEAL_LIMIT, SealBudget, SealCounter};
+pub use node::{NODE_WRAPPED_VERSION, NodeChild, NodeCipher, NodeId, NodeWrapped};
 pub use provider::{Anchor, FileKeyProvider, KeyProvider, ProviderError};
 pub use wrap::{EpochCipher, WRAPPED_KEY_VERSION, WrapContext, WrappedKey};
 

@@ -10,9 +10,19 @@
 //!     65     4  CRC32 (IEEE) of bytes 0..65, u32 big-endian
 //! ```
 //!
-//! The associated data is `"shredkv/v1/wrap" ‖ epoch id ‖ context`, where the
-//! context names what is wrapped (a data key by its [`KeyId`], or the store
-//! secret), so a wrapped key copied to another vault entry does not unwrap.
+//! The associated data is `"shredkv/v1/wrap" ‖ epoch id (u32 BE) ‖ kind ‖ id`
+//! (46 bytes), where the kind byte and the 26-byte id name what is wrapped
+//! (the [`WrapContext`]), so a wrapped key copied to another vault entry, or
+//! presented to another epoch, does not unwrap:
+//!
+//! | kind | wrapped                                       | id (26 bytes)                         |
+//! |------|-----------------------------------------------|---------------------------------------|
+//! | 1    | a data key                                    | its [`KeyId`]                         |
+//! | 2    | the store secret                              | zero                                  |
+//! | 3    | a key tree root node key at a generation      | generation u32 BE, forest u32 BE, then 18 zero bytes |
+//!
+//! Node keys below the root, and the data keys under them, are wrapped by
+//! their parent node key instead ([`crate::NodeCipher`]).
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -33,6 +43,15 @@ pub enum WrapContext {
     DataKey(KeyId),
     /// The store secret (there is one per store).
     StoreSecret,
+    /// The root node key of key tree forest `forest` at `generation`,
+    /// wrapped by the provider under an epoch (every other node key is
+    /// wrapped by its parent).
+    TreeRoot {
+        /// The forest whose root this is.
+        forest: u32,
+        /// The root's generation: a new root key gets the next one.
+        generation: u32,
+    },
 }
 
 impl WrapContext {
@@ -59,6 +78,14 @@ impl WrapContext {
                 id.copy_from_slice(&key_id.to_bytes());
             }
             Self::StoreSecret => kind.copy_from_slice(&[2]),
+            Self::TreeRoot { forest, generation } => {
+                kind.copy_from_slice(&[3]);
+                let (first, rest) = id.split_at_mut(4);
+                first.copy_from_slice(&generation.to_be_bytes());
+                if let Some(second) = rest.first_chunk_mut::<4>() {
+                    *second = forest.to_be_bytes();
+                }
+            }
         }
         out
     }
@@ -266,7 +293,7 @@ impl std::fmt::Debug for EpochCipher {
 }
 
 #[cold]
-fn unreachable_wrap() -> ! {
+pub(crate) fn unreachable_wrap() -> ! {
     panic!("AES-GCM refused to seal a 32-byte key; its limits are gigabytes")
 }
 
@@ -347,6 +374,56 @@ mod tests {
             epoch.unwrap(&WrapContext::StoreSecret, &parsed).is_err(),
             "the context is bound"
         );
+    }
+
+    #[test]
+    fn tree_root_binds_its_generation() {
+        let epoch = EpochCipher::new(EpochId(3), &EpochKey::from_bytes([6; 32]));
+        let root = DataKey::from_bytes([0x71; 32]);
+        let first = WrapContext::TreeRoot {
+            forest: 0,
+            generation: 1,
+        };
+        let wrapped = epoch.wrap(&first, &root);
+        let back = epoch.unwrap(&first, &wrapped).expect("unwrap");
+        assert_eq!(back.expose_secret(), root.expose_secret());
+        assert!(
+            epoch
+                .unwrap(
+                    &WrapContext::TreeRoot {
+                        forest: 0,
+                        generation: 2
+                    },
+                    &wrapped
+                )
+                .is_err()
+        );
+        assert!(
+            epoch
+                .unwrap(
+                    &WrapContext::TreeRoot {
+                        forest: 1,
+                        generation: 1
+                    },
+                    &wrapped
+                )
+                .is_err(),
+            "the forest is bound"
+        );
+        assert!(epoch.unwrap(&WrapContext::StoreSecret, &wrapped).is_err());
+    }
+
+    #[test]
+    fn tree_root_associated_data_layout() {
+        let aad = WrapContext::TreeRoot {
+            forest: 0x0A0B_0C0D,
+            generation: 0x0102_0304,
+        }
+        .associated_data(EpochId(9));
+        let mut expected = Vec::from(&b"shredkv/v1/wrap"[..]);
+        expected.extend_from_slice(&[0, 0, 0, 9, 3, 1, 2, 3, 4, 0xA, 0xB, 0xC, 0xD]);
+        expected.extend_from_slice(&[0; 18]);
+        assert_eq!(aad.as_slice(), expected.as_slice());
     }
 
     #[test]

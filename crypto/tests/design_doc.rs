@@ -6,8 +6,9 @@ use std::fs;
 use std::path::Path;
 
 /// Source files whose rustdoc holds a byte diagram (a ```` ```text ```` block).
-const DIAGRAMS: [&str; 4] = [
+const DIAGRAMS: [&str; 5] = [
     "src/envelope.rs",
+    "src/node.rs",
     "src/wrap.rs",
     "src/provider/file.rs",
     "src/keys.rs",

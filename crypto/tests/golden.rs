@@ -1,12 +1,14 @@
-//! Golden files: bytes written by the v1 code, committed under
-//! `tests/fixtures/` (see its `README.md` for the inputs), that every later
-//! build must keep reading. A format change without a version bump fails here.
+//! Golden files: bytes written by the code of each format version, committed
+//! under `tests/fixtures/` (see its `README.md` for the inputs), that every
+//! later build must keep reading. A format change without a version bump
+//! fails here.
 //!
 //! Nonces and epoch keys are random, so fixtures are written once and
 //! committed; these tests check that they still parse and open, and that a
 //! fresh write of the same input still has the same length and header bytes.
-//! `SHREDKV_REGENERATE_FIXTURES=1` rewrites them (see
-//! [`regenerate_fixtures_only_when_asked`]); nothing else writes there.
+//! `SHREDKV_REGENERATE_FIXTURES=1` rewrites them, `=new` writes only those not
+//! committed yet (see [`regenerate_fixtures_only_when_asked`]); nothing else
+//! writes there.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,8 @@ use std::path::{Path, PathBuf};
 use shredkv_crypto::internal::check_key_file_bytes;
 use shredkv_crypto::{
     Anchor, AuthError, DataKey, Envelope, EpochCipher, EpochId, EpochKey, FileKeyProvider,
-    FormatError, KeyId, KeyProvider, KeyRef, ProviderError, SubjectTag, ValueCipher, WrapContext,
-    WrappedKey, seal,
+    FormatError, KeyId, KeyProvider, KeyRef, NodeCipher, NodeId, NodeKey, NodeWrapped,
+    ProviderError, SubjectTag, ValueCipher, WrapContext, WrappedKey, seal,
 };
 
 /// Set to `1` to rewrite the committed fixtures from today's code, or to
@@ -87,6 +89,54 @@ const DATA_KEY_ID: KeyId = KeyId {
     version: 2,
 };
 
+/// The root node key inside `wrapped-key-v1-tree-root.bin`, wrapped by the
+/// epoch key above.
+const TREE_ROOT_KEY: [u8; 32] = counting(0xA0);
+/// The wrap context of `wrapped-key-v1-tree-root.bin`.
+const TREE_ROOT: WrapContext = WrapContext::TreeRoot {
+    forest: 0,
+    generation: 1,
+};
+/// The day forest of the node-wrapped fixtures (the keys expiring on day
+/// 20,000 after 1970-01-01: bucket 20,002).
+const DAY_FOREST: u32 = 20_002;
+
+/// The node whose key wraps `node-wrapped-v2-data-key.bin`; also the child
+/// whose key `node-wrapped-v2-node.bin` holds.
+const NODE: NodeId = NodeId {
+    forest: DAY_FOREST,
+    depth: 5,
+    prefix: 0xABCDE,
+};
+/// The generation of [`NODE`]'s key (in both node-wrapped fixtures).
+const NODE_GENERATION: u32 = 3;
+/// [`NODE`]'s key, wrapping the data key.
+const NODE_KEY: [u8; 32] = counting(0xA0);
+/// The data key inside `node-wrapped-v2-data-key.bin` (its id is
+/// [`DATA_KEY_ID`]).
+const NODE_WRAPPED_DATA_KEY: [u8; 32] = counting(0x80);
+/// [`NODE`]'s parent, whose key wraps `node-wrapped-v2-node.bin`.
+const PARENT: NodeId = NodeId {
+    forest: DAY_FOREST,
+    depth: 4,
+    prefix: 0xABCD,
+};
+const PARENT_GENERATION: u32 = 9;
+const PARENT_KEY: [u8; 32] = counting(0xE0);
+/// The child key inside `node-wrapped-v2-node.bin`: [`NODE`]'s key at
+/// [`NODE_GENERATION`] as its parent wraps it (not [`NODE_KEY`]: another
+/// input, so the two fixtures cannot stand in for each other).
+const CHILD_NODE_KEY: [u8; 32] = counting(0xC0);
+/// Node-wrapped key header of the data-key wrap: version 2, node (depth 5,
+/// forest 20,002 = 0x4e22, prefix 0x000abcde), generation 3.
+const HEADER_NODE_DATA_KEY: [u8; 14] = [2, 5, 0, 0, 0x4e, 0x22, 0x00, 0x0a, 0xbc, 0xde, 0, 0, 0, 3];
+/// Node-wrapped key header of the child-node wrap: version 2, node (depth 4,
+/// forest 0x4e22, prefix 0x0000abcd), generation 9.
+const HEADER_NODE_CHILD: [u8; 14] = [2, 4, 0, 0, 0x4e, 0x22, 0x00, 0x00, 0xab, 0xcd, 0, 0, 0, 9];
+/// Bytes before the nonce of a node-wrapped key: version, node id,
+/// generation.
+const NODE_HEADER_LEN: usize = 14;
+
 /// Envelope header without expiry: version 1, flags 0, bucket 7, version 2.
 const HEADER_NO_EXPIRY: [u8; 10] = [1, 0, 0, 0, 0, 7, 0, 0, 0, 2];
 /// Envelope header with expiry: flags 1, then 2027-01-01 as i64 big-endian.
@@ -113,6 +163,24 @@ fn envelope_cipher() -> ValueCipher {
 
 fn epoch_cipher() -> EpochCipher {
     EpochCipher::new(EPOCH, &EpochKey::from_bytes(EPOCH_KEY))
+}
+
+fn node_cipher() -> NodeCipher {
+    NodeCipher::new(NODE, NODE_GENERATION, &NodeKey::from_bytes(NODE_KEY))
+}
+
+fn parent_cipher() -> NodeCipher {
+    NodeCipher::new(PARENT, PARENT_GENERATION, &NodeKey::from_bytes(PARENT_KEY))
+}
+
+/// `wrapped` with its header's node id and generation replaced and its CRC
+/// fixed up, so the associated data is tested apart from the header check.
+fn relabelled(wrapped: &NodeWrapped, node: NodeId, generation: u32) -> NodeWrapped {
+    let mut bytes = *wrapped.as_bytes();
+    bytes[1..10].copy_from_slice(&node.to_bytes());
+    bytes[10..14].copy_from_slice(&generation.to_be_bytes());
+    fix_crc(&mut bytes);
+    NodeWrapped::from_bytes(&bytes).expect("valid format")
 }
 
 /// Recomputes the trailing big-endian CRC32 over everything before it, as a
@@ -181,6 +249,29 @@ fn generate() -> Vec<(&'static str, Vec<u8>)> {
     ));
     out.push(("wrapped-key-v1-store-secret.bin", store.as_bytes().to_vec()));
     out.push(("wrapped-key-v1-data-key.bin", data.as_bytes().to_vec()));
+    // The key tree's root node key, as the engine hands it to the provider.
+    let root = epoch.wrap(
+        &TREE_ROOT,
+        &NodeKey::from_bytes(TREE_ROOT_KEY).to_wrappable(),
+    );
+    out.push(("wrapped-key-v1-tree-root.bin", root.as_bytes().to_vec()));
+
+    // Node-wrapped keys (v2) under fixed node keys of the key tree.
+    let data = node_cipher().wrap_data(&DATA_KEY_ID, &DataKey::from_bytes(NODE_WRAPPED_DATA_KEY));
+    let child =
+        parent_cipher().wrap_node(NODE, NODE_GENERATION, &NodeKey::from_bytes(CHILD_NODE_KEY));
+    let mut flipped = data.as_bytes().to_vec();
+    flipped[29] ^= 0x01; // inside the wrapped key bytes (26..58)
+    let mut tampered = flipped.clone();
+    fix_crc(&mut tampered);
+    out.push(("node-wrapped-v2-flipped-byte.bin", flipped));
+    out.push(("node-wrapped-v2-tampered.bin", tampered));
+    out.push((
+        "node-wrapped-v2-truncated.bin",
+        data.as_bytes()[..40].to_vec(),
+    ));
+    out.push(("node-wrapped-v2-data-key.bin", data.as_bytes().to_vec()));
+    out.push(("node-wrapped-v2-node.bin", child.as_bytes().to_vec()));
 
     // A key file with live, destroyed and empty slots, written by the provider.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -350,6 +441,200 @@ fn damaged_wrapped_keys_give_their_documented_errors() {
     );
 }
 
+#[test]
+fn tree_root_wrap_unwraps_to_the_documented_root_key() {
+    let epoch = epoch_cipher();
+    let bytes = read("wrapped-key-v1-tree-root.bin");
+    assert_eq!(bytes.len(), WrappedKey::LEN);
+    let root = WrappedKey::from_bytes(&bytes).expect("decode");
+    assert_eq!(root.epoch(), EPOCH);
+    assert_eq!(root.as_bytes()[..5], [1, 0, 0, 0, 7]);
+    let key = NodeKey::from_unwrapped(epoch.unwrap(&TREE_ROOT, &root).expect("unwrap root"));
+    assert_eq!(key.expose_secret(), &TREE_ROOT_KEY);
+    // Bound to the root's generation, its forest and its kind.
+    for other in [
+        WrapContext::TreeRoot {
+            forest: 0,
+            generation: 0,
+        },
+        WrapContext::TreeRoot {
+            forest: 0,
+            generation: 2,
+        },
+        WrapContext::TreeRoot {
+            forest: DAY_FOREST,
+            generation: 1,
+        },
+        WrapContext::StoreSecret,
+        WrapContext::DataKey(DATA_KEY_ID),
+    ] {
+        assert_eq!(
+            epoch.unwrap(&other, &root).err(),
+            Some(AuthError),
+            "{other:?}"
+        );
+    }
+    // And the data-key wrap of the same epoch is not a root.
+    let data = WrappedKey::from_bytes(&read("wrapped-key-v1-data-key.bin")).expect("decode");
+    assert_eq!(epoch.unwrap(&TREE_ROOT, &data).err(), Some(AuthError));
+}
+
+#[test]
+fn node_wrapped_data_key_unwraps_to_the_documented_key() {
+    let bytes = read("node-wrapped-v2-data-key.bin");
+    assert_eq!(bytes.len(), NodeWrapped::LEN);
+    assert_eq!(bytes[..NODE_HEADER_LEN], HEADER_NODE_DATA_KEY);
+    let wrapped = NodeWrapped::from_bytes(&bytes).expect("decode");
+    assert_eq!(wrapped.node(), NODE);
+    assert_eq!(wrapped.generation(), NODE_GENERATION);
+    let node = node_cipher();
+    let key = node.unwrap_data(&DATA_KEY_ID, &wrapped).expect("unwrap");
+    assert_eq!(key.expose_secret(), &NODE_WRAPPED_DATA_KEY);
+
+    // Another key id: each field is bound.
+    let next_version = KeyId {
+        version: DATA_KEY_ID.version + 1,
+        ..DATA_KEY_ID
+    };
+    let next_bucket = KeyId {
+        bucket: DATA_KEY_ID.bucket + 1,
+        ..DATA_KEY_ID
+    };
+    for id in [next_version, next_bucket] {
+        assert_eq!(node.unwrap_data(&id, &wrapped).err(), Some(AuthError));
+    }
+    // Not a child node's key.
+    assert!(node.unwrap_node(NODE, NODE_GENERATION, &wrapped).is_err());
+    // The same key bytes as another generation of the node, or as its
+    // sibling: refused by the header, and with the header rewritten (CRC
+    // fixed up) by the associated data.
+    let sibling = NodeId {
+        prefix: 0xABCDF,
+        ..NODE
+    };
+    let next_day = NodeId {
+        forest: DAY_FOREST + 1,
+        ..NODE
+    };
+    for (other_node, other_generation) in [
+        (NODE, NODE_GENERATION + 1),
+        (NODE, NODE_GENERATION - 1),
+        (sibling, NODE_GENERATION),
+        (next_day, NODE_GENERATION),
+    ] {
+        let other = NodeCipher::new(other_node, other_generation, &NodeKey::from_bytes(NODE_KEY));
+        assert_eq!(
+            other.unwrap_data(&DATA_KEY_ID, &wrapped).err(),
+            Some(AuthError)
+        );
+        let moved = relabelled(&wrapped, other_node, other_generation);
+        assert_eq!(
+            other.unwrap_data(&DATA_KEY_ID, &moved).err(),
+            Some(AuthError),
+            "{other_node:?} generation {other_generation}"
+        );
+    }
+    // Another key of the same node and generation.
+    let wrong = NodeCipher::new(NODE, NODE_GENERATION, &NodeKey::from_bytes(PARENT_KEY));
+    assert_eq!(
+        wrong.unwrap_data(&DATA_KEY_ID, &wrapped).err(),
+        Some(AuthError)
+    );
+}
+
+#[test]
+fn node_wrapped_child_node_unwraps_to_the_documented_key() {
+    assert_eq!(NODE.parent(), Some(PARENT));
+    let bytes = read("node-wrapped-v2-node.bin");
+    assert_eq!(bytes.len(), NodeWrapped::LEN);
+    assert_eq!(bytes[..NODE_HEADER_LEN], HEADER_NODE_CHILD);
+    let wrapped = NodeWrapped::from_bytes(&bytes).expect("decode");
+    assert_eq!(wrapped.node(), PARENT);
+    assert_eq!(wrapped.generation(), PARENT_GENERATION);
+    let parent = parent_cipher();
+    let key = parent
+        .unwrap_node(NODE, NODE_GENERATION, &wrapped)
+        .expect("unwrap");
+    assert_eq!(key.expose_secret(), &CHILD_NODE_KEY);
+
+    // Another generation of the child, or another child.
+    let sibling = PARENT.child(0xF).expect("a child");
+    for (child, child_generation) in [
+        (NODE, NODE_GENERATION + 1),
+        (NODE, NODE_GENERATION - 1),
+        (sibling, NODE_GENERATION),
+    ] {
+        assert_eq!(
+            parent.unwrap_node(child, child_generation, &wrapped).err(),
+            Some(AuthError),
+            "{child:?} generation {child_generation}"
+        );
+    }
+    // Not a data key.
+    assert!(parent.unwrap_data(&DATA_KEY_ID, &wrapped).is_err());
+    // The parent's next generation (same key bytes), by header and by the
+    // associated data.
+    let next = NodeCipher::new(
+        PARENT,
+        PARENT_GENERATION + 1,
+        &NodeKey::from_bytes(PARENT_KEY),
+    );
+    assert!(next.unwrap_node(NODE, NODE_GENERATION, &wrapped).is_err());
+    let moved = relabelled(&wrapped, PARENT, PARENT_GENERATION + 1);
+    assert_eq!(
+        next.unwrap_node(NODE, NODE_GENERATION, &moved).err(),
+        Some(AuthError)
+    );
+}
+
+#[test]
+fn damaged_node_wrapped_keys_give_their_documented_errors() {
+    assert!(matches!(
+        NodeWrapped::from_bytes(&read("node-wrapped-v2-flipped-byte.bin")),
+        Err(FormatError::ChecksumMismatch {
+            what: "node-wrapped key",
+            ..
+        })
+    ));
+    assert_eq!(
+        NodeWrapped::from_bytes(&read("node-wrapped-v2-truncated.bin")),
+        Err(FormatError::Truncated {
+            what: "node-wrapped key",
+            needed: NodeWrapped::LEN,
+            got: 40
+        })
+    );
+    let tampered =
+        NodeWrapped::from_bytes(&read("node-wrapped-v2-tampered.bin")).expect("CRC was fixed up");
+    assert_eq!(tampered.node(), NODE);
+    assert_eq!(tampered.generation(), NODE_GENERATION);
+    assert_eq!(
+        node_cipher().unwrap_data(&DATA_KEY_ID, &tampered).err(),
+        Some(AuthError)
+    );
+}
+
+/// A node-wrapped key (78 bytes) never decodes as a wrapped key (69) nor the
+/// other way round.
+#[test]
+fn the_two_wrap_formats_do_not_read_as_each_other() {
+    assert_eq!(
+        WrappedKey::from_bytes(&read("node-wrapped-v2-data-key.bin")),
+        Err(FormatError::InvalidField {
+            what: "wrapped key",
+            detail: "longer than a wrapped key"
+        })
+    );
+    assert_eq!(
+        NodeWrapped::from_bytes(&read("wrapped-key-v1-tree-root.bin")),
+        Err(FormatError::Truncated {
+            what: "node-wrapped key",
+            needed: NodeWrapped::LEN,
+            got: WrappedKey::LEN
+        })
+    );
+}
+
 /// Copies a key-file fixture into a fresh directory with owner-only
 /// permissions (git checks files out world-readable, which the provider
 /// refuses) and returns the directory and the copy's path.
@@ -471,6 +756,8 @@ fn fresh_writes_have_the_golden_length_and_header() {
             header.min(golden.len())
         } else if name.starts_with("wrapped-key") || name.starts_with("keyfile-v1-wrapped") {
             5.min(golden.len()) // version and epoch id
+        } else if name.starts_with("node-wrapped") {
+            NODE_HEADER_LEN.min(golden.len()) // version, node id and generation
         } else {
             HEADER_LEN
         };
@@ -503,10 +790,13 @@ fn fresh_writes_have_the_golden_length_and_header() {
 }
 
 /// With `SHREDKV_REGENERATE_FIXTURES=1` this rewrites every fixture from
-/// today's code (then review the diff and update `tests/fixtures/README.md`):
+/// today's code (then review the diff and update `tests/fixtures/README.md`);
+/// with `=new` it writes only the files not committed yet (a new format
+/// version), leaving the committed ones alone:
 ///
 /// ```text
 /// SHREDKV_REGENERATE_FIXTURES=1 cargo test -p shredkv-crypto --test golden regenerate
+/// SHREDKV_REGENERATE_FIXTURES=new cargo test -p shredkv-crypto --test golden regenerate
 /// ```
 ///
 /// Without it, nothing is written: the committed set must be complete, and

@@ -9,7 +9,7 @@
 
 use std::fmt::Debug;
 
-use shredkv_crypto::{FormatError, SubjectTag};
+use shredkv_crypto::{FormatError, NodeId, SubjectTag};
 
 use crate::audit::AuditEntry;
 use crate::db::erasure_commit::{
@@ -21,6 +21,7 @@ use crate::ledger::LedgerEntry;
 use crate::retention::deadlines;
 use crate::shard_route::ShardBinding;
 use crate::subjects::SubjectInfo;
+use crate::vault::tree::NodeEntry;
 use crate::vault::{SealRecord, VaultEntry};
 
 /// The persisted record formats of the engine.
@@ -50,11 +51,14 @@ pub enum RecordKind {
     ReceiptPage,
     /// Meta `erasure_pending_page/‹tag›‹index›`: subjects of a paged marker.
     MarkerPage,
+    /// Tree `key_nodes`: a node of the key tree. The bytes are the node id
+    /// (5, the tree key) followed by the entry.
+    NodeEntry,
 }
 
 impl RecordKind {
     /// Every kind, in a fixed order (fuzz targets pick one by index).
-    pub const ALL: [RecordKind; 12] = [
+    pub const ALL: [RecordKind; 13] = [
         RecordKind::VaultEntry,
         RecordKind::SubjectRecord,
         RecordKind::LedgerEntry,
@@ -67,6 +71,7 @@ impl RecordKind {
         RecordKind::ShardBinding,
         RecordKind::ReceiptPage,
         RecordKind::MarkerPage,
+        RecordKind::NodeEntry,
     ];
 }
 
@@ -148,6 +153,22 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
             encode_receipt_page(scopes)
         }),
         RecordKind::MarkerPage => check(bytes, decode_tag_page, |tags| encode_tag_page(tags)),
+        RecordKind::NodeEntry => check(
+            bytes,
+            |b| {
+                let node = b.get(..NodeId::LEN).and_then(NodeId::from_bytes).ok_or(
+                    FormatError::InvalidField {
+                        what: "key tree node",
+                        detail: "the tree key is not a node id",
+                    },
+                )?;
+                Ok((
+                    node,
+                    NodeEntry::decode(node, b.get(NodeId::LEN..).unwrap_or_default())?,
+                ))
+            },
+            |(node, entry)| [&node.to_bytes()[..], &entry.encode()].concat(),
+        ),
     }
 }
 
@@ -155,13 +176,16 @@ pub fn decode_any(kind: RecordKind, bytes: &[u8]) -> Result<Decoded, Undecodable
 mod tests {
     use super::*;
     use jiff::Timestamp;
-    use shredkv_crypto::{DataKey, EpochCipher, EpochId, EpochKey, KeyId, WrapContext};
+    use shredkv_crypto::{
+        DataKey, EpochCipher, EpochId, EpochKey, KeyId, NodeCipher, NodeKey, WrapContext,
+    };
 
     use crate::audit::AuditEvent;
     use crate::ledger::ErasureReason;
     use crate::retention::deadlines::Due;
     use crate::subjects::{SubjectKind, SubjectState};
-    use crate::vault::KeyState;
+    use crate::vault::tree::NodeWrap;
+    use crate::vault::{KeyState, Wrapped};
 
     /// Set to a directory to write the samples there as the seed corpus of
     /// the `engine_records` fuzz target (first byte: the kind's index in
@@ -187,7 +211,30 @@ mod tests {
             state: KeyState::Active,
             created_at: 1_800_000_000,
             destroyed_at: None,
-            wrapped: Some(wrapped),
+            wrapped: Some(Wrapped::Epoch(wrapped.clone())),
+        };
+        let bottom = NodeId::of_tag(0, &tag, crate::vault::tree::BOTTOM_DEPTH);
+        let node_cipher = NodeCipher::new(bottom, 3, &NodeKey::from_bytes([5; 32]));
+        let under_node = VaultEntry {
+            wrapped: Some(Wrapped::Node(
+                node_cipher.wrap_data(&id, &DataKey::from_bytes([9; 32])),
+            )),
+            ..live.clone()
+        };
+        let parent = bottom.parent().expect("a parent");
+        let node_entry = NodeEntry {
+            generation: 3,
+            wrap: NodeWrap::Parent(
+                NodeCipher::new(parent, 8, &NodeKey::from_bytes([6; 32])).wrap_node(
+                    bottom,
+                    3,
+                    &NodeKey::from_bytes([5; 32]),
+                ),
+            ),
+        };
+        let root_entry = NodeEntry {
+            generation: 2,
+            wrap: NodeWrap::Epoch(wrapped),
         };
         let user = SubjectInfo {
             tag,
@@ -226,6 +273,21 @@ mod tests {
         };
         vec![
             ("vault-live", RecordKind::VaultEntry, live.encode()),
+            (
+                "vault-under-node",
+                RecordKind::VaultEntry,
+                under_node.encode(),
+            ),
+            (
+                "node",
+                RecordKind::NodeEntry,
+                [&bottom.to_bytes()[..], &node_entry.encode()].concat(),
+            ),
+            (
+                "node-root",
+                RecordKind::NodeEntry,
+                [&NodeId::ROOT.to_bytes()[..], &root_entry.encode()].concat(),
+            ),
             (
                 "vault-tombstone",
                 RecordKind::VaultEntry,
@@ -289,6 +351,16 @@ mod tests {
                 "deadline-rekey",
                 RecordKind::DeadlineKey,
                 deadlines::key(-5, &Due::Rekey(id)),
+            ),
+            (
+                "deadline-node",
+                RecordKind::DeadlineKey,
+                deadlines::key(1_800_000_000, &Due::RekeyNode(id)),
+            ),
+            (
+                "deadline-forest",
+                RecordKind::DeadlineKey,
+                deadlines::key(1_800_000_000, &Due::RetireForest(20_002)),
             ),
             (
                 "deadline-remove",
@@ -462,7 +534,15 @@ mod tests {
                 "{name}: {decoded:?}"
             );
             let mut flipped = bytes.clone();
-            if let Some(byte) = flipped.get_mut(1) {
+            // A node entry's sample starts with its tree key, the node id,
+            // which has no checksum of its own (a moved entry fails to open
+            // instead): the flip goes into the entry.
+            let at = if kind == RecordKind::NodeEntry {
+                NodeId::LEN + 1
+            } else {
+                1
+            };
+            if let Some(byte) = flipped.get_mut(at) {
                 *byte ^= 0x01;
             }
             let refused = decode_any(kind, &flipped);

@@ -85,7 +85,7 @@ fn run(backing: Backing) {
         eprintln!(
             "forensic oracle: seed {seed}, backend {backing}: {} simulated days, {} operations, \
              {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores, {} classes re-opened, {} actions with the clock set back; tape: {} \
-             writes, {} bytes, {} wrapped keys and {} envelopes checked ({} unwrap/open attempts); \
+             writes, {} bytes, {} wrapped keys ({} of them node keys, {} in day forests) and {} envelopes checked ({} unwrap/open attempts); \
              {} violations; {:.1} s",
             report.days,
             report.ops,
@@ -100,6 +100,8 @@ fn run(backing: Backing) {
             report.tape_writes,
             report.tape_bytes,
             report.wrapped_checked,
+            report.node_copies_checked,
+            report.day_node_copies_checked,
             report.envelopes_checked,
             report.attempts,
             report.total(),
@@ -108,6 +110,16 @@ fn run(backing: Backing) {
         if !report.violations.is_empty() {
             failures.push(report.render(&settings, 60));
         }
+        // The tape check follows the key tree; a run that never met a node
+        // key would pass without having looked at how keys are wrapped.
+        assert!(
+            report.node_copies_checked > 0,
+            "seed {seed}, backend {backing}: no key tree node on the tape"
+        );
+        assert!(
+            report.day_node_copies_checked > 0,
+            "seed {seed}, backend {backing}: no day forest's node on the tape"
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -281,4 +293,183 @@ fn the_tape_check_reads_keys_from_the_day_lane() {
     );
     provider.destroy_epoch(epoch).expect("destroy");
     assert!(check.run(&tape, &provider, now).expect("check").is_empty());
+}
+
+/// Under the key tree a data key opens through its node's generation, that
+/// node's key through its parent's, up to a root generation wrapped under
+/// an epoch. The tape check follows every copy on the tape, remnants too:
+/// a record whose key died stays recoverable through an old root
+/// generation's copy until that copy's epoch is destroyed, however many
+/// times the path was re-keyed since; and nothing is credited through a
+/// node copy that does not open.
+#[test]
+fn the_tape_check_follows_the_key_tree() {
+    use oracle::tape_check::TapeCheck;
+    use shredkv::internal::{MemoryKeyProvider, Tape};
+    use shredkv::jiff::Timestamp;
+    use shredkv_crypto::{
+        DataKey, KeyId, KeyProvider, KeyRef, NodeCipher, NodeId, NodeKey, SubjectTag, ValueCipher,
+        WrapContext, seal,
+    };
+
+    let provider = MemoryKeyProvider::new();
+    let tape = Tape::new();
+    let store_id = [4u8; 16];
+    tape.record("meta", b"store_id", &store_id);
+    let id = KeyId {
+        subject: SubjectTag([0xA7; 16]),
+        class: 1,
+        bucket: 1,
+        version: 1,
+    };
+    // Written by hand from docs/design.md: node entry v1 = version 1 ‖
+    // generation u32 ‖ kind (1 epoch, 2 parent) ‖ wrap ‖ CRC32; vault entry
+    // v2 = version 2 ‖ state ‖ created i64 ‖ destroyed (9) ‖ kind 2 ‖ wrap ‖
+    // CRC32. The check does not read the CRCs.
+    let node_entry = |generation: u32, kind: u8, wrap: &[u8]| {
+        let mut entry = vec![1u8];
+        entry.extend_from_slice(&generation.to_be_bytes());
+        entry.push(kind);
+        entry.extend_from_slice(wrap);
+        entry.extend_from_slice(&[0; 4]);
+        entry
+    };
+    let vault_entry = |wrap: &[u8]| {
+        let mut entry = vec![2u8, 1];
+        entry.extend_from_slice(&[0; 8 + 9]);
+        entry.push(2);
+        entry.extend_from_slice(wrap);
+        entry.extend_from_slice(&[0; 4]);
+        entry
+    };
+    // A path root → depth 1 → … → depth 5 (the bottom), all at generation 1.
+    let bottom = NodeId::of_tag(0, &id.subject, 5);
+    let mut path = vec![bottom];
+    while let Some(parent) = path.last().and_then(|n| n.parent()) {
+        path.push(parent);
+    }
+    path.reverse();
+    let epoch = provider.create_epoch().expect("epoch");
+    let keys: Vec<NodeKey> = path.iter().map(|_| NodeKey::generate()).collect();
+    let root = provider
+        .wrap(
+            epoch,
+            &WrapContext::TreeRoot {
+                forest: 0,
+                generation: 1,
+            },
+            &keys[0].to_wrappable(),
+        )
+        .expect("wrap the root");
+    tape.record(
+        "key_nodes",
+        &NodeId::ROOT.to_bytes(),
+        &node_entry(1, 1, root.as_bytes()),
+    );
+    for level in 1..path.len() {
+        let parent = NodeCipher::new(path[level - 1], 1, &keys[level - 1]);
+        let wrapped = parent.wrap_node(path[level], 1, &keys[level]);
+        tape.record(
+            "key_nodes",
+            &path[level].to_bytes(),
+            &node_entry(1, 2, wrapped.as_bytes()),
+        );
+    }
+    let data_key = DataKey::generate();
+    let under_bottom = NodeCipher::new(bottom, 1, &keys[path.len() - 1]).wrap_data(&id, &data_key);
+    tape.record(
+        "vault",
+        &id.to_bytes(),
+        &vault_entry(under_bottom.as_bytes()),
+    );
+    let mut tree_key = id.subject.0.to_vec();
+    tree_key.extend_from_slice(&id.class.to_be_bytes());
+    tree_key.push(1);
+    let mut aad = store_id.to_vec();
+    aad.extend_from_slice(&tree_key);
+    let record = seal(
+        &ValueCipher::new(&data_key),
+        KeyRef {
+            bucket: 1,
+            version: 1,
+        },
+        None,
+        &aad,
+        b"oracle-w0000000044",
+    )
+    .expect("seal");
+    tape.record("data", &tree_key, &record);
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let mut check = TapeCheck::default();
+    let recovered = check.run(&tape, &provider, now).expect("check");
+    assert_eq!(
+        recovered
+            .iter()
+            .map(|r| (r.write, r.epochs.iter().copied().collect::<Vec<_>>()))
+            .collect::<Vec<_>>(),
+        vec![(44, vec![epoch.0])],
+        "the record opens through six node keys and the root's epoch"
+    );
+    assert_eq!(check.node_copies_read, 6);
+
+    // The key is destroyed and its path re-keyed: every node a new key at
+    // generation 2, the new root under a new epoch. The old generations'
+    // copies are still on the tape, and the old root's epoch still lives.
+    let new_epoch = provider.create_epoch().expect("epoch");
+    let new_keys: Vec<NodeKey> = path.iter().map(|_| NodeKey::generate()).collect();
+    let new_root = provider
+        .wrap(
+            new_epoch,
+            &WrapContext::TreeRoot {
+                forest: 0,
+                generation: 2,
+            },
+            &new_keys[0].to_wrappable(),
+        )
+        .expect("wrap the root");
+    tape.record(
+        "key_nodes",
+        &NodeId::ROOT.to_bytes(),
+        &node_entry(2, 1, new_root.as_bytes()),
+    );
+    for level in 1..path.len() {
+        let parent = NodeCipher::new(path[level - 1], 2, &new_keys[level - 1]);
+        let wrapped = parent.wrap_node(path[level], 2, &new_keys[level]);
+        tape.record(
+            "key_nodes",
+            &path[level].to_bytes(),
+            &node_entry(2, 2, wrapped.as_bytes()),
+        );
+    }
+    // The vault entry's tombstone carries no key.
+    let mut tombstone = vec![2u8, 3];
+    tombstone.extend_from_slice(&[0; 8 + 9]);
+    tombstone.push(0);
+    tombstone.extend_from_slice(&[0; 4]);
+    tape.record("vault", &id.to_bytes(), &tombstone);
+    let recovered = check.run(&tape, &provider, now).expect("check");
+    assert_eq!(
+        recovered.iter().map(|r| r.write).collect::<Vec<_>>(),
+        vec![44],
+        "the old root generation's copy still opens the old path"
+    );
+    // A forged node copy (the bottom's key wrapped by a key that is not
+    // its parent's) credits nothing: it does not open.
+    let forged = NodeCipher::new(path[path.len() - 2], 2, &NodeKey::generate()).wrap_node(
+        bottom,
+        1,
+        &keys[path.len() - 1],
+    );
+    tape.record(
+        "key_nodes",
+        &bottom.to_bytes(),
+        &node_entry(1, 2, forged.as_bytes()),
+    );
+    provider
+        .destroy_epoch(epoch)
+        .expect("destroy the old root's epoch");
+    assert!(
+        check.run(&tape, &provider, now).expect("check").is_empty(),
+        "with the old root's epoch gone, no copy reaches the dead key"
+    );
 }

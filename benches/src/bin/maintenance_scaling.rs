@@ -6,16 +6,23 @@
 //! that what grows with N shows apart from the day's due work. For each N it
 //! times, with the clock at the end of that first day:
 //!
-//! - one epoch rotation (`Db::rotate_epoch`): a new epoch key, every live
-//!   data key re-wrapped under it, and the store's first epoch destroyed. The
+//! - one epoch rotation (`Db::rotate_epoch`): a new epoch key, the key
+//!   tree's root and the store secret re-wrapped under it (store format 4;
+//!   before the key tree, every live data key), and the store's first epoch
+//!   destroyed. The
 //!   store is created 15 days before its load, so that first epoch is past
 //!   its lifetime (14.5 days by default) as every day's oldest epoch is in a
 //!   store that has run a while: its destruction, which first checks that no
 //!   live key is still wrapped under it, is part of every steady-state day;
-//! - the day's pass (`Db::compact`) after it: the day's due keys destroyed,
-//!   no rotation left to do;
+//! - the day's pass (`Db::compact`) after it: the day's due keys destroyed
+//!   and their day's forest of the key tree removed whole, no rotation left
+//!   to do;
 //! - the day's maintenance: the two together, what a store does by itself
-//!   each day.
+//!   each day;
+//! - the next day, the steady state of this shape: every account's record of
+//!   that day expires (N / 100 due keys), timed as a rotation and a pass
+//!   together. With the key tree's day forests the day's keys die with their
+//!   forest, removed whole.
 //!
 //! Issue 14 asks a rotation and a day's maintenance to cost within 2× at 10M
 //! keys of what they cost at 100k.
@@ -63,8 +70,10 @@ const DUE_PER_DAY: u64 = 1_000;
 const DUE_PER_DAY_QUICK: u64 = 100;
 
 /// Loads a store of about `keys` data keys, `due` of them due on the first
-/// day, then times a rotation and the day's pass; prints one line: keys,
-/// load s, rotation s, re-wrapped, pass s, destroyed, re-wrapped by the pass.
+/// day, then times a rotation and the day's pass, then the next day's
+/// rotation and pass (every account's key due); prints one line: keys, load
+/// s, rotation s, re-wrapped, pass s, destroyed, nodes re-keyed by the pass,
+/// nodes removed by the pass, next day's s, next day's keys destroyed.
 fn measure(dir: &Path, keys: u64, due: u64) -> Result<()> {
     let accounts = keys / DAYS;
     if due > accounts {
@@ -130,9 +139,27 @@ fn measure(dir: &Path, keys: u64, due: u64) -> Result<()> {
         )
         .into());
     }
+
+    // The steady state: the next day, every account's key of it is due.
+    clock.set(end_of_day(1)?);
+    let next_day = Instant::now();
+    let next_rotation = db.rotate_epoch()?;
+    let next_pass = db.compact()?;
+    let next_s = next_day.elapsed().as_secs_f64();
+    if next_pass.keys_destroyed != accounts || next_rotation.created.is_none() {
+        return Err(format!(
+            "the next day destroyed {} keys (expected {accounts}), rotation {next_rotation:?}",
+            next_pass.keys_destroyed
+        )
+        .into());
+    }
     println!(
-        "{live} {load_s:.1} {rotation_s:.2} {} {pass_s:.3} {} {}",
-        rotation.keys_rewrapped, pass.keys_destroyed, pass.keys_rewrapped
+        "{live} {load_s:.1} {rotation_s:.2} {} {pass_s:.3} {} {} {} {next_s:.3} {}",
+        rotation.keys_rewrapped,
+        pass.keys_destroyed,
+        pass.nodes_rekeyed,
+        pass.nodes_removed,
+        next_pass.keys_destroyed
     );
     Ok(())
 }
@@ -177,9 +204,9 @@ fn main() -> Result<()> {
         rows.push(fields);
     }
     println!(
-        "| data keys | load (s) | rotation (s) | keys re-wrapped | day's pass (s) | keys destroyed | re-wrapped in the pass | rotation + pass (s) | rotation vs first | pass vs first | day vs first |"
+        "| data keys | load (s) | rotation (s) | keys re-wrapped | day's pass (s) | keys destroyed | nodes re-keyed in the pass | nodes removed | rotation + pass (s) | rotation vs first | pass vs first | day vs first | next day: keys destroyed | next day: rotation + pass (s) | due keys/s | next day vs first |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let first = rows.first().cloned().unwrap_or_default();
     for row in &rows {
         let [
@@ -189,22 +216,28 @@ fn main() -> Result<()> {
             rewrapped,
             pass,
             destroyed,
-            pass_rewrapped,
+            nodes_rekeyed,
+            nodes_removed,
+            next_s,
+            next_destroyed,
         ] = row.as_slice()
         else {
             return Err(format!("a child printed {row:?}").into());
         };
         let ratio = |v: f64, f: f64| v / f.max(1e-9);
-        let (first_rotation, first_pass) = (
+        let (first_rotation, first_pass, first_next) = (
             first.get(2).copied().unwrap_or(0.0),
             first.get(4).copied().unwrap_or(0.0),
+            first.get(8).copied().unwrap_or(0.0),
         );
         println!(
-            "| {live:.0} | {load:.1} | {rotation:.2} | {rewrapped:.0} | {pass:.3} | {destroyed:.0} | {pass_rewrapped:.0} | {:.2} | {:.1}× | {:.1}× | {:.1}× |",
+            "| {live:.0} | {load:.1} | {rotation:.2} | {rewrapped:.0} | {pass:.3} | {destroyed:.0} | {nodes_rekeyed:.0} | {nodes_removed:.0} | {:.3} | {:.1}× | {:.1}× | {:.1}× | {next_destroyed:.0} | {next_s:.3} | {:.0} | {:.1}× |",
             rotation + pass,
             ratio(*rotation, first_rotation),
             ratio(*pass, first_pass),
-            ratio(rotation + pass, first_rotation + first_pass)
+            ratio(rotation + pass, first_rotation + first_pass),
+            next_destroyed / next_s.max(1e-9),
+            ratio(*next_s, first_next)
         );
     }
     Ok(())

@@ -275,6 +275,13 @@ pub(crate) fn compaction_text(report: &CompactionReport) -> String {
         ),
         ("blocked by a hold", report.blocked_by_hold.to_string()),
         (
+            "key tree",
+            format!(
+                "{} nodes re-keyed (the paths of destroyed keys); {} day forests removed whole ({} nodes)",
+                report.nodes_rekeyed, report.forests_removed, report.nodes_removed
+            ),
+        ),
+        (
             "epochs",
             format!(
                 "{} created, {} destroyed; {} keys re-wrapped",

@@ -315,6 +315,15 @@ impl Db {
         if live > 0 {
             steps.push(format!("{live} key(s) of erased scopes still live"));
         }
+        // A debt for one of the subject's keys means copies of it still open
+        // through its bottom node's current generation (design.md, "The key
+        // tree").
+        if inner.node_debt_pending_for(&tag)? {
+            steps.push(
+                "the key tree nodes above the destroyed keys await their re-key by the next compaction pass"
+                    .to_string(),
+            );
+        }
         if !epochs_still_live.is_empty() {
             steps.push(format!("epoch(s) {epochs_still_live:?} still hold wrapped copies; destroyed by compaction after their retention wait"));
         }

@@ -577,7 +577,8 @@ impl DbInner {
                             let rest = tombstones.ops.split_off(take);
                             let mut chunk =
                                 std::mem::replace(&mut tombstones, WriteBatch { ops: rest });
-                            so_far = so_far.saturating_add(u32::try_from(take).unwrap_or(u32::MAX));
+                            let keys = crate::vault::tombstones_in(&chunk.ops);
+                            so_far = so_far.saturating_add(u32::try_from(keys).unwrap_or(u32::MAX));
                             chunk.put(
                                 Tree::Meta,
                                 progress_key.clone(),

@@ -404,6 +404,13 @@ impl Db {
         let live_epochs: std::collections::HashSet<u32> =
             stats.live_epochs.iter().copied().collect();
         let now = inner.now_secs();
+        // Keys under the tree live while its roots' epochs do (one epoch,
+        // but part way through a rotation).
+        let root_epochs = inner.vault.tree().root_epochs()?;
+        let tree_live = !root_epochs.is_empty()
+            && root_epochs
+                .iter()
+                .all(|epoch| live_epochs.contains(&epoch.0));
         // Records in pages (no backend read lock held while the vault is
         // read); the live keys of one scope at a time (records come scope
         // by scope), so memory stays bounded by a page and a scope's keys.
@@ -452,10 +459,9 @@ impl Db {
                         &mut |id, slot| {
                             if let Ok(entry) = VaultEntry::decode(&slot.value)
                                 && entry.state == KeyState::Active
-                                && entry
-                                    .wrapped
-                                    .as_ref()
-                                    .is_some_and(|w| live_epochs.contains(&w.epoch().0))
+                                && entry.wrapped.as_ref().is_some_and(|w| {
+                                    w.epoch().map_or(tree_live, |e| live_epochs.contains(&e.0))
+                                })
                             {
                                 live_keys.insert((id.bucket, id.version));
                             }
@@ -597,9 +603,17 @@ impl Db {
             },
         )?;
         let mut live_in_lane = Vec::new();
+        // Live keys under the tree: (id, where, the wrap's node and generation).
+        let mut under_nodes = Vec::new();
         crate::vault::layout::scan_all(inner.storage.as_ref(), &mut |tree, k, v| {
             report.keys_checked += 1;
             let id = crate::vault::layout::id_at(tree, k);
+            if let (Some(id), Ok(entry)) = (id, VaultEntry::decode(v))
+                && entry.state == KeyState::Active
+                && let Some(crate::vault::Wrapped::Node(wrapped)) = &entry.wrapped
+            {
+                under_nodes.push((id, tree, k.to_vec(), wrapped.node(), wrapped.generation()));
+            }
             match VaultEntry::decode(v) {
                 Err(source) => report.problems.push(Problem {
                     kind: ProblemKind::Corrupt,
@@ -622,6 +636,65 @@ impl Db {
             inner.storage.as_ref(),
             &live_in_lane,
         )?);
+        for (err, detail) in inner.vault.tree().problems()? {
+            if let Some(found) = problem(err) {
+                report.problems.push(Problem { detail, ..found });
+            }
+        }
+        let mut generations: std::collections::HashMap<shredkv_crypto::NodeId, Option<u32>> =
+            std::collections::HashMap::new();
+        for (id, tree, key, node, generation) in under_nodes {
+            let current = match generations.get(&node) {
+                Some(current) => *current,
+                None => {
+                    let current = inner
+                        .vault
+                        .tree()
+                        .read_node(node)
+                        .ok()
+                        .flatten()
+                        .map(|entry| entry.generation);
+                    generations.insert(node, current);
+                    current
+                }
+            };
+            // A re-key may have run since the scan: the entry as it is now.
+            let still = || match inner.vault.read_entry(&id) {
+                Ok(Some(VaultEntry {
+                    state: KeyState::Active,
+                    wrapped: Some(crate::vault::Wrapped::Node(now)),
+                    ..
+                })) => now.node() == node && now.generation() == generation,
+                _ => false,
+            };
+            let rekeyed_since = || {
+                inner
+                    .vault
+                    .tree()
+                    .read_node(node)
+                    .ok()
+                    .flatten()
+                    .map(|entry| entry.generation)
+                    != current
+            };
+            if current != Some(generation) && still() && !rekeyed_since() {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Tampered,
+                    location: Location {
+                        tree: tree.name(),
+                        subject: Some(id.subject),
+                        class: None,
+                        key_hex: shredkv_crypto::hex::encode(&key),
+                    },
+                    detail: match current {
+                        Some(current) => format!(
+                            "a live key wrapped under generation {generation} of its key tree node, which is at generation {current}: it no longer opens, and its records read as tampered"
+                        ),
+                        None => "a live key wrapped under a key tree node the store does not hold: it does not open, and its records read as tampered".to_string(),
+                    },
+                });
+            }
+        }
         report.problems.extend(expiry_keys_without_a_deadline(
             inner.storage.as_ref(),
             &failing,

@@ -53,14 +53,17 @@ pub use ops::{
 };
 pub use scan::{ClassPage, Cursor, MAX_PAGE, Page, Records, ScanOptions};
 
-/// The on-disk format version of a store (meta key `format`). Version 3
-/// keeps new expiry-bucket keys in the vault's day lane (`vault::layout`);
+/// The on-disk format version of a store (meta key `format`). Version 4
+/// wraps new data keys under the key tree (`vault::tree`); version 3 keeps
+/// new expiry-bucket keys in the vault's day lane (`vault::layout`);
 /// version 2 seals every control value (`storage::sealed`). A version 1
-/// store is sealed by its first open, and versions 1 and 2 are marked 3
-/// (their expiry-bucket keys stay where they are and are read there), so
-/// that a binary which does not know the day lane refuses the store
-/// rather than miss its keys.
-pub(crate) const STORE_FORMAT: u8 = 3;
+/// store is sealed by its first open, and versions 1 to 3 are marked 4
+/// (their keys stay where they are and are read there, and the first
+/// rotation moves them under the tree), so that a binary which does not
+/// know the tree refuses the store rather than fail on its keys.
+pub(crate) const STORE_FORMAT: u8 = 4;
+/// The format of stores whose vault has a day lane but no key tree.
+const DAY_LANE_FORMAT: u8 = 3;
 /// The format of stores whose control values are sealed but whose vault
 /// has no day lane.
 const SEALED_FORMAT: u8 = 2;
@@ -69,7 +72,7 @@ const UNSEALED_FORMAT: u8 = 1;
 
 /// Whether a store (or backup) of `format` has its control values sealed.
 pub(crate) fn format_is_sealed(format: u8) -> bool {
-    format == STORE_FORMAT || format == SEALED_FORMAT
+    format == STORE_FORMAT || format == DAY_LANE_FORMAT || format == SEALED_FORMAT
 }
 
 pub(crate) mod meta {
@@ -89,6 +92,11 @@ pub(crate) mod meta {
     pub(crate) const EPOCH_STARTED: &[u8] = b"epoch_started/";
     pub(crate) const EPOCH_RETIRED: &[u8] = b"epoch_retired/";
     pub(crate) const REWRAP_PENDING: &[u8] = b"rewrap_pending";
+    /// Present once no live data key is wrapped under an epoch: every one
+    /// is under the key tree (`vault::tree`), so a rotation re-wraps the
+    /// root alone. Written at creation (format 4), or by the first
+    /// rotation of an older store once it has moved every key.
+    pub(crate) const KEY_TREE_WHOLE: &[u8] = b"key_tree_whole";
     pub(crate) const RESTORE_PENDING: &[u8] = b"restore_pending";
     /// In a backup's copy only: the source store id ‖ when it was taken
     /// (i64). A store with it is refused; a restore clears it after its replay.
@@ -503,7 +511,7 @@ impl Db {
                     let at = Timestamp::from_second(stored_time_floor(storage.as_ref())?)
                         .map_or(now, |floor| floor.max(now));
                     seal_control_plane(&sealed, &audit, at, &path)?;
-                } else if found == SEALED_FORMAT {
+                } else if found != STORE_FORMAT {
                     let mut batch = WriteBatch::new();
                     batch.put(Tree::Meta, meta::FORMAT, vec![STORE_FORMAT]);
                     sealed.apply(&batch, Durability::Durable)?;
@@ -1198,6 +1206,8 @@ fn initialize(
         now.as_second().to_be_bytes().to_vec(),
     );
     batch.put(Tree::Meta, meta::POLICY_DIGEST, policy.digest().to_vec());
+    // Every key it ever makes is under the tree.
+    batch.put(Tree::Meta, meta::KEY_TREE_WHOLE, Vec::new());
     // Written last in the same batch: a store either has all of its identity or none.
     batch.put(Tree::Meta, meta::FORMAT, vec![STORE_FORMAT]);
     let entry = PendingEntry::new(

@@ -1028,7 +1028,7 @@ fn a_format_1_store_is_sealed_by_its_first_open_and_never_again() {
     assert_eq!(sealing.len(), 1);
     assert_eq!(
         sealing[0].detail,
-        format!("format 1 → 3: {stripped} control values sealed")
+        format!("format 1 → 4: {stripped} control values sealed")
     );
     assert!(
         sealing[0].time >= used_until && db.now() >= used_until,
@@ -1795,7 +1795,7 @@ fn without_day_lane(raw: &dyn crate::storage::Storage) -> usize {
 }
 
 /// A store made by a format-2 build keeps its expiry keys under their key
-/// ids in `vault`: its first open marks it format 3 (so an older build
+/// ids in `vault`: its first open marks it format 4 (so an older build
 /// refuses it), and those keys are read, re-keyed into the lane, destroyed
 /// at the end of their day and shredded where they are.
 #[test]
@@ -1832,8 +1832,8 @@ fn a_format_2_store_keeps_its_expiry_keys_where_they_are_and_works_on() {
     let db = reopen().expect("a format-2 store opens");
     assert_eq!(
         raw.get(Tree::Meta, super::meta::FORMAT).expect("get"),
-        Some(vec![3]),
-        "marked format 3 by its first open"
+        Some(vec![4]),
+        "marked format 4 by its first open"
     );
     for s in ["a", "b"] {
         assert_eq!(
@@ -1947,10 +1947,12 @@ fn verify_reports_a_lane_key_without_its_seal_record() {
     );
 }
 
-/// A rotation re-wraps the keys of both of the vault's trees: afterwards no
-/// live entry anywhere is wrapped under the old epoch, which can then die.
+/// Under the key tree a rotation re-wraps the roots alone (forest 0's and
+/// one per expiry day): the keys of both of the vault's trees stay under
+/// their nodes, untouched, and nothing but the roots (and the store secret)
+/// names the new epoch.
 #[test]
-fn a_rotation_rewraps_the_day_lane_too() {
+fn a_rotation_rewraps_the_roots_alone() {
     let (_dir, clock, store, db) = raw_store();
     let raw = Arc::clone(&store.raw);
     let now = crate::Clock::now(&clock);
@@ -1977,13 +1979,33 @@ fn a_rotation_rewraps_the_day_lane_too() {
     };
     let lane_keys = live(Tree::VaultDays).len();
     assert_eq!(lane_keys, 4);
-    let all_keys = lane_keys + live(Tree::Vault).len();
+    let before = (live(Tree::Vault), live(Tree::VaultDays));
+    assert!(
+        before
+            .0
+            .iter()
+            .chain(&before.1)
+            .all(|e| matches!(e.wrapped, Some(crate::vault::Wrapped::Node(_)))),
+        "every key is under the tree"
+    );
     let report = db.rotate_epoch().expect("rotate");
     let new = report.created.expect("an epoch was created");
-    assert_eq!(report.keys_rewrapped, all_keys as u64);
-    for tree in [Tree::Vault, Tree::VaultDays] {
-        for entry in live(tree) {
-            assert_eq!(entry.wrapped.expect("live").epoch().0, new, "{tree:?}");
+    // Two expiry days (2 and 9 days ahead), each a forest, and forest 0
+    // for the scope keys.
+    assert_eq!(report.keys_rewrapped, 3, "the three roots alone");
+    assert_eq!((live(Tree::Vault), live(Tree::VaultDays)), before);
+    assert_eq!(
+        db.inner.vault.tree().root_epochs().expect("roots"),
+        std::collections::BTreeSet::from([shredkv_crypto::EpochId(new)])
+    );
+    // Every record still reads through the re-wrapped root.
+    for s in ["a", "b"] {
+        for days in [2u8, 9] {
+            assert!(
+                db.get(s, "message_content", &[days])
+                    .expect("get")
+                    .is_some()
+            );
         }
     }
 }
@@ -2034,4 +2056,190 @@ fn the_sweep_of_dead_records_fits_the_batch_limit() {
             .count();
         assert_eq!(left, 0, "{s}: dead records left");
     }
+}
+
+/// Rewrites a store of this build as a format-3 build left it: every live
+/// data key wrapped under the current epoch in a vault entry v1 (`version
+/// 1 ‖ state ‖ created ‖ destroyed (9) ‖ present 1 ‖ wrapped key (69) ‖
+/// CRC32`, docs/design.md), no key tree, format byte 3. Returns how many
+/// live keys it rewrote.
+fn as_format_3(db: &Db, raw: &dyn crate::storage::Storage) -> usize {
+    let epoch = db.inner.vault.current_epoch();
+    let mut batch = WriteBatch::new();
+    let mut live = 0;
+    for tree in [Tree::Vault, Tree::VaultDays] {
+        for (k, v) in raw_entries(raw, tree) {
+            let entry = crate::vault::VaultEntry::decode(&v).expect("entry");
+            let id = crate::vault::layout::id_at(tree, &k).expect("key id");
+            let mut v1 = vec![1u8, v[1]];
+            v1.extend_from_slice(&entry.created_at.to_be_bytes());
+            match entry.destroyed_at {
+                Some(at) => {
+                    v1.push(1);
+                    v1.extend_from_slice(&at.to_be_bytes());
+                }
+                None => v1.extend_from_slice(&[0; 9]),
+            }
+            if entry.state == crate::vault::KeyState::Active {
+                let key = db
+                    .inner
+                    .vault
+                    .unwrap_key(&id, &entry)
+                    .expect("unwrap")
+                    .expect("live");
+                let wrapped = db
+                    .inner
+                    .vault
+                    .provider()
+                    .wrap(epoch, &shredkv_crypto::WrapContext::DataKey(id), &key)
+                    .expect("wrap");
+                v1.push(1);
+                v1.extend_from_slice(wrapped.as_bytes());
+                live += 1;
+            } else {
+                v1.push(0);
+            }
+            v1.extend_from_slice(&crc32fast::hash(&v1).to_be_bytes());
+            batch.put(tree, k, v1);
+        }
+    }
+    for (k, _) in raw_entries(raw, Tree::KeyNodes) {
+        batch.remove(Tree::KeyNodes, k);
+    }
+    // Node debts (deadline kind 6) did not exist either.
+    for (k, _) in raw_entries(raw, Tree::Deadlines) {
+        if k.get(8) == Some(&6) {
+            batch.remove(Tree::Deadlines, k);
+        }
+    }
+    batch.remove(Tree::Meta, super::meta::KEY_TREE_WHOLE);
+    batch.put(Tree::Meta, super::meta::FORMAT, vec![3]);
+    raw.apply(&batch, Durability::Durable).expect("apply");
+    live
+}
+
+/// A store made before the key tree (format 3: every data key wrapped under
+/// an epoch, vault entry v1) opens, is marked format 4, reads its keys where
+/// they are, and its first rotation moves every one of them under the tree:
+/// afterwards only the root names an epoch, no rotation reads the vault
+/// again, and the old epoch dies on schedule with every record readable.
+#[test]
+fn a_store_older_than_the_tree_moves_its_keys_under_it_at_its_first_rotation() {
+    let (dir, clock, store, db) = raw_store();
+    let raw = Arc::clone(&store.raw);
+    let now = crate::Clock::now(&clock);
+    for s in ["a", "b", "c"] {
+        db.register_account(s).expect("register");
+        db.put(s, "message_content", b"open", s.as_bytes())
+            .expect("put");
+        db.put_with(
+            s,
+            "message_content",
+            b"expiring",
+            s.as_bytes(),
+            PutOptions::expires_at(now + SignedDuration::from_hours(24 * 60)),
+        )
+        .expect("put");
+    }
+    db.shred("c", Classes::All).expect("shred");
+    let first_epoch = db.inner.vault.current_epoch();
+    let moved = as_format_3(&db, raw.as_ref());
+    // a and b: a scope key, an open-bucket key and a day key each.
+    assert_eq!(moved, 6);
+    // a's day key as a format-2 build left it: under its key id in `vault`.
+    let a_tag = db.subject_tag("a");
+    let mut leftover = WriteBatch::new();
+    let mut moved_back = 0;
+    for (k, v) in raw_entries(raw.as_ref(), Tree::VaultDays) {
+        if lane_key_id(&k).subject == a_tag {
+            leftover.remove(Tree::VaultDays, k.clone());
+            leftover.put(Tree::Vault, lane_key_id(&k).to_bytes().to_vec(), v);
+            moved_back += 1;
+        }
+    }
+    assert_eq!(moved_back, 1, "a's one day key");
+    raw.apply(&leftover, Durability::Durable).expect("apply");
+    drop(db);
+
+    let db = store.open(&dir, &clock).expect("a format-3 store opens");
+    assert_eq!(
+        raw.get(Tree::Meta, super::meta::FORMAT).expect("get"),
+        Some(vec![4]),
+        "marked format 4 by its first open"
+    );
+    assert!(raw_entries(raw.as_ref(), Tree::KeyNodes).is_empty());
+    let read_all = |db: &Db| {
+        for s in ["a", "b"] {
+            for key in [&b"open"[..], b"expiring"] {
+                assert_eq!(
+                    db.get(s, "message_content", key).expect("get").as_deref(),
+                    Some(s.as_bytes()),
+                    "{s}/{key:?}"
+                );
+            }
+        }
+    };
+    read_all(&db);
+    // A new subject's keys go under the tree at once.
+    db.register_account("d").expect("register");
+    db.put("d", "message_content", b"open", b"d").expect("put");
+
+    let report = db.rotate_epoch().expect("rotate");
+    assert_eq!(
+        report.keys_rewrapped,
+        1 + 6,
+        "the root and the six moved keys"
+    );
+    let entries: Vec<_> = [Tree::Vault, Tree::VaultDays]
+        .into_iter()
+        .flat_map(|tree| raw_entries(raw.as_ref(), tree))
+        .filter(|(_, v)| entry_is_live(v))
+        .map(|(_, v)| crate::vault::VaultEntry::decode(&v).expect("entry"))
+        .collect();
+    assert_eq!(entries.len(), 6 + 2);
+    assert!(
+        entries
+            .iter()
+            .all(|e| matches!(e.wrapped, Some(crate::vault::Wrapped::Node(_)))),
+        "every live key is under the tree"
+    );
+    assert!(
+        raw.get(Tree::Meta, super::meta::KEY_TREE_WHOLE)
+            .expect("get")
+            .is_some()
+    );
+    // Every expiry key, a's format-2 leftover too, is in the day lane under
+    // a node of its day's forest (forest = its bucket), not in `vault`.
+    assert!(
+        raw_entries(raw.as_ref(), Tree::Vault)
+            .iter()
+            .all(|(k, _)| shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket < 2)),
+        "no expiry key left in vault"
+    );
+    let lane = raw_entries(raw.as_ref(), Tree::VaultDays);
+    assert_eq!(lane.len(), 3, "a's, b's and c's (destroyed) day keys");
+    for (k, v) in &lane {
+        let id = lane_key_id(k);
+        let entry = crate::vault::VaultEntry::decode(v).expect("entry");
+        if let Some(crate::vault::Wrapped::Node(wrapped)) = &entry.wrapped {
+            assert_eq!(wrapped.node().forest, id.bucket, "{id:?}");
+        }
+    }
+    read_all(&db);
+    // The old epoch is destroyed once its wait is over; nothing needs it.
+    clock.advance(SignedDuration::from_hours(24 * 40));
+    db.compact().expect("compact");
+    let live = db.stats().expect("stats").live_epochs;
+    assert!(!live.contains(&first_epoch.0), "{live:?}");
+    read_all(&db);
+    assert_eq!(
+        db.get("d", "message_content", b"open")
+            .expect("get")
+            .as_deref(),
+        Some(&b"d"[..])
+    );
+    assert!(db.verify().expect("verify").is_clean());
+    drop(db);
+    let db = store.open(&dir, &clock).expect("reopen");
+    read_all(&db);
 }

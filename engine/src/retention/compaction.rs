@@ -74,8 +74,17 @@ pub struct CompactionReport {
     pub blocked_by_hold: u64,
     /// Epochs created by rotation.
     pub epochs_created: u64,
-    /// Keys re-wrapped under the current epoch.
+    /// Keys re-wrapped under the current epoch: the key tree's root, and
+    /// in a store older than the tree, data keys moved under it.
     pub keys_rewrapped: u64,
+    /// Nodes of the key tree re-keyed because a key under them was
+    /// destroyed (each re-wraps its live children).
+    pub nodes_rekeyed: u64,
+    /// Day forests of the key tree removed whole: every key of their day
+    /// was destroyed, so nothing under them needed re-wrapping.
+    pub forests_removed: u64,
+    /// Nodes those forests held, deleted.
+    pub nodes_removed: u64,
     /// Epoch keys destroyed.
     pub epochs_destroyed: u64,
     /// Due items left for the next pass (the budget ran out).
@@ -311,7 +320,9 @@ impl DbInner {
             free.push((key, *id));
         }
         let ids: Vec<KeyId> = free.iter().map(|(_, id)| *id).collect();
-        let live = self.vault.destroy_many(&ids, now.as_second(), &mut batch)?;
+        let live = self
+            .vault
+            .destroy_expired(&ids, now.as_second(), &mut batch)?;
         for ((key, id), was_live) in free.iter().zip(live) {
             batch.remove(Tree::Deadlines, (*key).clone());
             if was_live {
@@ -826,6 +837,10 @@ impl DbInner {
             Due::Rekey(id) => (id.subject, id.class, "re-key"),
             Due::RemoveCiphertext(tag, class) => (tag, class, "dead record removal"),
             Due::ResumeErasure { tag, class, .. } => (tag, class, "resumed erasure"),
+            // Paid apart (`node_debts`), never set aside one by one.
+            Due::RekeyNode(_) | Due::RetireForest(_) => {
+                (SubjectTag([0; 16]), ALL_CLASSES, "node re-key")
+            }
         };
         let audit = if previous.is_none() {
             vec![PendingEntry::new(
@@ -1030,6 +1045,8 @@ impl Db {
                     continue;
                 }
                 match deadlines::decode_key(&key) {
+                    // Paid after the loop, once every key due is destroyed.
+                    Some((_, Due::RekeyNode(_) | Due::RetireForest(_))) => continue,
                     Some((_, Due::DestroyKey(id))) => expired_keys.push((key, id)),
                     Some((_, due)) => others.push((key, due)),
                     // An entry this build cannot read is kept for a newer
@@ -1091,7 +1108,7 @@ impl Db {
                         let [(key, _)] = item;
                         dead.push((key, tag, class));
                     }
-                    Due::DestroyKey(_) => {}
+                    Due::DestroyKey(_) | Due::RekeyNode(_) | Due::RetireForest(_) => {}
                 }
             }
             inner.isolated(
@@ -1121,9 +1138,12 @@ impl Db {
                 break;
             }
         }
-        // After the due erasures: a key destroyed by this pass must not be
-        // re-wrapped under a new epoch first (that copy would outlive W).
-        // Items set aside above do not stop it.
+        // After the due erasures: the paths of the keys destroyed (by this
+        // pass, or since the last) are re-keyed before any epoch is touched,
+        // so no root generation that opens one is re-wrapped under a new
+        // epoch (that copy would outlive W). Items set aside above do not
+        // stop it.
+        inner.pay_node_debts(now, &mut report)?;
         inner.maintain_epochs(now, &mut report)?;
         inner.storage.flush()?;
         Ok(report)

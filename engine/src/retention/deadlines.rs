@@ -12,6 +12,9 @@
 //!          kind 5  resume an erasure a legal hold blocked
 //!                                          target = subject tag (16) ‖ class u16
 //!                                          ‖ reason u8 ‖ whole subject u8 (0/1)
+//!          kind 6  re-key the key tree node a destroyed data key was
+//!                  under, and its path to the root (due at the destruction)
+//!                                          target = the destroyed key's id (26)
 //! value: v1 ‖ created at i64 ‖ CRC32
 //! ```
 //!
@@ -45,6 +48,17 @@ pub(crate) enum Due {
         reason: ErasureReason,
         whole: bool,
     },
+    /// Re-key the bottom node of the key tree that the destroyed data key
+    /// was under, and every node above it: the key's copies must stop
+    /// opening through the node's current generation (`vault::tree`). One
+    /// item per destroyed key, so a pass removes only the debts it read.
+    RekeyNode(KeyId),
+    /// A day's expiry destroyed keys of the day forest `forest` (the
+    /// expiry bucket): remove the forest whole once it holds no live key,
+    /// else re-key all of it (`retention/node_debts.rs`). Written in place
+    /// of a `RekeyNode` per key by the expiry's tombstones; one item per
+    /// forest and pass.
+    RetireForest(u32),
 }
 
 pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
@@ -80,6 +94,14 @@ pub(crate) fn key(deadline: i64, due: &Due) -> Vec<u8> {
             out.extend_from_slice(&class.to_be_bytes());
             out.push(reason.code());
             out.push(u8::from(*whole));
+        }
+        Due::RekeyNode(id) => {
+            out.push(6);
+            out.extend_from_slice(&id.to_bytes());
+        }
+        Due::RetireForest(forest) => {
+            out.push(7);
+            out.extend_from_slice(&forest.to_be_bytes());
         }
     }
     out
@@ -126,6 +148,8 @@ pub(crate) fn decode_key(key: &[u8]) -> Option<(i64, Due)> {
                 whole,
             }
         }
+        6 => Due::RekeyNode(KeyId::from_bytes(target)?),
+        7 => Due::RetireForest(u32::from_be_bytes(target.try_into().ok()?)),
         _ => return None,
     };
     Some((time_from_sortable(time), due))
@@ -154,6 +178,8 @@ mod tests {
                 reason: ErasureReason::Operator,
                 whole: true,
             },
+            Due::RekeyNode(id),
+            Due::RetireForest(20_002),
         ];
         for due in dues {
             assert_eq!(decode_key(&key(77, &due)), Some((77, due)));

@@ -1,19 +1,26 @@
 //! Epochs: rotating the key-encryption key and destroying old ones (G2).
 //!
-//! Every vault entry is wrapped under the current epoch key. Compaction
-//! rotates the epoch every period P (see [`Timeline`]): it creates a new
-//! epoch key, re-wraps the store secret and every live vault entry under it,
-//! and records when the old epoch retired. A retired epoch key is destroyed
-//! once the timeline's epoch lifetime L has passed since it *started*, and
-//! never while any live entry is still wrapped under it.
+//! The key tree's root and the store secret are wrapped under the current
+//! epoch key (and, in a store older than the tree until its first rotation,
+//! data keys too). Compaction rotates the epoch every period P (see
+//! [`Timeline`]): it creates a new epoch key, re-wraps the store secret and
+//! the root under it (and moves any data key still under an epoch under the
+//! tree), and records when the old epoch retired. A retired epoch key is
+//! destroyed once the timeline's epoch lifetime L has passed since it
+//! *started*, and never while the root or a live entry is still wrapped
+//! under it.
 //!
 //! Why that bound: a data key destroyed at `d` has wrapped copies in the
-//! backend's old pages and in backups under the epoch current at `d`, which
-//! started at `s ≤ d`, and under older epochs (destroyed earlier). That epoch
-//! is destroyed at the first compaction after `s + L ≤ d + L`. Compaction
-//! processes due erasures before it rotates, so a key it destroys is never
-//! re-wrapped under the new epoch first. A backup stays restorable for at
-//! least `L − P`; older backups cannot be decrypted, by design.
+//! backend's old pages and in backups under its bottom node's generation,
+//! which opens through the generations above it up to a root generation
+//! wrapped under the epoch current when its path was last re-keyed. The
+//! path is re-keyed by the first compaction after `d` (`Due::RekeyNode`),
+//! at `d' ≥ d`, before that compaction touches epochs; the epoch current at
+//! `d'` started at `s ≤ d'` and is destroyed at the first compaction after
+//! `s + L ≤ d' + L`. Compaction processes due erasures and node re-keys
+//! before it rotates, so a root generation that opens a destroyed key is
+//! never re-wrapped under the new epoch first. A backup stays restorable
+//! for at least `L − P`; older backups cannot be decrypted, by design.
 //!
 //! A store destroys only epochs it started or inherited (recorded in its
 //! meta): a key provider shared with another store holds that store's too.
@@ -32,7 +39,8 @@ use crate::error::{Error, Result};
 use crate::retention::compaction::CompactionReport;
 use crate::retention::poisoned::{self, FailureKind, Poisoned};
 use crate::storage::{Durability, Order, Tree, WriteBatch};
-use crate::vault::{KeyState, VaultEntry};
+use crate::vault::tree::NewNodes;
+use crate::vault::{KeyState, VaultEntry, Wrapped};
 
 /// Vault entries re-wrapped per batch.
 const REWRAP_PAGE: usize = 512;
@@ -96,7 +104,8 @@ impl DbInner {
         self.destroy_retired_epochs(now, report)
     }
 
-    /// Creates a new epoch and re-wraps everything under it.
+    /// Creates a new epoch and re-wraps the store secret and the key tree's
+    /// root under it (and moves any key still under an epoch under the tree).
     pub(crate) fn rotate_locked(
         &self,
         now: Timestamp,
@@ -164,18 +173,24 @@ impl DbInner {
         Ok(new)
     }
 
-    /// Re-wraps every live vault entry not under the current epoch. Each
-    /// page holds the gate's write lock over its subjects, so no erasure
-    /// can tombstone an entry between its read and its re-wrapped write.
+    /// Re-wraps the key tree's root under the current epoch and, until the
+    /// tree holds every key, moves every live vault entry still under an
+    /// epoch under the tree. Each page of those holds the gate's write lock
+    /// over its subjects, so no erasure can tombstone an entry between its
+    /// read and its re-wrapped write.
     fn rewrap_all(&self, now: Timestamp) -> Result<u64> {
         let current = self.vault.current_epoch();
-        // Per key: its re-wrapped entry and the removal of any lost mark.
-        let page_size = self.batch_page(REWRAP_PAGE, 2);
-        let mut total = 0u64;
-        for tree in crate::vault::layout::TREES {
-            total += self.rewrap_tree(tree, current, page_size, now)?;
-        }
+        let mut total = self.rewrap_roots(current, now)?;
         let mut batch = WriteBatch::new();
+        if meta_get(self.storage.as_ref(), meta::KEY_TREE_WHOLE)?.is_none() {
+            // Per key: its moved entry, the removal of any lost mark, and
+            // the nodes its path lacks (a few, shared by every key).
+            let page_size = self.batch_page(REWRAP_PAGE, 3);
+            for tree in crate::vault::layout::TREES {
+                total += self.rewrap_tree(tree, current, page_size, now)?;
+            }
+            batch.put(Tree::Meta, meta::KEY_TREE_WHOLE.to_vec(), Vec::new());
+        }
         batch.remove(Tree::Meta, meta::REWRAP_PENDING.to_vec());
         let entry = PendingEntry::new(
             AuditEvent::EpochCreated,
@@ -193,7 +208,46 @@ impl DbInner {
         Ok(total)
     }
 
-    /// [`DbInner::rewrap_all`] over one of the vault's trees.
+    /// Re-wraps the key tree's roots under `current`, once no node debt is
+    /// pending and no erasure is under way (every gate stripe held): a root
+    /// generation that opens a destroyed key is never wrapped under an
+    /// epoch newer than the destruction, so the epoch a ledger entry names
+    /// bounds every copy of what it erased (certificates rely on it). Debts
+    /// that arrive meanwhile are paid first; after `ROOT_TRIES` rounds of
+    /// them the rotation is left for the next pass.
+    fn rewrap_roots(&self, current: EpochId, now: Timestamp) -> Result<u64> {
+        const ROOT_TRIES: usize = 16;
+        for _ in 0..ROOT_TRIES {
+            let everyone = self.gate.write_all();
+            if !self.node_debts_pending(now)? {
+                let _creating = self.vault.creation_lock();
+                let _rekeying = self.vault.tree().write_lock();
+                // One root per live day forest: in batches the backend takes.
+                let limit = self.storage.max_batch_ops().unwrap_or(usize::MAX).max(1);
+                let mut rewrapped = 0;
+                loop {
+                    let mut batch = WriteBatch::new();
+                    let page = self.vault.tree().rewrap_roots(current, limit, &mut batch)?;
+                    if page == 0 {
+                        return Ok(rewrapped);
+                    }
+                    self.storage.apply(&batch, Durability::Durable)?;
+                    rewrapped += page;
+                }
+            }
+            drop(everyone);
+            self.pay_node_debts(now, &mut CompactionReport::default())?;
+        }
+        Err(Error::InvalidArgument {
+            what: "epoch rotation",
+            detail: format!(
+                "erasures kept owing key tree re-keys through {ROOT_TRIES} rounds; the root's \
+                 re-wrap is left for the next compaction pass"
+            ),
+        })
+    }
+
+    /// [`DbInner::rewrap_all`]'s move of one of the vault's trees.
     fn rewrap_tree(
         &self,
         tree: Tree,
@@ -217,7 +271,7 @@ impl DbInner {
                     if let (Some(id), Ok(entry)) =
                         (crate::vault::layout::id_at(tree, k), VaultEntry::decode(v))
                         && entry.state == KeyState::Active
-                        && entry.wrapped.as_ref().is_some_and(|w| w.epoch() != current)
+                        && matches!(entry.wrapped, Some(Wrapped::Epoch(_)))
                     {
                         page.push(id);
                     }
@@ -240,10 +294,15 @@ impl DbInner {
                 .into_iter()
                 .collect();
             let _exclusive = self.gate.write(&tags);
+            let _creating = self.vault.creation_lock();
             let mut batch = WriteBatch::new();
+            let mut made = NewNodes::default();
             let mut lost = Vec::new();
             for id in &page {
-                match self.vault.rewrap(id, current, &mut batch) {
+                match self
+                    .vault
+                    .move_under_tree(id, current, &mut batch, &mut made)
+                {
                     Ok(true) => {
                         total += 1;
                         batch.remove(Tree::Poisoned, poisoned::lost_key(id));
@@ -255,7 +314,11 @@ impl DbInner {
                     Err(err) => return Err(err),
                 }
             }
-            self.storage.apply(&batch, Durability::Buffered)?;
+            if let Err(err) = self.storage.apply(&batch, Durability::Buffered) {
+                self.vault.tree().failed(made);
+                return Err(err.into());
+            }
+            self.vault.tree().landed(made);
             for (id, err) in lost {
                 self.set_aside_lost_key(&id, &err, now)?;
             }
@@ -266,7 +329,7 @@ impl DbInner {
     /// Records a vault entry that failed authentication when it was to be
     /// re-wrapped: set aside as lost (audited the first time). Its data is
     /// unreadable already; its epoch is destroyed on schedule all the same.
-    fn set_aside_lost_key(&self, id: &KeyId, err: &Error, now: Timestamp) -> Result<()> {
+    pub(crate) fn set_aside_lost_key(&self, id: &KeyId, err: &Error, now: Timestamp) -> Result<()> {
         let key = poisoned::lost_key(id);
         let previous = self
             .storage
@@ -302,9 +365,15 @@ impl DbInner {
         )
     }
 
-    /// Epochs some live vault entry is still wrapped under. Entries set
-    /// aside as lost (they fail authentication) do not count: G2 wins.
+    /// Epochs the key tree's root or some live vault entry is still wrapped
+    /// under. Entries set aside as lost (they fail authentication) do not
+    /// count: G2 wins. Once the tree holds every key, the root alone is
+    /// read, not the vault.
     fn epochs_in_use(&self) -> Result<BTreeSet<EpochId>> {
+        let mut used: BTreeSet<EpochId> = self.vault.tree().root_epochs()?;
+        if meta_get(self.storage.as_ref(), meta::KEY_TREE_WHOLE)?.is_some() {
+            return Ok(used);
+        }
         let mut lost = BTreeSet::new();
         crate::storage::scan_prefix(
             self.storage.as_ref(),
@@ -327,11 +396,10 @@ impl DbInner {
         if !settled.is_empty() {
             self.storage.apply(&settled, Durability::Buffered)?;
         }
-        let mut used = BTreeSet::new();
         crate::vault::layout::scan_all(self.storage.as_ref(), &mut |tree, k, v| {
             if let Ok(VaultEntry {
                 state: KeyState::Active,
-                wrapped: Some(w),
+                wrapped: Some(Wrapped::Epoch(w)),
                 ..
             }) = VaultEntry::decode(v)
             {
@@ -404,9 +472,11 @@ impl DbInner {
 }
 
 impl Db {
-    /// Rotates the epoch now (also done by compaction on schedule): a new
-    /// epoch key wraps the store secret and every live data key; epochs past
-    /// their wait are destroyed.
+    /// Rotates the epoch now (also done by compaction on schedule): the
+    /// paths of destroyed keys are re-keyed first, then a new epoch key wraps
+    /// the store secret and the key tree's root (a store older than the tree
+    /// also has its data keys moved under it, once); epochs past their wait
+    /// are destroyed. Its cost does not grow with the number of keys.
     ///
     /// # Errors
     /// Key provider and storage failures; an interrupted re-wrap resumes at
@@ -419,6 +489,8 @@ impl Db {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = inner.clock.now();
         let mut report = CompactionReport::default();
+        // Destroyed keys' paths first, as compaction does.
+        inner.pay_node_debts(now, &mut report)?;
         let created = inner.rotate_locked(now, &mut report)?;
         inner.destroy_retired_epochs(now, &mut report)?;
         Ok(EpochReport {

@@ -10,6 +10,7 @@ pub(crate) mod deadlines;
 mod epochs;
 mod events;
 mod maintenance;
+mod node_debts;
 mod overdue;
 pub(crate) mod poisoned;
 pub(crate) mod policy;

@@ -506,7 +506,7 @@ fn epochs_rotate_rewrap_and_old_epochs_are_destroyed_after_the_wait() {
     clock.advance(days(1));
     let report = db.compact().expect("compact");
     assert_eq!(report.epochs_created, 1);
-    assert!(report.keys_rewrapped >= 2, "{report:?}");
+    assert_eq!(report.keys_rewrapped, 1, "the key tree's root: {report:?}");
     let stats = db.stats().expect("stats");
     assert!(stats.current_epoch > first);
     assert!(
@@ -529,7 +529,7 @@ fn epochs_rotate_rewrap_and_old_epochs_are_destroyed_after_the_wait() {
         Some(&b"invoice"[..])
     );
     let rotated = db.rotate_epoch().expect("rotate");
-    assert!(rotated.keys_rewrapped >= 2);
+    assert_eq!(rotated.keys_rewrapped, 1, "the key tree's root");
 }
 
 #[test]
@@ -869,8 +869,19 @@ fn a_certificate_is_pending_until_the_purge_completes() {
     };
     assert!(steps.iter().any(|s| s.contains("epoch")), "{steps:?}");
     assert!(steps.iter().any(|s| s.contains("dead record")), "{steps:?}");
+    assert!(
+        steps.iter().any(|s| s.contains("key tree")),
+        "the shred's node debt is named: {steps:?}"
+    );
     assert!(due_by.duration_since(db.now()) <= days(30));
     assert_eq!(pending.keys_live_in_erased_scopes, 0);
+    // The next pass re-keys the path: that step is done, the epoch is not.
+    db.compact().expect("compact");
+    let crate::PurgeStatus::Pending { steps, .. } = &db.certificate("a").expect("c").status else {
+        panic!("still pending: the epoch lives")
+    };
+    assert!(!steps.iter().any(|s| s.contains("key tree")), "{steps:?}");
+    assert!(steps.iter().any(|s| s.contains("epoch")), "{steps:?}");
     // A day later the epoch rotates; after the wait it is destroyed.
     clock.advance(days(1));
     db.compact().expect("compact");
@@ -1019,18 +1030,197 @@ fn compaction_never_rewraps_a_key_it_destroys() {
     )
     .expect("put");
     // One compaction both destroys the expired key and rotates the epoch.
+    let root_before = root_generation(&db);
     clock.advance(days(2));
     let report = db.compact().expect("compact");
     assert_eq!(report.epochs_created, 1);
     assert_eq!(report.keys_destroyed, 1);
-    // Only the scope key (and no destroyed key) was re-wrapped.
     let destroyed: Vec<_> = crate::internal::vault_key_ids(&db)
         .expect("ids")
         .into_iter()
         .filter(|(_, d)| *d)
         .collect();
     assert_eq!(destroyed.len(), 1);
+    // The destroyed key was its day's only one: its day forest (the root
+    // and three levels down to its bottom node) was removed whole before
+    // the rotation, which re-wrapped forest 0's root alone, untouched by
+    // the expiry.
+    assert_eq!(report.forests_removed, 1, "{report:?}");
+    assert_eq!(report.nodes_removed, 4, "{report:?}");
+    assert_eq!(report.nodes_rekeyed, 0, "{report:?}");
     assert_eq!(report.keys_rewrapped, 1, "{report:?}");
+    assert_eq!(root_generation(&db), root_before);
+    assert_eq!(day_forest_nodes(&db), 0);
+    assert_eq!(pending_node_debts(&db), 0);
+}
+
+/// Nodes of day forests the key tree holds (every forest but 0), read raw:
+/// a node id is depth (1) ‖ forest (u32 BE) ‖ prefix (u32 BE).
+fn day_forest_nodes(db: &Db) -> usize {
+    let mut n = 0;
+    db.inner
+        .storage
+        .scan(
+            Tree::KeyNodes,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, _| {
+                if k.len() == 9 && k[1..5] != [0, 0, 0, 0] {
+                    n += 1;
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    n
+}
+
+/// The generation of forest 0's root.
+fn root_generation(db: &Db) -> u32 {
+    db.inner
+        .vault
+        .tree()
+        .read_node(shredkv_crypto::NodeId::ROOT)
+        .expect("read")
+        .expect("a root")
+        .generation
+}
+
+/// The generation of the bottom node a subject's keys are under.
+fn bottom_generation(db: &Db, subject: &str) -> u32 {
+    let node = shredkv_crypto::NodeId::of_tag(
+        0,
+        &db.subject_tag(subject),
+        crate::vault::tree::BOTTOM_DEPTH,
+    );
+    db.inner
+        .vault
+        .tree()
+        .read_node(node)
+        .expect("read")
+        .expect("the subject's bottom node")
+        .generation
+}
+
+/// Node debts in the deadline index (kind 6, written by docs/design.md's
+/// rule: one per destroyed key under the tree, due at its destruction).
+fn pending_node_debts(db: &Db) -> usize {
+    let mut n = 0;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Deadlines,
+        &[],
+        &mut |k, _| {
+            if k.get(8) == Some(&6) {
+                n += 1;
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    n
+}
+
+/// Every way a key dies leaves a debt on its bottom node, and compaction
+/// pays it by re-keying the node (and its path) before anything else
+/// touches epochs: a shred (debt left for the next pass), an expiry, a
+/// bucket's re-key (paid in the pass that destroyed the key).
+#[test]
+fn every_destruction_owes_its_node_a_rekey_and_compaction_pays_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    for s in ["a", "b"] {
+        db.register_account(s).expect("register");
+        db.put(s, "account_profile", b"p", b"v1").expect("put");
+    }
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    db.put_with(
+        "b",
+        "message_content",
+        b"m",
+        b"x",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    assert_eq!(pending_node_debts(&db), 0);
+
+    // A shred: its keys' debts wait for the next pass.
+    let (a_node, root) = (bottom_generation(&db, "a"), root_generation(&db));
+    db.shred("a", crate::Classes::All).expect("shred");
+    assert!(pending_node_debts(&db) >= 1, "the shred owes a re-key");
+    assert_eq!(bottom_generation(&db, "a"), a_node, "not paid yet");
+    let report = db.compact().expect("compact");
+    assert!(report.nodes_rekeyed >= 6, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert!(bottom_generation(&db, "a") > a_node);
+    assert!(root_generation(&db) > root);
+
+    // An expiry, in the pass that destroys the key: its day's forest holds
+    // no live key after it, so the forest is removed whole (nothing to
+    // re-wrap), and b's keys in forest 0 are left alone.
+    let b_node = bottom_generation(&db, "b");
+    assert_eq!(day_forest_nodes(&db), 4, "the day's root and three levels");
+    clock.advance(days(2));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert_eq!(report.forests_removed, 1, "expiry: {report:?}");
+    assert_eq!(day_forest_nodes(&db), 0, "expiry: {report:?}");
+    assert_eq!(bottom_generation(&db, "b"), b_node, "expiry: {report:?}");
+
+    // A bucket's re-key (an overwrite's debt falls due) destroys the old
+    // version, in the pass that pays the debt.
+    db.put("b", "account_profile", b"p", b"v2")
+        .expect("overwrite");
+    let b_node = bottom_generation(&db, "b");
+    clock.advance(days(20));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.buckets_rekeyed, 1, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert!(bottom_generation(&db, "b") > b_node, "re-key: {report:?}");
+    assert_eq!(
+        db.get("b", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
+}
+
+/// A rotation never re-wraps a root generation that opens a destroyed key:
+/// reached with a debt still unpaid (an erasure that landed after the
+/// pass paid the others), it pays it first, so the root it re-wraps is a
+/// fresh generation.
+#[test]
+fn a_rotation_pays_the_node_debts_before_it_rewraps_the_root() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, _clock) = open(&dir);
+    for s in ["a", "b"] {
+        db.register_account(s).expect("register");
+        db.put(s, "account_profile", b"p", b"v").expect("put");
+    }
+    db.shred("a", crate::Classes::All).expect("shred");
+    assert!(pending_node_debts(&db) >= 1);
+    let root = root_generation(&db);
+    // Straight to the rotation, past `Db::rotate_epoch`'s own payment.
+    let _single = db.inner.compaction.lock().expect("compaction lock");
+    let mut report = super::compaction::CompactionReport::default();
+    let created = db
+        .inner
+        .rotate_locked(db.now(), &mut report)
+        .expect("rotate");
+    assert_eq!(pending_node_debts(&db), 0, "paid before the root's re-wrap");
+    assert_eq!(root_generation(&db), root + 1);
+    assert_eq!(
+        db.inner.vault.tree().root_epochs().expect("roots"),
+        std::collections::BTreeSet::from([created])
+    );
+    assert_eq!(
+        db.get("b", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"v"[..])
+    );
 }
 
 /// Every stored record of a subject's class, raw: (tree key, envelope).
@@ -1121,8 +1311,9 @@ fn purge_progresses_past_a_poisoned_item() {
         &crate::ledger::key(&a, crate::ledger::ALL_CLASSES),
         b"\x01not a hold record",
     );
-    // c's data key no longer authenticates under its epoch (a wrapped key
-    // altered with a consistent checksum): it cannot be re-wrapped.
+    // c's data key no longer authenticates under its node (a wrapped key
+    // altered with a consistent checksum): it cannot be re-wrapped when
+    // its node is re-keyed.
     let c = db.subject_tag("c");
     let mut vault = Vec::new();
     crate::storage::scan_prefix(db.inner.storage.as_ref(), Tree::Vault, &c.0, &mut |k, v| {
@@ -1135,12 +1326,34 @@ fn purge_progresses_past_a_poisoned_item() {
         .find(|(k, _)| shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket == 1))
         .expect("c's data key");
     let mut entry = crate::vault::VaultEntry::decode(entry).expect("entry");
-    // Wrapped key format: bytes 17..49 the sealed key, a CRC over 0..65 last.
-    let mut wrapped = entry.wrapped.expect("live").as_bytes()[..65].to_vec();
-    wrapped[20] ^= 0x01;
-    let wrapped = with_crc(wrapped);
-    entry.wrapped = Some(shredkv_crypto::WrappedKey::from_bytes(&wrapped).expect("wrapped"));
+    // Node-wrapped key format: bytes 26..58 the sealed key, a CRC over 0..74
+    // last.
+    let Some(crate::vault::Wrapped::Node(wrapped)) = entry.wrapped else {
+        panic!("c's key is under the tree");
+    };
+    let mut bytes = wrapped.as_bytes()[..74].to_vec();
+    bytes[29] ^= 0x01;
+    let bytes = with_crc(bytes);
+    entry.wrapped = Some(crate::vault::Wrapped::Node(
+        shredkv_crypto::NodeWrapped::from_bytes(&bytes).expect("wrapped"),
+    ));
     raw_put(&db, Tree::Vault, data_key_id, &entry.encode());
+    // A neighbour's key under c's bottom node died: the node owes a re-key.
+    let c_key = shredkv_crypto::KeyId::from_bytes(data_key_id).expect("key id");
+    let now_secs = db.now().as_second();
+    raw_put(
+        &db,
+        Tree::Deadlines,
+        &crate::retention::deadlines::key(
+            now_secs,
+            // Another key of the same bottom node (c's own subject).
+            &crate::retention::deadlines::Due::RekeyNode(shredkv_crypto::KeyId {
+                version: c_key.version + 1_000,
+                ..c_key
+            }),
+        ),
+        &crate::retention::deadlines::value(now_secs),
+    );
     let first_epoch = db.stats().expect("stats").current_epoch;
 
     db.close_account("a").expect("close a");
@@ -2530,4 +2743,290 @@ fn a_hold_reason_never_enters_the_audit_log() {
             entry.detail
         );
     }
+}
+
+/// The stored entry of a key tree node, raw.
+fn raw_node(db: &Db, node: shredkv_crypto::NodeId) -> Option<Vec<u8>> {
+    db.inner
+        .storage
+        .get(Tree::KeyNodes, &node.to_bytes())
+        .expect("read")
+}
+
+fn raw_remove(db: &Db, tree: Tree, key: &[u8]) {
+    let mut batch = crate::storage::WriteBatch::new();
+    batch.remove(tree, key.to_vec());
+    db.inner
+        .storage
+        .apply(&batch, crate::storage::Durability::Durable)
+        .expect("raw remove");
+}
+
+/// Damage to the key tree is reported, never read as an erasure, and never
+/// stops the purge. A node entry whose generation was changed (a consistent
+/// checksum: what a writer of the files can do) no longer opens: the keys
+/// beneath it read as tampered, not missing, and `verify` names the node. A
+/// node removed orphans its subtree, reported the same way. A live key whose
+/// wrap names a generation its node no longer has is reported as such. And
+/// a debt on the damaged node, or on a node the tree lacks, is paid by
+/// compaction without failing it, so epochs still rotate and die.
+#[test]
+fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
+    use shredkv_crypto::NodeId;
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let path = root.path().join("store");
+    let db = Db::open(sled_config(&path, &clock)).expect("open");
+    // Subjects whose paths share no node below the root's children: one
+    // each for the damaged node, the orphan, the stale wrap, a bystander.
+    let mut names = Vec::new();
+    let mut seen_level_1 = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let name = format!("s{i}");
+        if seen_level_1.insert(NodeId::of_tag(0, &db.subject_tag(&name), 1)) {
+            names.push(name);
+        }
+        if names.len() == 4 {
+            break;
+        }
+    }
+    let [damaged, orphan, stale, bystander] = [0, 1, 2, 3].map(|i| names[i].clone());
+    for s in &names {
+        db.register_account(s).expect("register");
+        db.put(s, "account_profile", b"p", s.as_bytes())
+            .expect("put");
+    }
+    let tags: std::collections::HashMap<String, shredkv_crypto::SubjectTag> = names
+        .iter()
+        .map(|s| (s.clone(), db.subject_tag(s)))
+        .collect();
+    let bottom = |s: &str| NodeId::of_tag(0, &tags[s], crate::vault::tree::BOTTOM_DEPTH);
+    // 1. The damaged subject's bottom node: its generation changed.
+    let node = bottom(&damaged);
+    let entry = raw_node(&db, node).expect("node");
+    let mut body = entry[..entry.len() - 4].to_vec();
+    body[4] ^= 0x01;
+    raw_put(&db, Tree::KeyNodes, &node.to_bytes(), &with_crc(body));
+    // 2. The orphan's depth-4 node removed.
+    let parent = bottom(&orphan).parent().expect("a parent");
+    raw_remove(&db, Tree::KeyNodes, &parent.to_bytes());
+    // 3. The stale subject's open-bucket key re-labelled to the next
+    //    generation of its node (both checksums made consistent).
+    let tag = db.subject_tag(&stale);
+    let mut open_key = None;
+    crate::storage::scan_prefix(
+        db.inner.storage.as_ref(),
+        Tree::Vault,
+        &tag.0,
+        &mut |k, v| {
+            if shredkv_crypto::KeyId::from_bytes(k).is_some_and(|id| id.bucket == 1) {
+                open_key = Some((k.to_vec(), v.to_vec()));
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("scan");
+    let (key, value) = open_key.expect("the open bucket's key");
+    // Vault entry v2: the wrap (78 bytes) at 20..98, its generation at 10..14.
+    let mut wrap = value[20..94].to_vec();
+    let generation = u32::from_be_bytes(wrap[10..14].try_into().expect("4")) + 1;
+    wrap[10..14].copy_from_slice(&generation.to_be_bytes());
+    let mut entry = value[..20].to_vec();
+    entry.extend_from_slice(&with_crc(wrap));
+    raw_put(&db, Tree::Vault, &key, &with_crc(entry));
+    drop(db);
+
+    let db = Db::open(sled_config(&path, &clock)).expect("reopen");
+    for s in [&damaged, &orphan, &stale] {
+        assert!(
+            matches!(
+                db.get(s, "account_profile", b"p"),
+                Err(crate::Error::Tampered { .. })
+            ),
+            "{s}: reads as tampered, not as erased or missing"
+        );
+    }
+    assert_eq!(
+        db.get(&bystander, "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(bystander.as_bytes())
+    );
+    let problems = db.verify().expect("verify").problems;
+    let at = |tree: &str, key: &[u8]| {
+        problems.iter().find(|p| {
+            p.location.tree == tree && p.location.key_hex == shredkv_crypto::hex::encode(key)
+        })
+    };
+    let damaged_node = at("key_nodes", &node.to_bytes()).expect("the damaged node is reported");
+    assert_eq!(damaged_node.kind, crate::ProblemKind::Tampered);
+    assert!(
+        damaged_node.detail.contains("does not open"),
+        "{}",
+        damaged_node.detail
+    );
+    let orphaned =
+        at("key_nodes", &bottom(&orphan).to_bytes()).expect("the orphaned bottom node is reported");
+    assert_eq!(orphaned.kind, crate::ProblemKind::Tampered);
+    let stale_key = at("vault", &key).expect("the stale wrap is reported");
+    assert!(
+        stale_key.detail.contains("generation"),
+        "{}",
+        stale_key.detail
+    );
+
+    // The purge goes on: the damaged subject is shredded (a debt on the
+    // damaged node), a debt names a node the tree lacks, and compaction
+    // pays both, rotates, and later destroys the first epoch.
+    let first_epoch = db.stats().expect("stats").current_epoch;
+    db.shred(&damaged, crate::Classes::All).expect("shred");
+    let now = db.now().as_second();
+    // A key of a subject no node covers (the tag's first 20 bits all ones;
+    // checked absent below).
+    let unheard_of = shredkv_crypto::KeyId {
+        subject: shredkv_crypto::SubjectTag([0xFF; 16]),
+        class: 1,
+        bucket: 1,
+        version: 1,
+    };
+    let missing = crate::vault::tree::bottom_of(&unheard_of);
+    assert!(raw_node(&db, missing).is_none());
+    raw_put(
+        &db,
+        Tree::Deadlines,
+        &crate::retention::deadlines::key(
+            now,
+            &crate::retention::deadlines::Due::RekeyNode(unheard_of),
+        ),
+        &crate::retention::deadlines::value(now),
+    );
+    clock.advance(days(1));
+    let report = db.compact().expect("damage does not fail the pass");
+    assert_eq!(report.epochs_created, 1, "{report:?}");
+    assert_eq!(pending_node_debts(&db), 0);
+    assert!(raw_node(&db, missing).is_none(), "a debt makes no node");
+    clock.advance(days(40));
+    db.compact().expect("compact");
+    assert!(
+        !db.stats()
+            .expect("stats")
+            .live_epochs
+            .contains(&first_epoch)
+    );
+    assert_eq!(
+        db.get(&bystander, "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(bystander.as_bytes())
+    );
+}
+
+/// The roots of the day forests, read raw: `(forest, generation)`. A node
+/// id is depth (1) ‖ forest (u32 BE) ‖ prefix (u32 BE); a node entry is
+/// version (1) ‖ generation (u32 BE) ‖ ….
+fn day_forest_roots(db: &Db) -> Vec<(u32, u32)> {
+    let mut roots = Vec::new();
+    db.inner
+        .storage
+        .scan(
+            Tree::KeyNodes,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, v| {
+                if k.len() == 9 && k[0] == 0 && k[1..5] != [0, 0, 0, 0] && v.len() > 5 {
+                    let forest = u32::from_be_bytes(k[1..5].try_into().expect("4"));
+                    let generation = u32::from_be_bytes(v[1..5].try_into().expect("4"));
+                    roots.push((forest, generation));
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    roots
+}
+
+/// The keys expiring on one day hang in that day's forest of the key tree.
+/// An early death among them (a shred) re-keys the forest's path; the
+/// day's end destroys them and removes the forest whole, re-wrapping
+/// nothing, unless a hold keeps one of its keys: then the dead keys' paths
+/// are re-keyed and the forest lives until the held key dies too. Forest
+/// 0 (the scope keys) is never touched by the day's expiry.
+#[test]
+fn a_day_forest_dies_whole_unless_a_hold_keeps_one_of_its_keys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    // start() is 08:00 UTC: an hour later is the same day for everyone.
+    let expiry = db.now() + SignedDuration::from_hours(1);
+    for s in ["a", "b", "c"] {
+        db.register_account(s).expect("register");
+        db.put_with(
+            s,
+            "message_content",
+            b"m",
+            s.as_bytes(),
+            PutOptions::expires_at(expiry),
+        )
+        .expect("put");
+    }
+    let roots = day_forest_roots(&db);
+    assert_eq!(roots.len(), 1, "one expiry day, one forest: {roots:?}");
+    let (forest, first_generation) = roots[0];
+    assert!(
+        day_forest_nodes(&db) >= 4,
+        "a root and three levels at least"
+    );
+
+    // An early death: b's shred re-keys b's path in the day forest, which
+    // lives on for a and c.
+    db.shred("b", crate::Classes::All).expect("shred");
+    let report = db.compact().expect("compact");
+    assert_eq!(report.forests_removed, 0, "{report:?}");
+    assert!(report.nodes_rekeyed >= 4, "{report:?}");
+    assert_eq!(day_forest_roots(&db), vec![(forest, first_generation + 1)]);
+    assert!(readable(&db, "a", "message_content", b"m"));
+    assert!(readable(&db, "c", "message_content", b"m"));
+
+    // The day ends with c's messages on hold: a's key dies, c's is kept,
+    // so the forest stays and a's path is re-keyed under it.
+    db.place_hold("c", Some("message_content"), "case 12")
+        .expect("hold");
+    let scope_root = root_generation(&db);
+    clock.advance(days(1));
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(report.blocked_by_hold, 1, "{report:?}");
+    assert_eq!(report.forests_removed, 0, "{report:?}");
+    assert_eq!(day_forest_roots(&db), vec![(forest, first_generation + 2)]);
+    assert_eq!(root_generation(&db), scope_root, "forest 0 untouched");
+    assert!(!readable(&db, "a", "message_content", b"m"));
+    assert_eq!(
+        db.get("c", "message_content", b"m").expect("held"),
+        Some(b"c".to_vec())
+    );
+    assert_eq!(pending_node_debts(&db), 0);
+
+    // The hold released, c's key dies at the next pass and the forest with
+    // it: every node removed, none re-keyed.
+    db.release_hold("c", Some("message_content"))
+        .expect("release");
+    let report = db.compact().expect("compact");
+    assert_eq!(report.keys_destroyed, 1, "{report:?}");
+    assert_eq!(report.forests_removed, 1, "{report:?}");
+    assert_eq!(report.nodes_rekeyed, 0, "{report:?}");
+    assert_eq!(day_forest_nodes(&db), 0);
+    assert_eq!(root_generation(&db), scope_root, "forest 0 untouched");
+    assert_eq!(pending_node_debts(&db), 0);
+    // No key of that day can be made after its forest went: an expiry
+    // already passed is expired on arrival, nothing stored, no forest made.
+    db.put_with(
+        "a",
+        "message_content",
+        b"late",
+        b"l",
+        PutOptions::expires_at(expiry),
+    )
+    .expect("put");
+    assert!(!readable(&db, "a", "message_content", b"late"));
+    assert_eq!(day_forest_nodes(&db), 0);
 }

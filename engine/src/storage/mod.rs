@@ -44,11 +44,14 @@ pub(crate) enum Tree {
     /// bucket ‖ subject tag ‖ class ‖ version → vault entry, so that the
     /// keys one day destroys lie together (see `vault::layout`).
     VaultDays,
+    /// The key tree's nodes (store format 4): node id (depth ‖ prefix) →
+    /// node entry, its key wrapped under its parent's (see `vault::tree`).
+    KeyNodes,
 }
 
 impl Tree {
     /// Every tree, in a fixed order (used to open and to copy a store).
-    pub(crate) const ALL: [Tree; 13] = [
+    pub(crate) const ALL: [Tree; 14] = [
         Tree::Meta,
         Tree::Data,
         Tree::Vault,
@@ -62,6 +65,7 @@ impl Tree {
         Tree::Seals,
         Tree::Poisoned,
         Tree::VaultDays,
+        Tree::KeyNodes,
     ];
 
     /// The tree named `name` ([`Tree::name`]), if there is one.
@@ -86,6 +90,7 @@ impl Tree {
             Tree::Seals => "seals",
             Tree::Poisoned => "poisoned",
             Tree::VaultDays => "vault_days",
+            Tree::KeyNodes => "key_nodes",
         }
     }
 }

@@ -132,7 +132,7 @@ impl SealedStorage {
 
     fn guard(&self, tree: Tree, key: &[u8]) -> Guard {
         match tree {
-            Tree::Data | Tree::Vault | Tree::VaultDays | Tree::Audit => Guard::Own,
+            Tree::Data | Tree::Vault | Tree::VaultDays | Tree::KeyNodes | Tree::Audit => Guard::Own,
             Tree::Meta if self.identity_keys.contains(&key) => Guard::Own,
             Tree::Meta => Guard::Strict,
             Tree::Deadlines | Tree::Blocked | Tree::Debts => Guard::Schedule,
@@ -195,7 +195,7 @@ impl SealedStorage {
         for tree in Tree::ALL {
             if matches!(
                 tree,
-                Tree::Data | Tree::Vault | Tree::VaultDays | Tree::Audit
+                Tree::Data | Tree::Vault | Tree::VaultDays | Tree::KeyNodes | Tree::Audit
             ) {
                 continue;
             }
@@ -245,7 +245,7 @@ impl SealedStorage {
         for tree in Tree::ALL {
             if matches!(
                 tree,
-                Tree::Data | Tree::Vault | Tree::VaultDays | Tree::Audit
+                Tree::Data | Tree::Vault | Tree::VaultDays | Tree::KeyNodes | Tree::Audit
             ) {
                 continue;
             }

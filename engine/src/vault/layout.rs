@@ -25,7 +25,7 @@ use std::ops::{Bound, ControlFlow};
 
 use shredkv_crypto::KeyId;
 
-use crate::storage::{Order, Storage, StorageError, Tree, scan_prefix as scan_tree_prefix};
+use crate::storage::{Order, Storage, StorageError, Tree};
 
 use super::FIRST_DAY_BUCKET;
 
@@ -193,40 +193,134 @@ pub(crate) fn scan_prefix(
     prefix: &[u8],
     visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
 ) -> Result<(), StorageError> {
+    let take = prefix.len().min(KeyId::LEN);
+    let mut first = [0u8; KeyId::LEN];
+    let mut last = [0xFFu8; KeyId::LEN];
+    first[..take].copy_from_slice(&prefix[..take]);
+    last[..take].copy_from_slice(&prefix[..take]);
+    scan_ids_between(storage, &first, &last, visit)
+}
+
+/// Visits the entries in `vault` (scope and open-bucket keys; the day lane
+/// is not read) of every subject whose tag lies in `first..=last`.
+pub(crate) fn scan_vault_subjects(
+    storage: &dyn Storage,
+    first: &[u8; 16],
+    last: &[u8; 16],
+    visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
+    let mut low = [0u8; KeyId::LEN];
+    let mut high = [0xFFu8; KeyId::LEN];
+    low[..16].copy_from_slice(first);
+    high[..16].copy_from_slice(last);
+    storage.scan(
+        Tree::Vault,
+        Bound::Included(&low),
+        Bound::Included(&high),
+        Order::Ascending,
+        &mut |k, v| match KeyId::from_bytes(k) {
+            Some(id) => visit(
+                id,
+                Slot {
+                    tree: Tree::Vault,
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                },
+            ),
+            None => ControlFlow::Continue(()),
+        },
+    )
+}
+
+/// Visits the day-lane entries of expiry bucket `bucket` whose subject's
+/// tag lies in `first..=last` (one range of the lane, which is keyed by
+/// bucket, then tag).
+pub(crate) fn scan_day_subjects(
+    storage: &dyn Storage,
+    bucket: u32,
+    first: &[u8; 16],
+    last: &[u8; 16],
+    visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
+    let mut low = [0u8; KeyId::LEN];
+    let mut high = [0xFFu8; KeyId::LEN];
+    low[..4].copy_from_slice(&bucket.to_be_bytes());
+    high[..4].copy_from_slice(&bucket.to_be_bytes());
+    low[4..20].copy_from_slice(first);
+    high[4..20].copy_from_slice(last);
+    storage.scan(
+        Tree::VaultDays,
+        Bound::Included(&low),
+        Bound::Included(&high),
+        Order::Ascending,
+        &mut |k, v| match id_from_lane_key(k) {
+            Some(id) => visit(
+                id,
+                Slot {
+                    tree: Tree::VaultDays,
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                },
+            ),
+            None => ControlFlow::Continue(()),
+        },
+    )
+}
+
+/// Visits the stored entries of every key id in `first..=last` (key-id
+/// bytes): in `vault` directly, in the day lane through `seals`.
+fn scan_ids_between(
+    storage: &dyn Storage,
+    first: &[u8; KeyId::LEN],
+    last: &[u8; KeyId::LEN],
+    visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
     let mut stopped = false;
     let mut seen_in_vault: HashSet<KeyId> = HashSet::new();
-    scan_tree_prefix(storage, Tree::Vault, prefix, &mut |k, v| {
-        let Some(id) = KeyId::from_bytes(k) else {
-            return ControlFlow::Continue(());
-        };
-        if in_day_lane(&id) {
-            seen_in_vault.insert(id);
-        }
-        let flow = visit(
-            id,
-            Slot {
-                tree: Tree::Vault,
-                key: k.to_vec(),
-                value: v.to_vec(),
-            },
-        );
-        stopped = flow.is_break();
-        flow
-    })?;
+    storage.scan(
+        Tree::Vault,
+        Bound::Included(first),
+        Bound::Included(last),
+        Order::Ascending,
+        &mut |k, v| {
+            let Some(id) = KeyId::from_bytes(k) else {
+                return ControlFlow::Continue(());
+            };
+            if in_day_lane(&id) {
+                seen_in_vault.insert(id);
+            }
+            let flow = visit(
+                id,
+                Slot {
+                    tree: Tree::Vault,
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                },
+            );
+            stopped = flow.is_break();
+            flow
+        },
+    )?;
     if stopped {
         return Ok(());
     }
-    // The day lane's keys under the prefix, named by their seal records.
+    // The day lane's keys in the range, named by their seal records.
     let mut lane_ids: Vec<KeyId> = Vec::new();
-    scan_tree_prefix(storage, Tree::Seals, prefix, &mut |k, _| {
-        if let Some(id) = KeyId::from_bytes(k)
-            && in_day_lane(&id)
-            && !seen_in_vault.contains(&id)
-        {
-            lane_ids.push(id);
-        }
-        ControlFlow::Continue(())
-    })?;
+    storage.scan(
+        Tree::Seals,
+        Bound::Included(first),
+        Bound::Included(last),
+        Order::Ascending,
+        &mut |k, _| {
+            if let Some(id) = KeyId::from_bytes(k)
+                && in_day_lane(&id)
+                && !seen_in_vault.contains(&id)
+            {
+                lane_ids.push(id);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
     for page in lane_ids.chunks(LOOKUP_PAGE) {
         let wanted: Vec<(usize, [u8; KeyId::LEN])> =
             page.iter().map(lane_key).enumerate().collect();

@@ -1,21 +1,28 @@
-//! The key vault: every data key, wrapped under an epoch key.
+//! The key vault: every data key, wrapped under a node of the key tree
+//! ([`tree`]), or, in entries written before the tree, under an epoch key.
 //!
 //! Tree `vault` (key id, 26 bytes, see [`KeyId`]) and tree `vault_days`
 //! (expiry-bucket keys in day order; [`layout`] says which key goes where)
-//! → vault entry v1:
+//! → vault entry v2:
 //!
 //! ```text
-//!  0  1  version (1)
+//!  0  1  version (2)
 //!  1  1  state: 1 active, 3 destroyed
 //!  2  8  created at, unix seconds i64
 //! 10  9  destroyed at (presence byte + i64)
-//! 19  1  wrapped key present (0/1)
-//! 20 69  wrapped key (only if present; see shredkv-crypto's wrap format)
+//! 19  1  wrap: 0 none (destroyed), 1 under an epoch, 2 under a tree node
+//! 20  .  the wrapped key: 69 bytes under an epoch (shredkv-crypto's
+//!        `WrappedKey`), 74 under a node (`NodeWrapped`)
 //!  .  4  CRC32
 //! ```
 //!
-//! A vault entry is written only when its key is created, re-wrapped under
-//! a new epoch, or destroyed; never by the write path. Seal accounting lives
+//! Vault entry v1 (stores of format 3 and before) is the same with version
+//! 1 and byte 19 a presence byte (1: 69 bytes under an epoch follow); it is
+//! read as such, and the first rotation moves its key under the tree.
+//!
+//! A vault entry is written only when its key is created, re-wrapped (under
+//! a new epoch, or under its node's next generation), or destroyed; never
+//! by the write path. Seal accounting lives
 //! apart, in tree `seals`: key id → v1 ‖ seals reserved u64 ‖ retired u8 ‖
 //! CRC32. The reservation is an upper bound of the seals made under the key
 //! (persisted ahead of use, so a crash can only over-count); a retired key
@@ -27,19 +34,23 @@
 //!
 //! A destroyed key keeps a tombstone (state, times, no key material) so
 //! versions are never reused and certificates can count what was destroyed.
+//! A tombstone of a key under the tree owes its bottom node a re-key
+//! (`Due::RekeyNode`, in the same batch): see [`tree`].
 
 pub(crate) mod cache;
 pub(crate) mod gate;
 pub(crate) mod layout;
 pub(crate) mod memory_provider;
+pub(crate) mod tree;
 
+use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use shredkv_crypto::{
-    DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, ProviderError, SealBudget,
-    SealCounter, SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
+    DataKey, EpochId, FormatError, KeyId, KeyProvider, Label, NodeWrapped, ProviderError,
+    SealBudget, SealCounter, SubjectTag, TagKey, ValueCipher, WrapContext, WrappedKey,
 };
 
 use crate::clock::StoreClock;
@@ -49,8 +60,14 @@ use crate::retention::deadlines::{self, Due};
 use crate::storage::{Durability, Order, Storage, Tree, WriteBatch};
 use cache::{BucketId, KeyCache};
 use layout::Slot;
+use tree::KeyTree;
 
-const VERSION: u8 = 1;
+/// The version vault entries are written in.
+const VERSION: u8 = 2;
+/// Vault entries of format-3 stores (every key under an epoch).
+const VERSION_EPOCH_ONLY: u8 = 1;
+/// The version of seal records.
+const SEALS_VERSION: u8 = 1;
 const WHAT: &str = "vault entry";
 const SEALS_WHAT: &str = "seal record";
 
@@ -91,13 +108,33 @@ pub(crate) enum KeyState {
     Destroyed,
 }
 
+/// What a live data key is wrapped under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Wrapped {
+    /// An epoch key of the provider (vault entry v1, and entries not yet
+    /// moved under the tree).
+    Epoch(WrappedKey),
+    /// A node of the key tree, at one of its generations.
+    Node(NodeWrapped),
+}
+
+impl Wrapped {
+    /// The epoch it is wrapped under, if it is wrapped under one.
+    pub(crate) fn epoch(&self) -> Option<EpochId> {
+        match self {
+            Self::Epoch(wrapped) => Some(wrapped.epoch()),
+            Self::Node(_) => None,
+        }
+    }
+}
+
 /// A decoded vault entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct VaultEntry {
     pub(crate) state: KeyState,
     pub(crate) created_at: i64,
     pub(crate) destroyed_at: Option<i64>,
-    pub(crate) wrapped: Option<WrappedKey>,
+    pub(crate) wrapped: Option<Wrapped>,
 }
 
 impl VaultEntry {
@@ -110,14 +147,19 @@ impl VaultEntry {
         .i64(self.created_at)
         .opt_i64(self.destroyed_at);
         match &self.wrapped {
-            Some(wrapped) => w.u8(1).bytes(wrapped.as_bytes()),
+            Some(Wrapped::Epoch(wrapped)) => w.u8(1).bytes(wrapped.as_bytes()),
+            Some(Wrapped::Node(wrapped)) => w.u8(2).bytes(wrapped.as_bytes()),
             None => w.u8(0),
         };
         w.finish()
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = Reader::checked(WHAT, bytes, VERSION)?;
+        let version = match bytes.first() {
+            Some(&VERSION_EPOCH_ONLY) => VERSION_EPOCH_ONLY,
+            _ => VERSION,
+        };
+        let mut r = Reader::checked(WHAT, bytes, version)?;
         let state = match r.u8()? {
             1 => KeyState::Active,
             3 => KeyState::Destroyed,
@@ -127,8 +169,13 @@ impl VaultEntry {
         let destroyed_at = r.opt_i64()?;
         let wrapped = match r.u8()? {
             0 => None,
-            1 => Some(WrappedKey::from_bytes(&r.array::<{ WrappedKey::LEN }>()?)?),
-            _ => return Err(r.invalid("wrapped-key presence byte is neither 0 nor 1")),
+            1 => Some(Wrapped::Epoch(WrappedKey::from_bytes(
+                &r.array::<{ WrappedKey::LEN }>()?,
+            )?)),
+            2 if version == VERSION => Some(Wrapped::Node(NodeWrapped::from_bytes(
+                &r.array::<{ NodeWrapped::LEN }>()?,
+            )?)),
+            _ => return Err(r.invalid("unknown kind of wrap")),
         };
         r.end()?;
         match (state, &wrapped) {
@@ -174,26 +221,91 @@ fn invalid(detail: &'static str) -> FormatError {
     FormatError::InvalidField { what: WHAT, detail }
 }
 
-/// Adds to `batch` the tombstone of the key whose vault entry is `stored`,
-/// where it was found; false if there is nothing to destroy (never held,
-/// or destroyed). A damaged entry is destroyed all the same: erasure must
-/// not depend on being able to read what it erases.
-fn tombstone_into(stored: Option<Slot>, now: i64, batch: &mut WriteBatch) -> bool {
+/// Adds to `batch` the tombstone of the key `id` whose vault entry is
+/// `stored`, where it was found; false if there is nothing to destroy
+/// (never held, or destroyed). A damaged entry is destroyed all the same:
+/// erasure must not depend on being able to read what it erases.
+///
+/// A key that was under the key tree (or may have been: a damaged entry)
+/// leaves a debt on its bottom node in the same batch, due at once: its
+/// copies open through the node's current generation until the node is
+/// re-keyed ([`tree`]). With `forest_debts` (a day's expiry), a key under a
+/// day forest leaves instead one debt on its whole forest per batch
+/// (`Due::RetireForest`), the forests owed so far noted there: the day's
+/// keys die together, and the forest is removed whole once none lives.
+fn tombstone_into(
+    id: &KeyId,
+    stored: Option<Slot>,
+    now: i64,
+    batch: &mut WriteBatch,
+    forest_debts: Option<&mut BTreeSet<u32>>,
+) -> bool {
     let Some(slot) = stored else {
         return false;
     };
-    let tombstone = match VaultEntry::decode(&slot.value) {
+    let (tombstone, under_tree, day_forest) = match VaultEntry::decode(&slot.value) {
         Ok(entry) if entry.state == KeyState::Destroyed => return false,
-        Ok(entry) => entry.tombstone(now),
-        Err(_) => VaultEntry {
-            state: KeyState::Destroyed,
-            created_at: 0,
-            destroyed_at: Some(now),
-            wrapped: None,
-        },
+        Ok(entry) => (
+            entry.tombstone(now),
+            !matches!(entry.wrapped, Some(Wrapped::Epoch(_))),
+            match &entry.wrapped {
+                Some(Wrapped::Node(wrapped)) if wrapped.node().forest != tree::SUBJECTS_FOREST => {
+                    Some(wrapped.node().forest)
+                }
+                _ => None,
+            },
+        ),
+        Err(_) => (
+            VaultEntry {
+                state: KeyState::Destroyed,
+                created_at: 0,
+                destroyed_at: Some(now),
+                wrapped: None,
+            },
+            true,
+            None,
+        ),
     };
+    // The debt goes first: a caller that splits a batch of tombstones
+    // (a backend's op limit) may land it in an earlier batch than its
+    // tombstone, never in a later one. A debt without its tombstone costs
+    // one re-key too many; a tombstone without its debt would leave the
+    // key's copies opening through its node for as long as the tree lives.
+    match (forest_debts, day_forest) {
+        (Some(owed), Some(forest)) => {
+            if owed.insert(forest) {
+                batch.put(
+                    Tree::Deadlines,
+                    deadlines::key(now, &Due::RetireForest(forest)),
+                    deadlines::value(now),
+                );
+            }
+        }
+        _ if under_tree => batch.put(
+            Tree::Deadlines,
+            deadlines::key(now, &Due::RekeyNode(*id)),
+            deadlines::value(now),
+        ),
+        _ => {}
+    }
     batch.put(slot.tree, slot.key, tombstone.encode());
     true
+}
+
+/// How many of `ops` are vault entries written (tombstones, in a batch
+/// [`Vault::destroy_prefix`] filled), not the node debts beside them.
+pub(crate) fn tombstones_in(ops: &[crate::storage::Op]) -> usize {
+    ops.iter()
+        .filter(|op| {
+            matches!(
+                op,
+                crate::storage::Op::Put {
+                    tree: Tree::Vault | Tree::VaultDays,
+                    ..
+                }
+            )
+        })
+        .count()
 }
 
 /// Seal accounting of one data key.
@@ -205,13 +317,13 @@ pub(crate) struct SealRecord {
 
 impl SealRecord {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(VERSION, 10);
+        let mut w = Writer::new(SEALS_VERSION, 10);
         w.u64(self.reserved).u8(u8::from(self.retired));
         w.finish()
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = Reader::checked(SEALS_WHAT, bytes, VERSION)?;
+        let mut r = Reader::checked(SEALS_WHAT, bytes, SEALS_VERSION)?;
         let reserved = r.u64()?;
         let retired = match r.u8()? {
             0 => false,
@@ -298,6 +410,8 @@ pub(crate) struct Vault {
     retire_after: u64,
     /// Stamped into each key creation's batch.
     clock: Arc<StoreClock>,
+    /// The node keys new data keys are wrapped under.
+    tree: KeyTree,
 }
 
 impl std::fmt::Debug for Vault {
@@ -335,6 +449,7 @@ impl Vault {
         clock: Arc<StoreClock>,
     ) -> Self {
         Self {
+            tree: KeyTree::new(Arc::clone(&storage), Arc::clone(&provider)),
             storage,
             clock,
             provider,
@@ -388,20 +503,51 @@ impl Vault {
         }
     }
 
-    /// Unwraps a live entry's key. `None` if its epoch was destroyed.
+    /// Unwraps a live entry's key. `None` if its epoch (or, under the
+    /// tree, the root's) was destroyed.
     pub(crate) fn unwrap_key(&self, id: &KeyId, entry: &VaultEntry) -> Result<Option<DataKey>> {
-        let Some(wrapped) = &entry.wrapped else {
-            return Ok(None);
-        };
-        match self.provider.unwrap(&WrapContext::DataKey(*id), wrapped) {
-            Ok(key) => Ok(Some(key)),
-            // The epoch that wrapped it is gone: so is the key, by design.
-            Err(ProviderError::EpochDestroyed { .. }) => Ok(None),
-            Err(ProviderError::Authentication) => Err(Error::Tampered {
-                location: vault_location(id),
-            }),
-            Err(other) => Err(other.into()),
+        match self.unwrap_key_as_read(id, entry) {
+            // A reader that holds no gate lock (verify, a backup) may have
+            // read the entry just before its node was re-keyed: the entry
+            // as it is now decides.
+            Err(Error::Tampered { .. }) if matches!(&entry.wrapped, Some(Wrapped::Node(w)) if self.rewrapped_since(id, w)?) => {
+                match self.read_entry(id)? {
+                    Some(now) if now.state == KeyState::Active => self.unwrap_key_as_read(id, &now),
+                    _ => Ok(None),
+                }
+            }
+            other => other,
         }
+    }
+
+    /// [`Vault::unwrap_key`] of the entry as it was read.
+    fn unwrap_key_as_read(&self, id: &KeyId, entry: &VaultEntry) -> Result<Option<DataKey>> {
+        match &entry.wrapped {
+            None => Ok(None),
+            Some(Wrapped::Epoch(wrapped)) => {
+                match self.provider.unwrap(&WrapContext::DataKey(*id), wrapped) {
+                    Ok(key) => Ok(Some(key)),
+                    // The epoch that wrapped it is gone: so is the key, by design.
+                    Err(ProviderError::EpochDestroyed { .. }) => Ok(None),
+                    Err(ProviderError::Authentication) => Err(Error::Tampered {
+                        location: vault_location(id),
+                    }),
+                    Err(other) => Err(other.into()),
+                }
+            }
+            Some(Wrapped::Node(wrapped)) => self.tree.unwrap_data(id, wrapped),
+        }
+    }
+
+    /// Whether the stored entry of `id` no longer holds `wrapped`.
+    fn rewrapped_since(&self, id: &KeyId, wrapped: &NodeWrapped) -> Result<bool> {
+        Ok(match self.read_entry(id)? {
+            Some(VaultEntry {
+                wrapped: Some(Wrapped::Node(now)),
+                ..
+            }) => now != *wrapped,
+            _ => true,
+        })
     }
 
     /// Makes a cipher of `key`. `used` is where its seal count starts: the
@@ -624,14 +770,19 @@ impl Vault {
             version,
         };
         let key = DataKey::generate();
-        let wrapped = self
-            .provider
-            .wrap(self.current_epoch(), &WrapContext::DataKey(id), &key)?;
+        let mut new_nodes = tree::NewNodes::default();
+        let wrapped = self.tree.wrap_under_tree(
+            &id,
+            &key,
+            self.current_epoch(),
+            &mut batch,
+            &mut new_nodes,
+        )?;
         let entry = VaultEntry {
             state: KeyState::Active,
             created_at: now,
             destroyed_at: None,
-            wrapped: Some(wrapped),
+            wrapped: Some(Wrapped::Node(wrapped)),
         };
         let (tree, stored_under) = layout::home(&id);
         batch.put(tree, stored_under, entry.encode());
@@ -656,8 +807,12 @@ impl Vault {
         let stamped = self.clock.stamp(&mut batch);
         // Applied before any value is sealed under it, so a sealed value
         // never names a key the vault does not hold.
-        self.storage.apply(&batch, Durability::Buffered)?;
+        if let Err(err) = self.storage.apply(&batch, Durability::Buffered) {
+            self.tree.failed(new_nodes);
+            return Err(err.into());
+        }
         self.clock.landed(stamped);
+        self.tree.landed(new_nodes);
         let cached = self.ready(id, &key, 0, seals);
         self.cache
             .insert(id, Arc::clone(&cached), CACHED_KEY_BYTES, true);
@@ -725,7 +880,7 @@ impl Vault {
     ) -> Result<Vec<KeyId>> {
         let mut destroyed = Vec::new();
         layout::scan_prefix(self.storage.as_ref(), prefix, &mut |id, slot| {
-            if tombstone_into(Some(slot), now, batch) {
+            if tombstone_into(&id, Some(slot), now, batch, None) {
                 destroyed.push(id);
             }
             ControlFlow::Continue(())
@@ -737,32 +892,41 @@ impl Vault {
     /// it was already destroyed or never existed.
     pub(crate) fn destroy_one(&self, id: &KeyId, now: i64, batch: &mut WriteBatch) -> Result<bool> {
         let stored = layout::locate(self.storage.as_ref(), id)?;
-        Ok(tombstone_into(stored, now, batch))
+        Ok(tombstone_into(id, stored, now, batch, None))
     }
 
-    /// [`Vault::destroy_one`] for each of `ids`, reading their entries in
-    /// one read (a page of due keys lies all over the vault).
-    pub(crate) fn destroy_many(
+    /// [`Vault::destroy_one`] for each of a day's expired keys, reading
+    /// their entries in one read (a page of due keys lies all over the
+    /// vault). A key under a day forest owes its forest one debt a batch
+    /// (`Due::RetireForest`), not one of its own, so the day's death costs
+    /// its tombstones and the forest's removal.
+    pub(crate) fn destroy_expired(
         &self,
         ids: &[KeyId],
         now: i64,
         batch: &mut WriteBatch,
     ) -> Result<Vec<bool>> {
         let stored = layout::locate_many(self.storage.as_ref(), ids)?;
-        Ok(stored
-            .into_iter()
-            .map(|stored| tombstone_into(stored, now, batch))
+        let mut owed = BTreeSet::new();
+        Ok(ids
+            .iter()
+            .zip(stored)
+            .map(|(id, stored)| tombstone_into(id, stored, now, batch, Some(&mut owed)))
             .collect())
     }
 
-    /// Re-wraps a live entry under `epoch`, adding it to `batch`. Returns
-    /// false if the entry is destroyed, already under `epoch`, or its epoch
-    /// is gone. The caller holds the gate's write lock for the subject.
-    pub(crate) fn rewrap(
+    /// Moves a live entry wrapped under an epoch (vault entry v1) under its
+    /// bottom node of the key tree, adding it (and any node its path lacks)
+    /// to `batch`; `made` as [`KeyTree::wrap_under_tree`] says. Returns
+    /// false if the entry is destroyed, under the tree already, or its
+    /// epoch is gone. The caller holds the gate's write lock for the
+    /// subject and [`Vault::creation_lock`].
+    pub(crate) fn move_under_tree(
         &self,
         id: &KeyId,
         epoch: EpochId,
         batch: &mut WriteBatch,
+        made: &mut tree::NewNodes,
     ) -> Result<bool> {
         let Some(slot) = layout::locate(self.storage.as_ref(), id)? else {
             return Ok(false);
@@ -771,24 +935,37 @@ impl Vault {
             location: slot_location(id, slot.tree, &slot.key),
             source,
         })?;
-        let Some(wrapped) = &entry.wrapped else {
-            return Ok(false);
-        };
-        if entry.state == KeyState::Destroyed || wrapped.epoch() == epoch {
+        if entry.state == KeyState::Destroyed || !matches!(entry.wrapped, Some(Wrapped::Epoch(_))) {
             return Ok(false);
         }
         let Some(key) = self.unwrap_key(id, &entry)? else {
             return Ok(false);
         };
-        let rewrapped = self
-            .provider
-            .wrap(epoch, &WrapContext::DataKey(*id), &key)?;
+        let wrapped = self.tree.wrap_under_tree(id, &key, epoch, batch, made)?;
         let entry = VaultEntry {
-            wrapped: Some(rewrapped),
+            wrapped: Some(Wrapped::Node(wrapped)),
             ..entry
         };
-        batch.put(slot.tree, slot.key, entry.encode());
+        // An expiry-bucket entry a format-2 store left in `vault` moves to
+        // the day lane with it: its day forest's re-keys and removal read
+        // the lane alone.
+        let (home_tree, home_key) = layout::home(id);
+        if slot.tree != home_tree {
+            batch.remove(slot.tree, slot.key);
+        }
+        batch.put(home_tree, home_key, entry.encode());
         Ok(true)
+    }
+
+    /// Held by whoever creates keys or nodes, or re-keys nodes: one at a
+    /// time (see [`tree`], "Locks").
+    pub(crate) fn creation_lock(&self) -> crate::sync::MutexGuard<'_, ()> {
+        crate::sync::lock(&self.create_lock)
+    }
+
+    /// The key tree.
+    pub(crate) fn tree(&self) -> &KeyTree {
+        &self.tree
     }
 
     /// Forgets cached keys of a subject (after its keys were destroyed).
@@ -822,8 +999,47 @@ mod tests {
             state: KeyState::Active,
             created_at: 5,
             destroyed_at: None,
-            wrapped: Some(wrapped),
+            wrapped: Some(Wrapped::Epoch(wrapped.clone())),
         };
+        // A format-3 store's entry (v1: a presence byte, then the epoch wrap)
+        // reads as the same entry.
+        let mut v1 = vec![VERSION_EPOCH_ONLY, 1];
+        v1.extend_from_slice(&5i64.to_be_bytes());
+        v1.extend_from_slice(&[0; 9]);
+        v1.push(1);
+        v1.extend_from_slice(wrapped.as_bytes());
+        v1.extend_from_slice(&crc32fast::hash(&v1).to_be_bytes());
+        assert_eq!(VaultEntry::decode(&v1).expect("v1 decodes"), live);
+        // A v1 entry cannot claim a node wrap (kind 2 is v2's).
+        let mut forged = v1[..19].to_vec();
+        forged.push(2);
+        forged.extend_from_slice(&[0; NodeWrapped::LEN]);
+        forged.extend_from_slice(&crc32fast::hash(&forged).to_be_bytes());
+        assert!(VaultEntry::decode(&forged).is_err());
+        let node = shredkv_crypto::NodeId::of_tag(0, &SubjectTag([3; 16]), tree::BOTTOM_DEPTH);
+        let under_node = VaultEntry {
+            wrapped: Some(Wrapped::Node(
+                shredkv_crypto::NodeCipher::new(
+                    node,
+                    2,
+                    &shredkv_crypto::NodeKey::from_bytes([4; 32]),
+                )
+                .wrap_data(
+                    &KeyId {
+                        subject: SubjectTag([3; 16]),
+                        class: 1,
+                        bucket: 1,
+                        version: 1,
+                    },
+                    &DataKey::from_bytes([2; 32]),
+                ),
+            )),
+            ..live.clone()
+        };
+        assert_eq!(
+            VaultEntry::decode(&under_node.encode()).expect("decode"),
+            under_node
+        );
         assert_eq!(VaultEntry::decode(&live.encode()).expect("decode"), live);
         let dead = live.tombstone(7);
         assert_eq!(VaultEntry::decode(&dead.encode()).expect("decode"), dead);

@@ -75,6 +75,10 @@ pub(crate) struct Report {
     pub(crate) tape_bytes: u64,
     pub(crate) tape_writes: u64,
     pub(crate) wrapped_checked: u64,
+    /// Of those, node keys of the key tree.
+    pub(crate) node_copies_checked: u64,
+    /// Of those, nodes of day forests.
+    pub(crate) day_node_copies_checked: u64,
     pub(crate) envelopes_checked: u64,
     pub(crate) attempts: u64,
     pub(crate) start: Option<Timestamp>,
@@ -579,6 +583,8 @@ impl Sim {
         self.report.tape_bytes = self.tape.bytes();
         self.report.tape_writes = self.tape.writes();
         self.report.wrapped_checked = self.check.wrapped_read;
+        self.report.node_copies_checked = self.check.node_copies_read;
+        self.report.day_node_copies_checked = self.check.day_node_copies_read;
         self.report.envelopes_checked = self.check.envelopes_read;
         self.report.attempts = self.check.attempts;
         self.report.subjects = self.model.subjects.len();
