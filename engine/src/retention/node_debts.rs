@@ -138,52 +138,39 @@ impl DbInner {
     /// Whether any node debt is due at `now` (every debt is due when its
     /// key died, so at or before the store's time).
     pub(crate) fn node_debts_pending(&self, now: Timestamp) -> Result<bool> {
-        let end = deadlines::upper_bound(now.as_second());
-        let mut pending = false;
-        self.storage.scan(
-            Tree::Deadlines,
-            Bound::Unbounded,
-            Bound::Excluded(&end),
-            Order::Ascending,
-            &mut |k, _| {
-                pending = matches!(
-                    deadlines::decode_key(k),
-                    Some((_, Due::RekeyNode(_) | Due::RetireForest(_)))
-                );
-                if pending {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
-        )?;
-        Ok(pending)
+        self.any_debt_due(now, |due| {
+            matches!(due, Due::RekeyNode(_) | Due::RetireForest(_))
+        })
     }
 
     /// Whether a debt for a key of `subject` is waiting (for certificates).
-    /// Debts are due when their key died, so only the items due by now are
-    /// read.
     pub(crate) fn node_debt_pending_for(&self, subject: &SubjectTag) -> Result<bool> {
-        let end = deadlines::upper_bound(self.clock.now().as_second());
-        let mut pending = false;
+        self.any_debt_due(
+            self.clock.now(),
+            |due| matches!(due, Due::RekeyNode(id) if id.subject == *subject),
+        )
+    }
+
+    /// Whether an item due by `now` satisfies `wanted`. Debts are due when
+    /// their key died, so only the items due by now are read.
+    fn any_debt_due(&self, now: Timestamp, wanted: impl Fn(&Due) -> bool) -> Result<bool> {
+        let end = deadlines::upper_bound(now.as_second());
+        let mut found = false;
         self.storage.scan(
             Tree::Deadlines,
             Bound::Unbounded,
             Bound::Excluded(&end),
             Order::Ascending,
             &mut |k, _| {
-                pending = matches!(
-                    deadlines::decode_key(k),
-                    Some((_, Due::RekeyNode(id))) if id.subject == *subject
-                );
-                if pending {
+                found = deadlines::decode_key(k).is_some_and(|(_, due)| wanted(&due));
+                if found {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
                 }
             },
         )?;
-        Ok(pending)
+        Ok(found)
     }
 
     /// Re-keys nodes above the bottom, one batch for `page`, under the

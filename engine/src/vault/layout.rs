@@ -209,27 +209,8 @@ pub(crate) fn scan_vault_subjects(
     last: &[u8; 16],
     visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
 ) -> Result<(), StorageError> {
-    let mut low = [0u8; KeyId::LEN];
-    let mut high = [0xFFu8; KeyId::LEN];
-    low[..16].copy_from_slice(first);
-    high[..16].copy_from_slice(last);
-    storage.scan(
-        Tree::Vault,
-        Bound::Included(&low),
-        Bound::Included(&high),
-        Order::Ascending,
-        &mut |k, v| match KeyId::from_bytes(k) {
-            Some(id) => visit(
-                id,
-                Slot {
-                    tree: Tree::Vault,
-                    key: k.to_vec(),
-                    value: v.to_vec(),
-                },
-            ),
-            None => ControlFlow::Continue(()),
-        },
-    )
+    let (low, high) = tag_bounds(&[], first, last);
+    scan_slots(storage, Tree::Vault, &low, &high, visit)
 }
 
 /// Visits the day-lane entries of expiry bucket `bucket` whose subject's
@@ -242,22 +223,44 @@ pub(crate) fn scan_day_subjects(
     last: &[u8; 16],
     visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
 ) -> Result<(), StorageError> {
+    let (low, high) = tag_bounds(&bucket.to_be_bytes(), first, last);
+    scan_slots(storage, Tree::VaultDays, &low, &high, visit)
+}
+
+/// The 26-byte bounds of the keys `lead ‖ tag ‖ …` with a tag in
+/// `first..=last` (`lead` empty in `vault`, the bucket in the lane).
+fn tag_bounds(
+    lead: &[u8],
+    first: &[u8; 16],
+    last: &[u8; 16],
+) -> ([u8; KeyId::LEN], [u8; KeyId::LEN]) {
     let mut low = [0u8; KeyId::LEN];
     let mut high = [0xFFu8; KeyId::LEN];
-    low[..4].copy_from_slice(&bucket.to_be_bytes());
-    high[..4].copy_from_slice(&bucket.to_be_bytes());
-    low[4..20].copy_from_slice(first);
-    high[4..20].copy_from_slice(last);
+    low[..lead.len()].copy_from_slice(lead);
+    high[..lead.len()].copy_from_slice(lead);
+    low[lead.len()..lead.len() + 16].copy_from_slice(first);
+    high[lead.len()..lead.len() + 16].copy_from_slice(last);
+    (low, high)
+}
+
+/// Visits the entries of `tree` in `low..=high` that name a key id.
+fn scan_slots(
+    storage: &dyn Storage,
+    tree: Tree,
+    low: &[u8; KeyId::LEN],
+    high: &[u8; KeyId::LEN],
+    visit: &mut dyn FnMut(KeyId, Slot) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
     storage.scan(
-        Tree::VaultDays,
-        Bound::Included(&low),
-        Bound::Included(&high),
+        tree,
+        Bound::Included(low),
+        Bound::Included(high),
         Order::Ascending,
-        &mut |k, v| match id_from_lane_key(k) {
+        &mut |k, v| match id_at(tree, k) {
             Some(id) => visit(
                 id,
                 Slot {
-                    tree: Tree::VaultDays,
+                    tree,
                     key: k.to_vec(),
                     value: v.to_vec(),
                 },

@@ -273,7 +273,9 @@ fn tombstone_into(
     // key's copies opening through its node for as long as the tree lives.
     match (forest_debts, day_forest) {
         (Some(owed), Some(forest)) => {
-            if owed.insert(forest) {
+            // One debt per forest and batch; the rest of its keys share it.
+            let first_of_its_forest = owed.insert(forest);
+            if first_of_its_forest {
                 batch.put(
                     Tree::Deadlines,
                     deadlines::key(now, &Due::RetireForest(forest)),

@@ -454,20 +454,7 @@ impl KeyTree {
         let (Some(first), Some(last)) = (node.child(0), node.child(15)) else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        self.storage.scan(
-            Tree::KeyNodes,
-            Bound::Included(&first.to_bytes()),
-            Bound::Included(&last.to_bytes()),
-            Order::Ascending,
-            &mut |k, v| {
-                if let Some(child) = NodeId::from_bytes(k) {
-                    out.push((child, v.to_vec()));
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
-        Ok(out)
+        self.nodes_between(first, last)
     }
 
     /// Re-keys `node` into `batch`: a fresh key at the next generation,
@@ -656,15 +643,21 @@ impl KeyTree {
 
     /// The roots of every forest, with their stored entries.
     fn roots(&self) -> Result<Vec<(NodeId, Vec<u8>)>> {
+        self.nodes_between(NodeId::root(0), NodeId::root(u32::MAX))
+    }
+
+    /// The stored nodes whose ids lie in `first..=last`, with their
+    /// entries (ids sort by depth, then forest, then prefix).
+    fn nodes_between(&self, first: NodeId, last: NodeId) -> Result<Vec<(NodeId, Vec<u8>)>> {
         let mut out = Vec::new();
         self.storage.scan(
             Tree::KeyNodes,
-            Bound::Included(&NodeId::root(0).to_bytes()),
-            Bound::Included(&NodeId::root(u32::MAX).to_bytes()),
+            Bound::Included(&first.to_bytes()),
+            Bound::Included(&last.to_bytes()),
             Order::Ascending,
             &mut |k, v| {
-                if let Some(root) = NodeId::from_bytes(k) {
-                    out.push((root, v.to_vec()));
+                if let Some(node) = NodeId::from_bytes(k) {
+                    out.push((node, v.to_vec()));
                 }
                 ControlFlow::Continue(())
             },
@@ -751,18 +744,11 @@ impl KeyTree {
                 depth,
                 prefix: u32::MAX,
             };
-            self.storage.scan(
-                Tree::KeyNodes,
-                Bound::Included(&first.to_bytes()),
-                Bound::Included(&last.to_bytes()),
-                Order::Ascending,
-                &mut |k, _| {
-                    if let Some(node) = NodeId::from_bytes(k) {
-                        out.push(node);
-                    }
-                    ControlFlow::Continue(())
-                },
-            )?;
+            out.extend(
+                self.nodes_between(first, last)?
+                    .into_iter()
+                    .map(|(node, _)| node),
+            );
         }
         Ok(out)
     }
