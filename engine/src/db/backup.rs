@@ -975,6 +975,19 @@ impl Db {
         let maintenance = target.maintenance_every;
         let db = Db::open_with(target.apply_policy_change(true), to, provider, true)?;
         let report = db.replay(log, entries, lost, epoch_starts)?;
+        // The replay's node debts, the whole tree's among them, paid before
+        // the store serves anything.
+        {
+            let inner = &db.inner;
+            let _single = inner
+                .compaction
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            inner.pay_node_debts(
+                inner.clock.now(),
+                &mut crate::retention::CompactionReport::default(),
+            )?;
+        }
         // Only a replayed store maintains itself (a half-restored one must
         // not compact or rotate).
         if let Some(every) = maintenance {
@@ -1141,6 +1154,23 @@ impl Db {
                 let started = epoch_starts.get(&epoch.0).copied().unwrap_or(taken);
                 batch.put(Tree::Meta, key, started.to_be_bytes().to_vec());
             }
+        }
+        // The live store kept making keys after the backup, wrapped under
+        // node keys the backup holds too (any node it had not re-keyed
+        // since): kept live here, they would open those keys' copies in the
+        // live store's files for as long as this store keeps them. Every
+        // forest is therefore re-keyed whole (a debt on each, paid before
+        // the restore returns, or by the first pass after a crash), so the
+        // backup's node keys die with the epochs they are under.
+        for forest in inner.vault.tree().forests()? {
+            batch.put(
+                Tree::Deadlines,
+                crate::retention::deadlines::key(
+                    now.as_second(),
+                    &crate::retention::deadlines::Due::RetireForest(forest),
+                ),
+                crate::retention::deadlines::value(now.as_second()),
+            );
         }
         batch.remove(Tree::Meta, meta::RESTORE_PENDING.to_vec());
         // Only now, with the replay in the same batch, is it a store.

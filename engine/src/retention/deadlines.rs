@@ -53,11 +53,12 @@ pub(crate) enum Due {
     /// opening through the node's current generation (`vault::tree`). One
     /// item per destroyed key, so a pass removes only the debts it read.
     RekeyNode(KeyId),
-    /// A day's expiry destroyed keys of the day forest `forest` (the
-    /// expiry bucket): remove the forest whole once it holds no live key,
-    /// else re-key all of it (`retention/node_debts.rs`). Written in place
-    /// of a `RekeyNode` per key by the expiry's tombstones; one item per
-    /// forest and pass.
+    /// Re-key every node of forest `forest`, or, for a day forest that
+    /// holds no live key, remove it whole (`retention/node_debts.rs`).
+    /// Written by a day's expiry in place of a `RekeyNode` per key (one
+    /// item per forest and batch), and by a restore for every forest (the
+    /// backup's node keys must not stay live: the live store wrapped keys
+    /// under them after the backup).
     RetireForest(u32),
 }
 

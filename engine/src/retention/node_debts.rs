@@ -355,7 +355,8 @@ impl DbInner {
             .max_batch_ops()
             .unwrap_or(BOTTOM_BATCH_OPS)
             .max(1);
-        for forest in forests {
+        // Forest 0 is never removed: its keys' deaths are not the day's.
+        for forest in forests.iter().filter(|f| **f != SUBJECTS_FOREST) {
             let creating = self.vault.creation_lock();
             let rekeying = self.vault.tree().write_lock();
             if self.day_has_live_key(*forest)? {

@@ -3030,3 +3030,91 @@ fn a_day_forest_dies_whole_unless_a_hold_keeps_one_of_its_keys() {
     assert!(!readable(&db, "a", "message_content", b"late"));
     assert_eq!(day_forest_nodes(&db), 0);
 }
+
+/// Every node of the key tree, read raw: node id bytes → generation (a node
+/// entry is version (1) ‖ generation (u32 BE) ‖ …).
+fn node_generations(db: &Db) -> std::collections::BTreeMap<Vec<u8>, u32> {
+    let mut nodes = std::collections::BTreeMap::new();
+    db.inner
+        .storage
+        .scan(
+            Tree::KeyNodes,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            crate::storage::Order::Ascending,
+            &mut |k, v| {
+                if let Some(generation) = v.get(1..5) {
+                    let generation = u32::from_be_bytes(generation.try_into().expect("4"));
+                    nodes.insert(k.to_vec(), generation);
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("scan");
+    nodes
+}
+
+/// The live store goes on making keys after a backup, wrapped under node
+/// keys the backup holds too. A restore that kept those node keys live
+/// would keep the live store's later keys (and the records the restore
+/// drops) decryptable from its files for as long as the restored store
+/// runs: the restore re-keys every node it brings back, in every forest,
+/// before it returns, and every record still reads.
+#[test]
+fn a_restore_rekeys_every_node_the_backup_holds() {
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let live = Db::open(sled_config(&root.path().join("live"), &clock)).expect("open");
+    let expiry = live.now() + SignedDuration::from_hours(24 * 5);
+    for s in ["a", "b", "c"] {
+        live.register_account(s).expect("register");
+        live.put(s, "account_profile", b"p", s.as_bytes())
+            .expect("put");
+        live.put_with(
+            s,
+            "message_content",
+            b"m",
+            s.as_bytes(),
+            PutOptions::expires_at(expiry),
+        )
+        .expect("put");
+    }
+    let at_backup = node_generations(&live);
+    assert!(
+        at_backup.len() > 8,
+        "forest 0 and a day forest: {at_backup:?}"
+    );
+    live.backup(root.path().join("backup")).expect("backup");
+    // After the backup the live store makes keys under the same nodes.
+    live.register_account("d").expect("register");
+    live.put("d", "account_profile", b"p", b"d").expect("put");
+    live.put("a", "message_content", b"open", b"after")
+        .expect("put");
+
+    let (restored, _) = Db::restore(
+        root.path().join("backup"),
+        sled_config(&root.path().join("restored"), &clock),
+        crate::ErasureSource::Live(&live),
+    )
+    .expect("restore");
+    let after = node_generations(&restored);
+    for (node, generation) in &at_backup {
+        let now = after.get(node).copied();
+        assert!(
+            now.is_some_and(|g| g > *generation),
+            "node {node:02x?}: generation {generation} at the backup, {now:?} after the restore"
+        );
+    }
+    assert_eq!(pending_node_debts(&restored), 0, "paid before it returned");
+    for s in ["a", "b", "c"] {
+        assert_eq!(
+            restored.get(s, "account_profile", b"p").expect("get"),
+            Some(s.as_bytes().to_vec())
+        );
+        assert_eq!(
+            restored.get(s, "message_content", b"m").expect("get"),
+            Some(s.as_bytes().to_vec())
+        );
+    }
+    assert!(restored.verify().expect("verify").is_clean());
+}

@@ -665,6 +665,15 @@ impl KeyTree {
         Ok(out)
     }
 
+    /// The forests the tree holds (those with a root).
+    pub(crate) fn forests(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .roots()?
+            .into_iter()
+            .map(|(root, _)| root.forest)
+            .collect())
+    }
+
     /// The epochs the forests' roots are wrapped under (one when no
     /// rotation is under way; none before the first key).
     pub(crate) fn root_epochs(&self) -> Result<std::collections::BTreeSet<EpochId>> {
