@@ -485,6 +485,31 @@ impl Db {
             Some(policy) => policy.clone(),
             None => Policy::default_policy()?,
         };
+        // Checked before anything is written: a refused open leaves no trace.
+        let min_window = policy
+            .classes()
+            .iter()
+            .map(ClassPolicy::purge_window_duration)
+            .min()
+            .unwrap_or(jiff::SignedDuration::from_hours(30 * 24));
+        let timeline = Timeline::new(min_window, config.epoch_rotation)?;
+        // A pass at least every half rotation keeps re-keys and epoch deaths
+        // inside the window's slack; a slower cadence would break G2 quietly.
+        if let Some(every) = config.maintenance_every
+            && every > std::time::Duration::from_secs(u64::try_from(timeline.grace()).unwrap_or(0))
+        {
+            return Err(Error::InvalidArgument {
+                what: "maintenance interval",
+                detail: format!(
+                    "a pass every {} s is slower than the purge timeline allows: with a \
+                     shortest purge window of {} s it needs one at least every {} s (half the \
+                     epoch rotation); shorten Config::maintenance_every",
+                    every.as_secs(),
+                    timeline.min_window,
+                    timeline.grace()
+                ),
+            });
+        }
         let now = config.clock.now();
         // A restore anchors from its replay on (the backup's chain is behind).
         let audit = AuditLog::open_anchored(storage.as_ref(), Arc::clone(&provider), !restoring)?;
@@ -576,13 +601,6 @@ impl Db {
         }
         let shard = crate::shard_route::bind(storage.as_ref(), config.shard, &path)?;
         let classes = number_classes(storage.as_ref(), &policy)?;
-        let min_window = policy
-            .classes()
-            .iter()
-            .map(ClassPolicy::purge_window_duration)
-            .min()
-            .unwrap_or(jiff::SignedDuration::from_hours(30 * 24));
-        let timeline = Timeline::new(min_window, config.epoch_rotation)?;
         let class_index = classes
             .iter()
             .enumerate()

@@ -959,7 +959,11 @@ impl DbInner {
         let bucket = BucketId {
             subject: *tag,
             class: class.number,
-            bucket: bucket_for_expiry(expiry),
+            bucket: bucket_for_expiry(
+                expiry,
+                self.timeline
+                    .bucket_width(class.policy.purge_window_duration()),
+            ),
         };
         let dek = self.vault.current_for_write(bucket, staging.now)?;
         let Material::Data { cipher, .. } = &dek.material else {

@@ -37,9 +37,7 @@ use crate::retention::deadlines::{self, Due};
 use crate::retention::poisoned::{self, FailureKind, Poisoned, PoisonedSummary};
 use crate::storage::{Durability, Order, Tree, WriteBatch, scan_prefix};
 use crate::subjects::SubjectState;
-use crate::vault::{
-    KeyState, Material, SCOPE_BUCKET, VaultEntry, bucket_deadline, bucket_for_expiry,
-};
+use crate::vault::{KeyState, Material, SCOPE_BUCKET, VaultEntry, bucket_deadline, bucket_holds};
 
 /// Due items read from the index at a time.
 const DUE_PAGE: usize = 256;
@@ -80,8 +78,8 @@ pub struct CompactionReport {
     /// Nodes of the key tree re-keyed because a key under them was
     /// destroyed (each re-wraps its live children).
     pub nodes_rekeyed: u64,
-    /// Day forests of the key tree removed whole: every key of their day
-    /// was destroyed, so nothing under them needed re-wrapping.
+    /// Day forests of the key tree removed whole: every key of their
+    /// expiry bucket was destroyed, so nothing under them needed re-wrapping.
     pub forests_removed: u64,
     /// Nodes those forests held, deleted.
     pub nodes_removed: u64,
@@ -95,7 +93,7 @@ pub struct CompactionReport {
     pub set_aside: u64,
     /// Records kept although their key is not live, because nothing
     /// explains why they would be dead (neither an erased scope nor a
-    /// passed expiry day): altered headers, reported by `verify`.
+    /// passed expiry bucket): altered headers, reported by `verify`.
     pub records_suspect: u64,
 }
 
@@ -618,7 +616,7 @@ impl DbInner {
     /// Whether a record naming key `id`, which is not live (destroyed,
     /// its epoch gone, or never held: `entry` is `None`), may legitimately
     /// sit there dead: its scope (or subject) was erased since the key was
-    /// made, or it is in an expiry bucket whose day has passed with an
+    /// made, or it is in an expiry bucket whose span has passed with an
     /// expiry that belongs to that bucket. Anything else is an altered
     /// header naming a dead key, and must be reported, not taken as dead.
     pub(crate) fn dead_is_legitimate(
@@ -630,7 +628,7 @@ impl DbInner {
     ) -> Result<bool> {
         if id.bucket != SCOPE_BUCKET
             && bucket_deadline(id.bucket).is_some_and(|end| end <= now)
-            && expiry.is_some_and(|e| bucket_for_expiry(Some(e)) == id.bucket)
+            && expiry.is_some_and(|e| bucket_holds(id.bucket, e))
         {
             return Ok(true);
         }

@@ -87,12 +87,10 @@ fn data_records(db: &Db) -> usize {
     n
 }
 
-#[test]
-fn expired_bucket_keys_are_destroyed_and_their_ciphertext_removed() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (db, clock) = open(&dir);
+/// Account "a" with a `message_content` record `m` expiring at `expiry` and
+/// a record `keep` without expiry.
+fn short_lived_and_kept(db: &Db, expiry: Timestamp) {
     db.register_account("a").expect("register");
-    let expiry = db.now() + SignedDuration::from_hours(2);
     db.put_with(
         "a",
         "message_content",
@@ -103,6 +101,13 @@ fn expired_bucket_keys_are_destroyed_and_their_ciphertext_removed() {
     .expect("put");
     db.put("a", "message_content", b"keep", b"kept")
         .expect("put");
+}
+
+#[test]
+fn expired_bucket_keys_are_destroyed_and_their_ciphertext_removed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    short_lived_and_kept(&db, db.now() + SignedDuration::from_hours(2));
     // Nothing is due before the bucket's day ends.
     assert_eq!(db.compact().expect("compact").keys_destroyed, 0);
     clock.advance(days(1));
@@ -1054,10 +1059,11 @@ fn compaction_never_rewraps_a_key_it_destroys() {
     assert_eq!(pending_node_debts(&db), 0);
 }
 
-/// Nodes of day forests the key tree holds (every forest but 0), read raw:
-/// a node id is depth (1) ‖ forest (u32 BE) ‖ prefix (u32 BE).
-fn day_forest_nodes(db: &Db) -> usize {
-    let mut n = 0;
+/// Every node of the key tree with its generation, read raw: a node id is
+/// depth (1) ‖ forest (u32 BE) ‖ prefix (u32 BE); a node entry is version
+/// (1) ‖ generation (u32 BE) ‖ ….
+fn node_generations(db: &Db) -> std::collections::BTreeMap<Vec<u8>, u32> {
+    let mut nodes = std::collections::BTreeMap::new();
     db.inner
         .storage
         .scan(
@@ -1065,15 +1071,43 @@ fn day_forest_nodes(db: &Db) -> usize {
             std::ops::Bound::Unbounded,
             std::ops::Bound::Unbounded,
             crate::storage::Order::Ascending,
-            &mut |k, _| {
-                if k.len() == 9 && k[1..5] != [0, 0, 0, 0] {
-                    n += 1;
+            &mut |k, v| {
+                if let Some(generation) = v.get(1..5) {
+                    let generation = u32::from_be_bytes(generation.try_into().expect("4"));
+                    nodes.insert(k.to_vec(), generation);
                 }
                 ControlFlow::Continue(())
             },
         )
         .expect("scan");
-    n
+    nodes
+}
+
+/// Whether a `key_nodes` key (depth ‖ forest ‖ prefix) is a day forest's.
+fn in_day_forest(node: &[u8]) -> bool {
+    node.len() == 9 && node[1..5] != [0, 0, 0, 0]
+}
+
+/// Nodes of day forests the key tree holds (every forest but 0).
+fn day_forest_nodes(db: &Db) -> usize {
+    node_generations(db)
+        .keys()
+        .filter(|k| in_day_forest(k))
+        .count()
+}
+
+/// Each day forest's root: (forest, generation).
+fn day_forest_roots(db: &Db) -> Vec<(u32, u32)> {
+    node_generations(db)
+        .into_iter()
+        .filter(|(k, _)| in_day_forest(k) && k[0] == 0)
+        .map(|(k, generation)| {
+            (
+                u32::from_be_bytes(k[1..5].try_into().expect("4")),
+                generation,
+            )
+        })
+        .collect()
 }
 
 /// The generation of forest 0's root.
@@ -2312,6 +2346,106 @@ fn an_overwritten_key_version_dies_at_the_rekey_time_the_timeline_promises() {
     );
 }
 
+/// The default policy with every purge window set to one day.
+fn one_day_policy() -> crate::Policy {
+    let text = include_str!("../../../policy/default.toml");
+    let classes = text.lines().filter(|l| l.trim() == "[[class]]").count();
+    assert_eq!(text.matches(r#"purge_window = "30 days""#).count(), classes);
+    let text = text.replace(r#"purge_window = "30 days""#, r#"purge_window = "1 day""#);
+    crate::Policy::from_toml_str(&text, "default.toml with 1-day purge windows")
+        .expect("a valid policy")
+}
+
+/// G2 with a 1-day purge window. Worked by hand from the timeline's rules
+/// (docs/design.md): P = W / 4 = 6 h, L = (W − P) / 2 = 9 h, and expiry
+/// buckets of the longest width B in {24, 12, 8, 6, 4, 3, 2, 1} h with
+/// B + L + P ≤ W: 8 h. A record expiring at 09:00 UTC lies in the bucket
+/// 08:00–16:00; its key dies at the first pass from 16:00 on, and every epoch
+/// live then dies within the day after the expiry (with day buckets the key
+/// would wait for midnight and its last epoch would outlive the day).
+#[test]
+fn a_one_day_window_destroys_an_expired_key_and_its_epochs_within_the_day() {
+    const HOUR: i64 = 3_600;
+    let (rotation, lifetime) = (6 * HOUR, 9 * HOUR);
+    let width = [24, 12, 8, 6, 4, 3, 2, 1]
+        .into_iter()
+        .map(|h| h * HOUR)
+        .find(|b| b + lifetime + rotation <= 24 * HOUR)
+        .expect("a width");
+    assert_eq!(width, 8 * HOUR);
+    let dir = tempfile::tempdir().expect("dir");
+    // start() is 08:00 UTC.
+    let clock = ManualClock::new(start());
+    assert_eq!(start().as_second() % (24 * HOUR), 8 * HOUR);
+    let db = Db::open_in_memory(config(&dir, &clock).policy(one_day_policy())).expect("open");
+    let expiry = start() + SignedDuration::from_hours(1);
+    short_lived_and_kept(&db, expiry);
+    let bucket_end = start().as_second() / width * width + width;
+    assert_eq!(bucket_end, start().as_second() + 8 * HOUR);
+    // A pass every 3 h (P / 2), the cadence the timeline needs, up to the
+    // window's end.
+    let mut destroyed_at = None;
+    let mut epochs_at_destruction = Vec::new();
+    while clock.now() + SignedDuration::from_hours(3) <= expiry + SignedDuration::from_hours(24) {
+        clock.advance(SignedDuration::from_hours(3));
+        let report = db.compact().expect("compact");
+        if report.keys_destroyed > 0 && destroyed_at.is_none() {
+            destroyed_at = Some(clock.now().as_second());
+            epochs_at_destruction = db.stats().expect("stats").live_epochs;
+            assert_eq!(
+                report.forests_removed, 1,
+                "the bucket's forest goes whole: {report:?}"
+            );
+            assert_eq!(day_forest_nodes(&db), 0, "{report:?}");
+        }
+    }
+    let destroyed_at = destroyed_at.expect("the expired key was destroyed");
+    assert!(
+        destroyed_at >= bucket_end && destroyed_at < bucket_end + 3 * HOUR,
+        "destroyed {} s after the bucket's end",
+        destroyed_at - bucket_end
+    );
+    let stats = db.stats().expect("stats");
+    for epoch in &epochs_at_destruction {
+        assert!(
+            !stats.live_epochs.contains(epoch),
+            "epoch {epoch}, live when the key died, outlives the 1-day window"
+        );
+    }
+    assert!(!readable(&db, "a", "message_content", b"m"));
+    assert!(readable(&db, "a", "message_content", b"keep"));
+}
+
+/// The timeline needs a pass at least every half rotation period (3 h with
+/// a 1-day window); a slower background cadence is refused at open.
+#[test]
+fn a_maintenance_interval_too_slow_for_the_window_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start());
+    let slow = config(&dir, &clock)
+        .policy(one_day_policy())
+        .maintenance_every(Some(Duration::from_secs(4 * 3_600)));
+    let err = Db::open_in_memory(slow).expect_err("a pass every 4 h is too slow");
+    assert!(
+        matches!(
+            err,
+            crate::Error::InvalidArgument {
+                what: "maintenance interval",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("10800 s"),
+        "names the cadence needed: {err}"
+    );
+    let punctual = config(&dir, &clock)
+        .policy(one_day_policy())
+        .maintenance_every(Some(Duration::from_secs(3 * 3_600)));
+    drop(Db::open_in_memory(punctual).expect("a pass every 3 h is enough"));
+}
+
 /// G3: a legal hold blocks key destruction, the re-key of an overwritten
 /// record included (it destroys the old key version): while the hold stands
 /// the re-key is parked and audited once, the old version stays; once the
@@ -2921,31 +3055,6 @@ fn damage_to_the_key_tree_is_reported_and_does_not_stop_the_purge() {
     );
 }
 
-/// The roots of the day forests, read raw: `(forest, generation)`. A node
-/// id is depth (1) ‖ forest (u32 BE) ‖ prefix (u32 BE); a node entry is
-/// version (1) ‖ generation (u32 BE) ‖ ….
-fn day_forest_roots(db: &Db) -> Vec<(u32, u32)> {
-    let mut roots = Vec::new();
-    db.inner
-        .storage
-        .scan(
-            Tree::KeyNodes,
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Unbounded,
-            crate::storage::Order::Ascending,
-            &mut |k, v| {
-                if k.len() == 9 && k[0] == 0 && k[1..5] != [0, 0, 0, 0] && v.len() > 5 {
-                    let forest = u32::from_be_bytes(k[1..5].try_into().expect("4"));
-                    let generation = u32::from_be_bytes(v[1..5].try_into().expect("4"));
-                    roots.push((forest, generation));
-                }
-                ControlFlow::Continue(())
-            },
-        )
-        .expect("scan");
-    roots
-}
-
 /// The keys expiring on one day hang in that day's forest of the key tree.
 /// An early death among them (a shred) re-keys the forest's path; the
 /// day's end destroys them and removes the forest whole, re-wrapping
@@ -3029,29 +3138,6 @@ fn a_day_forest_dies_whole_unless_a_hold_keeps_one_of_its_keys() {
     .expect("put");
     assert!(!readable(&db, "a", "message_content", b"late"));
     assert_eq!(day_forest_nodes(&db), 0);
-}
-
-/// Every node of the key tree, read raw: node id bytes → generation (a node
-/// entry is version (1) ‖ generation (u32 BE) ‖ …).
-fn node_generations(db: &Db) -> std::collections::BTreeMap<Vec<u8>, u32> {
-    let mut nodes = std::collections::BTreeMap::new();
-    db.inner
-        .storage
-        .scan(
-            Tree::KeyNodes,
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Unbounded,
-            crate::storage::Order::Ascending,
-            &mut |k, v| {
-                if let Some(generation) = v.get(1..5) {
-                    let generation = u32::from_be_bytes(generation.try_into().expect("4"));
-                    nodes.insert(k.to_vec(), generation);
-                }
-                ControlFlow::Continue(())
-            },
-        )
-        .expect("scan");
-    nodes
 }
 
 /// The live store goes on making keys after a backup, wrapped under node

@@ -25,16 +25,31 @@
 //!
 //! Keys destroyed at their decision (a shred, a class deadline) die with
 //! their epoch by `t + L ≤ t + W`; an expiry bucket's key is destroyed at the
-//! end of its UTC day, so by `expiry + 1 day + L`, which [`Timeline::new`]
-//! checks is within W. A backup stays restorable for at least `L − P` after
-//! it was taken. The rules need `Wmin ≥ 4P`; the default P is one day, or
-//! `Wmin / 4` for policies with shorter windows.
+//! end of its bucket, so by `expiry + B + L`. A class's bucket width B is the
+//! longest of a day, 12, 8, 6, 4, 3, 2 or 1 hours with `B ≤ W − L − P`
+//! ([`Timeline::bucket_width`]): a day for windows of 3 days or more, 8
+//! hours for a 1-day window. A backup stays restorable for at least `L − P`
+//! after it was taken. The rules need `Wmin ≥ 4P`; the default P is one day,
+//! or `Wmin / 4` for policies with shorter windows.
 
 use jiff::SignedDuration;
 
 use crate::error::{Error, Result};
 
 const DAY: i64 = 86_400;
+const HOUR: i64 = 3_600;
+/// Widths an expiry bucket may have, longest first. Each divides a day, so
+/// buckets never straddle a UTC day.
+const BUCKET_WIDTHS: [i64; 8] = [
+    DAY,
+    12 * HOUR,
+    8 * HOUR,
+    6 * HOUR,
+    4 * HOUR,
+    3 * HOUR,
+    2 * HOUR,
+    HOUR,
+];
 
 /// The purge timeline of an open store (all in seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +68,8 @@ impl Timeline {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the rotation is not positive or is
-    /// longer than a quarter of the shortest purge window, or when an expiry
-    /// bucket (one day) cannot die within the window.
+    /// longer than a quarter of the shortest purge window, or when even an
+    /// hour-long expiry bucket cannot die within the window.
     pub(crate) fn new(
         min_window: SignedDuration,
         rotation: Option<SignedDuration>,
@@ -79,13 +94,13 @@ impl Timeline {
             epoch_lifetime: (min_window - rotation) / 2,
             min_window,
         };
-        if DAY + timeline.epoch_lifetime + rotation > min_window {
+        if HOUR + timeline.epoch_lifetime + rotation > min_window {
             return Err(Error::InvalidArgument {
                 what: "purge window",
                 detail: format!(
-                    "{min_window} s is too short for records that expire: their day's key dies \
-                     up to a day after the expiry, and its epoch {} s later; use purge \
-                     windows of 3 days or more",
+                    "{min_window} s is too short for records that expire: their bucket's key \
+                     dies up to an hour after the expiry, and its epoch {} s later; rotate \
+                     less often (Config::epoch_rotation) or lengthen the policy's purge windows",
                     timeline.epoch_lifetime + rotation
                 ),
             });
@@ -101,6 +116,18 @@ impl Timeline {
             .saturating_sub(self.epoch_lifetime)
             .saturating_sub(self.rotation)
             .max(0)
+    }
+
+    /// B: how long the expiry buckets of a class with purge window `window`
+    /// are, in seconds: the longest of [`BUCKET_WIDTHS`] whose key, destroyed
+    /// at the bucket's end, has its last epoch die within the window
+    /// (`B + L + P ≤ W`).
+    pub(crate) fn bucket_width(&self, window: SignedDuration) -> i64 {
+        let room = self.rekey_delay(window);
+        BUCKET_WIDTHS
+            .into_iter()
+            .find(|width| *width <= room)
+            .unwrap_or(HOUR)
     }
 
     /// How late maintenance may run before a purge is overdue: the slack the
@@ -139,7 +166,62 @@ mod tests {
         assert!(Timeline::new(days(30), Some(days(8))).is_err());
         assert!(Timeline::new(days(30), Some(SignedDuration::ZERO)).is_err());
         assert!(Timeline::new(days(30), Some(days(7))).is_ok());
-        // Too short for a day's expiry bucket to die in time.
-        assert!(Timeline::new(days(2), None).is_err());
+        // Too short for even an hour's expiry bucket to die in time.
+        let err = Timeline::new(SignedDuration::from_hours(2), None).expect_err("too short");
+        assert!(
+            err.to_string()
+                .contains("too short for records that expire"),
+            "{err}"
+        );
+    }
+
+    /// The widths worked by hand from `B + L + P ≤ W`, B one of a day, 12,
+    /// 8, 6, 4, 3, 2, 1 hours.
+    #[test]
+    fn expiry_buckets_shrink_with_the_window() {
+        let hours = SignedDuration::from_hours;
+        // W = 1 day: P = 6 h, L = 9 h, so B ≤ 9 h: 8 h (dies by 23 h).
+        let one_day = Timeline::new(days(1), None).expect("a 1-day window is allowed");
+        assert_eq!(
+            (one_day.rotation, one_day.epoch_lifetime),
+            (6 * HOUR, 9 * HOUR)
+        );
+        assert_eq!(one_day.bucket_width(days(1)), 8 * HOUR);
+        // The store's other classes, with longer windows, keep day buckets
+        // once their window leaves a day of room: 24 h + 9 h + 6 h = 39 h.
+        assert_eq!(one_day.bucket_width(hours(38)), 12 * HOUR);
+        assert_eq!(one_day.bucket_width(hours(39)), DAY);
+        assert_eq!(one_day.bucket_width(days(30)), DAY);
+        // W = 2 days: P = 12 h, L = 18 h, so B ≤ 18 h: 12 h.
+        assert_eq!(
+            Timeline::new(days(2), None)
+                .expect("valid")
+                .bucket_width(days(2)),
+            12 * HOUR
+        );
+        // W = 3 days: P = 18 h, L = 27 h, so B ≤ 27 h: a day.
+        assert_eq!(
+            Timeline::new(days(3), None)
+                .expect("valid")
+                .bucket_width(days(3)),
+            DAY
+        );
+        assert_eq!(
+            Timeline::new(days(30), None)
+                .expect("valid")
+                .bucket_width(days(30)),
+            DAY
+        );
+        // A faster rotation leaves more room: P = 1 h, L = 11.5 h: 8 h still.
+        let fast = Timeline::new(days(1), Some(hours(1))).expect("valid");
+        assert_eq!(fast.bucket_width(days(1)), 8 * HOUR);
+        // W = 6 h (no policy allows it, the timeline does): P = 1.5 h,
+        // L = 2.25 h, so B ≤ 2.25 h: 2 h.
+        assert_eq!(
+            Timeline::new(hours(6), None)
+                .expect("valid")
+                .bucket_width(hours(6)),
+            2 * HOUR
+        );
     }
 }

@@ -76,29 +76,66 @@ pub(crate) const SCOPE_BUCKET: u32 = 0;
 /// The bucket of records without an expiry.
 pub(crate) const OPEN_BUCKET: u32 = 1;
 const FIRST_DAY_BUCKET: u32 = 2;
+/// Expiry buckets shorter than a day (for purge windows of a day or two):
+/// this bit set, the width in hours in the next four bits, the bucket's
+/// first hour since the Unix epoch in the low 27 (to past the year 9999).
+const SHORT_BUCKET: u32 = 1 << 31;
+const SHORT_WIDTH_SHIFT: u32 = 27;
+const SHORT_HOUR_MASK: u32 = (1 << SHORT_WIDTH_SHIFT) - 1;
 const DAY: i64 = 86_400;
+const HOUR: i64 = 3_600;
+/// The last second an expiry can name (the end of the year 9999).
+const LAST_EXPIRY: i64 = 253_402_300_799;
 /// Seals reserved (and persisted) at a time per key: a crash loses at most
 /// this many from the count, always by over-counting.
 const SEAL_RESERVATION: u64 = 1 << 16;
 /// Approximate memory of one cached key (AES-256 schedule, GHASH state, Arcs).
 pub(crate) const CACHED_KEY_BYTES: usize = 1024;
 
-/// The bucket of a record with this expiry.
-pub(crate) fn bucket_for_expiry(expiry: Option<i64>) -> u32 {
-    match expiry {
-        None => OPEN_BUCKET,
-        Some(t) => {
-            let day = t.max(0) / DAY;
-            FIRST_DAY_BUCKET
-                .saturating_add(u32::try_from(day).unwrap_or(u32::MAX - FIRST_DAY_BUCKET))
-        }
+/// The bucket of a record with this expiry, for buckets `width` seconds
+/// long: a UTC day (`width` of a day or more), or a whole number of hours
+/// that divides a day (shorter windows need shorter buckets: see the
+/// retention timeline). Buckets never straddle a UTC day.
+pub(crate) fn bucket_for_expiry(expiry: Option<i64>, width: i64) -> u32 {
+    let Some(t) = expiry else {
+        return OPEN_BUCKET;
+    };
+    let t = t.clamp(0, LAST_EXPIRY);
+    let hours = width / HOUR;
+    if width >= DAY || hours < 1 || 24 % hours != 0 {
+        debug_assert!(width >= DAY, "bucket width {width} s does not divide a day");
+        // In range: LAST_EXPIRY / DAY is below 2^22.
+        return FIRST_DAY_BUCKET + u32::try_from(t / DAY).unwrap_or(0);
     }
+    let first_hour = t / HOUR / hours * hours;
+    // In range: LAST_EXPIRY / HOUR is below 2^27, and hours below 16.
+    SHORT_BUCKET
+        | (u32::try_from(hours).unwrap_or(1) << SHORT_WIDTH_SHIFT)
+        | (u32::try_from(first_hour).unwrap_or(0) & SHORT_HOUR_MASK)
 }
 
-/// When an expiry bucket's key is due for destruction: the end of its day.
-pub(crate) fn bucket_deadline(bucket: u32) -> Option<i64> {
+/// The expiries an expiry bucket holds, `[start, end)` in seconds; `None`
+/// for the scope and open buckets.
+pub(crate) fn bucket_span(bucket: u32) -> Option<(i64, i64)> {
+    if bucket & SHORT_BUCKET != 0 {
+        let hours = i64::from((bucket & !SHORT_BUCKET) >> SHORT_WIDTH_SHIFT).max(1);
+        let start = i64::from(bucket & SHORT_HOUR_MASK) * HOUR;
+        return Some((start, start + hours * HOUR));
+    }
     let day = i64::from(bucket.checked_sub(FIRST_DAY_BUCKET)?);
-    Some((day + 1) * DAY)
+    Some((day * DAY, (day + 1) * DAY))
+}
+
+/// When an expiry bucket's key is due for destruction: the end of its span.
+pub(crate) fn bucket_deadline(bucket: u32) -> Option<i64> {
+    bucket_span(bucket).map(|(_, end)| end)
+}
+
+/// Whether a record with this expiry belongs in `bucket` (as
+/// [`bucket_for_expiry`] placed it, whatever width was in force then).
+pub(crate) fn bucket_holds(bucket: u32, expiry: i64) -> bool {
+    bucket_span(bucket)
+        .is_some_and(|(start, end)| (start..end).contains(&expiry.clamp(0, LAST_EXPIRY)))
 }
 
 /// A key's lifecycle state.
@@ -1066,15 +1103,64 @@ mod tests {
 
     #[test]
     fn buckets_follow_expiry_days() {
-        assert_eq!(bucket_for_expiry(None), OPEN_BUCKET);
-        assert_eq!(bucket_for_expiry(Some(0)), 2);
-        assert_eq!(bucket_for_expiry(Some(DAY - 1)), 2);
-        assert_eq!(bucket_for_expiry(Some(DAY)), 3);
+        assert_eq!(bucket_for_expiry(None, DAY), OPEN_BUCKET);
+        assert_eq!(bucket_for_expiry(Some(0), DAY), 2);
+        assert_eq!(bucket_for_expiry(Some(DAY - 1), DAY), 2);
+        assert_eq!(bucket_for_expiry(Some(DAY), DAY), 3);
+        assert_eq!(bucket_for_expiry(Some(-5), DAY), 2);
         assert_eq!(bucket_deadline(2), Some(DAY));
         assert_eq!(bucket_deadline(OPEN_BUCKET), None);
         assert_eq!(bucket_deadline(SCOPE_BUCKET), None);
         let t = 1_700_000_123;
-        let deadline = bucket_deadline(bucket_for_expiry(Some(t))).expect("deadline");
+        let deadline = bucket_deadline(bucket_for_expiry(Some(t), DAY)).expect("deadline");
         assert!(deadline > t && deadline - t <= DAY);
+        // The last expiry a timestamp can name still has a day bucket.
+        let last = bucket_for_expiry(Some(i64::MAX), DAY);
+        assert!(last < SHORT_BUCKET);
+        assert!(bucket_holds(last, LAST_EXPIRY));
+    }
+
+    #[test]
+    fn short_buckets_split_the_day_and_never_straddle_it() {
+        // 2026-12-07T10:30:00Z, in the 8-hour bucket 08:00-16:00.
+        let t = 1_796_639_400;
+        let day_start = t / DAY * DAY;
+        for hours in [1, 2, 3, 4, 6, 8, 12] {
+            let width = hours * HOUR;
+            let bucket = bucket_for_expiry(Some(t), width);
+            let (start, end) = bucket_span(bucket).expect("an expiry bucket");
+            assert_eq!(end - start, width, "{hours} h");
+            assert!(start <= t && t < end, "{hours} h");
+            assert_eq!(
+                (start - day_start) % width,
+                0,
+                "{hours} h: aligned to the UTC day"
+            );
+            assert!(end <= day_start + DAY, "{hours} h: within the UTC day");
+            assert!(bucket_holds(bucket, t) && bucket_holds(bucket, start));
+            assert!(!bucket_holds(bucket, end) && !bucket_holds(bucket, start - 1));
+            assert!(layout::in_day_lane(&KeyId {
+                subject: SubjectTag([0; 16]),
+                class: 1,
+                bucket,
+                version: 1,
+            }));
+            // The next bucket starts where this one ends.
+            assert_eq!(
+                bucket_span(bucket_for_expiry(Some(end), width)).map(|s| s.0),
+                Some(end)
+            );
+        }
+        assert_eq!(
+            bucket_span(bucket_for_expiry(Some(t), 8 * HOUR)),
+            Some((day_start + 8 * HOUR, day_start + 16 * HOUR))
+        );
+        // Short and day buckets never share an id.
+        assert_ne!(
+            bucket_for_expiry(Some(t), 8 * HOUR),
+            bucket_for_expiry(Some(t), DAY)
+        );
+        let last = bucket_for_expiry(Some(i64::MAX), HOUR);
+        assert_eq!(bucket_deadline(last), Some(LAST_EXPIRY + 1));
     }
 }
