@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use shredkv::admin::protocol::Request;
 use shredkv::admin::{AdminClient, ExportEvent, ExportSummary, ExportedRecord};
 use shredkv::{
@@ -97,8 +97,6 @@ pub(crate) trait StoreAccess {
     fn class_name(&self, number: u16) -> DbResult<Option<String>>;
     /// `Db::verify_audit`.
     fn verify_audit(&self) -> DbResult<ChainReport>;
-    /// The shortest purge window of the policy in force.
-    fn shortest_purge_window(&self) -> DbResult<Option<SignedDuration>>;
     /// `Db::backup_with` (live: written by the application, at an absolute
     /// path).
     fn backup(&self, dir: &Path, progress: &mut dyn FnMut(u64)) -> DbResult<BackupReport>;
@@ -242,14 +240,6 @@ impl StoreAccess for Db {
     }
     fn verify_audit(&self) -> DbResult<ChainReport> {
         Db::verify_audit(self)
-    }
-    fn shortest_purge_window(&self) -> DbResult<Option<SignedDuration>> {
-        Ok(self
-            .policy()
-            .classes()
-            .iter()
-            .map(|c| c.purge_window_duration())
-            .min())
     }
     fn backup(&self, dir: &Path, progress: &mut dyn FnMut(u64)) -> DbResult<BackupReport> {
         Db::backup_with(self, dir, progress)
@@ -470,10 +460,6 @@ impl StoreAccess for LiveStore {
     }
     fn verify_audit(&self) -> DbResult<ChainReport> {
         self.call(Request::VerifyAudit)
-    }
-    fn shortest_purge_window(&self) -> DbResult<Option<SignedDuration>> {
-        let seconds: Option<i64> = self.call(Request::ShortestPurgeWindow)?;
-        Ok(seconds.map(SignedDuration::from_secs))
     }
     fn backup(&self, dir: &Path, progress: &mut dyn FnMut(u64)) -> DbResult<BackupReport> {
         self.call_with_progress(

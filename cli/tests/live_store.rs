@@ -563,7 +563,7 @@ fn read_frame(stream: &mut UnixStream) -> Value {
 fn hello(socket: &Path) -> UnixStream {
     let mut stream = UnixStream::connect(socket).expect("connect");
     stream
-        .write_all(&frame(br#"{"hello":{"protocol":1}}"#))
+        .write_all(&frame(br#"{"hello":{"protocol":2}}"#))
         .expect("hello");
     let welcome = read_frame(&mut stream);
     assert!(welcome["welcome"]["store"].is_string(), "{welcome}");

@@ -10,16 +10,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use shredkv::{Backend, Config, Db, ErasureSource, Error, RestoreOptions};
 
 use crate::context::{self, Global};
 use crate::exit::{CliError, Code};
 use crate::output;
-
-/// The epoch rotation period the CLI opens stores with (the engine's default).
-const EPOCH_ROTATION: SignedDuration = SignedDuration::from_hours(24);
 
 /// Arguments of `backup`.
 #[derive(Debug, clap::Args)]
@@ -54,9 +50,6 @@ pub(crate) struct ExportLogArgs {
     file: PathBuf,
 }
 
-/// The purge window of a policy that has no class (the engine's default).
-const DEFAULT_PURGE_WINDOW: SignedDuration = SignedDuration::from_hours(30 * 24);
-
 /// `backup`: a consistent copy of the store, without its key file.
 pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
     let db = global.access()?;
@@ -64,15 +57,7 @@ pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
     let report = db.backup(&args.dir, &mut |done| bar.set_position(done));
     bar.finish_and_clear();
     let report = report?;
-    let window = db.shortest_purge_window()?.unwrap_or(DEFAULT_PURGE_WINDOW);
-    let at_least = report
-        .taken_at
-        .checked_add(window.saturating_sub(EPOCH_ROTATION))
-        .unwrap_or(Timestamp::MAX);
-    let at_most = report
-        .taken_at
-        .checked_add(window)
-        .unwrap_or(Timestamp::MAX);
+    let (at_least, at_most) = (report.restorable_until, report.unrestorable_after);
     let key_file = if db.is_live() && global.key_file.is_none() && global.pkcs11_module.is_none() {
         // The application configured its keys; this process does not know them.
         "KEY_FILE (the live store's key file)".to_string()
@@ -102,7 +87,7 @@ pub(crate) fn backup(global: &Global, args: &BackupArgs) -> Result<Code> {
         (
             "restorable",
             format!(
-                "until at least {}; not after about {} (purge window {}, with daily compaction)",
+                "until at least {}; not after about {} (purge window {}, with maintenance on schedule)",
                 output::time(at_least),
                 output::time(at_most),
                 output::span_words(report.taken_at, at_most)

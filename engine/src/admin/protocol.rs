@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Record, RemoteError, Result, SubjectKind, SubjectTag};
 
 /// The protocol version this build speaks; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: a backup's reply names its restore window
+/// (`BackupReport::restorable_until`, `unrestorable_after`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side sends or accepts (16 MiB). A record whose
 /// JSON is larger cannot cross the socket (see `docs/operations.md`).
@@ -242,8 +244,6 @@ pub enum Request {
     },
     /// `Db::verify_audit`: `ChainReport`.
     VerifyAudit,
-    /// The shortest purge window of the policy in force, in seconds: `i64`.
-    ShortestPurgeWindow,
     /// `Db::backup_with` into a directory of the server's file system (an
     /// absolute path): progress frames (entries copied), then
     /// `BackupReport`.

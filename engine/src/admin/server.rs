@@ -516,13 +516,6 @@ fn execute<W: std::io::Write>(
         }
         Request::ClassName { number } => json(db.class_name(number)),
         Request::VerifyAudit => json(db.verify_audit()?),
-        Request::ShortestPurgeWindow => json(
-            db.policy()
-                .classes()
-                .iter()
-                .map(|c| c.purge_window_duration().as_secs())
-                .min(),
-        ),
         Request::Backup { dir } => {
             require_absolute(&dir)?;
             json(db.backup_with(&dir, &mut |done| replies.progress(done, None))?)

@@ -57,6 +57,16 @@ pub struct BackupReport {
     pub entries: u64,
     /// When (the store clock).
     pub taken_at: Timestamp,
+    /// The backup restores at least until then: while the epoch current
+    /// when it was taken lives, L after that epoch started (about
+    /// `taken_at + L − P` when epochs rotate on schedule: 13.5 days with
+    /// 30-day windows, 3 hours with 1-day windows; docs/design.md, "The
+    /// deletion timeline"). `taken_at` itself when that epoch is overdue
+    /// for rotation (maintenance stopped): the next pass may destroy it.
+    pub restorable_until: Timestamp,
+    /// It cannot be restored after then, with maintenance running on
+    /// schedule: the shortest purge window after it was taken.
+    pub unrestorable_after: Timestamp,
 }
 
 /// Where a restore takes the erasures to replay from.
@@ -742,10 +752,21 @@ impl Db {
         // The bytes as stored: control values keep their MACs (the backup
         // has the same store secret).
         let entries = copy_trees(inner.sealed.raw().as_ref(), copy.as_ref(), progress)?;
+        let after = |secs: i64| {
+            taken_at
+                .checked_add(jiff::SignedDuration::from_secs(secs))
+                .unwrap_or(Timestamp::MAX)
+        };
+        let timeline = inner.timeline;
+        let epoch_age = inner
+            .epoch_time(meta::EPOCH_STARTED, inner.vault.current_epoch())?
+            .map_or(0, |started| taken_at.as_second().saturating_sub(started));
         Ok(BackupReport {
             path: dest.to_path_buf(),
             entries,
             taken_at,
+            restorable_until: after((timeline.epoch_lifetime - epoch_age).max(0)),
+            unrestorable_after: after(timeline.min_window),
         })
     }
 
@@ -988,6 +1009,11 @@ impl Db {
                 &mut crate::retention::CompactionReport::default(),
             )?;
         }
+        // No rotation here, although the backup's epoch may be due: an epoch
+        // made now would be this store's alone, and a trial restore that is
+        // dropped would leave it live in a shared key provider, its data
+        // decryptable, with no store to destroy it. The first pass rotates;
+        // a backup taken before then reports its shorter window.
         // Only a replayed store maintains itself (a half-restored one must
         // not compact or rotate).
         if let Some(every) = maintenance {

@@ -794,7 +794,13 @@ fn backups_restore_for_thirteen_days_and_never_past_thirty() {
     clock.advance(SignedDuration::from_hours(2 * DAY + 3));
     live.compact().expect("compact");
     let taken = clock.now();
-    live.backup(root.path().join("backup")).expect("backup");
+    let report = live.backup(root.path().join("backup")).expect("backup");
+    // Taken just after the pass that rotated: its epoch's whole life, L.
+    assert_eq!(
+        report.restorable_until,
+        taken + SignedDuration::from_hours(14 * DAY + 12)
+    );
+    assert_eq!(report.unrestorable_after, taken + days(30));
     let restore = |name: &str| {
         Db::restore(
             root.path().join("backup"),
@@ -832,6 +838,85 @@ fn backups_restore_for_thirteen_days_and_never_past_thirty() {
         live.compact().expect("compact");
     }
     let err = restore("r2").expect_err("30 days after the backup, its keys are gone");
+    assert!(
+        matches!(err, crate::Error::StoreKeysDestroyed { .. }),
+        "{err}"
+    );
+}
+
+/// The same with 1-day purge windows, worked by hand: P = 6 h, L = 9 h, so
+/// a backup taken just as its epoch is due for rotation restores for
+/// L − P = 3 h, and none a day after it was taken, with a pass every
+/// 3 hours. A store restored from a backup keeps the backup's epoch until its
+/// first pass, and a backup of it taken before then says so.
+#[test]
+fn with_one_day_windows_a_backup_restores_for_three_hours_and_never_past_a_day() {
+    let hours = SignedDuration::from_hours;
+    let root = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(start() + hours(1));
+    let config = |name: &str| sled_config(&root.path().join(name), &clock).policy(one_day_policy());
+    let live = Db::open(config("live")).expect("open");
+    live.register_account("a").expect("register");
+    live.put("a", "account_profile", b"p", b"x").expect("put");
+    // A rotation at +10 h (the first epoch is 10 h old), a pass at +13 h;
+    // the backup at +16 h, its epoch 6 h old and due.
+    clock.advance(hours(10));
+    let first_rotation = live.compact().expect("compact");
+    assert_eq!(first_rotation.epochs_created, 1);
+    let rotated_at = clock.now();
+    clock.advance(hours(3));
+    live.compact().expect("compact");
+    clock.advance(hours(3));
+    let taken = clock.now();
+    let backup_epoch = live.stats().expect("stats").current_epoch;
+    let report = live.backup(root.path().join("backup")).expect("backup");
+    assert_eq!(report.restorable_until, rotated_at + hours(9));
+    assert_eq!(report.restorable_until, taken + hours(3));
+    assert_eq!(report.unrestorable_after, taken + hours(24));
+    for _ in 0..3 {
+        clock.advance(SignedDuration::from_mins(59));
+        live.compact().expect("compact");
+    }
+    let copy = root.path().join("keys-copy");
+    std::fs::copy(root.path().join("live").join("keys"), &copy).expect("copy the key file");
+    let log = root.path().join("erasures.log");
+    live.export_erasure_log(&log).expect("export");
+    let (restored, _) = Db::restore(
+        root.path().join("backup"),
+        config("r1").key_file(&copy),
+        crate::ErasureSource::File(&log),
+    )
+    .expect("2 h 57 min after the backup, still within its window");
+    assert_eq!(
+        restored
+            .get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"x"[..])
+    );
+    // The restored store serves under the backup's epoch (8 h 57 min old)
+    // until its first pass: a backup of it now restores only until that
+    // epoch's end, 3 minutes away, and says so.
+    assert_eq!(restored.stats().expect("stats").current_epoch, backup_epoch);
+    let again = restored
+        .backup(root.path().join("backup-of-restored"))
+        .expect("backup");
+    assert_eq!(again.restorable_until, rotated_at + hours(9));
+    assert_eq!(
+        again.restorable_until,
+        clock.now() + SignedDuration::from_mins(3)
+    );
+    drop(restored);
+    while clock.now() < taken + hours(24) {
+        clock.advance(hours(3));
+        live.compact().expect("compact");
+    }
+    let err = Db::restore(
+        root.path().join("backup"),
+        config("r2"),
+        crate::ErasureSource::Live(&live),
+    )
+    .expect_err("a day after the backup, its keys are gone");
     assert!(
         matches!(err, crate::Error::StoreKeysDestroyed { .. }),
         "{err}"
