@@ -143,17 +143,45 @@ impl DbInner {
         })
     }
 
-    /// Whether a debt for a key of `subject` is waiting (for certificates).
+    /// Whether a debt over a key of `subject` is waiting (for certificates):
+    /// one of its keys' own, or a whole forest's that holds one of its keys
+    /// (an expiry's, or a restore's re-key of the whole tree; forest 0 holds
+    /// every subject's scope keys).
     pub(crate) fn node_debt_pending_for(&self, subject: &SubjectTag) -> Result<bool> {
-        self.any_debt_due(
-            self.clock.now(),
-            |due| matches!(due, Due::RekeyNode(id) if id.subject == *subject),
-        )
+        let mut forests = BTreeSet::new();
+        let own = self.any_debt_due(self.clock.now(), |due| match due {
+            Due::RekeyNode(id) => id.subject == *subject,
+            Due::RetireForest(forest) => {
+                forests.insert(*forest);
+                false
+            }
+            _ => false,
+        })?;
+        if own || forests.contains(&SUBJECTS_FOREST) {
+            return Ok(true);
+        }
+        for forest in forests {
+            let mut holds = false;
+            layout::scan_day_subjects(
+                self.storage.as_ref(),
+                forest,
+                &subject.0,
+                &subject.0,
+                &mut |_, _| {
+                    holds = true;
+                    ControlFlow::Break(())
+                },
+            )?;
+            if holds {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Whether an item due by `now` satisfies `wanted`. Debts are due when
     /// their key died, so only the items due by now are read.
-    fn any_debt_due(&self, now: Timestamp, wanted: impl Fn(&Due) -> bool) -> Result<bool> {
+    fn any_debt_due(&self, now: Timestamp, mut wanted: impl FnMut(&Due) -> bool) -> Result<bool> {
         let end = deadlines::upper_bound(now.as_second());
         let mut found = false;
         self.storage.scan(

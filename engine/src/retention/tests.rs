@@ -942,6 +942,77 @@ fn an_interrupted_restore_refuses_to_open() {
     );
 }
 
+/// A certificate names a pending re-key of a whole forest (an expiry's, or
+/// a restore's of the whole tree) only when the forest holds one of the
+/// subject's keys; forest 0 holds every subject's scope keys.
+#[test]
+fn a_forest_debt_is_pending_for_the_subjects_whose_keys_it_holds() {
+    use crate::retention::deadlines::{self, Due};
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    for subject in ["a", "b"] {
+        db.register_account(subject).expect("register");
+    }
+    let soon = db.now() + SignedDuration::from_hours(2);
+    db.put_with(
+        "a",
+        "message_content",
+        b"m",
+        b"x",
+        PutOptions::expires_at(soon),
+    )
+    .expect("put");
+    let later = db.now() + days(3);
+    db.put_with(
+        "b",
+        "message_content",
+        b"m",
+        b"y",
+        PutOptions::expires_at(later),
+    )
+    .expect("put");
+    db.shred("a", crate::Classes::All).expect("shred");
+    db.compact().expect("compact");
+    let tag = db.subject_tag("a");
+    assert!(
+        !db.inner.node_debt_pending_for(&tag).expect("read"),
+        "the shred's debts are paid"
+    );
+    // The expiry buckets as the design numbers them: 2 + the UTC day.
+    let bucket = |t: Timestamp| 2 + u32::try_from(t.as_second() / 86_400).expect("day");
+    let now = clock.now().as_second();
+    let owe = |forest: u32| {
+        let key = deadlines::key(now, &Due::RetireForest(forest));
+        raw_put(&db, Tree::Deadlines, &key, &deadlines::value(now));
+        key
+    };
+    let forget = |key: Vec<u8>| {
+        let mut batch = crate::storage::WriteBatch::new();
+        batch.remove(Tree::Deadlines, key);
+        db.inner
+            .storage
+            .apply(&batch, crate::storage::Durability::Durable)
+            .expect("remove");
+    };
+    let others = owe(bucket(later));
+    assert!(
+        !db.inner.node_debt_pending_for(&tag).expect("read"),
+        "b's forest only"
+    );
+    forget(others);
+    let own = owe(bucket(soon));
+    assert!(
+        db.inner.node_debt_pending_for(&tag).expect("read"),
+        "a's day forest"
+    );
+    forget(own);
+    owe(0);
+    assert!(
+        db.inner.node_debt_pending_for(&tag).expect("read"),
+        "forest 0"
+    );
+}
+
 #[test]
 fn a_certificate_is_pending_until_the_purge_completes() {
     let dir = tempfile::tempdir().expect("dir");
