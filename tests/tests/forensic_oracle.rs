@@ -24,6 +24,18 @@
 //! Short run by default (CI). Long run, e.g.:
 //! `SHREDKV_ORACLE_YEARS=10 SHREDKV_ORACLE_SEEDS=3 SHREDKV_ORACLE_BACKENDS=sled,redb
 //!  cargo test --release -p shredkv-tests --test forensic_oracle -- --nocapture`
+//!
+//! Short purge windows: `SHREDKV_ORACLE_WINDOW_DAYS=N` sets every class's
+//! purge window to N days (the oracle writes policy/default.toml so changed
+//! into the run's directory, and both its own reader and the engine load
+//! that file). The run then follows the timeline of docs/design.md for that
+//! policy: compaction every P/8 to P/2 (P = min(1 day, N/4)), I2's tape
+//! check and the backup probes before every compaction, no slack for
+//! epochs, restores within P/2 of their backup. [`forensic_oracle_short_windows`]
+//! runs redb with windows of [`SHORT_WINDOW_DAYS`] days in CI; the variable
+//! overrides its window too, and `SHREDKV_ORACLE_DAYS` its length, e.g.:
+//! `SHREDKV_ORACLE_WINDOW_DAYS=1 SHREDKV_ORACLE_DAYS=90 cargo test --release
+//!  -p shredkv-tests --test forensic_oracle forensic_oracle_short_windows -- --nocapture`
 
 mod oracle;
 
@@ -37,23 +49,44 @@ fn closed_subjects_lose_access() -> bool {
     std::env::var("SHREDKV_ORACLE_D2").map_or(true, |v| v != "0")
 }
 
+/// The purge window, in days, of every class in
+/// [`forensic_oracle_short_windows`]: the shortest a policy may set (8-hour
+/// expiry buckets, a rotation every 6 hours, compaction every 45 minutes to
+/// 3 hours).
+const SHORT_WINDOW_DAYS: u32 = 1;
+
+/// Simulated days of [`forensic_oracle_short_windows`]: a year, about 34 s
+/// of run in release and 45 s in the test profile at 1-day windows (2 cores,
+/// alone).
+const SHORT_WINDOW_RUN_DAYS: u32 = 365;
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// `SHREDKV_ORACLE_WINDOW_DAYS`: every class's purge window, in days.
+fn window_days() -> Option<u32> {
+    env_u64("SHREDKV_ORACLE_WINDOW_DAYS").map(|d| u32::try_from(d).unwrap_or(u32::MAX))
 }
 
 /// Days to simulate on `backing`: `SHREDKV_ORACLE_DAYS` or
 /// `SHREDKV_ORACLE_YEARS`, else a year in memory and four months on disk.
 fn days_for(backing: Backing) -> u32 {
+    days_or(match backing {
+        Backing::Memory => 365,
+        Backing::Disk(_) => 120,
+    })
+}
+
+/// `SHREDKV_ORACLE_DAYS` or `SHREDKV_ORACLE_YEARS`, else `default`.
+fn days_or(default: u32) -> u32 {
     if let Some(days) = env_u64("SHREDKV_ORACLE_DAYS") {
         return u32::try_from(days).unwrap_or(u32::MAX);
     }
     if let Some(years) = env_u64("SHREDKV_ORACLE_YEARS") {
         return u32::try_from(years * 365).unwrap_or(u32::MAX);
     }
-    match backing {
-        Backing::Memory => 365,
-        Backing::Disk(_) => 120,
-    }
+    default
 }
 
 /// Whether `SHREDKV_ORACLE_BACKENDS` (default: all) selects `name`.
@@ -63,6 +96,10 @@ fn selected(name: &str) -> bool {
 }
 
 fn run(backing: Backing) {
+    run_with(backing, days_for(backing), window_days());
+}
+
+fn run_with(backing: Backing, days: u32, window_days: Option<u32>) {
     if !selected(&backing.to_string()) {
         eprintln!("forensic oracle: {backing} not selected by SHREDKV_ORACLE_BACKENDS");
         return;
@@ -73,20 +110,25 @@ fn run(backing: Backing) {
     for seed in first..first + seeds {
         let settings = Settings {
             seed,
-            days: days_for(backing),
+            days,
             backing,
             closed_access: closed_subjects_lose_access(),
+            window_days,
         };
+        let windows = window_days
+            .map(|d| format!(", every purge window {d} days"))
+            .unwrap_or_default();
         let report = Sim::new(settings.clone())
             .and_then(Sim::run)
             .unwrap_or_else(|e| {
                 panic!("seed {seed}, backend {backing}: the simulation could not run: {e}")
             });
         eprintln!(
-            "forensic oracle: seed {seed}, backend {backing}: {} simulated days, {} operations, \
-             {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores, {} classes re-opened, {} actions with the clock set back; tape: {} \
-             writes, {} bytes, {} wrapped keys ({} of them node keys, {} in day forests) and {} envelopes checked ({} unwrap/open attempts); \
-             {} violations; {:.1} s",
+            "forensic oracle: seed {seed}, backend {backing}{windows}: {} simulated days, {} operations, \
+             {} subjects, {} record versions, {} compactions, {} restarts, {} backups, {} restores ({} refused, the backup's epoch gone), \
+             {} old backups' restores tried, {} classes re-opened, {} actions with the clock set back; tape: {} \
+             writes, {} bytes, {} wrapped keys ({} of them node keys, {} in day forests) and {} envelopes checked ({} unwrap/open attempts) \
+             in {} checks; {} violations; {:.1} s",
             report.days,
             report.ops,
             report.subjects,
@@ -95,6 +137,8 @@ fn run(backing: Backing) {
             report.restarts,
             report.backups,
             report.restores,
+            report.restores_refused,
+            report.old_restores_tried,
             report.reopenings,
             report.set_backs,
             report.tape_writes,
@@ -104,6 +148,7 @@ fn run(backing: Backing) {
             report.day_node_copies_checked,
             report.envelopes_checked,
             report.attempts,
+            report.tape_checks,
             report.total(),
             report.elapsed.as_secs_f64()
         );
@@ -137,6 +182,18 @@ fn forensic_oracle_sled() {
 #[test]
 fn forensic_oracle_redb() {
     run(Backing::Disk(Backend::Redb));
+}
+
+/// Every class's purge window at [`SHORT_WINDOW_DAYS`] days (or
+/// `SHREDKV_ORACLE_WINDOW_DAYS`), on redb: the epochs rotate faster than
+/// daily and the purge window is watched at the compaction cadence.
+#[test]
+fn forensic_oracle_short_windows() {
+    run_with(
+        Backing::Disk(Backend::Redb),
+        days_or(SHORT_WINDOW_RUN_DAYS),
+        Some(window_days().unwrap_or(SHORT_WINDOW_DAYS)),
+    );
 }
 
 /// I2's tape check credits a dead record to surviving key material only if

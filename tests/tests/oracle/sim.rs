@@ -17,7 +17,7 @@ use shredkv::{
 use super::model::{
     Cause, Ended, Erasure, Expect, HoldSpan, Model, Reason, Subject, Write, write_id_in,
 };
-use super::policy::{self, ClockKind};
+use super::policy::{self, ClockKind, Timeline};
 use super::tape_check::TapeCheck;
 
 /// Where the store under test keeps its trees.
@@ -44,6 +44,9 @@ pub(crate) struct Settings {
     pub(crate) backing: Backing,
     /// Whether closed subjects must lose get/scan/put access (decision D2).
     pub(crate) closed_access: bool,
+    /// Every class's purge window set to this many days (a policy built
+    /// from policy/default.toml); `None`: the default policy as it is.
+    pub(crate) window_days: Option<u32>,
 }
 
 /// One violation (the first of its kind; `count` says how often it recurred).
@@ -93,6 +96,14 @@ pub(crate) struct Report {
     pub(crate) reopenings: u32,
     /// Actions run with the clock set back (the store's time stands).
     pub(crate) set_backs: u32,
+    /// Restores refused because the backup's epoch was already destroyed
+    /// (allowed only once the backup is older than the timeline keeps it).
+    pub(crate) restores_refused: u32,
+    /// Backups older than the shortest purge window whose restore was tried
+    /// (each must be refused).
+    pub(crate) old_restores_tried: u32,
+    /// Runs of the I2 tape check.
+    pub(crate) tape_checks: u32,
     pub(crate) elapsed: Duration,
 }
 
@@ -104,10 +115,14 @@ impl Report {
     /// The precise failure text: one paragraph per kind of violation.
     pub(crate) fn render(&self, settings: &Settings, limit: usize) -> String {
         let mut out = format!(
-            "forensic oracle: seed {}, backend {}, {} simulated days ({} .. {}), {} operations: \
+            "forensic oracle: seed {}, backend {}{}, {} simulated days ({} .. {}), {} operations: \
              {} distinct violations, {} in all\n",
             settings.seed,
             settings.backing,
+            settings
+                .window_days
+                .map(|d| format!(", every purge window {d} days"))
+                .unwrap_or_default(),
             self.days,
             self.start.map(|t| t.to_string()).unwrap_or_default(),
             self.end.map(|t| t.to_string()).unwrap_or_default(),
@@ -242,15 +257,6 @@ fn refusal(e: &Error) -> Refusal {
 
 /// Reads every tree of a closed store directory straight from its backend
 /// files onto the tape (backups are bytes an attacker may hold too).
-/// Removes a directory when dropped (a probed backup).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn tape_directory(tape: &Tape, dir: &Path, backend: Backend) -> Result<u64, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let trees = [
@@ -319,7 +325,11 @@ fn tape_directory(tape: &Tape, dir: &Path, backend: Backend) -> Result<u64, Stri
 struct Backup {
     path: PathBuf,
     taken_at: Timestamp,
+    /// Opened as a live store (hole 13), or kept for a restore.
     probed: bool,
+    /// Restored once older than the shortest purge window (it must be
+    /// refused), or kept for a restore.
+    restore_probed: bool,
 }
 
 /// One op of a batch: class, key, and the value and expiry of a put (none
@@ -360,14 +370,32 @@ pub(crate) struct Sim {
     live: PathBuf,
     /// Restores made: (backup taken, restored at).
     restored: Vec<(Timestamp, Timestamp)>,
+    /// The purge timeline of the policy, as docs/design.md states it.
+    timeline: Timeline,
+    /// When the next compaction runs.
+    next_compaction: Timestamp,
 }
 
 const KEYS_PER_SCOPE: u64 = 6;
 
 impl Sim {
     pub(crate) fn new(settings: Settings) -> Result<Sim, String> {
-        let classes = policy::load(&policy_path())?;
-        let policy = Policy::load(policy_path()).map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        // With a window override, the oracle's reader and the engine read
+        // one file: the default policy with every class's window changed.
+        let path = match settings.window_days {
+            None => policy_path(),
+            Some(days) => {
+                let text = std::fs::read_to_string(policy_path()).map_err(|e| e.to_string())?;
+                let path = dir.path().join("policy.toml");
+                std::fs::write(&path, policy::with_purge_window(&text, days)?)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                path
+            }
+        };
+        let classes = policy::load(&path)?;
+        let policy = Policy::load(&path).map_err(|e| e.to_string())?;
+        let timeline = Timeline::of(&classes);
         let mut rng = Rng(settings.seed ^ 0x5EED_0F0A_C1E5);
         // Start on an odd hour and minute, a different one per seed.
         let start: Timestamp = "2027-01-01T00:00:00Z".parse().map_err(|e| format!("{e}"))?;
@@ -381,7 +409,6 @@ impl Sim {
             ),
             Backing::Disk(b) => (TestStore::Disk(b), b),
         };
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let live = dir.path().join("store");
         let mut sim = Sim {
             restored: Vec::new(),
@@ -411,6 +438,8 @@ impl Sim {
             accounts_made: 0,
             users_made: 0,
             settings,
+            timeline,
+            next_compaction: start,
         };
         sim.open()?;
         Ok(sim)
@@ -548,8 +577,8 @@ impl Sim {
     pub(crate) fn run(mut self) -> Result<Report, String> {
         let began = Instant::now();
         let start = self.now;
-        let mut next_compaction = start
-            .checked_add(self.rng.secs(3_600, 12 * 3_600))
+        self.next_compaction = start
+            .checked_add(self.compaction_gap())
             .map_err(|e| e.to_string())?;
         for day in 0..self.settings.days {
             self.day = day;
@@ -561,20 +590,12 @@ impl Sim {
                 .collect();
             times.sort();
             for t in times {
-                while next_compaction <= t {
-                    self.at(next_compaction);
-                    self.compact();
-                    next_compaction += self.rng.secs(3_600, 12 * 3_600);
-                }
+                self.compact_until(t)?;
                 self.at(t);
                 self.act()?;
                 self.report.ops += 1;
             }
-            while next_compaction <= day_end {
-                self.at(next_compaction);
-                self.compact();
-                next_compaction += self.rng.secs(3_600, 12 * 3_600);
-            }
+            self.compact_until(day_end)?;
             self.at(day_end);
             self.daily()?;
         }
@@ -599,6 +620,71 @@ impl Sim {
     fn at(&mut self, t: Timestamp) {
         self.now = self.now.max(t);
         self.clock.set(self.now);
+    }
+
+    /// Whether every purge window is overridden (a short-window run): the
+    /// compaction cadence and the checks then follow the timeline.
+    fn windowed(&self) -> bool {
+        self.settings.window_days.is_some()
+    }
+
+    /// The time to the next compaction. By default 1 to 12 hours. With a
+    /// window override, P/8 to P/2: docs/design.md's timeline keeps one
+    /// rotation period P for maintenance running late, provided it runs at
+    /// least every P/2.
+    fn compaction_gap(&mut self) -> SignedDuration {
+        if self.windowed() {
+            let p = self.timeline.rotation.as_secs();
+            self.rng.secs(p / 8, p / 2)
+        } else {
+            self.rng.secs(3_600, 12 * 3_600)
+        }
+    }
+
+    /// The longest time between two compactions (see [`Sim::pass_time`]).
+    fn max_compaction_gap(&self) -> SignedDuration {
+        if self.windowed() {
+            self.timeline.rotation / 2
+        } else {
+            SignedDuration::from_hours(12)
+        }
+    }
+
+    /// How long after a deadline the next compaction may carry it out: the
+    /// longest gap between compactions, and an hour of margin.
+    fn compaction_lateness(&self) -> SignedDuration {
+        self.max_compaction_gap() + SignedDuration::from_hours(1)
+    }
+
+    /// Runs every compaction due by `t`, each at its time (or now, if an
+    /// action ran past it). With a window override the tape (I2) and the
+    /// backups are checked just before each pass: a purge window of a day
+    /// or three is too short to be watched once a day, and between passes
+    /// nothing makes a record less recoverable.
+    fn compact_until(&mut self, t: Timestamp) -> Result<(), String> {
+        while self.next_compaction <= t {
+            self.at(self.next_compaction);
+            if self.windowed() {
+                self.probe_backups();
+                self.check_tape()?;
+            }
+            self.compact();
+            let gap = self.compaction_gap();
+            self.next_compaction += gap;
+        }
+        Ok(())
+    }
+
+    /// Moves time on to `t` inside an action. With a window override the
+    /// compactions due on the way run first, so that maintenance keeps its
+    /// cadence whatever the actions do; by default they wait for the action
+    /// to end (an action spans an hour or a few).
+    fn pass_time(&mut self, t: Timestamp) -> Result<(), String> {
+        if self.windowed() {
+            self.compact_until(t)?;
+        }
+        self.at(t);
+        Ok(())
     }
 
     fn act(&mut self) -> Result<(), String> {
@@ -643,14 +729,14 @@ impl Sim {
             712..722 => self.shred(),
             722..740 => self.place_hold(),
             740..760 => self.release_hold(),
-            760..770 => self.manual_release(),
+            760..770 => self.manual_release()?,
             772..775 => self.backup()?,
             775..778 => self.backup_and_restore()?,
             778..784 => {
                 self.report.restarts += 1;
                 self.open()?;
             }
-            850..862 => self.re_register_class(),
+            850..862 => self.re_register_class()?,
             862..880 => self.with_the_clock_set_back()?,
             770..772 | 784..850 => self.delete(),
             _ => self.put(),
@@ -731,7 +817,8 @@ impl Sim {
 
     /// What the store may do with a write to (s, c) now. A scope past a
     /// deadline (not an erasure made at that moment) is erased by the next
-    /// compaction, at most 12 hours later; until then the store may still
+    /// compaction, at most 12 hours later (P/2 with a window override; see
+    /// [`Sim::compaction_lateness`]); until then the store may still
     /// take writes, which the model then counts dead from the start.
     fn write_rule(&self, s: usize, c: usize) -> WriteRule {
         if let Some(d) = self
@@ -740,7 +827,7 @@ impl Sim {
             .filter(|d| d.at <= self.now)
         {
             let direct = !d.held && d.causes.iter().any(|c| matches!(c, Cause::Erasure(..)));
-            let fresh = self.now - d.at < SignedDuration::from_hours(13);
+            let fresh = self.now - d.at < self.compaction_lateness();
             let why = "the scope is erased or past its deadline (G6, D1)";
             if fresh && !direct && !self.closed_now(s) {
                 return WriteRule::Either(why);
@@ -1883,16 +1970,18 @@ impl Sim {
         {
             return;
         }
-        // Not within 13 hours after a deadline of a scope it covers: the
-        // scope died at its deadline, but the store erases it at the next
-        // compaction, and a hold placed before then keeps it (what the
-        // notice intends there is open; the oracle does not judge it).
+        // Not within the compaction lateness (13 hours by default) after a
+        // deadline of a scope it covers: the scope died at its deadline, but
+        // the store erases it at the next compaction, and a hold placed
+        // before then keeps it (what the notice intends there is open; the
+        // oracle does not judge it).
+        let lateness = self.compaction_lateness();
         let just_died = (0..self.model.classes.len())
             .filter(|&k| c.is_none_or(|c| c == k))
             .any(|k| {
-                self.model.scope_death_at(s, k, self.now).is_some_and(|at| {
-                    at <= self.now && self.now - at < SignedDuration::from_hours(13)
-                })
+                self.model
+                    .scope_death_at(s, k, self.now)
+                    .is_some_and(|at| at <= self.now && self.now - at < lateness)
             });
         if just_died {
             return;
@@ -1954,11 +2043,11 @@ impl Sim {
     /// a hold may have parked an erasure), sometimes any (a probe the store
     /// must refuse where the model keeps the scope alive, closed, or running
     /// out on a clock).
-    fn re_register_class(&mut self) {
+    fn re_register_class(&mut self) -> Result<(), String> {
         // Strictly after any erasure made this second: the model orders
         // erasure and re-opening by time.
         let next = self.now + SignedDuration::from_secs(1);
-        self.at(next);
+        self.pass_time(next)?;
         let now = self.now;
         let erased_only_by_erasure = |m: &Model, s: usize, c: usize| {
             m.scope_death(s, c, now).is_some_and(|d| {
@@ -1989,7 +2078,7 @@ impl Sim {
                 let (s, c) = open[self.rng.index(open.len())];
                 self.shred_scopes(s, false, &[c]);
             }
-            return;
+            return Ok(());
         }
         let (s, c) = if erased.is_empty() || self.rng.chance(10) {
             (
@@ -2036,18 +2125,13 @@ impl Sim {
                 self.report.reopenings += 1;
             }
             Err(e) if must_accept => self.api_error("re_register_class", Some(s), Some(c), &e),
-            Err(e) => {
-                if std::env::var("DBG_REOPEN").is_ok() {
-                    eprintln!(
-                        "reopen refused ({refuse:?}, hold {hold_standing}, candidates {}): {e}",
-                        erased.len()
-                    );
-                }
-            }
+            // A refusal the model allows (it may accept either outcome).
+            Err(_) => {}
         }
+        Ok(())
     }
 
-    fn manual_release(&mut self) {
+    fn manual_release(&mut self) -> Result<(), String> {
         let s = self.rng.index(self.model.subjects.len());
         let manual: Vec<usize> = (0..self.model.classes.len())
             .filter(|&c| self.model.classes[c].clock == ClockKind::ManualRelease)
@@ -2056,7 +2140,7 @@ impl Sim {
         if self.model.subjects[s].released.contains_key(&c)
             || self.model.wholly_erased(s, self.now).is_some()
         {
-            return;
+            return Ok(());
         }
         let id = self.model.subjects[s].id.clone();
         let class = self.model.classes[c].name.clone();
@@ -2079,12 +2163,13 @@ impl Sim {
                 // know the release (hole 10).
                 if self.rng.chance(30) {
                     let later = self.now + self.rng.secs(60, 3_600);
-                    self.at(later);
+                    self.pass_time(later)?;
                     self.request_deletion_of(s);
                 }
             }
             Err(e) => self.api_error("release", Some(s), Some(c), &e),
         }
+        Ok(())
     }
 
     fn compact(&mut self) {
@@ -2107,6 +2192,7 @@ impl Sim {
                     path,
                     taken_at: report.taken_at,
                     probed: false,
+                    restore_probed: false,
                 });
             }
             Err(e) => self.api_error("backup", None, None, &e),
@@ -2128,13 +2214,15 @@ impl Sim {
             return Ok(());
         }
         let taken = self.backups[n].taken_at;
-        self.backups[n].probed = true; // kept for the restore, not opened
+        // Kept for the restore, not opened.
+        self.backups[n].probed = true;
+        self.backups[n].restore_probed = true;
         // Between the backup and the restore: writes, erasures and every
         // kind of decision (holds, closures, opt-outs, releases), all of
         // which must stand after the restore.
         for _ in 0..3 + self.rng.below(8) {
-            let next = self.now + self.rng.secs(60, 3_600);
-            self.at(next);
+            let next = self.now + self.restore_step();
+            self.pass_time(next)?;
             match self.rng.below(17) {
                 0..6 => self.put(),
                 6..8 => self.delete(),
@@ -2144,16 +2232,16 @@ impl Sim {
                 11 => self.release_hold(),
                 12 => self.close_account(),
                 13 => self.opt_out(),
-                14 => self.manual_release(),
-                15 => self.re_register_class(),
+                14 => self.manual_release()?,
+                15 => self.re_register_class()?,
                 _ => self.deletion_request(),
             }
         }
-        let next = self.now + self.rng.secs(60, 3_600);
-        self.at(next);
+        let next = self.now + self.restore_step();
+        self.pass_time(next)?;
         self.compact();
-        let next = self.now + self.rng.secs(60, 3_600);
-        self.at(next);
+        let next = self.now + self.restore_step();
+        self.pass_time(next)?;
         let target = self.dir.path().join(format!("restored-{n}"));
         let backup = self.backups[n].path.clone();
         // The erasures to replay come from the live store, or from its
@@ -2200,11 +2288,56 @@ impl Sim {
                 self.lost_in_restore(&report.lost);
                 Ok(())
             }
+            Err(Error::StoreKeysDestroyed { .. }) if self.now - taken > self.restorable_for() => {
+                // The backup's epoch is gone: by design it can no longer be
+                // decrypted, and the live store goes on.
+                let _ = std::fs::remove_dir_all(&backup);
+                self.report.restores_refused += 1;
+                Ok(())
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&backup);
                 self.api_error("restore", None, None, &e);
                 Ok(())
             }
+        }
+    }
+
+    /// One step between a backup and its restore: a minute to an hour; with
+    /// a window override at most P/24, so that the dozen steps stay within
+    /// P/2 of the backup.
+    fn restore_step(&mut self) -> SignedDuration {
+        let longest = if self.windowed() {
+            (self.timeline.rotation.as_secs() / 24).clamp(61, 3_600)
+        } else {
+            3_600
+        };
+        self.rng.secs(60, longest)
+    }
+
+    /// How long after it was taken a backup must still restore: the epoch
+    /// current at the backup started at most P and one compaction gap
+    /// before it (a rotation is due P after an epoch's start and runs at
+    /// the next compaction) and dies no earlier than L after its start, so
+    /// L − P − the longest gap (docs/design.md states L − P, leaving out
+    /// the rotation's lateness). 13 days by default; none at all for
+    /// windows of 4 days or less, where L − P is P/2.
+    fn restorable_for(&self) -> SignedDuration {
+        (self.timeline.epoch_lifetime - self.timeline.rotation - self.max_compaction_gap())
+            .max(SignedDuration::ZERO)
+    }
+
+    /// How long the epoch check (and the refusal of old backups) allows an
+    /// epoch past the shortest purge window from its first sighting on the
+    /// tape: two days by default, as the daily check always had. With a
+    /// window override, nothing: the tape is checked before every
+    /// compaction, so an epoch is first seen at most a compaction gap after
+    /// its first use, never before it.
+    fn epoch_slack(&self) -> SignedDuration {
+        if self.windowed() {
+            SignedDuration::ZERO
+        } else {
+            SignedDuration::from_hours(48)
         }
     }
 
@@ -2332,19 +2465,49 @@ impl Sim {
         }
     }
 
+    /// The backups' probes: opened as a live store, and restored once
+    /// older than the shortest purge window. A backup's files go once both
+    /// are done.
+    fn probe_backups(&mut self) {
+        self.probe_backup_as_store();
+        self.probe_old_backup_restore();
+    }
+
+    /// Removes a backup's files once both probes are done with it.
+    fn retire_backup(&mut self, i: usize) {
+        let b = &self.backups[i];
+        if b.probed && b.restore_probed {
+            let _ = std::fs::remove_dir_all(&b.path);
+        }
+    }
+
+    /// How old a backup is when it is opened as a live store: three days,
+    /// or half the L − P that docs/design.md says a backup stays
+    /// decryptable if that is shorter (a backup that no key opens any more
+    /// proves nothing).
+    fn probe_age(&self) -> SignedDuration {
+        ((self.timeline.epoch_lifetime - self.timeline.rotation) / 2)
+            .min(SignedDuration::from_hours(24 * 3))
+    }
+
     /// A backup is not a live store: opened as one, it must not serve data
     /// erased since it was taken (hole 13).
-    fn probe_backups(&mut self) {
+    fn probe_backup_as_store(&mut self) {
+        let age = self.probe_age();
         let Some(i) = self
             .backups
             .iter()
-            .position(|b| !b.probed && self.now - b.taken_at > SignedDuration::from_hours(24 * 3))
+            .position(|b| !b.probed && self.now - b.taken_at > age)
         else {
             return;
         };
         self.backups[i].probed = true;
-        // Probed once, never opened again: its files go when the probe ends.
-        let _remove = RemoveOnDrop(self.backups[i].path.clone());
+        self.probe_as_store(i);
+        // Probed once, never opened again.
+        self.retire_backup(i);
+    }
+
+    fn probe_as_store(&mut self, i: usize) {
         let taken = self.backups[i].taken_at;
         let victims: Vec<Write> = self
             .model
@@ -2397,13 +2560,75 @@ impl Sim {
         }
     }
 
+    /// A backup older than the shortest purge window (and the epoch
+    /// check's slack) must not restore: the epoch that wrapped its keys
+    /// was first used by the time it was taken, so it is destroyed by now
+    /// (I2's epoch rule), and with it everything the backup holds. The
+    /// restore is tried against the live store's erasures; refused, it
+    /// writes nothing.
+    fn probe_old_backup_restore(&mut self) {
+        let old = self.timeline.min_window + self.epoch_slack();
+        let Some(i) = self
+            .backups
+            .iter()
+            .position(|b| !b.restore_probed && self.now - b.taken_at > old)
+        else {
+            return;
+        };
+        self.backups[i].restore_probed = true;
+        self.report.old_restores_tried += 1;
+        let backup = self.backups[i].path.clone();
+        let taken = self.backups[i].taken_at;
+        let target = self.dir.path().join(format!("old-restore-{i}"));
+        let restored = match self.db.as_ref() {
+            Some(live) => Db::restore_with(
+                &backup,
+                self.config(&target),
+                shredkv::ErasureSource::Live(live),
+                accept_losses(),
+            ),
+            None => return,
+        };
+        if let Ok((db, report)) = restored {
+            drop(db);
+            violation!(
+                self,
+                "I2",
+                "a backup older than the shortest purge window restores",
+                None,
+                None,
+                b"",
+                format!(
+                    "a refusal: the backup of {taken} is {}h old, the shortest purge window {}h",
+                    (self.now - taken).as_hours(),
+                    self.timeline.min_window.as_hours()
+                ),
+                format!(
+                    "restored, {} records lost",
+                    report.lost.iter().map(|l| l.records).sum::<u64>()
+                ),
+            );
+        }
+        let _ = std::fs::remove_dir_all(&target);
+        self.retire_backup(i);
+    }
+
     // ---- daily invariants ---------------------------------------------------
 
     fn daily(&mut self) -> Result<(), String> {
-        // I1 by scan on every scope alive or dead for less than 70 days (so
-        // every class deadline and purge window is watched closely), and on
+        // I1 by scan on every scope alive or dead for less than 70 days (the
+        // longest purge window and 40 days, if longer), so every class
+        // deadline and purge window is watched closely, and on
         // a sample of the others; gets on a sample of keys.
-        let recent = SignedDuration::from_hours(24 * 70);
+        let longest = self
+            .model
+            .classes
+            .iter()
+            .map(|c| c.purge_window)
+            .max()
+            .unwrap_or(SignedDuration::ZERO);
+        let recent =
+            SignedDuration::from_hours(24 * 70).max(longest + SignedDuration::from_hours(24 * 40));
         let scopes: BTreeSet<(usize, usize)> = self
             .model
             .current
@@ -2695,25 +2920,21 @@ impl Sim {
 
     /// I2 over the tape.
     fn check_tape(&mut self) -> Result<(), String> {
+        self.report.tape_checks += 1;
         let recovered = self
             .check
             .run(&self.tape, self.provider.as_ref(), self.now)?;
         // Every epoch is destroyed within the shortest purge window of its
-        // first use (D1; a day of slack for the daily check): one that
-        // lives on keeps everything ever wrapped under it recoverable.
-        let shortest = self
-            .model
-            .classes
-            .iter()
-            .map(|c| c.purge_window)
-            .min()
-            .unwrap_or(SignedDuration::from_hours(24 * 30));
+        // first use (D1; with the slack of `epoch_slack`): one that lives
+        // on keeps everything ever wrapped under it recoverable.
+        let shortest = self.timeline.min_window;
+        let slack = self.epoch_slack();
         let overdue: Vec<(u32, Timestamp)> = self
             .check
             .live
             .iter()
             .filter_map(|e| self.check.first_seen.get(e).map(|t| (*e, *t)))
-            .filter(|(_, seen)| self.now - *seen > shortest + SignedDuration::from_hours(48))
+            .filter(|(_, seen)| self.now - *seen > shortest + slack)
             .collect();
         for (epoch, seen) in overdue {
             let restores: Vec<String> =
@@ -2726,8 +2947,9 @@ impl Sim {
                 None,
                 b"",
                 format!(
-                    "epoch {epoch}, first used by {seen}, destroyed by {} (shortest purge window + a day)",
-                    seen + shortest + SignedDuration::from_hours(24)
+                    "epoch {epoch}, first used by {seen}, destroyed by {} (shortest purge window + {}h)",
+                    seen + shortest + slack,
+                    slack.as_hours()
                 ),
                 format!(
                     "still live; live epochs {:?}; restores so far: {}",
