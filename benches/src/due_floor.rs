@@ -14,6 +14,10 @@
 //! - `deadlines`: 35-byte keys (deadline ‖ kind ‖ key id), 24-byte values;
 //! - `audit`: entries of 160 bytes under an 8-byte sequence number;
 //! - `holds`: empty (a pass still looks for each subject's holds);
+//! - `key_nodes`: each day's forest of the key tree (store format 4): the
+//!   bottom node (depth 3, the tag's first 12 bits) of every subject's key
+//!   and the nodes above it, 9-byte ids (depth ‖ forest ‖ prefix), 88-byte
+//!   node entries (a key wrapped under its parent, self-authenticated);
 //! - `data`: one record per subject and day, under a 34-byte key (16-byte
 //!   subject tag ‖ class ‖ 16-byte blinded record key), a 162-byte value
 //!   whose header names its key's bucket and version where an envelope does
@@ -23,7 +27,11 @@
 //! transaction (buffered, `Durability::None`) does per key what a pass must:
 //! look for the subject's holds, read the vault entry, overwrite it with a
 //! 43-byte tombstone, remove the due item, append an audit entry and put the
-//! scope's sweep item for the week unless an earlier day of the week put it.
+//! scope's sweep item for the week unless an earlier day of the week put it;
+//! the first page also records the day forest's debt. The day's keys done,
+//! one more write transaction retires the forest as the engine does: it reads
+//! the day's range of the lane to find no live key, deletes every node of the
+//! forest and the debt.
 //! Every seventh day the pass then does the week's sweep items, in pages of
 //! 256 with a write transaction each, as the engine's weekly sweep must: per
 //! scope, walk its records, read the vault entry of each record's key,
@@ -45,6 +53,7 @@ const VAULT_DAYS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("vaul
 const DEADLINES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deadlines");
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
 const HOLDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("holds");
+const KEY_NODES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("key_nodes");
 const DATA: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("data");
 
 const PAGE: usize = 256;
@@ -54,6 +63,11 @@ const AUDIT_ENTRY: usize = 160;
 const DEADLINE_VALUE: usize = 24;
 const DESTROY_KEY: u8 = 1;
 const SWEEP: u8 = 4;
+const RETIRE_FOREST: u8 = 7;
+/// A day forest's depth (the engine's `DAY_BOTTOM_DEPTH`) and node entry:
+/// version ‖ generation ‖ kind ‖ 78-byte node-wrapped key ‖ CRC32.
+const FOREST_DEPTH: u8 = 3;
+const NODE_ENTRY: usize = 88;
 const CLASS: u16 = 8;
 const LOADED_PER_TXN: usize = 10_000;
 /// A stored record's value as the engine writes the retention bench's: a
@@ -119,6 +133,20 @@ fn record_value(bucket: u32) -> [u8; RECORD_VALUE] {
     value
 }
 
+/// The id of the node at `depth` above `subject`'s key in `forest`: depth ‖
+/// forest ‖ the tag's first `4 × depth` bits.
+fn node_id(forest: u32, subject: usize, depth: u8) -> [u8; 9] {
+    let [a, b, c, d, ..] = tag(subject);
+    let prefix = u32::from_be_bytes([a, b, c, d])
+        .checked_shr(32 - 4 * u32::from(depth))
+        .unwrap_or(0);
+    let mut id = [0u8; 9];
+    id[0] = depth;
+    id[1..5].copy_from_slice(&forest.to_be_bytes());
+    id[5..].copy_from_slice(&prefix.to_be_bytes());
+    id
+}
+
 fn due_key(deadline: u64, kind: u8, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(35);
     key.extend_from_slice(&deadline.to_be_bytes());
@@ -172,6 +200,11 @@ impl DueKeysFloor {
                     lane.insert(lane_key(&id)?.as_slice(), live.as_slice())?;
                 }
                 if bucket > 0 {
+                    let mut nodes = txn.open_table(KEY_NODES)?;
+                    for depth in 0..=FOREST_DEPTH {
+                        let node = node_id(u32::try_from(bucket)?, s, depth);
+                        nodes.insert(node.as_slice(), [0x4Eu8; NODE_ENTRY].as_slice())?;
+                    }
                     let mut data = txn.open_table(DATA)?;
                     let bucket = u32::try_from(bucket)?;
                     data.insert(
@@ -228,12 +261,18 @@ impl DueKeysFloor {
         let deadline_value = [0x5Au8; DEADLINE_VALUE];
         let started = Instant::now();
         let mut destroyed = 0;
+        let forest = u32::try_from(day)?;
+        let forest_debt = due_key(day, RETIRE_FOREST, &forest.to_be_bytes());
         loop {
             let page = self.due_page(day, DESTROY_KEY)?;
             if page.is_empty() {
                 break;
             }
             let txn = self.buffered_write()?;
+            if destroyed == 0 {
+                let mut deadlines = txn.open_table(DEADLINES)?;
+                deadlines.insert(forest_debt.as_slice(), deadline_value.as_slice())?;
+            }
             {
                 let mut lane = txn.open_table(VAULT_DAYS)?;
                 let mut deadlines = txn.open_table(DEADLINES)?;
@@ -266,6 +305,7 @@ impl DueKeysFloor {
             }
             txn.commit()?;
         }
+        self.retire_forest(forest, &forest_debt)?;
         let records_removed = if day.is_multiple_of(SWEEP_EVERY) {
             self.sweep(day)?
         } else {
@@ -283,6 +323,43 @@ impl DueKeysFloor {
             destroyed,
             records_removed,
         })
+    }
+
+    /// Deletes day forest `forest` once its range of the lane holds no live
+    /// key, and its debt, in one write transaction.
+    fn retire_forest(&self, forest: u32, debt: &[u8]) -> Result<()> {
+        let txn = self.buffered_write()?;
+        {
+            let lane = txn.open_table(VAULT_DAYS)?;
+            let low = forest.to_be_bytes();
+            let high = (forest + 1).to_be_bytes();
+            for entry in lane.range::<&[u8]>(low.as_slice()..high.as_slice())? {
+                if entry?.1.value().len() == LIVE_ENTRY {
+                    return Err("a live key in a day being retired".into());
+                }
+            }
+            let mut nodes = txn.open_table(KEY_NODES)?;
+            for depth in (0..=FOREST_DEPTH).rev() {
+                let mut low = [0u8; 9];
+                low[0] = depth;
+                low[1..5].copy_from_slice(&forest.to_be_bytes());
+                let mut high = low;
+                high[5..].copy_from_slice(&[0xFF; 4]);
+                let ids: Vec<Vec<u8>> = nodes
+                    .range::<&[u8]>(low.as_slice()..=high.as_slice())?
+                    .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                    .collect::<std::result::Result<_, _>>()?;
+                for id in &ids {
+                    nodes.remove(id.as_slice())?;
+                }
+            }
+            let mut deadlines = txn.open_table(DEADLINES)?;
+            if deadlines.remove(debt)?.is_none() {
+                return Err("the day forest's debt was not recorded".into());
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// The next page of `day`'s due items of one kind (the pass removes
@@ -392,6 +469,34 @@ mod tests {
             sweeps += 1;
         }
         assert_eq!(sweeps, 50);
+        // Every day's forest is gone with its day (50 tags: about 50 bottom
+        // nodes a day, and the nodes above them).
+        let nodes = txn.open_table(KEY_NODES).expect("key nodes");
+        assert_eq!(nodes.len().expect("len"), 0, "the day forests are deleted");
+    }
+
+    #[test]
+    fn a_load_gives_each_day_a_forest_over_its_subjects_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let floor = DueKeysFloor::load(dir.path(), 300, 2).expect("load");
+        let txn = floor.db.begin_read().expect("read");
+        let nodes = txn.open_table(KEY_NODES).expect("key nodes");
+        let mut per_day_and_depth = std::collections::BTreeMap::new();
+        for entry in nodes.iter().expect("iter") {
+            let (k, v) = entry.expect("entry");
+            assert_eq!(v.value().len(), NODE_ENTRY);
+            let k = k.value();
+            let forest = u32::from_be_bytes(k[1..5].try_into().expect("4"));
+            *per_day_and_depth.entry((forest, k[0])).or_insert(0) += 1;
+        }
+        for day in 1..=2 {
+            assert_eq!(per_day_and_depth[&(day, 0)], 1, "one root");
+            assert_eq!(per_day_and_depth[&(day, 1)], 16, "300 tags reach all 16");
+            // 300 tags over 4,096 bottom nodes: a few share one.
+            let bottom = per_day_and_depth[&(day, 3)];
+            assert!((280..=300).contains(&bottom), "{bottom}");
+        }
+        assert!(!per_day_and_depth.keys().any(|(forest, _)| *forest == 0));
     }
 
     /// Records left in the floor's data table, by bucket.
