@@ -340,7 +340,8 @@ impl AuditEntry {
         } else {
             VERSION_PLAIN
         };
-        let mut w = Writer::new(version, 120 + self.detail.len());
+        // Room for the entry and the MAC the sealing layer appends in place.
+        let mut w = Writer::new(version, 160 + self.detail.len());
         w.i64(self.time.as_second())
             .u8(self.event.code())
             .bytes(&self.subject.map_or([0; 16], |t| t.0))
@@ -696,7 +697,7 @@ impl AuditLog {
                 &mut batch,
             );
         }
-        if let Err(err) = storage.apply(&batch, durability) {
+        if let Err(err) = storage.apply_owned(batch, durability) {
             head.stale = true;
             return Err(err.into());
         }

@@ -1018,8 +1018,15 @@ impl DbInner {
     }
 
     pub(crate) fn class_name(&self, number: u16) -> String {
-        self.class_by_number(number)
-            .map_or_else(|| format!("#{number}"), |c| c.policy.name().to_string())
+        self.class_label(number).into_owned()
+    }
+
+    /// [`DbInner::class_name`] without a copy, for per-key audit details.
+    pub(crate) fn class_label(&self, number: u16) -> std::borrow::Cow<'_, str> {
+        self.class_by_number(number).map_or_else(
+            || std::borrow::Cow::Owned(format!("#{number}")),
+            |c| std::borrow::Cow::Borrowed(c.policy.name()),
+        )
     }
 
     pub(crate) fn subject_info(&self, tag: &SubjectTag) -> Result<Option<SubjectInfo>> {

@@ -333,7 +333,7 @@ impl DbInner {
                         "1 key destroyed; expiry bucket {} v{}; class {}",
                         id.bucket,
                         id.version,
-                        self.class_name(id.class)
+                        self.class_label(id.class)
                     ),
                 ));
                 destroyed += 1;

@@ -162,7 +162,7 @@ impl DbInner {
         }
         for forest in forests {
             let mut holds = false;
-            layout::scan_day_subjects(
+            layout::scan_day_values(
                 self.storage.as_ref(),
                 forest,
                 &subject.0,
@@ -411,13 +411,13 @@ impl DbInner {
     /// damaged entry counts as live: its forest is kept, not guessed dead).
     fn day_has_live_key(&self, bucket: u32) -> Result<bool> {
         let mut live = false;
-        layout::scan_day_subjects(
+        layout::scan_day_values(
             self.storage.as_ref(),
             bucket,
             &[0; 16],
             &[0xFF; 16],
-            &mut |_, slot| {
-                live = VaultEntry::decode(&slot.value)
+            &mut |_, value| {
+                live = VaultEntry::decode(value)
                     .map_or(true, |entry| entry.state == KeyState::Active);
                 if live {
                     ControlFlow::Break(())

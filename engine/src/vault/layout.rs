@@ -227,6 +227,28 @@ pub(crate) fn scan_day_subjects(
     scan_slots(storage, Tree::VaultDays, &low, &high, visit)
 }
 
+/// As [`scan_day_subjects`], lending each entry's stored value instead of
+/// copying it: for a scan that only looks (is any key of the day live?).
+pub(crate) fn scan_day_values(
+    storage: &dyn Storage,
+    bucket: u32,
+    first: &[u8; 16],
+    last: &[u8; 16],
+    visit: &mut dyn FnMut(KeyId, &[u8]) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
+    let (low, high) = tag_bounds(&bucket.to_be_bytes(), first, last);
+    storage.scan(
+        Tree::VaultDays,
+        Bound::Included(&low),
+        Bound::Included(&high),
+        Order::Ascending,
+        &mut |k, v| match id_at(Tree::VaultDays, k) {
+            Some(id) => visit(id, v),
+            None => ControlFlow::Continue(()),
+        },
+    )
+}
+
 /// The 26-byte bounds of the keys `lead ‖ tag ‖ …` with a tag in
 /// `first..=last` (`lead` empty in `vault`, the bucket in the lane).
 fn tag_bounds(
