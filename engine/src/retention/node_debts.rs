@@ -417,8 +417,8 @@ impl DbInner {
             &[0; 16],
             &[0xFF; 16],
             &mut |_, value| {
-                live = VaultEntry::decode(value)
-                    .map_or(true, |entry| entry.state == KeyState::Active);
+                live =
+                    VaultEntry::decode(value).map_or(true, |entry| entry.state == KeyState::Active);
                 if live {
                     ControlFlow::Break(())
                 } else {

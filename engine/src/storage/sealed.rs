@@ -359,7 +359,11 @@ impl Storage for SealedStorage {
         self.inner.apply(&sealed, durability)
     }
 
-    fn apply_owned(&self, mut batch: WriteBatch, durability: Durability) -> Result<(), StorageError> {
+    fn apply_owned(
+        &self,
+        mut batch: WriteBatch,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         for op in &mut batch.ops {
             if let Op::Put { tree, key, value } = op
                 && self.guard(*tree, key) != Guard::Own
@@ -491,8 +495,10 @@ mod tests {
             batch.remove(Tree::Deadlines, b"gone".to_vec());
             batch
         };
-        let (borrowed, owned): (Arc<dyn Storage>, Arc<dyn Storage>) =
-            (Arc::new(MemoryStorage::new()), Arc::new(MemoryStorage::new()));
+        let (borrowed, owned): (Arc<dyn Storage>, Arc<dyn Storage>) = (
+            Arc::new(MemoryStorage::new()),
+            Arc::new(MemoryStorage::new()),
+        );
         view(&borrowed, 1)
             .apply(&batch(), Durability::Durable)
             .expect("apply");
