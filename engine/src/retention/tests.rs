@@ -778,6 +778,31 @@ fn a_backup_older_than_the_purge_window_cannot_be_decrypted() {
     );
 }
 
+/// Restores `root/backup` as a trial beside the store `live` in
+/// `root/live`, and checks it serves subject "a"'s profile "x". A restore
+/// takes over the key file it is given (the store it came from would be
+/// refused from then on), so it gets a copy, and the live store's erasure
+/// log as a file.
+fn trial_restore(root: &std::path::Path, live: &Db, config: Config) -> crate::Result<Db> {
+    let copy = root.join("keys-copy");
+    std::fs::copy(root.join("live").join("keys"), &copy).expect("copy the key file");
+    let log = root.join("erasures.log");
+    live.export_erasure_log(&log).expect("export");
+    let (restored, _) = Db::restore(
+        root.join("backup"),
+        config.key_file(&copy),
+        crate::ErasureSource::File(&log),
+    )?;
+    assert_eq!(
+        restored
+            .get("a", "account_profile", b"p")
+            .expect("get")
+            .as_deref(),
+        Some(&b"x"[..])
+    );
+    Ok(restored)
+}
+
 /// The backup window the timeline promises (docs/operations.md): a backup
 /// restores for at least 13.5 days after it was taken (the epoch's life
 /// `(30 − 1) / 2` days, less a rotation period), and no backup outlives the
@@ -813,25 +838,12 @@ fn backups_restore_for_thirteen_days_and_never_past_thirty() {
         clock.advance(SignedDuration::from_hours(6));
         live.compact().expect("compact");
     }
-    // A trial restore takes over the key file it is given (the store it
-    // came from would be refused from then on), so it gets a copy.
-    let copy = root.path().join("keys-copy");
-    std::fs::copy(root.path().join("live").join("keys"), &copy).expect("copy the key file");
-    let log = root.path().join("erasures.log");
-    live.export_erasure_log(&log).expect("export");
-    let (restored, _) = Db::restore(
-        root.path().join("backup"),
-        sled_config(&root.path().join("r1"), &clock).key_file(&copy),
-        crate::ErasureSource::File(&log),
+    let restored = trial_restore(
+        root.path(),
+        &live,
+        sled_config(&root.path().join("r1"), &clock),
     )
     .expect("still within the backup window");
-    assert_eq!(
-        restored
-            .get("a", "account_profile", b"p")
-            .expect("get")
-            .as_deref(),
-        Some(&b"x"[..])
-    );
     drop(restored);
     while clock.now() < taken + days(30) {
         clock.advance(SignedDuration::from_hours(6));
@@ -877,23 +889,8 @@ fn with_one_day_windows_a_backup_restores_for_three_hours_and_never_past_a_day()
         clock.advance(SignedDuration::from_mins(59));
         live.compact().expect("compact");
     }
-    let copy = root.path().join("keys-copy");
-    std::fs::copy(root.path().join("live").join("keys"), &copy).expect("copy the key file");
-    let log = root.path().join("erasures.log");
-    live.export_erasure_log(&log).expect("export");
-    let (restored, _) = Db::restore(
-        root.path().join("backup"),
-        config("r1").key_file(&copy),
-        crate::ErasureSource::File(&log),
-    )
-    .expect("2 h 57 min after the backup, still within its window");
-    assert_eq!(
-        restored
-            .get("a", "account_profile", b"p")
-            .expect("get")
-            .as_deref(),
-        Some(&b"x"[..])
-    );
+    let restored = trial_restore(root.path(), &live, config("r1"))
+        .expect("2 h 57 min after the backup, still within its window");
     // The restored store serves under the backup's epoch (8 h 57 min old)
     // until its first pass: a backup of it now restores only until that
     // epoch's end, 3 minutes away, and says so.
