@@ -340,8 +340,7 @@ impl AuditEntry {
         } else {
             VERSION_PLAIN
         };
-        // Room for the entry and the MAC the sealing layer appends in place.
-        let mut w = Writer::new(version, 160 + self.detail.len());
+        let mut w = Writer::new(version, 120 + self.detail.len());
         w.i64(self.time.as_second())
             .u8(self.event.code())
             .bytes(&self.subject.map_or([0; 16], |t| t.0))

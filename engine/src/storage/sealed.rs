@@ -152,6 +152,12 @@ impl SealedStorage {
         out
     }
 
+    /// Whether a value written under `key` in `tree` carries this layer's
+    /// MAC (every control value but those that authenticate themselves).
+    fn needs_mac(&self, tree: Tree, key: &[u8]) -> bool {
+        self.guard(tree, key) != Guard::Own
+    }
+
     fn seal(&self, tree: Tree, key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(value.len() + MAC_LEN);
         out.extend_from_slice(value);
@@ -339,7 +345,7 @@ impl Storage for SealedStorage {
 
     fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
         let covered = |op: &Op| match op {
-            Op::Put { tree, key, .. } => self.guard(*tree, key) != Guard::Own,
+            Op::Put { tree, key, .. } => self.needs_mac(*tree, key),
             Op::Remove { .. } => false,
         };
         // The hot path (records, keys) needs no copy.
@@ -366,7 +372,7 @@ impl Storage for SealedStorage {
     ) -> Result<(), StorageError> {
         for op in &mut batch.ops {
             if let Op::Put { tree, key, value } = op
-                && self.guard(*tree, key) != Guard::Own
+                && self.needs_mac(*tree, key)
             {
                 let mac = self.mac(*tree, key, value);
                 value.extend_from_slice(&mac);
