@@ -485,7 +485,9 @@ impl Db {
             Some(policy) => policy.clone(),
             None => Policy::default_policy()?,
         };
-        // Checked before anything is written: a refused open leaves no trace.
+        // Checked before anything is written to the store's trees: a refused
+        // open leaves no store state behind (a fresh directory keeps its
+        // empty backend files and key file), so the next open starts clean.
         let min_window = policy
             .classes()
             .iter()
