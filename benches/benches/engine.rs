@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use shredkv_benches::Peer;
 use shredkv_benches::workload::{Fixture, Sizes, VALUE_LEN, value};
+use shredkv_benches::{Peer, TreeEntry};
 
 /// The loaded stores, one per peer, built on first use.
 struct Fixtures {
@@ -182,29 +182,41 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
         //   that a shred makes after it under G6 (a 64-byte block of a small
         //   file beside the store, synced), in sequence, since the anchor
         //   may never name a commit that is not yet durable. No erasure
-        //   under G6 beats this on its backend.
-        for anchored in [false, true] {
+        //   under G6 beats this on its backend;
+        // - `*-shred-writes`: one durable commit of the entries a shred
+        //   writes (`SHRED_WRITES`), then the anchor: a shred's commit
+        //   without the engine. Its trees are its own and small, where the
+        //   engine's hold every subject's entries, so it is a lower bound.
+        for floor in [
+            Floor::DurableCommit,
+            Floor::AnchoredCommit,
+            Floor::ShredWrites,
+        ] {
             for peer in [Peer::Sled, Peer::Redb] {
-                let kind = if anchored {
-                    "anchored-commit"
-                } else {
-                    "durable-commit"
-                };
-                let id = BenchmarkId::new(format!("{}-{kind}", peer.name()), size);
+                let id = BenchmarkId::new(format!("{}-{}", peer.name(), floor.name()), size);
                 group.bench_function(id, |b| {
                     let fixture = fixtures.get(peer);
-                    let mut anchor =
-                        anchored.then(|| AnchorFile::create(fixture.dir()).expect("anchor file"));
+                    let mut anchor = (floor != Floor::DurableCommit)
+                        .then(|| AnchorFile::create(fixture.dir()).expect("anchor file"));
                     b.iter_custom(|iters| {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
                             let subject = fixture.fresh_subject(size).expect("the subject loads");
+                            let writes = (floor == Floor::ShredWrites)
+                                .then(|| ShredWrites::new(subject.as_bytes()));
                             let start = Instant::now();
-                            fixture
-                                .store()
-                                .put(&subject, b"durable-commit-probe", &[0x5A; 100])
-                                .expect("put");
-                            fixture.store().flush().expect("durable flush");
+                            if let Some(writes) = &writes {
+                                fixture
+                                    .store()
+                                    .commit_to_trees(&writes.entries())
+                                    .expect("commit to trees");
+                            } else {
+                                fixture
+                                    .store()
+                                    .put(&subject, b"durable-commit-probe", &[0x5A; 100])
+                                    .expect("put");
+                                fixture.store().flush().expect("durable flush");
+                            }
                             if let Some(anchor) = &mut anchor {
                                 anchor.advance().expect("anchor write");
                             }
@@ -217,6 +229,73 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
         }
     }
     group.finish();
+}
+
+/// A floor of a durable erasure on a plain backend (see `erase`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    DurableCommit,
+    AnchoredCommit,
+    ShredWrites,
+}
+
+impl Floor {
+    fn name(self) -> &'static str {
+        match self {
+            Floor::DurableCommit => "durable-commit",
+            Floor::AnchoredCommit => "anchored-commit",
+            Floor::ShredWrites => "shred-writes",
+        }
+    }
+}
+
+/// What the commit of a whole-subject shred (one class, one bucket)
+/// writes on a redb store: tree, key length, value length, as stored
+/// (sealed). Read off a shredkv-redb store's write transaction on
+/// 2026-12-07: the ledger entry, the subject's state, the erased data's
+/// removal deadline and the re-key debts, the two key tombstones, the
+/// audit entry and the retry receipt.
+const SHRED_WRITES: [(&str, usize, usize); 9] = [
+    ("ledger", 18, 42),
+    ("deadlines", 27, 29),
+    ("subjects", 17, 89),
+    ("deadlines", 35, 29),
+    ("vault", 26, 24),
+    ("deadlines", 35, 29),
+    ("vault", 26, 24),
+    ("audit", 8, 139),
+    ("meta", 24, 120),
+];
+
+/// One shred's entries of `SHRED_WRITES`, keyed by the subject (so each
+/// shred writes new keys, as the engine's do).
+struct ShredWrites {
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+}
+
+impl ShredWrites {
+    fn new(subject: &[u8]) -> Self {
+        let (keys, values) = SHRED_WRITES
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, key_len, value_len))| {
+                let index = u8::try_from(i).unwrap_or(u8::MAX);
+                let mut key: Vec<u8> = subject.iter().copied().chain([index]).collect();
+                key.resize(key_len.max(key.len()), 0);
+                (key, vec![0xA5; value_len])
+            })
+            .unzip();
+        Self { keys, values }
+    }
+
+    fn entries(&self) -> Vec<TreeEntry<'_>> {
+        SHRED_WRITES
+            .iter()
+            .zip(self.keys.iter().zip(&self.values))
+            .map(|(&(tree, _, _), (key, value))| TreeEntry { tree, key, value })
+            .collect()
+    }
 }
 
 /// A stand-in for the key file's anchor blocks: a file of the key file's

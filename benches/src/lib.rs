@@ -86,4 +86,27 @@ pub trait Store {
     /// # Errors
     /// The store failing.
     fn flush(&self) -> Result<()>;
+
+    /// Writes `entries` into the trees they name (made on first use), then
+    /// makes them durable, as one commit where the backend has one: the
+    /// floor of a commit that writes what a shred writes. Only the plain
+    /// backends implement it.
+    ///
+    /// # Errors
+    /// The store failing, or a peer that is not a plain backend.
+    fn commit_to_trees(&self, entries: &[TreeEntry<'_>]) -> Result<()> {
+        let _ = entries;
+        Err(format!("{} is not a plain backend", self.peer().name()).into())
+    }
+}
+
+/// One entry of [`Store::commit_to_trees`].
+#[derive(Debug, Clone, Copy)]
+pub struct TreeEntry<'a> {
+    /// The tree (a sled tree, a redb table) the entry goes into.
+    pub tree: &'a str,
+    /// The entry's key.
+    pub key: &'a [u8],
+    /// The entry's value.
+    pub value: &'a [u8],
 }

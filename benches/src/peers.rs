@@ -13,7 +13,7 @@ use shredkv::{Backend, Batch, Classes, Config, Db};
 use shredkv_crypto::{DataKey, Envelope, KeyRef, ValueCipher};
 
 use crate::floor::{FloorStore, RedbKv};
-use crate::{Record, Result, Store};
+use crate::{Record, Result, Store, TreeEntry};
 
 /// The retention class every shredkv record is written in (blinded keys,
 /// no expiry: records live in their scope's open bucket).
@@ -324,6 +324,18 @@ impl Store for SledStore {
         self.db.flush()?;
         Ok(())
     }
+
+    /// sled commits across trees only in a transaction; the floor writes
+    /// each tree on its own and syncs once, which is never slower.
+    fn commit_to_trees(&self, entries: &[TreeEntry<'_>]) -> Result<()> {
+        for entry in entries {
+            self.db
+                .open_tree(entry.tree)?
+                .insert(entry.key, entry.value)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
 }
 
 /// The one table of the plain redb peer.
@@ -419,6 +431,16 @@ impl Store for RedbStore {
 
     fn flush(&self) -> Result<()> {
         self.write(true)?.commit()?;
+        Ok(())
+    }
+
+    fn commit_to_trees(&self, entries: &[TreeEntry<'_>]) -> Result<()> {
+        let txn = self.write(true)?;
+        for entry in entries {
+            let table = redb::TableDefinition::<&[u8], &[u8]>::new(entry.tree);
+            txn.open_table(table)?.insert(entry.key, entry.value)?;
+        }
+        txn.commit()?;
         Ok(())
     }
 }
