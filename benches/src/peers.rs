@@ -436,10 +436,18 @@ impl Store for RedbStore {
 
     fn commit_to_trees(&self, entries: &[TreeEntry<'_>]) -> Result<()> {
         let txn = self.write(true)?;
+        // Each table opened once, as shredkv's commit does.
+        let mut tables = std::collections::BTreeMap::new();
         for entry in entries {
-            let table = redb::TableDefinition::<&[u8], &[u8]>::new(entry.tree);
-            txn.open_table(table)?.insert(entry.key, entry.value)?;
+            let table = match tables.entry(entry.tree) {
+                std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => slot.insert(
+                    txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new(entry.tree))?,
+                ),
+            };
+            table.insert(entry.key, entry.value)?;
         }
+        drop(tables);
         txn.commit()?;
         Ok(())
     }
