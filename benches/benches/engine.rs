@@ -15,8 +15,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use shredkv_benches::Peer;
+use shredkv_benches::shred_writes::ShredWrites;
 use shredkv_benches::workload::{Fixture, Sizes, VALUE_LEN, value};
-use shredkv_benches::{Peer, TreeEntry};
 
 /// The loaded stores, one per peer, built on first use.
 struct Fixtures {
@@ -184,7 +185,7 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
         //   may never name a commit that is not yet durable. No erasure
         //   under G6 beats this on its backend;
         // - `*-shred-writes`: one durable commit of the entries a shred
-        //   writes (`SHRED_WRITES`), then the anchor: a shred's commit
+        //   writes (`shred_writes::SHRED_WRITES`), then the anchor: a shred's commit
         //   without the engine. Its trees are its own and small, where the
         //   engine's hold every subject's entries, so it is a lower bound.
         for floor in [
@@ -246,55 +247,6 @@ impl Floor {
             Floor::AnchoredCommit => "anchored-commit",
             Floor::ShredWrites => "shred-writes",
         }
-    }
-}
-
-/// What the commit of a whole-subject shred (one class, one bucket)
-/// writes on a redb store: tree, key length, value length, as stored
-/// (sealed). Read off a shredkv-redb store's write transaction on
-/// 2026-12-07: the ledger entry, the subject's state, the erased data's
-/// removal deadline and the re-key debts, the two key tombstones, the
-/// audit entry and the retry receipt.
-const SHRED_WRITES: [(&str, usize, usize); 9] = [
-    ("ledger", 18, 42),
-    ("deadlines", 27, 29),
-    ("subjects", 17, 89),
-    ("deadlines", 35, 29),
-    ("vault", 26, 24),
-    ("deadlines", 35, 29),
-    ("vault", 26, 24),
-    ("audit", 8, 139),
-    ("meta", 24, 120),
-];
-
-/// One shred's entries of `SHRED_WRITES`, keyed by the subject (so each
-/// shred writes new keys, as the engine's do).
-struct ShredWrites {
-    keys: Vec<Vec<u8>>,
-    values: Vec<Vec<u8>>,
-}
-
-impl ShredWrites {
-    fn new(subject: &[u8]) -> Self {
-        let (keys, values) = SHRED_WRITES
-            .iter()
-            .enumerate()
-            .map(|(i, &(_, key_len, value_len))| {
-                let index = u8::try_from(i).unwrap_or(u8::MAX);
-                let mut key: Vec<u8> = subject.iter().copied().chain([index]).collect();
-                key.resize(key_len.max(key.len()), 0);
-                (key, vec![0xA5; value_len])
-            })
-            .unzip();
-        Self { keys, values }
-    }
-
-    fn entries(&self) -> Vec<TreeEntry<'_>> {
-        SHRED_WRITES
-            .iter()
-            .zip(self.keys.iter().zip(&self.values))
-            .map(|(&(tree, _, _), (key, value))| TreeEntry { tree, key, value })
-            .collect()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod due_floor;
 mod floor;
 pub mod measure;
 pub mod peers;
+pub mod shred_writes;
 pub mod workload;
 
 pub use peers::Peer;

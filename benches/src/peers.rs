@@ -149,15 +149,18 @@ struct ShredkvStore {
 
 impl ShredkvStore {
     fn open(dir: &Path, backend: Backend, peer: Peer) -> Result<Self> {
-        let db = Db::open(
-            Config::new(dir)
-                .allow_key_file_in_store(true)
-                .backend(backend)
-                .flush_every(None)
-                .maintenance_every(None),
-        )?;
+        let db = Db::open(shredkv_config(dir, backend))?;
         Ok(Self { db, peer })
     }
+}
+
+/// The configuration of the shredkv peers.
+pub(crate) fn shredkv_config(dir: &Path, backend: Backend) -> Config {
+    Config::new(dir)
+        .allow_key_file_in_store(true)
+        .backend(backend)
+        .flush_every(None)
+        .maintenance_every(None)
 }
 
 impl Store for ShredkvStore {
