@@ -328,14 +328,37 @@ impl Store for SledStore {
         Ok(())
     }
 
-    /// sled commits across trees only in a transaction; the floor writes
-    /// each tree on its own and syncs once, which is never slower.
+    /// sled commits across trees atomically only in a transaction, and an
+    /// erasure's entries must land together (G1): one batch per tree, the
+    /// batches in one transaction, as shredkv's sled backend commits them,
+    /// then the flush.
     fn commit_to_trees(&self, entries: &[TreeEntry<'_>]) -> Result<()> {
+        use sled::transaction::{ConflictableTransactionResult, Transactional, TransactionalTree};
+        let mut per_tree: std::collections::BTreeMap<&str, sled::Batch> =
+            std::collections::BTreeMap::new();
         for entry in entries {
-            self.db
-                .open_tree(entry.tree)?
-                .insert(entry.key, entry.value)?;
+            per_tree
+                .entry(entry.tree)
+                .or_default()
+                .insert(entry.key, entry.value);
         }
+        let mut trees = Vec::with_capacity(per_tree.len());
+        let mut batches = Vec::with_capacity(per_tree.len());
+        for (tree, batch) in per_tree {
+            trees.push(self.db.open_tree(tree)?);
+            batches.push(batch);
+        }
+        trees
+            .as_slice()
+            .transaction(
+                |views: &Vec<TransactionalTree>| -> ConflictableTransactionResult<(), ()> {
+                    for (view, batch) in views.iter().zip(&batches) {
+                        view.apply_batch(batch)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| format!("the sled transaction failed: {e:?}"))?;
         self.db.flush()?;
         Ok(())
     }
