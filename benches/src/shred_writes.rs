@@ -60,8 +60,8 @@ mod tests {
     use shredkv::internal::{Tape, TestStore, open_with_tape};
     use shredkv::{Backend, Batch, Classes};
 
-    use super::SHRED_WRITES;
-    use crate::peers::{CLASS, shredkv_config};
+    use super::{SHRED_WRITES, ShredWrites};
+    use crate::peers::{CLASS, Peer, shredkv_config};
     use crate::workload::value;
 
     /// The trees and sizes a shredkv-redb store, configured as the bench's
@@ -101,5 +101,50 @@ mod tests {
             written, floor,
             "SHRED_WRITES no longer matches a shred's commit"
         );
+    }
+
+    /// The plain peers' floor lands every entry in the tree it names, where
+    /// a reopened store finds it: a floor that dropped entries would be
+    /// quicker than the writes it stands for.
+    #[test]
+    fn the_plain_backends_commit_every_entry() {
+        for peer in [Peer::Sled, Peer::Redb] {
+            let dir = tempfile::tempdir().expect("dir");
+            let writes = ShredWrites::new(b"subj00000001");
+            let store = peer.open(dir.path()).expect("open");
+            store
+                .commit_to_trees(&writes.entries())
+                .expect("commit to trees");
+            drop(store);
+            let mut found = Vec::new();
+            if peer == Peer::Sled {
+                let db = sled::open(dir.path().join("sled")).expect("reopen sled");
+                for entry in writes.entries() {
+                    let tree = db.open_tree(entry.tree).expect("tree");
+                    found.push(tree.get(entry.key).expect("get").map(|v| v.to_vec()));
+                }
+            } else {
+                use redb::{ReadableDatabase, TableDefinition};
+                let db = redb::Database::open(dir.path().join("store.redb")).expect("reopen redb");
+                let txn = db.begin_read().expect("read");
+                for entry in writes.entries() {
+                    let table = txn
+                        .open_table(TableDefinition::<&[u8], &[u8]>::new(entry.tree))
+                        .expect("table");
+                    found.push(
+                        table
+                            .get(entry.key)
+                            .expect("get")
+                            .map(|v| v.value().to_vec()),
+                    );
+                }
+            }
+            let expected: Vec<Option<Vec<u8>>> = writes
+                .entries()
+                .iter()
+                .map(|e| Some(e.value.to_vec()))
+                .collect();
+            assert_eq!(found, expected, "{peer}");
+        }
     }
 }
