@@ -425,8 +425,9 @@ fn engine_key_creation_racing_a_path_rekey_leaves_no_orphan() {
 /// What it cannot see: the forest's check and its deletion run inside the
 /// storage's own locks, which are not loom's, so loom never interleaves a
 /// creation between them; that the creation lock keeps them together is
-/// argued in `vault::tree` ("Locks"), not checked here (without it, this
-/// model still passes).
+/// argued in `vault::tree` ("Locks") and forced with pause points in
+/// `tests/key_tree_races.rs`, not checked here (without it, this model
+/// still passes).
 #[test]
 fn engine_forest_removal_racing_a_key_creation_in_its_day() {
     use shredkv::jiff::Timestamp;

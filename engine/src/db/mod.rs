@@ -470,6 +470,7 @@ impl Db {
             Arc::new(FaultyProvider::new(provider, control.faults()));
         let db = Self::open_with(config, storage, provider, false)?;
         db.inner.gate.attach_pauses(control.faults().pauses());
+        db.inner.vault.attach_pauses(control.faults().pauses());
         Ok(db)
     }
 

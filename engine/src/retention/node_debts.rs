@@ -30,6 +30,7 @@ use crate::db::DbInner;
 use crate::error::{Error, Result};
 use crate::retention::compaction::CompactionReport;
 use crate::retention::deadlines::{self, Due};
+use crate::storage::pauses::PausePoint;
 use crate::storage::{Durability, Order, Tree, WriteBatch};
 use crate::vault::layout::{self, Slot};
 use crate::vault::tree::{
@@ -390,6 +391,7 @@ impl DbInner {
             if self.day_has_live_key(*forest)? {
                 continue;
             }
+            self.vault.pause_point(PausePoint::ForestRemoval);
             let nodes = self.vault.tree().forest_nodes(*forest)?;
             for page in nodes.chunks(limit) {
                 let mut batch = WriteBatch::new();

@@ -11,7 +11,10 @@
 //! stripe it needs is held by another thread, before blocking on it
 //! ([`PausePoint::GateWriteContended`]). The last one lets a test tell "this
 //! erasure is blocked by the reader" from "this erasure finished" without
-//! waiting on the clock.
+//! waiting on the clock. The vault's creation lock has the same pair
+//! ([`PausePoint::CreationLock`], [`PausePoint::CreationLockContended`]), and
+//! a day forest's removal a point between its check for a live key and the
+//! deletion of its nodes ([`PausePoint::ForestRemoval`]).
 //!
 //! Armed nothing, a point costs a lock-free check (the gate) or one mutex
 //! (the fault layer, already a test-only wrapper).
@@ -32,6 +35,15 @@ pub enum PausePoint {
     /// The scope gate's write lock, when a stripe it needs is held by
     /// another thread: the caller would block now.
     GateWriteContended,
+    /// The vault's creation lock, before it is requested (a key or a key
+    /// tree node is about to be made, or nodes re-keyed or removed).
+    CreationLock,
+    /// The vault's creation lock, when another thread holds it: the caller
+    /// would block now.
+    CreationLockContended,
+    /// A day forest's removal, after its check that the day holds no live
+    /// key and before its nodes are deleted (the creation lock held).
+    ForestRemoval,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +107,10 @@ impl Pauses {
     /// Whether `point` is armed.
     #[cfg_attr(
         feature = "loom",
-        allow(dead_code, reason = "the gate has no contended point under loom")
+        allow(
+            dead_code,
+            reason = "the gate and the creation lock have no contended point under loom"
+        )
     )]
     pub(crate) fn is_armed(&self, point: PausePoint) -> bool {
         self.slots().iter().any(|s| s.point == point)

@@ -57,6 +57,7 @@ use crate::clock::StoreClock;
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Location, Result};
 use crate::retention::deadlines::{self, Due};
+use crate::storage::pauses::{PausePoint, Pauses};
 use crate::storage::{Durability, Order, Storage, Tree, WriteBatch};
 use cache::{BucketId, KeyCache};
 use layout::Slot;
@@ -451,6 +452,8 @@ pub(crate) struct Vault {
     clock: Arc<StoreClock>,
     /// The node keys new data keys are wrapped under.
     tree: KeyTree,
+    /// The pause points of a fault-injected store (tests only).
+    pauses: std::sync::OnceLock<Arc<Pauses>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -496,6 +499,19 @@ impl Vault {
             create_lock: crate::sync::Mutex::new(()),
             epoch: RwLock::new(epoch),
             retire_after: retire_after.clamp(1, shredkv_crypto::RETIRE_AFTER_SEALS),
+            pauses: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Stops at the pause points of a fault-injected store from now on.
+    pub(crate) fn attach_pauses(&self, pauses: Arc<Pauses>) {
+        let _ = self.pauses.set(pauses);
+    }
+
+    /// Stops here if a test armed `point` (a fault-injected store only).
+    pub(crate) fn pause_point(&self, point: PausePoint) {
+        if let Some(pauses) = self.pauses.get() {
+            pauses.reached(point);
         }
     }
 
@@ -748,7 +764,7 @@ impl Vault {
             return Ok(key);
         }
         // One creator at a time, so two writers never create the same version.
-        let _creating = crate::sync::lock(&self.create_lock);
+        let _creating = self.creation_lock();
         if let Some((_, key)) = self.cache.current(&bucket)
             && !key.exhausted(self.retire_after)
         {
@@ -770,7 +786,7 @@ impl Vault {
     /// Creates the bucket's next key version, retiring `previous` (re-key).
     /// The caller holds the scope gate's write lock for the subject.
     pub(crate) fn create_next_version(&self, previous: KeyId, now: i64) -> Result<Arc<CachedKey>> {
-        let _creating = crate::sync::lock(&self.create_lock);
+        let _creating = self.creation_lock();
         let bucket = BucketId::of(&previous);
         let newest = self.newest(&bucket)?.map(|(id, _)| id);
         self.create_version(bucket, newest, now)
@@ -999,7 +1015,38 @@ impl Vault {
     /// Held by whoever creates keys or nodes, or re-keys nodes: one at a
     /// time (see [`tree`], "Locks").
     pub(crate) fn creation_lock(&self) -> crate::sync::MutexGuard<'_, ()> {
-        crate::sync::lock(&self.create_lock)
+        let Some(pauses) = self.pauses.get() else {
+            return crate::sync::lock(&self.create_lock);
+        };
+        pauses.reached(PausePoint::CreationLock);
+        Self::lock_observed(&self.create_lock, pauses)
+    }
+
+    /// The creation lock, stopping at [`PausePoint::CreationLockContended`]
+    /// first if another thread holds it.
+    #[cfg(not(feature = "loom"))]
+    fn lock_observed<'a>(
+        lock: &'a crate::sync::Mutex<()>,
+        pauses: &Pauses,
+    ) -> crate::sync::MutexGuard<'a, ()> {
+        if pauses.is_armed(PausePoint::CreationLockContended) {
+            match lock.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    pauses.reached(PausePoint::CreationLockContended);
+                }
+            }
+        }
+        crate::sync::lock(lock)
+    }
+
+    #[cfg(feature = "loom")]
+    fn lock_observed<'a>(
+        lock: &'a crate::sync::Mutex<()>,
+        _: &Pauses,
+    ) -> crate::sync::MutexGuard<'a, ()> {
+        crate::sync::lock(lock)
     }
 
     /// The key tree.
