@@ -187,8 +187,9 @@ fn erase(c: &mut Criterion, fixtures: &mut Fixtures) {
         // - `*-shred-writes`: one durable commit of the entries a shred
         //   writes (`shred_writes::SHRED_WRITES`; on sled in one
         //   transaction, the only way its trees commit together), then the
-        //   anchor: a shred's commit without the engine. Its trees are its own and small, where the
-        //   engine's hold every subject's entries, so it is a lower bound.
+        //   anchor: a shred's commit without the engine. Its trees are its
+        //   own and small, where the engine's hold every subject's entries,
+        //   so it is a lower bound.
         for floor in [
             Floor::DurableCommit,
             Floor::AnchoredCommit,

@@ -16,8 +16,8 @@
 //! a day forest's removal a point between its check for a live key and the
 //! deletion of its nodes ([`PausePoint::ForestRemoval`]).
 //!
-//! Armed nothing, a point costs a lock-free check (the gate) or one mutex
-//! (the fault layer, already a test-only wrapper).
+//! Armed nothing, a point costs a lock-free check (the gate, the vault) or
+//! one mutex (the fault layer, already a test-only wrapper).
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
