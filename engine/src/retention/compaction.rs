@@ -287,7 +287,7 @@ impl DbInner {
     /// destruction.
     fn destroy_due_keys(
         &self,
-        items: &[(Vec<u8>, KeyId)],
+        items: &[(&[u8], KeyId)],
         now: Timestamp,
         report: &mut CompactionReport,
     ) -> Result<()> {
@@ -322,7 +322,7 @@ impl DbInner {
             .vault
             .destroy_expired(&ids, now.as_second(), &mut batch)?;
         for ((key, id), was_live) in free.iter().zip(live) {
-            batch.remove(Tree::Deadlines, (*key).clone());
+            batch.remove(Tree::Deadlines, key.to_vec());
             if was_live {
                 scopes.insert((id.subject, id.class));
                 audit.push(PendingEntry::new(
@@ -367,9 +367,7 @@ impl DbInner {
         )?;
         report.keys_destroyed += destroyed;
         report.blocked_by_hold += parked;
-        for id in &ids {
-            self.vault.evict(id);
-        }
+        self.vault.evict_many(&ids);
         Ok(())
     }
 
@@ -654,7 +652,7 @@ impl DbInner {
     /// (or whole subjects), in as few batches as the records allow.
     fn remove_dead(
         &self,
-        items: &[(Vec<u8>, SubjectTag, u16)],
+        items: &[(&[u8], SubjectTag, u16)],
         now: Timestamp,
         report: &mut CompactionReport,
     ) -> Result<()> {
@@ -741,7 +739,7 @@ impl DbInner {
                     break;
                 }
             }
-            done.remove(Tree::Deadlines, deadline_key.clone());
+            done.remove(Tree::Deadlines, deadline_key.to_vec());
             if suspect > 0 {
                 audit.push(PendingEntry::new(
                     AuditEvent::ItemSetAside,
@@ -1007,8 +1005,13 @@ impl Db {
         // cannot read (or one set aside) is passed over instead of read
         // again forever.
         let mut after: Option<Vec<u8>> = None;
+        // A page's keys, end to end in one buffer reused by every page: a
+        // page costs no allocation per due item.
+        let mut page_bytes = Vec::new();
+        let mut page_ends = Vec::with_capacity(due_page);
         loop {
-            let mut due = Vec::new();
+            page_bytes.clear();
+            page_ends.clear();
             let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             inner.storage.scan(
                 Tree::Deadlines,
@@ -1016,18 +1019,23 @@ impl Db {
                 Bound::Excluded(&end),
                 Order::Ascending,
                 &mut |k, _| {
-                    due.push(k.to_vec());
-                    if due.len() >= due_page {
+                    page_bytes.extend_from_slice(k);
+                    page_ends.push(page_bytes.len());
+                    if page_ends.len() >= due_page {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
                     }
                 },
             )?;
-            let Some(last) = due.last().cloned() else {
+            let due = std::iter::once(0)
+                .chain(page_ends.iter().copied())
+                .zip(page_ends.iter().copied())
+                .map(|(from, to)| &page_bytes[from..to]);
+            let Some(last) = due.clone().last() else {
                 break;
             };
-            after = Some(last);
+            after = Some(last.to_vec());
             let mut expired_keys = Vec::new();
             let mut others = Vec::new();
             for key in due {
@@ -1035,14 +1043,14 @@ impl Db {
                     break;
                 }
                 if poisoned
-                    .get(&key)
+                    .get(key)
                     .is_some_and(|p| p.next_retry > now.as_second())
                 {
                     // Set aside earlier; its retry is not due yet.
                     report.set_aside += 1;
                     continue;
                 }
-                match deadlines::decode_key(&key) {
+                match deadlines::decode_key(key) {
                     // Paid after the loop, once every key due is destroyed.
                     Some((_, Due::RekeyNode(_) | Due::RetireForest(_))) => continue,
                     Some((_, Due::DestroyKey(id))) => expired_keys.push((key, id)),
@@ -1056,7 +1064,7 @@ impl Db {
             }
             inner.isolated(
                 &expired_keys,
-                |(k, _)| k.as_slice(),
+                |(k, _)| *k,
                 &poisoned,
                 now,
                 &mut report,
@@ -1068,14 +1076,13 @@ impl Db {
                 match due {
                     Due::EraseScope(tag, class) => inner.isolated(
                         &item,
-                        |(k, _)| k.as_slice(),
+                        |(k, _)| *k,
                         &poisoned,
                         now,
                         &mut report,
                         |inner, _, report| {
                             let reason = ErasureReason::RetentionExpired;
-                            inner
-                                .erase_due_scope(tag, class, reason, false, &item[0].0, now, report)
+                            inner.erase_due_scope(tag, class, reason, false, item[0].0, now, report)
                         },
                     )?,
                     Due::ResumeErasure {
@@ -1085,22 +1092,21 @@ impl Db {
                         whole,
                     } => inner.isolated(
                         &item,
-                        |(k, _)| k.as_slice(),
+                        |(k, _)| *k,
                         &poisoned,
                         now,
                         &mut report,
                         |inner, _, report| {
-                            inner
-                                .erase_due_scope(tag, class, reason, whole, &item[0].0, now, report)
+                            inner.erase_due_scope(tag, class, reason, whole, item[0].0, now, report)
                         },
                     )?,
                     Due::Rekey(id) => inner.isolated(
                         &item,
-                        |(k, _)| k.as_slice(),
+                        |(k, _)| *k,
                         &poisoned,
                         now,
                         &mut report,
-                        |inner, _, report| inner.rekey(id, &item[0].0, now, report),
+                        |inner, _, report| inner.rekey(id, item[0].0, now, report),
                     )?,
                     Due::RemoveCiphertext(tag, class) => {
                         let [(key, _)] = item;
@@ -1111,7 +1117,7 @@ impl Db {
             }
             inner.isolated(
                 &dead,
-                |(k, _, _)| k.as_slice(),
+                |(k, _, _)| *k,
                 &poisoned,
                 now,
                 &mut report,

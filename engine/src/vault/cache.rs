@@ -63,11 +63,9 @@ struct Inner<V> {
 }
 
 impl<V> Inner<V> {
-    fn remove(&mut self, id: &KeyId) {
-        if let Some(entry) = self.entries.remove(id) {
-            self.bytes = self.bytes.saturating_sub(entry.bytes);
-            self.index.remove(id);
-        }
+    /// Removes `id`'s entry and returns its value, so that a caller
+    /// removing many can drop them (and so zeroize) after the lock.
+    fn remove(&mut self, id: &KeyId) -> Option<Arc<V>> {
         let bucket = BucketId::of(id);
         if self
             .current
@@ -76,6 +74,17 @@ impl<V> Inner<V> {
         {
             self.current.remove(&bucket);
         }
+        let entry = self.entries.remove(id)?;
+        self.bytes = self.bytes.saturating_sub(entry.bytes);
+        self.index.remove(id);
+        Some(entry.value)
+    }
+
+    /// Removes the entries of `ids` and returns their values.
+    fn remove_many<'a>(&mut self, ids: impl Iterator<Item = &'a KeyId>) -> Vec<Arc<V>> {
+        let removed = ids.filter_map(|id| self.remove(id)).collect();
+        self.compact_order();
+        removed
     }
 
     /// Drops stale order items once they outnumber the live ones: each
@@ -170,7 +179,7 @@ impl<V> KeyCache<V> {
                 inner.order.push_back((oldest, seq));
                 continue;
             }
-            inner.remove(&oldest);
+            drop(inner.remove(&oldest));
         }
     }
 
@@ -189,9 +198,15 @@ impl<V> KeyCache<V> {
 
     /// Drops one entry.
     pub fn remove(&self, id: &KeyId) {
-        let mut inner = sync::lock(&self.inner);
-        inner.remove(id);
-        inner.compact_order();
+        self.remove_many(std::slice::from_ref(id));
+    }
+
+    /// Drops the entries of `ids` under one acquisition of the lock. Their
+    /// values are dropped after it is released, so readers do not wait on
+    /// the zeroizing.
+    pub fn remove_many(&self, ids: &[KeyId]) {
+        let removed = sync::lock(&self.inner).remove_many(ids.iter());
+        drop(removed);
     }
 
     /// Drops every entry of a subject (all classes, or one).
@@ -214,10 +229,9 @@ impl<V> KeyCache<V> {
             version: u32::MAX,
         };
         let doomed: Vec<KeyId> = inner.index.range(from..=to).copied().collect();
-        for id in &doomed {
-            inner.remove(id);
-        }
-        inner.compact_order();
+        let removed = inner.remove_many(doomed.iter());
+        drop(inner);
+        drop(removed);
     }
 
     /// Number of cached entries.
@@ -347,6 +361,32 @@ mod tests {
             "{}",
             inner.order.len()
         );
+    }
+
+    /// A page's removal drops exactly the ids named (absent ones are no
+    /// error), their current slots and their bytes, and keeps no reference
+    /// to their values.
+    #[test]
+    fn removing_many_drops_only_those_entries_and_their_values() {
+        let cache = KeyCache::new(400);
+        let values: Vec<Arc<u8>> = (1..=4).map(Arc::new).collect();
+        for value in &values {
+            cache.insert(id(**value, 1, 1, 1), Arc::clone(value), 100, true);
+        }
+        cache.remove_many(&[id(1, 1, 1, 1), id(3, 1, 1, 1), id(9, 1, 1, 1)]);
+        assert_eq!(cache.len(), 2);
+        for v in [1u8, 3] {
+            assert!(cache.get(&id(v, 1, 1, 1)).is_none(), "subject {v}");
+            assert!(cache.current(&BucketId::of(&id(v, 1, 1, 1))).is_none());
+        }
+        assert_eq!(Arc::strong_count(&values[0]), 1);
+        assert_eq!(Arc::strong_count(&values[2]), 1);
+        // Their bytes are freed too: two more fit without evicting the rest.
+        cache.insert(id(5, 1, 1, 1), Arc::new(5), 100, true);
+        cache.insert(id(6, 1, 1, 1), Arc::new(6), 100, true);
+        for v in [2u8, 4, 5, 6] {
+            assert!(cache.get(&id(v, 1, 1, 1)).is_some(), "subject {v}");
+        }
     }
 
     #[test]

@@ -1064,6 +1064,12 @@ impl Vault {
         self.cache.remove(id);
     }
 
+    /// Drops the cached keys of `ids` (a compaction page's), in one
+    /// acquisition of the cache's lock.
+    pub(crate) fn evict_many(&self, ids: &[KeyId]) {
+        self.cache.remove_many(ids);
+    }
+
     /// Number of cached keys.
     pub(crate) fn cached_keys(&self) -> usize {
         self.cache.len()
