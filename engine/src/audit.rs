@@ -333,8 +333,21 @@ fn chain_hash(
     }
 }
 
-impl AuditEntry {
-    pub(crate) fn encode(&self) -> Vec<u8> {
+/// An audit entry's fields as encoded, borrowed: a commit encodes its
+/// pending entries without copying their details into [`AuditEntry`]s.
+struct EntryFields<'a> {
+    time: Timestamp,
+    event: AuditEvent,
+    subject: Option<SubjectTag>,
+    class: Option<u16>,
+    detail: &'a str,
+    prev_hash: &'a [u8; 32],
+    hash: &'a [u8; 32],
+    keyed: bool,
+}
+
+impl EntryFields<'_> {
+    fn encode(&self) -> Vec<u8> {
         let version = if self.keyed {
             VERSION_KEYED
         } else {
@@ -346,9 +359,25 @@ impl AuditEntry {
             .bytes(&self.subject.map_or([0; 16], |t| t.0))
             .u16(self.class.unwrap_or(NO_CLASS))
             .var_bytes(self.detail.as_bytes())
-            .bytes(&self.prev_hash)
-            .bytes(&self.hash);
+            .bytes(self.prev_hash)
+            .bytes(self.hash);
         w.finish()
+    }
+}
+
+impl AuditEntry {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        EntryFields {
+            time: self.time,
+            event: self.event,
+            subject: self.subject,
+            class: self.class,
+            detail: &self.detail,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+            keyed: self.keyed,
+        }
+        .encode()
     }
 
     pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Self, FormatError> {
@@ -672,15 +701,14 @@ impl AuditLog {
                 pending.detail.as_bytes(),
                 &prev,
             );
-            let entry = AuditEntry {
-                seq,
+            let entry = EntryFields {
                 time: now,
                 event: pending.event,
                 subject: pending.subject,
                 class: pending.class,
-                detail: pending.detail.clone(),
-                prev_hash: prev,
-                hash,
+                detail: &pending.detail,
+                prev_hash: &prev,
+                hash: &hash,
                 keyed: key.is_some(),
             };
             batch.put(Tree::Audit, seq.to_be_bytes().to_vec(), entry.encode());

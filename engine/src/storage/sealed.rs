@@ -99,8 +99,13 @@ impl SealedStorage {
         if guard == Guard::Own {
             return Ok(Some(stored));
         }
-        match (self.open(tree, key, &stored), guard) {
-            (Some(value), _) => Ok(Some(value.to_vec())),
+        // The value is the stored bytes' prefix: kept in place, not copied.
+        match (self.open(tree, key, &stored).map(<[u8]>::len), guard) {
+            (Some(len), _) => {
+                let mut value = stored;
+                value.truncate(len);
+                Ok(Some(value))
+            }
             (None, Guard::Strict) => Err(self.refused(tree, key)),
             (None, Guard::Decoded) => Ok(Some(UNAUTHENTICATED.to_vec())),
             (None, _) => Ok(Some(unsealed_anyway(&stored).to_vec())),
