@@ -81,8 +81,9 @@ impl<V> Inner<V> {
     }
 
     /// Removes the entries of `ids` and returns their values.
-    fn remove_many<'a>(&mut self, ids: impl Iterator<Item = &'a KeyId>) -> Vec<Arc<V>> {
-        let removed = ids.filter_map(|id| self.remove(id)).collect();
+    fn remove_many<'a>(&mut self, ids: impl ExactSizeIterator<Item = &'a KeyId>) -> Vec<Arc<V>> {
+        let mut removed = Vec::with_capacity(ids.len());
+        removed.extend(ids.filter_map(|id| self.remove(id)));
         self.compact_order();
         removed
     }
