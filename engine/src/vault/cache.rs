@@ -63,9 +63,11 @@ struct Inner<V> {
 }
 
 impl<V> Inner<V> {
-    /// Removes `id`'s entry and returns its value, so that a caller
-    /// removing many can drop them (and so zeroize) after the lock.
-    fn remove(&mut self, id: &KeyId) -> Option<Arc<V>> {
+    fn remove(&mut self, id: &KeyId) {
+        if let Some(entry) = self.entries.remove(id) {
+            self.bytes = self.bytes.saturating_sub(entry.bytes);
+            self.index.remove(id);
+        }
         let bucket = BucketId::of(id);
         if self
             .current
@@ -74,18 +76,6 @@ impl<V> Inner<V> {
         {
             self.current.remove(&bucket);
         }
-        let entry = self.entries.remove(id)?;
-        self.bytes = self.bytes.saturating_sub(entry.bytes);
-        self.index.remove(id);
-        Some(entry.value)
-    }
-
-    /// Removes the entries of `ids` and returns their values.
-    fn remove_many<'a>(&mut self, ids: impl ExactSizeIterator<Item = &'a KeyId>) -> Vec<Arc<V>> {
-        let mut removed = Vec::with_capacity(ids.len());
-        removed.extend(ids.filter_map(|id| self.remove(id)));
-        self.compact_order();
-        removed
     }
 
     /// Drops stale order items once they outnumber the live ones: each
@@ -180,7 +170,7 @@ impl<V> KeyCache<V> {
                 inner.order.push_back((oldest, seq));
                 continue;
             }
-            drop(inner.remove(&oldest));
+            inner.remove(&oldest);
         }
     }
 
@@ -202,12 +192,16 @@ impl<V> KeyCache<V> {
         self.remove_many(std::slice::from_ref(id));
     }
 
-    /// Drops the entries of `ids` under one acquisition of the lock. Their
-    /// values are dropped after it is released, so readers do not wait on
-    /// the zeroizing.
+    /// Drops the entries of `ids` under one acquisition of the lock. (Their
+    /// values are dropped in place: collecting them to drop after the lock
+    /// would cost an allocation of a page's size, which makes glibc
+    /// consolidate its free lists, a cost larger than the lock's.)
     pub fn remove_many(&self, ids: &[KeyId]) {
-        let removed = sync::lock(&self.inner).remove_many(ids.iter());
-        drop(removed);
+        let mut inner = sync::lock(&self.inner);
+        for id in ids {
+            inner.remove(id);
+        }
+        inner.compact_order();
     }
 
     /// Drops every entry of a subject (all classes, or one).
@@ -230,9 +224,10 @@ impl<V> KeyCache<V> {
             version: u32::MAX,
         };
         let doomed: Vec<KeyId> = inner.index.range(from..=to).copied().collect();
-        let removed = inner.remove_many(doomed.iter());
-        drop(inner);
-        drop(removed);
+        for id in &doomed {
+            inner.remove(id);
+        }
+        inner.compact_order();
     }
 
     /// Number of cached entries.
