@@ -63,11 +63,9 @@ struct Inner<V> {
 }
 
 impl<V> Inner<V> {
-    fn remove(&mut self, id: &KeyId) {
-        if let Some(entry) = self.entries.remove(id) {
-            self.bytes = self.bytes.saturating_sub(entry.bytes);
-            self.index.remove(id);
-        }
+    /// Removes `id`'s entry and returns its value, so that a caller
+    /// removing many can drop them (and so zeroize) after the lock.
+    fn remove(&mut self, id: &KeyId) -> Option<Arc<V>> {
         let bucket = BucketId::of(id);
         if self
             .current
@@ -76,6 +74,18 @@ impl<V> Inner<V> {
         {
             self.current.remove(&bucket);
         }
+        let entry = self.entries.remove(id)?;
+        self.bytes = self.bytes.saturating_sub(entry.bytes);
+        self.index.remove(id);
+        Some(entry.value)
+    }
+
+    /// Removes the entries of `ids` and returns their values.
+    fn remove_many<'a>(&mut self, ids: impl ExactSizeIterator<Item = &'a KeyId>) -> Vec<Arc<V>> {
+        let mut removed = Vec::with_capacity(ids.len());
+        removed.extend(ids.filter_map(|id| self.remove(id)));
+        self.compact_order();
+        removed
     }
 
     /// Drops stale order items once they outnumber the live ones: each
@@ -170,7 +180,7 @@ impl<V> KeyCache<V> {
                 inner.order.push_back((oldest, seq));
                 continue;
             }
-            inner.remove(&oldest);
+            drop(inner.remove(&oldest));
         }
     }
 
@@ -192,16 +202,12 @@ impl<V> KeyCache<V> {
         self.remove_many(std::slice::from_ref(id));
     }
 
-    /// Drops the entries of `ids` under one acquisition of the lock. (Their
-    /// values are dropped in place: collecting them to drop after the lock
-    /// would cost an allocation of a page's size, which makes glibc
-    /// consolidate its free lists, a cost larger than the lock's.)
+    /// Drops the entries of `ids` under one acquisition of the lock. Their
+    /// values are dropped after it is released, so readers do not wait on
+    /// the zeroizing.
     pub fn remove_many(&self, ids: &[KeyId]) {
-        let mut inner = sync::lock(&self.inner);
-        for id in ids {
-            inner.remove(id);
-        }
-        inner.compact_order();
+        let removed = sync::lock(&self.inner).remove_many(ids.iter());
+        drop(removed);
     }
 
     /// Drops every entry of a subject (all classes, or one).
@@ -224,10 +230,9 @@ impl<V> KeyCache<V> {
             version: u32::MAX,
         };
         let doomed: Vec<KeyId> = inner.index.range(from..=to).copied().collect();
-        for id in &doomed {
-            inner.remove(id);
-        }
-        inner.compact_order();
+        let removed = inner.remove_many(doomed.iter());
+        drop(inner);
+        drop(removed);
     }
 
     /// Number of cached entries.
