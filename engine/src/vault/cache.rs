@@ -197,9 +197,15 @@ impl<V> KeyCache<V> {
         }
     }
 
-    /// Drops one entry.
+    /// Drops one entry (its value after the lock).
     pub fn remove(&self, id: &KeyId) {
-        self.remove_many(std::slice::from_ref(id));
+        let removed = {
+            let mut inner = sync::lock(&self.inner);
+            let removed = inner.remove(id);
+            inner.compact_order();
+            removed
+        };
+        drop(removed);
     }
 
     /// Drops the entries of `ids` under one acquisition of the lock. Their
