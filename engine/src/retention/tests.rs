@@ -657,6 +657,76 @@ fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
     assert_eq!(data_records(&db), 0);
 }
 
+/// A pass reads the deadline index in pages and resumes each page after the
+/// last item of the one before. Items that stay in the index (set aside, their
+/// retry not due) fill the first pages here, so a resume that went back would
+/// count them again and one that went too far would miss them or the keys
+/// after them. Each must be counted once and every due key destroyed.
+#[test]
+fn a_pass_visits_each_due_item_once_across_pages() {
+    use super::deadlines::{self, Due};
+    use super::poisoned::{self, FailureKind, Poisoned};
+    const SUBJECTS: usize = 300; // more than a page of due keys (256)
+    const SET_ASIDE: usize = 600; // more than two pages, all before the keys
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    for i in 0..SUBJECTS {
+        let subject = format!("s{i}");
+        db.register_account(&subject).expect("register");
+        let expiry = db.now() + SignedDuration::from_hours(1);
+        db.put_with(
+            &subject,
+            "message_content",
+            b"m",
+            b"x",
+            PutOptions::expires_at(expiry),
+        )
+        .expect("put");
+    }
+    clock.advance(days(2));
+    let now = clock.now().as_second();
+    for i in 0..SET_ASIDE {
+        let n = u16::try_from(i).expect("small");
+        let mut tag = [0u8; 16];
+        tag[..2].copy_from_slice(&n.to_be_bytes());
+        // Deadlines in 1970: before every due key of the subjects.
+        let key = deadlines::key(
+            i64::from(n) + 1,
+            &Due::EraseScope(shredkv_crypto::SubjectTag(tag), 8),
+        );
+        raw_put(&db, Tree::Deadlines, &key, &deadlines::value(now));
+        let record = Poisoned {
+            attempts: 1,
+            first_failure: now,
+            next_retry: now + 86_400,
+            deadline: i64::from(n) + 1,
+            kind: FailureKind::Other,
+        };
+        raw_put(
+            &db,
+            Tree::Poisoned,
+            &poisoned::due_key(&key),
+            &record.encode(),
+        );
+    }
+    let report = db.compact().expect("compact");
+    assert_eq!(report.set_aside, SET_ASIDE as u64, "{report:?}");
+    assert_eq!(report.keys_destroyed, SUBJECTS as u64, "{report:?}");
+    assert_eq!(report.items, SUBJECTS as u64, "{report:?}");
+    for i in 0..SUBJECTS {
+        assert!(
+            !readable(&db, &format!("s{i}"), "message_content", b"m"),
+            "s{i}"
+        );
+    }
+    let again = db.compact().expect("compact");
+    assert_eq!(
+        (again.keys_destroyed, again.set_aside),
+        (0, SET_ASIDE as u64),
+        "{again:?}"
+    );
+}
+
 fn sled_config(dir: &std::path::Path, clock: &ManualClock) -> Config {
     Config::new(dir)
         .allow_key_file_in_store(true)
