@@ -628,11 +628,10 @@ fn background_maintenance_purges_without_a_compact_call() {
     assert_eq!(db.stats().expect("stats").keys_destroyed, 1);
 }
 
-#[test]
-fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (db, clock) = open(&dir);
-    for i in 0..5 {
+/// Accounts `s0`, `s1`, … with one `message_content` record (`m`) each,
+/// expiring an hour from now.
+fn accounts_with_a_record_expiring_in_an_hour(db: &Db, count: usize) {
+    for i in 0..count {
         let subject = format!("s{i}");
         db.register_account(&subject).expect("register");
         let expiry = db.now() + SignedDuration::from_hours(1);
@@ -645,6 +644,13 @@ fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
         )
         .expect("put");
     }
+}
+
+#[test]
+fn a_compaction_budget_leaves_the_rest_for_the_next_pass() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, clock) = open(&dir);
+    accounts_with_a_record_expiring_in_an_hour(&db, 5);
     clock.advance(days(2));
     let first = db.compact_with(2, &mut |_| {}).expect("compact");
     assert_eq!(first.items, 2);
@@ -670,19 +676,7 @@ fn a_pass_visits_each_due_item_once_across_pages() {
     const SET_ASIDE: usize = 600; // more than two pages, all before the keys
     let dir = tempfile::tempdir().expect("dir");
     let (db, clock) = open(&dir);
-    for i in 0..SUBJECTS {
-        let subject = format!("s{i}");
-        db.register_account(&subject).expect("register");
-        let expiry = db.now() + SignedDuration::from_hours(1);
-        db.put_with(
-            &subject,
-            "message_content",
-            b"m",
-            b"x",
-            PutOptions::expires_at(expiry),
-        )
-        .expect("put");
-    }
+    accounts_with_a_record_expiring_in_an_hour(&db, SUBJECTS);
     clock.advance(days(2));
     let now = clock.now().as_second();
     for i in 0..SET_ASIDE {
