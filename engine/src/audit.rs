@@ -687,6 +687,7 @@ impl AuditLog {
         }
         let mut seq = head.next_seq;
         let mut prev = head.last_hash;
+        batch.ops.reserve(entries.len());
         for pending in entries {
             let subject = pending.subject.map_or([0; 16], |t| t.0);
             let class = pending.class.unwrap_or(NO_CLASS);

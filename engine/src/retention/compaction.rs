@@ -301,8 +301,10 @@ impl DbInner {
             .into_iter()
             .collect();
         let _exclusive = self.gate.write(&tags);
-        let mut batch = WriteBatch::new();
-        let mut audit = Vec::new();
+        // Per key: its tombstone, its due item's removal, an audit entry,
+        // and at most a sweep item.
+        let mut batch = WriteBatch::with_capacity(4 * items.len());
+        let mut audit = Vec::with_capacity(items.len());
         let mut scopes = std::collections::BTreeSet::new();
         let (mut destroyed, mut parked) = (0u64, 0u64);
         let mut free = Vec::with_capacity(items.len());
@@ -1036,7 +1038,9 @@ impl Db {
                 break;
             };
             after = Some(last.to_vec());
-            let mut expired_keys = Vec::new();
+            // Sized once: grown item by item, a page's list is copied at
+            // every doubling.
+            let mut expired_keys = Vec::with_capacity(page_ends.len());
             let mut others = Vec::new();
             for key in due {
                 if left == 0 {

@@ -129,6 +129,14 @@ impl WriteBatch {
         Self::default()
     }
 
+    /// An empty batch with room for `ops` ops: a large batch built op by op
+    /// is copied at every doubling.
+    pub(crate) fn with_capacity(ops: usize) -> Self {
+        Self {
+            ops: Vec::with_capacity(ops),
+        }
+    }
+
     /// Adds an insert.
     pub(crate) fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.ops.push(Op::Put {
