@@ -575,8 +575,13 @@ impl DbInner {
                         while tombstones.ops.len() + own_cost > room {
                             let take = room.saturating_sub(1).max(1).min(tombstones.ops.len());
                             let rest = tombstones.ops.split_off(take);
-                            let mut chunk =
-                                std::mem::replace(&mut tombstones, WriteBatch { ops: rest });
+                            let mut chunk = std::mem::replace(
+                                &mut tombstones,
+                                WriteBatch {
+                                    ops: rest,
+                                    neighbour_runs: Vec::new(),
+                                },
+                            );
                             let keys = crate::vault::tombstones_in(&chunk.ops);
                             so_far = so_far.saturating_add(u32::try_from(keys).unwrap_or(u32::MAX));
                             chunk.put(

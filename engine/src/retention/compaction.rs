@@ -323,8 +323,9 @@ impl DbInner {
         let live = self
             .vault
             .destroy_expired(&ids, now.as_second(), &mut batch)?;
-        for ((key, id), was_live) in free.iter().zip(live) {
-            batch.remove(Tree::Deadlines, key.to_vec());
+        // The page's due items lie together in the index, in this order.
+        batch.remove_neighbours(Tree::Deadlines, free.iter().map(|(key, _)| key.to_vec()));
+        for ((_, id), was_live) in free.iter().zip(live) {
             if was_live {
                 scopes.insert((id.subject, id.class));
                 audit.push(PendingEntry::new(

@@ -11,7 +11,7 @@ use std::thread;
 use super::memory::MemoryStorage;
 use super::redb_backend::RedbStorage;
 use super::sled_backend::SledStorage;
-use super::{Durability, Order, Storage, StorageError, Tree, WriteBatch, scan_prefix};
+use super::{Durability, Op, Order, Storage, StorageError, Tree, WriteBatch, scan_prefix};
 
 /// Opens (or reopens) a store in a directory.
 type Opener = fn(&Path) -> Result<Box<dyn Storage>, StorageError>;
@@ -285,6 +285,99 @@ fn later_op_in_batch_wins(open: Opener) {
         Some(b"new".to_vec())
     );
     assert_eq!(get(&*store, Tree::Ledger, b"a"), Some(b"ledger".to_vec()));
+}
+
+/// Removals of neighbouring keys ([`WriteBatch::remove_neighbours`]) mean
+/// what the same removals one by one mean, in their place in the batch:
+/// keys between them that the run does not name stay, absent keys are
+/// skipped, later ops win, and a run whose ops moved since is only a
+/// stale hint. The oracle applies the ops one by one to a map.
+fn removing_neighbours_is_removing_each(open: Opener) {
+    let dir = tempdir();
+    let store = open_in(open, dir.path());
+    let key = |k: u16| k.to_be_bytes().to_vec();
+    let mut model: BTreeMap<(Tree, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    let mut load = WriteBatch::new();
+    for k in (0..400u16).step_by(2) {
+        for tree in [Tree::Deadlines, Tree::Vault] {
+            load.put(tree, key(k), b"v");
+        }
+    }
+    let apply = |store: &dyn Storage,
+                 model: &mut BTreeMap<(Tree, Vec<u8>), Vec<u8>>,
+                 batch: &WriteBatch| {
+        store
+            .apply(batch, Durability::Buffered)
+            .expect("apply succeeds");
+        for op in &batch.ops {
+            match op {
+                Op::Put { tree, key, value } => {
+                    model.insert((*tree, key.clone()), value.clone());
+                }
+                Op::Remove { tree, key } => {
+                    model.remove(&(*tree, key.clone()));
+                }
+            }
+        }
+    };
+    apply(&*store, &mut model, &load);
+
+    let mut batch = WriteBatch::new();
+    batch.put(Tree::Deadlines, key(11), b"put before the run");
+    // Even keys 10..=200 but 100, and the odd (absent or just put) 11 and
+    // 151: 100 and every odd key but 11 lie between them and stay.
+    let run: Vec<u16> = (10..=200u16)
+        .filter(|k| (k % 2 == 0 && *k != 100) || *k == 11 || *k == 151)
+        .collect();
+    batch.remove_neighbours(Tree::Deadlines, run.iter().map(|k| key(*k)));
+    batch.put(Tree::Deadlines, key(12), b"revived after the run");
+    // Out of order: still both removed.
+    batch.remove_neighbours(Tree::Deadlines, [key(300), key(250)]);
+    batch.remove_neighbours(Tree::Deadlines, [key(302)]);
+    // The same keys in another tree are other keys.
+    batch.remove_neighbours(Tree::Vault, [key(0), key(2)]);
+    apply(&*store, &mut model, &batch);
+
+    // A stale hint: an op put into the first run shifts both runs onto
+    // other ops: a put inside one, two trees in the other.
+    let mut stale = WriteBatch::new();
+    stale.remove_neighbours(Tree::Deadlines, [key(202), key(204), key(206)]);
+    stale.remove_neighbours(Tree::Vault, [key(300), key(302)]);
+    stale.ops.insert(
+        1,
+        Op::Put {
+            tree: Tree::Deadlines,
+            key: key(203),
+            value: b"inside a run".to_vec(),
+        },
+    );
+    apply(&*store, &mut model, &stale);
+
+    for tree in [Tree::Deadlines, Tree::Vault] {
+        let stored = collect(
+            &*store,
+            tree,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Order::Ascending,
+        );
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+            .iter()
+            .filter(|((t, _), _)| *t == tree)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(stored, expected, "{tree:?}");
+    }
+    assert_eq!(
+        get(&*store, Tree::Deadlines, &key(100)),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(get(&*store, Tree::Deadlines, &key(10)), None);
+    assert_eq!(get(&*store, Tree::Deadlines, &key(11)), None);
+    assert_eq!(
+        get(&*store, Tree::Deadlines, &key(12)),
+        Some(b"revived after the run".to_vec())
+    );
 }
 
 /// A batch over several trees becomes visible all at once: a reader that
@@ -753,6 +846,13 @@ macro_rules! common_tests {
         $(#[$attr])*
         fn later_op_in_batch_wins() {
             super::later_op_in_batch_wins($open);
+        }
+
+        /// See [`super::removing_neighbours_is_removing_each`].
+        #[test]
+        $(#[$attr])*
+        fn removing_neighbours_is_removing_each() {
+            super::removing_neighbours_is_removing_each($open);
         }
 
         /// See [`super::multi_tree_batch_is_atomic`].

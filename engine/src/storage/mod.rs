@@ -121,6 +121,12 @@ pub(crate) enum Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct WriteBatch {
     pub(crate) ops: Vec<Op>,
+    /// Runs of `ops` that [`WriteBatch::remove_neighbours`] added: removals
+    /// in one tree of keys in ascending order that lie together, which a
+    /// backend may do in one pass over their range. A hint only: every run
+    /// is also plain removals in `ops`, a backend may ignore it, and one
+    /// that uses it checks it first (ops moved since cannot mislead it).
+    pub(crate) neighbour_runs: Vec<std::ops::Range<usize>>,
 }
 
 impl WriteBatch {
@@ -134,6 +140,7 @@ impl WriteBatch {
     pub(crate) fn with_capacity(ops: usize) -> Self {
         Self {
             ops: Vec::with_capacity(ops),
+            neighbour_runs: Vec::new(),
         }
     }
 
@@ -152,6 +159,24 @@ impl WriteBatch {
             tree,
             key: key.into(),
         });
+    }
+
+    /// Adds the removal of each of `keys`, keys of `tree` in ascending order
+    /// with few others between them (one page of a scan, say): a backend
+    /// may remove them in one pass over their range instead of one search
+    /// each. Keys out of order are still removed, one by one.
+    pub(crate) fn remove_neighbours(
+        &mut self,
+        tree: Tree,
+        keys: impl IntoIterator<Item = impl Into<Vec<u8>>>,
+    ) {
+        let start = self.ops.len();
+        for key in keys {
+            self.remove(tree, key);
+        }
+        if self.ops.len() - start > 1 {
+            self.neighbour_runs.push(start..self.ops.len());
+        }
     }
 
     /// Whether the batch holds no ops.

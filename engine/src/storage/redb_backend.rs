@@ -97,38 +97,115 @@ impl RedbStorage {
         {
             // An error return drops `txn` uncommitted, which aborts it.
             let mut tables = BTreeMap::new();
-            let ops = batches.iter().flat_map(|b| &b.ops);
-            for (i, op) in ops.enumerate() {
-                if fail_at == Some(i) {
-                    return Err(StorageError {
-                        backend: Backend::Redb,
-                        action: "write",
-                        path: self.path.clone(),
-                        kind: StorageErrorKind::Other,
-                        source: "the write transaction failed (injected fault)".into(),
+            // Ops are counted across the batches, for `fail_at`.
+            let mut counted = 0;
+            for batch in batches {
+                let runs = neighbour_runs(batch);
+                let mut next_run = runs.iter().peekable();
+                let mut i = 0;
+                while let Some(op) = batch.ops.get(i) {
+                    if fail_at == Some(counted + i) {
+                        return Err(StorageError {
+                            backend: Backend::Redb,
+                            action: "write",
+                            path: self.path.clone(),
+                            kind: StorageErrorKind::Other,
+                            source: "the write transaction failed (injected fault)".into(),
+                        });
+                    }
+                    let (Op::Put { tree, .. } | Op::Remove { tree, .. }) = op;
+                    let table = match tables.entry(*tree) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => {
+                            e.insert(txn.open_table(table(*tree)).map_err(self.fail("write"))?)
+                        }
+                    };
+                    while next_run.next_if(|run| run.start < i).is_some() {}
+                    // A run the injected fault would cut goes op by op.
+                    let whole_run = next_run.next_if(|run| run.start == i).filter(|run| {
+                        fail_at.is_none_or(|f| !(counted + i + 1..counted + run.end).contains(&f))
                     });
+                    match (op, whole_run) {
+                        (Op::Remove { .. }, Some(run)) => {
+                            remove_run(table, &batch.ops[run.clone()])
+                                .map_err(self.fail("write"))?;
+                            i = run.end;
+                            continue;
+                        }
+                        (Op::Put { key, value, .. }, _) => {
+                            table
+                                .insert(key.as_slice(), value.as_slice())
+                                .map_err(self.fail("write"))?;
+                        }
+                        (Op::Remove { key, .. }, None) => {
+                            table.remove(key.as_slice()).map_err(self.fail("write"))?;
+                        }
+                    }
+                    i += 1;
                 }
-                let (Op::Put { tree, .. } | Op::Remove { tree, .. }) = op;
-                let table = match tables.entry(*tree) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
-                        e.insert(txn.open_table(table(*tree)).map_err(self.fail("write"))?)
-                    }
-                };
-                match op {
-                    Op::Put { key, value, .. } => {
-                        table
-                            .insert(key.as_slice(), value.as_slice())
-                            .map_err(self.fail("write"))?;
-                    }
-                    Op::Remove { key, .. } => {
-                        table.remove(key.as_slice()).map_err(self.fail("write"))?;
-                    }
-                }
+                counted += batch.ops.len();
             }
         }
         txn.commit().map_err(self.fail("write"))
     }
+}
+
+/// The runs of `batch` that still hold what [`WriteBatch::remove_neighbours`]
+/// made: removals in one tree, keys strictly ascending, apart from the run
+/// before. Any other (its ops moved since) is left out, and its ops are
+/// done one by one.
+fn neighbour_runs(batch: &WriteBatch) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for run in &batch.neighbour_runs {
+        let Some(ops) = batch.ops.get(run.clone()) else {
+            continue;
+        };
+        let mut keys = ops.iter().map(|op| match op {
+            Op::Remove { tree, key } => Some((*tree, key.as_slice())),
+            Op::Put { .. } => None,
+        });
+        let Some(Some((tree, first))) = keys.next() else {
+            continue;
+        };
+        let mut last = first;
+        let ascending = keys.all(|next| match next {
+            Some((t, key)) if t == tree && key > last => {
+                last = key;
+                true
+            }
+            _ => false,
+        });
+        if ascending && runs.last().is_none_or(|before| before.end <= run.start) {
+            runs.push(run.clone());
+        }
+    }
+    runs
+}
+
+/// Removes the keys of `ops` (a checked run: removals in `table`'s tree,
+/// keys strictly ascending) in one pass over their range: each entry met
+/// in it is kept unless it is the next key of the run.
+fn remove_run(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    ops: &[Op],
+) -> Result<(), redb::StorageError> {
+    let keys: Vec<&[u8]> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Remove { key, .. } => Some(key.as_slice()),
+            Op::Put { .. } => None,
+        })
+        .collect();
+    let (Some(first), Some(last)) = (keys.first().copied(), keys.last().copied()) else {
+        return Ok(());
+    };
+    let mut next = 0;
+    table.retain_in::<&[u8], _>(first..=last, |key, _| {
+        while keys.get(next).is_some_and(|k| *k < key) {
+            next += 1;
+        }
+        keys.get(next) != Some(&key)
+    })
 }
 
 impl Storage for RedbStorage {
@@ -353,6 +430,61 @@ mod tests {
     /// A temporary directory, removed when dropped.
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().expect("a temporary directory")
+    }
+
+    /// A fault at any op of a batch holding a run of neighbouring removals
+    /// (before it, at its first op, inside it, after it) leaves nothing
+    /// behind; without it the run's keys go and the key between them stays.
+    #[test]
+    fn a_fault_in_or_around_a_run_of_removals_applies_nothing() {
+        let dir = tempdir();
+        let store = RedbStorage::open(dir.path()).expect("open");
+        let mut before = WriteBatch::new();
+        for key in [b"due-1", b"due-2", b"due-3", b"due-4"] {
+            before.put(Tree::Deadlines, key.as_slice(), b"due");
+        }
+        store
+            .apply(&before, Durability::Durable)
+            .expect("apply succeeds");
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Vault, b"key", b"tombstone");
+        batch.remove_neighbours(Tree::Deadlines, [b"due-1", b"due-2", b"due-4"]);
+        batch.put(Tree::Audit, b"entry", b"keys destroyed");
+        assert_eq!(
+            batch.neighbour_runs,
+            vec![std::ops::Range { start: 1, end: 4 }]
+        );
+        for fail_at in 0..batch.ops.len() {
+            store
+                .commit(&[&batch], false, Some(fail_at))
+                .expect_err("the injected fault fails the batch");
+            let left = collect_keys(&store, Tree::Deadlines);
+            assert_eq!(left.len(), 4, "fault at op {fail_at}: {left:?}");
+            assert_eq!(store.get(Tree::Vault, b"key").expect("get"), None);
+        }
+        store
+            .apply(&batch, Durability::Buffered)
+            .expect("without the fault it applies");
+        assert_eq!(collect_keys(&store, Tree::Deadlines), [b"due-3".to_vec()]);
+        assert!(store.get(Tree::Audit, b"entry").expect("get").is_some());
+    }
+
+    /// Every key of `tree`, in order.
+    fn collect_keys(store: &RedbStorage, tree: Tree) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        store
+            .scan(
+                tree,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Order::Ascending,
+                &mut |k, _| {
+                    keys.push(k.to_vec());
+                    ControlFlow::Continue(())
+                },
+            )
+            .expect("scan");
+        keys
     }
 
     /// A batch that fails half-way leaves nothing behind, before and after

@@ -357,8 +357,9 @@ impl Storage for SealedStorage {
         if !batch.ops.iter().any(covered) {
             return self.inner.apply(batch, durability);
         }
-        let mut sealed = WriteBatch::new();
-        sealed.ops.reserve(batch.ops.len());
+        // Op for op: the runs of removals stay where they were.
+        let mut sealed = WriteBatch::with_capacity(batch.ops.len());
+        sealed.neighbour_runs.clone_from(&batch.neighbour_runs);
         for op in &batch.ops {
             match op {
                 Op::Put { tree, key, value } if covered(op) => {
