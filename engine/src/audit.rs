@@ -575,7 +575,7 @@ impl AuditLog {
     ) -> Result<()> {
         batch.put(
             Tree::Meta,
-            ANCHOR_GENERATION.to_vec(),
+            ANCHOR_GENERATION,
             generation.to_be_bytes().to_vec(),
         );
         self.anchoring
@@ -712,7 +712,7 @@ impl AuditLog {
                 hash: &hash,
                 keyed: key.is_some(),
             };
-            batch.put(Tree::Audit, seq.to_be_bytes().to_vec(), entry.encode());
+            batch.put(Tree::Audit, seq.to_be_bytes(), entry.encode());
             prev = hash;
             seq += 1;
         }
@@ -1087,7 +1087,7 @@ mod tests {
         let mut entry = AuditEntry::decode(2, &raw(&storage, 2)).expect("decode");
         entry.detail = "0 keys".into();
         let mut b = WriteBatch::new();
-        b.put(Tree::Audit, 2u64.to_be_bytes().to_vec(), entry.encode());
+        b.put(Tree::Audit, 2u64.to_be_bytes(), entry.encode());
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
             verify_chain(&storage, None).expect("verify").breaks,
@@ -1097,7 +1097,7 @@ mod tests {
         // Removed.
         let (storage, _) = log_with(4);
         let mut b = WriteBatch::new();
-        b.remove(Tree::Audit, 3u64.to_be_bytes().to_vec());
+        b.remove(Tree::Audit, 3u64.to_be_bytes());
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
             verify_chain(&storage, None).expect("verify").breaks,
@@ -1111,8 +1111,8 @@ mod tests {
         let (storage, _) = log_with(4);
         let (two, three) = (raw(&storage, 2), raw(&storage, 3));
         let mut b = WriteBatch::new();
-        b.put(Tree::Audit, 2u64.to_be_bytes().to_vec(), three);
-        b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), two);
+        b.put(Tree::Audit, 2u64.to_be_bytes(), three);
+        b.put(Tree::Audit, 3u64.to_be_bytes(), two);
         storage.apply(&b, Durability::Buffered).expect("apply");
         let breaks = verify_chain(&storage, None).expect("verify").breaks;
         assert_eq!(
@@ -1124,7 +1124,7 @@ mod tests {
         // Inserted: a copy of entry 2 appended as entry 5.
         let (storage, _) = log_with(4);
         let mut b = WriteBatch::new();
-        b.put(Tree::Audit, 5u64.to_be_bytes().to_vec(), raw(&storage, 2));
+        b.put(Tree::Audit, 5u64.to_be_bytes(), raw(&storage, 2));
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
             verify_chain(&storage, None).expect("verify").breaks,
@@ -1136,7 +1136,7 @@ mod tests {
         let mut bytes = raw(&storage, 1);
         bytes[3] ^= 1;
         let mut b = WriteBatch::new();
-        b.put(Tree::Audit, 1u64.to_be_bytes().to_vec(), bytes);
+        b.put(Tree::Audit, 1u64.to_be_bytes(), bytes);
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert!(matches!(
             verify_chain(&storage, None).expect("verify").breaks.first(),
@@ -1157,7 +1157,7 @@ mod tests {
         entry.prev_hash = [0x5a; 32];
         entry.hash = entry.computed_hash(None).expect("a plain entry");
         let mut b = WriteBatch::new();
-        b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), entry.encode());
+        b.put(Tree::Audit, 3u64.to_be_bytes(), entry.encode());
         storage.apply(&b, Durability::Buffered).expect("apply");
         assert_eq!(
             verify_chain(&storage, None).expect("verify").breaks,
@@ -1258,14 +1258,14 @@ mod tests {
         };
         plain.hash = plain.computed_hash(None).expect("plain");
         let mut b = WriteBatch::new();
-        b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), plain.encode());
+        b.put(Tree::Audit, 3u64.to_be_bytes(), plain.encode());
         storage.apply(&b, Durability::Buffered).expect("apply");
         let breaks = log.verify(&storage).expect("verify").breaks;
         assert_eq!(breaks.first(), Some(&ChainBreak::Downgraded { seq: 3 }));
 
         // Kept keyed, with the old MAC: edited.
         let mut b = WriteBatch::new();
-        b.put(Tree::Audit, 3u64.to_be_bytes().to_vec(), entry.encode());
+        b.put(Tree::Audit, 3u64.to_be_bytes(), entry.encode());
         storage.apply(&b, Durability::Buffered).expect("apply");
         let breaks = log.verify(&storage).expect("verify").breaks;
         assert_eq!(breaks.first(), Some(&ChainBreak::Edited { seq: 3 }));

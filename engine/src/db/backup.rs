@@ -350,7 +350,7 @@ fn copy_trees(from: &dyn Storage, to: &dyn Storage, progress: &mut dyn FnMut(u64
                         full = true;
                         return ControlFlow::Break(());
                     }
-                    batch.put(tree, k.to_vec(), v.to_vec());
+                    batch.put(tree, k, v.to_vec());
                     last = Some(k.to_vec());
                     n += 1;
                     bytes += size;
@@ -1064,7 +1064,7 @@ impl Db {
                 .destroy_prefix(&prefix, now.as_second(), &mut batch)?;
             report.keys_destroyed += u64::try_from(ids.len()).unwrap_or(u64::MAX);
             replay_destroyed.extend(ids.iter().copied());
-            batch.put(Tree::Ledger, key.to_vec(), entry.encode());
+            batch.put(Tree::Ledger, key, entry.encode());
             if *class == ALL_CLASSES
                 && let Some(info) = inner.subject_info(tag)?
             {
@@ -1086,11 +1086,7 @@ impl Db {
             None => Carried::default(),
         };
         for (tag, info) in &updated {
-            batch.put(
-                Tree::Subjects,
-                subjects::record_key(tag).to_vec(),
-                info.encode(),
-            );
+            batch.put(Tree::Subjects, subjects::record_key(tag), info.encode());
             touched.insert(*tag);
         }
         let mut gone: HashSet<KeyId> = HashSet::new();
@@ -1118,7 +1114,7 @@ impl Db {
                     if let Ok(envelope) = Envelope::parse(v) {
                         let id = crate::records::sealing_key(tag, class, &envelope);
                         if gone.contains(&id) {
-                            batch.remove(Tree::Data, k.to_vec());
+                            batch.remove(Tree::Data, k);
                         }
                     }
                     ControlFlow::Continue(())
@@ -1157,7 +1153,7 @@ impl Db {
             );
             batch.put(
                 Tree::Debts,
-                id.to_bytes().to_vec(),
+                id.to_bytes(),
                 crate::retention::deadlines::value(now.as_second()),
             );
             batch.put(
@@ -1198,9 +1194,9 @@ impl Db {
                 crate::retention::deadlines::value(now.as_second()),
             );
         }
-        batch.remove(Tree::Meta, meta::RESTORE_PENDING.to_vec());
+        batch.remove(Tree::Meta, meta::RESTORE_PENDING);
         // Only now, with the replay in the same batch, is it a store.
-        batch.remove(Tree::Meta, meta::BACKUP_OF.to_vec());
+        batch.remove(Tree::Meta, meta::BACKUP_OF);
         let mut entries = vec![PendingEntry::new(
             AuditEvent::RestoreReplayed,
             None,

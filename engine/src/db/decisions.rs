@@ -221,14 +221,14 @@ impl DbInner {
         // Holds: the live store's replace the backup's.
         let mut held: BTreeSet<(SubjectTag, u16)> = BTreeSet::new();
         scan_prefix(storage, Tree::Holds, &[], &mut |k, _| {
-            batch.remove(Tree::Holds, k.to_vec());
+            batch.remove(Tree::Holds, k);
             ControlFlow::Continue(())
         })?;
         for (key, value) in decisions.of_kind(Kind::Hold) {
             if let Some(scope) = blocked_scope(key) {
                 held.insert(scope);
             }
-            batch.put(Tree::Holds, key.to_vec(), value.to_vec());
+            batch.put(Tree::Holds, key, value.to_vec());
             carried.holds += 1;
         }
         let covered = |tag: SubjectTag, class: u16| {
@@ -237,11 +237,11 @@ impl DbInner {
 
         // Parked and resumed erasures: as the live store has them.
         for (key, value) in decisions.of_kind(Kind::Parked) {
-            batch.put(Tree::Blocked, key.to_vec(), value.to_vec());
+            batch.put(Tree::Blocked, key, value.to_vec());
             carried.parked += 1;
         }
         for (key, value) in decisions.of_kind(Kind::Resumed) {
-            batch.put(Tree::Deadlines, key.to_vec(), value.to_vec());
+            batch.put(Tree::Deadlines, key, value.to_vec());
             carried.parked += 1;
         }
         // What the backup's holds blocked is due now where no hold remains
@@ -322,7 +322,7 @@ impl DbInner {
             if !known {
                 continue;
             }
-            batch.put(Tree::Subjects, key.to_vec(), value.to_vec());
+            batch.put(Tree::Subjects, key, value.to_vec());
             let at = crate::codec::saturating_time(i64::from_be_bytes(at));
             if self.schedule_release(batch, &tag, class, at) {
                 carried.scheduled += 1;

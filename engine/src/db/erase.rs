@@ -279,11 +279,7 @@ impl DbInner {
                     epoch: self.vault.current_epoch().0,
                     reopened_at: None,
                 };
-                batch.put(
-                    Tree::Ledger,
-                    ledger::key(tag, ALL_CLASSES).to_vec(),
-                    entry.encode(),
-                );
+                batch.put(Tree::Ledger, ledger::key(tag, ALL_CLASSES), entry.encode());
                 batch.put(
                     Tree::Deadlines,
                     deadlines::key(now, &Due::RemoveCiphertext(*tag, ALL_CLASSES)),
@@ -294,11 +290,7 @@ impl DbInner {
                     erased_at: Some(now_ts),
                     ..info
                 };
-                batch.put(
-                    Tree::Subjects,
-                    subjects::record_key(tag).to_vec(),
-                    erased.encode(),
-                );
+                batch.put(Tree::Subjects, subjects::record_key(tag), erased.encode());
                 audit.push(PendingEntry::new(
                     AuditEvent::KeysDestroyed,
                     Some(*tag),
@@ -381,11 +373,7 @@ impl DbInner {
                     epoch: self.vault.current_epoch().0,
                     reopened_at: None,
                 };
-                batch.put(
-                    Tree::Ledger,
-                    ledger::key(tag, class.number).to_vec(),
-                    entry.encode(),
-                );
+                batch.put(Tree::Ledger, ledger::key(tag, class.number), entry.encode());
                 batch.put(
                     Tree::Deadlines,
                     deadlines::key(now, &Due::RemoveCiphertext(*tag, class.number)),
@@ -533,11 +521,7 @@ impl DbInner {
                         reopened_at: None,
                     };
                     let mut own = WriteBatch::new();
-                    own.put(
-                        Tree::Ledger,
-                        ledger::key(tag, *number).to_vec(),
-                        entry.encode(),
-                    );
+                    own.put(Tree::Ledger, ledger::key(tag, *number), entry.encode());
                     own.put(
                         Tree::Deadlines,
                         deadlines::key(now, &Due::RemoveCiphertext(*tag, *number)),
@@ -784,11 +768,7 @@ impl DbInner {
             .ok_or(Error::UnknownSubject { subject: *tag })?;
         let updated = update(info)?;
         let mut batch = WriteBatch::new();
-        batch.put(
-            Tree::Subjects,
-            subjects::record_key(tag).to_vec(),
-            updated.encode(),
-        );
+        batch.put(Tree::Subjects, subjects::record_key(tag), updated.encode());
         let entry = PendingEntry::new(event, Some(*tag), None, detail);
         self.audit
             .commit(
@@ -1019,7 +999,7 @@ impl Db {
             Tree::Subjects,
             release_prefix.get(..17).unwrap_or_default(),
             &mut |k, _| {
-                stale.remove(Tree::Subjects, k.to_vec());
+                stale.remove(Tree::Subjects, k);
                 ControlFlow::Continue(())
             },
         )?;
@@ -1189,7 +1169,7 @@ impl Db {
         let mut batch = WriteBatch::new();
         batch.put(
             Tree::Ledger,
-            ledger::key(&tag, class.number).to_vec(),
+            ledger::key(&tag, class.number),
             reopened.encode(),
         );
         let audit = PendingEntry::new(
@@ -1325,11 +1305,7 @@ impl Db {
                 what: "hold reason",
                 detail: "too long".into(),
             })?;
-        batch.put(
-            Tree::Holds,
-            key.to_vec(),
-            holds::encode(now.as_second(), &sealed),
-        );
+        batch.put(Tree::Holds, key, holds::encode(now.as_second(), &sealed));
         let entry = PendingEntry::new(
             AuditEvent::HoldPlaced,
             Some(tag),
@@ -1370,7 +1346,7 @@ impl Db {
                 return Ok(false);
             }
             let mut batch = WriteBatch::new();
-            batch.remove(Tree::Holds, key.to_vec());
+            batch.remove(Tree::Holds, key);
             // What the hold blocked is due again at once; its erasures
             // are carried out below, once the gate is free.
             let (requeued, erasures) =

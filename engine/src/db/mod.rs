@@ -895,15 +895,11 @@ impl Db {
             erased_at: None,
         };
         let mut batch = WriteBatch::new();
-        batch.put(
-            Tree::Subjects,
-            subjects::record_key(&tag).to_vec(),
-            info.encode(),
-        );
+        batch.put(Tree::Subjects, subjects::record_key(&tag), info.encode());
         if let Some(parent) = &parent {
             batch.put(
                 Tree::Subjects,
-                subjects::child_key(parent, &tag).to_vec(),
+                subjects::child_key(parent, &tag),
                 Vec::new(),
             );
         }

@@ -872,7 +872,7 @@ impl DbInner {
         );
         staging
             .batch
-            .put(Tree::Debts, key.to_vec(), deadlines::value(staging.now));
+            .put(Tree::Debts, key, deadlines::value(staging.now));
         staging.batch.put(
             Tree::Deadlines,
             deadlines::key(deadline, &Due::Rekey(id)),

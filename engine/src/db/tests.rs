@@ -823,7 +823,7 @@ fn the_anchor_check_refuses_a_cut_or_rewritten_chain_and_levels_a_store_ahead() 
     };
 
     let mut cut = WriteBatch::new();
-    cut.remove(Tree::Audit, key.to_vec());
+    cut.remove(Tree::Audit, key);
     storage.apply(&cut, Durability::Durable).expect("cut");
     assert!(refused("tail cut").contains("1 durable audit entries are missing"));
 
@@ -832,14 +832,14 @@ fn the_anchor_check_refuses_a_cut_or_rewritten_chain_and_levels_a_store_ahead() 
         .expect("get")
         .expect("entry");
     let mut rewrite = WriteBatch::new();
-    rewrite.put(Tree::Audit, key.to_vec(), previous);
+    rewrite.put(Tree::Audit, key, previous);
     storage
         .apply(&rewrite, Durability::Durable)
         .expect("rewrite");
     assert!(refused("rewritten").contains("is not the one anchored"));
 
     let mut put_back = WriteBatch::new();
-    put_back.put(Tree::Audit, key.to_vec(), last);
+    put_back.put(Tree::Audit, key, last);
     storage
         .apply(&put_back, Durability::Durable)
         .expect("put back");
@@ -950,7 +950,7 @@ fn unseal(raw: &dyn crate::storage::Storage, sealed: &dyn crate::storage::Storag
                 if plain != v {
                     assert_eq!(plain.len() + crate::storage::sealed::MAC_LEN, v.len());
                     stripped += 1;
-                    batch.put(tree, k.to_vec(), plain);
+                    batch.put(tree, k, plain);
                 }
                 ControlFlow::Continue(())
             },
@@ -1787,7 +1787,7 @@ fn without_day_lane(raw: &dyn crate::storage::Storage) -> usize {
     let mut batch = WriteBatch::new();
     for (k, v) in &lane {
         batch.remove(Tree::VaultDays, k.clone());
-        batch.put(Tree::Vault, lane_key_id(k).to_bytes().to_vec(), v.clone());
+        batch.put(Tree::Vault, lane_key_id(k).to_bytes(), v.clone());
     }
     batch.put(Tree::Meta, super::meta::FORMAT, vec![2]);
     raw.apply(&batch, Durability::Durable).expect("apply");
@@ -1934,7 +1934,7 @@ fn verify_reports_a_lane_key_without_its_seal_record() {
     assert_eq!(lane.len(), 1);
     let id = lane_key_id(&lane[0].0);
     let mut batch = WriteBatch::new();
-    batch.remove(Tree::Seals, id.to_bytes().to_vec());
+    batch.remove(Tree::Seals, id.to_bytes());
     raw.apply(&batch, Durability::Durable).expect("apply");
     let problems = db.verify().expect("verify").problems;
     assert_eq!(problems.len(), 1, "{problems:?}");
@@ -2153,7 +2153,7 @@ fn a_store_older_than_the_tree_moves_its_keys_under_it_at_its_first_rotation() {
     for (k, v) in raw_entries(raw.as_ref(), Tree::VaultDays) {
         if lane_key_id(&k).subject == a_tag {
             leftover.remove(Tree::VaultDays, k.clone());
-            leftover.put(Tree::Vault, lane_key_id(&k).to_bytes().to_vec(), v);
+            leftover.put(Tree::Vault, lane_key_id(&k).to_bytes(), v);
             moved_back += 1;
         }
     }

@@ -125,7 +125,7 @@ fn park_for_hold(
     batch: &mut WriteBatch,
     audit: &mut Vec<PendingEntry>,
 ) {
-    batch.remove(Tree::Deadlines, deadline_key.to_vec());
+    batch.remove(Tree::Deadlines, deadline_key);
     batch.put(
         Tree::Blocked,
         blocked_key(tag, class, deadline_key),
@@ -197,7 +197,7 @@ impl DbInner {
             &prefix,
             &mut |k, _| {
                 if let Some((_, due)) = k.get(18..).and_then(deadlines::decode_key) {
-                    batch.remove(Tree::Blocked, k.to_vec());
+                    batch.remove(Tree::Blocked, k);
                     let key = deadlines::key(now, &due);
                     if matches!(due, Due::ResumeErasure { .. }) {
                         // With the release: a crash before the erasure is
@@ -324,7 +324,7 @@ impl DbInner {
             .vault
             .destroy_expired(&ids, now.as_second(), &mut batch)?;
         // The page's due items lie together in the index, in this order.
-        batch.remove_neighbours(Tree::Deadlines, free.iter().map(|(key, _)| key.to_vec()));
+        batch.remove_neighbours(Tree::Deadlines, free.iter().map(|(key, _)| *key));
         for ((_, id), was_live) in free.iter().zip(live) {
             if was_live {
                 scopes.insert((id.subject, id.class));
@@ -392,7 +392,7 @@ impl DbInner {
     ) -> Result<()> {
         let remove = |inner: &DbInner| -> Result<()> {
             let mut batch = WriteBatch::new();
-            batch.remove(Tree::Deadlines, deadline_key.to_vec());
+            batch.remove(Tree::Deadlines, deadline_key);
             Ok(inner.storage.apply(&batch, Durability::Buffered)?)
         };
         let Some(info) = self.subject_info(&tag)? else {
@@ -444,8 +444,8 @@ impl DbInner {
         report: &mut CompactionReport,
     ) -> Result<()> {
         let mut done = WriteBatch::new();
-        done.remove(Tree::Deadlines, deadline_key.to_vec());
-        done.remove(Tree::Debts, old.to_bytes().to_vec());
+        done.remove(Tree::Deadlines, deadline_key);
+        done.remove(Tree::Debts, old.to_bytes());
         let live = matches!(self.vault.read_entry(&old)?, Some(e) if e.state == KeyState::Active);
         if !live {
             self.storage.apply(&done, Durability::Buffered)?;
@@ -742,7 +742,7 @@ impl DbInner {
                     break;
                 }
             }
-            done.remove(Tree::Deadlines, deadline_key.to_vec());
+            done.remove(Tree::Deadlines, deadline_key);
             if suspect > 0 {
                 audit.push(PendingEntry::new(
                     AuditEvent::ItemSetAside,

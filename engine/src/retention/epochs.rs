@@ -189,9 +189,9 @@ impl DbInner {
             for tree in crate::vault::layout::TREES {
                 total += self.rewrap_tree(tree, current, page_size, now)?;
             }
-            batch.put(Tree::Meta, meta::KEY_TREE_WHOLE.to_vec(), Vec::new());
+            batch.put(Tree::Meta, meta::KEY_TREE_WHOLE, Vec::new());
         }
-        batch.remove(Tree::Meta, meta::REWRAP_PENDING.to_vec());
+        batch.remove(Tree::Meta, meta::REWRAP_PENDING);
         let entry = PendingEntry::new(
             AuditEvent::EpochCreated,
             None,

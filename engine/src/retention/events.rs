@@ -148,11 +148,7 @@ impl DbInner {
                 opted_out_at: info.opted_out_at.or(Some(now)),
                 ..info
             };
-            batch.put(
-                Tree::Subjects,
-                subjects::record_key(tag).to_vec(),
-                closed.encode(),
-            );
+            batch.put(Tree::Subjects, subjects::record_key(tag), closed.encode());
             self.schedule(batch, tag, Event::AccountClosure, now, out);
             if opting_out {
                 self.schedule(batch, tag, Event::MarketingOptOut, now, out);
@@ -247,7 +243,7 @@ impl DbInner {
                         .class_by_number(class)
                         .is_some_and(|c| c.policy.clock() == ClockStart::ManualRelease);
                     if !manual {
-                        batch.remove(Tree::Deadlines, k.to_vec());
+                        batch.remove(Tree::Deadlines, k);
                     }
                 }
                 std::ops::ControlFlow::Continue(())
@@ -376,11 +372,7 @@ impl Db {
             opted_out_at: Some(now),
             ..info
         };
-        batch.put(
-            Tree::Subjects,
-            subjects::record_key(&tag).to_vec(),
-            updated.encode(),
-        );
+        batch.put(Tree::Subjects, subjects::record_key(&tag), updated.encode());
         inner.schedule(
             &mut batch,
             &tag,
@@ -439,15 +431,11 @@ impl Db {
             released_at: Some(now),
             ..info
         };
-        batch.put(
-            Tree::Subjects,
-            subjects::record_key(&tag).to_vec(),
-            updated.encode(),
-        );
+        batch.put(Tree::Subjects, subjects::record_key(&tag), updated.encode());
         // Per class: receipts date a released class from its own release.
         batch.put(
             Tree::Subjects,
-            subjects::release_key(&tag, class.number).to_vec(),
+            subjects::release_key(&tag, class.number),
             now.as_second().to_be_bytes().to_vec(),
         );
         let due = Due::EraseScope(tag, class.number);

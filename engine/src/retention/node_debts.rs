@@ -396,7 +396,7 @@ impl DbInner {
             for page in nodes.chunks(limit) {
                 let mut batch = WriteBatch::new();
                 for node in page {
-                    batch.remove(Tree::KeyNodes, node.to_bytes().to_vec());
+                    batch.remove(Tree::KeyNodes, node.to_bytes());
                 }
                 self.storage.apply(&batch, Durability::Buffered)?;
             }

@@ -1494,7 +1494,7 @@ fn raw_records(db: &Db, subject: &str, class: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 fn raw_put(db: &Db, tree: Tree, key: &[u8], value: &[u8]) {
     let mut batch = crate::storage::WriteBatch::new();
-    batch.put(tree, key.to_vec(), value.to_vec());
+    batch.put(tree, key, value.to_vec());
     db.inner
         .storage
         .apply(&batch, crate::storage::Durability::Durable)
@@ -2209,7 +2209,7 @@ fn an_interrupted_retirement_of_scopes_larger_than_a_batch_counts_all_their_keys
     let mut copy = crate::storage::WriteBatch::new();
     for tree in Tree::ALL {
         crate::storage::scan_prefix(made_storage.as_ref(), tree, &[], &mut |k, v| {
-            copy.put(tree, k.to_vec(), v.to_vec());
+            copy.put(tree, k, v.to_vec());
             ControlFlow::Continue(())
         })
         .expect("scan the store");
@@ -3111,7 +3111,7 @@ fn raw_node(db: &Db, node: shredkv_crypto::NodeId) -> Option<Vec<u8>> {
 
 fn raw_remove(db: &Db, tree: Tree, key: &[u8]) {
     let mut batch = crate::storage::WriteBatch::new();
-    batch.remove(tree, key.to_vec());
+    batch.remove(tree, key);
     db.inner
         .storage
         .apply(&batch, crate::storage::Durability::Durable)

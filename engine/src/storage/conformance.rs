@@ -11,7 +11,7 @@ use std::thread;
 use super::memory::MemoryStorage;
 use super::redb_backend::RedbStorage;
 use super::sled_backend::SledStorage;
-use super::{Durability, Op, Order, Storage, StorageError, Tree, WriteBatch, scan_prefix};
+use super::{Durability, Op, OpKey, Order, Storage, StorageError, Tree, WriteBatch, scan_prefix};
 
 /// Opens (or reopens) a store in a directory.
 type Opener = fn(&Path) -> Result<Box<dyn Storage>, StorageError>;
@@ -312,10 +312,10 @@ fn removing_neighbours_is_removing_each(open: Opener) {
         for op in &batch.ops {
             match op {
                 Op::Put { tree, key, value } => {
-                    model.insert((*tree, key.clone()), value.clone());
+                    model.insert((*tree, key.to_vec()), value.clone());
                 }
                 Op::Remove { tree, key } => {
-                    model.remove(&(*tree, key.clone()));
+                    model.remove(&(*tree, key.to_vec()));
                 }
             }
         }
@@ -347,7 +347,7 @@ fn removing_neighbours_is_removing_each(open: Opener) {
         1,
         Op::Put {
             tree: Tree::Deadlines,
-            key: key(203),
+            key: OpKey::from(key(203).as_slice()),
             value: b"inside a run".to_vec(),
         },
     );
@@ -726,7 +726,7 @@ fn insert_new_only_when_absent(open: Opener) {
         "other trees untouched"
     );
     let mut batch = WriteBatch::new();
-    batch.remove(Tree::Data, b"k".to_vec());
+    batch.remove(Tree::Data, b"k");
     store.apply(&batch, Durability::Buffered).expect("remove");
     assert!(insert(b"k", b"third"), "absent again after removal");
     assert_eq!(

@@ -109,11 +109,11 @@ impl Storage for MemoryStorage {
                     trees
                         .entry(*tree)
                         .or_default()
-                        .insert(key.clone(), value.clone());
+                        .insert(key.to_vec(), value.clone());
                 }
                 Op::Remove { tree, key } => {
                     if let Some(map) = trees.get_mut(tree) {
-                        map.remove(key);
+                        map.remove(key.as_slice());
                     }
                 }
             }

@@ -225,7 +225,7 @@ impl SealedStorage {
                         seen += 1;
                         last = Some(k.to_vec());
                         if self.guard(tree, k) != Guard::Own && self.open(tree, k, v).is_none() {
-                            batch.put(tree, k.to_vec(), self.seal(tree, k, v));
+                            batch.put(tree, k, self.seal(tree, k, v));
                         }
                         if seen >= PAGE {
                             ControlFlow::Break(())
@@ -446,7 +446,7 @@ mod tests {
 
     fn put(s: &dyn Storage, tree: Tree, key: &[u8], value: &[u8]) {
         let mut batch = WriteBatch::new();
-        batch.put(tree, key.to_vec(), value.to_vec());
+        batch.put(tree, key, value.to_vec());
         s.apply(&batch, Durability::Durable).expect("apply");
     }
 
@@ -500,11 +500,11 @@ mod tests {
     fn an_owned_batch_is_sealed_in_place_exactly_as_a_borrowed_one() {
         let batch = || {
             let mut batch = WriteBatch::new();
-            batch.put(Tree::Audit, b"a".to_vec(), b"entry".to_vec());
-            batch.put(Tree::Holds, b"h".to_vec(), b"hold".to_vec());
-            batch.put(Tree::Data, b"d".to_vec(), b"record".to_vec());
-            batch.put(Tree::Meta, b"format".to_vec(), b"\x02".to_vec());
-            batch.remove(Tree::Deadlines, b"gone".to_vec());
+            batch.put(Tree::Audit, b"a", b"entry".to_vec());
+            batch.put(Tree::Holds, b"h", b"hold".to_vec());
+            batch.put(Tree::Data, b"d", b"record".to_vec());
+            batch.put(Tree::Meta, b"format", b"\x02".to_vec());
+            batch.remove(Tree::Deadlines, b"gone");
             batch
         };
         let (borrowed, owned): (Arc<dyn Storage>, Arc<dyn Storage>) = (

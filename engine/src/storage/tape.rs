@@ -190,8 +190,8 @@ mod tests {
         let storage = TapeStorage::new(Arc::new(MemoryStorage::new()), tape.clone());
         for value in [&b"v1"[..], b"v2", b"v1"] {
             let mut batch = WriteBatch::new();
-            batch.put(Tree::Data, b"k".to_vec(), value.to_vec());
-            batch.remove(Tree::Vault, b"x".to_vec());
+            batch.put(Tree::Data, b"k", value.to_vec());
+            batch.remove(Tree::Vault, b"x");
             storage.apply(&batch, Durability::Buffered).expect("apply");
         }
         assert!(

@@ -815,7 +815,7 @@ impl Vault {
                 reserved: self.read_seals(&previous)?.reserved,
                 retired: true,
             };
-            batch.put(Tree::Seals, previous.to_bytes().to_vec(), retired.encode());
+            batch.put(Tree::Seals, previous.to_bytes(), retired.encode());
             self.cache.retire(&previous);
         }
         let id = KeyId {
@@ -848,7 +848,7 @@ impl Vault {
             retired: false,
         };
         if bucket.bucket != SCOPE_BUCKET {
-            batch.put(Tree::Seals, id.to_bytes().to_vec(), seals.encode());
+            batch.put(Tree::Seals, id.to_bytes(), seals.encode());
         }
         if let Some(deadline) = bucket_deadline(bucket.bucket) {
             batch.put(
@@ -906,7 +906,7 @@ impl Vault {
             reserved: new_reserved,
             retired: key.retired.load(Ordering::Relaxed),
         };
-        batch.put(Tree::Seals, key.id.to_bytes().to_vec(), record.encode());
+        batch.put(Tree::Seals, key.id.to_bytes(), record.encode());
         if retire {
             self.cache.retire(&key.id);
         }

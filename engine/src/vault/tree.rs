@@ -428,7 +428,7 @@ impl KeyTree {
         };
         batch.put(
             Tree::KeyNodes,
-            node.to_bytes().to_vec(),
+            node.to_bytes(),
             NodeEntry { generation, wrap }.encode(),
         );
         let cipher = Arc::new(NodeCipher::new(node, generation, &key));
@@ -522,7 +522,7 @@ impl KeyTree {
         let cipher = Arc::new(NodeCipher::new(node, generation, &key));
         batch.put(
             Tree::KeyNodes,
-            node.to_bytes().to_vec(),
+            node.to_bytes(),
             NodeEntry { generation, wrap }.encode(),
         );
         let mut rekeyed = Rekeyed {
@@ -567,11 +567,7 @@ impl KeyTree {
                             &child_key,
                         )),
                     };
-                    batch.put(
-                        Tree::KeyNodes,
-                        child.to_bytes().to_vec(),
-                        rewrapped.encode(),
-                    );
+                    batch.put(Tree::KeyNodes, child.to_bytes(), rewrapped.encode());
                 }
                 None => rekeyed.lost_nodes.push(child),
             }
@@ -732,7 +728,7 @@ impl KeyTree {
                 generation: entry.generation,
                 wrap: NodeWrap::Epoch(self.provider.wrap(epoch, &context, &key)?),
             };
-            batch.put(Tree::KeyNodes, root.to_bytes().to_vec(), rewrapped.encode());
+            batch.put(Tree::KeyNodes, root.to_bytes(), rewrapped.encode());
             rewrapped_roots += 1;
         }
         Ok(rewrapped_roots)
