@@ -1,0 +1,153 @@
+//! Compaction passes that destroy due keys, timed one by one, for comparing
+//! two builds of the engine on a machine whose speed drifts.
+//!
+//! Loads a store shaped like the retention bench's scaling group (N accounts,
+//! each with one record expiring on each of D days: one expiry-bucket key per
+//! account and day; purge windows of 366 days, so no epoch rotates), then
+//! runs one compaction pass per day and prints, per pass, the keys destroyed,
+//! the records removed (a weekly sweep), the wall time and the thread's CPU
+//! time per destroyed key.
+//!
+//! Run alone, the passes follow each other. With `--token-in` and
+//! `--token-out` (two FIFOs), a pass starts only once a byte arrives on the
+//! first and hands one on through the second after it: two processes, one
+//! per build, then take turns pass by pass, so each pass of one build has a
+//! pass of the other's beside it in time, under the same load.
+//! `benches/alternate.sh` runs two builds so, each first once (the second
+//! process of a pair runs 2–3 % faster), and prints the ratio.
+//!
+//! ```text
+//! cargo run --release -p shredkv-benches --bin due_key_passes -- [ACCOUNTS] [DAYS]
+//! benches/alternate.sh BUILD_A BUILD_B [ACCOUNTS] [DAYS]
+//! ```
+//!
+//! CPU time is read from `/proc/thread-self/schedstat` (Linux).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shredkv::jiff::{SignedDuration, Timestamp};
+use shredkv::{Batch, Config, Db, ManualClock, Policy, PutOptions};
+use shredkv_benches::Result;
+
+const CLASS: &str = "message_content";
+const DAY: i64 = 86_400;
+
+fn start() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("a valid time")
+}
+
+/// When the keys of records expiring on loaded day `d` are due: the end of
+/// that UTC day, as in the retention bench.
+fn due_at(d: usize) -> Result<Timestamp> {
+    let d = i64::try_from(d)?;
+    Ok(Timestamp::from_second(
+        start().as_second() / DAY * DAY + (d + 3) * DAY,
+    )?)
+}
+
+/// This thread's CPU time so far, in seconds.
+fn thread_cpu() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .map_err(|e| format!("reading /proc/thread-self/schedstat (Linux only): {e}"))?;
+    let nanos: f64 = stat
+        .split_whitespace()
+        .next()
+        .ok_or("an empty /proc/thread-self/schedstat")?
+        .parse()?;
+    Ok(nanos / 1e9)
+}
+
+/// A FIFO opened for reading and writing, so opening it never waits for
+/// the other process.
+fn fifo(path: &str) -> Result<File> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new(path))
+        .map_err(|e| format!("opening the FIFO {path}: {e}"))?)
+}
+
+fn main() -> Result<()> {
+    let mut numbers = Vec::new();
+    let (mut token_in, mut token_out) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--token-in" => token_in = Some(fifo(&args.next().ok_or("--token-in FIFO")?)?),
+            "--token-out" => token_out = Some(fifo(&args.next().ok_or("--token-out FIFO")?)?),
+            n => numbers.push(
+                n.parse::<usize>()
+                    .map_err(|e| format!("{n}: not a number of accounts or days ({e})"))?,
+            ),
+        }
+    }
+    let accounts = numbers.first().copied().unwrap_or(8_000);
+    let days = numbers.get(1).copied().unwrap_or(16);
+
+    let policy = Policy::from_toml_str(
+        &include_str!("../../../policy/default.toml").replace(
+            r#"purge_window = "30 days""#,
+            r#"purge_window = "366 days""#,
+        ),
+        "default.toml with 366-day purge windows",
+    )?;
+    let dir = tempfile::tempdir()?;
+    let clock = ManualClock::new(start());
+    let db = Db::open(
+        Config::new(dir.path())
+            .allow_key_file_in_store(true)
+            .clock(Arc::new(clock.clone()))
+            .flush_every(None)
+            .maintenance_every(None)
+            .policy(policy)
+            .epoch_rotation(SignedDuration::from_hours(24 * 91)),
+    )?;
+    for a in 0..accounts {
+        db.register_account(&format!("account-{a}"))?;
+    }
+    let value = [0x5Au8; 100];
+    for d in 0..days {
+        let expiry = due_at(d)? - SignedDuration::from_hours(23);
+        let mut batch = Batch::new();
+        for a in 0..accounts {
+            batch.put_with(
+                &format!("account-{a}"),
+                CLASS,
+                &(d as u64).to_be_bytes(),
+                &value,
+                PutOptions::expires_at(expiry),
+            );
+            if batch.len() >= 1_000 {
+                db.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        db.apply(batch)?;
+    }
+    db.flush()?;
+
+    for d in 0..days {
+        clock.set(due_at(d)?);
+        if let Some(token) = token_in.as_mut() {
+            token.read_exact(&mut [0u8; 1])?;
+        }
+        let (wall, cpu) = (Instant::now(), thread_cpu()?);
+        let report = db.compact()?;
+        let (wall, cpu) = (wall.elapsed().as_secs_f64(), thread_cpu()? - cpu);
+        if let Some(token) = token_out.as_mut() {
+            token.write_all(&[1])?;
+        }
+        let keys = report.keys_destroyed.max(1) as f64;
+        println!(
+            "day {d}: {} keys destroyed, {} records removed, {:.1} ms, {:.2} us cpu a key",
+            report.keys_destroyed,
+            report.records_removed,
+            wall * 1e3,
+            cpu * 1e6 / keys
+        );
+    }
+    Ok(())
+}
