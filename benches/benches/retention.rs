@@ -7,15 +7,13 @@
 //! `cargo bench -p shredkv-benches --bench retention`
 //! Quick run (CI): `SHREDKV_BENCH_QUICK=1 cargo bench -p shredkv-benches --bench retention -- --quick`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use shredkv::jiff::{SignedDuration, Timestamp};
-use shredkv::{Batch, Config, Db, ManualClock, Policy, PutOptions};
+use shredkv::{Batch, Db, ManualClock};
 use shredkv_benches::due_floor::DueKeysFloor;
-
-const CLASS: &str = "message_content";
+use shredkv_benches::expiring::{self, CLASS, start};
 
 struct Sizes {
     subjects: usize,
@@ -39,80 +37,15 @@ fn sizes() -> Sizes {
     }
 }
 
-fn start() -> Timestamp {
-    Timestamp::from_second(1_800_000_000).expect("a valid time")
-}
-
-const DAY: i64 = 86_400;
-
-/// The start of the UTC day of `start()`.
-fn first_midnight() -> i64 {
-    start().as_second() / DAY * DAY
-}
-
-/// When the keys of records expiring on loaded day `d` are due: the end of
-/// that UTC day (expiry buckets are days).
+/// When the keys of records expiring on loaded day `d` are due.
 fn due_at(d: usize) -> Timestamp {
-    Timestamp::from_second(first_midnight() + (i64::try_from(d).expect("small") + 3) * DAY)
-        .expect("a valid time")
+    expiring::due_at(d).expect("a valid time")
 }
 
 /// A store whose every subject has one record expiring on each of `days`
 /// days: `subjects × days` expiry-bucket keys, plus a scope key per subject.
 fn store_with_expiring_keys(sizes: &Sizes) -> (tempfile::TempDir, Db, ManualClock) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let clock = ManualClock::new(start());
-    let db = Db::open(
-        Config::new(dir.path())
-            .allow_key_file_in_store(true)
-            .clock(Arc::new(clock.clone()))
-            .flush_every(None)
-            .maintenance_every(None)
-            // Rotation is measured on its own; keep it out of the other
-            // passes (at most one rotation in the 100 loaded days).
-            .policy(long_window_policy())
-            .epoch_rotation(SignedDuration::from_hours(24 * 91)),
-    )
-    .expect("open the store");
-    let value = [0x5Au8; 100];
-    for s in 0..sizes.subjects {
-        db.register_account(&format!("subject-{s}"))
-            .expect("register");
-    }
-    let loading = Instant::now();
-    for d in 0..sizes.days {
-        // One hour into the day whose end is `due_at(d)`.
-        let expiry = due_at(d) - SignedDuration::from_hours(23);
-        let mut batch = Batch::new();
-        for s in 0..sizes.subjects {
-            batch.put_with(
-                &format!("subject-{s}"),
-                CLASS,
-                &(d as u64).to_be_bytes(),
-                &value,
-                PutOptions::expires_at(expiry),
-            );
-            if batch.len() >= 1_000 {
-                db.apply(std::mem::take(&mut batch)).expect("load");
-            }
-        }
-        db.apply(batch).expect("load");
-    }
-    db.flush().expect("flush");
-    let keys = db.stats().expect("stats").keys_live;
-    eprintln!("loaded {keys} live keys in {:.1?}", loading.elapsed());
-    (dir, db, clock)
-}
-
-/// The default policy with every purge window at its longest (366 days),
-/// so that epochs may rotate rarely enough to stay out of the measured passes
-/// (the rotation period is at most a quarter of the shortest window).
-fn long_window_policy() -> Policy {
-    let text = include_str!("../../policy/default.toml").replace(
-        r#"purge_window = "30 days""#,
-        r#"purge_window = "366 days""#,
-    );
-    Policy::from_toml_str(&text, "default.toml with 366-day purge windows").expect("a valid policy")
+    expiring::store_with_expiring_keys(sizes.subjects, sizes.days).expect("load the store")
 }
 
 /// A store with expiring keys and the next loaded day whose keys are not
@@ -269,14 +202,7 @@ fn rekey_a_bucket(c: &mut Criterion) {
     let sizes = sizes();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let clock = ManualClock::new(start());
-    let db = Db::open(
-        Config::new(dir.path())
-            .allow_key_file_in_store(true)
-            .clock(Arc::new(clock.clone()))
-            .flush_every(None)
-            .maintenance_every(None),
-    )
-    .expect("open the store");
+    let db = Db::open(expiring::bench_config(dir.path(), &clock)).expect("open the store");
     db.register_account("big").expect("register");
     let value = [0x5Au8; 100];
     let mut batch = Batch::new();

@@ -11,6 +11,7 @@
 //! lazily loaded fixtures the benches share.
 
 pub mod due_floor;
+pub mod expiring;
 mod floor;
 pub mod measure;
 pub mod peers;

@@ -26,28 +26,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use shredkv::jiff::{SignedDuration, Timestamp};
-use shredkv::{Batch, Config, Db, ManualClock, Policy, PutOptions};
 use shredkv_benches::Result;
-
-const CLASS: &str = "message_content";
-const DAY: i64 = 86_400;
-
-fn start() -> Timestamp {
-    Timestamp::from_second(1_800_000_000).expect("a valid time")
-}
-
-/// When the keys of records expiring on loaded day `d` are due: the end of
-/// that UTC day, as in the retention bench.
-fn due_at(d: usize) -> Result<Timestamp> {
-    let d = i64::try_from(d)?;
-    Ok(Timestamp::from_second(
-        start().as_second() / DAY * DAY + (d + 3) * DAY,
-    )?)
-}
+use shredkv_benches::expiring::{due_at, store_with_expiring_keys};
 
 /// This thread's CPU time so far, in seconds.
 fn thread_cpu() -> Result<f64> {
@@ -88,46 +70,7 @@ fn main() -> Result<()> {
     let accounts = numbers.first().copied().unwrap_or(8_000);
     let days = numbers.get(1).copied().unwrap_or(16);
 
-    let policy = Policy::from_toml_str(
-        &include_str!("../../../policy/default.toml").replace(
-            r#"purge_window = "30 days""#,
-            r#"purge_window = "366 days""#,
-        ),
-        "default.toml with 366-day purge windows",
-    )?;
-    let dir = tempfile::tempdir()?;
-    let clock = ManualClock::new(start());
-    let db = Db::open(
-        Config::new(dir.path())
-            .allow_key_file_in_store(true)
-            .clock(Arc::new(clock.clone()))
-            .flush_every(None)
-            .maintenance_every(None)
-            .policy(policy)
-            .epoch_rotation(SignedDuration::from_hours(24 * 91)),
-    )?;
-    for a in 0..accounts {
-        db.register_account(&format!("account-{a}"))?;
-    }
-    let value = [0x5Au8; 100];
-    for d in 0..days {
-        let expiry = due_at(d)? - SignedDuration::from_hours(23);
-        let mut batch = Batch::new();
-        for a in 0..accounts {
-            batch.put_with(
-                &format!("account-{a}"),
-                CLASS,
-                &(d as u64).to_be_bytes(),
-                &value,
-                PutOptions::expires_at(expiry),
-            );
-            if batch.len() >= 1_000 {
-                db.apply(std::mem::take(&mut batch))?;
-            }
-        }
-        db.apply(batch)?;
-    }
-    db.flush()?;
+    let (_dir, db, clock) = store_with_expiring_keys(accounts, days)?;
 
     for d in 0..days {
         clock.set(due_at(d)?);

@@ -52,10 +52,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shredkv::jiff::{SignedDuration, Timestamp};
-use shredkv::{Batch, Config, Db, ManualClock, Policy, PutOptions};
+use shredkv::{Config, Db, ManualClock, Policy};
 use shredkv_benches::Result;
+use shredkv_benches::expiring::put_expiring;
 
-const CLASS: &str = "message_content";
 const DAYS: u64 = 100;
 const DAY: i64 = 86_400;
 /// How long before its load the store is created: longer than an epoch's
@@ -130,24 +130,10 @@ fn load(
     for a in 0..accounts {
         db.register_account(&format!("acct-{a:09}"))?;
     }
-    let value = [0x5a_u8; 100];
     for slot in 0..slots {
-        let expiry = expiry(slot)?;
-        let mut batch = Batch::new();
         let writers = if slot < fixed { due } else { accounts };
-        for a in 0..writers {
-            batch.put_with(
-                &format!("acct-{a:09}"),
-                CLASS,
-                &slot.to_be_bytes(),
-                &value,
-                PutOptions::expires_at(expiry),
-            );
-            if batch.len() >= 1_000 {
-                db.apply(std::mem::take(&mut batch))?;
-            }
-        }
-        db.apply(batch)?;
+        let names = (0..writers).map(|a| format!("acct-{a:09}"));
+        put_expiring(&db, names, &slot.to_be_bytes(), expiry(slot)?)?;
     }
     db.flush()?;
     let load_s = loading.elapsed().as_secs_f64();
