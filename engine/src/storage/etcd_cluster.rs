@@ -371,7 +371,7 @@ impl Cluster {
             let probe = self.open(Path::new(&format!("cluster-probe-{n}")));
             let ready = probe.and_then(|store| {
                 let mut batch = super::WriteBatch::new();
-                batch.put(Tree::Meta, b"probe".to_vec(), b"1".to_vec());
+                batch.put(Tree::Meta, b"probe", b"1".to_vec());
                 store.apply(&batch, super::Durability::Durable)
             });
             match ready {
